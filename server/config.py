@@ -1,0 +1,76 @@
+"""Settings, as frozen dataclasses validated on construction.
+
+Each check raises ValueError with a message that names the option a user would change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The paged KV cache. Give num_blocks directly, or let the engine derive it from
+    kv_cache_tokens or a memory fraction once it knows the model's size."""
+
+    block_size: int = 16
+    num_blocks: int | None = None
+    kv_cache_tokens: int | None = None
+    memory_fraction: float | None = None
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.block_size in (1, 2, 4, 8, 16, 32, 64, 128),
+                 f"--block-size must be a power of two from 1 to 128, got {self.block_size}")
+        _require(self.num_blocks is None or self.num_blocks >= 1,
+                 f"num_blocks must be >= 1, got {self.num_blocks}")
+        _require(self.kv_cache_tokens is None or self.kv_cache_tokens >= self.block_size,
+                 f"--kv-cache-tokens must be at least one block ({self.block_size}), "
+                 f"got {self.kv_cache_tokens}")
+        _require(self.memory_fraction is None or 0 < self.memory_fraction <= 1,
+                 f"--memory-fraction must be in (0, 1], got {self.memory_fraction}")
+        _require(self.kv_cache_tokens is None or self.memory_fraction is None,
+                 "give --kv-cache-tokens or --memory-fraction, not both")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    max_model_len: int = 2048
+    policy: str = "fcfs"  # "fcfs" or "priority"
+
+    def __post_init__(self) -> None:
+        _require(self.max_num_seqs >= 1, f"--max-num-seqs must be >= 1, got {self.max_num_seqs}")
+        _require(self.max_num_batched_tokens >= 1,
+                 f"--max-num-batched-tokens must be >= 1, got {self.max_num_batched_tokens}")
+        _require(self.max_model_len >= 1,
+                 f"--max-model-len must be >= 1, got {self.max_model_len}")
+        _require(self.policy in ("fcfs", "priority"),
+                 f"scheduling policy must be 'fcfs' or 'priority', got {self.policy!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which weights to run and how. `model` is a local Hugging Face directory, an engine
+    directory, `dummy:<shape>` for random weights, or the default model's name."""
+
+    model: str = DEFAULT_MODEL
+    dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    device: str = "auto"  # auto: cuda when available, else cpu
+    max_model_len: int | None = None  # None: the model's own context length
+    seed: int = 0
+    enforce_eager: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.dtype in ("auto", "float32", "float16", "bfloat16"),
+                 f"--dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
+        _require(self.device in ("auto", "cpu", "cuda"),
+                 f"--device must be auto, cpu or cuda, got {self.device!r}")

@@ -1,0 +1,88 @@
+"""The architecture facts the engine needs, read from a Hugging Face config.json dict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+
+
+class UnsupportedModelError(ValueError):
+    """The model's architecture or a feature of its config is not implemented."""
+
+
+@dataclass(frozen=True)
+class ModelArchConfig:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: tuple[tuple[str, Any], ...] | None  # sorted items of the HF dict
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    attention_bias: bool  # q/k/v projections carry a bias (Qwen2)
+    eos_token_ids: tuple[int, ...]
+    bos_token_id: int | None
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any]) -> "ModelArchConfig":
+        archs = hf.get("architectures") or []
+        arch = archs[0] if archs else "<none given>"
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise UnsupportedModelError(
+                f"model architecture {arch!r} is not supported; inflightd runs "
+                f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+        num_heads = int(hf["num_attention_heads"])
+        num_kv_heads = int(hf.get("num_key_value_heads") or num_heads)
+        if num_heads % num_kv_heads:
+            raise UnsupportedModelError(
+                f"num_attention_heads ({num_heads}) must be a multiple of "
+                f"num_key_value_heads ({num_kv_heads})")
+        head_dim = int(hf.get("head_dim") or hf["hidden_size"] // num_heads)
+        rope_scaling = _rope_scaling(hf)
+        rope_theta = float(hf.get("rope_theta")
+                           or (hf.get("rope_parameters") or {}).get("rope_theta") or 10000.0)
+        eos = hf.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+        return cls(
+            architecture=arch,
+            vocab_size=int(hf["vocab_size"]),
+            hidden_size=int(hf["hidden_size"]),
+            intermediate_size=int(hf["intermediate_size"]),
+            num_layers=int(hf["num_hidden_layers"]),
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            rope_theta=rope_theta,
+            rope_scaling=rope_scaling,
+            max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            attention_bias=(arch == "Qwen2ForCausalLM") or bool(hf.get("attention_bias", False)),
+            eos_token_ids=eos_ids,
+            bos_token_id=hf.get("bos_token_id"),
+        )
+
+    @property
+    def rope_scaling_dict(self) -> dict[str, Any] | None:
+        return dict(self.rope_scaling) if self.rope_scaling else None
+
+
+def _rope_scaling(hf: dict[str, Any]) -> tuple[tuple[str, Any], ...] | None:
+    # transformers 5 moved rope settings into "rope_parameters"; older configs use "rope_scaling".
+    scaling = hf.get("rope_scaling") or hf.get("rope_parameters")
+    if not scaling:
+        return None
+    kind = scaling.get("rope_type") or scaling.get("type") or "default"
+    if kind == "default":
+        return None
+    if kind != "llama3":
+        raise UnsupportedModelError(f"rope scaling type {kind!r} is not supported (only llama3)")
+    return tuple(sorted((k, v) for k, v in scaling.items() if not isinstance(v, (dict, list))))

@@ -1,0 +1,44 @@
+"""The per-layer operations the model calls, behind one small interface.
+
+`TorchOps` (torch_ref.py) is the reference that runs anywhere; `CudaOps` (cuda.py) runs our
+compiled kernels and is tested against it. Shapes, for T packed tokens of S sequences:
+
+    q            [T, num_heads, head_dim]
+    k, v         [T, num_kv_heads, head_dim]
+    kv_cache     [2, num_blocks, block_size, num_kv_heads, head_dim]   (one layer: K then V)
+    cos_sin      [max_positions, head_dim]: cos of each pair's angle in the first half,
+                 sin in the second (HF "rotate_half" rotary layout)
+    slot_mapping [T] int64, slot = block_id * block_size + offset
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from server.engine.attention.metadata import AttentionMetadata
+
+
+class Ops(Protocol):
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """x [T, H] -> normalised x * weight."""
+
+    def add_rms_norm(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (rms_norm(x + residual), x + residual)."""
+
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        """x [T, 2d] -> silu(x[:, :d]) * x[:, d:]."""
+
+    def rope_and_cache(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       positions: torch.Tensor, cos_sin: torch.Tensor, kv_cache: torch.Tensor,
+                       slot_mapping: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotates q and k by their positions, writes rotated k and v into kv_cache at
+        slot_mapping, and returns the rotated (q, k)."""
+
+    def attention(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
+                  scale: float) -> torch.Tensor:
+        """Causal attention of each sequence's new queries over its whole context in the
+        cache (the cached prefix, earlier chunks, and this step's keys, already written).
+        Returns [T, num_heads, head_dim]."""

@@ -1,0 +1,94 @@
+"""Plain data crossing the scheduler's boundaries: to the runner, from the runner, to the api.
+
+Everything here is frozen and made of ids, counts and tuples, so it can be sent over a
+socket (msgspec encodes dataclasses) and never aliases the scheduler's own state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from server.scheduler.request import SamplingParams
+
+
+@dataclass(frozen=True)
+class NewRequestData:
+    """Sent the first step a request is scheduled, and again when it resumes after
+    preemption: everything the runner keeps per request (penalties need the history)."""
+
+    req_id: str
+    prompt_token_ids: tuple[int, ...]
+    output_token_ids: tuple[int, ...]
+    sampling_params: SamplingParams
+
+
+@dataclass(frozen=True)
+class ScheduledRequest:
+    """One request's share of a step.
+
+    # | computed earlier (in the KV cache) | token_ids (this step) |
+    #                                      ^ start_position
+    """
+
+    req_id: str
+    token_ids: tuple[int, ...]
+    start_position: int
+    block_ids: tuple[int, ...]  # the whole block table, covering start_position + len(token_ids)
+    sample: bool  # True when this step computes the request's last known token
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True)
+class SchedulerOutput:
+    scheduled: tuple[ScheduledRequest, ...]
+    new_requests: tuple[NewRequestData, ...]
+    preempted_req_ids: tuple[str, ...]  # the runner drops their state; they come back as new
+    finished_req_ids: tuple[str, ...]  # finished or aborted since the last step
+    num_batched_tokens: int
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+    @property
+    def is_decode_only(self) -> bool:
+        return all(s.num_tokens == 1 for s in self.scheduled)
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """The sampled token's logprob and the top-k alternatives, highest first."""
+
+    token_id: int
+    logprob: float
+    top_token_ids: tuple[int, ...]
+    top_logprobs: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """The runner's answer: one sampled token for each scheduled request with sample=True,
+    in the order they were scheduled."""
+
+    req_ids: tuple[str, ...]
+    sampled_token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprobs | None, ...] | None = None
+
+
+@dataclass(frozen=True)
+class RequestOutput:
+    """What the engine tells the api about one request after a step."""
+
+    req_id: str
+    new_token_ids: tuple[int, ...]
+    finish_reason: str | None  # None, "stop", "length", "abort", "error"
+    num_prompt_tokens: int
+    num_cached_tokens: int
+    logprobs: tuple[TokenLogprobs, ...] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

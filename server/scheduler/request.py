@@ -1,0 +1,124 @@
+"""The scheduler's own view of a request, and the sampling parameters it carries.
+
+Only the scheduler mutates a `Request`; other layers see ids, counts and token lists
+through the plain-data types in `output.py`.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+
+MAX_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each next token and when to stop. temperature 0 means greedy."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None  # None: no top-k cut
+    min_p: float = 0.0
+    seed: int | None = None
+    max_tokens: int = 16
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logprobs: int | None = None  # None: no logprobs; k: the sampled one plus top k
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        _check(math.isfinite(self.temperature) and self.temperature >= 0,
+               "temperature", f"must be a finite number >= 0, got {self.temperature}")
+        _check(math.isfinite(self.top_p) and 0 < self.top_p <= 1,
+               "top_p", f"must be in (0, 1], got {self.top_p}")
+        _check(self.top_k is None or self.top_k >= 1,
+               "top_k", f"must be None or >= 1, got {self.top_k}")
+        _check(math.isfinite(self.min_p) and 0 <= self.min_p <= 1,
+               "min_p", f"must be in [0, 1], got {self.min_p}")
+        _check(self.max_tokens >= 1, "max_tokens", f"must be >= 1, got {self.max_tokens}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            _check(math.isfinite(value) and -2 <= value <= 2,
+                   name, f"must be in [-2, 2], got {value}")
+        _check(math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
+               "repetition_penalty", f"must be > 0, got {self.repetition_penalty}")
+        _check(self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
+               "logprobs", f"must be None or in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+class SamplingParamsError(ValueError):
+    """A sampling parameter is out of range; `param` names it."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param} {message}")
+        self.param = param
+
+
+def _check(ok: bool, param: str, message: str) -> None:
+    if not ok:
+        raise SamplingParamsError(param, message)
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    PREEMPTED = "preempted"
+    FINISHED_STOPPED = "finished_stopped"
+    FINISHED_LENGTH = "finished_length"
+    FINISHED_ABORTED = "finished_aborted"
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINISHED
+
+    @property
+    def finish_reason(self) -> str | None:
+        return _FINISH_REASONS.get(self)
+
+
+_FINISHED = frozenset({RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH,
+                       RequestStatus.FINISHED_ABORTED})
+_FINISH_REASONS = {RequestStatus.FINISHED_STOPPED: "stop",
+                   RequestStatus.FINISHED_LENGTH: "length",
+                   RequestStatus.FINISHED_ABORTED: "abort"}
+
+
+@dataclass
+class Request:
+    """A request as the scheduler tracks it.
+
+    # | prompt_token_ids | output_token_ids |
+    # |<---- num_computed_tokens ---->|     ^ num_tokens
+    """
+
+    req_id: str
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams
+    eos_token_id: int | None = None
+    arrival_time: float = 0.0
+    priority: int = 0
+    output_token_ids: list[int] = field(default_factory=list)
+    num_computed_tokens: int = 0
+    num_cached_tokens: int = 0  # prompt tokens found in the prefix cache on first schedule
+    status: RequestStatus = RequestStatus.WAITING
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
