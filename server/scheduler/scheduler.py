@@ -1,0 +1,317 @@
+"""Iteration-level scheduling over the paged KV cache.
+
+There are no prefill and decode modes: each step, every scheduled request computes some of
+the tokens it knows but has not computed yet, within one token budget for the step:
+
+    # | computed earlier (KV cached) | this step's chunk | not yet (next steps) |
+    # 0                     num_computed_tokens                          num_tokens
+
+A token is sampled only when a chunk reaches num_tokens. Running requests are served first
+(in the policy's order), then waiting ones. When blocks run out, the running tail (see
+policy.py) is preempted: its blocks are freed and it waits at the head of the queue with the
+tokens it has generated, to be recomputed on resume (prefix-cache hits make that cheaper).
+
+The engine calls, per step: out = schedule(); res = runner.execute(out); update(out, res).
+schedule() only plans; update() advances the computed counts and appends sampled tokens.
+abort() returns the aborted request's final RequestOutput at once (finish_reason "abort");
+update() never reports it again, and the next SchedulerOutput lists it in finished_req_ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from server.config import CacheConfig, SchedulerConfig
+from server.kvcache.block_manager import BlockManager
+from server.scheduler.errors import (ModelOutputMismatchError, RequestRejectedError,
+                                     StaleSchedulerOutputError)
+from server.scheduler.output import (ModelOutput, NewRequestData, RequestOutput,
+                                     ScheduledRequest, SchedulerOutput, TokenLogprobs)
+from server.scheduler.policy import make_policy
+from server.scheduler.request import Request, RequestStatus
+from server.scheduler.stats import SchedulerStats
+
+
+class Scheduler:
+    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig) -> None:
+        if cache_config.num_blocks is None:
+            raise ValueError("the scheduler needs cache_config.num_blocks; derive it from "
+                             "the model size and memory before building the scheduler")
+        self._config = scheduler_config
+        self._block_manager = BlockManager(
+            cache_config.num_blocks, cache_config.block_size,
+            enable_prefix_caching=cache_config.enable_prefix_caching)
+        self._policy = make_policy(scheduler_config.policy)
+        self._waiting = self._policy.new_waiting_queue()
+        self._running: list[Request] = []
+        self._requests: dict[str, Request] = {}  # every live (unfinished) request
+        self._finished_req_ids: list[str] = []  # since the last schedule()
+        self._num_preemptions_total = 0
+
+    @property
+    def config(self) -> SchedulerConfig:
+        return self._config
+
+    @property
+    def block_manager(self) -> BlockManager:
+        return self._block_manager
+
+    # ---- requests in and out -----------------------------------------------------------
+
+    def add(self, request: Request) -> None:
+        """Queue a request; raises RequestRejectedError if it could never run."""
+        self._check_admissible(request)
+        request.status = RequestStatus.WAITING
+        self._requests[request.req_id] = request
+        self._waiting.push(request)
+
+    def abort(self, req_id: str) -> RequestOutput | None:
+        """Drop a request wherever it is and free its blocks at once. Returns its final
+        output (finish_reason "abort"), or None when req_id is unknown or already finished."""
+        request = self._requests.get(req_id)
+        if request is None:
+            return None
+        if request.status is RequestStatus.RUNNING:
+            _remove_by_identity(self._running, request)
+            self._block_manager.free(req_id)
+        else:
+            self._waiting.remove(request)
+        self._retire(request, RequestStatus.FINISHED_ABORTED)
+        return _request_output(request, (), None)
+
+    def has_unfinished(self) -> bool:
+        return bool(self._requests)
+
+    @property
+    def stats(self) -> SchedulerStats:
+        blocks = self._block_manager
+        return SchedulerStats(
+            num_running=len(self._running), num_waiting=len(self._waiting),
+            num_preemptions_total=self._num_preemptions_total, kv_cache_usage=blocks.usage,
+            num_free_blocks=blocks.num_free_blocks,
+            num_evictable_blocks=blocks.num_evictable_blocks,
+            num_total_blocks=blocks.num_blocks,
+            prefix_cache_queries=blocks.prefix_cache_queries,
+            prefix_cache_hits=blocks.prefix_cache_hits)
+
+    # ---- planning a step ---------------------------------------------------------------
+
+    def schedule(self) -> SchedulerOutput:
+        budget = self._config.max_num_batched_tokens
+        self._policy.order_running(self._running)
+        scheduled, preempted_req_ids = self._schedule_running(budget)
+        budget -= sum(s.num_tokens for s in scheduled)
+        new_requests: list[NewRequestData] = []
+        if not preempted_req_ids:  # memory is short: admitting more would only thrash
+            new_requests = self._schedule_waiting(budget, scheduled)
+        finished_req_ids = tuple(self._finished_req_ids)
+        self._finished_req_ids.clear()
+        return SchedulerOutput(
+            scheduled=tuple(scheduled), new_requests=tuple(new_requests),
+            preempted_req_ids=tuple(preempted_req_ids), finished_req_ids=finished_req_ids,
+            num_batched_tokens=sum(s.num_tokens for s in scheduled))
+
+    def _schedule_running(self, budget: int) -> tuple[list[ScheduledRequest], list[str]]:
+        scheduled: list[ScheduledRequest] = []
+        preempted_req_ids: list[str] = []
+        index = 0
+        while index < len(self._running) and budget > 0:
+            request = self._running[index]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if not self._make_room(request, num_new, preempted_req_ids):
+                break  # it preempted itself, and every request after it before that
+            scheduled.append(self._schedule_chunk(request, num_new))
+            budget -= num_new
+            index += 1
+        return scheduled, preempted_req_ids
+
+    def _make_room(self, request: Request, num_new: int, preempted_req_ids: list[str]) -> bool:
+        """Preempt from the running tail until request's next chunk fits; False if the
+        request itself had to go."""
+        num_tokens = request.num_computed_tokens + num_new
+        while not self._block_manager.can_append_slots(request.req_id, num_tokens):
+            victim = self._running.pop()
+            self._preempt(victim)
+            preempted_req_ids.append(victim.req_id)
+            if victim is request:
+                return False
+        self._block_manager.append_slots(request.req_id, num_tokens)
+        return True
+
+    def _preempt(self, request: Request) -> None:
+        self._block_manager.free(request.req_id)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0  # recomputed on resume, prompt and outputs alike
+        self._waiting.push_front(request)
+        self._num_preemptions_total += 1
+
+    def _schedule_waiting(self, budget: int,
+                          scheduled: list[ScheduledRequest]) -> list[NewRequestData]:
+        new_requests: list[NewRequestData] = []
+        while (self._waiting and budget > 0
+               and len(self._running) < self._config.max_num_seqs):
+            request = self._waiting.peek()
+            num_new = self._admit(request, budget)
+            if num_new is None:
+                break  # no room for the head: later ones wait behind it, in order
+            self._waiting.pop()
+            new_requests.append(NewRequestData(
+                req_id=request.req_id, prompt_token_ids=tuple(request.prompt_token_ids),
+                output_token_ids=tuple(request.output_token_ids),
+                sampling_params=request.sampling_params))
+            scheduled.append(self._schedule_chunk(request, num_new))
+            budget -= num_new
+        return new_requests
+
+    def _admit(self, request: Request, budget: int) -> int | None:
+        """Allocate blocks for a waiting request's cached prefix and first chunk; returns
+        the chunk's token count, or None when the blocks do not fit now."""
+        token_ids = request.all_token_ids
+        num_cached = self._block_manager.num_cached_prefix_tokens(token_ids)
+        num_new = min(request.num_tokens - num_cached, budget)
+        if not self._block_manager.can_allocate(token_ids, num_cached + num_new):
+            return None
+        table = self._block_manager.allocate(request.req_id, token_ids, num_cached + num_new)
+        if request.status is RequestStatus.WAITING:  # first admission, not a resume
+            request.num_cached_tokens = table.num_cached_tokens
+        request.num_computed_tokens = table.num_cached_tokens
+        request.status = RequestStatus.RUNNING
+        self._running.append(request)
+        return num_new
+
+    def _schedule_chunk(self, request: Request, num_new: int) -> ScheduledRequest:
+        start = request.num_computed_tokens
+        end = start + num_new
+        return ScheduledRequest(
+            req_id=request.req_id, token_ids=_token_slice(request, start, end),
+            start_position=start,
+            block_ids=self._block_manager.get_block_table(request.req_id).block_ids,
+            sample=end == request.num_tokens)
+
+    # ---- after the model ran -----------------------------------------------------------
+
+    def update(self, scheduler_output: SchedulerOutput,
+               model_output: ModelOutput) -> list[RequestOutput]:
+        """Advance every scheduled request by its chunk and append the sampled tokens.
+        Returns an output for each request that got a token (finished or not)."""
+        sampled = _sampled_by_req_id(scheduler_output, model_output)
+        outputs: list[RequestOutput] = []
+        for chunk in scheduler_output.scheduled:
+            request = self._requests.get(chunk.req_id)
+            if request is None:
+                continue  # aborted after schedule(); its output was returned by abort()
+            self._advance(request, chunk)
+            if chunk.sample:
+                token_id, logprobs = sampled[chunk.req_id]
+                outputs.append(self._append_token(request, token_id, logprobs))
+        return outputs
+
+    def _advance(self, request: Request, chunk: ScheduledRequest) -> None:
+        if chunk.start_position != request.num_computed_tokens:
+            raise StaleSchedulerOutputError(
+                f"request {request.req_id!r}: chunk starts at {chunk.start_position} but "
+                f"{request.num_computed_tokens} tokens are computed; pass update() the "
+                f"latest schedule() output, once")
+        before = request.num_computed_tokens
+        request.num_computed_tokens += chunk.num_tokens
+        block_size = self._block_manager.block_size
+        if request.num_computed_tokens // block_size > before // block_size:
+            # a block just filled up: its KV now exists and can be shared
+            self._block_manager.cache_computed_blocks(
+                request.req_id, request.all_token_ids, request.num_computed_tokens)
+
+    def _append_token(self, request: Request, token_id: int,
+                      logprobs: TokenLogprobs | None) -> RequestOutput:
+        request.output_token_ids.append(token_id)
+        finish_status = _stop_status(request, token_id)
+        if finish_status is not None:
+            _remove_by_identity(self._running, request)
+            self._block_manager.free(request.req_id)
+            self._retire(request, finish_status)
+        return _request_output(request, (token_id,), logprobs)
+
+    def _retire(self, request: Request, status: RequestStatus) -> None:
+        request.status = status
+        del self._requests[request.req_id]
+        self._finished_req_ids.append(request.req_id)
+
+    # ---- admission checks --------------------------------------------------------------
+
+    def _check_admissible(self, request: Request) -> None:
+        if request.req_id in self._requests:
+            raise RequestRejectedError(
+                "duplicate_request_id", f"request id {request.req_id!r} is already in use")
+        if request.num_prompt_tokens == 0:
+            raise RequestRejectedError("empty_prompt", "the prompt has no tokens")
+        max_tokens = request.sampling_params.max_tokens
+        total = request.num_prompt_tokens + max_tokens
+        if total > self._config.max_model_len:
+            raise RequestRejectedError(
+                "context_length_exceeded",
+                f"prompt ({request.num_prompt_tokens} tokens) + max_tokens ({max_tokens}) = "
+                f"{total} is beyond the maximum context length of "
+                f"{self._config.max_model_len} tokens; shorten the prompt or lower max_tokens")
+        # the last sampled token is never fed back, so it needs no KV slot
+        num_blocks = self._block_manager.num_blocks_for(total - 1)
+        if num_blocks > self._block_manager.num_blocks:
+            capacity = self._block_manager.num_blocks * self._block_manager.block_size
+            raise RequestRejectedError(
+                "kv_cache_too_small",
+                f"prompt + max_tokens needs {total - 1} KV slots but the whole KV cache "
+                f"holds {capacity}; lower max_tokens or give the cache more memory")
+
+
+def _stop_status(request: Request, token_id: int) -> RequestStatus | None:
+    params = request.sampling_params
+    if not params.ignore_eos and token_id == request.eos_token_id:
+        return RequestStatus.FINISHED_STOPPED
+    if token_id in params.stop_token_ids:
+        return RequestStatus.FINISHED_STOPPED
+    if len(request.output_token_ids) >= params.max_tokens:
+        return RequestStatus.FINISHED_LENGTH
+    return None
+
+
+def _request_output(request: Request, new_token_ids: tuple[int, ...],
+                    logprobs: TokenLogprobs | None) -> RequestOutput:
+    return RequestOutput(
+        req_id=request.req_id, new_token_ids=new_token_ids,
+        finish_reason=request.status.finish_reason, num_prompt_tokens=request.num_prompt_tokens,
+        num_cached_tokens=request.num_cached_tokens,
+        logprobs=None if logprobs is None else (logprobs,))
+
+
+def _remove_by_identity(requests: list[Request], request: Request) -> None:
+    # not list.remove: Request's dataclass __eq__ would compare field by field
+    for index, candidate in enumerate(requests):
+        if candidate is request:
+            del requests[index]
+            return
+    raise ValueError(f"request {request.req_id!r} is not in the list")
+
+
+def _token_slice(request: Request, start: int, end: int) -> tuple[int, ...]:
+    """request.all_token_ids[start:end] without copying the whole history each step."""
+    prompt, outputs = request.prompt_token_ids, request.output_token_ids
+    num_prompt = len(prompt)
+    if end <= num_prompt:
+        return tuple(prompt[start:end])
+    if start >= num_prompt:
+        return tuple(outputs[start - num_prompt:end - num_prompt])
+    return tuple(prompt[start:]) + tuple(outputs[:end - num_prompt])
+
+
+def _sampled_by_req_id(scheduler_output: SchedulerOutput, model_output: ModelOutput
+                       ) -> dict[str, tuple[int, TokenLogprobs | None]]:
+    expected = tuple(s.req_id for s in scheduler_output.scheduled if s.sample)
+    if model_output.req_ids != expected:
+        raise ModelOutputMismatchError(
+            f"the model output samples for {list(model_output.req_ids)} but the step "
+            f"scheduled sampling for {list(expected)}, in that order")
+    if len(model_output.sampled_token_ids) != len(expected):
+        raise ModelOutputMismatchError(
+            f"{len(model_output.sampled_token_ids)} sampled tokens for {len(expected)} requests")
+    logprobs: Sequence[TokenLogprobs | None] = (
+        model_output.logprobs if model_output.logprobs is not None else (None,) * len(expected))
+    return {req_id: (token_id, lp) for req_id, token_id, lp
+            in zip(expected, model_output.sampled_token_ids, logprobs, strict=True)}
