@@ -1,0 +1,128 @@
+"""Random weights for named model shapes (`dummy:<shape>`), for tests and benchmarks.
+
+Each shape is a Hugging Face config.json dict, so a dummy model goes through the same
+ModelArchConfig and weight layout as a real checkpoint. Tensors are drawn one at a time,
+directly in the requested dtype on the requested device: an 8B shape on a GPU never
+materialises in fp32 on the host.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, Iterator
+
+import torch
+
+from server.engine.models.config import ModelArchConfig
+from server.engine.weight_layout import is_norm_weight, weight_shapes
+
+# Small enough that logits stay finite and well spread through many layers.
+DUMMY_WEIGHT_STD = 0.02
+
+_LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu"}
+_MISTRAL = {"architectures": ["MistralForCausalLM"], "model_type": "mistral",
+            "hidden_act": "silu", "sliding_window": None}
+_QWEN2 = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+          "use_sliding_window": False}
+
+# The tiny shapes use the default model's vocabulary size so its tokenizer fits them.
+_TINY = {"vocab_size": 49152, "hidden_size": 64, "intermediate_size": 128,
+         "num_hidden_layers": 2, "num_attention_heads": 4, "head_dim": 16,
+         "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+         "bos_token_id": 1, "eos_token_id": 2}
+
+_LLAMA3_8B = {"vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
+              "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+              "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+              "bos_token_id": 128000, "eos_token_id": [128001, 128009],
+              "tie_word_embeddings": False}
+
+DUMMY_CONFIGS: dict[str, dict[str, Any]] = {
+    # GQA, tied embeddings.
+    "tiny": {**_LLAMA, **_TINY, "num_key_value_heads": 2, "tie_word_embeddings": True},
+    # MHA, untied.
+    "tiny-mha": {**_LLAMA, **_TINY, "num_key_value_heads": 4, "tie_word_embeddings": False},
+    # MQA, untied, Mistral.
+    "tiny-mqa": {**_MISTRAL, **_TINY, "num_key_value_heads": 1, "tie_word_embeddings": False},
+    # GQA with Llama 3.1 rope scaling.
+    "tiny-llama3": {**_LLAMA, **_TINY, "num_key_value_heads": 2, "tie_word_embeddings": False,
+                    "rope_theta": 500000.0,
+                    "rope_scaling": {"rope_type": "llama3", "factor": 8.0,
+                                     "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                     "original_max_position_embeddings": 256}},
+    # q/k/v bias, GQA, tied.
+    "qwen2-tiny": {**_QWEN2, **_TINY, "num_key_value_heads": 2, "tie_word_embeddings": True,
+                   "rms_norm_eps": 1e-6},
+    "smollm2-135m": {**_LLAMA, "vocab_size": 49152, "hidden_size": 576,
+                     "intermediate_size": 1536, "num_hidden_layers": 30,
+                     "num_attention_heads": 9, "num_key_value_heads": 3,
+                     "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
+                     "rope_theta": 100000.0, "tie_word_embeddings": True,
+                     "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2},
+    "llama-2-7b": {**_LLAMA, "vocab_size": 32000, "hidden_size": 4096,
+                   "intermediate_size": 11008, "num_hidden_layers": 32,
+                   "num_attention_heads": 32, "num_key_value_heads": 32,
+                   "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+                   "rope_theta": 10000.0, "bos_token_id": 1, "eos_token_id": 2,
+                   "tie_word_embeddings": False},
+    "llama-3-8b": {**_LLAMA, **_LLAMA3_8B},
+    "llama-3.1-8b": {**_LLAMA, **_LLAMA3_8B, "max_position_embeddings": 131072,
+                     "eos_token_id": [128001, 128008, 128009],
+                     "rope_scaling": {"rope_type": "llama3", "factor": 8.0,
+                                      "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                      "original_max_position_embeddings": 8192}},
+    "llama-3-70b": {**_LLAMA, **_LLAMA3_8B, "hidden_size": 8192, "intermediate_size": 28672,
+                    "num_hidden_layers": 80, "num_attention_heads": 64},
+    "mistral-7b": {**_MISTRAL, "vocab_size": 32768, "hidden_size": 4096,
+                   "intermediate_size": 14336, "num_hidden_layers": 32,
+                   "num_attention_heads": 32, "num_key_value_heads": 8,
+                   "max_position_embeddings": 32768, "rms_norm_eps": 1e-5,
+                   "rope_theta": 1000000.0, "bos_token_id": 1, "eos_token_id": 2,
+                   "tie_word_embeddings": False},
+    "qwen2.5-0.5b": {**_QWEN2, "vocab_size": 151936, "hidden_size": 896,
+                     "intermediate_size": 4864, "num_hidden_layers": 24,
+                     "num_attention_heads": 14, "num_key_value_heads": 2,
+                     "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+                     "rope_theta": 1000000.0, "bos_token_id": 151643,
+                     "eos_token_id": 151645, "tie_word_embeddings": True},
+    "qwen2.5-7b": {**_QWEN2, "vocab_size": 152064, "hidden_size": 3584,
+                   "intermediate_size": 18944, "num_hidden_layers": 28,
+                   "num_attention_heads": 28, "num_key_value_heads": 4,
+                   "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+                   "rope_theta": 1000000.0, "bos_token_id": 151643,
+                   "eos_token_id": 151645, "tie_word_embeddings": False},
+}
+
+DUMMY_PREFIX = "dummy:"
+
+
+def dummy_hf_config(shape: str) -> dict[str, Any] | None:
+    """A fresh copy of the shape's config (callers may mutate it), or None if unknown."""
+    config = DUMMY_CONFIGS.get(shape)
+    if config is None:
+        return None
+    return {key: (dict(value) if isinstance(value, dict) else
+                  list(value) if isinstance(value, list) else value)
+            for key, value in config.items()}
+
+
+def _tensor_seed(seed: int, name: str) -> int:
+    # Per-tensor seeds make each tensor independent of load order and of which others exist.
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
+
+
+def dummy_tensor(name: str, shape: tuple[int, ...], *, seed: int, dtype: torch.dtype,
+                 device: torch.device) -> torch.Tensor:
+    if is_norm_weight(name):
+        return torch.ones(shape, dtype=dtype, device=device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(_tensor_seed(seed, name))
+    tensor = torch.empty(shape, dtype=dtype, device=device)
+    return tensor.normal_(mean=0.0, std=DUMMY_WEIGHT_STD, generator=generator)
+
+
+def iter_dummy_weights(arch: ModelArchConfig, *, seed: int, dtype: torch.dtype,
+                       device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every weight, generated lazily one tensor at a time."""
+    for name, shape in weight_shapes(arch).items():
+        yield name, dummy_tensor(name, shape, seed=seed, dtype=dtype, device=device)

@@ -1,0 +1,61 @@
+"""The Hugging Face tensor names and shapes a Llama-family checkpoint holds, from its arch config.
+
+One table serves three readers: the dummy-weight generator (what to make), the safetensors
+loader (what must be there, and what to leave out) and the tests.
+"""
+
+from __future__ import annotations
+
+from server.engine.models.config import ModelArchConfig
+
+
+def layer_weight_shapes(arch: ModelArchConfig, layer: int) -> dict[str, tuple[int, ...]]:
+    """Tensors of decoder layer `layer`, in the order the engine loads them."""
+    prefix = f"model.layers.{layer}"
+    q_size = arch.num_heads * arch.head_dim
+    kv_size = arch.num_kv_heads * arch.head_dim
+    shapes: dict[str, tuple[int, ...]] = {
+        f"{prefix}.input_layernorm.weight": (arch.hidden_size,),
+        f"{prefix}.self_attn.q_proj.weight": (q_size, arch.hidden_size),
+        f"{prefix}.self_attn.k_proj.weight": (kv_size, arch.hidden_size),
+        f"{prefix}.self_attn.v_proj.weight": (kv_size, arch.hidden_size),
+    }
+    if arch.attention_bias:
+        shapes[f"{prefix}.self_attn.q_proj.bias"] = (q_size,)
+        shapes[f"{prefix}.self_attn.k_proj.bias"] = (kv_size,)
+        shapes[f"{prefix}.self_attn.v_proj.bias"] = (kv_size,)
+    shapes.update({
+        f"{prefix}.self_attn.o_proj.weight": (arch.hidden_size, q_size),
+        f"{prefix}.post_attention_layernorm.weight": (arch.hidden_size,),
+        f"{prefix}.mlp.gate_proj.weight": (arch.intermediate_size, arch.hidden_size),
+        f"{prefix}.mlp.up_proj.weight": (arch.intermediate_size, arch.hidden_size),
+        f"{prefix}.mlp.down_proj.weight": (arch.hidden_size, arch.intermediate_size),
+    })
+    return shapes
+
+
+def weight_shapes(arch: ModelArchConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor the engine needs, embeddings first and lm_head last (absent when tied)."""
+    shapes: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (arch.vocab_size, arch.hidden_size),
+    }
+    for layer in range(arch.num_layers):
+        shapes.update(layer_weight_shapes(arch, layer))
+    shapes["model.norm.weight"] = (arch.hidden_size,)
+    if not arch.tie_word_embeddings:
+        shapes["lm_head.weight"] = (arch.vocab_size, arch.hidden_size)
+    return shapes
+
+
+def is_norm_weight(name: str) -> bool:
+    return name.endswith("norm.weight")
+
+
+def num_weight_bytes(arch: ModelArchConfig, *, bytes_per_element: int) -> int:
+    total = 0
+    for shape in weight_shapes(arch).values():
+        count = 1
+        for dim in shape:
+            count *= dim
+        total += count
+    return total * bytes_per_element

