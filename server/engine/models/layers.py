@@ -1,0 +1,97 @@
+"""One decoder layer of the Llama family, holding its weights as plain tensors.
+
+q/k/v projections are fused into one [q + k + v, hidden] weight and gate/up into one
+[2 * intermediate, hidden] weight, filled slice by slice at load time, so a layer runs
+two GEMMs where the checkpoint has five. The layer takes the step's attention metadata
+and the Ops as arguments; it keeps no per-step state.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from server.engine.attention.metadata import AttentionMetadata
+from server.engine.models.config import ModelArchConfig
+from server.engine.ops import Ops
+
+
+class DecoderLayer:
+    def __init__(self, arch: ModelArchConfig, *, dtype: torch.dtype,
+                 device: torch.device | str) -> None:
+        self.num_heads = arch.num_heads
+        self.num_kv_heads = arch.num_kv_heads
+        self.head_dim = arch.head_dim
+        self.eps = arch.rms_norm_eps
+        self.q_size = arch.num_heads * arch.head_dim
+        self.kv_size = arch.num_kv_heads * arch.head_dim
+        self.scale = arch.head_dim ** -0.5
+
+        def empty(*shape: int) -> torch.Tensor:
+            return torch.empty(shape, dtype=dtype, device=device)
+
+        hidden, inter = arch.hidden_size, arch.intermediate_size
+        self.input_norm = empty(hidden)
+        self.qkv_weight = empty(self.q_size + 2 * self.kv_size, hidden)
+        self.qkv_bias = empty(self.q_size + 2 * self.kv_size) if arch.attention_bias else None
+        self.o_weight = empty(hidden, self.q_size)
+        # Llama's attention_bias also biases o_proj; Qwen2 biases only q/k/v.
+        has_o_bias = arch.attention_bias and arch.architecture != "Qwen2ForCausalLM"
+        self.o_bias = empty(hidden) if has_o_bias else None
+        self.post_norm = empty(hidden)
+        self.gate_up_weight = empty(2 * inter, hidden)
+        self.down_weight = empty(hidden, inter)
+
+    def weight_destinations(self, prefix: str) -> dict[str, torch.Tensor]:
+        """HF tensor name -> the tensor (or fused slice) it is copied into."""
+        q, kv = self.q_size, self.kv_size
+        inter = self.down_weight.shape[1]
+        attn, mlp = f"{prefix}.self_attn", f"{prefix}.mlp"
+        names = {
+            f"{prefix}.input_layernorm.weight": self.input_norm,
+            f"{attn}.q_proj.weight": self.qkv_weight[:q],
+            f"{attn}.k_proj.weight": self.qkv_weight[q:q + kv],
+            f"{attn}.v_proj.weight": self.qkv_weight[q + kv:],
+            f"{attn}.o_proj.weight": self.o_weight,
+            f"{prefix}.post_attention_layernorm.weight": self.post_norm,
+            f"{mlp}.gate_proj.weight": self.gate_up_weight[:inter],
+            f"{mlp}.up_proj.weight": self.gate_up_weight[inter:],
+            f"{mlp}.down_proj.weight": self.down_weight,
+        }
+        if self.qkv_bias is not None:
+            names[f"{attn}.q_proj.bias"] = self.qkv_bias[:q]
+            names[f"{attn}.k_proj.bias"] = self.qkv_bias[q:q + kv]
+            names[f"{attn}.v_proj.bias"] = self.qkv_bias[q + kv:]
+        if self.o_bias is not None:
+            names[f"{attn}.o_proj.bias"] = self.o_bias
+        return names
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, *,
+                positions: torch.Tensor, cos_sin: torch.Tensor, kv_cache: torch.Tensor,
+                metadata: AttentionMetadata, ops: Ops) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-norm block. Returns (mlp output, residual stream before adding it); the next
+        layer's norm (or the final norm) adds the two, so each add is fused with a norm."""
+        if residual is None:
+            residual = hidden
+            normed = ops.rms_norm(hidden, self.input_norm, self.eps)
+        else:
+            normed, residual = ops.add_rms_norm(hidden, residual, self.input_norm, self.eps)
+        attn_out = self._attention(normed, positions=positions, cos_sin=cos_sin,
+                                   kv_cache=kv_cache, metadata=metadata, ops=ops)
+        normed, residual = ops.add_rms_norm(attn_out, residual, self.post_norm, self.eps)
+        mlp_out = F.linear(ops.silu_and_mul(F.linear(normed, self.gate_up_weight)),
+                           self.down_weight)
+        return mlp_out, residual
+
+    def _attention(self, x: torch.Tensor, *, positions: torch.Tensor, cos_sin: torch.Tensor,
+                   kv_cache: torch.Tensor, metadata: AttentionMetadata,
+                   ops: Ops) -> torch.Tensor:
+        num_tokens = x.shape[0]
+        qkv = F.linear(x, self.qkv_weight, self.qkv_bias)
+        q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+        q = q.reshape(num_tokens, self.num_heads, self.head_dim)
+        k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+        q, _k = ops.rope_and_cache(q, k, v, positions, cos_sin, kv_cache, metadata.slot_mapping)
+        out = ops.attention(q, kv_cache, metadata, self.scale)
+        return F.linear(out.reshape(num_tokens, self.q_size), self.o_weight, self.o_bias)

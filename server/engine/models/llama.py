@@ -1,0 +1,89 @@
+"""The Llama family (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM) over a packed
+token batch and the paged KV cache.
+
+    input_ids [T] -> embed -> N x DecoderLayer -> final norm -> hidden [T, H]
+    hidden[sample_indices] -> lm_head -> float32 logits [num sampled, vocab]
+
+Weights are plain tensors filled by `load_weights` from (HF name, tensor) pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from server.engine.attention.metadata import AttentionMetadata
+from server.engine.models.config import SUPPORTED_ARCHITECTURES, ModelArchConfig, \
+    UnsupportedModelError
+from server.engine.models.layers import DecoderLayer
+from server.engine.models.rotary import build_cos_sin
+from server.engine.models.weight_map import load_named_tensors
+from server.engine.ops import Ops
+
+# Buffers some older checkpoints carry; the model recomputes them.
+_IGNORED_SUFFIXES = (".rotary_emb.inv_freq", ".rotary_emb.cos_cached", ".rotary_emb.sin_cached")
+
+
+class LlamaModel:
+    def __init__(self, arch: ModelArchConfig, *, dtype: torch.dtype,
+                 device: torch.device | str) -> None:
+        if arch.architecture not in SUPPORTED_ARCHITECTURES:
+            raise UnsupportedModelError(f"LlamaModel cannot run {arch.architecture!r}")
+        self.arch = arch
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.embed_tokens = torch.empty(arch.vocab_size, arch.hidden_size, dtype=dtype,
+                                        device=device)
+        self.layers = [DecoderLayer(arch, dtype=dtype, device=device)
+                       for _ in range(arch.num_layers)]
+        self.norm = torch.empty(arch.hidden_size, dtype=dtype, device=device)
+        self.lm_head = (self.embed_tokens if arch.tie_word_embeddings else
+                        torch.empty(arch.vocab_size, arch.hidden_size, dtype=dtype,
+                                    device=device))
+        # Cast to the model dtype like HF does before rotating, so bf16 runs match HF too.
+        self.cos_sin = build_cos_sin(head_dim=arch.head_dim, rope_theta=arch.rope_theta,
+                                     rope_scaling=arch.rope_scaling_dict,
+                                     max_positions=arch.max_position_embeddings,
+                                     dtype=dtype, device=device)
+
+    def weight_destinations(self) -> dict[str, torch.Tensor]:
+        names = {"model.embed_tokens.weight": self.embed_tokens, "model.norm.weight": self.norm}
+        if not self.arch.tie_word_embeddings:
+            names["lm_head.weight"] = self.lm_head
+        for index, layer in enumerate(self.layers):
+            names.update(layer.weight_destinations(f"model.layers.{index}"))
+        return names
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Fills every tensor from HF-named weights; raises WeightLoadError naming any
+        missing, unexpected or mis-shaped tensor."""
+        tied = self.arch.tie_word_embeddings
+
+        def ignore(name: str) -> bool:
+            # Tied checkpoints sometimes still store lm_head.weight (a copy of the embedding).
+            return name.endswith(_IGNORED_SUFFIXES) or (tied and name == "lm_head.weight")
+
+        load_named_tensors(self.weight_destinations(), weights, ignore=ignore)
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
+                attn_metadata: AttentionMetadata, ops: Ops) -> torch.Tensor:
+        """kv_cache is the whole pool [num_layers, 2, num_blocks, block_size, Hkv, D].
+        Returns the final-normed hidden states [T, hidden]."""
+        hidden = F.embedding(input_ids, self.embed_tokens)
+        residual = None
+        for index, layer in enumerate(self.layers):
+            hidden, residual = layer.forward(hidden, residual, positions=positions,
+                                             cos_sin=self.cos_sin, kv_cache=kv_cache[index],
+                                             metadata=attn_metadata, ops=ops)
+        if residual is None:  # a model with no layers
+            return ops.rms_norm(hidden, self.norm, self.arch.rms_norm_eps)
+        hidden, _ = ops.add_rms_norm(hidden, residual, self.norm, self.arch.rms_norm_eps)
+        return hidden
+
+    @torch.inference_mode()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, H] -> float32 logits [N, vocab]."""
+        return F.linear(hidden, self.lm_head).float()

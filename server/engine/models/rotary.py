@@ -1,0 +1,68 @@
+"""Rotary position embeddings: inverse frequencies (default and llama3 scaling) and the
+cos/sin table the Ops read by position.
+
+The arithmetic follows Hugging Face transformers step by step (inv_freq in float32 from an
+int64 arange, positions multiplied in float32, cos/sin taken in float32, then cast to the
+model dtype) so that the table is bit-identical to what HF applies.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from server.engine.models.config import UnsupportedModelError
+
+
+def default_inv_freq(*, head_dim: int, rope_theta: float) -> torch.Tensor:
+    """[head_dim // 2] float32: theta ** (-2i / head_dim)."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).to(torch.float32) / head_dim
+    return 1.0 / (rope_theta ** exponents)
+
+
+def llama3_inv_freq(*, head_dim: int, rope_theta: float, scaling: dict[str, Any]) -> torch.Tensor:
+    """Llama 3.1 scaling: long wavelengths are slowed by `factor`, short ones kept, and the
+    band between the two wavelength cut-offs interpolated smoothly."""
+    try:
+        factor = float(scaling["factor"])
+        low_freq_factor = float(scaling["low_freq_factor"])
+        high_freq_factor = float(scaling["high_freq_factor"])
+        old_context_len = float(scaling["original_max_position_embeddings"])
+    except KeyError as missing:
+        raise UnsupportedModelError(
+            f"llama3 rope_scaling is missing {missing}; it needs factor, low_freq_factor, "
+            "high_freq_factor and original_max_position_embeddings") from None
+    inv_freq = default_inv_freq(head_dim=head_dim, rope_theta=rope_theta)
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+def rope_inv_freq(*, head_dim: int, rope_theta: float,
+                  rope_scaling: dict[str, Any] | None) -> torch.Tensor:
+    scaling = rope_scaling or {}
+    kind = scaling.get("rope_type") or scaling.get("type") or "default"
+    if kind == "default":
+        return default_inv_freq(head_dim=head_dim, rope_theta=rope_theta)
+    if kind == "llama3":
+        return llama3_inv_freq(head_dim=head_dim, rope_theta=rope_theta, scaling=scaling)
+    raise UnsupportedModelError(f"rope scaling type {kind!r} is not supported (only llama3)")
+
+
+def build_cos_sin(*, head_dim: int, rope_theta: float, rope_scaling: dict[str, Any] | None,
+                  max_positions: int, dtype: torch.dtype,
+                  device: torch.device | str) -> torch.Tensor:
+    """[max_positions, head_dim]: cos of each pair's angle in the first half, sin in the
+    second (the layout the Ops docstring names)."""
+    inv_freq = rope_inv_freq(head_dim=head_dim, rope_theta=rope_theta, rope_scaling=rope_scaling)
+    positions = torch.arange(max_positions, dtype=torch.int64).to(torch.float32)
+    angles = positions[:, None] * inv_freq[None, :]
+    return torch.cat((angles.cos(), angles.sin()), dim=-1).to(dtype=dtype, device=device)

@@ -1,0 +1,144 @@
+"""TorchOps: the reference implementation of every per-layer op, in plain torch.
+
+It runs on any device and is what the CUDA kernels are tested against, so it favours
+being obviously right over being fast. Norms and rotary follow Hugging Face's arithmetic
+(the golden tests compare against it); attention accumulates in float32.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+from server.engine.attention.metadata import AttentionMetadata
+
+
+class TorchOps:
+    """Implements `server.engine.ops.Ops`."""
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        # As HF LlamaRMSNorm: normalise in float32, cast back, then scale in the input dtype.
+        input_dtype = x.dtype
+        x32 = x.to(torch.float32)
+        variance = x32.pow(2).mean(-1, keepdim=True)
+        x32 = x32 * torch.rsqrt(variance + eps)
+        return weight * x32.to(input_dtype)
+
+    def add_rms_norm(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        summed = x + residual
+        return self.rms_norm(summed, weight, eps), summed
+
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        return F.silu(x[..., :half]) * x[..., half:]
+
+    def rope_and_cache(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       positions: torch.Tensor, cos_sin: torch.Tensor, kv_cache: torch.Tensor,
+                       slot_mapping: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        half = cos_sin.shape[-1] // 2
+        table = cos_sin[positions]  # [T, head_dim]
+        # HF applies cos/sin repeated over both halves: x * cos + rotate_half(x) * sin.
+        cos = torch.cat((table[:, :half], table[:, :half]), dim=-1).unsqueeze(1)
+        sin = torch.cat((table[:, half:], table[:, half:]), dim=-1).unsqueeze(1)
+        q_rot = q * cos + _rotate_half(q) * sin
+        k_rot = k * cos + _rotate_half(k) * sin
+        write_kv(kv_cache, k_rot, v, slot_mapping)
+        return q_rot, k_rot
+
+    def attention(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
+                  scale: float) -> torch.Tensor:
+        # Decodes (one query each) go through one batched computation; sequences with
+        # several new tokens (prefill chunks) one at a time.
+        block_size = kv_cache.shape[2]
+        out = torch.empty_like(q)
+        starts = list(itertools.accumulate(metadata.query_lens_host, initial=0))
+        decode_seqs = [i for i, n in enumerate(metadata.query_lens_host) if n == 1]
+        if decode_seqs:
+            rows = torch.tensor([starts[i] for i in decode_seqs], device=q.device)
+            seqs = torch.tensor(decode_seqs, device=q.device)
+            out[rows] = decode_attention(
+                q[rows], kv_cache, metadata.block_tables[seqs], metadata.seq_lens[seqs],
+                max_seq_len=max(metadata.seq_lens_host[i] for i in decode_seqs), scale=scale)
+        for seq, (start, query_len, seq_len) in enumerate(
+                zip(starts, metadata.query_lens_host, metadata.seq_lens_host)):
+            if query_len == 1:
+                continue
+            keys, values = gather_kv(kv_cache, metadata.block_tables[seq],
+                                     seq_len=seq_len, block_size=block_size)
+            out[start:start + query_len] = causal_attention(
+                q[start:start + query_len], keys, values, scale=scale)
+        return out
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """kv_cache [2, num_blocks, block_size, Hkv, D]; slot = block_id * block_size + offset,
+    which is exactly the row index once blocks and offsets are flattened together."""
+    num_kv_heads, head_dim = kv_cache.shape[-2:]
+    key_slots = kv_cache[0].view(-1, num_kv_heads, head_dim)
+    value_slots = kv_cache[1].view(-1, num_kv_heads, head_dim)
+    key_slots.index_copy_(0, slot_mapping, k.to(kv_cache.dtype))
+    value_slots.index_copy_(0, slot_mapping, v.to(kv_cache.dtype))
+
+
+def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, *, seq_len: int,
+              block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sequence's first seq_len keys and values, each [seq_len, Hkv, D]."""
+    num_kv_heads, head_dim = kv_cache.shape[-2:]
+    num_blocks = -(-seq_len // block_size)
+    blocks = block_table[:num_blocks].long()
+    keys = kv_cache[0, blocks].reshape(-1, num_kv_heads, head_dim)[:seq_len]
+    values = kv_cache[1, blocks].reshape(-1, num_kv_heads, head_dim)[:seq_len]
+    return keys, values
+
+
+def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+                     seq_lens: torch.Tensor, *, max_seq_len: int, scale: float) -> torch.Tensor:
+    """One query per sequence (its last position) over its whole cached context.
+
+    q [S, H, D]; block_tables [S, max_blocks]; keys past seq_lens[i] are padding, masked out.
+    """
+    num_seqs, num_heads, head_dim = q.shape
+    block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
+    group = num_heads // num_kv_heads
+    num_blocks = -(-max_seq_len // block_size)
+    blocks = block_tables[:, :num_blocks].long()  # [S, nb]
+    keys = kv_cache[0, blocks].reshape(num_seqs, -1, num_kv_heads, head_dim).to(torch.float32)
+    values = kv_cache[1, blocks].reshape(num_seqs, -1, num_kv_heads, head_dim).to(torch.float32)
+    q32 = q.to(torch.float32).reshape(num_seqs, num_kv_heads, group, head_dim)
+    scores = torch.einsum("skgd,slkd->skgl", q32, keys) * scale
+    padding = torch.arange(keys.shape[1], device=q.device)[None, :] >= seq_lens[:, None]
+    scores.masked_fill_(padding[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.einsum("skgl,slkd->skgd", probs, values)
+    return out.reshape(num_seqs, num_heads, head_dim).to(q.dtype)
+
+
+def causal_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *,
+                     scale: float) -> torch.Tensor:
+    """q [Q, H, D] are the last Q positions of a sequence whose keys/values are [S, Hkv, D].
+
+    # key index:   0 ...            S-Q ...        S-1
+    # query i sits at position S-Q+i and sees keys 0 ..= S-Q+i
+    """
+    query_len, num_heads, head_dim = q.shape
+    seq_len, num_kv_heads, _ = keys.shape
+    group = num_heads // num_kv_heads
+    # Query head h reads kv head h // group (HF repeat_kv order), so group the query heads.
+    q32 = q.to(torch.float32).reshape(query_len, num_kv_heads, group, head_dim)
+    scores = torch.einsum("qkgd,skd->kgqs", q32, keys.to(torch.float32)) * scale
+    query_pos = torch.arange(seq_len - query_len, seq_len, device=q.device)
+    key_pos = torch.arange(seq_len, device=q.device)
+    future = key_pos[None, :] > query_pos[:, None]  # [Q, S]
+    scores.masked_fill_(future, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.einsum("kgqs,skd->qkgd", probs, values.to(torch.float32))
+    return out.reshape(query_len, num_heads, head_dim).to(q.dtype)
