@@ -1,0 +1,216 @@
+"""Kernel micro-benchmark on one GPU (not a test): our attention, norm, activation and rotary
+kernels for a Llama-3-8B layer shape (32 query heads, 8 kv heads, head_dim 128, bf16).
+
+Decode attention is timed at batch 1/64/256 with contexts 512/2048/8192 and reported as
+achieved KV bandwidth (K and V bytes read once) against a measured device copy bandwidth
+(read + write) and read bandwidth (a bf16 sum);
+prefill attention for 4 sequences of 1024 new tokens as time and TFLOP/s, next to torch's
+own fused attention on the same shape. Every timing replays a CUDA graph and takes the
+median of CUDA-event timings; small cases put several launches over distinct KV regions in
+one graph, so that repeated reads come from HBM rather than the 50 MB L2. The elementwise
+kernels (norms, SiLU-and-mul, rotary) run 20 times per graph on 256 tokens, whose few MB
+stay in L2 as the activations of a real step would.
+
+    python3 bench/kernels.py [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from server.engine.attention.metadata import AttentionMetadata  # noqa: E402
+from server.engine.kernels import KernelLibrary  # noqa: E402
+from server.engine.ops.cuda import CudaOps  # noqa: E402
+from server.engine.ops.cuda_attention import plan_for  # noqa: E402
+
+NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 32, 8, 128, 16
+DTYPE = torch.bfloat16
+L2_FLUSH_BYTES = 256 * 2**20  # each timed graph touches at least this much distinct data
+
+
+def time_graph(fn, *, calls: int = 1, replays: int = 20) -> float:
+    """Median milliseconds per call of fn, from replays of a graph that calls it `calls` times."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    for _ in range(3):
+        graph.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return statistics.median(times)
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy of 2 GiB, bytes read plus written per second."""
+    src = torch.randn(2**29, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(100):  # let the clocks rise before anything is timed
+        dst.copy_(src)
+    ms = time_graph(lambda: dst.copy_(src), calls=5)
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
+
+
+def read_bandwidth() -> float:
+    """A sum over 2 GiB of bf16: bytes read per second, the ceiling for decode attention,
+    which reads the KV cache and writes almost nothing."""
+    src = torch.randn(2**30, device="cuda", dtype=DTYPE)
+    total = torch.empty((), device="cuda", dtype=torch.float32)
+    ms = time_graph(lambda: torch.sum(src, dim=0, dtype=torch.float32, out=total), calls=5)
+    return src.numel() * src.element_size() / (ms * 1e-3)
+
+
+def decode_metadata(batch: int, context: int, first_block: int) -> AttentionMetadata:
+    blocks_per_seq = -(-context // BLOCK_SIZE)
+    order = torch.randperm(batch * blocks_per_seq) + first_block
+    tables = order.view(batch, blocks_per_seq).to(torch.int32).cuda()
+    return AttentionMetadata(
+        num_tokens=batch, num_seqs=batch,
+        query_start_loc=torch.arange(batch + 1, dtype=torch.int32, device="cuda"),
+        seq_lens=torch.full((batch,), context, dtype=torch.int32, device="cuda"),
+        context_lens=torch.full((batch,), context - 1, dtype=torch.int32, device="cuda"),
+        block_tables=tables, slot_mapping=torch.zeros(batch, dtype=torch.int64, device="cuda"),
+        max_query_len=1, max_seq_len=context, query_lens_host=(1,) * batch,
+        seq_lens_host=(context,) * batch)
+
+
+def bench_decode(ops: CudaOps, batch: int, context: int, copy_bw: float) -> dict:
+    kv_bytes = batch * context * NUM_KV_HEADS * HEAD_DIM * 2 * DTYPE.itemsize
+    copies = max(1, min(128, -(-L2_FLUSH_BYTES // kv_bytes)))
+    blocks = copies * batch * -(-context // BLOCK_SIZE)
+    kv_cache = torch.randn((2, blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM), device="cuda",
+                           dtype=DTYPE)
+    blocks_per_copy = blocks // copies
+    metas = [decode_metadata(batch, context, i * blocks_per_copy) for i in range(copies)]
+    q = torch.randn((batch, NUM_HEADS, HEAD_DIM), device="cuda", dtype=DTYPE)
+
+    def step():
+        for metadata in metas:
+            ops.attention(q, kv_cache, metadata, HEAD_DIM ** -0.5)
+
+    ms = time_graph(step) / copies
+    plan = plan_for(ops.library, q, kv_cache, metas[0])
+    achieved = kv_bytes / (ms * 1e-3)
+    return {"batch": batch, "context": context, "partitions": plan.num_partitions,
+            "us": ms * 1e3, "kv_mb": kv_bytes / 2**20, "gb_s": achieved / 1e9,
+            "of_copy": achieved / copy_bw}
+
+
+def bench_prefill(ops: CudaOps, num_seqs: int = 4, length: int = 1024) -> dict:
+    blocks = num_seqs * length // BLOCK_SIZE
+    kv_cache = torch.randn((2, blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM), device="cuda",
+                           dtype=DTYPE)
+    tables = torch.arange(blocks, dtype=torch.int32, device="cuda").view(num_seqs, -1)
+    metadata = AttentionMetadata(
+        num_tokens=num_seqs * length, num_seqs=num_seqs,
+        query_start_loc=torch.arange(0, (num_seqs + 1) * length, length, dtype=torch.int32,
+                                     device="cuda"),
+        seq_lens=torch.full((num_seqs,), length, dtype=torch.int32, device="cuda"),
+        context_lens=torch.zeros(num_seqs, dtype=torch.int32, device="cuda"), block_tables=tables,
+        slot_mapping=torch.zeros(num_seqs * length, dtype=torch.int64, device="cuda"),
+        max_query_len=length, max_seq_len=length, query_lens_host=(length,) * num_seqs,
+        seq_lens_host=(length,) * num_seqs)
+    q = torch.randn((num_seqs * length, NUM_HEADS, HEAD_DIM), device="cuda", dtype=DTYPE)
+    ms = time_graph(lambda: ops.attention(q, kv_cache, metadata, HEAD_DIM ** -0.5))
+    flops = 4 * num_seqs * NUM_HEADS * HEAD_DIM * length * (length + 1) / 2
+    # torch's fused causal attention on contiguous (unpaged) tensors of the same shape, the
+    # kv heads repeated for their query heads (same FLOPs)
+    qt = q.view(num_seqs, length, NUM_HEADS, HEAD_DIM).transpose(1, 2).contiguous()
+    kt = torch.randn((num_seqs, NUM_HEADS, length, HEAD_DIM), device="cuda", dtype=DTYPE)
+    vt = torch.randn_like(kt)
+    sdpa_ms = time_graph(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True))
+    return {"seqs": num_seqs, "length": length, "us": ms * 1e3, "tflops": flops / ms / 1e9,
+            "sdpa_us": sdpa_ms * 1e3, "sdpa_tflops": flops / sdpa_ms / 1e9}
+
+
+def bench_elementwise(ops: CudaOps, tokens: int = 256) -> list[dict]:
+    hidden, inter = 4096, 14336
+    x = torch.randn((tokens, hidden), device="cuda", dtype=DTYPE)
+    residual, weight = torch.randn_like(x), torch.randn(hidden, device="cuda", dtype=DTYPE)
+    gate_up = torch.randn((tokens, 2 * inter), device="cuda", dtype=DTYPE)
+    qkv = torch.randn((tokens, (NUM_HEADS + 2 * NUM_KV_HEADS) * HEAD_DIM), device="cuda",
+                      dtype=DTYPE)
+    q, k, v = (t.view(tokens, -1, HEAD_DIM) for t in qkv.split(
+        (NUM_HEADS * HEAD_DIM, NUM_KV_HEADS * HEAD_DIM, NUM_KV_HEADS * HEAD_DIM), dim=-1))
+    cos_sin = torch.randn((8192, HEAD_DIM), device="cuda", dtype=DTYPE)
+    kv_cache = torch.randn((2, 1024, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM), device="cuda",
+                           dtype=DTYPE)
+    positions = torch.randint(0, 8192, (tokens,), device="cuda")
+    slots = torch.randperm(1024 * BLOCK_SIZE, device="cuda")[:tokens]
+    size = x.numel() * x.element_size()
+    cases = {
+        "rms_norm": (lambda: ops.rms_norm(x, weight, 1e-5), 2 * size),
+        "add_rms_norm": (lambda: ops.add_rms_norm(x, residual, weight, 1e-5), 4 * size),
+        "silu_and_mul": (lambda: ops.silu_and_mul(gate_up),
+                         gate_up.numel() * 2 * 3 // 2),
+        "rope_and_cache": (lambda: ops.rope_and_cache(q, k, v, positions, cos_sin, kv_cache,
+                                                      slots),
+                           # reads q, k, v; writes q, k, and k, v to the cache
+                           (qkv.numel() + (NUM_HEADS + 3 * NUM_KV_HEADS) * HEAD_DIM * tokens) * 2),
+    }
+    rows = []
+    for name, (fn, moved) in cases.items():
+        ms = time_graph(fn, calls=20)
+        rows.append({"kernel": name, "tokens": tokens, "us": ms * 1e3,
+                     "gb_s": moved / (ms * 1e-3) / 1e9})
+    return rows
+
+
+def print_table(results: dict) -> None:
+    print(f"device {results['device']}; copy bandwidth {results['copy_gb_s']:.0f} GB/s "
+          f"(read+write), read bandwidth {results['read_gb_s']:.0f} GB/s (bf16 sum)")
+    print("decode attention (bf16, 32/8 heads, d128, graph replay)")
+    print(f"{'batch':>6} {'context':>8} {'parts':>6} {'us':>9} {'KV MB':>8} {'GB/s':>7} "
+          f"{'of copy':>8} {'of read':>8}")
+    for row in results["decode"]:
+        print(f"{row['batch']:>6} {row['context']:>8} {row['partitions']:>6} {row['us']:>9.1f} "
+              f"{row['kv_mb']:>8.1f} {row['gb_s']:>7.0f} {row['of_copy']:>8.0%} "
+              f"{row['gb_s'] / results['read_gb_s']:>8.0%}")
+    p = results["prefill"]
+    print(f"prefill attention {p['seqs']}x{p['length']}: {p['us']:.0f} us, "
+          f"{p['tflops']:.0f} TFLOP/s (torch SDPA on unpaged tensors: {p['sdpa_us']:.0f} us, "
+          f"{p['sdpa_tflops']:.0f} TFLOP/s)")
+    for row in results["elementwise"]:
+        print(f"{row['kernel']:>15} {row['tokens']} tokens: {row['us']:.1f} us, "
+              f"{row['gb_s']:.0f} GB/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    ops = CudaOps(KernelLibrary())
+    ops.library.load_all()
+    copy_bw = copy_bandwidth()
+    results = {"device": torch.cuda.get_device_name(), "copy_gb_s": copy_bw / 1e9,
+               "read_gb_s": read_bandwidth() / 1e9,
+               "decode": [bench_decode(ops, b, c, copy_bw)
+                          for b in (1, 64, 256) for c in (512, 2048, 8192)],
+               "prefill": bench_prefill(ops), "elementwise": bench_elementwise(ops)}
+    print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

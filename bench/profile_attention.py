@@ -1,0 +1,61 @@
+"""One decode and one prefill attention call inside a profiler range, for Nsight Compute:
+
+    ncu --profile-from-start off --clock-control none --section SpeedOfLight \
+        --section WarpStateStats python3 bench/profile_attention.py
+
+Shapes: Llama-3-8B attention (32 query heads, 8 kv heads, head_dim 128, bf16); decode at
+batch 64 with 2048-token contexts, prefill of 4 x 1024 tokens.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.kernels import (BLOCK_SIZE, DTYPE, HEAD_DIM, NUM_HEADS, NUM_KV_HEADS,  # noqa: E402
+                           decode_metadata)
+from server.engine.attention.metadata import AttentionMetadata  # noqa: E402
+from server.engine.kernels import KernelLibrary  # noqa: E402
+from server.engine.ops.cuda import CudaOps  # noqa: E402
+
+
+def prefill_metadata(num_seqs: int, length: int) -> AttentionMetadata:
+    tables = torch.arange(num_seqs * length // BLOCK_SIZE, dtype=torch.int32, device="cuda")
+    return AttentionMetadata(
+        num_tokens=num_seqs * length, num_seqs=num_seqs,
+        query_start_loc=torch.arange(0, (num_seqs + 1) * length, length, dtype=torch.int32,
+                                     device="cuda"),
+        seq_lens=torch.full((num_seqs,), length, dtype=torch.int32, device="cuda"),
+        context_lens=torch.zeros(num_seqs, dtype=torch.int32, device="cuda"),
+        block_tables=tables.view(num_seqs, -1),
+        slot_mapping=torch.zeros(num_seqs * length, dtype=torch.int64, device="cuda"),
+        max_query_len=length, max_seq_len=length, query_lens_host=(length,) * num_seqs,
+        seq_lens_host=(length,) * num_seqs)
+
+
+def main() -> None:
+    ops = CudaOps(KernelLibrary())
+    ops.library.load_all()
+    kv_cache = torch.randn((2, 64 * 2048 // BLOCK_SIZE, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM),
+                           device="cuda", dtype=DTYPE)
+    decode = decode_metadata(64, 2048, 0)
+    prefill = prefill_metadata(4, 1024)
+    q_decode = torch.randn((64, NUM_HEADS, HEAD_DIM), device="cuda", dtype=DTYPE)
+    q_prefill = torch.randn((4096, NUM_HEADS, HEAD_DIM), device="cuda", dtype=DTYPE)
+    for _ in range(2):  # warm-up outside the profiled range
+        ops.attention(q_decode, kv_cache, decode, HEAD_DIM ** -0.5)
+        ops.attention(q_prefill, kv_cache, prefill, HEAD_DIM ** -0.5)
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    ops.attention(q_decode, kv_cache, decode, HEAD_DIM ** -0.5)
+    ops.attention(q_prefill, kv_cache, prefill, HEAD_DIM ** -0.5)
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+
+
+if __name__ == "__main__":
+    main()

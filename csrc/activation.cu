@@ -1,0 +1,43 @@
+// SiLU-and-mul for the gated MLP: out[t, i] = silu(x[t, i]) * x[t, d + i] for x [T, 2d].
+//
+// As the torch reference: silu of the gate is rounded to T before the product, which is
+// rounded once more. grid = (T, column blocks); each thread handles VEC columns per step.
+#include "common.cuh"
+
+using namespace inflightd;
+
+__device__ __forceinline__ float silu(float g) { return g / (1.f + __expf(-g)); }
+
+template <typename T, int VEC>
+__device__ __forceinline__ void silu_and_mul_impl(T* __restrict__ out, const T* __restrict__ x,
+                                                  int d, long long x_stride) {
+  const T* gate = x + blockIdx.x * x_stride;
+  const T* up = gate + d;
+  T* dst = out + blockIdx.x * static_cast<long long>(d);
+  const int step = gridDim.y * blockDim.x * VEC;
+  for (int i = (blockIdx.y * blockDim.x + threadIdx.x) * VEC; i < d; i += step) {
+    if constexpr (VEC == 8) {
+      Vec8<T> g;
+      Vec8<T> u;
+      Vec8<T> o;
+      g.load(gate + i);
+      u.load(up + i);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) o.set(j, round_to<T>(silu(g.get(j))) * u.get(j));
+      o.store(dst + i);
+    } else {
+      dst[i] = from_float<T>(round_to<T>(silu(to_float(gate[i]))) * to_float(up[i]));
+    }
+  }
+}
+
+#define INFLIGHTD_SILU_AND_MUL(T, SUFFIX, VEC)                                                   \
+  extern "C" __global__ void __launch_bounds__(256)                                              \
+      silu_and_mul_##SUFFIX##_vec##VEC(T* out, const T* x, int d, long long x_stride) {         \
+    silu_and_mul_impl<T, VEC>(out, x, d, x_stride);                                              \
+  }
+
+INFLIGHTD_SILU_AND_MUL(__nv_bfloat16, bf16, 8)
+INFLIGHTD_SILU_AND_MUL(__nv_bfloat16, bf16, 1)
+INFLIGHTD_SILU_AND_MUL(__half, fp16, 8)
+INFLIGHTD_SILU_AND_MUL(__half, fp16, 1)

@@ -1,0 +1,342 @@
+// Paged attention over the KV pool for a packed batch of prefill chunks and decodes.
+//
+// One CTA = (tile of query rows, kv head, key partition); attention_common.cuh says how
+// rows and partitions are laid out. Each of the CTA's WARPS warps owns 16 query rows and
+// walks the partition's keys in tiles of kBlockN, double-buffered in shared memory with
+// cp.async, computing S = Q K^T and O += P V on tensor cores (mma.m16n8k16, float
+// accumulators) with an online softmax in the exp2 domain. Decodes launch WARPS = 1 (a tile
+// is the group's query heads of one token); prefill chunks launch WARPS = 4.
+//
+// Causality: query token j of a sequence with q_len new tokens sits at position
+// context + j (context = seq_len - q_len) and sees keys 0 ..= context + j.
+//
+// kv_cache [2, num_blocks, block_size, Hkv, D]; the key at position p of sequence s lives in
+// slot block_tables[s][p / block_size] * block_size + p % block_size.
+#include "attention_common.cuh"
+#include "common.cuh"
+#include "mma.cuh"
+
+using namespace inflightd;
+
+namespace {
+
+struct RowInfo {
+  bool valid;
+  int key_limit;      // keys [0, key_limit) are visible
+  long long out_row;  // token * num_heads + head
+};
+
+template <typename T, int D>
+using KvTile = T[2][kBlockN][D + 8];  // [K or V][key][dim], rows padded against bank conflicts
+
+// Offset (elements) of key `position`'s row inside the K (or V) plane. Lane j of every warp
+// looks up key k0 + j of a tile (kBlockN == 32 keys, one per lane) and the loaders take
+// their rows' offsets from it by shuffle, so each tile reads the block table once per lane.
+// Keys at or past kv_hi are never read: they get 0.
+__device__ __forceinline__ long long key_row_offset(const int* __restrict__ block_row,
+                                                    int position, int kv_hi, int block_size,
+                                                    long long kv_row) {
+  if (position >= kv_hi) return 0;
+  const int block = position / block_size;
+  return (static_cast<long long>(block_row[block]) * block_size + (position - block * block_size)) *
+         kv_row;
+}
+
+template <typename T, int D, int THREADS>
+__device__ __forceinline__ void load_kv_tile(KvTile<T, D>& dst, const T* __restrict__ kv_head,
+                                             long long lane_key_offset, int k0, int kv_hi,
+                                             long long plane) {
+  static_assert(kBlockN == 32, "one key per lane");
+  constexpr int CHUNKS = D / 8;
+  constexpr int PER_THREAD = 2 * kBlockN * CHUNKS / THREADS;
+  static_assert(PER_THREAD * THREADS == 2 * kBlockN * CHUNKS, "every lane runs every shuffle");
+#pragma unroll 2  // fully unrolled, the 64-bit addresses of all copies crowd out the registers
+  for (int i = 0; i < PER_THREAD; ++i) {
+    const int c = threadIdx.x + i * THREADS;
+    const int which = c / (kBlockN * CHUNKS);
+    const int rem = c - which * (kBlockN * CHUNKS);
+    const int key = rem / CHUNKS;
+    const int chunk = rem - key * CHUNKS;
+    const long long offset = __shfl_sync(0xffffffffu, lane_key_offset, key);
+    T* d = &dst[which][key][chunk * 8];
+    if (k0 + key < kv_hi) {
+      cp_async_16(d, kv_head + which * plane + offset + chunk * 8);
+    } else {
+      // Zeros, not garbage: a masked key still multiplies its V row by p = 0.
+      *reinterpret_cast<uint4*>(d) = make_uint4(0u, 0u, 0u, 0u);
+    }
+  }
+}
+
+// One K/V tile for this warp's 16 rows: scores, online softmax, and O += P V.
+template <typename T, int D>
+__device__ __forceinline__ void attend_tile(const KvTile<T, D>& kv, const unsigned (&qa)[D / 16][4],
+                                            float (&acc)[D / 8][4], float (&m)[2], float (&l)[2],
+                                            const RowInfo (&rows)[2], int k0, int kv_hi,
+                                            float scale_log2) {
+  const int lane = threadIdx.x & 31;
+  const int t = lane & 3;
+  const int tile_of_lane = lane >> 3;
+  float s[kBlockN / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < kBlockN / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+  {
+    // B fragments of two 8-key score tiles at once: ldmatrix tiles (keys 0-7, dims 0-7),
+    // (keys 0-7, dims 8-15), (keys 8-15, dims 0-7), (keys 8-15, dims 8-15) of the chunk.
+    const int key_in_pair = (tile_of_lane >> 1) * 8 + (lane & 7);
+    const int dim_in_chunk = (tile_of_lane & 1) * 8;
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc) {
+#pragma unroll
+      for (int np = 0; np < kBlockN / 16; ++np) {
+        unsigned kb[4];
+        ldmatrix_x4(kb, &kv[0][np * 16 + key_in_pair][kc * 16 + dim_in_chunk]);
+        mma_16816<T>(s[2 * np], qa[kc], kb[0], kb[1]);
+        mma_16816<T>(s[2 * np + 1], qa[kc], kb[2], kb[3]);
+      }
+    }
+  }
+  float tile_max[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+  for (int nt = 0; nt < kBlockN / 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = k0 + nt * 8 + 2 * t + (e & 1);
+      const bool visible = key < kv_hi && key < rows[e >> 1].key_limit;
+      s[nt][e] = visible ? s[nt][e] * scale_log2 : neg_inf();
+      tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[nt][e]);
+    }
+  }
+  float base[2];
+  float alpha[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+    tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+    const float m_new = fmaxf(m[h], tile_max[h]);
+    base[h] = m_new == neg_inf() ? 0.f : m_new;  // a row with nothing visible yet stays at 0
+    alpha[h] = exp2f(m[h] - base[h]);
+    m[h] = m_new;
+  }
+  float row_sum[2] = {0.f, 0.f};
+#pragma unroll
+  for (int nt = 0; nt < kBlockN / 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[nt][e] = exp2f(s[nt][e] - base[e >> 1]);
+      row_sum[e >> 1] += s[nt][e];
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + row_sum[h];
+#pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt) {
+    acc[dt][0] *= alpha[0];
+    acc[dt][1] *= alpha[0];
+    acc[dt][2] *= alpha[1];
+    acc[dt][3] *= alpha[1];
+  }
+  // The C fragments of two adjacent 8-key score tiles are the A fragment of a 16-key chunk.
+  const int key_in_chunk = (tile_of_lane & 1) * 8 + (lane & 7);
+  const int dim_in_pair = (tile_of_lane >> 1) * 8;
+#pragma unroll
+  for (int kc = 0; kc < kBlockN / 16; ++kc) {
+    const unsigned pa[4] = {pack2<T>(s[2 * kc][0], s[2 * kc][1]),
+                            pack2<T>(s[2 * kc][2], s[2 * kc][3]),
+                            pack2<T>(s[2 * kc + 1][0], s[2 * kc + 1][1]),
+                            pack2<T>(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+      unsigned vb[4];
+      ldmatrix_x4_trans(vb, &kv[1][kc * 16 + key_in_chunk][dp * 16 + dim_in_pair]);
+      mma_16816<T>(acc[2 * dp], pa, vb[0], vb[1]);
+      mma_16816<T>(acc[2 * dp + 1], pa, vb[2], vb[3]);
+    }
+  }
+}
+
+template <typename T, int D>
+__device__ __forceinline__ void store_rows(T* __restrict__ out, float* __restrict__ part_acc,
+                                           float* __restrict__ part_max,
+                                           float* __restrict__ part_sum,
+                                           const float (&acc)[D / 8][4], const float (&m)[2],
+                                           float (&l)[2], const RowInfo (&rows)[2],
+                                           int num_partitions, long long rows_total) {
+  const int t = threadIdx.x & 3;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (!rows[h].valid) continue;
+    if (num_partitions == 1) {
+      // Key 0 is visible to every row, so l >= 1 here.
+      const float inv = 1.f / l[h];
+      T* dst = out + rows[h].out_row * D + 2 * t;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        *reinterpret_cast<unsigned*>(dst + dt * 8) =
+            pack2<T>(acc[dt][2 * h] * inv, acc[dt][2 * h + 1] * inv);
+      }
+    } else {
+      const long long part_row = blockIdx.z * rows_total + rows[h].out_row;
+      float* dst = part_acc + part_row * D + 2 * t;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        *reinterpret_cast<float2*>(dst + dt * 8) = make_float2(acc[dt][2 * h], acc[dt][2 * h + 1]);
+      }
+      if (t == 0) {
+        part_max[part_row] = m[h];
+        part_sum[part_row] = l[h];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T, int D, int WARPS>
+__device__ __forceinline__ void paged_attention_impl(
+    T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_max,
+    float* __restrict__ part_sum, const T* __restrict__ q, const T* __restrict__ kv_cache,
+    const int* __restrict__ query_start_loc, const int* __restrict__ seq_lens,
+    const int* __restrict__ block_tables, int num_seqs, int num_tokens, int num_heads,
+    int num_kv_heads, int block_size, int max_blocks_per_seq, long long num_slots,
+    float scale_log2, int num_partitions, int min_rows, int max_rows) {
+  constexpr int ROWS = 16 * WARPS;
+  constexpr int THREADS = 32 * WARPS;
+  constexpr int PAD = D + 8;
+  static_assert(ROWS * PAD <= 2 * kBlockN * PAD, "the Q tile must fit in one K/V stage");
+  __shared__ __align__(16) T smem[2][2][kBlockN][PAD];  // [stage][K or V][key][dim]
+
+  const int group = num_heads / num_kv_heads;
+  const int kv_head = blockIdx.y;
+  const int tile = blockIdx.x;
+  const int seq = last_not_above(num_seqs, tile, [&](int i) {
+    return tile_start(query_start_loc[i], i, group, ROWS);
+  });
+  const int q_begin = query_start_loc[seq];
+  const int q_len = query_start_loc[seq + 1] - q_begin;
+  const int rows_in_seq = q_len * group;
+  if (rows_in_seq < min_rows || rows_in_seq > max_rows) return;  // the other launch's
+  // Tiles run last rows first: the rows that see the most keys start earliest.
+  const int tiles_in_seq = (rows_in_seq + ROWS - 1) / ROWS;
+  const int tile_in_seq = tile - tile_start(q_begin, seq, group, ROWS);
+  if (tile_in_seq >= tiles_in_seq) return;
+  const int row0 = (tiles_in_seq - 1 - tile_in_seq) * ROWS;
+  const int seq_len = seq_lens[seq];
+  const int context = seq_len - q_len;
+  const int part_len = partition_len(seq_len, num_partitions);
+  const int kv_lo = blockIdx.z * part_len;
+  if (kv_lo >= seq_len) return;  // not a live partition: the merge does not read it
+  const int last_row = min(row0 + ROWS, rows_in_seq) - 1;
+  const int kv_hi = min(kv_lo + part_len, context + last_row / group + 1);
+
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  RowInfo rows[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = row0 + warp * 16 + (lane >> 2) + 8 * h;
+    const int token = r / group;
+    rows[h].valid = r < rows_in_seq;
+    rows[h].key_limit = rows[h].valid ? context + token + 1 : 0;
+    rows[h].out_row = static_cast<long long>(q_begin + token) * num_heads + kv_head * group +
+                      (r - token * group);
+  }
+
+  // Q tile -> stage 1 (free until the first prefetch), first K/V tile -> stage 0.
+  T(*q_tile)[PAD] = reinterpret_cast<T(*)[PAD]>(&smem[1][0][0][0]);
+  for (int c = threadIdx.x; c < ROWS * (D / 8); c += THREADS) {
+    const int r = c / (D / 8);
+    const int chunk = c - r * (D / 8);
+    const int row = row0 + r;
+    if (row < rows_in_seq) {
+      const int token = row / group;
+      const long long head = kv_head * group + (row - token * group);
+      cp_async_16(&q_tile[r][chunk * 8],
+                  q + (static_cast<long long>(q_begin + token) * num_heads + head) * D + chunk * 8);
+    } else {
+      *reinterpret_cast<uint4*>(&q_tile[r][chunk * 8]) = make_uint4(0u, 0u, 0u, 0u);
+    }
+  }
+  const long long kv_row = static_cast<long long>(num_kv_heads) * D;
+  const long long plane = num_slots * kv_row;
+  const T* kv_head_base = kv_cache + kv_head * D;
+  const int* block_row = block_tables + static_cast<long long>(seq) * max_blocks_per_seq;
+  const int num_tiles = kv_hi > kv_lo ? (kv_hi - kv_lo + kBlockN - 1) / kBlockN : 0;
+  // Block-table lookups run one tile ahead of the copies that need them.
+  long long next_offset = key_row_offset(block_row, kv_lo + lane, kv_hi, block_size, kv_row);
+  if (num_tiles > 0) {
+    load_kv_tile<T, D, THREADS>(smem[0], kv_head_base, next_offset, kv_lo, kv_hi, plane);
+    next_offset =
+        key_row_offset(block_row, kv_lo + kBlockN + lane, kv_hi, block_size, kv_row);
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+
+  unsigned qa[D / 16][4];
+  {
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const T* qw = &q_tile[warp * 16][0];
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc) {
+      qa[kc][0] = load_u32(qw + g * PAD + kc * 16 + 2 * t);
+      qa[kc][1] = load_u32(qw + (g + 8) * PAD + kc * 16 + 2 * t);
+      qa[kc][2] = load_u32(qw + g * PAD + kc * 16 + 8 + 2 * t);
+      qa[kc][3] = load_u32(qw + (g + 8) * PAD + kc * 16 + 8 + 2 * t);
+    }
+  }
+  __syncthreads();  // stage 1 is overwritten by the first prefetch below
+
+  float acc[D / 8][4];
+#pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.f;
+  float m[2] = {neg_inf(), neg_inf()};
+  float l[2] = {0.f, 0.f};
+  for (int it = 0; it < num_tiles; ++it) {
+    const int k0 = kv_lo + it * kBlockN;
+    if (it + 1 < num_tiles) {
+      load_kv_tile<T, D, THREADS>(smem[(it + 1) & 1], kv_head_base, next_offset, k0 + kBlockN,
+                                  kv_hi, plane);
+      next_offset =
+          key_row_offset(block_row, k0 + 2 * kBlockN + lane, kv_hi, block_size, kv_row);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();  // tile `it` has landed; tile `it + 1` may still be in flight
+    __syncthreads();
+    attend_tile<T, D>(smem[it & 1], qa, acc, m, l, rows, k0, kv_hi, scale_log2);
+    __syncthreads();  // everyone is done with this stage before it is refilled
+  }
+  store_rows<T, D>(out, part_acc, part_max, part_sum, acc, m, l, rows, num_partitions,
+                   static_cast<long long>(num_tokens) * num_heads);
+}
+
+#define INFLIGHTD_PAGED_ATTENTION(T, SUFFIX, D, WARPS)                                           \
+  extern "C" __global__ void __launch_bounds__(32 * WARPS)                                       \
+      paged_attention_##SUFFIX##_d##D##_w##WARPS(                                                \
+          T* out, float* part_acc, float* part_max, float* part_sum, const T* q,                \
+          const T* kv_cache, const int* query_start_loc, const int* seq_lens,                   \
+          const int* block_tables, int num_seqs, int num_tokens, int num_heads,                 \
+          int num_kv_heads, int block_size, int max_blocks_per_seq, long long num_slots,        \
+          float scale_log2, int num_partitions, int min_rows, int max_rows) {                   \
+    paged_attention_impl<T, D, WARPS>(out, part_acc, part_max, part_sum, q, kv_cache,            \
+                                      query_start_loc, seq_lens, block_tables, num_seqs,         \
+                                      num_tokens, num_heads, num_kv_heads, block_size,           \
+                                      max_blocks_per_seq, num_slots, scale_log2,                 \
+                                      num_partitions, min_rows, max_rows);                       \
+  }
+
+#define INFLIGHTD_PAGED_ATTENTION_WARPS(T, SUFFIX, D) \
+  INFLIGHTD_PAGED_ATTENTION(T, SUFFIX, D, 1)          \
+  INFLIGHTD_PAGED_ATTENTION(T, SUFFIX, D, 2)          \
+  INFLIGHTD_PAGED_ATTENTION(T, SUFFIX, D, 4)
+
+INFLIGHTD_PAGED_ATTENTION_WARPS(__nv_bfloat16, bf16, 64)
+INFLIGHTD_PAGED_ATTENTION_WARPS(__nv_bfloat16, bf16, 128)
+INFLIGHTD_PAGED_ATTENTION_WARPS(__half, fp16, 64)
+INFLIGHTD_PAGED_ATTENTION_WARPS(__half, fp16, 128)

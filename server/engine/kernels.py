@@ -1,0 +1,154 @@
+"""Our CUDA kernels: which exist, how they are built, and how they are launched.
+
+Each csrc/<module>.cu is one NVRTC program defining a few `extern "C"` kernels (one per
+dtype / head_dim / tile variant, so no name mangling is involved). `KernelLibrary` loads a
+module's cubin on first use, from an engine directory's prebuilt cubins when given, or else
+through the NVRTC compile cache, and launches kernels on torch's current stream with
+torch tensor pointers. A launch makes no allocation and no synchronisation, so it can be
+recorded in a torch CUDA graph.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from server.engine.kernel_args import KernelArgumentError  # noqa: F401  (re-exported)
+from server.engine.nvrtc import CSRC_DIR, compile_module
+
+DTYPES = ("bf16", "fp16")
+ATTENTION_HEAD_DIMS = (64, 128)
+ATTENTION_WARPS = (1, 2, 4)
+
+
+@dataclass(frozen=True)
+class KernelModule:
+    name: str  # csrc/<name>.cu
+    fast_math: bool  # only where approximate exp/division cannot hurt (softmax, silu)
+    functions: tuple[str, ...]
+
+
+def _names(template: str, **axes: tuple) -> tuple[str, ...]:
+    keys = list(axes)
+    return tuple(template.format(**dict(zip(keys, values)))
+                 for values in itertools.product(*(axes[k] for k in keys)))
+
+
+MODULES: tuple[KernelModule, ...] = (
+    KernelModule("rms_norm", False,
+                 _names("rms_norm_{dt}_vec{v}", dt=DTYPES, v=(8, 1))
+                 + _names("add_rms_norm_{dt}_vec{v}", dt=DTYPES, v=(8, 1))),
+    KernelModule("activation", True, _names("silu_and_mul_{dt}_vec{v}", dt=DTYPES, v=(8, 1))),
+    KernelModule("rope_cache", False,
+                 _names("rope_and_cache_{dt}{cos}", dt=DTYPES, cos=("", "_f32cos"))),
+    KernelModule("paged_attention", True,
+                 _names("paged_attention_{dt}_d{d}_w{w}", dt=DTYPES, d=ATTENTION_HEAD_DIMS,
+                        w=ATTENTION_WARPS)),
+    KernelModule("attention_merge", True,
+                 _names("attention_merge_{dt}_d{d}", dt=DTYPES, d=ATTENTION_HEAD_DIMS)),
+)
+MODULES_BY_NAME = {module.name: module for module in MODULES}
+
+
+def compile_all(arch: str, *, cache_dir: Path | None = None,
+                csrc_dir: Path = CSRC_DIR) -> dict[str, bytes]:
+    """{module name: cubin} for every module, for `arch` such as "sm_90". Needs no GPU."""
+    return {module.name: compile_module(module.name, arch=arch, fast_math=module.fast_math,
+                                        csrc_dir=csrc_dir, cache_dir=cache_dir).cubin
+            for module in MODULES}
+
+
+def device_arch(device: torch.device) -> str:
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}"
+
+
+class KernelLibrary:
+    """Loaded kernels of one GPU. Not thread-safe: use it from the thread that owns the GPU."""
+
+    def __init__(self, device: torch.device | str | int | None = None, *,
+                 cubins: Mapping[str, bytes] | None = None, cache_dir: Path | None = None,
+                 csrc_dir: Path = CSRC_DIR) -> None:
+        from cuda.core import Device
+
+        if device is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.device = torch.device(device if not isinstance(device, int) else f"cuda:{device}")
+        if self.device.type != "cuda":
+            raise KernelArgumentError(f"KernelLibrary needs a CUDA device, got {self.device}")
+        if self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.init()
+        Device(self.device.index).set_current()  # torch's primary context, shared with us
+        self.arch = device_arch(self.device)
+        self.num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count
+        self._cubins = dict(cubins or {})
+        self._cache_dir = cache_dir
+        self._csrc_dir = csrc_dir
+        self._objects: dict[str, object] = {}
+        self._kernels: dict[str, object] = {}
+        self._streams: dict[int, object] = {}
+        self._occupancy: dict[str, int] = {}
+
+    def load_all(self) -> None:
+        """Compiles (or loads) every module now rather than at first use."""
+        for module in MODULES:
+            self._object(module.name)
+
+    def launch(self, module: str, function: str, *, grid: tuple[int, ...],
+               block: tuple[int, ...], args: tuple) -> None:
+        """Launches csrc/<module>.cu's `function` on torch's current stream. Pointers are
+        passed as Python ints (torch data_ptr()), other scalars as numpy int32/int64/float32."""
+        from cuda.core import LaunchConfig, launch
+
+        launch(self._stream(), LaunchConfig(grid=grid, block=block),
+               self._kernel(module, function), *args)
+
+    def max_active_ctas(self, module: str, function: str, threads: int) -> int:
+        """CTAs of `threads` threads of this kernel that one SM holds at once."""
+        key = f"{module}:{function}:{threads}"
+        count = self._occupancy.get(key)
+        if count is None:
+            occupancy = self._kernel(module, function).occupancy
+            count = max(1, int(occupancy.max_active_blocks_per_multiprocessor(threads, 0)))
+            self._occupancy[key] = count
+        return count
+
+    def _kernel(self, module: str, function: str):
+        key = f"{module}:{function}"
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            if function not in MODULES_BY_NAME[module].functions:
+                raise KernelArgumentError(f"{module}.cu defines no kernel {function!r}")
+            kernel = self._object(module).get_kernel(function)
+            self._kernels[key] = kernel
+        return kernel
+
+    def _object(self, module: str):
+        obj = self._objects.get(module)
+        if obj is None:
+            from cuda.core import ObjectCode
+
+            cubin = self._cubins.get(module)
+            if cubin is None:
+                spec = MODULES_BY_NAME[module]
+                cubin = compile_module(module, arch=self.arch, fast_math=spec.fast_math,
+                                       csrc_dir=self._csrc_dir, cache_dir=self._cache_dir).cubin
+            obj = ObjectCode.from_cubin(cubin, name=module)
+            self._objects[module] = obj
+        return obj
+
+    def _stream(self):
+        # Wrapping a torch stream is cheap but not free; keep one wrapper per raw handle.
+        handle = torch.cuda.current_stream(self.device).cuda_stream
+        stream = self._streams.get(handle)
+        if stream is None:
+            from cuda.core import LEGACY_DEFAULT_STREAM, Stream
+
+            stream = LEGACY_DEFAULT_STREAM if handle == 0 else Stream.from_handle(handle)
+            self._streams[handle] = stream
+        return stream

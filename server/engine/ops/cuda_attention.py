@@ -1,0 +1,203 @@
+"""Launch plan and checked launch of the paged attention kernels (csrc/paged_attention.cu,
+csrc/attention_merge.cu).
+
+Plan. Each sequence has q_len * group query rows per kv head (group = query heads per kv
+head). Sequences with at most 16 rows (decodes, short chunks) run on 1-warp CTAs, up to 32
+on 2-warp CTAs, the rest on 4-warp CTAs (64 rows): one launch per class present, each
+skipping the other classes' sequences. When those CTAs would leave the last wave of CTAs
+on the GPU poorly filled (too few sequences, or too few to divide evenly) and contexts are
+long enough, every sequence's keys are split into `num_partitions` parts (flash-decoding)
+and a merge kernel combines the parts.
+
+The plan reads only host values (query_lens_host, max_seq_len), never the device, and the
+kernels read each sequence's length on the device, so a decode step captured in a CUDA
+graph stays right for any lengths at replay. The partition count is fixed at capture: to
+keep long contexts fast in a captured graph, capture with metadata.max_seq_len set to the
+longest context the graph will see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from server.engine.attention.metadata import AttentionMetadata
+from server.engine.kernel_args import (KernelArgumentError, check_contiguous, check_device,
+                                       check_dtype, check_shape, dtype_suffix)
+from server.engine.kernels import ATTENTION_HEAD_DIMS, KernelLibrary
+
+ROWS_PER_WARP = 16
+# (warps per CTA, fewest rows, most rows) of each row class
+ROW_CLASSES = ((1, 1, 16), (2, 17, 32), (4, 33, 2**31 - 1))
+MIN_PARTITION_LEN = 64  # keys (two K/V tiles); shorter parts cost more than they gain
+MAX_PARTITIONS = 64
+GOOD_WAVE_FILL = 0.85  # fewest partitions whose last wave of CTAs keeps the SMs this busy
+MERGE_ROWS_PER_CTA = 4  # csrc/attention_merge.cu kMergeWarps
+LOG2_E = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class AttentionLaunch:
+    warps: int
+    min_rows: int
+    max_rows: int
+    grid_x: int
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    launches: tuple[AttentionLaunch, ...]
+    num_partitions: int
+
+
+@dataclass(frozen=True)
+class AttentionWorkspace:
+    """Per-partition partial results, [P, T * num_heads (, head_dim)] float32."""
+    part_acc: torch.Tensor
+    part_max: torch.Tensor
+    part_sum: torch.Tensor
+
+
+def plan_attention(*, query_lens: Sequence[int], max_seq_len: int, num_heads: int,
+                   num_kv_heads: int, num_sms: int,
+                   resident_ctas: Mapping[int, int]) -> AttentionPlan:
+    """resident_ctas: how many CTAs of each warp count one SM holds at once."""
+    group = num_heads // num_kv_heads
+    num_tokens = sum(query_lens)
+    tiles = {warps: 0 for warps, _, _ in ROW_CLASSES}
+    for query_len in query_lens:
+        rows = query_len * group
+        for warps, low, high in ROW_CLASSES:
+            if low <= rows <= high:
+                tiles[warps] += -(-rows // (ROWS_PER_WARP * warps))
+    launches = tuple(
+        AttentionLaunch(warps=warps, min_rows=low, max_rows=high,
+                        grid_x=num_tokens * group // (ROWS_PER_WARP * warps) + len(query_lens))
+        for warps, low, high in ROW_CLASSES if tiles[warps])
+    if not launches:
+        return AttentionPlan(launches=(), num_partitions=1)
+    busiest = max(tiles, key=tiles.__getitem__)
+    slots = num_sms * resident_ctas[busiest]
+    most = max(1, min(MAX_PARTITIONS, -(-max_seq_len // MIN_PARTITION_LEN)))
+    return AttentionPlan(launches=launches, num_partitions=_partitions_for(
+        tiles[busiest] * num_kv_heads, slots=slots, most=most))
+
+
+def _partitions_for(ctas: int, *, slots: int, most: int) -> int:
+    """Fewest partitions (up to `most`) whose CTAs fill their last wave well; else the
+    count with the best fill. A wave is `slots` CTAs running at once on the whole GPU."""
+    best, best_fill = 1, 0.0
+    for parts in range(1, most + 1):
+        total = ctas * parts
+        fill = total / (-(-total // slots) * slots)
+        if fill >= GOOD_WAVE_FILL:
+            return parts
+        if fill > best_fill + 1e-9:
+            best, best_fill = parts, fill
+    return best
+
+
+def plan_for(lib: KernelLibrary, q: torch.Tensor, kv_cache: torch.Tensor,
+             metadata: AttentionMetadata) -> AttentionPlan:
+    """The plan paged_attention_into makes for these inputs on this GPU."""
+    num_heads, head_dim = q.shape[1:]
+    suffix = dtype_suffix("q", q)
+    resident = {warps: lib.max_active_ctas(
+        "paged_attention", f"paged_attention_{suffix}_d{head_dim}_w{warps}", 32 * warps)
+        for warps, _, _ in ROW_CLASSES}
+    return plan_attention(query_lens=metadata.query_lens_host, max_seq_len=metadata.max_seq_len,
+                          num_heads=num_heads, num_kv_heads=kv_cache.shape[3],
+                          num_sms=lib.num_sms, resident_ctas=resident)
+
+
+def allocate_workspace(plan: AttentionPlan, *, num_tokens: int, num_heads: int, head_dim: int,
+                       device: torch.device) -> AttentionWorkspace | None:
+    if plan.num_partitions == 1:
+        return None
+    rows = num_tokens * num_heads
+    return AttentionWorkspace(
+        part_acc=torch.empty((plan.num_partitions, rows, head_dim), dtype=torch.float32,
+                             device=device),
+        part_max=torch.empty((plan.num_partitions, rows), dtype=torch.float32, device=device),
+        part_sum=torch.empty((plan.num_partitions, rows), dtype=torch.float32, device=device))
+
+
+def check_attention_args(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
+                         kv_cache: torch.Tensor, metadata: AttentionMetadata) -> None:
+    check_device(lib.device, q=q, kv_cache=kv_cache, out=out,
+                 query_start_loc=metadata.query_start_loc, seq_lens=metadata.seq_lens,
+                 block_tables=metadata.block_tables)
+    dtype_suffix("q", q)
+    check_dtype(q.dtype, kv_cache=kv_cache, out=out)
+    check_dtype(torch.int32, query_start_loc=metadata.query_start_loc,
+                seq_lens=metadata.seq_lens, block_tables=metadata.block_tables)
+    check_shape("q", q, (metadata.num_tokens, None, None))
+    num_heads, head_dim = q.shape[1:]
+    if head_dim not in ATTENTION_HEAD_DIMS:
+        raise KernelArgumentError(f"attention supports head_dim {ATTENTION_HEAD_DIMS}, "
+                                  f"got {head_dim}")
+    check_shape("kv_cache", kv_cache, (2, None, None, None, head_dim))
+    num_kv_heads = kv_cache.shape[3]
+    if num_heads % num_kv_heads:
+        raise KernelArgumentError(f"{num_heads} query heads cannot share {num_kv_heads} kv heads")
+    check_shape("out", out, tuple(q.shape))
+    num_seqs = metadata.num_seqs
+    check_shape("query_start_loc", metadata.query_start_loc, (num_seqs + 1,))
+    check_shape("seq_lens", metadata.seq_lens, (num_seqs,))
+    check_shape("block_tables", metadata.block_tables, (num_seqs, None))
+    if len(metadata.query_lens_host) != num_seqs or sum(metadata.query_lens_host) != q.shape[0]:
+        raise KernelArgumentError("metadata.query_lens_host must list one length per sequence "
+                                  f"summing to {q.shape[0]} tokens")
+    check_contiguous(q=q, kv_cache=kv_cache, out=out, query_start_loc=metadata.query_start_loc,
+                     seq_lens=metadata.seq_lens, block_tables=metadata.block_tables)
+
+
+def paged_attention_into(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
+                         kv_cache: torch.Tensor, metadata: AttentionMetadata, scale: float, *,
+                         workspace: AttentionWorkspace | None = None,
+                         plan: AttentionPlan | None = None) -> AttentionPlan:
+    """Causal attention of q [T, H, D] over the paged cache into out; returns the plan used."""
+    check_attention_args(lib, out, q, kv_cache, metadata)
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads = kv_cache.shape[3]
+    suffix = dtype_suffix("q", q)
+    if plan is None:
+        plan = plan_for(lib, q, kv_cache, metadata)
+    if num_tokens == 0:
+        return plan
+    if workspace is None:
+        workspace = allocate_workspace(plan, num_tokens=num_tokens, num_heads=num_heads,
+                                       head_dim=head_dim, device=q.device)
+    elif plan.num_partitions > 1:
+        rows = num_tokens * num_heads
+        check_shape("workspace.part_acc", workspace.part_acc, (plan.num_partitions, rows, head_dim))
+        check_shape("workspace.part_max", workspace.part_max, (plan.num_partitions, rows))
+        check_shape("workspace.part_sum", workspace.part_sum, (plan.num_partitions, rows))
+    parts = (0, 0, 0) if workspace is None else (
+        workspace.part_acc.data_ptr(), workspace.part_max.data_ptr(),
+        workspace.part_sum.data_ptr())
+    common = (q.data_ptr(), kv_cache.data_ptr(), metadata.query_start_loc.data_ptr(),
+              metadata.seq_lens.data_ptr(), metadata.block_tables.data_ptr(),
+              np.int32(metadata.num_seqs), np.int32(num_tokens), np.int32(num_heads),
+              np.int32(num_kv_heads), np.int32(kv_cache.shape[2]),
+              np.int32(metadata.block_tables.shape[1]),
+              np.int64(kv_cache.shape[1] * kv_cache.shape[2]), np.float32(scale * LOG2_E),
+              np.int32(plan.num_partitions))
+    for launch in plan.launches:
+        lib.launch("paged_attention", f"paged_attention_{suffix}_d{head_dim}_w{launch.warps}",
+                   grid=(launch.grid_x, num_kv_heads, plan.num_partitions),
+                   block=(32 * launch.warps,),
+                   args=(out.data_ptr(), *parts, *common, np.int32(launch.min_rows),
+                         np.int32(launch.max_rows)))
+    if plan.num_partitions > 1:
+        lib.launch("attention_merge", f"attention_merge_{suffix}_d{head_dim}",
+                   grid=(-(-num_tokens * num_heads // MERGE_ROWS_PER_CTA),),
+                   block=(32 * MERGE_ROWS_PER_CTA,),
+                   args=(out.data_ptr(), *parts, metadata.query_start_loc.data_ptr(),
+                         metadata.seq_lens.data_ptr(), np.int32(metadata.num_seqs),
+                         np.int32(num_tokens), np.int32(num_heads),
+                         np.int32(plan.num_partitions)))
+    return plan

@@ -1,0 +1,70 @@
+"""The attention launch plan (pure host arithmetic): row classes, grid sizes that cover every
+tile, and the flash-decoding split count."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.engine.ops.cuda_attention import (GOOD_WAVE_FILL, MAX_PARTITIONS, MIN_PARTITION_LEN,
+                                              ROWS_PER_WARP, plan_attention)
+
+H100_SMS = 132
+RESIDENT = {1: 6, 2: 6, 4: 3}  # CTAs per SM at head_dim 128, from the kernels' occupancy
+
+
+def plan(query_lens, max_seq_len, *, num_heads=32, num_kv_heads=8):
+    return plan_attention(query_lens=query_lens, max_seq_len=max_seq_len, num_heads=num_heads,
+                          num_kv_heads=num_kv_heads, num_sms=H100_SMS, resident_ctas=RESIDENT)
+
+
+def wave_fill(ctas: int, slots: int) -> float:
+    return ctas / (-(-ctas // slots) * slots)
+
+
+def test_decodes_run_on_one_warp_ctas_and_prefills_on_four():
+    decode_only = plan([1] * 64, 2048)
+    assert [launch.warps for launch in decode_only.launches] == [1]
+    mixed = plan([1, 1, 512, 6], 4096)  # group 4: rows 4, 4, 2048, 24
+    assert [launch.warps for launch in mixed.launches] == [1, 2, 4]
+
+
+def test_single_long_decode_is_split_as_far_as_the_minimum_partition_allows():
+    assert plan([1], 8192).num_partitions == min(MAX_PARTITIONS, 8192 // MIN_PARTITION_LEN)
+    assert plan([1], 1000).num_partitions == -(-1000 // MIN_PARTITION_LEN)
+
+
+def test_batch_that_fills_its_waves_is_not_split():
+    ctas = 256 * 8
+    assert wave_fill(ctas, H100_SMS * RESIDENT[1]) >= GOOD_WAVE_FILL
+    assert plan([1] * 256, 8192).num_partitions == 1
+
+
+def test_split_count_is_the_fewest_that_fills_the_last_wave():
+    result = plan([1] * 64, 8192)  # 512 CTAs against 792 slots
+    parts = result.num_partitions
+    slots = H100_SMS * RESIDENT[1]
+    assert wave_fill(512 * parts, slots) >= GOOD_WAVE_FILL
+    assert all(wave_fill(512 * fewer, slots) < GOOD_WAVE_FILL for fewer in range(1, parts))
+
+
+def test_short_contexts_are_never_split():
+    assert plan([1], MIN_PARTITION_LEN).num_partitions == 1
+    assert plan([1] * 3, 40).num_partitions == 1
+
+
+@pytest.mark.parametrize("query_lens", ([1, 7, 300, 1, 33, 16], [64] * 10, [5, 0, 9]))
+@pytest.mark.parametrize("group", (1, 4, 32))
+def test_grid_covers_every_tile_of_every_sequence(query_lens, group):
+    # Mirrors csrc/attention_common.cuh: sequence i's tiles start at
+    # query_start * group // rows_per_tile + i and must end before the next one starts.
+    result = plan_attention(query_lens=query_lens, max_seq_len=4096, num_heads=8 * group,
+                            num_kv_heads=8, num_sms=H100_SMS, resident_ctas=RESIDENT)
+    for launch in result.launches:
+        rows_per_tile = ROWS_PER_WARP * launch.warps
+        starts, query_start = [], 0
+        for seq, query_len in enumerate(query_lens):
+            starts.append(query_start * group // rows_per_tile + seq)
+            query_start += query_len
+        for seq, query_len in enumerate(query_lens):
+            end = starts[seq] + -(-query_len * group // rows_per_tile)
+            assert end <= (starts[seq + 1] if seq + 1 < len(query_lens) else launch.grid_x)

@@ -1,0 +1,143 @@
+"""The kernel wrappers' checks and launch arguments, on the CPU: a recording library stands in
+for the GPU, so what is checked is what would be launched (kernel variant, grid, block and
+scalar arguments) and which mistakes are refused with KernelArgumentError."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import torch
+
+from server.engine.attention.metadata import AttentionMetadata
+from server.engine.kernel_args import KernelArgumentError
+from server.engine.ops.cuda_attention import paged_attention_into
+from server.engine.ops.cuda_launch import (add_rms_norm_into, rms_norm_into,
+                                           rope_and_cache_into, silu_and_mul_into)
+
+
+@dataclass
+class RecordingLibrary:
+    device: torch.device = torch.device("cpu")
+    num_sms: int = 132
+    launches: list[tuple] = field(default_factory=list)
+
+    def launch(self, module, function, *, grid, block, args):
+        self.launches.append((module, function, grid, block, args))
+
+    def max_active_ctas(self, module, function, threads):
+        return 6
+
+
+def bf16(*shape):
+    return torch.randn(shape).to(torch.bfloat16)
+
+
+def test_rms_norm_picks_the_vector_kernel_for_aligned_rows():
+    lib = RecordingLibrary()
+    x = bf16(5, 4096)
+    rms_norm_into(lib, torch.empty_like(x), x, bf16(4096), 1e-6)
+    module, function, grid, block, args = lib.launches[0]
+    assert (module, function, grid, block) == ("rms_norm", "rms_norm_bf16_vec8", (5,), (512,))
+    assert args[3] == np.int32(4096) and args[4] == np.int64(4096)
+
+
+def test_rms_norm_falls_back_to_scalar_kernel_for_odd_widths():
+    lib = RecordingLibrary()
+    x = torch.randn(3, 100).to(torch.float16)
+    rms_norm_into(lib, torch.empty_like(x), x, torch.randn(100).to(torch.float16), 1e-6)
+    assert lib.launches[0][1] == "rms_norm_fp16_vec1"
+
+
+def test_add_rms_norm_passes_row_strides_of_views():
+    lib = RecordingLibrary()
+    wide = bf16(8, 3 * 256)
+    x = wide[:, 256:512]
+    add_rms_norm_into(lib, bf16(8, 256), bf16(8, 256), x, bf16(8, 256), bf16(256), 1e-5)
+    args = lib.launches[0][4]
+    assert args[6] == np.int64(768) and args[7] == np.int64(256)
+
+
+def test_shape_dtype_and_layout_mistakes_are_refused():
+    lib = RecordingLibrary()
+    x = bf16(4, 64)
+    with pytest.raises(KernelArgumentError, match="weight must have shape"):
+        rms_norm_into(lib, torch.empty_like(x), x, bf16(65), 1e-6)
+    with pytest.raises(KernelArgumentError, match="weight must be torch.bfloat16"):
+        rms_norm_into(lib, torch.empty_like(x), x, torch.randn(64), 1e-6)
+    with pytest.raises(KernelArgumentError, match="out must be contiguous"):
+        rms_norm_into(lib, bf16(64, 4).t(), x, bf16(64), 1e-6)
+    with pytest.raises(KernelArgumentError, match="even last dim"):
+        silu_and_mul_into(lib, bf16(4, 2), bf16(4, 5))
+    with pytest.raises(KernelArgumentError, match="contiguous apart from its first dim"):
+        silu_and_mul_into(lib, bf16(8, 2), bf16(4, 8).t())
+    assert lib.launches == []
+
+
+def test_silu_and_mul_spreads_long_rows_over_column_blocks():
+    lib = RecordingLibrary()
+    silu_and_mul_into(lib, bf16(3, 14336), bf16(3, 2 * 14336))
+    _, function, grid, block, _ = lib.launches[0]
+    assert function == "silu_and_mul_bf16_vec8"
+    assert grid == (3, 7) and block == (256,)
+
+
+def test_rope_and_cache_accepts_fused_qkv_views_and_float32_tables():
+    lib = RecordingLibrary()
+    tokens, heads, kv_heads, dim = 6, 8, 2, 64
+    qkv = bf16(tokens, (heads + 2 * kv_heads) * dim)
+    q, k, v = qkv.split((heads * dim, kv_heads * dim, kv_heads * dim), dim=-1)
+    q = q.view(tokens, heads, dim)
+    k, v = k.view(tokens, kv_heads, dim), v.view(tokens, kv_heads, dim)
+    kv_cache = bf16(2, 10, 16, kv_heads, dim)
+    rope_and_cache_into(lib, bf16(tokens, heads, dim), bf16(tokens, kv_heads, dim), q, k, v,
+                        torch.arange(tokens), torch.randn(100, dim), kv_cache,
+                        torch.arange(tokens))
+    _, function, grid, _, args = lib.launches[0]
+    assert function == "rope_and_cache_bf16_f32cos" and grid == (tokens,)
+    assert args[12] == np.int64((heads + 2 * kv_heads) * dim)  # q row stride
+    assert args[15] == np.int64(160) and args[16] == np.int64(100)  # slots, positions
+    with pytest.raises(KernelArgumentError, match="positions must be torch.int64"):
+        rope_and_cache_into(lib, bf16(tokens, heads, dim), bf16(tokens, kv_heads, dim), q, k, v,
+                            torch.arange(tokens, dtype=torch.int32), torch.randn(100, dim),
+                            kv_cache, torch.arange(tokens))
+
+
+def attention_metadata(query_lens, seq_lens, width):
+    starts = [0]
+    for n in query_lens:
+        starts.append(starts[-1] + n)
+    return AttentionMetadata(
+        num_tokens=starts[-1], num_seqs=len(query_lens),
+        query_start_loc=torch.tensor(starts, dtype=torch.int32),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
+        context_lens=torch.tensor([s - q for s, q in zip(seq_lens, query_lens)], dtype=torch.int32),
+        block_tables=torch.zeros((len(query_lens), width), dtype=torch.int32),
+        slot_mapping=torch.zeros(starts[-1], dtype=torch.int64), max_query_len=max(query_lens),
+        max_seq_len=max(seq_lens), query_lens_host=tuple(query_lens), seq_lens_host=tuple(seq_lens))
+
+
+def test_long_decode_launches_split_attention_then_merge():
+    lib = RecordingLibrary()
+    metadata = attention_metadata([1, 1], [8000, 30], width=500)
+    q = bf16(2, 32, 128)
+    plan = paged_attention_into(lib, torch.empty_like(q), q, bf16(2, 600, 16, 8, 128), metadata,
+                                0.088)
+    assert plan.num_partitions > 1
+    (attn, function, grid, block, args), merge = lib.launches
+    assert function == "paged_attention_bf16_d128_w1" and block == (32,)
+    assert grid == (2 * 4 // 16 + 2, 8, plan.num_partitions)
+    assert all(isinstance(ptr, int) and ptr for ptr in args[1:4])  # partials are allocated
+    assert merge[1] == "attention_merge_bf16_d128"
+
+
+def test_attention_refuses_unsupported_head_dims_and_uneven_groups():
+    lib = RecordingLibrary()
+    metadata = attention_metadata([2], [2], width=1)
+    q = bf16(2, 6, 96)
+    with pytest.raises(KernelArgumentError, match="head_dim"):
+        paged_attention_into(lib, torch.empty_like(q), q, bf16(2, 1, 16, 2, 96), metadata, 0.1)
+    q = bf16(2, 6, 64)
+    with pytest.raises(KernelArgumentError, match="6 query heads cannot share 4"):
+        paged_attention_into(lib, torch.empty_like(q), q, bf16(2, 1, 16, 4, 64), metadata, 0.1)

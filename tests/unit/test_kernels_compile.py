@@ -1,0 +1,86 @@
+"""Every csrc/ kernel really compiles with NVRTC for sm_90 (no GPU needed), defines the
+kernels the launch code names, and keeps everything in registers (no local-memory spills).
+
+Skipped only when the NVRTC library itself cannot be loaded; the skip reason says why.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from server.engine import kernels, nvrtc
+from server.engine.kernel_store import KernelStoreError, load_cubins, save_cubins
+
+ARCH = "sm_90"
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    try:
+        nvrtc.nvrtc_version()
+    except nvrtc.NvrtcUnavailableError as exc:
+        print(f"NVRTC unavailable: {exc}")
+        pytest.skip(f"NVRTC library not found: {exc}")
+    return tmp_path_factory.mktemp("kernel-cache")  # starts empty: everything compiles
+
+
+@pytest.fixture(scope="module")
+def compiled(cache_dir) -> dict[str, nvrtc.CompiledKernel]:
+    return {module.name: nvrtc.compile_module(module.name, arch=ARCH,
+                                              fast_math=module.fast_math, cache_dir=cache_dir)
+            for module in kernels.MODULES}
+
+
+def test_every_csrc_file_is_a_registered_module():
+    on_disk = {path.stem for path in nvrtc.CSRC_DIR.glob("*.cu")}
+    assert on_disk == set(kernels.MODULES_BY_NAME)
+
+
+@pytest.mark.parametrize("module", [m.name for m in kernels.MODULES])
+def test_module_compiles_for_sm90_with_every_named_kernel(compiled, module):
+    cubin = compiled[module].cubin
+    assert cubin[:4] == b"\x7fELF", "NVRTC output is not a cubin"
+    missing = [name for name in kernels.MODULES_BY_NAME[module].functions
+               if name.encode() + b"\x00" not in cubin]
+    assert not missing, f"{module}.cu does not define {missing}"
+
+
+@pytest.mark.parametrize("module", [m.name for m in kernels.MODULES])
+def test_module_kernels_do_not_spill_registers(compiled, module):
+    log = compiled[module].log
+    assert "Compiling entry function" in log, "ptxas -v report missing"
+    assert nvrtc.spilled_kernels(log) == [], log
+
+
+def test_compile_all_takes_cached_cubins_without_compiling(compiled, cache_dir, monkeypatch):
+    def no_compile(*args, **kwargs):
+        raise AssertionError("compiled although every cubin was cached")
+
+    monkeypatch.setattr(nvrtc, "_nvrtc_compile", no_compile)
+    assert kernels.compile_all(ARCH, cache_dir=cache_dir) == {
+        name: c.cubin for name, c in compiled.items()}
+
+
+def test_broken_kernel_reports_the_compiler_log(compiled, tmp_path):
+    (tmp_path / "broken.cu").write_text('extern "C" __global__ void k(float* x) { y[0] = 1; }\n')
+    with pytest.raises(nvrtc.KernelCompileError, match='identifier "y" is undefined'):
+        nvrtc.compile_module("broken", arch=ARCH, fast_math=False, csrc_dir=tmp_path,
+                             cache_dir=tmp_path / "cache")
+
+
+def test_engine_directory_cubins_round_trip_and_refuse_other_sources(compiled, tmp_path):
+    cubins = {name: c.cubin for name, c in compiled.items()}
+    save_cubins(tmp_path / "engine", ARCH, cubins)
+    assert load_cubins(tmp_path / "engine", ARCH) == cubins
+    with pytest.raises(KernelStoreError, match="sm_80"):
+        load_cubins(tmp_path / "engine", "sm_80")
+
+    edited = tmp_path / "csrc"
+    shutil.copytree(nvrtc.CSRC_DIR, edited)
+    rope = Path(edited / "rope_cache.cu")
+    rope.write_text(rope.read_text() + "\n// changed\n")
+    with pytest.raises(KernelStoreError, match="rope_cache"):
+        load_cubins(tmp_path / "engine", ARCH, csrc_dir=edited)
