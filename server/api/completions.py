@@ -1,0 +1,116 @@
+"""POST /v1/completions: prompt(s) -> engine -> a text_completion, or a stream of them.
+
+A prompt is a string, a list of strings, a list of token ids or a list of token-id lists;
+each prompt gets n choices, numbered prompt * n + j as OpenAI does."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from fastapi.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import Response
+
+from server.api.errors import APIError
+from server.api.generation import Generation
+from server.api.logprobs import CompletionLogprobsBuilder
+from server.api.protocol import CompletionRequest
+from server.api.responses import CompletionChoice, CompletionResponse, UsageInfo
+from server.api.serving import ServingState, collect, tokenize_off_loop
+from server.api.streaming import SSE_DONE, SSEResponse, sse_event, unless_disconnected
+
+
+async def prompt_token_lists(state: ServingState, body: CompletionRequest) -> list[list[int]]:
+    prompt = body.prompt
+    single = isinstance(prompt, str) or all(isinstance(p, int) for p in prompt)
+    prompts = [prompt] if single else prompt
+    token_lists = []
+    for i, item in enumerate(prompts):
+        if isinstance(item, str):
+            tokenizer = state.require_tokenizer()
+            token_lists.append(await tokenize_off_loop(lambda: tokenizer.encode(item),
+                                                       num_chars=len(item)))
+        else:
+            state.check_token_ids(item, "prompt" if single else f"prompt.{i}")
+            token_lists.append(list(item))
+    if any(not tokens for tokens in token_lists):
+        raise APIError("prompt must not be empty", param="prompt", code="invalid_value")
+    return token_lists
+
+
+def _prompt_texts(state: ServingState, body: CompletionRequest,
+                  token_lists: list[list[int]]) -> list[str]:
+    """What echo writes back: the prompt as given, or its token ids decoded."""
+    if isinstance(body.prompt, str):
+        return [body.prompt]
+    if body.prompt and all(isinstance(p, str) for p in body.prompt):
+        return list(body.prompt)
+    decoder = state.tokenizer
+    return [decoder.decode(tokens) if decoder else "" for tokens in token_lists]
+
+
+async def create_completion(state: ServingState, request: Request,
+                            body: CompletionRequest) -> Response:
+    model = state.check_model(body.model)
+    if body.logprobs is not None:
+        state.require_tokenizer()  # token strings come from it
+    token_lists = await prompt_token_lists(state, body)
+    request_id, generation = state.new_generation(body, token_lists, id_prefix="cmpl")
+    echoes = _prompt_texts(state, body, token_lists) if body.echo else None
+    created = int(time.time())
+    if body.stream:
+        return SSEResponse(_chunks(state, generation, body, echoes, request_id=request_id,
+                                   model=model, created=created))
+    choices = await unless_disconnected(request, collect(generation, body.n * len(token_lists)))
+    out = []
+    for index, choice in enumerate(choices):
+        prefix = echoes[index // body.n] if echoes else ""
+        logprobs = None
+        if body.logprobs is not None:
+            builder = CompletionLogprobsBuilder(state.tokenizer, base_offset=len(prefix))
+            builder.add(choice.logprobs, choice.offsets)
+            logprobs = builder.build()
+        out.append(CompletionChoice(index=index, text=prefix + choice.text, logprobs=logprobs,
+                                    finish_reason=choice.finish_reason))
+    response = CompletionResponse(id=request_id, created=created, model=model, choices=out,
+                                  usage=UsageInfo(**generation.usage().to_dict()))
+    return JSONResponse(response.model_dump(mode="json"))
+
+
+async def _chunks(state: ServingState, generation: Generation, body: CompletionRequest,
+                  echoes: list[str] | None, *, request_id: str, model: str,
+                  created: int) -> AsyncIterator[bytes]:
+    include_usage = body.include_usage
+    num_choices = body.n * (len(echoes) if echoes else 1)
+
+    def chunk(choices: list[CompletionChoice], usage: UsageInfo | None = None) -> bytes:
+        data = CompletionResponse(id=request_id, created=created, model=model,
+                                  choices=choices, usage=usage)
+        exclude = None if include_usage else {"usage"}
+        return sse_event(data.model_dump_json(exclude=exclude))
+
+    builders: dict[int, CompletionLogprobsBuilder] = {}
+    if echoes:
+        for index in range(num_choices):
+            yield chunk([CompletionChoice(index=index, text=echoes[index // body.n],
+                                          logprobs=None, finish_reason=None)])
+    try:
+        async for deltas in generation.steps():
+            for delta in deltas:
+                logprobs = None
+                if body.logprobs is not None:
+                    builder = builders.setdefault(
+                        delta.index, CompletionLogprobsBuilder(state.tokenizer))
+                    builder.add(delta.logprobs, delta.token_offsets)
+                    logprobs = builder.take()
+                yield chunk([CompletionChoice(index=delta.index, text=delta.text,
+                                              logprobs=logprobs,
+                                              finish_reason=delta.finish_reason)])
+    except APIError as exc:
+        yield sse_event(JSONResponse(exc.body()).body)
+        yield SSE_DONE
+        return
+    if include_usage:
+        yield chunk([], usage=UsageInfo(**generation.usage().to_dict()))
+    yield SSE_DONE

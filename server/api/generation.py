@@ -1,0 +1,138 @@
+"""One api request on the engine: its choices fanned out into engine requests, their
+outputs turned into per-step text deltas, and every engine request it started aborted when
+it ends early (a stop string, an error, or a client that went away).
+
+n > 1 on one prompt: the first choice goes alone; the others follow once it has produced
+its first token. By then its prompt's full blocks are in the prefix cache, so the followers
+share them instead of computing the same prompt n times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass
+
+from server.api.choice import ChoiceAssembler, ChoiceDelta
+from server.api.detokenizer import Decoder
+from server.api.errors import SERVER_ERROR, UNAVAILABLE, APIError
+from server.engine.client import (EngineClient, EngineDeadError, EngineRequest,
+                                  EngineRequestRejected, OutputStream)
+from server.scheduler.output import RequestOutput
+from server.scheduler.request import SamplingParams
+
+
+@dataclass(frozen=True)
+class ChoicePlan:
+    index: int
+    prompt_index: int
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": self.total_tokens,
+                "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
+
+
+def engine_error(exc: Exception) -> APIError:
+    if isinstance(exc, EngineRequestRejected):
+        return APIError(str(exc), code=exc.code)
+    return APIError(f"the engine is unavailable: {exc}", status_code=503, type=UNAVAILABLE,
+                    code="engine_unavailable")
+
+
+class Generation:
+    def __init__(self, *, client: EngineClient, decoder: Decoder, request_id: str,
+                 plans: Sequence[ChoicePlan], stop_strings: Sequence[str],
+                 stop_token_ids: Collection[int], want_logprobs: bool,
+                 share_prompt_blocks: bool, block_size: int, priority: int = 0) -> None:
+        self._client = client
+        self._plans = list(plans)
+        self._priority = priority
+        self._req_ids = [f"{request_id}-{plan.index}" for plan in self._plans]
+        self._assemblers = {
+            req_id: ChoiceAssembler(index=plan.index, decoder=decoder,
+                                    prompt_token_ids=plan.prompt_token_ids,
+                                    stop_strings=stop_strings,
+                                    stop_token_ids=set(stop_token_ids)
+                                    | set(plan.sampling_params.stop_token_ids),
+                                    want_logprobs=want_logprobs)
+            for req_id, plan in zip(self._req_ids, self._plans)}
+        self._share = share_prompt_blocks
+        self._block_size = block_size
+
+    def usage(self) -> Usage:
+        prompts: dict[int, ChoiceAssembler] = {}
+        for req_id, plan in zip(self._req_ids, self._plans):
+            prompts.setdefault(plan.prompt_index, self._assemblers[req_id])
+        return Usage(
+            prompt_tokens=sum(a.num_prompt_tokens for a in prompts.values()),
+            completion_tokens=sum(a.num_generated_tokens for a in self._assemblers.values()),
+            cached_tokens=sum(a.num_cached_tokens for a in prompts.values()))
+
+    async def steps(self) -> AsyncIterator[list[ChoiceDelta]]:
+        """Yield, per engine step, the deltas of the choices that changed. Raises APIError."""
+        stream = OutputStream()
+        try:
+            first, followers = self._stage()
+            self._client.add_requests(stream, first)
+            while not all(a.finished for a in self._assemblers.values()):
+                batch = await stream.next_batch()
+                deltas = []
+                for output in batch:
+                    if output.req_id in followers:
+                        self._client.add_requests(stream, followers.pop(output.req_id))
+                    delta = self._update(output)
+                    if delta is not None:
+                        deltas.append(delta)
+                if deltas:
+                    yield deltas
+        except (EngineRequestRejected, EngineDeadError) as exc:
+            raise engine_error(exc) from exc
+        finally:
+            self._client.close_stream(stream)
+
+    def _update(self, output: RequestOutput) -> ChoiceDelta | None:
+        assembler = self._assemblers[output.req_id]
+        if assembler.finished:
+            return None
+        if output.finish_reason == "error":
+            raise APIError("the engine failed while generating", status_code=500,
+                           type=SERVER_ERROR)
+        delta = assembler.update(output)
+        if assembler.finished and not output.finished:
+            self._client.abort([output.req_id])  # a stop string matched
+        if delta.text or delta.logprobs or delta.finish_reason:
+            return delta
+        return None
+
+    def _stage(self) -> tuple[list[EngineRequest], dict[str, list[EngineRequest]]]:
+        """Requests to send now, and those to send after a given request's first output."""
+        requests = [EngineRequest(req_id=req_id, prompt_token_ids=plan.prompt_token_ids,
+                                  sampling_params=plan.sampling_params, priority=self._priority)
+                    for req_id, plan in zip(self._req_ids, self._plans)]
+        if not self._share:
+            return requests, {}
+        first: list[EngineRequest] = []
+        followers: dict[str, list[EngineRequest]] = {}
+        leader_of_prompt: dict[int, str] = {}
+        for request, plan in zip(requests, self._plans):
+            leader = leader_of_prompt.get(plan.prompt_index)
+            if leader is None or len(plan.prompt_token_ids) < self._block_size:
+                leader_of_prompt.setdefault(plan.prompt_index, request.req_id)
+                first.append(request)
+            else:
+                followers.setdefault(leader, []).append(request)
+        return first, followers

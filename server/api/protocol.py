@@ -1,0 +1,210 @@
+"""OpenAI request bodies (pydantic), validated strictly: a field of the wrong type or out of
+range is a 400 naming the field. Each request turns into engine SamplingParams through
+`to_sampling_params`; what only the api process handles (stop strings, echo, n) stays here.
+
+Extensions beyond OpenAI, as vLLM users know them: top_k, min_p, repetition_penalty,
+stop_token_ids, ignore_eos, priority. Unknown fields are ignored, as OpenAI's SDKs send
+fields a server may not know.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from server.api.errors import invalid_param
+from server.scheduler.request import MAX_LOGPROBS, SamplingParams, SamplingParamsError
+
+MAX_CHOICES = 16  # n above this is refused: each choice is a full engine request
+MAX_STOP_STRINGS = 16
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+
+
+class StreamOptions(StrictModel):
+    include_usage: bool = False
+
+
+class ContentPart(StrictModel):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(StrictModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    def text(self, index: int) -> str:
+        """The message's text; text parts are joined, other part types are refused."""
+        if self.content is None:
+            if self.role == "assistant":
+                return ""
+            raise invalid_param(f"messages.{index}.content", "content is required")
+        if isinstance(self.content, str):
+            return self.content
+        texts = []
+        for i, part in enumerate(self.content):
+            if part.type != "text" or part.text is None:
+                raise invalid_param(f"messages.{index}.content.{i}",
+                                    f"content part type {part.type!r} is not supported; "
+                                    "this model takes text parts only")
+            texts.append(part.text)
+        return "".join(texts)
+
+
+class SamplingFields(StrictModel):
+    """The fields chat and completions share."""
+
+    model: str | None = None  # None: the one served model
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=-1)  # -1 or 0: no top-k cut (vLLM's convention)
+    min_p: float | None = Field(None, ge=0, le=1)
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(None, gt=0)
+    ignore_eos: bool = False
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    priority: int = 0
+    logit_bias: dict[str, float] | None = None
+
+    @model_validator(mode="after")
+    def _check_shared(self) -> "SamplingFields":
+        if self.stream_options is not None and not self.stream:
+            raise invalid_param("stream_options", "stream_options is only allowed with stream")
+        stops = self.stop_strings
+        if len(stops) > MAX_STOP_STRINGS:
+            raise invalid_param("stop", f"at most {MAX_STOP_STRINGS} stop strings are allowed")
+        if any(not s for s in stops):
+            raise invalid_param("stop", "stop strings must not be empty")
+        if self.logit_bias:
+            raise invalid_param("logit_bias", "logit_bias is not supported")
+        return self
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def num_logprobs(self) -> int | None:
+        return None
+
+    def to_sampling_params(self, *, max_tokens: int, choice_index: int = 0) -> SamplingParams:
+        """The engine's parameters for one choice. With a seed, choice i draws from seed + i,
+        so n choices differ yet each is reproducible."""
+        seed = None if self.seed is None else self.seed + choice_index
+        top_k = None if self.top_k in (None, 0, -1) else self.top_k
+        given = {"temperature": self.temperature, "top_p": self.top_p, "min_p": self.min_p,
+                 "presence_penalty": self.presence_penalty,
+                 "frequency_penalty": self.frequency_penalty,
+                 "repetition_penalty": self.repetition_penalty}
+        try:
+            return SamplingParams(
+                **{k: v for k, v in given.items() if v is not None}, top_k=top_k, seed=seed,
+                max_tokens=max_tokens, stop_token_ids=tuple(self.stop_token_ids or ()),
+                ignore_eos=self.ignore_eos, logprobs=self.num_logprobs())
+        except SamplingParamsError as exc:
+            raise invalid_param(exc.param, str(exc)) from exc
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    tools: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check_chat(self) -> "ChatCompletionRequest":
+        if self.top_logprobs is not None and not self.logprobs:
+            raise invalid_param("top_logprobs", "top_logprobs needs logprobs set to true")
+        if self.tools:
+            raise invalid_param("tools", "tool calling is not supported")
+        if self.response_format and self.response_format.get("type") not in (None, "text"):
+            raise invalid_param("response_format", "only the 'text' response format is "
+                                                   "supported")
+        return self
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def num_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def message_dicts(self) -> list[dict[str, str]]:
+        return message_dicts(self.messages)
+
+
+def message_dicts(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    """Messages as the chat template takes them. "developer" is OpenAI's newer name for
+    the system role."""
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
+            for i, m in enumerate(messages)]
+
+
+PromptInput = str | list[str] | list[int] | list[list[int]]
+
+
+class CompletionRequest(SamplingFields):
+    prompt: PromptInput
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    suffix: str | None = None
+    best_of: int | None = None
+
+    @model_validator(mode="after")
+    def _check_completion(self) -> "CompletionRequest":
+        if self.suffix:
+            raise invalid_param("suffix", "suffix is not supported")
+        if self.best_of is not None and self.best_of != self.n:
+            raise invalid_param("best_of", "best_of must equal n (or be left out)")
+        if self.echo and self.logprobs is not None:
+            raise invalid_param("echo", "echo with logprobs needs prompt logprobs, "
+                                        "which are not supported")
+        if not self.prompt or any(len(p) == 0 for p in self.prompt if isinstance(p, str | list)):
+            raise invalid_param("prompt", "prompt must not be empty")
+        return self
+
+    def requested_max_tokens(self) -> int | None:
+        return 16 if self.max_tokens is None else self.max_tokens  # OpenAI's default here
+
+    def num_logprobs(self) -> int | None:
+        return self.logprobs
+
+
+class TokenizeRequest(StrictModel):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "TokenizeRequest":
+        if (self.prompt is None) == (self.messages is None):
+            raise invalid_param("prompt", "give either prompt or messages")
+        return self
+
+
+class DetokenizeRequest(StrictModel):
+    model: str | None = None
+    tokens: list[int]

@@ -1,0 +1,140 @@
+"""The HTTP endpoints. Bodies are parsed here (not by FastAPI) so that malformed JSON and
+every validation failure become OpenAI-shaped 400s."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TypeVar
+
+import msgspec
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+
+from server.api.chat import create_chat_completion
+from server.api.completions import create_completion
+from server.api.errors import UNAVAILABLE, APIError, error_body
+from server.api.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
+                                 TokenizeRequest, message_dicts)
+from server.api.responses import DetokenizeResponse, ModelCard, ModelList, TokenizeResponse
+from server.api.serving import ServingState
+from server.api.tokenizer import TokenizerError
+from server.engine.client import EngineDeadError
+
+router = APIRouter()
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def _state(request: Request) -> ServingState:
+    return request.app.state.serving
+
+
+async def _parse(request: Request, model: type[Body]) -> Body:
+    return model.model_validate_json(await request.body())
+
+
+def _unavailable(message: str) -> JSONResponse:
+    return JSONResponse(error_body(message, type=UNAVAILABLE, code="engine_unavailable"),
+                        status_code=503)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    body = await _parse(request, ChatCompletionRequest)
+    return await create_chat_completion(_state(request), request, body)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    body = await _parse(request, CompletionRequest)
+    return await create_completion(_state(request), request, body)
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> JSONResponse:
+    return JSONResponse(ModelList(data=[_model_card(_state(request))]).model_dump())
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(request: Request, model_id: str) -> JSONResponse:
+    state = _state(request)
+    state.check_model(model_id)
+    return JSONResponse(_model_card(state).model_dump())
+
+
+def _model_card(state: ServingState) -> ModelCard:
+    return ModelCard(id=state.model_name, created=state.started_at, root=state.info.model_name,
+                     max_model_len=state.info.max_model_len)
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    """200 while the engine process is alive and answers a ping in time; 503 otherwise.
+    An engine in the middle of a long step answers only after it, so one that sent a step's
+    outputs within the timeout counts as answering too."""
+    state = _state(request)
+    timeout_s = state.config.api.health_timeout_s
+    if not state.client.is_alive:
+        return _unavailable(state.client.failure or "the engine is not running")
+    try:
+        await state.client.stats(timeout_s=timeout_s)
+    except asyncio.TimeoutError:
+        if state.client.seconds_since_last_message > timeout_s:
+            return _unavailable(f"the engine did not answer within {timeout_s:g} s")
+    except EngineDeadError as exc:
+        return _unavailable(str(exc))
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    """200 once the model is loaded and the engine runs (it is, whenever this answers,
+    unless the engine has since died)."""
+    state = _state(request)
+    if not state.client.is_alive:
+        return _unavailable(state.client.failure or "the engine is not running")
+    return JSONResponse({"status": "ready", "model": state.model_name})
+
+
+@router.get("/v1/engine/stats")
+async def engine_stats(request: Request) -> JSONResponse:
+    """The engine's live figures (requests, KV blocks, prefix cache, token totals)."""
+    state = _state(request)
+    try:
+        stats = await state.client.stats(timeout_s=state.config.api.health_timeout_s)
+    except (asyncio.TimeoutError, EngineDeadError) as exc:
+        return _unavailable(f"the engine did not report its stats: {exc or 'timeout'}")
+    info = state.info
+    return JSONResponse({**msgspec.structs.asdict(stats),
+                         "num_api_open_requests": state.client.num_open_requests,
+                         "block_size": info.block_size, "kv_cache_tokens": info.kv_cache_tokens,
+                         "max_model_len": info.max_model_len})
+
+
+@router.post("/tokenize")
+async def tokenize(request: Request) -> JSONResponse:
+    body = await _parse(request, TokenizeRequest)
+    state = _state(request)
+    state.check_model(body.model)
+    tokenizer = state.require_tokenizer()
+    if body.messages is not None:
+        try:
+            tokens = tokenizer.encode_chat(message_dicts(body.messages))
+        except TokenizerError as exc:
+            raise APIError(str(exc), param="messages") from exc
+    else:
+        tokens = tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+    return JSONResponse(TokenizeResponse(tokens=tokens, count=len(tokens),
+                                         max_model_len=state.info.max_model_len).model_dump())
+
+
+@router.post("/detokenize")
+async def detokenize(request: Request) -> JSONResponse:
+    body = await _parse(request, DetokenizeRequest)
+    state = _state(request)
+    state.check_model(body.model)
+    state.check_token_ids(body.tokens, "tokens")
+    text = state.require_tokenizer().decode(body.tokens)
+    return JSONResponse(DetokenizeResponse(prompt=text).model_dump())

@@ -1,0 +1,142 @@
+"""The `inflightd` command.
+
+`inflightd serve [MODEL]` runs the OpenAI-compatible daemon. Other subcommands live in their
+own packages and join through a `register(subparsers)` function that sets `func(args) -> int`
+on its parser; they are imported only when named (or for --help), so `serve` stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from server.config import DEFAULT_MODEL, CacheConfig, ModelConfig, SchedulerConfig
+
+# subcommand -> module with register(subparsers)
+PLUGIN_COMMANDS = {"bench": "server.bench.cli", "build": "server.engine.build_cli"}
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser(
+        "serve", help="run the OpenAI-compatible daemon",
+        description="Serve a model over an OpenAI-compatible HTTP API.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    serve.add_argument("model_dir", nargs="?", metavar="MODEL",
+                       help="a model or engine directory (same as --model)")
+    serve.add_argument("--model", default=DEFAULT_MODEL,
+                       help="HF directory, engine directory, dummy:<shape>, or the default")
+    serve.add_argument("--served-model-name", help="the name clients use (default: --model)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-num-seqs", type=int, default=SchedulerConfig.max_num_seqs,
+                       help="most requests in a batch")
+    serve.add_argument("--max-num-batched-tokens", type=int,
+                       default=SchedulerConfig.max_num_batched_tokens,
+                       help="most tokens computed in one step")
+    serve.add_argument("--max-model-len", type=int, default=None,
+                       help="context window (default: the model's, capped by the scheduler)")
+    serve.add_argument("--policy", choices=("fcfs", "priority"), default="fcfs")
+    serve.add_argument("--block-size", type=int, default=CacheConfig.block_size)
+    size = serve.add_mutually_exclusive_group()
+    size.add_argument("--kv-cache-tokens", type=int,
+                      help="KV cache size in tokens (default on CPU: 32768)")
+    size.add_argument("--memory-fraction", type=float,
+                      help="share of free GPU memory for the KV cache")
+    serve.add_argument("--disable-prefix-caching", action="store_true")
+    serve.add_argument("--dtype", default="auto",
+                       choices=("auto", "float32", "float16", "bfloat16"))
+    serve.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    serve.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--health-timeout", type=float, default=5.0,
+                       help="seconds the engine has to answer a /health ping")
+    serve.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    serve.set_defaults(func=run_serve)
+
+
+def serve_config(args: argparse.Namespace):
+    """The ServeConfig for parsed `serve` arguments; raises ValueError for bad values."""
+    from server.api.settings import ApiSettings, ServeConfig
+
+    model = args.model_dir or args.model
+    scheduler_kwargs = {} if args.max_model_len is None else {"max_model_len": args.max_model_len}
+    return ServeConfig(
+        model=ModelConfig(model=model, dtype=args.dtype, device=args.device,
+                          max_model_len=args.max_model_len, seed=args.seed,
+                          enforce_eager=args.enforce_eager),
+        cache=CacheConfig(block_size=args.block_size, kv_cache_tokens=args.kv_cache_tokens,
+                          memory_fraction=args.memory_fraction,
+                          enable_prefix_caching=not args.disable_prefix_caching),
+        scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs,
+                                  max_num_batched_tokens=args.max_num_batched_tokens,
+                                  policy=args.policy, **scheduler_kwargs),
+        api=ApiSettings(host=args.host, port=args.port,
+                        served_model_name=args.served_model_name,
+                        health_timeout_s=args.health_timeout, log_level=args.log_level))
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        config = serve_config(args)
+    except ValueError as exc:
+        print(f"inflightd serve: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvicorn
+
+    from server.api.app import create_app
+
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(config), host=config.api.host, port=config.api.port,
+        log_level=args.log_level, access_log=args.log_level == "debug",
+        timeout_graceful_shutdown=5))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises Ctrl-C / SIGINT after its graceful shutdown
+    # uvicorn returns normally when the lifespan startup fails (engine or tokenizer).
+    return 0 if server.started else 1
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inflightd",
+                                     description="OpenAI-compatible LLM serving daemon")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_serve_parser(subparsers)
+    wanted = [name for name in PLUGIN_COMMANDS if name in argv]
+    if not wanted and not any(a in ("-h", "--help") for a in argv[:1]) and argv:
+        return parser
+    for name in wanted or PLUGIN_COMMANDS:
+        register = _plugin_register(PLUGIN_COMMANDS[name])
+        if register is not None:
+            register(subparsers)
+    return parser
+
+
+def _plugin_register(module_name: str):
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            return None  # that subcommand is not part of this install
+        raise
+    return getattr(module, "register", None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

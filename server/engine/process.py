@@ -1,0 +1,205 @@
+"""The engine process: builds an EngineCore, then loops.
+
+    while True:
+        take every message waiting on the input socket (never blocking while there is work)
+        if there is work: step once, send every request's output as one message
+        else: sleep on the input socket (and on the parent pipe) until something arrives
+
+It never waits on a client: replies go out on a PUSH socket with no high-water mark, and a
+slow reader only makes the api process's queue longer. It exits on a Shutdown message, on
+SIGTERM, or when the api process dies (its stdin pipe reaches end of file).
+
+Run as `python -m server.engine.process '<EngineProcessArgs as JSON>'` by EngineClient.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import stat
+import sys
+import traceback
+from dataclasses import replace
+from pathlib import Path
+
+import zmq
+
+from server.config import CacheConfig, ModelConfig
+from server.engine.messages import (AbortRequests, AddRequest, EngineFailed, EngineProcessArgs,
+                                    EngineReady, Shutdown, StartupFailed, StatsQuery,
+                                    StatsReply, StepOutputs, RequestRejected,
+                                    decode_process_args, info_message, input_codec,
+                                    output_codec, stats_message)
+
+logger = logging.getLogger("inflightd.engine")
+
+IDLE_POLL_MS = 500  # how often an idle engine checks that its parent is still there
+CPU_DEFAULT_KV_CACHE_TOKENS = 32768  # modest, so a CPU daemon starts in seconds
+
+
+def with_default_kv_size(model_config: ModelConfig, cache_config: CacheConfig) -> CacheConfig:
+    """On CPU, with no size given, a fixed modest KV cache instead of a share of all RAM."""
+    sized = (cache_config.num_blocks, cache_config.kv_cache_tokens, cache_config.memory_fraction)
+    if any(value is not None for value in sized):
+        return cache_config
+    device = model_config.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cpu":
+        return cache_config
+    return replace(cache_config, kv_cache_tokens=CPU_DEFAULT_KV_CACHE_TOKENS)
+
+
+class EngineLoop:
+    """Owns the sockets and the core once the core is built."""
+
+    def __init__(self, core, pull: zmq.Socket, push: zmq.Socket) -> None:
+        self._core = core
+        self._pull = pull
+        self._push = push
+        self._encoder, _ = output_codec()
+        _, self._decoder = input_codec()
+        self._parent_pid = os.getppid()
+        self._parent_pipe = 0 if stat.S_ISFIFO(os.fstat(0).st_mode) else None
+        self.orphaned = False  # the api process died without telling us to stop
+
+    def send(self, message) -> None:
+        self._push.send(self._encoder.encode(message), copy=False)
+
+    def run(self) -> int:
+        poller = zmq.Poller()
+        poller.register(self._pull, zmq.POLLIN)
+        if self._parent_pipe is not None:
+            poller.register(self._parent_pipe, zmq.POLLIN)
+        while True:
+            busy = self._core.has_unfinished()
+            events = dict(poller.poll(0 if busy else IDLE_POLL_MS))
+            if self._parent_gone(events):
+                logger.info("the api process is gone; engine exiting")
+                self.orphaned = True
+                return 0
+            if self._pull in events and not self._drain_inputs():
+                logger.info("engine shutting down")
+                return 0
+            if self._core.has_unfinished():
+                outputs = self._core.step()
+                if outputs:
+                    self.send(StepOutputs(outputs=list(outputs)))
+
+    def _parent_gone(self, events: dict) -> bool:
+        if self._parent_pipe is not None and self._parent_pipe in events:
+            if not os.read(self._parent_pipe, 4096):
+                return True  # end of file: the write end closed with the api process
+        return os.getppid() != self._parent_pid
+
+    def _drain_inputs(self) -> bool:
+        """Handle every waiting message; False once told to shut down."""
+        while True:
+            try:
+                raw = self._pull.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return True
+            message = self._decoder.decode(raw.buffer)
+            if isinstance(message, AddRequest):
+                self._add(message)
+            elif isinstance(message, AbortRequests):
+                aborted = self._core.abort(message.req_ids)
+                if aborted:
+                    self.send(StepOutputs(outputs=list(aborted)))
+            elif isinstance(message, StatsQuery):
+                self.send(StatsReply(query_id=message.query_id,
+                                     stats=stats_message(self._core.stats())))
+            elif isinstance(message, Shutdown):
+                return False
+
+    def _add(self, message: AddRequest) -> None:
+        try:
+            self._core.add_request(message.req_id, message.prompt_token_ids,
+                                   message.sampling_params, arrival_time=message.arrival_time,
+                                   priority=message.priority)
+        except ValueError as exc:  # RequestRejectedError carries a code; others are invalid
+            code = getattr(exc, "code", None) or "invalid_request"
+            self.send(RequestRejected(req_id=message.req_id, code=code, message=str(exc)))
+
+
+def build_core(args: EngineProcessArgs):
+    from server.engine.core import EngineCore  # torch and the model: only in this process
+
+    _leave_a_core_for_the_api(args.model_config)
+    return EngineCore(model_config=args.model_config,
+                      cache_config=with_default_kv_size(args.model_config, args.cache_config),
+                      scheduler_config=args.scheduler_config)
+
+
+def _leave_a_core_for_the_api(model_config: ModelConfig) -> None:
+    """On CPU, torch's worker threads spin while they wait; competing with the api process
+    for every core makes each step many times slower, so the engine keeps one core free."""
+    import torch
+
+    if os.environ.get("OMP_NUM_THREADS") or model_config.device == "cuda":
+        return
+    if model_config.device == "auto" and torch.cuda.is_available():
+        return
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+
+
+def _remove_socket_files(args: EngineProcessArgs) -> None:
+    """An api process that died cannot remove its ipc sockets; the engine does it."""
+    for address in (args.input_address, args.output_address):
+        path = Path(address.removeprefix("ipc://"))
+        path.unlink(missing_ok=True)
+        try:
+            path.parent.rmdir()  # only if nothing else is left in it
+        except OSError:
+            pass
+
+
+def serve(args: EngineProcessArgs) -> int:
+    """Connect, build the core, announce it, loop. Returns the exit status."""
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    pull.connect(args.input_address)
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, 0)  # never block on a slow api process
+    push.connect(args.output_address)
+    encoder, _ = output_codec()
+    try:
+        try:
+            core = build_core(args)
+        except Exception as exc:  # reported to the api, which exits with the message
+            logger.debug("engine startup failed", exc_info=True)
+            push.send(encoder.encode(StartupFailed(message=f"{type(exc).__name__}: {exc}")))
+            return 1
+        push.send(encoder.encode(EngineReady(info=info_message(core.info))))
+        loop = EngineLoop(core, pull, push)
+        try:
+            status = loop.run()
+            if loop.orphaned:
+                _remove_socket_files(args)
+            return status
+        except Exception as exc:
+            logger.error("engine failed:\n%s", traceback.format_exc())
+            loop.send(EngineFailed(message=f"{type(exc).__name__}: {exc}"))
+            return 1
+    finally:
+        pull.close(linger=0)
+        push.close(linger=1000)  # let the last message (a failure, say) reach the api
+        context.term()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = decode_process_args(argv[0])
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Ctrl-C reaches the whole process group; the api process decides when the engine stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    return serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Validate responses against OpenAI's published OpenAPI description (shared/openai-openapi).
+
+The file is OpenAPI 3.1, i.e. JSON Schema 2020-12, with leftovers of OpenAPI 3.0's
+`nullable: true`, which 2020-12 ignores; those are rewritten into real null alternatives so
+that OpenAI's own null fields (a chunk's finish_reason) validate.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from tests.api.daemon import REPO_ROOT
+
+SPEC_URI = "urn:openai-openapi"
+# OpenAI streams completions chunks in CreateCompletionResponse's shape, with finish_reason
+# null until the last one (and usage null but in the last, with include_usage); the
+# published schema, shared by both, allows neither null.
+COMPLETION_CHUNK = "InflightdCompletionChunk"
+
+
+def spec_path() -> Path:
+    candidates = [os.environ.get("INFLIGHTD_OPENAPI_SPEC"),
+                  REPO_ROOT / "shared" / "openai-openapi" / "openapi.json",
+                  REPO_ROOT.parent / "shared" / "openai-openapi" / "openapi.json"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    raise FileNotFoundError("OpenAI's openapi.json was not found beside the repository "
+                            "(../shared/openai-openapi/openapi.json); set "
+                            "INFLIGHTD_OPENAPI_SPEC to its path")
+
+
+def _with_real_nulls(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_with_real_nulls(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _with_real_nulls(value) for key, value in node.items()}
+    if node.pop("nullable", False) is not True:
+        return node
+    if "enum" in node and None not in node["enum"]:
+        node["enum"] = [*node["enum"], None]
+    if isinstance(node.get("type"), str):
+        node["type"] = [node["type"], "null"]
+        return node
+    return {"anyOf": [node, {"type": "null"}]}
+
+
+@functools.cache
+def _registry() -> Registry:
+    spec = _with_real_nulls(json.loads(spec_path().read_text()))
+    schemas = spec["components"]["schemas"]
+    chunk = copy.deepcopy(schemas["CreateCompletionResponse"])
+    finish = chunk["properties"]["choices"]["items"]["properties"]["finish_reason"]
+    finish["type"] = ["string", "null"]
+    finish["enum"] = [*finish["enum"], None]
+    chunk["properties"]["usage"] = {"anyOf": [chunk["properties"]["usage"], {"type": "null"}]}
+    schemas[COMPLETION_CHUNK] = chunk
+    return Registry().with_resource(
+        SPEC_URI, Resource.from_contents(spec, default_specification=DRAFT202012))
+
+
+@functools.cache
+def _validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator({"$ref": f"{SPEC_URI}#/components/schemas/{name}"},
+                                registry=_registry())
+
+
+def assert_matches(instance: Any, schema_name: str) -> None:
+    """Raise AssertionError listing every way `instance` breaks OpenAI's schema."""
+    errors = sorted(_validator(schema_name).iter_errors(instance), key=lambda e: list(e.path))
+    if errors:
+        lines = [f"  at {'/'.join(map(str, e.path)) or '<root>'}: {e.message}" for e in errors]
+        raise AssertionError(f"response does not match {schema_name}:\n" + "\n".join(lines))

@@ -1,0 +1,73 @@
+"""The api <-> engine messages: msgspec round trips, and the api's mirrors of EngineInfo and
+EngineStats keeping every field of the engine's own dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import msgspec
+import pytest
+
+from server.config import CacheConfig, ModelConfig, SchedulerConfig
+from server.engine.core import EngineInfo, EngineStats
+from server.engine.messages import (AbortRequests, AddRequest, EngineInfoMessage,
+                                    EngineProcessArgs, EngineReady, EngineStatsMessage,
+                                    StatsReply, StepOutputs, decode_process_args,
+                                    encode_process_args, info_message, input_codec,
+                                    output_codec, stats_message)
+from server.scheduler.output import RequestOutput, TokenLogprobs
+from server.scheduler.request import SamplingParams
+
+
+def test_mirrors_have_exactly_the_engine_dataclass_fields():
+    assert EngineInfoMessage.__struct_fields__ == tuple(
+        f.name for f in dataclasses.fields(EngineInfo))
+    assert EngineStatsMessage.__struct_fields__ == tuple(
+        f.name for f in dataclasses.fields(EngineStats))
+
+
+def test_engine_info_and_stats_copy_over():
+    info = EngineInfo(model_name="m", vocab_size=10, max_model_len=64, eos_token_ids=(2, 3),
+                      num_kv_blocks=4, block_size=16, kv_cache_tokens=64, tokenizer_dir=None,
+                      device="cpu", dtype="float32")
+    stats = EngineStats(num_running=1, num_waiting=2, num_free_blocks=3, num_blocks=4,
+                        num_evictable_blocks=1, num_used_blocks=1, kv_cache_usage=0.25,
+                        prefix_cache_queries=32, prefix_cache_hits=16, num_preemptions=0,
+                        prompt_tokens_total=40, generation_tokens_total=7)
+    encoder, decoder = output_codec()
+    ready = decoder.decode(encoder.encode(EngineReady(info=info_message(info))))
+    assert msgspec.structs.asdict(ready.info) == dataclasses.asdict(info)
+    reply = decoder.decode(encoder.encode(StatsReply(query_id=5, stats=stats_message(stats))))
+    assert reply.query_id == 5
+    assert msgspec.structs.asdict(reply.stats) == dataclasses.asdict(stats)
+
+
+def test_step_outputs_round_trip_with_logprobs():
+    outputs = [RequestOutput("a", (1, 2), None, 3, 0,
+                             (TokenLogprobs(1, -0.5, (1, 7), (-0.5, -2.0)),
+                              TokenLogprobs(2, -0.1, (2, 7), (-0.1, -3.0)))),
+               RequestOutput("b", (9,), "length", 4, 2, None)]
+    encoder, decoder = output_codec()
+    assert decoder.decode(encoder.encode(StepOutputs(outputs=outputs))).outputs == outputs
+
+
+def test_inputs_round_trip_and_sampling_params_are_validated_on_decode():
+    encoder, decoder = input_codec()
+    add = AddRequest(req_id="r", prompt_token_ids=[1, 2],
+                     sampling_params=SamplingParams(temperature=0, stop_token_ids=(5,)),
+                     arrival_time=1.5, priority=2)
+    assert decoder.decode(encoder.encode(add)) == add
+    assert decoder.decode(encoder.encode(AbortRequests(req_ids=["r"]))).req_ids == ["r"]
+    bad = msgspec.msgpack.encode({"type": "add", "req_id": "r", "prompt_token_ids": [1],
+                                  "sampling_params": {"temperature": -1.0},
+                                  "arrival_time": 0.0})
+    with pytest.raises(msgspec.ValidationError, match="temperature"):
+        decoder.decode(bad)
+
+
+def test_process_args_survive_the_command_line_json():
+    args = EngineProcessArgs(model_config=ModelConfig(model="dummy:tiny", device="cpu"),
+                             cache_config=CacheConfig(block_size=8, kv_cache_tokens=512),
+                             scheduler_config=SchedulerConfig(max_num_seqs=4),
+                             input_address="ipc:///tmp/x/in", output_address="ipc:///tmp/x/out")
+    assert decode_process_args(encode_process_args(args)) == args
