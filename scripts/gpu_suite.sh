@@ -1,42 +1,116 @@
 #!/usr/bin/env bash
-# The whole GPU suite in one go (one device call): environment report, tests/gpu against
-# the torch references, the kernel micro-benchmark, and, where the tools exist, an Nsight
-# Compute profile of the attention kernels (PROFILE=1, the default) and a compute-sanitizer
-# memcheck and racecheck of one mixed attention batch (SANITIZE=1, the default).
-# Logs go to $OUT (the device tool's output folder), else ./gpu-logs.
-# Wheels carried in .whl/ (cuda-core, cuda-bindings, pytest, ...) are installed first, into
-# /tmp/site, for machines whose python lacks them.
+# The GPU suite in one go (one device call), as stages named in STAGES (default: the kernel
+# work of issue 5: "tests kernels profile sanitize"):
+#   tests     environment report, then tests/gpu (kernels against the torch references,
+#             CUDA graphs, the engine on the GPU)
+#   kernels   the kernel micro-benchmark (bench/kernels.py)
+#   profile   Nsight Compute on the attention kernels (PROFILE=0 skips it)
+#   sanitize  compute-sanitizer memcheck + racecheck of one mixed attention batch (SANITIZE=0)
+#   stash     keep the carried GGUF parts (*.part_*) in /root/parts for a later call on the
+#             same warm machine (the default model's GGUF is larger than one call carries)
+#   default   join the GGUF parts, convert the default model, and run the GPU-vs-CPU
+#             greedy comparison (tests/gpu/test_engine_gpu.py) on it
+#   build     `inflightd build` of BUILD_MODEL (default dummy:llama-3-8b) into /root/engines
+#   bench     bench/offline.py on BENCH_MODEL with the issue's acceptance arguments
+# Logs go to $OUT (the device tool's output folder), else ./gpu-logs. Wheels carried in
+# .whl/ and in the folders named by WHEEL_DIRS are installed first into /tmp/site.
+#
+# The default model's GGUF (98 MB) travels in two calls on the same warm machine, each half
+# with the cuda-core/cuda-bindings/cuda-pathfinder wheels (build/ is git-ignored):
+#   G=$(python -c 'from server.engine.default_model import packaged_default_gguf as p; print(p())')
+#   mkdir -p build/gpu_a build/gpu_b; cp .whl/cuda_*.whl build/gpu_a; cp .whl/cuda_*.whl build/gpu_b
+#   head -c 49181216 $G > build/gpu_a/smollm2.gguf.part_a
+#   tail -c +49181217 $G > build/gpu_b/smollm2.gguf.part_b
+#   sha256sum $G | cut -d' ' -f1 > build/gpu_b/smollm2.gguf.sha256
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 -d build/gpu_b gguf==0.19.0
+# then  run(carry=[build/gpu_a]): STAGES="stash tests build" WHEEL_DIRS=build/gpu_a bash $0
+# and at once  run(carry=[build/gpu_b]): STAGES="default bench" WHEEL_DIRS=build/gpu_b bash $0
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-logs}
 mkdir -p "$OUT"
+STAGES=${STAGES:-tests kernels profile sanitize}
 export PYTHONUNBUFFERED=1
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-if compgen -G ".whl/*.whl" >/dev/null; then
+export INFLIGHTD_CACHE=${INFLIGHTD_CACHE:-/root/inflightd-cache}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+status=0
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+fail() { echo "stage $1 failed (rc=$2)"; status=1; }
+
+wheels=$(ls .whl/*.whl ${WHEEL_DIRS:+$(for d in $WHEEL_DIRS; do echo "$d"/*.whl; done)} 2>/dev/null)
+if [ -n "$wheels" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    --target /tmp/site $wheels || exit 1
 fi
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 
 {
   date -u +"%Y-%m-%d %H:%M:%S UTC"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
   python3 - <<'PY'
-import sys, torch, cuda.core, cuda.bindings
+import sys, torch, cuda.core, cuda.bindings, transformers
 from server.engine.nvrtc import find_cuda_include_dir, nvrtc_version
 print("python", sys.version.split()[0], "torch", torch.__version__, "cuda.core",
-      cuda.core.__version__, "cuda.bindings", cuda.bindings.__version__, "nvrtc",
-      nvrtc_version(), "headers", find_cuda_include_dir())
+      cuda.core.__version__, "cuda.bindings", cuda.bindings.__version__, "transformers",
+      transformers.__version__, "nvrtc", nvrtc_version(), "headers", find_cuda_include_dir())
 PY
 } 2>&1 | tee "$OUT/env.log"
 
-python3 -m pytest -q -p no:cacheprovider -rs tests/gpu 2>&1 | tee "$OUT/gpu_tests.log"
-tests_rc=$?
-python3 bench/kernels.py --json "$OUT/bench_kernels.json" 2>&1 | tee "$OUT/bench.log"
-bench_rc=$?
+if has stash; then
+  mkdir -p /root/parts && for f in $(ls build/*/*.part_* 2>/dev/null); do cp "$f" /root/parts/; done
+  ls -l /root/parts | tee -a "$OUT/env.log"
+fi
+
+if has tests; then
+  python3 -m pytest -q -p no:cacheprovider -rs tests/gpu 2>&1 | tee "$OUT/gpu_tests.log"
+  rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || fail tests "$rc"
+fi
+
+if has default; then
+  {
+    parts="/root/parts/smollm2.gguf.part_a $(echo build/*/smollm2.gguf.part_b)"
+    cat $parts > /root/default.gguf  # in this order: ls would sort them by locale
+    want=$(cat build/*/smollm2.gguf.sha256 2>/dev/null)
+    have=$(sha256sum /root/default.gguf | cut -d' ' -f1)
+    echo "parts: $parts; sha256 $have (want $want)"
+    if [ "$have" = "$want" ]; then
+      mkdir -p /root/default-model &&
+      python3 -c "from pathlib import Path; from server.engine.gguf_convert import convert_gguf
+convert_gguf(Path('/root/default.gguf'), Path('/root/default-model'), progress=False)" &&
+      INFLIGHTD_TEST_MODEL_DIR=/root/default-model timeout 300 python3 -m pytest -q \
+        -p no:cacheprovider -rs tests/gpu/test_engine_gpu.py
+    else
+      echo "the default model's GGUF parts are missing or damaged"; false
+    fi
+  } 2>&1 | tee "$OUT/default_model.log"
+  rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || fail default "$rc"
+fi
+
+if has build; then
+  { time python3 -m server.engine.build "${BUILD_MODEL:-dummy:llama-3-8b}" --force \
+      --output /root/engines/build-stage --max-batch-size 256 --max-num-tokens 8192; } \
+    2>&1 | tee "$OUT/build.log"
+  rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || fail build "$rc"
+  (ls -lR /root/engines/build-stage; cat /root/engines/build-stage/tuning.json) \
+    >>"$OUT/build.log" 2>&1
+fi
+
+if has bench; then
+  timeout "${BENCH_TIMEOUT:-400}" python3 bench/offline.py --model "${BENCH_MODEL:-dummy:llama-3-8b}" \
+    --num-prompts 512 --input-len 128:1024 --output-len 256 --peer-requests 64 \
+    --max-num-seqs 256 --max-num-batched-tokens 8192 --json "$OUT/bench_offline.json" \
+    2>&1 | grep -v "it/s]$" | tee "$OUT/bench_offline.log"
+  rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || fail bench "$rc"
+fi
+
+if has kernels; then
+  python3 bench/kernels.py --json "$OUT/bench_kernels.json" 2>&1 | tee "$OUT/bench.log"
+  rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || fail kernels "$rc"
+fi
 
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
-if [ "${PROFILE:-1}" = 1 ] && [ -n "$NCU" ]; then
+if has profile && [ "${PROFILE:-1}" = 1 ] && [ -n "$NCU" ]; then
   echo "== $NCU on one decode and one prefill attention call" | tee "$OUT/ncu.log"
   timeout 150 "$NCU" --profile-from-start off --clock-control none --section SpeedOfLight \
     --section Occupancy --section LaunchStats --section WarpStateStats \
@@ -44,7 +118,7 @@ if [ "${PROFILE:-1}" = 1 ] && [ -n "$NCU" ]; then
   echo "ncu rc=$?" | tee -a "$OUT/ncu.log"
 fi
 
-if [ "${SANITIZE:-1}" = 1 ] && command -v compute-sanitizer >/dev/null; then
+if has sanitize && [ "${SANITIZE:-1}" = 1 ] && command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck; do
     echo "== compute-sanitizer --tool $tool"
     # API errors are left out: cuda-bindings probes driver entry points newer than the
@@ -56,5 +130,5 @@ if [ "${SANITIZE:-1}" = 1 ] && command -v compute-sanitizer >/dev/null; then
     echo "rc=${PIPESTATUS[0]}"
   done 2>&1 | tee "$OUT/sanitizer.log"
 fi
-echo "gpu suite: tests rc=$tests_rc bench rc=$bench_rc"
-[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+echo "gpu suite: stages '$STAGES' status=$status"
+exit $status

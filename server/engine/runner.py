@@ -2,30 +2,41 @@
 
     execute(SchedulerOutput)
       -> forget finished / preempted requests, remember new ones (sampling state, history)
-      -> prepare_inputs -> model.forward -> logits of the sampled rows -> sampler
-      -> ModelOutput (and each sampled token appended to its request's history)
+      -> decode-only step that fits a captured bucket: replay its CUDA graph
+         otherwise: prepare_inputs -> model.forward -> logits of the sampled rows
+      -> sampler (all plain-greedy rows: one argmax) -> ModelOutput
+         (and each sampled token appended to its request's history)
 
 The history feeds the penalties and the seeded noise; the runner keeps its own copy so
 nothing else has to send it every step.
+
+Ops: on a GPU, our compiled kernels (CudaOps; from the engine directory's cubins and
+tuning when the model is one) for bf16/fp16 models with a head_dim the kernels cover;
+TorchOps otherwise (CPU, float32). CUDA graphs need CudaOps and are off with enforce_eager.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Sequence
 
 import torch
 
 from server.config import CacheConfig, ModelConfig
+from server.engine.cuda_graphs import DecodeGraphRunner
 from server.engine.inputs import prepare_inputs
+from server.engine.models.config import ModelArchConfig
 from server.engine.models.llama import LlamaModel
 from server.engine.ops import Ops
 from server.engine.ops.torch_ref import TorchOps
-from server.engine.sampler import RequestSamplingState, Sampler
+from server.engine.sampler import MIN_TEMPERATURE, RequestSamplingState, Sampler
 from server.engine.weights import ModelSource, iter_weights, resolve_model
 from server.kvcache.kv_pool import KVPool
 from server.scheduler.output import ModelOutput, NewRequestData, SchedulerOutput
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DEFAULT_GRAPH_BATCH_SIZE = 256  # graphs up to here unless the engine or caller says otherwise
+logger = logging.getLogger("inflightd.engine")
 
 
 class UnknownRequestError(ValueError):
@@ -39,25 +50,83 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """"auto": bfloat16 on a GPU, float32 on CPU (where bf16 matmuls are slow and lossy)."""
+def resolve_dtype(name: str, device: torch.device, *, engine_dtype: str | None = None
+                  ) -> torch.dtype:
+    """"auto": the engine directory's dtype on a GPU, else bfloat16 on a GPU and float32 on
+    CPU (where bf16 matmuls are slow and lossy)."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return _DTYPES[engine_dtype] if engine_dtype else torch.bfloat16
     return _DTYPES[name]
+
+
+def cuda_ops_unsupported_reason(arch: ModelArchConfig, dtype: torch.dtype) -> str | None:
+    """Why our kernels cannot run this model, or None when they can."""
+    from server.engine.kernels import ATTENTION_HEAD_DIMS
+
+    if dtype not in (torch.bfloat16, torch.float16):
+        return f"the kernels take bfloat16 or float16, not {dtype}"
+    if arch.head_dim not in ATTENTION_HEAD_DIMS:
+        return f"the attention kernel covers head_dim {ATTENTION_HEAD_DIMS}, not {arch.head_dim}"
+    return None
+
+
+def default_ops(source: ModelSource, *, dtype: torch.dtype, device: torch.device) -> Ops:
+    """CudaOps on a GPU when the kernels cover the model (with the engine directory's cubins
+    and tuning when there is one), else TorchOps."""
+    if device.type != "cuda":
+        return TorchOps()
+    reason = cuda_ops_unsupported_reason(source.arch, dtype)
+    if reason is not None:
+        logger.warning("running the torch reference ops on %s: %s", device, reason)
+        return TorchOps()
+    from server.engine.kernels import KernelLibrary, device_arch
+    from server.engine.nvrtc import NvrtcUnavailableError
+    from server.engine.ops.cuda import CudaOps
+
+    if source.engine_dir is None:
+        try:
+            library = KernelLibrary(device)
+            library.load_all()
+        except (ImportError, NvrtcUnavailableError) as exc:
+            logger.warning("running the torch reference ops on %s, without CUDA graphs: our "
+                           "kernels cannot be built here (%s); pip install 'inflightd[gpu]' "
+                           "and the CUDA toolkit headers, or serve an engine directory",
+                           device, exc)
+            return TorchOps()
+        return CudaOps(library)
+    from server.engine.kernel_store import load_cubins
+    from server.engine.tuning import TunedCudaOps, load_tuning
+
+    arch = device_arch(device)
+    library = KernelLibrary(device, cubins=load_cubins(source.engine_dir, arch))
+    library.load_all()
+    tuning = load_tuning(source.engine_dir, arch)
+    return CudaOps(library) if tuning is None else TunedCudaOps(library, tuning)
 
 
 class ModelRunner:
     def __init__(self, source: ModelSource, *, dtype: torch.dtype, device: torch.device | str,
                  block_size: int, num_blocks: int | None = None,
                  kv_cache_tokens: int | None = None, memory_fraction: float | None = None,
-                 ops: Ops | None = None, seed: int = 0) -> None:
+                 ops: Ops | None = None, seed: int = 0, enforce_eager: bool = False,
+                 max_num_seqs: int | None = None, max_model_len: int | None = None) -> None:
         """Loads the weights, then sizes the KV pool from num_blocks, kv_cache_tokens or
-        memory_fraction (of the memory still free after the weights); see KVPool.sized."""
+        memory_fraction (of the memory still free after the weights); see KVPool.sized.
+
+        On a GPU with CudaOps and not enforce_eager, decode steps of up to max_num_seqs
+        requests (default: the engine's max_batch_size, else 256) replay CUDA graphs covering
+        contexts up to max_model_len (default: the model's); capture_graphs() captures them
+        now, else the first decode step does."""
         self.source = source
         self.arch = source.arch
         self.dtype = dtype
         self.device = torch.device(device)
-        self.ops: Ops = ops if ops is not None else TorchOps()
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.ops: Ops = ops if ops is not None else default_ops(source, dtype=dtype,
+                                                                 device=self.device)
         self.model = LlamaModel(self.arch, dtype=dtype, device=self.device)
         self.model.load_weights(iter_weights(source, dtype=dtype, device=self.device))
         self.kv_pool = KVPool.sized(
@@ -67,19 +136,35 @@ class ModelRunner:
             memory_fraction=memory_fraction)
         self.sampler = Sampler(device=self.device, seed=seed)
         self._requests: dict[str, RequestSamplingState] = {}
+        self.graphs: DecodeGraphRunner | None = None
+        if not enforce_eager and self.device.type == "cuda" and _is_cuda_ops(self.ops):
+            engine = _engine_config(source)
+            self.graphs = DecodeGraphRunner(
+                self.model, self.kv_pool.kv_cache, self.ops, block_size=block_size,
+                max_batch_size=max_num_seqs or (engine.max_batch_size if engine else
+                                                DEFAULT_GRAPH_BATCH_SIZE),
+                max_model_len=max_model_len or self.arch.max_position_embeddings)
 
     @classmethod
     def from_config(cls, model_config: ModelConfig, cache_config: CacheConfig, *,
-                    source: ModelSource | None = None, ops: Ops | None = None) -> "ModelRunner":
+                    source: ModelSource | None = None, ops: Ops | None = None,
+                    max_num_seqs: int | None = None,
+                    max_model_len: int | None = None) -> "ModelRunner":
         """Resolves the model (unless given), picks device and dtype ("auto": cuda + bf16
-        when a GPU is present, else cpu + fp32) and sizes the pool from cache_config."""
+        when a GPU is present, or the engine directory's dtype, else cpu + fp32) and sizes
+        the pool from cache_config."""
         device = resolve_device(model_config.device)
-        return cls(source if source is not None else resolve_model(model_config.model),
-                   dtype=resolve_dtype(model_config.dtype, device), device=device,
+        source = source if source is not None else resolve_model(model_config.model)
+        engine = _engine_config(source)
+        dtype = resolve_dtype(model_config.dtype, device,
+                              engine_dtype=engine.dtype if engine else None)
+        return cls(source, dtype=dtype, device=device,
                    block_size=cache_config.block_size, num_blocks=cache_config.num_blocks,
                    kv_cache_tokens=cache_config.kv_cache_tokens,
                    memory_fraction=cache_config.memory_fraction, ops=ops,
-                   seed=model_config.seed)
+                   seed=model_config.seed, enforce_eager=model_config.enforce_eager,
+                   max_num_seqs=max_num_seqs,
+                   max_model_len=max_model_len or model_config.max_model_len)
 
     @property
     def block_size(self) -> int:
@@ -93,6 +178,12 @@ class ModelRunner:
     def num_tracked_requests(self) -> int:
         return len(self._requests)
 
+    def capture_graphs(self) -> None:
+        """Captures the decode graphs now (a no-op without graphs, or when captured)."""
+        if self.graphs is not None and not self.graphs.captured:
+            self.graphs.capture()
+
+    @torch.inference_mode()
     def execute(self, scheduler_output: SchedulerOutput) -> ModelOutput:
         """Runs one step; returns one token per scheduled request with sample=True, in
         scheduled order."""
@@ -103,22 +194,41 @@ class ModelRunner:
         if not req_ids:
             return ModelOutput(req_ids=(), sampled_token_ids=())
         states = [self._state(req_id) for req_id in req_ids]
-        sampled = self.sampler.sample(logits, states)
-        for state, token_id in zip(states, sampled.sampled_token_ids):
+        if all(_is_plain_greedy(state) for state in states):
+            # What the sampler does for such rows, minus building its per-step tensors.
+            token_ids, logprobs = tuple(logits.argmax(dim=-1).tolist()), None
+        else:
+            sampled = self.sampler.sample(logits, states)
+            token_ids, logprobs = sampled.sampled_token_ids, sampled.logprobs
+        for state, token_id in zip(states, token_ids):
             state.output_token_ids.append(token_id)
-        return ModelOutput(req_ids=req_ids, sampled_token_ids=sampled.sampled_token_ids,
-                           logprobs=sampled.logprobs)
+        return ModelOutput(req_ids=req_ids, sampled_token_ids=token_ids, logprobs=logprobs)
 
-    def forward_logits(self, scheduler_output: SchedulerOutput
+    @torch.inference_mode()
+    def forward_logits(self, scheduler_output: SchedulerOutput, *, allow_graph: bool = True
                        ) -> tuple[tuple[str, ...], torch.Tensor]:
         """The forward pass alone (KV written, nothing sampled, no request state touched):
-        the sampled req_ids and their float32 logits [num sampled, vocab]."""
+        the sampled req_ids and their float32 logits [num sampled, vocab]. A decode-only
+        step replays a CUDA graph when it can (and allow_graph); the logits are then a view
+        of the graph's output, valid until the next step."""
+        scheduled = scheduler_output.scheduled
+        if (allow_graph and self.graphs is not None and scheduler_output.is_decode_only
+                and self.graphs.can_run(scheduled)):
+            return self._replay(scheduled)
         inputs = prepare_inputs(scheduler_output, block_size=self.block_size,
                                 device=self.device)
         hidden = self.model.forward(inputs.input_ids, inputs.positions, self.kv_pool.kv_cache,
                                     inputs.attn, self.ops)
         logits = self.model.compute_logits(hidden[inputs.sample_indices])
         return inputs.sampled_req_ids, logits
+
+    def _replay(self, scheduled: Sequence) -> tuple[tuple[str, ...], torch.Tensor]:
+        logits = self.graphs.run(scheduled)
+        rows = [row for row, s in enumerate(scheduled) if s.sample]
+        req_ids = tuple(scheduled[row].req_id for row in rows)
+        if len(rows) == len(scheduled):
+            return req_ids, logits
+        return req_ids, logits[torch.tensor(rows, dtype=torch.int64, device=self.device)]
 
     def update_requests(self, scheduler_output: SchedulerOutput) -> None:
         """Drops finished and preempted requests, then (re)adds the new ones: a preempted
@@ -127,10 +237,14 @@ class ModelRunner:
         self._forget(scheduler_output.preempted_req_ids)
         for new in scheduler_output.new_requests:
             self._requests[new.req_id] = _sampling_state(new)
+        if self.graphs is not None and scheduler_output.new_requests:
+            self.graphs.forget(new.req_id for new in scheduler_output.new_requests)
 
     def _forget(self, req_ids: Iterable[str]) -> None:
         for req_id in req_ids:
             self._requests.pop(req_id, None)
+        if self.graphs is not None:
+            self.graphs.forget(req_ids)
 
     def _state(self, req_id: str) -> RequestSamplingState:
         try:
@@ -138,6 +252,28 @@ class ModelRunner:
         except KeyError:
             raise UnknownRequestError(
                 f"request {req_id!r} is sampled but was never sent as a new request") from None
+
+
+def _is_cuda_ops(ops: Ops) -> bool:
+    from server.engine.ops.cuda import CudaOps
+
+    return isinstance(ops, CudaOps)
+
+
+def _engine_config(source: ModelSource):
+    """The EngineDirConfig when the model is an engine directory, else None."""
+    if source.engine_dir is None:
+        return None
+    from server.engine.engine_dir import read_engine_config
+
+    return read_engine_config(source.engine_dir)[1]
+
+
+def _is_plain_greedy(state: RequestSamplingState) -> bool:
+    """Greedy with no penalty and no logprobs: the token is the argmax of the raw logits."""
+    p = state.sampling_params
+    return (p.temperature < MIN_TEMPERATURE and p.logprobs is None and not p.presence_penalty
+            and not p.frequency_penalty and p.repetition_penalty == 1.0)
 
 
 def _sampling_state(new: NewRequestData) -> RequestSamplingState:

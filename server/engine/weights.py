@@ -45,6 +45,7 @@ class ModelSource:
     weights_dir: Path | None  # None: dummy weights, drawn from dummy_seed
     tokenizer_dir: Path | None
     dummy_seed: int
+    engine_dir: Path | None = None  # set when loaded from an `inflightd build` directory
 
 
 def default_model_dir(*, cache_dir: Path | None = None) -> Path:
@@ -64,6 +65,10 @@ def resolve_model(model: str, *, cache_dir: Path | None = None) -> ModelSource:
         return _resolve_dummy(model, cache_dir=cache_dir)
     path = Path(model).expanduser()
     if path.is_dir():  # a local directory wins over a same-named hub id, as in transformers
+        from server.engine.engine_dir import is_engine_dir, resolve_engine_dir
+
+        if is_engine_dir(path):
+            return resolve_engine_dir(path)[0]
         return _resolve_hf_dir(model, path)
     if model == DEFAULT_MODEL:
         return _resolve_hf_dir(model, default_model_dir(cache_dir=cache_dir))

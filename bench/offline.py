@@ -1,0 +1,334 @@
+"""Offline throughput: the engine with no HTTP, next to transformers on the same requests.
+
+CPU (issue 3): N ShareGPT chat prompts through the engine, batched, and the same prompts
+through transformers `generate` one at a time; prints output tokens/s for both.
+
+    python bench/offline.py --num-prompts 32 --output-len 64
+
+GPU (issue 5): random bf16 weights of a real shape, built first into an engine directory in
+the cache (as `inflightd serve MODEL` does; --no-engine-dir skips it) with its decode graphs
+captured before any timing; batch-1 decode against the bandwidth roofline measured in the
+same run, with where a step's time goes (GEMM-only floor, graph replay, host); then
+throughput on many requests next to transformers' continuous batching (`generate_batch`)
+and static batched `generate` on the first --peer-requests requests, run after the engine
+is freed so both fit in GPU memory.
+
+    python bench/offline.py --model dummy:llama-3-8b --num-prompts 512 \
+        --input-len 128:1024 --output-len 256 --peer-requests 64
+
+Every run prints one table; docs/benchmarks.md records them with device, date, command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.gpu_probes import (StepTimer, copy_bandwidth, gemm_floor_ms,  # noqa: E402
+                              profile_decode)
+from server.engine.llm import LLM  # noqa: E402
+from server.scheduler.request import SamplingParams  # noqa: E402
+
+SHAREGPT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "sharegpt_500.json"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
+    p.add_argument("--num-prompts", type=int, default=32)
+    p.add_argument("--input-len", default=None,
+                   help="random prompts of this many tokens (N or LO:HI); default: ShareGPT")
+    p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--peer-requests", type=int, default=None,
+                   help="run the transformers peers on the first K requests only (GPU)")
+    p.add_argument("--peer-batch-size", type=int, default=64)
+    p.add_argument("--skip-peers", action="store_true")
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads for both the engine and the peers")
+    p.add_argument("--no-engine-dir", action="store_true",
+                   help="GPU: load the model as given instead of building its engine first")
+    p.add_argument("--no-profile", action="store_true",
+                   help="GPU: skip the per-kernel profile of decode steps (batch 1 and 256)")
+    p.add_argument("--json", type=Path, default=None)
+    return p.parse_args(argv)
+
+
+def make_prompts(llm: LLM, args: argparse.Namespace) -> list[list[int]]:
+    rng = random.Random(args.seed)
+    if args.input_len is None:
+        if llm.tokenizer is None:
+            raise SystemExit("this model has no tokenizer: give --input-len")
+        chats = json.loads(SHAREGPT.read_text())[: args.num_prompts]
+        return [list(llm.tokenizer.apply_chat_template(
+            [{"role": "user", "content": c["conversations"][0]["value"]}],
+            add_generation_prompt=True, tokenize=True, return_dict=False)) for c in chats]
+    lo, _, hi = args.input_len.partition(":")
+    lo, hi = int(lo), int(hi or lo)
+    vocab = llm.engine.info.vocab_size
+    return [[rng.randrange(100, vocab) for _ in range(rng.randint(lo, hi))]
+            for _ in range(args.num_prompts)]
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_engine(llm: LLM, prompts: list[list[int]], output_len: int) -> dict:
+    params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
+    llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4))  # warm-up
+    device = llm.engine.info.device
+    sync(device)
+    with StepTimer(llm.engine.runner) as steps:
+        start = time.perf_counter()
+        outs = llm.generate(prompts, params, use_tqdm=True)
+        sync(device)
+        elapsed = time.perf_counter() - start
+    num_out = sum(len(o.token_ids) for o in outs)
+    return {"name": "inflightd (batched)", "requests": len(prompts), "seconds": elapsed,
+            "output_tokens": num_out, "output_tokens_per_s": num_out / elapsed,
+            "steps": steps.summary(elapsed)}
+
+
+def batch1_decode(llm: LLM, output_len: int) -> dict:
+    """Tokens/s of one request decoding alone, from its first token to its last."""
+    params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
+    engine = llm.engine
+    llm.generate([[102] * 32], SamplingParams(temperature=0, max_tokens=8))  # warm-up
+    engine.add_request("batch1", [101] * 32, params)
+    first = None
+    device = engine.info.device
+    count = 0
+    while engine.has_unfinished():
+        for out in engine.step():
+            count += len(out.new_token_ids)
+            if first is None and out.new_token_ids:
+                sync(device)
+                first, count = time.perf_counter(), 0
+    sync(device)
+    elapsed = time.perf_counter() - first
+    return {"name": "inflightd batch-1 decode", "output_tokens": count, "seconds": elapsed,
+            "output_tokens_per_s": count / elapsed}
+
+
+def hf_model(source, dtype: torch.dtype, device: str):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if source.weights_dir is not None:
+        model = AutoModelForCausalLM.from_pretrained(source.weights_dir, dtype=dtype)
+    else:  # the same random shape; values differ, which does not change the speed
+        config = AutoConfig.for_model(**source.hf_config)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.to(device).eval()
+
+
+def run_hf_sequential(model, prompts, output_len: int, device: str) -> dict:
+    start = time.perf_counter()
+    num_out = 0
+    with torch.inference_mode():
+        for prompt in prompts:
+            ids = torch.tensor([prompt], device=device)
+            out = model.generate(ids, max_new_tokens=output_len, min_new_tokens=output_len,
+                                 do_sample=False, pad_token_id=0)
+            num_out += out.shape[1] - len(prompt)
+    sync(device)
+    elapsed = time.perf_counter() - start
+    return {"name": "transformers generate, one at a time", "requests": len(prompts),
+            "seconds": elapsed, "output_tokens": num_out, "output_tokens_per_s": num_out / elapsed}
+
+
+def run_hf_static(model, prompts, output_len: int, device: str, batch_size: int) -> dict:
+    start = time.perf_counter()
+    num_out = 0
+    with torch.inference_mode():
+        for i in range(0, len(prompts), batch_size):
+            batch = prompts[i:i + batch_size]
+            width = max(len(p) for p in batch)
+            ids = torch.tensor([[0] * (width - len(p)) + p for p in batch], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch],
+                                device=device)
+            out = model.generate(ids, attention_mask=mask, max_new_tokens=output_len,
+                                 min_new_tokens=output_len, do_sample=False, pad_token_id=0)
+            num_out += (out.shape[1] - width) * len(batch)
+    sync(device)
+    elapsed = time.perf_counter() - start
+    return {"name": f"transformers generate, static batch {batch_size}",
+            "requests": len(prompts), "seconds": elapsed, "output_tokens": num_out,
+            "output_tokens_per_s": num_out / elapsed}
+
+
+def run_hf_continuous(model, prompts, output_len: int) -> dict:
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=output_len, min_new_tokens=output_len,
+                              do_sample=False, eos_token_id=None, pad_token_id=0)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    results = model.generate_batch(inputs=prompts, generation_config=config)
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    num_out = sum(len(r.generated_tokens) for r in results.values())
+    return {"name": "transformers generate_batch (continuous batching)",
+            "requests": len(prompts), "seconds": elapsed, "output_tokens": num_out,
+            "output_tokens_per_s": num_out / elapsed}
+
+
+def print_table(rows: list[dict], header: str) -> None:
+    print(f"\n{header}")
+    print(f"{'run':<52} {'requests':>8} {'out tokens':>10} {'seconds':>8} {'tok/s':>9}")
+    for r in rows:
+        print(f"{r['name']:<52} {r.get('requests', 1):>8} {r['output_tokens']:>10} "
+              f"{r['seconds']:>8.2f} {r['output_tokens_per_s']:>9.1f}")
+
+
+def weight_bytes_of(llm: LLM) -> int:
+    tensors = {id(t): t for t in llm.engine.runner.model.weight_destinations().values()}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def engine_model(args: argparse.Namespace) -> tuple[str, float | None]:
+    """On a GPU, the model's engine directory in the cache (built now unless it is there),
+    as `inflightd serve MODEL` uses it; elsewhere the model as given."""
+    if args.no_engine_dir or args.device == "cpu" or not torch.cuda.is_available():
+        return args.model, None
+    from server.engine.build import ensure_engine_dir
+
+    start = time.perf_counter()
+    path = ensure_engine_dir(args.model, dtype=args.dtype, max_batch_size=args.max_num_seqs,
+                             max_num_tokens=args.max_num_batched_tokens or 8192)
+    return str(path), time.perf_counter() - start
+
+
+def gpu_decode_probes(llm: LLM, result: dict, output_len: int) -> None:
+    """Batch-1 decode against the roofline, and where its step time goes."""
+    runner = llm.engine.runner
+    start = time.perf_counter()
+    runner.capture_graphs()
+    result["graph_capture_seconds"] = time.perf_counter() - start
+    result["copy_bandwidth_GBps"] = copy_bandwidth(llm.engine.info.device) / 1e9
+    result["weight_bytes"] = weight_bytes_of(llm)
+    roofline = result["copy_bandwidth_GBps"] * 1e9 / result["weight_bytes"]
+    b1 = batch1_decode(llm, output_len)
+    b1["roofline_tokens_per_s"] = roofline
+    b1["fraction_of_roofline"] = b1["output_tokens_per_s"] / roofline
+    result["runs"].append(b1)
+    breakdown = {"step_ms": 1e3 / b1["output_tokens_per_s"],
+                 "gemm_floor_ms": gemm_floor_ms(runner.model)}
+    if runner.graphs is not None:
+        breakdown["graph_replay_ms"] = runner.graphs.time_padded_replay(1)
+    result["batch1_breakdown"] = breakdown
+
+
+def run_peers(result: dict, source, dtype: torch.dtype, prompts, args) -> None:
+    device = result["device"]
+    peer_prompts = prompts[: args.peer_requests or len(prompts)]
+    model = hf_model(source, dtype, device)
+    if device.startswith("cuda"):
+        peers = (lambda: run_hf_continuous(model, peer_prompts, args.output_len),
+                 lambda: run_hf_static(model, peer_prompts, args.output_len, device,
+                                       args.peer_batch_size))
+    else:
+        peers = (lambda: run_hf_sequential(model, peer_prompts, args.output_len, device),)
+    for peer in peers:
+        try:
+            result["runs"].append(peer())
+        except Exception as exc:  # a peer's failure must not hide the engine's figures
+            result.setdefault("peer_errors", []).append(f"{type(exc).__name__}: {exc}")
+            print(f"peer failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        save(result, args)
+
+
+def save(result: dict, args: argparse.Namespace) -> None:
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+def report(result: dict, args: argparse.Namespace) -> None:
+    print_table(result["runs"], f"{args.model} on {result['machine']} ({result['dtype']}), "
+                f"{result['num_prompts']} prompts (mean {result['mean_prompt_len']:.0f} "
+                f"tokens), {args.output_len} output tokens each")
+    for key in ("copy_bandwidth_GBps", "weight_bytes", "peak_gpu_memory_GiB", "kv_cache_tokens",
+                "engine_build_seconds", "graph_capture_seconds"):
+        if result.get(key) is not None:
+            print(f"{key}: {result[key]:.2f}" if isinstance(result[key], float)
+                  else f"{key}: {result[key]}")
+    for key in ("batch1_breakdown", "decode_profile", "peer_errors"):
+        if key in result:
+            print(f"{key}: {result[key]}")
+    engine_run = next(r for r in result["runs"] if r["name"].startswith("inflightd (batched)"))
+    if "steps" in engine_run:
+        print(f"engine steps: {engine_run['steps']}")
+    b1 = next((r for r in result["runs"] if "fraction_of_roofline" in r), None)
+    if b1 is not None:
+        print(f"batch-1 decode: {b1['output_tokens_per_s']:.1f} tok/s = "
+              f"{100 * b1['fraction_of_roofline']:.1f}% of roofline "
+              f"({b1['roofline_tokens_per_s']:.1f} tok/s)")
+    for r in result["runs"]:
+        if r["name"].startswith("transformers"):
+            print(f"inflightd / {r['name']}: "
+                  f"{engine_run['output_tokens_per_s'] / r['output_tokens_per_s']:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    extra = {}
+    if args.max_num_batched_tokens:
+        extra["max_num_batched_tokens"] = args.max_num_batched_tokens
+    model, build_seconds = engine_model(args)
+    llm = LLM(model, device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
+              seed=args.seed, **extra)
+    info = llm.engine.info
+    device = info.device
+    prompts = make_prompts(llm, args)
+    result = {"model": args.model, "engine_dir": model if build_seconds is not None else None,
+              "engine_build_seconds": build_seconds, "device": device, "dtype": info.dtype,
+              "torch_threads": torch.get_num_threads(),
+              "machine": torch.cuda.get_device_name() if device.startswith("cuda")
+              else f"{platform.processor() or platform.machine()} CPU",
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "command": " ".join(sys.argv), "kv_cache_tokens": info.kv_cache_tokens,
+              "num_prompts": len(prompts), "mean_prompt_len": sum(map(len, prompts)) / len(prompts),
+              "output_len": args.output_len, "runs": []}
+    if device.startswith("cuda"):
+        gpu_decode_probes(llm, result, args.output_len)
+        save(result, args)
+    result["runs"].append(run_engine(llm, prompts, args.output_len))
+    if device.startswith("cuda"):
+        result["peak_gpu_memory_GiB"] = torch.cuda.max_memory_allocated() / 2**30
+        if not args.no_profile:
+            result["decode_profile"] = [
+                profile_decode(llm, batch_size=1, context=1024),
+                profile_decode(llm, batch_size=min(256, args.max_num_seqs), context=640)]
+    save(result, args)
+    report(result, args)
+    if not args.skip_peers:
+        source, dtype = llm.engine.runner.source, llm.engine.runner.dtype
+        del llm  # the peers need the GPU memory the engine's KV cache holds
+        gc.collect()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        run_peers(result, source, dtype, prompts, args)
+        report(result, args)
+    return result
+
+
+if __name__ == "__main__":
+    main()

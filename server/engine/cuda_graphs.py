@@ -1,0 +1,259 @@
+"""CUDA graphs for decode-only steps (every scheduled request computes exactly one token).
+
+At startup (or at the first decode step) the model's forward pass and lm_head are captured
+once per batch-size bucket, largest first, into one shared memory pool. A decode step of n
+requests replays the smallest bucket B >= n; mixed and prefill steps run eagerly, as do
+decode steps larger than the largest bucket. Sampling stays outside the graph.
+
+The graphs read static inputs from one device buffer, refilled each step from a pinned host
+buffer of the same layout by a single non-blocking copy (the block tables last, so the copy
+stops after row B):
+
+    # int64:  | input_ids [Bmax] | positions [Bmax] | slot_mapping [Bmax] |
+    # int32:  | seq_lens [Bmax] | context_lens [Bmax] | query_start_loc [Bmax + 1] | pad |
+    #         | block_tables [Bmax, W], W = ceil(max_model_len / block_size)            |
+
+Rows n..B-1 are padding: token 0 at position 0 with a one-token context in block 0, writing
+its K/V to slot num_slots, one past the pool, which the cache-write kernel skips. They read
+valid memory, write nothing, and their logits are dropped.
+
+The attention plan reads only host values, fixed at capture: each graph is captured with
+max_seq_len = max_model_len (so its flash-decoding split suits the longest context it will
+see) and the kernels read each sequence's true length from seq_lens at replay.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from server.engine.attention.metadata import AttentionMetadata
+from server.engine.inputs import BlockTableTooShortError
+from server.scheduler.output import ScheduledRequest
+
+logger = logging.getLogger("inflightd.engine")
+
+MAX_GRAPH_BATCH_SIZE = 512
+_SMALL_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128)
+
+
+def graph_batch_sizes(max_num_seqs: int) -> tuple[int, ...]:
+    """1, 2, 4, 8, 16, 24, 32, 48, ..., 128, then every 32 up to 256 and every 64 up to 512,
+    ending at max_num_seqs (capped at MAX_GRAPH_BATCH_SIZE)."""
+    top = min(max_num_seqs, MAX_GRAPH_BATCH_SIZE)
+    sizes = [b for b in _SMALL_BUCKETS if b < top]
+    sizes += [b for b in range(160, 257, 32) if b < top]
+    sizes += [b for b in range(320, MAX_GRAPH_BATCH_SIZE + 1, 64) if b < top]
+    return (*sizes, top)
+
+
+class DecodeStaging:
+    """The host side of the static inputs: numpy views over one int32 buffer (pinned when
+    it feeds a GPU). `fill` writes one decode step's rows and padding; pure host work.
+
+    Each running request's block table is kept as an int32 array and converted again only
+    when it grows (a running request's table only ever grows at its end), since converting
+    every table from its tuple each step is most of the host's share of a large decode step.
+    `forget` drops finished and preempted requests (a resumed one gets new blocks)."""
+
+    def __init__(self, *, max_batch_size: int, table_width: int, pin_memory: bool) -> None:
+        self.max_batch_size = b = max_batch_size
+        self.table_width = table_width
+        header = 6 * b + 3 * b + 1  # three int64 fields (two int32 words each), three int32
+        self.table_offset = header + (header % 2)  # keep the table 8-byte aligned
+        self.num_words = self.table_offset + b * table_width
+        self.buffer = torch.zeros(self.num_words, dtype=torch.int32, pin_memory=pin_memory)
+        words = self.buffer.numpy()
+        int64 = words[:6 * b].view(np.int64)
+        self.input_ids, self.positions, self.slot_mapping = int64[:b], int64[b:2 * b], \
+            int64[2 * b:]
+        self.seq_lens = words[6 * b:7 * b]
+        self.context_lens = words[7 * b:8 * b]
+        self.query_start_loc = words[8 * b:9 * b + 1]
+        self.query_start_loc[:] = np.arange(b + 1, dtype=np.int32)
+        self.block_tables = words[self.table_offset:].reshape(b, table_width)
+        self._tables: dict[str, np.ndarray] = {}
+
+    def forget(self, req_ids) -> None:
+        for req_id in req_ids:
+            self._tables.pop(req_id, None)
+
+    def _table(self, s: ScheduledRequest) -> np.ndarray:
+        table = self._tables.get(s.req_id)
+        ids = s.block_ids
+        if (table is None or len(table) != len(ids) or table[-1] != ids[-1]
+                or table[0] != ids[0]):
+            table = self._tables[s.req_id] = np.array(ids, dtype=np.int32)
+        return table
+
+    def num_words_for(self, batch_size: int) -> int:
+        """Words to copy so rows 0..batch_size-1 of every field arrive."""
+        return self.table_offset + batch_size * self.table_width
+
+    def fits(self, scheduled: Sequence[ScheduledRequest]) -> bool:
+        return (len(scheduled) <= self.max_batch_size
+                and all(len(s.block_ids) <= self.table_width for s in scheduled))
+
+    def fill(self, scheduled: Sequence[ScheduledRequest], *, batch_size: int, block_size: int,
+             num_slots: int) -> None:
+        """Rows 0..n-1: the scheduled decodes in order; rows n..batch_size-1: padding."""
+        n = len(scheduled)
+        positions = [s.start_position for s in scheduled]
+        for s, position in zip(scheduled, positions):
+            if len(s.block_ids) * block_size <= position:
+                raise BlockTableTooShortError(
+                    f"request {s.req_id!r} computes position {position} but its "
+                    f"{len(s.block_ids)} blocks of {block_size} do not cover it")
+        self.input_ids[:n] = [s.token_ids[0] for s in scheduled]
+        self.positions[:n] = positions
+        self.slot_mapping[:n] = [s.block_ids[p // block_size] * block_size + p % block_size
+                                 for s, p in zip(scheduled, positions)]
+        self.seq_lens[:n] = self.positions[:n] + 1
+        self.context_lens[:n] = positions
+        for row, s in enumerate(scheduled):
+            self.block_tables[row, :len(s.block_ids)] = self._table(s)
+        self.input_ids[n:batch_size] = 0
+        self.positions[n:batch_size] = 0
+        self.slot_mapping[n:batch_size] = num_slots
+        self.seq_lens[n:batch_size] = 1
+        self.context_lens[n:batch_size] = 0
+        self.block_tables[n:batch_size, 0] = 0
+
+
+class DecodeGraphRunner:
+    """Captures and replays the decode graphs of one model, KV pool and Ops on one GPU."""
+
+    def __init__(self, model, kv_cache: torch.Tensor, ops, *, block_size: int,
+                 max_batch_size: int, max_model_len: int) -> None:
+        """kv_cache: the whole pool [num_layers, 2, num_blocks, block_size, Hkv, D]."""
+        self.model = model
+        self.kv_cache = kv_cache
+        self.ops = ops
+        self.block_size = block_size
+        self.max_model_len = max_model_len
+        self.batch_sizes = graph_batch_sizes(max_batch_size)
+        self.num_slots = kv_cache.shape[2] * kv_cache.shape[3]
+        self.staging = DecodeStaging(max_batch_size=self.batch_sizes[-1],
+                                     table_width=-(-max_model_len // block_size),
+                                     pin_memory=True)
+        self.device_words = torch.zeros(self.staging.num_words, dtype=torch.int32,
+                                        device=kv_cache.device)
+        self._copied = torch.cuda.Event()  # the last staging -> device copy
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.num_replays = 0
+        self.capture_seconds: float | None = None
+        self.pool_bytes: int | None = None
+
+    @property
+    def captured(self) -> bool:
+        return bool(self._graphs)
+
+    def bucket_for(self, num_seqs: int) -> int | None:
+        return next((b for b in self.batch_sizes if b >= num_seqs), None)
+
+    def can_run(self, scheduled: Sequence[ScheduledRequest]) -> bool:
+        return 0 < len(scheduled) and self.staging.fits(scheduled)
+
+    def forget(self, req_ids) -> None:
+        self.staging.forget(req_ids)
+
+    def capture(self) -> None:
+        """Captures every bucket, largest first, sharing one memory pool."""
+        start = time.perf_counter()
+        before = torch.cuda.memory_allocated(self.kv_cache.device)
+        self._load_padding()  # the warm-up runs write nothing into the KV pool
+        pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream(self.kv_cache.device)
+        for batch_size in reversed(self.batch_sizes):
+            input_ids, positions, metadata = self._static_inputs(batch_size)
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # loads kernels, sizes cuBLAS workspaces
+                self._forward(input_ids, positions, metadata)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                logits = self._forward(input_ids, positions, metadata)
+            self._graphs[batch_size] = (graph, logits)
+        torch.cuda.synchronize(self.kv_cache.device)
+        self.capture_seconds = time.perf_counter() - start
+        self.pool_bytes = torch.cuda.memory_allocated(self.kv_cache.device) - before
+        logger.info("captured %d decode graphs (batch sizes %s) in %.1f s, %.0f MiB",
+                    len(self._graphs), ",".join(map(str, self.batch_sizes)),
+                    self.capture_seconds, self.pool_bytes / 2**20)
+
+    def run(self, scheduled: Sequence[ScheduledRequest], *, replay: bool = True
+            ) -> torch.Tensor:
+        """float32 logits [n, vocab] of the n scheduled decodes, in order: a view of the
+        graph's output, valid until the next replay. replay=False runs the same padded
+        step eagerly on the same static inputs (what the graph must reproduce exactly)."""
+        if not self._graphs:
+            self.capture()
+        num_seqs = len(scheduled)
+        batch_size = self.bucket_for(num_seqs)
+        self._copied.synchronize()  # the previous step's copy has left the staging buffer
+        self.staging.fill(scheduled, batch_size=batch_size, block_size=self.block_size,
+                          num_slots=self.num_slots)
+        words = self.staging.num_words_for(batch_size)
+        self.device_words[:words].copy_(self.staging.buffer[:words], non_blocking=True)
+        self._copied.record()
+        if not replay:
+            return self._forward(*self._static_inputs(batch_size))[:num_seqs]
+        graph, logits = self._graphs[batch_size]
+        graph.replay()
+        self.num_replays += 1
+        return logits[:num_seqs]
+
+    def time_padded_replay(self, batch_size: int, *, repeats: int = 20) -> float:
+        """Median milliseconds of one replay of a bucket's graph on an all-padding step
+        (one-key contexts, nothing written): the GPU time of a decode step without the
+        host's share and without attention over long contexts. For benchmarks."""
+        if not self._graphs:
+            self.capture()
+        self._load_padding()
+        graph = self._graphs[batch_size][0]
+        graph.replay()
+        times = []
+        for _ in range(repeats):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return sorted(times)[len(times) // 2]
+
+    def _load_padding(self) -> None:
+        self._copied.synchronize()
+        self.staging.fill((), batch_size=self.staging.max_batch_size,
+                          block_size=self.block_size, num_slots=self.num_slots)
+        self.device_words.copy_(self.staging.buffer)
+
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                 metadata: AttentionMetadata) -> torch.Tensor:
+        hidden = self.model.forward(input_ids, positions, self.kv_cache, metadata, self.ops)
+        return self.model.compute_logits(hidden)
+
+    def _static_inputs(self, batch_size: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        """Views of the device buffer for one bucket, with host fields describing the
+        longest step the graph serves (what the attention plan is made for)."""
+        b, staging = batch_size, self.staging
+        top = staging.max_batch_size
+        int64 = self.device_words[:6 * top].view(torch.int64)
+        words = self.device_words
+        table = words[staging.table_offset:staging.table_offset + b * staging.table_width]
+        metadata = AttentionMetadata(
+            num_tokens=b, num_seqs=b,
+            query_start_loc=words[8 * top:8 * top + b + 1],
+            seq_lens=words[6 * top:6 * top + b],
+            context_lens=words[7 * top:7 * top + b],
+            block_tables=table.view(b, staging.table_width),
+            slot_mapping=int64[2 * top:2 * top + b],
+            max_query_len=1, max_seq_len=self.max_model_len,
+            query_lens_host=(1,) * b, seq_lens_host=(self.max_model_len,) * b)
+        return int64[:b], int64[top:top + b], metadata
