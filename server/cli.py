@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from server.config import DEFAULT_MODEL, CacheConfig, ModelConfig, SchedulerConfig
+from server.api.settings import API_KEY_ENV, DEFAULT_MAX_REQUEST_BODY_BYTES
+from server.logging_setup import configure_logging
 
 # subcommand -> module with register(subparsers)
-PLUGIN_COMMANDS = {"bench": "server.bench.cli", "build": "server.engine.build_cli"}
+PLUGIN_COMMANDS = {"bench": "server.bench.cli", "build": "server.engine.build"}
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
@@ -55,7 +57,34 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--health-timeout", type=float, default=5.0,
                        help="seconds the engine has to answer a /health ping")
     serve.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    serve.add_argument("--log-format", default="text", choices=("text", "json"),
+                       help="json: one JSON object per line (start-up, one per request)")
+    serve.add_argument("--api-key", action="append", default=None, metavar="KEY",
+                       help="require 'Authorization: Bearer KEY' (repeat for several keys; "
+                            "also INFLIGHTD_API_KEY); /health and /ready stay open")
+    serve.add_argument("--metrics-auth", action="store_true",
+                       help="/metrics needs an API key too")
+    serve.add_argument("--max-queued-requests", type=int, default=None,
+                       help="refuse new requests with 429 once this many are queued "
+                            "(not yet scheduled); unset: no limit")
+    serve.add_argument("--max-request-body-bytes", type=int,
+                       default=DEFAULT_MAX_REQUEST_BODY_BYTES,
+                       help="refuse larger request bodies with 413")
+    serve.add_argument("--shutdown-timeout", type=float, default=30.0,
+                       help="seconds requests in flight get to finish after SIGTERM before "
+                            "they are aborted")
+    serve.add_argument("--request-body-timeout", type=float, default=30.0,
+                       help="seconds a request body has to arrive whole (else 408)")
     serve.set_defaults(func=run_serve)
+
+
+def api_keys(args: argparse.Namespace) -> tuple[str, ...]:
+    """--api-key values, plus INFLIGHTD_API_KEY if set."""
+    keys = list(args.api_key or [])
+    from_env = os.environ.get(API_KEY_ENV)
+    if from_env:
+        keys.append(from_env)
+    return tuple(dict.fromkeys(keys))
 
 
 def serve_config(args: argparse.Namespace):
@@ -76,7 +105,13 @@ def serve_config(args: argparse.Namespace):
                                   policy=args.policy, **scheduler_kwargs),
         api=ApiSettings(host=args.host, port=args.port,
                         served_model_name=args.served_model_name,
-                        health_timeout_s=args.health_timeout, log_level=args.log_level))
+                        health_timeout_s=args.health_timeout, log_level=args.log_level,
+                        log_format=args.log_format, api_keys=api_keys(args),
+                        metrics_auth=args.metrics_auth,
+                        max_queued_requests=args.max_queued_requests,
+                        max_request_body_bytes=args.max_request_body_bytes,
+                        shutdown_timeout_s=args.shutdown_timeout,
+                        request_body_timeout_s=args.request_body_timeout))
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -85,22 +120,25 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"inflightd serve: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(level=args.log_level, log_format=args.log_format)
     import uvicorn
 
     from server.api.app import create_app
+    from server.api.shutdown import DrainingServer
 
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(config), host=config.api.host, port=config.api.port,
+    app = create_app(config)
+    # With JSON logs uvicorn's loggers keep no handlers of their own and reach ours.
+    log_config = None if args.log_format == "json" else uvicorn.config.LOGGING_CONFIG
+    server = DrainingServer(uvicorn.Config(
+        app, host=config.api.host, port=config.api.port, log_config=log_config,
         log_level=args.log_level, access_log=args.log_level == "debug",
-        timeout_graceful_shutdown=5))
+        timeout_graceful_shutdown=5), control=app.state.control)
     try:
         server.run()
     except KeyboardInterrupt:
-        pass  # uvicorn re-raises Ctrl-C / SIGINT after its graceful shutdown
+        pass  # a Ctrl-C that arrived before the app started
     # uvicorn returns normally when the lifespan startup fails (engine or tokenizer).
-    return 0 if server.started else 1
+    return app.state.control.exit_status if server.started else 1
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:

@@ -1,5 +1,8 @@
 """The FastAPI application: the factory, and the lifespan that starts the engine process
-and loads the tokenizer before the first request is served (and stops the engine after)."""
+and loads the tokenizer before the first request is served (and stops the engine after).
+
+Requests pass, outermost first: API keys (auth.py) -> admission and draining
+(admission.py) -> the body size cap (body_limit.py) -> the routes."""
 
 from __future__ import annotations
 
@@ -10,10 +13,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from server.api.admission import AdmissionController, AdmissionMiddleware
+from server.api.auth import ApiKeyMiddleware, ApiKeys
+from server.api.body_limit import BodySizeLimitMiddleware
 from server.api.errors import install_error_handlers
+from server.api.metrics import ServerMetrics
 from server.api.routes import router
 from server.api.serving import ServingState
 from server.api.settings import ServeConfig
+from server.api.shutdown import DaemonControl
 from server.api.tokenizer import Tokenizer
 from server.engine.client import EngineClient, EngineStartupError
 
@@ -21,25 +29,49 @@ logger = logging.getLogger("inflightd.api")
 
 
 def create_app(config: ServeConfig) -> FastAPI:
+    """The app; `app.state.control` is its DaemonControl, for the server that runs it."""
+    api = config.api
+    client = EngineClient(model_config=config.model, cache_config=config.cache,
+                          scheduler_config=config.scheduler, log_level=api.log_level,
+                          log_format=api.log_format,
+                          on_step=lambda step: metrics.observe_step(step))
+    metrics = ServerMetrics(model_name=config.served_model_name,
+                            latest_stats=lambda: client.latest_stats)
+    admission = AdmissionController(max_queued_requests=api.max_queued_requests,
+                                    waiting_in_engine=lambda: client.num_waiting_requests)
+    control = DaemonControl(admission=admission, client=client,
+                            shutdown_timeout_s=api.shutdown_timeout_s,
+                            engine_failure_exit_delay_s=api.engine_failure_exit_delay_s)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.serving = await _start_serving(config)
+        app.state.serving = await _start_serving(config, client, metrics)
+        control.serving_started()
         try:
             yield
         finally:
+            await control.serving_stopped()
             logger.info("stopping the engine")
-            await app.state.serving.client.shutdown()
+            await client.shutdown()
 
     app = FastAPI(title="inflightd", version="0.1.0",
                   description="An OpenAI-compatible LLM serving daemon", lifespan=lifespan)
+    app.state.metrics = metrics
+    app.state.admission = admission
+    app.state.control = control
     install_error_handlers(app)
     app.include_router(router)
+    # add_middleware wraps what is there: the last added runs first.
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=api.max_request_body_bytes)
+    app.add_middleware(AdmissionMiddleware, controller=admission)
+    if api.api_keys:
+        app.add_middleware(ApiKeyMiddleware, keys=ApiKeys(api.api_keys),
+                           protect_metrics=api.metrics_auth)
     return app
 
 
-async def _start_serving(config: ServeConfig) -> ServingState:
-    client = EngineClient(model_config=config.model, cache_config=config.cache,
-                          scheduler_config=config.scheduler, log_level=config.api.log_level)
+async def _start_serving(config: ServeConfig, client: EngineClient,
+                         metrics: ServerMetrics) -> ServingState:
     logger.info("starting the engine for %s", config.model.model)
     try:
         info = await client.start(timeout_s=config.api.engine_startup_timeout_s)
@@ -56,11 +88,28 @@ async def _start_serving(config: ServeConfig) -> ServingState:
     except BaseException:
         await client.shutdown()
         raise
-    state = ServingState(config=config, client=client, info=info, tokenizer=tokenizer)
-    logger.info("inflightd listening on http://%s:%d, serving %r (%s on %s, %s)",
-                config.api.host, config.api.port, state.model_name, info.model_name,
-                info.device, info.dtype)
+    state = ServingState(config=config, client=client, info=info, tokenizer=tokenizer,
+                         metrics=metrics)
+    _log_startup(state)
+    return state
+
+
+def _log_startup(state: ServingState) -> None:
+    config, info = state.config, state.info
+    url = f"http://{config.api.host}:{config.api.port}"
+    prefix_caching = config.cache.enable_prefix_caching
+    logger.info("inflightd listening on %s, serving %r (%s on %s, %s)", url, state.model_name,
+                info.model_name, info.device, info.dtype,
+                extra={"fields": {"event": "listening", "url": url, "host": config.api.host,
+                                  "port": config.api.port, "model": state.model_name,
+                                  "engine_model": info.model_name, "device": info.device,
+                                  "dtype": info.dtype,
+                                  "api_keys": len(config.api.api_keys)}})
     logger.info("KV cache: %d tokens (%d blocks of %d); max model length %d tokens; "
                 "prefix caching %s", info.kv_cache_tokens, info.num_kv_blocks, info.block_size,
-                info.max_model_len, "on" if config.cache.enable_prefix_caching else "off")
-    return state
+                info.max_model_len, "on" if prefix_caching else "off",
+                extra={"fields": {"event": "kv_cache", "kv_cache_tokens": info.kv_cache_tokens,
+                                  "num_kv_blocks": info.num_kv_blocks,
+                                  "block_size": info.block_size,
+                                  "max_model_len": info.max_model_len,
+                                  "prefix_caching": prefix_caching}})

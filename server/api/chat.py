@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
+from server.api.admission import admission_ticket
 from server.api.errors import APIError
 from server.api.generation import Generation
 from server.api.logprobs import chat_logprobs
@@ -27,12 +28,14 @@ async def create_chat_completion(state: ServingState, request: Request,
     model = state.check_model(body.model)
     tokenizer = state.require_tokenizer()
     messages = body.message_dicts()
+    state.check_prompt_chars(sum(len(m["content"]) for m in messages), "messages")
     try:
         prompt = await tokenize_off_loop(lambda: tokenizer.encode_chat(messages),
                                          num_chars=sum(len(m["content"]) for m in messages))
     except TokenizerError as exc:
         raise APIError(str(exc), param="messages") from exc
-    request_id, generation = state.new_generation(body, [prompt], id_prefix="chatcmpl")
+    request_id, generation = state.new_generation(body, [prompt], id_prefix="chatcmpl",
+                                                  ticket=admission_ticket(request.scope))
     created = int(time.time())
     if body.stream:
         return SSEResponse(_chunks(state, generation, body, request_id=request_id,

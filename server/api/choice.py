@@ -23,7 +23,7 @@ class ChoiceDelta:
     text: str
     logprobs: tuple[TokenLogprobs, ...]
     token_offsets: tuple[int, ...]  # where each logprobs token's text starts in the choice
-    finish_reason: str | None  # "stop" or "length" once the choice is over
+    finish_reason: str | None  # "stop", "length" or "abort" once the choice is over
 
 
 class ChoiceAssembler:
@@ -73,7 +73,9 @@ class ChoiceAssembler:
             self.finish_reason = "stop"
         elif output.finished:
             text += self._stop_filter.flush()
-            self.finish_reason = "length" if output.finish_reason == "length" else "stop"
+            # "abort": the server aborted it while shutting down (vLLM's word for it)
+            self.finish_reason = (output.finish_reason
+                                  if output.finish_reason in ("length", "abort") else "stop")
         self._released_len += len(text)
         return self._delta(text)
 

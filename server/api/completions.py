@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
+from server.api.admission import admission_ticket
 from server.api.errors import APIError
 from server.api.generation import Generation
 from server.api.logprobs import CompletionLogprobsBuilder
@@ -29,6 +30,7 @@ async def prompt_token_lists(state: ServingState, body: CompletionRequest) -> li
     for i, item in enumerate(prompts):
         if isinstance(item, str):
             tokenizer = state.require_tokenizer()
+            state.check_prompt_chars(len(item), "prompt" if single else f"prompt.{i}")
             token_lists.append(await tokenize_off_loop(lambda: tokenizer.encode(item),
                                                        num_chars=len(item)))
         else:
@@ -56,7 +58,8 @@ async def create_completion(state: ServingState, request: Request,
     if body.logprobs is not None:
         state.require_tokenizer()  # token strings come from it
     token_lists = await prompt_token_lists(state, body)
-    request_id, generation = state.new_generation(body, token_lists, id_prefix="cmpl")
+    request_id, generation = state.new_generation(body, token_lists, id_prefix="cmpl",
+                                                  ticket=admission_ticket(request.scope))
     echoes = _prompt_texts(state, body, token_lists) if body.echo else None
     created = int(time.time())
     if body.stream:

@@ -9,12 +9,14 @@ share them instead of computing the same prompt n times.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from server.api.choice import ChoiceAssembler, ChoiceDelta
 from server.api.detokenizer import Decoder
 from server.api.errors import SERVER_ERROR, UNAVAILABLE, APIError
+from server.api.request_timing import ChoiceTiming, GenerationRecord, first_token_at
 from server.engine.client import (EngineClient, EngineDeadError, EngineRequest,
                                   EngineRequestRejected, OutputStream)
 from server.scheduler.output import RequestOutput
@@ -57,8 +59,18 @@ class Generation:
     def __init__(self, *, client: EngineClient, decoder: Decoder, request_id: str,
                  plans: Sequence[ChoicePlan], stop_strings: Sequence[str],
                  stop_token_ids: Collection[int], want_logprobs: bool,
-                 share_prompt_blocks: bool, block_size: int, priority: int = 0) -> None:
+                 share_prompt_blocks: bool, block_size: int, priority: int = 0,
+                 on_sent: Callable[[], None] | None = None,
+                 on_finished: Callable[[GenerationRecord, list[ChoiceTiming]], None]
+                 | None = None) -> None:
+        """on_sent: called once the engine has the first of its requests (admission);
+        on_finished: given the request's record and each choice's timing at the end."""
         self._client = client
+        self._request_id = request_id
+        self._on_sent = on_sent
+        self._on_finished = on_finished
+        self._started_at = time.monotonic()
+        self._timings: dict[str, ChoiceTiming] = {}
         self._plans = list(plans)
         self._priority = priority
         self._req_ids = [f"{request_id}-{plan.index}" for plan in self._plans]
@@ -85,38 +97,94 @@ class Generation:
     async def steps(self) -> AsyncIterator[list[ChoiceDelta]]:
         """Yield, per engine step, the deltas of the choices that changed. Raises APIError."""
         stream = OutputStream()
+        failed = False
         try:
             first, followers = self._stage()
-            self._client.add_requests(stream, first)
+            self._send(stream, first)
             while not all(a.finished for a in self._assemblers.values()):
                 batch = await stream.next_batch()
+                now = time.monotonic()
                 deltas = []
                 for output in batch:
                     if output.req_id in followers:
-                        self._client.add_requests(stream, followers.pop(output.req_id))
-                    delta = self._update(output)
+                        deltas += self._release_followers(stream, followers.pop(output.req_id),
+                                                          leader=output, now=now)
+                    delta = self._update(output, now)
                     if delta is not None:
                         deltas.append(delta)
                 if deltas:
                     yield deltas
         except (EngineRequestRejected, EngineDeadError) as exc:
+            failed = True
             raise engine_error(exc) from exc
+        except Exception:
+            failed = True
+            raise
         finally:
             self._client.close_stream(stream)
+            self._report(stream, failed=failed)
 
-    def _update(self, output: RequestOutput) -> ChoiceDelta | None:
+    def _send(self, stream: OutputStream, requests: Sequence[EngineRequest]) -> None:
+        self._client.add_requests(stream, requests)
+        now = time.monotonic()
+        for request in requests:
+            self._timings[request.req_id] = ChoiceTiming(arrival_at=now)
+        if self._on_sent is not None:
+            self._on_sent()
+
+    def _release_followers(self, stream: OutputStream, followers: list[EngineRequest], *,
+                           leader: RequestOutput, now: float) -> list[ChoiceDelta]:
+        """Send the followers of a leader that produced its first output; if the leader was
+        aborted (the server is shutting down), they end as aborted without running."""
+        if leader.finish_reason != "abort":
+            self._send(stream, followers)
+            return []
+        deltas = (self._update(RequestOutput(req_id=f.req_id, new_token_ids=(),
+                                             finish_reason="abort",
+                                             num_prompt_tokens=len(f.prompt_token_ids),
+                                             num_cached_tokens=0), now)
+                  for f in followers)
+        return [delta for delta in deltas if delta is not None]
+
+    def _update(self, output: RequestOutput, now: float) -> ChoiceDelta | None:
         assembler = self._assemblers[output.req_id]
         if assembler.finished:
             return None
         if output.finish_reason == "error":
             raise APIError("the engine failed while generating", status_code=500,
                            type=SERVER_ERROR)
+        timing = self._timings.setdefault(output.req_id, ChoiceTiming(arrival_at=now))
+        timing.on_tokens(now, len(output.new_token_ids))
         delta = assembler.update(output)
+        if assembler.finished:
+            timing.finish(now, assembler.finish_reason)
         if assembler.finished and not output.finished:
             self._client.abort([output.req_id])  # a stop string matched
         if delta.text or delta.logprobs or delta.finish_reason:
             return delta
         return None
+
+    def _report(self, stream: OutputStream, *, failed: bool) -> None:
+        """Hand the request's record and timings on. Choices still open here were cut
+        short: by the client leaving ("abort") or by a failure (no finish reason)."""
+        if self._on_finished is None:
+            return
+        now = time.monotonic()
+        cut_short = None if failed else "abort"
+        for req_id, timing in self._timings.items():
+            timing.admitted_at = stream.admitted_at.get(req_id)
+            timing.finish(now, cut_short)
+        usage = self.usage()
+        first = first_token_at(list(self._timings.values()))
+        record = GenerationRecord(
+            request_id=self._request_id, num_prompt_tokens=usage.prompt_tokens,
+            num_completion_tokens=usage.completion_tokens,
+            num_cached_tokens=usage.cached_tokens,
+            time_to_first_token=None if first is None else first - self._started_at,
+            latency=now - self._started_at,
+            finish_reasons=tuple(self._assemblers[r].finish_reason or cut_short
+                                 for r in self._req_ids))
+        self._on_finished(record, list(self._timings.values()))
 
     def _stage(self) -> tuple[list[EngineRequest], dict[str, list[EngineRequest]]]:
         """Requests to send now, and those to send after a given request's first output."""

@@ -18,6 +18,14 @@ from server.scheduler.request import MAX_LOGPROBS, SamplingParams, SamplingParam
 
 MAX_CHOICES = 16  # n above this is refused: each choice is a full engine request
 MAX_STOP_STRINGS = 16
+# A stream holds back as much text as the longest stop string could still match.
+MAX_STOP_STRING_CHARS = 256
+MAX_STOP_TOKEN_IDS = 64
+# prompts x n of one completions request: each is an engine request, so one small body
+# could otherwise queue thousands of them past any admission limit.
+MAX_BATCH_CHOICES = 256
+# Integers cross to the engine as msgpack int64; a larger one would fail there as a 500.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class StrictModel(BaseModel):
@@ -63,12 +71,12 @@ class SamplingFields(StrictModel):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=-1)  # -1 or 0: no top-k cut (vLLM's convention)
+    top_k: int | None = Field(None, ge=-1, le=INT64_MAX)  # -1 or 0: no cut, as in vLLM
     min_p: float | None = Field(None, ge=0, le=1)
     n: int = Field(1, ge=1, le=MAX_CHOICES)
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     repetition_penalty: float | None = Field(None, gt=0)
@@ -76,7 +84,7 @@ class SamplingFields(StrictModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    priority: int = 0
+    priority: int = Field(0, ge=INT64_MIN, le=INT64_MAX)
     logit_bias: dict[str, float] | None = None
 
     @model_validator(mode="after")
@@ -88,6 +96,12 @@ class SamplingFields(StrictModel):
             raise invalid_param("stop", f"at most {MAX_STOP_STRINGS} stop strings are allowed")
         if any(not s for s in stops):
             raise invalid_param("stop", "stop strings must not be empty")
+        if any(len(s) > MAX_STOP_STRING_CHARS for s in stops):
+            raise invalid_param("stop", f"a stop string may have at most "
+                                        f"{MAX_STOP_STRING_CHARS} characters")
+        if self.stop_token_ids is not None and len(self.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+            raise invalid_param("stop_token_ids",
+                                f"at most {MAX_STOP_TOKEN_IDS} stop token ids are allowed")
         if self.logit_bias:
             raise invalid_param("logit_bias", "logit_bias is not supported")
         return self
@@ -183,6 +197,10 @@ class CompletionRequest(SamplingFields):
                                         "which are not supported")
         if not self.prompt or any(len(p) == 0 for p in self.prompt if isinstance(p, str | list)):
             raise invalid_param("prompt", "prompt must not be empty")
+        batched = isinstance(self.prompt, list) and isinstance(self.prompt[0], str | list)
+        if (len(self.prompt) if batched else 1) * self.n > MAX_BATCH_CHOICES:
+            raise invalid_param("prompt", f"prompts x n must be at most {MAX_BATCH_CHOICES} "
+                                          "in one request")
         return self
 
     def requested_max_tokens(self) -> int | None:

@@ -10,12 +10,15 @@ import msgspec
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from starlette.requests import Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from server.api.chat import create_chat_completion
 from server.api.completions import create_completion
-from server.api.errors import UNAVAILABLE, APIError, error_body
+from server.api.errors import UNAVAILABLE, APIError, ClientDisconnected, error_body
+from server.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from server.api.openapi_bodies import request_body
 from server.api.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                                  TokenizeRequest, message_dicts)
 from server.api.responses import DetokenizeResponse, ModelCard, ModelList, TokenizeResponse
@@ -32,7 +35,16 @@ def _state(request: Request) -> ServingState:
 
 
 async def _parse(request: Request, model: type[Body]) -> Body:
-    return model.model_validate_json(await request.body())
+    timeout_s = _state(request).config.api.request_body_timeout_s
+    try:
+        raw = await asyncio.wait_for(request.body(), timeout_s)
+    except asyncio.TimeoutError:
+        raise StarletteHTTPException(
+            408, f"the request body did not arrive within {timeout_s:g} s",
+            headers={"Connection": "close"}) from None
+    except ClientDisconnect:
+        raise ClientDisconnected() from None  # not a server error: the client left
+    return model.model_validate_json(raw)
 
 
 def _unavailable(message: str) -> JSONResponse:
@@ -40,13 +52,13 @@ def _unavailable(message: str) -> JSONResponse:
                         status_code=503)
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     body = await _parse(request, ChatCompletionRequest)
     return await create_chat_completion(_state(request), request, body)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=request_body(CompletionRequest))
 async def completions(request: Request) -> Response:
     body = await _parse(request, CompletionRequest)
     return await create_completion(_state(request), request, body)
@@ -91,11 +103,26 @@ async def health(request: Request) -> JSONResponse:
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
     """200 once the model is loaded and the engine runs (it is, whenever this answers,
-    unless the engine has since died)."""
+    unless the engine has since died); 503 while draining for shutdown."""
     state = _state(request)
     if not state.client.is_alive:
         return _unavailable(state.client.failure or "the engine is not running")
+    if request.app.state.admission.draining:
+        return JSONResponse(error_body("the server is shutting down", type=UNAVAILABLE,
+                                       code="shutting_down"), status_code=503)
     return JSONResponse({"status": "ready", "model": state.model_name})
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics (metrics.py). The engine's figures are asked for first; if it
+    does not answer in time, the last ones it sent are shown."""
+    state = _state(request)
+    try:
+        await state.client.stats(timeout_s=state.config.api.health_timeout_s)
+    except (asyncio.TimeoutError, EngineDeadError):
+        pass
+    return Response(request.app.state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
 
 @router.get("/v1/engine/stats")
@@ -109,11 +136,14 @@ async def engine_stats(request: Request) -> JSONResponse:
     info = state.info
     return JSONResponse({**msgspec.structs.asdict(stats),
                          "num_api_open_requests": state.client.num_open_requests,
+                         # every asyncio task of the api process, this request's included:
+                         # back to its idle figure once no client is served (a leak check)
+                         "num_api_tasks": len(asyncio.all_tasks()),
                          "block_size": info.block_size, "kv_cache_tokens": info.kv_cache_tokens,
                          "max_model_len": info.max_model_len})
 
 
-@router.post("/tokenize")
+@router.post("/tokenize", openapi_extra=request_body(TokenizeRequest))
 async def tokenize(request: Request) -> JSONResponse:
     body = await _parse(request, TokenizeRequest)
     state = _state(request)
@@ -130,7 +160,7 @@ async def tokenize(request: Request) -> JSONResponse:
                                          max_model_len=state.info.max_model_len).model_dump())
 
 
-@router.post("/detokenize")
+@router.post("/detokenize", openapi_extra=request_body(DetokenizeRequest))
 async def detokenize(request: Request) -> JSONResponse:
     body = await _parse(request, DetokenizeRequest)
     state = _state(request)

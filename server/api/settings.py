@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from server.config import CacheConfig, ModelConfig, SchedulerConfig
+from server.logging_setup import LOG_FORMATS
+
+DEFAULT_MAX_REQUEST_BODY_BYTES = 4 * 1024 * 1024
+API_KEY_ENV = "INFLIGHTD_API_KEY"  # a key given in the environment, beside --api-key
 
 
 @dataclass(frozen=True)
@@ -15,12 +19,44 @@ class ApiSettings:
     health_timeout_s: float = 5.0  # /health fails if the engine does not answer in this time
     engine_startup_timeout_s: float = 1800.0
     log_level: str = "info"
+    log_format: str = "text"  # or "json": one JSON object per line
+    # Bearer keys; none: no authentication. Kept out of repr so they never reach a log.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    metrics_auth: bool = False  # /metrics needs a key too (when keys are set)
+    max_queued_requests: int | None = None  # None: no limit (no 429s)
+    max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
+    shutdown_timeout_s: float = 30.0  # how long in-flight requests get after SIGTERM
+    # A request body must arrive whole within this; one that trickles in or stalls would
+    # otherwise hold its connection and task for as long as its client likes (408).
+    request_body_timeout_s: float = 30.0
+    # After the engine dies the daemon keeps answering (503s, errors for requests in
+    # flight) this long, then exits non-zero so that its supervisor restarts it.
+    engine_failure_exit_delay_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port must be in 0..65535, got {self.port}")
         if self.health_timeout_s <= 0:
             raise ValueError(f"health timeout must be > 0, got {self.health_timeout_s}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, "
+                             f"got {self.log_format!r}")
+        if any(not key.strip() for key in self.api_keys):
+            raise ValueError("an API key (--api-key or INFLIGHTD_API_KEY) must not be empty")
+        if self.max_queued_requests is not None and self.max_queued_requests < 1:
+            raise ValueError(f"--max-queued-requests must be >= 1 (leave it out for no "
+                             f"limit), got {self.max_queued_requests}")
+        if self.max_request_body_bytes < 1:
+            raise ValueError(f"--max-request-body-bytes must be >= 1, "
+                             f"got {self.max_request_body_bytes}")
+        if self.request_body_timeout_s <= 0:
+            raise ValueError(f"--request-body-timeout must be > 0, "
+                             f"got {self.request_body_timeout_s}")
+        if self.shutdown_timeout_s < 0:
+            raise ValueError(f"--shutdown-timeout must be >= 0, got {self.shutdown_timeout_s}")
+        if self.engine_failure_exit_delay_s < 0:
+            raise ValueError("the exit delay after an engine failure must be >= 0, "
+                             f"got {self.engine_failure_exit_delay_s}")
 
 
 @dataclass(frozen=True)

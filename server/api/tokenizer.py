@@ -46,7 +46,18 @@ class Tokenizer:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoTokenizer  # heavy import, only when a daemon starts
 
-        return cls(AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True))
+        tokenizer = cls(AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True))
+        _ = tokenizer.max_token_chars  # scans the vocabulary here, off the event loop
+        return tokenizer
+
+    @functools.cached_property
+    def max_token_chars(self) -> int | None:
+        """The most characters one token can stand for, where the tokenizer bounds it: in a
+        byte-level BPE without a normalizer each token is a fixed string of at most this many
+        bytes (hence characters). None for other tokenizers."""
+        if not self._byte_level or self._backend.normalizer is not None:
+            return None
+        return max(len(piece) for piece in self._hf.get_vocab())
 
     @property
     def vocab_size(self) -> int:

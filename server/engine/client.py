@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +25,8 @@ from server.config import CacheConfig, ModelConfig, SchedulerConfig
 from server.engine.messages import (AbortRequests, AddRequest, EngineFailed, EngineInfoMessage,
                                     EngineProcessArgs, EngineReady, EngineStatsMessage,
                                     RequestRejected, Shutdown, StartupFailed, StatsQuery,
-                                    StatsReply, StepOutputs, encode_process_args, input_codec,
-                                    output_codec)
+                                    StatsReply, StepInfo, StepOutputs, encode_process_args,
+                                    input_codec, output_codec)
 from server.scheduler.output import RequestOutput
 from server.scheduler.request import SamplingParams
 
@@ -66,6 +66,9 @@ class OutputStream:
     def __init__(self) -> None:
         self._queue: asyncio.Queue[list[RequestOutput] | BaseException] = asyncio.Queue()
         self.unfinished_req_ids: set[str] = set()
+        # req_id -> when the step that first took it from the waiting queue started
+        # (time.monotonic()); for queue-time metrics
+        self.admitted_at: dict[str, float] = {}
 
     async def next_batch(self) -> list[RequestOutput]:
         """The next step's outputs; raises EngineRequestRejected or EngineDeadError."""
@@ -80,11 +83,19 @@ class OutputStream:
 
 class EngineClient:
     def __init__(self, *, model_config: ModelConfig, cache_config: CacheConfig,
-                 scheduler_config: SchedulerConfig, log_level: str = "info") -> None:
+                 scheduler_config: SchedulerConfig, log_level: str = "info",
+                 log_format: str = "text",
+                 on_step: Callable[[StepInfo], None] | None = None) -> None:
         self._model_config = model_config
         self._cache_config = cache_config
         self._scheduler_config = scheduler_config
         self._log_level = log_level
+        self._log_format = log_format
+        self._on_step = on_step  # told of every engine step (metrics)
+        self.latest_stats: EngineStatsMessage | None = None  # the last the engine sent
+        self._admitted: set[str] = set()  # open req_ids the scheduler has taken up
+        self._refusing: str | None = None  # why new requests are refused (shutting down)
+        self._failed = asyncio.Event()
         self._input_encoder, _ = input_codec()
         _, self._output_decoder = output_codec()
         self._streams: dict[str, OutputStream] = {}
@@ -122,7 +133,7 @@ class EngineClient:
         args = EngineProcessArgs(model_config=self._model_config, cache_config=self._cache_config,
                                  scheduler_config=self._scheduler_config,
                                  input_address=input_address, output_address=output_address,
-                                 log_level=self._log_level)
+                                 log_level=self._log_level, log_format=self._log_format)
         # The engine reads end of file on this stdin pipe when this process dies.
         self._process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", ENGINE_MODULE, encode_process_args(args),
@@ -192,12 +203,25 @@ class EngineClient:
     def num_open_requests(self) -> int:
         return len(self._streams)
 
+    @property
+    def num_waiting_requests(self) -> int:
+        """Open requests the engine has not taken from its waiting queue yet, as far as
+        its step messages tell (a preempted request waits again but is not counted)."""
+        return len(self._streams) - len(self._admitted)
+
+    async def wait_failed(self) -> str:
+        """Wait until the engine dies or fails; returns why."""
+        await self._failed.wait()
+        return self._failure or "the engine stopped"
+
     # ---- requests ----
 
     def add_requests(self, stream: OutputStream, requests: Sequence[EngineRequest]) -> None:
         """Send requests whose outputs go to `stream`. Raises EngineDeadError."""
         if not self.is_alive:
             raise EngineDeadError(self._failure or "the engine is not running")
+        if self._refusing is not None:
+            raise EngineDeadError(self._refusing)
         now = time.time()
         for request in requests:
             self._streams[request.req_id] = stream
@@ -210,8 +234,19 @@ class EngineClient:
     def abort(self, req_ids: Iterable[str]) -> None:
         """Abort engine requests; their later outputs, if any, are dropped."""
         req_ids = [r for r in req_ids if self._streams.pop(r, None) is not None]
+        self._admitted.difference_update(req_ids)
         if req_ids and self.is_alive:
             self._send(AbortRequests(req_ids=req_ids))
+
+    def abort_open_requests(self, *, reason: str) -> int:
+        """Abort every open request so that each ends with finish_reason "abort" (the engine's
+        final outputs still reach their streams), and refuse new ones from now on with
+        `reason`. Returns how many were aborted."""
+        self._refusing = reason
+        req_ids = list(self._streams)
+        if req_ids and self.is_alive:
+            self._send(AbortRequests(req_ids=req_ids))
+        return len(req_ids)
 
     def close_stream(self, stream: OutputStream) -> None:
         """The api request is over (done, failed or its client left): abort what still runs."""
@@ -242,13 +277,17 @@ class EngineClient:
             message = self._output_decoder.decode(raw.buffer)
             self._last_message_at = time.monotonic()
             if isinstance(message, StepOutputs):
+                if message.step is not None:
+                    self._note_step(message.step)
                 self._dispatch(message.outputs)
             elif isinstance(message, StatsReply):
+                self.latest_stats = message.stats
                 waiter = self._stats_waiters.get(message.query_id)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(message.stats)
             elif isinstance(message, RequestRejected):
                 stream = self._streams.pop(message.req_id, None)
+                self._admitted.discard(message.req_id)
                 if stream is not None:
                     stream.unfinished_req_ids.discard(message.req_id)
                     stream._put(EngineRequestRejected(message.code, message.message))
@@ -260,6 +299,15 @@ class EngineClient:
             elif isinstance(message, EngineFailed):
                 self._fail(f"the engine failed: {message.message}")
 
+    def _note_step(self, step: StepInfo) -> None:
+        for req_id in step.admitted_req_ids:
+            stream = self._streams.get(req_id)
+            if stream is not None:
+                self._admitted.add(req_id)
+                stream.admitted_at.setdefault(req_id, step.started_at)
+        if self._on_step is not None:
+            self._on_step(step)
+
     def _dispatch(self, outputs: Sequence[RequestOutput]) -> None:
         batches: dict[int, tuple[OutputStream, list[RequestOutput]]] = {}
         for output in outputs:
@@ -268,6 +316,7 @@ class EngineClient:
                 continue  # aborted by the api; the engine had already stepped it
             if output.finished:
                 del self._streams[output.req_id]
+                self._admitted.discard(output.req_id)
                 stream.unfinished_req_ids.discard(output.req_id)
             batches.setdefault(id(stream), (stream, []))[1].append(output)
         for stream, batch in batches.values():
@@ -287,8 +336,10 @@ class EngineClient:
         if self._failure is not None:
             return
         self._failure = message
+        self._failed.set()
         streams = {id(s): s for s in self._streams.values()}
         self._streams.clear()
+        self._admitted.clear()
         for stream in streams.values():
             stream.unfinished_req_ids.clear()
             stream._put(EngineDeadError(message))

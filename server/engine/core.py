@@ -48,6 +48,18 @@ class EngineStats:
     num_preemptions: int
     prompt_tokens_total: int
     generation_tokens_total: int
+    energy_joules: float | None = None  # GPU energy since start (NVML); None: no counter
+
+
+@dataclass(frozen=True)
+class StepSummary:
+    """What one step did, for metrics: when it started (time.monotonic(), the same clock in
+    every process), how many tokens it computed, and which requests it admitted from the
+    waiting queue (first admission or resumption after preemption)."""
+
+    started_at: float
+    num_batched_tokens: int
+    admitted_req_ids: tuple[str, ...]
 
 
 class EngineCore:
@@ -55,7 +67,10 @@ class EngineCore:
                  scheduler_config: SchedulerConfig, source: ModelSource | None = None) -> None:
         source = source if source is not None else resolve_model(model_config.model)
         max_model_len = _max_model_len(model_config, source)
-        self.runner = ModelRunner.from_config(model_config, cache_config, source=source)
+        self.runner = ModelRunner.from_config(
+            model_config, cache_config, source=source,
+            max_num_seqs=scheduler_config.max_num_seqs, max_model_len=max_model_len)
+        self.runner.capture_graphs()  # at startup, so the first decode step is not slow
         cache_config = replace(cache_config, num_blocks=self.runner.num_blocks,
                                kv_cache_tokens=None, memory_fraction=None)
         self.scheduler = Scheduler(replace(scheduler_config, max_model_len=max_model_len),
@@ -70,6 +85,7 @@ class EngineCore:
             device=str(self.runner.device), dtype=str(self.runner.dtype).removeprefix("torch."))
         self._num_prompt_tokens_total = 0
         self._num_generation_tokens_total = 0
+        self.last_step: StepSummary | None = None
 
     def add_request(self, req_id: str, prompt_token_ids: list[int],
                     sampling_params: SamplingParams, *, arrival_time: float | None = None,
@@ -90,10 +106,14 @@ class EngineCore:
         return [output for output in outputs if output is not None]
 
     def step(self) -> list[RequestOutput]:
+        started_at = time.monotonic()
         scheduler_output = self.scheduler.schedule()
         model_output = self.runner.execute(scheduler_output)
         outputs = self.scheduler.update(scheduler_output, model_output)
         self._num_generation_tokens_total += len(model_output.sampled_token_ids)
+        self.last_step = StepSummary(
+            started_at=started_at, num_batched_tokens=scheduler_output.num_batched_tokens,
+            admitted_req_ids=tuple(r.req_id for r in scheduler_output.new_requests))
         return outputs
 
     def has_unfinished(self) -> bool:

@@ -51,6 +51,7 @@ class EngineStatsMessage(msgspec.Struct, frozen=True):
     num_preemptions: int
     prompt_tokens_total: int
     generation_tokens_total: int
+    energy_joules: float | None = None  # GPU energy since start; None: no counter
 
 
 def info_message(info: Any) -> EngineInfoMessage:
@@ -71,6 +72,7 @@ class EngineProcessArgs(msgspec.Struct, frozen=True):
     input_address: str  # the api's PUSH binds here; the engine's PULL connects
     output_address: str  # the api's PULL binds here; the engine's PUSH connects
     log_level: str = "info"
+    log_format: str = "text"  # "text" or "json" (server/logging_setup.py)
 
 
 # ---- api -> engine ----
@@ -108,10 +110,20 @@ class StartupFailed(msgspec.Struct, frozen=True, tag="startup_failed"):
     message: str
 
 
+class StepInfo(msgspec.Struct, frozen=True):
+    """The step behind a StepOutputs, for the api's metrics (see core.StepSummary)."""
+
+    started_at: float  # time.monotonic(): one clock for both processes
+    num_batched_tokens: int
+    admitted_req_ids: list[str]  # taken from the waiting queue this step
+
+
 class StepOutputs(msgspec.Struct, frozen=True, tag="outputs"):
-    """Everything one engine step produced, for every request, in one message."""
+    """Everything one engine step produced, for every request, in one message. Outputs of
+    aborts (not a step) come without `step`."""
 
     outputs: list[RequestOutput]
+    step: StepInfo | None = None
 
 
 class RequestRejected(msgspec.Struct, frozen=True, tag="rejected"):

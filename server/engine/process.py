@@ -26,11 +26,13 @@ from pathlib import Path
 import zmq
 
 from server.config import CacheConfig, ModelConfig
+from server.engine.energy import EnergyMeter, EnergyMeterUnavailable, open_energy_meter
 from server.engine.messages import (AbortRequests, AddRequest, EngineFailed, EngineProcessArgs,
                                     EngineReady, Shutdown, StartupFailed, StatsQuery,
-                                    StatsReply, StepOutputs, RequestRejected,
+                                    StatsReply, StepInfo, StepOutputs, RequestRejected,
                                     decode_process_args, info_message, input_codec,
                                     output_codec, stats_message)
+from server.logging_setup import configure_logging
 
 logger = logging.getLogger("inflightd.engine")
 
@@ -56,10 +58,12 @@ def with_default_kv_size(model_config: ModelConfig, cache_config: CacheConfig) -
 class EngineLoop:
     """Owns the sockets and the core once the core is built."""
 
-    def __init__(self, core, pull: zmq.Socket, push: zmq.Socket) -> None:
+    def __init__(self, core, pull: zmq.Socket, push: zmq.Socket, *,
+                 energy_meter: EnergyMeter | None = None) -> None:
         self._core = core
         self._pull = pull
         self._push = push
+        self._energy_meter = energy_meter
         self._encoder, _ = output_codec()
         _, self._decoder = input_codec()
         self._parent_pid = os.getppid()
@@ -85,9 +89,19 @@ class EngineLoop:
                 logger.info("engine shutting down")
                 return 0
             if self._core.has_unfinished():
-                outputs = self._core.step()
-                if outputs:
-                    self.send(StepOutputs(outputs=list(outputs)))
+                self._step()
+
+    def _step(self) -> None:
+        """One step; its outputs and figures go out as one message (a chunked prefill step
+        has no outputs yet, but its tokens and admissions still count for metrics)."""
+        outputs = self._core.step()
+        summary = self._core.last_step
+        if not outputs and (summary is None or summary.num_batched_tokens == 0):
+            return
+        step = None if summary is None else StepInfo(
+            started_at=summary.started_at, num_batched_tokens=summary.num_batched_tokens,
+            admitted_req_ids=list(summary.admitted_req_ids))
+        self.send(StepOutputs(outputs=list(outputs), step=step))
 
     def _parent_gone(self, events: dict) -> bool:
         if self._parent_pipe is not None and self._parent_pipe in events:
@@ -110,10 +124,19 @@ class EngineLoop:
                 if aborted:
                     self.send(StepOutputs(outputs=list(aborted)))
             elif isinstance(message, StatsQuery):
-                self.send(StatsReply(query_id=message.query_id,
-                                     stats=stats_message(self._core.stats())))
+                self.send(StatsReply(query_id=message.query_id, stats=self._stats()))
             elif isinstance(message, Shutdown):
                 return False
+
+    def _stats(self):
+        stats = self._core.stats()
+        if self._energy_meter is not None:
+            try:
+                stats = replace(stats, energy_joules=self._energy_meter.joules_since_start())
+            except EnergyMeterUnavailable as exc:  # the metric goes away; serving goes on
+                logger.warning("GPU energy counter stopped working: %s", exc)
+                self._energy_meter = None
+        return stats_message(stats)
 
     def _add(self, message: AddRequest) -> None:
         try:
@@ -129,9 +152,27 @@ def build_core(args: EngineProcessArgs):
     from server.engine.core import EngineCore  # torch and the model: only in this process
 
     _leave_a_core_for_the_api(args.model_config)
-    return EngineCore(model_config=args.model_config,
-                      cache_config=with_default_kv_size(args.model_config, args.cache_config),
+    model_config = _with_engine_dir(args.model_config, args.scheduler_config)
+    return EngineCore(model_config=model_config,
+                      cache_config=with_default_kv_size(model_config, args.cache_config),
                       scheduler_config=args.scheduler_config)
+
+
+def _with_engine_dir(model_config: ModelConfig, scheduler_config) -> ModelConfig:
+    """On a GPU, serve the model's engine directory: built into the cache on first use
+    (weights in the engine dtype, cubins, tuned kernel choices), loaded as is after."""
+    import torch
+
+    if model_config.device == "cpu" or not torch.cuda.is_available():
+        return model_config
+    from server.engine.build import ensure_engine_dir
+
+    engine_dir = ensure_engine_dir(
+        model_config.model, dtype=model_config.dtype,
+        max_batch_size=scheduler_config.max_num_seqs,
+        max_num_tokens=scheduler_config.max_num_batched_tokens,
+        max_model_len=model_config.max_model_len)
+    return replace(model_config, model=str(engine_dir))
 
 
 def _leave_a_core_for_the_api(model_config: ModelConfig) -> None:
@@ -173,8 +214,9 @@ def serve(args: EngineProcessArgs) -> int:
             logger.debug("engine startup failed", exc_info=True)
             push.send(encoder.encode(StartupFailed(message=f"{type(exc).__name__}: {exc}")))
             return 1
+        energy_meter = open_energy_meter(core.info.device)
         push.send(encoder.encode(EngineReady(info=info_message(core.info))))
-        loop = EngineLoop(core, pull, push)
+        loop = EngineLoop(core, pull, push, energy_meter=energy_meter)
         try:
             status = loop.run()
             if loop.orphaned:
@@ -193,8 +235,7 @@ def serve(args: EngineProcessArgs) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = decode_process_args(argv[0])
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(level=args.log_level, log_format=args.log_format)
     # Ctrl-C reaches the whole process group; the api process decides when the engine stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
