@@ -68,6 +68,7 @@ RUN if [ "${VARIANT}" = "cpu" ]; then \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY server ./server
+COPY csrc ./csrc
 # On GPU, cuda-bindings must match the base's CUDA major release: its NVRTC is the one
 # that compiles the kernels.
 RUN if [ "${VARIANT}" = "cpu" ]; then \
