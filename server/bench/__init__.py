@@ -1,0 +1,1 @@
+"""Benchmarks: `inflightd bench serve|sweep|offline` (see cli.py)."""

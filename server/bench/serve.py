@@ -1,0 +1,210 @@
+"""The online benchmark: stream requests to an OpenAI-compatible endpoint with Poisson
+arrivals (or all at once) under an optional concurrency cap, and time every token."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from server.bench.datasets import SampleRequest, Tokenizer
+from server.bench.metrics import RequestResult
+from server.bench.stream import StreamRecorder
+
+ENDPOINT_PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+
+
+class BenchmarkError(ValueError):
+    """The benchmark cannot run as asked (bad flags, or the endpoint rejects a test request)."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    base_url: str
+    model: str
+    endpoint: str = "completions"
+    request_rate: float = math.inf  # requests per second; inf sends them all at once
+    max_concurrency: int | None = None
+    api_key: str | None = None
+    ignore_eos: bool = True
+    temperature: float = 0.0
+    request_timeout: float = 600.0
+    continuous_usage_stats: bool = False  # also ask for a running token count on every chunk
+    seed: int = 0
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.endpoint not in ENDPOINT_PATHS:
+            raise BenchmarkError(f"--endpoint must be chat or completions, got {self.endpoint!r}")
+        if not self.request_rate > 0:
+            raise BenchmarkError(f"--request-rate must be > 0 or inf, got {self.request_rate}")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise BenchmarkError(f"--max-concurrency must be >= 1, got {self.max_concurrency}")
+
+    @property
+    def url(self) -> str:
+        base = self.base_url.rstrip("/")
+        base = base[: -len("/v1")] if base.endswith("/v1") else base
+        return base + ENDPOINT_PATHS[self.endpoint]
+
+
+def build_payload(config: ServeConfig, sample: SampleRequest, *, max_tokens: int) -> dict:
+    stream_options = {"include_usage": True}
+    if config.continuous_usage_stats:
+        stream_options["continuous_usage_stats"] = True
+    payload: dict = {"model": config.model, "max_tokens": max_tokens, "stream": True,
+                     "stream_options": stream_options, "temperature": config.temperature}
+    if config.ignore_eos:
+        payload["ignore_eos"] = True  # an extension field; servers without it may ignore it
+    if config.endpoint == "chat":
+        payload["messages"] = [{"role": "user", "content": sample.prompt}]
+    else:
+        payload["prompt"] = sample.prompt
+    return payload
+
+
+def arrival_offsets(num_requests: int, *, request_rate: float, seed: int) -> list[float]:
+    """Send times in seconds from the start: a Poisson process (exponential gaps) at
+    `request_rate`, the first at 0; all 0 for an infinite rate."""
+    if math.isinf(request_rate):
+        return [0.0] * num_requests
+    rng = random.Random(seed)
+    offsets, now = [], 0.0
+    for _ in range(num_requests):
+        offsets.append(now)
+        now += rng.expovariate(request_rate)
+    return offsets
+
+
+async def send_request(client: httpx.AsyncClient, config: ServeConfig, sample: SampleRequest,
+                       *, tokenizer: Tokenizer, bench_start: float,
+                       max_tokens: int | None = None) -> RequestResult:
+    """Stream one request. Every failure becomes a RequestResult with its error; none raises."""
+    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    payload = build_payload(config, sample, max_tokens=max_tokens or sample.output_len)
+    recorder = StreamRecorder(endpoint=config.endpoint)
+    sent = time.perf_counter()
+    failed = None
+    try:
+        async with client.stream("POST", config.url, json=payload, headers=headers) as response:
+            if response.status_code != 200:
+                body = (await response.aread()).decode(errors="replace")
+                failed = f"HTTP {response.status_code}: {_error_text(body)}"
+            else:
+                failed = await _read_events(response, recorder, sent)
+    except httpx.HTTPError as exc:
+        failed = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    e2e = time.perf_counter() - sent
+    common = dict(prompt_len=sample.prompt_len, output_len=payload["max_tokens"],
+                  start=sent - bench_start)
+    if failed is not None:
+        return RequestResult(success=False, error=failed, **common)
+    if recorder.completion_tokens is not None:
+        output_tokens, source = recorder.completion_tokens, "usage"
+    else:
+        output_tokens, source = len(tokenizer.encode(recorder.text)), "tokenizer"
+    return RequestResult(success=True, prompt_tokens=recorder.prompt_tokens,
+                         output_tokens=output_tokens, token_source=source,
+                         ttft=recorder.ttft if recorder.ttft is not None else e2e,
+                         itls=tuple(recorder.itls), e2e=e2e, **common)
+
+
+async def _read_events(response: httpx.Response, recorder: StreamRecorder,
+                       sent: float) -> str | None:
+    """Feed the SSE stream to `recorder`; the error text, or None when it ended with [DONE]."""
+    async for line in response.aiter_lines():
+        at = time.perf_counter() - sent
+        if not line.startswith("data:"):
+            continue  # blank separators, comments, event names
+        data = line[len("data:"):].strip()
+        if data == "[DONE]":
+            return recorder.error
+        try:
+            chunk = json.loads(data)
+        except json.JSONDecodeError:
+            return f"malformed SSE data: {data[:200]!r}"
+        recorder.add_chunk(chunk, at)
+        if recorder.error is not None:
+            return recorder.error
+    return "stream ended before data: [DONE]"
+
+
+def _error_text(body: str) -> str:
+    try:
+        error = json.loads(body).get("error")
+    except (json.JSONDecodeError, AttributeError):
+        return body[:300]
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    return str(error or body[:300])
+
+
+def make_client(config: ServeConfig) -> httpx.AsyncClient:
+    # No pool limit: a pool smaller than the load would queue requests inside the client and
+    # count that wait as server latency. --max-concurrency is the one cap.
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    return httpx.AsyncClient(timeout=httpx.Timeout(config.request_timeout), limits=limits)
+
+
+@dataclass(frozen=True)
+class ServeRun:
+    results: list[RequestResult]  # in dataset order
+    duration: float  # wall seconds from the first send to the last response
+    test_request: RequestResult  # the untimed one-token request sent first
+
+
+async def check_endpoint(client: httpx.AsyncClient, config: ServeConfig, sample: SampleRequest,
+                         *, tokenizer: Tokenizer) -> RequestResult:
+    """One short request before timing starts, so a wrong URL, model or key fails fast."""
+    result = await send_request(client, config, sample, tokenizer=tokenizer,
+                                bench_start=time.perf_counter(), max_tokens=1)
+    if not result.success:
+        raise BenchmarkError(f"test request to {config.url} failed: {result.error}")
+    return result
+
+
+async def run_requests(config: ServeConfig, samples: list[SampleRequest], *,
+                       tokenizer: Tokenizer, client: httpx.AsyncClient | None = None) -> ServeRun:
+    if not samples:
+        raise BenchmarkError("no requests to send")
+    own_client = client is None
+    client = client or make_client(config)
+    try:
+        test_request = await check_endpoint(client, config, samples[0], tokenizer=tokenizer)
+        results, duration = await _timed_run(client, config, samples, tokenizer=tokenizer)
+    finally:
+        if own_client:
+            await client.aclose()
+    return ServeRun(results=results, duration=duration, test_request=test_request)
+
+
+async def _timed_run(client: httpx.AsyncClient, config: ServeConfig,
+                     samples: list[SampleRequest], *,
+                     tokenizer: Tokenizer) -> tuple[list[RequestResult], float]:
+    from tqdm import tqdm
+
+    offsets = arrival_offsets(len(samples), request_rate=config.request_rate, seed=config.seed)
+    slots = asyncio.Semaphore(config.max_concurrency or len(samples))
+    progress = tqdm(total=len(samples), file=sys.stderr, disable=not config.show_progress,
+                    desc="requests", unit="req")
+    start = time.perf_counter()
+
+    async def one(sample: SampleRequest, offset: float) -> RequestResult:
+        await asyncio.sleep(max(0.0, start + offset - time.perf_counter()))
+        async with slots:  # a capped request's latency starts when it is sent, not queued
+            result = await send_request(client, config, sample, tokenizer=tokenizer,
+                                        bench_start=start)
+        progress.update(1)
+        return result
+
+    try:
+        results = await asyncio.gather(*(one(s, t) for s, t in zip(samples, offsets)))
+    finally:
+        progress.close()
+    return list(results), time.perf_counter() - start
