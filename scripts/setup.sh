@@ -9,7 +9,7 @@ PYTHON=${PYTHON:-python3}
 python -m pip install -q --upgrade pip
 if ! python -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    python -m pip install -q "torch>=2.4"
+    python -m pip install -q "torch>=2.5"
   else
     python -m pip install -q "torch==2.13.0"
   fi

@@ -111,14 +111,14 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
     group = num_heads // num_kv_heads
     num_blocks = -(-max_seq_len // block_size)
     blocks = block_tables[:, :num_blocks].long()  # [S, nb]
-    keys = kv_cache[0, blocks].reshape(num_seqs, -1, num_kv_heads, head_dim).to(torch.float32)
-    values = kv_cache[1, blocks].reshape(num_seqs, -1, num_kv_heads, head_dim).to(torch.float32)
-    q32 = q.to(torch.float32).reshape(num_seqs, num_kv_heads, group, head_dim)
-    scores = torch.einsum("skgd,slkd->skgl", q32, keys) * scale
-    padding = torch.arange(keys.shape[1], device=q.device)[None, :] >= seq_lens[:, None]
-    scores.masked_fill_(padding[:, None, None, :], float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    out = torch.einsum("skgl,slkd->skgd", probs, values)
+    # [S, Hkv, keys, D] views of the gathered context; SDPA reads them without another copy.
+    keys = kv_cache[0, blocks].reshape(num_seqs, -1, num_kv_heads, head_dim).transpose(1, 2)
+    values = kv_cache[1, blocks].reshape(num_seqs, -1, num_kv_heads, head_dim).transpose(1, 2)
+    visible = torch.arange(keys.shape[2], device=q.device)[None, :] < seq_lens[:, None]
+    out = F.scaled_dot_product_attention(
+        q.to(torch.float32).reshape(num_seqs, num_heads, 1, head_dim),
+        keys.to(torch.float32), values.to(torch.float32),
+        attn_mask=visible[:, None, None, :], scale=scale, enable_gqa=group > 1)
     return out.reshape(num_seqs, num_heads, head_dim).to(q.dtype)
 
 
