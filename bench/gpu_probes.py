@@ -3,10 +3,11 @@ where a decode step's time goes:
 
     copy_bandwidth      device-to-device copy, bytes read + written per second (the roofline)
     gemm_floor_ms       the model's linear layers alone (qkv, o, gate_up, down, lm_head) at
-                        batch 1, replayed from one CUDA graph: the weight-streaming floor
+                        batch 1, replayed from one CUDA graph: the weight-streaming floor,
+                        through the engine's ops (our GEMV) or cuBLAS
     padded_replay_ms    the engine's batch-1 decode graph (every kernel, one-key context)
-    StepTimer           wall time of each engine step, split decode-only / mixed, so the
-                        host's share (scheduler, inputs, sampling) shows against the GPU's
+    StepTimer           a run's wall time split into launching steps, waiting for their
+                        tokens (GPU-bound) and the rest of the host's work
     profile_decode      GPU time per decode step by kernel group (torch profiler, CUPTI),
                         on real decode steps of a given batch size and context
 """
@@ -25,7 +26,6 @@ from server.scheduler.request import SamplingParams
 # kernel group -> substrings of the kernel names (ours from csrc/, cuBLAS's for the GEMMs)
 KERNEL_GROUPS = (
     ("attention", ("paged_attention",)),
-    ("attention merge", ("attention_merge",)),
     ("norms", ("rms_norm",)),
     ("rope + KV write", ("rope_and_cache",)),
     ("silu_and_mul", ("silu_and_mul",)),
@@ -57,8 +57,10 @@ def copy_bandwidth(device: str) -> float:
     return 2 * src.numel() * src.element_size() / (ms / 1e3)
 
 
-def gemm_floor_ms(model, *, batch_size: int = 1) -> float:
-    """One graph replaying every linear layer of the model on [batch_size, ...] inputs."""
+def gemm_floor_ms(model, *, batch_size: int = 1, ops=None) -> float:
+    """One graph replaying every linear layer of the model on [batch_size, ...] inputs,
+    through ops.linear (the engine's choice of kernel) or, without ops, cuBLAS (F.linear)."""
+    linear = F.linear if ops is None else ops.linear
     device, dtype = model.device, model.dtype
     arch = model.arch
     hidden = torch.randn(batch_size, arch.hidden_size, device=device, dtype=dtype)
@@ -67,11 +69,11 @@ def gemm_floor_ms(model, *, batch_size: int = 1) -> float:
 
     def linears():
         for layer in model.layers:
-            F.linear(hidden, layer.qkv_weight, layer.qkv_bias)
-            F.linear(attn, layer.o_weight, layer.o_bias)
-            F.linear(hidden, layer.gate_up_weight)
-            F.linear(inter, layer.down_weight)
-        F.linear(hidden, model.lm_head)
+            linear(hidden, layer.qkv_weight, layer.qkv_bias)
+            linear(attn, layer.o_weight, layer.o_bias)
+            linear(hidden, layer.gate_up_weight)
+            linear(inter, layer.down_weight)
+        linear(hidden, model.lm_head)
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -86,46 +88,85 @@ def gemm_floor_ms(model, *, batch_size: int = 1) -> float:
 
 @dataclass
 class StepTimer:
-    """Wraps runner.execute to time each step (execute ends by reading the sampled tokens,
-    so its wall time covers the GPU work of the step)."""
+    """Wraps runner.launch and runner.resolve to split the wall time of a run: host time
+    launching steps (inputs, graph replay or eager kernels), time the host blocked waiting
+    for a step's tokens (the GPU was the bottleneck), and the rest (scheduler, engine and
+    caller loops). With async scheduling the host's work overlaps the GPU's, so a high
+    waiting share means the host kept up."""
 
     runner: object
-    decode_seconds: float = 0.0
     decode_steps: int = 0
     decode_tokens: int = 0
-    mixed_seconds: float = 0.0
     mixed_steps: int = 0
-    _execute: object = field(default=None, repr=False)
+    launch_seconds: float = 0.0
+    wait_seconds: float = 0.0
+    _launch: object = field(default=None, repr=False)
+    _resolve: object = field(default=None, repr=False)
+    # per launched step: CUDA events on the stream around its work, and whether decode-only
+    _events: list = field(default_factory=list, repr=False)
 
     def __enter__(self) -> "StepTimer":
-        self._execute = self.runner.execute
+        self._launch, self._resolve = self.runner.launch, self.runner.resolve
 
-        def timed(scheduler_output):
+        def launch(scheduler_output):
+            timed = torch.cuda.is_available() and not scheduler_output.is_empty
+            if timed:
+                gpu_start = torch.cuda.Event(enable_timing=True)
+                gpu_start.record()
             start = time.perf_counter()
-            result = self._execute(scheduler_output)
-            elapsed = time.perf_counter() - start
+            step = self._launch(scheduler_output)
+            self.launch_seconds += time.perf_counter() - start
+            if timed:
+                gpu_end = torch.cuda.Event(enable_timing=True)
+                gpu_end.record()
+                self._events.append((gpu_start, gpu_end, scheduler_output.is_decode_only))
+            if scheduler_output.is_empty:
+                return step
             if scheduler_output.is_decode_only:
-                self.decode_seconds += elapsed
                 self.decode_steps += 1
                 self.decode_tokens += len(scheduler_output.scheduled)
             else:
-                self.mixed_seconds += elapsed
                 self.mixed_steps += 1
-            return result
+            return step
 
-        self.runner.execute = timed
+        def resolve(step):
+            start = time.perf_counter()
+            output = self._resolve(step)
+            self.wait_seconds += time.perf_counter() - start
+            return output
+
+        self.runner.launch, self.runner.resolve = launch, resolve
         return self
 
     def __exit__(self, *exc) -> None:
-        del self.runner.execute  # back to the class's method
+        del self.runner.launch, self.runner.resolve  # back to the class's methods
+
+    def gpu_seconds(self) -> dict:
+        """GPU time of the launched steps (from the stream reaching a step to its last op,
+        so bubbles inside a step count), by kind, and the idle time between steps."""
+        if not self._events:
+            return {}
+        torch.cuda.synchronize()
+        totals = {"decode_gpu_seconds": 0.0, "mixed_gpu_seconds": 0.0,
+                  "idle_between_steps_seconds": 0.0}
+        previous_end = None
+        for start, end, decode_only in self._events:
+            key = "decode_gpu_seconds" if decode_only else "mixed_gpu_seconds"
+            totals[key] += start.elapsed_time(end) / 1e3
+            if previous_end is not None:
+                totals["idle_between_steps_seconds"] += max(
+                    0.0, previous_end.elapsed_time(start) / 1e3)
+            previous_end = end
+        return totals
 
     def summary(self, wall_seconds: float) -> dict:
-        return {"decode_steps": self.decode_steps, "decode_seconds": self.decode_seconds,
+        return {**self.gpu_seconds(),
+                "decode_steps": self.decode_steps, "mixed_steps": self.mixed_steps,
                 "mean_decode_batch": self.decode_tokens / max(1, self.decode_steps),
-                "mean_decode_step_ms": 1e3 * self.decode_seconds / max(1, self.decode_steps),
-                "mixed_steps": self.mixed_steps, "mixed_seconds": self.mixed_seconds,
-                "outside_execute_seconds": wall_seconds - self.decode_seconds
-                - self.mixed_seconds}
+                "mean_step_ms": 1e3 * wall_seconds / max(1, self.decode_steps
+                                                         + self.mixed_steps),
+                "launch_seconds": self.launch_seconds, "wait_seconds": self.wait_seconds,
+                "other_host_seconds": wall_seconds - self.launch_seconds - self.wait_seconds}
 
 
 def kernel_ms_by_group(prof) -> dict[str, float]:
@@ -172,3 +213,80 @@ def profile_decode(llm, *, batch_size: int, context: int, steps: int = 8,
     return {"batch_size": num_running, "context": context,
             "wall_ms_per_step_profiled": 1e3 * wall / steps,
             "gpu_ms_per_step": sum(per_step.values()), "kernel_ms_per_step": per_step}
+
+
+def profile_prefill(llm, *, num_prompts: int = 8, prompt_len: int = 1024,
+                    seed: int = 0) -> dict:
+    """GPU time by kernel group of prefilling num_prompts random prompts of prompt_len
+    tokens (one token generated each), with the GEMMs' achieved TFLOP/s."""
+    from torch.profiler import ProfilerActivity, profile
+
+    engine = llm.engine
+    rng = random.Random(seed)
+    params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=1)
+    for index in range(num_prompts):
+        engine.add_request(f"prefill-profile-{index}",
+                           [rng.randrange(100, engine.info.vocab_size)
+                            for _ in range(prompt_len)], params)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        steps = 0
+        while engine.has_unfinished():
+            engine.step()
+            steps += 1
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    by_group = {g: ms for g, ms in sorted(kernel_ms_by_group(prof).items())}
+    num_tokens = num_prompts * prompt_len
+    linear_params = sum(t.numel() for name, t in
+                        llm.engine.runner.model.weight_destinations().items()
+                        if name.startswith("model.layers.") and name.endswith("_proj.weight"))
+    gemm_flop = 2 * linear_params * num_tokens
+    return {"num_tokens": num_tokens, "steps": steps, "wall_ms": 1e3 * wall,
+            "gpu_ms": sum(by_group.values()), "kernel_ms": by_group,
+            "gemm_tflops": gemm_flop / (by_group.get("GEMM", float("nan")) * 1e-3) / 1e12}
+
+
+def profile_mixed(llm, *, num_decodes: int = 256, context: int = 640, num_prefills: int = 8,
+                  prefill_len: int = 992, seed: int = 0) -> dict:
+    """One mixed step as the throughput run has them: num_decodes requests decoding at
+    `context`, plus num_prefills new prompts of prefill_len tokens. GPU time by kernel
+    group (profiler: kernels only) against the step's time on the stream (events: bubbles
+    included) and the host's time to launch it, and the host's top ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    engine = llm.engine
+    rng = random.Random(seed)
+
+    def prompt(length: int) -> list[int]:
+        return [rng.randrange(100, engine.info.vocab_size) for _ in range(length)]
+
+    decode_params = SamplingParams(temperature=0, ignore_eos=True,
+                                   max_tokens=engine.info.max_model_len - context - 1)
+    decode_ids = [f"mixed-decode-{i}" for i in range(num_decodes)]
+    for req_id in decode_ids:
+        engine.add_request(req_id, prompt(context), decode_params)
+    started: set[str] = set()
+    while len(started) < num_decodes:
+        started.update(out.req_id for out in engine.step() if out.new_token_ids)
+    prefill_ids = {f"mixed-prefill-{i}" for i in range(num_prefills)}
+    for req_id in sorted(prefill_ids):
+        engine.add_request(req_id, prompt(prefill_len),
+                           SamplingParams(temperature=0, ignore_eos=True, max_tokens=1))
+    torch.cuda.synchronize()
+    with StepTimer(engine.runner) as timer, profile(
+            activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        done: set[str] = set()
+        while not prefill_ids <= done:
+            done.update(out.req_id for out in engine.step() if out.finished)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    engine.abort(decode_ids)
+    kernels = {g: ms for g, ms in sorted(kernel_ms_by_group(prof).items())}
+    host_ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+    return {"num_decodes": num_decodes, "context": context,
+            "prefill_tokens": num_prefills * prefill_len, "wall_ms": 1e3 * wall,
+            "kernel_ms": kernels, "kernel_ms_total": sum(kernels.values()),
+            "steps": timer.summary(wall), "host_top_ops": host_ops}

@@ -1,8 +1,8 @@
 """Kernel micro-benchmark on one GPU (not a test): our attention, norm, activation and rotary
 kernels for a Llama-3-8B layer shape (32 query heads, 8 kv heads, head_dim 128, bf16).
 
-Decode attention is timed at batch 1/64/256 with contexts 512/2048/8192 and reported as
-achieved KV bandwidth (K and V bytes read once) against a measured device copy bandwidth
+Decode attention is timed at batch 1/64/256 with contexts 512/640/2048/8192 and reported
+as achieved KV bandwidth (K and V bytes read once) against a measured device copy bandwidth
 (read + write) and read bandwidth (a bf16 sum);
 prefill attention for 4 sequences of 1024 new tokens as time and TFLOP/s, next to torch's
 own fused attention on the same shape. Every timing replays a CUDA graph and takes the
@@ -205,7 +205,7 @@ def main() -> None:
     results = {"device": torch.cuda.get_device_name(), "copy_gb_s": copy_bw / 1e9,
                "read_gb_s": read_bandwidth() / 1e9,
                "decode": [bench_decode(ops, b, c, copy_bw)
-                          for b in (1, 64, 256) for c in (512, 2048, 8192)],
+                          for b in (1, 64, 256) for c in (512, 640, 2048, 8192)],
                "prefill": bench_prefill(ops), "elementwise": bench_elementwise(ops)}
     print_table(results)
     if args.json:

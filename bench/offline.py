@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.gpu_probes import (StepTimer, copy_bandwidth, gemm_floor_ms,  # noqa: E402
-                              profile_decode)
+                              profile_decode, profile_mixed, profile_prefill)
 from server.engine.llm import LLM  # noqa: E402
 from server.scheduler.request import SamplingParams  # noqa: E402
 
@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="GPU: load the model as given instead of building its engine first")
     p.add_argument("--no-profile", action="store_true",
                    help="GPU: skip the per-kernel profile of decode steps (batch 1 and 256)")
+    p.add_argument("--compare-sync", action="store_true",
+                   help="GPU: also run batch-1 decode and the throughput run with async "
+                        "scheduling off, in the same process")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
 
@@ -91,7 +94,10 @@ def sync(device: str) -> None:
 
 def run_engine(llm: LLM, prompts: list[list[int]], output_len: int) -> dict:
     params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
+    mode = "async" if llm.engine.async_scheduling else "sync"
     llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4))  # warm-up
+    # every run prefills every prompt: no prefix-cache hits from the warm-up or earlier runs
+    llm.engine.scheduler.block_manager.reset_prefix_cache()
     device = llm.engine.info.device
     sync(device)
     with StepTimer(llm.engine.runner) as steps:
@@ -100,7 +106,8 @@ def run_engine(llm: LLM, prompts: list[list[int]], output_len: int) -> dict:
         sync(device)
         elapsed = time.perf_counter() - start
     num_out = sum(len(o.token_ids) for o in outs)
-    return {"name": "inflightd (batched)", "requests": len(prompts), "seconds": elapsed,
+    return {"name": f"inflightd (batched, {mode})", "requests": len(prompts),
+            "seconds": elapsed,
             "output_tokens": num_out, "output_tokens_per_s": num_out / elapsed,
             "steps": steps.summary(elapsed)}
 
@@ -122,7 +129,9 @@ def batch1_decode(llm: LLM, output_len: int) -> dict:
                 first, count = time.perf_counter(), 0
     sync(device)
     elapsed = time.perf_counter() - first
-    return {"name": "inflightd batch-1 decode", "output_tokens": count, "seconds": elapsed,
+    mode = "async" if engine.async_scheduling else "sync"
+    return {"name": f"inflightd batch-1 decode ({mode})", "output_tokens": count,
+            "seconds": elapsed,
             "output_tokens_per_s": count / elapsed}
 
 
@@ -229,7 +238,8 @@ def gpu_decode_probes(llm: LLM, result: dict, output_len: int) -> None:
     b1["fraction_of_roofline"] = b1["output_tokens_per_s"] / roofline
     result["runs"].append(b1)
     breakdown = {"step_ms": 1e3 / b1["output_tokens_per_s"],
-                 "gemm_floor_ms": gemm_floor_ms(runner.model)}
+                 "gemm_floor_ms": gemm_floor_ms(runner.model, ops=runner.ops),
+                 "cublas_gemm_floor_ms": gemm_floor_ms(runner.model)}
     if runner.graphs is not None:
         breakdown["graph_replay_ms"] = runner.graphs.time_padded_replay(1)
     result["batch1_breakdown"] = breakdown
@@ -268,15 +278,19 @@ def report(result: dict, args: argparse.Namespace) -> None:
         if result.get(key) is not None:
             print(f"{key}: {result[key]:.2f}" if isinstance(result[key], float)
                   else f"{key}: {result[key]}")
-    for key in ("batch1_breakdown", "decode_profile", "peer_errors"):
+    for key in ("batch1_breakdown", "decode_profile", "prefill_profile", "mixed_profile",
+                "peer_errors"):
         if key in result:
-            print(f"{key}: {result[key]}")
-    engine_run = next(r for r in result["runs"] if r["name"].startswith("inflightd (batched)"))
+            value = dict(result[key]) if key == "mixed_profile" else result[key]
+            host_ops = value.pop("host_top_ops", None) if key == "mixed_profile" else None
+            print(f"{key}: {value}")
+            if host_ops:
+                print(host_ops)
+    engine_run = next(r for r in result["runs"] if r["name"].startswith("inflightd (batched"))
     if "steps" in engine_run:
         print(f"engine steps: {engine_run['steps']}")
-    b1 = next((r for r in result["runs"] if "fraction_of_roofline" in r), None)
-    if b1 is not None:
-        print(f"batch-1 decode: {b1['output_tokens_per_s']:.1f} tok/s = "
+    for b1 in (r for r in result["runs"] if "fraction_of_roofline" in r):
+        print(f"{b1['name']}: {b1['output_tokens_per_s']:.1f} tok/s = "
               f"{100 * b1['fraction_of_roofline']:.1f}% of roofline "
               f"({b1['roofline_tokens_per_s']:.1f} tok/s)")
     for r in result["runs"]:
@@ -311,12 +325,24 @@ def main(argv: list[str] | None = None) -> dict:
         gpu_decode_probes(llm, result, args.output_len)
         save(result, args)
     result["runs"].append(run_engine(llm, prompts, args.output_len))
+    if device.startswith("cuda") and args.compare_sync:
+        llm.engine.set_async_scheduling(False)
+        b1 = batch1_decode(llm, args.output_len)
+        b1["roofline_tokens_per_s"] = result["runs"][0]["roofline_tokens_per_s"]
+        b1["fraction_of_roofline"] = b1["output_tokens_per_s"] / b1["roofline_tokens_per_s"]
+        result["runs"].append(b1)
+        result["runs"].append(run_engine(llm, prompts, args.output_len))
+        llm.engine.set_async_scheduling(True)
+        save(result, args)
     if device.startswith("cuda"):
         result["peak_gpu_memory_GiB"] = torch.cuda.max_memory_allocated() / 2**30
         if not args.no_profile:
             result["decode_profile"] = [
                 profile_decode(llm, batch_size=1, context=1024),
                 profile_decode(llm, batch_size=min(256, args.max_num_seqs), context=640)]
+            result["prefill_profile"] = profile_prefill(llm)
+            result["mixed_profile"] = profile_mixed(
+                llm, num_decodes=min(256, args.max_num_seqs - 8))
     save(result, args)
     report(result, args)
     if not args.skip_peers:

@@ -16,13 +16,16 @@
 //
 // Lengths are read on the device, so a captured CUDA graph stays right whatever the
 // sequence lengths are at replay. With num_partitions == 1 the kernel writes the output
-// itself; otherwise every live part writes (max, sum, unnormalised out) and the merge
-// kernel combines them.
+// itself. Otherwise every live part writes (max, sum, unnormalised out) to the workspace,
+// and every CTA of a (row tile, kv head), live or empty, then counts itself in on that
+// pair's arrival counter; the last to arrive merges the parts (attention_merge.cuh) and
+// the count wraps back to 0 for the next launch.
 #pragma once
 
 namespace inflightd {
 
-constexpr int kBlockN = 32;  // keys per K/V tile
+constexpr int kBlockN = 32;        // keys per K/V tile
+constexpr int kMaxPartitions = 64;  // the merge reads two partitions' (max, sum) per lane
 
 __device__ __forceinline__ int partition_len(int seq_len, int num_partitions) {
   const int per = max(1, (seq_len + num_partitions - 1) / num_partitions);

@@ -5,7 +5,9 @@
 // walks the partition's keys in tiles of kBlockN, double-buffered in shared memory with
 // cp.async, computing S = Q K^T and O += P V on tensor cores (mma.m16n8k16, float
 // accumulators) with an online softmax in the exp2 domain. Decodes launch WARPS = 1 (a tile
-// is the group's query heads of one token); prefill chunks launch WARPS = 4.
+// is the group's query heads of one token); prefill chunks launch WARPS = 2 or 4. With
+// several key partitions, the last CTA of a (row tile, kv head) to finish merges the tile's
+// partitions itself (attention_merge.cuh), so a split launch needs no second kernel.
 //
 // Causality: query token j of a sequence with q_len new tokens sits at position
 // context + j (context = seq_len - q_len) and sees keys 0 ..= context + j.
@@ -13,6 +15,7 @@
 // kv_cache [2, num_blocks, block_size, Hkv, D]; the key at position p of sequence s lives in
 // slot block_tables[s][p / block_size] * block_size + p % block_size.
 #include "attention_common.cuh"
+#include "attention_merge.cuh"
 #include "common.cuh"
 #include "mma.cuh"
 
@@ -195,56 +198,50 @@ __device__ __forceinline__ void store_rows(T* __restrict__ out, float* __restric
   }
 }
 
-}  // namespace
+// CTA order: blockIdx.x = tile * num_kv_heads + kv_head, so neighbouring CTAs share a
+// tile's cache rows ([slot][kv head][dim], contiguous) rather than each reading one head's
+// slice of them. Read from blockIdx where needed rather than kept in registers (the 4-warp
+// kernels have none to spare).
+__device__ __forceinline__ int cta_kv_head(int num_kv_heads) { return blockIdx.x % num_kv_heads; }
 
+__device__ __forceinline__ int cta_tile(int num_kv_heads) { return blockIdx.x / num_kv_heads; }
+
+// Where a CTA's rows come from: one row tile of one sequence, for one kv head.
+struct TileInfo {
+  int seq;
+  int q_begin;      // the sequence's first token in q and out
+  int rows_in_seq;  // q_len * group
+  int row0;         // the tile's first row
+  int context;      // keys cached before the sequence's first new token
+  int group;        // query heads per kv head
+};
+
+// Keys [kv_lo, kv_hi) of the tile, then its output (one partition) or partials (several).
 template <typename T, int D, int WARPS>
-__device__ __forceinline__ void paged_attention_impl(
+__device__ __forceinline__ void attend_partition(
+    KvTile<T, D> (&smem)[2], const TileInfo& tile, int kv_lo, int kv_hi,
     T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_max,
     float* __restrict__ part_sum, const T* __restrict__ q, const T* __restrict__ kv_cache,
-    const int* __restrict__ query_start_loc, const int* __restrict__ seq_lens,
-    const int* __restrict__ block_tables, int num_seqs, int num_tokens, int num_heads,
-    int num_kv_heads, int block_size, int max_blocks_per_seq, long long num_slots,
-    float scale_log2, int num_partitions, int min_rows, int max_rows) {
+    const int* __restrict__ block_tables, int num_heads, int num_kv_heads, int block_size,
+    int max_blocks_per_seq, long long num_slots, float scale_log2, int num_partitions,
+    long long rows_total) {
   constexpr int ROWS = 16 * WARPS;
   constexpr int THREADS = 32 * WARPS;
   constexpr int PAD = D + 8;
   static_assert(ROWS * PAD <= 2 * kBlockN * PAD, "the Q tile must fit in one K/V stage");
-  __shared__ __align__(16) T smem[2][2][kBlockN][PAD];  // [stage][K or V][key][dim]
-
-  const int group = num_heads / num_kv_heads;
-  const int kv_head = blockIdx.y;
-  const int tile = blockIdx.x;
-  const int seq = last_not_above(num_seqs, tile, [&](int i) {
-    return tile_start(query_start_loc[i], i, group, ROWS);
-  });
-  const int q_begin = query_start_loc[seq];
-  const int q_len = query_start_loc[seq + 1] - q_begin;
-  const int rows_in_seq = q_len * group;
-  if (rows_in_seq < min_rows || rows_in_seq > max_rows) return;  // the other launch's
-  // Tiles run last rows first: the rows that see the most keys start earliest.
-  const int tiles_in_seq = (rows_in_seq + ROWS - 1) / ROWS;
-  const int tile_in_seq = tile - tile_start(q_begin, seq, group, ROWS);
-  if (tile_in_seq >= tiles_in_seq) return;
-  const int row0 = (tiles_in_seq - 1 - tile_in_seq) * ROWS;
-  const int seq_len = seq_lens[seq];
-  const int context = seq_len - q_len;
-  const int part_len = partition_len(seq_len, num_partitions);
-  const int kv_lo = blockIdx.z * part_len;
-  if (kv_lo >= seq_len) return;  // not a live partition: the merge does not read it
-  const int last_row = min(row0 + ROWS, rows_in_seq) - 1;
-  const int kv_hi = min(kv_lo + part_len, context + last_row / group + 1);
-
+  const int group = tile.group;
+  const int kv_head = cta_kv_head(num_kv_heads);
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
   RowInfo rows[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const int r = row0 + warp * 16 + (lane >> 2) + 8 * h;
+    const int r = tile.row0 + warp * 16 + (lane >> 2) + 8 * h;
     const int token = r / group;
-    rows[h].valid = r < rows_in_seq;
-    rows[h].key_limit = rows[h].valid ? context + token + 1 : 0;
-    rows[h].out_row = static_cast<long long>(q_begin + token) * num_heads + kv_head * group +
-                      (r - token * group);
+    rows[h].valid = r < tile.rows_in_seq;
+    rows[h].key_limit = rows[h].valid ? tile.context + token + 1 : 0;
+    rows[h].out_row = static_cast<long long>(tile.q_begin + token) * num_heads +
+                      kv_head * group + (r - token * group);
   }
 
   // Q tile -> stage 1 (free until the first prefetch), first K/V tile -> stage 0.
@@ -252,12 +249,13 @@ __device__ __forceinline__ void paged_attention_impl(
   for (int c = threadIdx.x; c < ROWS * (D / 8); c += THREADS) {
     const int r = c / (D / 8);
     const int chunk = c - r * (D / 8);
-    const int row = row0 + r;
-    if (row < rows_in_seq) {
+    const int row = tile.row0 + r;
+    if (row < tile.rows_in_seq) {
       const int token = row / group;
       const long long head = kv_head * group + (row - token * group);
       cp_async_16(&q_tile[r][chunk * 8],
-                  q + (static_cast<long long>(q_begin + token) * num_heads + head) * D + chunk * 8);
+                  q + (static_cast<long long>(tile.q_begin + token) * num_heads + head) * D +
+                      chunk * 8);
     } else {
       *reinterpret_cast<uint4*>(&q_tile[r][chunk * 8]) = make_uint4(0u, 0u, 0u, 0u);
     }
@@ -265,7 +263,7 @@ __device__ __forceinline__ void paged_attention_impl(
   const long long kv_row = static_cast<long long>(num_kv_heads) * D;
   const long long plane = num_slots * kv_row;
   const T* kv_head_base = kv_cache + kv_head * D;
-  const int* block_row = block_tables + static_cast<long long>(seq) * max_blocks_per_seq;
+  const int* block_row = block_tables + static_cast<long long>(tile.seq) * max_blocks_per_seq;
   const int num_tiles = kv_hi > kv_lo ? (kv_hi - kv_lo + kBlockN - 1) / kBlockN : 0;
   // Block-table lookups run one tile ahead of the copies that need them.
   long long next_offset = key_row_offset(block_row, kv_lo + lane, kv_hi, block_size, kv_row);
@@ -313,22 +311,75 @@ __device__ __forceinline__ void paged_attention_impl(
     __syncthreads();  // everyone is done with this stage before it is refilled
   }
   store_rows<T, D>(out, part_acc, part_max, part_sum, acc, m, l, rows, num_partitions,
-                   static_cast<long long>(num_tokens) * num_heads);
+                   rows_total);
+}
+
+}  // namespace
+
+template <typename T, int D, int WARPS>
+__device__ __forceinline__ void paged_attention_impl(
+    T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_max,
+    float* __restrict__ part_sum, unsigned* __restrict__ counters, const T* __restrict__ q,
+    const T* __restrict__ kv_cache, const int* __restrict__ query_start_loc,
+    const int* __restrict__ seq_lens, const int* __restrict__ block_tables, int num_seqs,
+    int num_tokens, int num_heads, int num_kv_heads, int block_size, int max_blocks_per_seq,
+    long long num_slots, float scale_log2, int num_partitions, int min_rows, int max_rows) {
+  constexpr int ROWS = 16 * WARPS;
+  __shared__ __align__(16) KvTile<T, D> smem[2];  // [stage]
+
+  const int tile_index = cta_tile(num_kv_heads);
+  TileInfo tile;
+  tile.group = num_heads / num_kv_heads;
+  tile.seq = last_not_above(num_seqs, tile_index, [&](int i) {
+    return tile_start(query_start_loc[i], i, tile.group, ROWS);
+  });
+  tile.q_begin = query_start_loc[tile.seq];
+  const int q_len = query_start_loc[tile.seq + 1] - tile.q_begin;
+  tile.rows_in_seq = q_len * tile.group;
+  // These exits hold for every partition of the tile alike, so no counter sees them.
+  if (tile.rows_in_seq < min_rows || tile.rows_in_seq > max_rows) return;  // the other launch's
+  // Tiles run last rows first: the rows that see the most keys start earliest.
+  const int tiles_in_seq = (tile.rows_in_seq + ROWS - 1) / ROWS;
+  const int tile_in_seq = tile_index - tile_start(tile.q_begin, tile.seq, tile.group, ROWS);
+  if (tile_in_seq >= tiles_in_seq) return;
+  tile.row0 = (tiles_in_seq - 1 - tile_in_seq) * ROWS;
+  const int seq_len = seq_lens[tile.seq];
+  tile.context = seq_len - q_len;
+  const int part_len = partition_len(seq_len, num_partitions);
+  const int kv_lo = blockIdx.z * part_len;
+  const int valid_rows = min(ROWS, tile.rows_in_seq - tile.row0);
+  const long long rows_total = static_cast<long long>(num_tokens) * num_heads;
+  if (kv_lo < seq_len) {  // else a partition past the sequence's end: nothing to attend
+    const int kv_hi = min(kv_lo + part_len, tile.context + (tile.row0 + valid_rows - 1) /
+                                                               tile.group + 1);
+    attend_partition<T, D, WARPS>(smem, tile, kv_lo, kv_hi, out, part_acc, part_max, part_sum,
+                                  q, kv_cache, block_tables, num_heads, num_kv_heads,
+                                  block_size, max_blocks_per_seq, num_slots, scale_log2,
+                                  num_partitions, rows_total);
+  }
+  if (num_partitions == 1) return;
+  // Empty partitions count in too, or the count would never reach num_partitions.
+  // blockIdx.x is one (tile, kv head): its counter.
+  if (!last_to_arrive(counters + blockIdx.x, num_partitions)) return;
+  constexpr int SMEM_FLOATS = static_cast<int>(sizeof(smem) / sizeof(float));
+  merge_partitions<T, D, WARPS, SMEM_FLOATS>(
+      out, part_acc, part_max, part_sum, reinterpret_cast<float*>(&smem[0][0][0][0]),
+      tile.row0, valid_rows, tile.group, tile.q_begin, cta_kv_head(num_kv_heads), num_heads,
+      rows_total, num_live_partitions(seq_len, part_len));
 }
 
 #define INFLIGHTD_PAGED_ATTENTION(T, SUFFIX, D, WARPS)                                           \
   extern "C" __global__ void __launch_bounds__(32 * WARPS)                                       \
       paged_attention_##SUFFIX##_d##D##_w##WARPS(                                                \
-          T* out, float* part_acc, float* part_max, float* part_sum, const T* q,                \
-          const T* kv_cache, const int* query_start_loc, const int* seq_lens,                   \
+          T* out, float* part_acc, float* part_max, float* part_sum, unsigned* counters,        \
+          const T* q, const T* kv_cache, const int* query_start_loc, const int* seq_lens,       \
           const int* block_tables, int num_seqs, int num_tokens, int num_heads,                 \
           int num_kv_heads, int block_size, int max_blocks_per_seq, long long num_slots,        \
           float scale_log2, int num_partitions, int min_rows, int max_rows) {                   \
-    paged_attention_impl<T, D, WARPS>(out, part_acc, part_max, part_sum, q, kv_cache,            \
-                                      query_start_loc, seq_lens, block_tables, num_seqs,         \
-                                      num_tokens, num_heads, num_kv_heads, block_size,           \
-                                      max_blocks_per_seq, num_slots, scale_log2,                 \
-                                      num_partitions, min_rows, max_rows);                       \
+    paged_attention_impl<T, D, WARPS>(                                                           \
+        out, part_acc, part_max, part_sum, counters, q, kv_cache, query_start_loc, seq_lens,     \
+        block_tables, num_seqs, num_tokens, num_heads, num_kv_heads, block_size,                 \
+        max_blocks_per_seq, num_slots, scale_log2, num_partitions, min_rows, max_rows);          \
   }
 
 #define INFLIGHTD_PAGED_ATTENTION_WARPS(T, SUFFIX, D) \

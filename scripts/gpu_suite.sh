@@ -3,7 +3,7 @@
 # work of issue 5: "tests kernels profile sanitize"):
 #   tests     environment report, then tests/gpu (kernels against the torch references,
 #             CUDA graphs, the engine on the GPU)
-#   kernels   the kernel micro-benchmark (bench/kernels.py)
+#   kernels   the kernel micro-benchmarks (bench/kernels.py, bench/gemv.py)
 #   profile   Nsight Compute on the attention kernels (PROFILE=0 skips it)
 #   sanitize  compute-sanitizer memcheck + racecheck of one mixed attention batch (SANITIZE=0)
 #   stash     keep the carried GGUF parts (*.part_*) in /root/parts for a later call on the
@@ -11,7 +11,8 @@
 #   default   join the GGUF parts, convert the default model, and run the GPU-vs-CPU
 #             greedy comparison (tests/gpu/test_engine_gpu.py) on it
 #   build     `inflightd build` of BUILD_MODEL (default dummy:llama-3-8b) into /root/engines
-#   bench     bench/offline.py on BENCH_MODEL with the issue's acceptance arguments
+#   bench     bench/offline.py on BENCH_MODEL with the issue's acceptance arguments (and
+#             BENCH_ARGS, e.g. --compare-sync)
 # Logs go to $OUT (the device tool's output folder), else ./gpu-logs. Wheels carried in
 # .whl/ and in the folders named by WHEEL_DIRS are installed first into /tmp/site.
 #
@@ -99,13 +100,15 @@ fi
 if has bench; then
   timeout "${BENCH_TIMEOUT:-400}" python3 bench/offline.py --model "${BENCH_MODEL:-dummy:llama-3-8b}" \
     --num-prompts 512 --input-len 128:1024 --output-len 256 --peer-requests 64 \
-    --max-num-seqs 256 --max-num-batched-tokens 8192 --json "$OUT/bench_offline.json" \
+    --max-num-seqs 256 --max-num-batched-tokens 8192 --json "$OUT/bench_offline.json" ${BENCH_ARGS:-} \
     2>&1 | grep -v "it/s]$" | tee "$OUT/bench_offline.log"
   rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || fail bench "$rc"
 fi
 
 if has kernels; then
   python3 bench/kernels.py --json "$OUT/bench_kernels.json" 2>&1 | tee "$OUT/bench.log"
+  rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || fail kernels "$rc"
+  python3 bench/gemv.py 2>&1 | tee -a "$OUT/bench.log"
   rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || fail kernels "$rc"
 fi
 

@@ -53,6 +53,9 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
                        choices=("auto", "float32", "float16", "bfloat16"))
     serve.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     serve.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    serve.add_argument("--async-scheduling", choices=("auto", "on", "off"), default="auto",
+                       help="schedule the next step while the device runs this one "
+                            "(auto: on with a GPU)")
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument("--health-timeout", type=float, default=5.0,
                        help="seconds the engine has to answer a /health ping")
@@ -102,7 +105,10 @@ def serve_config(args: argparse.Namespace):
                           enable_prefix_caching=not args.disable_prefix_caching),
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs,
                                   max_num_batched_tokens=args.max_num_batched_tokens,
-                                  policy=args.policy, **scheduler_kwargs),
+                                  policy=args.policy,
+                                  async_scheduling={"auto": None, "on": True,
+                                                    "off": False}[args.async_scheduling],
+                                  **scheduler_kwargs),
         api=ApiSettings(host=args.host, port=args.port,
                         served_model_name=args.served_model_name,
                         health_timeout_s=args.health_timeout, log_level=args.log_level,

@@ -46,6 +46,9 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 2048
     max_model_len: int = 2048
     policy: str = "fcfs"  # "fcfs" or "priority"
+    # Schedule step k+1 while the device runs step k. None: on when the engine runs on a
+    # GPU (on a CPU every op already waits, so there is nothing to overlap).
+    async_scheduling: bool | None = None
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs >= 1, f"--max-num-seqs must be >= 1, got {self.max_num_seqs}")

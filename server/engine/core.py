@@ -1,21 +1,28 @@
 """EngineCore: the scheduler and the model runner, stepped together.
 
-One step is schedule -> execute -> update. The engine process loops over `step()` while
-`has_unfinished()`; the offline `LLM` calls it directly.
+One step is schedule -> execute -> update. With async scheduling (on a GPU) the update of
+step k comes after the launch of step k+1, so the host schedules and prepares while the
+device computes. The engine process loops over `step()` while `has_unfinished()`; the
+offline `LLM` calls it directly.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from server.config import CacheConfig, ModelConfig, SchedulerConfig
+from server.engine.async_output import InFlightStep
 from server.engine.runner import ModelRunner
 from server.engine.weights import ModelSource, resolve_model
-from server.scheduler.output import RequestOutput
+from server.scheduler.output import RequestOutput, SchedulerOutput
 from server.scheduler.request import Request, SamplingParams
 from server.scheduler.scheduler import Scheduler
+
+logger = logging.getLogger("inflightd.engine")
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,7 @@ class EngineCore:
                  scheduler_config: SchedulerConfig, source: ModelSource | None = None) -> None:
         source = source if source is not None else resolve_model(model_config.model)
         max_model_len = _max_model_len(model_config, source)
+        scheduler_config = _within_engine_limits(scheduler_config, source)
         self.runner = ModelRunner.from_config(
             model_config, cache_config, source=source,
             max_num_seqs=scheduler_config.max_num_seqs, max_model_len=max_model_len)
@@ -83,6 +91,11 @@ class EngineCore:
             kv_cache_tokens=self.runner.num_blocks * self.runner.block_size,
             tokenizer_dir=str(source.tokenizer_dir) if source.tokenizer_dir else None,
             device=str(self.runner.device), dtype=str(self.runner.dtype).removeprefix("torch."))
+        self.async_scheduling = (self.runner.device.type == "cuda"
+                                 if scheduler_config.async_scheduling is None
+                                 else scheduler_config.async_scheduling)
+        self._max_in_flight = 1 if self.async_scheduling else 0
+        self._in_flight: deque[tuple[SchedulerOutput, InFlightStep]] = deque()
         self._num_prompt_tokens_total = 0
         self._num_generation_tokens_total = 0
         self.last_step: StepSummary | None = None
@@ -106,18 +119,38 @@ class EngineCore:
         return [output for output in outputs if output is not None]
 
     def step(self) -> list[RequestOutput]:
+        """Schedules and launches a step, then updates the scheduler with the oldest step
+        in flight once its tokens are back: with async scheduling that is the previous
+        step (the device runs this one meanwhile), else this one. Returns the outputs of
+        the step that was updated."""
         started_at = time.monotonic()
         scheduler_output = self.scheduler.schedule()
-        model_output = self.runner.execute(scheduler_output)
-        outputs = self.scheduler.update(scheduler_output, model_output)
-        self._num_generation_tokens_total += len(model_output.sampled_token_ids)
+        self._in_flight.append((scheduler_output, self.runner.launch(scheduler_output)))
+        outputs: list[RequestOutput] = []
+        while len(self._in_flight) > self._max_in_flight or (
+                self._in_flight and scheduler_output.is_empty):
+            outputs += self._update_oldest()
         self.last_step = StepSummary(
             started_at=started_at, num_batched_tokens=scheduler_output.num_batched_tokens,
             admitted_req_ids=tuple(r.req_id for r in scheduler_output.new_requests))
         return outputs
 
+    def _update_oldest(self) -> list[RequestOutput]:
+        scheduler_output, in_flight = self._in_flight.popleft()
+        model_output = self.runner.resolve(in_flight)
+        self._num_generation_tokens_total += len(model_output.sampled_token_ids)
+        return self.scheduler.update(scheduler_output, model_output)
+
+    def set_async_scheduling(self, enabled: bool) -> None:
+        """Switches async scheduling between runs (for benchmarks comparing both)."""
+        if self._in_flight:
+            raise RuntimeError("switch async scheduling only when no step is in flight "
+                               "(after has_unfinished() turns False)")
+        self.async_scheduling = enabled
+        self._max_in_flight = 1 if enabled else 0
+
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or bool(self._in_flight)
 
     def stats(self) -> EngineStats:
         s = self.scheduler.stats
@@ -141,6 +174,21 @@ def _max_model_len(model_config: ModelConfig, source: ModelSource) -> int:
         raise ValueError(f"--max-model-len {model_config.max_model_len} is beyond the model's "
                          f"context window ({model_len} tokens)")
     return model_config.max_model_len
+
+
+def _within_engine_limits(config: SchedulerConfig, source: ModelSource) -> SchedulerConfig:
+    """An engine directory was built (graphs planned, kernels tuned) for at most
+    max_batch_size requests at once: run no more than that."""
+    if source.engine_dir is None:
+        return config
+    from server.engine.engine_dir import read_engine_config
+
+    max_batch_size = read_engine_config(source.engine_dir)[1].max_batch_size
+    if config.max_num_seqs <= max_batch_size:
+        return config
+    logger.info("running at most %d requests at once: the engine in %s was built for "
+                "--max-batch-size %d", max_batch_size, source.engine_dir, max_batch_size)
+    return replace(config, max_num_seqs=max_batch_size)
 
 
 def _with_extra_eos(params: SamplingParams, info: EngineInfo) -> SamplingParams:

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from server.engine.attention.metadata import AttentionMetadata
+from server.engine.graph_capture import capturing
 from server.engine.inputs import BlockTableTooShortError
 from server.scheduler.output import ScheduledRequest
 
@@ -108,7 +109,8 @@ class DecodeStaging:
                 raise BlockTableTooShortError(
                     f"request {s.req_id!r} computes position {position} but its "
                     f"{len(s.block_ids)} blocks of {block_size} do not cover it")
-        self.input_ids[:n] = [s.token_ids[0] for s in scheduled]
+        # a pending input's id is written on the device after the copy (TokenFeedback)
+        self.input_ids[:n] = [s.token_ids[0] if s.token_ids else 0 for s in scheduled]
         self.positions[:n] = positions
         self.slot_mapping[:n] = [s.block_ids[p // block_size] * block_size + p % block_size
                                  for s, p in zip(scheduled, positions)]
@@ -175,7 +177,7 @@ class DecodeGraphRunner:
                 self._forward(input_ids, positions, metadata)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
+            with capturing(graph, pool=pool):
                 logits = self._forward(input_ids, positions, metadata)
             self._graphs[batch_size] = (graph, logits)
         torch.cuda.synchronize(self.kv_cache.device)
@@ -185,11 +187,13 @@ class DecodeGraphRunner:
                     len(self._graphs), ",".join(map(str, self.batch_sizes)),
                     self.capture_seconds, self.pool_bytes / 2**20)
 
-    def run(self, scheduled: Sequence[ScheduledRequest], *, replay: bool = True
-            ) -> torch.Tensor:
+    def run(self, scheduled: Sequence[ScheduledRequest], *, replay: bool = True,
+            before_replay: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
         """float32 logits [n, vocab] of the n scheduled decodes, in order: a view of the
         graph's output, valid until the next replay. replay=False runs the same padded
-        step eagerly on the same static inputs (what the graph must reproduce exactly)."""
+        step eagerly on the same static inputs (what the graph must reproduce exactly).
+        before_replay gets the step's device input_ids once they are copied (to write
+        pending inputs into them)."""
         if not self._graphs:
             self.capture()
         num_seqs = len(scheduled)
@@ -200,6 +204,9 @@ class DecodeGraphRunner:
         words = self.staging.num_words_for(batch_size)
         self.device_words[:words].copy_(self.staging.buffer[:words], non_blocking=True)
         self._copied.record()
+        if before_replay is not None:
+            before_replay(self.device_words[:6 * self.staging.max_batch_size]
+                          .view(torch.int64)[:num_seqs])
         if not replay:
             return self._forward(*self._static_inputs(batch_size))[:num_seqs]
         graph, logits = self._graphs[batch_size]
@@ -236,7 +243,7 @@ class DecodeGraphRunner:
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                  metadata: AttentionMetadata) -> torch.Tensor:
         hidden = self.model.forward(input_ids, positions, self.kv_cache, metadata, self.ops)
-        return self.model.compute_logits(hidden)
+        return self.model.compute_logits(hidden, self.ops)
 
     def _static_inputs(self, batch_size: int
                        ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:

@@ -13,8 +13,13 @@ previous request's. For example, with block_size 4,
     # slot of row r  block_tables[req(r), pos // 4] * 4 + pos % 4
     # sample_indices [4, 5, 8]: the last row of each request with sample=True
 
+A decode with pending_input (async scheduling) gets token 0 in its row, listed in
+pending_rows: the runner overwrites it on the device with the id the previous step sampled.
+
 Lists are built in Python (extend, range), then each field becomes one tensor; the
-per-token slot arithmetic is done by torch on the host before one copy to the device.
+per-token slot arithmetic is done by torch on the host. Host tensors reach a GPU through
+pinned memory without blocking, so the host can prepare a step while the GPU still runs the
+previous one.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ class StepInputs:
     attn: AttentionMetadata
     sample_indices: torch.Tensor  # int64 [num sampled]: rows whose logits are sampled
     sampled_req_ids: tuple[str, ...]  # same order as sample_indices
+    pending_rows: tuple[int, ...] = ()  # rows whose token the previous step sampled
+    pending_req_ids: tuple[str, ...] = ()  # same order as pending_rows
 
     @property
     def num_tokens(self) -> int:
@@ -55,6 +62,7 @@ def prepare_inputs(scheduler_output: SchedulerOutput, *, block_size: int,
     block_table_rows: list[tuple[int, ...]] = []
     sampled_req_ids: list[str] = []
     sample_rows: list[int] = []
+    pending_rows: list[int] = []
     for req in scheduled:
         end = req.start_position + req.num_tokens
         if len(req.block_ids) * block_size < end:
@@ -63,6 +71,9 @@ def prepare_inputs(scheduler_output: SchedulerOutput, *, block_size: int,
                 f"{len(req.block_ids)} blocks of {block_size} cover only "
                 f"{len(req.block_ids) * block_size}")
         input_ids.extend(req.token_ids)
+        if req.pending_input:
+            pending_rows.append(len(input_ids))
+            input_ids.append(0)
         positions.extend(range(req.start_position, end))
         context_lens.append(req.start_position)
         query_lens.append(req.num_tokens)
@@ -80,26 +91,38 @@ def prepare_inputs(scheduler_output: SchedulerOutput, *, block_size: int,
     block_tables_t = torch.tensor(padded_tables, dtype=torch.int32).reshape(len(scheduled), width)
     slot_mapping = _slot_mapping(positions_t, block_tables_t, query_lens, block_size)
 
+    device = torch.device(device)
     attn = AttentionMetadata(
         num_tokens=len(input_ids),
         num_seqs=len(scheduled),
-        query_start_loc=torch.tensor(query_start_loc, dtype=torch.int32, device=device),
-        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
-        context_lens=torch.tensor(context_lens, dtype=torch.int32, device=device),
-        block_tables=block_tables_t.to(device),
-        slot_mapping=slot_mapping.to(device),
+        query_start_loc=host_to_device(torch.tensor(query_start_loc, dtype=torch.int32), device),
+        seq_lens=host_to_device(torch.tensor(seq_lens, dtype=torch.int32), device),
+        context_lens=host_to_device(torch.tensor(context_lens, dtype=torch.int32), device),
+        block_tables=host_to_device(block_tables_t, device),
+        slot_mapping=host_to_device(slot_mapping, device),
         max_query_len=max(query_lens, default=0),
         max_seq_len=max(seq_lens, default=0),
         query_lens_host=tuple(query_lens),
         seq_lens_host=tuple(seq_lens),
     )
     return StepInputs(
-        input_ids=torch.tensor(input_ids, dtype=torch.int64, device=device),
-        positions=positions_t.to(device),
+        input_ids=host_to_device(torch.tensor(input_ids, dtype=torch.int64), device),
+        positions=host_to_device(positions_t, device),
         attn=attn,
-        sample_indices=torch.tensor(sample_rows, dtype=torch.int64, device=device),
+        sample_indices=host_to_device(torch.tensor(sample_rows, dtype=torch.int64), device),
         sampled_req_ids=tuple(sampled_req_ids),
+        pending_rows=tuple(pending_rows),
+        pending_req_ids=tuple(r.req_id for r in scheduled if r.pending_input),
     )
+
+
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A copy on device that does not make the host wait for the GPU's queued work (a
+    pageable copy would): staged through pinned memory, which torch's caching host
+    allocator keeps until the copy has read it."""
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _slot_mapping(positions: torch.Tensor, block_tables: torch.Tensor, query_lens: list[int],

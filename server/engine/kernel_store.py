@@ -61,7 +61,12 @@ def load_cubins(engine_dir: Path, arch: str, *, csrc_dir: Path = CSRC_DIR) -> di
         if hashlib.sha256(cubin).hexdigest() != entry["sha256"]:
             raise KernelStoreError(f"{kernels_dir / entry['file']} does not match its manifest "
                                    "checksum; the engine directory is damaged")
-        if source_hash(name, csrc_dir) != entry["source_sha256"]:
+        try:
+            current_hash = source_hash(name, csrc_dir)
+        except FileNotFoundError:
+            raise KernelStoreError(f"{engine_dir} has a {name} cubin, a kernel this inflightd "
+                                   "no longer has; rebuild the engine") from None
+        if current_hash != entry["source_sha256"]:
             raise KernelStoreError(f"the {name} cubin in {engine_dir} was built from other "
                                    "kernel sources than this inflightd's; rebuild the engine")
         cubins[name] = cubin

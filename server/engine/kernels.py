@@ -45,11 +45,10 @@ MODULES: tuple[KernelModule, ...] = (
     KernelModule("activation", True, _names("silu_and_mul_{dt}_vec{v}", dt=DTYPES, v=(8, 1))),
     KernelModule("rope_cache", False,
                  _names("rope_and_cache_{dt}{cos}", dt=DTYPES, cos=("", "_f32cos"))),
+    KernelModule("gemv", False, _names("gemv_{dt}_m{m}", dt=DTYPES, m=(1, 2, 3, 4))),
     KernelModule("paged_attention", True,
                  _names("paged_attention_{dt}_d{d}_w{w}", dt=DTYPES, d=ATTENTION_HEAD_DIMS,
                         w=ATTENTION_WARPS)),
-    KernelModule("attention_merge", True,
-                 _names("attention_merge_{dt}_d{d}", dt=DTYPES, d=ATTENTION_HEAD_DIMS)),
 )
 MODULES_BY_NAME = {module.name: module for module in MODULES}
 
@@ -93,6 +92,8 @@ class KernelLibrary:
         self._kernels: dict[str, object] = {}
         self._streams: dict[int, object] = {}
         self._occupancy: dict[str, int] = {}
+        self._zeroed: dict[str, torch.Tensor] = {}
+        self._outgrown: list[torch.Tensor] = []  # captured graphs may still point at these
 
     def load_all(self) -> None:
         """Compiles (or loads) every module now rather than at first use."""
@@ -117,6 +118,25 @@ class KernelLibrary:
             count = max(1, int(occupancy.max_active_blocks_per_multiprocessor(threads, 0)))
             self._occupancy[key] = count
         return count
+
+    def zeroed_int32(self, name: str, size: int) -> torch.Tensor:
+        """A persistent int32 buffer of at least `size` words, zeroed when made, for kernels
+        that leave it zeroed again (the attention kernel's arrival counters); every caller
+        naming `name` shares it, so their launches must not overlap in time. It grows only
+        outside CUDA-graph capture, where its zeroing would be recorded rather than run: run
+        a step eagerly first (as a warm-up does). An outgrown buffer is kept, never freed."""
+        buffer = self._zeroed.get(name)
+        if buffer is None or buffer.numel() < size:
+            if torch.cuda.is_current_stream_capturing():
+                raise KernelArgumentError(
+                    f"{name}: {size} zeroed words needed while capturing a CUDA graph; run "
+                    "the step once eagerly before capturing it")
+            if buffer is not None:
+                self._outgrown.append(buffer)
+            buffer = torch.zeros(max(size, 4096, 2 * (0 if buffer is None else buffer.numel())),
+                                 dtype=torch.int32, device=self.device)
+            self._zeroed[name] = buffer
+        return buffer
 
     def _kernel(self, module: str, function: str):
         key = f"{module}:{function}"

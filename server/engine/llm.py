@@ -38,7 +38,7 @@ class LLM:
                  block_size: int = 16, num_blocks: int | None = None,
                  kv_cache_tokens: int | None = None, memory_fraction: float | None = None,
                  enable_prefix_caching: bool = True, seed: int = 0,
-                 enforce_eager: bool = False) -> None:
+                 enforce_eager: bool = False, async_scheduling: bool | None = None) -> None:
         if num_blocks is None and kv_cache_tokens is None and memory_fraction is None:
             memory_fraction = 0.9 if _device_is_cuda(device) else None
             kv_cache_tokens = None if memory_fraction else 65536
@@ -51,7 +51,8 @@ class LLM:
                                      memory_fraction=memory_fraction,
                                      enable_prefix_caching=enable_prefix_caching),
             scheduler_config=SchedulerConfig(max_num_seqs=max_num_seqs,
-                                             max_num_batched_tokens=max_num_batched_tokens))
+                                             max_num_batched_tokens=max_num_batched_tokens,
+                                             async_scheduling=async_scheduling))
         self.tokenizer = _load_tokenizer(self.engine.info.tokenizer_dir)
         self._req_counter = itertools.count()
 

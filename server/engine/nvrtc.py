@@ -15,7 +15,7 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 CSRC_DIR = Path(__file__).resolve().parents[2] / "csrc"
@@ -135,18 +135,42 @@ def _nvrtc_compile(path: Path, *, arch: str, fast_math: bool,
     return CompiledKernel(cubin=bytes(obj.code), log=log.getvalue().replace("\x00", ""))
 
 
-def spilled_kernels(log: str) -> list[str]:
-    """Kernels whose ptxas report shows a stack frame or spills (slow local memory)."""
-    spilled: list[str] = []
+@dataclass(frozen=True)
+class KernelResources:
+    """One kernel's lines of a ptxas -v report."""
+
+    registers: int = 0
+    smem_bytes: int = 0
+    stack_bytes: int = 0
+    spill_store_bytes: int = 0
+
+
+def kernel_resources(log: str) -> dict[str, KernelResources]:
+    """{kernel: its registers, static shared memory, stack and spills} from ptxas -v."""
+    found: dict[str, KernelResources] = {}
     current = None
     for line in log.splitlines():
         entry = re.search(r"Compiling entry function '([^']+)'", line)
         if entry:
             current = entry.group(1)
-        usage = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores", line)
-        if usage and current and (int(usage.group(1)) or int(usage.group(2))):
-            spilled.append(current)
-    return spilled
+            found[current] = KernelResources()
+        elif current is None:
+            continue
+        frame = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores", line)
+        if frame:
+            found[current] = replace(found[current], stack_bytes=int(frame.group(1)),
+                                     spill_store_bytes=int(frame.group(2)))
+        used = re.search(r"Used (\d+) registers.*?(\d+) bytes smem", line)
+        if used:
+            found[current] = replace(found[current], registers=int(used.group(1)),
+                                     smem_bytes=int(used.group(2)))
+    return found
+
+
+def spilled_kernels(log: str) -> list[str]:
+    """Kernels whose ptxas report shows a stack frame or spills (slow local memory)."""
+    return [name for name, usage in kernel_resources(log).items()
+            if usage.stack_bytes or usage.spill_store_bytes]
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -1,11 +1,13 @@
 """ModelRunner: owns the model, the KV pool and the sampler, and runs one step at a time.
 
-    execute(SchedulerOutput)
+    launch(SchedulerOutput) -> InFlightStep       resolve(InFlightStep) -> ModelOutput
       -> forget finished / preempted requests, remember new ones (sampling state, history)
       -> decode-only step that fits a captured bucket: replay its CUDA graph
          otherwise: prepare_inputs -> model.forward -> logits of the sampled rows
-      -> sampler (all plain-greedy rows: one argmax) -> ModelOutput
-         (and each sampled token appended to its request's history)
+         (pending inputs written on the device from the previous step's sampled ids)
+      -> sampler (all plain-greedy rows: one argmax, left on the device) -> InFlightStep
+    resolve waits for the ids and appends each to its request's history;
+    execute = resolve(launch(...)).
 
 The history feeds the penalties and the seeded noise; the runner keeps its own copy so
 nothing else has to send it every step.
@@ -23,8 +25,9 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from server.config import CacheConfig, ModelConfig
+from server.engine.async_output import InFlightStep, TokenFeedback
 from server.engine.cuda_graphs import DecodeGraphRunner
-from server.engine.inputs import prepare_inputs
+from server.engine.inputs import host_to_device, prepare_inputs
 from server.engine.models.config import ModelArchConfig
 from server.engine.models.llama import LlamaModel
 from server.engine.ops import Ops
@@ -136,6 +139,8 @@ class ModelRunner:
             memory_fraction=memory_fraction)
         self.sampler = Sampler(device=self.device, seed=seed)
         self._requests: dict[str, RequestSamplingState] = {}
+        self._feedback = TokenFeedback()
+        self._unresolved: list[InFlightStep] = []  # launched, tokens not in the histories
         self.graphs: DecodeGraphRunner | None = None
         if not enforce_eager and self.device.type == "cuda" and _is_cuda_ops(self.ops):
             engine = _engine_config(source)
@@ -183,26 +188,55 @@ class ModelRunner:
         if self.graphs is not None and not self.graphs.captured:
             self.graphs.capture()
 
-    @torch.inference_mode()
     def execute(self, scheduler_output: SchedulerOutput) -> ModelOutput:
         """Runs one step; returns one token per scheduled request with sample=True, in
         scheduled order."""
+        return self.resolve(self.launch(scheduler_output))
+
+    @torch.inference_mode()
+    def launch(self, scheduler_output: SchedulerOutput) -> InFlightStep:
+        """Queues one step on the device and returns without waiting for it when every
+        sampled row is plain greedy (other sampling reads the request histories on the
+        host, so it waits for the previous step and for this one)."""
         self.update_requests(scheduler_output)
         if scheduler_output.is_empty:
-            return ModelOutput(req_ids=(), sampled_token_ids=())
+            return InFlightStep.done(ModelOutput(req_ids=(), sampled_token_ids=()))
         req_ids, logits = self.forward_logits(scheduler_output)
         if not req_ids:
-            return ModelOutput(req_ids=(), sampled_token_ids=())
+            return self._launched(InFlightStep.done(ModelOutput(req_ids=(),
+                                                                sampled_token_ids=())))
         states = [self._state(req_id) for req_id in req_ids]
         if all(_is_plain_greedy(state) for state in states):
             # What the sampler does for such rows, minus building its per-step tensors.
-            token_ids, logprobs = tuple(logits.argmax(dim=-1).tolist()), None
-        else:
-            sampled = self.sampler.sample(logits, states)
-            token_ids, logprobs = sampled.sampled_token_ids, sampled.logprobs
-        for state, token_id in zip(states, token_ids):
-            state.output_token_ids.append(token_id)
-        return ModelOutput(req_ids=req_ids, sampled_token_ids=token_ids, logprobs=logprobs)
+            token_ids = logits.argmax(dim=-1)
+            self._feedback.remember(req_ids, token_ids)
+            return self._launched(InFlightStep.copying(req_ids, token_ids))
+        while self._unresolved:
+            self.resolve(self._unresolved[0])  # the penalties and seeds need its tokens
+        sampled = self.sampler.sample(logits, states)
+        self._feedback.remember(req_ids, torch.tensor(sampled.sampled_token_ids,
+                                                      dtype=torch.int64, device=self.device))
+        return self._launched(InFlightStep.done(ModelOutput(
+            req_ids=req_ids, sampled_token_ids=sampled.sampled_token_ids,
+            logprobs=sampled.logprobs)))
+
+    def resolve(self, step: InFlightStep) -> ModelOutput:
+        """Waits for a launched step's tokens and appends them to the request histories
+        (once); requests forgotten since are skipped."""
+        output = step.output()
+        if not step.in_history:
+            step.in_history = True
+            for req_id, token_id in zip(output.req_ids, output.sampled_token_ids):
+                state = self._requests.get(req_id)
+                if state is not None:
+                    state.output_token_ids.append(token_id)
+        if step in self._unresolved:
+            self._unresolved.remove(step)
+        return output
+
+    def _launched(self, step: InFlightStep) -> InFlightStep:
+        self._unresolved.append(step)
+        return step
 
     @torch.inference_mode()
     def forward_logits(self, scheduler_output: SchedulerOutput, *, allow_graph: bool = True
@@ -217,18 +251,27 @@ class ModelRunner:
             return self._replay(scheduled)
         inputs = prepare_inputs(scheduler_output, block_size=self.block_size,
                                 device=self.device)
+        self._feedback.write_into(inputs.input_ids, rows=inputs.pending_rows,
+                                  req_ids=inputs.pending_req_ids)
         hidden = self.model.forward(inputs.input_ids, inputs.positions, self.kv_pool.kv_cache,
                                     inputs.attn, self.ops)
-        logits = self.model.compute_logits(hidden[inputs.sample_indices])
+        logits = self.model.compute_logits(hidden[inputs.sample_indices], self.ops)
         return inputs.sampled_req_ids, logits
 
     def _replay(self, scheduled: Sequence) -> tuple[tuple[str, ...], torch.Tensor]:
-        logits = self.graphs.run(scheduled)
+        pending = [(row, s.req_id) for row, s in enumerate(scheduled) if s.pending_input]
+
+        def feed_pending(input_ids: torch.Tensor) -> None:
+            self._feedback.write_into(input_ids, rows=[row for row, _ in pending],
+                                      req_ids=[req_id for _, req_id in pending])
+
+        logits = self.graphs.run(scheduled, before_replay=feed_pending if pending else None)
         rows = [row for row, s in enumerate(scheduled) if s.sample]
         req_ids = tuple(scheduled[row].req_id for row in rows)
         if len(rows) == len(scheduled):
             return req_ids, logits
-        return req_ids, logits[torch.tensor(rows, dtype=torch.int64, device=self.device)]
+        return req_ids, logits[host_to_device(torch.tensor(rows, dtype=torch.int64),
+                                              self.device)]
 
     def update_requests(self, scheduler_output: SchedulerOutput) -> None:
         """Drops finished and preempted requests, then (re)adds the new ones: a preempted

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from server.engine.attention.metadata import AttentionMetadata
+from server.engine.graph_capture import capturing
 from server.engine.kernels import KernelLibrary
 from server.engine.ops.cuda import CudaOps
 from server.engine.ops.cuda_attention import paged_attention_into, plan_for
@@ -226,7 +227,7 @@ def time_decode_attention(library: KernelLibrary, tuning: KernelTuning, q: torch
         ops.attention(q, kv_cache, metadata, scale)
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with capturing(graph):
         for _ in range(calls):
             ops.attention(q, kv_cache, metadata, scale)
     graph.replay()

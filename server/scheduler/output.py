@@ -28,17 +28,22 @@ class ScheduledRequest:
 
     # | computed earlier (in the KV cache) | token_ids (this step) |
     #                                      ^ start_position
+
+    With async scheduling a decode may compute a token whose id the host does not know
+    yet: the one the previous step sampled for this request. Then pending_input is True,
+    token_ids is empty and the runner takes the id from the previous step's device output.
     """
 
     req_id: str
     token_ids: tuple[int, ...]
     start_position: int
-    block_ids: tuple[int, ...]  # the whole block table, covering start_position + len(token_ids)
-    sample: bool  # True when this step computes the request's last known token
+    block_ids: tuple[int, ...]  # the whole block table, covering start_position + num_tokens
+    sample: bool  # True when this step computes the request's newest token
+    pending_input: bool = False
 
     @property
     def num_tokens(self) -> int:
-        return len(self.token_ids)
+        return len(self.token_ids) + self.pending_input
 
 
 @dataclass(frozen=True)

@@ -96,8 +96,13 @@ _FINISH_REASONS = {RequestStatus.FINISHED_STOPPED: "stop",
 class Request:
     """A request as the scheduler tracks it.
 
-    # | prompt_token_ids | output_token_ids |
-    # |<---- num_computed_tokens ---->|     ^ num_tokens
+    # | prompt_token_ids | output_token_ids | pending |
+    # |<---------- num_computed_tokens ---------->|    ^ num_tokens + num_pending_tokens
+    #                                       ^ num_tokens
+
+    Pending tokens were sampled by a step still in flight (async scheduling): their ids are
+    on the device, not here yet. A step may compute the newest one (the runner feeds it
+    from the device); update() appends each one when its step is read back.
     """
 
     req_id: str
@@ -109,6 +114,7 @@ class Request:
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
     num_cached_tokens: int = 0  # prompt tokens found in the prefix cache on first schedule
+    num_pending_tokens: int = 0
     status: RequestStatus = RequestStatus.WAITING
 
     @property

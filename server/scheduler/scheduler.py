@@ -12,7 +12,18 @@ policy.py) is preempted: its blocks are freed and it waits at the head of the qu
 tokens it has generated, to be recomputed on resume (prefix-cache hits make that cheaper).
 
 The engine calls, per step: out = schedule(); res = runner.execute(out); update(out, res).
-schedule() only plans; update() advances the computed counts and appends sampled tokens.
+schedule() plans the step and counts its tokens as computed; update() appends the sampled
+tokens, registers newly full blocks in the prefix cache and retires finished requests.
+With async scheduling the engine schedules step k+1 before it reads step k back:
+
+    schedule(k) -> launch(k) -> update(k-1) -> schedule(k+1) -> launch(k+1) -> update(k) ...
+
+so at schedule(k+1) each request sampled in step k has one pending token (its id still on
+the device). Its decode is scheduled with pending_input and the runner feeds the id from
+the device. A request whose pending tokens would reach max_tokens is not scheduled again;
+one that stops on a token is retired by update(k), and what step k+1 sampled for it is
+dropped. A waiting request is not admitted while it has a pending token (recomputing it
+needs every id).
 abort() returns the aborted request's final RequestOutput at once (finish_reason "abort");
 update() never reports it again, and the next SchedulerOutput lists it in finished_req_ids.
 """
@@ -117,12 +128,15 @@ class Scheduler:
         index = 0
         while index < len(self._running) and budget > 0:
             request = self._running[index]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            index += 1
+            if _awaits_last_token(request):
+                continue
+            num_new = min(_num_tokens_with_pending(request) - request.num_computed_tokens,
+                          budget)
             if not self._make_room(request, num_new, preempted_req_ids):
                 break  # it preempted itself, and every request after it before that
             scheduled.append(self._schedule_chunk(request, num_new))
             budget -= num_new
-            index += 1
         return scheduled, preempted_req_ids
 
     def _make_room(self, request: Request, num_new: int, preempted_req_ids: list[str]) -> bool:
@@ -151,6 +165,8 @@ class Scheduler:
         while (self._waiting and budget > 0
                and len(self._running) < self._config.max_num_seqs):
             request = self._waiting.peek()
+            if request.num_pending_tokens:
+                break  # preempted with a token in flight: it resumes once the id is here
             num_new = self._admit(request, budget)
             if num_new is None:
                 break  # no room for the head: later ones wait behind it, in order
@@ -180,53 +196,68 @@ class Scheduler:
         return num_new
 
     def _schedule_chunk(self, request: Request, num_new: int) -> ScheduledRequest:
+        """Plans the chunk and counts it as computed (the step that computes it is the
+        next one the engine launches)."""
         start = request.num_computed_tokens
         end = start + num_new
+        num_known = request.num_tokens
+        pending_input = end > num_known
+        if pending_input and (start != num_known or request.num_pending_tokens != 1):
+            raise StaleSchedulerOutputError(
+                f"request {request.req_id!r}: a step needs {end - num_known} token ids not "
+                f"read back yet; run at most one step ahead of update()")
+        sample = end == num_known + request.num_pending_tokens
+        request.num_computed_tokens = end
+        request.num_pending_tokens += sample
         return ScheduledRequest(
-            req_id=request.req_id, token_ids=_token_slice(request, start, end),
+            req_id=request.req_id, token_ids=_token_slice(request, start, min(end, num_known)),
             start_position=start,
             block_ids=self._block_manager.get_block_table(request.req_id).block_ids,
-            sample=end == request.num_tokens)
+            sample=sample, pending_input=pending_input)
 
     # ---- after the model ran -----------------------------------------------------------
 
     def update(self, scheduler_output: SchedulerOutput,
                model_output: ModelOutput) -> list[RequestOutput]:
-        """Advance every scheduled request by its chunk and append the sampled tokens.
-        Returns an output for each request that got a token (finished or not)."""
+        """Append the step's sampled tokens (in step order: pass each schedule() output
+        once). Returns an output for each request that got a token (finished or not)."""
         sampled = _sampled_by_req_id(scheduler_output, model_output)
         outputs: list[RequestOutput] = []
         for chunk in scheduler_output.scheduled:
             request = self._requests.get(chunk.req_id)
             if request is None:
-                continue  # aborted after schedule(); its output was returned by abort()
-            self._advance(request, chunk)
+                continue  # finished or aborted since schedule(); nothing more to report
+            if chunk.sample and not request.num_pending_tokens:
+                raise StaleSchedulerOutputError(
+                    f"request {request.req_id!r} has no token in flight; pass update() "
+                    f"each schedule() output once, in order")
+            self._cache_full_blocks(request, chunk)
             if chunk.sample:
                 token_id, logprobs = sampled[chunk.req_id]
                 outputs.append(self._append_token(request, token_id, logprobs))
         return outputs
 
-    def _advance(self, request: Request, chunk: ScheduledRequest) -> None:
-        if chunk.start_position != request.num_computed_tokens:
-            raise StaleSchedulerOutputError(
-                f"request {request.req_id!r}: chunk starts at {chunk.start_position} but "
-                f"{request.num_computed_tokens} tokens are computed; pass update() the "
-                f"latest schedule() output, once")
-        before = request.num_computed_tokens
-        request.num_computed_tokens += chunk.num_tokens
+    def _cache_full_blocks(self, request: Request, chunk: ScheduledRequest) -> None:
+        """A block the chunk filled up now holds computed KV and can be shared."""
+        if request.status is not RequestStatus.RUNNING:
+            return  # preempted since: its blocks are gone
+        end = chunk.start_position + chunk.num_tokens
         block_size = self._block_manager.block_size
-        if request.num_computed_tokens // block_size > before // block_size:
-            # a block just filled up: its KV now exists and can be shared
+        if end // block_size > chunk.start_position // block_size:
             self._block_manager.cache_computed_blocks(
-                request.req_id, request.all_token_ids, request.num_computed_tokens)
+                request.req_id, request.all_token_ids, end)
 
     def _append_token(self, request: Request, token_id: int,
                       logprobs: TokenLogprobs | None) -> RequestOutput:
+        request.num_pending_tokens -= 1
         request.output_token_ids.append(token_id)
         finish_status = _stop_status(request, token_id)
         if finish_status is not None:
-            _remove_by_identity(self._running, request)
-            self._block_manager.free(request.req_id)
+            if request.status is RequestStatus.RUNNING:
+                _remove_by_identity(self._running, request)
+                self._block_manager.free(request.req_id)
+            else:  # preempted while its token was in flight
+                self._waiting.remove(request)
             self._retire(request, finish_status)
         return _request_output(request, (token_id,), logprobs)
 
@@ -259,6 +290,16 @@ class Scheduler:
                 "kv_cache_too_small",
                 f"prompt + max_tokens needs {total - 1} KV slots but the whole KV cache "
                 f"holds {capacity}; lower max_tokens or give the cache more memory")
+
+
+def _num_tokens_with_pending(request: Request) -> int:
+    return request.num_tokens + request.num_pending_tokens
+
+
+def _awaits_last_token(request: Request) -> bool:
+    """Its pending tokens already reach max_tokens: nothing more to compute."""
+    num_outputs = len(request.output_token_ids) + request.num_pending_tokens
+    return request.num_pending_tokens > 0 and num_outputs >= request.sampling_params.max_tokens
 
 
 def _stop_status(request: Request, token_id: int) -> RequestStatus | None:

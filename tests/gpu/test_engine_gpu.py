@@ -111,3 +111,21 @@ def test_engine_dir_serves_its_cubins_and_tuning_without_compiling(tmp_path, mon
     outs = llm.generate(prompts, params)
     assert [len(o.token_ids) for o in outs] == [12] * 6
     assert runner.graphs.num_replays >= 11
+
+
+def test_async_scheduling_on_the_gpu_gives_the_tokens_of_sync_scheduling():
+    # as many requests as seats and a roomy cache: both modes batch the same steps
+    prompts = [[7 + i] * (5 + 37 * i) for i in range(6)]
+    greedy = [SamplingParams(temperature=0, max_tokens=10 + 3 * i, ignore_eos=True)
+              for i in range(6)]
+    mixed = [p if i % 2 else SamplingParams(temperature=0.8, seed=i, max_tokens=9 + i,
+                                            ignore_eos=True) for i, p in enumerate(greedy)]
+    runs = {}
+    for async_scheduling in (False, True):
+        llm = LLM("dummy:smollm2-135m", device="cuda", kv_cache_tokens=KV_TOKENS,
+                  max_num_seqs=8, async_scheduling=async_scheduling)
+        assert llm.engine.async_scheduling is async_scheduling
+        runs[async_scheduling] = [[c.token_ids for c in llm.generate(prompts, params)]
+                                  for params in (greedy, mixed)]
+        assert llm.engine.runner.graphs.num_replays >= 2 * 9
+    assert runs[True] == runs[False]

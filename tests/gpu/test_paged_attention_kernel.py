@@ -1,5 +1,7 @@
-"""Paged attention (csrc/paged_attention.cu + attention_merge.cu) against TorchOps.attention
-on packed batches mixing prefill chunks, prefix-cache hits and decodes."""
+"""Paged attention (csrc/paged_attention.cu, which merges its own key partitions with
+csrc/attention_merge.cuh) against TorchOps.attention on packed batches mixing prefill
+chunks, prefix-cache hits and decodes; split launches must leave their arrival counters at
+0, so the next launch, and the next replay of a captured graph, is right too."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import dataclasses
 import pytest
 import torch
 
-from server.engine.ops.cuda_attention import allocate_workspace, paged_attention_into, plan_for
+from server.engine.ops.cuda_attention import (COUNTERS, allocate_workspace,
+                                              paged_attention_into, plan_for)
 from tests.gpu.helpers import (DTYPE_IDS, DTYPES, assert_close, cuda_generator, paged_batch,
                                poisoned, random_tensor)
 
@@ -24,8 +27,7 @@ BATCHES = {
 }
 
 
-def run_case(library, torch_ops, *, batch: str, heads: str, head_dim: int, dtype: torch.dtype,
-             seed: int, num_partitions: int | None = None):
+def make_inputs(*, batch: str, heads: str, head_dim: int, dtype: torch.dtype, seed: int):
     query_lens, context_lens, block_size = BATCHES[batch]
     num_heads, num_kv_heads = HEADS[heads]
     kv_cache, metadata = paged_batch(query_lens=query_lens, context_lens=context_lens,
@@ -33,20 +35,41 @@ def run_case(library, torch_ops, *, batch: str, heads: str, head_dim: int, dtype
                                      head_dim=head_dim, dtype=dtype, seed=seed)
     q = random_tensor((metadata.num_tokens, num_heads, head_dim), dtype=dtype,
                       generator=cuda_generator(seed + 1))
+    return q, kv_cache, metadata
+
+
+def nan_workspace(plan, q: torch.Tensor, kv_cache: torch.Tensor):
+    num_tokens, num_heads, head_dim = q.shape
+    workspace = allocate_workspace(plan, num_tokens=num_tokens, num_heads=num_heads,
+                                   num_kv_heads=kv_cache.shape[3], head_dim=head_dim,
+                                   device=q.device)
+    if workspace is not None:
+        for part in (workspace.part_acc, workspace.part_max, workspace.part_sum):
+            part.fill_(float("nan"))  # the merge must read only partitions that were written
+    return workspace
+
+
+def assert_counters_at_zero(counters: torch.Tensor, *, what: str) -> None:
+    left = int(torch.count_nonzero(counters))
+    assert left == 0, f"{what}: {left} arrival counters were not returned to 0"
+
+
+def run_case(library, torch_ops, *, batch: str, heads: str, head_dim: int, dtype: torch.dtype,
+             seed: int, num_partitions: int | None = None):
+    q, kv_cache, metadata = make_inputs(batch=batch, heads=heads, head_dim=head_dim,
+                                        dtype=dtype, seed=seed)
     scale = head_dim ** -0.5
     plan = plan_for(library, q, kv_cache, metadata)
     if num_partitions is not None:
         plan = dataclasses.replace(plan, num_partitions=num_partitions)
-    workspace = allocate_workspace(plan, num_tokens=metadata.num_tokens, num_heads=num_heads,
-                                   head_dim=head_dim, device=q.device)
-    if workspace is not None:
-        for part in (workspace.part_acc, workspace.part_max, workspace.part_sum):
-            part.fill_(float("nan"))  # the merge must read only partitions that were written
+    workspace = nan_workspace(plan, q, kv_cache)
     out = poisoned(tuple(q.shape), dtype=dtype)
     paged_attention_into(library, out, q, kv_cache, metadata, scale, workspace=workspace,
                          plan=plan)
-    ref = torch_ops.attention(q, kv_cache, metadata, scale)
-    assert_close(out, ref, what=f"attention {batch}/{heads}/d{head_dim}/{dtype} {plan}")
+    what = f"attention {batch}/{heads}/d{head_dim}/{dtype} {plan}"
+    assert_close(out, torch_ops.attention(q, kv_cache, metadata, scale), what=what)
+    if workspace is not None:
+        assert_counters_at_zero(workspace.counters, what=what)
     return plan
 
 
@@ -73,6 +96,90 @@ def test_any_partition_count_gives_the_same_attention(library, torch_ops, batch,
     # A captured graph keeps the partition count of its capture whatever the lengths later.
     run_case(library, torch_ops, batch=batch, heads="gqa", head_dim=128, dtype=torch.float16,
              seed=num_partitions, num_partitions=num_partitions)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("head_dim", (64, 128))
+@pytest.mark.parametrize("heads", tuple(HEADS))
+@pytest.mark.parametrize("batch", ("mixed", "decode", "prefix-hits"))
+def test_split_attention_merges_in_the_last_cta(library, torch_ops, batch, heads, head_dim,
+                                                dtype):
+    # 5 parts: short sequences leave parts empty (they still count in), the 1-, 2- and
+    # 4-warp launches of a mixed batch share the counters, and group 16 (mqa) makes a decode
+    # tile merge its rows in two batches.
+    run_case(library, torch_ops, batch=batch, heads=heads, head_dim=head_dim, dtype=dtype,
+             seed=len(batch) + head_dim, num_partitions=5)
+
+
+@pytest.mark.parametrize("head_dim", (64, 128))
+def test_split_launches_in_a_row_reuse_one_workspace(library, torch_ops, head_dim):
+    scale = head_dim ** -0.5
+    q, kv_cache, metadata = make_inputs(batch="mixed", heads="gqa", head_dim=head_dim,
+                                        dtype=torch.bfloat16, seed=31)
+    plan = dataclasses.replace(plan_for(library, q, kv_cache, metadata), num_partitions=9)
+    workspace = nan_workspace(plan, q, kv_cache)
+    for seed in (31, 32, 33):  # same shapes, new keys, queries and block tables
+        q, kv_cache, metadata = make_inputs(batch="mixed", heads="gqa", head_dim=head_dim,
+                                            dtype=torch.bfloat16, seed=seed)
+        out = poisoned(tuple(q.shape), dtype=q.dtype)
+        paged_attention_into(library, out, q, kv_cache, metadata, scale, workspace=workspace,
+                             plan=plan)
+        assert_close(out, torch_ops.attention(q, kv_cache, metadata, scale),
+                     what=f"launch with seed {seed} on a reused workspace")
+        assert_counters_at_zero(workspace.counters, what=f"seed {seed}")
+
+
+def test_split_launches_without_workspace_share_the_library_counters(library, torch_ops):
+    # Launches of different batches (and grids) take turns on the same counters.
+    for batch, seed in (("long-decode", 41), ("mixed", 42), ("long-decode", 43), ("mixed", 44)):
+        q, kv_cache, metadata = make_inputs(batch=batch, heads="gqa", head_dim=128,
+                                            dtype=torch.float16, seed=seed)
+        plan = dataclasses.replace(plan_for(library, q, kv_cache, metadata), num_partitions=12)
+        out = poisoned(tuple(q.shape), dtype=q.dtype)
+        paged_attention_into(library, out, q, kv_cache, metadata, 0.1, plan=plan)
+        assert_close(out, torch_ops.attention(q, kv_cache, metadata, 0.1),
+                     what=f"{batch} on the library's counters")
+        assert_counters_at_zero(library.zeroed_int32(COUNTERS, 0), what=batch)
+
+
+@pytest.mark.parametrize("own_workspace", (True, False), ids=("workspace", "library-counters"))
+def test_captured_split_decode_replays_with_new_lengths(library, torch_ops, own_workspace):
+    # Every sequence has blocks for 4000 keys; the graph is planned (split) for that length.
+    num_heads, num_kv_heads = HEADS["gqa"]
+    kv_cache, metadata = paged_batch(query_lens=[1, 1, 1], context_lens=[3999] * 3,
+                                     block_size=16, num_kv_heads=num_kv_heads, head_dim=128,
+                                     dtype=torch.bfloat16, seed=51)
+    q = random_tensor((3, num_heads, 128), dtype=torch.bfloat16, generator=cuda_generator(52))
+    plan = plan_for(library, q, kv_cache, metadata)
+    assert plan.num_partitions > 1, plan
+    workspace = nan_workspace(plan, q, kv_cache) if own_workspace else None
+    out = torch.empty_like(q)
+    scale = 128 ** -0.5
+
+    def attend():
+        paged_attention_into(library, out, q, kv_cache, metadata, scale, workspace=workspace,
+                             plan=plan)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        attend()  # warm-up: sizes the library's counters outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        attend()
+    # Short sequences leave most of the captured partitions empty; replays run back to back.
+    for seq_lens in ([4000, 2500, 700], [33, 1, 2100], [1, 4000, 64], [700, 2, 1]):
+        metadata.seq_lens.copy_(torch.tensor(seq_lens, dtype=torch.int32))
+        metadata.context_lens.copy_(torch.tensor([n - 1 for n in seq_lens], dtype=torch.int32))
+        out.fill_(float("nan"))
+        graph.replay()
+        now = dataclasses.replace(metadata, max_seq_len=max(seq_lens),
+                                  seq_lens_host=tuple(seq_lens))
+        assert_close(out, torch_ops.attention(q, kv_cache, now, scale),
+                     what=f"replay with seq_lens {seq_lens}")
+        counters = workspace.counters if own_workspace else library.zeroed_int32(COUNTERS, 0)
+        assert_counters_at_zero(counters, what=f"replay with seq_lens {seq_lens}")
 
 
 def test_cuda_ops_attention_matches_torch_ops(cuda_ops, torch_ops):

@@ -71,6 +71,7 @@ class FakeRunner:
     tokens: dict[str, list[int]] = field(default_factory=dict)
     kv: dict[int, tuple[int, int]] = field(default_factory=dict)  # slot -> (position, token)
     num_steps: int = 0
+    last_sampled_req_ids: frozenset[str] = frozenset()  # what a pending input may feed from
 
     def execute(self, output: SchedulerOutput) -> ModelOutput:
         self.num_steps += 1
@@ -86,7 +87,11 @@ class FakeRunner:
             end = chunk.start_position + chunk.num_tokens
             if chunk.num_tokens < 1:
                 raise AssertionError(f"{chunk.req_id}: empty chunk (nothing to compute logits at)")
-            if tuple(known[chunk.start_position:end]) != chunk.token_ids:
+            if chunk.pending_input and (end != len(known)
+                                        or chunk.req_id not in self.last_sampled_req_ids):
+                raise AssertionError(f"{chunk.req_id}: pending input is not the token the "
+                                     f"previous step sampled")
+            if tuple(known[chunk.start_position:end - chunk.pending_input]) != chunk.token_ids:
                 raise AssertionError(f"{chunk.req_id}: chunk tokens differ from its history")
             if chunk.sample != (end == len(known)):
                 raise AssertionError(f"{chunk.req_id}: sample flag wrong at {end}/{len(known)}")
@@ -102,6 +107,7 @@ class FakeRunner:
                 sampled_token_ids.append(token_id)
         if output.num_batched_tokens != sum(c.num_tokens for c in output.scheduled):
             raise AssertionError("num_batched_tokens is not the sum of the chunks")
+        self.last_sampled_req_ids = frozenset(sampled_req_ids)
         return ModelOutput(req_ids=tuple(sampled_req_ids),
                            sampled_token_ids=tuple(sampled_token_ids))
 
@@ -124,15 +130,36 @@ def step(scheduler: Scheduler, runner: FakeRunner
     return output, scheduler.update(output, runner.execute(output))
 
 
-def run_until_done(scheduler: Scheduler, runner: FakeRunner, *, max_steps: int = 1000
+def pipelined_step(scheduler: Scheduler, runner: FakeRunner,
+                   in_flight: list[tuple[SchedulerOutput, ModelOutput]]) -> list[RequestOutput]:
+    """One iteration of async scheduling, as EngineCore runs it: schedule and run step k,
+    then update step k-1 (or both, when step k is empty). in_flight holds what is not
+    updated yet."""
+    output = scheduler.schedule()
+    in_flight.append((output, runner.execute(output)))
+    outputs: list[RequestOutput] = []
+    while len(in_flight) > 1 or (in_flight and output.is_empty):
+        outputs += scheduler.update(*in_flight.pop(0))
+    return outputs
+
+
+def run_until_done(scheduler: Scheduler, runner: FakeRunner, *, max_steps: int = 1000,
+                   pipelined: bool = False,
+                   in_flight: list[tuple[SchedulerOutput, ModelOutput]] | None = None
                    ) -> dict[str, tuple[list[int], str]]:
-    """Step until nothing is left; returns req_id -> (all its tokens, finish_reason)."""
+    """Step until nothing is left; returns req_id -> (the tokens streamed from now on,
+    finish_reason). pipelined: async scheduling (see pipelined_step), continuing from
+    in_flight when given."""
     results: dict[str, tuple[list[int], str]] = {}
     streamed: dict[str, list[int]] = {}
+    in_flight = [] if in_flight is None else in_flight
     for _ in range(max_steps):
-        if not scheduler.has_unfinished():
+        if not scheduler.has_unfinished() and not in_flight:
             return results
-        _, outputs = step(scheduler, runner)
+        if pipelined:
+            outputs = pipelined_step(scheduler, runner, in_flight)
+        else:
+            _, outputs = step(scheduler, runner)
         for out in outputs:
             streamed.setdefault(out.req_id, []).extend(out.new_token_ids)
             if out.finished:

@@ -47,6 +47,13 @@ def test_split_count_is_the_fewest_that_fills_the_last_wave():
     assert all(wave_fill(512 * fewer, slots) < GOOD_WAVE_FILL for fewer in range(1, parts))
 
 
+@pytest.mark.parametrize("batch", (1, 8, 64, 100, 256))
+def test_decode_split_fills_the_last_wave_at_every_batch_size(batch):
+    parts = plan([1] * batch, 8192).num_partitions
+    fill = wave_fill(batch * 8 * parts, H100_SMS * RESIDENT[1])
+    assert fill >= GOOD_WAVE_FILL or parts == MAX_PARTITIONS, (parts, fill)
+
+
 def test_short_contexts_are_never_split():
     assert plan([1], MIN_PARTITION_LEN).num_partitions == 1
     assert plan([1] * 3, 40).num_partitions == 1

@@ -13,7 +13,7 @@ import torch
 from server.engine.attention.metadata import AttentionMetadata
 from server.engine.kernel_args import KernelArgumentError
 from server.engine.ops.cuda_attention import paged_attention_into
-from server.engine.ops.cuda_launch import (add_rms_norm_into, rms_norm_into,
+from server.engine.ops.cuda_launch import (add_rms_norm_into, gemv_into, rms_norm_into,
                                            rope_and_cache_into, silu_and_mul_into)
 
 
@@ -21,13 +21,19 @@ from server.engine.ops.cuda_launch import (add_rms_norm_into, rms_norm_into,
 class RecordingLibrary:
     device: torch.device = torch.device("cpu")
     num_sms: int = 132
+    resident_ctas: dict[str, int] = field(default_factory=dict)  # by kernel; else 6
     launches: list[tuple] = field(default_factory=list)
+    occupancy_queries: list[str] = field(default_factory=list)
 
     def launch(self, module, function, *, grid, block, args):
         self.launches.append((module, function, grid, block, args))
 
     def max_active_ctas(self, module, function, threads):
-        return 6
+        self.occupancy_queries.append(function)
+        return self.resident_ctas.get(function, 6)
+
+    def zeroed_int32(self, name, size):
+        return torch.zeros(max(size, 1), dtype=torch.int32)
 
 
 def bf16(*shape):
@@ -118,18 +124,32 @@ def attention_metadata(query_lens, seq_lens, width):
         max_seq_len=max(seq_lens), query_lens_host=tuple(query_lens), seq_lens_host=tuple(seq_lens))
 
 
-def test_long_decode_launches_split_attention_then_merge():
+def test_long_decode_launches_one_split_attention_that_merges_itself():
     lib = RecordingLibrary()
     metadata = attention_metadata([1, 1], [8000, 30], width=500)
     q = bf16(2, 32, 128)
     plan = paged_attention_into(lib, torch.empty_like(q), q, bf16(2, 600, 16, 8, 128), metadata,
                                 0.088)
     assert plan.num_partitions > 1
-    (attn, function, grid, block, args), merge = lib.launches
+    [(_, function, grid, block, args)] = lib.launches  # no separate merge kernel
     assert function == "paged_attention_bf16_d128_w1" and block == (32,)
-    assert grid == (2 * 4 // 16 + 2, 8, plan.num_partitions)
-    assert all(isinstance(ptr, int) and ptr for ptr in args[1:4])  # partials are allocated
-    assert merge[1] == "attention_merge_bf16_d128"
+    # the 8 kv heads of each of the (2 * 4 // 16 + 2) row tiles are neighbouring CTAs
+    assert grid == ((2 * 4 // 16 + 2) * 8, 1, plan.num_partitions)
+    assert all(isinstance(ptr, int) and ptr for ptr in args[1:5])  # partials and counters
+    assert args[-3] == np.int32(plan.num_partitions)
+    assert args[-2:] == (np.int32(1), np.int32(16))  # the 1-warp launch's rows per sequence
+    assert plan.num_counters(8) == grid[0]
+
+
+def test_unsplit_attention_passes_no_workspace():
+    lib = RecordingLibrary()
+    metadata = attention_metadata([1] * 256, [100] * 256, width=8)
+    q = bf16(256, 32, 128)
+    plan = paged_attention_into(lib, torch.empty_like(q), q, bf16(2, 600, 16, 8, 128), metadata,
+                                0.088)
+    assert plan.num_partitions == 1
+    [(_, _, _, _, args)] = lib.launches
+    assert args[1:5] == (0, 0, 0, 0)
 
 
 def test_attention_refuses_unsupported_head_dims_and_uneven_groups():
@@ -141,3 +161,46 @@ def test_attention_refuses_unsupported_head_dims_and_uneven_groups():
     q = bf16(2, 6, 64)
     with pytest.raises(KernelArgumentError, match="6 query heads cannot share 4"):
         paged_attention_into(lib, torch.empty_like(q), q, bf16(2, 1, 16, 4, 64), metadata, 0.1)
+
+
+def test_gemv_launches_one_warp_per_output_column_and_checks_its_inputs():
+    lib = RecordingLibrary()
+    x, weight, bias = bf16(3, 4096), bf16(1000, 4096), bf16(1000)
+    gemv_into(lib, torch.empty(3, 1000, dtype=torch.bfloat16), x, weight, bias)
+    [(module, function, grid, block, args)] = lib.launches
+    assert (module, function, grid, block) == ("gemv", "gemv_bf16_m3", (125,), (256,))
+    assert args[4:] == (np.int32(1000), np.int32(4096), np.int64(4096))
+    with pytest.raises(KernelArgumentError, match="1 to 4 rows"):
+        gemv_into(lib, torch.empty(5, 1000, dtype=torch.bfloat16), bf16(5, 4096), weight)
+    with pytest.raises(KernelArgumentError, match="multiple of 8"):
+        gemv_into(lib, torch.empty(1, 10, dtype=torch.bfloat16), bf16(1, 12), bf16(10, 12))
+    with pytest.raises(KernelArgumentError, match="bias"):
+        gemv_into(lib, torch.empty(1, 1000, dtype=torch.bfloat16), bf16(1, 4096), weight,
+                  bf16(999))
+
+
+def test_each_row_class_launches_its_own_kernel_kv_heads_side_by_side():
+    lib = RecordingLibrary()
+    metadata = attention_metadata([1, 6, 40], [300, 306, 340], width=30)  # rows 4, 24, 160
+    q = bf16(47, 32, 128)
+    plan = paged_attention_into(lib, torch.empty_like(q), q, bf16(2, 100, 16, 8, 128),
+                                metadata, 0.088)
+    assert [launch.warps for launch in plan.launches] == [1, 2, 4]
+    assert [(function, grid[:2], block) for _, function, grid, block, _ in lib.launches] == [
+        (f"paged_attention_bf16_d128_w{launch.warps}", (launch.grid_x * 8, 1),
+         (32 * launch.warps,)) for launch in plan.launches]
+
+
+@pytest.mark.parametrize("resident, partitions", ((6, 3), (4, 1)))
+def test_split_is_sized_by_the_occupancy_of_the_decode_kernel(resident, partitions):
+    # 64 decodes x 8 kv heads = 512 CTAs: 6 per SM (792 slots) fill a wave well only with 3
+    # partitions, 4 per SM (528 slots) with none.
+    lib = RecordingLibrary(resident_ctas={"paged_attention_fp16_d128_w1": resident})
+    metadata = attention_metadata([1] * 64, [8192] * 64, width=512)
+    q = torch.randn(64, 32, 128).to(torch.float16)
+    kv_cache = torch.randn(2, 8, 16, 8, 128).to(torch.float16)
+    plan = paged_attention_into(lib, torch.empty_like(q), q, kv_cache, metadata, 0.088)
+    assert plan.num_partitions == partitions
+    assert "paged_attention_fp16_d128_w1" in lib.occupancy_queries
+    [(_, function, grid, _, _)] = lib.launches
+    assert function == "paged_attention_fp16_d128_w1" and grid[2] == partitions

@@ -6,6 +6,7 @@ Skipped only when the NVRTC library itself cannot be loaded; the skip reason say
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -55,6 +56,27 @@ def test_module_kernels_do_not_spill_registers(compiled, module):
     assert nvrtc.spilled_kernels(log) == [], log
 
 
+# Most registers per thread that keep each attention variant's resident CTAs per SM on sm_90
+# (65536 registers, handed out in 8s; shared memory alone allows 6 CTAs at head_dim 128, 12 at
+# 64): the merge folded into the kernel must not cost the unsplit launches occupancy.
+ATTENTION_REGISTER_CEILINGS = {"d128_w1": 255, "d128_w2": 168, "d128_w4": 168,
+                               "d64_w1": 168, "d64_w2": 128, "d64_w4": 128}
+# head_dim: two stages of 32 K and 32 V rows, each padded by 16 bytes against bank conflicts
+ATTENTION_SMEM_BYTES = {128: 34816, 64: 18432}
+STATIC_SMEM_LIMIT = 48 * 1024
+
+
+def test_attention_kernels_keep_their_registers_and_shared_memory(compiled):
+    usage = nvrtc.kernel_resources(compiled["paged_attention"].log)
+    assert set(usage) == set(kernels.MODULES_BY_NAME["paged_attention"].functions)
+    for name, resources in usage.items():
+        registers, smem = resources.registers, resources.smem_bytes
+        head_dim, warps = re.search(r"_d(\d+)_w(\d)$", name).groups()
+        assert registers <= ATTENTION_REGISTER_CEILINGS[f"d{head_dim}_w{warps}"], (name, registers)
+        assert smem == ATTENTION_SMEM_BYTES[int(head_dim)], (name, smem)
+        assert smem <= STATIC_SMEM_LIMIT, (name, smem)
+
+
 def test_compile_all_takes_cached_cubins_without_compiling(compiled, cache_dir, monkeypatch):
     def no_compile(*args, **kwargs):
         raise AssertionError("compiled although every cubin was cached")
@@ -83,4 +105,7 @@ def test_engine_directory_cubins_round_trip_and_refuse_other_sources(compiled, t
     rope = Path(edited / "rope_cache.cu")
     rope.write_text(rope.read_text() + "\n// changed\n")
     with pytest.raises(KernelStoreError, match="rope_cache"):
+        load_cubins(tmp_path / "engine", ARCH, csrc_dir=edited)
+    (edited / "rope_cache.cu").unlink()  # a kernel a later inflightd dropped
+    with pytest.raises(KernelStoreError, match="no longer has; rebuild"):
         load_cubins(tmp_path / "engine", ARCH, csrc_dir=edited)

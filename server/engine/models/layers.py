@@ -9,7 +9,6 @@ and the Ops as arguments; it keeps no per-step state.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from server.engine.attention.metadata import AttentionMetadata
 from server.engine.models.config import ModelArchConfig
@@ -79,19 +78,19 @@ class DecoderLayer:
         attn_out = self._attention(normed, positions=positions, cos_sin=cos_sin,
                                    kv_cache=kv_cache, metadata=metadata, ops=ops)
         normed, residual = ops.add_rms_norm(attn_out, residual, self.post_norm, self.eps)
-        mlp_out = F.linear(ops.silu_and_mul(F.linear(normed, self.gate_up_weight)),
-                           self.down_weight)
+        mlp_out = ops.linear(ops.silu_and_mul(ops.linear(normed, self.gate_up_weight)),
+                             self.down_weight)
         return mlp_out, residual
 
     def _attention(self, x: torch.Tensor, *, positions: torch.Tensor, cos_sin: torch.Tensor,
                    kv_cache: torch.Tensor, metadata: AttentionMetadata,
                    ops: Ops) -> torch.Tensor:
         num_tokens = x.shape[0]
-        qkv = F.linear(x, self.qkv_weight, self.qkv_bias)
+        qkv = ops.linear(x, self.qkv_weight, self.qkv_bias)
         q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         q = q.reshape(num_tokens, self.num_heads, self.head_dim)
         k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
         q, _k = ops.rope_and_cache(q, k, v, positions, cos_sin, kv_cache, metadata.slot_mapping)
         out = ops.attention(q, kv_cache, metadata, self.scale)
-        return F.linear(out.reshape(num_tokens, self.q_size), self.o_weight, self.o_bias)
+        return ops.linear(out.reshape(num_tokens, self.q_size), self.o_weight, self.o_bias)

@@ -84,6 +84,8 @@ class LlamaModel:
         return hidden
 
     @torch.inference_mode()
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def compute_logits(self, hidden: torch.Tensor, ops: Ops | None = None) -> torch.Tensor:
         """hidden [N, H] -> float32 logits [N, vocab]."""
-        return F.linear(hidden, self.lm_head).float()
+        if ops is None:
+            return F.linear(hidden, self.lm_head).float()
+        return ops.logits(hidden, self.lm_head)

@@ -21,6 +21,13 @@ from server.engine.attention.metadata import AttentionMetadata
 
 
 class Ops(Protocol):
+    def linear(self, x: torch.Tensor, weight: torch.Tensor,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [T, K] @ weight [N, K]^T (+ bias [N]) -> [T, N], as F.linear."""
+
+    def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:
+        """hidden [N, H] @ lm_head [V, H]^T -> float32 logits [N, V]."""
+
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """x [T, H] -> normalised x * weight."""
 

@@ -10,19 +10,56 @@ k come back as new contiguous tensors. The kernels are tested against TorchOps
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from server.engine.attention.metadata import AttentionMetadata
 from server.engine.kernels import KernelLibrary
 from server.engine.ops.cuda_attention import paged_attention_into
-from server.engine.ops.cuda_launch import (add_rms_norm_into, rms_norm_into,
-                                           rope_and_cache_into, silu_and_mul_into)
+from server.engine.ops.cuda_launch import (GEMV_MAX_TOKENS, add_rms_norm_into, gemv_into,
+                                           gemv_supports, rms_norm_into, rope_and_cache_into,
+                                           silu_and_mul_into)
+
+# Llama-3-8B's down projection (58.7M elements) is under it, gate_up (117M) and lm_head over
+GEMV_MAX_WEIGHT_ELEMENTS = 64 * 2**20
 
 
 class CudaOps:
-    """Implements `server.engine.ops.Ops` on one GPU."""
+    """Implements `server.engine.ops.Ops` on one GPU.
 
-    def __init__(self, library: KernelLibrary | None = None) -> None:
+    linear: one-token steps use our GEMV (csrc/gemv.cu) for weights of up to
+    gemv_max_weight_elements, where it streams the weights faster than cuBLAS (on an H200,
+    bench/gemv.py: 4-18 % on Llama-3-8B's qkv, o and down projections at 1 token, 1-6 %
+    slower on gate_up and lm_head, and slower at 2-4 tokens); the rest goes to torch
+    (cuBLAS). gemv_max_tokens=0 turns it off."""
+
+    def __init__(self, library: KernelLibrary | None = None, *,
+                 gemv_max_tokens: int = 1,
+                 gemv_max_weight_elements: int = GEMV_MAX_WEIGHT_ELEMENTS) -> None:
+        if not 0 <= gemv_max_tokens <= GEMV_MAX_TOKENS:
+            raise ValueError(f"gemv_max_tokens must be 0 to {GEMV_MAX_TOKENS}, "
+                             f"got {gemv_max_tokens}")
         self.library = library if library is not None else KernelLibrary()
+        self.gemv_max_tokens = gemv_max_tokens
+        self.gemv_max_weight_elements = gemv_max_weight_elements
+        self._mm_float32_out = _has_mm_float32_out(self.library.device)
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+        if (x.shape[0] > self.gemv_max_tokens
+                or weight.numel() > self.gemv_max_weight_elements
+                or not gemv_supports(x, weight)):
+            return F.linear(x, weight, bias)
+        out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
+        gemv_into(self.library, out, x, weight, bias)
+        return out
+
+    def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:
+        """Accumulated and returned in float32 (as TensorRT-LLM's default logits dtype):
+        rounding logits of ~30 to 16 bits (steps of 1/64 in float16) makes exact ties of
+        candidates that float32 tells apart, and argmax then picks the lower token id."""
+        if self._mm_float32_out and hidden.dtype in (torch.bfloat16, torch.float16):
+            return torch.mm(hidden, lm_head.t(), out_dtype=torch.float32)
+        return F.linear(hidden, lm_head).float()
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
@@ -56,3 +93,14 @@ class CudaOps:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         paged_attention_into(self.library, out, q, kv_cache, metadata, scale)
         return out
+
+
+def _has_mm_float32_out(device: torch.device) -> bool:
+    """Whether this torch's cuBLAS matmul writes float32 from 16-bit inputs (mm out_dtype)."""
+    if device.type != "cuda":
+        return False
+    try:
+        probe = torch.zeros((1, 8), dtype=torch.bfloat16, device=device)
+        return torch.mm(probe, probe.t(), out_dtype=torch.float32).dtype == torch.float32
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False

@@ -1,13 +1,20 @@
 """Launch plan and checked launch of the paged attention kernels (csrc/paged_attention.cu,
-csrc/attention_merge.cu).
+which merges its own partitions with csrc/attention_merge.cuh).
 
 Plan. Each sequence has q_len * group query rows per kv head (group = query heads per kv
 head). Sequences with at most 16 rows (decodes, short chunks) run on 1-warp CTAs, up to 32
 on 2-warp CTAs, the rest on 4-warp CTAs (64 rows): one launch per class present, each
-skipping the other classes' sequences. When those CTAs would leave the last wave of CTAs
-on the GPU poorly filled (too few sequences, or too few to divide evenly) and contexts are
-long enough, every sequence's keys are split into `num_partitions` parts (flash-decoding)
-and a merge kernel combines the parts.
+skipping the other classes' sequences. A launch's grid is (grid_x * num_kv_heads, 1,
+num_partitions), the kv heads of a row tile neighbouring CTAs (see the kernel). When those
+CTAs would leave the last wave of CTAs on the GPU poorly filled (too few sequences, or too
+few to divide evenly) and contexts are long enough, every sequence's keys are split into
+`num_partitions` parts (flash-decoding): each part's CTA writes float32 partials, counts
+itself in on an int32 arrival counter of its (row tile, kv head), and the last to arrive
+merges the parts and returns the counter to 0. So there is no second kernel, but the
+counters must be 0 before a launch: they are allocated zeroed once
+(KernelLibrary.zeroed_int32, or an AttentionWorkspace's own) and every launch leaves them
+at 0. The launches of one step, one after another on a stream, share them;
+launches running at the same time on two streams must not.
 
 The plan reads only host values (query_lens_host, max_seq_len), never the device, and the
 kernels read each sequence's length on the device, so a decode step captured in a CUDA
@@ -33,10 +40,10 @@ ROWS_PER_WARP = 16
 # (warps per CTA, fewest rows, most rows) of each row class
 ROW_CLASSES = ((1, 1, 16), (2, 17, 32), (4, 33, 2**31 - 1))
 MIN_PARTITION_LEN = 64  # keys (two K/V tiles); shorter parts cost more than they gain
-MAX_PARTITIONS = 64
+MAX_PARTITIONS = 64  # also the most the kernel's merge takes (attention_common.cuh)
 GOOD_WAVE_FILL = 0.85  # fewest partitions whose last wave of CTAs keeps the SMs this busy
-MERGE_ROWS_PER_CTA = 4  # csrc/attention_merge.cu kMergeWarps
 LOG2_E = 1.4426950408889634
+COUNTERS = "attention_arrival_counters"  # the library's shared zeroed buffer
 
 
 @dataclass(frozen=True)
@@ -52,13 +59,19 @@ class AttentionPlan:
     launches: tuple[AttentionLaunch, ...]
     num_partitions: int
 
+    def num_counters(self, num_kv_heads: int) -> int:
+        """Arrival counters a split launch uses: one per (grid x, kv head) of the widest."""
+        return max((launch.grid_x for launch in self.launches), default=0) * num_kv_heads
+
 
 @dataclass(frozen=True)
 class AttentionWorkspace:
-    """Per-partition partial results, [P, T * num_heads (, head_dim)] float32."""
+    """Per-partition partial results, [P, T * num_heads (, head_dim)] float32, and the
+    arrival counters, int32 [>= plan.num_counters], zero before and after every launch."""
     part_acc: torch.Tensor
     part_max: torch.Tensor
     part_sum: torch.Tensor
+    counters: torch.Tensor
 
 
 def plan_attention(*, query_lens: Sequence[int], max_seq_len: int, num_heads: int,
@@ -113,16 +126,45 @@ def plan_for(lib: KernelLibrary, q: torch.Tensor, kv_cache: torch.Tensor,
                           num_sms=lib.num_sms, resident_ctas=resident)
 
 
-def allocate_workspace(plan: AttentionPlan, *, num_tokens: int, num_heads: int, head_dim: int,
+def allocate_partials(plan: AttentionPlan, *, num_tokens: int, num_heads: int, head_dim: int,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(part_acc, part_max, part_sum), uninitialised: a launch writes before it reads."""
+    rows = num_tokens * num_heads
+    return (torch.empty((plan.num_partitions, rows, head_dim), dtype=torch.float32,
+                        device=device),
+            torch.empty((plan.num_partitions, rows), dtype=torch.float32, device=device),
+            torch.empty((plan.num_partitions, rows), dtype=torch.float32, device=device))
+
+
+def allocate_workspace(plan: AttentionPlan, *, num_tokens: int, num_heads: int,
+                       num_kv_heads: int, head_dim: int,
                        device: torch.device) -> AttentionWorkspace | None:
+    """A workspace with its own counters (zeroed here, so not while capturing a graph)."""
     if plan.num_partitions == 1:
         return None
-    rows = num_tokens * num_heads
     return AttentionWorkspace(
-        part_acc=torch.empty((plan.num_partitions, rows, head_dim), dtype=torch.float32,
-                             device=device),
-        part_max=torch.empty((plan.num_partitions, rows), dtype=torch.float32, device=device),
-        part_sum=torch.empty((plan.num_partitions, rows), dtype=torch.float32, device=device))
+        *allocate_partials(plan, num_tokens=num_tokens, num_heads=num_heads, head_dim=head_dim,
+                           device=device),
+        counters=torch.zeros(plan.num_counters(num_kv_heads), dtype=torch.int32, device=device))
+
+
+def check_workspace(workspace: AttentionWorkspace, plan: AttentionPlan, *, rows: int,
+                    head_dim: int, num_kv_heads: int) -> None:
+    check_shape("workspace.part_acc", workspace.part_acc, (plan.num_partitions, rows, head_dim))
+    check_shape("workspace.part_max", workspace.part_max, (plan.num_partitions, rows))
+    check_shape("workspace.part_sum", workspace.part_sum, (plan.num_partitions, rows))
+    check_dtype(torch.float32, **{"workspace.part_acc": workspace.part_acc,
+                                  "workspace.part_max": workspace.part_max,
+                                  "workspace.part_sum": workspace.part_sum})
+    check_dtype(torch.int32, **{"workspace.counters": workspace.counters})
+    check_contiguous(**{"workspace.part_acc": workspace.part_acc,
+                        "workspace.part_max": workspace.part_max,
+                        "workspace.part_sum": workspace.part_sum,
+                        "workspace.counters": workspace.counters})
+    needed = plan.num_counters(num_kv_heads)
+    if workspace.counters.numel() < needed:
+        raise KernelArgumentError(f"workspace.counters holds {workspace.counters.numel()} "
+                                  f"counters; this launch needs {needed}")
 
 
 def check_attention_args(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
@@ -168,17 +210,8 @@ def paged_attention_into(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
         plan = plan_for(lib, q, kv_cache, metadata)
     if num_tokens == 0:
         return plan
-    if workspace is None:
-        workspace = allocate_workspace(plan, num_tokens=num_tokens, num_heads=num_heads,
-                                       head_dim=head_dim, device=q.device)
-    elif plan.num_partitions > 1:
-        rows = num_tokens * num_heads
-        check_shape("workspace.part_acc", workspace.part_acc, (plan.num_partitions, rows, head_dim))
-        check_shape("workspace.part_max", workspace.part_max, (plan.num_partitions, rows))
-        check_shape("workspace.part_sum", workspace.part_sum, (plan.num_partitions, rows))
-    parts = (0, 0, 0) if workspace is None else (
-        workspace.part_acc.data_ptr(), workspace.part_max.data_ptr(),
-        workspace.part_sum.data_ptr())
+    parts = _partials_args(lib, plan, workspace, num_tokens=num_tokens, num_heads=num_heads,
+                           num_kv_heads=num_kv_heads, head_dim=head_dim, device=q.device)
     common = (q.data_ptr(), kv_cache.data_ptr(), metadata.query_start_loc.data_ptr(),
               metadata.seq_lens.data_ptr(), metadata.block_tables.data_ptr(),
               np.int32(metadata.num_seqs), np.int32(num_tokens), np.int32(num_heads),
@@ -188,16 +221,33 @@ def paged_attention_into(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
               np.int32(plan.num_partitions))
     for launch in plan.launches:
         lib.launch("paged_attention", f"paged_attention_{suffix}_d{head_dim}_w{launch.warps}",
-                   grid=(launch.grid_x, num_kv_heads, plan.num_partitions),
+                   grid=(launch.grid_x * num_kv_heads, 1, plan.num_partitions),
                    block=(32 * launch.warps,),
                    args=(out.data_ptr(), *parts, *common, np.int32(launch.min_rows),
                          np.int32(launch.max_rows)))
-    if plan.num_partitions > 1:
-        lib.launch("attention_merge", f"attention_merge_{suffix}_d{head_dim}",
-                   grid=(-(-num_tokens * num_heads // MERGE_ROWS_PER_CTA),),
-                   block=(32 * MERGE_ROWS_PER_CTA,),
-                   args=(out.data_ptr(), *parts, metadata.query_start_loc.data_ptr(),
-                         metadata.seq_lens.data_ptr(), np.int32(metadata.num_seqs),
-                         np.int32(num_tokens), np.int32(num_heads),
-                         np.int32(plan.num_partitions)))
     return plan
+
+
+def _partials_args(lib: KernelLibrary, plan: AttentionPlan,
+                   workspace: AttentionWorkspace | None, *, num_tokens: int, num_heads: int,
+                   num_kv_heads: int, head_dim: int, device: torch.device) -> tuple[int, ...]:
+    """(part_acc, part_max, part_sum, counters) pointers; all 0 for an unsplit launch."""
+    if plan.num_partitions == 1:
+        return (0, 0, 0, 0)
+    if plan.num_partitions > MAX_PARTITIONS:
+        raise KernelArgumentError(f"attention splits keys into at most {MAX_PARTITIONS} "
+                                  f"partitions, the plan has {plan.num_partitions}")
+    if workspace is None:
+        # Partials: fresh memory each call (a captured graph's pool owns it). Counters: the
+        # library's persistent zeroed buffer, since zeroing new ones would cost a launch.
+        tensors = (*allocate_partials(plan, num_tokens=num_tokens, num_heads=num_heads,
+                                      head_dim=head_dim, device=device),
+                   lib.zeroed_int32(COUNTERS, plan.num_counters(num_kv_heads)))
+    else:
+        check_workspace(workspace, plan, rows=num_tokens * num_heads, head_dim=head_dim,
+                        num_kv_heads=num_kv_heads)
+        tensors = (workspace.part_acc, workspace.part_max, workspace.part_sum,
+                   workspace.counters)
+        check_device(lib.device, **{f"workspace.{name}": tensor for name, tensor in zip(
+            ("part_acc", "part_max", "part_sum", "counters"), tensors)})
+    return tuple(t.data_ptr() for t in tensors)

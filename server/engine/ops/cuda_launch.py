@@ -148,3 +148,45 @@ def rope_and_cache_into(lib: KernelLibrary, q_out: torch.Tensor, k_out: torch.Te
                      np.int32(head_dim), np.int64(strides["q"]), np.int64(strides["k"]),
                      np.int64(strides["v"]), np.int64(kv_cache.shape[1] * kv_cache.shape[2]),
                      np.int64(cos_sin.shape[0])))
+
+
+GEMV_MAX_TOKENS = 4  # csrc/gemv.cu has kernels for 1 to 4 rows of x
+GEMV_COLUMNS_PER_CTA = 8  # csrc/gemv.cu kGemvWarps
+
+
+def gemv_supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether gemv_into takes these (else the caller uses F.linear)."""
+    return (x.dim() == 2 and 1 <= x.shape[0] <= GEMV_MAX_TOKENS and x.dtype == weight.dtype
+            and x.dtype in (torch.bfloat16, torch.float16) and weight.is_contiguous()
+            and x.shape[1] % 8 == 0 and x.stride(1) == 1
+            and is_aligned16(x, x.stride(0)) and is_aligned16(weight, weight.shape[1]))
+
+
+def gemv_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+              bias: torch.Tensor | None = None) -> None:
+    """y [M, N] = x [M, K] @ weight [N, K]^T (+ bias), for M <= GEMV_MAX_TOKENS."""
+    check_device(lib.device, x=x, weight=weight, y=y)
+    suffix = dtype_suffix("x", x)
+    check_dtype(x.dtype, weight=weight, y=y)
+    check_shape("x", x, (None, None))
+    num_rows, k = x.shape
+    if not 1 <= num_rows <= GEMV_MAX_TOKENS:
+        raise KernelArgumentError(f"gemv takes 1 to {GEMV_MAX_TOKENS} rows of x, got {num_rows}")
+    check_shape("weight", weight, (None, k))
+    n = weight.shape[0]
+    check_shape("y", y, (num_rows, n))
+    check_contiguous(weight=weight, y=y)
+    if bias is not None:
+        check_device(lib.device, bias=bias)
+        check_dtype(x.dtype, bias=bias)
+        check_shape("bias", bias, (n,))
+        check_contiguous(bias=bias)
+    x_stride = row_stride("x", x)
+    if k % 8 or not (is_aligned16(x, x_stride) and is_aligned16(weight, k)):
+        raise KernelArgumentError(f"gemv needs K a multiple of 8 ({k}) and 16-byte aligned "
+                                  "rows of x and weight")
+    lib.launch("gemv", f"gemv_{suffix}_m{num_rows}",
+               grid=(-(-n // GEMV_COLUMNS_PER_CTA),), block=(32 * GEMV_COLUMNS_PER_CTA,),
+               args=(y.data_ptr(), weight.data_ptr(), x.data_ptr(),
+                     0 if bias is None else bias.data_ptr(), np.int32(n), np.int32(k),
+                     np.int64(x_stride)))

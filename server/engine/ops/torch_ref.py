@@ -18,6 +18,13 @@ from server.engine.attention.metadata import AttentionMetadata
 class TorchOps:
     """Implements `server.engine.ops.Ops`."""
 
+    def linear(self, x: torch.Tensor, weight: torch.Tensor,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+        return F.linear(x, weight, bias)
+
+    def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, lm_head).float()
+
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         # As HF LlamaRMSNorm: normalise in float32, cast back, then scale in the input dtype.
         input_dtype = x.dtype

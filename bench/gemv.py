@@ -1,0 +1,73 @@
+"""Our decode GEMV (csrc/gemv.cu) against cuBLAS (F.linear) on Llama-3-8B's linear layers
+at 1 to 4 tokens: microseconds and weight bytes streamed per second, each timed as a CUDA
+graph of enough calls on distinct weight copies that the weights never sit in L2.
+
+    python3 bench/gemv.py [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.kernels import time_graph  # noqa: E402
+from server.engine.kernels import KernelLibrary  # noqa: E402
+from server.engine.ops.cuda import CudaOps  # noqa: E402
+
+# name -> (N, K) of Llama-3-8B (hidden 4096, 32/8 heads of 128, MLP 14336, vocab 128256)
+SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
+          "down": (4096, 14336), "lm_head": (128256, 4096)}
+L2_FLUSH_BYTES = 256 * 2**20  # several times the H200's 60 MiB L2
+DTYPE = torch.bfloat16
+
+
+def time_linear(linear, x: torch.Tensor, weights: list[torch.Tensor]) -> float:
+    """Microseconds per call, from one graph calling linear on each weight once."""
+    def calls():
+        for weight in weights:
+            linear(x, weight)
+
+    return 1e3 * time_graph(calls) / len(weights)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    # our GEMV at every size and token count it has, whatever the engine's rule picks
+    ops = CudaOps(KernelLibrary(), gemv_max_tokens=4, gemv_max_weight_elements=2**62)
+    rows = []
+    for name, (n, k) in SHAPES.items():
+        weight_bytes = n * k * DTYPE.itemsize
+        copies = max(2, -(-L2_FLUSH_BYTES // weight_bytes))
+        weights = [torch.randn((n, k), device="cuda", dtype=DTYPE) / k ** 0.5
+                   for _ in range(copies)]
+        for num_tokens in (1, 2, 4):
+            x = torch.randn((num_tokens, k), device="cuda", dtype=DTYPE)
+            ours = time_linear(ops.linear, x, weights)
+            cublas = time_linear(F.linear, x, weights)
+            rows.append({"layer": name, "n": n, "k": k, "tokens": num_tokens,
+                         "gemv_us": ours, "cublas_us": cublas,
+                         "gemv_gb_s": weight_bytes / ours / 1e3,
+                         "cublas_gb_s": weight_bytes / cublas / 1e3})
+        del weights
+    print(f"{torch.cuda.get_device_name()}: bf16 x [tokens, K] @ W [N, K]^T")
+    print(f"{'layer':>8} {'N':>7} {'K':>6} {'tokens':>6} {'gemv us':>8} {'GB/s':>6} "
+          f"{'cuBLAS us':>9} {'GB/s':>6} {'speed-up':>8}")
+    for r in rows:
+        print(f"{r['layer']:>8} {r['n']:>7} {r['k']:>6} {r['tokens']:>6} {r['gemv_us']:>8.1f} "
+              f"{r['gemv_gb_s']:>6.0f} {r['cublas_us']:>9.1f} {r['cublas_gb_s']:>6.0f} "
+              f"{r['cublas_us'] / r['gemv_us']:>7.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

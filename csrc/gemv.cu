@@ -1,0 +1,105 @@
+// Skinny matrix product for decode steps of a few tokens: y[m, n] = x[m, :] . w[n, :] (+ b[n])
+// for M <= 4 rows of x, w [N, K] row-major (a linear layer's weight), fp32 accumulation.
+//
+// At batch 1 a decode step is the weights streamed once from memory, so this kernel is
+// about keeping enough bytes in flight: each warp owns one output column n and reads its
+// weight row in 16-byte chunks, lane j taking chunks j, j + 32, ...; UNROLL chunks per lane
+// are loaded before any is used, and the weights bypass L1 (read once). x is tiny and read
+// through L1 by every warp.
+//
+//   # w row n:  | chunk 0 | chunk 1 | ... | chunk 31 | chunk 32 | ...   (8 elements each)
+//   #  lane:        0         1             31          0
+//
+// K must be a multiple of 8 and the rows 16-byte aligned (the wrapper checks).
+#include "common.cuh"
+
+using namespace inflightd;
+
+constexpr int kGemvWarps = 8;  // output columns per CTA
+constexpr int kGemvUnroll = 8;
+
+__device__ __forceinline__ uint4 load_streaming(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ float2 pair_to_float2(__nv_bfloat162 v) { return __bfloat1622float2(v); }
+__device__ __forceinline__ float2 pair_to_float2(__half2 v) { return __half22float2(v); }
+
+template <typename T>
+__device__ __forceinline__ float dot8(uint4 w_raw, uint4 x_raw) {
+  using P = typename Pair<T>::type;
+  const P* w = reinterpret_cast<const P*>(&w_raw);
+  const P* x = reinterpret_cast<const P*>(&x_raw);
+  float sum = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 wf = pair_to_float2(w[i]);
+    const float2 xf = pair_to_float2(x[i]);
+    sum = fmaf(wf.x, xf.x, sum);
+    sum = fmaf(wf.y, xf.y, sum);
+  }
+  return sum;
+}
+
+template <typename T, int M>
+__device__ __forceinline__ void gemv_impl(T* __restrict__ y, const T* __restrict__ w,
+                                          const T* __restrict__ x, const T* __restrict__ bias,
+                                          int n, int k, long long x_stride) {
+  const int lane = threadIdx.x & 31;
+  const int col = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
+  if (col >= n) return;
+  const int num_chunks = k / 8;
+  const T* w_row = w + static_cast<long long>(col) * k;
+  float acc[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) acc[m] = 0.f;
+
+  int chunk = lane;
+  for (; chunk + 32 * (kGemvUnroll - 1) < num_chunks; chunk += 32 * kGemvUnroll) {
+    uint4 w_raw[kGemvUnroll];
+#pragma unroll
+    for (int u = 0; u < kGemvUnroll; ++u) w_raw[u] = load_streaming(w_row + (chunk + 32 * u) * 8);
+#pragma unroll
+    for (int u = 0; u < kGemvUnroll; ++u) {
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        const uint4 x_raw = __ldg(reinterpret_cast<const uint4*>(x + m * x_stride) + chunk + 32 * u);
+        acc[m] += dot8<T>(w_raw[u], x_raw);
+      }
+    }
+  }
+  for (; chunk < num_chunks; chunk += 32) {  // the tail: fewer than UNROLL chunks per lane
+    const uint4 w_raw = load_streaming(w_row + chunk * 8);
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      acc[m] += dot8<T>(w_raw, __ldg(reinterpret_cast<const uint4*>(x + m * x_stride) + chunk));
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    const float total = warp_sum(acc[m]);
+    if (lane == 0) {
+      y[static_cast<long long>(m) * n + col] =
+          from_float<T>(bias == nullptr ? total : total + to_float(bias[col]));
+    }
+  }
+}
+
+#define INFLIGHTD_GEMV(T, SUFFIX, M)                                                             \
+  extern "C" __global__ void __launch_bounds__(32 * kGemvWarps) gemv_##SUFFIX##_m##M(           \
+      T* y, const T* w, const T* x, const T* bias, int n, int k, long long x_stride) {          \
+    gemv_impl<T, M>(y, w, x, bias, n, k, x_stride);                                              \
+  }
+
+INFLIGHTD_GEMV(__nv_bfloat16, bf16, 1)
+INFLIGHTD_GEMV(__nv_bfloat16, bf16, 2)
+INFLIGHTD_GEMV(__nv_bfloat16, bf16, 3)
+INFLIGHTD_GEMV(__nv_bfloat16, bf16, 4)
+INFLIGHTD_GEMV(__half, fp16, 1)
+INFLIGHTD_GEMV(__half, fp16, 2)
+INFLIGHTD_GEMV(__half, fp16, 3)
+INFLIGHTD_GEMV(__half, fp16, 4)

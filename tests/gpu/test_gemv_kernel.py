@@ -1,0 +1,68 @@
+"""The decode GEMV (csrc/gemv.cu) against F.linear in float32, and CudaOps.linear's choice
+between it and cuBLAS."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from server.engine.ops.cuda_launch import GEMV_MAX_TOKENS, gemv_into
+from tests.gpu.helpers import (DTYPE_IDS, DTYPES, assert_close, cuda_generator, poisoned,
+                               random_tensor)
+
+# (N, K): Llama-3-8B's qkv and down projections, a small odd N, K with a tail of chunks
+# shorter than one unrolled pass (K / 8 = 513 = 2 * 256 + 1), and one pass exactly.
+SHAPES = ((6144, 4096), (4096, 14336), (37, 64), (300, 4104), (8, 2048))
+
+
+def reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return F.linear(x.float(), weight.float(), None if bias is None else bias.float())
+
+
+@pytest.mark.parametrize("with_bias", (False, True))
+@pytest.mark.parametrize("num_rows", tuple(range(1, GEMV_MAX_TOKENS + 1)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gemv_matches_float32_linear(library, shape, dtype, num_rows, with_bias):
+    n, k = shape
+    gen = cuda_generator(n + k + num_rows)
+    x = random_tensor((num_rows, k), dtype=dtype, generator=gen)
+    weight = random_tensor((n, k), dtype=dtype, generator=gen, scale=k ** -0.5)
+    bias = random_tensor((n,), dtype=dtype, generator=gen) if with_bias else None
+    out = poisoned((num_rows, n), dtype=dtype)
+    gemv_into(library, out, x, weight, bias)
+    assert_close(out.float(), reference(x, weight, bias), what=f"gemv {shape} m={num_rows}")
+
+
+def test_gemv_reads_rows_of_a_strided_view(library):
+    gen = cuda_generator(3)
+    wide = random_tensor((3, 4096 + 512), dtype=torch.bfloat16, generator=gen)
+    x = wide[:, :4096]  # rows 4608 elements apart
+    weight = random_tensor((512, 4096), dtype=torch.bfloat16, generator=gen, scale=1 / 64)
+    out = poisoned((3, 512), dtype=torch.bfloat16)
+    gemv_into(library, out, x, weight)
+    assert_close(out.float(), reference(x, weight, None), what="gemv of a strided x")
+
+
+@pytest.mark.parametrize("num_rows", (1, 4, 5, 64))
+def test_cuda_ops_linear_matches_torch_on_both_paths(cuda_ops, num_rows):
+    gen = cuda_generator(num_rows)
+    x = random_tensor((num_rows, 4096), dtype=torch.bfloat16, generator=gen)
+    weight = random_tensor((1024, 4096), dtype=torch.bfloat16, generator=gen, scale=1 / 64)
+    bias = random_tensor((1024,), dtype=torch.bfloat16, generator=gen)
+    assert_close(cuda_ops.linear(x, weight, bias).float(), reference(x, weight, bias),
+                 what=f"CudaOps.linear m={num_rows}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_cuda_ops_logits_are_float32_and_keep_what_16_bits_would_round_away(cuda_ops, dtype):
+    gen = cuda_generator(7)
+    hidden = random_tensor((3, 576), dtype=dtype, generator=gen)
+    lm_head = random_tensor((4096, 576), dtype=dtype, generator=gen)
+    logits = cuda_ops.logits(hidden, lm_head)
+    expected = reference(hidden, lm_head, None)
+    assert logits.dtype == torch.float32
+    assert_close(logits, expected, what="CudaOps.logits")
+    # float32 logits of ~24 carry detail below float16's step there (1/64)
+    assert not torch.equal(logits, logits.to(dtype).float())
