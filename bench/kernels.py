@@ -1,9 +1,11 @@
 """Kernel micro-benchmark on one GPU (not a test): our attention, norm, activation and rotary
 kernels for a Llama-3-8B layer shape (32 query heads, 8 kv heads, head_dim 128, bf16).
 
-Decode attention is timed at batch 1/64/256 with contexts 512/640/2048/8192 and reported
-as achieved KV bandwidth (K and V bytes read once) against a measured device copy bandwidth
-(read + write) and read bandwidth (a bf16 sum);
+Decode attention is timed at batch 1/64/256 with contexts 512/640/2048/8192, on both decode
+kernels (decode_key_split 1: w1, one warp per tile; 2: w1k2, two warps splitting each K/V
+tile's keys) over the same cache, and reported as achieved KV bandwidth (K and V bytes read
+once) against a measured device copy bandwidth (read + write) and read bandwidth (a bf16
+sum), with w1k2's speed-up over w1;
 prefill attention for 4 sequences of 1024 new tokens as time and TFLOP/s, next to torch's
 own fused attention on the same shape. Every timing replays a CUDA graph and takes the
 median of CUDA-event timings; small cases put several launches over distinct KV regions in
@@ -30,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from server.engine.attention.metadata import AttentionMetadata  # noqa: E402
 from server.engine.kernels import KernelLibrary  # noqa: E402
 from server.engine.ops.cuda import CudaOps  # noqa: E402
-from server.engine.ops.cuda_attention import plan_for  # noqa: E402
+from server.engine.ops.cuda_attention import (DECODE_KEY_SPLITS,  # noqa: E402
+                                              paged_attention_into, plan_for)
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 32, 8, 128, 16
 DTYPE = torch.bfloat16
@@ -94,7 +97,8 @@ def decode_metadata(batch: int, context: int, first_block: int) -> AttentionMeta
         seq_lens_host=(context,) * batch)
 
 
-def bench_decode(ops: CudaOps, batch: int, context: int, copy_bw: float) -> dict:
+def bench_decode(ops: CudaOps, batch: int, context: int, copy_bw: float) -> list[dict]:
+    """One row per decode_key_split, timed over the same cache and block tables."""
     kv_bytes = batch * context * NUM_KV_HEADS * HEAD_DIM * 2 * DTYPE.itemsize
     copies = max(1, min(128, -(-L2_FLUSH_BYTES // kv_bytes)))
     blocks = copies * batch * -(-context // BLOCK_SIZE)
@@ -103,17 +107,23 @@ def bench_decode(ops: CudaOps, batch: int, context: int, copy_bw: float) -> dict
     blocks_per_copy = blocks // copies
     metas = [decode_metadata(batch, context, i * blocks_per_copy) for i in range(copies)]
     q = torch.randn((batch, NUM_HEADS, HEAD_DIM), device="cuda", dtype=DTYPE)
+    out = torch.empty_like(q)
+    rows = []
+    for key_split in DECODE_KEY_SPLITS:
+        def step(key_split=key_split):
+            for metadata in metas:
+                paged_attention_into(ops.library, out, q, kv_cache, metadata, HEAD_DIM ** -0.5,
+                                     decode_key_split=key_split)
 
-    def step():
-        for metadata in metas:
-            ops.attention(q, kv_cache, metadata, HEAD_DIM ** -0.5)
-
-    ms = time_graph(step) / copies
-    plan = plan_for(ops.library, q, kv_cache, metas[0])
-    achieved = kv_bytes / (ms * 1e-3)
-    return {"batch": batch, "context": context, "partitions": plan.num_partitions,
-            "us": ms * 1e3, "kv_mb": kv_bytes / 2**20, "gb_s": achieved / 1e9,
-            "of_copy": achieved / copy_bw}
+        ms = time_graph(step) / copies
+        plan = plan_for(ops.library, q, kv_cache, metas[0], decode_key_split=key_split)
+        achieved = kv_bytes / (ms * 1e-3)
+        unsplit_us = rows[0]["us"] if rows else ms * 1e3  # DECODE_KEY_SPLITS starts at 1
+        rows.append({"batch": batch, "context": context, "key_split": key_split,
+                     "partitions": plan.num_partitions, "us": ms * 1e3,
+                     "kv_mb": kv_bytes / 2**20, "gb_s": achieved / 1e9,
+                     "of_copy": achieved / copy_bw, "speedup": unsplit_us / (ms * 1e3)})
+    return rows
 
 
 def bench_prefill(ops: CudaOps, num_seqs: int = 4, length: int = 1024) -> dict:
@@ -179,13 +189,15 @@ def bench_elementwise(ops: CudaOps, tokens: int = 256) -> list[dict]:
 def print_table(results: dict) -> None:
     print(f"device {results['device']}; copy bandwidth {results['copy_gb_s']:.0f} GB/s "
           f"(read+write), read bandwidth {results['read_gb_s']:.0f} GB/s (bf16 sum)")
-    print("decode attention (bf16, 32/8 heads, d128, graph replay)")
-    print(f"{'batch':>6} {'context':>8} {'parts':>6} {'us':>9} {'KV MB':>8} {'GB/s':>7} "
-          f"{'of copy':>8} {'of read':>8}")
+    print("decode attention (bf16, 32/8 heads, d128, graph replay; split: decode_key_split, "
+          "speed-up: over split 1)")
+    print(f"{'batch':>6} {'context':>8} {'split':>6} {'parts':>6} {'us':>9} {'KV MB':>8} "
+          f"{'GB/s':>7} {'of copy':>8} {'of read':>8} {'speed-up':>9}")
     for row in results["decode"]:
-        print(f"{row['batch']:>6} {row['context']:>8} {row['partitions']:>6} {row['us']:>9.1f} "
-              f"{row['kv_mb']:>8.1f} {row['gb_s']:>7.0f} {row['of_copy']:>8.0%} "
-              f"{row['gb_s'] / results['read_gb_s']:>8.0%}")
+        print(f"{row['batch']:>6} {row['context']:>8} {row['key_split']:>6} "
+              f"{row['partitions']:>6} {row['us']:>9.1f} {row['kv_mb']:>8.1f} "
+              f"{row['gb_s']:>7.0f} {row['of_copy']:>8.0%} "
+              f"{row['gb_s'] / results['read_gb_s']:>8.0%} {row['speedup']:>8.2f}x")
     p = results["prefill"]
     print(f"prefill attention {p['seqs']}x{p['length']}: {p['us']:.0f} us, "
           f"{p['tflops']:.0f} TFLOP/s (torch SDPA on unpaged tensors: {p['sdpa_us']:.0f} us, "
@@ -204,8 +216,8 @@ def main() -> None:
     copy_bw = copy_bandwidth()
     results = {"device": torch.cuda.get_device_name(), "copy_gb_s": copy_bw / 1e9,
                "read_gb_s": read_bandwidth() / 1e9,
-               "decode": [bench_decode(ops, b, c, copy_bw)
-                          for b in (1, 64, 256) for c in (512, 640, 2048, 8192)],
+               "decode": [row for b in (1, 64, 256) for c in (512, 640, 2048, 8192)
+                          for row in bench_decode(ops, b, c, copy_bw)],
                "prefill": bench_prefill(ops), "elementwise": bench_elementwise(ops)}
     print_table(results)
     if args.json:

@@ -9,12 +9,23 @@
 // several key partitions, the last CTA of a (row tile, kv head) to finish merges the tile's
 // partitions itself (attention_merge.cuh), so a split launch needs no second kernel.
 //
+// Key split (the "w1k2" kernels: WARPS = 1, KEY_SPLIT = 2, 64 threads). One warp alone
+// issues a whole tile's copies and MMAs, then waits; here two warps share the 16 rows:
+//
+//   # K/V tile (kBlockN = 32 keys): | keys 0-15: warp 0 | keys 16-31: warp 1 |
+//
+// Each warp copies, scores and accumulates only its own 16 keys of every tile, with its own
+// online-softmax state, so it waits only on its own copies (__syncwarp, no CTA barrier per
+// tile). After the last tile the two states are combined through shared memory with the
+// flash-decoding merge arithmetic, and warp 0 runs the usual epilogue.
+//
 // Causality: query token j of a sequence with q_len new tokens sits at position
 // context + j (context = seq_len - q_len) and sees keys 0 ..= context + j.
 //
 // kv_cache [2, num_blocks, block_size, Hkv, D]; the key at position p of sequence s lives in
 // slot block_tables[s][p / block_size] * block_size + p % block_size.
 #include "attention_common.cuh"
+#include "attention_key_split.cuh"
 #include "attention_merge.cuh"
 #include "common.cuh"
 #include "mma.cuh"
@@ -45,21 +56,23 @@ __device__ __forceinline__ long long key_row_offset(const int* __restrict__ bloc
          kv_row;
 }
 
-template <typename T, int D, int THREADS>
+// Keys [key_base, key_base + KEYS) of the tile, K and V, copied by THREADS threads
+// (`loader` is this thread's index among them).
+template <typename T, int D, int KEYS, int THREADS>
 __device__ __forceinline__ void load_kv_tile(KvTile<T, D>& dst, const T* __restrict__ kv_head,
-                                             long long lane_key_offset, int k0, int kv_hi,
-                                             long long plane) {
+                                             long long lane_key_offset, int loader, int key_base,
+                                             int k0, int kv_hi, long long plane) {
   static_assert(kBlockN == 32, "one key per lane");
   constexpr int CHUNKS = D / 8;
-  constexpr int PER_THREAD = 2 * kBlockN * CHUNKS / THREADS;
-  static_assert(PER_THREAD * THREADS == 2 * kBlockN * CHUNKS, "every lane runs every shuffle");
+  constexpr int PER_THREAD = 2 * KEYS * CHUNKS / THREADS;
+  static_assert(PER_THREAD * THREADS == 2 * KEYS * CHUNKS, "every lane runs every shuffle");
 #pragma unroll 2  // fully unrolled, the 64-bit addresses of all copies crowd out the registers
   for (int i = 0; i < PER_THREAD; ++i) {
-    const int c = threadIdx.x + i * THREADS;
-    const int which = c / (kBlockN * CHUNKS);
-    const int rem = c - which * (kBlockN * CHUNKS);
-    const int key = rem / CHUNKS;
-    const int chunk = rem - key * CHUNKS;
+    const int c = loader + i * THREADS;
+    const int which = c / (KEYS * CHUNKS);
+    const int rem = c - which * (KEYS * CHUNKS);
+    const int key = key_base + rem / CHUNKS;
+    const int chunk = rem - (key - key_base) * CHUNKS;
     const long long offset = __shfl_sync(0xffffffffu, lane_key_offset, key);
     T* d = &dst[which][key][chunk * 8];
     if (k0 + key < kv_hi) {
@@ -71,18 +84,21 @@ __device__ __forceinline__ void load_kv_tile(KvTile<T, D>& dst, const T* __restr
   }
 }
 
-// One K/V tile for this warp's 16 rows: scores, online softmax, and O += P V.
-template <typename T, int D>
+// Keys [key_base, key_base + KEYS) of one K/V tile for this warp's 16 rows: scores, online
+// softmax, and O += P V. A slice with no visible key leaves a row's state as it was (a row
+// that has seen nothing keeps m = -inf, l = 0, acc = 0).
+template <typename T, int D, int KEYS>
 __device__ __forceinline__ void attend_tile(const KvTile<T, D>& kv, const unsigned (&qa)[D / 16][4],
                                             float (&acc)[D / 8][4], float (&m)[2], float (&l)[2],
-                                            const RowInfo (&rows)[2], int k0, int kv_hi,
-                                            float scale_log2) {
+                                            const RowInfo (&rows)[2], int key_base, int k0,
+                                            int kv_hi, float scale_log2) {
+  static_assert(KEYS % 16 == 0, "whole k = 16 steps of P V");
   const int lane = threadIdx.x & 31;
   const int t = lane & 3;
   const int tile_of_lane = lane >> 3;
-  float s[kBlockN / 8][4];
+  float s[KEYS / 8][4];
 #pragma unroll
-  for (int nt = 0; nt < kBlockN / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+  for (int nt = 0; nt < KEYS / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
   {
     // B fragments of two 8-key score tiles at once: ldmatrix tiles (keys 0-7, dims 0-7),
     // (keys 0-7, dims 8-15), (keys 8-15, dims 0-7), (keys 8-15, dims 8-15) of the chunk.
@@ -91,9 +107,9 @@ __device__ __forceinline__ void attend_tile(const KvTile<T, D>& kv, const unsign
 #pragma unroll
     for (int kc = 0; kc < D / 16; ++kc) {
 #pragma unroll
-      for (int np = 0; np < kBlockN / 16; ++np) {
+      for (int np = 0; np < KEYS / 16; ++np) {
         unsigned kb[4];
-        ldmatrix_x4(kb, &kv[0][np * 16 + key_in_pair][kc * 16 + dim_in_chunk]);
+        ldmatrix_x4(kb, &kv[0][key_base + np * 16 + key_in_pair][kc * 16 + dim_in_chunk]);
         mma_16816<T>(s[2 * np], qa[kc], kb[0], kb[1]);
         mma_16816<T>(s[2 * np + 1], qa[kc], kb[2], kb[3]);
       }
@@ -101,10 +117,10 @@ __device__ __forceinline__ void attend_tile(const KvTile<T, D>& kv, const unsign
   }
   float tile_max[2] = {neg_inf(), neg_inf()};
 #pragma unroll
-  for (int nt = 0; nt < kBlockN / 8; ++nt) {
+  for (int nt = 0; nt < KEYS / 8; ++nt) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const int key = k0 + nt * 8 + 2 * t + (e & 1);
+      const int key = k0 + key_base + nt * 8 + 2 * t + (e & 1);
       const bool visible = key < kv_hi && key < rows[e >> 1].key_limit;
       s[nt][e] = visible ? s[nt][e] * scale_log2 : neg_inf();
       tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[nt][e]);
@@ -123,7 +139,7 @@ __device__ __forceinline__ void attend_tile(const KvTile<T, D>& kv, const unsign
   }
   float row_sum[2] = {0.f, 0.f};
 #pragma unroll
-  for (int nt = 0; nt < kBlockN / 8; ++nt) {
+  for (int nt = 0; nt < KEYS / 8; ++nt) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       s[nt][e] = exp2f(s[nt][e] - base[e >> 1]);
@@ -143,7 +159,7 @@ __device__ __forceinline__ void attend_tile(const KvTile<T, D>& kv, const unsign
   const int key_in_chunk = (tile_of_lane & 1) * 8 + (lane & 7);
   const int dim_in_pair = (tile_of_lane >> 1) * 8;
 #pragma unroll
-  for (int kc = 0; kc < kBlockN / 16; ++kc) {
+  for (int kc = 0; kc < KEYS / 16; ++kc) {
     const unsigned pa[4] = {pack2<T>(s[2 * kc][0], s[2 * kc][1]),
                             pack2<T>(s[2 * kc][2], s[2 * kc][3]),
                             pack2<T>(s[2 * kc + 1][0], s[2 * kc + 1][1]),
@@ -151,7 +167,7 @@ __device__ __forceinline__ void attend_tile(const KvTile<T, D>& kv, const unsign
 #pragma unroll
     for (int dp = 0; dp < D / 16; ++dp) {
       unsigned vb[4];
-      ldmatrix_x4_trans(vb, &kv[1][kc * 16 + key_in_chunk][dp * 16 + dim_in_pair]);
+      ldmatrix_x4_trans(vb, &kv[1][key_base + kc * 16 + key_in_chunk][dp * 16 + dim_in_pair]);
       mma_16816<T>(acc[2 * dp], pa, vb[0], vb[1]);
       mma_16816<T>(acc[2 * dp + 1], pa, vb[2], vb[3]);
     }
@@ -206,6 +222,17 @@ __device__ __forceinline__ int cta_kv_head(int num_kv_heads) { return blockIdx.x
 
 __device__ __forceinline__ int cta_tile(int num_kv_heads) { return blockIdx.x / num_kv_heads; }
 
+// Between copying a K/V stage and reading it, and between reading it and refilling it. With
+// a key split each warp copies and reads only its own keys, so a warp barrier does.
+template <int KEY_SPLIT>
+__device__ __forceinline__ void stage_barrier() {
+  if constexpr (KEY_SPLIT == 1) {
+    __syncthreads();
+  } else {
+    __syncwarp();
+  }
+}
+
 // Where a CTA's rows come from: one row tile of one sequence, for one kv head.
 struct TileInfo {
   int seq;
@@ -217,7 +244,7 @@ struct TileInfo {
 };
 
 // Keys [kv_lo, kv_hi) of the tile, then its output (one partition) or partials (several).
-template <typename T, int D, int WARPS>
+template <typename T, int D, int WARPS, int KEY_SPLIT>
 __device__ __forceinline__ void attend_partition(
     KvTile<T, D> (&smem)[2], const TileInfo& tile, int kv_lo, int kv_hi,
     T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_max,
@@ -226,12 +253,18 @@ __device__ __forceinline__ void attend_partition(
     int max_blocks_per_seq, long long num_slots, float scale_log2, int num_partitions,
     long long rows_total) {
   constexpr int ROWS = 16 * WARPS;
-  constexpr int THREADS = 32 * WARPS;
+  constexpr int THREADS = 32 * WARPS * KEY_SPLIT;
+  constexpr int KEYS = kBlockN / KEY_SPLIT;  // of each tile, per warp
+  constexpr int LOADERS = KEY_SPLIT == 1 ? THREADS : 32;  // threads copying one key slice
   constexpr int PAD = D + 8;
   static_assert(ROWS * PAD <= 2 * kBlockN * PAD, "the Q tile must fit in one K/V stage");
+  static_assert(KEY_SPLIT == 1 || (KEY_SPLIT == 2 && WARPS == 1), "key split: 1-warp rows only");
+  static_assert((D / 8 + 1) * 32 * 16 <= sizeof(KvTile<T, D>) * 2, "combine fits in the ring");
   const int group = tile.group;
   const int kv_head = cta_kv_head(num_kv_heads);
-  const int warp = threadIdx.x >> 5;
+  const int warp = (threadIdx.x >> 5) / KEY_SPLIT;  // which 16 rows
+  const int key_base = KEY_SPLIT == 1 ? 0 : (threadIdx.x >> 5) * KEYS;  // which keys of a tile
+  const int loader = KEY_SPLIT == 1 ? threadIdx.x : threadIdx.x & 31;
   const int lane = threadIdx.x & 31;
   RowInfo rows[2];
 #pragma unroll
@@ -268,7 +301,8 @@ __device__ __forceinline__ void attend_partition(
   // Block-table lookups run one tile ahead of the copies that need them.
   long long next_offset = key_row_offset(block_row, kv_lo + lane, kv_hi, block_size, kv_row);
   if (num_tiles > 0) {
-    load_kv_tile<T, D, THREADS>(smem[0], kv_head_base, next_offset, kv_lo, kv_hi, plane);
+    load_kv_tile<T, D, KEYS, LOADERS>(smem[0], kv_head_base, next_offset, loader, key_base,
+                                      kv_lo, kv_hi, plane);
     next_offset =
         key_row_offset(block_row, kv_lo + kBlockN + lane, kv_hi, block_size, kv_row);
   }
@@ -299,16 +333,19 @@ __device__ __forceinline__ void attend_partition(
   for (int it = 0; it < num_tiles; ++it) {
     const int k0 = kv_lo + it * kBlockN;
     if (it + 1 < num_tiles) {
-      load_kv_tile<T, D, THREADS>(smem[(it + 1) & 1], kv_head_base, next_offset, k0 + kBlockN,
-                                  kv_hi, plane);
+      load_kv_tile<T, D, KEYS, LOADERS>(smem[(it + 1) & 1], kv_head_base, next_offset, loader,
+                                        key_base, k0 + kBlockN, kv_hi, plane);
       next_offset =
           key_row_offset(block_row, k0 + 2 * kBlockN + lane, kv_hi, block_size, kv_row);
     }
     cp_async_commit();
     cp_async_wait<1>();  // tile `it` has landed; tile `it + 1` may still be in flight
-    __syncthreads();
-    attend_tile<T, D>(smem[it & 1], qa, acc, m, l, rows, k0, kv_hi, scale_log2);
-    __syncthreads();  // everyone is done with this stage before it is refilled
+    stage_barrier<KEY_SPLIT>();
+    attend_tile<T, D, KEYS>(smem[it & 1], qa, acc, m, l, rows, key_base, k0, kv_hi, scale_log2);
+    stage_barrier<KEY_SPLIT>();  // everyone is done with this stage before it is refilled
+  }
+  if constexpr (KEY_SPLIT > 1) {
+    if (!combine_key_slices<D>(reinterpret_cast<float*>(&smem[0][0][0][0]), acc, m, l)) return;
   }
   store_rows<T, D>(out, part_acc, part_max, part_sum, acc, m, l, rows, num_partitions,
                    rows_total);
@@ -316,7 +353,7 @@ __device__ __forceinline__ void attend_partition(
 
 }  // namespace
 
-template <typename T, int D, int WARPS>
+template <typename T, int D, int WARPS, int KEY_SPLIT>
 __device__ __forceinline__ void paged_attention_impl(
     T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_max,
     float* __restrict__ part_sum, unsigned* __restrict__ counters, const T* __restrict__ q,
@@ -352,42 +389,47 @@ __device__ __forceinline__ void paged_attention_impl(
   if (kv_lo < seq_len) {  // else a partition past the sequence's end: nothing to attend
     const int kv_hi = min(kv_lo + part_len, tile.context + (tile.row0 + valid_rows - 1) /
                                                                tile.group + 1);
-    attend_partition<T, D, WARPS>(smem, tile, kv_lo, kv_hi, out, part_acc, part_max, part_sum,
-                                  q, kv_cache, block_tables, num_heads, num_kv_heads,
-                                  block_size, max_blocks_per_seq, num_slots, scale_log2,
-                                  num_partitions, rows_total);
+    attend_partition<T, D, WARPS, KEY_SPLIT>(
+        smem, tile, kv_lo, kv_hi, out, part_acc, part_max, part_sum, q, kv_cache, block_tables,
+        num_heads, num_kv_heads, block_size, max_blocks_per_seq, num_slots, scale_log2,
+        num_partitions, rows_total);
   }
   if (num_partitions == 1) return;
   // Empty partitions count in too, or the count would never reach num_partitions.
   // blockIdx.x is one (tile, kv head): its counter.
   if (!last_to_arrive(counters + blockIdx.x, num_partitions)) return;
   constexpr int SMEM_FLOATS = static_cast<int>(sizeof(smem) / sizeof(float));
-  merge_partitions<T, D, WARPS, SMEM_FLOATS>(
+  // Every warp of the CTA merges rows, key-split ones included.
+  merge_partitions<T, D, WARPS * KEY_SPLIT, SMEM_FLOATS>(
       out, part_acc, part_max, part_sum, reinterpret_cast<float*>(&smem[0][0][0][0]),
       tile.row0, valid_rows, tile.group, tile.q_begin, cta_kv_head(num_kv_heads), num_heads,
       rows_total, num_live_partitions(seq_len, part_len));
 }
 
-#define INFLIGHTD_PAGED_ATTENTION(T, SUFFIX, D, WARPS)                                           \
-  extern "C" __global__ void __launch_bounds__(32 * WARPS)                                       \
-      paged_attention_##SUFFIX##_d##D##_w##WARPS(                                                \
+// VARIANT names the kernel: w<WARPS>, plus k<KEY_SPLIT> where keys are split. BOUNDS is its
+// __launch_bounds__. A key-split CTA asks for as many resident CTAs as sm_90's shared memory
+// allows (6 at head_dim 128, 12 at 64): twice the warps of w1 at the same CTA count.
+#define INFLIGHTD_PAGED_ATTENTION(T, SUFFIX, D, WARPS, KEY_SPLIT, VARIANT, BOUNDS)               \
+  extern "C" __global__ void __launch_bounds__ BOUNDS                                            \
+      paged_attention_##SUFFIX##_d##D##_##VARIANT(                                               \
           T* out, float* part_acc, float* part_max, float* part_sum, unsigned* counters,        \
           const T* q, const T* kv_cache, const int* query_start_loc, const int* seq_lens,       \
           const int* block_tables, int num_seqs, int num_tokens, int num_heads,                 \
           int num_kv_heads, int block_size, int max_blocks_per_seq, long long num_slots,        \
           float scale_log2, int num_partitions, int min_rows, int max_rows) {                   \
-    paged_attention_impl<T, D, WARPS>(                                                           \
+    paged_attention_impl<T, D, WARPS, KEY_SPLIT>(                                                \
         out, part_acc, part_max, part_sum, counters, q, kv_cache, query_start_loc, seq_lens,     \
         block_tables, num_seqs, num_tokens, num_heads, num_kv_heads, block_size,                 \
         max_blocks_per_seq, num_slots, scale_log2, num_partitions, min_rows, max_rows);          \
   }
 
-#define INFLIGHTD_PAGED_ATTENTION_WARPS(T, SUFFIX, D) \
-  INFLIGHTD_PAGED_ATTENTION(T, SUFFIX, D, 1)          \
-  INFLIGHTD_PAGED_ATTENTION(T, SUFFIX, D, 2)          \
-  INFLIGHTD_PAGED_ATTENTION(T, SUFFIX, D, 4)
+#define INFLIGHTD_PAGED_ATTENTION_VARIANTS(T, SUFFIX, D)                                       \
+  INFLIGHTD_PAGED_ATTENTION(T, SUFFIX, D, 1, 1, w1, (32))                                      \
+  INFLIGHTD_PAGED_ATTENTION(T, SUFFIX, D, 1, 2, w1k2, (64, D == 64 ? 12 : 6))                  \
+  INFLIGHTD_PAGED_ATTENTION(T, SUFFIX, D, 2, 1, w2, (64))                                      \
+  INFLIGHTD_PAGED_ATTENTION(T, SUFFIX, D, 4, 1, w4, (128))
 
-INFLIGHTD_PAGED_ATTENTION_WARPS(__nv_bfloat16, bf16, 64)
-INFLIGHTD_PAGED_ATTENTION_WARPS(__nv_bfloat16, bf16, 128)
-INFLIGHTD_PAGED_ATTENTION_WARPS(__half, fp16, 64)
-INFLIGHTD_PAGED_ATTENTION_WARPS(__half, fp16, 128)
+INFLIGHTD_PAGED_ATTENTION_VARIANTS(__nv_bfloat16, bf16, 64)
+INFLIGHTD_PAGED_ATTENTION_VARIANTS(__nv_bfloat16, bf16, 128)
+INFLIGHTD_PAGED_ATTENTION_VARIANTS(__half, fp16, 64)
+INFLIGHTD_PAGED_ATTENTION_VARIANTS(__half, fp16, 128)

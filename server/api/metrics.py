@@ -18,7 +18,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from server.api.request_timing import ChoiceTiming
-from server.engine.messages import EngineStatsMessage, StepInfo
+from server.engine.info import EngineStats
+from server.engine.messages import StepInfo
 
 MODEL_LABEL = "model_name"
 # Prometheus's classic text format, whatever the scraper offers: prometheus_client's
@@ -42,7 +43,7 @@ class EngineStatsCollector(Collector):
     """Gauges and counters from the engine's latest stats; nothing before the first."""
 
     def __init__(self, *, model_name: str,
-                 latest_stats: Callable[[], EngineStatsMessage | None]) -> None:
+                 latest_stats: Callable[[], EngineStats | None]) -> None:
         self._model_name = model_name
         self._latest_stats = latest_stats
 
@@ -82,7 +83,7 @@ class EngineStatsCollector(Collector):
         yield from self._energy(stats, labels)
 
     @staticmethod
-    def _energy(stats: EngineStatsMessage, labels: list[str]) -> Iterator[Metric]:
+    def _energy(stats: EngineStats, labels: list[str]) -> Iterator[Metric]:
         """Only where the engine has a GPU energy counter: absent, not zero, elsewhere."""
         if stats.energy_joules is None:
             return
@@ -104,7 +105,7 @@ class ServerMetrics:
     """The app's registry and the metrics the api process observes itself."""
 
     def __init__(self, *, model_name: str,
-                 latest_stats: Callable[[], EngineStatsMessage | None]) -> None:
+                 latest_stats: Callable[[], EngineStats | None]) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(EngineStatsCollector(model_name=model_name,
                                                     latest_stats=latest_stats))

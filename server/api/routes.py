@@ -4,9 +4,9 @@ every validation failure become OpenAI-shaped 400s."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import TypeVar
 
-import msgspec
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -134,7 +134,7 @@ async def engine_stats(request: Request) -> JSONResponse:
     except (asyncio.TimeoutError, EngineDeadError) as exc:
         return _unavailable(f"the engine did not report its stats: {exc or 'timeout'}")
     info = state.info
-    return JSONResponse({**msgspec.structs.asdict(stats),
+    return JSONResponse({**dataclasses.asdict(stats),
                          "num_api_open_requests": state.client.num_open_requests,
                          # every asyncio task of the api process, this request's included:
                          # back to its idle figure once no client is served (a leak check)

@@ -19,7 +19,7 @@ from server.api.request_timing import ChoiceTiming, GenerationRecord, log_genera
 from server.api.settings import ServeConfig
 from server.api.tokenizer import Tokenizer
 from server.engine.client import EngineClient
-from server.engine.messages import EngineInfoMessage
+from server.engine.info import EngineInfo
 from server.scheduler.output import TokenLogprobs
 
 # Tokenizing text longer than this moves off the event loop, so other streams keep flowing.
@@ -38,7 +38,7 @@ class ServingState:
 
     config: ServeConfig
     client: EngineClient
-    info: EngineInfoMessage
+    info: EngineInfo
     tokenizer: Tokenizer | None
     metrics: ServerMetrics | None = None
     started_at: int = field(default_factory=lambda: int(time.time()))

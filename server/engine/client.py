@@ -22,8 +22,9 @@ import zmq
 import zmq.asyncio
 
 from server.config import CacheConfig, ModelConfig, SchedulerConfig
-from server.engine.messages import (AbortRequests, AddRequest, EngineFailed, EngineInfoMessage,
-                                    EngineProcessArgs, EngineReady, EngineStatsMessage,
+from server.engine.info import EngineInfo, EngineStats
+from server.engine.messages import (AbortRequests, AddRequest, EngineFailed,
+                                    EngineProcessArgs, EngineReady,
                                     RequestRejected, Shutdown, StartupFailed, StatsQuery,
                                     StatsReply, StepInfo, StepOutputs, encode_process_args,
                                     input_codec, output_codec)
@@ -92,22 +93,22 @@ class EngineClient:
         self._log_level = log_level
         self._log_format = log_format
         self._on_step = on_step  # told of every engine step (metrics)
-        self.latest_stats: EngineStatsMessage | None = None  # the last the engine sent
+        self.latest_stats: EngineStats | None = None  # the last the engine sent
         self._admitted: set[str] = set()  # open req_ids the scheduler has taken up
         self._refusing: str | None = None  # why new requests are refused (shutting down)
         self._failed = asyncio.Event()
         self._input_encoder, _ = input_codec()
         _, self._output_decoder = output_codec()
         self._streams: dict[str, OutputStream] = {}
-        self._stats_waiters: dict[int, asyncio.Future[EngineStatsMessage]] = {}
+        self._stats_waiters: dict[int, asyncio.Future[EngineStats]] = {}
         self._query_ids = itertools.count()
         self._failure: str | None = None
         self._stopping = False
         self._last_message_at = time.monotonic()
-        self._info: EngineInfoMessage | None = None
+        self._info: EngineInfo | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._tasks: list[asyncio.Task] = []
-        self._ready: asyncio.Future[EngineInfoMessage] | None = None
+        self._ready: asyncio.Future[EngineInfo] | None = None
         self._ipc_dir: Path | None = None
         self._sync_context: zmq.Context | None = None
         self._async_context: zmq.asyncio.Context | None = None
@@ -116,7 +117,7 @@ class EngineClient:
 
     # ---- lifecycle ----
 
-    async def start(self, *, timeout_s: float = 1800.0) -> EngineInfoMessage:
+    async def start(self, *, timeout_s: float = 1800.0) -> EngineInfo:
         """Start the engine process and wait until it has built its core."""
         self._ipc_dir = Path(tempfile.mkdtemp(prefix="inflightd-"))
         input_address = f"ipc://{self._ipc_dir / 'input'}"
@@ -180,7 +181,7 @@ class EngineClient:
     # ---- state ----
 
     @property
-    def info(self) -> EngineInfoMessage:
+    def info(self) -> EngineInfo:
         if self._info is None:
             raise EngineDeadError("the engine has not started")
         return self._info
@@ -253,7 +254,7 @@ class EngineClient:
         self.abort(list(stream.unfinished_req_ids))
         stream.unfinished_req_ids.clear()
 
-    async def stats(self, *, timeout_s: float = 5.0) -> EngineStatsMessage:
+    async def stats(self, *, timeout_s: float = 5.0) -> EngineStats:
         """Ask the engine for its figures; it answers between two steps."""
         if not self.is_alive:
             raise EngineDeadError(self._failure or "the engine is not running")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 from server.config import CacheConfig, ModelConfig, SchedulerConfig
 from server.engine.async_output import InFlightStep
+from server.engine.info import EngineInfo, EngineStats
 from server.engine.runner import ModelRunner
 from server.engine.weights import ModelSource, resolve_model
 from server.scheduler.output import RequestOutput, SchedulerOutput
@@ -23,39 +24,6 @@ from server.scheduler.request import Request, SamplingParams
 from server.scheduler.scheduler import Scheduler
 
 logger = logging.getLogger("inflightd.engine")
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    """What the api process needs to know about the engine it talks to."""
-
-    model_name: str
-    vocab_size: int
-    max_model_len: int
-    eos_token_ids: tuple[int, ...]
-    num_kv_blocks: int
-    block_size: int
-    kv_cache_tokens: int
-    tokenizer_dir: str | None
-    device: str
-    dtype: str
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    num_running: int
-    num_waiting: int
-    num_free_blocks: int
-    num_blocks: int
-    num_evictable_blocks: int  # free blocks that still hold a reusable cached prefix
-    num_used_blocks: int  # held by live requests
-    kv_cache_usage: float  # 0..1
-    prefix_cache_queries: int  # tokens looked up
-    prefix_cache_hits: int  # tokens found
-    num_preemptions: int
-    prompt_tokens_total: int
-    generation_tokens_total: int
-    energy_joules: float | None = None  # GPU energy since start (NVML); None: no counter
 
 
 @dataclass(frozen=True)
@@ -126,20 +94,23 @@ class EngineCore:
         started_at = time.monotonic()
         scheduler_output = self.scheduler.schedule()
         self._in_flight.append((scheduler_output, self.runner.launch(scheduler_output)))
-        outputs: list[RequestOutput] = []
-        while len(self._in_flight) > self._max_in_flight or (
-                self._in_flight and scheduler_output.is_empty):
-            outputs += self._update_oldest()
+        outputs = self._update(keep_in_flight=0 if scheduler_output.is_empty
+                               else self._max_in_flight)
         self.last_step = StepSummary(
             started_at=started_at, num_batched_tokens=scheduler_output.num_batched_tokens,
             admitted_req_ids=tuple(r.req_id for r in scheduler_output.new_requests))
         return outputs
 
-    def _update_oldest(self) -> list[RequestOutput]:
-        scheduler_output, in_flight = self._in_flight.popleft()
-        model_output = self.runner.resolve(in_flight)
-        self._num_generation_tokens_total += len(model_output.sampled_token_ids)
-        return self.scheduler.update(scheduler_output, model_output)
+    def _update(self, *, keep_in_flight: int) -> list[RequestOutput]:
+        """Updates the scheduler with the oldest steps, once their tokens are back, until
+        keep_in_flight steps are left (an empty step drains them all)."""
+        outputs: list[RequestOutput] = []
+        while len(self._in_flight) > keep_in_flight:
+            scheduler_output, in_flight = self._in_flight.popleft()
+            model_output = self.runner.resolve(in_flight)
+            self._num_generation_tokens_total += len(model_output.sampled_token_ids)
+            outputs += self.scheduler.update(scheduler_output, model_output)
+        return outputs
 
     def set_async_scheduling(self, enabled: bool) -> None:
         """Switches async scheduling between runs (for benchmarks comparing both)."""

@@ -46,9 +46,10 @@ MODULES: tuple[KernelModule, ...] = (
     KernelModule("rope_cache", False,
                  _names("rope_and_cache_{dt}{cos}", dt=DTYPES, cos=("", "_f32cos"))),
     KernelModule("gemv", False, _names("gemv_{dt}_m{m}", dt=DTYPES, m=(1, 2, 3, 4))),
+    # w1k2: the 1-warp row class on 2-warp CTAs that split each K/V tile's keys
     KernelModule("paged_attention", True,
                  _names("paged_attention_{dt}_d{d}_w{w}", dt=DTYPES, d=ATTENTION_HEAD_DIMS,
-                        w=ATTENTION_WARPS)),
+                        w=(*ATTENTION_WARPS, "1k2"))),
 )
 MODULES_BY_NAME = {module.name: module for module in MODULES}
 

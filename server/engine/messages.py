@@ -6,9 +6,8 @@
       PULL  <-- EngineReady | StartupFailed | StepOutputs | RequestRejected
                 | StatsReply | EngineFailed -------------------------  PUSH
 
-The engine's own EngineInfo and EngineStats are dataclasses next to EngineCore, in a module
-that imports torch; the api process must not, so it reads them as the structs mirrored here
-(`info_message` / `stats_message` copy them field by field).
+EngineInfo and EngineStats travel as the engine's own dataclasses (server/engine/info.py,
+which imports no torch).
 
 Only the engine process's main (process.py) and the api's client import this module: the
 engine core and runner do not, so they run where msgspec is absent.
@@ -16,51 +15,14 @@ engine core and runner do not, so they run where msgspec is absent.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Union
 
 import msgspec
 
 from server.config import CacheConfig, ModelConfig, SchedulerConfig
+from server.engine.info import EngineInfo, EngineStats
 from server.scheduler.output import RequestOutput
 from server.scheduler.request import SamplingParams
-
-
-class EngineInfoMessage(msgspec.Struct, frozen=True):
-    model_name: str
-    vocab_size: int
-    max_model_len: int
-    eos_token_ids: tuple[int, ...]
-    num_kv_blocks: int
-    block_size: int
-    kv_cache_tokens: int
-    tokenizer_dir: str | None
-    device: str
-    dtype: str
-
-
-class EngineStatsMessage(msgspec.Struct, frozen=True):
-    num_running: int
-    num_waiting: int
-    num_free_blocks: int
-    num_blocks: int
-    num_evictable_blocks: int  # free blocks still holding a cached prefix
-    num_used_blocks: int
-    kv_cache_usage: float  # 0..1
-    prefix_cache_queries: int
-    prefix_cache_hits: int
-    num_preemptions: int
-    prompt_tokens_total: int
-    generation_tokens_total: int
-    energy_joules: float | None = None  # GPU energy since start; None: no counter
-
-
-def info_message(info: Any) -> EngineInfoMessage:
-    """Copy the engine's EngineInfo dataclass (any object with those attributes)."""
-    return msgspec.convert(info, EngineInfoMessage, from_attributes=True)
-
-
-def stats_message(stats: Any) -> EngineStatsMessage:
-    return msgspec.convert(stats, EngineStatsMessage, from_attributes=True)
 
 
 # ---- what the engine process is started with (passed as JSON on its command line) ----
@@ -103,7 +65,7 @@ EngineInput = Union[AddRequest, AbortRequests, StatsQuery, Shutdown]
 # ---- engine -> api ----
 
 class EngineReady(msgspec.Struct, frozen=True, tag="ready"):
-    info: EngineInfoMessage
+    info: EngineInfo
 
 
 class StartupFailed(msgspec.Struct, frozen=True, tag="startup_failed"):
@@ -134,7 +96,7 @@ class RequestRejected(msgspec.Struct, frozen=True, tag="rejected"):
 
 class StatsReply(msgspec.Struct, frozen=True, tag="stats"):
     query_id: int
-    stats: EngineStatsMessage
+    stats: EngineStats
 
 
 class EngineFailed(msgspec.Struct, frozen=True, tag="failed"):

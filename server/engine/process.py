@@ -30,8 +30,7 @@ from server.engine.energy import EnergyMeter, EnergyMeterUnavailable, open_energ
 from server.engine.messages import (AbortRequests, AddRequest, EngineFailed, EngineProcessArgs,
                                     EngineReady, Shutdown, StartupFailed, StatsQuery,
                                     StatsReply, StepInfo, StepOutputs, RequestRejected,
-                                    decode_process_args, info_message, input_codec,
-                                    output_codec, stats_message)
+                                    decode_process_args, input_codec, output_codec)
 from server.logging_setup import configure_logging
 
 logger = logging.getLogger("inflightd.engine")
@@ -136,7 +135,7 @@ class EngineLoop:
             except EnergyMeterUnavailable as exc:  # the metric goes away; serving goes on
                 logger.warning("GPU energy counter stopped working: %s", exc)
                 self._energy_meter = None
-        return stats_message(stats)
+        return stats
 
     def _add(self, message: AddRequest) -> None:
         try:
@@ -215,7 +214,7 @@ def serve(args: EngineProcessArgs) -> int:
             push.send(encoder.encode(StartupFailed(message=f"{type(exc).__name__}: {exc}")))
             return 1
         energy_meter = open_energy_meter(core.info.device)
-        push.send(encoder.encode(EngineReady(info=info_message(core.info))))
+        push.send(encoder.encode(EngineReady(info=core.info)))
         loop = EngineLoop(core, pull, push, energy_meter=energy_meter)
         try:
             status = loop.run()

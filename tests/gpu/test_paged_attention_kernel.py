@@ -1,7 +1,9 @@
 """Paged attention (csrc/paged_attention.cu, which merges its own key partitions with
 csrc/attention_merge.cuh) against TorchOps.attention on packed batches mixing prefill
 chunks, prefix-cache hits and decodes; split launches must leave their arrival counters at
-0, so the next launch, and the next replay of a captured graph, is right too."""
+0, so the next launch, and the next replay of a captured graph, is right too. Cases that
+run decodes run with both decode kernels: w1 (decode_key_split=1) and w1k2 (2 warps
+splitting each K/V tile's keys, whose softmax states the kernel combines)."""
 
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ from tests.gpu.helpers import (DTYPE_IDS, DTYPES, assert_close, cuda_generator, 
                                poisoned, random_tensor)
 
 HEADS = {"mha": (16, 16), "gqa": (32, 8), "mqa": (16, 1)}
+KEY_SPLITS = pytest.mark.parametrize("decode_key_split", (1, 2), ids=("w1", "w1k2"))
 # name: (query_lens, context_lens, block_size)
 BATCHES = {
-    # prefill chunks from scratch, a prefix hit with a multi-token query, decodes, block edges
+    # prefill chunks from scratch, a prefix hit with a multi-token query, decodes, block edges;
+    # decodes of 1 to 16 keys leave w1k2's second warp (keys 16-31 of a tile) nothing to see
     "mixed": ([17, 1, 64, 1, 5, 33], [0, 100, 37, 1000, 16, 15], 16),
     "decode": ([1] * 9, [0, 1, 15, 16, 17, 255, 256, 257, 1999], 16),
     "prefix-hits": ([3, 48, 129], [32, 300, 1], 32),
@@ -55,17 +59,19 @@ def assert_counters_at_zero(counters: torch.Tensor, *, what: str) -> None:
 
 
 def run_case(library, torch_ops, *, batch: str, heads: str, head_dim: int, dtype: torch.dtype,
-             seed: int, num_partitions: int | None = None):
+             seed: int, num_partitions: int | None = None, decode_key_split: int = 1):
     q, kv_cache, metadata = make_inputs(batch=batch, heads=heads, head_dim=head_dim,
                                         dtype=dtype, seed=seed)
     scale = head_dim ** -0.5
-    plan = plan_for(library, q, kv_cache, metadata)
+    plan = plan_for(library, q, kv_cache, metadata, decode_key_split=decode_key_split)
+    assert all(launch.key_split == decode_key_split
+               for launch in plan.launches if launch.warps == 1), plan
     if num_partitions is not None:
         plan = dataclasses.replace(plan, num_partitions=num_partitions)
     workspace = nan_workspace(plan, q, kv_cache)
     out = poisoned(tuple(q.shape), dtype=dtype)
     paged_attention_into(library, out, q, kv_cache, metadata, scale, workspace=workspace,
-                         plan=plan)
+                         plan=plan, decode_key_split=decode_key_split)
     what = f"attention {batch}/{heads}/d{head_dim}/{dtype} {plan}"
     assert_close(out, torch_ops.attention(q, kv_cache, metadata, scale), what=what)
     if workspace is not None:
@@ -73,42 +79,63 @@ def run_case(library, torch_ops, *, batch: str, heads: str, head_dim: int, dtype
     return plan
 
 
+@KEY_SPLITS
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("head_dim", (64, 128))
 @pytest.mark.parametrize("heads", tuple(HEADS))
 @pytest.mark.parametrize("batch", tuple(BATCHES))
-def test_paged_attention_matches_reference(library, torch_ops, batch, heads, head_dim, dtype):
+def test_paged_attention_matches_reference(library, torch_ops, batch, heads, head_dim, dtype,
+                                           decode_key_split):
     run_case(library, torch_ops, batch=batch, heads=heads, head_dim=head_dim, dtype=dtype,
-             seed=len(batch) * 7 + head_dim)
+             seed=len(batch) * 7 + head_dim, decode_key_split=decode_key_split)
 
 
+@KEY_SPLITS
 @pytest.mark.parametrize("batch", ("long-decode", "long-chunk"))
-def test_long_contexts_are_split_across_partitions(library, torch_ops, batch):
+def test_long_contexts_are_split_across_partitions(library, torch_ops, batch, decode_key_split):
     plan = run_case(library, torch_ops, batch=batch, heads="gqa", head_dim=128,
-                    dtype=torch.bfloat16, seed=5)
+                    dtype=torch.bfloat16, seed=5, decode_key_split=decode_key_split)
     assert plan.num_partitions > 1, plan
 
 
+@KEY_SPLITS
 @pytest.mark.parametrize("num_partitions", (1, 2, 7, 64))
 @pytest.mark.parametrize("batch", ("mixed", "decode", "long-decode"))
 def test_any_partition_count_gives_the_same_attention(library, torch_ops, batch,
-                                                      num_partitions):
+                                                      num_partitions, decode_key_split):
     # A captured graph keeps the partition count of its capture whatever the lengths later.
     run_case(library, torch_ops, batch=batch, heads="gqa", head_dim=128, dtype=torch.float16,
-             seed=num_partitions, num_partitions=num_partitions)
+             seed=num_partitions, num_partitions=num_partitions,
+             decode_key_split=decode_key_split)
 
 
+@KEY_SPLITS
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("head_dim", (64, 128))
 @pytest.mark.parametrize("heads", tuple(HEADS))
 @pytest.mark.parametrize("batch", ("mixed", "decode", "prefix-hits"))
 def test_split_attention_merges_in_the_last_cta(library, torch_ops, batch, heads, head_dim,
-                                                dtype):
+                                                dtype, decode_key_split):
     # 5 parts: short sequences leave parts empty (they still count in), the 1-, 2- and
     # 4-warp launches of a mixed batch share the counters, and group 16 (mqa) makes a decode
-    # tile merge its rows in two batches.
+    # tile merge its rows in two batches (w1) or one per warp (w1k2).
     run_case(library, torch_ops, batch=batch, heads=heads, head_dim=head_dim, dtype=dtype,
-             seed=len(batch) + head_dim, num_partitions=5)
+             seed=len(batch) + head_dim, num_partitions=5, decode_key_split=decode_key_split)
+
+
+@pytest.mark.parametrize("head_dim", (64, 128))
+def test_key_split_decode_matches_the_one_warp_kernel(library, head_dim):
+    # Same inputs through w1 and w1k2: only the order of float sums and the max each P is
+    # rounded against differ.
+    q, kv_cache, metadata = make_inputs(batch="decode", heads="gqa", head_dim=head_dim,
+                                        dtype=torch.bfloat16, seed=61)
+    outs = []
+    for decode_key_split in (1, 2):
+        out = poisoned(tuple(q.shape), dtype=q.dtype)
+        paged_attention_into(library, out, q, kv_cache, metadata, head_dim ** -0.5,
+                             decode_key_split=decode_key_split)
+        outs.append(out)
+    assert_close(outs[1], outs[0], what=f"w1k2 against w1 at d{head_dim}")
 
 
 @pytest.mark.parametrize("head_dim", (64, 128))
@@ -142,15 +169,17 @@ def test_split_launches_without_workspace_share_the_library_counters(library, to
         assert_counters_at_zero(library.zeroed_int32(COUNTERS, 0), what=batch)
 
 
+@KEY_SPLITS
 @pytest.mark.parametrize("own_workspace", (True, False), ids=("workspace", "library-counters"))
-def test_captured_split_decode_replays_with_new_lengths(library, torch_ops, own_workspace):
+def test_captured_split_decode_replays_with_new_lengths(library, torch_ops, own_workspace,
+                                                        decode_key_split):
     # Every sequence has blocks for 4000 keys; the graph is planned (split) for that length.
     num_heads, num_kv_heads = HEADS["gqa"]
     kv_cache, metadata = paged_batch(query_lens=[1, 1, 1], context_lens=[3999] * 3,
                                      block_size=16, num_kv_heads=num_kv_heads, head_dim=128,
                                      dtype=torch.bfloat16, seed=51)
     q = random_tensor((3, num_heads, 128), dtype=torch.bfloat16, generator=cuda_generator(52))
-    plan = plan_for(library, q, kv_cache, metadata)
+    plan = plan_for(library, q, kv_cache, metadata, decode_key_split=decode_key_split)
     assert plan.num_partitions > 1, plan
     workspace = nan_workspace(plan, q, kv_cache) if own_workspace else None
     out = torch.empty_like(q)
@@ -158,7 +187,7 @@ def test_captured_split_decode_replays_with_new_lengths(library, torch_ops, own_
 
     def attend():
         paged_attention_into(library, out, q, kv_cache, metadata, scale, workspace=workspace,
-                             plan=plan)
+                             plan=plan, decode_key_split=decode_key_split)
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())

@@ -1,12 +1,13 @@
 """The attention launch plan (pure host arithmetic): row classes, grid sizes that cover every
-tile, and the flash-decoding split count."""
+tile, the flash-decoding split count, and the decode kernel's key split."""
 
 from __future__ import annotations
 
 import pytest
 
 from server.engine.ops.cuda_attention import (GOOD_WAVE_FILL, MAX_PARTITIONS, MIN_PARTITION_LEN,
-                                              ROWS_PER_WARP, plan_attention)
+                                              ROWS_PER_WARP, AttentionKeySplitError,
+                                              plan_attention)
 
 H100_SMS = 132
 RESIDENT = {1: 6, 2: 6, 4: 3}  # CTAs per SM at head_dim 128, from the kernels' occupancy
@@ -75,3 +76,37 @@ def test_grid_covers_every_tile_of_every_sequence(query_lens, group):
         for seq, query_len in enumerate(query_lens):
             end = starts[seq] + -(-query_len * group // rows_per_tile)
             assert end <= (starts[seq + 1] if seq + 1 < len(query_lens) else launch.grid_x)
+
+
+def test_key_split_runs_only_the_one_warp_class_on_two_warp_ctas():
+    query_lens = [1, 1, 512, 6]  # group 4: rows 4, 4, 2048, 24
+    unsplit = plan(query_lens, 4096)
+    split = plan_attention(query_lens=query_lens, max_seq_len=4096, num_heads=32,
+                           num_kv_heads=8, num_sms=H100_SMS, resident_ctas=RESIDENT,
+                           decode_key_split=2)
+    assert [(launch.warps, launch.key_split, launch.threads) for launch in split.launches] == [
+        (1, 2, 64), (2, 1, 64), (4, 1, 128)]
+    # the same row tiles and grid: only the threads working on each tile change
+    assert [(launch.min_rows, launch.max_rows, launch.grid_x) for launch in split.launches] == [
+        (launch.min_rows, launch.max_rows, launch.grid_x) for launch in unsplit.launches]
+    assert [launch.kernel(suffix="bf16", head_dim=128) for launch in split.launches] == [
+        "paged_attention_bf16_d128_w1k2", "paged_attention_bf16_d128_w2",
+        "paged_attention_bf16_d128_w4"]
+
+
+@pytest.mark.parametrize("resident, partitions", ((6, 3), (4, 1)))
+def test_key_split_plan_is_sized_by_the_resident_ctas_it_is_given(resident, partitions):
+    # 64 decodes x 8 kv heads = 512 CTAs: 6 w1k2 CTAs per SM (792 slots) fill a wave well
+    # only with 3 partitions, 4 per SM (528 slots) with none.
+    result = plan_attention(query_lens=[1] * 64, max_seq_len=8192, num_heads=32, num_kv_heads=8,
+                            num_sms=H100_SMS, resident_ctas={**RESIDENT, 1: resident},
+                            decode_key_split=2)
+    assert result.num_partitions == partitions
+
+
+@pytest.mark.parametrize("decode_key_split", (0, 3, 4))
+def test_unsupported_key_split_is_refused(decode_key_split):
+    with pytest.raises(AttentionKeySplitError, match="decode_key_split must be one of"):
+        plan_attention(query_lens=[1], max_seq_len=100, num_heads=32, num_kv_heads=8,
+                       num_sms=H100_SMS, resident_ctas=RESIDENT,
+                       decode_key_split=decode_key_split)

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from server.api.metrics import ServerMetrics
 from server.engine.energy import (EnergyMeter, EnergyMeterUnavailable, cuda_pci_bus_id,
                                   open_energy_meter)
-from server.engine.messages import EngineStatsMessage
+from server.engine.info import EngineStats
 
 NVML_ERROR_NOT_SUPPORTED = 3
 DEVICE_HANDLE = 0xD00D
@@ -91,15 +91,15 @@ def test_no_meter_where_cuda_is_missing():
         cuda_pci_bus_id("cuda:0")
 
 
-def _stats(**fields) -> EngineStatsMessage:
+def _stats(**fields) -> EngineStats:
     base = dict(num_running=0, num_waiting=0, num_free_blocks=4, num_blocks=4,
                 num_evictable_blocks=0, num_used_blocks=0, kv_cache_usage=0.0,
                 prefix_cache_queries=0, prefix_cache_hits=0, num_preemptions=0,
                 prompt_tokens_total=10, generation_tokens_total=600)
-    return EngineStatsMessage(**{**base, **fields})
+    return EngineStats(**{**base, **fields})
 
 
-def _energy_samples(stats: EngineStatsMessage) -> dict[str, float]:
+def _energy_samples(stats: EngineStats) -> dict[str, float]:
     metrics = ServerMetrics(model_name="m", latest_stats=lambda: stats)
     families = text_string_to_metric_families(metrics.render().decode())
     return {s.name: s.value for f in families for s in f.samples

@@ -129,7 +129,7 @@ def test_long_decode_launches_one_split_attention_that_merges_itself():
     metadata = attention_metadata([1, 1], [8000, 30], width=500)
     q = bf16(2, 32, 128)
     plan = paged_attention_into(lib, torch.empty_like(q), q, bf16(2, 600, 16, 8, 128), metadata,
-                                0.088)
+                                0.088, decode_key_split=1)
     assert plan.num_partitions > 1
     [(_, function, grid, block, args)] = lib.launches  # no separate merge kernel
     assert function == "paged_attention_bf16_d128_w1" and block == (32,)
@@ -179,28 +179,68 @@ def test_gemv_launches_one_warp_per_output_column_and_checks_its_inputs():
                   bf16(999))
 
 
-def test_each_row_class_launches_its_own_kernel_kv_heads_side_by_side():
+@pytest.mark.parametrize("split, decode_kernel, decode_threads", ((1, "w1", 32), (2, "w1k2", 64)))
+def test_each_row_class_launches_its_own_kernel_kv_heads_side_by_side(split, decode_kernel,
+                                                                      decode_threads):
     lib = RecordingLibrary()
     metadata = attention_metadata([1, 6, 40], [300, 306, 340], width=30)  # rows 4, 24, 160
     q = bf16(47, 32, 128)
     plan = paged_attention_into(lib, torch.empty_like(q), q, bf16(2, 100, 16, 8, 128),
-                                metadata, 0.088)
+                                metadata, 0.088, decode_key_split=split)
     assert [launch.warps for launch in plan.launches] == [1, 2, 4]
+    kernels = [(decode_kernel, decode_threads), ("w2", 64), ("w4", 128)]
     assert [(function, grid[:2], block) for _, function, grid, block, _ in lib.launches] == [
-        (f"paged_attention_bf16_d128_w{launch.warps}", (launch.grid_x * 8, 1),
-         (32 * launch.warps,)) for launch in plan.launches]
+        (f"paged_attention_bf16_d128_{kernel}", (launch.grid_x * 8, 1), (threads,))
+        for (kernel, threads), launch in zip(kernels, plan.launches)]
+    # the key split runs the same tiles: grid and rows per sequence are those of w1
+    assert plan.launches[0].grid_x == 47 * 4 // 16 + 3
+    assert lib.launches[0][4][-2:] == (np.int32(1), np.int32(16))
 
 
 @pytest.mark.parametrize("resident, partitions", ((6, 3), (4, 1)))
-def test_split_is_sized_by_the_occupancy_of_the_decode_kernel(resident, partitions):
+@pytest.mark.parametrize("split, kernel, other, threads",
+                         ((1, "w1", "w1k2", 32), (2, "w1k2", "w1", 64)))
+def test_split_is_sized_by_the_occupancy_of_the_decode_kernel_launched(split, kernel, other,
+                                                                       threads, resident,
+                                                                       partitions):
     # 64 decodes x 8 kv heads = 512 CTAs: 6 per SM (792 slots) fill a wave well only with 3
-    # partitions, 4 per SM (528 slots) with none.
-    lib = RecordingLibrary(resident_ctas={"paged_attention_fp16_d128_w1": resident})
+    # partitions, 4 per SM (528 slots) with none. The other decode kernel's occupancy (a
+    # misleading 1) must not matter.
+    lib = RecordingLibrary(resident_ctas={f"paged_attention_fp16_d128_{kernel}": resident,
+                                          f"paged_attention_fp16_d128_{other}": 1})
     metadata = attention_metadata([1] * 64, [8192] * 64, width=512)
     q = torch.randn(64, 32, 128).to(torch.float16)
     kv_cache = torch.randn(2, 8, 16, 8, 128).to(torch.float16)
-    plan = paged_attention_into(lib, torch.empty_like(q), q, kv_cache, metadata, 0.088)
+    plan = paged_attention_into(lib, torch.empty_like(q), q, kv_cache, metadata, 0.088,
+                                decode_key_split=split)
     assert plan.num_partitions == partitions
-    assert "paged_attention_fp16_d128_w1" in lib.occupancy_queries
-    [(_, function, grid, _, _)] = lib.launches
-    assert function == "paged_attention_fp16_d128_w1" and grid[2] == partitions
+    assert f"paged_attention_fp16_d128_{kernel}" in lib.occupancy_queries
+    assert f"paged_attention_fp16_d128_{other}" not in lib.occupancy_queries
+    [(_, function, grid, block, _)] = lib.launches
+    assert function == f"paged_attention_fp16_d128_{kernel}" and block == (threads,)
+    assert grid == ((64 * 4 // 16 + 64) * 8, 1, partitions)
+
+
+def test_plan_made_for_another_key_split_is_refused():
+    lib = RecordingLibrary()
+    metadata = attention_metadata([1, 1], [500, 30], width=40)
+    q = bf16(2, 32, 64)
+    kv_cache = bf16(2, 80, 16, 8, 64)
+    plan = paged_attention_into(lib, torch.empty_like(q), q, kv_cache, metadata, 0.125,
+                                decode_key_split=1)
+    with pytest.raises(KernelArgumentError, match="plan_for\\(..., decode_key_split=2\\)"):
+        paged_attention_into(lib, torch.empty_like(q), q, kv_cache, metadata, 0.125, plan=plan,
+                             decode_key_split=2)
+    with pytest.raises(KernelArgumentError, match="decode_key_split must be one of"):
+        paged_attention_into(lib, torch.empty_like(q), q, kv_cache, metadata, 0.125,
+                             decode_key_split=4)
+    assert [function for _, function, _, _, _ in lib.launches] == ["paged_attention_bf16_d64_w1"]
+
+
+def test_decodes_run_on_the_w1k2_kernel_by_default():
+    lib = RecordingLibrary()
+    metadata = attention_metadata([1] * 4, [300] * 4, width=30)
+    q = bf16(4, 32, 128)
+    paged_attention_into(lib, torch.empty_like(q), q, bf16(2, 100, 16, 8, 128), metadata, 0.088)
+    assert [(function, block) for _, function, _, block, _ in lib.launches] == [
+        ("paged_attention_bf16_d128_w1k2", (64,))]

@@ -58,9 +58,11 @@ def test_module_kernels_do_not_spill_registers(compiled, module):
 
 # Most registers per thread that keep each attention variant's resident CTAs per SM on sm_90
 # (65536 registers, handed out in 8s; shared memory alone allows 6 CTAs at head_dim 128, 12 at
-# 64): the merge folded into the kernel must not cost the unsplit launches occupancy.
+# 64): the merge folded into the kernel must not cost the unsplit launches occupancy. w1k2
+# (64 threads) must reach the shared-memory limit too: 6 x 64 x 168 and 12 x 64 x 80 fit.
 ATTENTION_REGISTER_CEILINGS = {"d128_w1": 255, "d128_w2": 168, "d128_w4": 168,
-                               "d64_w1": 168, "d64_w2": 128, "d64_w4": 128}
+                               "d128_w1k2": 168, "d64_w1": 168, "d64_w2": 128, "d64_w4": 128,
+                               "d64_w1k2": 80}
 # head_dim: two stages of 32 K and 32 V rows, each padded by 16 bytes against bank conflicts
 ATTENTION_SMEM_BYTES = {128: 34816, 64: 18432}
 STATIC_SMEM_LIMIT = 48 * 1024
@@ -71,10 +73,18 @@ def test_attention_kernels_keep_their_registers_and_shared_memory(compiled):
     assert set(usage) == set(kernels.MODULES_BY_NAME["paged_attention"].functions)
     for name, resources in usage.items():
         registers, smem = resources.registers, resources.smem_bytes
-        head_dim, warps = re.search(r"_d(\d+)_w(\d)$", name).groups()
-        assert registers <= ATTENTION_REGISTER_CEILINGS[f"d{head_dim}_w{warps}"], (name, registers)
+        head_dim, variant = re.search(r"_d(\d+)_(w\d(?:k\d)?)$", name).groups()
+        assert registers <= ATTENTION_REGISTER_CEILINGS[f"d{head_dim}_{variant}"], (
+            name, registers)
         assert smem == ATTENTION_SMEM_BYTES[int(head_dim)], (name, smem)
         assert smem <= STATIC_SMEM_LIMIT, (name, smem)
+
+
+def test_key_split_decode_kernels_exist_for_every_one_warp_kernel():
+    names = set(kernels.MODULES_BY_NAME["paged_attention"].functions)
+    one_warp = {name for name in names if name.endswith("_w1")}
+    assert len(one_warp) == len(kernels.DTYPES) * len(kernels.ATTENTION_HEAD_DIMS)
+    assert {f"{name}k2" for name in one_warp} <= names
 
 
 def test_compile_all_takes_cached_cubins_without_compiling(compiled, cache_dir, monkeypatch):

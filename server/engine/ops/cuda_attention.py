@@ -4,7 +4,10 @@ which merges its own partitions with csrc/attention_merge.cuh).
 Plan. Each sequence has q_len * group query rows per kv head (group = query heads per kv
 head). Sequences with at most 16 rows (decodes, short chunks) run on 1-warp CTAs, up to 32
 on 2-warp CTAs, the rest on 4-warp CTAs (64 rows): one launch per class present, each
-skipping the other classes' sequences. A launch's grid is (grid_x * num_kv_heads, 1,
+skipping the other classes' sequences. With decode_key_split=2 the 1-warp class runs on the
+"w1k2" kernel instead: 2-warp CTAs whose warps share the same 16 rows and take half of each
+K/V tile's keys each (the kernel combines their softmax states); the plan then sizes its
+split by that kernel's occupancy. A launch's grid is (grid_x * num_kv_heads, 1,
 num_partitions), the kv heads of a row tile neighbouring CTAs (see the kernel). When those
 CTAs would leave the last wave of CTAs on the GPU poorly filled (too few sequences, or too
 few to divide evenly) and contexts are long enough, every sequence's keys are split into
@@ -41,6 +44,10 @@ ROWS_PER_WARP = 16
 ROW_CLASSES = ((1, 1, 16), (2, 17, 32), (4, 33, 2**31 - 1))
 MIN_PARTITION_LEN = 64  # keys (two K/V tiles); shorter parts cost more than they gain
 MAX_PARTITIONS = 64  # also the most the kernel's merge takes (attention_common.cuh)
+DECODE_KEY_SPLITS = (1, 2)  # warps sharing a 1-warp tile's keys: w1, w1k2
+# 2: on an H200, 1.3x the bandwidth of 1 at batch 1 and 256, +4-9 % at batch 64 except one
+# point (bench/kernels.py; docs/benchmarks.md)
+DEFAULT_DECODE_KEY_SPLIT = 2
 GOOD_WAVE_FILL = 0.85  # fewest partitions whose last wave of CTAs keeps the SMs this busy
 LOG2_E = 1.4426950408889634
 COUNTERS = "attention_arrival_counters"  # the library's shared zeroed buffer
@@ -48,10 +55,33 @@ COUNTERS = "attention_arrival_counters"  # the library's shared zeroed buffer
 
 @dataclass(frozen=True)
 class AttentionLaunch:
-    warps: int
+    warps: int  # row warps: 16 * warps rows per CTA
     min_rows: int
     max_rows: int
     grid_x: int
+    key_split: int = 1  # warps sharing each row warp's keys
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.warps * self.key_split
+
+    def kernel(self, *, suffix: str, head_dim: int) -> str:
+        return kernel_name(suffix=suffix, head_dim=head_dim, warps=self.warps,
+                           key_split=self.key_split)
+
+
+def kernel_name(*, suffix: str, head_dim: int, warps: int, key_split: int) -> str:
+    split = f"k{key_split}" if key_split > 1 else ""
+    return f"paged_attention_{suffix}_d{head_dim}_w{warps}{split}"
+
+
+def class_key_split(warps: int, decode_key_split: int) -> int:
+    """Key split of a row class's kernel: only the 1-warp (decode) class splits keys."""
+    return decode_key_split if warps == 1 else 1
+
+
+class AttentionKeySplitError(KernelArgumentError):
+    """decode_key_split is not one the kernels have, or not the one the plan was made for."""
 
 
 @dataclass(frozen=True)
@@ -75,9 +105,11 @@ class AttentionWorkspace:
 
 
 def plan_attention(*, query_lens: Sequence[int], max_seq_len: int, num_heads: int,
-                   num_kv_heads: int, num_sms: int,
-                   resident_ctas: Mapping[int, int]) -> AttentionPlan:
-    """resident_ctas: how many CTAs of each warp count one SM holds at once."""
+                   num_kv_heads: int, num_sms: int, resident_ctas: Mapping[int, int],
+                   decode_key_split: int = DEFAULT_DECODE_KEY_SPLIT) -> AttentionPlan:
+    """resident_ctas: by row warps, how many CTAs of the kernel that class launches (with
+    decode_key_split for the 1-warp class) one SM holds at once."""
+    check_decode_key_split(decode_key_split)
     group = num_heads // num_kv_heads
     num_tokens = sum(query_lens)
     tiles = {warps: 0 for warps, _, _ in ROW_CLASSES}
@@ -88,7 +120,8 @@ def plan_attention(*, query_lens: Sequence[int], max_seq_len: int, num_heads: in
                 tiles[warps] += -(-rows // (ROWS_PER_WARP * warps))
     launches = tuple(
         AttentionLaunch(warps=warps, min_rows=low, max_rows=high,
-                        grid_x=num_tokens * group // (ROWS_PER_WARP * warps) + len(query_lens))
+                        grid_x=num_tokens * group // (ROWS_PER_WARP * warps) + len(query_lens),
+                        key_split=class_key_split(warps, decode_key_split))
         for warps, low, high in ROW_CLASSES if tiles[warps])
     if not launches:
         return AttentionPlan(launches=(), num_partitions=1)
@@ -113,17 +146,29 @@ def _partitions_for(ctas: int, *, slots: int, most: int) -> int:
     return best
 
 
+def check_decode_key_split(decode_key_split: int) -> None:
+    if decode_key_split not in DECODE_KEY_SPLITS:
+        raise AttentionKeySplitError(f"decode_key_split must be one of {DECODE_KEY_SPLITS}, "
+                                     f"got {decode_key_split!r}")
+
+
 def plan_for(lib: KernelLibrary, q: torch.Tensor, kv_cache: torch.Tensor,
-             metadata: AttentionMetadata) -> AttentionPlan:
+             metadata: AttentionMetadata, *,
+             decode_key_split: int = DEFAULT_DECODE_KEY_SPLIT) -> AttentionPlan:
     """The plan paged_attention_into makes for these inputs on this GPU."""
+    check_decode_key_split(decode_key_split)
     num_heads, head_dim = q.shape[1:]
     suffix = dtype_suffix("q", q)
-    resident = {warps: lib.max_active_ctas(
-        "paged_attention", f"paged_attention_{suffix}_d{head_dim}_w{warps}", 32 * warps)
-        for warps, _, _ in ROW_CLASSES}
+    resident = {}
+    for warps, _, _ in ROW_CLASSES:
+        key_split = class_key_split(warps, decode_key_split)
+        resident[warps] = lib.max_active_ctas(
+            "paged_attention", kernel_name(suffix=suffix, head_dim=head_dim, warps=warps,
+                                           key_split=key_split), 32 * warps * key_split)
     return plan_attention(query_lens=metadata.query_lens_host, max_seq_len=metadata.max_seq_len,
                           num_heads=num_heads, num_kv_heads=kv_cache.shape[3],
-                          num_sms=lib.num_sms, resident_ctas=resident)
+                          num_sms=lib.num_sms, resident_ctas=resident,
+                          decode_key_split=decode_key_split)
 
 
 def allocate_partials(plan: AttentionPlan, *, num_tokens: int, num_heads: int, head_dim: int,
@@ -200,14 +245,19 @@ def check_attention_args(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
 def paged_attention_into(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
                          kv_cache: torch.Tensor, metadata: AttentionMetadata, scale: float, *,
                          workspace: AttentionWorkspace | None = None,
-                         plan: AttentionPlan | None = None) -> AttentionPlan:
-    """Causal attention of q [T, H, D] over the paged cache into out; returns the plan used."""
+                         plan: AttentionPlan | None = None,
+                         decode_key_split: int = DEFAULT_DECODE_KEY_SPLIT) -> AttentionPlan:
+    """Causal attention of q [T, H, D] over the paged cache into out; returns the plan used.
+    decode_key_split=2 runs the 1-warp (decode) row class on the w1k2 kernel; a given plan
+    must have been made with the same value."""
     check_attention_args(lib, out, q, kv_cache, metadata)
+    check_decode_key_split(decode_key_split)
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = kv_cache.shape[3]
     suffix = dtype_suffix("q", q)
     if plan is None:
-        plan = plan_for(lib, q, kv_cache, metadata)
+        plan = plan_for(lib, q, kv_cache, metadata, decode_key_split=decode_key_split)
+    check_plan_key_split(plan, decode_key_split)
     if num_tokens == 0:
         return plan
     parts = _partials_args(lib, plan, workspace, num_tokens=num_tokens, num_heads=num_heads,
@@ -220,12 +270,23 @@ def paged_attention_into(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
               np.int64(kv_cache.shape[1] * kv_cache.shape[2]), np.float32(scale * LOG2_E),
               np.int32(plan.num_partitions))
     for launch in plan.launches:
-        lib.launch("paged_attention", f"paged_attention_{suffix}_d{head_dim}_w{launch.warps}",
+        lib.launch("paged_attention", launch.kernel(suffix=suffix, head_dim=head_dim),
                    grid=(launch.grid_x * num_kv_heads, 1, plan.num_partitions),
-                   block=(32 * launch.warps,),
+                   block=(launch.threads,),
                    args=(out.data_ptr(), *parts, *common, np.int32(launch.min_rows),
                          np.int32(launch.max_rows)))
     return plan
+
+
+def check_plan_key_split(plan: AttentionPlan, decode_key_split: int) -> None:
+    """A plan sized for one kernel's occupancy must not launch another."""
+    for launch in plan.launches:
+        expected = class_key_split(launch.warps, decode_key_split)
+        if launch.key_split != expected:
+            raise AttentionKeySplitError(
+                f"the plan runs {launch.warps}-warp rows with key_split {launch.key_split}, "
+                f"but decode_key_split={decode_key_split} was asked for; make the plan with "
+                f"plan_for(..., decode_key_split={decode_key_split})")
 
 
 def _partials_args(lib: KernelLibrary, plan: AttentionPlan,
