@@ -13,6 +13,13 @@
 #   build     `inflightd build` of BUILD_MODEL (default dummy:llama-3-8b) into /root/engines
 #   bench     bench/offline.py on BENCH_MODEL with the acceptance arguments (and
 #             BENCH_ARGS, e.g. --compare-sync)
+#   daemon    scripts/gpu_daemon_smoke.py: `inflightd serve` on the GPU with concurrent,
+#             streamed and abandoned requests, stats, metrics and a SIGTERM drain, for
+#             dummy:smollm2-135m and dummy:llama-3-8b. The image lacks the web stack: carry
+#             its wheels (fastapi starlette pydantic pydantic-core uvicorn msgspec pyzmq
+#             annotated-types typing-inspection typing_extensions opentelemetry-api, the
+#             versions of the venv, `pip download --no-deps --only-binary=:all:
+#             --python-version 3.12`) in a folder named by WHEEL_DIRS
 # Logs go to $OUT (the device tool's output folder), else ./gpu-logs. Wheels carried in
 # .whl/ and in the folders named by WHEEL_DIRS are installed first into /tmp/site.
 #
@@ -103,6 +110,15 @@ if has bench; then
     --max-num-seqs 256 --max-num-batched-tokens 8192 --json "$OUT/bench_offline.json" ${BENCH_ARGS:-} \
     2>&1 | grep -v "it/s]$" | tee "$OUT/bench_offline.log"
   rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || fail bench "$rc"
+fi
+
+if has daemon; then
+  for model in dummy:smollm2-135m dummy:llama-3-8b; do
+    echo "== $model" | tee -a "$OUT/daemon.log"
+    timeout 300 python3 scripts/gpu_daemon_smoke.py --model "$model" --clients 64 \
+      --log "$OUT/daemon_${model#dummy:}.log" 2>&1 | tee -a "$OUT/daemon.log"
+    rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || fail daemon "$rc"
+  done
 fi
 
 if has kernels; then
