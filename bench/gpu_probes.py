@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from bench.kernels import time_graph
 from server.scheduler.request import SamplingParams
 
 # kernel group -> substrings of the kernel names (ours from csrc/, cuBLAS's for the GEMMs)
@@ -75,15 +76,7 @@ def gemm_floor_ms(model, *, batch_size: int = 1, ops=None) -> float:
             linear(inter, layer.down_weight)
         linear(hidden, model.lm_head)
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        linears()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        linears()
-    return median_event_ms(graph.replay)
+    return time_graph(linears)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from server.api.responses import (ChatChoice, ChatChunkChoice, ChatCompletionChu
                                   ChatCompletionResponse, ChatDelta, ChatLogprobs,
                                   ChatMessageOut, UsageInfo)
 from server.api.serving import ServingState, collect, tokenize_off_loop
-from server.api.streaming import SSE_DONE, SSEResponse, sse_event, unless_disconnected
+from server.api.streaming import SSEResponse, delta_events, sse_event, unless_disconnected
 from server.api.tokenizer import TokenizerError
 
 
@@ -68,20 +68,18 @@ async def _chunks(state: ServingState, generation: Generation, body: ChatComplet
     for index in range(body.n):
         yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""),
                                      logprobs=None)])
-    try:
-        async for deltas in generation.steps():
-            for delta in deltas:
-                logprobs = None
-                if body.logprobs:
-                    logprobs = ChatLogprobs(content=chat_logprobs(state.tokenizer,
-                                                                  delta.logprobs))
-                yield chunk([ChatChunkChoice(
-                    index=delta.index, delta=ChatDelta(content=delta.text or None),
-                    logprobs=logprobs, finish_reason=delta.finish_reason)])
-    except APIError as exc:
-        yield sse_event(JSONResponse(exc.body()).body)
-        yield SSE_DONE
-        return
-    if include_usage:
-        yield chunk([], usage=UsageInfo(**generation.usage().to_dict()))
-    yield SSE_DONE
+
+    def render(delta) -> bytes:
+        logprobs = None
+        if body.logprobs:
+            logprobs = ChatLogprobs(content=chat_logprobs(state.tokenizer, delta.logprobs))
+        return chunk([ChatChunkChoice(index=delta.index,
+                                      delta=ChatDelta(content=delta.text or None),
+                                      logprobs=logprobs, finish_reason=delta.finish_reason)])
+
+    def usage_event() -> bytes:
+        return chunk([], usage=UsageInfo(**generation.usage().to_dict()))
+
+    async for event in delta_events(generation.steps(), render,
+                                    usage_event=usage_event if include_usage else None):
+        yield event

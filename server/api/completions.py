@@ -19,7 +19,7 @@ from server.api.logprobs import CompletionLogprobsBuilder
 from server.api.protocol import CompletionRequest
 from server.api.responses import CompletionChoice, CompletionResponse, UsageInfo
 from server.api.serving import ServingState, collect, tokenize_off_loop
-from server.api.streaming import SSE_DONE, SSEResponse, sse_event, unless_disconnected
+from server.api.streaming import SSEResponse, delta_events, sse_event, unless_disconnected
 
 
 async def prompt_token_lists(state: ServingState, body: CompletionRequest) -> list[list[int]]:
@@ -98,22 +98,20 @@ async def _chunks(state: ServingState, generation: Generation, body: CompletionR
         for index in range(num_choices):
             yield chunk([CompletionChoice(index=index, text=echoes[index // body.n],
                                           logprobs=None, finish_reason=None)])
-    try:
-        async for deltas in generation.steps():
-            for delta in deltas:
-                logprobs = None
-                if body.logprobs is not None:
-                    builder = builders.setdefault(
-                        delta.index, CompletionLogprobsBuilder(state.tokenizer))
-                    builder.add(delta.logprobs, delta.token_offsets)
-                    logprobs = builder.take()
-                yield chunk([CompletionChoice(index=delta.index, text=delta.text,
-                                              logprobs=logprobs,
-                                              finish_reason=delta.finish_reason)])
-    except APIError as exc:
-        yield sse_event(JSONResponse(exc.body()).body)
-        yield SSE_DONE
-        return
-    if include_usage:
-        yield chunk([], usage=UsageInfo(**generation.usage().to_dict()))
-    yield SSE_DONE
+
+    def render(delta) -> bytes:
+        logprobs = None
+        if body.logprobs is not None:
+            builder = builders.setdefault(delta.index,
+                                          CompletionLogprobsBuilder(state.tokenizer))
+            builder.add(delta.logprobs, delta.token_offsets)
+            logprobs = builder.take()
+        return chunk([CompletionChoice(index=delta.index, text=delta.text, logprobs=logprobs,
+                                       finish_reason=delta.finish_reason)])
+
+    def usage_event() -> bytes:
+        return chunk([], usage=UsageInfo(**generation.usage().to_dict()))
+
+    async for event in delta_events(generation.steps(), render,
+                                    usage_event=usage_event if include_usage else None):
+        yield event

@@ -8,17 +8,18 @@ aborts the engine requests. The same watch guards non-streamed answers.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import anyio
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from server.api.errors import ClientDisconnected
+from server.api.errors import APIError, ClientDisconnected
 
 T = TypeVar("T")
+D = TypeVar("D")
 
 SSE_DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -27,6 +28,24 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 def sse_event(data: str | bytes) -> bytes:
     payload = data.encode("utf-8") if isinstance(data, str) else data
     return b"data: " + payload + b"\n\n"
+
+
+async def delta_events(steps: AsyncIterator[list[D]], render: Callable[[D], bytes], *,
+                       usage_event: Callable[[], bytes] | None) -> AsyncIterator[bytes]:
+    """The body of a stream after its opening events: one event per delta of each engine
+    step, then the usage event (when asked for) and [DONE]. An error mid-stream is sent as
+    an event in OpenAI's error shape, then [DONE]."""
+    try:
+        async for deltas in steps:
+            for delta in deltas:
+                yield render(delta)
+    except APIError as exc:
+        yield sse_event(JSONResponse(exc.body()).body)
+        yield SSE_DONE
+        return
+    if usage_event is not None:
+        yield usage_event()
+    yield SSE_DONE
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

@@ -30,7 +30,6 @@ class InFlightStep:
         self._output = output
         self._host_token_ids = host_token_ids
         self._ready = ready
-        self.in_history = False  # the runner appended its tokens to the request histories
 
     @classmethod
     def done(cls, output: ModelOutput) -> "InFlightStep":

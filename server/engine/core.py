@@ -62,7 +62,6 @@ class EngineCore:
         self.async_scheduling = (self.runner.device.type == "cuda"
                                  if scheduler_config.async_scheduling is None
                                  else scheduler_config.async_scheduling)
-        self._max_in_flight = 1 if self.async_scheduling else 0
         self._in_flight: deque[tuple[SchedulerOutput, InFlightStep]] = deque()
         self._num_prompt_tokens_total = 0
         self._num_generation_tokens_total = 0
@@ -95,7 +94,7 @@ class EngineCore:
         scheduler_output = self.scheduler.schedule()
         self._in_flight.append((scheduler_output, self.runner.launch(scheduler_output)))
         outputs = self._update(keep_in_flight=0 if scheduler_output.is_empty
-                               else self._max_in_flight)
+                               else int(self.async_scheduling))
         self.last_step = StepSummary(
             started_at=started_at, num_batched_tokens=scheduler_output.num_batched_tokens,
             admitted_req_ids=tuple(r.req_id for r in scheduler_output.new_requests))
@@ -118,7 +117,6 @@ class EngineCore:
             raise RuntimeError("switch async scheduling only when no step is in flight "
                                "(after has_unfinished() turns False)")
         self.async_scheduling = enabled
-        self._max_in_flight = 1 if enabled else 0
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished() or bool(self._in_flight)

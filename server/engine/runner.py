@@ -224,14 +224,12 @@ class ModelRunner:
         """Waits for a launched step's tokens and appends them to the request histories
         (once); requests forgotten since are skipped."""
         output = step.output()
-        if not step.in_history:
-            step.in_history = True
+        if step in self._unresolved:  # its tokens are not in the histories yet
+            self._unresolved.remove(step)
             for req_id, token_id in zip(output.req_ids, output.sampled_token_ids):
                 state = self._requests.get(req_id)
                 if state is not None:
                     state.output_token_ids.append(token_id)
-        if step in self._unresolved:
-            self._unresolved.remove(step)
         return output
 
     def _launched(self, step: InFlightStep) -> InFlightStep:
