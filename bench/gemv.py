@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.kernels import time_graph  # noqa: E402
+from server.engine.graph_capture import median_replay_ms  # noqa: E402
 from server.engine.kernels import KernelLibrary  # noqa: E402
 from server.engine.ops.cuda import CudaOps  # noqa: E402
 
@@ -34,7 +34,7 @@ def time_linear(linear, x: torch.Tensor, weights: list[torch.Tensor]) -> float:
         for weight in weights:
             linear(x, weight)
 
-    return 1e3 * time_graph(calls) / len(weights)
+    return 1e3 * median_replay_ms(calls) / len(weights)
 
 
 def main() -> None:

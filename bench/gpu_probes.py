@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from bench.kernels import time_graph
+from server.engine.graph_capture import median_replay_ms
 from server.scheduler.request import SamplingParams
 
 # kernel group -> substrings of the kernel names (ours from csrc/, cuBLAS's for the GEMMs)
@@ -76,7 +76,7 @@ def gemm_floor_ms(model, *, batch_size: int = 1, ops=None) -> float:
             linear(inter, layer.down_weight)
         linear(hidden, model.lm_head)
 
-    return time_graph(linears)
+    return median_replay_ms(linears)
 
 
 @dataclass

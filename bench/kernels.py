@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from server.engine.attention.metadata import AttentionMetadata  # noqa: E402
+from server.engine.graph_capture import median_replay_ms  # noqa: E402
 from server.engine.kernels import KernelLibrary  # noqa: E402
 from server.engine.ops.cuda import CudaOps  # noqa: E402
 from server.engine.ops.cuda_attention import (DECODE_KEY_SPLITS,  # noqa: E402
@@ -40,37 +40,13 @@ DTYPE = torch.bfloat16
 L2_FLUSH_BYTES = 256 * 2**20  # each timed graph touches at least this much distinct data
 
 
-def time_graph(fn, *, calls: int = 1, replays: int = 20) -> float:
-    """Median milliseconds per call of fn, from replays of a graph that calls it `calls` times."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    for _ in range(3):
-        graph.replay()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-    return statistics.median(times)
-
-
 def copy_bandwidth() -> float:
     """Device-to-device copy of 2 GiB, bytes read plus written per second."""
     src = torch.randn(2**29, device="cuda")
     dst = torch.empty_like(src)
     for _ in range(100):  # let the clocks rise before anything is timed
         dst.copy_(src)
-    ms = time_graph(lambda: dst.copy_(src), calls=5)
+    ms = median_replay_ms(lambda: dst.copy_(src), calls=5)
     return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
@@ -79,7 +55,7 @@ def read_bandwidth() -> float:
     which reads the KV cache and writes almost nothing."""
     src = torch.randn(2**30, device="cuda", dtype=DTYPE)
     total = torch.empty((), device="cuda", dtype=torch.float32)
-    ms = time_graph(lambda: torch.sum(src, dim=0, dtype=torch.float32, out=total), calls=5)
+    ms = median_replay_ms(lambda: torch.sum(src, dim=0, dtype=torch.float32, out=total), calls=5)
     return src.numel() * src.element_size() / (ms * 1e-3)
 
 
@@ -115,7 +91,7 @@ def bench_decode(ops: CudaOps, batch: int, context: int, copy_bw: float) -> list
                 paged_attention_into(ops.library, out, q, kv_cache, metadata, HEAD_DIM ** -0.5,
                                      decode_key_split=key_split)
 
-        ms = time_graph(step) / copies
+        ms = median_replay_ms(step) / copies
         plan = plan_for(ops.library, q, kv_cache, metas[0], decode_key_split=key_split)
         achieved = kv_bytes / (ms * 1e-3)
         unsplit_us = rows[0]["us"] if rows else ms * 1e3  # DECODE_KEY_SPLITS starts at 1
@@ -141,14 +117,14 @@ def bench_prefill(ops: CudaOps, num_seqs: int = 4, length: int = 1024) -> dict:
         max_query_len=length, max_seq_len=length, query_lens_host=(length,) * num_seqs,
         seq_lens_host=(length,) * num_seqs)
     q = torch.randn((num_seqs * length, NUM_HEADS, HEAD_DIM), device="cuda", dtype=DTYPE)
-    ms = time_graph(lambda: ops.attention(q, kv_cache, metadata, HEAD_DIM ** -0.5))
+    ms = median_replay_ms(lambda: ops.attention(q, kv_cache, metadata, HEAD_DIM ** -0.5))
     flops = 4 * num_seqs * NUM_HEADS * HEAD_DIM * length * (length + 1) / 2
     # torch's fused causal attention on contiguous (unpaged) tensors of the same shape, the
     # kv heads repeated for their query heads (same FLOPs)
     qt = q.view(num_seqs, length, NUM_HEADS, HEAD_DIM).transpose(1, 2).contiguous()
     kt = torch.randn((num_seqs, NUM_HEADS, length, HEAD_DIM), device="cuda", dtype=DTYPE)
     vt = torch.randn_like(kt)
-    sdpa_ms = time_graph(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True))
+    sdpa_ms = median_replay_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True))
     return {"seqs": num_seqs, "length": length, "us": ms * 1e3, "tflops": flops / ms / 1e9,
             "sdpa_us": sdpa_ms * 1e3, "sdpa_tflops": flops / sdpa_ms / 1e9}
 
@@ -180,7 +156,7 @@ def bench_elementwise(ops: CudaOps, tokens: int = 256) -> list[dict]:
     }
     rows = []
     for name, (fn, moved) in cases.items():
-        ms = time_graph(fn, calls=20)
+        ms = median_replay_ms(fn, calls=20)
         rows.append({"kernel": name, "tokens": tokens, "us": ms * 1e3,
                      "gb_s": moved / (ms * 1e-3) / 1e9})
     return rows

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from server.engine.attention.metadata import AttentionMetadata
-from server.engine.graph_capture import capturing
+from server.engine.graph_capture import median_replay_ms
 from server.engine.kernels import KernelLibrary
 from server.engine.ops.cuda import CudaOps
 from server.engine.ops.cuda_attention import paged_attention_into, plan_for
@@ -219,24 +219,7 @@ def time_decode_attention(library: KernelLibrary, tuning: KernelTuning, q: torch
                           scale: float, calls: int = 10, repeats: int = 5) -> float:
     """Microseconds of one decode attention call under `tuning`: the median over `repeats`
     replays of a graph of `calls` calls, divided by `calls`."""
-    device = library.device
     ops = TunedCudaOps(library, tuning)
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        ops.attention(q, kv_cache, metadata, scale)
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with capturing(graph):
-        for _ in range(calls):
-            ops.attention(q, kv_cache, metadata, scale)
-    graph.replay()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls)
-    return sorted(times)[len(times) // 2]
+    return 1e3 * median_replay_ms(lambda: ops.attention(q, kv_cache, metadata, scale),
+                                  calls=calls, replays=repeats, warmup=1,
+                                  device=library.device)
