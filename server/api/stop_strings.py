@@ -40,7 +40,7 @@ class StopStringFilter:
         if not self._stop_strings:
             return piece, False
         text = self._held + piece
-        match_at, matched = self._earliest_match(text)
+        match_at, matched = self._first_completed(text)
         if matched is not None:
             self._matched = matched
             self._held = ""
@@ -54,12 +54,15 @@ class StopStringFilter:
         held, self._held = self._held, ""
         return held
 
-    def _earliest_match(self, text: str) -> tuple[int, str | None]:
-        best_at, best = len(text), None
+    def _first_completed(self, text: str) -> tuple[int, str | None]:
+        """The stop string whose first occurrence ends first (generation ends there, so a
+        longer stop that started earlier but ends later never completes), and where it
+        starts; of two ending at once, the one starting first."""
+        best_end, best_at, best = len(text) + 1, len(text), None
         for stop in self._stop_strings:
             at = text.find(stop)
-            if at != -1 and at < best_at:
-                best_at, best = at, stop
+            if at != -1 and (at + len(stop), at) < (best_end, best_at):
+                best_end, best_at, best = at + len(stop), at, stop
         return best_at, best
 
     def _longest_partial_suffix(self, text: str) -> int:
