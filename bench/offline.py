@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.gpu_probes import (StepTimer, copy_bandwidth, gemm_floor_ms,  # noqa: E402
                               profile_decode, profile_mixed, profile_prefill)
 from server.engine.llm import LLM  # noqa: E402
+from server.engine.quantization import Fp8Weight  # noqa: E402
 from server.scheduler.request import SamplingParams  # noqa: E402
 
 SHAREGPT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "sharegpt_500.json"
@@ -67,6 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare-sync", action="store_true",
                    help="GPU: also run batch-1 decode and the throughput run with async "
                         "scheduling off, in the same process")
+    p.add_argument("--quantization", choices=("fp8",), default=None,
+                   help="the engine's --quantization")
+    p.add_argument("--compare-fp8", action="store_true",
+                   help="GPU: then free the engine and run batch-1 decode and the throughput "
+                        "run again on the same model with --quantization fp8")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
 
@@ -106,7 +112,7 @@ def run_engine(llm: LLM, prompts: list[list[int]], output_len: int) -> dict:
         sync(device)
         elapsed = time.perf_counter() - start
     num_out = sum(len(o.token_ids) for o in outs)
-    return {"name": f"inflightd (batched, {mode})", "requests": len(prompts),
+    return {"name": f"{engine_label(llm)} (batched, {mode})", "requests": len(prompts),
             "seconds": elapsed,
             "output_tokens": num_out, "output_tokens_per_s": num_out / elapsed,
             "steps": steps.summary(elapsed)}
@@ -130,7 +136,7 @@ def batch1_decode(llm: LLM, output_len: int) -> dict:
     sync(device)
     elapsed = time.perf_counter() - first
     mode = "async" if engine.async_scheduling else "sync"
-    return {"name": f"inflightd batch-1 decode ({mode})", "output_tokens": count,
+    return {"name": f"{engine_label(llm)} batch-1 decode ({mode})", "output_tokens": count,
             "seconds": elapsed,
             "output_tokens_per_s": count / elapsed}
 
@@ -207,8 +213,16 @@ def print_table(rows: list[dict], header: str) -> None:
 
 
 def weight_bytes_of(llm: LLM) -> int:
-    tensors = {id(t): t for t in llm.engine.runner.model.weight_destinations().values()}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+    tensors = []
+    for weight in llm.engine.runner.model.weight_destinations().values():
+        tensors += [weight.data, weight.scale] if isinstance(weight, Fp8Weight) else [weight]
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
+
+
+def engine_label(llm: LLM) -> str:
+    """'inflightd', or 'inflightd fp8' for a quantized engine."""
+    quantization = llm.engine.info.quantization
+    return "inflightd" if quantization is None else f"inflightd {quantization}"
 
 
 def engine_model(args: argparse.Namespace) -> tuple[str, float | None]:
@@ -245,6 +259,27 @@ def gpu_decode_probes(llm: LLM, result: dict, output_len: int) -> None:
     result["batch1_breakdown"] = breakdown
 
 
+def free_gpu_memory(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def run_fp8(llm: LLM, result: dict, prompts: list[list[int]], args: argparse.Namespace) -> None:
+    """Batch-1 decode (against the roofline of the FP8 weights' bytes) and the throughput
+    run on an engine with --quantization fp8."""
+    llm.engine.runner.capture_graphs()
+    weight_bytes = weight_bytes_of(llm)
+    result["fp8_weight_bytes"] = weight_bytes
+    result["fp8_kv_cache_tokens"] = llm.engine.info.kv_cache_tokens
+    b1 = batch1_decode(llm, args.output_len)
+    b1["roofline_tokens_per_s"] = result["copy_bandwidth_GBps"] * 1e9 / weight_bytes
+    b1["fraction_of_roofline"] = b1["output_tokens_per_s"] / b1["roofline_tokens_per_s"]
+    result["runs"].append(b1)
+    result["runs"].append(run_engine(llm, prompts, args.output_len))
+    result["fp8_peak_gpu_memory_GiB"] = torch.cuda.max_memory_allocated() / 2**30
+
+
 def run_peers(result: dict, source, dtype: torch.dtype, prompts, args) -> None:
     device = result["device"]
     peer_prompts = prompts[: args.peer_requests or len(prompts)]
@@ -274,7 +309,8 @@ def report(result: dict, args: argparse.Namespace) -> None:
                 f"{result['num_prompts']} prompts (mean {result['mean_prompt_len']:.0f} "
                 f"tokens), {args.output_len} output tokens each")
     for key in ("copy_bandwidth_GBps", "weight_bytes", "peak_gpu_memory_GiB", "kv_cache_tokens",
-                "engine_build_seconds", "graph_capture_seconds"):
+                "engine_build_seconds", "graph_capture_seconds", "fp8_weight_bytes",
+                "fp8_peak_gpu_memory_GiB", "fp8_kv_cache_tokens"):
         if result.get(key) is not None:
             print(f"{key}: {result[key]:.2f}" if isinstance(result[key], float)
                   else f"{key}: {result[key]}")
@@ -286,17 +322,19 @@ def report(result: dict, args: argparse.Namespace) -> None:
             print(f"{key}: {value}")
             if host_ops:
                 print(host_ops)
-    engine_run = next(r for r in result["runs"] if r["name"].startswith("inflightd (batched"))
-    if "steps" in engine_run:
-        print(f"engine steps: {engine_run['steps']}")
+    engine_runs = [r for r in result["runs"] if "(batched" in r["name"]]
+    for run in engine_runs:
+        if "steps" in run:
+            print(f"{run['name']} steps: {run['steps']}")
     for b1 in (r for r in result["runs"] if "fraction_of_roofline" in r):
         print(f"{b1['name']}: {b1['output_tokens_per_s']:.1f} tok/s = "
               f"{100 * b1['fraction_of_roofline']:.1f}% of roofline "
               f"({b1['roofline_tokens_per_s']:.1f} tok/s)")
     for r in result["runs"]:
         if r["name"].startswith("transformers"):
-            print(f"inflightd / {r['name']}: "
-                  f"{engine_run['output_tokens_per_s'] / r['output_tokens_per_s']:.2f}x")
+            for run in engine_runs:
+                print(f"{run['name']} / {r['name']}: "
+                      f"{run['output_tokens_per_s'] / r['output_tokens_per_s']:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -308,7 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
         extra["max_num_batched_tokens"] = args.max_num_batched_tokens
     model, build_seconds = engine_model(args)
     llm = LLM(model, device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
-              seed=args.seed, **extra)
+              seed=args.seed, quantization=args.quantization, **extra)
     info = llm.engine.info
     device = info.device
     prompts = make_prompts(llm, args)
@@ -345,12 +383,19 @@ def main(argv: list[str] | None = None) -> dict:
                 llm, num_decodes=min(256, args.max_num_seqs - 8))
     save(result, args)
     report(result, args)
+    source, dtype = llm.engine.runner.source, llm.engine.runner.dtype
+    del llm  # the next engine and the peers need the GPU memory its KV cache holds
+    free_gpu_memory(device)
+    if device.startswith("cuda") and args.compare_fp8:
+        torch.cuda.reset_peak_memory_stats()
+        llm = LLM(model, device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
+                  seed=args.seed, quantization="fp8", **extra)
+        run_fp8(llm, result, prompts, args)
+        del llm
+        free_gpu_memory(device)
+        save(result, args)
+        report(result, args)
     if not args.skip_peers:
-        source, dtype = llm.engine.runner.source, llm.engine.runner.dtype
-        del llm  # the peers need the GPU memory the engine's KV cache holds
-        gc.collect()
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
         run_peers(result, source, dtype, prompts, args)
         report(result, args)
     return result

@@ -74,6 +74,40 @@ template <> struct Vec8Float<float> {
   }
 };
 
+// 16 bytes read once (weights streamed by a GEMV): through the non-coherent path, not
+// allocated in L1.
+__device__ __forceinline__ uint4 load_streaming(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// The weight-streaming loop of the GEMVs (gemv.cu, gemv_fp8.cu). Lane j of a warp takes the
+// 16-byte chunks j, j + 32, ... of its weight row, UNROLL of them loaded before any is used;
+// dot(w_chunk, m, chunk) returns one chunk's products with row m of x.
+template <int M, int UNROLL, typename Dot>
+__device__ __forceinline__ void gemv_stream_row(float (&acc)[M], const uint4* w_row,
+                                                int num_chunks, Dot dot) {
+  int chunk = threadIdx.x & 31;
+  for (; chunk + 32 * (UNROLL - 1) < num_chunks; chunk += 32 * UNROLL) {
+    uint4 w_raw[UNROLL];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) w_raw[u] = load_streaming(w_row + chunk + 32 * u);
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+#pragma unroll
+      for (int m = 0; m < M; ++m) acc[m] += dot(w_raw[u], m, chunk + 32 * u);
+    }
+  }
+  for (; chunk < num_chunks; chunk += 32) {  // the tail: fewer than UNROLL chunks per lane
+    const uint4 w_raw = load_streaming(w_row + chunk);
+#pragma unroll
+    for (int m = 0; m < M; ++m) acc[m] += dot(w_raw, m, chunk);
+  }
+}
+
 // -inf as a value; NVRTC has no constexpr builtin for it.
 __device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000); }
 

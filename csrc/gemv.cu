@@ -18,14 +18,6 @@ using namespace inflightd;
 constexpr int kGemvWarps = 8;  // output columns per CTA
 constexpr int kGemvUnroll = 8;
 
-__device__ __forceinline__ uint4 load_streaming(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
 __device__ __forceinline__ float2 pair_to_float2(__nv_bfloat162 v) { return __bfloat1622float2(v); }
 __device__ __forceinline__ float2 pair_to_float2(__half2 v) { return __half22float2(v); }
 
@@ -52,33 +44,14 @@ __device__ __forceinline__ void gemv_impl(T* __restrict__ y, const T* __restrict
   const int lane = threadIdx.x & 31;
   const int col = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
   if (col >= n) return;
-  const int num_chunks = k / 8;
   const T* w_row = w + static_cast<long long>(col) * k;
   float acc[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.f;
-
-  int chunk = lane;
-  for (; chunk + 32 * (kGemvUnroll - 1) < num_chunks; chunk += 32 * kGemvUnroll) {
-    uint4 w_raw[kGemvUnroll];
-#pragma unroll
-    for (int u = 0; u < kGemvUnroll; ++u) w_raw[u] = load_streaming(w_row + (chunk + 32 * u) * 8);
-#pragma unroll
-    for (int u = 0; u < kGemvUnroll; ++u) {
-#pragma unroll
-      for (int m = 0; m < M; ++m) {
-        const uint4 x_raw = __ldg(reinterpret_cast<const uint4*>(x + m * x_stride) + chunk + 32 * u);
-        acc[m] += dot8<T>(w_raw[u], x_raw);
-      }
-    }
-  }
-  for (; chunk < num_chunks; chunk += 32) {  // the tail: fewer than UNROLL chunks per lane
-    const uint4 w_raw = load_streaming(w_row + chunk * 8);
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-      acc[m] += dot8<T>(w_raw, __ldg(reinterpret_cast<const uint4*>(x + m * x_stride) + chunk));
-    }
-  }
+  gemv_stream_row<M, kGemvUnroll>(
+      acc, reinterpret_cast<const uint4*>(w_row), k / 8, [&](uint4 w_raw, int m, int chunk) {
+        return dot8<T>(w_raw, __ldg(reinterpret_cast<const uint4*>(x + m * x_stride) + chunk));
+      });
 #pragma unroll
   for (int m = 0; m < M; ++m) {
     const float total = warp_sum(acc[m]);

@@ -12,7 +12,7 @@
 #             greedy comparison (tests/gpu/test_engine_gpu.py) on it
 #   build     `inflightd build` of BUILD_MODEL (default dummy:llama-3-8b) into /root/engines
 #   bench     bench/offline.py on BENCH_MODEL with the acceptance arguments (and
-#             BENCH_ARGS, e.g. --compare-sync)
+#             BENCH_ARGS, e.g. --compare-sync, --compare-fp8)
 #   daemon    scripts/gpu_daemon_smoke.py: `inflightd serve` on the GPU with concurrent,
 #             streamed and abandoned requests, stats, metrics and a SIGTERM drain, for
 #             dummy:smollm2-135m and dummy:llama-3-8b. The image lacks the web stack: carry
@@ -107,7 +107,7 @@ fi
 if has bench; then
   timeout "${BENCH_TIMEOUT:-400}" python3 bench/offline.py --model "${BENCH_MODEL:-dummy:llama-3-8b}" \
     --num-prompts 512 --input-len 128:1024 --output-len 256 --peer-requests 64 \
-    --max-num-seqs 256 --max-num-batched-tokens 8192 --json "$OUT/bench_offline.json" ${BENCH_ARGS:-} \
+    --max-num-seqs 512 --max-num-batched-tokens 8192 --json "$OUT/bench_offline.json" ${BENCH_ARGS:-} \
     2>&1 | grep -v "it/s]$" | tee "$OUT/bench_offline.log"
   rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || fail bench "$rc"
 fi

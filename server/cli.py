@@ -53,6 +53,10 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
                        choices=("auto", "float32", "float16", "bfloat16"))
     serve.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     serve.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    serve.add_argument("--quantization", choices=("fp8",), default=None,
+                       help="fp8: linear layers in FP8 with per-channel weight and per-token "
+                            "activation scales, quantized at load (default: none, or what "
+                            "the engine directory was built with)")
     serve.add_argument("--async-scheduling", choices=("auto", "on", "off"), default="auto",
                        help="schedule the next step while the device runs this one "
                             "(auto: on with a GPU)")
@@ -99,7 +103,7 @@ def serve_config(args: argparse.Namespace):
     return ServeConfig(
         model=ModelConfig(model=model, dtype=args.dtype, device=args.device,
                           max_model_len=args.max_model_len, seed=args.seed,
-                          enforce_eager=args.enforce_eager),
+                          enforce_eager=args.enforce_eager, quantization=args.quantization),
         cache=CacheConfig(block_size=args.block_size, kv_cache_tokens=args.kv_cache_tokens,
                           memory_fraction=args.memory_fraction,
                           enable_prefix_caching=not args.disable_prefix_caching),

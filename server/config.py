@@ -71,8 +71,13 @@ class ModelConfig:
     max_model_len: int | None = None  # None: the model's own context length
     seed: int = 0
     enforce_eager: bool = False
+    # "fp8": linear weights and activations in FP8 (server.engine.quantization). None: none,
+    # unless the engine directory was built with one.
+    quantization: str | None = None
 
     def __post_init__(self) -> None:
+        _require(self.quantization in (None, "fp8"),
+                 f"--quantization must be fp8 (or left out), got {self.quantization!r}")
         _require(self.dtype in ("auto", "float32", "float16", "bfloat16"),
                  f"--dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
         _require(self.device in ("auto", "cpu", "cuda"),

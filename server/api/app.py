@@ -98,12 +98,13 @@ def _log_startup(state: ServingState) -> None:
     config, info = state.config, state.info
     url = f"http://{config.api.host}:{config.api.port}"
     prefix_caching = config.cache.enable_prefix_caching
+    precision = info.dtype if info.quantization is None else f"{info.dtype}, {info.quantization}"
     logger.info("inflightd listening on %s, serving %r (%s on %s, %s)", url, state.model_name,
-                info.model_name, info.device, info.dtype,
+                info.model_name, info.device, precision,
                 extra={"fields": {"event": "listening", "url": url, "host": config.api.host,
                                   "port": config.api.port, "model": state.model_name,
                                   "engine_model": info.model_name, "device": info.device,
-                                  "dtype": info.dtype,
+                                  "dtype": info.dtype, "quantization": info.quantization,
                                   "api_keys": len(config.api.api_keys)}})
     logger.info("KV cache: %d tokens (%d blocks of %d); max model length %d tokens; "
                 "prefix caching %s", info.kv_cache_tokens, info.num_kv_blocks, info.block_size,

@@ -43,6 +43,7 @@ from server.engine.engine_dir import (WEIGHTS_DUMMY, WEIGHTS_SAFETENSORS, Engine
 from server.engine.kernel_store import save_cubins
 from server.engine.kernels import MODULES, compile_all
 from server.engine.nvrtc import source_hash
+from server.engine.quantization import QUANTIZATIONS
 from server.engine.runner import cuda_ops_unsupported_reason
 from server.engine.tuning import save_tuning
 from server.engine.weight_layout import weight_shapes
@@ -74,8 +75,12 @@ class BuildOptions:
     tune: bool = True
     force: bool = False  # replace an existing output directory
     block_size: int = 16  # the KV block size the kernels are timed with
+    quantization: str | None = None  # recorded for serving; the weights stay in dtype
 
     def __post_init__(self) -> None:
+        if self.quantization not in (None, *QUANTIZATIONS):
+            raise BuildError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, "
+                             f"got {self.quantization!r}")
         if self.dtype not in ("auto", *DTYPES):
             raise BuildError(f"--dtype must be auto, {', '.join(DTYPES)}; got {self.dtype!r}")
         for name in ("max_batch_size", "max_num_tokens"):
@@ -218,7 +223,8 @@ def _write_config(source: ModelSource, out_dir: Path, options: BuildOptions,
         max_batch_size=options.max_batch_size, max_num_tokens=options.max_num_tokens,
         max_model_len=max_model_len, weights=WEIGHTS_DUMMY if dummy else WEIGHTS_SAFETENSORS,
         dummy_seed=source.dummy_seed if dummy else None, kernel_arches=tuple(arches),
-        inflightd_version=_version(), built_at=datetime.now(timezone.utc).isoformat())
+        inflightd_version=_version(), built_at=datetime.now(timezone.utc).isoformat(),
+        quantization=options.quantization)
     write_engine_config(out_dir, source.hf_config, config)
 
 
@@ -293,6 +299,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--arch", action="append", dest="arches", default=None, metavar="SM",
                        help="compile kernels for this arch, e.g. sm_90 (repeatable; "
                             "default: this GPU's, none without a GPU)")
+    build.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
+                       help="serve the engine with FP8 linear layers (quantized from the "
+                            "stored weights as they load); default: none")
     build.add_argument("--no-tune", action="store_true", help="skip timing kernel choices")
     build.add_argument("--force", action="store_true", help="replace an existing DIR")
     build.set_defaults(func=run_build)
@@ -306,7 +315,7 @@ def run_build(args: argparse.Namespace) -> int:
             model=args.model, output=args.output, dtype=args.dtype,
             max_batch_size=args.max_batch_size, max_num_tokens=args.max_num_tokens,
             max_model_len=args.max_model_len, arches=tuple(args.arches or ()),
-            tune=not args.no_tune, force=args.force)
+            tune=not args.no_tune, force=args.force, quantization=args.quantization)
         path = build_engine(options)
     except (ValueError, NvrtcUnavailableError) as exc:
         print(f"inflightd build: error: {exc}", file=sys.stderr)

@@ -58,7 +58,8 @@ class EngineCore:
             block_size=self.runner.block_size,
             kv_cache_tokens=self.runner.num_blocks * self.runner.block_size,
             tokenizer_dir=str(source.tokenizer_dir) if source.tokenizer_dir else None,
-            device=str(self.runner.device), dtype=str(self.runner.dtype).removeprefix("torch."))
+            device=str(self.runner.device), dtype=str(self.runner.dtype).removeprefix("torch."),
+            quantization=self.runner.quantization)
         self.async_scheduling = (self.runner.device.type == "cuda"
                                  if scheduler_config.async_scheduling is None
                                  else scheduler_config.async_scheduling)

@@ -45,6 +45,9 @@ class EngineDirConfig:
     inflightd_version: str
     built_at: str  # ISO 8601, UTC
     format: int = ENGINE_FORMAT
+    # "fp8": serve with FP8 linear layers (the weights stay in `dtype` on disk and are
+    # quantized as they load); None: none. Engines built before it existed have none.
+    quantization: str | None = None
 
     def __post_init__(self) -> None:
         if self.weights not in (WEIGHTS_SAFETENSORS, WEIGHTS_DUMMY):
@@ -54,6 +57,9 @@ class EngineDirConfig:
         for name in ("max_batch_size", "max_num_tokens", "max_model_len"):
             if getattr(self, name) < 1:
                 raise EngineDirError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.quantization not in (None, "fp8"):
+            raise EngineDirError(f"unknown quantization {self.quantization!r}; rebuild the "
+                                 "engine")
 
     def to_json(self) -> dict:
         data = asdict(self)

@@ -21,6 +21,7 @@ class EngineInfo:
     tokenizer_dir: str | None
     device: str
     dtype: str
+    quantization: str | None = None  # "fp8": FP8 linear layers
 
 
 @dataclass(frozen=True)

@@ -38,14 +38,15 @@ class LLM:
                  block_size: int = 16, num_blocks: int | None = None,
                  kv_cache_tokens: int | None = None, memory_fraction: float | None = None,
                  enable_prefix_caching: bool = True, seed: int = 0,
-                 enforce_eager: bool = False, async_scheduling: bool | None = None) -> None:
+                 enforce_eager: bool = False, async_scheduling: bool | None = None,
+                 quantization: str | None = None) -> None:
         if num_blocks is None and kv_cache_tokens is None and memory_fraction is None:
             memory_fraction = 0.9 if _device_is_cuda(device) else None
             kv_cache_tokens = None if memory_fraction else 65536
         self.engine = EngineCore(
             model_config=ModelConfig(model=model, dtype=dtype, device=device,
                                      max_model_len=max_model_len, seed=seed,
-                                     enforce_eager=enforce_eager),
+                                     enforce_eager=enforce_eager, quantization=quantization),
             cache_config=CacheConfig(block_size=block_size, num_blocks=num_blocks,
                                      kv_cache_tokens=kv_cache_tokens,
                                      memory_fraction=memory_fraction,

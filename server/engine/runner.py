@@ -114,8 +114,10 @@ class ModelRunner:
                  block_size: int, num_blocks: int | None = None,
                  kv_cache_tokens: int | None = None, memory_fraction: float | None = None,
                  ops: Ops | None = None, seed: int = 0, enforce_eager: bool = False,
-                 max_num_seqs: int | None = None, max_model_len: int | None = None) -> None:
-        """Loads the weights, then sizes the KV pool from num_blocks, kv_cache_tokens or
+                 max_num_seqs: int | None = None, max_model_len: int | None = None,
+                 quantization: str | None = None) -> None:
+        """Loads the weights (quantizing the linear layers' as they load, with
+        quantization="fp8"), then sizes the KV pool from num_blocks, kv_cache_tokens or
         memory_fraction (of the memory still free after the weights); see KVPool.sized.
 
         On a GPU with CudaOps and not enforce_eager, decode steps of up to max_num_seqs
@@ -130,7 +132,9 @@ class ModelRunner:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.ops: Ops = ops if ops is not None else default_ops(source, dtype=dtype,
                                                                  device=self.device)
-        self.model = LlamaModel(self.arch, dtype=dtype, device=self.device)
+        self.quantization = quantization
+        self.model = LlamaModel(self.arch, dtype=dtype, device=self.device,
+                                quantization=quantization)
         self.model.load_weights(iter_weights(source, dtype=dtype, device=self.device))
         self.kv_pool = KVPool.sized(
             num_layers=self.arch.num_layers, block_size=block_size,
@@ -169,7 +173,9 @@ class ModelRunner:
                    memory_fraction=cache_config.memory_fraction, ops=ops,
                    seed=model_config.seed, enforce_eager=model_config.enforce_eager,
                    max_num_seqs=max_num_seqs,
-                   max_model_len=max_model_len or model_config.max_model_len)
+                   max_model_len=max_model_len or model_config.max_model_len,
+                   quantization=model_config.quantization or (engine.quantization if engine
+                                                              else None))
 
     @property
     def block_size(self) -> int:

@@ -2,7 +2,8 @@
 
 q/k/v projections are fused into one [q + k + v, hidden] weight and gate/up into one
 [2 * intermediate, hidden] weight, filled slice by slice at load time, so a layer runs
-two GEMMs where the checkpoint has five. The layer takes the step's attention metadata
+two GEMMs where the checkpoint has five. With quantization "fp8" the four linear weights are
+Fp8Weights, quantized as they load (server.engine.quantization). The layer takes the step's attention metadata
 and the Ops as arguments; it keeps no per-step state.
 """
 
@@ -13,11 +14,14 @@ import torch
 from server.engine.attention.metadata import AttentionMetadata
 from server.engine.models.config import ModelArchConfig
 from server.engine.ops import Ops
+from server.engine.quantization import Fp8Weight
+
+LinearWeight = torch.Tensor | Fp8Weight
 
 
 class DecoderLayer:
     def __init__(self, arch: ModelArchConfig, *, dtype: torch.dtype,
-                 device: torch.device | str) -> None:
+                 device: torch.device | str, quantization: str | None = None) -> None:
         self.num_heads = arch.num_heads
         self.num_kv_heads = arch.num_kv_heads
         self.head_dim = arch.head_dim
@@ -29,19 +33,24 @@ class DecoderLayer:
         def empty(*shape: int) -> torch.Tensor:
             return torch.empty(shape, dtype=dtype, device=device)
 
+        def linear(rows: int, cols: int) -> LinearWeight:
+            if quantization == "fp8":
+                return Fp8Weight.empty(rows, cols, device=device)
+            return empty(rows, cols)
+
         hidden, inter = arch.hidden_size, arch.intermediate_size
         self.input_norm = empty(hidden)
-        self.qkv_weight = empty(self.q_size + 2 * self.kv_size, hidden)
+        self.qkv_weight = linear(self.q_size + 2 * self.kv_size, hidden)
         self.qkv_bias = empty(self.q_size + 2 * self.kv_size) if arch.attention_bias else None
-        self.o_weight = empty(hidden, self.q_size)
+        self.o_weight = linear(hidden, self.q_size)
         # Llama's attention_bias also biases o_proj; Qwen2 biases only q/k/v.
         has_o_bias = arch.attention_bias and arch.architecture != "Qwen2ForCausalLM"
         self.o_bias = empty(hidden) if has_o_bias else None
         self.post_norm = empty(hidden)
-        self.gate_up_weight = empty(2 * inter, hidden)
-        self.down_weight = empty(hidden, inter)
+        self.gate_up_weight = linear(2 * inter, hidden)
+        self.down_weight = linear(hidden, inter)
 
-    def weight_destinations(self, prefix: str) -> dict[str, torch.Tensor]:
+    def weight_destinations(self, prefix: str) -> dict[str, torch.Tensor | Fp8Weight]:
         """HF tensor name -> the tensor (or fused slice) it is copied into."""
         q, kv = self.q_size, self.kv_size
         inter = self.down_weight.shape[1]

@@ -21,6 +21,8 @@ from server.engine.models.layers import DecoderLayer
 from server.engine.models.rotary import build_cos_sin
 from server.engine.models.weight_map import load_named_tensors
 from server.engine.ops import Ops
+from server.engine.quantization import (Fp8Weight, check_fp8_device, check_fp8_shapes,
+                                         check_quantization)
 
 # Buffers some older checkpoints carry; the model recomputes them.
 _IGNORED_SUFFIXES = (".rotary_emb.inv_freq", ".rotary_emb.cos_cached", ".rotary_emb.sin_cached")
@@ -28,15 +30,20 @@ _IGNORED_SUFFIXES = (".rotary_emb.inv_freq", ".rotary_emb.cos_cached", ".rotary_
 
 class LlamaModel:
     def __init__(self, arch: ModelArchConfig, *, dtype: torch.dtype,
-                 device: torch.device | str) -> None:
+                 device: torch.device | str, quantization: str | None = None) -> None:
         if arch.architecture not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModelError(f"LlamaModel cannot run {arch.architecture!r}")
+        check_quantization(quantization)
         self.arch = arch
         self.dtype = dtype
         self.device = torch.device(device)
+        self.quantization = quantization
+        if quantization == "fp8":
+            check_fp8_device(self.device, dtype)
+            check_fp8_shapes(_linear_shapes(arch))
         self.embed_tokens = torch.empty(arch.vocab_size, arch.hidden_size, dtype=dtype,
                                         device=device)
-        self.layers = [DecoderLayer(arch, dtype=dtype, device=device)
+        self.layers = [DecoderLayer(arch, dtype=dtype, device=device, quantization=quantization)
                        for _ in range(arch.num_layers)]
         self.norm = torch.empty(arch.hidden_size, dtype=dtype, device=device)
         self.lm_head = (self.embed_tokens if arch.tie_word_embeddings else
@@ -48,7 +55,7 @@ class LlamaModel:
                                      max_positions=arch.max_position_embeddings,
                                      dtype=dtype, device=device)
 
-    def weight_destinations(self) -> dict[str, torch.Tensor]:
+    def weight_destinations(self) -> dict[str, torch.Tensor | Fp8Weight]:
         names = {"model.embed_tokens.weight": self.embed_tokens, "model.norm.weight": self.norm}
         if not self.arch.tie_word_embeddings:
             names["lm_head.weight"] = self.lm_head
@@ -89,3 +96,12 @@ class LlamaModel:
         if ops is None:
             return F.linear(hidden, self.lm_head).float()
         return ops.logits(hidden, self.lm_head)
+
+
+def _linear_shapes(arch: ModelArchConfig) -> dict[str, tuple[int, int]]:
+    """(N, K) of each fused linear weight of a layer."""
+    q_size = arch.num_heads * arch.head_dim
+    kv_size = arch.num_kv_heads * arch.head_dim
+    hidden, inter = arch.hidden_size, arch.intermediate_size
+    return {"qkv_proj": (q_size + 2 * kv_size, hidden), "o_proj": (hidden, q_size),
+            "gate_up_proj": (2 * inter, hidden), "down_proj": (hidden, inter)}

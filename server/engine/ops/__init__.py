@@ -18,12 +18,14 @@ from typing import Protocol
 import torch
 
 from server.engine.attention.metadata import AttentionMetadata
+from server.engine.quantization import Fp8Weight
 
 
 class Ops(Protocol):
-    def linear(self, x: torch.Tensor, weight: torch.Tensor,
+    def linear(self, x: torch.Tensor, weight: torch.Tensor | Fp8Weight,
                bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x [T, K] @ weight [N, K]^T (+ bias [N]) -> [T, N], as F.linear."""
+        """x [T, K] @ weight [N, K]^T (+ bias [N]) -> [T, N], as F.linear; an Fp8Weight
+        multiplies x's rows quantized to FP8 (server.engine.quantization)."""
 
     def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:
         """hidden [N, H] @ lm_head [V, H]^T -> float32 logits [N, V]."""

@@ -14,7 +14,9 @@ import torch.nn.functional as F
 
 from server.engine.attention.metadata import AttentionMetadata
 from server.engine.kernels import KernelLibrary
+from server.engine.quantization import Fp8Weight
 from server.engine.ops.cuda_attention import paged_attention_into
+from server.engine.ops.cuda_fp8 import fp8_linear
 from server.engine.ops.cuda_launch import (GEMV_MAX_TOKENS, add_rms_norm_into, gemv_into,
                                            gemv_supports, rms_norm_into, rope_and_cache_into,
                                            silu_and_mul_into)
@@ -30,7 +32,9 @@ class CudaOps:
     gemv_max_weight_elements, where it streams the weights faster than cuBLAS (on an H200,
     bench/gemv.py: 4-18 % on Llama-3-8B's qkv, o and down projections at 1 token, 1-6 %
     slower on gate_up and lm_head, and slower at 2-4 tokens); the rest goes to torch
-    (cuBLAS). gemv_max_tokens=0 turns it off."""
+    (cuBLAS). gemv_max_tokens=0 turns it off. FP8 weights (Fp8Weight): steps of up to
+    gemv_max_tokens tokens on the FP8 GEMV (csrc/gemv_fp8.cu, any weight size), the rest on
+    the FP8 GEMM."""
 
     def __init__(self, library: KernelLibrary | None = None, *,
                  gemv_max_tokens: int = 1,
@@ -43,8 +47,11 @@ class CudaOps:
         self.gemv_max_weight_elements = gemv_max_weight_elements
         self._mm_float32_out = _has_mm_float32_out(self.library.device)
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor,
+    def linear(self, x: torch.Tensor, weight: torch.Tensor | Fp8Weight,
                bias: torch.Tensor | None = None) -> torch.Tensor:
+        if isinstance(weight, Fp8Weight):
+            return fp8_linear(self.library, x, weight, bias,
+                              gemv_max_tokens=self.gemv_max_tokens)
         if (x.shape[0] > self.gemv_max_tokens
                 or weight.numel() > self.gemv_max_weight_elements
                 or not gemv_supports(x, weight)):

@@ -13,13 +13,16 @@ import torch
 import torch.nn.functional as F
 
 from server.engine.attention.metadata import AttentionMetadata
+from server.engine.quantization import Fp8Weight, fp8_linear_reference
 
 
 class TorchOps:
     """Implements `server.engine.ops.Ops`."""
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor,
+    def linear(self, x: torch.Tensor, weight: torch.Tensor | Fp8Weight,
                bias: torch.Tensor | None = None) -> torch.Tensor:
+        if isinstance(weight, Fp8Weight):
+            return fp8_linear_reference(x, weight, bias)
         return F.linear(x, weight, bias)
 
     def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:

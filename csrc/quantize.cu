@@ -1,0 +1,84 @@
+// Row-wise FP8 (e4m3) quantization of the activations in front of an FP8 GEMM, as
+// server.engine.quantization.quantize_rows computes it in torch:
+//
+//   scale[r] = max(max_i |x[r, i]|, kMinAbsMax) * float32(1 / 448)      (float32)
+//   q[r, i]  = e4m3(x[r, i] / scale[r])       (nearest, ties to even; |x / scale| <= 448)
+//
+// One CTA per row. The row is read twice (absmax, then the conversion); the second read
+// comes from L2. Rows are 16-byte aligned and K a multiple of 16 (the GEMM needs it too).
+#include "common.cuh"
+
+using namespace inflightd;
+
+namespace {
+
+constexpr float kInvFp8Max = 1.f / 448.f;  // as the reference: a multiply, not a division
+constexpr float kMinAbsMax = 1e-12f;
+
+// Two floats as two e4m3 bytes, `lo` in the low byte. The hardware conversion exists from
+// sm_89 (Ada, Hopper) on; the Python side refuses FP8 on older GPUs before any launch.
+__device__ __forceinline__ unsigned to_e4m3x2(float lo, float hi) {
+#if __CUDA_ARCH__ >= 890
+  unsigned short out;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(out) : "f"(hi), "f"(lo));
+  return out;
+#else
+  __trap();
+  return 0u;
+#endif
+}
+
+// Largest value over the block; `scratch` holds one float per warp.
+__device__ __forceinline__ float block_max(float x, float* scratch) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int num_warps = (blockDim.x + 31) >> 5;
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1)
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
+  if (lane == 0) scratch[warp] = x;
+  __syncthreads();
+  float result = 0.f;
+  for (int w = 0; w < num_warps; ++w) result = fmaxf(result, scratch[w]);
+  return result;
+}
+
+template <typename T>
+__device__ __forceinline__ void quantize_rows_impl(unsigned char* __restrict__ q,
+                                                   float* __restrict__ scale,
+                                                   const T* __restrict__ x, int k,
+                                                   long long x_stride) {
+  __shared__ float scratch[32];
+  const T* row = x + blockIdx.x * x_stride;
+  const int step = blockDim.x * 8;
+  float absmax = 0.f;
+  for (int i = threadIdx.x * 8; i < k; i += step) {
+    Vec8Float<T> v;
+    v.load(row + i);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) absmax = fmaxf(absmax, fabsf(v.v[j]));
+  }
+  const float s = fmaxf(block_max(absmax, scratch), kMinAbsMax) * kInvFp8Max;
+  if (threadIdx.x == 0) scale[blockIdx.x] = s;
+  unsigned char* dst = q + blockIdx.x * static_cast<long long>(k);
+  for (int i = threadIdx.x * 8; i < k; i += step) {
+    Vec8Float<T> v;
+    v.load(row + i);
+    // Division, not a multiply by 1/s: the same rounding as the torch reference.
+    uint2 packed;
+    packed.x = to_e4m3x2(v.v[0] / s, v.v[1] / s) | (to_e4m3x2(v.v[2] / s, v.v[3] / s) << 16);
+    packed.y = to_e4m3x2(v.v[4] / s, v.v[5] / s) | (to_e4m3x2(v.v[6] / s, v.v[7] / s) << 16);
+    *reinterpret_cast<uint2*>(dst + i) = packed;
+  }
+}
+
+}  // namespace
+
+#define INFLIGHTD_QUANTIZE_FP8_ROWS(T, SUFFIX)                                                   \
+  extern "C" __global__ void __launch_bounds__(256) quantize_fp8_rows_##SUFFIX(                  \
+      unsigned char* q, float* scale, const T* x, int k, long long x_stride) {                   \
+    quantize_rows_impl<T>(q, scale, x, k, x_stride);                                             \
+  }
+
+INFLIGHTD_QUANTIZE_FP8_ROWS(__nv_bfloat16, bf16)
+INFLIGHTD_QUANTIZE_FP8_ROWS(__half, fp16)

@@ -1,0 +1,101 @@
+"""The FP8 linear layer on the GPU (`--quantization fp8`, server.engine.quantization):
+csrc/quantize.cu turns the activations into FP8 rows with one scale each, then
+torch._scaled_mm multiplies them with the FP8 weight on the tensor cores, applies the row
+and channel scales to the float32 accumulators and writes bfloat16. Steps of a few tokens
+use csrc/gemv_fp8.cu instead, which streams the FP8 weights at the memory's speed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from server.engine.kernel_args import (KernelArgumentError, check_aligned16, check_contiguous,
+                                       check_device, check_dtype, check_shape, dtype_suffix,
+                                       row_stride)
+from server.engine.kernels import KernelLibrary
+from server.engine.quantization import FP8_DIM_MULTIPLE, FP8_DTYPE, Fp8Weight
+
+QUANTIZE_THREADS = 256  # csrc/quantize.cu's launch bound
+GEMV_FP8_MAX_TOKENS = 4  # csrc/gemv_fp8.cu has kernels for 1 to 4 rows
+GEMV_FP8_COLUMNS_PER_CTA = 8
+
+
+def quantize_fp8_rows_into(lib: KernelLibrary, q: torch.Tensor, scale: torch.Tensor,
+                           x: torch.Tensor) -> None:
+    """q [R, K] float8_e4m3fn and scale [R, 1] float32 with x ~= q * scale, row by row."""
+    check_device(lib.device, x=x, q=q, scale=scale)
+    suffix = dtype_suffix("x", x)
+    check_dtype(FP8_DTYPE, q=q)
+    check_dtype(torch.float32, scale=scale)
+    check_shape("x", x, (None, None))
+    num_rows, k = x.shape
+    if k % FP8_DIM_MULTIPLE:
+        raise KernelArgumentError(f"x's rows must be a multiple of {FP8_DIM_MULTIPLE} long for "
+                                  f"FP8, got {k}")
+    check_shape("q", q, (num_rows, k))
+    check_shape("scale", scale, (num_rows, 1))
+    check_contiguous(q=q, scale=scale)
+    x_stride = row_stride("x", x)
+    check_aligned16("x", x, x_stride)
+    if num_rows == 0:
+        return
+    threads = min(QUANTIZE_THREADS, -(-(k // 8) // 32) * 32)
+    lib.launch("quantize", f"quantize_fp8_rows_{suffix}", grid=(num_rows,), block=(threads,),
+               args=(q.data_ptr(), scale.data_ptr(), x.data_ptr(), np.int32(k),
+                     np.int64(x_stride)))
+
+
+def gemv_fp8_into(lib: KernelLibrary, y: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
+                  weight: Fp8Weight, bias: torch.Tensor | None = None) -> None:
+    """y [M, N] bf16 = (q [M, K] * scale [M, 1]) @ (weight [N, K])^T (+ bias), M <= 4."""
+    check_device(lib.device, q=q, scale=scale, y=y, weight=weight.data,
+                 weight_scale=weight.scale)
+    check_dtype(FP8_DTYPE, q=q, weight=weight.data)
+    check_dtype(torch.float32, scale=scale, weight_scale=weight.scale)
+    check_dtype(torch.bfloat16, y=y)
+    num_rows, k = q.shape
+    n = weight.shape[0]
+    if not 1 <= num_rows <= GEMV_FP8_MAX_TOKENS:
+        raise KernelArgumentError(f"gemv_fp8 takes 1 to {GEMV_FP8_MAX_TOKENS} rows, "
+                                  f"got {num_rows}")
+    check_shape("weight", weight.data, (n, k))
+    check_shape("scale", scale, (num_rows, 1))
+    check_shape("y", y, (num_rows, n))
+    check_contiguous(q=q, scale=scale, y=y, weight=weight.data, weight_scale=weight.scale)
+    if bias is not None:
+        check_device(lib.device, bias=bias)
+        check_dtype(torch.bfloat16, bias=bias)
+        check_shape("bias", bias, (n,))
+        check_contiguous(bias=bias)
+    if k % FP8_DIM_MULTIPLE:
+        raise KernelArgumentError(f"gemv_fp8 needs K a multiple of {FP8_DIM_MULTIPLE}, got {k}")
+    check_aligned16("q", q, k)
+    check_aligned16("weight", weight.data, k)
+    lib.launch("gemv_fp8", f"gemv_fp8_bf16_m{num_rows}",
+               grid=(-(-n // GEMV_FP8_COLUMNS_PER_CTA),), block=(32 * GEMV_FP8_COLUMNS_PER_CTA,),
+               args=(y.data_ptr(), weight.data.data_ptr(), weight.scale.data_ptr(),
+                     q.data_ptr(), scale.data_ptr(), 0 if bias is None else bias.data_ptr(),
+                     np.int32(n), np.int32(k)))
+
+
+def fp8_linear(lib: KernelLibrary, x: torch.Tensor, weight: Fp8Weight,
+               bias: torch.Tensor | None = None, *, gemv_max_tokens: int = 0) -> torch.Tensor:
+    """x [T, K] bfloat16 @ weight [N, K]^T (+ bias) -> [T, N] bfloat16; steps of up to
+    gemv_max_tokens tokens on the FP8 GEMV."""
+    num_rows, k = x.shape
+    if weight.shape[1] != k:
+        raise KernelArgumentError(f"x has {k} columns but the weight takes {weight.shape[1]}")
+    q = torch.empty((num_rows, k), dtype=FP8_DTYPE, device=x.device)
+    scale = torch.empty((num_rows, 1), dtype=torch.float32, device=x.device)
+    quantize_fp8_rows_into(lib, q, scale, x)
+    if 1 <= num_rows <= min(gemv_max_tokens, GEMV_FP8_MAX_TOKENS):
+        out = torch.empty((num_rows, weight.shape[0]), dtype=torch.bfloat16, device=x.device)
+        gemv_fp8_into(lib, out, q, scale, weight, bias)
+        return out
+    # The weight's transpose is the column-major [K, N] operand the FP8 GEMM wants.
+    out = torch._scaled_mm(q, weight.data.t(), scale_a=scale, scale_b=weight.scale.view(1, -1),
+                           out_dtype=x.dtype)
+    if bias is not None:
+        out += bias
+    return out

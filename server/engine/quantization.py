@@ -1,0 +1,115 @@
+"""FP8 weights for the linear layers (`--quantization fp8`): W8A8 with dynamic scales.
+
+Each linear weight [N, K] is stored as float8 e4m3 with one float32 scale per output row
+(per channel), quantized from the checkpoint's weights as they load. At run time each token's
+activations are quantized the same way (one scale per row, from that row's largest
+magnitude), so a GEMM multiplies two FP8 matrices on the tensor cores and applies both
+scales to its float32 accumulators:
+
+    x [T, K] ~= x_q * x_scale [T, 1]     weight [N, K] ~= w_q * w_scale [N, 1]
+    out[t, n] = x_scale[t] * w_scale[n] * sum_k x_q[t, k] * w_q[n, k]
+
+Embeddings, norms, biases and lm_head stay in the model dtype. This module holds the
+format and the torch reference; CudaOps runs it on csrc/quantize.cu and torch._scaled_mm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+QUANTIZATIONS = ("fp8",)
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0  # largest finite e4m3 value
+# Scales are absmax times float32(1 / 448), not absmax / 448: torch on a GPU divides by a
+# scalar as a multiply by its reciprocal, and the kernel does the same, so both agree bit
+# for bit on every device.
+FP8_INV_MAX = 1.0 / FP8_MAX
+MIN_ABS_MAX = 1e-12  # a row of zeros gets this absmax, so its scale is never 0
+FP8_DIM_MULTIPLE = 16  # the FP8 GEMM needs K and N to be multiples of this
+
+
+class QuantizationError(ValueError):
+    """A quantization the engine does not have, or a model or device it cannot run on."""
+
+
+def check_quantization(quantization: str | None) -> None:
+    if quantization is not None and quantization not in QUANTIZATIONS:
+        raise QuantizationError(f"--quantization must be one of {', '.join(QUANTIZATIONS)} "
+                                f"(or left out for none), got {quantization!r}")
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise FP8 of a 2-D tensor: (q [R, C] float8_e4m3fn, scale [R, 1] float32) with
+    x ~= q * scale. csrc/quantize.cu computes exactly this on the GPU."""
+    x = x.float()
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=MIN_ABS_MAX) * FP8_INV_MAX
+    return (x / scale).to(FP8_DTYPE), scale
+
+
+@dataclass(frozen=True)
+class Fp8Weight:
+    """A linear weight [N, K] as FP8 data and one float32 scale per output row. Slicing rows
+    gives views of both, so fused weights (q|k|v, gate|up) load part by part; copy_ quantizes
+    a checkpoint tensor into it, so the weight loader treats it like any tensor."""
+
+    data: torch.Tensor  # [N, K] float8_e4m3fn
+    scale: torch.Tensor  # [N] float32
+
+    @classmethod
+    def empty(cls, rows: int, cols: int, *, device: torch.device | str) -> "Fp8Weight":
+        return cls(data=torch.empty((rows, cols), dtype=FP8_DTYPE, device=device),
+                   scale=torch.empty((rows,), dtype=torch.float32, device=device))
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.data.shape
+
+    def __getitem__(self, rows: slice) -> "Fp8Weight":
+        return Fp8Weight(data=self.data[rows], scale=self.scale[rows])
+
+    def copy_(self, weight: torch.Tensor) -> "Fp8Weight":
+        data, scale = quantize_rows(weight.to(self.data.device))
+        self.data.copy_(data)
+        self.scale.copy_(scale.view(-1))
+        return self
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (self.data.float() * self.scale[:, None]).to(dtype)
+
+
+def fp8_linear_reference(x: torch.Tensor, weight: Fp8Weight,
+                         bias: torch.Tensor | None = None) -> torch.Tensor:
+    """What the FP8 GEMM computes, in float32: x's rows quantized as at run time, times the
+    dequantized weight, rounded once to x's dtype."""
+    x_q, x_scale = quantize_rows(x)
+    out = torch.mm(x_q.float() * x_scale, weight.dequantize().t())
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype)
+
+
+def check_fp8_shapes(shapes: dict[str, tuple[int, int]]) -> None:
+    """Every quantized weight's N and K must be multiples of FP8_DIM_MULTIPLE."""
+    for name, (rows, cols) in shapes.items():
+        if rows % FP8_DIM_MULTIPLE or cols % FP8_DIM_MULTIPLE:
+            raise QuantizationError(
+                f"--quantization fp8 needs every linear weight's dims to be multiples of "
+                f"{FP8_DIM_MULTIPLE}; {name} is {rows} x {cols}")
+
+
+def check_fp8_device(device: torch.device, dtype: torch.dtype) -> None:
+    """On a GPU, FP8 tensor cores (compute capability 8.9+, e.g. Ada, Hopper) and bfloat16
+    activations (the only output torch's row-scaled FP8 GEMM writes). The CPU runs the
+    reference in any dtype."""
+    if device.type != "cuda":
+        return
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 9):
+        raise QuantizationError(
+            f"--quantization fp8 needs FP8 tensor cores (compute capability 8.9 or newer); "
+            f"this GPU is {major}.{minor}")
+    if dtype != torch.bfloat16:
+        raise QuantizationError(f"--quantization fp8 runs with --dtype bfloat16 on a GPU, "
+                                f"got {dtype}")

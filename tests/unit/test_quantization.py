@@ -1,0 +1,118 @@
+"""--quantization fp8 on the CPU: the row-wise format, fused weights quantized part by part
+as they load, the torch reference linear, and the option from the CLI, `LLM` and
+`inflightd build` through to the engine (the GPU path: tests/gpu/test_fp8.py)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from server.config import ModelConfig
+from server.engine.build import BuildError, BuildOptions, build_engine
+from server.engine.engine_dir import EngineDirConfig, read_engine_config
+from server.engine.llm import LLM
+from server.engine.models.config import ModelArchConfig
+from server.engine.models.llama import LlamaModel
+from server.engine.ops.torch_ref import TorchOps
+from server.engine.quantization import (FP8_MAX, Fp8Weight, QuantizationError,
+                                        fp8_linear_reference, quantize_rows)
+from server.engine.dummy import dummy_hf_config
+from server.scheduler.request import SamplingParams
+from tests.api.test_cli import parse
+from server.cli import serve_config
+
+E4M3_RELATIVE_STEP = 2.0 ** -4  # half a step of a 3-bit mantissa, relative
+
+
+def test_rows_quantize_to_within_half_an_e4m3_step_with_the_row_max_at_448():
+    x = torch.randn(8, 256, generator=torch.Generator().manual_seed(0)) * 5
+    q, scale = quantize_rows(x)
+    assert q.dtype == torch.float8_e4m3fn and scale.shape == (8, 1)
+    restored = q.float() * scale
+    big = x.abs() > scale * 2.0 ** -6 * 4  # clear of e4m3's subnormals
+    relative = ((restored - x).abs() / x.abs())[big]
+    assert relative.max() <= E4M3_RELATIVE_STEP
+    assert torch.equal(q.float().abs().amax(dim=-1), torch.full((8,), FP8_MAX))
+
+
+def test_a_row_of_zeros_gets_a_finite_scale_and_stays_zero():
+    q, scale = quantize_rows(torch.zeros(2, 32))
+    assert torch.isfinite(scale).all() and (scale > 0).all()
+    assert torch.equal(q.float(), torch.zeros(2, 32))
+
+
+def test_fused_weight_loads_part_by_part_with_one_scale_per_output_row():
+    gen = torch.Generator().manual_seed(1)
+    first, second = torch.randn(4, 32, generator=gen), 100 * torch.randn(12, 32, generator=gen)
+    fused = Fp8Weight.empty(16, 32, device="cpu")
+    fused[:4].copy_(first)
+    fused[4:].copy_(second)
+    assert fused.scale[:4].max() < 0.1 < fused.scale[4:].min()  # each part kept its own range
+    dense = torch.cat([first, second])
+    assert ((fused.dequantize() - dense).norm() / dense.norm()) < E4M3_RELATIVE_STEP
+
+
+def test_reference_fp8_linear_is_the_dense_product_to_within_fp8_error():
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 64, generator=gen)
+    dense = torch.randn(48, 64, generator=gen)
+    bias = torch.randn(48, generator=gen)
+    weight = Fp8Weight.empty(48, 64, device="cpu").copy_(dense)
+    out = TorchOps().linear(x, weight, bias)
+    assert torch.equal(out, fp8_linear_reference(x, weight, bias))
+    error = ((out - F.linear(x, dense, bias)).norm() / F.linear(x, dense, bias).norm()).item()
+    assert 1e-3 < error < 0.1  # quantized, and still the same product
+
+
+def test_llm_with_fp8_runs_on_the_cpu_reference_path_and_says_so():
+    llm = LLM("dummy:tiny-llama3", device="cpu", quantization="fp8", kv_cache_tokens=1024)
+    assert llm.engine.info.quantization == "fp8"
+    layer = llm.engine.runner.model.layers[0]
+    assert all(isinstance(w, Fp8Weight) for w in (layer.qkv_weight, layer.o_weight,
+                                                   layer.gate_up_weight, layer.down_weight))
+    out = llm.generate([[5, 6, 7, 8]], SamplingParams(temperature=0, max_tokens=6,
+                                                      ignore_eos=True))
+    assert len(out[0].token_ids) == 6
+
+
+def test_unknown_quantization_is_refused_naming_the_option():
+    with pytest.raises(ValueError, match="--quantization"):
+        ModelConfig(quantization="int4")
+    with pytest.raises(BuildError, match="--quantization"):
+        BuildOptions(model="dummy:tiny", output="x", quantization="int4")
+    with pytest.raises(SystemExit):
+        parse("serve", "--quantization", "int4")
+
+
+def test_fp8_refuses_a_model_whose_linear_dims_are_not_multiples_of_16():
+    arch = ModelArchConfig.from_hf({**dummy_hf_config("tiny"), "intermediate_size": 120})
+    with pytest.raises(QuantizationError, match="multiples of 16.*down_proj is 64 x 120"):
+        LlamaModel(arch, dtype=torch.float32, device="cpu", quantization="fp8")
+
+
+def test_serve_quantization_option_reaches_the_model_config():
+    assert serve_config(parse("serve", "--quantization", "fp8")).model.quantization == "fp8"
+    assert serve_config(parse("serve")).model.quantization is None
+
+
+def test_engine_built_with_fp8_is_served_with_fp8(tmp_path):
+    engine = build_engine(BuildOptions(model="dummy:tiny", output=tmp_path / "engine",
+                                       quantization="fp8", tune=False), progress=False)
+    config = read_engine_config(engine)[1]
+    assert config.quantization == "fp8"
+    llm = LLM(str(engine), device="cpu", kv_cache_tokens=1024)
+    assert llm.engine.info.quantization == "fp8"
+    assert isinstance(llm.engine.runner.model.layers[1].down_weight, Fp8Weight)
+
+
+def test_engine_configs_written_before_quantization_existed_read_as_none():
+    config = EngineDirConfig(model_name="m", dtype="bfloat16", max_batch_size=8,
+                             max_num_tokens=64, max_model_len=128, weights="dummy",
+                             dummy_seed=0, kernel_arches=(), inflightd_version="x",
+                             built_at="2026-11-21T00:00:00+00:00")
+    data = config.to_json()
+    del data["quantization"]
+    assert EngineDirConfig.from_json(data) == replace(config, quantization=None)
