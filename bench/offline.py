@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-peers", action="store_true")
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
+    p.add_argument("--block-size", type=int, default=16, help="KV cache block size (tokens)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -346,7 +347,8 @@ def main(argv: list[str] | None = None) -> dict:
         extra["max_num_batched_tokens"] = args.max_num_batched_tokens
     model, build_seconds = engine_model(args)
     llm = LLM(model, device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
-              seed=args.seed, quantization=args.quantization, **extra)
+              seed=args.seed, block_size=args.block_size, quantization=args.quantization,
+              **extra)
     info = llm.engine.info
     device = info.device
     prompts = make_prompts(llm, args)
@@ -358,7 +360,7 @@ def main(argv: list[str] | None = None) -> dict:
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "command": " ".join(sys.argv), "kv_cache_tokens": info.kv_cache_tokens,
               "num_prompts": len(prompts), "mean_prompt_len": sum(map(len, prompts)) / len(prompts),
-              "output_len": args.output_len, "runs": []}
+              "output_len": args.output_len, "block_size": args.block_size, "runs": []}
     if device.startswith("cuda"):
         gpu_decode_probes(llm, result, args.output_len)
         save(result, args)
@@ -389,7 +391,7 @@ def main(argv: list[str] | None = None) -> dict:
     if device.startswith("cuda") and args.compare_fp8:
         torch.cuda.reset_peak_memory_stats()
         llm = LLM(model, device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
-                  seed=args.seed, quantization="fp8", **extra)
+                  seed=args.seed, block_size=args.block_size, quantization="fp8", **extra)
         run_fp8(llm, result, prompts, args)
         del llm
         free_gpu_memory(device)

@@ -25,9 +25,12 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start_daemon(model: str, port: int, log_path: Path) -> subprocess.Popen:
+def start_daemon(model: str, port: int, log_path: Path, *,
+                 quantization: str | None = None) -> subprocess.Popen:
     args = [sys.executable, "-m", "server.cli", "serve", model, "--host", "127.0.0.1",
             "--port", str(port), "--max-num-seqs", "64", "--log-level", "info"]
+    if quantization:
+        args += ["--quantization", quantization]
     return subprocess.Popen(args, cwd=REPO, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -82,9 +85,10 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=18123)
     parser.add_argument("--clients", type=int, default=48)
     parser.add_argument("--log", type=Path, default=Path("daemon.log"))
+    parser.add_argument("--quantization", choices=("fp8",), default=None)
     args = parser.parse_args()
     base_url = f"http://127.0.0.1:{args.port}"
-    process = start_daemon(args.model, args.port, args.log)
+    process = start_daemon(args.model, args.port, args.log, quantization=args.quantization)
     failures = 0
 
     def check(ok: bool, what: str) -> None:
@@ -94,6 +98,11 @@ def main() -> int:
 
     try:
         print(f"ready after {wait_ready(base_url, process, timeout_s=600):.0f} s", flush=True)
+        if args.quantization:
+            listening = [line for line in args.log.read_text().splitlines()
+                         if "listening on" in line]
+            check(bool(listening) and args.quantization in listening[0],
+                  f"the start-up log names {args.quantization}: {listening[:1]}")
         start = time.monotonic()
         results = asyncio.run(run_clients(base_url, args.model, args.clients))
         seconds = time.monotonic() - start

@@ -15,7 +15,7 @@
 #             BENCH_ARGS, e.g. --compare-sync, --compare-fp8)
 #   daemon    scripts/gpu_daemon_smoke.py: `inflightd serve` on the GPU with concurrent,
 #             streamed and abandoned requests, stats, metrics and a SIGTERM drain, for
-#             dummy:smollm2-135m and dummy:llama-3-8b. The image lacks the web stack: carry
+#             dummy:smollm2-135m and dummy:llama-3-8b (bf16, then --quantization fp8). The image lacks the web stack: carry
 #             its wheels (fastapi starlette pydantic pydantic-core uvicorn msgspec pyzmq
 #             annotated-types typing-inspection typing_extensions opentelemetry-api, the
 #             versions of the venv, `pip download --no-deps --only-binary=:all:
@@ -113,10 +113,11 @@ if has bench; then
 fi
 
 if has daemon; then
-  for model in dummy:smollm2-135m dummy:llama-3-8b; do
-    echo "== $model" | tee -a "$OUT/daemon.log"
-    timeout 300 python3 scripts/gpu_daemon_smoke.py --model "$model" --clients 64 \
-      --log "$OUT/daemon_${model#dummy:}.log" 2>&1 | tee -a "$OUT/daemon.log"
+  for variant in dummy:smollm2-135m dummy:llama-3-8b dummy:llama-3-8b:fp8; do
+    model=${variant%:fp8}; quant=(); [ "$model" != "$variant" ] && quant=(--quantization fp8)
+    echo "== $model ${quant[*]}" | tee -a "$OUT/daemon.log"
+    timeout 300 python3 scripts/gpu_daemon_smoke.py --model "$model" --clients 64 "${quant[@]}" \
+      --log "$OUT/daemon_${variant#dummy:}.log" 2>&1 | tee -a "$OUT/daemon.log"
     rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || fail daemon "$rc"
   done
 fi

@@ -19,7 +19,7 @@ from server.engine.quantization import (FP8_DTYPE, Fp8Weight, fp8_linear_referen
 from tests.golden.helpers import HandBatcher
 from tests.gpu.helpers import (DTYPE_IDS, DTYPES, assert_close, cuda_generator, random_tensor,
                                relative_error)
-from tests.gpu.test_cuda_graphs import BLOCK_SIZE, EAGER_MAX_ERROR, NUM_BLOCKS, make_runner
+from tests.gpu.test_cuda_graphs import BLOCK_SIZE, NUM_BLOCKS, SAME_STEP_MAX_ERROR, make_runner
 
 # K: one CTA pass, Llama-3-8B's hidden and MLP widths, and a tail shorter than a pass
 ROW_LENGTHS = (16, 4096, 14336, 4112)
@@ -120,5 +120,7 @@ def test_fp8_model_on_our_kernels_and_graphs_matches_the_torch_reference_path():
         batcher.record({r: int(token) for r, token in zip(ids, want.argmax(-1))})
         out = batcher.step({req_id: 1 for req_id in "abc"})
     assert fp8.graphs.num_replays >= 2
-    assert relative_error(fp8.forward_logits(out)[1],
-                          fp8.forward_logits(out, allow_graph=False)[1]) <= EAGER_MAX_ERROR
+    # Against the same padded step run eagerly: the unpadded eager path splits a long
+    # context's keys differently, and fp8 magnifies that (0.028 seen on row "a").
+    same_step = fp8.graphs.run(out.scheduled, replay=False).clone()
+    assert relative_error(fp8.forward_logits(out)[1], same_step) <= SAME_STEP_MAX_ERROR
