@@ -46,7 +46,9 @@ status=0
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 fail() { echo "stage $1 failed (rc=$2)"; status=1; }
 
-wheels=$(ls .whl/*.whl ${WHEEL_DIRS:+$(for d in $WHEEL_DIRS; do echo "$d"/*.whl; done)} 2>/dev/null)
+# the same wheel in two folders is installed once (pip refuses a duplicate)
+wheels=$(ls .whl/*.whl ${WHEEL_DIRS:+$(for d in $WHEEL_DIRS; do echo "$d"/*.whl; done)} \
+  2>/dev/null | awk -F/ '!seen[$NF]++')
 if [ -n "$wheels" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site $wheels || exit 1
@@ -117,7 +119,7 @@ if has daemon; then
     model=${variant%:fp8}; quant=(); [ "$model" != "$variant" ] && quant=(--quantization fp8)
     echo "== $model ${quant[*]}" | tee -a "$OUT/daemon.log"
     timeout 300 python3 scripts/gpu_daemon_smoke.py --model "$model" --clients 64 "${quant[@]}" \
-      --log "$OUT/daemon_${variant#dummy:}.log" 2>&1 | tee -a "$OUT/daemon.log"
+      --log "$OUT/daemon_$(echo "${variant#dummy:}" | tr : _).log" 2>&1 | tee -a "$OUT/daemon.log"
     rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || fail daemon "$rc"
   done
 fi
