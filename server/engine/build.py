@@ -43,10 +43,9 @@ from server.engine.engine_dir import (WEIGHTS_DUMMY, WEIGHTS_SAFETENSORS, Engine
 from server.engine.kernel_store import save_cubins
 from server.engine.kernels import MODULES, compile_all
 from server.engine.nvrtc import source_hash
-from server.engine.quantization import QUANTIZATIONS
+from server.engine.quantization import QUANTIZATIONS, quantize_checkpoint, stored_layout
 from server.engine.runner import cuda_ops_unsupported_reason
 from server.engine.tuning import save_tuning
-from server.engine.weight_layout import weight_shapes
 from server.engine.weights import TOKENIZER_FILES, ModelSource, iter_weights, resolve_model
 
 SHARD_BYTES = 4 << 30
@@ -75,7 +74,7 @@ class BuildOptions:
     tune: bool = True
     force: bool = False  # replace an existing output directory
     block_size: int = 16  # the KV block size the kernels are timed with
-    quantization: str | None = None  # recorded for serving; the weights stay in dtype
+    quantization: str | None = None  # "fp8": linear weights stored and served in FP8
 
     def __post_init__(self) -> None:
         if self.quantization not in (None, *QUANTIZATIONS):
@@ -108,7 +107,8 @@ def build_engine(options: BuildOptions, *, progress: bool = True,
     arches = options.arches or _gpu_arches()
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    steps = [("weights", lambda: _write_weights(source, staging, DTYPES[options.dtype_name])),
+    steps = [("weights", lambda: _write_weights(source, staging, DTYPES[options.dtype_name],
+                                                options.quantization)),
              ("tokenizer", lambda: _copy_tokenizer(source, staging))]
     steps += [(f"kernels {arch}", lambda arch=arch: save_cubins(staging, arch,
                                                                 compile_all(arch)))
@@ -151,15 +151,16 @@ def _gpu_arches() -> tuple[str, ...]:
     return (device_arch(torch.device("cuda", torch.cuda.current_device())),)
 
 
-def _write_weights(source: ModelSource, out_dir: Path, dtype: torch.dtype) -> None:
+def _write_weights(source: ModelSource, out_dir: Path, dtype: torch.dtype,
+                   quantization: str | None) -> None:
     """Shards planned from the tensor sizes first, so file names can say "of N"."""
     if source.weights_dir is None:
         return  # dummy weights: the engine config records the shape and the seed
-    shapes = weight_shapes(source.arch)
+    layout = stored_layout(source.arch, dtype=dtype, quantization=quantization)
+    sizes = {name: stored.itemsize * _numel(shape) for name, (shape, stored) in layout.items()}
     shard_of: dict[str, int] = {}
     shard, filled = 0, 0
-    for name, shape in shapes.items():
-        size = dtype.itemsize * _numel(shape)
+    for name, size in sizes.items():
         if filled and filled + size > SHARD_BYTES:
             shard, filled = shard + 1, 0
         shard_of[name], filled = shard, filled + size
@@ -168,14 +169,14 @@ def _write_weights(source: ModelSource, out_dir: Path, dtype: torch.dtype) -> No
              [f"model-{i + 1:05d}-of-{num_shards:05d}.safetensors" for i in range(num_shards)])
     tensors_in_shard = Counter(shard_of.values())
     pending: dict[str, torch.Tensor] = {}
-    for name, tensor in iter_weights(source, dtype=dtype, device="cpu"):
+    weights = iter_weights(source, dtype=dtype, device="cpu")
+    for name, tensor in quantize_checkpoint(weights) if quantization == "fp8" else weights:
         pending[name] = tensor.contiguous()
         if len(pending) == tensors_in_shard[shard_of[name]]:
             save_file(pending, str(out_dir / names[shard_of[name]]), metadata={"format": "pt"})
             pending = {}
     if num_shards > 1:
-        index = {"metadata": {"total_size": sum(dtype.itemsize * _numel(s)
-                                                for s in shapes.values())},
+        index = {"metadata": {"total_size": sum(sizes.values())},
                  "weight_map": {name: names[i] for name, i in shard_of.items()}}
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
@@ -300,8 +301,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="compile kernels for this arch, e.g. sm_90 (repeatable; "
                             "default: this GPU's, none without a GPU)")
     build.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
-                       help="serve the engine with FP8 linear layers (quantized from the "
-                            "stored weights as they load); default: none")
+                       help="FP8 linear layers: their weights stored in FP8 with per-channel "
+                            "scales, activations quantized per token; default: none")
     build.add_argument("--no-tune", action="store_true", help="skip timing kernel choices")
     build.add_argument("--force", action="store_true", help="replace an existing DIR")
     build.set_defaults(func=run_build)

@@ -2,8 +2,10 @@
 
     DIR/config.json                the model's Hugging Face config, plus an "inflightd_engine"
                                    section (EngineDirConfig: name, dtype, limits, weights kind)
-    DIR/model*.safetensors         weights in the engine dtype (absent for dummy models, which
-                                   are regenerated from their shape and seed)
+    DIR/model*.safetensors         weights in the engine dtype, or with --quantization fp8 the
+                                   linear weights in FP8 beside "<name>_scale" float32 scales
+                                   (absent for dummy models, which are regenerated from their
+                                   shape and seed)
     DIR/tokenizer.json, ...        tokenizer files, copied when the model has them
     DIR/kernels/manifest.json      cubins per GPU arch (server.engine.kernel_store)
     DIR/kernels/<arch>/*.cubin
@@ -45,8 +47,8 @@ class EngineDirConfig:
     inflightd_version: str
     built_at: str  # ISO 8601, UTC
     format: int = ENGINE_FORMAT
-    # "fp8": serve with FP8 linear layers (the weights stay in `dtype` on disk and are
-    # quantized as they load); None: none. Engines built before it existed have none.
+    # "fp8": serve with FP8 linear layers, stored in FP8 with their scales (dummy weights:
+    # quantized as they are drawn); None: none. Engines built before it existed have none.
     quantization: str | None = None
 
     def __post_init__(self) -> None:
@@ -127,5 +129,7 @@ def resolve_engine_dir(path: Path) -> tuple[ModelSource, EngineDirConfig]:
         name=config.model_name, arch=arch, hf_config=hf_config,
         weights_dir=path if config.weights == WEIGHTS_SAFETENSORS else None,
         tokenizer_dir=path if has_tokenizer else None,
-        dummy_seed=config.dummy_seed or 0, engine_dir=path)
+        dummy_seed=config.dummy_seed or 0, engine_dir=path,
+        stored_quantization=config.quantization if config.weights == WEIGHTS_SAFETENSORS
+        else None)
     return source, config

@@ -15,9 +15,13 @@ format and the torch reference; CudaOps runs it on csrc/quantize.cu and torch._s
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
+
+from server.engine.models.config import ModelArchConfig
+from server.engine.weight_layout import weight_shapes
 
 QUANTIZATIONS = ("fp8",)
 FP8_DTYPE = torch.float8_e4m3fn
@@ -28,6 +32,11 @@ FP8_MAX = 448.0  # largest finite e4m3 value
 FP8_INV_MAX = 1.0 / FP8_MAX
 MIN_ABS_MAX = 1e-12  # a row of zeros gets this absmax, so its scale is never 0
 FP8_DIM_MULTIPLE = 16  # the FP8 GEMM needs K and N to be multiples of this
+# A stored FP8 weight "X.weight" has its per-row scales beside it as "X.weight_scale".
+SCALE_SUFFIX = "_scale"
+_LINEAR_SUFFIXES = tuple(f".{proj}.weight" for proj in
+                         ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                          "down_proj"))
 
 
 class QuantizationError(ValueError):
@@ -38,6 +47,39 @@ def check_quantization(quantization: str | None) -> None:
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise QuantizationError(f"--quantization must be one of {', '.join(QUANTIZATIONS)} "
                                 f"(or left out for none), got {quantization!r}")
+
+
+def is_fp8_linear(name: str) -> bool:
+    """Whether --quantization fp8 stores this checkpoint tensor in FP8."""
+    return name.endswith(_LINEAR_SUFFIXES)
+
+
+def stored_layout(arch: ModelArchConfig, *, dtype: torch.dtype,
+                  quantization: str | None) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Name -> (shape, dtype) of every tensor a checkpoint of this model holds: the model
+    dtype throughout, or with quantization "fp8" each linear weight in FP8 followed by its
+    float32 scales."""
+    layout = {}
+    for name, shape in weight_shapes(arch).items():
+        if quantization == "fp8" and is_fp8_linear(name):
+            layout[name] = (shape, FP8_DTYPE)
+            layout[name + SCALE_SUFFIX] = ((shape[0],), torch.float32)
+        else:
+            layout[name] = (shape, dtype)
+    return layout
+
+
+def quantize_checkpoint(weights: Iterable[tuple[str, torch.Tensor]]
+                        ) -> Iterator[tuple[str, torch.Tensor]]:
+    """The (name, tensor) stream of a checkpoint with its linear weights in FP8, each
+    followed by its scales, in stored_layout's order."""
+    for name, tensor in weights:
+        if is_fp8_linear(name):
+            data, scale = quantize_rows(tensor)
+            yield name, data
+            yield name + SCALE_SUFFIX, scale.view(-1)
+        else:
+            yield name, tensor
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,6 +112,11 @@ class Fp8Weight:
         return Fp8Weight(data=self.data[rows], scale=self.scale[rows])
 
     def copy_(self, weight: torch.Tensor) -> "Fp8Weight":
+        """Quantizes `weight`; FP8 data stored by `inflightd build` is copied as it is (its
+        scales load separately, into .scale)."""
+        if weight.dtype == FP8_DTYPE:
+            self.data.copy_(weight)
+            return self
         data, scale = quantize_rows(weight.to(self.data.device))
         self.data.copy_(data)
         self.scale.copy_(scale.view(-1))

@@ -132,10 +132,11 @@ class ModelRunner:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.ops: Ops = ops if ops is not None else default_ops(source, dtype=dtype,
                                                                  device=self.device)
-        self.quantization = quantization
+        self.quantization = quantization or source.stored_quantization
         self.model = LlamaModel(self.arch, dtype=dtype, device=self.device,
-                                quantization=quantization)
-        self.model.load_weights(iter_weights(source, dtype=dtype, device=self.device))
+                                quantization=self.quantization)
+        self.model.load_weights(iter_weights(source, dtype=dtype, device=self.device),
+                                stored_fp8=source.stored_quantization == "fp8")
         self.kv_pool = KVPool.sized(
             num_layers=self.arch.num_layers, block_size=block_size,
             num_kv_heads=self.arch.num_kv_heads, head_dim=self.arch.head_dim, dtype=dtype,

@@ -21,7 +21,8 @@ from server.config import DEFAULT_MODEL
 from server.engine import default_model
 from server.engine.dummy import DUMMY_CONFIGS, DUMMY_PREFIX, dummy_hf_config, iter_dummy_weights
 from server.engine.models.config import ModelArchConfig, UnsupportedModelError
-from server.engine.weight_layout import num_weight_bytes, weight_shapes
+from server.engine.quantization import stored_layout
+from server.engine.weight_layout import num_weight_bytes
 
 # Loads smaller than this finish in about a second; a progress bar would only flicker.
 PROGRESS_MIN_BYTES = 1 << 30
@@ -46,6 +47,9 @@ class ModelSource:
     tokenizer_dir: Path | None
     dummy_seed: int
     engine_dir: Path | None = None  # set when loaded from an `inflightd build` directory
+    # "fp8": the safetensors hold the linear weights in FP8 with their scales (an engine
+    # directory built with --quantization fp8); None: all in one float dtype.
+    stored_quantization: str | None = None
 
 
 def default_model_dir(*, cache_dir: Path | None = None) -> Path:
@@ -173,15 +177,20 @@ def iter_weights(source: ModelSource, *, dtype: torch.dtype,
                                          device=device)
         else:
             weights = _iter_safetensors(source.weights_dir, source.arch, dtype=dtype,
-                                        device=device)
+                                        device=device,
+                                        quantization=source.stored_quantization)
         for name, tensor in weights:
             progress.update(tensor.numel() * tensor.element_size())
             yield name, tensor
 
 
 def _iter_safetensors(weights_dir: Path, arch: ModelArchConfig, *, dtype: torch.dtype,
-                      device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
-    expected = weight_shapes(arch)
+                      device: torch.device, quantization: str | None = None
+                      ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Tensors in `dtype`, except FP8 weights and their float32 scales, which stay as
+    stored."""
+    layout = stored_layout(arch, dtype=dtype, quantization=quantization)
+    expected = {name: shape for name, (shape, _) in layout.items()}
     with ExitStack() as stack:
         handles = {}
         for path in safetensors_files(weights_dir):
@@ -194,7 +203,8 @@ def _iter_safetensors(weights_dir: Path, arch: ModelArchConfig, *, dtype: torch.
                 raise WeightsError(f"{weights_dir}: {name} has shape {found}, but config.json "
                                    f"implies {shape}")
             # Move first, then cast on the device: a GPU casts far faster than the host.
-            yield name, handles[name].get_tensor(name).to(device).to(dtype)
+            tensor = handles[name].get_tensor(name).to(device)
+            yield name, tensor if layout[name][1] != dtype else tensor.to(dtype)
 
 
 def _check_tensor_names(weights_dir: Path, arch: ModelArchConfig,

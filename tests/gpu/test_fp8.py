@@ -124,3 +124,23 @@ def test_fp8_model_on_our_kernels_and_graphs_matches_the_torch_reference_path():
     # context's keys differently, and fp8 magnifies that (0.028 seen on row "a").
     same_step = fp8.graphs.run(out.scheduled, replay=False).clone()
     assert relative_error(fp8.forward_logits(out)[1], same_step) <= SAME_STEP_MAX_ERROR
+
+
+def test_fp8_engine_directory_serves_its_stored_fp8_weights_like_quantizing_at_load(tmp_path):
+    from server.engine.build import BuildOptions, build_engine
+    from server.engine.runner import ModelRunner
+    from server.engine.weights import resolve_model
+    from tests.unit.test_build import first_step_logits, make_hf_dir
+
+    hf_dir = make_hf_dir(tmp_path / "hf", shape="smollm2-135m")
+    engine = build_engine(BuildOptions(model=str(hf_dir), output=tmp_path / "engine",
+                                       quantization="fp8", max_batch_size=8), progress=False)
+    logits = []
+    for model, quantization in ((engine, None), (hf_dir, "fp8")):
+        runner = ModelRunner(resolve_model(str(model)), dtype=torch.bfloat16, device="cuda",
+                             block_size=16, num_blocks=4, quantization=quantization)
+        assert runner.quantization == "fp8"
+        logits.append(first_step_logits(runner))
+        del runner
+    assert not torch.isnan(logits[0]).any()
+    assert torch.equal(logits[0], logits[1])

@@ -1,6 +1,7 @@
 """--quantization fp8 on the CPU: the row-wise format, fused weights quantized part by part
-as they load, the torch reference linear, and the option from the CLI, `LLM` and
-`inflightd build` through to the engine (the GPU path: tests/gpu/test_fp8.py)."""
+as they load, the torch reference linear, the option from the CLI, `LLM` and
+`inflightd build` through to the engine, and engine directories that store the FP8 weights
+(the GPU path: tests/gpu/test_fp8.py)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,25 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 
+from server.cli import serve_config
 from server.config import ModelConfig
 from server.engine.build import BuildError, BuildOptions, build_engine
+from server.engine.dummy import dummy_hf_config
 from server.engine.engine_dir import EngineDirConfig, read_engine_config
 from server.engine.llm import LLM
 from server.engine.models.config import ModelArchConfig
 from server.engine.models.llama import LlamaModel
+from server.engine.models.weight_map import WeightLoadError
 from server.engine.ops.torch_ref import TorchOps
 from server.engine.quantization import (FP8_MAX, Fp8Weight, QuantizationError,
                                         fp8_linear_reference, quantize_rows)
-from server.engine.dummy import dummy_hf_config
+from server.engine.runner import ModelRunner
+from server.engine.weights import resolve_model
 from server.scheduler.request import SamplingParams
 from tests.api.test_cli import parse
-from server.cli import serve_config
+from tests.unit.test_build import cpu_runner, first_step_logits, make_hf_dir
 
 E4M3_RELATIVE_STEP = 2.0 ** -4  # half a step of a 3-bit mantissa, relative
 
@@ -116,3 +122,33 @@ def test_engine_configs_written_before_quantization_existed_read_as_none():
     data = config.to_json()
     del data["quantization"]
     assert EngineDirConfig.from_json(data) == replace(config, quantization=None)
+
+
+def test_fp8_engine_of_a_checkpoint_stores_fp8_weights_that_serve_as_quantizing_at_load(
+        tmp_path):
+    hf_dir = make_hf_dir(tmp_path / "hf")
+    dense = build_engine(BuildOptions(model=str(hf_dir), output=tmp_path / "dense",
+                                      dtype="float32"), progress=False)
+    fp8 = build_engine(BuildOptions(model=str(hf_dir), output=tmp_path / "fp8", dtype="float32",
+                                    quantization="fp8"), progress=False)
+    with safe_open(str(fp8 / "model.safetensors"), "pt") as f:
+        qkv = "model.layers.0.self_attn.q_proj.weight"
+        assert f.get_tensor(qkv).dtype == torch.float8_e4m3fn
+        assert f.get_tensor(qkv + "_scale").dtype == torch.float32
+        assert f.get_tensor("model.embed_tokens.weight").dtype == torch.float32
+    assert (fp8 / "model.safetensors").stat().st_size < (dense / "model.safetensors").stat().st_size
+    served = cpu_runner(str(fp8))  # no quantization asked: the stored weights say fp8
+    assert served.quantization == "fp8"
+    quantized_at_load = ModelRunner(resolve_model(str(hf_dir)), dtype=torch.float32,
+                                    device="cpu", block_size=16, num_blocks=4,
+                                    quantization="fp8")
+    assert torch.equal(first_step_logits(served), first_step_logits(quantized_at_load))
+
+
+def test_fp8_stored_weights_refuse_a_model_without_quantization(tmp_path):
+    fp8 = build_engine(BuildOptions(model=str(make_hf_dir(tmp_path / "hf")),
+                                    output=tmp_path / "fp8", dtype="float32",
+                                    quantization="fp8"), progress=False)
+    model = LlamaModel(resolve_model(str(fp8)).arch, dtype=torch.float32, device="cpu")
+    with pytest.raises(WeightLoadError, match="stored in FP8"):
+        model.load_weights([], stored_fp8=True)

@@ -19,10 +19,10 @@ from server.engine.models.config import SUPPORTED_ARCHITECTURES, ModelArchConfig
     UnsupportedModelError
 from server.engine.models.layers import DecoderLayer
 from server.engine.models.rotary import build_cos_sin
-from server.engine.models.weight_map import load_named_tensors
+from server.engine.models.weight_map import WeightLoadError, load_named_tensors
 from server.engine.ops import Ops
-from server.engine.quantization import (Fp8Weight, check_fp8_device, check_fp8_shapes,
-                                         check_quantization)
+from server.engine.quantization import (SCALE_SUFFIX, Fp8Weight, check_fp8_device,
+                                         check_fp8_shapes, check_quantization)
 
 # Buffers some older checkpoints carry; the model recomputes them.
 _IGNORED_SUFFIXES = (".rotary_emb.inv_freq", ".rotary_emb.cos_cached", ".rotary_emb.sin_cached")
@@ -55,15 +55,22 @@ class LlamaModel:
                                      max_positions=arch.max_position_embeddings,
                                      dtype=dtype, device=device)
 
-    def weight_destinations(self) -> dict[str, torch.Tensor | Fp8Weight]:
+    def weight_destinations(self, *, stored_fp8: bool = False
+                            ) -> dict[str, torch.Tensor | Fp8Weight]:
+        """stored_fp8: the checkpoint holds the linear weights already in FP8, each with its
+        scales beside it (as `inflightd build --quantization fp8` writes them)."""
         names = {"model.embed_tokens.weight": self.embed_tokens, "model.norm.weight": self.norm}
         if not self.arch.tie_word_embeddings:
             names["lm_head.weight"] = self.lm_head
         for index, layer in enumerate(self.layers):
             names.update(layer.weight_destinations(f"model.layers.{index}"))
+        if stored_fp8:
+            names.update({name + SCALE_SUFFIX: dest.scale for name, dest in list(names.items())
+                          if isinstance(dest, Fp8Weight)})
         return names
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], *,
+                     stored_fp8: bool = False) -> None:
         """Fills every tensor from HF-named weights; raises WeightLoadError naming any
         missing, unexpected or mis-shaped tensor."""
         tied = self.arch.tie_word_embeddings
@@ -72,7 +79,11 @@ class LlamaModel:
             # Tied checkpoints sometimes still store lm_head.weight (a copy of the embedding).
             return name.endswith(_IGNORED_SUFFIXES) or (tied and name == "lm_head.weight")
 
-        load_named_tensors(self.weight_destinations(), weights, ignore=ignore)
+        if stored_fp8 and self.quantization != "fp8":
+            raise WeightLoadError("these weights are stored in FP8: load them with "
+                                  "quantization 'fp8'")
+        load_named_tensors(self.weight_destinations(stored_fp8=stored_fp8), weights,
+                           ignore=ignore)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
