@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.gpu_probes import (StepTimer, copy_bandwidth, gemm_floor_ms,  # noqa: E402
                               profile_decode, profile_mixed, profile_prefill)
+from server.config import QUANTIZATIONS  # noqa: E402
 from server.engine.llm import LLM  # noqa: E402
 from server.engine.quantization import Fp8Weight  # noqa: E402
 from server.scheduler.request import SamplingParams  # noqa: E402
@@ -69,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare-sync", action="store_true",
                    help="GPU: also run batch-1 decode and the throughput run with async "
                         "scheduling off, in the same process")
-    p.add_argument("--quantization", choices=("fp8",), default=None,
+    p.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
                    help="the engine's --quantization")
     p.add_argument("--compare-fp8", action="store_true",
                    help="GPU: then free the engine and run batch-1 decode and the throughput "
@@ -239,6 +240,23 @@ def engine_model(args: argparse.Namespace) -> tuple[str, float | None]:
     return str(path), time.perf_counter() - start
 
 
+def make_llm(model: str, args: argparse.Namespace, *, quantization: str | None) -> LLM:
+    extra = {}
+    if args.max_num_batched_tokens:
+        extra["max_num_batched_tokens"] = args.max_num_batched_tokens
+    return LLM(model, device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
+               seed=args.seed, block_size=args.block_size, quantization=quantization, **extra)
+
+
+def batch1_against_roofline(llm: LLM, output_len: int, *, weight_bytes: int,
+                            copy_bandwidth_GBps: float) -> dict:
+    """batch1_decode's run, with the roofline of streaming weight_bytes once per token."""
+    b1 = batch1_decode(llm, output_len)
+    b1["roofline_tokens_per_s"] = copy_bandwidth_GBps * 1e9 / weight_bytes
+    b1["fraction_of_roofline"] = b1["output_tokens_per_s"] / b1["roofline_tokens_per_s"]
+    return b1
+
+
 def gpu_decode_probes(llm: LLM, result: dict, output_len: int) -> None:
     """Batch-1 decode against the roofline, and where its step time goes."""
     runner = llm.engine.runner
@@ -247,10 +265,8 @@ def gpu_decode_probes(llm: LLM, result: dict, output_len: int) -> None:
     result["graph_capture_seconds"] = time.perf_counter() - start
     result["copy_bandwidth_GBps"] = copy_bandwidth(llm.engine.info.device) / 1e9
     result["weight_bytes"] = weight_bytes_of(llm)
-    roofline = result["copy_bandwidth_GBps"] * 1e9 / result["weight_bytes"]
-    b1 = batch1_decode(llm, output_len)
-    b1["roofline_tokens_per_s"] = roofline
-    b1["fraction_of_roofline"] = b1["output_tokens_per_s"] / roofline
+    b1 = batch1_against_roofline(llm, output_len, weight_bytes=result["weight_bytes"],
+                                 copy_bandwidth_GBps=result["copy_bandwidth_GBps"])
     result["runs"].append(b1)
     breakdown = {"step_ms": 1e3 / b1["output_tokens_per_s"],
                  "gemm_floor_ms": gemm_floor_ms(runner.model, ops=runner.ops),
@@ -270,13 +286,11 @@ def run_fp8(llm: LLM, result: dict, prompts: list[list[int]], args: argparse.Nam
     """Batch-1 decode (against the roofline of the FP8 weights' bytes) and the throughput
     run on an engine with --quantization fp8."""
     llm.engine.runner.capture_graphs()
-    weight_bytes = weight_bytes_of(llm)
-    result["fp8_weight_bytes"] = weight_bytes
+    result["fp8_weight_bytes"] = weight_bytes_of(llm)
     result["fp8_kv_cache_tokens"] = llm.engine.info.kv_cache_tokens
-    b1 = batch1_decode(llm, args.output_len)
-    b1["roofline_tokens_per_s"] = result["copy_bandwidth_GBps"] * 1e9 / weight_bytes
-    b1["fraction_of_roofline"] = b1["output_tokens_per_s"] / b1["roofline_tokens_per_s"]
-    result["runs"].append(b1)
+    result["runs"].append(batch1_against_roofline(
+        llm, args.output_len, weight_bytes=result["fp8_weight_bytes"],
+        copy_bandwidth_GBps=result["copy_bandwidth_GBps"]))
     result["runs"].append(run_engine(llm, prompts, args.output_len))
     result["fp8_peak_gpu_memory_GiB"] = torch.cuda.max_memory_allocated() / 2**30
 
@@ -342,13 +356,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    extra = {}
-    if args.max_num_batched_tokens:
-        extra["max_num_batched_tokens"] = args.max_num_batched_tokens
     model, build_seconds = engine_model(args)
-    llm = LLM(model, device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
-              seed=args.seed, block_size=args.block_size, quantization=args.quantization,
-              **extra)
+    llm = make_llm(model, args, quantization=args.quantization)
     info = llm.engine.info
     device = info.device
     prompts = make_prompts(llm, args)
@@ -367,10 +376,9 @@ def main(argv: list[str] | None = None) -> dict:
     result["runs"].append(run_engine(llm, prompts, args.output_len))
     if device.startswith("cuda") and args.compare_sync:
         llm.engine.set_async_scheduling(False)
-        b1 = batch1_decode(llm, args.output_len)
-        b1["roofline_tokens_per_s"] = result["runs"][0]["roofline_tokens_per_s"]
-        b1["fraction_of_roofline"] = b1["output_tokens_per_s"] / b1["roofline_tokens_per_s"]
-        result["runs"].append(b1)
+        result["runs"].append(batch1_against_roofline(
+            llm, args.output_len, weight_bytes=result["weight_bytes"],
+            copy_bandwidth_GBps=result["copy_bandwidth_GBps"]))
         result["runs"].append(run_engine(llm, prompts, args.output_len))
         llm.engine.set_async_scheduling(True)
         save(result, args)
@@ -390,8 +398,7 @@ def main(argv: list[str] | None = None) -> dict:
     free_gpu_memory(device)
     if device.startswith("cuda") and args.compare_fp8:
         torch.cuda.reset_peak_memory_stats()
-        llm = LLM(model, device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
-                  seed=args.seed, block_size=args.block_size, quantization="fp8", **extra)
+        llm = make_llm(model, args, quantization="fp8")
         run_fp8(llm, result, prompts, args)
         del llm
         free_gpu_memory(device)

@@ -84,6 +84,11 @@ __device__ __forceinline__ uint4 load_streaming(const void* p) {
   return v;
 }
 
+// The GEMVs' shape (gemv.cu, gemv_fp8.cu): one warp per output column, kGemvWarps columns
+// per CTA (GEMV_COLUMNS_PER_CTA on the Python side), kGemvUnroll loads in flight per lane.
+constexpr int kGemvWarps = 8;
+constexpr int kGemvUnroll = 8;
+
 // The weight-streaming loop of the GEMVs (gemv.cu, gemv_fp8.cu). Lane j of a warp takes the
 // 16-byte chunks j, j + 32, ... of its weight row, UNROLL of them loaded before any is used;
 // dot(w_chunk, m, chunk) returns one chunk's products with row m of x.

@@ -15,8 +15,6 @@
 
 using namespace inflightd;
 
-constexpr int kGemvWarps = 8;  // output columns per CTA
-constexpr int kGemvUnroll = 8;
 
 __device__ __forceinline__ float2 pair_to_float2(__nv_bfloat162 v) { return __bfloat1622float2(v); }
 __device__ __forceinline__ float2 pair_to_float2(__half2 v) { return __half22float2(v); }

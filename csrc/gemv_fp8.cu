@@ -16,8 +16,6 @@
 
 using namespace inflightd;
 
-constexpr int kGemvWarps = 8;  // output columns per CTA
-constexpr int kGemvUnroll = 8;
 
 // Two e4m3 values (the low 16 bits of `pair`) as floats, low byte first.
 __device__ __forceinline__ float2 e4m3x2_to_float2(unsigned short pair) {

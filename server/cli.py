@@ -13,7 +13,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from server.config import DEFAULT_MODEL, CacheConfig, ModelConfig, SchedulerConfig
+from server.config import (DEFAULT_MODEL, QUANTIZATIONS, CacheConfig, ModelConfig,
+                           SchedulerConfig)
 from server.api.settings import API_KEY_ENV, DEFAULT_MAX_REQUEST_BODY_BYTES
 from server.logging_setup import configure_logging
 
@@ -53,7 +54,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
                        choices=("auto", "float32", "float16", "bfloat16"))
     serve.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     serve.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
-    serve.add_argument("--quantization", choices=("fp8",), default=None,
+    serve.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
                        help="fp8: linear layers in FP8 with per-channel weight and per-token "
                             "activation scales, quantized at load (default: none, or what "
                             "the engine directory was built with)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+QUANTIZATIONS = ("fp8",)  # --quantization values (server.engine.quantization runs them)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -76,8 +77,9 @@ class ModelConfig:
     quantization: str | None = None
 
     def __post_init__(self) -> None:
-        _require(self.quantization in (None, "fp8"),
-                 f"--quantization must be fp8 (or left out), got {self.quantization!r}")
+        _require(self.quantization in (None, *QUANTIZATIONS),
+                 f"--quantization must be one of {', '.join(QUANTIZATIONS)} (or left out), "
+                 f"got {self.quantization!r}")
         _require(self.dtype in ("auto", "float32", "float16", "bfloat16"),
                  f"--dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
         _require(self.device in ("auto", "cpu", "cuda"),

@@ -43,7 +43,8 @@ from server.engine.engine_dir import (WEIGHTS_DUMMY, WEIGHTS_SAFETENSORS, Engine
 from server.engine.kernel_store import save_cubins
 from server.engine.kernels import MODULES, compile_all
 from server.engine.nvrtc import source_hash
-from server.engine.quantization import QUANTIZATIONS, quantize_checkpoint, stored_layout
+from server.config import QUANTIZATIONS
+from server.engine.quantization import quantize_checkpoint, stored_layout
 from server.engine.runner import cuda_ops_unsupported_reason
 from server.engine.tuning import save_tuning
 from server.engine.weights import TOKENIZER_FILES, ModelSource, iter_weights, resolve_model

@@ -21,6 +21,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from server.config import QUANTIZATIONS
 from server.engine.models.config import ModelArchConfig
 from server.engine.weights import TOKENIZER_FILES, ModelSource
 
@@ -59,7 +60,7 @@ class EngineDirConfig:
         for name in ("max_batch_size", "max_num_tokens", "max_model_len"):
             if getattr(self, name) < 1:
                 raise EngineDirError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.quantization not in (None, "fp8"):
+        if self.quantization not in (None, *QUANTIZATIONS):
             raise EngineDirError(f"unknown quantization {self.quantization!r}; rebuild the "
                                  "engine")
 
@@ -129,7 +130,5 @@ def resolve_engine_dir(path: Path) -> tuple[ModelSource, EngineDirConfig]:
         name=config.model_name, arch=arch, hf_config=hf_config,
         weights_dir=path if config.weights == WEIGHTS_SAFETENSORS else None,
         tokenizer_dir=path if has_tokenizer else None,
-        dummy_seed=config.dummy_seed or 0, engine_dir=path,
-        stored_quantization=config.quantization if config.weights == WEIGHTS_SAFETENSORS
-        else None)
+        dummy_seed=config.dummy_seed or 0, engine_dir=path, quantization=config.quantization)
     return source, config

@@ -63,6 +63,7 @@ def prepare_inputs(scheduler_output: SchedulerOutput, *, block_size: int,
     sampled_req_ids: list[str] = []
     sample_rows: list[int] = []
     pending_rows: list[int] = []
+    pending_req_ids: list[str] = []
     for req in scheduled:
         end = req.start_position + req.num_tokens
         if len(req.block_ids) * block_size < end:
@@ -73,6 +74,7 @@ def prepare_inputs(scheduler_output: SchedulerOutput, *, block_size: int,
         input_ids.extend(req.token_ids)
         if req.pending_input:
             pending_rows.append(len(input_ids))
+            pending_req_ids.append(req.req_id)
             input_ids.append(0)
         positions.extend(range(req.start_position, end))
         context_lens.append(req.start_position)
@@ -112,7 +114,7 @@ def prepare_inputs(scheduler_output: SchedulerOutput, *, block_size: int,
         sample_indices=host_to_device(torch.tensor(sample_rows, dtype=torch.int64), device),
         sampled_req_ids=tuple(sampled_req_ids),
         pending_rows=tuple(pending_rows),
-        pending_req_ids=tuple(r.req_id for r in scheduled if r.pending_input),
+        pending_req_ids=tuple(pending_req_ids),
     )
 
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
+from server.config import QUANTIZATIONS
 from server.engine.models.config import ModelArchConfig
 from server.engine.weight_layout import weight_shapes
 
-QUANTIZATIONS = ("fp8",)
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite e4m3 value
 # Scales are absmax times float32(1 / 448), not absmax / 448: torch on a GPU divides by a

@@ -132,11 +132,11 @@ class ModelRunner:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.ops: Ops = ops if ops is not None else default_ops(source, dtype=dtype,
                                                                  device=self.device)
-        self.quantization = quantization or source.stored_quantization
+        self.quantization = quantization or source.quantization
         self.model = LlamaModel(self.arch, dtype=dtype, device=self.device,
                                 quantization=self.quantization)
         self.model.load_weights(iter_weights(source, dtype=dtype, device=self.device),
-                                stored_fp8=source.stored_quantization == "fp8")
+                                stored_fp8=source.stores_fp8_weights)
         self.kv_pool = KVPool.sized(
             num_layers=self.arch.num_layers, block_size=block_size,
             num_kv_heads=self.arch.num_kv_heads, head_dim=self.arch.head_dim, dtype=dtype,
@@ -175,8 +175,7 @@ class ModelRunner:
                    seed=model_config.seed, enforce_eager=model_config.enforce_eager,
                    max_num_seqs=max_num_seqs,
                    max_model_len=max_model_len or model_config.max_model_len,
-                   quantization=model_config.quantization or (engine.quantization if engine
-                                                              else None))
+                   quantization=model_config.quantization)
 
     @property
     def block_size(self) -> int:

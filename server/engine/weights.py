@@ -47,9 +47,14 @@ class ModelSource:
     tokenizer_dir: Path | None
     dummy_seed: int
     engine_dir: Path | None = None  # set when loaded from an `inflightd build` directory
-    # "fp8": the safetensors hold the linear weights in FP8 with their scales (an engine
-    # directory built with --quantization fp8); None: all in one float dtype.
-    stored_quantization: str | None = None
+    quantization: str | None = None  # what an engine directory was built with
+
+    @property
+    def stores_fp8_weights(self) -> bool:
+        """The safetensors hold the linear weights in FP8 beside their scales (an engine
+        directory built with --quantization fp8 from a checkpoint; dummy weights are drawn
+        in the model dtype)."""
+        return self.quantization == "fp8" and self.weights_dir is not None
 
 
 def default_model_dir(*, cache_dir: Path | None = None) -> Path:
@@ -177,8 +182,7 @@ def iter_weights(source: ModelSource, *, dtype: torch.dtype,
                                          device=device)
         else:
             weights = _iter_safetensors(source.weights_dir, source.arch, dtype=dtype,
-                                        device=device,
-                                        quantization=source.stored_quantization)
+                                        device=device, quantization=source.quantization)
         for name, tensor in weights:
             progress.update(tensor.numel() * tensor.element_size())
             yield name, tensor

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from server.engine.kernel_args import KernelArgumentError
-from server.engine.ops.cuda_fp8 import (GEMV_FP8_MAX_TOKENS, gemv_fp8_into,
-                                        quantize_fp8_rows_into)
+from server.engine.ops.cuda_fp8 import gemv_fp8_into, quantize_fp8_rows_into
+from server.engine.ops.cuda_launch import GEMV_MAX_TOKENS
 from server.engine.ops.torch_ref import TorchOps
 from server.engine.quantization import (FP8_DTYPE, Fp8Weight, fp8_linear_reference,
                                          quantize_rows)
@@ -66,7 +66,7 @@ def test_quantize_kernel_refuses_rows_the_fp8_gemm_cannot_take(library):
 
 
 @pytest.mark.parametrize("with_bias", (False, True))
-@pytest.mark.parametrize("num_rows", tuple(range(1, GEMV_FP8_MAX_TOKENS + 1)))
+@pytest.mark.parametrize("num_rows", tuple(range(1, GEMV_MAX_TOKENS + 1)))
 @pytest.mark.parametrize("shape", ((6144, 4096), (4096, 14336), (48, 4112)))
 def test_fp8_gemv_matches_the_fp8_reference(library, shape, num_rows, with_bias):
     n, k = shape

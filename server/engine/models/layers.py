@@ -3,8 +3,8 @@
 q/k/v projections are fused into one [q + k + v, hidden] weight and gate/up into one
 [2 * intermediate, hidden] weight, filled slice by slice at load time, so a layer runs
 two GEMMs where the checkpoint has five. With quantization "fp8" the four linear weights are
-Fp8Weights, quantized as they load (server.engine.quantization). The layer takes the step's attention metadata
-and the Ops as arguments; it keeps no per-step state.
+Fp8Weights, quantized as they load (server.engine.quantization). The layer takes the step's
+attention metadata and the Ops as arguments; it keeps no per-step state.
 """
 
 from __future__ import annotations

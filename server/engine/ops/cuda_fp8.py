@@ -14,11 +14,10 @@ from server.engine.kernel_args import (KernelArgumentError, check_aligned16, che
                                        check_device, check_dtype, check_shape, dtype_suffix,
                                        row_stride)
 from server.engine.kernels import KernelLibrary
+from server.engine.ops.cuda_launch import GEMV_COLUMNS_PER_CTA, GEMV_MAX_TOKENS
 from server.engine.quantization import FP8_DIM_MULTIPLE, FP8_DTYPE, Fp8Weight
 
 QUANTIZE_THREADS = 256  # csrc/quantize.cu's launch bound
-GEMV_FP8_MAX_TOKENS = 4  # csrc/gemv_fp8.cu has kernels for 1 to 4 rows
-GEMV_FP8_COLUMNS_PER_CTA = 8
 
 
 def quantize_fp8_rows_into(lib: KernelLibrary, q: torch.Tensor, scale: torch.Tensor,
@@ -56,8 +55,8 @@ def gemv_fp8_into(lib: KernelLibrary, y: torch.Tensor, q: torch.Tensor, scale: t
     check_dtype(torch.bfloat16, y=y)
     num_rows, k = q.shape
     n = weight.shape[0]
-    if not 1 <= num_rows <= GEMV_FP8_MAX_TOKENS:
-        raise KernelArgumentError(f"gemv_fp8 takes 1 to {GEMV_FP8_MAX_TOKENS} rows, "
+    if not 1 <= num_rows <= GEMV_MAX_TOKENS:
+        raise KernelArgumentError(f"gemv_fp8 takes 1 to {GEMV_MAX_TOKENS} rows, "
                                   f"got {num_rows}")
     check_shape("weight", weight.data, (n, k))
     check_shape("scale", scale, (num_rows, 1))
@@ -73,7 +72,7 @@ def gemv_fp8_into(lib: KernelLibrary, y: torch.Tensor, q: torch.Tensor, scale: t
     check_aligned16("q", q, k)
     check_aligned16("weight", weight.data, k)
     lib.launch("gemv_fp8", f"gemv_fp8_bf16_m{num_rows}",
-               grid=(-(-n // GEMV_FP8_COLUMNS_PER_CTA),), block=(32 * GEMV_FP8_COLUMNS_PER_CTA,),
+               grid=(-(-n // GEMV_COLUMNS_PER_CTA),), block=(32 * GEMV_COLUMNS_PER_CTA,),
                args=(y.data_ptr(), weight.data.data_ptr(), weight.scale.data_ptr(),
                      q.data_ptr(), scale.data_ptr(), 0 if bias is None else bias.data_ptr(),
                      np.int32(n), np.int32(k)))
@@ -89,7 +88,7 @@ def fp8_linear(lib: KernelLibrary, x: torch.Tensor, weight: Fp8Weight,
     q = torch.empty((num_rows, k), dtype=FP8_DTYPE, device=x.device)
     scale = torch.empty((num_rows, 1), dtype=torch.float32, device=x.device)
     quantize_fp8_rows_into(lib, q, scale, x)
-    if 1 <= num_rows <= min(gemv_max_tokens, GEMV_FP8_MAX_TOKENS):
+    if 1 <= num_rows <= min(gemv_max_tokens, GEMV_MAX_TOKENS):
         out = torch.empty((num_rows, weight.shape[0]), dtype=torch.bfloat16, device=x.device)
         gemv_fp8_into(lib, out, q, scale, weight, bias)
         return out

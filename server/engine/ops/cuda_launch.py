@@ -150,8 +150,8 @@ def rope_and_cache_into(lib: KernelLibrary, q_out: torch.Tensor, k_out: torch.Te
                      np.int64(cos_sin.shape[0])))
 
 
-GEMV_MAX_TOKENS = 4  # csrc/gemv.cu has kernels for 1 to 4 rows of x
-GEMV_COLUMNS_PER_CTA = 8  # csrc/gemv.cu kGemvWarps
+GEMV_MAX_TOKENS = 4  # csrc/gemv.cu and gemv_fp8.cu have kernels for 1 to 4 rows of x
+GEMV_COLUMNS_PER_CTA = 8  # kGemvWarps (csrc/common.cuh)
 
 
 def gemv_supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
