@@ -1,13 +1,14 @@
 """Kernel micro-benchmark on one GPU (not a test): our attention, norm, activation and rotary
 kernels for a Llama-3-8B layer shape (32 query heads, 8 kv heads, head_dim 128, bf16).
 
-Decode attention is timed at batch 1/64/256 with contexts 512/640/2048/8192, on both decode
-kernels (decode_key_split 1: w1, one warp per tile; 2: w1k2, two warps splitting each K/V
-tile's keys) over the same cache, and reported as achieved KV bandwidth (K and V bytes read
-once) against a measured device copy bandwidth (read + write) and read bandwidth (a bf16
-sum), with w1k2's speed-up over w1;
-prefill attention for 4 sequences of 1024 new tokens as time and TFLOP/s, next to torch's
-own fused attention on the same shape. Every timing replays a CUDA graph and takes the
+Decode attention is timed at batch 1/64/256/512 with contexts 512/640/2048/8192, on both
+decode kernels (decode_key_split 1: w1, one warp per tile; 2: w1k2, two warps splitting each
+K/V tile's keys) over the same cache, once over a bf16 cache and once over an e4m3 one
+(--kv-cache-dtype fp8, half the bytes), and reported as achieved KV bandwidth (K and V bytes
+read once) against a measured device copy bandwidth (read + write) and read bandwidth (a
+bf16 sum), with w1k2's speed-up over w1 and the e4m3 cache's over bf16;
+prefill attention for 4 sequences of 1024 new tokens as time and TFLOP/s (both caches),
+next to torch's own fused attention on the same shape. Every timing replays a CUDA graph and takes the
 median of CUDA-event timings; small cases put several launches over distinct KV regions in
 one graph, so that repeated reads come from HBM rather than the 50 MB L2. The elementwise
 kernels (norms, SiLU-and-mul, rotary) run 20 times per graph on 256 tokens, whose few MB
@@ -34,9 +35,12 @@ from server.engine.kernels import KernelLibrary  # noqa: E402
 from server.engine.ops.cuda import CudaOps  # noqa: E402
 from server.engine.ops.cuda_attention import (DECODE_KEY_SPLITS,  # noqa: E402
                                               paged_attention_into, plan_for)
+from server.engine.ops.torch_ref import to_cache_dtype  # noqa: E402
+from server.kvcache.kv_pool import FP8_KV_DTYPE  # noqa: E402
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 32, 8, 128, 16
 DTYPE = torch.bfloat16
+KV_DTYPES = {"bf16": DTYPE, "fp8": FP8_KV_DTYPE}
 L2_FLUSH_BYTES = 256 * 2**20  # each timed graph touches at least this much distinct data
 
 
@@ -73,13 +77,19 @@ def decode_metadata(batch: int, context: int, first_block: int) -> AttentionMeta
         seq_lens_host=(context,) * batch)
 
 
-def bench_decode(ops: CudaOps, batch: int, context: int, copy_bw: float) -> list[dict]:
+def random_cache(blocks: int, kv: str) -> torch.Tensor:
+    values = torch.randn((2, blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM), device="cuda",
+                         dtype=DTYPE)
+    return to_cache_dtype(values, KV_DTYPES[kv])
+
+
+def bench_decode(ops: CudaOps, batch: int, context: int, copy_bw: float,
+                 kv: str) -> list[dict]:
     """One row per decode_key_split, timed over the same cache and block tables."""
-    kv_bytes = batch * context * NUM_KV_HEADS * HEAD_DIM * 2 * DTYPE.itemsize
+    kv_bytes = batch * context * NUM_KV_HEADS * HEAD_DIM * 2 * KV_DTYPES[kv].itemsize
     copies = max(1, min(128, -(-L2_FLUSH_BYTES // kv_bytes)))
     blocks = copies * batch * -(-context // BLOCK_SIZE)
-    kv_cache = torch.randn((2, blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM), device="cuda",
-                           dtype=DTYPE)
+    kv_cache = random_cache(blocks, kv)
     blocks_per_copy = blocks // copies
     metas = [decode_metadata(batch, context, i * blocks_per_copy) for i in range(copies)]
     q = torch.randn((batch, NUM_HEADS, HEAD_DIM), device="cuda", dtype=DTYPE)
@@ -95,7 +105,7 @@ def bench_decode(ops: CudaOps, batch: int, context: int, copy_bw: float) -> list
         plan = plan_for(ops.library, q, kv_cache, metas[0], decode_key_split=key_split)
         achieved = kv_bytes / (ms * 1e-3)
         unsplit_us = rows[0]["us"] if rows else ms * 1e3  # DECODE_KEY_SPLITS starts at 1
-        rows.append({"batch": batch, "context": context, "key_split": key_split,
+        rows.append({"kv": kv, "batch": batch, "context": context, "key_split": key_split,
                      "partitions": plan.num_partitions, "us": ms * 1e3,
                      "kv_mb": kv_bytes / 2**20, "gb_s": achieved / 1e9,
                      "of_copy": achieved / copy_bw, "speedup": unsplit_us / (ms * 1e3)})
@@ -104,8 +114,7 @@ def bench_decode(ops: CudaOps, batch: int, context: int, copy_bw: float) -> list
 
 def bench_prefill(ops: CudaOps, num_seqs: int = 4, length: int = 1024) -> dict:
     blocks = num_seqs * length // BLOCK_SIZE
-    kv_cache = torch.randn((2, blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM), device="cuda",
-                           dtype=DTYPE)
+    kv_cache = random_cache(blocks, "bf16")
     tables = torch.arange(blocks, dtype=torch.int32, device="cuda").view(num_seqs, -1)
     metadata = AttentionMetadata(
         num_tokens=num_seqs * length, num_seqs=num_seqs,
@@ -118,6 +127,8 @@ def bench_prefill(ops: CudaOps, num_seqs: int = 4, length: int = 1024) -> dict:
         seq_lens_host=(length,) * num_seqs)
     q = torch.randn((num_seqs * length, NUM_HEADS, HEAD_DIM), device="cuda", dtype=DTYPE)
     ms = median_replay_ms(lambda: ops.attention(q, kv_cache, metadata, HEAD_DIM ** -0.5))
+    kv8 = to_cache_dtype(kv_cache, FP8_KV_DTYPE)
+    fp8_ms = median_replay_ms(lambda: ops.attention(q, kv8, metadata, HEAD_DIM ** -0.5))
     flops = 4 * num_seqs * NUM_HEADS * HEAD_DIM * length * (length + 1) / 2
     # torch's fused causal attention on contiguous (unpaged) tensors of the same shape, the
     # kv heads repeated for their query heads (same FLOPs)
@@ -126,6 +137,7 @@ def bench_prefill(ops: CudaOps, num_seqs: int = 4, length: int = 1024) -> dict:
     vt = torch.randn_like(kt)
     sdpa_ms = median_replay_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True))
     return {"seqs": num_seqs, "length": length, "us": ms * 1e3, "tflops": flops / ms / 1e9,
+            "fp8_kv_us": fp8_ms * 1e3,
             "sdpa_us": sdpa_ms * 1e3, "sdpa_tflops": flops / sdpa_ms / 1e9}
 
 
@@ -165,18 +177,25 @@ def bench_elementwise(ops: CudaOps, tokens: int = 256) -> list[dict]:
 def print_table(results: dict) -> None:
     print(f"device {results['device']}; copy bandwidth {results['copy_gb_s']:.0f} GB/s "
           f"(read+write), read bandwidth {results['read_gb_s']:.0f} GB/s (bf16 sum)")
-    print("decode attention (bf16, 32/8 heads, d128, graph replay; split: decode_key_split, "
-          "speed-up: over split 1)")
-    print(f"{'batch':>6} {'context':>8} {'split':>6} {'parts':>6} {'us':>9} {'KV MB':>8} "
-          f"{'GB/s':>7} {'of copy':>8} {'of read':>8} {'speed-up':>9}")
+    print("decode attention (bf16 queries, 32/8 heads, d128, graph replay; kv: the cache's "
+          "dtype; split: decode_key_split; speed-up: over split 1; fp8/bf16: time of the bf16 "
+          "cache over the fp8 one)")
+    print(f"{'kv':>4} {'batch':>6} {'context':>8} {'split':>6} {'parts':>6} {'us':>9} "
+          f"{'KV MB':>8} {'GB/s':>7} {'of copy':>8} {'of read':>8} {'speed-up':>9} "
+          f"{'fp8/bf16':>9}")
+    bf16_us = {(r["batch"], r["context"], r["key_split"]): r["us"]
+               for r in results["decode"] if r["kv"] == "bf16"}
     for row in results["decode"]:
-        print(f"{row['batch']:>6} {row['context']:>8} {row['key_split']:>6} "
+        versus = bf16_us[row["batch"], row["context"], row["key_split"]] / row["us"]
+        print(f"{row['kv']:>4} {row['batch']:>6} {row['context']:>8} {row['key_split']:>6} "
               f"{row['partitions']:>6} {row['us']:>9.1f} {row['kv_mb']:>8.1f} "
               f"{row['gb_s']:>7.0f} {row['of_copy']:>8.0%} "
-              f"{row['gb_s'] / results['read_gb_s']:>8.0%} {row['speedup']:>8.2f}x")
+              f"{row['gb_s'] / results['read_gb_s']:>8.0%} {row['speedup']:>8.2f}x "
+              f"{versus:>8.2f}x")
     p = results["prefill"]
     print(f"prefill attention {p['seqs']}x{p['length']}: {p['us']:.0f} us, "
-          f"{p['tflops']:.0f} TFLOP/s (torch SDPA on unpaged tensors: {p['sdpa_us']:.0f} us, "
+          f"{p['tflops']:.0f} TFLOP/s; over an fp8 cache {p['fp8_kv_us']:.0f} us "
+          f"(torch SDPA on unpaged tensors: {p['sdpa_us']:.0f} us, "
           f"{p['sdpa_tflops']:.0f} TFLOP/s)")
     for row in results["elementwise"]:
         print(f"{row['kernel']:>15} {row['tokens']} tokens: {row['us']:.1f} us, "
@@ -192,8 +211,9 @@ def main() -> None:
     copy_bw = copy_bandwidth()
     results = {"device": torch.cuda.get_device_name(), "copy_gb_s": copy_bw / 1e9,
                "read_gb_s": read_bandwidth() / 1e9,
-               "decode": [row for b in (1, 64, 256) for c in (512, 640, 2048, 8192)
-                          for row in bench_decode(ops, b, c, copy_bw)],
+               "decode": [row for kv in KV_DTYPES for b in (1, 64, 256, 512)
+                          for c in (512, 640, 2048, 8192)
+                          for row in bench_decode(ops, b, c, copy_bw, kv)],
                "prefill": bench_prefill(ops), "elementwise": bench_elementwise(ops)}
     print_table(results)
     if args.json:

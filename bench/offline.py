@@ -16,6 +16,9 @@ is freed so both fit in GPU memory.
     python bench/offline.py --model dummy:llama-3-8b --num-prompts 512 \
         --input-len 128:1024 --output-len 256 --peer-requests 64
 
+--compare-fp8 and --compare-fp8-kv run batch-1 decode and the throughput run again, in the
+same process, on engines with FP8 linear layers, an e4m3 KV cache, or both.
+
 Every run prints one table; docs/benchmarks.md records them with device, date, command.
 """
 
@@ -36,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.gpu_probes import (StepTimer, copy_bandwidth, gemm_floor_ms,  # noqa: E402
                               profile_decode, profile_mixed, profile_prefill)
-from server.config import QUANTIZATIONS  # noqa: E402
+from server.config import KV_CACHE_DTYPES, QUANTIZATIONS  # noqa: E402
 from server.engine.llm import LLM  # noqa: E402
 from server.engine.quantization import Fp8Weight  # noqa: E402
 from server.scheduler.request import SamplingParams  # noqa: E402
@@ -72,9 +75,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "scheduling off, in the same process")
     p.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
                    help="the engine's --quantization")
+    p.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
+                   help="the engine's --kv-cache-dtype")
     p.add_argument("--compare-fp8", action="store_true",
                    help="GPU: then free the engine and run batch-1 decode and the throughput "
                         "run again on the same model with --quantization fp8")
+    p.add_argument("--compare-fp8-kv", action="store_true",
+                   help="GPU: the same again with --kv-cache-dtype fp8 (and, with "
+                        "--compare-fp8, once more with both)")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
 
@@ -222,9 +230,11 @@ def weight_bytes_of(llm: LLM) -> int:
 
 
 def engine_label(llm: LLM) -> str:
-    """'inflightd', or 'inflightd fp8' for a quantized engine."""
-    quantization = llm.engine.info.quantization
-    return "inflightd" if quantization is None else f"inflightd {quantization}"
+    """'inflightd', plus its quantization ('fp8') and an e4m3 KV cache ('kv fp8')."""
+    info = llm.engine.info
+    options = ([info.quantization] if info.quantization else []) + (
+        ["kv fp8"] if info.kv_cache_dtype.startswith("float8") else [])
+    return " ".join(["inflightd", ", ".join(options)]) if options else "inflightd"
 
 
 def engine_model(args: argparse.Namespace) -> tuple[str, float | None]:
@@ -240,12 +250,26 @@ def engine_model(args: argparse.Namespace) -> tuple[str, float | None]:
     return str(path), time.perf_counter() - start
 
 
-def make_llm(model: str, args: argparse.Namespace, *, quantization: str | None) -> LLM:
+def make_llm(model: str, args: argparse.Namespace, *, quantization: str | None,
+             kv_cache_dtype: str) -> LLM:
     extra = {}
     if args.max_num_batched_tokens:
         extra["max_num_batched_tokens"] = args.max_num_batched_tokens
     return LLM(model, device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
-               seed=args.seed, block_size=args.block_size, quantization=quantization, **extra)
+               seed=args.seed, block_size=args.block_size, quantization=quantization,
+               kv_cache_dtype=kv_cache_dtype, **extra)
+
+
+def compared_variants(args: argparse.Namespace) -> list[tuple[str | None, str]]:
+    """(quantization, kv_cache_dtype) of the engines run after the first one."""
+    variants = []
+    if args.compare_fp8_kv:
+        variants.append((args.quantization, "fp8"))
+    if args.compare_fp8:
+        variants.append(("fp8", args.kv_cache_dtype))
+    if args.compare_fp8 and args.compare_fp8_kv:
+        variants.append(("fp8", "fp8"))
+    return variants
 
 
 def batch1_against_roofline(llm: LLM, output_len: int, *, weight_bytes: int,
@@ -282,17 +306,19 @@ def free_gpu_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def run_fp8(llm: LLM, result: dict, prompts: list[list[int]], args: argparse.Namespace) -> None:
-    """Batch-1 decode (against the roofline of the FP8 weights' bytes) and the throughput
-    run on an engine with --quantization fp8."""
+def run_variant(llm: LLM, result: dict, prompts: list[list[int]],
+                args: argparse.Namespace) -> None:
+    """Batch-1 decode (against the roofline of this engine's weight bytes) and the
+    throughput run on one of compared_variants' engines."""
     llm.engine.runner.capture_graphs()
-    result["fp8_weight_bytes"] = weight_bytes_of(llm)
-    result["fp8_kv_cache_tokens"] = llm.engine.info.kv_cache_tokens
+    variant = {"engine": engine_label(llm), "weight_bytes": weight_bytes_of(llm),
+               "kv_cache_tokens": llm.engine.info.kv_cache_tokens}
+    result.setdefault("variants", []).append(variant)
     result["runs"].append(batch1_against_roofline(
-        llm, args.output_len, weight_bytes=result["fp8_weight_bytes"],
+        llm, args.output_len, weight_bytes=variant["weight_bytes"],
         copy_bandwidth_GBps=result["copy_bandwidth_GBps"]))
     result["runs"].append(run_engine(llm, prompts, args.output_len))
-    result["fp8_peak_gpu_memory_GiB"] = torch.cuda.max_memory_allocated() / 2**30
+    variant["peak_gpu_memory_GiB"] = torch.cuda.max_memory_allocated() / 2**30
 
 
 def run_peers(result: dict, source, dtype: torch.dtype, prompts, args) -> None:
@@ -324,11 +350,12 @@ def report(result: dict, args: argparse.Namespace) -> None:
                 f"{result['num_prompts']} prompts (mean {result['mean_prompt_len']:.0f} "
                 f"tokens), {args.output_len} output tokens each")
     for key in ("copy_bandwidth_GBps", "weight_bytes", "peak_gpu_memory_GiB", "kv_cache_tokens",
-                "engine_build_seconds", "graph_capture_seconds", "fp8_weight_bytes",
-                "fp8_peak_gpu_memory_GiB", "fp8_kv_cache_tokens"):
+                "engine_build_seconds", "graph_capture_seconds"):
         if result.get(key) is not None:
             print(f"{key}: {result[key]:.2f}" if isinstance(result[key], float)
                   else f"{key}: {result[key]}")
+    for variant in result.get("variants", ()):
+        print(f"variant: {variant}")
     for key in ("batch1_breakdown", "decode_profile", "prefill_profile", "mixed_profile",
                 "peer_errors"):
         if key in result:
@@ -357,7 +384,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, build_seconds = engine_model(args)
-    llm = make_llm(model, args, quantization=args.quantization)
+    llm = make_llm(model, args, quantization=args.quantization,
+                   kv_cache_dtype=args.kv_cache_dtype)
     info = llm.engine.info
     device = info.device
     prompts = make_prompts(llm, args)
@@ -396,10 +424,11 @@ def main(argv: list[str] | None = None) -> dict:
     source, dtype = llm.engine.runner.source, llm.engine.runner.dtype
     del llm  # the next engine and the peers need the GPU memory its KV cache holds
     free_gpu_memory(device)
-    if device.startswith("cuda") and args.compare_fp8:
+    variants = compared_variants(args) if device.startswith("cuda") else []
+    for quantization, kv_cache_dtype in variants:
         torch.cuda.reset_peak_memory_stats()
-        llm = make_llm(model, args, quantization="fp8")
-        run_fp8(llm, result, prompts, args)
+        llm = make_llm(model, args, quantization=quantization, kv_cache_dtype=kv_cache_dtype)
+        run_variant(llm, result, prompts, args)
         del llm
         free_gpu_memory(device)
         save(result, args)

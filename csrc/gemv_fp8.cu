@@ -13,21 +13,9 @@
 // Products are taken in float32 from exact e4m3 -> half conversions. K must be a multiple of
 // 16 and rows 16-byte aligned (the wrapper checks). Needs sm_89+ (the Python side checks).
 #include "common.cuh"
+#include "fp8.cuh"
 
 using namespace inflightd;
-
-
-// Two e4m3 values (the low 16 bits of `pair`) as floats, low byte first.
-__device__ __forceinline__ float2 e4m3x2_to_float2(unsigned short pair) {
-#if __CUDA_ARCH__ >= 890
-  unsigned halves;
-  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(halves) : "h"(pair));
-  return __half22float2(*reinterpret_cast<__half2*>(&halves));
-#else
-  __trap();
-  return make_float2(0.f, 0.f);
-#endif
-}
 
 __device__ __forceinline__ float dot16(uint4 w_raw, uint4 x_raw) {
   const unsigned short* w = reinterpret_cast<const unsigned short*>(&w_raw);

@@ -7,6 +7,7 @@
 // One CTA per row. The row is read twice (absmax, then the conversion); the second read
 // comes from L2. Rows are 16-byte aligned and K a multiple of 16 (the GEMM needs it too).
 #include "common.cuh"
+#include "fp8.cuh"
 
 using namespace inflightd;
 
@@ -14,19 +15,6 @@ namespace {
 
 constexpr float kInvFp8Max = 1.f / 448.f;  // as the reference: a multiply, not a division
 constexpr float kMinAbsMax = 1e-12f;
-
-// Two floats as two e4m3 bytes, `lo` in the low byte. The hardware conversion exists from
-// sm_89 (Ada, Hopper) on; the Python side refuses FP8 on older GPUs before any launch.
-__device__ __forceinline__ unsigned to_e4m3x2(float lo, float hi) {
-#if __CUDA_ARCH__ >= 890
-  unsigned short out;
-  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(out) : "f"(hi), "f"(lo));
-  return out;
-#else
-  __trap();
-  return 0u;
-#endif
-}
 
 // Largest value over the block; `scratch` holds one float per warp.
 __device__ __forceinline__ float block_max(float x, float* scratch) {

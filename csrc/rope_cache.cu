@@ -5,17 +5,33 @@
 //     out[i + D/2] = x[i + D/2] * cos_i + x[i] * sin_i
 // cos_sin [max_positions, D] holds cos_i in its first half and sin_i in its second.
 //
-// kv_cache [2, num_blocks, block_size, Hkv, D]: slot s = block * block_size + offset is row s
+// kv_cache [2, num_blocks, block_size, Hkv, D] of KvT: slot s = block * block_size + offset is row s
 // of the K plane viewed as [num_slots, Hkv, D] (and of the V plane, num_slots rows later).
 // q, k, v may be views into a fused qkv projection: rows `*_stride` elements apart, each row
 // [H, D] contiguous. Rotated q and k go to fresh contiguous outputs; the inputs are not changed.
 // One CTA per token; each thread rotates 8 pairs at a time with 16-byte loads.
+//
+// An e4m3 cache (KvT = Fp8, --kv-cache-dtype fp8) stores each value as its T rounding (what
+// k_out holds) rounded again to e4m3, saturated to +-448, as the torch reference does.
 #include "common.cuh"
+#include "fp8.cuh"
 
 using namespace inflightd;
 
+// Eight values into the cache: as they are, or as eight e4m3 bytes.
 template <typename T>
-__device__ __forceinline__ void rotate8(const T* src, T* dst, T* cache_dst, const float (&c)[8],
+__device__ __forceinline__ void store8(T* dst, const Vec8<T>& v) { v.store(dst); }
+
+template <typename T>
+__device__ __forceinline__ void store8(Fp8* dst, const Vec8<T>& v) {
+  uint2 packed;
+  packed.x = to_e4m3x2(v.get(0), v.get(1)) | (to_e4m3x2(v.get(2), v.get(3)) << 16);
+  packed.y = to_e4m3x2(v.get(4), v.get(5)) | (to_e4m3x2(v.get(6), v.get(7)) << 16);
+  *reinterpret_cast<uint2*>(dst) = packed;
+}
+
+template <typename T, typename KvT>
+__device__ __forceinline__ void rotate8(const T* src, T* dst, KvT* cache_dst, const float (&c)[8],
                                         const float (&s)[8], int i0, int half) {
   Vec8<T> lo;
   Vec8<T> hi;
@@ -33,14 +49,14 @@ __device__ __forceinline__ void rotate8(const T* src, T* dst, T* cache_dst, cons
   out_lo.store(dst + i0);
   out_hi.store(dst + half + i0);
   if (cache_dst != nullptr) {
-    out_lo.store(cache_dst + i0);
-    out_hi.store(cache_dst + half + i0);
+    store8(cache_dst + i0, out_lo);
+    store8(cache_dst + half + i0, out_hi);
   }
 }
 
-template <typename T, typename C>
+template <typename T, typename C, typename KvT>
 __device__ __forceinline__ void rope_and_cache_impl(
-    T* __restrict__ q_out, T* __restrict__ k_out, T* __restrict__ kv_cache,
+    T* __restrict__ q_out, T* __restrict__ k_out, KvT* __restrict__ kv_cache,
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
     const long long* __restrict__ positions, const C* __restrict__ cos_sin,
     const long long* __restrict__ slot_mapping, int num_heads, int num_kv_heads, int head_dim,
@@ -54,8 +70,8 @@ __device__ __forceinline__ void rope_and_cache_impl(
   const long long kv_row = static_cast<long long>(num_kv_heads) * head_dim;
   // A slot outside the pool would corrupt memory: such tokens are not cached.
   const bool cache_it = slot >= 0 && slot < num_slots;
-  T* k_cache = kv_cache + slot * kv_row;
-  T* v_cache = kv_cache + (num_slots + slot) * kv_row;
+  KvT* k_cache = kv_cache + slot * kv_row;
+  KvT* v_cache = kv_cache + (num_slots + slot) * kv_row;
   // A position past the table has no angle: its outputs become NaN rather than read outside.
   const bool pos_ok = pos >= 0 && pos < max_positions;
   const C* angles = cos_sin + (pos_ok ? pos : 0) * head_dim;
@@ -72,13 +88,14 @@ __device__ __forceinline__ void rope_and_cache_impl(
 #pragma unroll
     for (int j = 0; j < 8; ++j) c.v[j] *= poison;
     if (head < num_heads) {
-      rotate8<T>(q + token * q_stride + head * head_dim,
-                 q_out + (token * num_heads + head) * head_dim, nullptr, c.v, s.v, i0, half);
+      rotate8<T, KvT>(q + token * q_stride + head * head_dim,
+                      q_out + (token * num_heads + head) * head_dim, nullptr, c.v, s.v, i0,
+                      half);
     } else {
       const int h = head - num_heads;
-      rotate8<T>(k + token * k_stride + h * head_dim,
-                 k_out + (token * num_kv_heads + h) * head_dim,
-                 cache_it ? k_cache + h * head_dim : nullptr, c.v, s.v, i0, half);
+      rotate8<T, KvT>(k + token * k_stride + h * head_dim,
+                      k_out + (token * num_kv_heads + h) * head_dim,
+                      cache_it ? k_cache + h * head_dim : nullptr, c.v, s.v, i0, half);
     }
   }
   if (!cache_it) return;
@@ -89,22 +106,26 @@ __device__ __forceinline__ void rope_and_cache_impl(
     const int i0 = (item - h * chunks_per_head) * 8;
     Vec8<T> val;
     val.load(v + token * v_stride + h * head_dim + i0);
-    val.store(v_cache + h * head_dim + i0);
+    store8(v_cache + h * head_dim + i0, val);
   }
 }
 
-#define INFLIGHTD_ROPE_AND_CACHE(T, C, NAME)                                                     \
+#define INFLIGHTD_ROPE_AND_CACHE(T, C, KvT, NAME)                                               \
   extern "C" __global__ void __launch_bounds__(256) NAME(                                        \
-      T* q_out, T* k_out, T* kv_cache, const T* q, const T* k, const T* v,                      \
+      T* q_out, T* k_out, KvT* kv_cache, const T* q, const T* k, const T* v,                    \
       const long long* positions, const C* cos_sin, const long long* slot_mapping,              \
       int num_heads, int num_kv_heads, int head_dim, long long q_stride, long long k_stride,    \
       long long v_stride, long long num_slots, long long max_positions) {                       \
-    rope_and_cache_impl<T, C>(q_out, k_out, kv_cache, q, k, v, positions, cos_sin,               \
-                              slot_mapping, num_heads, num_kv_heads, head_dim, q_stride,         \
-                              k_stride, v_stride, num_slots, max_positions);                     \
+    rope_and_cache_impl<T, C, KvT>(q_out, k_out, kv_cache, q, k, v, positions, cos_sin,          \
+                                   slot_mapping, num_heads, num_kv_heads, head_dim, q_stride,    \
+                                   k_stride, v_stride, num_slots, max_positions);                \
   }
 
-INFLIGHTD_ROPE_AND_CACHE(__nv_bfloat16, __nv_bfloat16, rope_and_cache_bf16)
-INFLIGHTD_ROPE_AND_CACHE(__nv_bfloat16, float, rope_and_cache_bf16_f32cos)
-INFLIGHTD_ROPE_AND_CACHE(__half, __half, rope_and_cache_fp16)
-INFLIGHTD_ROPE_AND_CACHE(__half, float, rope_and_cache_fp16_f32cos)
+INFLIGHTD_ROPE_AND_CACHE(__nv_bfloat16, __nv_bfloat16, __nv_bfloat16, rope_and_cache_bf16)
+INFLIGHTD_ROPE_AND_CACHE(__nv_bfloat16, float, __nv_bfloat16, rope_and_cache_bf16_f32cos)
+INFLIGHTD_ROPE_AND_CACHE(__half, __half, __half, rope_and_cache_fp16)
+INFLIGHTD_ROPE_AND_CACHE(__half, float, __half, rope_and_cache_fp16_f32cos)
+INFLIGHTD_ROPE_AND_CACHE(__nv_bfloat16, __nv_bfloat16, Fp8, rope_and_cache_bf16_kvfp8)
+INFLIGHTD_ROPE_AND_CACHE(__nv_bfloat16, float, Fp8, rope_and_cache_bf16_f32cos_kvfp8)
+INFLIGHTD_ROPE_AND_CACHE(__half, __half, Fp8, rope_and_cache_fp16_kvfp8)
+INFLIGHTD_ROPE_AND_CACHE(__half, float, Fp8, rope_and_cache_fp16_f32cos_kvfp8)

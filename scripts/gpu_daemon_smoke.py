@@ -25,10 +25,11 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start_daemon(model: str, port: int, log_path: Path, *,
-                 quantization: str | None = None) -> subprocess.Popen:
+def start_daemon(model: str, port: int, log_path: Path, *, quantization: str | None = None,
+                 kv_cache_dtype: str = "auto") -> subprocess.Popen:
     args = [sys.executable, "-m", "server.cli", "serve", model, "--host", "127.0.0.1",
-            "--port", str(port), "--max-num-seqs", "64", "--log-level", "info"]
+            "--port", str(port), "--max-num-seqs", "64", "--log-level", "info",
+            "--kv-cache-dtype", kv_cache_dtype]
     if quantization:
         args += ["--quantization", quantization]
     return subprocess.Popen(args, cwd=REPO, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
@@ -86,9 +87,11 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=48)
     parser.add_argument("--log", type=Path, default=Path("daemon.log"))
     parser.add_argument("--quantization", choices=("fp8",), default=None)
+    parser.add_argument("--kv-cache-dtype", choices=("auto", "fp8"), default="auto")
     args = parser.parse_args()
     base_url = f"http://127.0.0.1:{args.port}"
-    process = start_daemon(args.model, args.port, args.log, quantization=args.quantization)
+    process = start_daemon(args.model, args.port, args.log, quantization=args.quantization,
+                           kv_cache_dtype=args.kv_cache_dtype)
     failures = 0
 
     def check(ok: bool, what: str) -> None:
@@ -103,6 +106,11 @@ def main() -> int:
                          if "listening on" in line]
             check(bool(listening) and args.quantization in listening[0],
                   f"the start-up log names {args.quantization}: {listening[:1]}")
+        if args.kv_cache_dtype == "fp8":
+            kv_lines = [line for line in args.log.read_text().splitlines()
+                        if "KV cache:" in line]
+            check(bool(kv_lines) and "float8_e4m3fn" in kv_lines[0],
+                  f"the start-up log names the e4m3 KV cache: {kv_lines[:1]}")
         start = time.monotonic()
         results = asyncio.run(run_clients(base_url, args.model, args.clients))
         seconds = time.monotonic() - start

@@ -15,7 +15,8 @@
 #             BENCH_ARGS, e.g. --compare-sync, --compare-fp8)
 #   daemon    scripts/gpu_daemon_smoke.py: `inflightd serve` on the GPU with concurrent,
 #             streamed and abandoned requests, stats, metrics and a SIGTERM drain, for
-#             dummy:smollm2-135m and dummy:llama-3-8b (bf16, then --quantization fp8). The image lacks the web stack: carry
+#             dummy:smollm2-135m and dummy:llama-3-8b (bf16, --quantization fp8, then
+#             --kv-cache-dtype fp8). The image lacks the web stack: carry
 #             its wheels (fastapi starlette pydantic pydantic-core uvicorn msgspec pyzmq
 #             annotated-types typing-inspection typing_extensions opentelemetry-api, the
 #             versions of the venv, `pip download --no-deps --only-binary=:all:
@@ -115,8 +116,11 @@ if has bench; then
 fi
 
 if has daemon; then
-  for variant in dummy:smollm2-135m dummy:llama-3-8b dummy:llama-3-8b:fp8; do
-    model=${variant%:fp8}; quant=(); [ "$model" != "$variant" ] && quant=(--quantization fp8)
+  for variant in dummy:smollm2-135m dummy:llama-3-8b dummy:llama-3-8b:fp8 dummy:llama-3-8b:kvfp8
+  do
+    model=${variant%:*fp8}; quant=()
+    [ "${variant##*:}" = fp8 ] && quant=(--quantization fp8)
+    [ "${variant##*:}" = kvfp8 ] && quant=(--kv-cache-dtype fp8)
     echo "== $model ${quant[*]}" | tee -a "$OUT/daemon.log"
     timeout 300 python3 scripts/gpu_daemon_smoke.py --model "$model" --clients 64 "${quant[@]}" \
       --log "$OUT/daemon_$(echo "${variant#dummy:}" | tr : _).log" 2>&1 | tee -a "$OUT/daemon.log"

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 QUANTIZATIONS = ("fp8",)  # --quantization values (server.engine.quantization runs them)
+# --kv-cache-dtype values. auto: the model's dtype; fp8 (or fp8_e4m3, vLLM's other name for
+# it): e4m3, one byte a value, saturated to +-448 without a scale (server.kvcache.kv_pool).
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -26,8 +29,12 @@ class CacheConfig:
     kv_cache_tokens: int | None = None
     memory_fraction: float | None = None
     enable_prefix_caching: bool = True
+    kv_cache_dtype: str = "auto"
 
     def __post_init__(self) -> None:
+        _require(self.kv_cache_dtype in KV_CACHE_DTYPES,
+                 f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
+                 f"got {self.kv_cache_dtype!r}")
         _require(self.block_size in (1, 2, 4, 8, 16, 32, 64, 128),
                  f"--block-size must be a power of two from 1 to 128, got {self.block_size}")
         _require(self.num_blocks is None or self.num_blocks >= 1,

@@ -106,11 +106,12 @@ def _log_startup(state: ServingState) -> None:
                                   "engine_model": info.model_name, "device": info.device,
                                   "dtype": info.dtype, "quantization": info.quantization,
                                   "api_keys": len(config.api.api_keys)}})
-    logger.info("KV cache: %d tokens (%d blocks of %d); max model length %d tokens; "
+    logger.info("KV cache: %d tokens (%d blocks of %d, %s); max model length %d tokens; "
                 "prefix caching %s", info.kv_cache_tokens, info.num_kv_blocks, info.block_size,
-                info.max_model_len, "on" if prefix_caching else "off",
+                info.kv_cache_dtype, info.max_model_len, "on" if prefix_caching else "off",
                 extra={"fields": {"event": "kv_cache", "kv_cache_tokens": info.kv_cache_tokens,
                                   "num_kv_blocks": info.num_kv_blocks,
                                   "block_size": info.block_size,
+                                  "kv_cache_dtype": info.kv_cache_dtype,
                                   "max_model_len": info.max_model_len,
                                   "prefix_caching": prefix_caching}})

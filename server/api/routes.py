@@ -140,6 +140,7 @@ async def engine_stats(request: Request) -> JSONResponse:
                          # back to its idle figure once no client is served (a leak check)
                          "num_api_tasks": len(asyncio.all_tasks()),
                          "block_size": info.block_size, "kv_cache_tokens": info.kv_cache_tokens,
+                         "kv_cache_dtype": info.kv_cache_dtype,
                          "max_model_len": info.max_model_len})
 
 

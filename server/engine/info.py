@@ -22,6 +22,7 @@ class EngineInfo:
     device: str
     dtype: str
     quantization: str | None = None  # "fp8": FP8 linear layers
+    kv_cache_dtype: str = ""  # the pool's torch dtype name: the model's, or "float8_e4m3fn"
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,17 @@ def dtype_suffix(name: str, tensor: torch.Tensor) -> str:
     return suffix
 
 
+def kv_cache_suffix(kv_cache: torch.Tensor, model_dtype: torch.dtype) -> str:
+    """"" for a cache in the model's dtype, "_kvfp8" for an e4m3 one (the kernel names'
+    suffix, csrc/rope_cache.cu and csrc/paged_attention_fp8.cu); else an error."""
+    if kv_cache.dtype == model_dtype:
+        return ""
+    if kv_cache.dtype == torch.float8_e4m3fn:
+        return "_kvfp8"
+    raise KernelArgumentError(f"kv_cache must be {model_dtype} or float8_e4m3fn "
+                              f"(--kv-cache-dtype fp8), got {kv_cache.dtype}")
+
+
 def check_device(device: torch.device, **tensors: torch.Tensor) -> None:
     for name, tensor in tensors.items():
         if not isinstance(tensor, torch.Tensor):

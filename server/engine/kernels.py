@@ -44,7 +44,8 @@ MODULES: tuple[KernelModule, ...] = (
                  + _names("add_rms_norm_{dt}_vec{v}", dt=DTYPES, v=(8, 1))),
     KernelModule("activation", True, _names("silu_and_mul_{dt}_vec{v}", dt=DTYPES, v=(8, 1))),
     KernelModule("rope_cache", False,
-                 _names("rope_and_cache_{dt}{cos}", dt=DTYPES, cos=("", "_f32cos"))),
+                 _names("rope_and_cache_{dt}{cos}{kv}", dt=DTYPES, cos=("", "_f32cos"),
+                        kv=("", "_kvfp8"))),
     KernelModule("gemv", False, _names("gemv_{dt}_m{m}", dt=DTYPES, m=(1, 2, 3, 4))),
     KernelModule("gemv_fp8", False, _names("gemv_fp8_bf16_m{m}", m=(1, 2, 3, 4))),
     # activations to FP8 for --quantization fp8 (exact division: matches the torch reference)
@@ -53,6 +54,10 @@ MODULES: tuple[KernelModule, ...] = (
     KernelModule("paged_attention", True,
                  _names("paged_attention_{dt}_d{d}_w{w}", dt=DTYPES, d=ATTENTION_HEAD_DIMS,
                         w=(*ATTENTION_WARPS, "1k2"))),
+    # the same over an e4m3 KV cache (--kv-cache-dtype fp8)
+    KernelModule("paged_attention_fp8", True,
+                 _names("paged_attention_{dt}_kvfp8_d{d}_w{w}", dt=DTYPES,
+                        d=ATTENTION_HEAD_DIMS, w=(*ATTENTION_WARPS, "1k2"))),
 )
 MODULES_BY_NAME = {module.name: module for module in MODULES}
 

@@ -34,7 +34,7 @@ from server.engine.ops import Ops
 from server.engine.ops.torch_ref import TorchOps
 from server.engine.sampler import MIN_TEMPERATURE, RequestSamplingState, Sampler
 from server.engine.weights import ModelSource, iter_weights, resolve_model
-from server.kvcache.kv_pool import KVPool
+from server.kvcache.kv_pool import KVPool, check_kv_cache_kernels, kv_cache_dtype_for
 from server.scheduler.output import ModelOutput, NewRequestData, SchedulerOutput
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -115,10 +115,11 @@ class ModelRunner:
                  kv_cache_tokens: int | None = None, memory_fraction: float | None = None,
                  ops: Ops | None = None, seed: int = 0, enforce_eager: bool = False,
                  max_num_seqs: int | None = None, max_model_len: int | None = None,
-                 quantization: str | None = None) -> None:
+                 quantization: str | None = None, kv_cache_dtype: str = "auto") -> None:
         """Loads the weights (quantizing the linear layers' as they load, with
         quantization="fp8"), then sizes the KV pool from num_blocks, kv_cache_tokens or
-        memory_fraction (of the memory still free after the weights); see KVPool.sized.
+        memory_fraction (of the memory still free after the weights); see KVPool.sized. The
+        pool holds kv_cache_dtype ("auto": the model's dtype; "fp8": e4m3).
 
         On a GPU with CudaOps and not enforce_eager, decode steps of up to max_num_seqs
         requests (default: the engine's max_batch_size, else 256) replay CUDA graphs covering
@@ -133,14 +134,17 @@ class ModelRunner:
         self.ops: Ops = ops if ops is not None else default_ops(source, dtype=dtype,
                                                                  device=self.device)
         self.quantization = quantization or source.quantization
+        cache_dtype = kv_cache_dtype_for(kv_cache_dtype, dtype)
+        if _is_cuda_ops(self.ops):
+            check_kv_cache_kernels(cache_dtype, self.device)
         self.model = LlamaModel(self.arch, dtype=dtype, device=self.device,
                                 quantization=self.quantization)
         self.model.load_weights(iter_weights(source, dtype=dtype, device=self.device),
                                 stored_fp8=source.stores_fp8_weights)
         self.kv_pool = KVPool.sized(
             num_layers=self.arch.num_layers, block_size=block_size,
-            num_kv_heads=self.arch.num_kv_heads, head_dim=self.arch.head_dim, dtype=dtype,
-            device=self.device, num_blocks=num_blocks, kv_cache_tokens=kv_cache_tokens,
+            num_kv_heads=self.arch.num_kv_heads, head_dim=self.arch.head_dim,
+            dtype=cache_dtype, device=self.device, num_blocks=num_blocks, kv_cache_tokens=kv_cache_tokens,
             memory_fraction=memory_fraction)
         self.sampler = Sampler(device=self.device, seed=seed)
         self._requests: dict[str, RequestSamplingState] = {}
@@ -175,7 +179,8 @@ class ModelRunner:
                    seed=model_config.seed, enforce_eager=model_config.enforce_eager,
                    max_num_seqs=max_num_seqs,
                    max_model_len=max_model_len or model_config.max_model_len,
-                   quantization=model_config.quantization)
+                   quantization=model_config.quantization,
+                   kv_cache_dtype=cache_config.kv_cache_dtype)
 
     @property
     def block_size(self) -> int:

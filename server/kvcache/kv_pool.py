@@ -8,6 +8,11 @@ One tensor holds every layer:
 so `kv_cache[layer]` is the per-layer view the Ops take, and slot
 `block_id * block_size + offset` is a row of `kv_cache[layer, 0].view(-1, Hkv, D)`.
 This is the one module of server/kvcache that imports torch.
+
+The pool holds the model's dtype, or with --kv-cache-dtype fp8 e4m3 (torch.float8_e4m3fn):
+each K and V value is rounded to the nearest e4m3, saturated to +-448, with no scale (as
+vLLM and TensorRT-LLM do without calibrated scales); attention widens it back exactly. Half
+the bytes of a 16-bit cache: twice the tokens, and half the reads of a decode step.
 """
 
 from __future__ import annotations
@@ -22,8 +27,37 @@ DEFAULT_GPU_MEMORY_FRACTION = 0.9
 DEFAULT_CPU_KV_TOKENS = 8192
 
 
+FP8_KV_DTYPE = torch.float8_e4m3fn
+FP8_KV_MAX = 448.0  # e4m3's largest finite value; writes saturate to it
+
+
 class KVCacheSizeError(ValueError):
     """The requested KV cache does not fit, or is smaller than one block."""
+
+
+class KVCacheDtypeError(ValueError):
+    """--kv-cache-dtype names a cache this device or model cannot run."""
+
+
+def kv_cache_dtype_for(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
+    """The pool's torch dtype for a --kv-cache-dtype value (server.config.KV_CACHE_DTYPES)."""
+    if kv_cache_dtype == "auto":
+        return model_dtype
+    if kv_cache_dtype in ("fp8", "fp8_e4m3"):
+        return FP8_KV_DTYPE
+    raise KVCacheDtypeError(f"--kv-cache-dtype must be auto, fp8 or fp8_e4m3, "
+                            f"got {kv_cache_dtype!r}")
+
+
+def check_kv_cache_kernels(cache_dtype: torch.dtype, device: torch.device) -> None:
+    """Our kernels read and write an e4m3 cache with the FP8 conversions of compute
+    capability 8.9+ (Ada, Hopper); the torch reference path runs it anywhere."""
+    if cache_dtype != FP8_KV_DTYPE or device.type != "cuda":
+        return
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 9):
+        raise KVCacheDtypeError(f"--kv-cache-dtype fp8 needs compute capability 8.9 or newer "
+                                f"(FP8 conversions); this GPU is {major}.{minor}")
 
 
 def bytes_per_block(*, num_layers: int, num_kv_heads: int, head_dim: int, block_size: int,

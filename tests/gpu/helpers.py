@@ -8,6 +8,7 @@ import itertools
 import torch
 
 from server.engine.attention.metadata import AttentionMetadata
+from server.engine.ops.torch_ref import to_cache_dtype
 
 DTYPES = (torch.bfloat16, torch.float16)
 DTYPE_IDS = ("bf16", "fp16")
@@ -45,9 +46,11 @@ def cuda_generator(seed: int) -> torch.Generator:
 
 def paged_batch(*, query_lens: list[int], context_lens: list[int], block_size: int,
                 num_kv_heads: int, head_dim: int, dtype: torch.dtype, seed: int,
-                spare_blocks: int = 5) -> tuple[torch.Tensor, AttentionMetadata]:
-    """A random KV cache holding every sequence's context + new keys in shuffled blocks,
-    and the metadata of one packed step over it (block tables padded with 0).
+                spare_blocks: int = 5, kv_dtype: torch.dtype | None = None
+                ) -> tuple[torch.Tensor, AttentionMetadata]:
+    """A random KV cache (of kv_dtype, default dtype) holding every sequence's context + new
+    keys in shuffled blocks, and the metadata of one packed step over it (block tables
+    padded with 0).
 
     # sequence i: | context_lens[i] cached | query_lens[i] new |  = seq_lens[i] keys
     """
@@ -62,8 +65,9 @@ def paged_batch(*, query_lens: list[int], context_lens: list[int], block_size: i
         cursor += count
     width = max(blocks_needed)
     padded = [row + [0] * (width - len(row)) for row in tables]
-    kv_cache = random_tensor((2, num_blocks, block_size, num_kv_heads, head_dim), dtype=dtype,
-                             generator=cuda_generator(seed))
+    kv_cache = to_cache_dtype(
+        random_tensor((2, num_blocks, block_size, num_kv_heads, head_dim), dtype=dtype,
+                      generator=cuda_generator(seed)), kv_dtype or dtype)
     slots = [tables[seq][pos // block_size] * block_size + pos % block_size
              for seq, (context, seq_len) in enumerate(zip(context_lens, seq_lens))
              for pos in range(context, seq_len)]

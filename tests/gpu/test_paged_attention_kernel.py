@@ -3,7 +3,9 @@ csrc/attention_merge.cuh) against TorchOps.attention on packed batches mixing pr
 chunks, prefix-cache hits and decodes; split launches must leave their arrival counters at
 0, so the next launch, and the next replay of a captured graph, is right too. Cases that
 run decodes run with both decode kernels: w1 (decode_key_split=1) and w1k2 (2 warps
-splitting each K/V tile's keys, whose softmax states the kernel combines)."""
+splitting each K/V tile's keys, whose softmax states the kernel combines). Cases marked
+KV_DTYPES run over a cache in the model's dtype and over an e4m3 one (--kv-cache-dtype fp8,
+csrc/paged_attention_fp8.cu), whose reference reads the same e4m3 values."""
 
 from __future__ import annotations
 
@@ -12,13 +14,18 @@ import dataclasses
 import pytest
 import torch
 
+from server.engine.kernel_args import KernelArgumentError
 from server.engine.ops.cuda_attention import (COUNTERS, allocate_workspace,
                                               paged_attention_into, plan_for)
+from server.engine.ops.torch_ref import to_cache_dtype
 from tests.gpu.helpers import (DTYPE_IDS, DTYPES, assert_close, cuda_generator, paged_batch,
                                poisoned, random_tensor)
 
+FP8_CACHE_VS_16_BIT_MAX_ERROR = 5e-2
 HEADS = {"mha": (16, 16), "gqa": (32, 8), "mqa": (16, 1)}
 KEY_SPLITS = pytest.mark.parametrize("decode_key_split", (1, 2), ids=("w1", "w1k2"))
+KV_DTYPES = pytest.mark.parametrize("kv_dtype", (None, torch.float8_e4m3fn),
+                                    ids=("kv16", "kvfp8"))
 # name: (query_lens, context_lens, block_size)
 BATCHES = {
     # prefill chunks from scratch, a prefix hit with a multi-token query, decodes, block edges;
@@ -31,12 +38,14 @@ BATCHES = {
 }
 
 
-def make_inputs(*, batch: str, heads: str, head_dim: int, dtype: torch.dtype, seed: int):
+def make_inputs(*, batch: str, heads: str, head_dim: int, dtype: torch.dtype, seed: int,
+                kv_dtype: torch.dtype | None = None):
     query_lens, context_lens, block_size = BATCHES[batch]
     num_heads, num_kv_heads = HEADS[heads]
     kv_cache, metadata = paged_batch(query_lens=query_lens, context_lens=context_lens,
                                      block_size=block_size, num_kv_heads=num_kv_heads,
-                                     head_dim=head_dim, dtype=dtype, seed=seed)
+                                     head_dim=head_dim, dtype=dtype, seed=seed,
+                                     kv_dtype=kv_dtype)
     q = random_tensor((metadata.num_tokens, num_heads, head_dim), dtype=dtype,
                       generator=cuda_generator(seed + 1))
     return q, kv_cache, metadata
@@ -59,9 +68,10 @@ def assert_counters_at_zero(counters: torch.Tensor, *, what: str) -> None:
 
 
 def run_case(library, torch_ops, *, batch: str, heads: str, head_dim: int, dtype: torch.dtype,
-             seed: int, num_partitions: int | None = None, decode_key_split: int = 1):
+             seed: int, num_partitions: int | None = None, decode_key_split: int = 1,
+             kv_dtype: torch.dtype | None = None):
     q, kv_cache, metadata = make_inputs(batch=batch, heads=heads, head_dim=head_dim,
-                                        dtype=dtype, seed=seed)
+                                        dtype=dtype, seed=seed, kv_dtype=kv_dtype)
     scale = head_dim ** -0.5
     plan = plan_for(library, q, kv_cache, metadata, decode_key_split=decode_key_split)
     assert all(launch.key_split == decode_key_split
@@ -72,22 +82,24 @@ def run_case(library, torch_ops, *, batch: str, heads: str, head_dim: int, dtype
     out = poisoned(tuple(q.shape), dtype=dtype)
     paged_attention_into(library, out, q, kv_cache, metadata, scale, workspace=workspace,
                          plan=plan, decode_key_split=decode_key_split)
-    what = f"attention {batch}/{heads}/d{head_dim}/{dtype} {plan}"
+    what = f"attention {batch}/{heads}/d{head_dim}/{dtype}/cache {kv_cache.dtype} {plan}"
     assert_close(out, torch_ops.attention(q, kv_cache, metadata, scale), what=what)
     if workspace is not None:
         assert_counters_at_zero(workspace.counters, what=what)
     return plan
 
 
+@KV_DTYPES
 @KEY_SPLITS
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("head_dim", (64, 128))
 @pytest.mark.parametrize("heads", tuple(HEADS))
 @pytest.mark.parametrize("batch", tuple(BATCHES))
 def test_paged_attention_matches_reference(library, torch_ops, batch, heads, head_dim, dtype,
-                                           decode_key_split):
+                                           decode_key_split, kv_dtype):
     run_case(library, torch_ops, batch=batch, heads=heads, head_dim=head_dim, dtype=dtype,
-             seed=len(batch) * 7 + head_dim, decode_key_split=decode_key_split)
+             seed=len(batch) * 7 + head_dim, decode_key_split=decode_key_split,
+             kv_dtype=kv_dtype)
 
 
 @KEY_SPLITS
@@ -98,29 +110,33 @@ def test_long_contexts_are_split_across_partitions(library, torch_ops, batch, de
     assert plan.num_partitions > 1, plan
 
 
+@KV_DTYPES
 @KEY_SPLITS
 @pytest.mark.parametrize("num_partitions", (1, 2, 7, 64))
 @pytest.mark.parametrize("batch", ("mixed", "decode", "long-decode"))
 def test_any_partition_count_gives_the_same_attention(library, torch_ops, batch,
-                                                      num_partitions, decode_key_split):
+                                                      num_partitions, decode_key_split,
+                                                      kv_dtype):
     # A captured graph keeps the partition count of its capture whatever the lengths later.
     run_case(library, torch_ops, batch=batch, heads="gqa", head_dim=128, dtype=torch.float16,
              seed=num_partitions, num_partitions=num_partitions,
-             decode_key_split=decode_key_split)
+             decode_key_split=decode_key_split, kv_dtype=kv_dtype)
 
 
+@KV_DTYPES
 @KEY_SPLITS
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("head_dim", (64, 128))
 @pytest.mark.parametrize("heads", tuple(HEADS))
 @pytest.mark.parametrize("batch", ("mixed", "decode", "prefix-hits"))
 def test_split_attention_merges_in_the_last_cta(library, torch_ops, batch, heads, head_dim,
-                                                dtype, decode_key_split):
+                                                dtype, decode_key_split, kv_dtype):
     # 5 parts: short sequences leave parts empty (they still count in), the 1-, 2- and
     # 4-warp launches of a mixed batch share the counters, and group 16 (mqa) makes a decode
     # tile merge its rows in two batches (w1) or one per warp (w1k2).
     run_case(library, torch_ops, batch=batch, heads=heads, head_dim=head_dim, dtype=dtype,
-             seed=len(batch) + head_dim, num_partitions=5, decode_key_split=decode_key_split)
+             seed=len(batch) + head_dim, num_partitions=5, decode_key_split=decode_key_split,
+             kv_dtype=kv_dtype)
 
 
 @pytest.mark.parametrize("head_dim", (64, 128))
@@ -169,15 +185,16 @@ def test_split_launches_without_workspace_share_the_library_counters(library, to
         assert_counters_at_zero(library.zeroed_int32(COUNTERS, 0), what=batch)
 
 
+@KV_DTYPES
 @KEY_SPLITS
 @pytest.mark.parametrize("own_workspace", (True, False), ids=("workspace", "library-counters"))
 def test_captured_split_decode_replays_with_new_lengths(library, torch_ops, own_workspace,
-                                                        decode_key_split):
+                                                        decode_key_split, kv_dtype):
     # Every sequence has blocks for 4000 keys; the graph is planned (split) for that length.
     num_heads, num_kv_heads = HEADS["gqa"]
     kv_cache, metadata = paged_batch(query_lens=[1, 1, 1], context_lens=[3999] * 3,
                                      block_size=16, num_kv_heads=num_kv_heads, head_dim=128,
-                                     dtype=torch.bfloat16, seed=51)
+                                     dtype=torch.bfloat16, seed=51, kv_dtype=kv_dtype)
     q = random_tensor((3, num_heads, 128), dtype=torch.bfloat16, generator=cuda_generator(52))
     plan = plan_for(library, q, kv_cache, metadata, decode_key_split=decode_key_split)
     assert plan.num_partitions > 1, plan
@@ -219,3 +236,27 @@ def test_cuda_ops_attention_matches_torch_ops(cuda_ops, torch_ops):
                       generator=cuda_generator(10))
     assert_close(cuda_ops.attention(q, kv_cache, metadata, 0.125),
                  torch_ops.attention(q, kv_cache, metadata, 0.125), what="CudaOps.attention")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_fp8_cache_attention_stays_close_to_the_16_bit_cache(library, dtype):
+    # The same keys and values in both caches: e4m3 keeps 3 mantissa bits (up to 6 % per
+    # value), which the weighted sums over hundreds of keys average down.
+    q, kv16, metadata = make_inputs(batch="mixed", heads="gqa", head_dim=128, dtype=dtype,
+                                    seed=71)
+    kv8 = to_cache_dtype(kv16, torch.float8_e4m3fn)
+    outs = []
+    for kv_cache in (kv16, kv8):
+        out = poisoned(tuple(q.shape), dtype=dtype)
+        paged_attention_into(library, out, q, kv_cache, metadata, 128 ** -0.5)
+        outs.append(out)
+    assert_close(outs[1], outs[0], what="fp8 cache against the 16-bit cache",
+                 max_error=FP8_CACHE_VS_16_BIT_MAX_ERROR)
+
+
+def test_attention_refuses_a_cache_of_another_16_bit_dtype(library):
+    q, kv_cache, metadata = make_inputs(batch="decode", heads="gqa", head_dim=64,
+                                        dtype=torch.bfloat16, seed=3)
+    out = torch.empty_like(q)
+    with pytest.raises(KernelArgumentError, match="float8_e4m3fn"):
+        paged_attention_into(library, out, q, kv_cache.half(), metadata, 0.125)

@@ -244,3 +244,35 @@ def test_decodes_run_on_the_w1k2_kernel_by_default():
     paged_attention_into(lib, torch.empty_like(q), q, bf16(2, 100, 16, 8, 128), metadata, 0.088)
     assert [(function, block) for _, function, _, block, _ in lib.launches] == [
         ("paged_attention_bf16_d128_w1k2", (64,))]
+
+
+@pytest.mark.parametrize("cache, num_decodes, module, kernel", (
+    ("fp8", 256, "paged_attention_fp8", "paged_attention_bf16_kvfp8_d128_w1"),
+    ("fp8", 64, "paged_attention_fp8", "paged_attention_bf16_kvfp8_d128_w1k2"),
+    ("bf16", 256, "paged_attention", "paged_attention_bf16_d128_w1k2")))
+def test_fp8_cache_decodes_run_on_w1_once_they_fill_a_wave_of_the_gpu(cache, num_decodes,
+                                                                     module, kernel):
+    # 256 decodes x 8 kv heads = 2048 one-warp CTAs, over the 132 x 6 the GPU holds at once;
+    # 64 x 8 = 512 are not, and keep the key split's second warp per CTA, as a bf16 cache
+    # always does.
+    lib = RecordingLibrary()
+    metadata = attention_metadata([1] * num_decodes, [640] * num_decodes, width=40)
+    q = bf16(num_decodes, 32, 128)
+    kv_cache = (torch.zeros((2, 80, 16, 8, 128), dtype=torch.float8_e4m3fn) if cache == "fp8"
+                else bf16(2, 80, 16, 8, 128))
+    paged_attention_into(lib, torch.empty_like(q), q, kv_cache, metadata, 0.088)
+    assert [(m, f) for m, f, _, _, _ in lib.launches] == [(module, kernel)]
+
+
+def test_rope_and_attention_take_an_fp8_cache_and_refuse_other_dtypes():
+    lib = RecordingLibrary()
+    metadata = attention_metadata([2], [5], width=1)
+    q = bf16(2, 4, 64)
+    for dtype, ok in ((torch.float8_e4m3fn, True), (torch.float16, False), (torch.int8, False)):
+        kv_cache = torch.zeros((2, 1, 16, 2, 64), dtype=dtype)
+        if ok:
+            paged_attention_into(lib, torch.empty_like(q), q, kv_cache, metadata, 0.125)
+        else:
+            with pytest.raises(KernelArgumentError, match="kv_cache must be torch.bfloat16 or "
+                                                          "float8_e4m3fn"):
+                paged_attention_into(lib, torch.empty_like(q), q, kv_cache, metadata, 0.125)

@@ -63,25 +63,41 @@ def test_module_kernels_do_not_spill_registers(compiled, module):
 ATTENTION_REGISTER_CEILINGS = {"d128_w1": 255, "d128_w2": 168, "d128_w4": 168,
                                "d128_w1k2": 168, "d64_w1": 168, "d64_w2": 128, "d64_w4": 128,
                                "d64_w1k2": 80}
+# The e4m3-cache kernels (paged_attention_fp8.cu): w1k2 asks for 6 CTAs at head_dim 128 and
+# 8 at 64, whose register limits are 168 and 128.
+FP8_CACHE_REGISTER_CEILINGS = {**ATTENTION_REGISTER_CEILINGS, "d64_w1k2": 128}
 # head_dim: two stages of 32 K and 32 V rows, each padded by 16 bytes against bank conflicts
 ATTENTION_SMEM_BYTES = {128: 34816, 64: 18432}
+# e4m3 rows are half as long; the 4-warp kernels' Q tile (64 rows) outgrows a stage and gets
+# its own space after stage 0
+FP8_CACHE_SMEM_BYTES = {128: 18432, 64: 10240}
+FP8_CACHE_W4_SMEM_BYTES = {128: 9216 + 64 * 136 * 2, 64: 5120 + 64 * 72 * 2}
 STATIC_SMEM_LIMIT = 48 * 1024
 
 
-def test_attention_kernels_keep_their_registers_and_shared_memory(compiled):
-    usage = nvrtc.kernel_resources(compiled["paged_attention"].log)
-    assert set(usage) == set(kernels.MODULES_BY_NAME["paged_attention"].functions)
+def expected_smem(module: str, head_dim: int, variant: str) -> int:
+    if module == "paged_attention":
+        return ATTENTION_SMEM_BYTES[head_dim]
+    return (FP8_CACHE_W4_SMEM_BYTES if variant == "w4" else FP8_CACHE_SMEM_BYTES)[head_dim]
+
+
+@pytest.mark.parametrize("module", ("paged_attention", "paged_attention_fp8"))
+def test_attention_kernels_keep_their_registers_and_shared_memory(compiled, module):
+    usage = nvrtc.kernel_resources(compiled[module].log)
+    assert set(usage) == set(kernels.MODULES_BY_NAME[module].functions)
+    ceilings = (ATTENTION_REGISTER_CEILINGS if module == "paged_attention"
+                else FP8_CACHE_REGISTER_CEILINGS)
     for name, resources in usage.items():
         registers, smem = resources.registers, resources.smem_bytes
         head_dim, variant = re.search(r"_d(\d+)_(w\d(?:k\d)?)$", name).groups()
-        assert registers <= ATTENTION_REGISTER_CEILINGS[f"d{head_dim}_{variant}"], (
-            name, registers)
-        assert smem == ATTENTION_SMEM_BYTES[int(head_dim)], (name, smem)
+        assert registers <= ceilings[f"d{head_dim}_{variant}"], (name, registers)
+        assert smem == expected_smem(module, int(head_dim), variant), (name, smem)
         assert smem <= STATIC_SMEM_LIMIT, (name, smem)
 
 
-def test_key_split_decode_kernels_exist_for_every_one_warp_kernel():
-    names = set(kernels.MODULES_BY_NAME["paged_attention"].functions)
+@pytest.mark.parametrize("module", ("paged_attention", "paged_attention_fp8"))
+def test_key_split_decode_kernels_exist_for_every_one_warp_kernel(module):
+    names = set(kernels.MODULES_BY_NAME[module].functions)
     one_warp = {name for name in names if name.endswith("_w1")}
     assert len(one_warp) == len(kernels.DTYPES) * len(kernels.ATTENTION_HEAD_DIMS)
     assert {f"{name}k2" for name in one_warp} <= names

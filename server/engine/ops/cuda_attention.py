@@ -19,6 +19,9 @@ counters must be 0 before a launch: they are allocated zeroed once
 at 0. The launches of one step, one after another on a stream, share them;
 launches running at the same time on two streams must not.
 
+A cache of e4m3 values (--kv-cache-dtype fp8) runs the same kernels built for it
+(csrc/paged_attention_fp8.cu, names ending "_kvfp8"); everything here applies to both.
+
 The plan reads only host values (query_lens_host, max_seq_len), never the device, and the
 kernels read each sequence's length on the device, so a decode step captured in a CUDA
 graph stays right for any lengths at replay. The partition count is fixed at capture: to
@@ -36,7 +39,7 @@ import torch
 
 from server.engine.attention.metadata import AttentionMetadata
 from server.engine.kernel_args import (KernelArgumentError, check_contiguous, check_device,
-                                       check_dtype, check_shape, dtype_suffix)
+                                       check_dtype, check_shape, dtype_suffix, kv_cache_suffix)
 from server.engine.kernels import ATTENTION_HEAD_DIMS, KernelLibrary
 
 ROWS_PER_WARP = 16
@@ -48,6 +51,10 @@ DECODE_KEY_SPLITS = (1, 2)  # warps sharing a 1-warp tile's keys: w1, w1k2
 # 2: on an H200, 1.3x the bandwidth of 1 at batch 1 and 256, +4-9 % at batch 64 except one
 # point (bench/kernels.py; docs/benchmarks.md)
 DEFAULT_DECODE_KEY_SPLIT = 2
+# Over an e4m3 cache w1 holds as many warps per SM as w1k2 (its shared memory is half), and
+# walks 32 keys a warp per tile instead of 16: fewer softmax instructions per key, which
+# decide there (1.1-1.3x at batch 256-512, bench/kernels.py). w1k2 still wins while the
+# 1-warp CTAs would not fill one wave of the GPU.
 GOOD_WAVE_FILL = 0.85  # fewest partitions whose last wave of CTAs keeps the SMs this busy
 LOG2_E = 1.4426950408889634
 COUNTERS = "attention_arrival_counters"  # the library's shared zeroed buffer
@@ -71,8 +78,18 @@ class AttentionLaunch:
 
 
 def kernel_name(*, suffix: str, head_dim: int, warps: int, key_split: int) -> str:
+    """suffix: the model dtype's ("bf16"), plus "_kvfp8" for an e4m3 cache."""
     split = f"k{key_split}" if key_split > 1 else ""
     return f"paged_attention_{suffix}_d{head_dim}_w{warps}{split}"
+
+
+def kernel_module(suffix: str) -> str:
+    """The csrc/ module defining the kernels of this suffix."""
+    return "paged_attention_fp8" if suffix.endswith("_kvfp8") else "paged_attention"
+
+
+def kernel_suffix(q: torch.Tensor, kv_cache: torch.Tensor) -> str:
+    return dtype_suffix("q", q) + kv_cache_suffix(kv_cache, q.dtype)
 
 
 def class_key_split(warps: int, decode_key_split: int) -> int:
@@ -146,6 +163,19 @@ def _partitions_for(ctas: int, *, slots: int, most: int) -> int:
     return best
 
 
+def auto_decode_key_split(lib: KernelLibrary, *, suffix: str, head_dim: int,
+                          query_lens: Sequence[int], group: int, num_kv_heads: int) -> int:
+    """The decode key split a plan uses when none is asked for (see above)."""
+    if not suffix.endswith("_kvfp8"):
+        return DEFAULT_DECODE_KEY_SPLIT
+    one_warp = ROW_CLASSES[0]
+    ctas = num_kv_heads * sum(1 for n in query_lens if one_warp[1] <= n * group <= one_warp[2])
+    wave = lib.num_sms * lib.max_active_ctas(
+        kernel_module(suffix), kernel_name(suffix=suffix, head_dim=head_dim, warps=1,
+                                           key_split=1), 32)
+    return 1 if ctas >= wave else DEFAULT_DECODE_KEY_SPLIT
+
+
 def check_decode_key_split(decode_key_split: int) -> None:
     if decode_key_split not in DECODE_KEY_SPLITS:
         raise AttentionKeySplitError(f"decode_key_split must be one of {DECODE_KEY_SPLITS}, "
@@ -154,16 +184,21 @@ def check_decode_key_split(decode_key_split: int) -> None:
 
 def plan_for(lib: KernelLibrary, q: torch.Tensor, kv_cache: torch.Tensor,
              metadata: AttentionMetadata, *,
-             decode_key_split: int = DEFAULT_DECODE_KEY_SPLIT) -> AttentionPlan:
-    """The plan paged_attention_into makes for these inputs on this GPU."""
-    check_decode_key_split(decode_key_split)
+             decode_key_split: int | None = None) -> AttentionPlan:
+    """The plan paged_attention_into makes for these inputs on this GPU (decode_key_split
+    None: auto_decode_key_split's)."""
     num_heads, head_dim = q.shape[1:]
-    suffix = dtype_suffix("q", q)
+    suffix = kernel_suffix(q, kv_cache)
+    if decode_key_split is None:
+        decode_key_split = auto_decode_key_split(
+            lib, suffix=suffix, head_dim=head_dim, query_lens=metadata.query_lens_host,
+            group=num_heads // kv_cache.shape[3], num_kv_heads=kv_cache.shape[3])
+    check_decode_key_split(decode_key_split)
     resident = {}
     for warps, _, _ in ROW_CLASSES:
         key_split = class_key_split(warps, decode_key_split)
         resident[warps] = lib.max_active_ctas(
-            "paged_attention", kernel_name(suffix=suffix, head_dim=head_dim, warps=warps,
+            kernel_module(suffix), kernel_name(suffix=suffix, head_dim=head_dim, warps=warps,
                                            key_split=key_split), 32 * warps * key_split)
     return plan_attention(query_lens=metadata.query_lens_host, max_seq_len=metadata.max_seq_len,
                           num_heads=num_heads, num_kv_heads=kv_cache.shape[3],
@@ -217,8 +252,8 @@ def check_attention_args(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
     check_device(lib.device, q=q, kv_cache=kv_cache, out=out,
                  query_start_loc=metadata.query_start_loc, seq_lens=metadata.seq_lens,
                  block_tables=metadata.block_tables)
-    dtype_suffix("q", q)
-    check_dtype(q.dtype, kv_cache=kv_cache, out=out)
+    kernel_suffix(q, kv_cache)
+    check_dtype(q.dtype, out=out)
     check_dtype(torch.int32, query_start_loc=metadata.query_start_loc,
                 seq_lens=metadata.seq_lens, block_tables=metadata.block_tables)
     check_shape("q", q, (metadata.num_tokens, None, None))
@@ -246,18 +281,19 @@ def paged_attention_into(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
                          kv_cache: torch.Tensor, metadata: AttentionMetadata, scale: float, *,
                          workspace: AttentionWorkspace | None = None,
                          plan: AttentionPlan | None = None,
-                         decode_key_split: int = DEFAULT_DECODE_KEY_SPLIT) -> AttentionPlan:
+                         decode_key_split: int | None = None) -> AttentionPlan:
     """Causal attention of q [T, H, D] over the paged cache into out; returns the plan used.
-    decode_key_split=2 runs the 1-warp (decode) row class on the w1k2 kernel; a given plan
-    must have been made with the same value."""
+    decode_key_split=2 runs the 1-warp (decode) row class on the w1k2 kernel, 1 on w1, None
+    as plan_for picks; a given plan must have been made with the value given."""
     check_attention_args(lib, out, q, kv_cache, metadata)
-    check_decode_key_split(decode_key_split)
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = kv_cache.shape[3]
-    suffix = dtype_suffix("q", q)
+    suffix = kernel_suffix(q, kv_cache)
     if plan is None:
         plan = plan_for(lib, q, kv_cache, metadata, decode_key_split=decode_key_split)
-    check_plan_key_split(plan, decode_key_split)
+    if decode_key_split is not None:
+        check_decode_key_split(decode_key_split)
+        check_plan_key_split(plan, decode_key_split)
     if num_tokens == 0:
         return plan
     parts = _partials_args(lib, plan, workspace, num_tokens=num_tokens, num_heads=num_heads,
@@ -270,7 +306,7 @@ def paged_attention_into(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
               np.int64(kv_cache.shape[1] * kv_cache.shape[2]), np.float32(scale * LOG2_E),
               np.int32(plan.num_partitions))
     for launch in plan.launches:
-        lib.launch("paged_attention", launch.kernel(suffix=suffix, head_dim=head_dim),
+        lib.launch(kernel_module(suffix), launch.kernel(suffix=suffix, head_dim=head_dim),
                    grid=(launch.grid_x * num_kv_heads, 1, plan.num_partitions),
                    block=(launch.threads,),
                    args=(out.data_ptr(), *parts, *common, np.int32(launch.min_rows),

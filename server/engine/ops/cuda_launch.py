@@ -12,7 +12,7 @@ import torch
 
 from server.engine.kernel_args import (KernelArgumentError, check_aligned16, check_contiguous,
                                        check_device, check_dtype, check_shape, dtype_suffix,
-                                       is_aligned16, row_stride)
+                                       is_aligned16, kv_cache_suffix, row_stride)
 from server.engine.kernels import KernelLibrary
 
 NORM_ITEMS = 4  # row chunks each thread keeps in registers (csrc/rms_norm.cu ITEMS)
@@ -113,7 +113,8 @@ def rope_and_cache_into(lib: KernelLibrary, q_out: torch.Tensor, k_out: torch.Te
     check_device(lib.device, q=q, k=k, v=v, positions=positions, cos_sin=cos_sin,
                  kv_cache=kv_cache, slot_mapping=slot_mapping, q_out=q_out, k_out=k_out)
     suffix = dtype_suffix("q", q)
-    check_dtype(q.dtype, k=k, v=v, kv_cache=kv_cache, q_out=q_out, k_out=k_out)
+    check_dtype(q.dtype, k=k, v=v, q_out=q_out, k_out=k_out)
+    cache = kv_cache_suffix(kv_cache, q.dtype)
     check_dtype(torch.int64, positions=positions, slot_mapping=slot_mapping)
     if cos_sin.dtype not in (q.dtype, torch.float32):
         raise KernelArgumentError(f"cos_sin must be {q.dtype} or float32, got {cos_sin.dtype}")
@@ -140,7 +141,7 @@ def rope_and_cache_into(lib: KernelLibrary, q_out: torch.Tensor, k_out: torch.Te
         return
     cos = "" if cos_sin.dtype == q.dtype else "_f32cos"
     rotations = (num_heads + num_kv_heads) * (head_dim // 16)
-    lib.launch("rope_cache", f"rope_and_cache_{suffix}{cos}", grid=(num_tokens,),
+    lib.launch("rope_cache", f"rope_and_cache_{suffix}{cos}{cache}", grid=(num_tokens,),
                block=(min(256, -(-rotations // 32) * 32),),
                args=(q_out.data_ptr(), k_out.data_ptr(), kv_cache.data_ptr(), q.data_ptr(),
                      k.data_ptr(), v.data_ptr(), positions.data_ptr(), cos_sin.data_ptr(),

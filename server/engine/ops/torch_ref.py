@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from server.engine.attention.metadata import AttentionMetadata
 from server.engine.quantization import Fp8Weight, fp8_linear_reference
+from server.kvcache.kv_pool import FP8_KV_DTYPE, FP8_KV_MAX
 
 
 class TorchOps:
@@ -93,10 +94,29 @@ def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """kv_cache [2, num_blocks, block_size, Hkv, D]; slot = block_id * block_size + offset,
     which is exactly the row index once blocks and offsets are flattened together."""
     num_kv_heads, head_dim = kv_cache.shape[-2:]
-    key_slots = kv_cache[0].view(-1, num_kv_heads, head_dim)
-    value_slots = kv_cache[1].view(-1, num_kv_heads, head_dim)
-    key_slots.index_copy_(0, slot_mapping, k.to(kv_cache.dtype))
-    value_slots.index_copy_(0, slot_mapping, v.to(kv_cache.dtype))
+    slots = _as_bytes(kv_cache)
+    key_slots = slots[0].view(-1, num_kv_heads, head_dim)
+    value_slots = slots[1].view(-1, num_kv_heads, head_dim)
+    key_slots.index_copy_(0, slot_mapping, _as_bytes(to_cache_dtype(k, kv_cache.dtype)))
+    value_slots.index_copy_(0, slot_mapping, _as_bytes(to_cache_dtype(v, kv_cache.dtype)))
+
+
+def to_cache_dtype(x: torch.Tensor, cache_dtype: torch.dtype) -> torch.Tensor:
+    """x as the cache stores it: cast, or for e4m3 rounded to nearest (ties to even) and
+    saturated to +-448 (csrc/rope_cache.cu does the same from x's own rounding)."""
+    if cache_dtype == FP8_KV_DTYPE:
+        return x.clamp(-FP8_KV_MAX, FP8_KV_MAX).to(FP8_KV_DTYPE)
+    return x.to(cache_dtype)
+
+
+def _as_bytes(x: torch.Tensor) -> torch.Tensor:
+    """An e4m3 tensor as uint8 (torch indexes and copies those on every device), else x."""
+    return x.view(torch.uint8) if x.dtype == FP8_KV_DTYPE else x
+
+
+def _gather(plane: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """plane[blocks] (blocks of one K or V plane), in the plane's own dtype."""
+    return _as_bytes(plane)[blocks].view(plane.dtype)
 
 
 def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, *, seq_len: int,
@@ -105,8 +125,8 @@ def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, *, seq_len: int
     num_kv_heads, head_dim = kv_cache.shape[-2:]
     num_blocks = -(-seq_len // block_size)
     blocks = block_table[:num_blocks].long()
-    keys = kv_cache[0, blocks].reshape(-1, num_kv_heads, head_dim)[:seq_len]
-    values = kv_cache[1, blocks].reshape(-1, num_kv_heads, head_dim)[:seq_len]
+    keys = _gather(kv_cache[0], blocks).reshape(-1, num_kv_heads, head_dim)[:seq_len]
+    values = _gather(kv_cache[1], blocks).reshape(-1, num_kv_heads, head_dim)[:seq_len]
     return keys, values
 
 
@@ -122,8 +142,9 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
     num_blocks = -(-max_seq_len // block_size)
     blocks = block_tables[:, :num_blocks].long()  # [S, nb]
     # [S, Hkv, keys, D] views of the gathered context; SDPA reads them without another copy.
-    keys = kv_cache[0, blocks].reshape(num_seqs, -1, num_kv_heads, head_dim).transpose(1, 2)
-    values = kv_cache[1, blocks].reshape(num_seqs, -1, num_kv_heads, head_dim).transpose(1, 2)
+    keys = _gather(kv_cache[0], blocks).reshape(num_seqs, -1, num_kv_heads, head_dim)
+    values = _gather(kv_cache[1], blocks).reshape(num_seqs, -1, num_kv_heads, head_dim)
+    keys, values = keys.transpose(1, 2), values.transpose(1, 2)
     visible = torch.arange(keys.shape[2], device=q.device)[None, :] < seq_lens[:, None]
     out = F.scaled_dot_product_attention(
         q.to(torch.float32).reshape(num_seqs, num_heads, 1, head_dim),

@@ -1,0 +1,192 @@
+// How a warp of the paged attention kernel (paged_attention.cuh) turns its Q rows and a
+// shared-memory K/V tile into tensor-core operands, for each kind of KV cache:
+//
+// - Fragments<T, T>, a 16-bit cache: ldmatrix gives the B operands as they are, mma in T.
+// - Fragments<T, Fp8>, an e4m3 cache (--kv-cache-dtype fp8): ldmatrix on the bytes, each
+//   register four e4m3 values, widened to half exactly (cvt.f16x2.e4m3x2); mma in half
+//   whatever T is (Q is converted once, P lies in [0, 1]).
+//
+// The fp8 layouts. ldmatrix moves 16-bit elements, so on bytes a lane receives four values
+// where the mma wants two, and the order of the reduction dimension changes:
+//
+// S = Q K^T: a lane gets dims 4t .. 4t+3 of key g in a 16-dim chunk, so the chunk's
+// logical k = 2t, 2t+1 | 2t+8, 2t+9 are dims 4t, 4t+1 | 4t+2, 4t+3, and Q's A fragments
+// are loaded in that order too (a dot product does not care how its terms are ordered).
+//
+// O = P V: ldmatrix.trans gives a lane keys 2t, 2t+1 of dims 2g, 2g+1 (one byte each); a
+// byte permute regroups them with keys 2t+8, 2t+9 into an "even" B operand (dim 2g) and an
+// "odd" one (dim 2g+1), so a 16-dim chunk is two n8 products whose C columns are dims
+//
+//   # even: 4t, 4t+2 | odd: 4t+1, 4t+3     (pair(i) below puts them back in order)
+#pragma once
+
+#include "attention_common.cuh"
+#include "common.cuh"
+#include "fp8.cuh"
+#include "mma.cuh"
+
+namespace inflightd {
+
+// [K or V][key][dim], each row padded by 16 bytes against bank conflicts
+template <typename KvT, int D>
+using KvTile = KvT[2][kBlockN][D + 16 / sizeof(KvT)];
+
+template <typename T, typename KvT> struct Fragments;
+
+// A fragments of a warp's 16 Q rows (qw: its first row, PAD elements apart): register pair
+// (0, 1) of chunk kc holds dims kc * 16 + lo and the next one of rows g and g + 8, pair
+// (2, 3) dims kc * 16 + hi and the next, each passed through `convert`.
+template <int D, int PAD, typename T, typename Convert>
+__device__ __forceinline__ void load_q_fragments(unsigned (&qa)[D / 16][4], const T* qw, int lo,
+                                                 int hi, Convert convert) {
+  const int g = (threadIdx.x & 31) >> 2;
+#pragma unroll
+  for (int kc = 0; kc < D / 16; ++kc) {
+    qa[kc][0] = convert(load_u32(qw + g * PAD + kc * 16 + lo));
+    qa[kc][1] = convert(load_u32(qw + (g + 8) * PAD + kc * 16 + lo));
+    qa[kc][2] = convert(load_u32(qw + g * PAD + kc * 16 + hi));
+    qa[kc][3] = convert(load_u32(qw + (g + 8) * PAD + kc * 16 + hi));
+  }
+}
+
+template <typename T> struct Fragments<T, T> {
+  using MmaT = T;
+
+  template <int D, int PAD>
+  static __device__ __forceinline__ void load_q(unsigned (&qa)[D / 16][4], const T* qw) {
+    const int t = threadIdx.x & 3;
+    load_q_fragments<D, PAD>(qa, qw, 2 * t, 2 * t + 8, [](unsigned x) { return x; });
+  }
+
+  // s[nt] += Q K^T for keys key_base + 8 nt .. + 7 of the tile.
+  template <int D, int KEYS>
+  static __device__ __forceinline__ void scores(float (&s)[KEYS / 8][4],
+                                                const KvTile<T, D>& kv,
+                                                const unsigned (&qa)[D / 16][4], int key_base) {
+    // B fragments of two 8-key score tiles at once: ldmatrix tiles (keys 0-7, dims 0-7),
+    // (keys 0-7, dims 8-15), (keys 8-15, dims 0-7), (keys 8-15, dims 8-15) of the chunk.
+    const int lane = threadIdx.x & 31;
+    const int key_in_pair = ((lane >> 3) >> 1) * 8 + (lane & 7);
+    const int dim_in_chunk = ((lane >> 3) & 1) * 8;
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc) {
+#pragma unroll
+      for (int np = 0; np < KEYS / 16; ++np) {
+        unsigned kb[4];
+        ldmatrix_x4(kb, &kv[0][key_base + np * 16 + key_in_pair][kc * 16 + dim_in_chunk]);
+        mma_16816<T>(s[2 * np], qa[kc], kb[0], kb[1]);
+        mma_16816<T>(s[2 * np + 1], qa[kc], kb[2], kb[3]);
+      }
+    }
+  }
+
+  // acc += P V over 16 keys (pa: P's A fragment) at key `key0` of the tile.
+  template <int D>
+  static __device__ __forceinline__ void accumulate(float (&acc)[D / 8][4],
+                                                    const KvTile<T, D>& kv,
+                                                    const unsigned (&pa)[4], int key0) {
+    const int lane = threadIdx.x & 31;
+    const int key_in_chunk = ((lane >> 3) & 1) * 8 + (lane & 7);
+    const int dim_in_pair = ((lane >> 3) >> 1) * 8;
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+      unsigned vb[4];
+      ldmatrix_x4_trans(vb, &kv[1][key0 + key_in_chunk][dp * 16 + dim_in_pair]);
+      mma_16816<T>(acc[2 * dp], pa, vb[0], vb[1]);
+      mma_16816<T>(acc[2 * dp + 1], pa, vb[2], vb[3]);
+    }
+  }
+
+  // Output pair i (of D / 8) of row half h: its two values and the first one's dim.
+  template <int D>
+  static __device__ __forceinline__ int pair(const float (&acc)[D / 8][4], int i, int h,
+                                             float& a, float& b) {
+    a = acc[i][2 * h];
+    b = acc[i][2 * h + 1];
+    return i * 8 + 2 * (threadIdx.x & 3);
+  }
+};
+
+// A bf16 pair as a half pair, clamped to half's range (a query beyond 65504 would be inf).
+template <typename T> __device__ __forceinline__ unsigned to_half2(unsigned x);
+template <> __device__ __forceinline__ unsigned to_half2<__half>(unsigned x) { return x; }
+template <> __device__ __forceinline__ unsigned to_half2<__nv_bfloat16>(unsigned x) {
+  float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&x));
+  f.x = fminf(fmaxf(f.x, -65504.f), 65504.f);
+  f.y = fminf(fmaxf(f.y, -65504.f), 65504.f);
+  return pack2<__half>(f.x, f.y);
+}
+
+template <typename T> struct Fragments<T, Fp8> {
+  using MmaT = __half;
+
+  template <int D, int PAD>
+  static __device__ __forceinline__ void load_q(unsigned (&qa)[D / 16][4], const T* qw) {
+    const int t = threadIdx.x & 3;
+    load_q_fragments<D, PAD>(qa, qw, 4 * t, 4 * t + 2,
+                             [](unsigned x) { return to_half2<T>(x); });
+  }
+
+  template <int D, int KEYS>
+  static __device__ __forceinline__ void scores(float (&s)[KEYS / 8][4],
+                                                const KvTile<Fp8, D>& kv,
+                                                const unsigned (&qa)[D / 16][4], int key_base) {
+    // ldmatrix tiles (8 keys x 16 dims of bytes): (keys 0-7, chunk kc), (keys 8-15, kc),
+    // (keys 0-7, kc + 1), (keys 8-15, kc + 1).
+    const int lane = threadIdx.x & 31;
+    const int key_in_pair = ((lane >> 3) & 1) * 8 + (lane & 7);
+    const int dim_in_pair = ((lane >> 3) >> 1) * 16;
+#pragma unroll
+    for (int kc = 0; kc < D / 16; kc += 2) {
+#pragma unroll
+      for (int np = 0; np < KEYS / 16; ++np) {
+        unsigned kb[4];
+        ldmatrix_x4(kb, &kv[0][key_base + np * 16 + key_in_pair][kc * 16 + dim_in_pair]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          unsigned b0, b1;
+          e4m3x4_to_half2x2(kb[i], b0, b1);
+          mma_16816<__half>(s[2 * np + (i & 1)], qa[kc + (i >> 1)], b0, b1);
+        }
+      }
+    }
+  }
+
+  template <int D>
+  static __device__ __forceinline__ void accumulate(float (&acc)[D / 8][4],
+                                                    const KvTile<Fp8, D>& kv,
+                                                    const unsigned (&pa)[4], int key0) {
+    // ldmatrix.trans tiles: (keys 0-7, chunk dp), (keys 8-15, dp), (keys 0-7, dp + 1), ...
+    const int lane = threadIdx.x & 31;
+    const int key_in_chunk = ((lane >> 3) & 1) * 8 + (lane & 7);
+    const int dim_in_pair = ((lane >> 3) >> 1) * 16;
+#pragma unroll
+    for (int dp = 0; dp < D / 16; dp += 2) {
+      unsigned vb[4];
+      ldmatrix_x4_trans(vb, &kv[1][key0 + key_in_chunk][dp * 16 + dim_in_pair]);
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        // (keys 2t, 2t+1, 2t+8, 2t+9) of dim 2g, then of dim 2g + 1
+        const unsigned even = __byte_perm(vb[2 * c], vb[2 * c + 1], 0x6420);
+        const unsigned odd = __byte_perm(vb[2 * c], vb[2 * c + 1], 0x7531);
+        unsigned b0, b1;
+        e4m3x4_to_half2x2(even, b0, b1);
+        mma_16816<__half>(acc[2 * (dp + c)], pa, b0, b1);
+        e4m3x4_to_half2x2(odd, b0, b1);
+        mma_16816<__half>(acc[2 * (dp + c) + 1], pa, b0, b1);
+      }
+    }
+  }
+
+  template <int D>
+  static __device__ __forceinline__ int pair(const float (&acc)[D / 8][4], int i, int h,
+                                             float& a, float& b) {
+    const int chunk = i >> 1;
+    const int j = i & 1;
+    a = acc[2 * chunk][2 * h + j];
+    b = acc[2 * chunk + 1][2 * h + j];
+    return chunk * 16 + 4 * (threadIdx.x & 3) + 2 * j;
+  }
+};
+
+}  // namespace inflightd

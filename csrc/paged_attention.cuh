@@ -1,0 +1,419 @@
+// Paged attention over the KV pool for a packed batch of prefill chunks and decodes.
+//
+// One CTA = (tile of query rows, kv head, key partition); attention_common.cuh says how
+// rows and partitions are laid out. Each of the CTA's WARPS warps owns 16 query rows and
+// walks the partition's keys in tiles of kBlockN, double-buffered in shared memory with
+// cp.async, computing S = Q K^T and O += P V on tensor cores (mma.m16n8k16, float
+// accumulators) with an online softmax in the exp2 domain. Decodes launch WARPS = 1 (a tile
+// is the group's query heads of one token); prefill chunks launch WARPS = 2 or 4. With
+// several key partitions, the last CTA of a (row tile, kv head) to finish merges the tile's
+// partitions itself (attention_merge.cuh), so a split launch needs no second kernel.
+//
+// Key split (the "w1k2" kernels: WARPS = 1, KEY_SPLIT = 2, 64 threads). One warp alone
+// issues a whole tile's copies and MMAs, then waits; here two warps share the 16 rows:
+//
+//   # K/V tile (kBlockN = 32 keys): | keys 0-15: warp 0 | keys 16-31: warp 1 |
+//
+// Each warp copies, scores and accumulates only its own 16 keys of every tile, with its own
+// online-softmax state, so it waits only on its own copies (__syncwarp, no CTA barrier per
+// tile). After the last tile the two states are combined through shared memory with the
+// flash-decoding merge arithmetic, and warp 0 runs the usual epilogue.
+//
+// Causality: query token j of a sequence with q_len new tokens sits at position
+// context + j (context = seq_len - q_len) and sees keys 0 ..= context + j.
+//
+// kv_cache [2, num_blocks, block_size, Hkv, D] of KvT (T, or e4m3 bytes: Fp8); the key at
+// position p of sequence s lives in slot block_tables[s][p / block_size] * block_size +
+// p % block_size. The kernels are instantiated in paged_attention.cu (16-bit caches) and
+// paged_attention_fp8.cu (e4m3 caches); attention_fragments.cuh holds what differs.
+#pragma once
+
+#include "attention_common.cuh"
+#include "attention_fragments.cuh"
+#include "attention_key_split.cuh"
+#include "attention_merge.cuh"
+#include "common.cuh"
+#include "mma.cuh"
+
+namespace inflightd {
+
+struct RowInfo {
+  bool valid;
+  int key_limit;      // keys [0, key_limit) are visible
+  long long out_row;  // token * num_heads + head
+};
+
+// Offset (elements) of key `position`'s row inside the K (or V) plane. Lane j of every warp
+// looks up key k0 + j of a tile (kBlockN == 32 keys, one per lane) and the loaders take
+// their rows' offsets from it by shuffle, so each tile reads the block table once per lane.
+// Keys at or past kv_hi are never read: they get 0.
+__device__ __forceinline__ long long key_row_offset(const int* __restrict__ block_row,
+                                                    int position, int kv_hi, int block_size,
+                                                    long long kv_row) {
+  if (position >= kv_hi) return 0;
+  const int block = position / block_size;
+  return (static_cast<long long>(block_row[block]) * block_size + (position - block * block_size)) *
+         kv_row;
+}
+
+// Keys [key_base, key_base + KEYS) of the tile, K and V, copied by THREADS threads
+// (`loader` is this thread's index among them), 16 bytes a copy.
+template <typename KvT, int D, int KEYS, int THREADS>
+__device__ __forceinline__ void load_kv_tile(KvTile<KvT, D>& dst, const KvT* __restrict__ kv_head,
+                                             long long lane_key_offset, int loader, int key_base,
+                                             int k0, int kv_hi, long long plane) {
+  static_assert(kBlockN == 32, "one key per lane");
+  constexpr int PER_COPY = 16 / static_cast<int>(sizeof(KvT));
+  constexpr int CHUNKS = D / PER_COPY;
+  constexpr int PER_THREAD = 2 * KEYS * CHUNKS / THREADS;
+  static_assert(PER_THREAD * THREADS == 2 * KEYS * CHUNKS, "every lane runs every shuffle");
+#pragma unroll 2  // fully unrolled, the 64-bit addresses of all copies crowd out the registers
+  for (int i = 0; i < PER_THREAD; ++i) {
+    const int c = loader + i * THREADS;
+    const int which = c / (KEYS * CHUNKS);
+    const int rem = c - which * (KEYS * CHUNKS);
+    const int key = key_base + rem / CHUNKS;
+    const int chunk = rem - (key - key_base) * CHUNKS;
+    const long long offset = __shfl_sync(0xffffffffu, lane_key_offset, key);
+    KvT* d = &dst[which][key][chunk * PER_COPY];
+    if (k0 + key < kv_hi) {
+      cp_async_16(d, kv_head + which * plane + offset + chunk * PER_COPY);
+    } else {
+      // Zeros, not garbage: a masked key still multiplies its V row by p = 0.
+      *reinterpret_cast<uint4*>(d) = make_uint4(0u, 0u, 0u, 0u);
+    }
+  }
+}
+
+// Keys [key_base, key_base + KEYS) of one K/V tile for this warp's 16 rows: scores, online
+// softmax, and O += P V. A slice with no visible key leaves a row's state as it was (a row
+// that has seen nothing keeps m = -inf, l = 0, acc = 0).
+template <typename T, typename KvT, int D, int KEYS>
+__device__ __forceinline__ void attend_tile(const KvTile<KvT, D>& kv,
+                                            const unsigned (&qa)[D / 16][4],
+                                            float (&acc)[D / 8][4], float (&m)[2], float (&l)[2],
+                                            const RowInfo (&rows)[2], int key_base, int k0,
+                                            int kv_hi, float scale_log2) {
+  static_assert(KEYS % 16 == 0, "whole k = 16 steps of P V");
+  using Frag = Fragments<T, KvT>;
+  const int lane = threadIdx.x & 31;
+  const int t = lane & 3;
+  float s[KEYS / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < KEYS / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+  Frag::template scores<D, KEYS>(s, kv, qa, key_base);
+  float tile_max[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+  for (int nt = 0; nt < KEYS / 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = k0 + key_base + nt * 8 + 2 * t + (e & 1);
+      const bool visible = key < kv_hi && key < rows[e >> 1].key_limit;
+      s[nt][e] = visible ? s[nt][e] * scale_log2 : neg_inf();
+      tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[nt][e]);
+    }
+  }
+  float base[2];
+  float alpha[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+    tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+    const float m_new = fmaxf(m[h], tile_max[h]);
+    base[h] = m_new == neg_inf() ? 0.f : m_new;  // a row with nothing visible yet stays at 0
+    alpha[h] = exp2f(m[h] - base[h]);
+    m[h] = m_new;
+  }
+  float row_sum[2] = {0.f, 0.f};
+#pragma unroll
+  for (int nt = 0; nt < KEYS / 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[nt][e] = exp2f(s[nt][e] - base[e >> 1]);
+      row_sum[e >> 1] += s[nt][e];
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + row_sum[h];
+#pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt) {
+    acc[dt][0] *= alpha[0];
+    acc[dt][1] *= alpha[0];
+    acc[dt][2] *= alpha[1];
+    acc[dt][3] *= alpha[1];
+  }
+  // The C fragments of two adjacent 8-key score tiles are the A fragment of a 16-key chunk.
+#pragma unroll
+  for (int kc = 0; kc < KEYS / 16; ++kc) {
+    using MmaT = typename Frag::MmaT;
+    const unsigned pa[4] = {pack2<MmaT>(s[2 * kc][0], s[2 * kc][1]),
+                            pack2<MmaT>(s[2 * kc][2], s[2 * kc][3]),
+                            pack2<MmaT>(s[2 * kc + 1][0], s[2 * kc + 1][1]),
+                            pack2<MmaT>(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+    Frag::template accumulate<D>(acc, kv, pa, key_base + kc * 16);
+  }
+}
+
+template <typename T, typename KvT, int D>
+__device__ __forceinline__ void store_rows(T* __restrict__ out, float* __restrict__ part_acc,
+                                           float* __restrict__ part_max,
+                                           float* __restrict__ part_sum,
+                                           const float (&acc)[D / 8][4], const float (&m)[2],
+                                           float (&l)[2], const RowInfo (&rows)[2],
+                                           int num_partitions, long long rows_total) {
+  using Frag = Fragments<T, KvT>;
+  const int t = threadIdx.x & 3;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (!rows[h].valid) continue;
+    if (num_partitions == 1) {
+      // Key 0 is visible to every row, so l >= 1 here.
+      const float inv = 1.f / l[h];
+      T* dst = out + rows[h].out_row * D;
+#pragma unroll
+      for (int i = 0; i < D / 8; ++i) {
+        float a, b;
+        const int dim = Frag::template pair<D>(acc, i, h, a, b);
+        *reinterpret_cast<unsigned*>(dst + dim) = pack2<T>(a * inv, b * inv);
+      }
+    } else {
+      const long long part_row = blockIdx.z * rows_total + rows[h].out_row;
+      float* dst = part_acc + part_row * D;
+#pragma unroll
+      for (int i = 0; i < D / 8; ++i) {
+        float a, b;
+        const int dim = Frag::template pair<D>(acc, i, h, a, b);
+        *reinterpret_cast<float2*>(dst + dim) = make_float2(a, b);
+      }
+      if (t == 0) {
+        part_max[part_row] = m[h];
+        part_sum[part_row] = l[h];
+      }
+    }
+  }
+}
+
+// CTA order: blockIdx.x = tile * num_kv_heads + kv_head, so neighbouring CTAs share a
+// tile's cache rows ([slot][kv head][dim], contiguous) rather than each reading one head's
+// slice of them. Read from blockIdx where needed rather than kept in registers (the 4-warp
+// kernels have none to spare).
+__device__ __forceinline__ int cta_kv_head(int num_kv_heads) { return blockIdx.x % num_kv_heads; }
+
+__device__ __forceinline__ int cta_tile(int num_kv_heads) { return blockIdx.x / num_kv_heads; }
+
+// Between copying a K/V stage and reading it, and between reading it and refilling it. With
+// a key split each warp copies and reads only its own keys, so a warp barrier does.
+template <int KEY_SPLIT>
+__device__ __forceinline__ void stage_barrier() {
+  if constexpr (KEY_SPLIT == 1) {
+    __syncthreads();
+  } else {
+    __syncwarp();
+  }
+}
+
+// Where a CTA's rows come from: one row tile of one sequence, for one kv head.
+struct TileInfo {
+  int seq;
+  int q_begin;      // the sequence's first token in q and out
+  int rows_in_seq;  // q_len * group
+  int row0;         // the tile's first row
+  int context;      // keys cached before the sequence's first new token
+  int group;        // query heads per kv head
+};
+
+// A CTA's shared memory: two K/V stages, then room for the Q tile where it is larger than
+// a stage (the 4-warp kernels over an fp8 cache); otherwise Q sits in stage 1 until the
+// first prefetch overwrites it.
+//
+//   # | K/V stage 0 | K/V stage 1 ... |      (Q tile from the start of stage 1)
+template <typename T, typename KvT, int D, int ROWS>
+struct SmemLayout {
+  static constexpr int kStageBytes = static_cast<int>(sizeof(KvTile<KvT, D>));
+  static constexpr int kQPad = D + 8;  // elements of a Q row: 16 bytes of padding
+  static constexpr int kQBytes = ROWS * kQPad * static_cast<int>(sizeof(T));
+  static constexpr int kBytes =
+      kStageBytes + (kQBytes > kStageBytes ? kQBytes : kStageBytes);
+};
+
+// Keys [kv_lo, kv_hi) of the tile, then its output (one partition) or partials (several).
+template <typename T, typename KvT, int D, int WARPS, int KEY_SPLIT>
+__device__ __forceinline__ void attend_partition(
+    unsigned char* smem_raw, const TileInfo& tile, int kv_lo, int kv_hi,
+    T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_max,
+    float* __restrict__ part_sum, const T* __restrict__ q, const KvT* __restrict__ kv_cache,
+    const int* __restrict__ block_tables, int num_heads, int num_kv_heads, int block_size,
+    int max_blocks_per_seq, long long num_slots, float scale_log2, int num_partitions,
+    long long rows_total) {
+  constexpr int ROWS = 16 * WARPS;
+  constexpr int THREADS = 32 * WARPS * KEY_SPLIT;
+  constexpr int KEYS = kBlockN / KEY_SPLIT;  // of each tile, per warp
+  constexpr int LOADERS = KEY_SPLIT == 1 ? THREADS : 32;  // threads copying one key slice
+  using Layout = SmemLayout<T, KvT, D, ROWS>;
+  constexpr int PAD = Layout::kQPad;
+  static_assert(KEY_SPLIT == 1 || (KEY_SPLIT == 2 && WARPS == 1), "key split: 1-warp rows only");
+  static_assert((D / 8 + 1) * 32 * 16 <= Layout::kBytes, "combine fits in shared memory");
+  KvTile<KvT, D>* smem = reinterpret_cast<KvTile<KvT, D>*>(smem_raw);
+  const int group = tile.group;
+  const int kv_head = cta_kv_head(num_kv_heads);
+  const int warp = (threadIdx.x >> 5) / KEY_SPLIT;  // which 16 rows
+  const int key_base = KEY_SPLIT == 1 ? 0 : (threadIdx.x >> 5) * KEYS;  // which keys of a tile
+  const int loader = KEY_SPLIT == 1 ? threadIdx.x : threadIdx.x & 31;
+  const int lane = threadIdx.x & 31;
+  RowInfo rows[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = tile.row0 + warp * 16 + (lane >> 2) + 8 * h;
+    const int token = r / group;
+    rows[h].valid = r < tile.rows_in_seq;
+    rows[h].key_limit = rows[h].valid ? tile.context + token + 1 : 0;
+    rows[h].out_row = static_cast<long long>(tile.q_begin + token) * num_heads +
+                      kv_head * group + (r - token * group);
+  }
+
+  // Q tile -> stage 1 (free until the first prefetch), first K/V tile -> stage 0.
+  T(*q_tile)[PAD] = reinterpret_cast<T(*)[PAD]>(smem_raw + Layout::kStageBytes);
+  for (int c = threadIdx.x; c < ROWS * (D / 8); c += THREADS) {
+    const int r = c / (D / 8);
+    const int chunk = c - r * (D / 8);
+    const int row = tile.row0 + r;
+    if (row < tile.rows_in_seq) {
+      const int token = row / group;
+      const long long head = kv_head * group + (row - token * group);
+      cp_async_16(&q_tile[r][chunk * 8],
+                  q + (static_cast<long long>(tile.q_begin + token) * num_heads + head) * D +
+                      chunk * 8);
+    } else {
+      *reinterpret_cast<uint4*>(&q_tile[r][chunk * 8]) = make_uint4(0u, 0u, 0u, 0u);
+    }
+  }
+  const long long kv_row = static_cast<long long>(num_kv_heads) * D;
+  const long long plane = num_slots * kv_row;
+  const KvT* kv_head_base = kv_cache + kv_head * D;
+  const int* block_row = block_tables + static_cast<long long>(tile.seq) * max_blocks_per_seq;
+  const int num_tiles = kv_hi > kv_lo ? (kv_hi - kv_lo + kBlockN - 1) / kBlockN : 0;
+  // Block-table lookups run one tile ahead of the copies that need them.
+  long long next_offset = key_row_offset(block_row, kv_lo + lane, kv_hi, block_size, kv_row);
+  if (num_tiles > 0) {
+    load_kv_tile<KvT, D, KEYS, LOADERS>(smem[0], kv_head_base, next_offset, loader, key_base,
+                                      kv_lo, kv_hi, plane);
+    next_offset =
+        key_row_offset(block_row, kv_lo + kBlockN + lane, kv_hi, block_size, kv_row);
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+
+  unsigned qa[D / 16][4];
+  Fragments<T, KvT>::template load_q<D, PAD>(qa, &q_tile[warp * 16][0]);
+  __syncthreads();  // stage 1 is overwritten by the first prefetch below
+
+  float acc[D / 8][4];
+#pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.f;
+  float m[2] = {neg_inf(), neg_inf()};
+  float l[2] = {0.f, 0.f};
+  for (int it = 0; it < num_tiles; ++it) {
+    const int k0 = kv_lo + it * kBlockN;
+    if (it + 1 < num_tiles) {
+      load_kv_tile<KvT, D, KEYS, LOADERS>(smem[(it + 1) & 1], kv_head_base, next_offset, loader,
+                                        key_base, k0 + kBlockN, kv_hi, plane);
+      next_offset =
+          key_row_offset(block_row, k0 + 2 * kBlockN + lane, kv_hi, block_size, kv_row);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();  // tile `it` has landed; tile `it + 1` may still be in flight
+    stage_barrier<KEY_SPLIT>();
+    attend_tile<T, KvT, D, KEYS>(smem[it & 1], qa, acc, m, l, rows, key_base, k0, kv_hi, scale_log2);
+    stage_barrier<KEY_SPLIT>();  // everyone is done with this stage before it is refilled
+  }
+  if constexpr (KEY_SPLIT > 1) {
+    if (!combine_key_slices<D>(reinterpret_cast<float*>(smem_raw), acc, m, l)) return;
+  }
+  store_rows<T, KvT, D>(out, part_acc, part_max, part_sum, acc, m, l, rows, num_partitions,
+                   rows_total);
+}
+
+template <typename T, typename KvT, int D, int WARPS, int KEY_SPLIT>
+__device__ __forceinline__ void paged_attention_impl(
+    T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_max,
+    float* __restrict__ part_sum, unsigned* __restrict__ counters, const T* __restrict__ q,
+    const KvT* __restrict__ kv_cache, const int* __restrict__ query_start_loc,
+    const int* __restrict__ seq_lens, const int* __restrict__ block_tables, int num_seqs,
+    int num_tokens, int num_heads, int num_kv_heads, int block_size, int max_blocks_per_seq,
+    long long num_slots, float scale_log2, int num_partitions, int min_rows, int max_rows) {
+  constexpr int ROWS = 16 * WARPS;
+  constexpr int SMEM_BYTES = SmemLayout<T, KvT, D, ROWS>::kBytes;
+  __shared__ __align__(16) unsigned char smem[SMEM_BYTES];
+
+  const int tile_index = cta_tile(num_kv_heads);
+  TileInfo tile;
+  tile.group = num_heads / num_kv_heads;
+  tile.seq = last_not_above(num_seqs, tile_index, [&](int i) {
+    return tile_start(query_start_loc[i], i, tile.group, ROWS);
+  });
+  tile.q_begin = query_start_loc[tile.seq];
+  const int q_len = query_start_loc[tile.seq + 1] - tile.q_begin;
+  tile.rows_in_seq = q_len * tile.group;
+  // These exits hold for every partition of the tile alike, so no counter sees them.
+  if (tile.rows_in_seq < min_rows || tile.rows_in_seq > max_rows) return;  // the other launch's
+  // Tiles run last rows first: the rows that see the most keys start earliest.
+  const int tiles_in_seq = (tile.rows_in_seq + ROWS - 1) / ROWS;
+  const int tile_in_seq = tile_index - tile_start(tile.q_begin, tile.seq, tile.group, ROWS);
+  if (tile_in_seq >= tiles_in_seq) return;
+  tile.row0 = (tiles_in_seq - 1 - tile_in_seq) * ROWS;
+  const int seq_len = seq_lens[tile.seq];
+  tile.context = seq_len - q_len;
+  const int part_len = partition_len(seq_len, num_partitions);
+  const int kv_lo = blockIdx.z * part_len;
+  const int valid_rows = min(ROWS, tile.rows_in_seq - tile.row0);
+  const long long rows_total = static_cast<long long>(num_tokens) * num_heads;
+  if (kv_lo < seq_len) {  // else a partition past the sequence's end: nothing to attend
+    const int kv_hi = min(kv_lo + part_len, tile.context + (tile.row0 + valid_rows - 1) /
+                                                               tile.group + 1);
+    attend_partition<T, KvT, D, WARPS, KEY_SPLIT>(
+        smem, tile, kv_lo, kv_hi, out, part_acc, part_max, part_sum, q, kv_cache, block_tables,
+        num_heads, num_kv_heads, block_size, max_blocks_per_seq, num_slots, scale_log2,
+        num_partitions, rows_total);
+  }
+  if (num_partitions == 1) return;
+  // Empty partitions count in too, or the count would never reach num_partitions.
+  // blockIdx.x is one (tile, kv head): its counter.
+  if (!last_to_arrive(counters + blockIdx.x, num_partitions)) return;
+  constexpr int SMEM_FLOATS = SMEM_BYTES / static_cast<int>(sizeof(float));
+  // Every warp of the CTA merges rows, key-split ones included.
+  merge_partitions<T, D, WARPS * KEY_SPLIT, SMEM_FLOATS>(
+      out, part_acc, part_max, part_sum, reinterpret_cast<float*>(smem),
+      tile.row0, valid_rows, tile.group, tile.q_begin, cta_kv_head(num_kv_heads), num_heads,
+      rows_total, num_live_partitions(seq_len, part_len));
+}
+
+}  // namespace inflightd
+
+// NAME is the kernel's name up to its head_dim; VARIANT ends it: w<WARPS>, plus k<KEY_SPLIT>
+// where keys are split. BOUNDS is its __launch_bounds__.
+#define INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, WARPS, KEY_SPLIT, VARIANT, BOUNDS)            \
+  extern "C" __global__ void __launch_bounds__ BOUNDS NAME##_d##D##_##VARIANT(                    \
+      T* out, float* part_acc, float* part_max, float* part_sum, unsigned* counters, const T* q, \
+      const KvT* kv_cache, const int* query_start_loc, const int* seq_lens,                     \
+      const int* block_tables, int num_seqs, int num_tokens, int num_heads, int num_kv_heads,   \
+      int block_size, int max_blocks_per_seq, long long num_slots, float scale_log2,            \
+      int num_partitions, int min_rows, int max_rows) {                                         \
+    inflightd::paged_attention_impl<T, KvT, D, WARPS, KEY_SPLIT>(                                \
+        out, part_acc, part_max, part_sum, counters, q, kv_cache, query_start_loc, seq_lens,     \
+        block_tables, num_seqs, num_tokens, num_heads, num_kv_heads, block_size,                 \
+        max_blocks_per_seq, num_slots, scale_log2, num_partitions, min_rows, max_rows);          \
+  }
+
+// The four variants of one (dtype, cache, head_dim). A key-split CTA asks for KEY_SPLIT_CTAS
+// resident CTAs per SM (what shared memory allows): twice the warps of w1 at the same count.
+#define INFLIGHTD_PAGED_ATTENTION_VARIANTS(T, KvT, NAME, D, KEY_SPLIT_CTAS)                     \
+  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 1, w1, (32))                                   \
+  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 2, w1k2, (64, KEY_SPLIT_CTAS))                 \
+  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 2, 1, w2, (64))                                   \
+  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 4, 1, w4, (128))
