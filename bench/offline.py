@@ -39,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.gpu_probes import (StepTimer, copy_bandwidth, gemm_floor_ms,  # noqa: E402
                               profile_decode, profile_mixed, profile_prefill)
+from bench.peers import (hf_model, run_hf_continuous, run_hf_sequential,  # noqa: E402
+                         run_hf_static, sync)
 from server.config import KV_CACHE_DTYPES, QUANTIZATIONS  # noqa: E402
 from server.engine.llm import LLM  # noqa: E402
 from server.engine.quantization import Fp8Weight  # noqa: E402
@@ -103,11 +105,6 @@ def make_prompts(llm: LLM, args: argparse.Namespace) -> list[list[int]]:
             for _ in range(args.num_prompts)]
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def run_engine(llm: LLM, prompts: list[list[int]], output_len: int) -> dict:
     params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
     mode = "async" if llm.engine.async_scheduling else "sync"
@@ -149,69 +146,6 @@ def batch1_decode(llm: LLM, output_len: int) -> dict:
     return {"name": f"{engine_label(llm)} batch-1 decode ({mode})", "output_tokens": count,
             "seconds": elapsed,
             "output_tokens_per_s": count / elapsed}
-
-
-def hf_model(source, dtype: torch.dtype, device: str):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    if source.weights_dir is not None:
-        model = AutoModelForCausalLM.from_pretrained(source.weights_dir, dtype=dtype)
-    else:  # the same random shape; values differ, which does not change the speed
-        config = AutoConfig.for_model(**source.hf_config)
-        with torch.device(device):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return model.to(device).eval()
-
-
-def run_hf_sequential(model, prompts, output_len: int, device: str) -> dict:
-    start = time.perf_counter()
-    num_out = 0
-    with torch.inference_mode():
-        for prompt in prompts:
-            ids = torch.tensor([prompt], device=device)
-            out = model.generate(ids, max_new_tokens=output_len, min_new_tokens=output_len,
-                                 do_sample=False, pad_token_id=0)
-            num_out += out.shape[1] - len(prompt)
-    sync(device)
-    elapsed = time.perf_counter() - start
-    return {"name": "transformers generate, one at a time", "requests": len(prompts),
-            "seconds": elapsed, "output_tokens": num_out, "output_tokens_per_s": num_out / elapsed}
-
-
-def run_hf_static(model, prompts, output_len: int, device: str, batch_size: int) -> dict:
-    start = time.perf_counter()
-    num_out = 0
-    with torch.inference_mode():
-        for i in range(0, len(prompts), batch_size):
-            batch = prompts[i:i + batch_size]
-            width = max(len(p) for p in batch)
-            ids = torch.tensor([[0] * (width - len(p)) + p for p in batch], device=device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch],
-                                device=device)
-            out = model.generate(ids, attention_mask=mask, max_new_tokens=output_len,
-                                 min_new_tokens=output_len, do_sample=False, pad_token_id=0)
-            num_out += (out.shape[1] - width) * len(batch)
-    sync(device)
-    elapsed = time.perf_counter() - start
-    return {"name": f"transformers generate, static batch {batch_size}",
-            "requests": len(prompts), "seconds": elapsed, "output_tokens": num_out,
-            "output_tokens_per_s": num_out / elapsed}
-
-
-def run_hf_continuous(model, prompts, output_len: int) -> dict:
-    from transformers import GenerationConfig
-
-    config = GenerationConfig(max_new_tokens=output_len, min_new_tokens=output_len,
-                              do_sample=False, eos_token_id=None, pad_token_id=0)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    results = model.generate_batch(inputs=prompts, generation_config=config)
-    torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    num_out = sum(len(r.generated_tokens) for r in results.values())
-    return {"name": "transformers generate_batch (continuous batching)",
-            "requests": len(prompts), "seconds": elapsed, "output_tokens": num_out,
-            "output_tokens_per_s": num_out / elapsed}
 
 
 def print_table(rows: list[dict], header: str) -> None:
