@@ -95,17 +95,20 @@ def bench_decode(ops: CudaOps, batch: int, context: int, copy_bw: float,
     q = torch.randn((batch, NUM_HEADS, HEAD_DIM), device="cuda", dtype=DTYPE)
     out = torch.empty_like(q)
     rows = []
-    for key_split in DECODE_KEY_SPLITS:
-        def step(key_split=key_split):
+    for transposed, key_split in [(t, k) for t in (False, True) for k in DECODE_KEY_SPLITS]:
+        def step(key_split=key_split, transposed=transposed):
             for metadata in metas:
                 paged_attention_into(ops.library, out, q, kv_cache, metadata, HEAD_DIM ** -0.5,
-                                     decode_key_split=key_split)
+                                     decode_key_split=key_split, transposed_decode=transposed)
 
         ms = median_replay_ms(step) / copies
-        plan = plan_for(ops.library, q, kv_cache, metas[0], decode_key_split=key_split)
+        plan = plan_for(ops.library, q, kv_cache, metas[0], decode_key_split=key_split,
+                        transposed_decode=transposed)
         achieved = kv_bytes / (ms * 1e-3)
-        unsplit_us = rows[0]["us"] if rows else ms * 1e3  # DECODE_KEY_SPLITS starts at 1
+        unsplit_us = rows[0]["us"] if rows else ms * 1e3  # the w1 row comes first
         rows.append({"kv": kv, "batch": batch, "context": context, "key_split": key_split,
+                     "kernel": plan.launches[0].kernel(suffix="", head_dim=HEAD_DIM)
+                     .rsplit("_", 1)[-1],
                      "partitions": plan.num_partitions, "us": ms * 1e3,
                      "kv_mb": kv_bytes / 2**20, "gb_s": achieved / 1e9,
                      "of_copy": achieved / copy_bw, "speedup": unsplit_us / (ms * 1e3)})
@@ -178,16 +181,17 @@ def print_table(results: dict) -> None:
     print(f"device {results['device']}; copy bandwidth {results['copy_gb_s']:.0f} GB/s "
           f"(read+write), read bandwidth {results['read_gb_s']:.0f} GB/s (bf16 sum)")
     print("decode attention (bf16 queries, 32/8 heads, d128, graph replay; kv: the cache's "
-          "dtype; split: decode_key_split; speed-up: over split 1; fp8/bf16: time of the bf16 "
+          "dtype; kernel: w1, w1k2 (key split), w1t, w1tk2 (transposed tiles); speed-up: over "
+          "w1; fp8/bf16: time of the bf16 "
           "cache over the fp8 one)")
-    print(f"{'kv':>4} {'batch':>6} {'context':>8} {'split':>6} {'parts':>6} {'us':>9} "
+    print(f"{'kv':>4} {'batch':>6} {'context':>8} {'kernel':>6} {'parts':>6} {'us':>9} "
           f"{'KV MB':>8} {'GB/s':>7} {'of copy':>8} {'of read':>8} {'speed-up':>9} "
           f"{'fp8/bf16':>9}")
-    bf16_us = {(r["batch"], r["context"], r["key_split"]): r["us"]
+    bf16_us = {(r["batch"], r["context"], r["kernel"]): r["us"]
                for r in results["decode"] if r["kv"] == "bf16"}
     for row in results["decode"]:
-        versus = bf16_us[row["batch"], row["context"], row["key_split"]] / row["us"]
-        print(f"{row['kv']:>4} {row['batch']:>6} {row['context']:>8} {row['key_split']:>6} "
+        versus = bf16_us[row["batch"], row["context"], row["kernel"]] / row["us"]
+        print(f"{row['kv']:>4} {row['batch']:>6} {row['context']:>8} {row['kernel']:>6} "
               f"{row['partitions']:>6} {row['us']:>9.1f} {row['kv_mb']:>8.1f} "
               f"{row['gb_s']:>7.0f} {row['of_copy']:>8.0%} "
               f"{row['gb_s'] / results['read_gb_s']:>8.0%} {row['speedup']:>8.2f}x "

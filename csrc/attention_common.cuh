@@ -24,6 +24,13 @@
 
 namespace inflightd {
 
+// One query row of a lane: whether it exists, what it may see, and where its output goes.
+struct RowInfo {
+  bool valid;
+  int key_limit;      // keys [0, key_limit) are visible
+  long long out_row;  // token * num_heads + head
+};
+
 constexpr int kBlockN = 32;        // keys per K/V tile
 constexpr int kMaxPartitions = 64;  // the merge reads two partitions' (max, sum) per lane
 

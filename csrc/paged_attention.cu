@@ -3,7 +3,7 @@
 // many resident CTAs as sm_90's shared memory allows (6 at head_dim 128, 12 at 64).
 #include "paged_attention.cuh"
 
-INFLIGHTD_PAGED_ATTENTION_VARIANTS(__nv_bfloat16, __nv_bfloat16, paged_attention_bf16, 64, 12)
-INFLIGHTD_PAGED_ATTENTION_VARIANTS(__nv_bfloat16, __nv_bfloat16, paged_attention_bf16, 128, 6)
-INFLIGHTD_PAGED_ATTENTION_VARIANTS(__half, __half, paged_attention_fp16, 64, 12)
-INFLIGHTD_PAGED_ATTENTION_VARIANTS(__half, __half, paged_attention_fp16, 128, 6)
+INFLIGHTD_PAGED_ATTENTION_VARIANTS(__nv_bfloat16, __nv_bfloat16, paged_attention_bf16, 64, 12, 12)
+INFLIGHTD_PAGED_ATTENTION_VARIANTS(__nv_bfloat16, __nv_bfloat16, paged_attention_bf16, 128, 6, 6)
+INFLIGHTD_PAGED_ATTENTION_VARIANTS(__half, __half, paged_attention_fp16, 64, 12, 12)
+INFLIGHTD_PAGED_ATTENTION_VARIANTS(__half, __half, paged_attention_fp16, 128, 6, 6)

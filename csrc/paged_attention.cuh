@@ -32,16 +32,11 @@
 #include "attention_fragments.cuh"
 #include "attention_key_split.cuh"
 #include "attention_merge.cuh"
+#include "attention_transposed.cuh"
 #include "common.cuh"
 #include "mma.cuh"
 
 namespace inflightd {
-
-struct RowInfo {
-  bool valid;
-  int key_limit;      // keys [0, key_limit) are visible
-  long long out_row;  // token * num_heads + head
-};
 
 // Offset (elements) of key `position`'s row inside the K (or V) plane. Lane j of every warp
 // looks up key k0 + j of a tile (kBlockN == 32 keys, one per lane) and the loaders take
@@ -227,6 +222,64 @@ struct TileInfo {
   int group;        // query heads per kv head
 };
 
+// The row-tile math attend_partition runs: the usual layout (16 rows a warp in the MMA's M),
+// or the transposed decode tile (keys in M, up to 8 rows: attention_transposed.cuh).
+template <typename T, typename KvT, int D, int KEYS, bool TRANSPOSED> struct TileMath;
+
+template <typename T, typename KvT, int D, int KEYS> struct TileMath<T, KvT, D, KEYS, false> {
+  static constexpr int kRowsPerWarp = 16;
+  using QFragments = unsigned[D / 16][4];
+  using Accumulator = float[D / 8][4];
+  // The tile row of this lane's row h (h = 0, 1), relative to its warp's first row.
+  static __device__ __forceinline__ int lane_row(int h) {
+    return ((threadIdx.x & 31) >> 2) + 8 * h;
+  }
+  template <int PAD>
+  static __device__ __forceinline__ void load_q(QFragments& q, const T* warp_rows) {
+    Fragments<T, KvT>::template load_q<D, PAD>(q, warp_rows);
+  }
+  static __device__ __forceinline__ void attend(const KvTile<KvT, D>& kv, const QFragments& q,
+                                                Accumulator& acc, float (&m)[2], float (&l)[2],
+                                                const RowInfo (&rows)[2], int key_base, int k0,
+                                                int kv_hi, float scale_log2) {
+    attend_tile<T, KvT, D, KEYS>(kv, q, acc, m, l, rows, key_base, k0, kv_hi, scale_log2);
+  }
+  static __device__ __forceinline__ void store(T* out, float* part_acc, float* part_max,
+                                               float* part_sum, const Accumulator& acc,
+                                               const float (&m)[2], float (&l)[2],
+                                               const RowInfo (&rows)[2], int num_partitions,
+                                               long long rows_total) {
+    store_rows<T, KvT, D>(out, part_acc, part_max, part_sum, acc, m, l, rows, num_partitions,
+                          rows_total);
+  }
+};
+
+template <typename T, typename KvT, int D, int KEYS> struct TileMath<T, KvT, D, KEYS, true> {
+  static constexpr int kRowsPerWarp = kTransposedRows;
+  using QFragments = unsigned[D / 16][2];
+  using Accumulator = float[D / 16][4];
+  static __device__ __forceinline__ int lane_row(int h) { return 2 * (threadIdx.x & 3) + h; }
+  template <int PAD>
+  static __device__ __forceinline__ void load_q(QFragments& q, const T* warp_rows) {
+    TransposedFragments<T, KvT>::template load_q<D, PAD>(q, warp_rows);
+  }
+  static __device__ __forceinline__ void attend(const KvTile<KvT, D>& kv, const QFragments& q,
+                                                Accumulator& acc, float (&m)[2], float (&l)[2],
+                                                const RowInfo (&rows)[2], int key_base, int k0,
+                                                int kv_hi, float scale_log2) {
+    attend_tile_transposed<T, KvT, D, KEYS>(kv, q, acc, m, l, rows, key_base, k0, kv_hi,
+                                            scale_log2);
+  }
+  static __device__ __forceinline__ void store(T* out, float* part_acc, float* part_max,
+                                               float* part_sum, const Accumulator& acc,
+                                               const float (&m)[2], float (&l)[2],
+                                               const RowInfo (&rows)[2], int num_partitions,
+                                               long long rows_total) {
+    store_rows_transposed<T, KvT, D>(out, part_acc, part_max, part_sum, acc, m, l, rows,
+                                     num_partitions, rows_total);
+  }
+};
+
 // A CTA's shared memory: two K/V stages, then room for the Q tile where it is larger than
 // a stage (the 4-warp kernels over an fp8 cache); otherwise Q sits in stage 1 until the
 // first prefetch overwrites it.
@@ -242,7 +295,7 @@ struct SmemLayout {
 };
 
 // Keys [kv_lo, kv_hi) of the tile, then its output (one partition) or partials (several).
-template <typename T, typename KvT, int D, int WARPS, int KEY_SPLIT>
+template <typename T, typename KvT, int D, int WARPS, int KEY_SPLIT, bool TRANSPOSED>
 __device__ __forceinline__ void attend_partition(
     unsigned char* smem_raw, const TileInfo& tile, int kv_lo, int kv_hi,
     T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_max,
@@ -250,25 +303,27 @@ __device__ __forceinline__ void attend_partition(
     const int* __restrict__ block_tables, int num_heads, int num_kv_heads, int block_size,
     int max_blocks_per_seq, long long num_slots, float scale_log2, int num_partitions,
     long long rows_total) {
-  constexpr int ROWS = 16 * WARPS;
   constexpr int THREADS = 32 * WARPS * KEY_SPLIT;
   constexpr int KEYS = kBlockN / KEY_SPLIT;  // of each tile, per warp
+  using Math = TileMath<T, KvT, D, KEYS, TRANSPOSED>;
+  constexpr int ROWS = Math::kRowsPerWarp * WARPS;
   constexpr int LOADERS = KEY_SPLIT == 1 ? THREADS : 32;  // threads copying one key slice
   using Layout = SmemLayout<T, KvT, D, ROWS>;
   constexpr int PAD = Layout::kQPad;
   static_assert(KEY_SPLIT == 1 || (KEY_SPLIT == 2 && WARPS == 1), "key split: 1-warp rows only");
+  static_assert(!TRANSPOSED || WARPS == 1, "transposed tiles: 1-warp rows only");
   static_assert((D / 8 + 1) * 32 * 16 <= Layout::kBytes, "combine fits in shared memory");
   KvTile<KvT, D>* smem = reinterpret_cast<KvTile<KvT, D>*>(smem_raw);
   const int group = tile.group;
   const int kv_head = cta_kv_head(num_kv_heads);
-  const int warp = (threadIdx.x >> 5) / KEY_SPLIT;  // which 16 rows
+  const int warp = (threadIdx.x >> 5) / KEY_SPLIT;  // which rows
   const int key_base = KEY_SPLIT == 1 ? 0 : (threadIdx.x >> 5) * KEYS;  // which keys of a tile
   const int loader = KEY_SPLIT == 1 ? threadIdx.x : threadIdx.x & 31;
   const int lane = threadIdx.x & 31;
   RowInfo rows[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const int r = tile.row0 + warp * 16 + (lane >> 2) + 8 * h;
+    const int r = tile.row0 + warp * Math::kRowsPerWarp + Math::lane_row(h);
     const int token = r / group;
     rows[h].valid = r < tile.rows_in_seq;
     rows[h].key_limit = rows[h].valid ? tile.context + token + 1 : 0;
@@ -309,13 +364,13 @@ __device__ __forceinline__ void attend_partition(
   cp_async_wait<0>();
   __syncthreads();
 
-  unsigned qa[D / 16][4];
-  Fragments<T, KvT>::template load_q<D, PAD>(qa, &q_tile[warp * 16][0]);
+  typename Math::QFragments qa;
+  Math::template load_q<PAD>(qa, &q_tile[warp * Math::kRowsPerWarp][0]);
   __syncthreads();  // stage 1 is overwritten by the first prefetch below
 
-  float acc[D / 8][4];
+  typename Math::Accumulator acc;
 #pragma unroll
-  for (int dt = 0; dt < D / 8; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.f;
+  for (auto& row : acc) row[0] = row[1] = row[2] = row[3] = 0.f;
   float m[2] = {neg_inf(), neg_inf()};
   float l[2] = {0.f, 0.f};
   for (int it = 0; it < num_tiles; ++it) {
@@ -329,17 +384,16 @@ __device__ __forceinline__ void attend_partition(
     cp_async_commit();
     cp_async_wait<1>();  // tile `it` has landed; tile `it + 1` may still be in flight
     stage_barrier<KEY_SPLIT>();
-    attend_tile<T, KvT, D, KEYS>(smem[it & 1], qa, acc, m, l, rows, key_base, k0, kv_hi, scale_log2);
+    Math::attend(smem[it & 1], qa, acc, m, l, rows, key_base, k0, kv_hi, scale_log2);
     stage_barrier<KEY_SPLIT>();  // everyone is done with this stage before it is refilled
   }
   if constexpr (KEY_SPLIT > 1) {
-    if (!combine_key_slices<D>(reinterpret_cast<float*>(smem_raw), acc, m, l)) return;
+    if (!combine_key_slices<!TRANSPOSED>(reinterpret_cast<float*>(smem_raw), acc, m, l)) return;
   }
-  store_rows<T, KvT, D>(out, part_acc, part_max, part_sum, acc, m, l, rows, num_partitions,
-                   rows_total);
+  Math::store(out, part_acc, part_max, part_sum, acc, m, l, rows, num_partitions, rows_total);
 }
 
-template <typename T, typename KvT, int D, int WARPS, int KEY_SPLIT>
+template <typename T, typename KvT, int D, int WARPS, int KEY_SPLIT, bool TRANSPOSED>
 __device__ __forceinline__ void paged_attention_impl(
     T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_max,
     float* __restrict__ part_sum, unsigned* __restrict__ counters, const T* __restrict__ q,
@@ -347,7 +401,7 @@ __device__ __forceinline__ void paged_attention_impl(
     const int* __restrict__ seq_lens, const int* __restrict__ block_tables, int num_seqs,
     int num_tokens, int num_heads, int num_kv_heads, int block_size, int max_blocks_per_seq,
     long long num_slots, float scale_log2, int num_partitions, int min_rows, int max_rows) {
-  constexpr int ROWS = 16 * WARPS;
+  constexpr int ROWS = (TRANSPOSED ? kTransposedRows : 16) * WARPS;
   constexpr int SMEM_BYTES = SmemLayout<T, KvT, D, ROWS>::kBytes;
   __shared__ __align__(16) unsigned char smem[SMEM_BYTES];
 
@@ -376,7 +430,7 @@ __device__ __forceinline__ void paged_attention_impl(
   if (kv_lo < seq_len) {  // else a partition past the sequence's end: nothing to attend
     const int kv_hi = min(kv_lo + part_len, tile.context + (tile.row0 + valid_rows - 1) /
                                                                tile.group + 1);
-    attend_partition<T, KvT, D, WARPS, KEY_SPLIT>(
+    attend_partition<T, KvT, D, WARPS, KEY_SPLIT, TRANSPOSED>(
         smem, tile, kv_lo, kv_hi, out, part_acc, part_max, part_sum, q, kv_cache, block_tables,
         num_heads, num_kv_heads, block_size, max_blocks_per_seq, num_slots, scale_log2,
         num_partitions, rows_total);
@@ -395,25 +449,30 @@ __device__ __forceinline__ void paged_attention_impl(
 
 }  // namespace inflightd
 
-// NAME is the kernel's name up to its head_dim; VARIANT ends it: w<WARPS>, plus k<KEY_SPLIT>
-// where keys are split. BOUNDS is its __launch_bounds__.
-#define INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, WARPS, KEY_SPLIT, VARIANT, BOUNDS)            \
+// NAME is the kernel's name up to its head_dim; VARIANT ends it: w<WARPS>, then t for the
+// transposed decode tiles (at most 8 rows), then k<KEY_SPLIT> where keys are split. BOUNDS is
+// its __launch_bounds__.
+#define INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, WARPS, KEY_SPLIT, TRANSPOSED, VARIANT,         \
+                                  BOUNDS)                                                       \
   extern "C" __global__ void __launch_bounds__ BOUNDS NAME##_d##D##_##VARIANT(                    \
       T* out, float* part_acc, float* part_max, float* part_sum, unsigned* counters, const T* q, \
       const KvT* kv_cache, const int* query_start_loc, const int* seq_lens,                     \
       const int* block_tables, int num_seqs, int num_tokens, int num_heads, int num_kv_heads,   \
       int block_size, int max_blocks_per_seq, long long num_slots, float scale_log2,            \
       int num_partitions, int min_rows, int max_rows) {                                         \
-    inflightd::paged_attention_impl<T, KvT, D, WARPS, KEY_SPLIT>(                                \
+    inflightd::paged_attention_impl<T, KvT, D, WARPS, KEY_SPLIT, TRANSPOSED>(                    \
         out, part_acc, part_max, part_sum, counters, q, kv_cache, query_start_loc, seq_lens,     \
         block_tables, num_seqs, num_tokens, num_heads, num_kv_heads, block_size,                 \
         max_blocks_per_seq, num_slots, scale_log2, num_partitions, min_rows, max_rows);          \
   }
 
-// The four variants of one (dtype, cache, head_dim). A key-split CTA asks for KEY_SPLIT_CTAS
-// resident CTAs per SM (what shared memory allows): twice the warps of w1 at the same count.
-#define INFLIGHTD_PAGED_ATTENTION_VARIANTS(T, KvT, NAME, D, KEY_SPLIT_CTAS)                     \
-  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 1, w1, (32))                                   \
-  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 2, w1k2, (64, KEY_SPLIT_CTAS))                 \
-  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 2, 1, w2, (64))                                   \
-  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 4, 1, w4, (128))
+// The variants of one (dtype, cache, head_dim). A key-split CTA asks for KEY_SPLIT_CTAS
+// resident CTAs per SM (w1k2) or TRANSPOSED_CTAS (w1tk2): twice the warps of w1 at the same
+// count.
+#define INFLIGHTD_PAGED_ATTENTION_VARIANTS(T, KvT, NAME, D, KEY_SPLIT_CTAS, TRANSPOSED_CTAS)    \
+  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 1, false, w1, (32))                            \
+  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 2, false, w1k2, (64, KEY_SPLIT_CTAS))          \
+  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 1, true, w1t, (32))                            \
+  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 2, true, w1tk2, (64, TRANSPOSED_CTAS))         \
+  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 2, 1, false, w2, (64))                            \
+  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 4, 1, false, w4, (128))

@@ -9,7 +9,7 @@
 
 using inflightd::Fp8;
 
-INFLIGHTD_PAGED_ATTENTION_VARIANTS(__nv_bfloat16, Fp8, paged_attention_bf16_kvfp8, 64, 8)
-INFLIGHTD_PAGED_ATTENTION_VARIANTS(__nv_bfloat16, Fp8, paged_attention_bf16_kvfp8, 128, 6)
-INFLIGHTD_PAGED_ATTENTION_VARIANTS(__half, Fp8, paged_attention_fp16_kvfp8, 64, 8)
-INFLIGHTD_PAGED_ATTENTION_VARIANTS(__half, Fp8, paged_attention_fp16_kvfp8, 128, 6)
+INFLIGHTD_PAGED_ATTENTION_VARIANTS(__nv_bfloat16, Fp8, paged_attention_bf16_kvfp8, 64, 8, 12)
+INFLIGHTD_PAGED_ATTENTION_VARIANTS(__nv_bfloat16, Fp8, paged_attention_bf16_kvfp8, 128, 6, 10)
+INFLIGHTD_PAGED_ATTENTION_VARIANTS(__half, Fp8, paged_attention_fp16_kvfp8, 64, 8, 12)
+INFLIGHTD_PAGED_ATTENTION_VARIANTS(__half, Fp8, paged_attention_fp16_kvfp8, 128, 6, 10)

@@ -53,11 +53,11 @@ MODULES: tuple[KernelModule, ...] = (
     # w1k2: the 1-warp row class on 2-warp CTAs that split each K/V tile's keys
     KernelModule("paged_attention", True,
                  _names("paged_attention_{dt}_d{d}_w{w}", dt=DTYPES, d=ATTENTION_HEAD_DIMS,
-                        w=(*ATTENTION_WARPS, "1k2"))),
+                        w=(*ATTENTION_WARPS, "1k2", "1t", "1tk2"))),
     # the same over an e4m3 KV cache (--kv-cache-dtype fp8)
     KernelModule("paged_attention_fp8", True,
                  _names("paged_attention_{dt}_kvfp8_d{d}_w{w}", dt=DTYPES,
-                        d=ATTENTION_HEAD_DIMS, w=(*ATTENTION_WARPS, "1k2"))),
+                        d=ATTENTION_HEAD_DIMS, w=(*ATTENTION_WARPS, "1k2", "1t", "1tk2"))),
 )
 MODULES_BY_NAME = {module.name: module for module in MODULES}
 

@@ -26,6 +26,8 @@ HEADS = {"mha": (16, 16), "gqa": (32, 8), "mqa": (16, 1)}
 KEY_SPLITS = pytest.mark.parametrize("decode_key_split", (1, 2), ids=("w1", "w1k2"))
 KV_DTYPES = pytest.mark.parametrize("kv_dtype", (None, torch.float8_e4m3fn),
                                     ids=("kv16", "kvfp8"))
+# decode tiles of up to 8 rows on the usual kernels, or transposed (keys in the MMA's M)
+TRANSPOSED = pytest.mark.parametrize("transposed", (False, True), ids=("rows-in-m", "keys-in-m"))
 # name: (query_lens, context_lens, block_size)
 BATCHES = {
     # prefill chunks from scratch, a prefix hit with a multi-token query, decodes, block edges;
@@ -69,11 +71,12 @@ def assert_counters_at_zero(counters: torch.Tensor, *, what: str) -> None:
 
 def run_case(library, torch_ops, *, batch: str, heads: str, head_dim: int, dtype: torch.dtype,
              seed: int, num_partitions: int | None = None, decode_key_split: int = 1,
-             kv_dtype: torch.dtype | None = None):
+             kv_dtype: torch.dtype | None = None, transposed: bool = False):
     q, kv_cache, metadata = make_inputs(batch=batch, heads=heads, head_dim=head_dim,
                                         dtype=dtype, seed=seed, kv_dtype=kv_dtype)
     scale = head_dim ** -0.5
-    plan = plan_for(library, q, kv_cache, metadata, decode_key_split=decode_key_split)
+    plan = plan_for(library, q, kv_cache, metadata, decode_key_split=decode_key_split,
+                    transposed_decode=transposed)
     assert all(launch.key_split == decode_key_split
                for launch in plan.launches if launch.warps == 1), plan
     if num_partitions is not None:
@@ -89,6 +92,7 @@ def run_case(library, torch_ops, *, batch: str, heads: str, head_dim: int, dtype
     return plan
 
 
+@TRANSPOSED
 @KV_DTYPES
 @KEY_SPLITS
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -96,10 +100,10 @@ def run_case(library, torch_ops, *, batch: str, heads: str, head_dim: int, dtype
 @pytest.mark.parametrize("heads", tuple(HEADS))
 @pytest.mark.parametrize("batch", tuple(BATCHES))
 def test_paged_attention_matches_reference(library, torch_ops, batch, heads, head_dim, dtype,
-                                           decode_key_split, kv_dtype):
+                                           decode_key_split, kv_dtype, transposed):
     run_case(library, torch_ops, batch=batch, heads=heads, head_dim=head_dim, dtype=dtype,
              seed=len(batch) * 7 + head_dim, decode_key_split=decode_key_split,
-             kv_dtype=kv_dtype)
+             kv_dtype=kv_dtype, transposed=transposed)
 
 
 @KEY_SPLITS
@@ -110,19 +114,21 @@ def test_long_contexts_are_split_across_partitions(library, torch_ops, batch, de
     assert plan.num_partitions > 1, plan
 
 
+@TRANSPOSED
 @KV_DTYPES
 @KEY_SPLITS
 @pytest.mark.parametrize("num_partitions", (1, 2, 7, 64))
 @pytest.mark.parametrize("batch", ("mixed", "decode", "long-decode"))
 def test_any_partition_count_gives_the_same_attention(library, torch_ops, batch,
                                                       num_partitions, decode_key_split,
-                                                      kv_dtype):
+                                                      kv_dtype, transposed):
     # A captured graph keeps the partition count of its capture whatever the lengths later.
     run_case(library, torch_ops, batch=batch, heads="gqa", head_dim=128, dtype=torch.float16,
              seed=num_partitions, num_partitions=num_partitions,
-             decode_key_split=decode_key_split, kv_dtype=kv_dtype)
+             decode_key_split=decode_key_split, kv_dtype=kv_dtype, transposed=transposed)
 
 
+@TRANSPOSED
 @KV_DTYPES
 @KEY_SPLITS
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -130,13 +136,13 @@ def test_any_partition_count_gives_the_same_attention(library, torch_ops, batch,
 @pytest.mark.parametrize("heads", tuple(HEADS))
 @pytest.mark.parametrize("batch", ("mixed", "decode", "prefix-hits"))
 def test_split_attention_merges_in_the_last_cta(library, torch_ops, batch, heads, head_dim,
-                                                dtype, decode_key_split, kv_dtype):
+                                                dtype, decode_key_split, kv_dtype, transposed):
     # 5 parts: short sequences leave parts empty (they still count in), the 1-, 2- and
     # 4-warp launches of a mixed batch share the counters, and group 16 (mqa) makes a decode
     # tile merge its rows in two batches (w1) or one per warp (w1k2).
     run_case(library, torch_ops, batch=batch, heads=heads, head_dim=head_dim, dtype=dtype,
              seed=len(batch) + head_dim, num_partitions=5, decode_key_split=decode_key_split,
-             kv_dtype=kv_dtype)
+             kv_dtype=kv_dtype, transposed=transposed)
 
 
 @pytest.mark.parametrize("head_dim", (64, 128))
@@ -185,19 +191,21 @@ def test_split_launches_without_workspace_share_the_library_counters(library, to
         assert_counters_at_zero(library.zeroed_int32(COUNTERS, 0), what=batch)
 
 
+@TRANSPOSED
 @KV_DTYPES
 @KEY_SPLITS
 @pytest.mark.parametrize("own_workspace", (True, False), ids=("workspace", "library-counters"))
 def test_captured_split_decode_replays_with_new_lengths(library, torch_ops, own_workspace,
-                                                        decode_key_split, kv_dtype):
+                                                        decode_key_split, kv_dtype, transposed):
     # Every sequence has blocks for 4000 keys; the graph is planned (split) for that length.
     num_heads, num_kv_heads = HEADS["gqa"]
     kv_cache, metadata = paged_batch(query_lens=[1, 1, 1], context_lens=[3999] * 3,
                                      block_size=16, num_kv_heads=num_kv_heads, head_dim=128,
                                      dtype=torch.bfloat16, seed=51, kv_dtype=kv_dtype)
     q = random_tensor((3, num_heads, 128), dtype=torch.bfloat16, generator=cuda_generator(52))
-    plan = plan_for(library, q, kv_cache, metadata, decode_key_split=decode_key_split)
-    assert plan.num_partitions > 1, plan
+    plan = plan_for(library, q, kv_cache, metadata, decode_key_split=decode_key_split,
+                    transposed_decode=transposed)
+    assert plan.num_partitions > 1 and plan.launches[0].transposed == transposed, plan
     workspace = nan_workspace(plan, q, kv_cache) if own_workspace else None
     out = torch.empty_like(q)
     scale = 128 ** -0.5

@@ -247,14 +247,14 @@ def test_decodes_run_on_the_w1k2_kernel_by_default():
 
 
 @pytest.mark.parametrize("cache, num_decodes, module, kernel", (
-    ("fp8", 256, "paged_attention_fp8", "paged_attention_bf16_kvfp8_d128_w1"),
-    ("fp8", 64, "paged_attention_fp8", "paged_attention_bf16_kvfp8_d128_w1k2"),
+    ("fp8", 256, "paged_attention_fp8", "paged_attention_bf16_kvfp8_d128_w1t"),
+    ("fp8", 64, "paged_attention_fp8", "paged_attention_bf16_kvfp8_d128_w1tk2"),
     ("bf16", 256, "paged_attention", "paged_attention_bf16_d128_w1k2")))
-def test_fp8_cache_decodes_run_on_w1_once_they_fill_a_wave_of_the_gpu(cache, num_decodes,
-                                                                     module, kernel):
+def test_fp8_cache_decodes_run_transposed_and_unsplit_once_they_fill_a_wave(cache, num_decodes,
+                                                                           module, kernel):
     # 256 decodes x 8 kv heads = 2048 one-warp CTAs, over the 132 x 6 the GPU holds at once;
-    # 64 x 8 = 512 are not, and keep the key split's second warp per CTA, as a bf16 cache
-    # always does.
+    # 64 x 8 = 512 are not, and keep the key split's second warp per CTA. A bf16 cache keeps
+    # 16-row tiles and the key split.
     lib = RecordingLibrary()
     metadata = attention_metadata([1] * num_decodes, [640] * num_decodes, width=40)
     q = bf16(num_decodes, 32, 128)
@@ -276,3 +276,21 @@ def test_rope_and_attention_take_an_fp8_cache_and_refuse_other_dtypes():
             with pytest.raises(KernelArgumentError, match="kv_cache must be torch.bfloat16 or "
                                                           "float8_e4m3fn"):
                 paged_attention_into(lib, torch.empty_like(q), q, kv_cache, metadata, 0.125)
+
+
+def test_transposed_plan_puts_tiles_of_up_to_8_rows_on_the_t_kernel_and_the_rest_as_before():
+    # GQA group 4: a decode (4 rows) and a 2-token chunk (8 rows) run transposed, 8 rows a
+    # CTA; a 3-token chunk (12 rows) on the 16-row 1-warp kernel; 40 rows on 4 warps.
+    lib = RecordingLibrary()
+    metadata = attention_metadata([1, 2, 3, 10], [300, 302, 303, 310], width=30)
+    q = bf16(16, 32, 128)
+    kv_cache = torch.zeros((2, 100, 16, 8, 128), dtype=torch.float8_e4m3fn)
+    plan = paged_attention_into(lib, torch.empty_like(q), q, kv_cache, metadata, 0.088,
+                                decode_key_split=2)
+    assert [(launch.warps, launch.transposed, launch.min_rows, launch.max_rows)
+            for launch in plan.launches] == [(1, True, 1, 8), (1, False, 9, 16), (4, False, 33,
+                                                                                2**31 - 1)]
+    assert plan.launches[0].grid_x == 16 * 4 // 8 + 4
+    assert [function for _, function, _, _, _ in lib.launches] == [
+        "paged_attention_bf16_kvfp8_d128_w1tk2", "paged_attention_bf16_kvfp8_d128_w1k2",
+        "paged_attention_bf16_kvfp8_d128_w4"]

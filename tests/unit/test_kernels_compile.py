@@ -62,10 +62,12 @@ def test_module_kernels_do_not_spill_registers(compiled, module):
 # (64 threads) must reach the shared-memory limit too: 6 x 64 x 168 and 12 x 64 x 80 fit.
 ATTENTION_REGISTER_CEILINGS = {"d128_w1": 255, "d128_w2": 168, "d128_w4": 168,
                                "d128_w1k2": 168, "d64_w1": 168, "d64_w2": 128, "d64_w4": 128,
-                               "d64_w1k2": 80}
+                               "d64_w1k2": 80, "d128_w1t": 168, "d128_w1tk2": 168,
+                               "d64_w1t": 168, "d64_w1tk2": 80}
 # The e4m3-cache kernels (paged_attention_fp8.cu): w1k2 asks for 6 CTAs at head_dim 128 and
 # 8 at 64, whose register limits are 168 and 128.
-FP8_CACHE_REGISTER_CEILINGS = {**ATTENTION_REGISTER_CEILINGS, "d64_w1k2": 128}
+FP8_CACHE_REGISTER_CEILINGS = {**ATTENTION_REGISTER_CEILINGS, "d64_w1k2": 128,
+                               "d128_w1tk2": 96}
 # head_dim: two stages of 32 K and 32 V rows, each padded by 16 bytes against bank conflicts
 ATTENTION_SMEM_BYTES = {128: 34816, 64: 18432}
 # e4m3 rows are half as long; the 4-warp kernels' Q tile (64 rows) outgrows a stage and gets
@@ -89,7 +91,7 @@ def test_attention_kernels_keep_their_registers_and_shared_memory(compiled, modu
                 else FP8_CACHE_REGISTER_CEILINGS)
     for name, resources in usage.items():
         registers, smem = resources.registers, resources.smem_bytes
-        head_dim, variant = re.search(r"_d(\d+)_(w\d(?:k\d)?)$", name).groups()
+        head_dim, variant = re.search(r"_d(\d+)_(w\dt?(?:k\d)?)$", name).groups()
         assert registers <= ceilings[f"d{head_dim}_{variant}"], (name, registers)
         assert smem == expected_smem(module, int(head_dim), variant), (name, smem)
         assert smem <= STATIC_SMEM_LIMIT, (name, smem)

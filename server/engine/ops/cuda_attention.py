@@ -43,8 +43,33 @@ from server.engine.kernel_args import (KernelArgumentError, check_contiguous, ch
 from server.engine.kernels import ATTENTION_HEAD_DIMS, KernelLibrary
 
 ROWS_PER_WARP = 16
-# (warps per CTA, fewest rows, most rows) of each row class
-ROW_CLASSES = ((1, 1, 16), (2, 17, 32), (4, 33, 2**31 - 1))
+TRANSPOSED_ROWS = 8  # rows of a transposed decode tile (csrc/attention_transposed.cuh)
+
+
+@dataclass(frozen=True)
+class RowClass:
+    """Sequences with min_rows..max_rows query rows per kv head, and the kernel they run on:
+    `warps` row warps of 16 rows, or (transposed) one warp of 8 rows with the keys in M."""
+    warps: int
+    min_rows: int
+    max_rows: int
+    transposed: bool = False
+
+    @property
+    def rows_per_cta(self) -> int:
+        return TRANSPOSED_ROWS if self.transposed else ROWS_PER_WARP * self.warps
+
+    @property
+    def key(self) -> int | str:
+        """How resident_ctas names it: its warps, or "1t"."""
+        return "1t" if self.transposed else self.warps
+
+
+ROW_CLASSES = (RowClass(1, 1, 16), RowClass(2, 17, 32), RowClass(4, 33, 2**31 - 1))
+# With transposed_decode: decode tiles of up to 8 rows (GQA groups of up to 8) on the
+# transposed kernels, half the MMAs and accumulator registers of a 16-row tile.
+TRANSPOSED_ROW_CLASSES = (RowClass(1, 1, TRANSPOSED_ROWS, transposed=True),
+                          RowClass(1, TRANSPOSED_ROWS + 1, 16), *ROW_CLASSES[1:])
 MIN_PARTITION_LEN = 64  # keys (two K/V tiles); shorter parts cost more than they gain
 MAX_PARTITIONS = 64  # also the most the kernel's merge takes (attention_common.cuh)
 DECODE_KEY_SPLITS = (1, 2)  # warps sharing a 1-warp tile's keys: w1, w1k2
@@ -55,6 +80,10 @@ DEFAULT_DECODE_KEY_SPLIT = 2
 # walks 32 keys a warp per tile instead of 16: fewer softmax instructions per key, which
 # decide there (1.1-1.3x at batch 256-512, bench/kernels.py). w1k2 still wins while the
 # 1-warp CTAs would not fill one wave of the GPU.
+# By cache (False: 16-bit, True: e4m3), whether decode tiles of up to 8 rows run transposed.
+# On an H200 (bench/kernels.py): over e4m3, 3-19 % faster than the 16-row tiles at every batch
+# and context timed; over bf16, 3-10 % faster at batch 1-64, 3-7 % slower at 256, so off.
+TRANSPOSED_DECODE = {False: False, True: True}
 GOOD_WAVE_FILL = 0.85  # fewest partitions whose last wave of CTAs keeps the SMs this busy
 LOG2_E = 1.4426950408889634
 COUNTERS = "attention_arrival_counters"  # the library's shared zeroed buffer
@@ -62,11 +91,12 @@ COUNTERS = "attention_arrival_counters"  # the library's shared zeroed buffer
 
 @dataclass(frozen=True)
 class AttentionLaunch:
-    warps: int  # row warps: 16 * warps rows per CTA
+    warps: int  # row warps: 16 * warps rows per CTA (8 when transposed)
     min_rows: int
     max_rows: int
     grid_x: int
     key_split: int = 1  # warps sharing each row warp's keys
+    transposed: bool = False
 
     @property
     def threads(self) -> int:
@@ -74,13 +104,14 @@ class AttentionLaunch:
 
     def kernel(self, *, suffix: str, head_dim: int) -> str:
         return kernel_name(suffix=suffix, head_dim=head_dim, warps=self.warps,
-                           key_split=self.key_split)
+                           key_split=self.key_split, transposed=self.transposed)
 
 
-def kernel_name(*, suffix: str, head_dim: int, warps: int, key_split: int) -> str:
+def kernel_name(*, suffix: str, head_dim: int, warps: int, key_split: int,
+                transposed: bool = False) -> str:
     """suffix: the model dtype's ("bf16"), plus "_kvfp8" for an e4m3 cache."""
     split = f"k{key_split}" if key_split > 1 else ""
-    return f"paged_attention_{suffix}_d{head_dim}_w{warps}{split}"
+    return f"paged_attention_{suffix}_d{head_dim}_w{warps}{'t' if transposed else ''}{split}"
 
 
 def kernel_module(suffix: str) -> str:
@@ -122,24 +153,27 @@ class AttentionWorkspace:
 
 
 def plan_attention(*, query_lens: Sequence[int], max_seq_len: int, num_heads: int,
-                   num_kv_heads: int, num_sms: int, resident_ctas: Mapping[int, int],
-                   decode_key_split: int = DEFAULT_DECODE_KEY_SPLIT) -> AttentionPlan:
-    """resident_ctas: by row warps, how many CTAs of the kernel that class launches (with
-    decode_key_split for the 1-warp class) one SM holds at once."""
+                   num_kv_heads: int, num_sms: int, resident_ctas: Mapping[int | str, int],
+                   decode_key_split: int = DEFAULT_DECODE_KEY_SPLIT,
+                   transposed_decode: bool = False) -> AttentionPlan:
+    """resident_ctas: by RowClass.key (row warps, or "1t"), how many CTAs of the kernel that
+    class launches (with decode_key_split for the 1-warp classes) one SM holds at once."""
     check_decode_key_split(decode_key_split)
+    classes = TRANSPOSED_ROW_CLASSES if transposed_decode else ROW_CLASSES
     group = num_heads // num_kv_heads
     num_tokens = sum(query_lens)
-    tiles = {warps: 0 for warps, _, _ in ROW_CLASSES}
+    tiles = {row_class.key: 0 for row_class in classes}
     for query_len in query_lens:
         rows = query_len * group
-        for warps, low, high in ROW_CLASSES:
-            if low <= rows <= high:
-                tiles[warps] += -(-rows // (ROWS_PER_WARP * warps))
+        for row_class in classes:
+            if row_class.min_rows <= rows <= row_class.max_rows:
+                tiles[row_class.key] += -(-rows // row_class.rows_per_cta)
     launches = tuple(
-        AttentionLaunch(warps=warps, min_rows=low, max_rows=high,
-                        grid_x=num_tokens * group // (ROWS_PER_WARP * warps) + len(query_lens),
-                        key_split=class_key_split(warps, decode_key_split))
-        for warps, low, high in ROW_CLASSES if tiles[warps])
+        AttentionLaunch(warps=c.warps, min_rows=c.min_rows, max_rows=c.max_rows,
+                        grid_x=num_tokens * group // c.rows_per_cta + len(query_lens),
+                        key_split=class_key_split(c.warps, decode_key_split),
+                        transposed=c.transposed)
+        for c in classes if tiles[c.key])
     if not launches:
         return AttentionPlan(launches=(), num_partitions=1)
     busiest = max(tiles, key=tiles.__getitem__)
@@ -164,15 +198,17 @@ def _partitions_for(ctas: int, *, slots: int, most: int) -> int:
 
 
 def auto_decode_key_split(lib: KernelLibrary, *, suffix: str, head_dim: int,
-                          query_lens: Sequence[int], group: int, num_kv_heads: int) -> int:
+                          query_lens: Sequence[int], group: int, num_kv_heads: int,
+                          transposed: bool) -> int:
     """The decode key split a plan uses when none is asked for (see above)."""
     if not suffix.endswith("_kvfp8"):
         return DEFAULT_DECODE_KEY_SPLIT
-    one_warp = ROW_CLASSES[0]
-    ctas = num_kv_heads * sum(1 for n in query_lens if one_warp[1] <= n * group <= one_warp[2])
+    one_warp = (TRANSPOSED_ROW_CLASSES if transposed else ROW_CLASSES)[0]
+    ctas = num_kv_heads * sum(1 for n in query_lens
+                              if one_warp.min_rows <= n * group <= one_warp.max_rows)
     wave = lib.num_sms * lib.max_active_ctas(
         kernel_module(suffix), kernel_name(suffix=suffix, head_dim=head_dim, warps=1,
-                                           key_split=1), 32)
+                                           key_split=1, transposed=transposed), 32)
     return 1 if ctas >= wave else DEFAULT_DECODE_KEY_SPLIT
 
 
@@ -183,27 +219,31 @@ def check_decode_key_split(decode_key_split: int) -> None:
 
 
 def plan_for(lib: KernelLibrary, q: torch.Tensor, kv_cache: torch.Tensor,
-             metadata: AttentionMetadata, *,
-             decode_key_split: int | None = None) -> AttentionPlan:
+             metadata: AttentionMetadata, *, decode_key_split: int | None = None,
+             transposed_decode: bool | None = None) -> AttentionPlan:
     """The plan paged_attention_into makes for these inputs on this GPU (decode_key_split
-    None: auto_decode_key_split's)."""
+    None: auto_decode_key_split's; transposed_decode None: TRANSPOSED_DECODE's)."""
     num_heads, head_dim = q.shape[1:]
     suffix = kernel_suffix(q, kv_cache)
+    if transposed_decode is None:
+        transposed_decode = TRANSPOSED_DECODE[suffix.endswith("_kvfp8")]
     if decode_key_split is None:
         decode_key_split = auto_decode_key_split(
             lib, suffix=suffix, head_dim=head_dim, query_lens=metadata.query_lens_host,
-            group=num_heads // kv_cache.shape[3], num_kv_heads=kv_cache.shape[3])
+            group=num_heads // kv_cache.shape[3], num_kv_heads=kv_cache.shape[3],
+            transposed=transposed_decode)
     check_decode_key_split(decode_key_split)
     resident = {}
-    for warps, _, _ in ROW_CLASSES:
-        key_split = class_key_split(warps, decode_key_split)
-        resident[warps] = lib.max_active_ctas(
-            kernel_module(suffix), kernel_name(suffix=suffix, head_dim=head_dim, warps=warps,
-                                           key_split=key_split), 32 * warps * key_split)
+    for c in TRANSPOSED_ROW_CLASSES if transposed_decode else ROW_CLASSES:
+        key_split = class_key_split(c.warps, decode_key_split)
+        resident[c.key] = lib.max_active_ctas(
+            kernel_module(suffix), kernel_name(suffix=suffix, head_dim=head_dim, warps=c.warps,
+                                               key_split=key_split, transposed=c.transposed),
+            32 * c.warps * key_split)
     return plan_attention(query_lens=metadata.query_lens_host, max_seq_len=metadata.max_seq_len,
                           num_heads=num_heads, num_kv_heads=kv_cache.shape[3],
                           num_sms=lib.num_sms, resident_ctas=resident,
-                          decode_key_split=decode_key_split)
+                          decode_key_split=decode_key_split, transposed_decode=transposed_decode)
 
 
 def allocate_partials(plan: AttentionPlan, *, num_tokens: int, num_heads: int, head_dim: int,
@@ -281,7 +321,8 @@ def paged_attention_into(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
                          kv_cache: torch.Tensor, metadata: AttentionMetadata, scale: float, *,
                          workspace: AttentionWorkspace | None = None,
                          plan: AttentionPlan | None = None,
-                         decode_key_split: int | None = None) -> AttentionPlan:
+                         decode_key_split: int | None = None,
+                         transposed_decode: bool | None = None) -> AttentionPlan:
     """Causal attention of q [T, H, D] over the paged cache into out; returns the plan used.
     decode_key_split=2 runs the 1-warp (decode) row class on the w1k2 kernel, 1 on w1, None
     as plan_for picks; a given plan must have been made with the value given."""
@@ -290,7 +331,8 @@ def paged_attention_into(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
     num_kv_heads = kv_cache.shape[3]
     suffix = kernel_suffix(q, kv_cache)
     if plan is None:
-        plan = plan_for(lib, q, kv_cache, metadata, decode_key_split=decode_key_split)
+        plan = plan_for(lib, q, kv_cache, metadata, decode_key_split=decode_key_split,
+                        transposed_decode=transposed_decode)
     if decode_key_split is not None:
         check_decode_key_split(decode_key_split)
         check_plan_key_split(plan, decode_key_split)
