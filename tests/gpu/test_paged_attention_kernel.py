@@ -5,7 +5,9 @@ chunks, prefix-cache hits and decodes; split launches must leave their arrival c
 run decodes run with both decode kernels: w1 (decode_key_split=1) and w1k2 (2 warps
 splitting each K/V tile's keys, whose softmax states the kernel combines). Cases marked
 KV_DTYPES run over a cache in the model's dtype and over an e4m3 one (--kv-cache-dtype fp8,
-csrc/paged_attention_fp8.cu), whose reference reads the same e4m3 values."""
+csrc/paged_attention_fp8.cu), whose reference reads the same e4m3 values; cases marked
+TRANSPOSED also run decode tiles of up to 8 rows on the transposed kernels (keys in the MMA's
+M dimension, csrc/attention_transposed.cuh)."""
 
 from __future__ import annotations
 
