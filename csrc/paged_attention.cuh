@@ -25,14 +25,15 @@
 // kv_cache [2, num_blocks, block_size, Hkv, D] of KvT (T, or e4m3 bytes: Fp8); the key at
 // position p of sequence s lives in slot block_tables[s][p / block_size] * block_size +
 // p % block_size. The kernels are instantiated in paged_attention.cu (16-bit caches) and
-// paged_attention_fp8.cu (e4m3 caches); attention_fragments.cuh holds what differs.
+// paged_attention_fp8.cu (e4m3 caches); attention_fragments.cuh holds what differs, and
+// attention_tile_math.cuh the per-tile math of each tile layout.
 #pragma once
 
 #include "attention_common.cuh"
 #include "attention_fragments.cuh"
 #include "attention_key_split.cuh"
 #include "attention_merge.cuh"
-#include "attention_transposed.cuh"
+#include "attention_tile_math.cuh"
 #include "common.cuh"
 #include "mma.cuh"
 
@@ -80,119 +81,6 @@ __device__ __forceinline__ void load_kv_tile(KvTile<KvT, D>& dst, const KvT* __r
   }
 }
 
-// Keys [key_base, key_base + KEYS) of one K/V tile for this warp's 16 rows: scores, online
-// softmax, and O += P V. A slice with no visible key leaves a row's state as it was (a row
-// that has seen nothing keeps m = -inf, l = 0, acc = 0).
-template <typename T, typename KvT, int D, int KEYS>
-__device__ __forceinline__ void attend_tile(const KvTile<KvT, D>& kv,
-                                            const unsigned (&qa)[D / 16][4],
-                                            float (&acc)[D / 8][4], float (&m)[2], float (&l)[2],
-                                            const RowInfo (&rows)[2], int key_base, int k0,
-                                            int kv_hi, float scale_log2) {
-  static_assert(KEYS % 16 == 0, "whole k = 16 steps of P V");
-  using Frag = Fragments<T, KvT>;
-  const int lane = threadIdx.x & 31;
-  const int t = lane & 3;
-  float s[KEYS / 8][4];
-#pragma unroll
-  for (int nt = 0; nt < KEYS / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-  Frag::template scores<D, KEYS>(s, kv, qa, key_base);
-  float tile_max[2] = {neg_inf(), neg_inf()};
-#pragma unroll
-  for (int nt = 0; nt < KEYS / 8; ++nt) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int key = k0 + key_base + nt * 8 + 2 * t + (e & 1);
-      const bool visible = key < kv_hi && key < rows[e >> 1].key_limit;
-      s[nt][e] = visible ? s[nt][e] * scale_log2 : neg_inf();
-      tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[nt][e]);
-    }
-  }
-  float base[2];
-  float alpha[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
-    tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
-    const float m_new = fmaxf(m[h], tile_max[h]);
-    base[h] = m_new == neg_inf() ? 0.f : m_new;  // a row with nothing visible yet stays at 0
-    alpha[h] = exp2f(m[h] - base[h]);
-    m[h] = m_new;
-  }
-  float row_sum[2] = {0.f, 0.f};
-#pragma unroll
-  for (int nt = 0; nt < KEYS / 8; ++nt) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      s[nt][e] = exp2f(s[nt][e] - base[e >> 1]);
-      row_sum[e >> 1] += s[nt][e];
-    }
-  }
-#pragma unroll
-  for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + row_sum[h];
-#pragma unroll
-  for (int dt = 0; dt < D / 8; ++dt) {
-    acc[dt][0] *= alpha[0];
-    acc[dt][1] *= alpha[0];
-    acc[dt][2] *= alpha[1];
-    acc[dt][3] *= alpha[1];
-  }
-  // The C fragments of two adjacent 8-key score tiles are the A fragment of a 16-key chunk.
-#pragma unroll
-  for (int kc = 0; kc < KEYS / 16; ++kc) {
-    using MmaT = typename Frag::MmaT;
-    const unsigned pa[4] = {pack2<MmaT>(s[2 * kc][0], s[2 * kc][1]),
-                            pack2<MmaT>(s[2 * kc][2], s[2 * kc][3]),
-                            pack2<MmaT>(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                            pack2<MmaT>(s[2 * kc + 1][2], s[2 * kc + 1][3])};
-    Frag::template accumulate<D>(acc, kv, pa, key_base + kc * 16);
-  }
-}
-
-template <typename T, typename KvT, int D>
-__device__ __forceinline__ void store_rows(T* __restrict__ out, float* __restrict__ part_acc,
-                                           float* __restrict__ part_max,
-                                           float* __restrict__ part_sum,
-                                           const float (&acc)[D / 8][4], const float (&m)[2],
-                                           float (&l)[2], const RowInfo (&rows)[2],
-                                           int num_partitions, long long rows_total) {
-  using Frag = Fragments<T, KvT>;
-  const int t = threadIdx.x & 3;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
-    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
-  }
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    if (!rows[h].valid) continue;
-    if (num_partitions == 1) {
-      // Key 0 is visible to every row, so l >= 1 here.
-      const float inv = 1.f / l[h];
-      T* dst = out + rows[h].out_row * D;
-#pragma unroll
-      for (int i = 0; i < D / 8; ++i) {
-        float a, b;
-        const int dim = Frag::template pair<D>(acc, i, h, a, b);
-        *reinterpret_cast<unsigned*>(dst + dim) = pack2<T>(a * inv, b * inv);
-      }
-    } else {
-      const long long part_row = blockIdx.z * rows_total + rows[h].out_row;
-      float* dst = part_acc + part_row * D;
-#pragma unroll
-      for (int i = 0; i < D / 8; ++i) {
-        float a, b;
-        const int dim = Frag::template pair<D>(acc, i, h, a, b);
-        *reinterpret_cast<float2*>(dst + dim) = make_float2(a, b);
-      }
-      if (t == 0) {
-        part_max[part_row] = m[h];
-        part_sum[part_row] = l[h];
-      }
-    }
-  }
-}
-
 // CTA order: blockIdx.x = tile * num_kv_heads + kv_head, so neighbouring CTAs share a
 // tile's cache rows ([slot][kv head][dim], contiguous) rather than each reading one head's
 // slice of them. Read from blockIdx where needed rather than kept in registers (the 4-warp
@@ -220,64 +108,6 @@ struct TileInfo {
   int row0;         // the tile's first row
   int context;      // keys cached before the sequence's first new token
   int group;        // query heads per kv head
-};
-
-// The row-tile math attend_partition runs: the usual layout (16 rows a warp in the MMA's M),
-// or the transposed decode tile (keys in M, up to 8 rows: attention_transposed.cuh).
-template <typename T, typename KvT, int D, int KEYS, bool TRANSPOSED> struct TileMath;
-
-template <typename T, typename KvT, int D, int KEYS> struct TileMath<T, KvT, D, KEYS, false> {
-  static constexpr int kRowsPerWarp = 16;
-  using QFragments = unsigned[D / 16][4];
-  using Accumulator = float[D / 8][4];
-  // The tile row of this lane's row h (h = 0, 1), relative to its warp's first row.
-  static __device__ __forceinline__ int lane_row(int h) {
-    return ((threadIdx.x & 31) >> 2) + 8 * h;
-  }
-  template <int PAD>
-  static __device__ __forceinline__ void load_q(QFragments& q, const T* warp_rows) {
-    Fragments<T, KvT>::template load_q<D, PAD>(q, warp_rows);
-  }
-  static __device__ __forceinline__ void attend(const KvTile<KvT, D>& kv, const QFragments& q,
-                                                Accumulator& acc, float (&m)[2], float (&l)[2],
-                                                const RowInfo (&rows)[2], int key_base, int k0,
-                                                int kv_hi, float scale_log2) {
-    attend_tile<T, KvT, D, KEYS>(kv, q, acc, m, l, rows, key_base, k0, kv_hi, scale_log2);
-  }
-  static __device__ __forceinline__ void store(T* out, float* part_acc, float* part_max,
-                                               float* part_sum, const Accumulator& acc,
-                                               const float (&m)[2], float (&l)[2],
-                                               const RowInfo (&rows)[2], int num_partitions,
-                                               long long rows_total) {
-    store_rows<T, KvT, D>(out, part_acc, part_max, part_sum, acc, m, l, rows, num_partitions,
-                          rows_total);
-  }
-};
-
-template <typename T, typename KvT, int D, int KEYS> struct TileMath<T, KvT, D, KEYS, true> {
-  static constexpr int kRowsPerWarp = kTransposedRows;
-  using QFragments = unsigned[D / 16][2];
-  using Accumulator = float[D / 16][4];
-  static __device__ __forceinline__ int lane_row(int h) { return 2 * (threadIdx.x & 3) + h; }
-  template <int PAD>
-  static __device__ __forceinline__ void load_q(QFragments& q, const T* warp_rows) {
-    TransposedFragments<T, KvT>::template load_q<D, PAD>(q, warp_rows);
-  }
-  static __device__ __forceinline__ void attend(const KvTile<KvT, D>& kv, const QFragments& q,
-                                                Accumulator& acc, float (&m)[2], float (&l)[2],
-                                                const RowInfo (&rows)[2], int key_base, int k0,
-                                                int kv_hi, float scale_log2) {
-    attend_tile_transposed<T, KvT, D, KEYS>(kv, q, acc, m, l, rows, key_base, k0, kv_hi,
-                                            scale_log2);
-  }
-  static __device__ __forceinline__ void store(T* out, float* part_acc, float* part_max,
-                                               float* part_sum, const Accumulator& acc,
-                                               const float (&m)[2], float (&l)[2],
-                                               const RowInfo (&rows)[2], int num_partitions,
-                                               long long rows_total) {
-    store_rows_transposed<T, KvT, D>(out, part_acc, part_max, part_sum, acc, m, l, rows,
-                                     num_partitions, rows_total);
-  }
 };
 
 // A CTA's shared memory: two K/V stages, then room for the Q tile where it is larger than

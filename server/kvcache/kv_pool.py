@@ -21,6 +21,8 @@ import os
 
 import torch
 
+from server.config import KV_CACHE_DTYPES
+
 # Used when the cache config names no size: most of what is free on a GPU after the weights,
 # a fixed, predictable budget on CPU (where the pool competes with everything else in RAM).
 DEFAULT_GPU_MEMORY_FRACTION = 0.9
@@ -40,13 +42,12 @@ class KVCacheDtypeError(ValueError):
 
 
 def kv_cache_dtype_for(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
-    """The pool's torch dtype for a --kv-cache-dtype value (server.config.KV_CACHE_DTYPES)."""
-    if kv_cache_dtype == "auto":
-        return model_dtype
-    if kv_cache_dtype in ("fp8", "fp8_e4m3"):
-        return FP8_KV_DTYPE
-    raise KVCacheDtypeError(f"--kv-cache-dtype must be auto, fp8 or fp8_e4m3, "
-                            f"got {kv_cache_dtype!r}")
+    """The pool's torch dtype for a --kv-cache-dtype value: every value of
+    server.config.KV_CACHE_DTYPES but "auto" names e4m3."""
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise KVCacheDtypeError(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
+                                f"got {kv_cache_dtype!r}")
+    return model_dtype if kv_cache_dtype == "auto" else FP8_KV_DTYPE
 
 
 def check_kv_cache_kernels(cache_dtype: torch.dtype, device: torch.device) -> None:

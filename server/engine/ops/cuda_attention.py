@@ -76,14 +76,14 @@ DECODE_KEY_SPLITS = (1, 2)  # warps sharing a 1-warp tile's keys: w1, w1k2
 # 2: on an H200, 1.3x the bandwidth of 1 at batch 1 and 256, +4-9 % at batch 64 except one
 # point (bench/kernels.py; docs/benchmarks.md)
 DEFAULT_DECODE_KEY_SPLIT = 2
-# Over an e4m3 cache w1 holds as many warps per SM as w1k2 (its shared memory is half), and
-# walks 32 keys a warp per tile instead of 16: fewer softmax instructions per key, which
-# decide there (1.1-1.3x at batch 256-512, bench/kernels.py). w1k2 still wins while the
-# 1-warp CTAs would not fill one wave of the GPU.
-# By cache (False: 16-bit, True: e4m3), whether decode tiles of up to 8 rows run transposed.
-# On an H200 (bench/kernels.py): over e4m3, 3-19 % faster than the 16-row tiles at every batch
-# and context timed; over bf16, 3-10 % faster at batch 1-64, 3-7 % slower at 256, so off.
-TRANSPOSED_DECODE = {False: False, True: True}
+# Over an e4m3 cache the plan differs in two ways (auto_decode_key_split, plan_for), from
+# bench/kernels.py on an H200 (docs/benchmarks.md):
+# - decode tiles of up to 8 rows run transposed: 2-20 % faster than the 16-row tiles at
+#   every batch and context timed but one (within 2 %). Over bf16 they lose 5 % at batch 256,
+#   so a 16-bit cache keeps its 16-row tiles;
+# - the 1-warp kernel holds as many warps per SM as the key-split one (its shared memory is
+#   half) and walks 32 keys a warp per tile instead of 16, so it wins once the 1-warp CTAs
+#   fill a wave of the GPU; the key split below that.
 GOOD_WAVE_FILL = 0.85  # fewest partitions whose last wave of CTAs keeps the SMs this busy
 LOG2_E = 1.4426950408889634
 COUNTERS = "attention_arrival_counters"  # the library's shared zeroed buffer
@@ -114,9 +114,14 @@ def kernel_name(*, suffix: str, head_dim: int, warps: int, key_split: int,
     return f"paged_attention_{suffix}_d{head_dim}_w{warps}{'t' if transposed else ''}{split}"
 
 
+def is_e4m3_cache(suffix: str) -> bool:
+    """Whether a kernel_suffix names an e4m3 cache."""
+    return suffix.endswith("_kvfp8")
+
+
 def kernel_module(suffix: str) -> str:
     """The csrc/ module defining the kernels of this suffix."""
-    return "paged_attention_fp8" if suffix.endswith("_kvfp8") else "paged_attention"
+    return "paged_attention_fp8" if is_e4m3_cache(suffix) else "paged_attention"
 
 
 def kernel_suffix(q: torch.Tensor, kv_cache: torch.Tensor) -> str:
@@ -201,7 +206,7 @@ def auto_decode_key_split(lib: KernelLibrary, *, suffix: str, head_dim: int,
                           query_lens: Sequence[int], group: int, num_kv_heads: int,
                           transposed: bool) -> int:
     """The decode key split a plan uses when none is asked for (see above)."""
-    if not suffix.endswith("_kvfp8"):
+    if not is_e4m3_cache(suffix):
         return DEFAULT_DECODE_KEY_SPLIT
     one_warp = (TRANSPOSED_ROW_CLASSES if transposed else ROW_CLASSES)[0]
     ctas = num_kv_heads * sum(1 for n in query_lens
@@ -222,11 +227,11 @@ def plan_for(lib: KernelLibrary, q: torch.Tensor, kv_cache: torch.Tensor,
              metadata: AttentionMetadata, *, decode_key_split: int | None = None,
              transposed_decode: bool | None = None) -> AttentionPlan:
     """The plan paged_attention_into makes for these inputs on this GPU (decode_key_split
-    None: auto_decode_key_split's; transposed_decode None: TRANSPOSED_DECODE's)."""
+    None: auto_decode_key_split's; transposed_decode None: on for an e4m3 cache)."""
     num_heads, head_dim = q.shape[1:]
     suffix = kernel_suffix(q, kv_cache)
     if transposed_decode is None:
-        transposed_decode = TRANSPOSED_DECODE[suffix.endswith("_kvfp8")]
+        transposed_decode = is_e4m3_cache(suffix)
     if decode_key_split is None:
         decode_key_split = auto_decode_key_split(
             lib, suffix=suffix, head_dim=head_dim, query_lens=metadata.query_lens_host,
