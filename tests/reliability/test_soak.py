@@ -120,10 +120,13 @@ def test_soak_of_streaming_clients_that_leave_or_read_slowly_leaks_nothing(
     api_pid, engine_pid = pids
 
     def back_to_baseline() -> bool:
+        # No more fds than the baseline: a warm-up connection still closing when the baseline
+        # was read (two CI runs of 2026-11-22 caught 25 there, then 24 after the soak) is not
+        # a leak, while any fd the soak left open shows.
         now = ProcessFigures.read(api_pid=api_pid, engine_pid=engine_pid)
         tasks = httpx.get(f"{base_url}/v1/engine/stats", timeout=10).json()["num_api_tasks"]
-        return (tasks, now.api_fds, now.engine_fds) == (
-            tasks_before, before.api_fds, before.engine_fds)
+        return (tasks == tasks_before and now.api_fds <= before.api_fds
+                and now.engine_fds <= before.engine_fds)
 
     assert poll_until(back_to_baseline, timeout_s=15, interval_s=0.5), (
         tasks_before, before.describe(),
