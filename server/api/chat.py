@@ -1,8 +1,10 @@
-"""POST /v1/chat/completions: messages -> chat template -> engine -> a chat.completion, or a
-stream of chat.completion.chunk events."""
+"""POST /v1/chat/completions: messages (and tools) -> chat template -> engine -> a
+chat.completion, or a stream of chat.completion.chunk events. With tools, the output is read
+back into tool calls (server/api/tool_calls); with a grammar, it follows it."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -11,53 +13,82 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server.api.admission import admission_ticket
-from server.api.errors import APIError
+from server.api.errors import APIError, invalid_param
 from server.api.generation import Generation
 from server.api.logprobs import chat_logprobs
 from server.api.protocol import ChatCompletionRequest
 from server.api.responses import (ChatChoice, ChatChunkChoice, ChatCompletionChunk,
-                                  ChatCompletionResponse, ChatDelta, ChatLogprobs,
-                                  ChatMessageOut, UsageInfo)
+                                  ChatCompletionResponse, ChatDelta, ChatLogprobs, UsageInfo)
 from server.api.serving import ServingState, collect, tokenize_off_loop
-from server.api.streaming import SSEResponse, delta_events, sse_event, unless_disconnected
+from server.api.streaming import (SSEResponse, delta_events, first_step, sse_event,
+                                  unless_disconnected)
+from server.api.structured import RequestGrammar, requested_grammar
 from server.api.tokenizer import TokenizerError
+from server.api.tool_calls.output import ToolCallStreamer, tool_message
+from server.api.tool_calls.plan import ToolPlan, plan_tools
+
+
+def _grammar(body: ChatCompletionRequest, plan: ToolPlan) -> RequestGrammar | None:
+    """The response format's grammar or the tools', never both."""
+    grammar = requested_grammar(body)
+    if plan.grammar is None:
+        return grammar
+    if grammar is not None:
+        raise invalid_param(grammar.param, f"tool_choice {plan.mode!r} constrains the output "
+                                           f"to tool calls; it cannot follow {grammar.param} "
+                                           f"too")
+    return plan.grammar
 
 
 async def create_chat_completion(state: ServingState, request: Request,
                                  body: ChatCompletionRequest) -> Response:
     model = state.check_model(body.model)
     tokenizer = state.require_tokenizer()
+    plan = plan_tools(body, parser_name=state.config.api.tool_call_parser)
+    grammar = _grammar(body, plan)
     messages = body.message_dicts()
-    state.check_prompt_chars(sum(len(m["content"]) for m in messages), "messages")
+    num_chars = (sum(len(m["content"] or "") + len(json.dumps(m.get("tool_calls", "")))
+                     for m in messages) + len(json.dumps(plan.template_tools or "")))
+    state.check_prompt_chars(num_chars, "messages")
     try:
-        prompt = await tokenize_off_loop(lambda: tokenizer.encode_chat(messages),
-                                         num_chars=sum(len(m["content"]) for m in messages))
+        prompt = await tokenize_off_loop(
+            lambda: tokenizer.encode_chat(messages, tools=plan.template_tools),
+            num_chars=num_chars)
     except TokenizerError as exc:
         raise APIError(str(exc), param="messages") from exc
-    request_id, generation = state.new_generation(body, [prompt], id_prefix="chatcmpl",
-                                                  ticket=admission_ticket(request.scope))
+    keep_special = plan.parser is not None and plan.parser.needs_special_tokens
+    request_id, generation = state.new_generation(
+        body, [prompt], id_prefix="chatcmpl", ticket=admission_ticket(request.scope),
+        grammar=grammar, skip_special_tokens=not keep_special)
     created = int(time.time())
     if body.stream:
-        return SSEResponse(_chunks(state, generation, body, request_id=request_id,
+        steps = generation.steps()
+        if grammar is not None:  # a grammar that fails to compile is a 400, not a stream
+            steps = await first_step(request, steps)
+        return SSEResponse(_chunks(state, generation, steps, body, plan, request_id=request_id,
                                    model=model, created=created))
     choices = await unless_disconnected(request, collect(generation, body.n))
-    want_logprobs = body.logprobs
-    response = ChatCompletionResponse(
-        id=request_id, created=created, model=model,
-        choices=[ChatChoice(
-            index=i, message=ChatMessageOut(content=choice.text),
-            logprobs=ChatLogprobs(content=chat_logprobs(tokenizer, choice.logprobs))
-            if want_logprobs else None,
-            finish_reason=choice.finish_reason) for i, choice in enumerate(choices)],
-        usage=UsageInfo(**generation.usage().to_dict()))
+    out = []
+    for i, choice in enumerate(choices):
+        message, finish_reason = tool_message(plan, choice.text, choice.finish_reason)
+        logprobs = (ChatLogprobs(content=chat_logprobs(tokenizer, choice.logprobs))
+                    if body.logprobs else None)
+        out.append(ChatChoice(index=i, message=message, logprobs=logprobs,
+                              finish_reason=finish_reason))
+    response = ChatCompletionResponse(id=request_id, created=created, model=model,
+                                      choices=out,
+                                      usage=UsageInfo(**generation.usage().to_dict()))
     return JSONResponse(response.model_dump(mode="json"))
 
 
-async def _chunks(state: ServingState, generation: Generation, body: ChatCompletionRequest, *,
-                  request_id: str, model: str, created: int) -> AsyncIterator[bytes]:
+async def _chunks(state: ServingState, generation: Generation, steps, body: ChatCompletionRequest,
+                  plan: ToolPlan, *, request_id: str, model: str,
+                  created: int) -> AsyncIterator[bytes]:
     """The SSE events: each choice's role first, then a chunk per choice per engine step,
     the usage chunk if asked for, and [DONE]. An error mid-stream is sent as an event."""
     include_usage = body.include_usage
+    streamers = ({index: ToolCallStreamer(plan) for index in range(body.n)}
+                 if plan.parser is not None else {})
 
     def chunk(choices: list[ChatChunkChoice], usage: UsageInfo | None = None) -> bytes:
         data = ChatCompletionChunk(id=request_id, created=created, model=model,
@@ -73,13 +104,21 @@ async def _chunks(state: ServingState, generation: Generation, body: ChatComplet
         logprobs = None
         if body.logprobs:
             logprobs = ChatLogprobs(content=chat_logprobs(state.tokenizer, delta.logprobs))
+        content, tool_calls, finish_reason = delta.text, None, delta.finish_reason
+        streamer = streamers.get(delta.index)
+        if streamer is not None:
+            content, tool_calls = streamer.push(delta.text, final=finish_reason is not None)
+            finish_reason = streamer.finish_reason(finish_reason)
+            if not (content or tool_calls or finish_reason or delta.logprobs):
+                return b""  # text held back: it may still turn out to start a call
         return chunk([ChatChunkChoice(index=delta.index,
-                                      delta=ChatDelta(content=delta.text or None),
-                                      logprobs=logprobs, finish_reason=delta.finish_reason)])
+                                      delta=ChatDelta(content=content or None,
+                                                      tool_calls=tool_calls or None),
+                                      logprobs=logprobs, finish_reason=finish_reason)])
 
     def usage_event() -> bytes:
         return chunk([], usage=UsageInfo(**generation.usage().to_dict()))
 
-    async for event in delta_events(generation.steps(), render,
+    async for event in delta_events(steps, render,
                                     usage_event=usage_event if include_usage else None):
         yield event

@@ -29,9 +29,10 @@ class ChoiceDelta:
 class ChoiceAssembler:
     def __init__(self, *, index: int, decoder: Decoder, prompt_token_ids: Sequence[int],
                  stop_strings: Sequence[str], stop_token_ids: Collection[int],
-                 want_logprobs: bool) -> None:
+                 want_logprobs: bool, skip_special_tokens: bool = True) -> None:
         self.index = index
-        self._detokenizer = IncrementalDetokenizer(decoder, prompt_token_ids=prompt_token_ids)
+        self._detokenizer = IncrementalDetokenizer(decoder, prompt_token_ids=prompt_token_ids,
+                                                   skip_special_tokens=skip_special_tokens)
         self._stop_filter = StopStringFilter(stop_strings)
         self._stop_token_ids = frozenset(stop_token_ids)
         self._want_logprobs = want_logprobs

@@ -19,7 +19,9 @@ from server.api.logprobs import CompletionLogprobsBuilder
 from server.api.protocol import CompletionRequest
 from server.api.responses import CompletionChoice, CompletionResponse, UsageInfo
 from server.api.serving import ServingState, collect, tokenize_off_loop
-from server.api.streaming import SSEResponse, delta_events, sse_event, unless_disconnected
+from server.api.streaming import (SSEResponse, delta_events, first_step, sse_event,
+                                  unless_disconnected)
+from server.api.structured import requested_grammar
 
 
 async def prompt_token_lists(state: ServingState, body: CompletionRequest) -> list[list[int]]:
@@ -57,14 +59,19 @@ async def create_completion(state: ServingState, request: Request,
     model = state.check_model(body.model)
     if body.logprobs is not None:
         state.require_tokenizer()  # token strings come from it
+    grammar = requested_grammar(body)
     token_lists = await prompt_token_lists(state, body)
     request_id, generation = state.new_generation(body, token_lists, id_prefix="cmpl",
-                                                  ticket=admission_ticket(request.scope))
+                                                  ticket=admission_ticket(request.scope),
+                                                  grammar=grammar)
     echoes = _prompt_texts(state, body, token_lists) if body.echo else None
     created = int(time.time())
     if body.stream:
-        return SSEResponse(_chunks(state, generation, body, echoes, request_id=request_id,
-                                   model=model, created=created))
+        steps = generation.steps()
+        if grammar is not None:  # a grammar that fails to compile is a 400, not a stream
+            steps = await first_step(request, steps)
+        return SSEResponse(_chunks(state, generation, steps, body, echoes,
+                                   request_id=request_id, model=model, created=created))
     choices = await unless_disconnected(request, collect(generation, body.n * len(token_lists)))
     out = []
     for index, choice in enumerate(choices):
@@ -81,7 +88,8 @@ async def create_completion(state: ServingState, request: Request,
     return JSONResponse(response.model_dump(mode="json"))
 
 
-async def _chunks(state: ServingState, generation: Generation, body: CompletionRequest,
+async def _chunks(state: ServingState, generation: Generation, steps,
+                  body: CompletionRequest,
                   echoes: list[str] | None, *, request_id: str, model: str,
                   created: int) -> AsyncIterator[bytes]:
     include_usage = body.include_usage
@@ -112,6 +120,6 @@ async def _chunks(state: ServingState, generation: Generation, body: CompletionR
     def usage_event() -> bytes:
         return chunk([], usage=UsageInfo(**generation.usage().to_dict()))
 
-    async for event in delta_events(generation.steps(), render,
+    async for event in delta_events(steps, render,
                                     usage_event=usage_event if include_usage else None):
         yield event

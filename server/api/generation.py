@@ -48,6 +48,10 @@ class Usage:
                 "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
 
 
+# RequestRejected codes of a grammar the engine could not compile in time (a 400 naming it)
+GRAMMAR_FAILURES = frozenset({"invalid_grammar", "grammar_timeout"})
+
+
 def engine_error(exc: Exception) -> APIError:
     if isinstance(exc, EngineRequestRejected):
         return APIError(str(exc), code=exc.code)
@@ -60,15 +64,21 @@ class Generation:
                  plans: Sequence[ChoicePlan], stop_strings: Sequence[str],
                  stop_token_ids: Collection[int], want_logprobs: bool,
                  share_prompt_blocks: bool, block_size: int, priority: int = 0,
+                 skip_special_tokens: bool = True, grammar_param: str | None = None,
                  on_sent: Callable[[], None] | None = None,
                  on_finished: Callable[[GenerationRecord, list[ChoiceTiming]], None]
                  | None = None) -> None:
         """on_sent: called once the engine has the first of its requests (admission);
-        on_finished: given the request's record and each choice's timing at the end."""
+        on_finished: given the request's record and each choice's timing at the end;
+        grammar_param: the field a grammar came from, named if it fails to compile."""
         self._client = client
         self._request_id = request_id
         self._on_sent = on_sent
         self._on_finished = on_finished
+        self._grammar_param = grammar_param
+        self._grammar_failed = False
+        self.grammar_kind = None if grammar_param is None else \
+            plans[0].sampling_params.grammar.kind
         self._started_at = time.monotonic()
         self._timings: dict[str, ChoiceTiming] = {}
         self._plans = list(plans)
@@ -80,7 +90,8 @@ class Generation:
                                     stop_strings=stop_strings,
                                     stop_token_ids=set(stop_token_ids)
                                     | set(plan.sampling_params.stop_token_ids),
-                                    want_logprobs=want_logprobs)
+                                    want_logprobs=want_logprobs,
+                                    skip_special_tokens=skip_special_tokens)
             for req_id, plan in zip(self._req_ids, self._plans)}
         self._share = share_prompt_blocks
         self._block_size = block_size
@@ -116,7 +127,11 @@ class Generation:
                     yield deltas
         except (EngineRequestRejected, EngineDeadError) as exc:
             failed = True
-            raise engine_error(exc) from exc
+            error = engine_error(exc)
+            if isinstance(exc, EngineRequestRejected) and exc.code in GRAMMAR_FAILURES:
+                error.param = self._grammar_param
+                self._grammar_failed = True
+            raise error from exc
         except Exception:
             failed = True
             raise
@@ -183,7 +198,8 @@ class Generation:
             time_to_first_token=None if first is None else first - self._started_at,
             latency=now - self._started_at,
             finish_reasons=tuple(self._assemblers[r].finish_reason or cut_short
-                                 for r in self._req_ids))
+                                 for r in self._req_ids),
+            grammar=self.grammar_kind, grammar_failed=self._grammar_failed)
         self._on_finished(record, list(self._timings.values()))
 
     def _stage(self) -> tuple[list[EngineRequest], dict[str, list[EngineRequest]]]:

@@ -35,6 +35,8 @@ INTER_TOKEN_BUCKETS = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075,
                        0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 REQUEST_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0,
                    60.0, 90.0, 120.0, 240.0, 480.0, 960.0, 1920.0)
+GRAMMAR_COMPILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                           5.0, 10.0, 30.0)
 ITERATION_TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192,
                            16384)
 
@@ -133,6 +135,19 @@ class ServerMetrics:
         self._iteration_tokens = histogram("inflightd:iteration_tokens",
                                            "Tokens computed per engine step.",
                                            ITERATION_TOKEN_BUCKETS)
+        self._grammar_compile = histogram(
+            "inflightd:grammar_compile_seconds",
+            "Time from a grammar's submission to its compiled (or failed) result.",
+            GRAMMAR_COMPILE_BUCKETS)
+        self._constrained = Counter(
+            "inflightd:structured_output_requests", "Requests whose output follows a "
+            "grammar (response_format, forced tool calls, guided_*), by kind.",
+            [MODEL_LABEL, "kind"], registry=self.registry)
+        self._grammar_failures = Counter(
+            "inflightd:grammar_compile_failures", "Grammars that failed to compile or "
+            "timed out (each answered with a 400).", [MODEL_LABEL],
+            registry=self.registry).labels(model_name)
+        self._model_name = model_name
         success = Counter("inflightd:request_success", "Requests finished, by reason.",
                           [MODEL_LABEL, "finished_reason"], registry=self.registry)
         # Every reason exists from the start, so rate() works before the first one.
@@ -140,7 +155,16 @@ class ServerMetrics:
                          for reason in FINISH_REASONS}
 
     def observe_step(self, step: StepInfo) -> None:
-        self._iteration_tokens.observe(step.num_batched_tokens)
+        if step.num_batched_tokens:
+            self._iteration_tokens.observe(step.num_batched_tokens)
+        for seconds in step.grammar_compile_s:
+            self._grammar_compile.observe(seconds)
+
+    def observe_constrained_request(self, kind: str) -> None:
+        self._constrained.labels(self._model_name, kind).inc()
+
+    def observe_grammar_failure(self) -> None:
+        self._grammar_failures.inc()
 
     def observe_choice(self, timing: ChoiceTiming) -> None:
         """An engine request (one choice) is over. Failed ones (no finish reason) only

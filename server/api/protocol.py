@@ -3,18 +3,21 @@ range is a 400 naming the field. Each request turns into engine SamplingParams t
 `to_sampling_params`; what only the api process handles (stop strings, echo, n) stays here.
 
 Extensions beyond OpenAI, as vLLM users know them: top_k, min_p, repetition_penalty,
-stop_token_ids, ignore_eos, priority. Unknown fields are ignored, as OpenAI's SDKs send
-fields a server may not know.
+stop_token_ids, ignore_eos, priority, and the grammar fields of protocol_structured.py.
+Unknown fields are ignored, as OpenAI's SDKs send fields a server may not know.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from server.api.errors import invalid_param
+from server.api.protocol_base import StrictModel
+from server.api.protocol_structured import GuidedFields, ToolCallIn, ToolFields
 from server.scheduler.request import MAX_LOGPROBS, SamplingParams, SamplingParamsError
+from server.structured_output.spec import GrammarSpec
 
 MAX_CHOICES = 16  # n above this is refused: each choice is a full engine request
 MAX_STOP_STRINGS = 16
@@ -28,10 +31,6 @@ MAX_BATCH_CHOICES = 256
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-class StrictModel(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
-
-
 class StreamOptions(StrictModel):
     include_usage: bool = False
 
@@ -42,9 +41,11 @@ class ContentPart(StrictModel):
 
 
 class ChatMessage(StrictModel):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None  # an assistant turn's calls
+    tool_call_id: str | None = None  # a tool result's call
 
     def text(self, index: int) -> str:
         """The message's text; text parts are joined, other part types are refused."""
@@ -64,7 +65,7 @@ class ChatMessage(StrictModel):
         return "".join(texts)
 
 
-class SamplingFields(StrictModel):
+class SamplingFields(GuidedFields):
     """The fields chat and completions share."""
 
     model: str | None = None  # None: the one served model
@@ -122,7 +123,8 @@ class SamplingFields(StrictModel):
     def num_logprobs(self) -> int | None:
         return None
 
-    def to_sampling_params(self, *, max_tokens: int, choice_index: int = 0) -> SamplingParams:
+    def to_sampling_params(self, *, max_tokens: int, choice_index: int = 0,
+                           grammar: GrammarSpec | None = None) -> SamplingParams:
         """The engine's parameters for one choice. With a seed, choice i draws from seed + i,
         so n choices differ yet each is reproducible."""
         seed = None if self.seed is None else self.seed + choice_index
@@ -135,28 +137,28 @@ class SamplingFields(StrictModel):
             return SamplingParams(
                 **{k: v for k, v in given.items() if v is not None}, top_k=top_k, seed=seed,
                 max_tokens=max_tokens, stop_token_ids=tuple(self.stop_token_ids or ()),
-                ignore_eos=self.ignore_eos, logprobs=self.num_logprobs())
+                ignore_eos=self.ignore_eos, logprobs=self.num_logprobs(), grammar=grammar)
         except SamplingParamsError as exc:
             raise invalid_param(exc.param, str(exc)) from exc
 
 
-class ChatCompletionRequest(SamplingFields):
+class ChatCompletionRequest(SamplingFields, ToolFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    tools: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _check_chat(self) -> "ChatCompletionRequest":
         if self.top_logprobs is not None and not self.logprobs:
             raise invalid_param("top_logprobs", "top_logprobs needs logprobs set to true")
-        if self.tools:
-            raise invalid_param("tools", "tool calling is not supported")
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            raise invalid_param("response_format", "only the 'text' response format is "
-                                                   "supported")
+        for index, message in enumerate(self.messages):
+            if message.role == "tool" and not message.tool_call_id:
+                raise invalid_param(f"messages.{index}.tool_call_id",
+                                    "a tool message needs tool_call_id")
+            if message.tool_calls and message.role != "assistant":
+                raise invalid_param(f"messages.{index}.tool_calls",
+                                    "only assistant messages carry tool_calls")
         return self
 
     def requested_max_tokens(self) -> int | None:
@@ -165,15 +167,25 @@ class ChatCompletionRequest(SamplingFields):
     def num_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
-    def message_dicts(self) -> list[dict[str, str]]:
+    def message_dicts(self) -> list[dict[str, Any]]:
         return message_dicts(self.messages)
 
 
-def message_dicts(messages: list[ChatMessage]) -> list[dict[str, str]]:
-    """Messages as the chat template takes them. "developer" is OpenAI's newer name for
-    the system role."""
-    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
-            for i, m in enumerate(messages)]
+def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """Messages as the chat template takes them (server/api/tool_calls/template.py adapts
+    tool calls and results to the template). "developer" is OpenAI's newer name for the
+    system role."""
+    dicts: list[dict[str, Any]] = []
+    for i, m in enumerate(messages):
+        message: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role,
+                                   "content": m.text(i)}
+        if m.tool_calls:
+            message["content"] = message["content"] or None
+            message["tool_calls"] = [call.model_dump() for call in m.tool_calls]
+        if m.tool_call_id is not None and m.role == "tool":
+            message["tool_call_id"] = m.tool_call_id
+        dicts.append(message)
+    return dicts
 
 
 PromptInput = str | list[str] | list[int] | list[list[int]]

@@ -84,6 +84,8 @@ class GenerationRecord:
     time_to_first_token: float | None  # from the request's start to its first token
     latency: float
     finish_reasons: tuple[str | None, ...]  # per choice; None: it failed
+    grammar: str | None = None  # the kind of grammar its output followed, if any
+    grammar_failed: bool = False  # its grammar did not compile (answered with a 400)
 
 
 def first_token_at(timings: Sequence[ChoiceTiming]) -> float | None:
@@ -101,9 +103,11 @@ def log_generation(record: GenerationRecord) -> None:
               "completion_tokens": record.num_completion_tokens,
               "cached_tokens": record.num_cached_tokens,
               "ttft_s": None if ttft is None else round(ttft, 6),
-              "latency_s": round(record.latency, 6), "finish_reason": finish_reason}
+              "latency_s": round(record.latency, 6), "finish_reason": finish_reason,
+              "grammar": record.grammar}
     ttft_text = "-" if ttft is None else f"{ttft:.3f} s"
-    request_logger.info("%s: %d prompt + %d completion tokens, first token %s, %.3f s, %s",
+    grammar_text = "" if record.grammar is None else f", grammar {record.grammar}"
+    request_logger.info("%s: %d prompt + %d completion tokens, first token %s, %.3f s, %s%s",
                         record.request_id, record.num_prompt_tokens,
                         record.num_completion_tokens, ttft_text, record.latency,
-                        finish_reason, extra={"fields": fields})
+                        finish_reason, grammar_text, extra={"fields": fields})

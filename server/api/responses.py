@@ -36,10 +36,29 @@ class ChatLogprobs(BaseModel):
     refusal: list[TokenLogprob] | None = None
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCallOut] | None = None  # left out when there are none
+
+    @model_serializer(mode="wrap")
+    def _omit_no_calls(self, handler) -> dict:
+        data = handler(self)
+        if data.get("tool_calls") is None:
+            data.pop("tool_calls", None)
+        return data
 
 
 class ChatChoice(BaseModel):
@@ -58,12 +77,36 @@ class ChatCompletionResponse(BaseModel):
     usage: UsageInfo
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler) -> dict:
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
+class ToolCallDeltaOut(BaseModel):
+    """A call's first delta carries index, id, type and the name; later ones carry index
+    and a fragment of the arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler) -> dict:
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
 class ChatDelta(BaseModel):
-    """Only what changed: the role in a choice's first chunk, then content pieces; the
-    final chunk's delta is empty."""
+    """Only what changed: the role in a choice's first chunk, then content pieces or tool
+    call deltas; the final chunk's delta is empty."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDeltaOut] | None = None
 
     @model_serializer(mode="wrap")
     def _omit_unset(self, handler) -> dict:

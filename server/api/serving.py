@@ -17,6 +17,7 @@ from server.api.metrics import ServerMetrics
 from server.api.protocol import SamplingFields
 from server.api.request_timing import ChoiceTiming, GenerationRecord, log_generation
 from server.api.settings import ServeConfig
+from server.api.structured import RequestGrammar
 from server.api.tokenizer import Tokenizer
 from server.engine.client import EngineClient
 from server.engine.info import EngineInfo
@@ -99,10 +100,12 @@ class ServingState:
         return max_tokens
 
     def new_generation(self, body: SamplingFields, prompts: Sequence[list[int]], *,
-                       id_prefix: str, ticket: AdmissionTicket | None = None
-                       ) -> tuple[str, Generation]:
+                       id_prefix: str, ticket: AdmissionTicket | None = None,
+                       grammar: RequestGrammar | None = None,
+                       skip_special_tokens: bool = True) -> tuple[str, Generation]:
         """Check the prompts and plan n choices for each (choice index = prompt * n + j).
-        `ticket` (from the admission middleware) learns when the engine has the request."""
+        `ticket` (from the admission middleware) learns when the engine has the request;
+        every choice's output follows `grammar` when given."""
         if body.stop_token_ids:
             self.check_token_ids(body.stop_token_ids, "stop_token_ids")
         plans = []
@@ -112,8 +115,9 @@ class ServingState:
                 plans.append(ChoicePlan(
                     index=prompt_index * body.n + j, prompt_index=prompt_index,
                     prompt_token_ids=prompt,
-                    sampling_params=body.to_sampling_params(max_tokens=max_tokens,
-                                                            choice_index=j)))
+                    sampling_params=body.to_sampling_params(
+                        max_tokens=max_tokens, choice_index=j,
+                        grammar=None if grammar is None else grammar.spec)))
         request_id = f"{id_prefix}-{uuid.uuid4().hex}"
         stop_ids = () if body.ignore_eos else self.info.eos_token_ids
         generation = Generation(
@@ -122,8 +126,12 @@ class ServingState:
             want_logprobs=body.num_logprobs() is not None,
             share_prompt_blocks=self.config.cache.enable_prefix_caching,
             block_size=self.info.block_size, priority=body.priority,
+            skip_special_tokens=skip_special_tokens,
+            grammar_param=None if grammar is None else grammar.param,
             on_sent=None if ticket is None else ticket.mark_sent,
             on_finished=self._generation_finished)
+        if grammar is not None and self.metrics is not None:
+            self.metrics.observe_constrained_request(grammar.spec.kind)
         return request_id, generation
 
     def _generation_finished(self, record: GenerationRecord,
@@ -131,6 +139,8 @@ class ServingState:
         if self.metrics is not None:
             for timing in timings:
                 self.metrics.observe_choice(timing)
+            if record.grammar_failed:
+                self.metrics.observe_grammar_failure()
         log_generation(record)
 
     def _decoder(self):

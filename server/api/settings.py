@@ -32,6 +32,10 @@ class ApiSettings:
     # After the engine dies the daemon keeps answering (503s, errors for requests in
     # flight) this long, then exits non-zero so that its supervisor restarts it.
     engine_failure_exit_delay_s: float = 5.0
+    # How tool calls are read from what the model writes with tool_choice "auto" (the
+    # format its chat template asks for); "hermes" is also the format of the fallback that
+    # renders tools for templates that know nothing of them.
+    tool_call_parser: str = "hermes"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -54,6 +58,11 @@ class ApiSettings:
                              f"got {self.request_body_timeout_s}")
         if self.shutdown_timeout_s < 0:
             raise ValueError(f"--shutdown-timeout must be >= 0, got {self.shutdown_timeout_s}")
+        from server.api.tool_calls.registry import TOOL_CALL_PARSERS
+
+        if self.tool_call_parser not in TOOL_CALL_PARSERS:
+            raise ValueError(f"--tool-call-parser must be one of "
+                             f"{', '.join(TOOL_CALL_PARSERS)}, got {self.tool_call_parser!r}")
         if self.engine_failure_exit_delay_s < 0:
             raise ValueError("the exit delay after an engine failure must be >= 0, "
                              f"got {self.engine_failure_exit_delay_s}")

@@ -38,7 +38,9 @@ async def delta_events(steps: AsyncIterator[list[D]], render: Callable[[D], byte
     try:
         async for deltas in steps:
             for delta in deltas:
-                yield render(delta)
+                event = render(delta)
+                if event:
+                    yield event
     except APIError as exc:
         yield sse_event(JSONResponse(exc.body()).body)
         yield SSE_DONE
@@ -46,6 +48,28 @@ async def delta_events(steps: AsyncIterator[list[D]], render: Callable[[D], byte
     if usage_event is not None:
         yield usage_event()
     yield SSE_DONE
+
+
+async def first_step(request: Request, steps: AsyncIterator[D]) -> AsyncIterator[D]:
+    """Wait for a stream's first engine step before the response starts, so that a request
+    the engine refuses (a grammar that does not compile) still gets its 4xx. Returns the
+    steps again, the first included."""
+    try:
+        first = await unless_disconnected(request, anext(steps, None))
+    except BaseException:
+        await steps.aclose()  # aborts the engine requests
+        raise
+
+    async def replay() -> AsyncIterator[D]:
+        try:
+            if first is not None:
+                yield first
+            async for item in steps:
+                yield item
+        finally:
+            await steps.aclose()
+
+    return replay()
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

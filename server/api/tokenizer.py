@@ -8,6 +8,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from server.api.tool_calls.template import chat_template_inputs, template_supports_tools
+
 
 class TokenizerError(ValueError):
     """The tokenizer cannot do what was asked (no chat template, unknown role...)."""
@@ -75,21 +77,34 @@ class Tokenizer:
             return self._backend.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
         return self._hf.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
 
-    def render_chat(self, messages: Sequence[Mapping[str, str]], *,
-                    add_generation_prompt: bool = True) -> str:
+    @functools.cached_property
+    def supports_tools(self) -> bool:
+        """Whether the chat template renders tools, tool calls and tool messages itself;
+        otherwise `render_chat` writes them into ordinary messages (see tool_calls.template)."""
+        template = getattr(self._hf, "chat_template", None)
+        if isinstance(template, dict):  # named templates: transformers takes "tool_use" for tools
+            template = template.get("tool_use") or template.get("default")
+        return template_supports_tools(template)
+
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], *,
+                    tools: list[dict] | None = None, add_generation_prompt: bool = True) -> str:
         if not self.has_chat_template:
             raise TokenizerError("this model's tokenizer has no chat template; "
                                  "use /v1/completions with a plain prompt")
+        chat, template_tools = chat_template_inputs(
+            [dict(m) for m in messages], tools, supports_tools=self.supports_tools)
+        # Only a template that knows tools gets them: the fallback has put them in `chat`.
+        extra = {"tools": template_tools} if template_tools else {}
         try:
             return self._hf.apply_chat_template(
-                [dict(m) for m in messages], tokenize=False,
-                add_generation_prompt=add_generation_prompt)
+                chat, tokenize=False, add_generation_prompt=add_generation_prompt, **extra)
         except Exception as exc:  # jinja raises its own errors for messages it rejects
             raise TokenizerError(f"the chat template rejected the messages: {exc}") from exc
 
-    def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+    def encode_chat(self, messages: Sequence[Mapping[str, Any]], *,
+                    tools: list[dict] | None = None) -> list[int]:
         # The template already writes the special tokens it wants (BOS included).
-        return self.encode(self.render_chat(messages), add_special_tokens=False)
+        return self.encode(self.render_chat(messages, tools=tools), add_special_tokens=False)
 
     def token_text_and_bytes(self, token_id: int) -> tuple[str, bytes]:
         """The token's own text, as logprobs report it, and its UTF-8 bytes. A token holding

@@ -4,6 +4,10 @@ One step is schedule -> execute -> update. With async scheduling (on a GPU) the 
 step k comes after the launch of step k+1, so the host schedules and prepares while the
 device computes. The engine process loops over `step()` while `has_unfinished()`; the
 offline `LLM` calls it directly.
+
+Requests with a grammar (structured outputs) wait aside in the scheduler while their grammar
+compiles in a thread pool; each step first queues the ones whose grammar is ready, and
+hands back as rejections those whose grammar failed to compile or timed out.
 """
 
 from __future__ import annotations
@@ -19,11 +23,16 @@ from server.engine.async_output import InFlightStep
 from server.engine.info import EngineInfo, EngineStats
 from server.engine.runner import ModelRunner
 from server.engine.weights import ModelSource, resolve_model
+from server.scheduler.errors import RequestRejectedError
 from server.scheduler.output import RequestOutput, SchedulerOutput
 from server.scheduler.request import Request, SamplingParams
 from server.scheduler.scheduler import Scheduler
+from server.structured_output.compiler import CompileResult, GrammarCompilerPool
 
 logger = logging.getLogger("inflightd.engine")
+# With only grammars compiling, the loop sleeps this long at most before it looks again
+# (for new requests, aborts and stats).
+GRAMMAR_IDLE_WAIT_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,7 @@ class StepSummary:
     started_at: float
     num_batched_tokens: int
     admitted_req_ids: tuple[str, ...]
+    grammar_compiles: tuple[CompileResult, ...] = ()  # finished or failed since the last step
 
 
 class EngineCore:
@@ -68,22 +78,53 @@ class EngineCore:
         self._num_prompt_tokens_total = 0
         self._num_generation_tokens_total = 0
         self.last_step: StepSummary | None = None
+        self._grammar_compiler: GrammarCompilerPool | None = None
+        self._rejected: list[CompileResult] = []  # grammar failures not yet handed back
 
     def add_request(self, req_id: str, prompt_token_ids: list[int],
                     sampling_params: SamplingParams, *, arrival_time: float | None = None,
                     priority: int = 0) -> None:
         """Queues a request; raises RequestRejectedError when it could never run."""
         eos = self.info.eos_token_ids[0] if self.info.eos_token_ids else None
+        grammar = sampling_params.grammar
+        if grammar is not None and self.prepare_grammars() is None:
+            raise RequestRejectedError(
+                "structured_output_unavailable", "this model has no tokenizer, so its "
+                "output cannot follow a grammar (response_format, tools, guided_*)")
         request = Request(req_id=req_id, prompt_token_ids=list(prompt_token_ids),
                           sampling_params=_with_extra_eos(sampling_params, self.info),
                           eos_token_id=eos,
                           arrival_time=time.monotonic() if arrival_time is None else arrival_time,
                           priority=priority)
-        self.scheduler.add(request)
+        self.scheduler.add(request, awaits_grammar=grammar is not None)
+        if grammar is not None:
+            self._grammar_compiler.submit(req_id, grammar)
         self._num_prompt_tokens_total += len(prompt_token_ids)
+
+    def prepare_grammars(self) -> GrammarCompilerPool | None:
+        """The grammar compiler (its tokenizer loads in the background), made on first
+        use; None when the model has no tokenizer."""
+        if self._grammar_compiler is None and self.info.tokenizer_dir is not None:
+            from server.structured_output.matchers import GrammarMatchers
+
+            self._grammar_compiler = GrammarCompilerPool(
+                self.info.tokenizer_dir, vocab_size=self.info.vocab_size,
+                stop_token_ids=self.info.eos_token_ids)
+            self.runner.grammars = GrammarMatchers(
+                vocab_size=self.info.vocab_size, max_rows=self.scheduler.config.max_num_seqs)
+        return self._grammar_compiler
+
+    def take_rejections(self) -> list[CompileResult]:
+        """Requests dropped because their grammar failed (code and message), once each."""
+        rejected, self._rejected = self._rejected, []
+        return rejected
 
     def abort(self, req_ids: Iterable[str]) -> list[RequestOutput]:
         """Drops the requests wherever they are and frees their blocks at once."""
+        req_ids = list(req_ids)
+        if self._grammar_compiler is not None:
+            for req_id in req_ids:
+                self._grammar_compiler.cancel(req_id)
         outputs = (self.scheduler.abort(req_id) for req_id in req_ids)
         return [output for output in outputs if output is not None]
 
@@ -93,14 +134,35 @@ class EngineCore:
         step (the device runs this one meanwhile), else this one. Returns the outputs of
         the step that was updated."""
         started_at = time.monotonic()
+        grammar_compiles = self._queue_compiled_grammars()
         scheduler_output = self.scheduler.schedule()
         self._in_flight.append((scheduler_output, self.runner.launch(scheduler_output)))
         outputs = self._update(keep_in_flight=0 if scheduler_output.is_empty
                                else int(self.async_scheduling))
         self.last_step = StepSummary(
             started_at=started_at, num_batched_tokens=scheduler_output.num_batched_tokens,
-            admitted_req_ids=tuple(r.req_id for r in scheduler_output.new_requests))
+            admitted_req_ids=tuple(r.req_id for r in scheduler_output.new_requests),
+            grammar_compiles=grammar_compiles)
         return outputs
+
+    def _queue_compiled_grammars(self) -> tuple[CompileResult, ...]:
+        """Requests whose grammar compiled join the waiting queue; those whose grammar
+        failed are dropped and kept for take_rejections(). With nothing else to run, waits
+        a moment for a compile instead of spinning."""
+        compiler = self._grammar_compiler
+        if compiler is None or not compiler.num_pending:
+            return ()
+        if self.scheduler.num_awaiting_grammar == self.scheduler.num_unfinished \
+                and not self._in_flight:
+            compiler.wait_for_any(GRAMMAR_IDLE_WAIT_S)
+        batch = compiler.collect()
+        for req_id, compiled in batch.compiled.items():
+            self.runner.grammars.register(req_id, compiled)
+            self.scheduler.grammar_ready(req_id)
+        for failure in batch.failed:
+            if self.scheduler.abort(failure.req_id) is not None:
+                self._rejected.append(failure)
+        return batch.results
 
     def _update(self, *, keep_in_flight: int) -> list[RequestOutput]:
         """Updates the scheduler with the oldest steps, once their tokens are back, until

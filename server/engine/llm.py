@@ -99,7 +99,9 @@ class LLM:
         finals = {}
         with tqdm(total=len(req_ids), disable=not use_tqdm, desc="generating") as bar:
             while self.engine.has_unfinished():
-                for out in self.engine.step():
+                outputs = self.engine.step()
+                _raise_rejections(self.engine, req_ids)
+                for out in outputs:
                     produced[out.req_id].extend(out.new_token_ids)
                     logprobs[out.req_id].extend(out.logprobs or ())
                     if out.finished:
@@ -116,6 +118,15 @@ class LLM:
                           text=text, finish_reason=final.finish_reason,
                           num_cached_tokens=final.num_cached_tokens,
                           logprobs=tuple(logprobs) if params.logprobs is not None else None)
+
+
+def _raise_rejections(engine, req_ids: list[str]) -> None:
+    """A request whose grammar did not compile fails the call (the rest are aborted)."""
+    rejected = engine.take_rejections()
+    if rejected:
+        engine.abort(req_ids)
+        engine.step()  # hands the aborts to the runner, so nothing is left over
+        raise ValueError(f"request {rejected[0].req_id}: {rejected[0].error}")
 
 
 def _per_prompt(params: SamplingParams | Sequence[SamplingParams] | None,

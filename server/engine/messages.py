@@ -78,6 +78,7 @@ class StepInfo(msgspec.Struct, frozen=True):
     started_at: float  # time.monotonic(): one clock for both processes
     num_batched_tokens: int
     admitted_req_ids: list[str]  # taken from the waiting queue this step
+    grammar_compile_s: list[float] = []  # grammars compiled (or failed) since the last step
 
 
 class StepOutputs(msgspec.Struct, frozen=True, tag="outputs"):

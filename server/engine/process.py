@@ -94,12 +94,17 @@ class EngineLoop:
         """One step; its outputs and figures go out as one message (a chunked prefill step
         has no outputs yet, but its tokens and admissions still count for metrics)."""
         outputs = self._core.step()
+        for rejected in self._core.take_rejections():
+            self.send(RequestRejected(req_id=rejected.req_id, code=rejected.code,
+                                      message=rejected.error))
         summary = self._core.last_step
-        if not outputs and (summary is None or summary.num_batched_tokens == 0):
+        if not outputs and (summary is None or (summary.num_batched_tokens == 0
+                                                and not summary.grammar_compiles)):
             return
         step = None if summary is None else StepInfo(
             started_at=summary.started_at, num_batched_tokens=summary.num_batched_tokens,
-            admitted_req_ids=list(summary.admitted_req_ids))
+            admitted_req_ids=list(summary.admitted_req_ids),
+            grammar_compile_s=[c.seconds for c in summary.grammar_compiles])
         self.send(StepOutputs(outputs=list(outputs), step=step))
 
     def _parent_gone(self, events: dict) -> bool:
@@ -213,6 +218,7 @@ def serve(args: EngineProcessArgs) -> int:
             logger.debug("engine startup failed", exc_info=True)
             push.send(encoder.encode(StartupFailed(message=f"{type(exc).__name__}: {exc}")))
             return 1
+        core.prepare_grammars()  # the grammar compiler's tokenizer loads meanwhile
         energy_meter = open_energy_meter(core.info.device)
         push.send(encoder.encode(EngineReady(info=core.info)))
         loop = EngineLoop(core, pull, push, energy_meter=energy_meter)

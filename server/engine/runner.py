@@ -5,6 +5,9 @@
       -> decode-only step that fits a captured bucket: replay its CUDA graph
          otherwise: prepare_inputs -> model.forward -> logits of the sampled rows
          (pending inputs written on the device from the previous step's sampled ids)
+      -> rows that follow a grammar: their bitmask filled on the host while the device
+         runs the forward pass (after the previous step's tokens reach the matchers),
+         then applied to their logits
       -> sampler (all plain-greedy rows: one argmax, left on the device) -> InFlightStep
     resolve waits for the ids and appends each to its request's history;
     execute = resolve(launch(...)).
@@ -36,6 +39,8 @@ from server.engine.sampler import MIN_TEMPERATURE, RequestSamplingState, Sampler
 from server.engine.weights import ModelSource, iter_weights, resolve_model
 from server.kvcache.kv_pool import KVPool, check_kv_cache_kernels, kv_cache_dtype_for
 from server.scheduler.output import ModelOutput, NewRequestData, SchedulerOutput
+from server.structured_output.bitmask import apply_token_bitmask
+from server.structured_output.timing import GrammarStepTimes
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEFAULT_GRAPH_BATCH_SIZE = 256  # graphs up to here unless the engine or caller says otherwise
@@ -150,6 +155,8 @@ class ModelRunner:
         self._requests: dict[str, RequestSamplingState] = {}
         self._feedback = TokenFeedback()
         self._unresolved: list[InFlightStep] = []  # launched, tokens not in the histories
+        self.grammars = None  # GrammarMatchers, set by the engine when it has a compiler
+        self.grammar_times = GrammarStepTimes()
         self.graphs: DecodeGraphRunner | None = None
         if not enforce_eager and self.device.type == "cuda" and _is_cuda_ops(self.ops):
             engine = _engine_config(source)
@@ -216,14 +223,14 @@ class ModelRunner:
         if not req_ids:
             return self._launched(InFlightStep.done(ModelOutput(req_ids=(),
                                                                 sampled_token_ids=())))
+        self._apply_grammars(req_ids, logits)
         states = [self._state(req_id) for req_id in req_ids]
         if all(_is_plain_greedy(state) for state in states):
             # What the sampler does for such rows, minus building its per-step tensors.
             token_ids = logits.argmax(dim=-1)
             self._feedback.remember(req_ids, token_ids)
             return self._launched(InFlightStep.copying(req_ids, token_ids))
-        while self._unresolved:
-            self.resolve(self._unresolved[0])  # the penalties and seeds need its tokens
+        self._resolve_unresolved()  # the penalties and seeds need its tokens
         sampled = self.sampler.sample(logits, states)
         self._feedback.remember(req_ids, torch.tensor(sampled.sampled_token_ids,
                                                       dtype=torch.int64, device=self.device))
@@ -233,7 +240,7 @@ class ModelRunner:
 
     def resolve(self, step: InFlightStep) -> ModelOutput:
         """Waits for a launched step's tokens and appends them to the request histories
-        (once); requests forgotten since are skipped."""
+        and grammar matchers (once); requests forgotten since are skipped."""
         output = step.output()
         if step in self._unresolved:  # its tokens are not in the histories yet
             self._unresolved.remove(step)
@@ -241,7 +248,30 @@ class ModelRunner:
                 state = self._requests.get(req_id)
                 if state is not None:
                     state.output_token_ids.append(token_id)
+                    if self.grammars is not None:
+                        self.grammars.accept(req_id, token_id)
         return output
+
+    def _resolve_unresolved(self) -> None:
+        while self._unresolved:
+            self.resolve(self._unresolved[0])
+
+    def _apply_grammars(self, req_ids: tuple[str, ...], logits: torch.Tensor) -> None:
+        """Masks the rows of requests that follow a grammar. Their matchers need every
+        token sampled so far: with a step still in flight (async scheduling) the host
+        waits for it here, while the device already runs this step's forward pass."""
+        if self.grammars is None or not self.grammars.num_running:
+            return
+        rows = self.grammars.rows_to_mask(req_ids)
+        if not rows:
+            return
+        with self.grammar_times.waiting():
+            self._resolve_unresolved()
+        rows = self.grammars.rows_to_mask(req_ids)  # a matcher may have terminated
+        with self.grammar_times.filling(len(rows)):
+            step_mask = self.grammars.fill(req_ids, rows) if rows else None
+        if step_mask is not None:
+            apply_token_bitmask(logits, step_mask.bitmask, step_mask.rows)
 
     def _launched(self, step: InFlightStep) -> InFlightStep:
         self._unresolved.append(step)
@@ -287,8 +317,15 @@ class ModelRunner:
         request comes back as new, with its history so far."""
         self._forget(scheduler_output.finished_req_ids)
         self._forget(scheduler_output.preempted_req_ids)
+        if self.grammars is not None:
+            for req_id in scheduler_output.finished_req_ids:
+                self.grammars.release(req_id)
+            for req_id in scheduler_output.preempted_req_ids:
+                self.grammars.stop(req_id)
         for new in scheduler_output.new_requests:
             self._requests[new.req_id] = _sampling_state(new)
+            if self.grammars is not None:
+                self.grammars.start(new.req_id, new.output_token_ids)
         if self.graphs is not None and scheduler_output.new_requests:
             self.graphs.forget(new.req_id for new in scheduler_output.new_requests)
 

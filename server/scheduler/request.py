@@ -10,6 +10,8 @@ import enum
 import math
 from dataclasses import dataclass, field
 
+from server.structured_output.spec import GrammarSpec
+
 MAX_LOGPROBS = 20
 
 
@@ -29,6 +31,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logprobs: int | None = None  # None: no logprobs; k: the sampled one plus top k
+    grammar: GrammarSpec | None = None  # the output must follow it (structured outputs)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
@@ -69,6 +72,7 @@ def _check(ok: bool, param: str, message: str) -> None:
 
 
 class RequestStatus(enum.Enum):
+    WAITING_FOR_GRAMMAR = "waiting_for_grammar"  # held aside until its grammar compiles
     WAITING = "waiting"
     RUNNING = "running"
     PREEMPTED = "preempted"

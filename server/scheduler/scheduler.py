@@ -26,6 +26,9 @@ dropped. A waiting request is not admitted while it has a pending token (recompu
 needs every id).
 abort() returns the aborted request's final RequestOutput at once (finish_reason "abort");
 update() never reports it again, and the next SchedulerOutput lists it in finished_req_ids.
+
+A request with a grammar still compiling is added with awaits_grammar: it is held aside,
+out of the waiting queue (so it holds nobody back), until grammar_ready() queues it.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class Scheduler:
         self._policy = make_policy(scheduler_config.policy)
         self._waiting = self._policy.new_waiting_queue()
         self._running: list[Request] = []
+        self._awaiting_grammar: dict[str, Request] = {}
         self._requests: dict[str, Request] = {}  # every live (unfinished) request
         self._finished_req_ids: list[str] = []  # since the last schedule()
         self._num_preemptions_total = 0
@@ -69,12 +73,25 @@ class Scheduler:
 
     # ---- requests in and out -----------------------------------------------------------
 
-    def add(self, request: Request) -> None:
-        """Queue a request; raises RequestRejectedError if it could never run."""
+    def add(self, request: Request, *, awaits_grammar: bool = False) -> None:
+        """Queue a request (or hold it until grammar_ready, with awaits_grammar); raises
+        RequestRejectedError if it could never run."""
         self._check_admissible(request)
-        request.status = RequestStatus.WAITING
         self._requests[request.req_id] = request
+        if awaits_grammar:
+            request.status = RequestStatus.WAITING_FOR_GRAMMAR
+            self._awaiting_grammar[request.req_id] = request
+            return
+        request.status = RequestStatus.WAITING
         self._waiting.push(request)
+
+    def grammar_ready(self, req_id: str) -> None:
+        """The request's grammar compiled: it joins the waiting queue (in arrival order
+        among those that join now, after those already waiting)."""
+        request = self._awaiting_grammar.pop(req_id, None)
+        if request is not None:
+            request.status = RequestStatus.WAITING
+            self._waiting.push(request)
 
     def abort(self, req_id: str) -> RequestOutput | None:
         """Drop a request wherever it is and free its blocks at once. Returns its final
@@ -85,6 +102,8 @@ class Scheduler:
         if request.status is RequestStatus.RUNNING:
             _remove_by_identity(self._running, request)
             self._block_manager.free(req_id)
+        elif request.status is RequestStatus.WAITING_FOR_GRAMMAR:
+            del self._awaiting_grammar[req_id]
         else:
             self._waiting.remove(request)
         self._retire(request, RequestStatus.FINISHED_ABORTED)
@@ -94,10 +113,19 @@ class Scheduler:
         return bool(self._requests)
 
     @property
+    def num_unfinished(self) -> int:
+        return len(self._requests)
+
+    @property
+    def num_awaiting_grammar(self) -> int:
+        return len(self._awaiting_grammar)
+
+    @property
     def stats(self) -> SchedulerStats:
         blocks = self._block_manager
         return SchedulerStats(
-            num_running=len(self._running), num_waiting=len(self._waiting),
+            num_running=len(self._running),
+            num_waiting=len(self._waiting) + len(self._awaiting_grammar),
             num_preemptions_total=self._num_preemptions_total, kv_cache_usage=blocks.usage,
             num_free_blocks=blocks.num_free_blocks,
             num_evictable_blocks=blocks.num_evictable_blocks,

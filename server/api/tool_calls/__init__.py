@@ -1,0 +1,1 @@
+"""Tool calling: parsers of model output, and tools through the chat template."""
