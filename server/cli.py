@@ -87,6 +87,11 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
                             "they are aborted")
     serve.add_argument("--request-body-timeout", type=float, default=30.0,
                        help="seconds a request body has to arrive whole (else 408)")
+    serve.add_argument("--tool-call-parser", default="hermes",
+                       choices=("hermes", "llama3_json", "mistral", "pythonic"),
+                       help="the format tool calls are read in with tool_choice auto: the "
+                            "one the model's chat template asks for (hermes: Qwen2.5, "
+                            "Hermes, and models whose template knows no tools)")
     serve.set_defaults(func=run_serve)
 
 
@@ -127,7 +132,8 @@ def serve_config(args: argparse.Namespace):
                         max_queued_requests=args.max_queued_requests,
                         max_request_body_bytes=args.max_request_body_bytes,
                         shutdown_timeout_s=args.shutdown_timeout,
-                        request_body_timeout_s=args.request_body_timeout))
+                        request_body_timeout_s=args.request_body_timeout,
+                        tool_call_parser=args.tool_call_parser))
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -50,6 +50,8 @@ MODULES: tuple[KernelModule, ...] = (
     KernelModule("gemv_fp8", False, _names("gemv_fp8_bf16_m{m}", m=(1, 2, 3, 4))),
     # activations to FP8 for --quantization fp8 (exact division: matches the torch reference)
     KernelModule("quantize", False, _names("quantize_fp8_rows_{dt}", dt=DTYPES)),
+    # grammar masks on the sampled rows' logits (structured outputs)
+    KernelModule("token_bitmask", False, ("apply_token_bitmask_f32",)),
     # w1k2: the 1-warp row class on 2-warp CTAs that split each K/V tile's keys
     KernelModule("paged_attention", True,
                  _names("paged_attention_{dt}_d{d}_w{w}", dt=DTYPES, d=ATTENTION_HEAD_DIMS,

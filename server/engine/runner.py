@@ -39,7 +39,6 @@ from server.engine.sampler import MIN_TEMPERATURE, RequestSamplingState, Sampler
 from server.engine.weights import ModelSource, iter_weights, resolve_model
 from server.kvcache.kv_pool import KVPool, check_kv_cache_kernels, kv_cache_dtype_for
 from server.scheduler.output import ModelOutput, NewRequestData, SchedulerOutput
-from server.structured_output.bitmask import apply_token_bitmask
 from server.structured_output.timing import GrammarStepTimes
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -248,8 +247,8 @@ class ModelRunner:
                 state = self._requests.get(req_id)
                 if state is not None:
                     state.output_token_ids.append(token_id)
-                    if self.grammars is not None:
-                        self.grammars.accept(req_id, token_id)
+            if self.grammars is not None and self.grammars.num_running:
+                self.grammars.accept_many(output.req_ids, output.sampled_token_ids)
         return output
 
     def _resolve_unresolved(self) -> None:
@@ -271,7 +270,11 @@ class ModelRunner:
         with self.grammar_times.filling(len(rows)):
             step_mask = self.grammars.fill(req_ids, rows) if rows else None
         if step_mask is not None:
-            apply_token_bitmask(logits, step_mask.bitmask, step_mask.rows)
+            # the bitmask buffer is pinned: the next fill waits for this step (above)
+            bitmask = step_mask.bitmask.to(self.device, non_blocking=True)
+            rows = host_to_device(torch.tensor(step_mask.rows, dtype=torch.int64),
+                                  self.device)
+            self.ops.apply_token_bitmask(logits, bitmask, rows)
 
     def _launched(self, step: InFlightStep) -> InFlightStep:
         self._unresolved.append(step)

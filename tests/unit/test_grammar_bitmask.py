@@ -32,7 +32,7 @@ def test_mixed_batch_masks_only_the_constrained_rows_in_permuted_order():
     logits = torch.randn(4, 50)
     before = logits.clone()
     # rows 3 and 1 follow grammars (given in that order); rows 0 and 2 are free
-    apply_token_bitmask(logits, _bitmask([{5, 7}, {49}], 50), rows=[3, 1])
+    apply_token_bitmask(logits, _bitmask([{5, 7}, {49}], 50), rows=torch.tensor([3, 1]))
     assert torch.equal(logits[0], before[0]) and torch.equal(logits[2], before[2])
     assert torch.isfinite(logits[3]).nonzero().flatten().tolist() == [5, 7]
     assert torch.isfinite(logits[1]).nonzero().flatten().tolist() == [49]
@@ -40,9 +40,9 @@ def test_mixed_batch_masks_only_the_constrained_rows_in_permuted_order():
     assert logits.argmax(-1)[3].item() in (5, 7)
 
 
-def test_all_rows_masked_in_order_is_done_in_place():
+def test_all_rows_masked_in_order():
     logits = torch.zeros(2, 40)
-    apply_token_bitmask(logits, _bitmask([{1}, {39}], 40), rows=[0, 1])
+    apply_token_bitmask(logits, _bitmask([{1}, {39}], 40), rows=torch.tensor([0, 1]))
     assert logits.argmax(-1).tolist() == [1, 39]
     assert torch.isinf(logits).sum().item() == 2 * 39
 
@@ -50,7 +50,7 @@ def test_all_rows_masked_in_order_is_done_in_place():
 def test_no_rows_leaves_the_logits_alone():
     logits = torch.randn(3, 10)
     before = logits.clone()
-    apply_token_bitmask(logits, torch.zeros(0, 1, dtype=torch.int32), rows=[])
+    apply_token_bitmask(logits, torch.zeros(0, 1, dtype=torch.int32), rows=torch.tensor([], dtype=torch.int64))
     assert torch.equal(logits, before)
 
 
@@ -63,7 +63,16 @@ def test_padded_vocabulary_past_the_tokenizer_is_never_allowed():
     bitmask = xgrammar.allocate_token_bitmask(1, 64)
     matcher.fill_next_token_bitmask(bitmask, 0)
     logits = torch.zeros(1, 64)
-    apply_token_bitmask(logits, bitmask, rows=[0])
+    apply_token_bitmask(logits, bitmask, rows=torch.tensor([0]))
     allowed = torch.isfinite(logits[0]).nonzero().flatten().tolist()
     assert allowed and max(allowed) < len(vocab)
     assert 0 in allowed  # "{" opens the object
+
+
+def test_torch_ops_apply_the_reference():
+    from server.engine.ops.torch_ref import TorchOps
+
+    logits = torch.zeros(3, 33)
+    TorchOps().apply_token_bitmask(logits, _bitmask([{32}], 33), torch.tensor([2]))
+    assert logits[2].argmax().item() == 32 and torch.isinf(logits[2]).sum().item() == 32
+    assert not torch.isinf(logits[:2]).any()

@@ -4,6 +4,7 @@ ones carry fragments of its arguments)."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import string
 import uuid
@@ -33,7 +34,9 @@ def tool_message(plan: ToolPlan, text: str, finish_reason: str | None
     if plan.parser is None:
         return ChatMessageOut(content=text), finish_reason
     extracted = plan.parser.extract(text)
-    calls = extracted.calls if plan.parallel else extracted.calls[:1]
+    # a call cut off at max_tokens has unfinished arguments: it is left out
+    calls = [c for c in extracted.calls if _is_json_object(c.arguments)]
+    calls = calls if plan.parallel else calls[:1]
     if not calls:
         return ChatMessageOut(content=text), finish_reason
     tool_calls = [ToolCallOut(id=new_tool_call_id(_parser_name(plan)),
@@ -42,6 +45,13 @@ def tool_message(plan: ToolPlan, text: str, finish_reason: str | None
     if finish_reason == "stop":
         finish_reason = plan.calls_finish_reason
     return ChatMessageOut(content=extracted.content, tool_calls=tool_calls), finish_reason
+
+
+def _is_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 class ToolCallStreamer:

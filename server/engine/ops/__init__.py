@@ -46,6 +46,11 @@ class Ops(Protocol):
         """Rotates q and k by their positions, writes rotated k and v into kv_cache at
         slot_mapping, and returns the rotated (q, k)."""
 
+    def apply_token_bitmask(self, logits: torch.Tensor, bitmask: torch.Tensor,
+                            rows: torch.Tensor) -> None:
+        """In place: logits [S, V] float32 get -inf wherever bitmask [R, ceil(V/32)] int32
+        row r does not allow the token, on row rows[r] (int64 [R]); on logits' device."""
+
     def attention(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
                   scale: float) -> torch.Tensor:
         """Causal attention of each sequence's new queries over its whole context in the

@@ -17,7 +17,8 @@ from server.engine.kernels import KernelLibrary
 from server.engine.quantization import Fp8Weight
 from server.engine.ops.cuda_attention import paged_attention_into
 from server.engine.ops.cuda_fp8 import fp8_linear
-from server.engine.ops.cuda_launch import (GEMV_MAX_TOKENS, add_rms_norm_into, gemv_into,
+from server.engine.ops.cuda_launch import (GEMV_MAX_TOKENS, add_rms_norm_into,
+                                          apply_token_bitmask_into, gemv_into,
                                            gemv_supports, rms_norm_into, rope_and_cache_into,
                                            silu_and_mul_into)
 
@@ -84,6 +85,10 @@ class CudaOps:
         out = torch.empty((*x.shape[:-1], x.shape[-1] // 2), dtype=x.dtype, device=x.device)
         silu_and_mul_into(self.library, out, x)
         return out
+
+    def apply_token_bitmask(self, logits: torch.Tensor, bitmask: torch.Tensor,
+                            rows: torch.Tensor) -> None:
+        apply_token_bitmask_into(self.library, logits, bitmask, rows)
 
     def rope_and_cache(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        positions: torch.Tensor, cos_sin: torch.Tensor, kv_cache: torch.Tensor,

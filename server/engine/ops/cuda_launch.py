@@ -191,3 +191,26 @@ def gemv_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: torc
                args=(y.data_ptr(), weight.data_ptr(), x.data_ptr(),
                      0 if bias is None else bias.data_ptr(), np.int32(n), np.int32(k),
                      np.int64(x_stride)))
+
+
+def apply_token_bitmask_into(lib: KernelLibrary, logits: torch.Tensor, bitmask: torch.Tensor,
+                             rows: torch.Tensor) -> None:
+    """logits [S, V] float32, in place: -inf wherever bitmask [R, ceil(V/32)] int32 row r
+    does not allow the token, on logits row rows[r] (int64 [R])."""
+    check_device(lib.device, logits=logits, bitmask=bitmask, rows=rows)
+    if logits.dtype != torch.float32 or bitmask.dtype != torch.int32 \
+            or rows.dtype != torch.int64:
+        raise KernelArgumentError("apply_token_bitmask takes float32 logits, an int32 "
+                                  "bitmask and int64 rows")
+    check_contiguous(bitmask=bitmask, rows=rows)
+    num_rows, words = bitmask.shape
+    vocab = logits.shape[1]
+    if rows.shape != (num_rows,) or words * 32 < vocab or logits.stride(1) != 1:
+        raise KernelArgumentError(f"bitmask {tuple(bitmask.shape)} and rows "
+                                  f"{tuple(rows.shape)} do not fit logits {tuple(logits.shape)}")
+    if num_rows == 0:
+        return
+    lib.launch("token_bitmask", "apply_token_bitmask_f32", grid=(num_rows, -(-vocab // 256)),
+               block=(256,), args=(logits.data_ptr(), bitmask.data_ptr(), rows.data_ptr(),
+                                   np.int32(vocab), np.int32(words),
+                                   np.int64(logits.stride(0))))

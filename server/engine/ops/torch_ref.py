@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from server.engine.attention.metadata import AttentionMetadata
 from server.engine.quantization import Fp8Weight, fp8_linear_reference
 from server.kvcache.kv_pool import FP8_KV_DTYPE, FP8_KV_MAX
+from server.structured_output.bitmask import apply_token_bitmask
 
 
 class TorchOps:
@@ -45,6 +46,10 @@ class TorchOps:
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
         return F.silu(x[..., :half]) * x[..., half:]
+
+    def apply_token_bitmask(self, logits: torch.Tensor, bitmask: torch.Tensor,
+                            rows: torch.Tensor) -> None:
+        apply_token_bitmask(logits, bitmask, rows)
 
     def rope_and_cache(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        positions: torch.Tensor, cos_sin: torch.Tensor, kv_cache: torch.Tensor,
