@@ -59,13 +59,15 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir)
-    info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=args.vocab_size,
-                                                   stop_token_ids=[tokenizer.eos_token_id])
+    # as the engine builds it: the tokenizer's vocabulary, the logits may be wider
+    info = xgrammar.TokenizerInfo.from_huggingface(
+        tokenizer, vocab_size=min(len(tokenizer), args.vocab_size),
+        stop_token_ids=[tokenizer.eos_token_id])
     compiled = xgrammar.GrammarCompiler(info).compile_json_schema(json.dumps(SCHEMA))
     matchers = [xgrammar.GrammarMatcher(compiled) for _ in range(args.rows)]
     for m in matchers:
         assert m.accept_string('{"notes": ["the quick brown fox')
-    bitmask = xgrammar.allocate_token_bitmask(args.rows, args.vocab_size)
+    bitmask = xgrammar.allocate_token_bitmask(args.rows, info.vocab_size)
     result = {"rows": args.rows, "vocab_size": args.vocab_size, "cpus": os.cpu_count()}
 
     def fill_each():
@@ -88,6 +90,25 @@ def main() -> None:
             m.rollback(1)
 
     result["accept_one_by_one_ms"] = per_call_ms(accept_each, args.repeats)
+    for threads in (1, 16):
+        batch = xgrammar.BatchGrammarMatcher(max_threads=threads)
+
+        def accept_batch():
+            batch.batch_accept_token(matchers, [token] * len(matchers))
+            for m in matchers:
+                m.rollback(1)
+
+        result[f"accept_batch_{threads}_threads_ms"] = per_call_ms(accept_batch, args.repeats)
+
+    def rollback_only():
+        for m in matchers:
+            m.accept_token(token)
+        start = time.perf_counter()
+        for m in matchers:
+            m.rollback(1)
+        return time.perf_counter() - start
+
+    result["rollback_share_ms"] = 1e3 * rollback_only()
     if torch.cuda.is_available():
         logits = torch.randn(args.rows, args.vocab_size, device="cuda")
         on_device = bitmask.cuda()

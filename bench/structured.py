@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.gpu_probes import StepTimer  # noqa: E402
 from server.engine.llm import LLM  # noqa: E402
 from server.scheduler.request import SamplingParams  # noqa: E402
 from server.structured_output.spec import GrammarSpec  # noqa: E402
@@ -95,10 +96,11 @@ def timed_run(llm: LLM, prompts: list[list[int]], params: SamplingParams) -> dic
     times.reset()
     device = llm.engine.info.device
     sync(device)
-    start = time.perf_counter()
-    outs = llm.generate(prompts, params)
-    sync(device)
-    elapsed = time.perf_counter() - start
+    with StepTimer(llm.engine.runner) as steps:
+        start = time.perf_counter()
+        outs = llm.generate(prompts, params)
+        sync(device)
+        elapsed = time.perf_counter() - start
     num_out = sum(len(o.token_ids) for o in outs)
     valid = sum(_valid_json(o.text) for o in outs if o.finish_reason == "stop")
     return {"seconds": elapsed, "output_tokens": num_out,
@@ -109,7 +111,9 @@ def timed_run(llm: LLM, prompts: list[list[int]], params: SamplingParams) -> dic
             "constrained_steps": times.num_steps,
             "mean_masked_rows": times.num_rows / max(times.num_steps, 1),
             "host_wait_ms_per_step": 1e3 * times.wait_s / max(times.num_steps, 1),
-            "host_fill_ms_per_step": 1e3 * times.fill_s / max(times.num_steps, 1)}
+            "host_fill_ms_per_step": 1e3 * times.fill_s / max(times.num_steps, 1),
+            "host_accept_ms_per_step": 1e3 * times.accept_s / max(times.num_steps, 1),
+            "steps": steps.summary(elapsed)}
 
 
 def _valid_json(text: str | None) -> bool:

@@ -111,7 +111,7 @@ class EngineCore:
                 self.info.tokenizer_dir, vocab_size=self.info.vocab_size,
                 stop_token_ids=self.info.eos_token_ids)
             self.runner.grammars = GrammarMatchers(
-                vocab_size=self.info.vocab_size, max_rows=self.scheduler.config.max_num_seqs,
+                max_rows=self.scheduler.config.max_num_seqs,
                 pin_memory=self.runner.device.type == "cuda")
         return self._grammar_compiler
 

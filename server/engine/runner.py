@@ -248,7 +248,8 @@ class ModelRunner:
                 if state is not None:
                     state.output_token_ids.append(token_id)
             if self.grammars is not None and self.grammars.num_running:
-                self.grammars.accept_many(output.req_ids, output.sampled_token_ids)
+                with self.grammar_times.accepting():
+                    self.grammars.accept_many(output.req_ids, output.sampled_token_ids)
         return output
 
     def _resolve_unresolved(self) -> None:

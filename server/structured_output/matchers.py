@@ -8,8 +8,9 @@ token, and the token bitmask of a step's constrained rows filled from them on th
     accept(req_id, token_id)        each sampled token, once it is on the host
     stop(req_id) / release(req_id)  preempted (the compiled grammar stays) / finished
 
-Bitmask layout (xgrammar's): int32 [rows, ceil(vocab / 32)]; bit j of word w allows token
-32 * w + j. Tokens past the tokenizer's vocabulary (a padded embedding) are never allowed.
+Bitmask layout (xgrammar's): int32 [rows, ceil(tokenizer vocabulary / 32)]; bit j of word w
+allows token 32 * w + j. The logits may be wider (a padded embedding): the mask's
+application never allows those ids.
 """
 
 from __future__ import annotations
@@ -33,18 +34,19 @@ class StepMask:
 
 
 class GrammarMatchers:
-    def __init__(self, *, vocab_size: int, max_rows: int = 256,
-                 pin_memory: bool = False) -> None:
+    def __init__(self, *, max_rows: int = 256, pin_memory: bool = False) -> None:
         """pin_memory: the bitmask lives in pinned memory, for a non-blocking copy to a GPU
-        (the runner fills it again only after the step that read it is done)."""
+        (the runner fills it again only after the step that read it is done). Its width
+        comes from the first grammar (the tokenizer's vocabulary)."""
         import xgrammar
 
         self._xgr = xgrammar
-        self.vocab_size = vocab_size
+        self.vocab_size: int | None = None
+        self._max_rows = max_rows
         self._pin_memory = pin_memory
         self._compiled: dict[str, object] = {}
         self._matchers: dict[str, object] = {}
-        self._bitmask = self._allocate(max_rows)
+        self._bitmask: torch.Tensor | None = None
         # One row's fill costs ~200 us at a 128k vocabulary inside a JSON string (H200 host,
         # bench/grammar_costs.py): 256 rows took 52 ms on one thread, 5 ms on 16.
         self._batch = xgrammar.BatchGrammarMatcher(max_threads=max(1, os.cpu_count() or 1))
@@ -57,6 +59,9 @@ class GrammarMatchers:
         return len(self._matchers)
 
     def register(self, req_id: str, compiled) -> None:
+        if self._bitmask is None:
+            self.vocab_size = compiled.tokenizer_info.vocab_size
+            self._bitmask = self._allocate(self._max_rows)
         self._compiled[req_id] = compiled
 
     def start(self, req_id: str, output_token_ids: Sequence[int]) -> None:

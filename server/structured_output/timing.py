@@ -15,8 +15,9 @@ from dataclasses import dataclass
 class GrammarStepTimes:
     num_steps: int = 0  # steps with at least one masked row
     num_rows: int = 0  # masked rows, summed over those steps
-    wait_s: float = 0.0  # host time waiting for the step in flight
+    wait_s: float = 0.0  # host time waiting for the step in flight (and its accepts)
     fill_s: float = 0.0  # host time filling bitmasks
+    accept_s: float = 0.0  # host time feeding sampled tokens to the matchers
 
     @contextmanager
     def waiting(self) -> Iterator[None]:
@@ -25,6 +26,14 @@ class GrammarStepTimes:
             yield
         finally:
             self.wait_s += time.perf_counter() - started
+
+    @contextmanager
+    def accepting(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.accept_s += time.perf_counter() - started
 
     @contextmanager
     def filling(self, num_rows: int) -> Iterator[None]:
@@ -38,4 +47,4 @@ class GrammarStepTimes:
 
     def reset(self) -> None:
         self.num_steps = self.num_rows = 0
-        self.wait_s = self.fill_s = 0.0
+        self.wait_s = self.fill_s = self.accept_s = 0.0

@@ -86,7 +86,8 @@ CASES: list[tuple[str, str, Any, int, str | None, str | None]] = [
      "messages.0.role", None),
     ("logit_bias", CHAT, {"messages": USER, "logit_bias": {"50": 100}}, 400, "logit_bias",
      None),
-    ("tools", CHAT, {"messages": USER, "tools": [{"type": "function"}]}, 400, "tools", None),
+    ("tools", CHAT, {"messages": USER, "tools": [{"type": "function"}]}, 400,
+     "tools.0.function", "missing_required_parameter"),
     ("unknown_model", CHAT, {"messages": USER, "model": "../../etc/passwd"}, 404, "model",
      "model_not_found"),
 ]
@@ -134,7 +135,8 @@ def test_unknown_fields_and_a_chat_template_in_the_request_are_ignored(http):
     # A template that would loop for ever if rendered, and fields no version of the API has.
     extra = {"chat_template": "{% for i in range(10**12) %}x{% endfor %}",
              "chat_template_kwargs": {"add_generation_prompt": False},
-             "frobnicate": [1, {"deep": None}], "echo": True, "guided_json": {"type": "x"}}
+             "frobnicate": [1, {"deep": None}], "echo": True,
+             "guided_decoding_backend": "outlines"}
     expected = http.post(CHAT, json=plain)
     response, elapsed_s = send(http, CHAT, encoded({**plain, **extra}))
     assert expected.status_code == response.status_code == 200, response.text

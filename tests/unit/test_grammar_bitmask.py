@@ -57,10 +57,14 @@ def test_no_rows_leaves_the_logits_alone():
 def test_padded_vocabulary_past_the_tokenizer_is_never_allowed():
     xgrammar = pytest.importorskip("xgrammar")
     vocab = ["{", "}", "\"", "a", ":", " ", "1"]
-    info = xgrammar.TokenizerInfo(vocab, vocab_size=64, stop_token_ids=[6])
+    info = xgrammar.TokenizerInfo(vocab, stop_token_ids=[6])
     compiled = xgrammar.GrammarCompiler(info).compile_json_schema('{"type": "object"}')
     matcher = xgrammar.GrammarMatcher(compiled)
-    bitmask = xgrammar.allocate_token_bitmask(1, 64)
+    bitmask = torch.full((1, 1), -1, dtype=torch.int32)  # one word: every bit set
+    logits = torch.zeros(1, 64)  # the model's embedding is padded to 64 ids
+    apply_token_bitmask(logits, bitmask, rows=torch.tensor([0]))
+    assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == list(range(32))
+    bitmask = xgrammar.allocate_token_bitmask(1, len(vocab))
     matcher.fill_next_token_bitmask(bitmask, 0)
     logits = torch.zeros(1, 64)
     apply_token_bitmask(logits, bitmask, rows=torch.tensor([0]))

@@ -15,7 +15,7 @@ EOS = VOCAB.index("<eos>")
 
 
 def _compiled(schema: str):
-    info = xgrammar.TokenizerInfo(VOCAB, vocab_size=16, stop_token_ids=[EOS])
+    info = xgrammar.TokenizerInfo(VOCAB, stop_token_ids=[EOS])
     return xgrammar.GrammarCompiler(info).compile_json_schema(schema)
 
 
@@ -24,7 +24,7 @@ def _tokens(text: str) -> list[int]:
 
 
 def _matchers(max_rows: int = 4) -> GrammarMatchers:
-    matchers = GrammarMatchers(vocab_size=16, max_rows=max_rows)
+    matchers = GrammarMatchers(max_rows=max_rows)
     compiled = _compiled('{"type": "object", "properties": {"a": {"type": "integer"}}, '
                          '"required": ["a"]}')
     for req_id in ("live", "replayed"):
@@ -67,7 +67,7 @@ def test_released_requests_leave_nothing_behind():
 
 def test_many_rows_fill_through_the_threaded_batch_path_identically():
     compiled = _compiled('{"type": "object"}')
-    matchers = GrammarMatchers(vocab_size=16, max_rows=2)  # grows as needed
+    matchers = GrammarMatchers(max_rows=2)  # grows as needed
     req_ids = [f"r{i}" for i in range(BATCH_FILL_MIN_ROWS + 3)]
     for i, req_id in enumerate(req_ids):
         matchers.register(req_id, compiled)

@@ -195,8 +195,8 @@ def gemv_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: torc
 
 def apply_token_bitmask_into(lib: KernelLibrary, logits: torch.Tensor, bitmask: torch.Tensor,
                              rows: torch.Tensor) -> None:
-    """logits [S, V] float32, in place: -inf wherever bitmask [R, ceil(V/32)] int32 row r
-    does not allow the token, on logits row rows[r] (int64 [R])."""
+    """logits [S, V] float32, in place: -inf wherever bitmask [R, W] int32 row r does not
+    allow the token (tokens past 32 W: never), on logits row rows[r] (int64 [R])."""
     check_device(lib.device, logits=logits, bitmask=bitmask, rows=rows)
     if logits.dtype != torch.float32 or bitmask.dtype != torch.int32 \
             or rows.dtype != torch.int64:
@@ -205,7 +205,7 @@ def apply_token_bitmask_into(lib: KernelLibrary, logits: torch.Tensor, bitmask: 
     check_contiguous(bitmask=bitmask, rows=rows)
     num_rows, words = bitmask.shape
     vocab = logits.shape[1]
-    if rows.shape != (num_rows,) or words * 32 < vocab or logits.stride(1) != 1:
+    if rows.shape != (num_rows,) or logits.stride(1) != 1:
         raise KernelArgumentError(f"bitmask {tuple(bitmask.shape)} and rows "
                                   f"{tuple(rows.shape)} do not fit logits {tuple(logits.shape)}")
     if num_rows == 0:
