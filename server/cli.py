@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from server.config import (DEFAULT_MODEL, KV_CACHE_DTYPES, QUANTIZATIONS, CacheConfig,
                            ModelConfig, SchedulerConfig)
 from server.api.settings import API_KEY_ENV, DEFAULT_MAX_REQUEST_BODY_BYTES
+from server.api.tool_calls.registry import TOOL_CALL_PARSERS
 from server.logging_setup import configure_logging
 
 # subcommand -> module with register(subparsers)
@@ -87,8 +88,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
                             "they are aborted")
     serve.add_argument("--request-body-timeout", type=float, default=30.0,
                        help="seconds a request body has to arrive whole (else 408)")
-    serve.add_argument("--tool-call-parser", default="hermes",
-                       choices=("hermes", "llama3_json", "mistral", "pythonic"),
+    serve.add_argument("--tool-call-parser", default="hermes", choices=tuple(TOOL_CALL_PARSERS),
                        help="the format tool calls are read in with tool_choice auto: the "
                             "one the model's chat template asks for (hermes: Qwen2.5, "
                             "Hermes, and models whose template knows no tools)")

@@ -178,3 +178,12 @@ class HandBatcher:
                 del self.block_refs[block_id]
                 self.free_block_ids.append(block_id)
         request.block_ids = []
+
+
+def tiny_llm_that_preempts(*, async_scheduling: bool):
+    """dummy:tiny on the CPU with 6 blocks of 16 for up to 4 running requests of up to
+    40-60 tokens: preemption happens."""
+    from server.engine.llm import LLM
+
+    return LLM("dummy:tiny", device="cpu", kv_cache_tokens=96, max_num_seqs=4,
+               max_num_batched_tokens=24, async_scheduling=async_scheduling)

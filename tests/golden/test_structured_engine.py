@@ -15,7 +15,7 @@ from server.engine.llm import LLM
 from server.scheduler.request import SamplingParams
 from server.structured_output import compiler as compiler_module
 from server.structured_output.spec import GrammarSpec
-from tests.golden.helpers import single_torch_thread
+from tests.golden.helpers import single_torch_thread, tiny_llm_that_preempts
 
 SCHEMA = {"type": "object",
           "properties": {"name": {"type": "string", "maxLength": 6},
@@ -34,9 +34,7 @@ def _one_thread():
 
 
 def _llm(*, async_scheduling: bool) -> LLM:
-    # 6 blocks of 16 for up to 4 running requests of up to 60 tokens: preemption happens
-    return LLM("dummy:tiny", device="cpu", kv_cache_tokens=96, max_num_seqs=4,
-               max_num_batched_tokens=24, async_scheduling=async_scheduling)
+    return tiny_llm_that_preempts(async_scheduling=async_scheduling)
 
 
 def _prompts() -> list[list[int]]:

@@ -268,6 +268,20 @@ class StreamStateMachine(StreamingToolCallParser):
             return None
         return False
 
+    def _step_expecting(self, literal: str) -> int | None:
+        """After optional whitespace, `literal` must come next: the position just past it,
+        or None (wait for more text, or — when it cannot come — the rest is content)."""
+        at = skip_space(self._text, self._pos)
+        if at == len(self._text):
+            return None
+        found = self._literal_at(at, literal)
+        if found is None:
+            return None
+        if not found:
+            self._treat_rest_as_content()
+            return None
+        return at + len(literal)
+
     def _step_content_until(self, marker: str) -> bool:
         """Release content up to the next `marker`, holding back a tail that may begin it;
         True once the marker was read (`_pos` is then just after it, `_unsent` at it)."""

@@ -113,16 +113,10 @@ class _HermesStream(JsonCallStream):
         return True
 
     def _step_closing(self) -> bool:
-        after = skip_space(self._text, self._pos)
-        if after == len(self._text):
+        after = self._step_expecting(CLOSE_TAG)
+        if after is None:
             return False
-        found = self._literal_at(after, CLOSE_TAG)
-        if found is None:
-            return False
-        if not found:
-            self._treat_rest_as_content()
-            return False
-        self._pos = self._unsent = after + len(CLOSE_TAG)
+        self._pos = self._unsent = after
         self._state = "content"
         return True
 

@@ -166,16 +166,10 @@ class _MistralStream(JsonCallStream):
         return True
 
     def _step_after_arguments(self) -> bool:
-        at = skip_space(self._text, self._pos)
-        if at == len(self._text):
+        after = self._step_expecting(CALLS_MARKER)
+        if after is None:
             return False
-        found = self._literal_at(at, CALLS_MARKER)
-        if found is None:
-            return False
-        if not found:
-            self._treat_rest_as_content()
-            return False
-        self._pos = at + len(CALLS_MARKER)
+        self._pos = after
         self._state = "name"
         return True
 
