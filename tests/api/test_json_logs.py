@@ -49,11 +49,16 @@ def test_json_logs_have_structured_startup_and_one_line_per_request():
                               json={"messages": [{"role": "user", "content": "Hi"}],
                                     "max_tokens": 3, "ignore_eos": True, "n": 2,
                                     "stream": True})
-        assert plain.status_code == streamed.status_code == 200
+        constrained = httpx.post(f"{d.base_url}/v1/completions", timeout=60,
+                                 json={"prompt": "Pick one", "max_tokens": 5,
+                                       "guided_choice": ["left", "right"]})
+        assert plain.status_code == streamed.status_code == constrained.status_code == 200
         stream_id = json.loads(streamed.text.split("\n\n")[0].removeprefix("data: "))["id"]
 
-        finished = {e["req_id"]: e for e in wait_for_event(d, "request_finished", count=2)}
-        assert finished.keys() == {plain.json()["id"], stream_id}
+        finished = {e["req_id"]: e for e in wait_for_event(d, "request_finished", count=3)}
+        assert finished.keys() == {plain.json()["id"], stream_id, constrained.json()["id"]}
+        assert finished[constrained.json()["id"]]["grammar"] == "choice"
+        assert finished[plain.json()["id"]]["grammar"] is None
         first = finished[plain.json()["id"]]
         usage = plain.json()["usage"]
         assert first["logger"] == "inflightd.requests"

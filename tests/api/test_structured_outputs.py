@@ -166,3 +166,19 @@ def test_grammar_metrics_and_request_counter(http, model_name):
     assert "inflightd:grammar_compile_seconds_count" in text
     assert 'inflightd:structured_output_requests_total{kind="choice"' in text \
         or 'kind="choice",model_name' in text
+
+
+def test_grammar_with_stop_strings_and_n_choices(http, model_name):
+    body = {"model": model_name, "prompt": "Colours:", "max_tokens": 40, "n": 3,
+            "temperature": 1.0, "seed": 5, "stop": ["green"],
+            "guided_regex": "(red|green|blue)(, (red|green|blue)){0,6}"}
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    choices = response.json()["choices"]
+    assert len(choices) == 3
+    for choice in choices:
+        text = choice["text"]
+        assert "green" not in text
+        assert all(part in ("red", "blue", "") for part in text.split(", ")), text
+        if choice["finish_reason"] == "stop" and not text.endswith(("red", "blue")):
+            assert text == "" or text.endswith(", ")  # cut by the stop string "green"
