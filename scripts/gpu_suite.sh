@@ -18,7 +18,9 @@
 #             dummy:smollm2-135m and dummy:llama-3-8b (bf16, --quantization fp8, then
 #             --kv-cache-dtype fp8). The image lacks the web stack: carry
 #             its wheels (fastapi starlette pydantic pydantic-core uvicorn msgspec pyzmq
-#             annotated-types typing-inspection typing_extensions opentelemetry-api, the
+#             annotated-types typing-inspection typing_extensions opentelemetry-api, and for
+#             grammars xgrammar apache-tvm-ffi jsonschema referencing rpds-py attrs
+#             jsonschema-specifications, the
 #             versions of the venv, `pip download --no-deps --only-binary=:all:
 #             --python-version 3.12`) in a folder named by WHEEL_DIRS
 # Logs go to $OUT (the device tool's output folder), else ./gpu-logs. Wheels carried in
