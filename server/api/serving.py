@@ -108,6 +108,10 @@ class ServingState:
         every choice's output follows `grammar` when given."""
         if body.stop_token_ids:
             self.check_token_ids(body.stop_token_ids, "stop_token_ids")
+        if grammar is not None and body.ignore_eos:
+            raise invalid_param("ignore_eos", f"ignore_eos cannot be combined with "
+                                              f"{grammar.param}: a finished grammar allows "
+                                              f"only the end of the output")
         plans = []
         for prompt_index, prompt in enumerate(prompts):
             max_tokens = self.resolve_max_tokens(len(prompt), body.requested_max_tokens())

@@ -1,4 +1,5 @@
-"""Validate responses against OpenAI's published OpenAPI description (shared/openai-openapi).
+"""Validate responses against OpenAI's published OpenAPI description, vendored unchanged in
+tests/api/openai_openapi/ (INFLIGHTD_OPENAPI_SPEC names another copy to use instead).
 
 The file is OpenAPI 3.1, i.e. JSON Schema 2020-12, with leftovers of OpenAPI 3.0's
 `nullable: true`, which 2020-12 ignores; those are rewritten into real null alternatives so
@@ -18,8 +19,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from tests.api.daemon import REPO_ROOT
-
+SPEC_PATH = Path(__file__).resolve().parent / "openai_openapi" / "openapi.json"
 SPEC_URI = "urn:openai-openapi"
 # OpenAI streams completions chunks in CreateCompletionResponse's shape, with finish_reason
 # null until the last one (and usage null but in the last, with include_usage); the
@@ -28,15 +28,13 @@ COMPLETION_CHUNK = "InflightdCompletionChunk"
 
 
 def spec_path() -> Path:
-    candidates = [os.environ.get("INFLIGHTD_OPENAPI_SPEC"),
-                  REPO_ROOT / "shared" / "openai-openapi" / "openapi.json",
-                  REPO_ROOT.parent / "shared" / "openai-openapi" / "openapi.json"]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    raise FileNotFoundError("OpenAI's openapi.json was not found beside the repository "
-                            "(../shared/openai-openapi/openapi.json); set "
-                            "INFLIGHTD_OPENAPI_SPEC to its path")
+    """The vendored copy, or the file INFLIGHTD_OPENAPI_SPEC names (which must exist)."""
+    override = os.environ.get("INFLIGHTD_OPENAPI_SPEC")
+    path = Path(override) if override else SPEC_PATH
+    if not path.is_file():
+        raise FileNotFoundError(f"OpenAI's openapi.json is not at {path}"
+                                + (" (from INFLIGHTD_OPENAPI_SPEC)" if override else ""))
+    return path
 
 
 def _with_real_nulls(node: Any) -> Any:

@@ -149,6 +149,12 @@ def test_hostile_schemas_get_a_fast_400_and_the_daemon_stays_healthy(http, model
     assert http.get("/health").status_code == 200
 
 
+def test_ignore_eos_with_a_grammar_is_a_400(http, model_name):
+    response = http.post("/v1/completions", json={"model": model_name, "prompt": "x",
+                                                  "guided_choice": ["a"], "ignore_eos": True})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "ignore_eos"
+
+
 def test_invalid_guided_regex_and_two_grammars_at_once_are_400s(http, model_name):
     bad = http.post("/v1/completions", json={"model": model_name, "prompt": "x",
                                              "guided_regex": "(("})
