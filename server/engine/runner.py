@@ -260,14 +260,11 @@ class ModelRunner:
         """Masks the rows of requests that follow a grammar. Their matchers need every
         token sampled so far: with a step still in flight (async scheduling) the host
         waits for it here, while the device already runs this step's forward pass."""
-        if self.grammars is None or not self.grammars.num_running:
-            return
-        rows = self.grammars.rows_to_mask(req_ids)
-        if not rows:
+        if self.grammars is None or not self.grammars.follows_any(req_ids):
             return
         with self.grammar_times.waiting():
             self._resolve_unresolved()
-        rows = self.grammars.rows_to_mask(req_ids)  # a matcher may have terminated
+        rows = self.grammars.rows_to_mask(req_ids)  # after the wait: some may have ended
         with self.grammar_times.filling(len(rows)):
             step_mask = self.grammars.fill(req_ids, rows) if rows else None
         if step_mask is not None:

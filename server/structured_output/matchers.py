@@ -7,6 +7,7 @@ token, and the token bitmask of a step's constrained rows filled from them on th
     fill(req_ids) -> StepMask       the rows to mask this step, and their bitmask
     accept(req_id, token_id)        each sampled token, once it is on the host
     stop(req_id) / release(req_id)  preempted (the compiled grammar stays) / finished
+    follows_any(req_ids)            whether a step has constrained rows at all
 
 Bitmask layout (xgrammar's): int32 [rows, ceil(tokenizer vocabulary / 32)]; bit j of word w
 allows token 32 * w + j. The logits may be wider (a padded embedding): the mask's
@@ -84,6 +85,11 @@ class GrammarMatchers:
     def release(self, req_id: str) -> None:
         self._matchers.pop(req_id, None)
         self._compiled.pop(req_id, None)
+
+    def follows_any(self, req_ids: Sequence[str]) -> bool:
+        """Whether any of these requests has a live matcher (a cheap test per step)."""
+        matchers = self._matchers
+        return bool(matchers) and any(req_id in matchers for req_id in req_ids)
 
     def rows_to_mask(self, req_ids: Sequence[str]) -> tuple[int, ...]:
         """Rows whose request has a live matcher. A terminated one (it took its stop token
