@@ -24,6 +24,8 @@ _MISTRAL = {"architectures": ["MistralForCausalLM"], "model_type": "mistral",
             "hidden_act": "silu", "sliding_window": None}
 _QWEN2 = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
           "use_sliding_window": False}
+_QWEN3 = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_act": "silu",
+          "use_sliding_window": False, "attention_bias": False}
 
 # The tiny shapes use the default model's vocabulary size so its tokenizer fits them.
 _TINY = {"vocab_size": 49152, "hidden_size": 64, "intermediate_size": 128,
@@ -91,6 +93,15 @@ DUMMY_CONFIGS: dict[str, dict[str, Any]] = {
                    "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
                    "rope_theta": 1000000.0, "bos_token_id": 151643,
                    "eos_token_id": 151645, "tie_word_embeddings": False},
+    # Qwen3: per-head RMSNorm of q and k before rotary
+    "qwen3-tiny": {**_QWEN3, **_TINY, "num_key_value_heads": 2, "tie_word_embeddings": False,
+                   "rms_norm_eps": 1e-6},
+    "qwen3-8b": {**_QWEN3, "vocab_size": 151936, "hidden_size": 4096,
+                 "intermediate_size": 12288, "num_hidden_layers": 36,
+                 "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                 "max_position_embeddings": 40960, "rms_norm_eps": 1e-6,
+                 "rope_theta": 1000000.0, "bos_token_id": 151643,
+                 "eos_token_id": 151645, "tie_word_embeddings": False},
 }
 
 DUMMY_PREFIX = "dummy:"

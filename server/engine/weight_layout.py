@@ -24,6 +24,9 @@ def layer_weight_shapes(arch: ModelArchConfig, layer: int) -> dict[str, tuple[in
         shapes[f"{prefix}.self_attn.q_proj.bias"] = (q_size,)
         shapes[f"{prefix}.self_attn.k_proj.bias"] = (kv_size,)
         shapes[f"{prefix}.self_attn.v_proj.bias"] = (kv_size,)
+    if arch.qk_norm:
+        shapes[f"{prefix}.self_attn.q_norm.weight"] = (arch.head_dim,)
+        shapes[f"{prefix}.self_attn.k_norm.weight"] = (arch.head_dim,)
     shapes.update({
         f"{prefix}.self_attn.o_proj.weight": (arch.hidden_size, q_size),
         f"{prefix}.post_attention_layernorm.weight": (arch.hidden_size,),

@@ -37,6 +37,8 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
                                       tie_word_embeddings=False, sliding_window=None)),
     "qwen2-bias": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=2,
                                        tie_word_embeddings=True)),
+    "qwen3-qk-norm": ("Qwen3Config", dict(num_attention_heads=4, num_key_value_heads=2,
+                                          head_dim=16, tie_word_embeddings=False)),
 }
 
 

@@ -46,6 +46,9 @@ class DecoderLayer:
         # Llama's attention_bias also biases o_proj; Qwen2 biases only q/k/v.
         has_o_bias = arch.attention_bias and arch.architecture != "Qwen2ForCausalLM"
         self.o_bias = empty(hidden) if has_o_bias else None
+        # Qwen3: an RMSNorm over each head's q and k (one weight per head dim) before rotary
+        self.q_norm = empty(arch.head_dim) if arch.qk_norm else None
+        self.k_norm = empty(arch.head_dim) if arch.qk_norm else None
         self.post_norm = empty(hidden)
         self.gate_up_weight = linear(2 * inter, hidden)
         self.down_weight = linear(hidden, inter)
@@ -72,6 +75,9 @@ class DecoderLayer:
             names[f"{attn}.v_proj.bias"] = self.qkv_bias[q + kv:]
         if self.o_bias is not None:
             names[f"{attn}.o_proj.bias"] = self.o_bias
+        if self.q_norm is not None:
+            names[f"{attn}.q_norm.weight"] = self.q_norm
+            names[f"{attn}.k_norm.weight"] = self.k_norm
         return names
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, *,
@@ -100,6 +106,17 @@ class DecoderLayer:
         q = q.reshape(num_tokens, self.num_heads, self.head_dim)
         k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q = _per_head_rms_norm(q, self.q_norm, self.eps, ops)
+            k = _per_head_rms_norm(k, self.k_norm, self.eps, ops)
         q, _k = ops.rope_and_cache(q, k, v, positions, cos_sin, kv_cache, metadata.slot_mapping)
         out = ops.attention(q, kv_cache, metadata, self.scale)
         return ops.linear(out.reshape(num_tokens, self.q_size), self.o_weight, self.o_bias)
+
+
+def _per_head_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                       ops: Ops) -> torch.Tensor:
+    """x [T, heads, head_dim] normed over each head's head_dim (rows of the norm kernel)."""
+    num_tokens, num_heads, head_dim = x.shape
+    rows = x.reshape(num_tokens * num_heads, head_dim)
+    return ops.rms_norm(rows, weight, eps).reshape(num_tokens, num_heads, head_dim)
