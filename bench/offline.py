@@ -41,12 +41,13 @@ from bench.gpu_probes import (StepTimer, copy_bandwidth, gemm_floor_ms,  # noqa:
                               profile_decode, profile_mixed, profile_prefill)
 from bench.peers import (hf_model, run_hf_continuous, run_hf_sequential,  # noqa: E402
                          run_hf_static, sync)
+from server.bench.datasets import SHAREGPT_PATH  # noqa: E402
 from server.config import KV_CACHE_DTYPES, QUANTIZATIONS  # noqa: E402
 from server.engine.llm import LLM  # noqa: E402
 from server.engine.quantization import Fp8Weight  # noqa: E402
 from server.scheduler.request import SamplingParams  # noqa: E402
 
-SHAREGPT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "sharegpt_500.json"
+SHAREGPT = SHAREGPT_PATH
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

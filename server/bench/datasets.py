@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-SHAREGPT_PATH = Path("/work/shared/datasets/sharegpt_500.json")
+# vendored with its licence (data/README.md)
+SHAREGPT_PATH = Path(__file__).resolve().parent / "data" / "sharegpt_500.json"
 _MAX_LENGTH_FIXES = 16
 
 
