@@ -111,9 +111,6 @@ class GrammarCompilerPool:
             wait([future for future, _ in self._pending.values()], timeout=timeout_s,
                  return_when=FIRST_COMPLETED)
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
     def _compile(self, spec: GrammarSpec):
         return compile_spec(self._compiler.result(), spec)
 

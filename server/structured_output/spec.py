@@ -27,7 +27,3 @@ class GrammarSpec:
         if self.kind not in GRAMMAR_KINDS:
             raise ValueError(f"grammar kind must be one of {', '.join(GRAMMAR_KINDS)}, "
                              f"not {self.kind!r}")
-
-    @property
-    def cache_key(self) -> tuple[str, str]:
-        return (self.kind, self.value)
