@@ -11,7 +11,6 @@ import threading
 import jsonschema
 import pytest
 
-from server.engine.llm import LLM
 from server.scheduler.request import SamplingParams
 from server.structured_output import compiler as compiler_module
 from server.structured_output.spec import GrammarSpec
@@ -33,10 +32,6 @@ def _one_thread():
         yield
 
 
-def _llm(*, async_scheduling: bool) -> LLM:
-    return tiny_llm_that_preempts(async_scheduling=async_scheduling)
-
-
 def _prompts() -> list[list[int]]:
     return [[7 + i, 100 + 3 * i, 41, 9] * (2 + i % 3) for i in range(8)]
 
@@ -56,7 +51,7 @@ def _params() -> list[SamplingParams]:
 
 
 def test_async_engine_with_grammars_gives_the_tokens_of_the_sync_engine():
-    sync_llm, async_llm = _llm(async_scheduling=False), _llm(async_scheduling=True)
+    sync_llm, async_llm = tiny_llm_that_preempts(async_scheduling=False), tiny_llm_that_preempts(async_scheduling=True)
     expected = sync_llm.generate(_prompts(), _params())
     got = async_llm.generate(_prompts(), _params())
     assert [c.token_ids for c in got] == [c.token_ids for c in expected]
@@ -68,7 +63,7 @@ def test_async_engine_with_grammars_gives_the_tokens_of_the_sync_engine():
 
 
 def test_constrained_outputs_follow_their_grammars_through_preemption():
-    completions = _llm(async_scheduling=True).generate(_prompts(), _params())
+    completions = tiny_llm_that_preempts(async_scheduling=True).generate(_prompts(), _params())
     for completion, params in zip(completions, _params()):
         if params.grammar is None or completion.finish_reason != "stop":
             continue
@@ -82,7 +77,7 @@ def test_constrained_outputs_follow_their_grammars_through_preemption():
 
 
 def test_a_grammar_that_does_not_compile_rejects_its_request_alone():
-    llm = _llm(async_scheduling=True)
+    llm = tiny_llm_that_preempts(async_scheduling=True)
     engine = llm.engine
     engine.add_request("bad", [5, 6, 7], SamplingParams(max_tokens=4,
                                                         grammar=GrammarSpec("regex", "((")))
@@ -109,7 +104,7 @@ def test_a_request_waiting_for_its_grammar_holds_nobody_back(monkeypatch):
         return real_compile(compiler, spec)
 
     monkeypatch.setattr(compiler_module, "compile_spec", slow_compile)
-    engine = _llm(async_scheduling=False).engine
+    engine = tiny_llm_that_preempts(async_scheduling=False).engine
     engine.add_request("constrained", [5, 6, 7], SamplingParams(temperature=0, max_tokens=5,
                                                                 grammar=CHOICE))
     engine.add_request("free", [8, 9], SamplingParams(temperature=0, max_tokens=3,
@@ -127,7 +122,7 @@ def test_a_request_waiting_for_its_grammar_holds_nobody_back(monkeypatch):
 
 
 def test_aborting_a_request_whose_grammar_compiles_forgets_it():
-    engine = _llm(async_scheduling=False).engine
+    engine = tiny_llm_that_preempts(async_scheduling=False).engine
     engine.add_request("a", [5, 6, 7], SamplingParams(max_tokens=5, grammar=JSON_SCHEMA))
     (output,) = engine.abort(["a"])
     assert output.finish_reason == "abort"
@@ -140,7 +135,7 @@ def test_grammars_time_out_with_their_own_error(monkeypatch):
     release = threading.Event()
     monkeypatch.setattr(compiler_module, "compile_spec",
                         lambda compiler, spec: release.wait(timeout=30))
-    engine = _llm(async_scheduling=False).engine
+    engine = tiny_llm_that_preempts(async_scheduling=False).engine
     compiler = engine.prepare_grammars()
     monkeypatch.setattr(compiler, "_timeout_s", 0.05)
     engine.add_request("slow", [5, 6], SamplingParams(max_tokens=3, grammar=CHOICE))

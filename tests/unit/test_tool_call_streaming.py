@@ -8,24 +8,16 @@ import pytest
 from server.api.tool_calls.base import (
     ContentDelta,
     ToolCallDelta,
-    ToolCallParser,
     assemble_deltas,
 )
 from server.api.tool_calls.registry import make_parser
+from tests.unit.test_tool_call_parsers import run_stream
 
 
 def pushes(parser_name: str, pieces: list[str]) -> list[list]:
     """The deltas returned by each push, then by finish."""
     stream = make_parser(parser_name).stream()
     return [stream.push(piece) for piece in pieces] + [stream.finish()]
-
-
-def run_stream(parser: ToolCallParser, pieces: list[str]) -> list:
-    stream = parser.stream()
-    deltas = []
-    for piece in pieces:
-        deltas += stream.push(piece)
-    return deltas + stream.finish()
 
 
 def every_split(text: str) -> list[list[str]]:
