@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the repository root instead of bench/, whose kernels.py would shadow the `kernels`
+# package that transformers imports when it is installed
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from server.engine.graph_capture import median_replay_ms  # noqa: E402
 
@@ -77,15 +79,24 @@ def per_layer_rows(copies: dict) -> list[dict]:
 
 
 class PowerSampler:
-    """nvidia-smi every 100 ms in the background: SM clock (MHz) and board power (W)."""
+    """nvidia-smi every interval_ms in the background: SM clock (MHz) and board power (W).
+    enabled=False (no GPU) samples nothing."""
+
+    def __init__(self, *, interval_ms: int = 100, enabled: bool = True) -> None:
+        self.interval_ms = interval_ms
+        self.enabled = enabled
+        self.samples: list[tuple[float, float]] = []
 
     def __enter__(self):
         self.proc = subprocess.Popen(
             ["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits",
-             "-lms", "100"], stdout=subprocess.PIPE, text=True)
+             "-lms", str(self.interval_ms)], stdout=subprocess.PIPE,
+            text=True) if self.enabled else None
         return self
 
     def __exit__(self, *exc):
+        if self.proc is None:
+            return False
         self.proc.terminate()
         out, _ = self.proc.communicate()
         samples = [tuple(float(v) for v in line.split(",")) for line in out.splitlines()

@@ -3,6 +3,11 @@ at 1 to 4 tokens: microseconds and weight bytes streamed per second, each timed 
 graph of enough calls on distinct weight copies that the weights never sit in L2.
 
     python3 bench/gemv.py [--json FILE]
+    python3 bench/gemv.py --fp8 [--json FILE]
+
+--fp8 times the FP8 GEMVs of csrc/gemv_fp8.cu instead, on activations already quantized
+(as the fused norm and SiLU kernels hand them over): the tensor-core kernel at 1 to 8
+tokens, the CUDA-core kernel at 1 to 4, and torch._scaled_mm (cuBLASLt) beside them.
 """
 
 from __future__ import annotations
@@ -15,11 +20,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the repository root instead of bench/, whose kernels.py would shadow the `kernels`
+# package that transformers imports when it is installed
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from server.engine.graph_capture import median_replay_ms  # noqa: E402
 from server.engine.kernels import KernelLibrary  # noqa: E402
 from server.engine.ops.cuda import CudaOps  # noqa: E402
+from server.engine.ops.cuda_fp8 import gemv_fp8_into  # noqa: E402
+from server.engine.ops.cuda_launch import GEMV_MAX_TOKENS  # noqa: E402
+from server.engine.quantization import Fp8Weight, quantize_rows  # noqa: E402
 
 # name -> (N, K) of Llama-3-8B (hidden 4096, 32/8 heads of 128, MLP 14336, vocab 128256)
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
@@ -37,10 +47,52 @@ def time_linear(linear, x: torch.Tensor, weights: list[torch.Tensor]) -> float:
     return 1e3 * median_replay_ms(calls) / len(weights)
 
 
+def fp8_rows() -> list[dict]:
+    library = KernelLibrary()
+    library.load_all()
+    rows = []
+    for name, (n, k) in SHAPES.items():
+        copies = max(2, -(-L2_FLUSH_BYTES // (n * k)))
+        weights = [Fp8Weight.empty(n, k, device="cuda").copy_(
+            torch.randn((n, k), device="cuda", dtype=DTYPE)) for _ in range(copies)]
+        for num_tokens in (1, 2, 4, 8):
+            q, scale = quantize_rows(torch.randn((num_tokens, k), device="cuda", dtype=DTYPE))
+            y = torch.empty((num_tokens, n), device="cuda", dtype=DTYPE)
+            kernels = {
+                "mma": lambda x, w: gemv_fp8_into(library, y, q, scale, w,
+                                                  tensor_cores=True),
+                "cuda_cores": lambda x, w: gemv_fp8_into(library, y, q, scale, w,
+                                                         tensor_cores=False),
+                "scaled_mm": lambda x, w: torch._scaled_mm(
+                    q, w.data.t(), scale_a=scale, scale_b=w.scale.view(1, -1),
+                    out_dtype=DTYPE)}
+            if num_tokens > GEMV_MAX_TOKENS:
+                del kernels["cuda_cores"]
+            row = {"layer": name, "n": n, "k": k, "tokens": num_tokens}
+            for kernel, call in kernels.items():
+                row[f"{kernel}_us"] = time_linear(call, q, weights)
+                row[f"{kernel}_gb_s"] = n * k / row[f"{kernel}_us"] / 1e3
+            rows.append(row)
+        del weights
+    print(f"{torch.cuda.get_device_name()}: e4m3 x [tokens, K] @ W [N, K]^T, us (GB/s)")
+    for r in rows:
+        cells = "  ".join(f"{kernel} {r[f'{kernel}_us']:7.1f} ({r[f'{kernel}_gb_s']:4.0f})"
+                          for kernel in ("mma", "cuda_cores", "scaled_mm")
+                          if f"{kernel}_us" in r)
+        print(f"{r['layer']:>8} {r['n']:>7} {r['k']:>6} {r['tokens']:>3}  {cells}")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--fp8", action="store_true", help="the FP8 GEMVs instead")
     args = parser.parse_args()
+    if args.fp8:
+        rows = fp8_rows()
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        return
     # our GEMV at every size and token count it has, whatever the engine's rule picks
     ops = CudaOps(KernelLibrary(), gemv_max_tokens=4, gemv_max_weight_elements=2**62)
     rows = []

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from server.engine.graph_capture import median_replay_ms
+from server.engine.quantization import FP8_DTYPE, FP8_INV_MAX, Fp8Weight
 from server.scheduler.request import SamplingParams
 
 # kernel group -> substrings of the kernel names (ours from csrc/, cuBLAS's for the GEMMs)
@@ -60,8 +62,9 @@ def copy_bandwidth(device: str) -> float:
 
 def gemm_floor_ms(model, *, batch_size: int = 1, ops=None) -> float:
     """One graph replaying every linear layer of the model on [batch_size, ...] inputs,
-    through ops.linear (the engine's choice of kernel) or, without ops, cuBLAS (F.linear)."""
-    linear = F.linear if ops is None else ops.linear
+    through ops.linear (the engine's choice of kernel) or, without ops, cuBLAS (F.linear;
+    for FP8 weights torch._scaled_mm on activations quantized before the graph)."""
+    linear = cublas_linear() if ops is None else ops.linear
     device, dtype = model.device, model.dtype
     arch = model.arch
     hidden = torch.randn(batch_size, arch.hidden_size, device=device, dtype=dtype)
@@ -77,6 +80,24 @@ def gemm_floor_ms(model, *, batch_size: int = 1, ops=None) -> float:
         linear(hidden, model.lm_head)
 
     return median_replay_ms(linears)
+
+
+def cublas_linear() -> Callable:
+    """F.linear, or for an Fp8Weight the FP8 GEMM alone on activations quantized at the
+    first call (the quantization is the engine's business, not the floor's)."""
+    quantized: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if not isinstance(weight, Fp8Weight):
+            return F.linear(x, weight, bias)
+        if id(x) not in quantized:  # x itself is kept too, so its id is not reused
+            scale = x.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) * FP8_INV_MAX
+            quantized[id(x)] = (x, (x.float() / scale).to(FP8_DTYPE), scale)
+        _, x_q, x_scale = quantized[id(x)]
+        return torch._scaled_mm(x_q, weight.data.t(), scale_a=x_scale,
+                                scale_b=weight.scale.view(1, -1), out_dtype=x.dtype)
+
+    return linear
 
 
 @dataclass
@@ -141,15 +162,23 @@ class StepTimer:
             return {}
         torch.cuda.synchronize()
         totals = {"decode_gpu_seconds": 0.0, "mixed_gpu_seconds": 0.0,
-                  "idle_between_steps_seconds": 0.0}
+                  "idle_between_steps_seconds": 0.0, "idle_before_mixed_seconds": 0.0}
+        gaps = []  # (idle ms, index of the step after it, decode-only)
         previous_end = None
-        for start, end, decode_only in self._events:
+        for index, (start, end, decode_only) in enumerate(self._events):
             key = "decode_gpu_seconds" if decode_only else "mixed_gpu_seconds"
             totals[key] += start.elapsed_time(end) / 1e3
             if previous_end is not None:
-                totals["idle_between_steps_seconds"] += max(
-                    0.0, previous_end.elapsed_time(start) / 1e3)
+                idle = max(0.0, previous_end.elapsed_time(start) / 1e3)
+                totals["idle_between_steps_seconds"] += idle
+                if not decode_only:
+                    totals["idle_before_mixed_seconds"] += idle
+                gaps.append((1e3 * idle, index, decode_only))
             previous_end = end
+        totals["idle_gaps_over_1ms"] = sum(1 for gap in gaps if gap[0] > 1.0)
+        totals["longest_idle_gaps"] = [
+            {"ms": round(ms, 2), "before_step": index, "decode_only": decode_only}
+            for ms, index, decode_only in sorted(gaps, reverse=True)[:8]]
         return totals
 
     def summary(self, wall_seconds: float) -> dict:

@@ -19,6 +19,8 @@ is freed so both fit in GPU memory.
 --compare-fp8 and --compare-fp8-kv run batch-1 decode and the throughput run again, in the
 same process, on engines with FP8 linear layers, an e4m3 KV cache, or both.
 
+--workload ISL/OSL[:N] runs TensorRT-LLM's throughput workloads instead (bench/workloads.py).
+
 Every run prints one table; docs/benchmarks.md records them with device, date, command.
 """
 
@@ -35,12 +37,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the repository root instead of bench/, whose kernels.py would shadow the `kernels`
+# package that transformers imports when it is installed
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from bench.gpu_probes import (StepTimer, copy_bandwidth, gemm_floor_ms,  # noqa: E402
                               profile_decode, profile_mixed, profile_prefill)
 from bench.peers import (hf_model, run_hf_continuous, run_hf_sequential,  # noqa: E402
                          run_hf_static, sync)
+from bench.workloads import run_workloads  # noqa: E402
 from server.bench.datasets import SHAREGPT_PATH  # noqa: E402
 from server.config import KV_CACHE_DTYPES, QUANTIZATIONS  # noqa: E402
 from server.engine.llm import LLM  # noqa: E402
@@ -64,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--block-size", type=int, default=16, help="KV cache block size (tokens)")
+    p.add_argument("--memory-fraction", type=float, default=None,
+                   help="of the GPU memory free after the weights, for the KV cache "
+                        "(default: the engine's, 0.9)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -86,6 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare-fp8-kv", action="store_true",
                    help="GPU: the same again with --kv-cache-dtype fp8 (and, with "
                         "--compare-fp8, once more with both)")
+    p.add_argument("--workload", action="append", default=None, metavar="ISL/OSL[:N]",
+                   help="TensorRT-LLM's throughput workload instead (bench/workloads.py): N "
+                        "(default --num-prompts) requests of ISL random tokens generating "
+                        "exactly OSL each, all at once; repeat for several")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
 
@@ -186,13 +198,14 @@ def engine_model(args: argparse.Namespace) -> tuple[str, float | None]:
 
 
 def make_llm(model: str, args: argparse.Namespace, *, quantization: str | None,
-             kv_cache_dtype: str) -> LLM:
+             kv_cache_dtype: str, max_model_len: int | None = None) -> LLM:
     extra = {}
     if args.max_num_batched_tokens:
         extra["max_num_batched_tokens"] = args.max_num_batched_tokens
     return LLM(model, device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
                seed=args.seed, block_size=args.block_size, quantization=quantization,
-               kv_cache_dtype=kv_cache_dtype, **extra)
+               kv_cache_dtype=kv_cache_dtype, max_model_len=max_model_len,
+               memory_fraction=args.memory_fraction, **extra)
 
 
 def compared_variants(args: argparse.Namespace) -> list[tuple[str | None, str]]:
@@ -318,6 +331,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.workload:
+        return {"workloads": run_workloads(args, make_llm=make_llm, engine_model=engine_model,
+                                           free_memory=free_gpu_memory)}
     model, build_seconds = engine_model(args)
     llm = make_llm(model, args, quantization=args.quantization,
                    kv_cache_dtype=args.kv_cache_dtype)

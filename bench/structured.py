@@ -31,7 +31,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the repository root instead of bench/, whose kernels.py would shadow the `kernels`
+# package that transformers imports when it is installed
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from bench.gpu_probes import StepTimer  # noqa: E402
 from server.engine.llm import LLM  # noqa: E402

@@ -2,7 +2,13 @@
 //
 // As the torch reference: silu of the gate is rounded to T before the product, which is
 // rounded once more. grid = (T, column blocks); each thread handles VEC columns per step.
+//
+// silu_and_mul_fp8 (--quantization fp8) ends in the down projection's FP8 input instead: one
+// CTA per row keeps the row's products (rounded to T, as stored above) in registers, takes
+// their absmax and writes them quantized as quantize.cu does, bit for bit the two kernels'
+// result without the T row between them.
 #include "common.cuh"
+#include "fp8.cuh"
 
 using namespace inflightd;
 
@@ -37,6 +43,50 @@ __device__ __forceinline__ void silu_and_mul_impl(T* __restrict__ out, const T* 
     silu_and_mul_impl<T, VEC>(out, x, d, x_stride);                                              \
   }
 
+constexpr int kSiluFp8Items = 4;  // 8-column chunks per thread: rows up to 32,768 wide
+
+template <typename T>
+__device__ __forceinline__ void silu_and_mul_fp8_impl(Fp8* __restrict__ q,
+                                                      float* __restrict__ scale,
+                                                      const T* __restrict__ x, int d,
+                                                      long long x_stride) {
+  __shared__ float scratch[32];
+  const T* gate = x + blockIdx.x * x_stride;
+  const T* up = gate + d;
+  float v[kSiluFp8Items][8];
+  float absmax = 0.f;
+#pragma unroll
+  for (int it = 0; it < kSiluFp8Items; ++it) {
+    const int i = (threadIdx.x + it * blockDim.x) * 8;
+    if (i < d) {
+      Vec8<T> g;
+      Vec8<T> u;
+      g.load(gate + i);
+      u.load(up + i);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        v[it][j] = round_to<T>(round_to<T>(silu(g.get(j))) * u.get(j));
+        absmax = fmaxf(absmax, fabsf(v[it][j]));
+      }
+    }
+  }
+  const float s = store_row_scale(absmax, scratch, scale);
+  Fp8* dst = q + blockIdx.x * static_cast<long long>(d);
+#pragma unroll
+  for (int it = 0; it < kSiluFp8Items; ++it) {
+    const int i = (threadIdx.x + it * blockDim.x) * 8;
+    if (i < d) *reinterpret_cast<uint2*>(dst + i) = quantize8(v[it], s);
+  }
+}
+
+#define INFLIGHTD_SILU_AND_MUL_FP8(T, SUFFIX)                                                   \
+  extern "C" __global__ void __launch_bounds__(1024) silu_and_mul_fp8_##SUFFIX(                 \
+      Fp8* q, float* scale, const T* x, int d, long long x_stride) {                            \
+    silu_and_mul_fp8_impl<T>(q, scale, x, d, x_stride);                                         \
+  }
+
+INFLIGHTD_SILU_AND_MUL_FP8(__nv_bfloat16, bf16)
+INFLIGHTD_SILU_AND_MUL_FP8(__half, fp16)
 INFLIGHTD_SILU_AND_MUL(__nv_bfloat16, bf16, 8)
 INFLIGHTD_SILU_AND_MUL(__nv_bfloat16, bf16, 1)
 INFLIGHTD_SILU_AND_MUL(__half, fp16, 8)

@@ -135,4 +135,20 @@ __device__ __forceinline__ float block_sum(float x, float* scratch) {
   return total;
 }
 
+// Largest value over the whole block; `scratch` holds one float per warp (not the one a
+// block_sum of the same kernel uses). Every thread gets the result.
+__device__ __forceinline__ float block_max(float x, float* scratch) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int num_warps = (blockDim.x + 31) >> 5;
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1)
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
+  if (lane == 0) scratch[warp] = x;
+  __syncthreads();
+  float result = 0.f;
+  for (int w = 0; w < num_warps; ++w) result = fmaxf(result, scratch[w]);
+  return result;
+}
+
 }  // namespace inflightd

@@ -5,9 +5,16 @@
 
 #include <cuda_fp16.h>
 
+#include "common.cuh"
+
 namespace inflightd {
 
 using Fp8 = unsigned char;  // one e4m3 value, as the kernels move it
+
+// Row scales of quantized activations (server.engine.quantization): max(absmax, kMinAbsMax)
+// times float32(1 / 448), a multiply as in the torch reference.
+constexpr float kInvFp8Max = 1.f / 448.f;
+constexpr float kMinAbsMax = 1e-12f;
 
 // Two floats as two e4m3 bytes (nearest, ties to even, saturated to +-448), `lo` in the low
 // byte.
@@ -54,6 +61,26 @@ __device__ __forceinline__ void e4m3x4_to_half2x2(unsigned x, unsigned& lo, unsi
   __trap();
   lo = hi = 0u;
 #endif
+}
+
+// A row's scale from each thread's share of its absmax, over the block (one CTA per row);
+// thread 0 stores it into scale[blockIdx.x]. `scratch` as block_max's.
+__device__ __forceinline__ float store_row_scale(float absmax, float* scratch, float* scale) {
+  const float s = fmaxf(block_max(absmax, scratch), kMinAbsMax) * kInvFp8Max;
+  if (threadIdx.x == 0) scale[blockIdx.x] = s;
+  return s;
+}
+
+// Eight floats divided by `scale` as eight e4m3 bytes: an IEEE division (__fdiv_rn, also
+// under --use_fast_math), not a multiply by 1 / scale, for the torch reference's rounding.
+__device__ __forceinline__ uint2 quantize8(const float (&v)[8], float scale) {
+  float d[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) d[i] = __fdiv_rn(v[i], scale);
+  uint2 packed;
+  packed.x = to_e4m3x2(d[0], d[1]) | (to_e4m3x2(d[2], d[3]) << 16);
+  packed.y = to_e4m3x2(d[4], d[5]) | (to_e4m3x2(d[6], d[7]) << 16);
+  return packed;
 }
 
 }  // namespace inflightd

@@ -73,3 +73,87 @@ INFLIGHTD_GEMV_FP8(1)
 INFLIGHTD_GEMV_FP8(2)
 INFLIGHTD_GEMV_FP8(3)
 INFLIGHTD_GEMV_FP8(4)
+
+// The same product on the tensor cores, for up to 8 tokens: mma.m16n8k32 takes e4m3
+// operands as they are, so no value is converted (the conversions above, not the bytes,
+// set the pace of the CUDA-core kernel). A CTA owns 16 output columns (weight rows, the
+// MMA's M) and its warps split K in 64-byte blocks; the tokens are the MMA's N (rows of x
+// past m are zeros). The sum over k does not care which k is which, so each lane loads 16
+// contiguous bytes of its weight rows and of its token's x, and the two MMAs of a block
+// read them in a lane-local order, the same for A and B:
+//
+//   # lane (g = lane / 4, t = lane % 4), block bytes [16t, 16t + 16) of rows g, g + 8:
+//   #   MMA 1: a = {w[g][0:4], w[g+8][0:4], w[g][4:8], w[g+8][4:8]}    b = {x[g][0:4], x[g][4:8]}
+//   #   MMA 2: a = {w[g][8:12], w[g+8][8:12], w[g][12:16], w[g+8][12:16]}  b = {x[g][8:16]}
+//   # (offsets within the lane's 16 bytes). C: c0, c1 = (column g, tokens 2t, 2t + 1),
+//   # c2, c3 = (column g + 8, tokens 2t, 2t + 1).
+constexpr int kMmaGemvWarps = 8;
+constexpr int kMmaGemvUnroll = 4;  // 64-byte blocks each warp has in flight
+
+__device__ __forceinline__ void mma_e4m3_16x8x32(float (&c)[4], unsigned a0, unsigned a1,
+                                                 unsigned a2, unsigned a3, unsigned b0,
+                                                 unsigned b1) {
+#if __CUDA_ARCH__ >= 890
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+  __trap();
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(32 * kMmaGemvWarps) gemv_fp8_mma_bf16(
+    __nv_bfloat16* __restrict__ y, const unsigned char* __restrict__ w,
+    const float* __restrict__ w_scale, const unsigned char* __restrict__ x,
+    const float* __restrict__ x_scale, const __nv_bfloat16* __restrict__ bias, int m, int n,
+    int k) {
+  __shared__ float partial[kMmaGemvWarps][32][4];
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const int col0 = blockIdx.x * 16;
+  // rows past n read the last row (in bounds) and are never stored
+  const unsigned char* w_lo = w + static_cast<long long>(min(col0 + g, n - 1)) * k;
+  const unsigned char* w_hi = w + static_cast<long long>(min(col0 + g + 8, n - 1)) * k;
+  const unsigned char* x_row = x + static_cast<long long>(g) * k;
+  const bool has_token = g < m;
+  const int num_blocks = (k + 63) / 64;
+  float c[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int first = warp; first < num_blocks; first += kMmaGemvWarps * kMmaGemvUnroll) {
+    uint4 a_lo[kMmaGemvUnroll], a_hi[kMmaGemvUnroll], b[kMmaGemvUnroll];
+#pragma unroll
+    for (int u = 0; u < kMmaGemvUnroll; ++u) {
+      const int offset = (first + u * kMmaGemvWarps) * 64 + 16 * t;
+      const bool in_k = first + u * kMmaGemvWarps < num_blocks && offset < k;
+      const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+      a_lo[u] = in_k ? load_streaming(w_lo + offset) : zero;
+      a_hi[u] = in_k ? load_streaming(w_hi + offset) : zero;
+      b[u] = in_k && has_token ? __ldg(reinterpret_cast<const uint4*>(x_row + offset)) : zero;
+    }
+#pragma unroll
+    for (int u = 0; u < kMmaGemvUnroll; ++u) {
+      mma_e4m3_16x8x32(c, a_lo[u].x, a_hi[u].x, a_lo[u].y, a_hi[u].y, b[u].x, b[u].y);
+      mma_e4m3_16x8x32(c, a_lo[u].z, a_hi[u].z, a_lo[u].w, a_hi[u].w, b[u].z, b[u].w);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) partial[warp][lane][i] = c[i];
+  __syncthreads();
+  if (warp != 0) return;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float total = 0.f;
+#pragma unroll
+    for (int v = 0; v < kMmaGemvWarps; ++v) total += partial[v][lane][i];
+    const int col = col0 + g + (i >= 2 ? 8 : 0);
+    const int token = 2 * t + (i & 1);
+    if (col < n && token < m) {
+      float value = total * x_scale[token] * w_scale[col];
+      if (bias != nullptr) value += to_float(bias[col]);
+      y[static_cast<long long>(token) * n + col] = from_float<__nv_bfloat16>(value);
+    }
+  }
+}

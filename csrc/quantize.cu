@@ -13,24 +13,6 @@ using namespace inflightd;
 
 namespace {
 
-constexpr float kInvFp8Max = 1.f / 448.f;  // as the reference: a multiply, not a division
-constexpr float kMinAbsMax = 1e-12f;
-
-// Largest value over the block; `scratch` holds one float per warp.
-__device__ __forceinline__ float block_max(float x, float* scratch) {
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  const int num_warps = (blockDim.x + 31) >> 5;
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1)
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
-  if (lane == 0) scratch[warp] = x;
-  __syncthreads();
-  float result = 0.f;
-  for (int w = 0; w < num_warps; ++w) result = fmaxf(result, scratch[w]);
-  return result;
-}
-
 template <typename T>
 __device__ __forceinline__ void quantize_rows_impl(unsigned char* __restrict__ q,
                                                    float* __restrict__ scale,
@@ -46,17 +28,12 @@ __device__ __forceinline__ void quantize_rows_impl(unsigned char* __restrict__ q
 #pragma unroll
     for (int j = 0; j < 8; ++j) absmax = fmaxf(absmax, fabsf(v.v[j]));
   }
-  const float s = fmaxf(block_max(absmax, scratch), kMinAbsMax) * kInvFp8Max;
-  if (threadIdx.x == 0) scale[blockIdx.x] = s;
+  const float s = store_row_scale(absmax, scratch, scale);
   unsigned char* dst = q + blockIdx.x * static_cast<long long>(k);
   for (int i = threadIdx.x * 8; i < k; i += step) {
     Vec8Float<T> v;
     v.load(row + i);
-    // Division, not a multiply by 1/s: the same rounding as the torch reference.
-    uint2 packed;
-    packed.x = to_e4m3x2(v.v[0] / s, v.v[1] / s) | (to_e4m3x2(v.v[2] / s, v.v[3] / s) << 16);
-    packed.y = to_e4m3x2(v.v[4] / s, v.v[5] / s) | (to_e4m3x2(v.v[6] / s, v.v[7] / s) << 16);
-    *reinterpret_cast<uint2*>(dst + i) = packed;
+    *reinterpret_cast<uint2*>(dst + i) = quantize8(v.v, s);
   }
 }
 

@@ -3,7 +3,10 @@
 At startup (or at the first decode step) the model's forward pass and lm_head are captured
 once per batch-size bucket, largest first, into one shared memory pool. A decode step of n
 requests replays the smallest bucket B >= n; mixed and prefill steps run eagerly, as do
-decode steps larger than the largest bucket. Sampling stays outside the graph.
+decode steps larger than the largest bucket. Sampling stays outside the graph. Every graph
+writes its logits into rows 0..B-1 of one float32 buffer [Bmax, vocab] kept outside the
+pool: outputs the graphs held themselves would add up to B x vocab floats per bucket (5 GB
+over the buckets up to 1,024 for a 128k vocabulary), against one copy of 0.5 GB per step.
 
 The graphs read static inputs from one device buffer, refilled each step from a pinned host
 buffer of the same layout by a single non-blocking copy (the block tables last, so the copy
@@ -38,17 +41,20 @@ from server.scheduler.output import ScheduledRequest
 
 logger = logging.getLogger("inflightd.engine")
 
-MAX_GRAPH_BATCH_SIZE = 512
+# TensorRT-LLM runs up to 4,096 requests a step; an eager decode step of that size costs the
+# host more than the GPU's time (issue 15), so graphs go as far.
+MAX_GRAPH_BATCH_SIZE = 4096
 _SMALL_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128)
+LARGE_BUCKET_STEP = 64  # padding rows cost < 1/4 of the step above 256 (TensorRT-LLM's step)
 
 
 def graph_batch_sizes(max_num_seqs: int) -> tuple[int, ...]:
-    """1, 2, 4, 8, 16, 24, 32, 48, ..., 128, then every 32 up to 256 and every 64 up to 512,
+    """1, 2, 4, 8, 16, 24, 32, 48, ..., 128, then every 32 up to 256 and every 64 above,
     ending at max_num_seqs (capped at MAX_GRAPH_BATCH_SIZE)."""
     top = min(max_num_seqs, MAX_GRAPH_BATCH_SIZE)
     sizes = [b for b in _SMALL_BUCKETS if b < top]
     sizes += [b for b in range(160, 257, 32) if b < top]
-    sizes += [b for b in range(320, MAX_GRAPH_BATCH_SIZE + 1, 64) if b < top]
+    sizes += [b for b in range(256 + LARGE_BUCKET_STEP, top, LARGE_BUCKET_STEP)]
     return (*sizes, top)
 
 
@@ -56,10 +62,11 @@ class DecodeStaging:
     """The host side of the static inputs: numpy views over one int32 buffer (pinned when
     it feeds a GPU). `fill` writes one decode step's rows and padding; pure host work.
 
-    Each running request's block table is kept as an int32 array and converted again only
-    when it grows (a running request's table only ever grows at its end), since converting
-    every table from its tuple each step is most of the host's share of a large decode step.
-    `forget` drops finished and preempted requests (a resumed one gets new blocks)."""
+    Block tables are the bulk of the rows. A row whose table is the very tuple it got last
+    step (the block manager hands out the same BlockTable until the table grows) is left as
+    it is; otherwise the request's table is kept as an int32 array, converted again only
+    when it grows (a running request's table only ever grows at its end). `forget` drops
+    finished and preempted requests (a resumed one gets new blocks)."""
 
     def __init__(self, *, max_batch_size: int, table_width: int, pin_memory: bool) -> None:
         self.max_batch_size = b = max_batch_size
@@ -78,6 +85,7 @@ class DecodeStaging:
         self.query_start_loc[:] = np.arange(b + 1, dtype=np.int32)
         self.block_tables = words[self.table_offset:].reshape(b, table_width)
         self._tables: dict[str, np.ndarray] = {}
+        self._row_tables: list[tuple[int, ...] | None] = [None] * b  # what each row holds
 
     def forget(self, req_ids) -> None:
         for req_id in req_ids:
@@ -116,8 +124,12 @@ class DecodeStaging:
                                  for s, p in zip(scheduled, positions)]
         self.seq_lens[:n] = self.positions[:n] + 1
         self.context_lens[:n] = positions
+        row_tables = self._row_tables
         for row, s in enumerate(scheduled):
-            self.block_tables[row, :len(s.block_ids)] = self._table(s)
+            if row_tables[row] is not s.block_ids:
+                self.block_tables[row, :len(s.block_ids)] = self._table(s)
+                row_tables[row] = s.block_ids
+        row_tables[n:batch_size] = [None] * (batch_size - n)
         self.input_ids[n:batch_size] = 0
         self.positions[n:batch_size] = 0
         self.slot_mapping[n:batch_size] = num_slots
@@ -145,7 +157,9 @@ class DecodeGraphRunner:
         self.device_words = torch.zeros(self.staging.num_words, dtype=torch.int32,
                                         device=kv_cache.device)
         self._copied = torch.cuda.Event()  # the last staging -> device copy
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.logits = torch.empty((self.batch_sizes[-1], model.arch.vocab_size),
+                                  dtype=torch.float32, device=kv_cache.device)
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.num_replays = 0
         self.capture_seconds: float | None = None
         self.pool_bytes: int | None = None
@@ -178,8 +192,8 @@ class DecodeGraphRunner:
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with capturing(graph, pool=pool):
-                logits = self._forward(input_ids, positions, metadata)
-            self._graphs[batch_size] = (graph, logits)
+                self._forward(input_ids, positions, metadata)
+            self._graphs[batch_size] = graph
         torch.cuda.synchronize(self.kv_cache.device)
         self.capture_seconds = time.perf_counter() - start
         self.pool_bytes = torch.cuda.memory_allocated(self.kv_cache.device) - before
@@ -207,12 +221,12 @@ class DecodeGraphRunner:
         if before_replay is not None:
             before_replay(self.device_words[:6 * self.staging.max_batch_size]
                           .view(torch.int64)[:num_seqs])
-        if not replay:
-            return self._forward(*self._static_inputs(batch_size))[:num_seqs]
-        graph, logits = self._graphs[batch_size]
-        graph.replay()
-        self.num_replays += 1
-        return logits[:num_seqs]
+        if replay:
+            self._graphs[batch_size].replay()
+            self.num_replays += 1
+        else:
+            self._forward(*self._static_inputs(batch_size))
+        return self.logits[:num_seqs]
 
     def time_padded_replay(self, batch_size: int, *, repeats: int = 20) -> float:
         """Median milliseconds of one replay of a bucket's graph on an all-padding step
@@ -221,7 +235,7 @@ class DecodeGraphRunner:
         if not self._graphs:
             self.capture()
         self._load_padding()
-        graph = self._graphs[batch_size][0]
+        graph = self._graphs[batch_size]
         graph.replay()
         times = []
         for _ in range(repeats):
@@ -241,9 +255,10 @@ class DecodeGraphRunner:
         self.device_words.copy_(self.staging.buffer)
 
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                 metadata: AttentionMetadata) -> torch.Tensor:
+                 metadata: AttentionMetadata) -> None:
+        """The padded step, its logits written into self.logits[:batch size]."""
         hidden = self.model.forward(input_ids, positions, self.kv_cache, metadata, self.ops)
-        return self.model.compute_logits(hidden, self.ops)
+        self.logits[:input_ids.shape[0]].copy_(self.model.compute_logits(hidden, self.ops))
 
     def _static_inputs(self, batch_size: int
                        ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:

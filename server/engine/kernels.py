@@ -40,14 +40,16 @@ def _names(template: str, **axes: tuple) -> tuple[str, ...]:
 
 MODULES: tuple[KernelModule, ...] = (
     KernelModule("rms_norm", False,
-                 _names("rms_norm_{dt}_vec{v}", dt=DTYPES, v=(8, 1))
-                 + _names("add_rms_norm_{dt}_vec{v}", dt=DTYPES, v=(8, 1))),
-    KernelModule("activation", True, _names("silu_and_mul_{dt}_vec{v}", dt=DTYPES, v=(8, 1))),
+                 _names("{add}rms_norm{fp8}_{dt}_vec{v}", add=("", "add_"), fp8=("", "_fp8"),
+                        dt=DTYPES, v=(8, 1))),
+    KernelModule("activation", True, _names("silu_and_mul_{dt}_vec{v}", dt=DTYPES, v=(8, 1))
+                 + _names("silu_and_mul_fp8_{dt}", dt=DTYPES)),
     KernelModule("rope_cache", False,
                  _names("rope_and_cache_{dt}{cos}{kv}", dt=DTYPES, cos=("", "_f32cos"),
                         kv=("", "_kvfp8"))),
     KernelModule("gemv", False, _names("gemv_{dt}_m{m}", dt=DTYPES, m=(1, 2, 3, 4))),
-    KernelModule("gemv_fp8", False, _names("gemv_fp8_bf16_m{m}", m=(1, 2, 3, 4))),
+    KernelModule("gemv_fp8", False, _names("gemv_fp8_bf16_m{m}", m=(1, 2, 3, 4))
+                 + ("gemv_fp8_mma_bf16",)),
     # activations to FP8 for --quantization fp8 (exact division: matches the torch reference)
     KernelModule("quantize", False, _names("quantize_fp8_rows_{dt}", dt=DTYPES)),
     # grammar masks on the sampled rows' logits (structured outputs)

@@ -91,6 +91,27 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @dataclass(frozen=True)
+class Fp8Rows:
+    """Activations [T, K] already quantized row by row (what the fused norm and SiLU kernels
+    hand an FP8 linear layer): x ~= q * scale, and `dtype` is the model's, which the linear
+    layer's output takes."""
+
+    q: torch.Tensor  # [T, K] float8_e4m3fn
+    scale: torch.Tensor  # [T, 1] float32
+    dtype: torch.dtype
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> "Fp8Rows":
+        """The reference: quantize_rows of x."""
+        q, scale = quantize_rows(x)
+        return cls(q=q, scale=scale, dtype=x.dtype)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.q.shape
+
+
+@dataclass(frozen=True)
 class Fp8Weight:
     """A linear weight [N, K] as FP8 data and one float32 scale per output row. Slicing rows
     gives views of both, so fused weights (q|k|v, gate|up) load part by part; copy_ quantizes
@@ -126,15 +147,22 @@ class Fp8Weight:
         return (self.data.float() * self.scale[:, None]).to(dtype)
 
 
-def fp8_linear_reference(x: torch.Tensor, weight: Fp8Weight,
+def fp8_linear_reference(x: torch.Tensor | Fp8Rows, weight: Fp8Weight,
                          bias: torch.Tensor | None = None) -> torch.Tensor:
-    """What the FP8 GEMM computes, in float32: x's rows quantized as at run time, times the
-    dequantized weight, rounded once to x's dtype."""
-    x_q, x_scale = quantize_rows(x)
-    out = torch.mm(x_q.float() * x_scale, weight.dequantize().t())
+    """What the FP8 GEMM computes, in float32: x's rows quantized as at run time (or as
+    given), times the dequantized weight, rounded once to x's dtype."""
+    rows = x if isinstance(x, Fp8Rows) else Fp8Rows.of(x)
+    out = torch.mm(rows.q.float() * rows.scale, weight.dequantize().t())
     if bias is not None:
         out = out + bias.float()
-    return out.to(x.dtype)
+    return out.to(rows.dtype)
+
+
+def check_not_quantized(x) -> None:
+    """Quantized activations (Fp8Rows) only feed FP8 weights."""
+    if isinstance(x, Fp8Rows):
+        raise QuantizationError("FP8 activations (Fp8Rows) reached a linear layer whose "
+                                "weight is not FP8")
 
 
 def check_fp8_shapes(shapes: dict[str, tuple[int, int]]) -> None:

@@ -56,13 +56,18 @@ class DuplicateRequestError(ValueError):
 
 @dataclass
 class _RequestBlocks:
-    block_ids: list[int]
+    block_ids: list[int]  # only ever grows at its end while the request holds it
     num_cached_tokens: int
     num_hashed_blocks: int  # leading full blocks whose hash is known (hit or registered)
     last_hash: BlockHash | None  # hash of block num_hashed_blocks - 1
+    _view: BlockTable | None = None
 
     def view(self) -> BlockTable:
-        return BlockTable(tuple(self.block_ids), self.num_cached_tokens)
+        """The same BlockTable object until the table grows: a decode step's tables are
+        built once per block, and consumers can tell an unchanged table by identity."""
+        if self._view is None or len(self._view.block_ids) != len(self.block_ids):
+            self._view = BlockTable(tuple(self.block_ids), self.num_cached_tokens)
+        return self._view
 
 
 @dataclass(frozen=True)
@@ -156,11 +161,22 @@ class BlockManager:
 
     def append_slots(self, req_id: str, num_tokens: int) -> BlockTable:
         """Grow the request's table to cover num_tokens positions (never shrinks it)."""
-        num_new = self._num_blocks_to_append(req_id, num_tokens)
-        if num_new > self.num_free_blocks:
+        table = self.try_append_slots(req_id, num_tokens)
+        if table is None:
+            num_new = self._num_blocks_to_append(req_id, num_tokens)
             raise NoFreeBlocksError(num_new, self.num_free_blocks)
-        blocks = self._requests[req_id]
-        blocks.block_ids.extend(self._take_free_block() for _ in range(num_new))
+        return table
+
+    def try_append_slots(self, req_id: str, num_tokens: int) -> BlockTable | None:
+        """append_slots, or None (nothing changed) when the free blocks do not suffice:
+        the scheduler's per-request call each step, so the common case (no new block)
+        costs one lookup."""
+        blocks = self._get(req_id)
+        num_new = -(-num_tokens // self.block_size) - len(blocks.block_ids)
+        if num_new > 0:
+            if num_new > len(self._empty) + len(self._evictable):
+                return None
+            blocks.block_ids.extend([self._take_free_block() for _ in range(num_new)])
         return blocks.view()
 
     def cache_computed_blocks(self, req_id: str, token_ids: Sequence[int],

@@ -33,10 +33,10 @@ out of the waiting queue (so it holds nobody back), until grammar_ready() queues
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from server.config import CacheConfig, SchedulerConfig
-from server.kvcache.block_manager import BlockManager
+from server.kvcache.block_manager import BlockManager, BlockTable
 from server.scheduler.errors import (ModelOutputMismatchError, RequestRejectedError,
                                      StaleSchedulerOutputError)
 from server.scheduler.output import (ModelOutput, NewRequestData, RequestOutput,
@@ -161,24 +161,26 @@ class Scheduler:
                 continue
             num_new = min(_num_tokens_with_pending(request) - request.num_computed_tokens,
                           budget)
-            if not self._make_room(request, num_new, preempted_req_ids):
+            table = self._make_room(request, num_new, preempted_req_ids)
+            if table is None:
                 break  # it preempted itself, and every request after it before that
-            scheduled.append(self._schedule_chunk(request, num_new))
+            scheduled.append(self._schedule_chunk(request, num_new, table.block_ids))
             budget -= num_new
         return scheduled, preempted_req_ids
 
-    def _make_room(self, request: Request, num_new: int, preempted_req_ids: list[str]) -> bool:
-        """Preempt from the running tail until request's next chunk fits; False if the
-        request itself had to go."""
+    def _make_room(self, request: Request, num_new: int,
+                   preempted_req_ids: list[str]) -> BlockTable | None:
+        """Preempt from the running tail until request's next chunk fits; returns its grown
+        table, or None if the request itself had to go."""
         num_tokens = request.num_computed_tokens + num_new
-        while not self._block_manager.can_append_slots(request.req_id, num_tokens):
+        while (table := self._block_manager.try_append_slots(request.req_id,
+                                                             num_tokens)) is None:
             victim = self._running.pop()
             self._preempt(victim)
             preempted_req_ids.append(victim.req_id)
             if victim is request:
-                return False
-        self._block_manager.append_slots(request.req_id, num_tokens)
-        return True
+                return None
+        return table
 
     def _preempt(self, request: Request) -> None:
         self._block_manager.free(request.req_id)
@@ -223,9 +225,10 @@ class Scheduler:
         self._running.append(request)
         return num_new
 
-    def _schedule_chunk(self, request: Request, num_new: int) -> ScheduledRequest:
+    def _schedule_chunk(self, request: Request, num_new: int,
+                        block_ids: tuple[int, ...] | None = None) -> ScheduledRequest:
         """Plans the chunk and counts it as computed (the step that computes it is the
-        next one the engine launches)."""
+        next one the engine launches). block_ids: its table, when the caller has it."""
         start = request.num_computed_tokens
         end = start + num_new
         num_known = request.num_tokens
@@ -240,7 +243,8 @@ class Scheduler:
         return ScheduledRequest(
             req_id=request.req_id, token_ids=_token_slice(request, start, min(end, num_known)),
             start_position=start,
-            block_ids=self._block_manager.get_block_table(request.req_id).block_ids,
+            block_ids=(block_ids if block_ids is not None else
+                       self._block_manager.get_block_table(request.req_id).block_ids),
             sample=sample, pending_input=pending_input)
 
     # ---- after the model ran -----------------------------------------------------------
@@ -249,31 +253,32 @@ class Scheduler:
                model_output: ModelOutput) -> list[RequestOutput]:
         """Append the step's sampled tokens (in step order: pass each schedule() output
         once). Returns an output for each request that got a token (finished or not)."""
-        sampled = _sampled_by_req_id(scheduler_output, model_output)
+        sampled = iter(_sampled_in_step_order(scheduler_output, model_output))
         outputs: list[RequestOutput] = []
+        requests = self._requests
+        block_size = self._block_manager.block_size
         for chunk in scheduler_output.scheduled:
-            request = self._requests.get(chunk.req_id)
+            token_id, logprobs = next(sampled) if chunk.sample else (None, None)
+            request = requests.get(chunk.req_id)
             if request is None:
                 continue  # finished or aborted since schedule(); nothing more to report
             if chunk.sample and not request.num_pending_tokens:
                 raise StaleSchedulerOutputError(
                     f"request {request.req_id!r} has no token in flight; pass update() "
                     f"each schedule() output once, in order")
-            self._cache_full_blocks(request, chunk)
+            end = chunk.start_position + len(chunk.token_ids) + chunk.pending_input
+            if end // block_size > chunk.start_position // block_size:
+                self._cache_full_blocks(request, end)
             if chunk.sample:
-                token_id, logprobs = sampled[chunk.req_id]
                 outputs.append(self._append_token(request, token_id, logprobs))
         return outputs
 
-    def _cache_full_blocks(self, request: Request, chunk: ScheduledRequest) -> None:
-        """A block the chunk filled up now holds computed KV and can be shared."""
+    def _cache_full_blocks(self, request: Request, end: int) -> None:
+        """A block a chunk ending at `end` filled up now holds computed KV and can be
+        shared."""
         if request.status is not RequestStatus.RUNNING:
             return  # preempted since: its blocks are gone
-        end = chunk.start_position + chunk.num_tokens
-        block_size = self._block_manager.block_size
-        if end // block_size > chunk.start_position // block_size:
-            self._block_manager.cache_computed_blocks(
-                request.req_id, request.all_token_ids, end)
+        self._block_manager.cache_computed_blocks(request.req_id, request.all_token_ids, end)
 
     def _append_token(self, request: Request, token_id: int,
                       logprobs: TokenLogprobs | None) -> RequestOutput:
@@ -370,8 +375,10 @@ def _token_slice(request: Request, start: int, end: int) -> tuple[int, ...]:
     return tuple(prompt[start:]) + tuple(outputs[:end - num_prompt])
 
 
-def _sampled_by_req_id(scheduler_output: SchedulerOutput, model_output: ModelOutput
-                       ) -> dict[str, tuple[int, TokenLogprobs | None]]:
+def _sampled_in_step_order(scheduler_output: SchedulerOutput, model_output: ModelOutput
+                           ) -> Iterator[tuple[int, TokenLogprobs | None]]:
+    """(token id, logprobs) of each sampled chunk, in the step's order, once the model
+    output is checked to sample exactly those."""
     expected = tuple(s.req_id for s in scheduler_output.scheduled if s.sample)
     if model_output.req_ids != expected:
         raise ModelOutputMismatchError(
@@ -382,5 +389,4 @@ def _sampled_by_req_id(scheduler_output: SchedulerOutput, model_output: ModelOut
             f"{len(model_output.sampled_token_ids)} sampled tokens for {len(expected)} requests")
     logprobs: Sequence[TokenLogprobs | None] = (
         model_output.logprobs if model_output.logprobs is not None else (None,) * len(expected))
-    return {req_id: (token_id, lp) for req_id, token_id, lp
-            in zip(expected, model_output.sampled_token_ids, logprobs, strict=True)}
+    return zip(model_output.sampled_token_ids, logprobs, strict=True)

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from server.engine.kernel_args import KernelArgumentError
-from server.engine.ops.cuda_fp8 import gemv_fp8_into, quantize_fp8_rows_into
+from server.engine.ops.cuda_fp8 import (FP8_MMA_GEMV_MAX_TOKENS, gemv_fp8_into,
+                                       quantize_fp8_rows_into)
 from server.engine.ops.cuda_launch import GEMV_MAX_TOKENS
 from server.engine.ops.torch_ref import TorchOps
 from server.engine.quantization import (FP8_DTYPE, Fp8Weight, fp8_linear_reference,
@@ -62,10 +63,17 @@ def test_quantize_kernel_refuses_rows_the_fp8_gemm_cannot_take(library):
         quantize_fp8_rows_into(library, q, torch.empty((4, 1), device="cuda"), x)
 
 
+GEMV_CASES = ([(True, m) for m in range(1, FP8_MMA_GEMV_MAX_TOKENS + 1)]
+              + [(False, m) for m in range(1, GEMV_MAX_TOKENS + 1)])
+
+
 @pytest.mark.parametrize("with_bias", (False, True))
-@pytest.mark.parametrize("num_rows", tuple(range(1, GEMV_MAX_TOKENS + 1)))
-@pytest.mark.parametrize("shape", ((6144, 4096), (4096, 14336), (48, 4112)))
-def test_fp8_gemv_matches_the_fp8_reference(library, shape, num_rows, with_bias):
+@pytest.mark.parametrize(("tensor_cores", "num_rows"), GEMV_CASES,
+                         ids=[f"{'mma' if tc else 'cuda_cores'}-m{m}" for tc, m in GEMV_CASES])
+# Llama-3-8B's qkv and down; a partial column tile and K with a partial 64-byte block
+@pytest.mark.parametrize("shape", ((6144, 4096), (4096, 14336), (40, 4112)))
+def test_fp8_gemv_matches_the_fp8_reference(library, shape, tensor_cores, num_rows,
+                                            with_bias):
     n, k = shape
     gen = cuda_generator(n + num_rows)
     x = random_tensor((num_rows, k), dtype=torch.bfloat16, generator=gen)
@@ -74,9 +82,9 @@ def test_fp8_gemv_matches_the_fp8_reference(library, shape, num_rows, with_bias)
     bias = random_tensor((n,), dtype=torch.bfloat16, generator=gen) if with_bias else None
     q, scale = quantize_rows(x)
     out = torch.full((num_rows, n), float("nan"), dtype=torch.bfloat16, device="cuda")
-    gemv_fp8_into(library, out, q, scale, weight, bias)
+    gemv_fp8_into(library, out, q, scale, weight, bias, tensor_cores=tensor_cores)
     assert_close(out.float(), fp8_linear_reference(x, weight, bias).float(),
-                 what=f"gemv_fp8 {shape} m={num_rows}")
+                 what=f"gemv_fp8 {shape} m={num_rows} tensor_cores={tensor_cores}")
 
 
 @pytest.mark.parametrize("num_rows", (1, 3, 64, 300))

@@ -23,8 +23,14 @@ def test_buckets_grow_geometrically_then_linearly_and_end_at_the_limit():
     assert graph_batch_sizes(20) == (1, 2, 4, 8, 16, 20)
     sizes = graph_batch_sizes(256)
     assert sizes[:8] == (1, 2, 4, 8, 16, 24, 32, 48) and sizes[-3:] == (192, 224, 256)
-    assert graph_batch_sizes(10_000)[-1] == 512
     assert all(a < b for a, b in zip(sizes, sizes[1:]))
+
+
+def test_buckets_above_256_step_by_64_up_to_4096():
+    sizes = graph_batch_sizes(1024)
+    assert sizes[sizes.index(256):] == tuple(range(256, 1025, 64))
+    assert graph_batch_sizes(1000)[-2:] == (960, 1000)
+    assert graph_batch_sizes(10_000)[-1] == 4096
 
 
 def test_rows_match_prepare_inputs_and_padding_writes_outside_the_pool():
@@ -83,3 +89,21 @@ def test_cached_tables_follow_growth_and_are_rebuilt_after_forget():
     staging.forget(["a"])  # preempted: back with as many blocks, the middle one another
     staging.fill((decode("a", 1, 8, (5, 9, 8)),), **fill)
     assert staging.block_tables[0, :3].tolist() == [5, 9, 8]
+
+
+def test_rows_keep_unchanged_tables_and_rewrite_moved_or_grown_ones():
+    staging = DecodeStaging(max_batch_size=4, table_width=4, pin_memory=False)
+    a, b, c = (7, 3), (2,), (1, 4, 6)
+    staging.fill((decode("a", 1, 5, a), decode("b", 2, 0, b), decode("c", 3, 9, c)),
+                 batch_size=4, block_size=BLOCK_SIZE, num_slots=NUM_SLOTS)
+    # "a" finished: "b" and "c" move up a row; "c" grew a block; the freed row is padding
+    grown = (*c, 8)
+    staging.fill((decode("b", 2, 1, b), decode("c", 3, 12, grown)), batch_size=4,
+                 block_size=BLOCK_SIZE, num_slots=NUM_SLOTS)
+    assert staging.block_tables[0, :1].tolist() == list(b)
+    assert staging.block_tables[1, :4].tolist() == list(grown)
+    assert staging.block_tables[2, 0] == 0
+    # a padded row is rewritten when a request lands on it again
+    staging.fill((decode("b", 2, 2, b), decode("c", 3, 13, grown), decode("d", 4, 0, (5,))),
+                 batch_size=4, block_size=BLOCK_SIZE, num_slots=NUM_SLOTS)
+    assert staging.block_tables[2, 0] == 5

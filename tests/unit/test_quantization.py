@@ -22,7 +22,7 @@ from server.engine.models.config import ModelArchConfig
 from server.engine.models.llama import LlamaModel
 from server.engine.models.weight_map import WeightLoadError
 from server.engine.ops.torch_ref import TorchOps
-from server.engine.quantization import (FP8_MAX, Fp8Weight, QuantizationError,
+from server.engine.quantization import (FP8_MAX, Fp8Rows, Fp8Weight, QuantizationError,
                                         fp8_linear_reference, quantize_rows)
 from server.engine.runner import ModelRunner
 from server.engine.weights import resolve_model
@@ -71,6 +71,24 @@ def test_reference_fp8_linear_is_the_dense_product_to_within_fp8_error():
     assert torch.equal(out, fp8_linear_reference(x, weight, bias))
     error = ((out - F.linear(x, dense, bias)).norm() / F.linear(x, dense, bias).norm()).item()
     assert 1e-3 < error < 0.1  # quantized, and still the same product
+
+
+def test_prequantized_rows_give_the_linear_layer_the_same_product():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 64, generator=gen)
+    weight = Fp8Weight.empty(32, 64, device="cpu").copy_(torch.randn(32, 64, generator=gen))
+    ops = TorchOps()
+    assert torch.equal(ops.linear(Fp8Rows.of(x), weight), ops.linear(x, weight))
+    fused, summed = ops.add_rms_norm_fp8(x, x, torch.ones(64), 1e-5)
+    normed, _ = ops.add_rms_norm(x, x, torch.ones(64), 1e-5)
+    assert torch.equal(fused.q.float(), Fp8Rows.of(normed).q.float())
+    assert torch.equal(summed, 2 * x)
+
+
+def test_quantized_rows_never_reach_a_16_bit_weight():
+    x = Fp8Rows.of(torch.randn(2, 16))
+    with pytest.raises(QuantizationError, match="not FP8"):
+        TorchOps().linear(x, torch.randn(8, 16))
 
 
 def test_llm_with_fp8_runs_on_the_cpu_reference_path_and_says_so():

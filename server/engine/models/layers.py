@@ -14,7 +14,7 @@ import torch
 from server.engine.attention.metadata import AttentionMetadata
 from server.engine.models.config import ModelArchConfig
 from server.engine.ops import Ops
-from server.engine.quantization import Fp8Weight
+from server.engine.quantization import Fp8Rows, Fp8Weight
 
 LinearWeight = torch.Tensor | Fp8Weight
 
@@ -85,23 +85,34 @@ class DecoderLayer:
                 metadata: AttentionMetadata, ops: Ops) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-norm block. Returns (mlp output, residual stream before adding it); the next
         layer's norm (or the final norm) adds the two, so each add is fused with a norm."""
+        # FP8 linear layers take their inputs from the norms and SiLU already quantized
+        fp8 = self.fp8
         if residual is None:
             residual = hidden
-            normed = ops.rms_norm(hidden, self.input_norm, self.eps)
+            normed = (ops.rms_norm_fp8 if fp8 else ops.rms_norm)(hidden, self.input_norm,
+                                                                  self.eps)
         else:
-            normed, residual = ops.add_rms_norm(hidden, residual, self.input_norm, self.eps)
+            normed, residual = (ops.add_rms_norm_fp8 if fp8 else ops.add_rms_norm)(
+                hidden, residual, self.input_norm, self.eps)
         attn_out = self._attention(normed, positions=positions, cos_sin=cos_sin,
                                    kv_cache=kv_cache, metadata=metadata, ops=ops)
-        normed, residual = ops.add_rms_norm(attn_out, residual, self.post_norm, self.eps)
-        mlp_out = ops.linear(ops.silu_and_mul(ops.linear(normed, self.gate_up_weight)),
+        normed, residual = (ops.add_rms_norm_fp8 if fp8 else ops.add_rms_norm)(
+            attn_out, residual, self.post_norm, self.eps)
+        gate_up = ops.linear(normed, self.gate_up_weight)
+        mlp_out = ops.linear((ops.silu_and_mul_fp8 if fp8 else ops.silu_and_mul)(gate_up),
                              self.down_weight)
         return mlp_out, residual
 
-    def _attention(self, x: torch.Tensor, *, positions: torch.Tensor, cos_sin: torch.Tensor,
+    @property
+    def fp8(self) -> bool:
+        """Whether the linear layers are FP8 (--quantization fp8)."""
+        return isinstance(self.gate_up_weight, Fp8Weight)
+
+    def _attention(self, x: torch.Tensor | Fp8Rows, *, positions: torch.Tensor, cos_sin: torch.Tensor,
                    kv_cache: torch.Tensor, metadata: AttentionMetadata,
                    ops: Ops) -> torch.Tensor:
         num_tokens = x.shape[0]
-        qkv = ops.linear(x, self.qkv_weight, self.qkv_bias)
+        qkv = ops.linear(x, self.qkv_weight, self.qkv_bias)  # x: Fp8Rows when fp8
         q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         q = q.reshape(num_tokens, self.num_heads, self.head_dim)
         k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)

@@ -18,14 +18,15 @@ from typing import Protocol
 import torch
 
 from server.engine.attention.metadata import AttentionMetadata
-from server.engine.quantization import Fp8Weight
+from server.engine.quantization import Fp8Rows, Fp8Weight
 
 
 class Ops(Protocol):
-    def linear(self, x: torch.Tensor, weight: torch.Tensor | Fp8Weight,
+    def linear(self, x: torch.Tensor | Fp8Rows, weight: torch.Tensor | Fp8Weight,
                bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [T, K] @ weight [N, K]^T (+ bias [N]) -> [T, N], as F.linear; an Fp8Weight
-        multiplies x's rows quantized to FP8 (server.engine.quantization)."""
+        multiplies x's rows quantized to FP8 (server.engine.quantization), or x's own
+        when x is Fp8Rows already."""
 
     def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:
         """hidden [N, H] @ lm_head [V, H]^T -> float32 logits [N, V]."""
@@ -39,6 +40,18 @@ class Ops(Protocol):
 
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, 2d] -> silu(x[:, :d]) * x[:, d:]."""
+
+    # In front of FP8 linear layers (--quantization fp8): the same results, quantized row by
+    # row as the FP8 linear layer would quantize them (Fp8Rows.of), in one pass.
+    def rms_norm_fp8(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> Fp8Rows:
+        """Fp8Rows.of(rms_norm(x, weight, eps))."""
+
+    def add_rms_norm_fp8(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                         eps: float) -> tuple[Fp8Rows, torch.Tensor]:
+        """(Fp8Rows.of(rms_norm(x + residual)), x + residual)."""
+
+    def silu_and_mul_fp8(self, x: torch.Tensor) -> Fp8Rows:
+        """Fp8Rows.of(silu_and_mul(x))."""
 
     def rope_and_cache(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        positions: torch.Tensor, cos_sin: torch.Tensor, kv_cache: torch.Tensor,

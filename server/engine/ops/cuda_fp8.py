@@ -2,7 +2,8 @@
 csrc/quantize.cu turns the activations into FP8 rows with one scale each, then
 torch._scaled_mm multiplies them with the FP8 weight on the tensor cores, applies the row
 and channel scales to the float32 accumulators and writes bfloat16. Steps of a few tokens
-use csrc/gemv_fp8.cu instead, which streams the FP8 weights at the memory's speed.
+use csrc/gemv_fp8.cu instead, which streams the FP8 weights at the memory's speed (its
+tensor-core kernel; the CUDA-core one stays for comparison, bench/gemv.py --fp8).
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ from server.engine.kernel_args import (KernelArgumentError, check_aligned16, che
                                        row_stride)
 from server.engine.kernels import KernelLibrary
 from server.engine.ops.cuda_launch import GEMV_COLUMNS_PER_CTA, GEMV_MAX_TOKENS
-from server.engine.quantization import FP8_DIM_MULTIPLE, FP8_DTYPE, Fp8Weight
+from server.engine.quantization import FP8_DIM_MULTIPLE, FP8_DTYPE, Fp8Rows, Fp8Weight
 
 QUANTIZE_THREADS = 256  # csrc/quantize.cu's launch bound
+# csrc/gemv_fp8.cu's tensor-core GEMV: tokens are the MMA's N (8), 16 columns (its M) per
+# CTA of kMmaGemvWarps warps
+FP8_MMA_GEMV_MAX_TOKENS = 8
+FP8_MMA_GEMV_COLUMNS = 16
+FP8_MMA_GEMV_WARPS = 8
 
 
 def quantize_fp8_rows_into(lib: KernelLibrary, q: torch.Tensor, scale: torch.Tensor,
@@ -46,8 +52,14 @@ def quantize_fp8_rows_into(lib: KernelLibrary, q: torch.Tensor, scale: torch.Ten
 
 
 def gemv_fp8_into(lib: KernelLibrary, y: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
-                  weight: Fp8Weight, bias: torch.Tensor | None = None) -> None:
-    """y [M, N] bf16 = (q [M, K] * scale [M, 1]) @ (weight [N, K])^T (+ bias), M <= 4."""
+                  weight: Fp8Weight, bias: torch.Tensor | None = None, *,
+                  tensor_cores: bool | None = None) -> None:
+    """y [M, N] bf16 = (q [M, K] * scale [M, 1]) @ (weight [N, K])^T (+ bias): on the tensor
+    cores (gemv_fp8_mma, M <= 8) or the CUDA cores (M <= 4); None: the CUDA cores for one
+    token, where they stream the weights 12-25 % faster, the tensor cores for 2 to 8, where
+    they are 1.2-2x faster (bench/gemv.py --fp8 on an H200, docs/benchmarks.md)."""
+    if tensor_cores is None:
+        tensor_cores = q.shape[0] > 1
     check_device(lib.device, q=q, scale=scale, y=y, weight=weight.data,
                  weight_scale=weight.scale)
     check_dtype(FP8_DTYPE, q=q, weight=weight.data)
@@ -55,9 +67,9 @@ def gemv_fp8_into(lib: KernelLibrary, y: torch.Tensor, q: torch.Tensor, scale: t
     check_dtype(torch.bfloat16, y=y)
     num_rows, k = q.shape
     n = weight.shape[0]
-    if not 1 <= num_rows <= GEMV_MAX_TOKENS:
-        raise KernelArgumentError(f"gemv_fp8 takes 1 to {GEMV_MAX_TOKENS} rows, "
-                                  f"got {num_rows}")
+    most = FP8_MMA_GEMV_MAX_TOKENS if tensor_cores else GEMV_MAX_TOKENS
+    if not 1 <= num_rows <= most:
+        raise KernelArgumentError(f"gemv_fp8 takes 1 to {most} rows here, got {num_rows}")
     check_shape("weight", weight.data, (n, k))
     check_shape("scale", scale, (num_rows, 1))
     check_shape("y", y, (num_rows, n))
@@ -71,25 +83,34 @@ def gemv_fp8_into(lib: KernelLibrary, y: torch.Tensor, q: torch.Tensor, scale: t
         raise KernelArgumentError(f"gemv_fp8 needs K a multiple of {FP8_DIM_MULTIPLE}, got {k}")
     check_aligned16("q", q, k)
     check_aligned16("weight", weight.data, k)
+    pointers = (y.data_ptr(), weight.data.data_ptr(), weight.scale.data_ptr(), q.data_ptr(),
+                scale.data_ptr(), 0 if bias is None else bias.data_ptr())
+    if tensor_cores:
+        lib.launch("gemv_fp8", "gemv_fp8_mma_bf16", grid=(-(-n // FP8_MMA_GEMV_COLUMNS),),
+                   block=(32 * FP8_MMA_GEMV_WARPS,),
+                   args=(*pointers, np.int32(num_rows), np.int32(n), np.int32(k)))
+        return
     lib.launch("gemv_fp8", f"gemv_fp8_bf16_m{num_rows}",
                grid=(-(-n // GEMV_COLUMNS_PER_CTA),), block=(32 * GEMV_COLUMNS_PER_CTA,),
-               args=(y.data_ptr(), weight.data.data_ptr(), weight.scale.data_ptr(),
-                     q.data_ptr(), scale.data_ptr(), 0 if bias is None else bias.data_ptr(),
-                     np.int32(n), np.int32(k)))
+               args=(*pointers, np.int32(n), np.int32(k)))
 
 
-def fp8_linear(lib: KernelLibrary, x: torch.Tensor, weight: Fp8Weight,
+def fp8_linear(lib: KernelLibrary, x: torch.Tensor | Fp8Rows, weight: Fp8Weight,
                bias: torch.Tensor | None = None, *, gemv_max_tokens: int = 0) -> torch.Tensor:
-    """x [T, K] bfloat16 @ weight [N, K]^T (+ bias) -> [T, N] bfloat16; steps of up to
-    gemv_max_tokens tokens on the FP8 GEMV."""
+    """x [T, K] bfloat16 (quantized here, or given as Fp8Rows) @ weight [N, K]^T (+ bias)
+    -> [T, N] bfloat16; steps of up to gemv_max_tokens tokens on the FP8 GEMV."""
     num_rows, k = x.shape
     if weight.shape[1] != k:
         raise KernelArgumentError(f"x has {k} columns but the weight takes {weight.shape[1]}")
-    q = torch.empty((num_rows, k), dtype=FP8_DTYPE, device=x.device)
-    scale = torch.empty((num_rows, 1), dtype=torch.float32, device=x.device)
-    quantize_fp8_rows_into(lib, q, scale, x)
-    if 1 <= num_rows <= min(gemv_max_tokens, GEMV_MAX_TOKENS):
-        out = torch.empty((num_rows, weight.shape[0]), dtype=torch.bfloat16, device=x.device)
+    if isinstance(x, Fp8Rows):
+        q, scale, device = x.q, x.scale, x.q.device
+    else:
+        device = x.device
+        q = torch.empty((num_rows, k), dtype=FP8_DTYPE, device=device)
+        scale = torch.empty((num_rows, 1), dtype=torch.float32, device=device)
+        quantize_fp8_rows_into(lib, q, scale, x)
+    if 1 <= num_rows <= min(gemv_max_tokens, FP8_MMA_GEMV_MAX_TOKENS):
+        out = torch.empty((num_rows, weight.shape[0]), dtype=torch.bfloat16, device=device)
         gemv_fp8_into(lib, out, q, scale, weight, bias)
         return out
     # The weight's transpose is the column-major [K, N] operand the FP8 GEMM wants.

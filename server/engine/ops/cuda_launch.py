@@ -19,7 +19,7 @@ NORM_ITEMS = 4  # row chunks each thread keeps in registers (csrc/rms_norm.cu IT
 MAX_THREADS = 1024
 
 
-def _norm_launch(hidden: int, vec: int) -> int:
+def norm_threads(hidden: int, vec: int) -> int:
     chunks = -(-hidden // vec)
     threads = min(MAX_THREADS, -(-chunks // 32) * 32)
     if chunks > NORM_ITEMS * threads:
@@ -29,7 +29,7 @@ def _norm_launch(hidden: int, vec: int) -> int:
     return threads
 
 
-def _norm_vec(hidden: int, *tensors_and_strides: tuple[torch.Tensor, int]) -> int:
+def norm_vec(hidden: int, *tensors_and_strides: tuple[torch.Tensor, int]) -> int:
     if hidden % 8 == 0 and all(is_aligned16(t, s) for t, s in tensors_and_strides):
         return 8
     return 1
@@ -46,8 +46,8 @@ def rms_norm_into(lib: KernelLibrary, out: torch.Tensor, x: torch.Tensor,
     check_shape("out", out, (num_rows, hidden))
     check_contiguous(weight=weight, out=out)
     x_stride = row_stride("x", x)
-    vec = _norm_vec(hidden, (x, x_stride), (out, hidden), (weight, hidden))
-    threads = _norm_launch(hidden, vec)
+    vec = norm_vec(hidden, (x, x_stride), (out, hidden), (weight, hidden))
+    threads = norm_threads(hidden, vec)
     if num_rows == 0:
         return
     lib.launch("rms_norm", f"rms_norm_{suffix}_vec{vec}", grid=(num_rows,), block=(threads,),
@@ -70,9 +70,9 @@ def add_rms_norm_into(lib: KernelLibrary, out: torch.Tensor, summed: torch.Tenso
     check_contiguous(weight=weight, out=out, summed=summed)
     x_stride = row_stride("x", x)
     residual_stride = row_stride("residual", residual)
-    vec = _norm_vec(hidden, (x, x_stride), (residual, residual_stride), (out, hidden),
+    vec = norm_vec(hidden, (x, x_stride), (residual, residual_stride), (out, hidden),
                     (summed, hidden), (weight, hidden))
-    threads = _norm_launch(hidden, vec)
+    threads = norm_threads(hidden, vec)
     if num_rows == 0:
         return
     lib.launch("rms_norm", f"add_rms_norm_{suffix}_vec{vec}", grid=(num_rows,), block=(threads,),
@@ -94,7 +94,7 @@ def silu_and_mul_into(lib: KernelLibrary, out: torch.Tensor, x: torch.Tensor) ->
     check_shape("out", out, (num_rows, d))
     check_contiguous(out=out)
     x_stride = row_stride("x", x)
-    vec = _norm_vec(d, (x, x_stride), (out, d))
+    vec = norm_vec(d, (x, x_stride), (out, d))
     chunks = -(-d // vec)
     threads = min(256, -(-chunks // 32) * 32)
     column_blocks = -(-chunks // threads)

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from server.engine.attention.metadata import AttentionMetadata
-from server.engine.quantization import Fp8Weight, fp8_linear_reference
+from server.engine.quantization import (Fp8Rows, Fp8Weight, check_not_quantized,
+                                         fp8_linear_reference)
 from server.kvcache.kv_pool import FP8_KV_DTYPE, FP8_KV_MAX
 from server.structured_output.bitmask import apply_token_bitmask
 
@@ -21,10 +22,11 @@ from server.structured_output.bitmask import apply_token_bitmask
 class TorchOps:
     """Implements `server.engine.ops.Ops`."""
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor | Fp8Weight,
+    def linear(self, x: torch.Tensor | Fp8Rows, weight: torch.Tensor | Fp8Weight,
                bias: torch.Tensor | None = None) -> torch.Tensor:
         if isinstance(weight, Fp8Weight):
             return fp8_linear_reference(x, weight, bias)
+        check_not_quantized(x)
         return F.linear(x, weight, bias)
 
     def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:
@@ -46,6 +48,17 @@ class TorchOps:
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
         return F.silu(x[..., :half]) * x[..., half:]
+
+    def rms_norm_fp8(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> Fp8Rows:
+        return Fp8Rows.of(self.rms_norm(x, weight, eps))
+
+    def add_rms_norm_fp8(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                         eps: float) -> tuple[Fp8Rows, torch.Tensor]:
+        normed, summed = self.add_rms_norm(x, residual, weight, eps)
+        return Fp8Rows.of(normed), summed
+
+    def silu_and_mul_fp8(self, x: torch.Tensor) -> Fp8Rows:
+        return Fp8Rows.of(self.silu_and_mul(x))
 
     def apply_token_bitmask(self, logits: torch.Tensor, bitmask: torch.Tensor,
                             rows: torch.Tensor) -> None:
