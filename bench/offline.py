@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--block-size", type=int, default=16, help="KV cache block size (tokens)")
+    p.add_argument("--kv-admission", choices=("optimistic", "guaranteed"), default=None,
+                   help="the engine's --kv-admission (default: optimistic; guaranteed with "
+                        "--workload, as trtllm-bench's GUARANTEED_NO_EVICT default)")
     p.add_argument("--memory-fraction", type=float, default=None,
                    help="of the GPU memory free after the weights, for the KV cache "
                         "(default: the engine's, 0.9)")
@@ -205,7 +208,9 @@ def make_llm(model: str, args: argparse.Namespace, *, quantization: str | None,
     return LLM(model, device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
                seed=args.seed, block_size=args.block_size, quantization=quantization,
                kv_cache_dtype=kv_cache_dtype, max_model_len=max_model_len,
-               memory_fraction=args.memory_fraction, **extra)
+               memory_fraction=args.memory_fraction,
+               kv_admission=args.kv_admission or ("guaranteed" if args.workload
+                                                  else "optimistic"), **extra)
 
 
 def compared_variants(args: argparse.Namespace) -> list[tuple[str | None, str]]:

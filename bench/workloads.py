@@ -6,7 +6,9 @@
 
 Each request is ISL random token ids and generates exactly OSL tokens (ignore_eos), and all
 of them are submitted at once. The engine is limited to ISL + OSL tokens of context, as
-trtllm-bench sizes its engine for the dataset. Printed beside the output tokens/s: the GPU
+trtllm-bench sizes its engine for the dataset, and admits requests as trtllm-bench's default
+capacity policy (GUARANTEED_NO_EVICT) does: only while every running request can reach its
+last token (--kv-admission guaranteed, unless the command says otherwise). Printed beside the output tokens/s: the GPU
 time of decode-only and mixed steps and the GPU's idle time between steps (CUDA events
 around each launched step), the host's time per step by phase, the SM clock and board power
 (nvidia-smi samples), peak memory, KV cache capacity, and the ratio to TensorRT-LLM's own
@@ -133,14 +135,15 @@ def run_workloads(args, *, make_llm, engine_model, free_memory) -> list[dict]:
         llm = make_llm(model, args, quantization=args.quantization,
                        kv_cache_dtype=args.kv_cache_dtype,
                        max_model_len=input_len + output_len)
-        start = time.perf_counter()
-        llm.engine.runner.capture_graphs()
+        graphs = llm.engine.runner.graphs  # captured when the engine started
+        capture_seconds = graphs.capture_seconds if graphs is not None else None
         result = run_workload(llm, input_len=input_len, output_len=output_len,
                               num_prompts=num_prompts, seed=args.seed)
         result.update(engine_build_seconds=build_seconds,
-                      graph_capture_seconds=time.perf_counter() - start,
+                      graph_capture_seconds=capture_seconds,
                       date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                      quantization=args.quantization, kv_cache_dtype=args.kv_cache_dtype)
+                      quantization=args.quantization, kv_cache_dtype=args.kv_cache_dtype,
+                      kv_admission=llm.engine.scheduler.config.kv_admission)
         label = (f"inflightd ({args.quantization or 'model-dtype'} weights, "
                  f"{args.kv_cache_dtype} KV cache)")
         print_workload(result, label)

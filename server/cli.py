@@ -13,8 +13,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from server.config import (DEFAULT_MODEL, KV_CACHE_DTYPES, QUANTIZATIONS, CacheConfig,
-                           ModelConfig, SchedulerConfig)
+from server.config import (DEFAULT_MODEL, KV_ADMISSIONS, KV_CACHE_DTYPES, QUANTIZATIONS,
+                           CacheConfig, ModelConfig, SchedulerConfig)
 from server.api.settings import API_KEY_ENV, DEFAULT_MAX_REQUEST_BODY_BYTES
 from server.api.tool_calls.registry import TOOL_CALL_PARSERS
 from server.logging_setup import configure_logging
@@ -44,6 +44,12 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-model-len", type=int, default=None,
                        help="context window (default: the model's, capped by the scheduler)")
     serve.add_argument("--policy", choices=("fcfs", "priority"), default="fcfs")
+    serve.add_argument("--kv-admission", choices=KV_ADMISSIONS,
+                       default=SchedulerConfig.kv_admission,
+                       help="guaranteed: admit a request only while every running one can "
+                            "reach its max_tokens, so none is preempted (TensorRT-LLM's "
+                            "GUARANTEED_NO_EVICT); optimistic: admit while the next chunk "
+                            "fits and preempt when the KV cache runs out")
     serve.add_argument("--block-size", type=int, default=CacheConfig.block_size)
     size = serve.add_mutually_exclusive_group()
     size.add_argument("--kv-cache-tokens", type=int,
@@ -120,7 +126,7 @@ def serve_config(args: argparse.Namespace):
                           kv_cache_dtype=args.kv_cache_dtype),
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs,
                                   max_num_batched_tokens=args.max_num_batched_tokens,
-                                  policy=args.policy,
+                                  policy=args.policy, kv_admission=args.kv_admission,
                                   async_scheduling={"auto": None, "on": True,
                                                     "off": False}[args.async_scheduling],
                                   **scheduler_kwargs),

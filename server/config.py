@@ -48,12 +48,19 @@ class CacheConfig:
                  "give --kv-cache-tokens or --memory-fraction, not both")
 
 
+KV_ADMISSIONS = ("optimistic", "guaranteed")
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
     max_model_len: int = 2048
     policy: str = "fcfs"  # "fcfs" or "priority"
+    # "optimistic": admit while the next chunk fits, preempt when blocks run out (vLLM's,
+    # TensorRT-LLM's MAX_UTILIZATION); "guaranteed": admit only while every running
+    # request can reach its max_tokens, so none is ever preempted (GUARANTEED_NO_EVICT)
+    kv_admission: str = "optimistic"
     # Schedule step k+1 while the device runs step k. None: on when the engine runs on a
     # GPU (on a CPU every op already waits, so there is nothing to overlap).
     async_scheduling: bool | None = None
@@ -66,6 +73,9 @@ class SchedulerConfig:
                  f"--max-model-len must be >= 1, got {self.max_model_len}")
         _require(self.policy in ("fcfs", "priority"),
                  f"scheduling policy must be 'fcfs' or 'priority', got {self.policy!r}")
+        _require(self.kv_admission in KV_ADMISSIONS,
+                 f"--kv-admission must be one of {', '.join(KV_ADMISSIONS)}, "
+                 f"got {self.kv_admission!r}")
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,8 @@ class LLM:
                  kv_cache_tokens: int | None = None, memory_fraction: float | None = None,
                  enable_prefix_caching: bool = True, seed: int = 0,
                  enforce_eager: bool = False, async_scheduling: bool | None = None,
-                 quantization: str | None = None, kv_cache_dtype: str = "auto") -> None:
+                 quantization: str | None = None, kv_cache_dtype: str = "auto",
+                 kv_admission: str = "optimistic") -> None:
         if num_blocks is None and kv_cache_tokens is None and memory_fraction is None:
             memory_fraction = 0.9 if _device_is_cuda(device) else None
             kv_cache_tokens = None if memory_fraction else 65536
@@ -54,7 +55,8 @@ class LLM:
                                      kv_cache_dtype=kv_cache_dtype),
             scheduler_config=SchedulerConfig(max_num_seqs=max_num_seqs,
                                              max_num_batched_tokens=max_num_batched_tokens,
-                                             async_scheduling=async_scheduling))
+                                             async_scheduling=async_scheduling,
+                                             kv_admission=kv_admission))
         self.tokenizer = _load_tokenizer(self.engine.info.tokenizer_dir)
         self._req_counter = itertools.count()
 

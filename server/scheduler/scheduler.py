@@ -39,6 +39,7 @@ from server.config import CacheConfig, SchedulerConfig
 from server.kvcache.block_manager import BlockManager, BlockTable
 from server.scheduler.errors import (ModelOutputMismatchError, RequestRejectedError,
                                      StaleSchedulerOutputError)
+from server.scheduler.admission import make_admission
 from server.scheduler.output import (ModelOutput, NewRequestData, RequestOutput,
                                      ScheduledRequest, SchedulerOutput, TokenLogprobs)
 from server.scheduler.policy import make_policy
@@ -56,6 +57,9 @@ class Scheduler:
             cache_config.num_blocks, cache_config.block_size,
             enable_prefix_caching=cache_config.enable_prefix_caching)
         self._policy = make_policy(scheduler_config.policy)
+        self._admission = make_admission(scheduler_config.kv_admission,
+                                         num_blocks=cache_config.num_blocks,
+                                         block_size=cache_config.block_size)
         self._waiting = self._policy.new_waiting_queue()
         self._running: list[Request] = []
         self._awaiting_grammar: dict[str, Request] = {}
@@ -101,6 +105,7 @@ class Scheduler:
             return None
         if request.status is RequestStatus.RUNNING:
             _remove_by_identity(self._running, request)
+            self._admission.release(request)
             self._block_manager.free(req_id)
         elif request.status is RequestStatus.WAITING_FOR_GRAMMAR:
             del self._awaiting_grammar[req_id]
@@ -183,6 +188,7 @@ class Scheduler:
         return table
 
     def _preempt(self, request: Request) -> None:
+        self._admission.release(request)
         self._block_manager.free(request.req_id)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0  # recomputed on resume, prompt and outputs alike
@@ -197,6 +203,8 @@ class Scheduler:
             request = self._waiting.peek()
             if request.num_pending_tokens:
                 break  # preempted with a token in flight: it resumes once the id is here
+            if not self._admission.fits(request):
+                break  # its growth is not guaranteed yet (kv_admission "guaranteed")
             num_new = self._admit(request, budget)
             if num_new is None:
                 break  # no room for the head: later ones wait behind it, in order
@@ -223,6 +231,7 @@ class Scheduler:
         request.num_computed_tokens = table.num_cached_tokens
         request.status = RequestStatus.RUNNING
         self._running.append(request)
+        self._admission.admit(request)
         return num_new
 
     def _schedule_chunk(self, request: Request, num_new: int,
@@ -288,6 +297,7 @@ class Scheduler:
         if finish_status is not None:
             if request.status is RequestStatus.RUNNING:
                 _remove_by_identity(self._running, request)
+                self._admission.release(request)
                 self._block_manager.free(request.req_id)
             else:  # preempted while its token was in flight
                 self._waiting.remove(request)

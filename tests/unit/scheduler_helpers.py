@@ -36,11 +36,13 @@ def expected_output(*, req_id: str, num_prompt_tokens: int, max_tokens: int,
 
 def make_scheduler(*, num_blocks: int = 64, block_size: int = 4, max_num_seqs: int = 8,
                    max_num_batched_tokens: int = 64, max_model_len: int = 256,
-                   policy: str = "fcfs", enable_prefix_caching: bool = True) -> Scheduler:
+                   policy: str = "fcfs", enable_prefix_caching: bool = True,
+                   kv_admission: str = "optimistic") -> Scheduler:
     return Scheduler(
         SchedulerConfig(max_num_seqs=max_num_seqs,
                         max_num_batched_tokens=max_num_batched_tokens,
-                        max_model_len=max_model_len, policy=policy),
+                        max_model_len=max_model_len, policy=policy,
+                        kv_admission=kv_admission),
         CacheConfig(block_size=block_size, num_blocks=num_blocks,
                     enable_prefix_caching=enable_prefix_caching))
 

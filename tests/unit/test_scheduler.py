@@ -108,6 +108,31 @@ def test_preempted_request_resumes_with_identical_tokens():
     assert all(reason == "length" and len(tokens) == 10 for tokens, reason in disturbed.values())
 
 
+def test_guaranteed_admission_waits_instead_of_preempting_and_gives_the_same_tokens():
+    roomy = make_scheduler(num_blocks=64, block_size=2)
+    _preemption_workload(roomy)
+    undisturbed = run_until_done(roomy, FakeRunner(block_size=2))
+
+    guaranteed = make_scheduler(num_blocks=14, block_size=2, kv_admission="guaranteed")
+    _preemption_workload(guaranteed)
+    runner = FakeRunner(block_size=2)
+    most_running = 0
+    tokens: dict[str, list[int]] = {}
+    while guaranteed.has_unfinished():
+        _, outputs = step(guaranteed, runner)
+        most_running = max(most_running, guaranteed.stats.num_running)
+        for out in outputs:
+            tokens.setdefault(out.req_id, []).extend(out.new_token_ids)
+    assert guaranteed.stats.num_preemptions_total == 0
+    assert most_running == 1  # each needs 8 of the 14 blocks at full length
+    assert tokens == {req_id: streamed for req_id, (streamed, _) in undisturbed.items()}
+
+
+def test_unknown_kv_admission_is_refused_naming_the_option():
+    with pytest.raises(ValueError, match="--kv-admission must be one of optimistic"):
+        SchedulerConfig(kv_admission="eager")
+
+
 def test_preemption_evicts_the_most_recently_admitted_and_resumes_it_first():
     scheduler = make_scheduler(num_blocks=4, block_size=2, max_num_batched_tokens=64,
                                enable_prefix_caching=False)

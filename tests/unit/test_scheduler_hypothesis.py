@@ -128,21 +128,24 @@ def _check_nothing_leaked(scheduler: Scheduler, workload: tuple[Arrival, ...]) -
 @given(workload=workloads, block_size=st.sampled_from([1, 2, 4]),
        spare_blocks=st.integers(0, 6), max_num_batched_tokens=st.integers(1, 24),
        max_num_seqs=st.integers(1, 4), policy=st.sampled_from(["fcfs", "priority"]),
-       enable_prefix_caching=st.booleans())
+       enable_prefix_caching=st.booleans(),
+       kv_admission=st.sampled_from(["optimistic", "guaranteed"]))
 def test_every_request_finishes_once_with_its_undisturbed_tokens_and_nothing_leaks(
         workload, block_size, spare_blocks, max_num_batched_tokens, max_num_seqs, policy,
-        enable_prefix_caching):
+        enable_prefix_caching, kv_admission):
     # the pool just fits the largest request, so several at once must preempt each other
     largest = max(len(a.prompt_token_ids) + a.max_tokens - 1 for a in workload)
     scheduler = make_scheduler(
         num_blocks=-(-largest // block_size) + spare_blocks, block_size=block_size,
         max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
         max_model_len=MAX_PROMPT + MAX_OUTPUT, policy=policy,
-        enable_prefix_caching=enable_prefix_caching)
+        enable_prefix_caching=enable_prefix_caching, kv_admission=kv_admission)
     runner = FakeRunner(block_size=block_size)
     ledger = _run(scheduler, runner, workload)
     _check_results(workload, ledger)
     _check_nothing_leaked(scheduler, workload)
+    if kv_admission == "guaranteed":  # what it promises: no request is ever preempted
+        assert scheduler.stats.num_preemptions_total == 0
     target(float(scheduler.stats.num_preemptions_total), label="preemptions")
 
 
