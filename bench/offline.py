@@ -69,9 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--block-size", type=int, default=16, help="KV cache block size (tokens)")
-    p.add_argument("--kv-admission", choices=("optimistic", "guaranteed"), default=None,
-                   help="the engine's --kv-admission (default: optimistic; guaranteed with "
-                        "--workload, as trtllm-bench's GUARANTEED_NO_EVICT default)")
+    p.add_argument("--kv-admission", choices=("optimistic", "guaranteed"),
+                   default="optimistic", help="the engine's --kv-admission")
     p.add_argument("--memory-fraction", type=float, default=None,
                    help="of the GPU memory free after the weights, for the KV cache "
                         "(default: the engine's, 0.9)")
@@ -209,8 +208,7 @@ def make_llm(model: str, args: argparse.Namespace, *, quantization: str | None,
                seed=args.seed, block_size=args.block_size, quantization=quantization,
                kv_cache_dtype=kv_cache_dtype, max_model_len=max_model_len,
                memory_fraction=args.memory_fraction,
-               kv_admission=args.kv_admission or ("guaranteed" if args.workload
-                                                  else "optimistic"), **extra)
+               kv_admission=args.kv_admission, **extra)
 
 
 def compared_variants(args: argparse.Namespace) -> list[tuple[str | None, str]]:

@@ -6,9 +6,11 @@
 
 Each request is ISL random token ids and generates exactly OSL tokens (ignore_eos), and all
 of them are submitted at once. The engine is limited to ISL + OSL tokens of context, as
-trtllm-bench sizes its engine for the dataset, and admits requests as trtllm-bench's default
-capacity policy (GUARANTEED_NO_EVICT) does: only while every running request can reach its
-last token (--kv-admission guaranteed, unless the command says otherwise). Printed beside the output tokens/s: the GPU
+trtllm-bench sizes its engine for the dataset. Requests are admitted optimistically (the
+engine's default): when all of them cannot hold their whole length in the KV cache at once
+(1,000 of 128/2048 need 2.18M tokens), the newest are preempted late and recomputed, which
+costs less than `--kv-admission guaranteed` (TensorRT-LLM's GUARANTEED_NO_EVICT), under which
+the requests that do not fit wait and then decode all of OSL in a small batch of their own. Printed beside the output tokens/s: the GPU
 time of decode-only and mixed steps and the GPU's idle time between steps (CUDA events
 around each launched step), the host's time per step by phase, the SM clock and board power
 (nvidia-smi samples), peak memory, KV cache capacity, and the ratio to TensorRT-LLM's own
