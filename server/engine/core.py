@@ -200,13 +200,20 @@ class EngineCore:
 
 
 def _max_model_len(model_config: ModelConfig, source: ModelSource) -> int:
-    """The context window: the model's own, unless the user asked for a shorter one."""
-    model_len = source.arch.max_position_embeddings
+    """The context window: the model's own (its sliding window, when it has one, until
+    windowed attention exists), unless the user asked for a shorter one."""
+    arch = source.arch
+    model_len = arch.max_exact_context
     if model_config.max_model_len is None:
+        if model_len < arch.max_position_embeddings:
+            logger.info("serving contexts of up to %d tokens, the model's sliding window: "
+                        "inflightd does not implement windowed attention yet", model_len)
         return model_len
     if model_config.max_model_len > model_len:
-        raise ValueError(f"--max-model-len {model_config.max_model_len} is beyond the model's "
-                         f"context window ({model_len} tokens)")
+        why = ("its sliding window: inflightd does not implement windowed attention yet"
+               if model_len < arch.max_position_embeddings else "the model's context window")
+        raise ValueError(f"--max-model-len {model_config.max_model_len} is beyond {why} "
+                         f"({model_len} tokens)")
     return model_config.max_model_len
 
 

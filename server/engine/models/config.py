@@ -32,6 +32,9 @@ class ModelArchConfig:
     qk_norm: bool  # each head's q and k are RMS-normed before rotary (Qwen3)
     eos_token_ids: tuple[int, ...]
     bos_token_id: int | None
+    # keys each query sees, when the checkpoint limits attention to a window (Mistral v0.1:
+    # 4096); the kernels attend to the whole context, so the engine keeps contexts within it
+    sliding_window: int | None = None
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> "ModelArchConfig":
@@ -71,11 +74,29 @@ class ModelArchConfig:
             qk_norm=arch == "Qwen3ForCausalLM",
             eos_token_ids=eos_ids,
             bos_token_id=hf.get("bos_token_id"),
+            sliding_window=_sliding_window(hf),
         )
+
+    @property
+    def max_exact_context(self) -> int:
+        """The longest context the engine computes as the checkpoint defines it: the
+        position limit, or the sliding window when there is one (windowed attention is not
+        implemented yet, so longer contexts would attend to keys the model never sees)."""
+        if self.sliding_window is None:
+            return self.max_position_embeddings
+        return min(self.max_position_embeddings, self.sliding_window)
 
     @property
     def rope_scaling_dict(self) -> dict[str, Any] | None:
         return dict(self.rope_scaling) if self.rope_scaling else None
+
+
+def _sliding_window(hf: dict[str, Any]) -> int | None:
+    """Qwen2 and Qwen3 carry a window they only use with use_sliding_window."""
+    window = hf.get("sliding_window")
+    if not window or hf.get("use_sliding_window") is False:
+        return None
+    return int(window)
 
 
 def _rope_scaling(hf: dict[str, Any]) -> tuple[tuple[str, Any], ...] | None:
