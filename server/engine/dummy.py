@@ -27,6 +27,9 @@ _QWEN2 = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_
 _QWEN3 = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_act": "silu",
           "use_sliding_window": False, "attention_bias": False}
 
+_PHI3 = {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "hidden_act": "silu",
+         "pad_token_id": 0}
+
 # The tiny shapes use the default model's vocabulary size so its tokenizer fits them.
 _TINY = {"vocab_size": 49152, "hidden_size": 64, "intermediate_size": 128,
          "num_hidden_layers": 2, "num_attention_heads": 4, "head_dim": 16,
@@ -102,6 +105,14 @@ DUMMY_CONFIGS: dict[str, dict[str, Any]] = {
                  "max_position_embeddings": 40960, "rms_norm_eps": 1e-6,
                  "rope_theta": 1000000.0, "bos_token_id": 151643,
                  "eos_token_id": 151645, "tie_word_embeddings": False},
+    # Phi-3: qkv_proj and gate_up_proj stored fused; mini's head_dim is 96
+    "phi3-tiny": {**_PHI3, **_TINY, "num_key_value_heads": 2, "tie_word_embeddings": False},
+    "phi-3-mini": {**_PHI3, "vocab_size": 32064, "hidden_size": 3072,
+                   "intermediate_size": 8192, "num_hidden_layers": 32,
+                   "num_attention_heads": 32, "num_key_value_heads": 32,
+                   "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+                   "rope_theta": 10000.0, "bos_token_id": 1, "eos_token_id": 32000,
+                   "sliding_window": 2047, "tie_word_embeddings": False},
 }
 
 DUMMY_PREFIX = "dummy:"

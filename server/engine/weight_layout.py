@@ -14,12 +14,15 @@ def layer_weight_shapes(arch: ModelArchConfig, layer: int) -> dict[str, tuple[in
     prefix = f"model.layers.{layer}"
     q_size = arch.num_heads * arch.head_dim
     kv_size = arch.num_kv_heads * arch.head_dim
-    shapes: dict[str, tuple[int, ...]] = {
-        f"{prefix}.input_layernorm.weight": (arch.hidden_size,),
-        f"{prefix}.self_attn.q_proj.weight": (q_size, arch.hidden_size),
-        f"{prefix}.self_attn.k_proj.weight": (kv_size, arch.hidden_size),
-        f"{prefix}.self_attn.v_proj.weight": (kv_size, arch.hidden_size),
-    }
+    shapes: dict[str, tuple[int, ...]] = {f"{prefix}.input_layernorm.weight": (arch.hidden_size,)}
+    if arch.fused_projections:
+        shapes[f"{prefix}.self_attn.qkv_proj.weight"] = (q_size + 2 * kv_size, arch.hidden_size)
+    else:
+        shapes.update({
+            f"{prefix}.self_attn.q_proj.weight": (q_size, arch.hidden_size),
+            f"{prefix}.self_attn.k_proj.weight": (kv_size, arch.hidden_size),
+            f"{prefix}.self_attn.v_proj.weight": (kv_size, arch.hidden_size),
+        })
     if arch.attention_bias:
         shapes[f"{prefix}.self_attn.q_proj.bias"] = (q_size,)
         shapes[f"{prefix}.self_attn.k_proj.bias"] = (kv_size,)
@@ -30,10 +33,14 @@ def layer_weight_shapes(arch: ModelArchConfig, layer: int) -> dict[str, tuple[in
     shapes.update({
         f"{prefix}.self_attn.o_proj.weight": (arch.hidden_size, q_size),
         f"{prefix}.post_attention_layernorm.weight": (arch.hidden_size,),
-        f"{prefix}.mlp.gate_proj.weight": (arch.intermediate_size, arch.hidden_size),
-        f"{prefix}.mlp.up_proj.weight": (arch.intermediate_size, arch.hidden_size),
-        f"{prefix}.mlp.down_proj.weight": (arch.hidden_size, arch.intermediate_size),
     })
+    if arch.fused_projections:
+        shapes[f"{prefix}.mlp.gate_up_proj.weight"] = (2 * arch.intermediate_size,
+                                                       arch.hidden_size)
+    else:
+        shapes[f"{prefix}.mlp.gate_proj.weight"] = (arch.intermediate_size, arch.hidden_size)
+        shapes[f"{prefix}.mlp.up_proj.weight"] = (arch.intermediate_size, arch.hidden_size)
+    shapes[f"{prefix}.mlp.down_proj.weight"] = (arch.hidden_size, arch.intermediate_size)
     return shapes
 
 

@@ -39,6 +39,9 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
                                        tie_word_embeddings=True)),
     "qwen3-qk-norm": ("Qwen3Config", dict(num_attention_heads=4, num_key_value_heads=2,
                                           head_dim=16, tie_word_embeddings=False)),
+    # Phi-3 stores qkv_proj and gate_up_proj fused in the checkpoint
+    "phi3-fused": ("Phi3Config", dict(num_attention_heads=4, num_key_value_heads=2,
+                                      tie_word_embeddings=False, pad_token_id=0)),
 }
 
 

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
-                           "Qwen3ForCausalLM")
+                           "Qwen3ForCausalLM", "Phi3ForCausalLM")
+# Checkpoints that store q|k|v as one qkv_proj and gate|up as one gate_up_proj (Phi-3)
+FUSED_PROJECTION_ARCHITECTURES = ("Phi3ForCausalLM",)
 
 
 class UnsupportedModelError(ValueError):
@@ -32,6 +34,8 @@ class ModelArchConfig:
     qk_norm: bool  # each head's q and k are RMS-normed before rotary (Qwen3)
     eos_token_ids: tuple[int, ...]
     bos_token_id: int | None
+    # the checkpoint stores qkv_proj and gate_up_proj already fused (Phi-3)
+    fused_projections: bool = False
     # keys each query sees, when the checkpoint limits attention to a window (Mistral v0.1:
     # 4096); the kernels attend to the whole context, so the engine keeps contexts within it
     sliding_window: int | None = None
@@ -51,6 +55,11 @@ class ModelArchConfig:
                 f"num_attention_heads ({num_heads}) must be a multiple of "
                 f"num_key_value_heads ({num_kv_heads})")
         head_dim = int(hf.get("head_dim") or hf["hidden_size"] // num_heads)
+        partial_rotary = float(hf.get("partial_rotary_factor") or 1.0)
+        if partial_rotary != 1.0:
+            raise UnsupportedModelError(
+                f"partial rotary embeddings (partial_rotary_factor {partial_rotary}) are not "
+                f"supported yet; inflightd rotates every dimension of each head")
         rope_scaling = _rope_scaling(hf)
         rope_theta = float(hf.get("rope_theta")
                            or (hf.get("rope_parameters") or {}).get("rope_theta") or 10000.0)
@@ -75,6 +84,7 @@ class ModelArchConfig:
             eos_token_ids=eos_ids,
             bos_token_id=hf.get("bos_token_id"),
             sliding_window=_sliding_window(hf),
+            fused_projections=arch in FUSED_PROJECTION_ARCHITECTURES,
         )
 
     @property

@@ -29,6 +29,7 @@ class DecoderLayer:
         self.q_size = arch.num_heads * arch.head_dim
         self.kv_size = arch.num_kv_heads * arch.head_dim
         self.scale = arch.head_dim ** -0.5
+        self.fused_projections = arch.fused_projections
 
         def empty(*shape: int) -> torch.Tensor:
             return torch.empty(shape, dtype=dtype, device=device)
@@ -60,15 +61,21 @@ class DecoderLayer:
         attn, mlp = f"{prefix}.self_attn", f"{prefix}.mlp"
         names = {
             f"{prefix}.input_layernorm.weight": self.input_norm,
-            f"{attn}.q_proj.weight": self.qkv_weight[:q],
-            f"{attn}.k_proj.weight": self.qkv_weight[q:q + kv],
-            f"{attn}.v_proj.weight": self.qkv_weight[q + kv:],
             f"{attn}.o_proj.weight": self.o_weight,
             f"{prefix}.post_attention_layernorm.weight": self.post_norm,
-            f"{mlp}.gate_proj.weight": self.gate_up_weight[:inter],
-            f"{mlp}.up_proj.weight": self.gate_up_weight[inter:],
             f"{mlp}.down_proj.weight": self.down_weight,
         }
+        if self.fused_projections:  # Phi-3 stores them as we hold them
+            names[f"{attn}.qkv_proj.weight"] = self.qkv_weight
+            names[f"{mlp}.gate_up_proj.weight"] = self.gate_up_weight
+        else:
+            names.update({
+                f"{attn}.q_proj.weight": self.qkv_weight[:q],
+                f"{attn}.k_proj.weight": self.qkv_weight[q:q + kv],
+                f"{attn}.v_proj.weight": self.qkv_weight[q + kv:],
+                f"{mlp}.gate_proj.weight": self.gate_up_weight[:inter],
+                f"{mlp}.up_proj.weight": self.gate_up_weight[inter:],
+            })
         if self.qkv_bias is not None:
             names[f"{attn}.q_proj.bias"] = self.qkv_bias[:q]
             names[f"{attn}.k_proj.bias"] = self.qkv_bias[q:q + kv]
