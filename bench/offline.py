@@ -100,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="TensorRT-LLM's throughput workload instead (bench/workloads.py): N "
                         "(default --num-prompts) requests of ISL random tokens generating "
                         "exactly OSL each, all at once; repeat for several")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="--workload: sample at this temperature instead of greedily")
+    p.add_argument("--top-p", type=float, default=1.0, help="--workload: with --temperature")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
 

@@ -63,12 +63,15 @@ def random_prompts(*, num_prompts: int, input_len: int, vocab_size: int,
 
 
 def run_workload(llm, *, input_len: int, output_len: int, num_prompts: int,
-                 seed: int = 0) -> dict:
-    """Every request at once, to the end; the figures listed in the module docstring."""
+                 seed: int = 0, temperature: float = 0.0, top_p: float = 1.0) -> dict:
+    """Every request at once, to the end; the figures listed in the module docstring.
+    Greedy as trtllm-bench, unless a temperature is given (unseeded sampling, which runs on
+    the device and keeps async scheduling on)."""
     engine = llm.engine
     prompts = random_prompts(num_prompts=num_prompts, input_len=input_len,
                              vocab_size=engine.info.vocab_size, seed=seed)
-    params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=output_len,
+                            ignore_eos=True)
     llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4))  # warm-up
     engine.scheduler.block_manager.reset_prefix_cache()
     cuda = engine.info.device.startswith("cuda")
@@ -91,6 +94,7 @@ def run_workload(llm, *, input_len: int, output_len: int, num_prompts: int,
     step_summary = steps.summary(elapsed)
     result = {
         "workload": f"{input_len}/{output_len}", "requests": num_prompts,
+        "temperature": temperature, "top_p": top_p,
         "seconds": elapsed, "output_tokens": num_out,
         "output_tokens_per_s": num_out / elapsed,
         "total_tokens_per_s": num_prompts * (input_len + output_len) / elapsed,
@@ -140,7 +144,8 @@ def run_workloads(args, *, make_llm, engine_model, free_memory) -> list[dict]:
         graphs = llm.engine.runner.graphs  # captured when the engine started
         capture_seconds = graphs.capture_seconds if graphs is not None else None
         result = run_workload(llm, input_len=input_len, output_len=output_len,
-                              num_prompts=num_prompts, seed=args.seed)
+                              num_prompts=num_prompts, seed=args.seed,
+                              temperature=args.temperature, top_p=args.top_p)
         result.update(engine_build_seconds=build_seconds,
                       graph_capture_seconds=capture_seconds,
                       date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

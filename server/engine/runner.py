@@ -8,7 +8,9 @@
       -> rows that follow a grammar: their bitmask filled on the host while the device
          runs the forward pass (after the previous step's tokens reach the matchers),
          then applied to their logits
-      -> sampler (all plain-greedy rows: one argmax, left on the device) -> InFlightStep
+      -> sampler (all plain-greedy rows: one argmax; rows whose token needs no history
+         (no penalty, seed or logprobs): sampled on the device; both left there, so the
+         host does not wait) -> InFlightStep
     resolve waits for the ids and appends each to its request's history;
     execute = resolve(launch(...)).
 
@@ -35,7 +37,8 @@ from server.engine.models.config import ModelArchConfig
 from server.engine.models.llama import LlamaModel
 from server.engine.ops import Ops
 from server.engine.ops.torch_ref import TorchOps
-from server.engine.sampler import MIN_TEMPERATURE, RequestSamplingState, Sampler
+from server.engine.sampler import (MIN_TEMPERATURE, RequestSamplingState, Sampler,
+                                   SamplingBatch)
 from server.engine.weights import ModelSource, iter_weights, resolve_model
 from server.kvcache.kv_pool import KVPool, check_kv_cache_kernels, kv_cache_dtype_for
 from server.scheduler.output import ModelOutput, NewRequestData, SchedulerOutput
@@ -212,9 +215,9 @@ class ModelRunner:
 
     @torch.inference_mode()
     def launch(self, scheduler_output: SchedulerOutput) -> InFlightStep:
-        """Queues one step on the device and returns without waiting for it when every
-        sampled row is plain greedy (other sampling reads the request histories on the
-        host, so it waits for the previous step and for this one)."""
+        """Queues one step on the device and returns without waiting for it when no
+        sampled row needs its request's history (penalties, seeds and logprobs read it on
+        the host, so such a step waits for the previous step and for this one)."""
         self.update_requests(scheduler_output)
         if scheduler_output.is_empty:
             return InFlightStep.done(ModelOutput(req_ids=(), sampled_token_ids=()))
@@ -227,6 +230,13 @@ class ModelRunner:
         if all(_is_plain_greedy(state) for state in states):
             # What the sampler does for such rows, minus building its per-step tensors.
             token_ids = logits.argmax(dim=-1)
+            self._feedback.remember(req_ids, token_ids)
+            return self._launched(InFlightStep.copying(req_ids, token_ids))
+        if all(_needs_no_history(state) for state in states):
+            # temperature, top-k, top-p and min-p read only the logits: sampled on the device
+            batch = SamplingBatch.build(states, vocab_size=logits.shape[-1],
+                                        device=logits.device)
+            token_ids = self.sampler.sample_tokens(logits, batch)
             self._feedback.remember(req_ids, token_ids)
             return self._launched(InFlightStep.copying(req_ids, token_ids))
         self._resolve_unresolved()  # the penalties and seeds need its tokens
@@ -363,6 +373,15 @@ def _is_plain_greedy(state: RequestSamplingState) -> bool:
     """Greedy with no penalty and no logprobs: the token is the argmax of the raw logits."""
     p = state.sampling_params
     return (p.temperature < MIN_TEMPERATURE and p.logprobs is None and not p.presence_penalty
+            and not p.frequency_penalty and p.repetition_penalty == 1.0)
+
+
+def _needs_no_history(state: RequestSamplingState) -> bool:
+    """No penalty (they count earlier tokens), no seed (its noise is keyed by the number of
+    tokens so far) and no logprobs (read back on the host): the token depends on this
+    step's logits alone, so nothing waits for the step in flight."""
+    p = state.sampling_params
+    return (p.seed is None and p.logprobs is None and not p.presence_penalty
             and not p.frequency_penalty and p.repetition_penalty == 1.0)
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from server.engine.inputs import host_to_device
 from server.engine.penalties import PenaltyTensors, apply_penalties
 from server.scheduler.output import TokenLogprobs
 from server.scheduler.request import SamplingParams
@@ -70,7 +71,8 @@ class SamplingBatch:
         greedy = [p.temperature < MIN_TEMPERATURE for p in params]
 
         def tensor(values: list, dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor(values, dtype=dtype, device=device)
+            # through pinned memory: a pageable copy would wait for the GPU's queued work
+            return host_to_device(torch.tensor(values, dtype=dtype), torch.device(device))
 
         def column(values: list[float]) -> torch.Tensor:
             return tensor(values, torch.float32).unsqueeze(1)
@@ -134,17 +136,21 @@ class Sampler:
     def sample_batch(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
         if batch.penalties is not None:
             logits = apply_penalties(logits, batch.penalties)
-        if batch.all_greedy:
-            tokens = logits.argmax(dim=-1)
-        else:
-            probs = self._filtered_probs(logits, batch)
-            drawn = (probs / self._noise(probs, batch)).argmax(dim=-1)
-            tokens = torch.where(batch.greedy, logits.argmax(dim=-1), drawn)
+        tokens = self.sample_tokens(logits, batch)
         token_list = tokens.tolist()
         logprobs = None
         if any(k is not None for k in batch.num_logprobs):
             logprobs = gather_logprobs(logits, tokens, batch.num_logprobs)
         return SamplerOutput(sampled_token_ids=tuple(token_list), logprobs=logprobs)
+
+    def sample_tokens(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+        """int64 [S] token ids, left on logits' device (nothing here waits for the GPU).
+        logits already carry the batch's penalties."""
+        if batch.all_greedy:
+            return logits.argmax(dim=-1)
+        probs = self._filtered_probs(logits, batch)
+        drawn = (probs / self._noise(probs, batch)).argmax(dim=-1)
+        return torch.where(batch.greedy, logits.argmax(dim=-1), drawn)
 
     def _filtered_probs(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         scaled = logits / batch.temperatures
@@ -164,7 +170,8 @@ class Sampler:
             draws = torch.empty((len(shared_rows), probs.shape[-1]), dtype=probs.dtype,
                                 device=probs.device)
             draws.exponential_(generator=self.generator)
-            noise[torch.tensor(shared_rows, device=probs.device)] = draws
+            rows = host_to_device(torch.tensor(shared_rows), probs.device)
+            noise[rows] = draws
         for row in batch.random_rows:
             seed = batch.row_seeds[row]
             if seed is not None:

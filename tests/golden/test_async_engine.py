@@ -66,3 +66,20 @@ def test_async_engine_reports_a_step_one_step_later_and_drains_at_the_end():
     # step 1 prefills (nothing read back yet); steps 2, 3 decode while reading 1, 2;
     # step 4 has nothing to schedule (3 tokens in flight or back) and drains step 3
     assert per_step[0] == [] and [len(s) for s in per_step[1:]] == [1, 1, 1]
+
+
+def test_unseeded_temperature_sampling_runs_ahead_and_gives_the_sync_engines_tokens():
+    params = [SamplingParams(temperature=0.9, top_p=0.9, max_tokens=12, ignore_eos=True),
+              SamplingParams(temperature=0.7, top_k=20, max_tokens=12, ignore_eos=True),
+              SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)]
+    prompts = _prompts()[:3]
+    outputs = {}
+    for async_scheduling in (False, True):
+        llm = LLM("dummy:tiny", device="cpu", kv_cache_tokens=4096, seed=11,
+                  async_scheduling=async_scheduling)
+        host_samples = []  # the host path (which waits for the step in flight) is not taken
+        llm.engine.runner.sampler.sample = lambda *args: host_samples.append(args)
+        outputs[async_scheduling] = [c.token_ids for c in llm.generate(prompts, params)]
+        assert host_samples == []
+    assert outputs[True] == outputs[False]
+    assert len(set(outputs[True][0])) > 1  # it did sample
