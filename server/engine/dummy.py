@@ -30,6 +30,9 @@ _QWEN3 = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_
 _PHI3 = {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "hidden_act": "silu",
          "pad_token_id": 0}
 
+_STARCODER2 = {"architectures": ["Starcoder2ForCausalLM"], "model_type": "starcoder2",
+               "hidden_act": "gelu_pytorch_tanh", "use_bias": True, "norm_epsilon": 1e-5}
+
 # The tiny shapes use the default model's vocabulary size so its tokenizer fits them.
 _TINY = {"vocab_size": 49152, "hidden_size": 64, "intermediate_size": 128,
          "num_hidden_layers": 2, "num_attention_heads": 4, "head_dim": 16,
@@ -113,6 +116,15 @@ DUMMY_CONFIGS: dict[str, dict[str, Any]] = {
                    "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
                    "rope_theta": 10000.0, "bos_token_id": 1, "eos_token_id": 32000,
                    "sliding_window": 2047, "tie_word_embeddings": False},
+    # Starcoder2: LayerNorm with biases, biased projections, ungated tanh-GELU MLP
+    "starcoder2-tiny": {**_STARCODER2, **_TINY, "num_key_value_heads": 2,
+                        "tie_word_embeddings": True},
+    "starcoder2-7b": {**_STARCODER2, "vocab_size": 49152, "hidden_size": 4608,
+                      "intermediate_size": 18432, "num_hidden_layers": 32,
+                      "num_attention_heads": 36, "num_key_value_heads": 4,
+                      "max_position_embeddings": 16384, "norm_epsilon": 1e-5,
+                      "rope_theta": 1000000.0, "sliding_window": 4096, "bos_token_id": 0,
+                      "eos_token_id": 0, "tie_word_embeddings": False},
 }
 
 DUMMY_PREFIX = "dummy:"

@@ -36,7 +36,7 @@ FP8_DIM_MULTIPLE = 16  # the FP8 GEMM needs K and N to be multiples of this
 SCALE_SUFFIX = "_scale"
 _LINEAR_SUFFIXES = tuple(f".{proj}.weight" for proj in
                          ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                          "down_proj", "qkv_proj", "gate_up_proj"))
+                          "down_proj", "qkv_proj", "gate_up_proj", "c_fc", "c_proj"))
 
 
 class QuantizationError(ValueError):

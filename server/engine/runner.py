@@ -79,6 +79,9 @@ def cuda_ops_unsupported_reason(arch: ModelArchConfig, dtype: torch.dtype) -> st
         return f"the kernels take bfloat16 or float16, not {dtype}"
     if arch.head_dim not in ATTENTION_HEAD_DIMS:
         return f"the attention kernel covers head_dim {ATTENTION_HEAD_DIMS}, not {arch.head_dim}"
+    if arch.layer_norm or arch.activation != "silu":
+        return (f"{arch.architecture}'s LayerNorm and GELU have no kernels yet "
+                f"(RMSNorm and SiLU do)")
     return None
 
 

@@ -14,7 +14,10 @@ def layer_weight_shapes(arch: ModelArchConfig, layer: int) -> dict[str, tuple[in
     prefix = f"model.layers.{layer}"
     q_size = arch.num_heads * arch.head_dim
     kv_size = arch.num_kv_heads * arch.head_dim
-    shapes: dict[str, tuple[int, ...]] = {f"{prefix}.input_layernorm.weight": (arch.hidden_size,)}
+    hidden, inter = arch.hidden_size, arch.intermediate_size
+    shapes: dict[str, tuple[int, ...]] = {f"{prefix}.input_layernorm.weight": (hidden,)}
+    if arch.layer_norm:
+        shapes[f"{prefix}.input_layernorm.bias"] = (hidden,)
     if arch.fused_projections:
         shapes[f"{prefix}.self_attn.qkv_proj.weight"] = (q_size + 2 * kv_size, arch.hidden_size)
     else:
@@ -30,17 +33,22 @@ def layer_weight_shapes(arch: ModelArchConfig, layer: int) -> dict[str, tuple[in
     if arch.qk_norm:
         shapes[f"{prefix}.self_attn.q_norm.weight"] = (arch.head_dim,)
         shapes[f"{prefix}.self_attn.k_norm.weight"] = (arch.head_dim,)
-    shapes.update({
-        f"{prefix}.self_attn.o_proj.weight": (arch.hidden_size, q_size),
-        f"{prefix}.post_attention_layernorm.weight": (arch.hidden_size,),
-    })
+    shapes[f"{prefix}.self_attn.o_proj.weight"] = (hidden, q_size)
+    if arch.o_proj_bias:
+        shapes[f"{prefix}.self_attn.o_proj.bias"] = (hidden,)
+    shapes[f"{prefix}.post_attention_layernorm.weight"] = (hidden,)
+    mlp = f"{prefix}.mlp"
+    if arch.layer_norm:  # Starcoder2: biased norms, ungated MLP
+        shapes.update({f"{prefix}.post_attention_layernorm.bias": (hidden,),
+                       f"{mlp}.c_fc.weight": (inter, hidden), f"{mlp}.c_fc.bias": (inter,),
+                       f"{mlp}.c_proj.weight": (hidden, inter), f"{mlp}.c_proj.bias": (hidden,)})
+        return shapes
     if arch.fused_projections:
-        shapes[f"{prefix}.mlp.gate_up_proj.weight"] = (2 * arch.intermediate_size,
-                                                       arch.hidden_size)
+        shapes[f"{mlp}.gate_up_proj.weight"] = (2 * inter, hidden)
     else:
-        shapes[f"{prefix}.mlp.gate_proj.weight"] = (arch.intermediate_size, arch.hidden_size)
-        shapes[f"{prefix}.mlp.up_proj.weight"] = (arch.intermediate_size, arch.hidden_size)
-    shapes[f"{prefix}.mlp.down_proj.weight"] = (arch.hidden_size, arch.intermediate_size)
+        shapes[f"{mlp}.gate_proj.weight"] = (inter, hidden)
+        shapes[f"{mlp}.up_proj.weight"] = (inter, hidden)
+    shapes[f"{mlp}.down_proj.weight"] = (hidden, inter)
     return shapes
 
 
@@ -52,6 +60,8 @@ def weight_shapes(arch: ModelArchConfig) -> dict[str, tuple[int, ...]]:
     for layer in range(arch.num_layers):
         shapes.update(layer_weight_shapes(arch, layer))
     shapes["model.norm.weight"] = (arch.hidden_size,)
+    if arch.layer_norm:
+        shapes["model.norm.bias"] = (arch.hidden_size,)
     if not arch.tie_word_embeddings:
         shapes["lm_head.weight"] = (arch.vocab_size, arch.hidden_size)
     return shapes

@@ -145,8 +145,6 @@ def _check_supported_features(hf: dict[str, Any]) -> None:
         raise UnsupportedModelError(
             f"quantized checkpoints ({method}) are not supported; give a float16, bfloat16 or "
             "float32 checkpoint")
-    if hf.get("hidden_act", "silu") != "silu":
-        raise UnsupportedModelError(f"hidden_act {hf['hidden_act']!r} is not supported (silu)")
     if hf.get("mlp_bias"):
         raise UnsupportedModelError("mlp_bias=true (biased MLP projections) is not supported")
     archs = hf.get("architectures") or []

@@ -42,6 +42,10 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
     # Phi-3 stores qkv_proj and gate_up_proj fused in the checkpoint
     "phi3-fused": ("Phi3Config", dict(num_attention_heads=4, num_key_value_heads=2,
                                       tie_word_embeddings=False, pad_token_id=0)),
+    # LayerNorm with biases, biased projections, ungated tanh-GELU MLP, tied head
+    "starcoder2": ("Starcoder2Config", dict(num_attention_heads=4, num_key_value_heads=2,
+                                            norm_epsilon=1e-5, use_bias=True,
+                                            tie_word_embeddings=True)),
 }
 
 

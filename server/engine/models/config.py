@@ -6,7 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
-                           "Qwen3ForCausalLM", "Phi3ForCausalLM")
+                           "Qwen3ForCausalLM", "Phi3ForCausalLM", "Starcoder2ForCausalLM")
+# LayerNorm with biases, a plain GELU MLP (c_fc, c_proj) and biases on every projection
+LAYER_NORM_ARCHITECTURES = ("Starcoder2ForCausalLM",)
+# hidden_act -> the activation the engine computes (tanh-approximated GELU is torch's "tanh")
+ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
+               "gelu": "gelu"}
 # Checkpoints that store q|k|v as one qkv_proj and gate|up as one gate_up_proj (Phi-3)
 FUSED_PROJECTION_ARCHITECTURES = ("Phi3ForCausalLM",)
 
@@ -36,6 +41,10 @@ class ModelArchConfig:
     bos_token_id: int | None
     # the checkpoint stores qkv_proj and gate_up_proj already fused (Phi-3)
     fused_projections: bool = False
+    # Starcoder2's kind of block: LayerNorm (weight and bias) instead of RMSNorm, an
+    # ungated MLP (up, activation, down, both biased) and a bias on o_proj too
+    layer_norm: bool = False
+    activation: str = "silu"  # "silu", "gelu_tanh" or "gelu"
     # keys each query sees, when the checkpoint limits attention to a window (Mistral v0.1:
     # 4096); the kernels attend to the whole context, so the engine keeps contexts within it
     sliding_window: int | None = None
@@ -63,6 +72,12 @@ class ModelArchConfig:
         rope_scaling = _rope_scaling(hf)
         rope_theta = float(hf.get("rope_theta")
                            or (hf.get("rope_parameters") or {}).get("rope_theta") or 10000.0)
+        activation = ACTIVATIONS.get(hf.get("hidden_act") or hf.get("hidden_activation")
+                                     or "silu")
+        if activation is None:
+            raise UnsupportedModelError(f"activation {hf.get('hidden_act')!r} is not supported; "
+                                        f"inflightd computes {', '.join(ACTIVATIONS)}")
+        layer_norm = arch in LAYER_NORM_ARCHITECTURES
         eos = hf.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
         return cls(
@@ -74,18 +89,29 @@ class ModelArchConfig:
             num_heads=num_heads,
             num_kv_heads=num_kv_heads,
             head_dim=head_dim,
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            # each family's own key (a config may carry the other one unused)
+            rms_norm_eps=float(hf.get("norm_epsilon" if layer_norm else "rms_norm_eps")
+                               or 1e-6),
             rope_theta=rope_theta,
             rope_scaling=rope_scaling,
             max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            attention_bias=(arch == "Qwen2ForCausalLM") or bool(hf.get("attention_bias", False)),
+            attention_bias=(arch == "Qwen2ForCausalLM") or bool(hf.get("attention_bias", False))
+            or (layer_norm and bool(hf.get("use_bias", True))),
             qk_norm=arch == "Qwen3ForCausalLM",
             eos_token_ids=eos_ids,
             bos_token_id=hf.get("bos_token_id"),
             sliding_window=_sliding_window(hf),
             fused_projections=arch in FUSED_PROJECTION_ARCHITECTURES,
+            layer_norm=layer_norm,
+            activation=activation,
         )
+
+    @property
+    def o_proj_bias(self) -> bool:
+        """Llama's attention_bias (and Starcoder2's use_bias) biases o_proj too; Qwen2's
+        only q, k and v."""
+        return self.attention_bias and self.architecture != "Qwen2ForCausalLM"
 
     @property
     def max_exact_context(self) -> int:

@@ -30,6 +30,8 @@ class DecoderLayer:
         self.kv_size = arch.num_kv_heads * arch.head_dim
         self.scale = arch.head_dim ** -0.5
         self.fused_projections = arch.fused_projections
+        self.layer_norm = arch.layer_norm  # LayerNorm with biases and an ungated MLP
+        self.activation = arch.activation
 
         def empty(*shape: int) -> torch.Tensor:
             return torch.empty(shape, dtype=dtype, device=device)
@@ -44,15 +46,19 @@ class DecoderLayer:
         self.qkv_weight = linear(self.q_size + 2 * self.kv_size, hidden)
         self.qkv_bias = empty(self.q_size + 2 * self.kv_size) if arch.attention_bias else None
         self.o_weight = linear(hidden, self.q_size)
-        # Llama's attention_bias also biases o_proj; Qwen2 biases only q/k/v.
-        has_o_bias = arch.attention_bias and arch.architecture != "Qwen2ForCausalLM"
-        self.o_bias = empty(hidden) if has_o_bias else None
+        self.o_bias = empty(hidden) if arch.o_proj_bias else None
         # Qwen3: an RMSNorm over each head's q and k (one weight per head dim) before rotary
         self.q_norm = empty(arch.head_dim) if arch.qk_norm else None
         self.k_norm = empty(arch.head_dim) if arch.qk_norm else None
         self.post_norm = empty(hidden)
-        self.gate_up_weight = linear(2 * inter, hidden)
+        # the MLP's first projection: gate|up fused, or up alone for an ungated MLP
+        self.gate_up_weight = linear(inter if self.layer_norm else 2 * inter, hidden)
         self.down_weight = linear(hidden, inter)
+        biased = self.layer_norm  # Starcoder2: every norm and MLP projection has a bias
+        self.input_norm_bias = empty(hidden) if biased else None
+        self.post_norm_bias = empty(hidden) if biased else None
+        self.up_bias = empty(inter) if biased else None
+        self.down_bias = empty(hidden) if biased else None
 
     def weight_destinations(self, prefix: str) -> dict[str, torch.Tensor | Fp8Weight]:
         """HF tensor name -> the tensor (or fused slice) it is copied into."""
@@ -65,7 +71,18 @@ class DecoderLayer:
             f"{prefix}.post_attention_layernorm.weight": self.post_norm,
             f"{mlp}.down_proj.weight": self.down_weight,
         }
-        if self.fused_projections:  # Phi-3 stores them as we hold them
+        if self.layer_norm:
+            names.update({
+                f"{prefix}.input_layernorm.bias": self.input_norm_bias,
+                f"{prefix}.post_attention_layernorm.bias": self.post_norm_bias,
+                f"{mlp}.c_fc.weight": self.gate_up_weight, f"{mlp}.c_fc.bias": self.up_bias,
+                f"{mlp}.c_proj.weight": self.down_weight, f"{mlp}.c_proj.bias": self.down_bias,
+                f"{attn}.q_proj.weight": self.qkv_weight[:q],
+                f"{attn}.k_proj.weight": self.qkv_weight[q:q + kv],
+                f"{attn}.v_proj.weight": self.qkv_weight[q + kv:],
+            })
+            del names[f"{mlp}.down_proj.weight"]
+        elif self.fused_projections:  # Phi-3 stores them as we hold them
             names[f"{attn}.qkv_proj.weight"] = self.qkv_weight
             names[f"{mlp}.gate_up_proj.weight"] = self.gate_up_weight
         else:
@@ -92,23 +109,42 @@ class DecoderLayer:
                 metadata: AttentionMetadata, ops: Ops) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-norm block. Returns (mlp output, residual stream before adding it); the next
         layer's norm (or the final norm) adds the two, so each add is fused with a norm."""
-        # FP8 linear layers take their inputs from the norms and SiLU already quantized
-        fp8 = self.fp8
         if residual is None:
             residual = hidden
-            normed = (ops.rms_norm_fp8 if fp8 else ops.rms_norm)(hidden, self.input_norm,
-                                                                  self.eps)
+            normed = self._norm(hidden, self.input_norm, self.input_norm_bias, ops)
         else:
-            normed, residual = (ops.add_rms_norm_fp8 if fp8 else ops.add_rms_norm)(
-                hidden, residual, self.input_norm, self.eps)
+            normed, residual = self._add_norm(hidden, residual, self.input_norm,
+                                              self.input_norm_bias, ops)
         attn_out = self._attention(normed, positions=positions, cos_sin=cos_sin,
                                    kv_cache=kv_cache, metadata=metadata, ops=ops)
-        normed, residual = (ops.add_rms_norm_fp8 if fp8 else ops.add_rms_norm)(
-            attn_out, residual, self.post_norm, self.eps)
-        gate_up = ops.linear(normed, self.gate_up_weight)
-        mlp_out = ops.linear((ops.silu_and_mul_fp8 if fp8 else ops.silu_and_mul)(gate_up),
-                             self.down_weight)
-        return mlp_out, residual
+        normed, residual = self._add_norm(attn_out, residual, self.post_norm,
+                                          self.post_norm_bias, ops)
+        return self._mlp(normed, ops), residual
+
+    def _mlp(self, x: torch.Tensor | Fp8Rows, ops: Ops) -> torch.Tensor:
+        up = ops.linear(x, self.gate_up_weight, self.up_bias)
+        if self.layer_norm:  # ungated
+            return ops.linear(ops.gelu(up, self.activation), self.down_weight, self.down_bias)
+        if self.activation != "silu":
+            return ops.linear(ops.gelu_and_mul(up, self.activation), self.down_weight)
+        # FP8 linear layers take their inputs from the norms and SiLU already quantized
+        act = ops.silu_and_mul_fp8 if self.fp8 else ops.silu_and_mul
+        return ops.linear(act(up), self.down_weight)
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+              ops: Ops) -> torch.Tensor | Fp8Rows:
+        if self.layer_norm:
+            return ops.layer_norm(x, weight, bias, self.eps)
+        return (ops.rms_norm_fp8 if self.fp8 else ops.rms_norm)(x, weight, self.eps)
+
+    def _add_norm(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                  bias: torch.Tensor | None, ops: Ops) -> tuple[torch.Tensor | Fp8Rows,
+                                                                 torch.Tensor]:
+        """(norm(x + residual), x + residual)."""
+        if self.layer_norm:
+            return ops.add_layer_norm(x, residual, weight, bias, self.eps)
+        add_norm = ops.add_rms_norm_fp8 if self.fp8 else ops.add_rms_norm
+        return add_norm(x, residual, weight, self.eps)
 
     @property
     def fp8(self) -> bool:

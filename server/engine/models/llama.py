@@ -1,5 +1,5 @@
-"""The Llama family (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM) over a packed
-token batch and the paged KV cache.
+"""The Llama family and its relatives (Mistral, Qwen2/3, Phi-3, Starcoder2: see
+models/config.py) over a packed token batch and the paged KV cache.
 
     input_ids [T] -> embed -> N x DecoderLayer -> final norm -> hidden [T, H]
     hidden[sample_indices] -> lm_head -> float32 logits [num sampled, vocab]
@@ -46,6 +46,8 @@ class LlamaModel:
         self.layers = [DecoderLayer(arch, dtype=dtype, device=device, quantization=quantization)
                        for _ in range(arch.num_layers)]
         self.norm = torch.empty(arch.hidden_size, dtype=dtype, device=device)
+        self.norm_bias = (torch.empty(arch.hidden_size, dtype=dtype, device=device)
+                          if arch.layer_norm else None)
         self.lm_head = (self.embed_tokens if arch.tie_word_embeddings else
                         torch.empty(arch.vocab_size, arch.hidden_size, dtype=dtype,
                                     device=device))
@@ -60,6 +62,8 @@ class LlamaModel:
         """stored_fp8: the checkpoint holds the linear weights already in FP8, each with its
         scales beside it (as `inflightd build --quantization fp8` writes them)."""
         names = {"model.embed_tokens.weight": self.embed_tokens, "model.norm.weight": self.norm}
+        if self.norm_bias is not None:
+            names["model.norm.bias"] = self.norm_bias
         if not self.arch.tie_word_embeddings:
             names["lm_head.weight"] = self.lm_head
         for index, layer in enumerate(self.layers):
@@ -96,9 +100,14 @@ class LlamaModel:
             hidden, residual = layer.forward(hidden, residual, positions=positions,
                                              cos_sin=self.cos_sin, kv_cache=kv_cache[index],
                                              metadata=attn_metadata, ops=ops)
+        eps = self.arch.rms_norm_eps
+        if self.norm_bias is not None:  # LayerNorm
+            if residual is None:
+                return ops.layer_norm(hidden, self.norm, self.norm_bias, eps)
+            return ops.add_layer_norm(hidden, residual, self.norm, self.norm_bias, eps)[0]
         if residual is None:  # a model with no layers
-            return ops.rms_norm(hidden, self.norm, self.arch.rms_norm_eps)
-        hidden, _ = ops.add_rms_norm(hidden, residual, self.norm, self.arch.rms_norm_eps)
+            return ops.rms_norm(hidden, self.norm, eps)
+        hidden, _ = ops.add_rms_norm(hidden, residual, self.norm, eps)
         return hidden
 
     @torch.inference_mode()

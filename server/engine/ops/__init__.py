@@ -41,6 +41,22 @@ class Ops(Protocol):
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, 2d] -> silu(x[:, :d]) * x[:, d:]."""
 
+    # The LayerNorm / GELU families (Starcoder2, Gemma): the torch reference only, so far.
+    def layer_norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   eps: float) -> torch.Tensor:
+        """x [T, H] -> LayerNorm(x) * weight + bias."""
+
+    def add_layer_norm(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                       bias: torch.Tensor | None, eps: float
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (layer_norm(x + residual), x + residual)."""
+
+    def gelu(self, x: torch.Tensor, kind: str) -> torch.Tensor:
+        """GELU, exact ("gelu") or tanh-approximated ("gelu_tanh")."""
+
+    def gelu_and_mul(self, x: torch.Tensor, kind: str) -> torch.Tensor:
+        """x [T, 2d] -> gelu(x[:, :d]) * x[:, d:] (GeGLU)."""
+
     # In front of FP8 linear layers (--quantization fp8): the same results, quantized row by
     # row as the FP8 linear layer would quantize them (Fp8Rows.of), in one pass.
     def rms_norm_fp8(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> Fp8Rows:

@@ -19,6 +19,9 @@ from server.kvcache.kv_pool import FP8_KV_DTYPE, FP8_KV_MAX
 from server.structured_output.bitmask import apply_token_bitmask
 
 
+_GELU_APPROXIMATIONS = {"gelu": "none", "gelu_tanh": "tanh"}
+
+
 class TorchOps:
     """Implements `server.engine.ops.Ops`."""
 
@@ -48,6 +51,23 @@ class TorchOps:
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
         return F.silu(x[..., :half]) * x[..., half:]
+
+    def layer_norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   eps: float) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+    def add_layer_norm(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                       bias: torch.Tensor | None, eps: float
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        summed = x + residual
+        return self.layer_norm(summed, weight, bias, eps), summed
+
+    def gelu(self, x: torch.Tensor, kind: str) -> torch.Tensor:
+        return F.gelu(x, approximate=_GELU_APPROXIMATIONS[kind])
+
+    def gelu_and_mul(self, x: torch.Tensor, kind: str) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        return self.gelu(x[..., :half], kind) * x[..., half:]
 
     def rms_norm_fp8(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> Fp8Rows:
         return Fp8Rows.of(self.rms_norm(x, weight, eps))
