@@ -33,6 +33,10 @@ _PHI3 = {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "hidden_act
 _STARCODER2 = {"architectures": ["Starcoder2ForCausalLM"], "model_type": "starcoder2",
                "hidden_act": "gelu_pytorch_tanh", "use_bias": True, "norm_epsilon": 1e-5}
 
+_GEMMA2 = {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2",
+           "hidden_activation": "gelu_pytorch_tanh", "attn_logit_softcapping": 50.0,
+           "final_logit_softcapping": 30.0, "tie_word_embeddings": True, "pad_token_id": 0}
+
 # The tiny shapes use the default model's vocabulary size so its tokenizer fits them.
 _TINY = {"vocab_size": 49152, "hidden_size": 64, "intermediate_size": 128,
          "num_hidden_layers": 2, "num_attention_heads": 4, "head_dim": 16,
@@ -125,6 +129,15 @@ DUMMY_CONFIGS: dict[str, dict[str, Any]] = {
                       "max_position_embeddings": 16384, "norm_epsilon": 1e-5,
                       "rope_theta": 1000000.0, "sliding_window": 4096, "bos_token_id": 0,
                       "eos_token_id": 0, "tie_word_embeddings": False},
+    # Gemma 2: (1 + w) sandwich norms, GeGLU, soft-capped scores and logits, head_dim 256
+    "gemma2-tiny": {**_GEMMA2, **_TINY, "num_key_value_heads": 2, "query_pre_attn_scalar": 16,
+                    "sliding_window": 1024},
+    "gemma-2-9b": {**_GEMMA2, "vocab_size": 256000, "hidden_size": 3584,
+                   "intermediate_size": 14336, "num_hidden_layers": 42,
+                   "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256,
+                   "query_pre_attn_scalar": 256, "max_position_embeddings": 8192,
+                   "sliding_window": 4096, "rms_norm_eps": 1e-6, "bos_token_id": 2,
+                   "eos_token_id": [1, 107]},
 }
 
 DUMMY_PREFIX = "dummy:"

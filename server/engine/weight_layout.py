@@ -37,6 +37,9 @@ def layer_weight_shapes(arch: ModelArchConfig, layer: int) -> dict[str, tuple[in
     if arch.o_proj_bias:
         shapes[f"{prefix}.self_attn.o_proj.bias"] = (hidden,)
     shapes[f"{prefix}.post_attention_layernorm.weight"] = (hidden,)
+    if arch.sandwich_norms:  # Gemma 2: norms before and after the MLP as well
+        shapes[f"{prefix}.pre_feedforward_layernorm.weight"] = (hidden,)
+        shapes[f"{prefix}.post_feedforward_layernorm.weight"] = (hidden,)
     mlp = f"{prefix}.mlp"
     if arch.layer_norm:  # Starcoder2: biased norms, ungated MLP
         shapes.update({f"{prefix}.post_attention_layernorm.bias": (hidden,),

@@ -46,6 +46,12 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
     "starcoder2": ("Starcoder2Config", dict(num_attention_heads=4, num_key_value_heads=2,
                                             norm_epsilon=1e-5, use_bias=True,
                                             tie_word_embeddings=True)),
+    # (1 + w) sandwich norms, GeGLU, scaled embeddings, soft-capped scores and logits; the
+    # sliding window caps the context, so it is set past the test's longest sequence
+    "gemma2": ("Gemma2Config", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                    query_pre_attn_scalar=16, attn_logit_softcapping=20.0,
+                                    final_logit_softcapping=10.0, sliding_window=128,
+                                    pad_token_id=0)),
 }
 
 

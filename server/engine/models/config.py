@@ -6,7 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
-                           "Qwen3ForCausalLM", "Phi3ForCausalLM", "Starcoder2ForCausalLM")
+                           "Qwen3ForCausalLM", "Phi3ForCausalLM", "Starcoder2ForCausalLM",
+                           "Gemma2ForCausalLM")
+# (1 + w) norms around both halves of the block, scaled embeddings, soft-capped logits
+GEMMA_ARCHITECTURES = ("Gemma2ForCausalLM",)
 # LayerNorm with biases, a plain GELU MLP (c_fc, c_proj) and biases on every projection
 LAYER_NORM_ARCHITECTURES = ("Starcoder2ForCausalLM",)
 # hidden_act -> the activation the engine computes (tanh-approximated GELU is torch's "tanh")
@@ -45,6 +48,16 @@ class ModelArchConfig:
     # ungated MLP (up, activation, down, both biased) and a bias on o_proj too
     layer_norm: bool = False
     activation: str = "silu"  # "silu", "gelu_tanh" or "gelu"
+    # Gemma 2: RMSNorm scales by (1 + w) (the offset is added to the weights as they load);
+    # norms after attention and after the MLP too ("sandwich"); embeddings times
+    # sqrt(hidden); queries scaled by query_pre_attn_scalar ** -0.5; attention scores and
+    # final logits soft-capped as cap * tanh(x / cap)
+    norm_weight_offset: float = 0.0
+    sandwich_norms: bool = False
+    embedding_multiplier: float | None = None
+    query_scale: float | None = None
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
     # keys each query sees, when the checkpoint limits attention to a window (Mistral v0.1:
     # 4096); the kernels attend to the whole context, so the engine keeps contexts within it
     sliding_window: int | None = None
@@ -78,6 +91,7 @@ class ModelArchConfig:
             raise UnsupportedModelError(f"activation {hf.get('hidden_act')!r} is not supported; "
                                         f"inflightd computes {', '.join(ACTIVATIONS)}")
         layer_norm = arch in LAYER_NORM_ARCHITECTURES
+        gemma = arch in GEMMA_ARCHITECTURES
         eos = hf.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
         return cls(
@@ -105,6 +119,7 @@ class ModelArchConfig:
             fused_projections=arch in FUSED_PROJECTION_ARCHITECTURES,
             layer_norm=layer_norm,
             activation=activation,
+            **(_gemma_features(hf) if gemma else {}),
         )
 
     @property
@@ -125,6 +140,15 @@ class ModelArchConfig:
     @property
     def rope_scaling_dict(self) -> dict[str, Any] | None:
         return dict(self.rope_scaling) if self.rope_scaling else None
+
+
+def _gemma_features(hf: dict[str, Any]) -> dict[str, Any]:
+    scalar = hf.get("query_pre_attn_scalar")
+    return {"norm_weight_offset": 1.0, "sandwich_norms": True,
+            "embedding_multiplier": float(hf["hidden_size"]) ** 0.5,
+            "query_scale": float(scalar) ** -0.5 if scalar else None,
+            "attn_softcap": hf.get("attn_logit_softcapping"),
+            "final_softcap": hf.get("final_logit_softcapping")}
 
 
 def _sliding_window(hf: dict[str, Any]) -> int | None:

@@ -28,7 +28,8 @@ class DecoderLayer:
         self.eps = arch.rms_norm_eps
         self.q_size = arch.num_heads * arch.head_dim
         self.kv_size = arch.num_kv_heads * arch.head_dim
-        self.scale = arch.head_dim ** -0.5
+        self.scale = arch.query_scale or arch.head_dim ** -0.5
+        self.attn_softcap = arch.attn_softcap
         self.fused_projections = arch.fused_projections
         self.layer_norm = arch.layer_norm  # LayerNorm with biases and an ungated MLP
         self.activation = arch.activation
@@ -59,6 +60,9 @@ class DecoderLayer:
         self.post_norm_bias = empty(hidden) if biased else None
         self.up_bias = empty(inter) if biased else None
         self.down_bias = empty(hidden) if biased else None
+        # Gemma 2: norms on the attention's and the MLP's outputs before each residual add
+        self.attn_out_norm = empty(hidden) if arch.sandwich_norms else None
+        self.mlp_out_norm = empty(hidden) if arch.sandwich_norms else None
 
     def weight_destinations(self, prefix: str) -> dict[str, torch.Tensor | Fp8Weight]:
         """HF tensor name -> the tensor (or fused slice) it is copied into."""
@@ -71,6 +75,11 @@ class DecoderLayer:
             f"{prefix}.post_attention_layernorm.weight": self.post_norm,
             f"{mlp}.down_proj.weight": self.down_weight,
         }
+        if self.attn_out_norm is not None:  # Gemma 2 names its four norms by position
+            names.update({
+                f"{prefix}.post_attention_layernorm.weight": self.attn_out_norm,
+                f"{prefix}.pre_feedforward_layernorm.weight": self.post_norm,
+                f"{prefix}.post_feedforward_layernorm.weight": self.mlp_out_norm})
         if self.layer_norm:
             names.update({
                 f"{prefix}.input_layernorm.bias": self.input_norm_bias,
@@ -117,9 +126,14 @@ class DecoderLayer:
                                               self.input_norm_bias, ops)
         attn_out = self._attention(normed, positions=positions, cos_sin=cos_sin,
                                    kv_cache=kv_cache, metadata=metadata, ops=ops)
+        if self.attn_out_norm is not None:
+            attn_out = ops.rms_norm(attn_out, self.attn_out_norm, self.eps)
         normed, residual = self._add_norm(attn_out, residual, self.post_norm,
                                           self.post_norm_bias, ops)
-        return self._mlp(normed, ops), residual
+        mlp_out = self._mlp(normed, ops)
+        if self.mlp_out_norm is not None:
+            mlp_out = ops.rms_norm(mlp_out, self.mlp_out_norm, self.eps)
+        return mlp_out, residual
 
     def _mlp(self, x: torch.Tensor | Fp8Rows, ops: Ops) -> torch.Tensor:
         up = ops.linear(x, self.gate_up_weight, self.up_bias)
@@ -164,7 +178,9 @@ class DecoderLayer:
             q = _per_head_rms_norm(q, self.q_norm, self.eps, ops)
             k = _per_head_rms_norm(k, self.k_norm, self.eps, ops)
         q, _k = ops.rope_and_cache(q, k, v, positions, cos_sin, kv_cache, metadata.slot_mapping)
-        out = ops.attention(q, kv_cache, metadata, self.scale)
+        out = (ops.attention(q, kv_cache, metadata, self.scale) if self.attn_softcap is None
+               else ops.attention(q, kv_cache, metadata, self.scale,
+                                  softcap=self.attn_softcap))
         return ops.linear(out.reshape(num_tokens, self.q_size), self.o_weight, self.o_bias)
 
 

@@ -86,6 +86,10 @@ class LlamaModel:
         if stored_fp8 and self.quantization != "fp8":
             raise WeightLoadError("these weights are stored in FP8: load them with "
                                   "quantization 'fp8'")
+        offset = self.arch.norm_weight_offset
+        if offset:  # Gemma's norms scale by (1 + w): stored as the factor itself
+            weights = ((name, tensor + offset if name.endswith("norm.weight") else tensor)
+                       for name, tensor in weights)
         load_named_tensors(self.weight_destinations(stored_fp8=stored_fp8), weights,
                            ignore=ignore)
 
@@ -95,6 +99,8 @@ class LlamaModel:
         """kv_cache is the whole pool [num_layers, 2, num_blocks, block_size, Hkv, D].
         Returns the final-normed hidden states [T, hidden]."""
         hidden = F.embedding(input_ids, self.embed_tokens)
+        if self.arch.embedding_multiplier is not None:  # Gemma: in the model's dtype, as HF
+            hidden = hidden * torch.tensor(self.arch.embedding_multiplier, dtype=hidden.dtype)
         residual = None
         for index, layer in enumerate(self.layers):
             hidden, residual = layer.forward(hidden, residual, positions=positions,
@@ -112,10 +118,11 @@ class LlamaModel:
 
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor, ops: Ops | None = None) -> torch.Tensor:
-        """hidden [N, H] -> float32 logits [N, vocab]."""
-        if ops is None:
-            return F.linear(hidden, self.lm_head).float()
-        return ops.logits(hidden, self.lm_head)
+        """hidden [N, H] -> float32 logits [N, vocab] (soft-capped for Gemma 2)."""
+        logits = (F.linear(hidden, self.lm_head).float() if ops is None
+                  else ops.logits(hidden, self.lm_head))
+        cap = self.arch.final_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
 
 def _linear_shapes(arch: ModelArchConfig) -> dict[str, tuple[int, int]]:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from server.engine.attention.metadata import AttentionMetadata
+from server.engine.kernel_args import KernelArgumentError
 from server.engine.kernels import KernelLibrary
 from server.engine.ops.cuda_attention import paged_attention_into
 from server.engine.ops.cuda_fp8 import (FP8_MMA_GEMV_MAX_TOKENS, fp8_linear,
@@ -132,7 +133,9 @@ class CudaOps:
         return q_out, k_out
 
     def attention(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
-                  scale: float) -> torch.Tensor:
+                  scale: float, *, softcap: float | None = None) -> torch.Tensor:
+        if softcap is not None:
+            raise KernelArgumentError("the attention kernels do not soft-cap scores yet")
         q = q if q.is_contiguous() else q.contiguous()
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         paged_attention_into(self.library, out, q, kv_cache, metadata, scale)

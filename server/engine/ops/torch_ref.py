@@ -98,13 +98,14 @@ class TorchOps:
         return q_rot, k_rot
 
     def attention(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
-                  scale: float) -> torch.Tensor:
-        # Decodes (one query each) go through one batched computation; sequences with
-        # several new tokens (prefill chunks) one at a time.
+                  scale: float, *, softcap: float | None = None) -> torch.Tensor:
+        # Decodes (one query each) go through one batched computation (SDPA, which has no
+        # soft-capping); sequences with several new tokens (prefill chunks) one at a time.
         block_size = kv_cache.shape[2]
         out = torch.empty_like(q)
         starts = list(itertools.accumulate(metadata.query_lens_host, initial=0))
-        decode_seqs = [i for i, n in enumerate(metadata.query_lens_host) if n == 1]
+        decode_seqs = ([i for i, n in enumerate(metadata.query_lens_host) if n == 1]
+                       if softcap is None else [])
         if decode_seqs:
             rows = torch.tensor([starts[i] for i in decode_seqs], device=q.device)
             seqs = torch.tensor(decode_seqs, device=q.device)
@@ -113,12 +114,12 @@ class TorchOps:
                 max_seq_len=max(metadata.seq_lens_host[i] for i in decode_seqs), scale=scale)
         for seq, (start, query_len, seq_len) in enumerate(
                 zip(starts, metadata.query_lens_host, metadata.seq_lens_host)):
-            if query_len == 1:
+            if query_len == 1 and softcap is None:
                 continue
             keys, values = gather_kv(kv_cache, metadata.block_tables[seq],
                                      seq_len=seq_len, block_size=block_size)
             out[start:start + query_len] = causal_attention(
-                q[start:start + query_len], keys, values, scale=scale)
+                q[start:start + query_len], keys, values, scale=scale, softcap=softcap)
         return out
 
 
@@ -192,7 +193,7 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
 
 
 def causal_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *,
-                     scale: float) -> torch.Tensor:
+                     scale: float, softcap: float | None = None) -> torch.Tensor:
     """q [Q, H, D] are the last Q positions of a sequence whose keys/values are [S, Hkv, D].
 
     # key index:   0 ...            S-Q ...        S-1
@@ -204,6 +205,8 @@ def causal_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     # Query head h reads kv head h // group (HF repeat_kv order), so group the query heads.
     q32 = q.to(torch.float32).reshape(query_len, num_kv_heads, group, head_dim)
     scores = torch.einsum("qkgd,skd->kgqs", q32, keys.to(torch.float32)) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     query_pos = torch.arange(seq_len - query_len, seq_len, device=q.device)
     key_pos = torch.arange(seq_len, device=q.device)
     future = key_pos[None, :] > query_pos[:, None]  # [Q, S]
