@@ -37,6 +37,10 @@ _GEMMA2 = {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2",
            "hidden_activation": "gelu_pytorch_tanh", "attn_logit_softcapping": 50.0,
            "final_logit_softcapping": 30.0, "tie_word_embeddings": True, "pad_token_id": 0}
 
+_GEMMA3 = {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+           "hidden_activation": "gelu_pytorch_tanh", "rope_local_base_freq": 10000.0,
+           "sliding_window_pattern": 6, "tie_word_embeddings": True, "pad_token_id": 0}
+
 # The tiny shapes use the default model's vocabulary size so its tokenizer fits them.
 _TINY = {"vocab_size": 49152, "hidden_size": 64, "intermediate_size": 128,
          "num_hidden_layers": 2, "num_attention_heads": 4, "head_dim": 16,
@@ -138,6 +142,16 @@ DUMMY_CONFIGS: dict[str, dict[str, Any]] = {
                    "query_pre_attn_scalar": 256, "max_position_embeddings": 8192,
                    "sliding_window": 4096, "rms_norm_eps": 1e-6, "bos_token_id": 2,
                    "eos_token_id": [1, 107]},
+    # Gemma 3: (1 + w) q/k norms; 5 sliding layers (local rotary base) to 1 global
+    "gemma3-tiny": {**_GEMMA3, **_TINY, "num_key_value_heads": 2, "query_pre_attn_scalar": 16,
+                    "sliding_window": 512, "sliding_window_pattern": 2},
+    "gemma-3-12b": {**_GEMMA3, "vocab_size": 262208, "hidden_size": 3840,
+                    "intermediate_size": 15360, "num_hidden_layers": 48,
+                    "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256,
+                    "query_pre_attn_scalar": 256, "max_position_embeddings": 131072,
+                    "sliding_window": 1024, "rope_theta": 1000000.0,
+                    "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+                    "rms_norm_eps": 1e-6, "bos_token_id": 2, "eos_token_id": [1, 106]},
 }
 
 DUMMY_PREFIX = "dummy:"

@@ -52,6 +52,15 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
                                     query_pre_attn_scalar=16, attn_logit_softcapping=20.0,
                                     final_logit_softcapping=10.0, sliding_window=128,
                                     pad_token_id=0)),
+    # Gemma 3: (1 + w) q/k norms, sliding layers rotating with their own base frequency,
+    # the global ones with linear scaling
+    "gemma3": ("Gemma3TextConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+        sliding_window=128, pad_token_id=0,
+        layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": {"rope_type": "linear", "factor": 4.0,
+                                            "rope_theta": 1000000.0}})),
 }
 
 

@@ -165,14 +165,22 @@ def test_rotary_table_is_bit_identical_to_hf(models):
     arch = runner.arch
     positions = torch.arange(arch.max_position_embeddings)[None]
     probe = torch.zeros(1, dtype=torch.float32)
-    hf_cos, hf_sin = hf_model.model.rotary_emb(probe, positions)
     table = build_cos_sin(head_dim=arch.head_dim, rope_theta=arch.rope_theta,
                           rope_scaling=arch.rope_scaling_dict,
                           max_positions=arch.max_position_embeddings, dtype=torch.float32,
                           device="cpu")
     half = arch.head_dim // 2
-    assert torch.equal(table[:, :half], hf_cos[0, :, :half])
-    assert torch.equal(table[:, half:], hf_sin[0, :, :half])
+    if arch.local_rope_theta is None:
+        hf_cos, hf_sin = hf_model.model.rotary_emb(probe, positions)
+        assert torch.equal(table[:, :half], hf_cos[0, :, :half])
+        assert torch.equal(table[:, half:], hf_sin[0, :, :half])
+        return
+    # Gemma 3: one table per layer type, each layer rotating with its own
+    for index, layer_type in enumerate(hf_model.config.layer_types):
+        hf_cos, hf_sin = hf_model.model.rotary_emb(probe, positions, layer_type)
+        used = runner.model.layer_cos_sin[index]
+        assert torch.equal(used[:, :half], hf_cos[0, :, :half]), layer_type
+        assert torch.equal(used[:, half:], hf_sin[0, :, :half]), layer_type
 
 
 def _arch_and_weights(name: str) -> tuple[ModelArchConfig, dict[str, torch.Tensor]]:

@@ -7,9 +7,10 @@ from typing import Any
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
                            "Qwen3ForCausalLM", "Phi3ForCausalLM", "Starcoder2ForCausalLM",
-                           "Gemma2ForCausalLM")
+                           "Gemma2ForCausalLM", "Gemma3ForCausalLM")
 # (1 + w) norms around both halves of the block, scaled embeddings, soft-capped logits
-GEMMA_ARCHITECTURES = ("Gemma2ForCausalLM",)
+GEMMA_ARCHITECTURES = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
+QK_NORM_ARCHITECTURES = ("Qwen3ForCausalLM", "Gemma3ForCausalLM")
 # LayerNorm with biases, a plain GELU MLP (c_fc, c_proj) and biases on every projection
 LAYER_NORM_ARCHITECTURES = ("Starcoder2ForCausalLM",)
 # hidden_act -> the activation the engine computes (tanh-approximated GELU is torch's "tanh")
@@ -58,6 +59,9 @@ class ModelArchConfig:
     query_scale: float | None = None
     attn_softcap: float | None = None
     final_softcap: float | None = None
+    # Gemma 3: the sliding-window layers rotate with their own base frequency (no scaling)
+    local_rope_theta: float | None = None
+    sliding_layers: tuple[bool, ...] = ()  # by layer: a "sliding_attention" layer
     # keys each query sees, when the checkpoint limits attention to a window (Mistral v0.1:
     # 4096); the kernels attend to the whole context, so the engine keeps contexts within it
     sliding_window: int | None = None
@@ -83,8 +87,8 @@ class ModelArchConfig:
                 f"partial rotary embeddings (partial_rotary_factor {partial_rotary}) are not "
                 f"supported yet; inflightd rotates every dimension of each head")
         rope_scaling = _rope_scaling(hf)
-        rope_theta = float(hf.get("rope_theta")
-                           or (hf.get("rope_parameters") or {}).get("rope_theta") or 10000.0)
+        rope_theta = float(hf.get("rope_theta") or _global_rope(hf).get("rope_theta")
+                           or 10000.0)
         activation = ACTIVATIONS.get(hf.get("hidden_act") or hf.get("hidden_activation")
                                      or "silu")
         if activation is None:
@@ -112,7 +116,7 @@ class ModelArchConfig:
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             attention_bias=(arch == "Qwen2ForCausalLM") or bool(hf.get("attention_bias", False))
             or (layer_norm and bool(hf.get("use_bias", True))),
-            qk_norm=arch == "Qwen3ForCausalLM",
+            qk_norm=arch in QK_NORM_ARCHITECTURES,
             eos_token_ids=eos_ids,
             bos_token_id=hf.get("bos_token_id"),
             sliding_window=_sliding_window(hf),
@@ -142,9 +146,34 @@ class ModelArchConfig:
         return dict(self.rope_scaling) if self.rope_scaling else None
 
 
+def _global_rope(hf: dict[str, Any]) -> dict[str, Any]:
+    """The rope settings of the full-attention layers: transformers 5 keeps one dict per
+    layer type under rope_parameters (Gemma 3), else one for all layers."""
+    params = hf.get("rope_parameters") or {}
+    return params.get("full_attention", params)
+
+
+def _layer_types_from_pattern(hf: dict[str, Any]) -> tuple[str, ...]:
+    """Older Gemma 3 configs: every sliding_window_pattern-th layer is global."""
+    pattern = hf.get("sliding_window_pattern")
+    if not pattern:
+        return ()
+    return tuple("full_attention" if (index + 1) % int(pattern) == 0 else "sliding_attention"
+                 for index in range(int(hf["num_hidden_layers"])))
+
+
+def _local_rope_theta(hf: dict[str, Any]) -> float | None:
+    local = (hf.get("rope_parameters") or {}).get("sliding_attention") or {}
+    theta = hf.get("rope_local_base_freq") or local.get("rope_theta")
+    return float(theta) if theta else None
+
+
 def _gemma_features(hf: dict[str, Any]) -> dict[str, Any]:
     scalar = hf.get("query_pre_attn_scalar")
-    return {"norm_weight_offset": 1.0, "sandwich_norms": True,
+    layer_types = hf.get("layer_types") or _layer_types_from_pattern(hf)
+    return {"local_rope_theta": _local_rope_theta(hf),
+            "sliding_layers": tuple(kind == "sliding_attention" for kind in layer_types),
+            "norm_weight_offset": 1.0, "sandwich_norms": True,
             "embedding_multiplier": float(hf["hidden_size"]) ** 0.5,
             "query_scale": float(scalar) ** -0.5 if scalar else None,
             "attn_softcap": hf.get("attn_logit_softcapping"),
@@ -161,12 +190,13 @@ def _sliding_window(hf: dict[str, Any]) -> int | None:
 
 def _rope_scaling(hf: dict[str, Any]) -> tuple[tuple[str, Any], ...] | None:
     # transformers 5 moved rope settings into "rope_parameters"; older configs use "rope_scaling".
-    scaling = hf.get("rope_scaling") or hf.get("rope_parameters")
+    scaling = hf.get("rope_scaling") or _global_rope(hf)
     if not scaling:
         return None
     kind = scaling.get("rope_type") or scaling.get("type") or "default"
     if kind == "default":
         return None
-    if kind != "llama3":
-        raise UnsupportedModelError(f"rope scaling type {kind!r} is not supported (only llama3)")
+    if kind not in ("llama3", "linear"):
+        raise UnsupportedModelError(f"rope scaling type {kind!r} is not supported "
+                                    f"(llama3 and linear are)")
     return tuple(sorted((k, v) for k, v in scaling.items() if not isinstance(v, (dict, list))))

@@ -56,6 +56,12 @@ class LlamaModel:
                                      rope_scaling=arch.rope_scaling_dict,
                                      max_positions=arch.max_position_embeddings,
                                      dtype=dtype, device=device)
+        # Gemma 3's sliding-window layers: their own base frequency, unscaled
+        local = (self.cos_sin if arch.local_rope_theta is None else build_cos_sin(
+            head_dim=arch.head_dim, rope_theta=arch.local_rope_theta, rope_scaling=None,
+            max_positions=arch.max_position_embeddings, dtype=dtype, device=device))
+        sliding = arch.sliding_layers or (False,) * arch.num_layers
+        self.layer_cos_sin = [local if is_sliding else self.cos_sin for is_sliding in sliding]
 
     def weight_destinations(self, *, stored_fp8: bool = False
                             ) -> dict[str, torch.Tensor | Fp8Weight]:
@@ -104,7 +110,8 @@ class LlamaModel:
         residual = None
         for index, layer in enumerate(self.layers):
             hidden, residual = layer.forward(hidden, residual, positions=positions,
-                                             cos_sin=self.cos_sin, kv_cache=kv_cache[index],
+                                             cos_sin=self.layer_cos_sin[index],
+                                             kv_cache=kv_cache[index],
                                              metadata=attn_metadata, ops=ops)
         eps = self.arch.rms_norm_eps
         if self.norm_bias is not None:  # LayerNorm

@@ -1,4 +1,4 @@
-"""Rotary position embeddings: inverse frequencies (default and llama3 scaling) and the
+"""Rotary position embeddings: inverse frequencies (default, llama3 and linear scaling) and the
 cos/sin table the Ops read by position.
 
 The arithmetic follows Hugging Face transformers step by step (inv_freq in float32 from an
@@ -54,7 +54,11 @@ def rope_inv_freq(*, head_dim: int, rope_theta: float,
         return default_inv_freq(head_dim=head_dim, rope_theta=rope_theta)
     if kind == "llama3":
         return llama3_inv_freq(head_dim=head_dim, rope_theta=rope_theta, scaling=scaling)
-    raise UnsupportedModelError(f"rope scaling type {kind!r} is not supported (only llama3)")
+    if kind == "linear":  # positions divided by factor (Gemma 3's global layers)
+        return default_inv_freq(head_dim=head_dim, rope_theta=rope_theta) / float(
+            scaling["factor"])
+    raise UnsupportedModelError(f"rope scaling type {kind!r} is not supported "
+                                f"(llama3 and linear are)")
 
 
 def build_cos_sin(*, head_dim: int, rope_theta: float, rope_scaling: dict[str, Any] | None,
