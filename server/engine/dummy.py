@@ -41,6 +41,10 @@ _GEMMA3 = {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
            "hidden_activation": "gelu_pytorch_tanh", "rope_local_base_freq": 10000.0,
            "sliding_window_pattern": 6, "tie_word_embeddings": True, "pad_token_id": 0}
 
+_GPT2 = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+         "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "n_inner": None,
+         "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": True}
+
 # The tiny shapes use the default model's vocabulary size so its tokenizer fits them.
 _TINY = {"vocab_size": 49152, "hidden_size": 64, "intermediate_size": 128,
          "num_hidden_layers": 2, "num_attention_heads": 4, "head_dim": 16,
@@ -152,6 +156,11 @@ DUMMY_CONFIGS: dict[str, dict[str, Any]] = {
                     "sliding_window": 1024, "rope_theta": 1000000.0,
                     "rope_scaling": {"rope_type": "linear", "factor": 8.0},
                     "rms_norm_eps": 1e-6, "bos_token_id": 2, "eos_token_id": [1, 106]},
+    # GPT-2: learned positions, LayerNorm, biased fused c_attn (its own config keys)
+    "gpt2-tiny": {**_GPT2, "vocab_size": 49152, "n_embd": 64, "n_layer": 2, "n_head": 4,
+                  "n_positions": 1024, "bos_token_id": 1, "eos_token_id": 2},
+    "gpt2-xl": {**_GPT2, "vocab_size": 50257, "n_embd": 1600, "n_layer": 48, "n_head": 25,
+                "n_positions": 1024},
 }
 
 DUMMY_PREFIX = "dummy:"

@@ -26,7 +26,9 @@ def layer_weight_shapes(arch: ModelArchConfig, layer: int) -> dict[str, tuple[in
             f"{prefix}.self_attn.k_proj.weight": (kv_size, arch.hidden_size),
             f"{prefix}.self_attn.v_proj.weight": (kv_size, arch.hidden_size),
         })
-    if arch.attention_bias:
+    if arch.attention_bias and arch.fused_projections:
+        shapes[f"{prefix}.self_attn.qkv_proj.bias"] = (q_size + 2 * kv_size,)
+    elif arch.attention_bias:
         shapes[f"{prefix}.self_attn.q_proj.bias"] = (q_size,)
         shapes[f"{prefix}.self_attn.k_proj.bias"] = (kv_size,)
         shapes[f"{prefix}.self_attn.v_proj.bias"] = (kv_size,)
@@ -60,6 +62,9 @@ def weight_shapes(arch: ModelArchConfig) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {
         "model.embed_tokens.weight": (arch.vocab_size, arch.hidden_size),
     }
+    if arch.learned_positions:
+        shapes["model.embed_positions.weight"] = (arch.max_position_embeddings,
+                                                  arch.hidden_size)
     for layer in range(arch.num_layers):
         shapes.update(layer_weight_shapes(arch, layer))
     shapes["model.norm.weight"] = (arch.hidden_size,)

@@ -18,7 +18,8 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=64)
 _COMMON = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                max_position_embeddings=256, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2)
 
-# name -> (transformers config class name, its kwargs)
+# name -> (transformers config class name, its kwargs); GPT2Config maps hidden_size and
+# the like onto its own keys (its MLP is 4 x n_embd wide)
 TINY_CONFIGS: dict[str, tuple[str, dict]] = {
     "llama-mha": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=4,
                                       tie_word_embeddings=False)),
@@ -61,6 +62,8 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
         rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                          "full_attention": {"rope_type": "linear", "factor": 4.0,
                                             "rope_theta": 1000000.0}})),
+    # learned positions, LayerNorm, Conv1D weights stored [in, out], fused biased c_attn
+    "gpt2": ("GPT2Config", dict(num_attention_heads=4, tie_word_embeddings=True)),
 }
 
 

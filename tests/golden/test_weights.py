@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from server.config import DEFAULT_MODEL
 from server.engine import default_model
 from server.engine.dummy import DUMMY_CONFIGS
+from server.engine.models.checkpoint_names import engine_named
 from server.engine.models.config import UnsupportedModelError
 from server.engine.weight_layout import num_weight_bytes
 from server.engine.weights import (ModelNotFoundError, WeightsError, default_model_dir,
@@ -205,10 +206,10 @@ def test_outdated_conversion_is_replaced_once(tmp_path: Path):
 
 def test_unsupported_architecture_error_names_it(tmp_path: Path):
     (tmp_path / "config.json").write_text(json.dumps({
-        "architectures": ["GPT2LMHeadModel"], "vocab_size": 10, "hidden_size": 8,
+        "architectures": ["MptForCausalLM"], "vocab_size": 10, "hidden_size": 8,
         "num_attention_heads": 2, "num_hidden_layers": 1, "intermediate_size": 16}))
     save_file({"wte.weight": torch.zeros(10, 8)}, str(tmp_path / "model.safetensors"))
-    with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel"):
+    with pytest.raises(UnsupportedModelError, match="MptForCausalLM"):
         resolve_model(str(tmp_path))
 
 
@@ -248,7 +249,8 @@ def test_hf_directory_yields_the_saved_state_dict(config_name: str, tmp_path: Pa
     assert source.tokenizer_dir is None and source.weights_dir == tmp_path
 
     loaded = list(iter_weights(source, dtype=torch.float32, device="cpu"))
-    expected = hf_model.state_dict()
+    # under the engine's names (GPT-2's renamed, its Conv1D weights transposed)
+    expected = dict(engine_named(source.arch, hf_model.state_dict().items()))
     if hf_model.config.tie_word_embeddings:
         del expected["lm_head.weight"]
     assert [name for name, _ in loaded][0] == "model.embed_tokens.weight"

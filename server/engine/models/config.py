@@ -7,17 +7,19 @@ from typing import Any
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
                            "Qwen3ForCausalLM", "Phi3ForCausalLM", "Starcoder2ForCausalLM",
-                           "Gemma2ForCausalLM", "Gemma3ForCausalLM")
+                           "Gemma2ForCausalLM", "Gemma3ForCausalLM", "GPT2LMHeadModel")
 # (1 + w) norms around both halves of the block, scaled embeddings, soft-capped logits
 GEMMA_ARCHITECTURES = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
 QK_NORM_ARCHITECTURES = ("Qwen3ForCausalLM", "Gemma3ForCausalLM")
 # LayerNorm with biases, a plain GELU MLP (c_fc, c_proj) and biases on every projection
-LAYER_NORM_ARCHITECTURES = ("Starcoder2ForCausalLM",)
+LAYER_NORM_ARCHITECTURES = ("Starcoder2ForCausalLM", "GPT2LMHeadModel")
 # hidden_act -> the activation the engine computes (tanh-approximated GELU is torch's "tanh")
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
                "gelu": "gelu"}
 # Checkpoints that store q|k|v as one qkv_proj and gate|up as one gate_up_proj (Phi-3)
-FUSED_PROJECTION_ARCHITECTURES = ("Phi3ForCausalLM",)
+FUSED_PROJECTION_ARCHITECTURES = ("Phi3ForCausalLM", "GPT2LMHeadModel")
+# Learned absolute position embeddings added to the token embeddings; no rotary (GPT-2)
+LEARNED_POSITION_ARCHITECTURES = ("GPT2LMHeadModel",)
 
 
 class UnsupportedModelError(ValueError):
@@ -62,6 +64,7 @@ class ModelArchConfig:
     # Gemma 3: the sliding-window layers rotate with their own base frequency (no scaling)
     local_rope_theta: float | None = None
     sliding_layers: tuple[bool, ...] = ()  # by layer: a "sliding_attention" layer
+    learned_positions: bool = False  # GPT-2: model.embed_positions, and no rotary
     # keys each query sees, when the checkpoint limits attention to a window (Mistral v0.1:
     # 4096); the kernels attend to the whole context, so the engine keeps contexts within it
     sliding_window: int | None = None
@@ -70,6 +73,8 @@ class ModelArchConfig:
     def from_hf(cls, hf: dict[str, Any]) -> "ModelArchConfig":
         archs = hf.get("architectures") or []
         arch = archs[0] if archs else "<none given>"
+        if arch == "GPT2LMHeadModel":
+            hf = _gpt2_as_common_keys(hf)
         if arch not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModelError(
                 f"model architecture {arch!r} is not supported; inflightd runs "
@@ -124,6 +129,7 @@ class ModelArchConfig:
             layer_norm=layer_norm,
             activation=activation,
             **(_gemma_features(hf) if gemma else {}),
+            learned_positions=arch in LEARNED_POSITION_ARCHITECTURES,
         )
 
     @property
@@ -144,6 +150,19 @@ class ModelArchConfig:
     @property
     def rope_scaling_dict(self) -> dict[str, Any] | None:
         return dict(self.rope_scaling) if self.rope_scaling else None
+
+
+def _gpt2_as_common_keys(hf: dict[str, Any]) -> dict[str, Any]:
+    """GPT-2's config keys under the names the other families use (its MLP is n_inner
+    wide, or 4 x n_embd; every projection has a bias)."""
+    hidden = int(hf["n_embd"])
+    return {**hf, "hidden_size": hidden, "num_attention_heads": hf["n_head"],
+            "num_hidden_layers": hf["n_layer"], "max_position_embeddings": hf["n_positions"],
+            "intermediate_size": hf.get("n_inner") or 4 * hidden,
+            "norm_epsilon": hf.get("layer_norm_epsilon", 1e-5),
+            "hidden_act": hf.get("activation_function", "gelu_new"), "use_bias": True,
+            "num_key_value_heads": hf["n_head"], "head_dim": hidden // int(hf["n_head"]),
+            "tie_word_embeddings": hf.get("tie_word_embeddings", True)}
 
 
 def _global_rope(hf: dict[str, Any]) -> dict[str, Any]:

@@ -66,52 +66,56 @@ class DecoderLayer:
 
     def weight_destinations(self, prefix: str) -> dict[str, torch.Tensor | Fp8Weight]:
         """HF tensor name -> the tensor (or fused slice) it is copied into."""
+        return {**self._norm_names(prefix), **self._attention_names(f"{prefix}.self_attn"),
+                **self._mlp_names(f"{prefix}.mlp")}
+
+    def _norm_names(self, prefix: str) -> dict[str, torch.Tensor]:
+        if self.attn_out_norm is not None:  # Gemma 2 and 3 name their four norms by place
+            return {f"{prefix}.input_layernorm.weight": self.input_norm,
+                    f"{prefix}.post_attention_layernorm.weight": self.attn_out_norm,
+                    f"{prefix}.pre_feedforward_layernorm.weight": self.post_norm,
+                    f"{prefix}.post_feedforward_layernorm.weight": self.mlp_out_norm}
+        names = {f"{prefix}.input_layernorm.weight": self.input_norm,
+                 f"{prefix}.post_attention_layernorm.weight": self.post_norm}
+        if self.input_norm_bias is not None:
+            names[f"{prefix}.input_layernorm.bias"] = self.input_norm_bias
+            names[f"{prefix}.post_attention_layernorm.bias"] = self.post_norm_bias
+        return names
+
+    def _attention_names(self, attn: str) -> dict[str, torch.Tensor | Fp8Weight]:
         q, kv = self.q_size, self.kv_size
-        inter = self.down_weight.shape[1]
-        attn, mlp = f"{prefix}.self_attn", f"{prefix}.mlp"
-        names = {
-            f"{prefix}.input_layernorm.weight": self.input_norm,
-            f"{attn}.o_proj.weight": self.o_weight,
-            f"{prefix}.post_attention_layernorm.weight": self.post_norm,
-            f"{mlp}.down_proj.weight": self.down_weight,
-        }
-        if self.attn_out_norm is not None:  # Gemma 2 names its four norms by position
-            names.update({
-                f"{prefix}.post_attention_layernorm.weight": self.attn_out_norm,
-                f"{prefix}.pre_feedforward_layernorm.weight": self.post_norm,
-                f"{prefix}.post_feedforward_layernorm.weight": self.mlp_out_norm})
-        if self.layer_norm:
-            names.update({
-                f"{prefix}.input_layernorm.bias": self.input_norm_bias,
-                f"{prefix}.post_attention_layernorm.bias": self.post_norm_bias,
-                f"{mlp}.c_fc.weight": self.gate_up_weight, f"{mlp}.c_fc.bias": self.up_bias,
-                f"{mlp}.c_proj.weight": self.down_weight, f"{mlp}.c_proj.bias": self.down_bias,
-                f"{attn}.q_proj.weight": self.qkv_weight[:q],
-                f"{attn}.k_proj.weight": self.qkv_weight[q:q + kv],
-                f"{attn}.v_proj.weight": self.qkv_weight[q + kv:],
-            })
-            del names[f"{mlp}.down_proj.weight"]
-        elif self.fused_projections:  # Phi-3 stores them as we hold them
-            names[f"{attn}.qkv_proj.weight"] = self.qkv_weight
-            names[f"{mlp}.gate_up_proj.weight"] = self.gate_up_weight
+        if self.fused_projections:  # Phi-3 and GPT-2 store q|k|v as we hold them
+            names = {f"{attn}.qkv_proj.weight": self.qkv_weight}
+            if self.qkv_bias is not None:
+                names[f"{attn}.qkv_proj.bias"] = self.qkv_bias
         else:
-            names.update({
-                f"{attn}.q_proj.weight": self.qkv_weight[:q],
-                f"{attn}.k_proj.weight": self.qkv_weight[q:q + kv],
-                f"{attn}.v_proj.weight": self.qkv_weight[q + kv:],
-                f"{mlp}.gate_proj.weight": self.gate_up_weight[:inter],
-                f"{mlp}.up_proj.weight": self.gate_up_weight[inter:],
-            })
-        if self.qkv_bias is not None:
-            names[f"{attn}.q_proj.bias"] = self.qkv_bias[:q]
-            names[f"{attn}.k_proj.bias"] = self.qkv_bias[q:q + kv]
-            names[f"{attn}.v_proj.bias"] = self.qkv_bias[q + kv:]
+            names = {f"{attn}.q_proj.weight": self.qkv_weight[:q],
+                     f"{attn}.k_proj.weight": self.qkv_weight[q:q + kv],
+                     f"{attn}.v_proj.weight": self.qkv_weight[q + kv:]}
+            if self.qkv_bias is not None:
+                names[f"{attn}.q_proj.bias"] = self.qkv_bias[:q]
+                names[f"{attn}.k_proj.bias"] = self.qkv_bias[q:q + kv]
+                names[f"{attn}.v_proj.bias"] = self.qkv_bias[q + kv:]
+        names[f"{attn}.o_proj.weight"] = self.o_weight
         if self.o_bias is not None:
             names[f"{attn}.o_proj.bias"] = self.o_bias
         if self.q_norm is not None:
             names[f"{attn}.q_norm.weight"] = self.q_norm
             names[f"{attn}.k_norm.weight"] = self.k_norm
         return names
+
+    def _mlp_names(self, mlp: str) -> dict[str, torch.Tensor | Fp8Weight]:
+        if self.layer_norm:  # ungated, biased (Starcoder2, GPT-2)
+            return {f"{mlp}.c_fc.weight": self.gate_up_weight, f"{mlp}.c_fc.bias": self.up_bias,
+                    f"{mlp}.c_proj.weight": self.down_weight,
+                    f"{mlp}.c_proj.bias": self.down_bias}
+        if self.fused_projections:
+            return {f"{mlp}.gate_up_proj.weight": self.gate_up_weight,
+                    f"{mlp}.down_proj.weight": self.down_weight}
+        inter = self.down_weight.shape[1]
+        return {f"{mlp}.gate_proj.weight": self.gate_up_weight[:inter],
+                f"{mlp}.up_proj.weight": self.gate_up_weight[inter:],
+                f"{mlp}.down_proj.weight": self.down_weight}
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, *,
                 positions: torch.Tensor, cos_sin: torch.Tensor, kv_cache: torch.Tensor,

@@ -18,7 +18,8 @@ from server.engine.attention.metadata import AttentionMetadata
 from server.engine.models.config import SUPPORTED_ARCHITECTURES, ModelArchConfig, \
     UnsupportedModelError
 from server.engine.models.layers import DecoderLayer
-from server.engine.models.rotary import build_cos_sin
+from server.engine.models.checkpoint_names import engine_named
+from server.engine.models.rotary import build_cos_sin, no_rotation
 from server.engine.models.weight_map import WeightLoadError, load_named_tensors
 from server.engine.ops import Ops
 from server.engine.quantization import (SCALE_SUFFIX, Fp8Weight, check_fp8_device,
@@ -46,13 +47,19 @@ class LlamaModel:
         self.layers = [DecoderLayer(arch, dtype=dtype, device=device, quantization=quantization)
                        for _ in range(arch.num_layers)]
         self.norm = torch.empty(arch.hidden_size, dtype=dtype, device=device)
+        self.embed_positions = (torch.empty(arch.max_position_embeddings, arch.hidden_size,
+                                            dtype=dtype, device=device)
+                                if arch.learned_positions else None)
         self.norm_bias = (torch.empty(arch.hidden_size, dtype=dtype, device=device)
                           if arch.layer_norm else None)
         self.lm_head = (self.embed_tokens if arch.tie_word_embeddings else
                         torch.empty(arch.vocab_size, arch.hidden_size, dtype=dtype,
                                     device=device))
         # Cast to the model dtype like HF does before rotating, so bf16 runs match HF too.
-        self.cos_sin = build_cos_sin(head_dim=arch.head_dim, rope_theta=arch.rope_theta,
+        # Learned positions (GPT-2): cos 1 and sin 0, a rotation that leaves q and k as
+        # they are.
+        self.cos_sin = no_rotation(arch, dtype=dtype, device=device) if arch.learned_positions \
+            else build_cos_sin(head_dim=arch.head_dim, rope_theta=arch.rope_theta,
                                      rope_scaling=arch.rope_scaling_dict,
                                      max_positions=arch.max_position_embeddings,
                                      dtype=dtype, device=device)
@@ -70,6 +77,8 @@ class LlamaModel:
         names = {"model.embed_tokens.weight": self.embed_tokens, "model.norm.weight": self.norm}
         if self.norm_bias is not None:
             names["model.norm.bias"] = self.norm_bias
+        if self.embed_positions is not None:
+            names["model.embed_positions.weight"] = self.embed_positions
         if not self.arch.tie_word_embeddings:
             names["lm_head.weight"] = self.lm_head
         for index, layer in enumerate(self.layers):
@@ -92,6 +101,7 @@ class LlamaModel:
         if stored_fp8 and self.quantization != "fp8":
             raise WeightLoadError("these weights are stored in FP8: load them with "
                                   "quantization 'fp8'")
+        weights = engine_named(self.arch, weights)
         offset = self.arch.norm_weight_offset
         if offset:  # Gemma's norms scale by (1 + w): stored as the factor itself
             weights = ((name, tensor + offset if name.endswith("norm.weight") else tensor)
@@ -105,6 +115,8 @@ class LlamaModel:
         """kv_cache is the whole pool [num_layers, 2, num_blocks, block_size, Hkv, D].
         Returns the final-normed hidden states [T, hidden]."""
         hidden = F.embedding(input_ids, self.embed_tokens)
+        if self.embed_positions is not None:  # GPT-2
+            hidden = hidden + F.embedding(positions, self.embed_positions)
         if self.arch.embedding_multiplier is not None:  # Gemma: in the model's dtype, as HF
             hidden = hidden * torch.tensor(self.arch.embedding_multiplier, dtype=hidden.dtype)
         residual = None

@@ -70,3 +70,11 @@ def build_cos_sin(*, head_dim: int, rope_theta: float, rope_scaling: dict[str, A
     positions = torch.arange(max_positions, dtype=torch.int64).to(torch.float32)
     angles = positions[:, None] * inv_freq[None, :]
     return torch.cat((angles.cos(), angles.sin()), dim=-1).to(dtype=dtype, device=device)
+
+
+def no_rotation(arch, *, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """The table of a model without rotary (GPT-2): cos 1, sin 0 at every position."""
+    half = arch.head_dim // 2
+    return torch.cat((torch.ones(arch.max_position_embeddings, half),
+                      torch.zeros(arch.max_position_embeddings, half)),
+                     dim=-1).to(dtype=dtype, device=device)

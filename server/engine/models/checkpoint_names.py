@@ -1,0 +1,55 @@
+"""Checkpoint tensors of families that name them their own way, renamed to the engine's.
+
+GPT-2 checkpoints (`transformer.h.N.attn.c_attn.weight`, or the same without the
+`transformer.` prefix in the original ones) get the names the other families use
+(`model.layers.N.self_attn.qkv_proj.weight`), and their Conv1D weights, stored [in, out],
+are transposed to the [out, in] of a linear layer. The attention-mask buffers some GPT-2
+checkpoints carry are dropped. Every other family passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from server.engine.models.config import ModelArchConfig
+
+_GPT2_TOP = {"wte.weight": "model.embed_tokens.weight",
+             "wpe.weight": "model.embed_positions.weight",
+             "ln_f.weight": "model.norm.weight", "ln_f.bias": "model.norm.bias"}
+_GPT2_LAYER = {"ln_1": "input_layernorm", "ln_2": "post_attention_layernorm",
+               "attn.c_attn": "self_attn.qkv_proj", "attn.c_proj": "self_attn.o_proj",
+               "mlp.c_fc": "mlp.c_fc", "mlp.c_proj": "mlp.c_proj"}
+_GPT2_LAYER_NAME = re.compile(r"h\.(\d+)\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj|mlp\.c_fc|"
+                              r"mlp\.c_proj)\.(weight|bias)")
+_GPT2_MASK_BUFFERS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
+
+
+def engine_name(arch: ModelArchConfig, name: str) -> tuple[str, bool] | None:
+    """(the engine's name for a stored tensor, whether it is stored transposed), or None
+    for a tensor the engine does not use."""
+    if arch.architecture != "GPT2LMHeadModel":
+        return name, False
+    short = name.removeprefix("transformer.")
+    if _GPT2_MASK_BUFFERS.fullmatch(short):
+        return None
+    if short in _GPT2_TOP:
+        return _GPT2_TOP[short], False
+    match = _GPT2_LAYER_NAME.fullmatch(short)
+    if match is None:
+        return name, False  # lm_head.weight, or unknown: the loader names it
+    layer, part, kind = match.groups()
+    conv1d = kind == "weight" and part not in ("ln_1", "ln_2")  # stored [in, out]
+    return f"model.layers.{layer}.{_GPT2_LAYER[part]}.{kind}", conv1d
+
+
+def engine_named(arch: ModelArchConfig, weights: Iterable[tuple[str, torch.Tensor]]
+                 ) -> Iterator[tuple[str, torch.Tensor]]:
+    """The checkpoint's (name, tensor) pairs under the engine's names, as [out, in]."""
+    for name, tensor in weights:
+        mapped = engine_name(arch, name)
+        if mapped is not None:
+            name, transposed = mapped
+            yield name, tensor.t().contiguous() if transposed else tensor
