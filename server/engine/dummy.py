@@ -45,6 +45,9 @@ _GPT2 = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
          "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "n_inner": None,
          "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": True}
 
+_BIGCODE = {"architectures": ["GPTBigCodeForCausalLM"], "model_type": "gpt_bigcode",
+            "activation_function": "gelu_pytorch_tanh", "multi_query": True}
+
 # The tiny shapes use the default model's vocabulary size so its tokenizer fits them.
 _TINY = {"vocab_size": 49152, "hidden_size": 64, "intermediate_size": 128,
          "num_hidden_layers": 2, "num_attention_heads": 4, "head_dim": 16,
@@ -161,6 +164,13 @@ DUMMY_CONFIGS: dict[str, dict[str, Any]] = {
                   "n_positions": 1024, "bos_token_id": 1, "eos_token_id": 2},
     "gpt2-xl": {**_GPT2, "vocab_size": 50257, "n_embd": 1600, "n_layer": 48, "n_head": 25,
                 "n_positions": 1024},
+    # GPTBigCode (Starcoder 1): GPT-2's layout, Linear weights, multi-query attention
+    "gpt-bigcode-tiny": {**_GPT2, **_BIGCODE, "vocab_size": 49152, "n_embd": 64, "n_layer": 2,
+                         "n_head": 4, "n_positions": 1024, "bos_token_id": 1,
+                         "eos_token_id": 2},
+    "starcoder-1b": {**_GPT2, **_BIGCODE, "vocab_size": 49152, "n_embd": 2048, "n_layer": 24,
+                     "n_head": 16, "n_positions": 8192, "n_inner": 8192, "bos_token_id": 0,
+                     "eos_token_id": 0},
 }
 
 DUMMY_PREFIX = "dummy:"

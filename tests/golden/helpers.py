@@ -64,6 +64,9 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
                                             "rope_theta": 1000000.0}})),
     # learned positions, LayerNorm, Conv1D weights stored [in, out], fused biased c_attn
     "gpt2": ("GPT2Config", dict(num_attention_heads=4, tie_word_embeddings=True)),
+    # Starcoder 1: GPT-2's layout with Linear weights and one kv head (multi-query)
+    "gpt-bigcode-mqa": ("GPTBigCodeConfig", dict(num_attention_heads=4, multi_query=True,
+                                                 tie_word_embeddings=True)),
 }
 
 

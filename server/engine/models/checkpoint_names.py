@@ -1,9 +1,9 @@
 """Checkpoint tensors of families that name them their own way, renamed to the engine's.
 
-GPT-2 checkpoints (`transformer.h.N.attn.c_attn.weight`, or the same without the
-`transformer.` prefix in the original ones) get the names the other families use
-(`model.layers.N.self_attn.qkv_proj.weight`), and their Conv1D weights, stored [in, out],
-are transposed to the [out, in] of a linear layer. The attention-mask buffers some GPT-2
+GPT-2 and GPTBigCode checkpoints (`transformer.h.N.attn.c_attn.weight`, or the same
+without the `transformer.` prefix in the original GPT-2 ones) get the names the other
+families use (`model.layers.N.self_attn.qkv_proj.weight`), and GPT-2's Conv1D weights,
+stored [in, out], are transposed to the [out, in] of a linear layer. The attention-mask buffers some GPT-2
 checkpoints carry are dropped. Every other family passes through unchanged.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from server.engine.models.config import ModelArchConfig
+from server.engine.models.config import GPT2_STYLE_ARCHITECTURES, ModelArchConfig
 
 _GPT2_TOP = {"wte.weight": "model.embed_tokens.weight",
              "wpe.weight": "model.embed_positions.weight",
@@ -30,7 +30,7 @@ _GPT2_MASK_BUFFERS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 def engine_name(arch: ModelArchConfig, name: str) -> tuple[str, bool] | None:
     """(the engine's name for a stored tensor, whether it is stored transposed), or None
     for a tensor the engine does not use."""
-    if arch.architecture != "GPT2LMHeadModel":
+    if arch.architecture not in GPT2_STYLE_ARCHITECTURES:
         return name, False
     short = name.removeprefix("transformer.")
     if _GPT2_MASK_BUFFERS.fullmatch(short):
@@ -41,7 +41,9 @@ def engine_name(arch: ModelArchConfig, name: str) -> tuple[str, bool] | None:
     if match is None:
         return name, False  # lm_head.weight, or unknown: the loader names it
     layer, part, kind = match.groups()
-    conv1d = kind == "weight" and part not in ("ln_1", "ln_2")  # stored [in, out]
+    # GPT-2's Conv1D stores [in, out]; GPTBigCode's Linear layers store [out, in]
+    conv1d = (arch.architecture == "GPT2LMHeadModel" and kind == "weight"
+              and part not in ("ln_1", "ln_2"))
     return f"model.layers.{layer}.{_GPT2_LAYER[part]}.{kind}", conv1d
 
 

@@ -7,19 +7,22 @@ from typing import Any
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
                            "Qwen3ForCausalLM", "Phi3ForCausalLM", "Starcoder2ForCausalLM",
-                           "Gemma2ForCausalLM", "Gemma3ForCausalLM", "GPT2LMHeadModel")
+                           "Gemma2ForCausalLM", "Gemma3ForCausalLM", "GPT2LMHeadModel",
+                           "GPTBigCodeForCausalLM")
+# GPT-2's config keys and checkpoint names (GPTBigCode: Starcoder 1, multi-query)
+GPT2_STYLE_ARCHITECTURES = ("GPT2LMHeadModel", "GPTBigCodeForCausalLM")
 # (1 + w) norms around both halves of the block, scaled embeddings, soft-capped logits
 GEMMA_ARCHITECTURES = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
 QK_NORM_ARCHITECTURES = ("Qwen3ForCausalLM", "Gemma3ForCausalLM")
 # LayerNorm with biases, a plain GELU MLP (c_fc, c_proj) and biases on every projection
-LAYER_NORM_ARCHITECTURES = ("Starcoder2ForCausalLM", "GPT2LMHeadModel")
+LAYER_NORM_ARCHITECTURES = ("Starcoder2ForCausalLM", *GPT2_STYLE_ARCHITECTURES)
 # hidden_act -> the activation the engine computes (tanh-approximated GELU is torch's "tanh")
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
                "gelu": "gelu"}
 # Checkpoints that store q|k|v as one qkv_proj and gate|up as one gate_up_proj (Phi-3)
-FUSED_PROJECTION_ARCHITECTURES = ("Phi3ForCausalLM", "GPT2LMHeadModel")
+FUSED_PROJECTION_ARCHITECTURES = ("Phi3ForCausalLM", *GPT2_STYLE_ARCHITECTURES)
 # Learned absolute position embeddings added to the token embeddings; no rotary (GPT-2)
-LEARNED_POSITION_ARCHITECTURES = ("GPT2LMHeadModel",)
+LEARNED_POSITION_ARCHITECTURES = GPT2_STYLE_ARCHITECTURES
 
 
 class UnsupportedModelError(ValueError):
@@ -73,7 +76,7 @@ class ModelArchConfig:
     def from_hf(cls, hf: dict[str, Any]) -> "ModelArchConfig":
         archs = hf.get("architectures") or []
         arch = archs[0] if archs else "<none given>"
-        if arch == "GPT2LMHeadModel":
+        if arch in GPT2_STYLE_ARCHITECTURES:
             hf = _gpt2_as_common_keys(hf)
         if arch not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModelError(
@@ -153,15 +156,20 @@ class ModelArchConfig:
 
 
 def _gpt2_as_common_keys(hf: dict[str, Any]) -> dict[str, Any]:
-    """GPT-2's config keys under the names the other families use (its MLP is n_inner
-    wide, or 4 x n_embd; every projection has a bias)."""
+    """GPT-2's (and GPTBigCode's) config keys under the names the other families use (the
+    MLP is n_inner wide, or 4 x n_embd; every projection has a bias; GPTBigCode's
+    multi_query means one kv head)."""
     hidden = int(hf["n_embd"])
+    if hf.get("multi_query") is False:
+        raise UnsupportedModelError("GPTBigCode without multi_query (its q|k|v interleaved "
+                                    "head by head) is not supported")
+    num_kv_heads = 1 if hf.get("multi_query") else hf["n_head"]
     return {**hf, "hidden_size": hidden, "num_attention_heads": hf["n_head"],
             "num_hidden_layers": hf["n_layer"], "max_position_embeddings": hf["n_positions"],
             "intermediate_size": hf.get("n_inner") or 4 * hidden,
             "norm_epsilon": hf.get("layer_norm_epsilon", 1e-5),
             "hidden_act": hf.get("activation_function", "gelu_new"), "use_bias": True,
-            "num_key_value_heads": hf["n_head"], "head_dim": hidden // int(hf["n_head"]),
+            "num_key_value_heads": num_kv_heads, "head_dim": hidden // int(hf["n_head"]),
             "tie_word_embeddings": hf.get("tie_word_embeddings", True)}
 
 
