@@ -48,6 +48,10 @@ _GPT2 = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
 _BIGCODE = {"architectures": ["GPTBigCodeForCausalLM"], "model_type": "gpt_bigcode",
             "activation_function": "gelu_pytorch_tanh", "multi_query": True}
 
+_MPT = {"architectures": ["MptForCausalLM"], "model_type": "mpt", "no_bias": True,
+        "expansion_ratio": 4, "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True,
+        "attn_config": {"alibi": True, "alibi_bias_max": 8}}
+
 # The tiny shapes use the default model's vocabulary size so its tokenizer fits them.
 _TINY = {"vocab_size": 49152, "hidden_size": 64, "intermediate_size": 128,
          "num_hidden_layers": 2, "num_attention_heads": 4, "head_dim": 16,
@@ -171,6 +175,11 @@ DUMMY_CONFIGS: dict[str, dict[str, Any]] = {
     "starcoder-1b": {**_GPT2, **_BIGCODE, "vocab_size": 49152, "n_embd": 2048, "n_layer": 24,
                      "n_head": 16, "n_positions": 8192, "n_inner": 8192, "bos_token_id": 0,
                      "eos_token_id": 0},
+    # MPT: ALiBi, LayerNorm and linear layers without biases
+    "mpt-tiny": {**_MPT, "vocab_size": 49152, "d_model": 64, "n_layers": 2, "n_heads": 4,
+                 "max_seq_len": 2048, "bos_token_id": 1, "eos_token_id": 2},
+    "mpt-7b": {**_MPT, "vocab_size": 50432, "d_model": 4096, "n_layers": 32, "n_heads": 32,
+               "max_seq_len": 2048, "bos_token_id": 0, "eos_token_id": 0},
 }
 
 DUMMY_PREFIX = "dummy:"

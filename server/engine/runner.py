@@ -82,8 +82,8 @@ def cuda_ops_unsupported_reason(arch: ModelArchConfig, dtype: torch.dtype) -> st
     if arch.layer_norm or arch.activation != "silu":
         return (f"{arch.architecture}'s LayerNorm and GELU have no kernels yet "
                 f"(RMSNorm and SiLU do)")
-    if arch.attn_softcap is not None:
-        return "the attention kernels do not soft-cap scores yet"
+    if arch.attn_softcap is not None or arch.alibi_bias_max is not None:
+        return "the attention kernels have no soft-capping or ALiBi yet"
     return None
 
 

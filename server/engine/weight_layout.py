@@ -16,7 +16,7 @@ def layer_weight_shapes(arch: ModelArchConfig, layer: int) -> dict[str, tuple[in
     kv_size = arch.num_kv_heads * arch.head_dim
     hidden, inter = arch.hidden_size, arch.intermediate_size
     shapes: dict[str, tuple[int, ...]] = {f"{prefix}.input_layernorm.weight": (hidden,)}
-    if arch.layer_norm:
+    if arch.layer_norm and arch.layer_norm_biases:
         shapes[f"{prefix}.input_layernorm.bias"] = (hidden,)
     if arch.fused_projections:
         shapes[f"{prefix}.self_attn.qkv_proj.weight"] = (q_size + 2 * kv_size, arch.hidden_size)
@@ -43,10 +43,12 @@ def layer_weight_shapes(arch: ModelArchConfig, layer: int) -> dict[str, tuple[in
         shapes[f"{prefix}.pre_feedforward_layernorm.weight"] = (hidden,)
         shapes[f"{prefix}.post_feedforward_layernorm.weight"] = (hidden,)
     mlp = f"{prefix}.mlp"
-    if arch.layer_norm:  # Starcoder2: biased norms, ungated MLP
-        shapes.update({f"{prefix}.post_attention_layernorm.bias": (hidden,),
-                       f"{mlp}.c_fc.weight": (inter, hidden), f"{mlp}.c_fc.bias": (inter,),
-                       f"{mlp}.c_proj.weight": (hidden, inter), f"{mlp}.c_proj.bias": (hidden,)})
+    if arch.layer_norm:  # Starcoder2, GPT-2, MPT: ungated MLP, biases but for MPT
+        shapes.update({f"{mlp}.c_fc.weight": (inter, hidden),
+                       f"{mlp}.c_proj.weight": (hidden, inter)})
+        if arch.layer_norm_biases:
+            shapes.update({f"{prefix}.post_attention_layernorm.bias": (hidden,),
+                           f"{mlp}.c_fc.bias": (inter,), f"{mlp}.c_proj.bias": (hidden,)})
         return shapes
     if arch.fused_projections:
         shapes[f"{mlp}.gate_up_proj.weight"] = (2 * inter, hidden)
@@ -68,7 +70,7 @@ def weight_shapes(arch: ModelArchConfig) -> dict[str, tuple[int, ...]]:
     for layer in range(arch.num_layers):
         shapes.update(layer_weight_shapes(arch, layer))
     shapes["model.norm.weight"] = (arch.hidden_size,)
-    if arch.layer_norm:
+    if arch.layer_norm and arch.layer_norm_biases:
         shapes["model.norm.bias"] = (arch.hidden_size,)
     if not arch.tie_word_embeddings:
         shapes["lm_head.weight"] = (arch.vocab_size, arch.hidden_size)

@@ -65,6 +65,10 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
     # learned positions, LayerNorm, Conv1D weights stored [in, out], fused biased c_attn
     "gpt2": ("GPT2Config", dict(num_attention_heads=4, tie_word_embeddings=True)),
     # Starcoder 1: GPT-2's layout with Linear weights and one kv head (multi-query)
+    # ALiBi (5 heads: not a power of two), LayerNorm and linear layers without biases
+    "mpt-alibi": ("MptConfig", dict(num_attention_heads=5, hidden_size=80,
+                                    no_bias=True, tie_word_embeddings=True,
+                                    attn_config={"alibi": True, "alibi_bias_max": 8})),
     "gpt-bigcode-mqa": ("GPTBigCodeConfig", dict(num_attention_heads=4, multi_query=True,
                                                  tie_word_embeddings=True)),
 }
@@ -88,7 +92,7 @@ def make_hf_model(name: str, *, seed: int = 0):
     import transformers
 
     class_name, kwargs = TINY_CONFIGS[name]
-    config = getattr(transformers, class_name)(**_COMMON, **kwargs)
+    config = getattr(transformers, class_name)(**{**_COMMON, **kwargs})
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)

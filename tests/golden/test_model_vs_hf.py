@@ -163,7 +163,7 @@ def test_prefix_cache_hit_reuses_the_donors_blocks(models):
 def test_rotary_table_is_bit_identical_to_hf(models):
     hf_model, runner = models
     arch = runner.arch
-    if arch.learned_positions:  # GPT-2: no rotary; the table rotates by nothing
+    if not arch.rotary:  # GPT-2, MPT: the table rotates by nothing
         half = arch.head_dim // 2
         assert torch.equal(runner.model.cos_sin[:, :half], torch.ones_like(
             runner.model.cos_sin[:, :half]))

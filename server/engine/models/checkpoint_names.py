@@ -4,7 +4,8 @@ GPT-2 and GPTBigCode checkpoints (`transformer.h.N.attn.c_attn.weight`, or the s
 without the `transformer.` prefix in the original GPT-2 ones) get the names the other
 families use (`model.layers.N.self_attn.qkv_proj.weight`), and GPT-2's Conv1D weights,
 stored [in, out], are transposed to the [out, in] of a linear layer. The attention-mask buffers some GPT-2
-checkpoints carry are dropped. Every other family passes through unchanged.
+checkpoints carry are dropped. MPT's (`transformer.blocks.N.attn.Wqkv.weight`) are renamed
+the same way. Every other family passes through unchanged.
 """
 
 from __future__ import annotations
@@ -27,9 +28,19 @@ _GPT2_LAYER_NAME = re.compile(r"h\.(\d+)\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj|m
 _GPT2_MASK_BUFFERS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 
 
+_MPT_TOP = {"wte.weight": "model.embed_tokens.weight", "norm_f.weight": "model.norm.weight"}
+_MPT_LAYER = {"norm_1": "input_layernorm", "norm_2": "post_attention_layernorm",
+              "attn.Wqkv": "self_attn.qkv_proj", "attn.out_proj": "self_attn.o_proj",
+              "ffn.up_proj": "mlp.c_fc", "ffn.down_proj": "mlp.c_proj"}
+_MPT_LAYER_NAME = re.compile(r"blocks\.(\d+)\.(norm_1|norm_2|attn\.Wqkv|attn\.out_proj|"
+                             r"ffn\.up_proj|ffn\.down_proj)\.(weight|bias)")
+
+
 def engine_name(arch: ModelArchConfig, name: str) -> tuple[str, bool] | None:
     """(the engine's name for a stored tensor, whether it is stored transposed), or None
     for a tensor the engine does not use."""
+    if arch.architecture == "MptForCausalLM":
+        return _mpt_name(name), False
     if arch.architecture not in GPT2_STYLE_ARCHITECTURES:
         return name, False
     short = name.removeprefix("transformer.")
@@ -55,3 +66,14 @@ def engine_named(arch: ModelArchConfig, weights: Iterable[tuple[str, torch.Tenso
         if mapped is not None:
             name, transposed = mapped
             yield name, tensor.t().contiguous() if transposed else tensor
+
+
+def _mpt_name(name: str) -> str:
+    short = name.removeprefix("transformer.")
+    if short in _MPT_TOP:
+        return _MPT_TOP[short]
+    match = _MPT_LAYER_NAME.fullmatch(short)
+    if match is None:
+        return name
+    layer, part, kind = match.groups()
+    return f"model.layers.{layer}.{_MPT_LAYER[part]}.{kind}"

@@ -8,19 +8,23 @@ from typing import Any
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
                            "Qwen3ForCausalLM", "Phi3ForCausalLM", "Starcoder2ForCausalLM",
                            "Gemma2ForCausalLM", "Gemma3ForCausalLM", "GPT2LMHeadModel",
-                           "GPTBigCodeForCausalLM")
+                           "GPTBigCodeForCausalLM", "MptForCausalLM")
+# MPT: ALiBi instead of positions, LayerNorm and linear layers without biases
+MPT_ARCHITECTURES = ("MptForCausalLM",)
 # GPT-2's config keys and checkpoint names (GPTBigCode: Starcoder 1, multi-query)
 GPT2_STYLE_ARCHITECTURES = ("GPT2LMHeadModel", "GPTBigCodeForCausalLM")
 # (1 + w) norms around both halves of the block, scaled embeddings, soft-capped logits
 GEMMA_ARCHITECTURES = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
 QK_NORM_ARCHITECTURES = ("Qwen3ForCausalLM", "Gemma3ForCausalLM")
 # LayerNorm with biases, a plain GELU MLP (c_fc, c_proj) and biases on every projection
-LAYER_NORM_ARCHITECTURES = ("Starcoder2ForCausalLM", *GPT2_STYLE_ARCHITECTURES)
+LAYER_NORM_ARCHITECTURES = ("Starcoder2ForCausalLM", *GPT2_STYLE_ARCHITECTURES,
+                            *MPT_ARCHITECTURES)
 # hidden_act -> the activation the engine computes (tanh-approximated GELU is torch's "tanh")
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
                "gelu": "gelu"}
 # Checkpoints that store q|k|v as one qkv_proj and gate|up as one gate_up_proj (Phi-3)
-FUSED_PROJECTION_ARCHITECTURES = ("Phi3ForCausalLM", *GPT2_STYLE_ARCHITECTURES)
+FUSED_PROJECTION_ARCHITECTURES = ("Phi3ForCausalLM", *GPT2_STYLE_ARCHITECTURES,
+                                  *MPT_ARCHITECTURES)
 # Learned absolute position embeddings added to the token embeddings; no rotary (GPT-2)
 LEARNED_POSITION_ARCHITECTURES = GPT2_STYLE_ARCHITECTURES
 
@@ -68,6 +72,12 @@ class ModelArchConfig:
     local_rope_theta: float | None = None
     sliding_layers: tuple[bool, ...] = ()  # by layer: a "sliding_attention" layer
     learned_positions: bool = False  # GPT-2: model.embed_positions, and no rotary
+    # LayerNorm families: whether norms and MLP projections carry biases (MPT's no_bias)
+    layer_norm_biases: bool = True
+    # ALiBi (MPT): no rotary; head h adds slope_h * (key position - query position) to its
+    # scores, slope_h = 2 ** -(alibi_bias_max * (h + 1) / H) (interleaved when H is not a
+    # power of two)
+    alibi_bias_max: float | None = None
     # keys each query sees, when the checkpoint limits attention to a window (Mistral v0.1:
     # 4096); the kernels attend to the whole context, so the engine keeps contexts within it
     sliding_window: int | None = None
@@ -78,6 +88,8 @@ class ModelArchConfig:
         arch = archs[0] if archs else "<none given>"
         if arch in GPT2_STYLE_ARCHITECTURES:
             hf = _gpt2_as_common_keys(hf)
+        if arch in MPT_ARCHITECTURES:
+            hf = _mpt_as_common_keys(hf)
         if arch not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModelError(
                 f"model architecture {arch!r} is not supported; inflightd runs "
@@ -133,7 +145,14 @@ class ModelArchConfig:
             activation=activation,
             **(_gemma_features(hf) if gemma else {}),
             learned_positions=arch in LEARNED_POSITION_ARCHITECTURES,
+            layer_norm_biases=not hf.get("no_bias", False),
+            alibi_bias_max=hf.get("alibi_bias_max"),
         )
+
+    @property
+    def rotary(self) -> bool:
+        """Positions enter as rotary embeddings (not learned, as GPT-2's, nor ALiBi)."""
+        return not self.learned_positions and self.alibi_bias_max is None
 
     @property
     def o_proj_bias(self) -> bool:
@@ -170,6 +189,26 @@ def _gpt2_as_common_keys(hf: dict[str, Any]) -> dict[str, Any]:
             "norm_epsilon": hf.get("layer_norm_epsilon", 1e-5),
             "hidden_act": hf.get("activation_function", "gelu_new"), "use_bias": True,
             "num_key_value_heads": num_kv_heads, "head_dim": hidden // int(hf["n_head"]),
+            "tie_word_embeddings": hf.get("tie_word_embeddings", True)}
+
+
+def _mpt_as_common_keys(hf: dict[str, Any]) -> dict[str, Any]:
+    """MPT's config keys under the common names; only its ALiBi variant is supported."""
+    attn = hf.get("attn_config") or {}
+    if not attn.get("alibi", False) or attn.get("qk_ln") or attn.get("clip_qkv") \
+            or attn.get("softmax_scale"):
+        raise UnsupportedModelError("MPT is supported with ALiBi and without qk_ln, "
+                                    "clip_qkv or softmax_scale")
+    hidden = int(hf["d_model"])
+    return {**hf, "hidden_size": hidden, "num_attention_heads": hf["n_heads"],
+            "num_key_value_heads": hf["n_heads"], "num_hidden_layers": hf["n_layers"],
+            "max_position_embeddings": hf["max_seq_len"],
+            # transformers' MPT is 4 x d_model wide whatever expansion_ratio says (as the
+            # released MPT checkpoints are)
+            "intermediate_size": 4 * hidden,
+            "norm_epsilon": hf.get("layer_norm_epsilon", 1e-5), "hidden_act": "gelu",
+            "use_bias": not hf.get("no_bias", False),
+            "alibi_bias_max": float(attn.get("alibi_bias_max", 8)),
             "tie_word_embeddings": hf.get("tie_word_embeddings", True)}
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from server.engine.attention.metadata import AttentionMetadata
+from server.engine.models.alibi import alibi_slopes
 from server.engine.models.config import ModelArchConfig
 from server.engine.ops import Ops
 from server.engine.quantization import Fp8Rows, Fp8Weight
@@ -30,6 +31,8 @@ class DecoderLayer:
         self.kv_size = arch.num_kv_heads * arch.head_dim
         self.scale = arch.query_scale or arch.head_dim ** -0.5
         self.attn_softcap = arch.attn_softcap
+        self.alibi_slopes = (None if arch.alibi_bias_max is None else alibi_slopes(
+            arch.num_heads, bias_max=arch.alibi_bias_max).to(device))
         self.fused_projections = arch.fused_projections
         self.layer_norm = arch.layer_norm  # LayerNorm with biases and an ungated MLP
         self.activation = arch.activation
@@ -55,7 +58,8 @@ class DecoderLayer:
         # the MLP's first projection: gate|up fused, or up alone for an ungated MLP
         self.gate_up_weight = linear(inter if self.layer_norm else 2 * inter, hidden)
         self.down_weight = linear(hidden, inter)
-        biased = self.layer_norm  # Starcoder2: every norm and MLP projection has a bias
+        # Starcoder2, GPT-2: every norm and MLP projection has a bias (MPT: none has)
+        biased = self.layer_norm and arch.layer_norm_biases
         self.input_norm_bias = empty(hidden) if biased else None
         self.post_norm_bias = empty(hidden) if biased else None
         self.up_bias = empty(inter) if biased else None
@@ -105,10 +109,13 @@ class DecoderLayer:
         return names
 
     def _mlp_names(self, mlp: str) -> dict[str, torch.Tensor | Fp8Weight]:
-        if self.layer_norm:  # ungated, biased (Starcoder2, GPT-2)
-            return {f"{mlp}.c_fc.weight": self.gate_up_weight, f"{mlp}.c_fc.bias": self.up_bias,
-                    f"{mlp}.c_proj.weight": self.down_weight,
-                    f"{mlp}.c_proj.bias": self.down_bias}
+        if self.layer_norm:  # ungated, biased but for MPT (Starcoder2, GPT-2, MPT)
+            names = {f"{mlp}.c_fc.weight": self.gate_up_weight,
+                     f"{mlp}.c_proj.weight": self.down_weight}
+            if self.up_bias is not None:
+                names.update({f"{mlp}.c_fc.bias": self.up_bias,
+                              f"{mlp}.c_proj.bias": self.down_bias})
+            return names
         if self.fused_projections:
             return {f"{mlp}.gate_up_proj.weight": self.gate_up_weight,
                     f"{mlp}.down_proj.weight": self.down_weight}
@@ -182,9 +189,10 @@ class DecoderLayer:
             q = _per_head_rms_norm(q, self.q_norm, self.eps, ops)
             k = _per_head_rms_norm(k, self.k_norm, self.eps, ops)
         q, _k = ops.rope_and_cache(q, k, v, positions, cos_sin, kv_cache, metadata.slot_mapping)
-        out = (ops.attention(q, kv_cache, metadata, self.scale) if self.attn_softcap is None
-               else ops.attention(q, kv_cache, metadata, self.scale,
-                                  softcap=self.attn_softcap))
+        extras = {name: value for name, value in (("softcap", self.attn_softcap),
+                                                  ("alibi_slopes", self.alibi_slopes))
+                  if value is not None}  # only the families that have them
+        out = ops.attention(q, kv_cache, metadata, self.scale, **extras)
         return ops.linear(out.reshape(num_tokens, self.q_size), self.o_weight, self.o_bias)
 
 

@@ -51,14 +51,14 @@ class LlamaModel:
                                             dtype=dtype, device=device)
                                 if arch.learned_positions else None)
         self.norm_bias = (torch.empty(arch.hidden_size, dtype=dtype, device=device)
-                          if arch.layer_norm else None)
+                          if arch.layer_norm and arch.layer_norm_biases else None)
         self.lm_head = (self.embed_tokens if arch.tie_word_embeddings else
                         torch.empty(arch.vocab_size, arch.hidden_size, dtype=dtype,
                                     device=device))
         # Cast to the model dtype like HF does before rotating, so bf16 runs match HF too.
-        # Learned positions (GPT-2): cos 1 and sin 0, a rotation that leaves q and k as
-        # they are.
-        self.cos_sin = no_rotation(arch, dtype=dtype, device=device) if arch.learned_positions \
+        # Learned positions (GPT-2) or ALiBi (MPT): cos 1 and sin 0, a rotation that leaves
+        # q and k as they are.
+        self.cos_sin = no_rotation(arch, dtype=dtype, device=device) if not arch.rotary \
             else build_cos_sin(head_dim=arch.head_dim, rope_theta=arch.rope_theta,
                                      rope_scaling=arch.rope_scaling_dict,
                                      max_positions=arch.max_position_embeddings,
@@ -126,7 +126,7 @@ class LlamaModel:
                                              kv_cache=kv_cache[index],
                                              metadata=attn_metadata, ops=ops)
         eps = self.arch.rms_norm_eps
-        if self.norm_bias is not None:  # LayerNorm
+        if self.arch.layer_norm:
             if residual is None:
                 return ops.layer_norm(hidden, self.norm, self.norm_bias, eps)
             return ops.add_layer_norm(hidden, residual, self.norm, self.norm_bias, eps)[0]

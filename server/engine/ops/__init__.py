@@ -81,8 +81,10 @@ class Ops(Protocol):
         row r does not allow the token, on row rows[r] (int64 [R]); on logits' device."""
 
     def attention(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
-                  scale: float, *, softcap: float | None = None) -> torch.Tensor:
+                  scale: float, *, softcap: float | None = None,
+                  alibi_slopes: torch.Tensor | None = None) -> torch.Tensor:
         """Causal attention of each sequence's new queries over its whole context in the
         cache (the cached prefix, earlier chunks, and this step's keys, already written).
-        softcap: scores become softcap * tanh(scores / softcap) (Gemma 2).
+        softcap: scores become softcap * tanh(scores / softcap) (Gemma 2). alibi_slopes
+        float32 [num_heads]: head h adds slope_h * (key pos - query pos) (MPT).
         Returns [T, num_heads, head_dim]."""

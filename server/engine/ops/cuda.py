@@ -133,9 +133,11 @@ class CudaOps:
         return q_out, k_out
 
     def attention(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
-                  scale: float, *, softcap: float | None = None) -> torch.Tensor:
-        if softcap is not None:
-            raise KernelArgumentError("the attention kernels do not soft-cap scores yet")
+                  scale: float, *, softcap: float | None = None,
+                  alibi_slopes: torch.Tensor | None = None) -> torch.Tensor:
+        if softcap is not None or alibi_slopes is not None:
+            raise KernelArgumentError("the attention kernels have no soft-capping or ALiBi "
+                                      "yet")
         q = q if q.is_contiguous() else q.contiguous()
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         paged_attention_into(self.library, out, q, kv_cache, metadata, scale)

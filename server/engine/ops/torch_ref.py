@@ -98,7 +98,8 @@ class TorchOps:
         return q_rot, k_rot
 
     def attention(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
-                  scale: float, *, softcap: float | None = None) -> torch.Tensor:
+                  scale: float, *, softcap: float | None = None,
+                  alibi_slopes: torch.Tensor | None = None) -> torch.Tensor:
         # Decodes (one query each) go through one batched computation (SDPA, which has no
         # soft-capping); sequences with several new tokens (prefill chunks) one at a time.
         block_size = kv_cache.shape[2]
@@ -111,7 +112,8 @@ class TorchOps:
             seqs = torch.tensor(decode_seqs, device=q.device)
             out[rows] = decode_attention(
                 q[rows], kv_cache, metadata.block_tables[seqs], metadata.seq_lens[seqs],
-                max_seq_len=max(metadata.seq_lens_host[i] for i in decode_seqs), scale=scale)
+                max_seq_len=max(metadata.seq_lens_host[i] for i in decode_seqs), scale=scale,
+                alibi_slopes=alibi_slopes)
         for seq, (start, query_len, seq_len) in enumerate(
                 zip(starts, metadata.query_lens_host, metadata.seq_lens_host)):
             if query_len == 1 and softcap is None:
@@ -119,7 +121,8 @@ class TorchOps:
             keys, values = gather_kv(kv_cache, metadata.block_tables[seq],
                                      seq_len=seq_len, block_size=block_size)
             out[start:start + query_len] = causal_attention(
-                q[start:start + query_len], keys, values, scale=scale, softcap=softcap)
+                q[start:start + query_len], keys, values, scale=scale, softcap=softcap,
+                alibi_slopes=alibi_slopes)
         return out
 
 
@@ -170,7 +173,8 @@ def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, *, seq_len: int
 
 
 def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
-                     seq_lens: torch.Tensor, *, max_seq_len: int, scale: float) -> torch.Tensor:
+                     seq_lens: torch.Tensor, *, max_seq_len: int, scale: float,
+                     alibi_slopes: torch.Tensor | None = None) -> torch.Tensor:
     """One query per sequence (its last position) over its whole cached context.
 
     q [S, H, D]; block_tables [S, max_blocks]; keys past seq_lens[i] are padding, masked out.
@@ -184,16 +188,23 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
     keys = _gather(kv_cache[0], blocks).reshape(num_seqs, -1, num_kv_heads, head_dim)
     values = _gather(kv_cache[1], blocks).reshape(num_seqs, -1, num_kv_heads, head_dim)
     keys, values = keys.transpose(1, 2), values.transpose(1, 2)
-    visible = torch.arange(keys.shape[2], device=q.device)[None, :] < seq_lens[:, None]
+    key_pos = torch.arange(keys.shape[2], device=q.device)
+    visible = key_pos[None, :] < seq_lens[:, None]
+    mask = visible[:, None, None, :]
+    if alibi_slopes is not None:  # the query sits at seq_len - 1: bias slope * distance
+        distance = (key_pos[None, :] - (seq_lens[:, None] - 1)).to(torch.float32)
+        bias = alibi_slopes[None, :, None, None] * distance[:, None, None, :]
+        mask = bias.masked_fill(~mask, float("-inf"))
     out = F.scaled_dot_product_attention(
         q.to(torch.float32).reshape(num_seqs, num_heads, 1, head_dim),
         keys.to(torch.float32), values.to(torch.float32),
-        attn_mask=visible[:, None, None, :], scale=scale, enable_gqa=group > 1)
+        attn_mask=mask, scale=scale, enable_gqa=group > 1)
     return out.reshape(num_seqs, num_heads, head_dim).to(q.dtype)
 
 
 def causal_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *,
-                     scale: float, softcap: float | None = None) -> torch.Tensor:
+                     scale: float, softcap: float | None = None,
+                     alibi_slopes: torch.Tensor | None = None) -> torch.Tensor:
     """q [Q, H, D] are the last Q positions of a sequence whose keys/values are [S, Hkv, D].
 
     # key index:   0 ...            S-Q ...        S-1
@@ -209,6 +220,9 @@ def causal_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
         scores = torch.tanh(scores / softcap) * softcap
     query_pos = torch.arange(seq_len - query_len, seq_len, device=q.device)
     key_pos = torch.arange(seq_len, device=q.device)
+    if alibi_slopes is not None:  # [kv heads, group] slopes times key - query distance
+        distance = (key_pos[None, :] - query_pos[:, None]).to(torch.float32)
+        scores = scores + alibi_slopes.reshape(num_kv_heads, group, 1, 1) * distance
     future = key_pos[None, :] > query_pos[:, None]  # [Q, S]
     scores.masked_fill_(future, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
