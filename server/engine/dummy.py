@@ -52,6 +52,9 @@ _MPT = {"architectures": ["MptForCausalLM"], "model_type": "mpt", "no_bias": Tru
         "expansion_ratio": 4, "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True,
         "attn_config": {"alibi": True, "alibi_bias_max": 8}}
 
+_BLOOM = {"architectures": ["BloomForCausalLM"], "model_type": "bloom",
+          "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True}
+
 # The tiny shapes use the default model's vocabulary size so its tokenizer fits them.
 _TINY = {"vocab_size": 49152, "hidden_size": 64, "intermediate_size": 128,
          "num_hidden_layers": 2, "num_attention_heads": 4, "head_dim": 16,
@@ -180,6 +183,11 @@ DUMMY_CONFIGS: dict[str, dict[str, Any]] = {
                  "max_seq_len": 2048, "bos_token_id": 1, "eos_token_id": 2},
     "mpt-7b": {**_MPT, "vocab_size": 50432, "d_model": 4096, "n_layers": 32, "n_heads": 32,
                "max_seq_len": 2048, "bos_token_id": 0, "eos_token_id": 0},
+    # BLOOM: ALiBi, a LayerNorm on the embeddings, q|k|v stored head by head
+    "bloom-tiny": {**_BLOOM, "vocab_size": 49152, "hidden_size": 64, "n_layer": 2,
+                   "n_head": 4, "bos_token_id": 1, "eos_token_id": 2},
+    "bloom-7b1": {**_BLOOM, "vocab_size": 250880, "hidden_size": 4096, "n_layer": 30,
+                  "n_head": 32, "bos_token_id": 1, "eos_token_id": 2},
 }
 
 DUMMY_PREFIX = "dummy:"

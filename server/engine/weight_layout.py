@@ -67,6 +67,9 @@ def weight_shapes(arch: ModelArchConfig) -> dict[str, tuple[int, ...]]:
     if arch.learned_positions:
         shapes["model.embed_positions.weight"] = (arch.max_position_embeddings,
                                                   arch.hidden_size)
+    if arch.embedding_norm:
+        shapes["model.embed_norm.weight"] = (arch.hidden_size,)
+        shapes["model.embed_norm.bias"] = (arch.hidden_size,)
     for layer in range(arch.num_layers):
         shapes.update(layer_weight_shapes(arch, layer))
     shapes["model.norm.weight"] = (arch.hidden_size,)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from server.config import DEFAULT_MODEL
 from server.engine import default_model
 from server.engine.dummy import DUMMY_CONFIGS, DUMMY_PREFIX, dummy_hf_config, iter_dummy_weights
-from server.engine.models.checkpoint_names import engine_name
+from server.engine.models.checkpoint_names import TRANSPOSED, engine_name, to_engine_layout
 from server.engine.models.config import ModelArchConfig, UnsupportedModelError
 from server.engine.quantization import stored_layout
 from server.engine.weight_layout import num_weight_bytes
@@ -195,24 +195,24 @@ def _iter_safetensors(weights_dir: Path, arch: ModelArchConfig, *, dtype: torch.
     layout = stored_layout(arch, dtype=dtype, quantization=quantization)
     expected = {name: shape for name, (shape, _) in layout.items()}
     with ExitStack() as stack:
-        handles = {}  # the engine's name -> (file, stored name, stored transposed)
+        handles = {}  # the engine's name -> (file, stored name, stored layout)
         for path in safetensors_files(weights_dir):
             handle = stack.enter_context(safe_open(str(path), framework="pt", device="cpu"))
             for stored in handle.keys():
-                mapped = engine_name(arch, stored)  # GPT-2 names its tensors its own way
+                mapped = engine_name(arch, stored)  # GPT-2 and others name theirs their way
                 if mapped is not None:
                     handles[mapped[0]] = (handle, stored, mapped[1])
         _check_tensor_names(weights_dir, arch, expected, set(handles))
         for name, shape in expected.items():
-            handle, stored, transposed = handles[name]
+            handle, stored, stored_layout_kind = handles[name]
             found = tuple(handle.get_slice(stored).get_shape())
-            found = found[::-1] if transposed else found
+            found = found[::-1] if stored_layout_kind == TRANSPOSED else found
             if found != shape:
                 raise WeightsError(f"{weights_dir}: {name} has shape {found}, but config.json "
                                    f"implies {shape}")
             # Move first, then cast on the device: a GPU casts far faster than the host.
-            tensor = handle.get_tensor(stored).to(device)
-            tensor = tensor.t().contiguous() if transposed else tensor
+            tensor = to_engine_layout(arch, handle.get_tensor(stored).to(device),
+                                      stored_layout_kind)
             yield name, tensor if layout[name][1] != dtype else tensor.to(dtype)
 
 

@@ -69,6 +69,9 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
     "mpt-alibi": ("MptConfig", dict(num_attention_heads=5, hidden_size=80,
                                     no_bias=True, tie_word_embeddings=True,
                                     attn_config={"alibi": True, "alibi_bias_max": 8})),
+    # ALiBi (6 heads), LayerNorm on the embeddings, q|k|v stored head by head
+    "bloom": ("BloomConfig", dict(num_attention_heads=6, hidden_size=96, n_head=6,
+                                  tie_word_embeddings=True)),
     "gpt-bigcode-mqa": ("GPTBigCodeConfig", dict(num_attention_heads=4, multi_query=True,
                                                  tie_word_embeddings=True)),
 }

@@ -1,11 +1,16 @@
 """Checkpoint tensors of families that name them their own way, renamed to the engine's.
 
-GPT-2 and GPTBigCode checkpoints (`transformer.h.N.attn.c_attn.weight`, or the same
-without the `transformer.` prefix in the original GPT-2 ones) get the names the other
-families use (`model.layers.N.self_attn.qkv_proj.weight`), and GPT-2's Conv1D weights,
-stored [in, out], are transposed to the [out, in] of a linear layer. The attention-mask buffers some GPT-2
-checkpoints carry are dropped. MPT's (`transformer.blocks.N.attn.Wqkv.weight`) are renamed
-the same way. Every other family passes through unchanged.
+GPT-2, GPTBigCode, MPT and BLOOM checkpoints (`transformer.h.N.attn.c_attn.weight`, with or
+without the `transformer.` prefix) get the names the other families use
+(`model.layers.N.self_attn.qkv_proj.weight`), and their tensors the engine's layout:
+
+    as_is        stored as the engine holds it
+    transposed   GPT-2's Conv1D weights, stored [in, out]: the engine's [out, in] is .t()
+    per_head     BLOOM's fused q|k|v, stored head by head ([q0 k0 v0 | q1 k1 v1 | ...]):
+                 the engine's is [q0 q1 ... | k0 k1 ... | v0 v1 ...]
+
+Attention-mask buffers some GPT-2 checkpoints carry are dropped. Every other family passes
+through unchanged.
 """
 
 from __future__ import annotations
@@ -15,65 +20,77 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from server.engine.models.config import GPT2_STYLE_ARCHITECTURES, ModelArchConfig
+from server.engine.models.config import ModelArchConfig
 
-_GPT2_TOP = {"wte.weight": "model.embed_tokens.weight",
-             "wpe.weight": "model.embed_positions.weight",
-             "ln_f.weight": "model.norm.weight", "ln_f.bias": "model.norm.bias"}
-_GPT2_LAYER = {"ln_1": "input_layernorm", "ln_2": "post_attention_layernorm",
-               "attn.c_attn": "self_attn.qkv_proj", "attn.c_proj": "self_attn.o_proj",
-               "mlp.c_fc": "mlp.c_fc", "mlp.c_proj": "mlp.c_proj"}
-_GPT2_LAYER_NAME = re.compile(r"h\.(\d+)\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj|mlp\.c_fc|"
-                              r"mlp\.c_proj)\.(weight|bias)")
+AS_IS, TRANSPOSED, PER_HEAD = "as_is", "transposed", "per_head"
+_LAYER_TENSOR = r"\.(weight|bias)"
+# architecture -> (top-level renames, layer part renames, layer prefix)
+_FAMILIES = {
+    "GPT2LMHeadModel": (
+        {"wte.weight": "model.embed_tokens.weight", "wpe.weight": "model.embed_positions.weight",
+         "ln_f.weight": "model.norm.weight", "ln_f.bias": "model.norm.bias"},
+        {"ln_1": "input_layernorm", "ln_2": "post_attention_layernorm",
+         "attn.c_attn": "self_attn.qkv_proj", "attn.c_proj": "self_attn.o_proj",
+         "mlp.c_fc": "mlp.c_fc", "mlp.c_proj": "mlp.c_proj"}, "h"),
+    "MptForCausalLM": (
+        {"wte.weight": "model.embed_tokens.weight", "norm_f.weight": "model.norm.weight"},
+        {"norm_1": "input_layernorm", "norm_2": "post_attention_layernorm",
+         "attn.Wqkv": "self_attn.qkv_proj", "attn.out_proj": "self_attn.o_proj",
+         "ffn.up_proj": "mlp.c_fc", "ffn.down_proj": "mlp.c_proj"}, "blocks"),
+    "BloomForCausalLM": (
+        {"word_embeddings.weight": "model.embed_tokens.weight",
+         "word_embeddings_layernorm.weight": "model.embed_norm.weight",
+         "word_embeddings_layernorm.bias": "model.embed_norm.bias",
+         "ln_f.weight": "model.norm.weight", "ln_f.bias": "model.norm.bias"},
+        {"input_layernorm": "input_layernorm",
+         "post_attention_layernorm": "post_attention_layernorm",
+         "self_attention.query_key_value": "self_attn.qkv_proj",
+         "self_attention.dense": "self_attn.o_proj", "mlp.dense_h_to_4h": "mlp.c_fc",
+         "mlp.dense_4h_to_h": "mlp.c_proj"}, "h"),
+}
+_FAMILIES["GPTBigCodeForCausalLM"] = _FAMILIES["GPT2LMHeadModel"]
 _GPT2_MASK_BUFFERS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 
 
-_MPT_TOP = {"wte.weight": "model.embed_tokens.weight", "norm_f.weight": "model.norm.weight"}
-_MPT_LAYER = {"norm_1": "input_layernorm", "norm_2": "post_attention_layernorm",
-              "attn.Wqkv": "self_attn.qkv_proj", "attn.out_proj": "self_attn.o_proj",
-              "ffn.up_proj": "mlp.c_fc", "ffn.down_proj": "mlp.c_proj"}
-_MPT_LAYER_NAME = re.compile(r"blocks\.(\d+)\.(norm_1|norm_2|attn\.Wqkv|attn\.out_proj|"
-                             r"ffn\.up_proj|ffn\.down_proj)\.(weight|bias)")
-
-
-def engine_name(arch: ModelArchConfig, name: str) -> tuple[str, bool] | None:
-    """(the engine's name for a stored tensor, whether it is stored transposed), or None
-    for a tensor the engine does not use."""
-    if arch.architecture == "MptForCausalLM":
-        return _mpt_name(name), False
-    if arch.architecture not in GPT2_STYLE_ARCHITECTURES:
-        return name, False
+def engine_name(arch: ModelArchConfig, name: str) -> tuple[str, str] | None:
+    """(the engine's name for a stored tensor, its stored layout), or None for a tensor
+    the engine does not use."""
+    family = _FAMILIES.get(arch.architecture)
+    if family is None:
+        return name, AS_IS
+    top, parts, layer_prefix = family
     short = name.removeprefix("transformer.")
     if _GPT2_MASK_BUFFERS.fullmatch(short):
         return None
-    if short in _GPT2_TOP:
-        return _GPT2_TOP[short], False
-    match = _GPT2_LAYER_NAME.fullmatch(short)
+    if short in top:
+        return top[short], AS_IS
+    pattern = (rf"{layer_prefix}\.(\d+)\.({'|'.join(map(re.escape, parts))})" + _LAYER_TENSOR)
+    match = re.fullmatch(pattern, short)
     if match is None:
-        return name, False  # lm_head.weight, or unknown: the loader names it
+        return name, AS_IS  # lm_head.weight, or unknown: the loader names it
     layer, part, kind = match.groups()
-    # GPT-2's Conv1D stores [in, out]; GPTBigCode's Linear layers store [out, in]
-    conv1d = (arch.architecture == "GPT2LMHeadModel" and kind == "weight"
-              and part not in ("ln_1", "ln_2"))
-    return f"model.layers.{layer}.{_GPT2_LAYER[part]}.{kind}", conv1d
+    engine = f"model.layers.{layer}.{parts[part]}.{kind}"
+    if arch.architecture == "GPT2LMHeadModel" and kind == "weight" and not part.startswith("ln"):
+        return engine, TRANSPOSED  # Conv1D
+    if arch.architecture == "BloomForCausalLM" and part == "self_attention.query_key_value":
+        return engine, PER_HEAD
+    return engine, AS_IS
+
+
+def to_engine_layout(arch: ModelArchConfig, tensor: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == TRANSPOSED:
+        return tensor.t().contiguous()
+    if layout == PER_HEAD:  # [H, 3, D, ...] -> [3, H, D, ...]
+        rest = tensor.shape[1:]
+        return tensor.reshape(arch.num_heads, 3, arch.head_dim, *rest).transpose(0, 1) \
+            .reshape(tensor.shape).contiguous()
+    return tensor
 
 
 def engine_named(arch: ModelArchConfig, weights: Iterable[tuple[str, torch.Tensor]]
                  ) -> Iterator[tuple[str, torch.Tensor]]:
-    """The checkpoint's (name, tensor) pairs under the engine's names, as [out, in]."""
+    """The checkpoint's (name, tensor) pairs under the engine's names and layouts."""
     for name, tensor in weights:
         mapped = engine_name(arch, name)
         if mapped is not None:
-            name, transposed = mapped
-            yield name, tensor.t().contiguous() if transposed else tensor
-
-
-def _mpt_name(name: str) -> str:
-    short = name.removeprefix("transformer.")
-    if short in _MPT_TOP:
-        return _MPT_TOP[short]
-    match = _MPT_LAYER_NAME.fullmatch(short)
-    if match is None:
-        return name
-    layer, part, kind = match.groups()
-    return f"model.layers.{layer}.{_MPT_LAYER[part]}.{kind}"
+            yield mapped[0], to_engine_layout(arch, tensor, mapped[1])

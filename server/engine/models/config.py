@@ -8,9 +8,11 @@ from typing import Any
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
                            "Qwen3ForCausalLM", "Phi3ForCausalLM", "Starcoder2ForCausalLM",
                            "Gemma2ForCausalLM", "Gemma3ForCausalLM", "GPT2LMHeadModel",
-                           "GPTBigCodeForCausalLM", "MptForCausalLM")
+                           "GPTBigCodeForCausalLM", "MptForCausalLM", "BloomForCausalLM")
 # MPT: ALiBi instead of positions, LayerNorm and linear layers without biases
 MPT_ARCHITECTURES = ("MptForCausalLM",)
+# BLOOM: ALiBi, a LayerNorm on the embeddings, q|k|v stored head by head, biases throughout
+BLOOM_ARCHITECTURES = ("BloomForCausalLM",)
 # GPT-2's config keys and checkpoint names (GPTBigCode: Starcoder 1, multi-query)
 GPT2_STYLE_ARCHITECTURES = ("GPT2LMHeadModel", "GPTBigCodeForCausalLM")
 # (1 + w) norms around both halves of the block, scaled embeddings, soft-capped logits
@@ -18,13 +20,13 @@ GEMMA_ARCHITECTURES = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
 QK_NORM_ARCHITECTURES = ("Qwen3ForCausalLM", "Gemma3ForCausalLM")
 # LayerNorm with biases, a plain GELU MLP (c_fc, c_proj) and biases on every projection
 LAYER_NORM_ARCHITECTURES = ("Starcoder2ForCausalLM", *GPT2_STYLE_ARCHITECTURES,
-                            *MPT_ARCHITECTURES)
+                            *MPT_ARCHITECTURES, *BLOOM_ARCHITECTURES)
 # hidden_act -> the activation the engine computes (tanh-approximated GELU is torch's "tanh")
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
                "gelu": "gelu"}
 # Checkpoints that store q|k|v as one qkv_proj and gate|up as one gate_up_proj (Phi-3)
 FUSED_PROJECTION_ARCHITECTURES = ("Phi3ForCausalLM", *GPT2_STYLE_ARCHITECTURES,
-                                  *MPT_ARCHITECTURES)
+                                  *MPT_ARCHITECTURES, *BLOOM_ARCHITECTURES)
 # Learned absolute position embeddings added to the token embeddings; no rotary (GPT-2)
 LEARNED_POSITION_ARCHITECTURES = GPT2_STYLE_ARCHITECTURES
 
@@ -78,6 +80,7 @@ class ModelArchConfig:
     # scores, slope_h = 2 ** -(alibi_bias_max * (h + 1) / H) (interleaved when H is not a
     # power of two)
     alibi_bias_max: float | None = None
+    embedding_norm: bool = False  # BLOOM: LayerNorm (with bias) of the token embeddings
     # keys each query sees, when the checkpoint limits attention to a window (Mistral v0.1:
     # 4096); the kernels attend to the whole context, so the engine keeps contexts within it
     sliding_window: int | None = None
@@ -90,6 +93,8 @@ class ModelArchConfig:
             hf = _gpt2_as_common_keys(hf)
         if arch in MPT_ARCHITECTURES:
             hf = _mpt_as_common_keys(hf)
+        if arch in BLOOM_ARCHITECTURES:
+            hf = _bloom_as_common_keys(hf)
         if arch not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModelError(
                 f"model architecture {arch!r} is not supported; inflightd runs "
@@ -147,6 +152,7 @@ class ModelArchConfig:
             learned_positions=arch in LEARNED_POSITION_ARCHITECTURES,
             layer_norm_biases=not hf.get("no_bias", False),
             alibi_bias_max=hf.get("alibi_bias_max"),
+            embedding_norm=arch in BLOOM_ARCHITECTURES,
         )
 
     @property
@@ -209,6 +215,21 @@ def _mpt_as_common_keys(hf: dict[str, Any]) -> dict[str, Any]:
             "norm_epsilon": hf.get("layer_norm_epsilon", 1e-5), "hidden_act": "gelu",
             "use_bias": not hf.get("no_bias", False),
             "alibi_bias_max": float(attn.get("alibi_bias_max", 8)),
+            "tie_word_embeddings": hf.get("tie_word_embeddings", True)}
+
+
+def _bloom_as_common_keys(hf: dict[str, Any]) -> dict[str, Any]:
+    """BLOOM's config keys under the common names. It has no position limit of its own
+    (ALiBi): seq_length when the config gives one, else 2048, its training length."""
+    if hf.get("apply_residual_connection_post_layernorm"):
+        raise UnsupportedModelError("BLOOM with apply_residual_connection_post_layernorm is "
+                                    "not supported")
+    hidden = int(hf["hidden_size"])
+    return {**hf, "num_attention_heads": hf["n_head"], "num_key_value_heads": hf["n_head"],
+            "num_hidden_layers": hf["n_layer"],
+            "max_position_embeddings": hf.get("seq_length") or 2048,
+            "intermediate_size": 4 * hidden, "norm_epsilon": hf.get("layer_norm_epsilon", 1e-5),
+            "hidden_act": "gelu_pytorch_tanh", "use_bias": True, "alibi_bias_max": 8.0,
             "tie_word_embeddings": hf.get("tie_word_embeddings", True)}
 
 

@@ -50,6 +50,8 @@ class LlamaModel:
         self.embed_positions = (torch.empty(arch.max_position_embeddings, arch.hidden_size,
                                             dtype=dtype, device=device)
                                 if arch.learned_positions else None)
+        self.embed_norm = (torch.empty(2, arch.hidden_size, dtype=dtype, device=device)
+                           if arch.embedding_norm else None)  # BLOOM: weight, bias
         self.norm_bias = (torch.empty(arch.hidden_size, dtype=dtype, device=device)
                           if arch.layer_norm and arch.layer_norm_biases else None)
         self.lm_head = (self.embed_tokens if arch.tie_word_embeddings else
@@ -79,6 +81,9 @@ class LlamaModel:
             names["model.norm.bias"] = self.norm_bias
         if self.embed_positions is not None:
             names["model.embed_positions.weight"] = self.embed_positions
+        if self.embed_norm is not None:
+            names["model.embed_norm.weight"] = self.embed_norm[0]
+            names["model.embed_norm.bias"] = self.embed_norm[1]
         if not self.arch.tie_word_embeddings:
             names["lm_head.weight"] = self.lm_head
         for index, layer in enumerate(self.layers):
@@ -117,6 +122,9 @@ class LlamaModel:
         hidden = F.embedding(input_ids, self.embed_tokens)
         if self.embed_positions is not None:  # GPT-2
             hidden = hidden + F.embedding(positions, self.embed_positions)
+        if self.embed_norm is not None:  # BLOOM
+            hidden = ops.layer_norm(hidden, self.embed_norm[0], self.embed_norm[1],
+                                    self.arch.rms_norm_eps)
         if self.arch.embedding_multiplier is not None:  # Gemma: in the model's dtype, as HF
             hidden = hidden * torch.tensor(self.arch.embedding_multiplier, dtype=hidden.dtype)
         residual = None
