@@ -55,6 +55,9 @@ _MPT = {"architectures": ["MptForCausalLM"], "model_type": "mpt", "no_bias": Tru
 _BLOOM = {"architectures": ["BloomForCausalLM"], "model_type": "bloom",
           "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True}
 
+_BAICHUAN = {"architectures": ["BaichuanForCausalLM"], "model_type": "baichuan",
+             "hidden_act": "silu"}
+
 # The tiny shapes use the default model's vocabulary size so its tokenizer fits them.
 _TINY = {"vocab_size": 49152, "hidden_size": 64, "intermediate_size": 128,
          "num_hidden_layers": 2, "num_attention_heads": 4, "head_dim": 16,
@@ -188,6 +191,14 @@ DUMMY_CONFIGS: dict[str, dict[str, Any]] = {
                    "n_head": 4, "bos_token_id": 1, "eos_token_id": 2},
     "bloom-7b1": {**_BLOOM, "vocab_size": 250880, "hidden_size": 4096, "n_layer": 30,
                   "n_head": 32, "bos_token_id": 1, "eos_token_id": 2},
+    # Baichuan 2 (rotary 7B): q|k|v stored as one W_pack, lm_head rows normalised
+    "baichuan2-tiny": {**_BAICHUAN, **_TINY, "num_key_value_heads": 4,
+                       "tie_word_embeddings": False},
+    "baichuan2-7b": {**_BAICHUAN, "vocab_size": 125696, "hidden_size": 4096,
+                     "intermediate_size": 11008, "num_hidden_layers": 32,
+                     "num_attention_heads": 32, "num_key_value_heads": 32,
+                     "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
+                     "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False},
 }
 
 DUMMY_PREFIX = "dummy:"

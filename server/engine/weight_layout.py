@@ -18,7 +18,7 @@ def layer_weight_shapes(arch: ModelArchConfig, layer: int) -> dict[str, tuple[in
     shapes: dict[str, tuple[int, ...]] = {f"{prefix}.input_layernorm.weight": (hidden,)}
     if arch.layer_norm and arch.layer_norm_biases:
         shapes[f"{prefix}.input_layernorm.bias"] = (hidden,)
-    if arch.fused_projections:
+    if arch.fused_qkv:
         shapes[f"{prefix}.self_attn.qkv_proj.weight"] = (q_size + 2 * kv_size, arch.hidden_size)
     else:
         shapes.update({
@@ -26,7 +26,7 @@ def layer_weight_shapes(arch: ModelArchConfig, layer: int) -> dict[str, tuple[in
             f"{prefix}.self_attn.k_proj.weight": (kv_size, arch.hidden_size),
             f"{prefix}.self_attn.v_proj.weight": (kv_size, arch.hidden_size),
         })
-    if arch.attention_bias and arch.fused_projections:
+    if arch.attention_bias and arch.fused_qkv:
         shapes[f"{prefix}.self_attn.qkv_proj.bias"] = (q_size + 2 * kv_size,)
     elif arch.attention_bias:
         shapes[f"{prefix}.self_attn.q_proj.bias"] = (q_size,)
@@ -50,7 +50,7 @@ def layer_weight_shapes(arch: ModelArchConfig, layer: int) -> dict[str, tuple[in
             shapes.update({f"{prefix}.post_attention_layernorm.bias": (hidden,),
                            f"{mlp}.c_fc.bias": (inter,), f"{mlp}.c_proj.bias": (hidden,)})
         return shapes
-    if arch.fused_projections:
+    if arch.fused_gate_up:
         shapes[f"{mlp}.gate_up_proj.weight"] = (2 * inter, hidden)
     else:
         shapes[f"{mlp}.gate_proj.weight"] = (inter, hidden)

@@ -9,8 +9,8 @@ without the `transformer.` prefix) get the names the other families use
     per_head     BLOOM's fused q|k|v, stored head by head ([q0 k0 v0 | q1 k1 v1 | ...]):
                  the engine's is [q0 q1 ... | k0 k1 ... | v0 v1 ...]
 
-Attention-mask buffers some GPT-2 checkpoints carry are dropped. Every other family passes
-through unchanged.
+Attention-mask buffers some GPT-2 checkpoints carry are dropped. Baichuan's fused
+`self_attn.W_pack` becomes `self_attn.qkv_proj`. Every other family passes through unchanged.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ _GPT2_MASK_BUFFERS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 def engine_name(arch: ModelArchConfig, name: str) -> tuple[str, str] | None:
     """(the engine's name for a stored tensor, its stored layout), or None for a tensor
     the engine does not use."""
+    if arch.architecture == "BaichuanForCausalLM":  # Llama's names but for q|k|v
+        return name.replace(".self_attn.W_pack.", ".self_attn.qkv_proj."), AS_IS
     family = _FAMILIES.get(arch.architecture)
     if family is None:
         return name, AS_IS

@@ -8,9 +8,13 @@ from typing import Any
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
                            "Qwen3ForCausalLM", "Phi3ForCausalLM", "Starcoder2ForCausalLM",
                            "Gemma2ForCausalLM", "Gemma3ForCausalLM", "GPT2LMHeadModel",
-                           "GPTBigCodeForCausalLM", "MptForCausalLM", "BloomForCausalLM")
+                           "GPTBigCodeForCausalLM", "MptForCausalLM", "BloomForCausalLM",
+                           "BaichuanForCausalLM")
 # MPT: ALiBi instead of positions, LayerNorm and linear layers without biases
 MPT_ARCHITECTURES = ("MptForCausalLM",)
+# Baichuan 2 (its own code, not transformers'): Llama with q|k|v as one W_pack and a
+# normalised lm_head; the rotary 7B only (13B uses ALiBi)
+BAICHUAN_ARCHITECTURES = ("BaichuanForCausalLM",)
 # BLOOM: ALiBi, a LayerNorm on the embeddings, q|k|v stored head by head, biases throughout
 BLOOM_ARCHITECTURES = ("BloomForCausalLM",)
 # GPT-2's config keys and checkpoint names (GPTBigCode: Starcoder 1, multi-query)
@@ -54,8 +58,11 @@ class ModelArchConfig:
     qk_norm: bool  # each head's q and k are RMS-normed before rotary (Qwen3)
     eos_token_ids: tuple[int, ...]
     bos_token_id: int | None
-    # the checkpoint stores qkv_proj and gate_up_proj already fused (Phi-3)
-    fused_projections: bool = False
+    # the checkpoint stores qkv_proj (Phi-3, GPT-2, MPT, BLOOM, Baichuan's W_pack) or
+    # gate_up_proj (Phi-3) already fused
+    fused_qkv: bool = False
+    fused_gate_up: bool = False
+    normalized_lm_head: bool = False  # Baichuan 2: lm_head rows scaled to unit length
     # Starcoder2's kind of block: LayerNorm (weight and bias) instead of RMSNorm, an
     # ungated MLP (up, activation, down, both biased) and a bias on o_proj too
     layer_norm: bool = False
@@ -95,6 +102,9 @@ class ModelArchConfig:
             hf = _mpt_as_common_keys(hf)
         if arch in BLOOM_ARCHITECTURES:
             hf = _bloom_as_common_keys(hf)
+        if arch in BAICHUAN_ARCHITECTURES and not hf.get("max_position_embeddings"):
+            raise UnsupportedModelError("Baichuan 2 13B (ALiBi, no max_position_embeddings) is "
+                                        "not supported yet; the rotary 7B is")
         if arch not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModelError(
                 f"model architecture {arch!r} is not supported; inflightd runs "
@@ -145,7 +155,9 @@ class ModelArchConfig:
             eos_token_ids=eos_ids,
             bos_token_id=hf.get("bos_token_id"),
             sliding_window=_sliding_window(hf),
-            fused_projections=arch in FUSED_PROJECTION_ARCHITECTURES,
+            fused_qkv=arch in FUSED_PROJECTION_ARCHITECTURES or arch in BAICHUAN_ARCHITECTURES,
+            fused_gate_up=arch == "Phi3ForCausalLM",
+            normalized_lm_head=arch in BAICHUAN_ARCHITECTURES,
             layer_norm=layer_norm,
             activation=activation,
             **(_gemma_features(hf) if gemma else {}),

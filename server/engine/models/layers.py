@@ -33,7 +33,8 @@ class DecoderLayer:
         self.attn_softcap = arch.attn_softcap
         self.alibi_slopes = (None if arch.alibi_bias_max is None else alibi_slopes(
             arch.num_heads, bias_max=arch.alibi_bias_max).to(device))
-        self.fused_projections = arch.fused_projections
+        self.fused_qkv = arch.fused_qkv
+        self.fused_gate_up = arch.fused_gate_up
         self.layer_norm = arch.layer_norm  # LayerNorm with biases and an ungated MLP
         self.activation = arch.activation
 
@@ -88,7 +89,7 @@ class DecoderLayer:
 
     def _attention_names(self, attn: str) -> dict[str, torch.Tensor | Fp8Weight]:
         q, kv = self.q_size, self.kv_size
-        if self.fused_projections:  # Phi-3 and GPT-2 store q|k|v as we hold them
+        if self.fused_qkv:  # Phi-3, GPT-2 and others store q|k|v as we hold them
             names = {f"{attn}.qkv_proj.weight": self.qkv_weight}
             if self.qkv_bias is not None:
                 names[f"{attn}.qkv_proj.bias"] = self.qkv_bias
@@ -116,7 +117,7 @@ class DecoderLayer:
                 names.update({f"{mlp}.c_fc.bias": self.up_bias,
                               f"{mlp}.c_proj.bias": self.down_bias})
             return names
-        if self.fused_projections:
+        if self.fused_gate_up:
             return {f"{mlp}.gate_up_proj.weight": self.gate_up_weight,
                     f"{mlp}.down_proj.weight": self.down_weight}
         inter = self.down_weight.shape[1]

@@ -107,6 +107,9 @@ class LlamaModel:
             raise WeightLoadError("these weights are stored in FP8: load them with "
                                   "quantization 'fp8'")
         weights = engine_named(self.arch, weights)
+        if self.arch.normalized_lm_head:  # Baichuan 2 divides each row by its length
+            weights = ((name, F.normalize(tensor.float(), dim=-1).to(tensor.dtype)
+                        if name == "lm_head.weight" else tensor) for name, tensor in weights)
         offset = self.arch.norm_weight_offset
         if offset:  # Gemma's norms scale by (1 + w): stored as the factor itself
             weights = ((name, tensor + offset if name.endswith("norm.weight") else tensor)
