@@ -30,9 +30,11 @@ class DecoderLayer:
         self.q_size = arch.num_heads * arch.head_dim
         self.kv_size = arch.num_kv_heads * arch.head_dim
         self.scale = arch.query_scale or arch.head_dim ** -0.5
-        self.attn_softcap = arch.attn_softcap
-        self.alibi_slopes = (None if arch.alibi_bias_max is None else alibi_slopes(
+        slopes = (None if arch.alibi_bias_max is None else alibi_slopes(
             arch.num_heads, bias_max=arch.alibi_bias_max).to(device))
+        # what only some families pass to attention (Gemma 2's softcap, ALiBi's slopes)
+        self.attention_extras = {name: value for name, value in (
+            ("softcap", arch.attn_softcap), ("alibi_slopes", slopes)) if value is not None}
         self.fused_qkv = arch.fused_qkv
         self.fused_gate_up = arch.fused_gate_up
         self.layer_norm = arch.layer_norm  # LayerNorm with biases and an ungated MLP
@@ -190,10 +192,7 @@ class DecoderLayer:
             q = _per_head_rms_norm(q, self.q_norm, self.eps, ops)
             k = _per_head_rms_norm(k, self.k_norm, self.eps, ops)
         q, _k = ops.rope_and_cache(q, k, v, positions, cos_sin, kv_cache, metadata.slot_mapping)
-        extras = {name: value for name, value in (("softcap", self.attn_softcap),
-                                                  ("alibi_slopes", self.alibi_slopes))
-                  if value is not None}  # only the families that have them
-        out = ops.attention(q, kv_cache, metadata, self.scale, **extras)
+        out = ops.attention(q, kv_cache, metadata, self.scale, **self.attention_extras)
         return ops.linear(out.reshape(num_tokens, self.q_size), self.o_weight, self.o_bias)
 
 
