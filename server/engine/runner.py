@@ -376,18 +376,20 @@ def _engine_config(source: ModelSource):
 
 def _is_plain_greedy(state: RequestSamplingState) -> bool:
     """Greedy with no penalty and no logprobs: the token is the argmax of the raw logits."""
-    p = state.sampling_params
-    return (p.temperature < MIN_TEMPERATURE and p.logprobs is None and not p.presence_penalty
-            and not p.frequency_penalty and p.repetition_penalty == 1.0)
+    return (state.sampling_params.temperature < MIN_TEMPERATURE
+            and _reads_only_the_logits(state.sampling_params))
 
 
 def _needs_no_history(state: RequestSamplingState) -> bool:
     """No penalty (they count earlier tokens), no seed (its noise is keyed by the number of
     tokens so far) and no logprobs (read back on the host): the token depends on this
     step's logits alone, so nothing waits for the step in flight."""
-    p = state.sampling_params
-    return (p.seed is None and p.logprobs is None and not p.presence_penalty
-            and not p.frequency_penalty and p.repetition_penalty == 1.0)
+    return state.sampling_params.seed is None and _reads_only_the_logits(state.sampling_params)
+
+
+def _reads_only_the_logits(p) -> bool:
+    return (p.logprobs is None and not p.presence_penalty and not p.frequency_penalty
+            and p.repetition_penalty == 1.0)
 
 
 def _sampling_state(new: NewRequestData) -> RequestSamplingState:
