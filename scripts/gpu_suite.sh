@@ -13,6 +13,7 @@
 #   build     `inflightd build` of BUILD_MODEL (default dummy:llama-3-8b) into /root/engines
 #   bench     bench/offline.py on BENCH_MODEL with the issue's acceptance arguments (and
 #             BENCH_ARGS, e.g. --compare-sync, --compare-fp8)
+#   workloads bench/offline.py --workload: TensorRT-LLM's throughput workloads (issue 15)
 #   daemon    scripts/gpu_daemon_smoke.py: `inflightd serve` on the GPU with concurrent,
 #             streamed and abandoned requests, stats, metrics and a SIGTERM drain, for
 #             dummy:smollm2-135m and dummy:llama-3-8b (bf16, --quantization fp8, then
@@ -115,6 +116,24 @@ if has bench; then
     --max-num-seqs 512 --max-num-batched-tokens 8192 --json "$OUT/bench_offline.json" ${BENCH_ARGS:-} \
     2>&1 | grep -v "it/s]$" | tee "$OUT/bench_offline.log"
   rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || fail bench "$rc"
+fi
+
+if has workloads; then
+  # TensorRT-LLM's throughput workloads (issue 15), FP8 weights and an e4m3 KV cache at
+  # TensorRT-LLM's memory fraction, then bf16 1000/1000 beside them; WORKLOADS overrides
+  # the list (ISL/OSL:N each), sized so the whole stage fits one 10-minute call
+  common=(--model dummy:llama-3.1-8b --max-num-seqs 1024 --max-num-batched-tokens 8192
+          --memory-fraction 0.95)
+  workloads=()
+  for w in ${WORKLOADS:-128/2048:1000 1000/1000:500 2048/128:400 5000/500:100 2048/2048:150}
+  do workloads+=(--workload "$w"); done
+  timeout "${WORKLOADS_TIMEOUT:-420}" python3 bench/offline.py "${common[@]}" \
+    --quantization fp8 --kv-cache-dtype fp8 "${workloads[@]}" --json "$OUT/workloads_fp8.json" \
+    2>&1 | grep -v "it/s]$" | tee "$OUT/workloads_fp8.log"
+  rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || fail workloads "$rc"
+  timeout 90 python3 bench/offline.py "${common[@]}" --workload 1000/1000:250 \
+    --json "$OUT/workloads_bf16.json" 2>&1 | grep -v "it/s]$" | tee "$OUT/workloads_bf16.log"
+  rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || fail workloads-bf16 "$rc"
 fi
 
 if has daemon; then
