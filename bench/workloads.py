@@ -20,6 +20,7 @@ figure for the workload.
 from __future__ import annotations
 
 import gc
+import json
 import random
 import time
 
@@ -132,8 +133,6 @@ def parse_workloads(texts: list[str], *, default_requests: int) -> list[tuple[in
 def run_workloads(args, *, make_llm, engine_model, free_memory) -> list[dict]:
     """bench/offline.py --workload: each workload on its own engine (its context limit is
     ISL + OSL), built from one engine directory, freed before the next."""
-    import json
-
     model, build_seconds = engine_model(args)
     results = []
     for input_len, output_len, num_prompts in parse_workloads(
