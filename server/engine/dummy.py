@@ -55,6 +55,12 @@ _MPT = {"architectures": ["MptForCausalLM"], "model_type": "mpt", "no_bias": Tru
 _BLOOM = {"architectures": ["BloomForCausalLM"], "model_type": "bloom",
           "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True}
 
+_FALCON = {"architectures": ["FalconForCausalLM"], "model_type": "falcon",
+           "layer_norm_epsilon": 1e-5, "activation": "gelu", "bias": False, "alibi": False}
+
+_GLM = {"architectures": ["GlmForCausalLM"], "model_type": "glm", "hidden_act": "silu",
+        "attention_bias": True, "partial_rotary_factor": 0.5, "tie_word_embeddings": False}
+
 _BAICHUAN = {"architectures": ["BaichuanForCausalLM"], "model_type": "baichuan",
              "hidden_act": "silu"}
 
@@ -191,6 +197,20 @@ DUMMY_CONFIGS: dict[str, dict[str, Any]] = {
                    "n_head": 4, "bos_token_id": 1, "eos_token_id": 2},
     "bloom-7b1": {**_BLOOM, "vocab_size": 250880, "hidden_size": 4096, "n_layer": 30,
                   "n_head": 32, "bos_token_id": 1, "eos_token_id": 2},
+    # Falcon 7B: attention and MLP in parallel under one LayerNorm, multi-query, rotary
+    "falcon-tiny": {**_FALCON, "vocab_size": 49152, "hidden_size": 64, "num_hidden_layers": 2,
+                    "num_attention_heads": 4, "multi_query": True, "parallel_attn": True,
+                    "max_position_embeddings": 2048, "bos_token_id": 1, "eos_token_id": 2},
+    "falcon-7b": {**_FALCON, "vocab_size": 65024, "hidden_size": 4544, "num_hidden_layers": 32,
+                  "num_attention_heads": 71, "multi_query": True, "parallel_attn": True,
+                  "max_position_embeddings": 2048, "bos_token_id": 11, "eos_token_id": 11},
+    # GLM 4 (glm-4-9b-chat-hf): half of each head rotated, q|k|v biased, 2 kv heads
+    "glm-tiny": {**_GLM, **_TINY, "num_key_value_heads": 2},
+    "glm-4-9b": {**_GLM, "vocab_size": 151552, "hidden_size": 4096, "intermediate_size": 13696,
+                 "num_hidden_layers": 40, "num_attention_heads": 32, "num_key_value_heads": 2,
+                 "head_dim": 128, "max_position_embeddings": 131072,
+                 "rms_norm_eps": 1.5625e-07, "rope_theta": 10000.0, "pad_token_id": 151329,
+                 "eos_token_id": [151329, 151336, 151338]},
     # Baichuan 2 (rotary 7B): q|k|v stored as one W_pack, lm_head rows normalised
     "baichuan2-tiny": {**_BAICHUAN, **_TINY, "num_key_value_heads": 4,
                        "tie_word_embeddings": False},

@@ -38,7 +38,10 @@ def layer_weight_shapes(arch: ModelArchConfig, layer: int) -> dict[str, tuple[in
     shapes[f"{prefix}.self_attn.o_proj.weight"] = (hidden, q_size)
     if arch.o_proj_bias:
         shapes[f"{prefix}.self_attn.o_proj.bias"] = (hidden,)
-    shapes[f"{prefix}.post_attention_layernorm.weight"] = (hidden,)
+    if not arch.parallel_attention or arch.parallel_mlp_norm:  # Falcon 7B: one shared norm
+        shapes[f"{prefix}.post_attention_layernorm.weight"] = (hidden,)
+        if arch.layer_norm and arch.layer_norm_biases:
+            shapes[f"{prefix}.post_attention_layernorm.bias"] = (hidden,)
     if arch.sandwich_norms:  # Gemma 2: norms before and after the MLP as well
         shapes[f"{prefix}.pre_feedforward_layernorm.weight"] = (hidden,)
         shapes[f"{prefix}.post_feedforward_layernorm.weight"] = (hidden,)
@@ -46,9 +49,8 @@ def layer_weight_shapes(arch: ModelArchConfig, layer: int) -> dict[str, tuple[in
     if arch.layer_norm:  # Starcoder2, GPT-2, MPT: ungated MLP, biases but for MPT
         shapes.update({f"{mlp}.c_fc.weight": (inter, hidden),
                        f"{mlp}.c_proj.weight": (hidden, inter)})
-        if arch.layer_norm_biases:
-            shapes.update({f"{prefix}.post_attention_layernorm.bias": (hidden,),
-                           f"{mlp}.c_fc.bias": (inter,), f"{mlp}.c_proj.bias": (hidden,)})
+        if arch.mlp_biases:
+            shapes.update({f"{mlp}.c_fc.bias": (inter,), f"{mlp}.c_proj.bias": (hidden,)})
         return shapes
     if arch.fused_gate_up:
         shapes[f"{mlp}.gate_up_proj.weight"] = (2 * inter, hidden)

@@ -20,7 +20,8 @@ from tqdm import tqdm
 from server.config import DEFAULT_MODEL
 from server.engine import default_model
 from server.engine.dummy import DUMMY_CONFIGS, DUMMY_PREFIX, dummy_hf_config, iter_dummy_weights
-from server.engine.models.checkpoint_names import TRANSPOSED, engine_name, to_engine_layout
+from server.engine.models.checkpoint_names import AS_IS, TRANSPOSED, engine_name, \
+    to_engine_layout
 from server.engine.models.config import ModelArchConfig, UnsupportedModelError
 from server.engine.quantization import stored_layout
 from server.engine.weight_layout import num_weight_bytes
@@ -148,11 +149,6 @@ def _check_supported_features(hf: dict[str, Any]) -> None:
             "float32 checkpoint")
     if hf.get("mlp_bias"):
         raise UnsupportedModelError("mlp_bias=true (biased MLP projections) is not supported")
-    archs = hf.get("architectures") or []
-    if hf.get("attention_bias") and archs[:1] != ["Qwen2ForCausalLM"]:
-        # Llama's attention_bias also puts a bias on o_proj, which the engine does not have.
-        raise UnsupportedModelError(
-            f"attention_bias=true is not supported for {archs[0] if archs else 'this model'}")
 
 
 def safetensors_files(weights_dir: Path) -> list[Path]:
@@ -181,17 +177,19 @@ def iter_weights(source: ModelSource, *, dtype: torch.dtype,
                                          device=device)
         else:
             weights = _iter_safetensors(source.weights_dir, source.arch, dtype=dtype,
-                                        device=device, quantization=source.quantization)
+                                        device=device, quantization=source.quantization,
+                                        engine_named=source.engine_dir is not None)
         for name, tensor in weights:
             progress.update(tensor.numel() * tensor.element_size())
             yield name, tensor
 
 
 def _iter_safetensors(weights_dir: Path, arch: ModelArchConfig, *, dtype: torch.dtype,
-                      device: torch.device, quantization: str | None = None
-                      ) -> Iterator[tuple[str, torch.Tensor]]:
+                      device: torch.device, quantization: str | None = None,
+                      engine_named: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """Tensors in `dtype`, except FP8 weights and their float32 scales, which stay as
-    stored."""
+    stored. engine_named: the files hold the engine's names and layouts already (an
+    `inflightd build` directory), so they are not renamed or reordered a second time."""
     layout = stored_layout(arch, dtype=dtype, quantization=quantization)
     expected = {name: shape for name, (shape, _) in layout.items()}
     with ExitStack() as stack:
@@ -199,7 +197,8 @@ def _iter_safetensors(weights_dir: Path, arch: ModelArchConfig, *, dtype: torch.
         for path in safetensors_files(weights_dir):
             handle = stack.enter_context(safe_open(str(path), framework="pt", device="cpu"))
             for stored in handle.keys():
-                mapped = engine_name(arch, stored)  # GPT-2 and others name theirs their way
+                # GPT-2 and others name theirs their way
+                mapped = (stored, AS_IS) if engine_named else engine_name(arch, stored)
                 if mapped is not None:
                     handles[mapped[0]] = (handle, stored, mapped[1])
         _check_tensor_names(weights_dir, arch, expected, set(handles))

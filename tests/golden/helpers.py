@@ -74,6 +74,22 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
                                   tie_word_embeddings=True)),
     "gpt-bigcode-mqa": ("GPTBigCodeConfig", dict(num_attention_heads=4, multi_query=True,
                                                  tie_word_embeddings=True)),
+    # Falcon 7B: attention and MLP in parallel under one LayerNorm, multi-query, rotary
+    "falcon-parallel-mqa": ("FalconConfig", dict(num_attention_heads=4, multi_query=True,
+                                                 parallel_attn=True, bias=False,
+                                                 tie_word_embeddings=False)),
+    # Falcon 40B: the new decoder architecture, q|k|v grouped by kv head, two norms
+    "falcon-new-decoder": ("FalconConfig", dict(num_attention_heads=4, num_kv_heads=2,
+                                                new_decoder_architecture=True, bias=False)),
+    # Falcon-RW: sequential blocks, ALiBi scaled by 1/sqrt(head_dim), q|k|v head by head
+    "falcon-rw-alibi": ("FalconConfig", dict(num_attention_heads=4, multi_query=False,
+                                             parallel_attn=False, alibi=True, bias=True)),
+    # GLM: half of each head rotated as interleaved pairs, q|k|v biased, gate|up fused
+    "glm": ("GlmConfig", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                              pad_token_id=0)),
+    # GLM 4: GLM with norms after attention and after the MLP as well
+    "glm4": ("Glm4Config", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                pad_token_id=0)),
 }
 
 

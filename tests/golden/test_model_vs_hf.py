@@ -174,12 +174,15 @@ def test_rotary_table_is_bit_identical_to_hf(models):
     table = build_cos_sin(head_dim=arch.head_dim, rope_theta=arch.rope_theta,
                           rope_scaling=arch.rope_scaling_dict,
                           max_positions=arch.max_position_embeddings, dtype=torch.float32,
-                          device="cpu")
+                          device="cpu", rotary_dim=arch.rotary_dim)
     half = arch.head_dim // 2
+    rotated = (arch.rotary_dim or arch.head_dim) // 2  # GLM: the rest turn by angle 0
     if arch.local_rope_theta is None:
-        hf_cos, hf_sin = hf_model.model.rotary_emb(probe, positions)
-        assert torch.equal(table[:, :half], hf_cos[0, :, :half])
-        assert torch.equal(table[:, half:], hf_sin[0, :, :half])
+        hf_cos, hf_sin = hf_model.base_model.rotary_emb(probe, positions)
+        assert torch.equal(table[:, :rotated], hf_cos[0, :, :rotated])
+        assert torch.equal(table[:, half:half + rotated], hf_sin[0, :, :rotated])
+        assert torch.equal(table[:, rotated:half], torch.ones_like(table[:, rotated:half]))
+        assert not table[:, half + rotated:].any()
         return
     # Gemma 3: one table per layer type, each layer rotating with its own
     for index, layer_type in enumerate(hf_model.config.layer_types):

@@ -206,10 +206,10 @@ def test_outdated_conversion_is_replaced_once(tmp_path: Path):
 
 def test_unsupported_architecture_error_names_it(tmp_path: Path):
     (tmp_path / "config.json").write_text(json.dumps({
-        "architectures": ["FalconForCausalLM"], "vocab_size": 10, "hidden_size": 8,
+        "architectures": ["GPTNeoXForCausalLM"], "vocab_size": 10, "hidden_size": 8,
         "num_attention_heads": 2, "num_hidden_layers": 1, "intermediate_size": 16}))
     save_file({"wte.weight": torch.zeros(10, 8)}, str(tmp_path / "model.safetensors"))
-    with pytest.raises(UnsupportedModelError, match="FalconForCausalLM"):
+    with pytest.raises(UnsupportedModelError, match="GPTNeoXForCausalLM"):
         resolve_model(str(tmp_path))
 
 

@@ -201,3 +201,19 @@ def test_tuning_picks_the_choice_of_the_smallest_bucket_covering_the_context(tmp
     assert context_buckets(8192) == (512, 2048, 8192)
     assert context_buckets(3000) == (512, 2048, 3000)
     assert context_buckets(300) == (300,)
+
+
+@pytest.mark.parametrize("family", ["glm4", "falcon-new-decoder", "bloom"])
+def test_engine_from_a_family_with_its_own_names_and_layouts_computes_the_same(tmp_path,
+                                                                              family):
+    """The engine directory holds the engine's names and layouts already (GLM 4's renamed
+    norms and reordered q/k rows, Falcon's grouped q|k|v): reading it back must not rename
+    or reorder them a second time."""
+    from tests.golden.helpers import make_hf_model
+
+    model_dir = tmp_path / "hf"
+    make_hf_model(family).save_pretrained(model_dir)
+    engine = build_engine(BuildOptions(model=str(model_dir), output=tmp_path / "engine",
+                                       dtype="float32"), progress=False)
+    assert torch.equal(first_step_logits(cpu_runner(str(engine))),
+                       first_step_logits(cpu_runner(str(model_dir))))

@@ -5,38 +5,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from server.engine.models.errors import UnsupportedModelError
+from server.engine.models.family_keys import QKV_AS_IS, common_keys
+
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
                            "Qwen3ForCausalLM", "Phi3ForCausalLM", "Starcoder2ForCausalLM",
                            "Gemma2ForCausalLM", "Gemma3ForCausalLM", "GPT2LMHeadModel",
                            "GPTBigCodeForCausalLM", "MptForCausalLM", "BloomForCausalLM",
-                           "BaichuanForCausalLM")
-# MPT: ALiBi instead of positions, LayerNorm and linear layers without biases
-MPT_ARCHITECTURES = ("MptForCausalLM",)
+                           "BaichuanForCausalLM", "FalconForCausalLM", "GlmForCausalLM",
+                           "Glm4ForCausalLM")
 # Baichuan 2 (its own code, not transformers'): Llama with q|k|v as one W_pack and a
 # normalised lm_head; the rotary 7B only (13B uses ALiBi)
 BAICHUAN_ARCHITECTURES = ("BaichuanForCausalLM",)
-# BLOOM: ALiBi, a LayerNorm on the embeddings, q|k|v stored head by head, biases throughout
-BLOOM_ARCHITECTURES = ("BloomForCausalLM",)
 # GPT-2's config keys and checkpoint names (GPTBigCode: Starcoder 1, multi-query)
 GPT2_STYLE_ARCHITECTURES = ("GPT2LMHeadModel", "GPTBigCodeForCausalLM")
 # (1 + w) norms around both halves of the block, scaled embeddings, soft-capped logits
 GEMMA_ARCHITECTURES = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
 QK_NORM_ARCHITECTURES = ("Qwen3ForCausalLM", "Gemma3ForCausalLM")
-# LayerNorm with biases, a plain GELU MLP (c_fc, c_proj) and biases on every projection
+# GLM: q|k|v biased (o_proj not), half of each head rotated, its pairs interleaved; GLM 4
+# adds norms after attention and after the MLP
+GLM_ARCHITECTURES = ("GlmForCausalLM", "Glm4ForCausalLM")
+# LayerNorm (with biases unless MPT's no_bias), an ungated GELU MLP (c_fc, c_proj)
 LAYER_NORM_ARCHITECTURES = ("Starcoder2ForCausalLM", *GPT2_STYLE_ARCHITECTURES,
-                            *MPT_ARCHITECTURES, *BLOOM_ARCHITECTURES)
+                            "MptForCausalLM", "BloomForCausalLM", "FalconForCausalLM")
 # hidden_act -> the activation the engine computes (tanh-approximated GELU is torch's "tanh")
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
                "gelu": "gelu"}
-# Checkpoints that store q|k|v as one qkv_proj and gate|up as one gate_up_proj (Phi-3)
-FUSED_PROJECTION_ARCHITECTURES = ("Phi3ForCausalLM", *GPT2_STYLE_ARCHITECTURES,
-                                  *MPT_ARCHITECTURES, *BLOOM_ARCHITECTURES)
+# Checkpoints that store q|k|v as one qkv_proj (Phi-3, Baichuan's W_pack, the LayerNorm
+# families but Starcoder2) and gate|up as one gate_up_proj (Phi-3, GLM)
+FUSED_QKV_ARCHITECTURES = ("Phi3ForCausalLM", "BaichuanForCausalLM", *GPT2_STYLE_ARCHITECTURES,
+                           "MptForCausalLM", "BloomForCausalLM", "FalconForCausalLM")
+FUSED_GATE_UP_ARCHITECTURES = ("Phi3ForCausalLM", *GLM_ARCHITECTURES)
 # Learned absolute position embeddings added to the token embeddings; no rotary (GPT-2)
 LEARNED_POSITION_ARCHITECTURES = GPT2_STYLE_ARCHITECTURES
-
-
-class UnsupportedModelError(ValueError):
-    """The model's architecture or a feature of its config is not implemented."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,20 @@ class ModelArchConfig:
     # scores, slope_h = 2 ** -(alibi_bias_max * (h + 1) / H) (interleaved when H is not a
     # power of two)
     alibi_bias_max: float | None = None
+    alibi_slope_scale: float = 1.0  # Falcon divides its biases by sqrt(head_dim)
     embedding_norm: bool = False  # BLOOM: LayerNorm (with bias) of the token embeddings
+    mlp_biases: bool = True  # LayerNorm families: c_fc and c_proj carry biases
+    # how the checkpoint orders a fused q|k|v (models/family_keys.py draws the layouts)
+    stored_qkv_layout: str = QKV_AS_IS
+    # Falcon: attention and MLP both read the block's input, and their outputs are added to
+    # the residual together; the MLP normalises it with its own LayerNorm (40B) or shares
+    # the attention's (7B)
+    parallel_attention: bool = False
+    parallel_mlp_norm: bool = False
+    # GLM: only the first rotary_dim of each head's dims rotate, as interleaved pairs
+    # (0 1)(2 3)..; the weights are permuted as they load so the engine's half-split
+    # rotation does the same (models/rotary.py)
+    rotary_dim: int | None = None
     # keys each query sees, when the checkpoint limits attention to a window (Mistral v0.1:
     # 4096); the kernels attend to the whole context, so the engine keeps contexts within it
     sliding_window: int | None = None
@@ -96,12 +110,7 @@ class ModelArchConfig:
     def from_hf(cls, hf: dict[str, Any]) -> "ModelArchConfig":
         archs = hf.get("architectures") or []
         arch = archs[0] if archs else "<none given>"
-        if arch in GPT2_STYLE_ARCHITECTURES:
-            hf = _gpt2_as_common_keys(hf)
-        if arch in MPT_ARCHITECTURES:
-            hf = _mpt_as_common_keys(hf)
-        if arch in BLOOM_ARCHITECTURES:
-            hf = _bloom_as_common_keys(hf)
+        hf, features = common_keys(arch, hf)
         if arch in BAICHUAN_ARCHITECTURES and not hf.get("max_position_embeddings"):
             raise UnsupportedModelError("Baichuan 2 13B (ALiBi, no max_position_embeddings) is "
                                         "not supported yet; the rotary 7B is")
@@ -116,24 +125,15 @@ class ModelArchConfig:
                 f"num_attention_heads ({num_heads}) must be a multiple of "
                 f"num_key_value_heads ({num_kv_heads})")
         head_dim = int(hf.get("head_dim") or hf["hidden_size"] // num_heads)
-        partial_rotary = float(hf.get("partial_rotary_factor") or 1.0)
-        if partial_rotary != 1.0:
-            raise UnsupportedModelError(
-                f"partial rotary embeddings (partial_rotary_factor {partial_rotary}) are not "
-                f"supported yet; inflightd rotates every dimension of each head")
-        rope_scaling = _rope_scaling(hf)
-        rope_theta = float(hf.get("rope_theta") or _global_rope(hf).get("rope_theta")
-                           or 10000.0)
         activation = ACTIVATIONS.get(hf.get("hidden_act") or hf.get("hidden_activation")
                                      or "silu")
         if activation is None:
             raise UnsupportedModelError(f"activation {hf.get('hidden_act')!r} is not supported; "
                                         f"inflightd computes {', '.join(ACTIVATIONS)}")
         layer_norm = arch in LAYER_NORM_ARCHITECTURES
-        gemma = arch in GEMMA_ARCHITECTURES
         eos = hf.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
-        return cls(
+        fields: dict[str, Any] = dict(
             architecture=arch,
             vocab_size=int(hf["vocab_size"]),
             hidden_size=int(hf["hidden_size"]),
@@ -145,8 +145,9 @@ class ModelArchConfig:
             # each family's own key (a config may carry the other one unused)
             rms_norm_eps=float(hf.get("norm_epsilon" if layer_norm else "rms_norm_eps")
                                or 1e-6),
-            rope_theta=rope_theta,
-            rope_scaling=rope_scaling,
+            rope_theta=float(hf.get("rope_theta") or _global_rope(hf).get("rope_theta")
+                             or 10000.0),
+            rope_scaling=_rope_scaling(hf),
             max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             attention_bias=(arch == "Qwen2ForCausalLM") or bool(hf.get("attention_bias", False))
@@ -155,17 +156,19 @@ class ModelArchConfig:
             eos_token_ids=eos_ids,
             bos_token_id=hf.get("bos_token_id"),
             sliding_window=_sliding_window(hf),
-            fused_qkv=arch in FUSED_PROJECTION_ARCHITECTURES or arch in BAICHUAN_ARCHITECTURES,
-            fused_gate_up=arch == "Phi3ForCausalLM",
+            fused_qkv=arch in FUSED_QKV_ARCHITECTURES,
+            fused_gate_up=arch in FUSED_GATE_UP_ARCHITECTURES,
             normalized_lm_head=arch in BAICHUAN_ARCHITECTURES,
             layer_norm=layer_norm,
             activation=activation,
-            **(_gemma_features(hf) if gemma else {}),
             learned_positions=arch in LEARNED_POSITION_ARCHITECTURES,
-            layer_norm_biases=not hf.get("no_bias", False),
-            alibi_bias_max=hf.get("alibi_bias_max"),
-            embedding_norm=arch in BLOOM_ARCHITECTURES,
+            rotary_dim=_rotary_dim(hf, head_dim=head_dim, glm=arch in GLM_ARCHITECTURES),
+            sandwich_norms=arch == "Glm4ForCausalLM",
         )
+        if arch in GEMMA_ARCHITECTURES:
+            fields.update(_gemma_features(hf))
+        fields.update(features)
+        return cls(**fields)
 
     @property
     def rotary(self) -> bool:
@@ -174,9 +177,10 @@ class ModelArchConfig:
 
     @property
     def o_proj_bias(self) -> bool:
-        """Llama's attention_bias (and Starcoder2's use_bias) biases o_proj too; Qwen2's
-        only q, k and v."""
-        return self.attention_bias and self.architecture != "Qwen2ForCausalLM"
+        """Llama's attention_bias (and Starcoder2's use_bias) biases o_proj too; Qwen2's and
+        GLM's only q, k and v."""
+        return self.attention_bias and self.architecture not in ("Qwen2ForCausalLM",
+                                                                 *GLM_ARCHITECTURES)
 
     @property
     def max_exact_context(self) -> int:
@@ -190,59 +194,6 @@ class ModelArchConfig:
     @property
     def rope_scaling_dict(self) -> dict[str, Any] | None:
         return dict(self.rope_scaling) if self.rope_scaling else None
-
-
-def _gpt2_as_common_keys(hf: dict[str, Any]) -> dict[str, Any]:
-    """GPT-2's (and GPTBigCode's) config keys under the names the other families use (the
-    MLP is n_inner wide, or 4 x n_embd; every projection has a bias; GPTBigCode's
-    multi_query means one kv head)."""
-    hidden = int(hf["n_embd"])
-    if hf.get("multi_query") is False:
-        raise UnsupportedModelError("GPTBigCode without multi_query (its q|k|v interleaved "
-                                    "head by head) is not supported")
-    num_kv_heads = 1 if hf.get("multi_query") else hf["n_head"]
-    return {**hf, "hidden_size": hidden, "num_attention_heads": hf["n_head"],
-            "num_hidden_layers": hf["n_layer"], "max_position_embeddings": hf["n_positions"],
-            "intermediate_size": hf.get("n_inner") or 4 * hidden,
-            "norm_epsilon": hf.get("layer_norm_epsilon", 1e-5),
-            "hidden_act": hf.get("activation_function", "gelu_new"), "use_bias": True,
-            "num_key_value_heads": num_kv_heads, "head_dim": hidden // int(hf["n_head"]),
-            "tie_word_embeddings": hf.get("tie_word_embeddings", True)}
-
-
-def _mpt_as_common_keys(hf: dict[str, Any]) -> dict[str, Any]:
-    """MPT's config keys under the common names; only its ALiBi variant is supported."""
-    attn = hf.get("attn_config") or {}
-    if not attn.get("alibi", False) or attn.get("qk_ln") or attn.get("clip_qkv") \
-            or attn.get("softmax_scale"):
-        raise UnsupportedModelError("MPT is supported with ALiBi and without qk_ln, "
-                                    "clip_qkv or softmax_scale")
-    hidden = int(hf["d_model"])
-    return {**hf, "hidden_size": hidden, "num_attention_heads": hf["n_heads"],
-            "num_key_value_heads": hf["n_heads"], "num_hidden_layers": hf["n_layers"],
-            "max_position_embeddings": hf["max_seq_len"],
-            # transformers' MPT is 4 x d_model wide whatever expansion_ratio says (as the
-            # released MPT checkpoints are)
-            "intermediate_size": 4 * hidden,
-            "norm_epsilon": hf.get("layer_norm_epsilon", 1e-5), "hidden_act": "gelu",
-            "use_bias": not hf.get("no_bias", False),
-            "alibi_bias_max": float(attn.get("alibi_bias_max", 8)),
-            "tie_word_embeddings": hf.get("tie_word_embeddings", True)}
-
-
-def _bloom_as_common_keys(hf: dict[str, Any]) -> dict[str, Any]:
-    """BLOOM's config keys under the common names. It has no position limit of its own
-    (ALiBi): seq_length when the config gives one, else 2048, its training length."""
-    if hf.get("apply_residual_connection_post_layernorm"):
-        raise UnsupportedModelError("BLOOM with apply_residual_connection_post_layernorm is "
-                                    "not supported")
-    hidden = int(hf["hidden_size"])
-    return {**hf, "num_attention_heads": hf["n_head"], "num_key_value_heads": hf["n_head"],
-            "num_hidden_layers": hf["n_layer"],
-            "max_position_embeddings": hf.get("seq_length") or 2048,
-            "intermediate_size": 4 * hidden, "norm_epsilon": hf.get("layer_norm_epsilon", 1e-5),
-            "hidden_act": "gelu_pytorch_tanh", "use_bias": True, "alibi_bias_max": 8.0,
-            "tie_word_embeddings": hf.get("tie_word_embeddings", True)}
 
 
 def _global_rope(hf: dict[str, Any]) -> dict[str, Any]:
@@ -277,6 +228,24 @@ def _gemma_features(hf: dict[str, Any]) -> dict[str, Any]:
             "query_scale": float(scalar) ** -0.5 if scalar else None,
             "attn_softcap": hf.get("attn_logit_softcapping"),
             "final_softcap": hf.get("final_logit_softcapping")}
+
+
+def _rotary_dim(hf: dict[str, Any], *, head_dim: int, glm: bool) -> int | None:
+    """GLM's rotated dims per head (transformers 5 keeps the factor in rope_parameters);
+    other families with a partial factor are refused rather than computed wrongly."""
+    factor = float(hf.get("partial_rotary_factor")
+                   or _global_rope(hf).get("partial_rotary_factor") or 1.0)
+    if not glm:
+        if factor != 1.0:
+            raise UnsupportedModelError(
+                f"partial rotary embeddings (partial_rotary_factor {factor}) are supported "
+                f"for GLM only")
+        return None
+    rotary_dim = int(head_dim * factor)
+    if rotary_dim % 2 or not 0 < rotary_dim <= head_dim:
+        raise UnsupportedModelError(f"partial_rotary_factor {factor} gives {rotary_dim} "
+                                    f"rotated dims of {head_dim}: it must be even")
+    return rotary_dim
 
 
 def _sliding_window(hf: dict[str, Any]) -> int | None:

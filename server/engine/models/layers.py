@@ -30,7 +30,7 @@ class DecoderLayer:
         self.q_size = arch.num_heads * arch.head_dim
         self.kv_size = arch.num_kv_heads * arch.head_dim
         self.scale = arch.query_scale or arch.head_dim ** -0.5
-        slopes = (None if arch.alibi_bias_max is None else alibi_slopes(
+        slopes = (None if arch.alibi_bias_max is None else arch.alibi_slope_scale * alibi_slopes(
             arch.num_heads, bias_max=arch.alibi_bias_max).to(device))
         # what only some families pass to attention (Gemma 2's softcap, ALiBi's slopes)
         self.attention_extras = {name: value for name, value in (
@@ -38,6 +38,7 @@ class DecoderLayer:
         self.fused_qkv = arch.fused_qkv
         self.fused_gate_up = arch.fused_gate_up
         self.layer_norm = arch.layer_norm  # LayerNorm with biases and an ungated MLP
+        self.parallel = arch.parallel_attention
         self.activation = arch.activation
 
         def empty(*shape: int) -> torch.Tensor:
@@ -57,16 +58,20 @@ class DecoderLayer:
         # Qwen3: an RMSNorm over each head's q and k (one weight per head dim) before rotary
         self.q_norm = empty(arch.head_dim) if arch.qk_norm else None
         self.k_norm = empty(arch.head_dim) if arch.qk_norm else None
-        self.post_norm = empty(hidden)
+        # Falcon 7B's parallel block has one norm, shared by attention and MLP
+        shared_norm = arch.parallel_attention and not arch.parallel_mlp_norm
+        self.post_norm = None if shared_norm else empty(hidden)
         # the MLP's first projection: gate|up fused, or up alone for an ungated MLP
         self.gate_up_weight = linear(inter if self.layer_norm else 2 * inter, hidden)
         self.down_weight = linear(hidden, inter)
-        # Starcoder2, GPT-2: every norm and MLP projection has a bias (MPT: none has)
-        biased = self.layer_norm and arch.layer_norm_biases
-        self.input_norm_bias = empty(hidden) if biased else None
-        self.post_norm_bias = empty(hidden) if biased else None
-        self.up_bias = empty(inter) if biased else None
-        self.down_bias = empty(hidden) if biased else None
+        # Starcoder2, GPT-2: every norm and MLP projection has a bias (MPT: none has; Falcon's
+        # norms have, its projections only with `bias`)
+        biased_norms = self.layer_norm and arch.layer_norm_biases
+        biased_mlp = self.layer_norm and arch.mlp_biases
+        self.input_norm_bias = empty(hidden) if biased_norms else None
+        self.post_norm_bias = empty(hidden) if biased_norms and not shared_norm else None
+        self.up_bias = empty(inter) if biased_mlp else None
+        self.down_bias = empty(hidden) if biased_mlp else None
         # Gemma 2: norms on the attention's and the MLP's outputs before each residual add
         self.attn_out_norm = empty(hidden) if arch.sandwich_norms else None
         self.mlp_out_norm = empty(hidden) if arch.sandwich_norms else None
@@ -83,11 +88,10 @@ class DecoderLayer:
                     f"{prefix}.pre_feedforward_layernorm.weight": self.post_norm,
                     f"{prefix}.post_feedforward_layernorm.weight": self.mlp_out_norm}
         names = {f"{prefix}.input_layernorm.weight": self.input_norm,
-                 f"{prefix}.post_attention_layernorm.weight": self.post_norm}
-        if self.input_norm_bias is not None:
-            names[f"{prefix}.input_layernorm.bias"] = self.input_norm_bias
-            names[f"{prefix}.post_attention_layernorm.bias"] = self.post_norm_bias
-        return names
+                 f"{prefix}.input_layernorm.bias": self.input_norm_bias,
+                 f"{prefix}.post_attention_layernorm.weight": self.post_norm,
+                 f"{prefix}.post_attention_layernorm.bias": self.post_norm_bias}
+        return {name: tensor for name, tensor in names.items() if tensor is not None}
 
     def _attention_names(self, attn: str) -> dict[str, torch.Tensor | Fp8Weight]:
         q, kv = self.q_size, self.kv_size
@@ -140,6 +144,10 @@ class DecoderLayer:
                                               self.input_norm_bias, ops)
         attn_out = self._attention(normed, positions=positions, cos_sin=cos_sin,
                                    kv_cache=kv_cache, metadata=metadata, ops=ops)
+        if self.parallel:  # Falcon: the MLP reads the block's input, not attention's output
+            if self.post_norm is not None:
+                normed = self._norm(residual, self.post_norm, self.post_norm_bias, ops)
+            return attn_out + self._mlp(normed, ops), residual
         if self.attn_out_norm is not None:
             attn_out = ops.rms_norm(attn_out, self.attn_out_norm, self.eps)
         normed, residual = self._add_norm(attn_out, residual, self.post_norm,

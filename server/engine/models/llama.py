@@ -18,7 +18,6 @@ from server.engine.attention.metadata import AttentionMetadata
 from server.engine.models.config import SUPPORTED_ARCHITECTURES, ModelArchConfig, \
     UnsupportedModelError
 from server.engine.models.layers import DecoderLayer
-from server.engine.models.checkpoint_names import engine_named
 from server.engine.models.rotary import build_cos_sin, no_rotation
 from server.engine.models.weight_map import WeightLoadError, load_named_tensors
 from server.engine.ops import Ops
@@ -62,9 +61,9 @@ class LlamaModel:
         # q and k as they are.
         self.cos_sin = no_rotation(arch, dtype=dtype, device=device) if not arch.rotary \
             else build_cos_sin(head_dim=arch.head_dim, rope_theta=arch.rope_theta,
-                                     rope_scaling=arch.rope_scaling_dict,
-                                     max_positions=arch.max_position_embeddings,
-                                     dtype=dtype, device=device)
+                               rope_scaling=arch.rope_scaling_dict,
+                               max_positions=arch.max_position_embeddings,
+                               dtype=dtype, device=device, rotary_dim=arch.rotary_dim)
         # Gemma 3's sliding-window layers: their own base frequency, unscaled
         local = (self.cos_sin if arch.local_rope_theta is None else build_cos_sin(
             head_dim=arch.head_dim, rope_theta=arch.local_rope_theta, rope_scaling=None,
@@ -95,8 +94,9 @@ class LlamaModel:
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], *,
                      stored_fp8: bool = False) -> None:
-        """Fills every tensor from HF-named weights; raises WeightLoadError naming any
-        missing, unexpected or mis-shaped tensor."""
+        """Fills every tensor from weights under the engine's names and layouts (as
+        weights.iter_weights yields them); raises WeightLoadError naming any missing,
+        unexpected or mis-shaped tensor."""
         tied = self.arch.tie_word_embeddings
 
         def ignore(name: str) -> bool:
@@ -106,7 +106,6 @@ class LlamaModel:
         if stored_fp8 and self.quantization != "fp8":
             raise WeightLoadError("these weights are stored in FP8: load them with "
                                   "quantization 'fp8'")
-        weights = engine_named(self.arch, weights)
         if self.arch.normalized_lm_head:  # Baichuan 2 divides each row by its length
             weights = ((name, F.normalize(tensor.float(), dim=-1).to(tensor.dtype)
                         if name == "lm_head.weight" else tensor) for name, tensor in weights)

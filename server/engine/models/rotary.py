@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from server.engine.models.config import UnsupportedModelError
 
@@ -62,14 +63,33 @@ def rope_inv_freq(*, head_dim: int, rope_theta: float,
 
 
 def build_cos_sin(*, head_dim: int, rope_theta: float, rope_scaling: dict[str, Any] | None,
-                  max_positions: int, dtype: torch.dtype,
-                  device: torch.device | str) -> torch.Tensor:
+                  max_positions: int, dtype: torch.dtype, device: torch.device | str,
+                  rotary_dim: int | None = None) -> torch.Tensor:
     """[max_positions, head_dim]: cos of each pair's angle in the first half, sin in the
-    second (the layout the Ops docstring names)."""
-    inv_freq = rope_inv_freq(head_dim=head_dim, rope_theta=rope_theta, rope_scaling=rope_scaling)
+    second (the layout the Ops docstring names). With rotary_dim (GLM) the frequencies are
+    those of a rotary_dim-wide head, and the pairs past them turn by angle 0."""
+    inv_freq = rope_inv_freq(head_dim=rotary_dim or head_dim, rope_theta=rope_theta,
+                             rope_scaling=rope_scaling)
     positions = torch.arange(max_positions, dtype=torch.int64).to(torch.float32)
     angles = positions[:, None] * inv_freq[None, :]
+    angles = F.pad(angles, (0, head_dim // 2 - angles.shape[1]))
     return torch.cat((angles.cos(), angles.sin()), dim=-1).to(dtype=dtype, device=device)
+
+
+def interleaved_pairs_order(*, head_dim: int, rotary_dim: int) -> torch.Tensor:
+    """GLM turns dims (2j, 2j + 1) of the first rotary_dim = r by frequency j and leaves
+    the rest; the engine turns (i, i + D/2). Holding stored dim order[e] at engine dim e,
+    with the same permutation for q and k (their dot products do not change), makes the
+    engine's rotation GLM's:
+
+        engine dim | 0 .. r/2-1 | r/2 .. D/2-1     | D/2 .. D/2+r/2-1 | D/2+r/2 .. D-1  |
+        stored dim | 0 2 4 ..   | r .. (r+D)/2-1   | 1 3 5 ..         | (r+D)/2 .. D-1  |
+                     rotated by frequency 0, 1, ..   not rotated: angle 0 in the table
+    """
+    passed = torch.arange(rotary_dim, head_dim)
+    num_passed_pairs = (head_dim - rotary_dim) // 2
+    return torch.cat((torch.arange(0, rotary_dim, 2), passed[:num_passed_pairs],
+                      torch.arange(1, rotary_dim, 2), passed[num_passed_pairs:]))
 
 
 def no_rotation(arch, *, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
