@@ -135,13 +135,15 @@ def build_engine(options: BuildOptions, *, progress: bool = True,
 
 
 def _max_model_len(options: BuildOptions, source: ModelSource) -> int:
-    model_len = source.arch.max_exact_context  # the sliding window, when the model has one
+    # on our kernels (no windowed attention yet), the sliding window when the model has one
+    windowed = cuda_ops_unsupported_reason(source.arch, DTYPES[options.dtype_name]) is not None
+    model_len = source.arch.max_exact_context(windowed_attention=windowed)
     if options.max_model_len is None:
         return model_len
     if not 1 <= options.max_model_len <= model_len:
         raise BuildError(f"--max-model-len must be between 1 and the model's context window "
-                         f"({model_len}; a sliding window counts, until inflightd implements "
-                         f"windowed attention), got {options.max_model_len}")
+                         f"({model_len}; on our kernels a sliding window counts, until they "
+                         f"implement windowed attention), got {options.max_model_len}")
     return options.max_model_len
 
 

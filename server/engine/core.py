@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from server.config import CacheConfig, ModelConfig, SchedulerConfig
 from server.engine.async_output import InFlightStep
 from server.engine.info import EngineInfo, EngineStats
-from server.engine.runner import ModelRunner
+from server.engine.runner import ModelRunner, attends_within_windows
 from server.engine.weights import ModelSource, resolve_model
 from server.scheduler.errors import RequestRejectedError
 from server.scheduler.output import RequestOutput, SchedulerOutput
@@ -200,17 +200,18 @@ class EngineCore:
 
 
 def _max_model_len(model_config: ModelConfig, source: ModelSource) -> int:
-    """The context window: the model's own (its sliding window, when it has one, until
-    windowed attention exists), unless the user asked for a shorter one."""
+    """The context window: the model's own (on our GPU kernels, which have no windowed
+    attention yet, its sliding window when it has one), unless the user asked for less."""
     arch = source.arch
-    model_len = arch.max_exact_context
+    model_len = arch.max_exact_context(
+        windowed_attention=attends_within_windows(model_config, source))
     if model_config.max_model_len is None:
         if model_len < arch.max_position_embeddings:
             logger.info("serving contexts of up to %d tokens, the model's sliding window: "
-                        "inflightd does not implement windowed attention yet", model_len)
+                        "our GPU kernels do not implement windowed attention yet", model_len)
         return model_len
     if model_config.max_model_len > model_len:
-        why = ("its sliding window: inflightd does not implement windowed attention yet"
+        why = ("its sliding window: our GPU kernels do not implement windowed attention yet"
                if model_len < arch.max_position_embeddings else "the model's context window")
         raise ValueError(f"--max-model-len {model_config.max_model_len} is beyond {why} "
                          f"({model_len} tokens)")

@@ -87,6 +87,16 @@ def cuda_ops_unsupported_reason(arch: ModelArchConfig, dtype: torch.dtype) -> st
     return None
 
 
+def attends_within_windows(model_config: ModelConfig, source: ModelSource) -> bool:
+    """Whether the ops this model runs on compute sliding-window attention: the torch
+    reference does, our GPU kernels do not yet (so there contexts stay within the window)."""
+    device = resolve_device(model_config.device)
+    engine = _engine_config(source)
+    dtype = resolve_dtype(model_config.dtype, device,
+                          engine_dtype=engine.dtype if engine else None)
+    return device.type != "cuda" or cuda_ops_unsupported_reason(source.arch, dtype) is not None
+
+
 def default_ops(source: ModelSource, *, dtype: torch.dtype, device: torch.device) -> Ops:
     """CudaOps on a GPU when the kernels cover the model (with the engine directory's cubins
     and tuning when there is one), else TorchOps."""

@@ -28,7 +28,7 @@ import torch
 from server.engine.attention.metadata import AttentionMetadata
 from server.engine.graph_capture import median_replay_ms
 from server.engine.kernels import KernelLibrary
-from server.engine.ops.cuda import CudaOps
+from server.engine.ops.cuda import CudaOps, check_attention_extras
 from server.engine.ops.cuda_attention import paged_attention_into, plan_for
 
 TUNING_FORMAT = 1
@@ -123,7 +123,11 @@ class TunedCudaOps(CudaOps):
         self.tuning = tuning
 
     def attention(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
-                  scale: float) -> torch.Tensor:
+                  scale: float, *, softcap: float | None = None,
+                  alibi_slopes: torch.Tensor | None = None,
+                  window: int | None = None) -> torch.Tensor:
+        check_attention_extras(metadata, softcap=softcap, alibi_slopes=alibi_slopes,
+                               window=window)
         q = q if q.is_contiguous() else q.contiguous()
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         plan = capped_plan(self.library, q, kv_cache, metadata, self.tuning)

@@ -36,6 +36,13 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
                       "high_freq_factor": 4.0, "original_max_position_embeddings": 64})),
     "mistral": ("MistralConfig", dict(num_attention_heads=4, num_key_value_heads=2,
                                       tie_word_embeddings=False, sliding_window=None)),
+    # Mistral v0.1: every layer attends within a window the tests' sequences outgrow
+    "mistral-sliding": ("MistralConfig", dict(num_attention_heads=4, num_key_value_heads=2,
+                                              tie_word_embeddings=False, sliding_window=7)),
+    # Qwen2 with use_sliding_window: the layers from max_window_layers on slide
+    "qwen2-sliding": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=2,
+                                          tie_word_embeddings=True, use_sliding_window=True,
+                                          sliding_window=6, max_window_layers=1)),
     "qwen2-bias": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=2,
                                        tie_word_embeddings=True)),
     "qwen3-qk-norm": ("Qwen3Config", dict(num_attention_heads=4, num_key_value_heads=2,
@@ -43,21 +50,22 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
     # Phi-3 stores qkv_proj and gate_up_proj fused in the checkpoint
     "phi3-fused": ("Phi3Config", dict(num_attention_heads=4, num_key_value_heads=2,
                                       tie_word_embeddings=False, pad_token_id=0)),
-    # LayerNorm with biases, biased projections, ungated tanh-GELU MLP, tied head
+    # LayerNorm with biases, biased projections, ungated tanh-GELU MLP, tied head, and a
+    # sliding window in every layer
     "starcoder2": ("Starcoder2Config", dict(num_attention_heads=4, num_key_value_heads=2,
                                             norm_epsilon=1e-5, use_bias=True,
-                                            tie_word_embeddings=True)),
-    # (1 + w) sandwich norms, GeGLU, scaled embeddings, soft-capped scores and logits; the
-    # sliding window caps the context, so it is set past the test's longest sequence
+                                            tie_word_embeddings=True, sliding_window=9)),
+    # (1 + w) sandwich norms, GeGLU, scaled embeddings, soft-capped scores and logits; every
+    # other layer slides over a window the tests' sequences outgrow
     "gemma2": ("Gemma2Config", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                                     query_pre_attn_scalar=16, attn_logit_softcapping=20.0,
-                                    final_logit_softcapping=10.0, sliding_window=128,
+                                    final_logit_softcapping=10.0, sliding_window=8,
                                     pad_token_id=0)),
     # Gemma 3: (1 + w) q/k norms, sliding layers rotating with their own base frequency,
     # the global ones with linear scaling
     "gemma3": ("Gemma3TextConfig", dict(
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
-        sliding_window=128, pad_token_id=0,
+        sliding_window=8, pad_token_id=0,
         layer_types=["sliding_attention", "full_attention"],
         rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                          "full_attention": {"rope_type": "linear", "factor": 4.0,

@@ -7,6 +7,7 @@ from typing import Any
 
 from server.engine.models.errors import UnsupportedModelError
 from server.engine.models.family_keys import QKV_AS_IS, common_keys
+from server.engine.models.windows import sliding_layers, sliding_window
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
                            "Qwen3ForCausalLM", "Phi3ForCausalLM", "Starcoder2ForCausalLM",
@@ -80,7 +81,8 @@ class ModelArchConfig:
     final_softcap: float | None = None
     # Gemma 3: the sliding-window layers rotate with their own base frequency (no scaling)
     local_rope_theta: float | None = None
-    sliding_layers: tuple[bool, ...] = ()  # by layer: a "sliding_attention" layer
+    # by layer: a "sliding_attention" layer, attending within sliding_window (() if none)
+    sliding_layers: tuple[bool, ...] = ()
     learned_positions: bool = False  # GPT-2: model.embed_positions, and no rotary
     # LayerNorm families: whether norms and MLP projections carry biases (MPT's no_bias)
     layer_norm_biases: bool = True
@@ -102,8 +104,8 @@ class ModelArchConfig:
     # (0 1)(2 3)..; the weights are permuted as they load so the engine's half-split
     # rotation does the same (models/rotary.py)
     rotary_dim: int | None = None
-    # keys each query sees, when the checkpoint limits attention to a window (Mistral v0.1:
-    # 4096); the kernels attend to the whole context, so the engine keeps contexts within it
+    # keys each query of a sliding layer sees (Mistral v0.1: 4096; models/windows.py); our
+    # GPU kernels attend to the whole context, so on them contexts stay within it
     sliding_window: int | None = None
 
     @classmethod
@@ -155,7 +157,8 @@ class ModelArchConfig:
             qk_norm=arch in QK_NORM_ARCHITECTURES,
             eos_token_ids=eos_ids,
             bos_token_id=hf.get("bos_token_id"),
-            sliding_window=_sliding_window(hf),
+            sliding_window=sliding_window(hf),
+            sliding_layers=sliding_layers(arch, hf),
             fused_qkv=arch in FUSED_QKV_ARCHITECTURES,
             fused_gate_up=arch in FUSED_GATE_UP_ARCHITECTURES,
             normalized_lm_head=arch in BAICHUAN_ARCHITECTURES,
@@ -183,11 +186,16 @@ class ModelArchConfig:
                                                                  *GLM_ARCHITECTURES)
 
     @property
-    def max_exact_context(self) -> int:
+    def layer_windows(self) -> tuple[int | None, ...]:
+        """By layer, the sliding window it attends within, or None for the whole context."""
+        sliding = self.sliding_layers or (False,) * self.num_layers
+        return tuple(self.sliding_window if is_sliding else None for is_sliding in sliding)
+
+    def max_exact_context(self, *, windowed_attention: bool) -> int:
         """The longest context the engine computes as the checkpoint defines it: the
-        position limit, or the sliding window when there is one (windowed attention is not
-        implemented yet, so longer contexts would attend to keys the model never sees)."""
-        if self.sliding_window is None:
+        position limit, or without windowed attention (our GPU kernels) the sliding window
+        of a model that has one, as longer contexts would attend to keys it never sees."""
+        if windowed_attention or not any(self.layer_windows):
             return self.max_position_embeddings
         return min(self.max_position_embeddings, self.sliding_window)
 
@@ -203,15 +211,6 @@ def _global_rope(hf: dict[str, Any]) -> dict[str, Any]:
     return params.get("full_attention", params)
 
 
-def _layer_types_from_pattern(hf: dict[str, Any]) -> tuple[str, ...]:
-    """Older Gemma 3 configs: every sliding_window_pattern-th layer is global."""
-    pattern = hf.get("sliding_window_pattern")
-    if not pattern:
-        return ()
-    return tuple("full_attention" if (index + 1) % int(pattern) == 0 else "sliding_attention"
-                 for index in range(int(hf["num_hidden_layers"])))
-
-
 def _local_rope_theta(hf: dict[str, Any]) -> float | None:
     local = (hf.get("rope_parameters") or {}).get("sliding_attention") or {}
     theta = hf.get("rope_local_base_freq") or local.get("rope_theta")
@@ -220,9 +219,7 @@ def _local_rope_theta(hf: dict[str, Any]) -> float | None:
 
 def _gemma_features(hf: dict[str, Any]) -> dict[str, Any]:
     scalar = hf.get("query_pre_attn_scalar")
-    layer_types = hf.get("layer_types") or _layer_types_from_pattern(hf)
     return {"local_rope_theta": _local_rope_theta(hf),
-            "sliding_layers": tuple(kind == "sliding_attention" for kind in layer_types),
             "norm_weight_offset": 1.0, "sandwich_norms": True,
             "embedding_multiplier": float(hf["hidden_size"]) ** 0.5,
             "query_scale": float(scalar) ** -0.5 if scalar else None,
@@ -246,14 +243,6 @@ def _rotary_dim(hf: dict[str, Any], *, head_dim: int, glm: bool) -> int | None:
         raise UnsupportedModelError(f"partial_rotary_factor {factor} gives {rotary_dim} "
                                     f"rotated dims of {head_dim}: it must be even")
     return rotary_dim
-
-
-def _sliding_window(hf: dict[str, Any]) -> int | None:
-    """Qwen2 and Qwen3 carry a window they only use with use_sliding_window."""
-    window = hf.get("sliding_window")
-    if not window or hf.get("use_sliding_window") is False:
-        return None
-    return int(window)
 
 
 def _rope_scaling(hf: dict[str, Any]) -> tuple[tuple[str, Any], ...] | None:

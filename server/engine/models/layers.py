@@ -22,7 +22,9 @@ LinearWeight = torch.Tensor | Fp8Weight
 
 class DecoderLayer:
     def __init__(self, arch: ModelArchConfig, *, dtype: torch.dtype,
-                 device: torch.device | str, quantization: str | None = None) -> None:
+                 device: torch.device | str, quantization: str | None = None,
+                 window: int | None = None) -> None:
+        """window: this layer attends within a sliding window of that many keys."""
         self.num_heads = arch.num_heads
         self.num_kv_heads = arch.num_kv_heads
         self.head_dim = arch.head_dim
@@ -32,9 +34,11 @@ class DecoderLayer:
         self.scale = arch.query_scale or arch.head_dim ** -0.5
         slopes = (None if arch.alibi_bias_max is None else arch.alibi_slope_scale * alibi_slopes(
             arch.num_heads, bias_max=arch.alibi_bias_max).to(device))
-        # what only some families pass to attention (Gemma 2's softcap, ALiBi's slopes)
+        # what only some families pass to attention (Gemma 2's softcap, ALiBi's slopes, a
+        # sliding layer's window)
         self.attention_extras = {name: value for name, value in (
-            ("softcap", arch.attn_softcap), ("alibi_slopes", slopes)) if value is not None}
+            ("softcap", arch.attn_softcap), ("alibi_slopes", slopes), ("window", window))
+            if value is not None}
         self.fused_qkv = arch.fused_qkv
         self.fused_gate_up = arch.fused_gate_up
         self.layer_norm = arch.layer_norm  # LayerNorm with biases and an ungated MLP

@@ -43,8 +43,8 @@ class LlamaModel:
             check_fp8_shapes(_linear_shapes(arch))
         self.embed_tokens = torch.empty(arch.vocab_size, arch.hidden_size, dtype=dtype,
                                         device=device)
-        self.layers = [DecoderLayer(arch, dtype=dtype, device=device, quantization=quantization)
-                       for _ in range(arch.num_layers)]
+        self.layers = [DecoderLayer(arch, dtype=dtype, device=device, quantization=quantization,
+                                    window=window) for window in arch.layer_windows]
         self.norm = torch.empty(arch.hidden_size, dtype=dtype, device=device)
         self.embed_positions = (torch.empty(arch.max_position_embeddings, arch.hidden_size,
                                             dtype=dtype, device=device)

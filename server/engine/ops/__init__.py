@@ -82,9 +82,11 @@ class Ops(Protocol):
 
     def attention(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
                   scale: float, *, softcap: float | None = None,
-                  alibi_slopes: torch.Tensor | None = None) -> torch.Tensor:
+                  alibi_slopes: torch.Tensor | None = None,
+                  window: int | None = None) -> torch.Tensor:
         """Causal attention of each sequence's new queries over its whole context in the
         cache (the cached prefix, earlier chunks, and this step's keys, already written).
         softcap: scores become softcap * tanh(scores / softcap) (Gemma 2). alibi_slopes
-        float32 [num_heads]: head h adds slope_h * (key pos - query pos) (MPT).
+        float32 [num_heads]: head h adds slope_h * (key pos - query pos) (MPT). window: a
+        query at position p sees only keys p - window + 1 ..= p (a sliding layer).
         Returns [T, num_heads, head_dim]."""

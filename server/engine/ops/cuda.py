@@ -134,14 +134,27 @@ class CudaOps:
 
     def attention(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
                   scale: float, *, softcap: float | None = None,
-                  alibi_slopes: torch.Tensor | None = None) -> torch.Tensor:
-        if softcap is not None or alibi_slopes is not None:
-            raise KernelArgumentError("the attention kernels have no soft-capping or ALiBi "
-                                      "yet")
+                  alibi_slopes: torch.Tensor | None = None,
+                  window: int | None = None) -> torch.Tensor:
+        check_attention_extras(metadata, softcap=softcap, alibi_slopes=alibi_slopes,
+                               window=window)
         q = q if q.is_contiguous() else q.contiguous()
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         paged_attention_into(self.library, out, q, kv_cache, metadata, scale)
         return out
+
+
+def check_attention_extras(metadata: AttentionMetadata, *, softcap: float | None,
+                           alibi_slopes: torch.Tensor | None, window: int | None) -> None:
+    """What the attention kernels cannot do yet is refused, not computed wrongly."""
+    if softcap is not None or alibi_slopes is not None:
+        raise KernelArgumentError("the attention kernels have no soft-capping or ALiBi yet")
+    # contexts are kept within the window on these kernels (core._max_model_len): a window
+    # that wide changes nothing
+    if window is not None and metadata.max_seq_len > window:
+        raise KernelArgumentError(f"the attention kernels have no sliding window yet: a "
+                                  f"context of {metadata.max_seq_len} tokens is past the "
+                                  f"window of {window}")
 
 
 def _has_mm_float32_out(device: torch.device) -> bool:

@@ -99,7 +99,8 @@ class TorchOps:
 
     def attention(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
                   scale: float, *, softcap: float | None = None,
-                  alibi_slopes: torch.Tensor | None = None) -> torch.Tensor:
+                  alibi_slopes: torch.Tensor | None = None,
+                  window: int | None = None) -> torch.Tensor:
         # Decodes (one query each) go through one batched computation (SDPA, which has no
         # soft-capping); sequences with several new tokens (prefill chunks) one at a time.
         block_size = kv_cache.shape[2]
@@ -113,7 +114,7 @@ class TorchOps:
             out[rows] = decode_attention(
                 q[rows], kv_cache, metadata.block_tables[seqs], metadata.seq_lens[seqs],
                 max_seq_len=max(metadata.seq_lens_host[i] for i in decode_seqs), scale=scale,
-                alibi_slopes=alibi_slopes)
+                alibi_slopes=alibi_slopes, window=window)
         for seq, (start, query_len, seq_len) in enumerate(
                 zip(starts, metadata.query_lens_host, metadata.seq_lens_host)):
             if query_len == 1 and softcap is None:
@@ -122,7 +123,7 @@ class TorchOps:
                                      seq_len=seq_len, block_size=block_size)
             out[start:start + query_len] = causal_attention(
                 q[start:start + query_len], keys, values, scale=scale, softcap=softcap,
-                alibi_slopes=alibi_slopes)
+                alibi_slopes=alibi_slopes, window=window)
         return out
 
 
@@ -174,8 +175,10 @@ def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, *, seq_len: int
 
 def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                      seq_lens: torch.Tensor, *, max_seq_len: int, scale: float,
-                     alibi_slopes: torch.Tensor | None = None) -> torch.Tensor:
-    """One query per sequence (its last position) over its whole cached context.
+                     alibi_slopes: torch.Tensor | None = None,
+                     window: int | None = None) -> torch.Tensor:
+    """One query per sequence (its last position) over its whole cached context, or the
+    last `window` keys of it.
 
     q [S, H, D]; block_tables [S, max_blocks]; keys past seq_lens[i] are padding, masked out.
     """
@@ -190,6 +193,8 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
     keys, values = keys.transpose(1, 2), values.transpose(1, 2)
     key_pos = torch.arange(keys.shape[2], device=q.device)
     visible = key_pos[None, :] < seq_lens[:, None]
+    if window is not None:  # the query sits at seq_len - 1
+        visible &= key_pos[None, :] > seq_lens[:, None] - 1 - window
     mask = visible[:, None, None, :]
     if alibi_slopes is not None:  # the query sits at seq_len - 1: bias slope * distance
         distance = (key_pos[None, :] - (seq_lens[:, None] - 1)).to(torch.float32)
@@ -204,11 +209,13 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
 
 def causal_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *,
                      scale: float, softcap: float | None = None,
-                     alibi_slopes: torch.Tensor | None = None) -> torch.Tensor:
+                     alibi_slopes: torch.Tensor | None = None,
+                     window: int | None = None) -> torch.Tensor:
     """q [Q, H, D] are the last Q positions of a sequence whose keys/values are [S, Hkv, D].
 
     # key index:   0 ...            S-Q ...        S-1
-    # query i sits at position S-Q+i and sees keys 0 ..= S-Q+i
+    # query i sits at position S-Q+i and sees keys 0 ..= S-Q+i (with a window W, keys
+    # S-Q+i-W+1 ..= S-Q+i)
     """
     query_len, num_heads, head_dim = q.shape
     seq_len, num_kv_heads, _ = keys.shape
@@ -223,8 +230,10 @@ def causal_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     if alibi_slopes is not None:  # [kv heads, group] slopes times key - query distance
         distance = (key_pos[None, :] - query_pos[:, None]).to(torch.float32)
         scores = scores + alibi_slopes.reshape(num_kv_heads, group, 1, 1) * distance
-    future = key_pos[None, :] > query_pos[:, None]  # [Q, S]
-    scores.masked_fill_(future, float("-inf"))
+    hidden = key_pos[None, :] > query_pos[:, None]  # [Q, S]: the future
+    if window is not None:  # and what has slid out of the window
+        hidden |= key_pos[None, :] <= query_pos[:, None] - window
+    scores.masked_fill_(hidden, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     out = torch.einsum("kgqs,skd->qkgd", probs, values.to(torch.float32))
     return out.reshape(query_len, num_heads, head_dim).to(q.dtype)
