@@ -64,9 +64,14 @@ class SchedulerConfig:
     # Schedule step k+1 while the device runs step k. None: on when the engine runs on a
     # GPU (on a CPU every op already waits, so there is nothing to overlap).
     async_scheduling: bool | None = None
+    # Every layer of the model attends within this many keys (a sliding window): a
+    # request's blocks before its window go back to the pool. Set by the engine.
+    kv_window: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs >= 1, f"--max-num-seqs must be >= 1, got {self.max_num_seqs}")
+        _require(self.kv_window is None or self.kv_window >= 1,
+                 f"kv_window must be >= 1, got {self.kv_window}")
         _require(self.max_num_batched_tokens >= 1,
                  f"--max-num-batched-tokens must be >= 1, got {self.max_num_batched_tokens}")
         _require(self.max_model_len >= 1,

@@ -59,8 +59,8 @@ class EngineCore:
         self.runner.capture_graphs()  # at startup, so the first decode step is not slow
         cache_config = replace(cache_config, num_blocks=self.runner.num_blocks,
                                kv_cache_tokens=None, memory_fraction=None)
-        self.scheduler = Scheduler(replace(scheduler_config, max_model_len=max_model_len),
-                                   cache_config)
+        self.scheduler = Scheduler(replace(scheduler_config, max_model_len=max_model_len,
+                                           kv_window=source.arch.kv_window), cache_config)
         arch = source.arch
         self.info = EngineInfo(
             model_name=source.name, vocab_size=arch.vocab_size, max_model_len=max_model_len,

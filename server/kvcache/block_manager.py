@@ -13,6 +13,14 @@ A request's table, with its prefix-cache bookkeeping:
 
     # | hit blocks (shared) | blocks this request computed | last block, maybe partial |
     # |<-- num_hashed_blocks: full and registered -->|
+
+When every layer attends within a sliding window, the blocks whose keys slid out of it go
+back to the pool (release_before); the table keeps one entry per block of positions, the
+released ones aliasing the first block still held (attention masks those keys, and so
+reads only the request's own memory there):
+
+    # | released: alias of block h | h (first held) | ... | last block |
+    # |<-- num_released_blocks -->|
 """
 
 from __future__ import annotations
@@ -56,15 +64,21 @@ class DuplicateRequestError(ValueError):
 
 @dataclass
 class _RequestBlocks:
-    block_ids: list[int]  # only ever grows at its end while the request holds it
+    block_ids: list[int]  # grows at its end; leading entries may be released
     num_cached_tokens: int
     num_hashed_blocks: int  # leading full blocks whose hash is known (hit or registered)
     last_hash: BlockHash | None  # hash of block num_hashed_blocks - 1
+    num_released_blocks: int = 0  # leading entries given back (out of the sliding window)
     _view: BlockTable | None = None
 
+    @property
+    def held_block_ids(self) -> list[int]:
+        return self.block_ids[self.num_released_blocks:]
+
     def view(self) -> BlockTable:
-        """The same BlockTable object until the table grows: a decode step's tables are
-        built once per block, and consumers can tell an unchanged table by identity."""
+        """The same BlockTable object until the table grows or releases blocks: a decode
+        step's tables are built once per block, and consumers can tell an unchanged table
+        by identity."""
         if self._view is None or len(self._view.block_ids) != len(self.block_ids):
             self._view = BlockTable(tuple(self.block_ids), self.num_cached_tokens)
         return self._view
@@ -179,6 +193,20 @@ class BlockManager:
             blocks.block_ids.extend([self._take_free_block() for _ in range(num_new)])
         return blocks.view()
 
+    def release_before(self, req_id: str, position: int) -> None:
+        """Give back the request's leading blocks that hold only positions before
+        `position` (keys no layer's window reaches any more); the last block is always
+        kept."""
+        blocks = self._get(req_id)
+        num_release = min(position // self.block_size, len(blocks.block_ids) - 1)
+        if num_release <= blocks.num_released_blocks:
+            return
+        for block_id in blocks.block_ids[blocks.num_released_blocks:num_release]:
+            self._drop_owner(block_id)
+        blocks.block_ids[:num_release] = [blocks.block_ids[num_release]] * num_release
+        blocks.num_released_blocks = num_release
+        blocks._view = None
+
     def cache_computed_blocks(self, req_id: str, token_ids: Sequence[int],
                               num_computed_tokens: int) -> None:
         """Register the request's full blocks whose KV is now computed in the prefix cache.
@@ -192,6 +220,8 @@ class BlockManager:
                                       num_blocks=num_full - blocks.num_hashed_blocks,
                                       parent_hash=blocks.last_hash)
         for index, block_hash in enumerate(new_hashes, start=blocks.num_hashed_blocks):
+            if index < blocks.num_released_blocks:
+                continue  # already given back (async scheduling runs a step ahead)
             block_id = blocks.block_ids[index]
             # identical content computed twice (two requests in one step) stays uncached
             # in the second block: the index keeps one block per hash
@@ -209,14 +239,8 @@ class BlockManager:
         blocks = self._requests.pop(req_id, None)
         if blocks is None:
             raise UnknownRequestError(f"request {req_id!r} holds no KV blocks")
-        for block_id in reversed(blocks.block_ids):
-            self._ref_counts[block_id] -= 1
-            if self._ref_counts[block_id] > 0:
-                continue
-            if self._block_hashes[block_id] is not None:
-                self._evictable[block_id] = None
-            else:
-                self._empty.append(block_id)
+        for block_id in reversed(blocks.held_block_ids):
+            self._drop_owner(block_id)
 
     def reset_prefix_cache(self) -> int:
         """Forget every evictable cached block (e.g. after weights change); blocks in use
@@ -234,7 +258,7 @@ class BlockManager:
             num_blocks=self.num_blocks, ref_counts=self._ref_counts,
             block_hashes=self._block_hashes, cached=self._cached, empty=self._empty,
             evictable=self._evictable,
-            tables={req_id: b.block_ids for req_id, b in self._requests.items()},
+            tables={req_id: b.held_block_ids for req_id, b in self._requests.items()},
             enable_prefix_caching=self.enable_prefix_caching)
 
     # ---- internals -------------------------------------------------------------------------
@@ -271,6 +295,16 @@ class BlockManager:
 
     def _num_blocks_to_append(self, req_id: str, num_tokens: int) -> int:
         return max(self.num_blocks_for(num_tokens) - len(self._get(req_id).block_ids), 0)
+
+    def _drop_owner(self, block_id: int) -> None:
+        """One owner fewer; with none left the block is free (evictable while cached)."""
+        self._ref_counts[block_id] -= 1
+        if self._ref_counts[block_id] > 0:
+            return
+        if self._block_hashes[block_id] is not None:
+            self._evictable[block_id] = None
+        else:
+            self._empty.append(block_id)
 
     def _take_free_block(self) -> int:
         if self._empty:

@@ -178,6 +178,7 @@ class Scheduler:
         """Preempt from the running tail until request's next chunk fits; returns its grown
         table, or None if the request itself had to go."""
         num_tokens = request.num_computed_tokens + num_new
+        self._release_out_of_window(request)
         while (table := self._block_manager.try_append_slots(request.req_id,
                                                              num_tokens)) is None:
             victim = self._running.pop()
@@ -186,6 +187,14 @@ class Scheduler:
             if victim is request:
                 return None
         return table
+
+    def _release_out_of_window(self, request: Request) -> None:
+        """Every layer slides: the blocks before the window of the chunk's first query
+        (position num_computed_tokens) go back to the pool."""
+        window = self._config.kv_window
+        if window is not None:
+            self._block_manager.release_before(request.req_id,
+                                               request.num_computed_tokens - window + 1)
 
     def _preempt(self, request: Request) -> None:
         self._admission.release(request)
@@ -229,6 +238,7 @@ class Scheduler:
         if request.status is RequestStatus.WAITING:  # first admission, not a resume
             request.num_cached_tokens = table.num_cached_tokens
         request.num_computed_tokens = table.num_cached_tokens
+        self._release_out_of_window(request)  # a long prefix hit
         request.status = RequestStatus.RUNNING
         self._running.append(request)
         self._admission.admit(request)
@@ -326,13 +336,25 @@ class Scheduler:
                 f"{total} is beyond the maximum context length of "
                 f"{self._config.max_model_len} tokens; shorten the prompt or lower max_tokens")
         # the last sampled token is never fed back, so it needs no KV slot
-        num_blocks = self._block_manager.num_blocks_for(total - 1)
+        num_blocks = self._most_blocks_held(total - 1)
         if num_blocks > self._block_manager.num_blocks:
             capacity = self._block_manager.num_blocks * self._block_manager.block_size
             raise RequestRejectedError(
                 "kv_cache_too_small",
                 f"prompt + max_tokens needs {total - 1} KV slots but the whole KV cache "
                 f"holds {capacity}; lower max_tokens or give the cache more memory")
+
+
+    def _most_blocks_held(self, num_slots: int) -> int:
+        """Blocks a request of num_slots KV slots holds at most at once: all of them, or
+        with a sliding window in every layer the window and a chunk (plus one block of
+        misalignment)."""
+        blocks = self._block_manager.num_blocks_for(num_slots)
+        window = self._config.kv_window
+        if window is None:
+            return blocks
+        chunk = self._config.max_num_batched_tokens
+        return min(blocks, self._block_manager.num_blocks_for(window - 1 + chunk) + 1)
 
 
 def _num_tokens_with_pending(request: Request) -> int:

@@ -248,3 +248,41 @@ def test_check_invariants_catches_corrupted_state(corrupt):
     corrupt(manager)
     with pytest.raises(BlockInvariantError):
         manager.check_invariants()
+
+
+def test_released_blocks_return_to_the_pool_and_their_entries_alias_the_first_held():
+    manager = make_manager()
+    tokens = list(range(14))
+    assert computed(manager, "r", tokens).block_ids == (0, 1, 2, 3)
+    manager.release_before("r", 9)  # positions 0..7 (blocks 0 and 1) slid out
+    assert manager.get_block_table("r").block_ids == (2, 2, 2, 3)
+    assert manager.num_free_blocks == 6 and manager.num_evictable_blocks == 2
+    manager.check_invariants()
+    manager.release_before("r", 5)  # never un-releases
+    assert manager.get_block_table("r").block_ids == (2, 2, 2, 3)
+    manager.release_before("r", 100)  # the last block is always kept
+    assert manager.get_block_table("r").block_ids == (3, 3, 3, 3)
+    manager.free("r")
+    assert manager.num_free_blocks == 8
+    manager.check_invariants()
+
+
+def test_released_blocks_stay_prefix_cache_hits_for_the_next_request():
+    manager = make_manager()
+    tokens = list(range(14))
+    computed(manager, "r", tokens)
+    manager.release_before("r", 9)
+    assert manager.allocate("s", tokens[:9], 9).block_ids[:2] == (0, 1)
+    manager.check_invariants()
+
+
+def test_a_block_released_before_it_was_registered_is_not_cached():
+    """Async scheduling gives blocks back one step before update() registers them."""
+    manager = make_manager()
+    tokens = list(range(12))
+    manager.allocate("r", tokens, 12)
+    manager.release_before("r", 9)
+    manager.cache_computed_blocks("r", tokens, 12)
+    assert manager.num_evictable_blocks == 0  # blocks 0 and 1 came back unregistered
+    assert manager.num_cached_prefix_tokens(tokens + [99]) == 0
+    manager.check_invariants()

@@ -1,7 +1,7 @@
-"""A Hypothesis state machine over BlockManager: random allocate / append / compute / free
-with shared prompt prefixes, checking the manager's own invariants after every step and its
-answers against a shadow KV cache (a prefix hit must hand out blocks holding exactly the
-tokens the new request has at those positions)."""
+"""A Hypothesis state machine over BlockManager: random allocate / append / compute /
+release (sliding window) / free with shared prompt prefixes, checking the manager's own
+invariants after every step and its answers against a shadow KV cache (a prefix hit must
+hand out blocks holding exactly the tokens the new request has at those positions)."""
 
 from __future__ import annotations
 
@@ -115,6 +115,20 @@ class BlockManagerMachine(RuleBasedStateMachine):
             self.kv[self._slot(req_id, position)] = (position, shadow.token_ids[position])
         shadow.num_computed = upto
         self.manager.cache_computed_blocks(req_id, shadow.token_ids, upto)
+
+    @precondition(lambda self: self.requests)
+    @rule(data=st.data())
+    def release_out_of_window(self, data):
+        """A sliding window passed some computed positions: their whole blocks go back."""
+        req_id = data.draw(st.sampled_from(sorted(self.requests)), label="req_id")
+        shadow = self.requests[req_id]
+        position = data.draw(st.integers(0, shadow.num_computed), label="position")
+        before = self.manager.get_block_table(req_id).block_ids
+        self.manager.release_before(req_id, position)
+        after = self.manager.get_block_table(req_id).block_ids
+        assert len(after) == len(before)  # one entry per block of positions, still
+        assert after[position // self.manager.block_size:] == \
+            before[position // self.manager.block_size:]
 
     @precondition(lambda self: self.requests)
     @rule(data=st.data())

@@ -191,6 +191,13 @@ class ModelArchConfig:
         sliding = self.sliding_layers or (False,) * self.num_layers
         return tuple(self.sliding_window if is_sliding else None for is_sliding in sliding)
 
+    @property
+    def kv_window(self) -> int | None:
+        """The window, when every layer slides: keys before it are read by no layer, so
+        their KV blocks can be freed (Gemma's global layers keep every block)."""
+        windows = set(self.layer_windows)
+        return windows.pop() if len(windows) == 1 else None
+
     def max_exact_context(self, *, windowed_attention: bool) -> int:
         """The longest context the engine computes as the checkpoint defines it: the
         position limit, or without windowed attention (our GPU kernels) the sliding window
