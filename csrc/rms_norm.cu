@@ -11,34 +11,11 @@
 // other, without writing and reading the T row between them.
 #include "common.cuh"
 #include "fp8.cuh"
+#include "row.cuh"
 
 using namespace inflightd;
 
 constexpr int ITEMS = 4;
-
-template <typename T, int VEC>
-__device__ __forceinline__ void load_chunk(const T* p, float (&v)[VEC]) {
-  if constexpr (VEC == 8) {
-    Vec8<T> raw;
-    raw.load(p);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = raw.get(j);
-  } else {
-    v[0] = to_float(p[0]);
-  }
-}
-
-template <typename T, int VEC>
-__device__ __forceinline__ void store_chunk(T* p, const float (&v)[VEC]) {
-  if constexpr (VEC == 8) {
-    Vec8<T> raw;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) raw.set(j, v[j]);
-    raw.store(p);
-  } else {
-    p[0] = from_float<T>(v[0]);
-  }
-}
 
 template <typename T, int VEC>
 __device__ __forceinline__ void normalize_store(T* __restrict__ dst, const T* __restrict__ weight,

@@ -44,6 +44,12 @@ MODULES: tuple[KernelModule, ...] = (
                         dt=DTYPES, v=(8, 1))),
     KernelModule("activation", True, _names("silu_and_mul_{dt}_vec{v}", dt=DTYPES, v=(8, 1))
                  + _names("silu_and_mul_fp8_{dt}", dt=DTYPES)),
+    # the LayerNorm families' norm and MLP activations, and Gemma's GeGLU (exact erff, tanhf)
+    KernelModule("layer_norm", False,
+                 _names("{add}layer_norm_{dt}_vec{v}", add=("", "add_"), dt=DTYPES, v=(8, 1))),
+    KernelModule("gelu", False,
+                 _names("gelu_{kind}{mul}_{dt}_vec{v}", kind=("erf", "tanh"),
+                        mul=("", "_and_mul"), dt=DTYPES, v=(8, 1))),
     KernelModule("rope_cache", False,
                  _names("rope_and_cache_{dt}{cos}{kv}", dt=DTYPES, cos=("", "_f32cos"),
                         kv=("", "_kvfp8"))),

@@ -4,7 +4,8 @@ Every method allocates its outputs with torch (so it can be recorded in a CUDA g
 memory pool then owns them) and launches on torch's current stream without synchronising.
 No input is modified, except kv_cache by rope_and_cache, as the protocol says; rotated q and
 k come back as new contiguous tensors. The kernels are tested against TorchOps
-(tests/gpu/); dtypes bfloat16 and float16, attention head_dim 64 or 128.
+(tests/gpu/); dtypes bfloat16 and float16, attention head_dim 64 or 128. LayerNorm and GELU
+(csrc/layer_norm.cu, csrc/gelu.cu) serve the families beyond Llama's RMSNorm and SiLU.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from server.engine.kernels import KernelLibrary
 from server.engine.ops.cuda_attention import paged_attention_into
 from server.engine.ops.cuda_fp8 import (FP8_MMA_GEMV_MAX_TOKENS, fp8_linear,
                                        quantize_fp8_rows_into)
+from server.engine.ops.cuda_norm_act import gelu_into, layer_norm_into
 from server.engine.ops.cuda_fp8_fused import (SILU_FP8_MAX_WIDTH, add_rms_norm_fp8_into,
                                               empty_fp8_rows, rms_norm_fp8_into,
                                               silu_and_mul_fp8_into)
@@ -97,6 +99,31 @@ class CudaOps:
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.empty((*x.shape[:-1], x.shape[-1] // 2), dtype=x.dtype, device=x.device)
         silu_and_mul_into(self.library, out, x)
+        return out
+
+    def layer_norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   eps: float) -> torch.Tensor:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        layer_norm_into(self.library, out, x, weight, bias, eps)
+        return out
+
+    def add_layer_norm(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                       bias: torch.Tensor | None, eps: float
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        summed = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        layer_norm_into(self.library, out, x, weight, bias, eps, residual=residual,
+                        summed=summed)
+        return out, summed
+
+    def gelu(self, x: torch.Tensor, kind: str) -> torch.Tensor:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        gelu_into(self.library, out, x, kind, gated=False)
+        return out
+
+    def gelu_and_mul(self, x: torch.Tensor, kind: str) -> torch.Tensor:
+        out = torch.empty((*x.shape[:-1], x.shape[-1] // 2), dtype=x.dtype, device=x.device)
+        gelu_into(self.library, out, x, kind, gated=True)
         return out
 
     def rms_norm_fp8(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> Fp8Rows:
