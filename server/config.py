@@ -67,6 +67,10 @@ class SchedulerConfig:
     # Every layer of the model attends within this many keys (a sliding window): a
     # request's blocks before its window go back to the pool. Set by the engine.
     kv_window: int | None = None
+    # LongRoPE (Phi-3 long-context): requests longer than this rotate with the model's
+    # second (long) table, their KV cached apart, recomputed when they grow past it. Set by
+    # the engine.
+    long_rope_threshold: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs >= 1, f"--max-num-seqs must be >= 1, got {self.max_num_seqs}")

@@ -60,7 +60,9 @@ class EngineCore:
         cache_config = replace(cache_config, num_blocks=self.runner.num_blocks,
                                kv_cache_tokens=None, memory_fraction=None)
         self.scheduler = Scheduler(replace(scheduler_config, max_model_len=max_model_len,
-                                           kv_window=source.arch.kv_window), cache_config)
+                                           kv_window=source.arch.kv_window,
+                                           long_rope_threshold=source.arch.long_rope_threshold),
+                                   cache_config)
         arch = source.arch
         self.info = EngineInfo(
             model_name=source.name, vocab_size=arch.vocab_size, max_model_len=max_model_len,

@@ -108,8 +108,9 @@ class DecodeStaging:
                 and all(len(s.block_ids) <= self.table_width for s in scheduled))
 
     def fill(self, scheduled: Sequence[ScheduledRequest], *, batch_size: int, block_size: int,
-             num_slots: int) -> None:
-        """Rows 0..n-1: the scheduled decodes in order; rows n..batch_size-1: padding."""
+             num_slots: int, rope_table_rows: int = 0) -> None:
+        """Rows 0..n-1: the scheduled decodes in order; rows n..batch_size-1: padding.
+        rope_table_rows: as inputs.prepare_inputs (positions are the rotary table's rows)."""
         n = len(scheduled)
         positions = [s.start_position for s in scheduled]
         for s, position in zip(scheduled, positions):
@@ -119,10 +120,11 @@ class DecodeStaging:
                     f"{len(s.block_ids)} blocks of {block_size} do not cover it")
         # a pending input's id is written on the device after the copy (TokenFeedback)
         self.input_ids[:n] = [s.token_ids[0] if s.token_ids else 0 for s in scheduled]
-        self.positions[:n] = positions
+        self.positions[:n] = [p + s.rope_table * rope_table_rows
+                              for s, p in zip(scheduled, positions)]
         self.slot_mapping[:n] = [s.block_ids[p // block_size] * block_size + p % block_size
                                  for s, p in zip(scheduled, positions)]
-        self.seq_lens[:n] = self.positions[:n] + 1
+        self.seq_lens[:n] = [p + 1 for p in positions]
         self.context_lens[:n] = positions
         row_tables = self._row_tables
         for row, s in enumerate(scheduled):
@@ -214,7 +216,8 @@ class DecodeGraphRunner:
         batch_size = self.bucket_for(num_seqs)
         self._copied.synchronize()  # the previous step's copy has left the staging buffer
         self.staging.fill(scheduled, batch_size=batch_size, block_size=self.block_size,
-                          num_slots=self.num_slots)
+                          num_slots=self.num_slots,
+                          rope_table_rows=self.model.arch.rope_table_rows)
         words = self.staging.num_words_for(batch_size)
         self.device_words[:words].copy_(self.staging.buffer[:words], non_blocking=True)
         self._copied.record()

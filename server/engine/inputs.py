@@ -53,10 +53,13 @@ class StepInputs:
 
 
 def prepare_inputs(scheduler_output: SchedulerOutput, *, block_size: int,
-                   device: torch.device | str) -> StepInputs:
+                   device: torch.device | str, rope_table_rows: int = 0) -> StepInputs:
+    """rope_table_rows: the height of one of the model's rotary tables; a request on its
+    second (ScheduledRequest.rope_table, LongRoPE) reads rows that much further on."""
     scheduled = scheduler_output.scheduled
     input_ids: list[int] = []
     positions: list[int] = []
+    rope_offsets: list[int] = []
     context_lens: list[int] = []
     query_lens: list[int] = []
     block_table_rows: list[tuple[int, ...]] = []
@@ -77,6 +80,7 @@ def prepare_inputs(scheduler_output: SchedulerOutput, *, block_size: int,
             pending_req_ids.append(req.req_id)
             input_ids.append(0)
         positions.extend(range(req.start_position, end))
+        rope_offsets.extend([req.rope_table * rope_table_rows] * req.num_tokens)
         context_lens.append(req.start_position)
         query_lens.append(req.num_tokens)
         block_table_rows.append(req.block_ids)
@@ -109,7 +113,9 @@ def prepare_inputs(scheduler_output: SchedulerOutput, *, block_size: int,
     )
     return StepInputs(
         input_ids=host_to_device(torch.tensor(input_ids, dtype=torch.int64), device),
-        positions=host_to_device(positions_t, device),
+        # the model reads its rotary table at these rows (the KV slots come from positions)
+        positions=host_to_device(positions_t + torch.tensor(rope_offsets, dtype=torch.int64),
+                                 device),
         attn=attn,
         sample_indices=host_to_device(torch.tensor(sample_rows, dtype=torch.int64), device),
         sampled_req_ids=tuple(sampled_req_ids),

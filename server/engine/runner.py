@@ -317,7 +317,8 @@ class ModelRunner:
                 and self.graphs.can_run(scheduled)):
             return self._replay(scheduled)
         inputs = prepare_inputs(scheduler_output, block_size=self.block_size,
-                                device=self.device)
+                                device=self.device,
+                                rope_table_rows=self.model.arch.rope_table_rows)
         self._feedback.write_into(inputs.input_ids, rows=inputs.pending_rows,
                                   req_ids=inputs.pending_req_ids)
         hidden = self.model.forward(inputs.input_ids, inputs.positions, self.kv_pool.kv_cache,

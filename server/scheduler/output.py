@@ -40,6 +40,9 @@ class ScheduledRequest:
     block_ids: tuple[int, ...]  # the whole block table, covering start_position + num_tokens
     sample: bool  # True when this step computes the request's newest token
     pending_input: bool = False
+    # which of the model's rotary tables its positions read: 1 for a LongRoPE request
+    # longer than the original context (SchedulerConfig.long_rope_threshold), else 0
+    rope_table: int = 0
 
     @property
     def num_tokens(self) -> int:

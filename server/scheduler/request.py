@@ -119,6 +119,7 @@ class Request:
     num_computed_tokens: int = 0
     num_cached_tokens: int = 0  # prompt tokens found in the prefix cache on first schedule
     num_pending_tokens: int = 0
+    rope_table: int = 0  # the rotary table its cached KV was computed with (LongRoPE)
     status: RequestStatus = RequestStatus.WAITING
 
     @property

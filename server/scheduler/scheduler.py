@@ -164,6 +164,14 @@ class Scheduler:
             index += 1
             if _awaits_last_token(request):
                 continue
+            if request.rope_table != self._rope_table(request):
+                # grew past a LongRoPE model's original context: every position rotates
+                # the long way now, so its KV is recomputed, as transformers does
+                _remove_by_identity(self._running, request)
+                self._preempt(request)
+                preempted_req_ids.append(request.req_id)
+                index -= 1
+                continue
             num_new = min(_num_tokens_with_pending(request) - request.num_computed_tokens,
                           budget)
             table = self._make_room(request, num_new, preempted_req_ids)
@@ -187,6 +195,10 @@ class Scheduler:
             if victim is request:
                 return None
         return table
+
+    def _rope_table(self, request: Request) -> int:
+        threshold = self._config.long_rope_threshold
+        return int(threshold is not None and _num_tokens_with_pending(request) > threshold)
 
     def _release_out_of_window(self, request: Request) -> None:
         """Every layer slides: the blocks before the window of the chunk's first query
@@ -230,11 +242,14 @@ class Scheduler:
         """Allocate blocks for a waiting request's cached prefix and first chunk; returns
         the chunk's token count, or None when the blocks do not fit now."""
         token_ids = request.all_token_ids
-        num_cached = self._block_manager.num_cached_prefix_tokens(token_ids)
+        salt = self._rope_table(request)  # KV of the long rotary table is cached apart
+        num_cached = self._block_manager.num_cached_prefix_tokens(token_ids, salt=salt)
         num_new = min(request.num_tokens - num_cached, budget)
-        if not self._block_manager.can_allocate(token_ids, num_cached + num_new):
+        if not self._block_manager.can_allocate(token_ids, num_cached + num_new, salt=salt):
             return None
-        table = self._block_manager.allocate(request.req_id, token_ids, num_cached + num_new)
+        table = self._block_manager.allocate(request.req_id, token_ids, num_cached + num_new,
+                                             salt=salt)
+        request.rope_table = salt
         if request.status is RequestStatus.WAITING:  # first admission, not a resume
             request.num_cached_tokens = table.num_cached_tokens
         request.num_computed_tokens = table.num_cached_tokens
@@ -264,7 +279,7 @@ class Scheduler:
             start_position=start,
             block_ids=(block_ids if block_ids is not None else
                        self._block_manager.get_block_table(request.req_id).block_ids),
-            sample=sample, pending_input=pending_input)
+            sample=sample, pending_input=pending_input, rope_table=request.rope_table)
 
     # ---- after the model ran -----------------------------------------------------------
 

@@ -286,3 +286,16 @@ def test_a_block_released_before_it_was_registered_is_not_cached():
     assert manager.num_evictable_blocks == 0  # blocks 0 and 1 came back unregistered
     assert manager.num_cached_prefix_tokens(tokens + [99]) == 0
     manager.check_invariants()
+
+
+def test_blocks_cached_under_one_salt_are_no_hits_under_another():
+    """KV of the same tokens computed another way (Phi-3's long rotary table)."""
+    manager = make_manager()
+    tokens = list(range(9))
+    manager.allocate("long", tokens, 9, salt=1)
+    manager.cache_computed_blocks("long", tokens, 9)
+    manager.free("long")
+    assert manager.num_cached_prefix_tokens(tokens, salt=1) == 8
+    assert manager.num_cached_prefix_tokens(tokens) == 0
+    assert manager.allocate("short", tokens, 9).num_cached_tokens == 0
+    manager.check_invariants()

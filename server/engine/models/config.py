@@ -207,6 +207,22 @@ class ModelArchConfig:
         return min(self.max_position_embeddings, self.sliding_window)
 
     @property
+    def long_rope_threshold(self) -> int | None:
+        """LongRoPE (Phi-3 long-context): a request longer than this many tokens rotates
+        every position with the long factors, a shorter one with the short factors, as
+        transformers does (recomputing the cache when a sequence grows past it)."""
+        scaling = self.rope_scaling_dict or {}
+        if scaling.get("rope_type") != "longrope":
+            return None
+        return int(scaling["original_max_position_embeddings"])
+
+    @property
+    def rope_table_rows(self) -> int:
+        """How far a request on the long table reads past its position (the short table's
+        height) when the model has two rotary tables (LongRoPE), else 0."""
+        return self.max_position_embeddings if self.long_rope_threshold is not None else 0
+
+    @property
     def rope_scaling_dict(self) -> dict[str, Any] | None:
         return dict(self.rope_scaling) if self.rope_scaling else None
 
@@ -258,9 +274,19 @@ def _rope_scaling(hf: dict[str, Any]) -> tuple[tuple[str, Any], ...] | None:
     if not scaling:
         return None
     kind = scaling.get("rope_type") or scaling.get("type") or "default"
+    if kind == "su":  # Phi-3's first name for LongRoPE
+        kind = scaling["rope_type"] = "longrope"
     if kind == "default":
         return None
-    if kind not in ("llama3", "linear"):
+    if kind not in ("llama3", "linear", "longrope"):
         raise UnsupportedModelError(f"rope scaling type {kind!r} is not supported "
-                                    f"(llama3 and linear are)")
-    return tuple(sorted((k, v) for k, v in scaling.items() if not isinstance(v, (dict, list))))
+                                    f"(llama3, linear and longrope are)")
+    if kind == "longrope":  # Phi-3 keeps the pretraining length beside the config's own
+        original = (scaling.get("original_max_position_embeddings")
+                    or hf.get("original_max_position_embeddings"))
+        if not original or "short_factor" not in scaling or "long_factor" not in scaling:
+            raise UnsupportedModelError("longrope scaling needs short_factor, long_factor "
+                                        "and original_max_position_embeddings")
+        scaling = {**scaling, "original_max_position_embeddings": int(original)}
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                        for k, v in scaling.items() if not isinstance(v, dict)))

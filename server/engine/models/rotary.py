@@ -47,6 +47,22 @@ def llama3_inv_freq(*, head_dim: int, rope_theta: float, scaling: dict[str, Any]
     return torch.where(is_medium, smoothed, scaled)
 
 
+def longrope_inv_freq(*, head_dim: int, rope_theta: float, factors) -> torch.Tensor:
+    """LongRoPE (Phi-3): each frequency slowed by its own factor."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).to(torch.float32) / head_dim
+    return 1.0 / (torch.tensor(factors, dtype=torch.float32) * rope_theta ** exponents)
+
+
+def longrope_attention_factor(scaling: dict[str, Any], *, max_positions: int) -> float:
+    """cos and sin are scaled by sqrt(1 + ln(factor) / ln(original length)), factor being
+    how far the context was extended, unless the config names its own."""
+    if scaling.get("attention_factor") is not None:
+        return float(scaling["attention_factor"])
+    original = int(scaling["original_max_position_embeddings"])
+    factor = float(scaling.get("factor") or max_positions / original)
+    return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+
+
 def rope_inv_freq(*, head_dim: int, rope_theta: float,
                   rope_scaling: dict[str, Any] | None) -> torch.Tensor:
     scaling = rope_scaling or {}
@@ -58,8 +74,11 @@ def rope_inv_freq(*, head_dim: int, rope_theta: float,
     if kind == "linear":  # positions divided by factor (Gemma 3's global layers)
         return default_inv_freq(head_dim=head_dim, rope_theta=rope_theta) / float(
             scaling["factor"])
+    if kind == "longrope":  # the short factors; build_cos_sin appends the long table
+        return longrope_inv_freq(head_dim=head_dim, rope_theta=rope_theta,
+                                 factors=scaling["short_factor"])
     raise UnsupportedModelError(f"rope scaling type {kind!r} is not supported "
-                                f"(llama3 and linear are)")
+                                f"(llama3, linear and longrope are)")
 
 
 def build_cos_sin(*, head_dim: int, rope_theta: float, rope_scaling: dict[str, Any] | None,
@@ -67,13 +86,27 @@ def build_cos_sin(*, head_dim: int, rope_theta: float, rope_scaling: dict[str, A
                   rotary_dim: int | None = None) -> torch.Tensor:
     """[max_positions, head_dim]: cos of each pair's angle in the first half, sin in the
     second (the layout the Ops docstring names). With rotary_dim (GLM) the frequencies are
-    those of a rotary_dim-wide head, and the pairs past them turn by angle 0."""
+    those of a rotary_dim-wide head, and the pairs past them turn by angle 0. LongRoPE
+    (Phi-3) stacks two tables, [2 * max_positions, head_dim]: the short factors' rows, then
+    the long factors' (a request past the original length reads rows max_positions + p)."""
     inv_freq = rope_inv_freq(head_dim=rotary_dim or head_dim, rope_theta=rope_theta,
                              rope_scaling=rope_scaling)
+    table = _cos_sin(inv_freq, head_dim=head_dim, max_positions=max_positions)
+    if (rope_scaling or {}).get("rope_type") == "longrope":
+        long = _cos_sin(longrope_inv_freq(head_dim=head_dim, rope_theta=rope_theta,
+                                          factors=rope_scaling["long_factor"]),
+                        head_dim=head_dim, max_positions=max_positions)
+        table = torch.cat((table, long)) * longrope_attention_factor(
+            rope_scaling, max_positions=max_positions)
+    return table.to(dtype=dtype, device=device)
+
+
+def _cos_sin(inv_freq: torch.Tensor, *, head_dim: int, max_positions: int) -> torch.Tensor:
+    """float32 [max_positions, head_dim]: cos | sin of every position's angles."""
     positions = torch.arange(max_positions, dtype=torch.int64).to(torch.float32)
     angles = positions[:, None] * inv_freq[None, :]
     angles = F.pad(angles, (0, head_dim // 2 - angles.shape[1]))
-    return torch.cat((angles.cos(), angles.sin()), dim=-1).to(dtype=dtype, device=device)
+    return torch.cat((angles.cos(), angles.sin()), dim=-1)
 
 
 def interleaved_pairs_order(*, head_dim: int, rotary_dim: int) -> torch.Tensor:
