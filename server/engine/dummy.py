@@ -219,6 +219,11 @@ DUMMY_CONFIGS: dict[str, dict[str, Any]] = {
                      "num_attention_heads": 32, "num_key_value_heads": 32,
                      "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
                      "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False},
+    # Baichuan 2 13B: ALiBi (no rotary, no max_position_embeddings: model_max_length)
+    "baichuan2-13b": {**_BAICHUAN, "vocab_size": 125696, "hidden_size": 5120,
+                      "intermediate_size": 13696, "num_hidden_layers": 40,
+                      "num_attention_heads": 40, "model_max_length": 4096, "rms_norm_eps": 1e-6,
+                      "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False},
 }
 
 DUMMY_PREFIX = "dummy:"

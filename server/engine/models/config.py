@@ -16,7 +16,7 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCa
                            "BaichuanForCausalLM", "FalconForCausalLM", "GlmForCausalLM",
                            "Glm4ForCausalLM")
 # Baichuan 2 (its own code, not transformers'): Llama with q|k|v as one W_pack and a
-# normalised lm_head; the rotary 7B only (13B uses ALiBi)
+# normalised lm_head; rotary (7B) or ALiBi (13B)
 BAICHUAN_ARCHITECTURES = ("BaichuanForCausalLM",)
 # GPT-2's config keys and checkpoint names (GPTBigCode: Starcoder 1, multi-query)
 GPT2_STYLE_ARCHITECTURES = ("GPT2LMHeadModel", "GPTBigCodeForCausalLM")
@@ -113,9 +113,6 @@ class ModelArchConfig:
         archs = hf.get("architectures") or []
         arch = archs[0] if archs else "<none given>"
         hf, features = common_keys(arch, hf)
-        if arch in BAICHUAN_ARCHITECTURES and not hf.get("max_position_embeddings"):
-            raise UnsupportedModelError("Baichuan 2 13B (ALiBi, no max_position_embeddings) is "
-                                        "not supported yet; the rotary 7B is")
         if arch not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModelError(
                 f"model architecture {arch!r} is not supported; inflightd runs "

@@ -1,5 +1,6 @@
-"""Config keys of the families that name theirs their own way (GPT-2, MPT, BLOOM, Falcon),
-under the names the Llama family uses, with the ModelArchConfig features only they have."""
+"""Config keys of the families that name theirs their own way (GPT-2, MPT, BLOOM, Falcon,
+Baichuan 13B), under the names the Llama family uses, with the ModelArchConfig features
+only they have."""
 
 from __future__ import annotations
 
@@ -113,6 +114,15 @@ def _falcon(hf: dict[str, Any]) -> Translated:
             "tie_word_embeddings": hf.get("tie_word_embeddings", True)}, features
 
 
+def _baichuan(hf: dict[str, Any]) -> Translated:
+    """Baichuan 2: the 7B rotates (Llama's config keys); the 13B has no
+    max_position_embeddings, only model_max_length, and ALiBi (MPT's slopes, unscaled)."""
+    if hf.get("max_position_embeddings"):
+        return hf, {}
+    return {**hf, "max_position_embeddings": int(hf.get("model_max_length") or 4096)}, {
+        "alibi_bias_max": 8.0}
+
+
 _TRANSLATORS = {"GPT2LMHeadModel": _gpt2, "GPTBigCodeForCausalLM": _gpt2,
                 "MptForCausalLM": _mpt, "BloomForCausalLM": _bloom,
-                "FalconForCausalLM": _falcon}
+                "FalconForCausalLM": _falcon, "BaichuanForCausalLM": _baichuan}
