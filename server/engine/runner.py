@@ -35,6 +35,9 @@ from server.engine.cuda_graphs import DecodeGraphRunner
 from server.engine.inputs import host_to_device, prepare_inputs
 from server.engine.models.config import ModelArchConfig
 from server.engine.models.llama import LlamaModel
+from server.engine.parallel.shard_weights import shard_named
+from server.engine.quantization import quantize_checkpoint
+from server.engine.parallel.tensor_parallel import NO_TENSOR_PARALLEL, TensorParallel
 from server.engine.ops import Ops
 from server.engine.ops.torch_ref import TorchOps
 from server.engine.sampler import (MIN_TEMPERATURE, RequestSamplingState, Sampler,
@@ -139,8 +142,9 @@ class ModelRunner:
                  kv_cache_tokens: int | None = None, memory_fraction: float | None = None,
                  ops: Ops | None = None, seed: int = 0, enforce_eager: bool = False,
                  max_num_seqs: int | None = None, max_model_len: int | None = None,
-                 quantization: str | None = None, kv_cache_dtype: str = "auto") -> None:
-        """Loads the weights (quantizing the linear layers' as they load, with
+                 quantization: str | None = None, kv_cache_dtype: str = "auto",
+                 tp: TensorParallel = NO_TENSOR_PARALLEL) -> None:
+        """Loads the weights (with tp, this rank's shard of them) (quantizing the linear layers' as they load, with
         quantization="fp8"), then sizes the KV pool from num_blocks, kv_cache_tokens or
         memory_fraction (of the memory still free after the weights); see KVPool.sized. The
         pool holds kv_cache_dtype ("auto": the model's dtype; "fp8": e4m3).
@@ -162,12 +166,19 @@ class ModelRunner:
         if _is_cuda_ops(self.ops):
             check_kv_cache_kernels(cache_dtype, self.device)
         self.model = LlamaModel(self.arch, dtype=dtype, device=self.device,
-                                quantization=self.quantization)
-        self.model.load_weights(iter_weights(source, dtype=dtype, device=self.device),
-                                stored_fp8=source.stores_fp8_weights)
+                                quantization=self.quantization, tp=tp)
+        weights = iter_weights(source, dtype=dtype, device=self.device)
+        stored_fp8 = source.stores_fp8_weights
+        if tp.enabled and self.quantization == "fp8" and not stored_fp8:
+            # quantized whole, then cut: a row-parallel shard keeps the row scales one rank
+            # would have, so the ranks' FP8 products add up to one rank's exactly
+            weights, stored_fp8 = quantize_checkpoint(weights), True
+        self.model.load_weights(shard_named(self.arch, self.model.shard, weights),
+                                stored_fp8=stored_fp8)
+        kv_heads = self.model.shard.kv_heads
         self.kv_pool = KVPool.sized(
             num_layers=self.arch.num_layers, block_size=block_size,
-            num_kv_heads=self.arch.num_kv_heads, head_dim=self.arch.head_dim,
+            num_kv_heads=kv_heads[1] - kv_heads[0], head_dim=self.arch.head_dim,
             dtype=cache_dtype, device=self.device, num_blocks=num_blocks, kv_cache_tokens=kv_cache_tokens,
             memory_fraction=memory_fraction)
         self.sampler = Sampler(device=self.device, seed=seed)

@@ -27,6 +27,9 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
                                            tie_word_embeddings=True)),
     "llama-mqa": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=1,
                                       tie_word_embeddings=False)),
+    # a vocabulary no tensor-parallel split divides: the shards pad it
+    "llama-odd-vocab": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=2,
+                                            vocab_size=251, tie_word_embeddings=False)),
     "llama3-rope": ("LlamaConfig", dict(
         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
         rope_theta=10000.0,

@@ -15,6 +15,7 @@ from server.engine.attention.metadata import AttentionMetadata
 from server.engine.models.alibi import alibi_slopes
 from server.engine.models.config import ModelArchConfig
 from server.engine.ops import Ops
+from server.engine.parallel.tensor_parallel import NO_TENSOR_PARALLEL, TensorParallel
 from server.engine.quantization import Fp8Rows, Fp8Weight
 
 LinearWeight = torch.Tensor | Fp8Weight
@@ -23,8 +24,12 @@ LinearWeight = torch.Tensor | Fp8Weight
 class DecoderLayer:
     def __init__(self, arch: ModelArchConfig, *, dtype: torch.dtype,
                  device: torch.device | str, quantization: str | None = None,
-                 window: int | None = None) -> None:
-        """window: this layer attends within a sliding window of that many keys."""
+                 window: int | None = None, tp: TensorParallel = NO_TENSOR_PARALLEL,
+                 head_offset: int = 0) -> None:
+        """window: this layer attends within a sliding window of that many keys. Under
+        tensor parallelism arch is the rank's share (parallel/tensor_parallel.py), its
+        query heads starting at the model's head_offset."""
+        self.tp = tp
         self.num_heads = arch.num_heads
         self.num_kv_heads = arch.num_kv_heads
         self.head_dim = arch.head_dim
@@ -32,8 +37,9 @@ class DecoderLayer:
         self.q_size = arch.num_heads * arch.head_dim
         self.kv_size = arch.num_kv_heads * arch.head_dim
         self.scale = arch.query_scale or arch.head_dim ** -0.5
+        heads = slice(head_offset, head_offset + arch.num_heads)
         slopes = (None if arch.alibi_bias_max is None else arch.alibi_slope_scale * alibi_slopes(
-            arch.num_heads, bias_max=arch.alibi_bias_max).to(device))
+            arch.num_heads * tp.world_size, bias_max=arch.alibi_bias_max)[heads].to(device))
         # what only some families pass to attention (Gemma 2's softcap, ALiBi's slopes, a
         # sliding layer's window)
         self.attention_extras = {name: value for name, value in (
@@ -151,12 +157,13 @@ class DecoderLayer:
         if self.parallel:  # Falcon: the MLP reads the block's input, not attention's output
             if self.post_norm is not None:
                 normed = self._norm(residual, self.post_norm, self.post_norm_bias, ops)
-            return attn_out + self._mlp(normed, ops), residual
+            return self.tp.all_reduce(attn_out + self._mlp(normed, ops)), residual
+        attn_out = self.tp.all_reduce(attn_out)
         if self.attn_out_norm is not None:
             attn_out = ops.rms_norm(attn_out, self.attn_out_norm, self.eps)
         normed, residual = self._add_norm(attn_out, residual, self.post_norm,
                                           self.post_norm_bias, ops)
-        mlp_out = self._mlp(normed, ops)
+        mlp_out = self.tp.all_reduce(self._mlp(normed, ops))
         if self.mlp_out_norm is not None:
             mlp_out = ops.rms_norm(mlp_out, self.mlp_out_norm, self.eps)
         return mlp_out, residual

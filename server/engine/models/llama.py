@@ -21,6 +21,7 @@ from server.engine.models.layers import DecoderLayer
 from server.engine.models.rotary import build_cos_sin, no_rotation
 from server.engine.models.weight_map import WeightLoadError, load_named_tensors
 from server.engine.ops import Ops
+from server.engine.parallel.tensor_parallel import NO_TENSOR_PARALLEL, ShardPlan, TensorParallel
 from server.engine.quantization import (SCALE_SUFFIX, Fp8Weight, check_fp8_device,
                                          check_fp8_shapes, check_quantization)
 
@@ -30,7 +31,10 @@ _IGNORED_SUFFIXES = (".rotary_emb.inv_freq", ".rotary_emb.cos_cached", ".rotary_
 
 class LlamaModel:
     def __init__(self, arch: ModelArchConfig, *, dtype: torch.dtype,
-                 device: torch.device | str, quantization: str | None = None) -> None:
+                 device: torch.device | str, quantization: str | None = None,
+                 tp: TensorParallel = NO_TENSOR_PARALLEL) -> None:
+        """Under tensor parallelism (tp) the model holds rank tp.rank's shard; its weights
+        load from parallel.shard_weights, and arch stays the whole model's."""
         if arch.architecture not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModelError(f"LlamaModel cannot run {arch.architecture!r}")
         check_quantization(quantization)
@@ -38,13 +42,17 @@ class LlamaModel:
         self.dtype = dtype
         self.device = torch.device(device)
         self.quantization = quantization
+        self.tp = tp
+        self.shard = ShardPlan.of(arch, tp)
+        local = self.shard.local_arch(arch)  # the shapes this rank holds
         if quantization == "fp8":
             check_fp8_device(self.device, dtype)
-            check_fp8_shapes(_linear_shapes(arch))
-        self.embed_tokens = torch.empty(arch.vocab_size, arch.hidden_size, dtype=dtype,
+            check_fp8_shapes(_linear_shapes(local))
+        self.embed_tokens = torch.empty(local.vocab_size, arch.hidden_size, dtype=dtype,
                                         device=device)
-        self.layers = [DecoderLayer(arch, dtype=dtype, device=device, quantization=quantization,
-                                    window=window) for window in arch.layer_windows]
+        self.layers = [DecoderLayer(local, dtype=dtype, device=device, quantization=quantization,
+                                    window=window, tp=tp, head_offset=self.shard.q_heads[0])
+                       for window in arch.layer_windows]
         self.norm = torch.empty(arch.hidden_size, dtype=dtype, device=device)
         self.embed_positions = (torch.empty(arch.max_position_embeddings, arch.hidden_size,
                                             dtype=dtype, device=device)
@@ -54,7 +62,7 @@ class LlamaModel:
         self.norm_bias = (torch.empty(arch.hidden_size, dtype=dtype, device=device)
                           if arch.layer_norm and arch.layer_norm_biases else None)
         self.lm_head = (self.embed_tokens if arch.tie_word_embeddings else
-                        torch.empty(arch.vocab_size, arch.hidden_size, dtype=dtype,
+                        torch.empty(local.vocab_size, arch.hidden_size, dtype=dtype,
                                     device=device))
         # Cast to the model dtype like HF does before rotating, so bf16 runs match HF too.
         # Learned positions (GPT-2) or ALiBi (MPT): cos 1 and sin 0, a rotation that leaves
@@ -121,7 +129,7 @@ class LlamaModel:
                 attn_metadata: AttentionMetadata, ops: Ops) -> torch.Tensor:
         """kv_cache is the whole pool [num_layers, 2, num_blocks, block_size, Hkv, D].
         Returns the final-normed hidden states [T, hidden]."""
-        hidden = F.embedding(input_ids, self.embed_tokens)
+        hidden = self._embed(input_ids)
         if self.embed_positions is not None:  # GPT-2
             hidden = hidden + F.embedding(positions, self.embed_positions)
         if self.embed_norm is not None:  # BLOOM
@@ -145,11 +153,25 @@ class LlamaModel:
         hidden, _ = ops.add_rms_norm(hidden, residual, self.norm, eps)
         return hidden
 
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings; under tensor parallelism each rank looks up the ids in its
+        vocabulary rows (zeros for the others) and the all-reduce puts them together."""
+        if not self.tp.enabled:
+            return F.embedding(input_ids, self.embed_tokens)
+        start, end = self.shard.vocab_rows
+        local_ids = input_ids - start
+        inside = (local_ids >= 0) & (local_ids < end - start)
+        hidden = F.embedding(local_ids.clamp(0, end - start - 1), self.embed_tokens)
+        return self.tp.all_reduce(hidden * inside.unsqueeze(-1).to(hidden.dtype))
+
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor, ops: Ops | None = None) -> torch.Tensor:
-        """hidden [N, H] -> float32 logits [N, vocab] (soft-capped for Gemma 2)."""
+        """hidden [N, H] -> float32 logits [N, vocab] (soft-capped for Gemma 2); under
+        tensor parallelism each rank's vocabulary rows, gathered, the padding cut off."""
         logits = (F.linear(hidden, self.lm_head).float() if ops is None
                   else ops.logits(hidden, self.lm_head))
+        if self.tp.enabled:
+            logits = self.tp.all_gather_last_dim(logits)[:, :self.arch.vocab_size]
         cap = self.arch.final_softcap
         return logits if cap is None else torch.tanh(logits / cap) * cap
 

@@ -1,0 +1,1 @@
+"""Tensor parallelism: one model split across ranks, each holding a shard of every layer."""

@@ -1,0 +1,90 @@
+"""Tensor-parallel runs on the CPU for the golden tests: N processes over gloo, each a
+ModelRunner holding its rank's shard, driven through the same greedy plan as a single
+runner, with rank 0's logits sent back."""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+from pathlib import Path
+
+import torch
+
+from server.engine.parallel.tensor_parallel import TensorParallel
+from server.engine.runner import ModelRunner
+from server.engine.weights import resolve_model
+from tests.golden.helpers import HandBatcher
+
+BLOCK_SIZE, NUM_BLOCKS = 4, 64
+PROMPTS = {"a": [5, 17, 33, 2, 9, 40, 41, 42, 7], "b": [100, 7, 8, 44, 45]}
+NUM_DECODE_STEPS = 6
+
+
+def greedy_logits(runner: ModelRunner) -> torch.Tensor:
+    """A prefill of both prompts (the first in two chunks), then decode steps continuing
+    each with its argmax: every sampled row's logits, stacked."""
+    batcher = HandBatcher(num_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE)
+    for req_id, prompt in PROMPTS.items():
+        batcher.add(req_id=req_id, prompt_token_ids=prompt)
+    rows = []
+    plans = [{"a": 4}, {"a": None, "b": None}] + [{"a": 1, "b": 1}] * NUM_DECODE_STEPS
+    for plan in plans:
+        req_ids, logits = runner.forward_logits(batcher.step(plan))
+        rows.append(logits.clone())
+        batcher.record({r: int(row.argmax()) for r, row in zip(req_ids, logits)})
+    return torch.cat(rows)
+
+
+def make_runner(model: str, *, tp: TensorParallel = TensorParallel(),
+                quantization: str | None = None) -> ModelRunner:
+    return ModelRunner(resolve_model(model), dtype=torch.float32, device="cpu",
+                       block_size=BLOCK_SIZE, num_blocks=NUM_BLOCKS, tp=tp,
+                       quantization=quantization)
+
+
+def _rank_main(rank: int, world_size: int, init_file: str, models: list[str],
+               quantization: str | None, results) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}",
+                                         rank=rank, world_size=world_size)
+    try:
+        for model in models:
+            try:
+                logits = greedy_logits(make_runner(
+                    model, tp=TensorParallel(rank, world_size), quantization=quantization))
+                outcome = ("ok", logits)
+            except Exception as exc:  # reported to the test, which names the model
+                outcome = ("error", f"{type(exc).__name__}: {exc}")
+            if rank == 0:
+                results.put((model, outcome))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def tensor_parallel_logits(models: list[str], *, world_size: int, tmp_path: Path,
+                           quantization: str | None = None, timeout_s: float = 600
+                           ) -> dict[str, tuple[str, object]]:
+    """{model: ("ok", rank 0's greedy_logits) or ("error", message)} over world_size
+    processes, each model built and run in turn by every rank."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    init_file = str(tmp_path / "tp-init")
+    ranks = [context.Process(target=_rank_main, args=(rank, world_size, init_file, models,
+                                                      quantization, results))
+             for rank in range(world_size)]
+    for process in ranks:
+        process.start()
+    outcomes = {}
+    try:
+        for _ in models:
+            model, outcome = results.get(timeout=timeout_s)
+            outcomes[model] = outcome
+    except queue.Empty:
+        raise AssertionError(f"tensor-parallel ranks gave {len(outcomes)} of {len(models)} "
+                             f"results within {timeout_s} s") from None
+    finally:
+        for process in ranks:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+    return outcomes
