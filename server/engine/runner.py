@@ -9,9 +9,8 @@
          runs the forward pass (after the previous step's tokens reach the matchers),
          then applied to their logits
       -> sampler (all plain-greedy rows: one argmax; rows whose token needs no history
-         (no penalty, seed or logprobs; logit_bias allowed): sampled on the device after
-         their biases are added; both left there, so the
-         host does not wait) -> InFlightStep
+         (no penalty, seed or logprobs; biases allowed): sampled on the device; both left
+         there, so the host does not wait) -> InFlightStep
     resolve waits for the ids and appends each to its request's history;
     execute = resolve(launch(...)).
 
@@ -388,8 +387,7 @@ def _engine_config(source: ModelSource):
 
 
 def _is_plain_greedy(state: RequestSamplingState) -> bool:
-    """Greedy with no penalty, bias or logprobs: the token is the argmax of the raw logits
-    (a logit_bias row goes to the device sampling below, which adds its biases first)."""
+    """Greedy with no penalty, logit_bias or logprobs: the argmax of the raw logits."""
     return (state.sampling_params.temperature < MIN_TEMPERATURE
             and not state.sampling_params.logit_bias
             and _reads_only_the_logits(state.sampling_params))
