@@ -71,3 +71,9 @@ def test_a_chat_error_names_the_responses_field():
     with pytest.raises(APIError) as error:
         chat_request(body, input_messages(body.input))
     assert error.value.param == "tools"
+
+
+def test_null_settings_take_their_defaults():
+    body = ResponsesRequest.model_validate({"input": "Hi", "store": None, "stream": None,
+                                            "parallel_tool_calls": None})
+    assert (body.store, body.stream, body.parallel_tool_calls) == (True, False, True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from server.api.errors import invalid_param
 from server.api.protocol_base import StrictModel
@@ -72,6 +72,12 @@ class ResponsesRequest(StrictModel):
     conversation: Any = None
     prompt: Any = None
     include: list[str] | None = None
+
+    @field_validator("parallel_tool_calls", "store", "stream", mode="before")
+    @classmethod
+    def _null_means_the_default(cls, value: Any, info: ValidationInfo) -> Any:
+        # agent frameworks send null for settings they leave to the server
+        return cls.model_fields[info.field_name].default if value is None else value
 
     @model_validator(mode="after")
     def _check_supported(self) -> "ResponsesRequest":
