@@ -9,6 +9,7 @@ import jsonschema
 import openai
 import pytest
 
+from tests.api.openai_schema import assert_matches
 from tests.api.responses_helpers import check_recorded, recording_client
 
 WEATHER = {"type": "object",
@@ -163,8 +164,9 @@ def test_stored_responses_can_be_retrieved_and_deleted(sdk, model_name):
     check_recorded(transport)
     assert fetched.model_dump() == created.model_dump()
     responses.responses.delete(created.id)
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.NotFoundError) as error:
         responses.responses.retrieve(created.id)
+    assert_matches(error.value.response.json(), "ErrorResponse")
     with pytest.raises(openai.NotFoundError) as error:
         responses.responses.create(model=model_name, previous_response_id=created.id,
                                    input="And then?", max_output_tokens=4)
@@ -199,6 +201,7 @@ def test_store_false_keeps_nothing(sdk, model_name):
 def test_what_is_not_supported_is_a_400_naming_the_field(http, fields, param):
     response = http.post("/v1/responses", json={"input": "Hi", **fields})
     assert response.status_code == 400, response.text
+    assert_matches(response.json(), "ErrorResponse")
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == param
     assert error["message"]
