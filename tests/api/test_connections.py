@@ -87,6 +87,23 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(da
         assert time.monotonic() - started >= KEEP_ALIVE_TIMEOUT_S - 0.1
 
 
+def test_the_next_request_on_a_keep_alive_connection_has_the_header_timeout_too(daemon):
+    with socket.create_connection(("127.0.0.1", daemon.port)) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        sock.settimeout(5)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+        finished = time.monotonic()
+        # the first byte of the next request stops the keep-alive timer; then a trickle
+        sock.sendall(b"GET /health HTTP/1.1\r\n")
+        for line in range(int(HEADER_TIMEOUT_S + SLACK_S) + 2):
+            if is_closed(sock, wait_s=0.5):
+                break
+            sock.sendall(b"X-Slow-%d: 1\r\n" % line)
+        closed_after = time.monotonic() - finished
+    # not the keep-alive timeout (1 s): the header deadline, re-armed after the response
+    assert HEADER_TIMEOUT_S - 0.1 <= closed_after <= HEADER_TIMEOUT_S + SLACK_S
+
+
 def test_a_keep_alive_connection_serves_a_second_request_sent_in_time(daemon):
     with httpx.Client(base_url=daemon.base_url, timeout=5) as http:
         for _ in range(3):

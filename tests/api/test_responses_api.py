@@ -205,3 +205,33 @@ def test_what_is_not_supported_is_a_400_naming_the_field(http, fields, param):
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == param
     assert error["message"]
+
+
+def test_a_streamed_response_is_stored_and_continued_like_a_plain_one(sdk, model_name):
+    responses, transport = sdk
+    with responses.responses.create(model=model_name, input="My name is Ada. Greet me.",
+                                    max_output_tokens=12, temperature=0,
+                                    stream=True) as stream:
+        final = [e for e in stream][-1].response
+    check_recorded(transport)
+    assert responses.responses.retrieve(final.id).output_text == final.output_text
+    follow_up = responses.responses.create(model=model_name, previous_response_id=final.id,
+                                           input="What is my name?", max_output_tokens=8,
+                                           temperature=0)
+    check_recorded(transport)
+    assert follow_up.usage.input_tokens > final.usage.input_tokens + final.usage.output_tokens - 8
+
+
+def test_a_streamed_json_schema_response_streams_text_that_follows_the_schema(sdk,
+                                                                            model_name):
+    responses, transport = sdk
+    with responses.responses.create(
+            model=model_name, input="Describe Paris as JSON.", stream=True,
+            text={"format": {"type": "json_schema", "name": "city", "schema": CITY,
+                             "strict": True}},
+            max_output_tokens=60, temperature=0.7) as stream:
+        list(stream)
+    events = check_recorded(transport)
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    jsonschema.validate(json.loads(text), CITY)
+    assert events[-1]["type"] == "response.completed"
