@@ -77,21 +77,24 @@ def test_a_connection_that_sends_nothing_is_closed_at_the_header_timeout(daemon)
         assert is_closed(sock, wait_s=SLACK_S)
 
 
+def kept_alive_connection(daemon: Daemon) -> socket.socket:
+    """A connection that has had one request answered and stays open (keep-alive)."""
+    sock = socket.create_connection(("127.0.0.1", daemon.port))
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    sock.settimeout(5)
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+    return sock
+
+
 def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(daemon):
-    with socket.create_connection(("127.0.0.1", daemon.port)) as sock:
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        sock.settimeout(5)
-        assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+    with kept_alive_connection(daemon) as sock:
         started = time.monotonic()
         assert is_closed(sock, wait_s=KEEP_ALIVE_TIMEOUT_S + SLACK_S)
         assert time.monotonic() - started >= KEEP_ALIVE_TIMEOUT_S - 0.1
 
 
 def test_the_next_request_on_a_keep_alive_connection_has_the_header_timeout_too(daemon):
-    with socket.create_connection(("127.0.0.1", daemon.port)) as sock:
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        sock.settimeout(5)
-        assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+    with kept_alive_connection(daemon) as sock:
         finished = time.monotonic()
         # the first byte of the next request stops the keep-alive timer; then a trickle
         sock.sendall(b"GET /health HTTP/1.1\r\n")
