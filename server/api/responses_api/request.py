@@ -5,23 +5,22 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from server.api.errors import invalid_param
 from server.api.protocol_base import StrictModel
-from server.api.protocol_structured import FUNCTION_NAME_PATTERN, MAX_TOOLS
+from server.api.protocol_structured import (FUNCTION_NAME_PATTERN, MAX_TOOLS,
+                                           FunctionDefinition, JsonSchemaFormat)
 
 # OpenAI's tool types other than "function": they run on OpenAI's side (search, a computer,
 # a code sandbox, MCP servers), which a model server has no way to do.
 HOSTED_TOOL_HINT = "this server runs function tools only (type \"function\")"
 
 
-class FunctionToolIn(StrictModel):
+class FunctionToolIn(FunctionDefinition):
+    """Chat's function definition, flattened into the tool as the Responses API has it."""
+
     type: Literal["function"]
-    name: str = Field(pattern=FUNCTION_NAME_PATTERN)
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
 
 
 class ToolChoiceFunctionIn(StrictModel):
@@ -29,14 +28,11 @@ class ToolChoiceFunctionIn(StrictModel):
     name: str
 
 
-class TextFormatIn(StrictModel):
-    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False,
-                              populate_by_name=True)
+class TextFormatIn(JsonSchemaFormat):
+    """Chat's json_schema format with its type beside it; name only for json_schema."""
+
     type: Literal["text", "json_object", "json_schema"]
     name: str | None = Field(None, pattern=FUNCTION_NAME_PATTERN)
-    description: str | None = None
-    json_schema: dict[str, Any] | bool | None = Field(None, alias="schema")
-    strict: bool | None = None
 
     @model_validator(mode="after")
     def _schema_given(self) -> "TextFormatIn":
