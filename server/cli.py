@@ -101,6 +101,9 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--responses-store-max", type=int, default=1024,
                        help="most responses /v1/responses keeps in memory (store: true) for "
                             "GET, DELETE and previous_response_id; the oldest goes first")
+    serve.add_argument("--responses-store-max-mb", type=float, default=256.0,
+                       help="most MiB (as JSON) of stored responses and their "
+                            "conversations; the oldest go first")
     serve.add_argument("--responses-store-ttl", type=float, default=3600.0,
                        help="seconds a stored response is kept")
     serve.add_argument("--header-timeout", type=float, default=10.0,
@@ -155,6 +158,7 @@ def serve_config(args: argparse.Namespace):
                         request_body_timeout_s=args.request_body_timeout,
                         tool_call_parser=args.tool_call_parser,
                         responses_store_max=args.responses_store_max,
+                        responses_store_max_mb=args.responses_store_max_mb,
                         responses_store_ttl_s=args.responses_store_ttl,
                         header_timeout_s=args.header_timeout,
                         keep_alive_timeout_s=args.keep_alive_timeout,

@@ -60,8 +60,9 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.state.metrics = metrics
     app.state.admission = admission
     app.state.control = control
-    app.state.response_store = ResponseStore(max_responses=api.responses_store_max,
-                                             max_age_s=api.responses_store_ttl_s)
+    app.state.response_store = ResponseStore(
+        max_responses=api.responses_store_max,
+        max_bytes=int(api.responses_store_max_mb * 2**20), max_age_s=api.responses_store_ttl_s)
     install_error_handlers(app)
     app.include_router(router)
     # add_middleware wraps what is there: the last added runs first.

@@ -37,8 +37,10 @@ class ApiSettings:
     # renders tools for templates that know nothing of them.
     tool_call_parser: str = "hermes"
     # /v1/responses with store: true keeps each response (and its conversation, for
-    # previous_response_id) in memory: at most this many, none older than the age limit.
+    # previous_response_id) in memory: at most this many and this many MiB (as JSON), none
+    # older than the age limit.
     responses_store_max: int = 1024
+    responses_store_max_mb: float = 256.0
     responses_store_ttl_s: float = 3600.0
     # Connections (server/api/connections.py): a request's headers must arrive whole within
     # header_timeout_s of the connection opening or the previous response ending; an idle
@@ -74,9 +76,11 @@ class ApiSettings:
         if self.tool_call_parser not in TOOL_CALL_PARSERS:
             raise ValueError(f"--tool-call-parser must be one of "
                              f"{', '.join(TOOL_CALL_PARSERS)}, got {self.tool_call_parser!r}")
-        if self.responses_store_max < 0 or self.responses_store_ttl_s <= 0:
-            raise ValueError("--responses-store-max must be >= 0 and --responses-store-ttl "
-                             f"> 0, got {self.responses_store_max} and "
+        if (self.responses_store_max < 0 or self.responses_store_max_mb < 0
+                or self.responses_store_ttl_s <= 0):
+            raise ValueError("--responses-store-max and --responses-store-max-mb must be >= 0 "
+                             "and --responses-store-ttl > 0, got "
+                             f"{self.responses_store_max}, {self.responses_store_max_mb} and "
                              f"{self.responses_store_ttl_s}")
         if self.header_timeout_s <= 0 or self.keep_alive_timeout_s <= 0:
             raise ValueError("--header-timeout and --keep-alive-timeout must be > 0, got "
