@@ -70,7 +70,8 @@ async def create_completion(state: ServingState, request: Request,
         tokenizer = state.require_tokenizer()
         token_lists = fim_prompts(token_lists, body.suffix, fim=tokenizer.fim_tokens,
                                   encode=lambda text: tokenizer.encode(
-                                      text, add_special_tokens=False))
+                                      text, add_special_tokens=False),
+                                  bos_token_id=tokenizer.bos_token_id)
     request_id, generation = state.new_generation(body, token_lists, id_prefix="cmpl",
                                                   ticket=admission_ticket(request.scope),
                                                   grammar=grammar)

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 
 from server.api.errors import invalid_param
 
-# The spellings code models' vocabularies use: StarCoder / SantaCoder / DeepSeek-style
-# without bars, Qwen2.5-Coder and CodeGemma-style with them.
+# The spellings code models' vocabularies use: StarCoder / SantaCoder without bars,
+# Qwen2.5-Coder / CodeGemma-style with them, DeepSeek-Coder's with full-width bars.
 FIM_SPELLINGS = (("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
                  ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
-                 ("<|fim▁begin|>", "<|fim▁hole|>", "<|fim▁end|>"))
+                 ("<\uff5cfim\u2581begin\uff5c>", "<\uff5cfim\u2581hole\uff5c>",
+                  "<\uff5cfim\u2581end\uff5c>"))
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,20 @@ def find_fim_tokens(vocab: Mapping[str, int]) -> FimTokens | None:
 
 
 def fim_prompts(token_lists: list[list[int]], suffix: str, *, fim: FimTokens | None,
-                encode: Callable[[str], list[int]]) -> list[list[int]]:
-    """Each prompt wrapped with the suffix; a 400 naming why when the model cannot."""
+                encode: Callable[[str], list[int]],
+                bos_token_id: int | None = None) -> list[list[int]]:
+    """Each prompt wrapped with the suffix (a BOS the tokenizer put first stays first); a
+    400 naming why when the model cannot."""
     if fim is None:
         raise invalid_param("suffix", "suffix needs a fill-in-the-middle model: this model's "
                                       "vocabulary has no FIM tokens (such as <fim_prefix>, "
                                       "<fim_suffix>, <fim_middle>), so it was not trained to "
                                       "write text that ends in a given suffix")
     suffix_ids = encode(suffix)
-    return [fim.prompt(tokens, suffix_ids) for tokens in token_lists]
+    prompts = []
+    for tokens in token_lists:
+        if bos_token_id is not None and tokens[:1] == [bos_token_id]:
+            prompts.append([bos_token_id, *fim.prompt(tokens[1:], suffix_ids)])
+        else:
+            prompts.append(fim.prompt(tokens, suffix_ids))
+    return prompts

@@ -72,6 +72,10 @@ class Tokenizer:
         return find_fim_tokens(self._hf.get_vocab())
 
     @property
+    def bos_token_id(self) -> int | None:
+        return self._hf.bos_token_id
+
+    @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self._hf, "chat_template", None))
 

@@ -29,6 +29,18 @@ def test_the_prompt_is_prefix_then_suffix_then_middle():
     assert prompts == [[7, 1, 2, 8, 5, 6, 9], [7, 3, 8, 5, 6, 9]]
 
 
+def test_a_bos_the_tokenizer_put_first_stays_first():
+    fim = FimTokens(prefix=7, suffix=8, middle=9)
+    assert fim_prompts([[1, 2]], "t", fim=fim, encode=lambda text: [5],
+                       bos_token_id=1) == [[1, 7, 2, 8, 5, 9]]
+
+
+def test_deepseek_coder_spelling_with_full_width_bars_is_found():
+    names = ("<\uff5cfim\u2581begin\uff5c>", "<\uff5cfim\u2581hole\uff5c>",
+             "<\uff5cfim\u2581end\uff5c>")
+    assert find_fim_tokens(dict(zip(names, (3, 4, 5)))) == FimTokens(3, 4, 5)
+
+
 def test_a_model_without_fim_tokens_gets_a_400_naming_suffix():
     with pytest.raises(APIError) as error:
         fim_prompts([[1]], "tail", fim=None, encode=lambda text: [])
