@@ -98,6 +98,23 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="the format tool calls are read in with tool_choice auto: the "
                             "one the model's chat template asks for (hermes: Qwen2.5, "
                             "Hermes, and models whose template knows no tools)")
+    serve.add_argument("--responses-store-max", type=int, default=1024,
+                       help="most responses /v1/responses keeps in memory (store: true) for "
+                            "GET, DELETE and previous_response_id; the oldest goes first")
+    serve.add_argument("--responses-store-max-mb", type=float, default=256.0,
+                       help="most MiB (as JSON) of stored responses and their "
+                            "conversations; the oldest go first")
+    serve.add_argument("--responses-store-ttl", type=float, default=3600.0,
+                       help="seconds a stored response is kept")
+    serve.add_argument("--header-timeout", type=float, default=10.0,
+                       help="seconds a request's headers have to arrive whole (from the "
+                            "connection opening or the previous response), else the "
+                            "connection is closed")
+    serve.add_argument("--keep-alive-timeout", type=float, default=5.0,
+                       help="seconds an idle keep-alive connection stays open")
+    serve.add_argument("--max-connections", type=int, default=None,
+                       help="most open client connections; past it a new one is closed at "
+                            "once (unset: no cap)")
     serve.set_defaults(func=run_serve)
 
 
@@ -139,7 +156,13 @@ def serve_config(args: argparse.Namespace):
                         max_request_body_bytes=args.max_request_body_bytes,
                         shutdown_timeout_s=args.shutdown_timeout,
                         request_body_timeout_s=args.request_body_timeout,
-                        tool_call_parser=args.tool_call_parser))
+                        tool_call_parser=args.tool_call_parser,
+                        responses_store_max=args.responses_store_max,
+                        responses_store_max_mb=args.responses_store_max_mb,
+                        responses_store_ttl_s=args.responses_store_ttl,
+                        header_timeout_s=args.header_timeout,
+                        keep_alive_timeout_s=args.keep_alive_timeout,
+                        max_connections=args.max_connections))
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -152,6 +175,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.api.app import create_app
+    from server.api.connections import ConnectionLimits, limited_protocol
     from server.api.shutdown import DrainingServer
 
     app = create_app(config)
@@ -160,7 +184,10 @@ def run_serve(args: argparse.Namespace) -> int:
     server = DrainingServer(uvicorn.Config(
         app, host=config.api.host, port=config.api.port, log_config=log_config,
         log_level=args.log_level, access_log=args.log_level == "debug",
-        timeout_graceful_shutdown=5), control=app.state.control)
+        timeout_graceful_shutdown=5, timeout_keep_alive=config.api.keep_alive_timeout_s,
+        http=limited_protocol(ConnectionLimits(
+            header_timeout_s=config.api.header_timeout_s,
+            max_connections=config.api.max_connections))), control=app.state.control)
     try:
         server.run()
     except KeyboardInterrupt:

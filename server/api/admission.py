@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.api.errors import UNAVAILABLE, error_body
 
-GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
 OPEN_WHILE_DRAINING = frozenset({"/health", "/ready", "/metrics"})
 TICKET_SCOPE_KEY = "inflightd.admission_ticket"
 RETRY_AFTER_S = 1

@@ -22,6 +22,7 @@ from server.api.routes import router
 from server.api.serving import ServingState
 from server.api.settings import ServeConfig
 from server.api.shutdown import DaemonControl
+from server.api.responses_api.store import ResponseStore
 from server.api.tokenizer import Tokenizer
 from server.engine.client import EngineClient, EngineStartupError
 
@@ -59,6 +60,9 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.state.metrics = metrics
     app.state.admission = admission
     app.state.control = control
+    app.state.response_store = ResponseStore(
+        max_responses=api.responses_store_max,
+        max_bytes=int(api.responses_store_max_mb * 2**20), max_age_s=api.responses_store_ttl_s)
     install_error_handlers(app)
     app.include_router(router)
     # add_middleware wraps what is there: the last added runs first.

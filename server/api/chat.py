@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
@@ -28,7 +29,7 @@ from server.api.tool_calls.output import ToolCallStreamer, tool_message
 from server.api.tool_calls.plan import ToolPlan, plan_tools
 
 
-def _grammar(body: ChatCompletionRequest, plan: ToolPlan) -> RequestGrammar | None:
+def chat_grammar(body: ChatCompletionRequest, plan: ToolPlan) -> RequestGrammar | None:
     """The response format's grammar or the tools', never both."""
     grammar = requested_grammar(body)
     if plan.grammar is None:
@@ -40,12 +41,25 @@ def _grammar(body: ChatCompletionRequest, plan: ToolPlan) -> RequestGrammar | No
     return plan.grammar
 
 
-async def create_chat_completion(state: ServingState, request: Request,
-                                 body: ChatCompletionRequest) -> Response:
-    model = state.check_model(body.model)
-    tokenizer = state.require_tokenizer()
+@dataclass(frozen=True)
+class ChatGeneration:
+    """A chat request started on the engine: its tool plan, grammar and generation."""
+
+    request_id: str
+    generation: Generation
+    plan: ToolPlan
+    grammar: RequestGrammar | None
+
+
+async def start_chat_generation(state: ServingState, request: Request,
+                                body: ChatCompletionRequest, *,
+                                id_prefix: str) -> ChatGeneration:
+    """Tools planned, grammar checked, messages through the chat template, and the
+    generation made (the engine gets it when its steps are iterated). Shared by
+    /v1/chat/completions and /v1/responses."""
     plan = plan_tools(body, parser_name=state.config.api.tool_call_parser)
-    grammar = _grammar(body, plan)
+    grammar = chat_grammar(body, plan)
+    tokenizer = state.require_tokenizer()
     messages = body.message_dicts()
     num_chars = (sum(len(m["content"] or "") + len(json.dumps(m.get("tool_calls", "")))
                      for m in messages) + len(json.dumps(plan.template_tools or "")))
@@ -58,8 +72,19 @@ async def create_chat_completion(state: ServingState, request: Request,
         raise APIError(str(exc), param="messages") from exc
     keep_special = plan.parser is not None and plan.parser.needs_special_tokens
     request_id, generation = state.new_generation(
-        body, [prompt], id_prefix="chatcmpl", ticket=admission_ticket(request.scope),
+        body, [prompt], id_prefix=id_prefix, ticket=admission_ticket(request.scope),
         grammar=grammar, skip_special_tokens=not keep_special)
+    return ChatGeneration(request_id=request_id, generation=generation, plan=plan,
+                          grammar=grammar)
+
+
+async def create_chat_completion(state: ServingState, request: Request,
+                                 body: ChatCompletionRequest) -> Response:
+    model = state.check_model(body.model)
+    tokenizer = state.require_tokenizer()
+    started = await start_chat_generation(state, request, body, id_prefix="chatcmpl")
+    request_id, generation = started.request_id, started.generation
+    plan, grammar = started.plan, started.grammar
     created = int(time.time())
     if body.stream:
         steps = generation.steps()

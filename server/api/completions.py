@@ -1,7 +1,10 @@
 """POST /v1/completions: prompt(s) -> engine -> a text_completion, or a stream of them.
 
 A prompt is a string, a list of strings, a list of token ids or a list of token-id lists;
-each prompt gets n choices, numbered prompt * n + j as OpenAI does."""
+each prompt gets n choices, numbered prompt * n + j as OpenAI does. With best_of > n each
+prompt gets best_of samples and returns the n with the highest cumulative logprob (usage
+counts every sample's tokens, as OpenAI bills them). With `suffix` the prompt and suffix
+are wrapped in the model's fill-in-the-middle tokens (server/api/fim.py)."""
 
 from __future__ import annotations
 
@@ -14,11 +17,12 @@ from starlette.responses import Response
 
 from server.api.admission import admission_ticket
 from server.api.errors import APIError
+from server.api.fim import fim_prompts
 from server.api.generation import Generation
 from server.api.logprobs import CompletionLogprobsBuilder
 from server.api.protocol import CompletionRequest
 from server.api.responses import CompletionChoice, CompletionResponse, UsageInfo
-from server.api.serving import ServingState, collect, tokenize_off_loop
+from server.api.serving import CollectedChoice, ServingState, collect, tokenize_off_loop
 from server.api.streaming import (SSEResponse, delta_events, first_step, sse_event,
                                   unless_disconnected)
 from server.api.structured import requested_grammar
@@ -61,10 +65,16 @@ async def create_completion(state: ServingState, request: Request,
         state.require_tokenizer()  # token strings come from it
     grammar = requested_grammar(body)
     token_lists = await prompt_token_lists(state, body)
+    echoes = _prompt_texts(state, body, token_lists) if body.echo else None
+    if body.suffix:
+        tokenizer = state.require_tokenizer()
+        token_lists = fim_prompts(token_lists, body.suffix, fim=tokenizer.fim_tokens,
+                                  encode=lambda text: tokenizer.encode(
+                                      text, add_special_tokens=False),
+                                  bos_token_id=tokenizer.bos_token_id)
     request_id, generation = state.new_generation(body, token_lists, id_prefix="cmpl",
                                                   ticket=admission_ticket(request.scope),
                                                   grammar=grammar)
-    echoes = _prompt_texts(state, body, token_lists) if body.echo else None
     created = int(time.time())
     if body.stream:
         steps = generation.steps()
@@ -72,7 +82,10 @@ async def create_completion(state: ServingState, request: Request,
             steps = await first_step(request, steps)
         return SSEResponse(_chunks(state, generation, steps, body, echoes,
                                    request_id=request_id, model=model, created=created))
-    choices = await unless_disconnected(request, collect(generation, body.n * len(token_lists)))
+    choices = await unless_disconnected(
+        request, collect(generation, body.num_samples() * len(token_lists)))
+    if body.ranks_samples:
+        choices = best_samples(choices, num_samples=body.num_samples(), n=body.n)
     out = []
     for index, choice in enumerate(choices):
         prefix = echoes[index // body.n] if echoes else ""
@@ -86,6 +99,18 @@ async def create_completion(state: ServingState, request: Request,
     response = CompletionResponse(id=request_id, created=created, model=model, choices=out,
                                   usage=UsageInfo(**generation.usage().to_dict()))
     return JSONResponse(response.model_dump(mode="json"))
+
+
+def best_samples(samples: list[CollectedChoice], *, num_samples: int,
+                 n: int) -> list[CollectedChoice]:
+    """Of each prompt's num_samples samples (in prompt order), the n with the highest
+    cumulative logprob, best first; ties keep the earlier sample."""
+    best = []
+    for start in range(0, len(samples), num_samples):
+        group = samples[start:start + num_samples]
+        ranked = sorted(group, key=lambda c: -sum(lp.logprob for lp in c.logprobs))
+        best.extend(ranked[:n])
+    return best
 
 
 async def _chunks(state: ServingState, generation: Generation, steps,

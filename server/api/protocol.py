@@ -16,10 +16,12 @@ from pydantic import Field, model_validator
 from server.api.errors import invalid_param
 from server.api.protocol_base import StrictModel
 from server.api.protocol_structured import GuidedFields, ToolCallIn, ToolFields
-from server.scheduler.request import MAX_LOGPROBS, SamplingParams, SamplingParamsError
+from server.scheduler.request import (MAX_LOGIT_BIAS, MAX_LOGIT_BIAS_ENTRIES, MAX_LOGPROBS,
+                                      SamplingParams, SamplingParamsError)
 from server.structured_output.spec import GrammarSpec
 
 MAX_CHOICES = 16  # n above this is refused: each choice is a full engine request
+MAX_BEST_OF = 20  # OpenAI's own limit
 MAX_STOP_STRINGS = 16
 # A stream holds back as much text as the longest stop string could still match.
 MAX_STOP_STRING_CHARS = 256
@@ -103,9 +105,32 @@ class SamplingFields(GuidedFields):
         if self.stop_token_ids is not None and len(self.stop_token_ids) > MAX_STOP_TOKEN_IDS:
             raise invalid_param("stop_token_ids",
                                 f"at most {MAX_STOP_TOKEN_IDS} stop token ids are allowed")
-        if self.logit_bias:
-            raise invalid_param("logit_bias", "logit_bias is not supported")
+        self.logit_bias_pairs()  # its errors are 400s now, before anything is tokenized
         return self
+
+    def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        """logit_bias as (token_id, bias) pairs; OpenAI's keys are token ids as strings.
+        (Ids past the vocabulary are refused later, against the served model's.)"""
+        if not self.logit_bias:
+            return ()
+        if len(self.logit_bias) > MAX_LOGIT_BIAS_ENTRIES:
+            raise invalid_param("logit_bias", f"logit_bias may have at most "
+                                              f"{MAX_LOGIT_BIAS_ENTRIES} entries, got "
+                                              f"{len(self.logit_bias)}")
+        pairs = {}
+        for key, bias in self.logit_bias.items():
+            if not key.strip().isdigit():
+                raise invalid_param("logit_bias", f"logit_bias keys must be token ids "
+                                                  f"(non-negative integers), got {key!r}")
+            if not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
+                raise invalid_param("logit_bias", f"logit_bias values must be in "
+                                                  f"[-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}], "
+                                                  f"got {bias:g} for token {key.strip()}")
+            token_id = int(key)
+            if token_id in pairs:
+                raise invalid_param("logit_bias", f"logit_bias names token {token_id} twice")
+            pairs[token_id] = float(bias)
+        return tuple(sorted(pairs.items()))
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
@@ -119,6 +144,10 @@ class SamplingFields(GuidedFields):
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
+
+    def num_samples(self) -> int:
+        """Engine requests per prompt (n, or completions' best_of)."""
+        return self.n
 
     def num_logprobs(self) -> int | None:
         return None
@@ -137,7 +166,8 @@ class SamplingFields(GuidedFields):
             return SamplingParams(
                 **{k: v for k, v in given.items() if v is not None}, top_k=top_k, seed=seed,
                 max_tokens=max_tokens, stop_token_ids=tuple(self.stop_token_ids or ()),
-                ignore_eos=self.ignore_eos, logprobs=self.num_logprobs(), grammar=grammar)
+                ignore_eos=self.ignore_eos, logprobs=self.num_logprobs(), grammar=grammar,
+                logit_bias=self.logit_bias_pairs())
         except SamplingParamsError as exc:
             raise invalid_param(exc.param, str(exc)) from exc
 
@@ -196,29 +226,41 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     suffix: str | None = None
-    best_of: int | None = None
+    best_of: int | None = Field(None, ge=1, le=MAX_BEST_OF)
 
     @model_validator(mode="after")
     def _check_completion(self) -> "CompletionRequest":
-        if self.suffix:
-            raise invalid_param("suffix", "suffix is not supported")
-        if self.best_of is not None and self.best_of != self.n:
-            raise invalid_param("best_of", "best_of must equal n (or be left out)")
+        if self.best_of is not None and self.best_of < self.n:
+            raise invalid_param("best_of", f"best_of ({self.best_of}) must be at least n "
+                                           f"({self.n})")
+        if self.ranks_samples and self.stream:
+            raise invalid_param("best_of", "best_of greater than n cannot be streamed: the "
+                                           "best samples are known only once all have ended")
         if self.echo and self.logprobs is not None:
             raise invalid_param("echo", "echo with logprobs needs prompt logprobs, "
                                         "which are not supported")
         if not self.prompt or any(len(p) == 0 for p in self.prompt if isinstance(p, str | list)):
             raise invalid_param("prompt", "prompt must not be empty")
         batched = isinstance(self.prompt, list) and isinstance(self.prompt[0], str | list)
-        if (len(self.prompt) if batched else 1) * self.n > MAX_BATCH_CHOICES:
-            raise invalid_param("prompt", f"prompts x n must be at most {MAX_BATCH_CHOICES} "
-                                          "in one request")
+        if (len(self.prompt) if batched else 1) * self.num_samples() > MAX_BATCH_CHOICES:
+            raise invalid_param("prompt", f"prompts x best_of (or n) must be at most "
+                                          f"{MAX_BATCH_CHOICES} in one request")
         return self
+
+    @property
+    def ranks_samples(self) -> bool:
+        """best_of > n: more samples are drawn than returned, the best by logprob."""
+        return self.best_of is not None and self.best_of > self.n
 
     def requested_max_tokens(self) -> int | None:
         return 16 if self.max_tokens is None else self.max_tokens  # OpenAI's default here
 
+    def num_samples(self) -> int:
+        return self.best_of or self.n
+
     def num_logprobs(self) -> int | None:
+        if self.logprobs is None and self.ranks_samples:
+            return 0  # the sampled tokens' own logprobs rank the samples
         return self.logprobs
 
 

@@ -22,6 +22,9 @@ from server.api.openapi_bodies import request_body
 from server.api.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                                  TokenizeRequest, message_dicts)
 from server.api.responses import DetokenizeResponse, ModelCard, ModelList, TokenizeResponse
+from server.api.responses_api.handler import (create_response, delete_response,
+                                              retrieve_response)
+from server.api.responses_api.request import ResponsesRequest
 from server.api.serving import ServingState
 from server.api.tokenizer import TokenizerError
 from server.engine.client import EngineDeadError
@@ -62,6 +65,23 @@ async def chat_completions(request: Request) -> Response:
 async def completions(request: Request) -> Response:
     body = await _parse(request, CompletionRequest)
     return await create_completion(_state(request), request, body)
+
+
+@router.post("/v1/responses", openapi_extra=request_body(ResponsesRequest))
+async def responses(request: Request) -> Response:
+    body = await _parse(request, ResponsesRequest)
+    return await create_response(_state(request), request.app.state.response_store, request,
+                                 body)
+
+
+@router.get("/v1/responses/{response_id}")
+async def get_response(request: Request, response_id: str) -> JSONResponse:
+    return await retrieve_response(request.app.state.response_store, response_id)
+
+
+@router.delete("/v1/responses/{response_id}")
+async def remove_response(request: Request, response_id: str) -> JSONResponse:
+    return await delete_response(request.app.state.response_store, response_id)
 
 
 @router.get("/v1/models")

@@ -103,11 +103,14 @@ class ServingState:
                        id_prefix: str, ticket: AdmissionTicket | None = None,
                        grammar: RequestGrammar | None = None,
                        skip_special_tokens: bool = True) -> tuple[str, Generation]:
-        """Check the prompts and plan n choices for each (choice index = prompt * n + j).
+        """Check the prompts and plan body.num_samples() choices (n, or best_of) for each
+        (choice index = prompt * num_samples + j).
         `ticket` (from the admission middleware) learns when the engine has the request;
         every choice's output follows `grammar` when given."""
         if body.stop_token_ids:
             self.check_token_ids(body.stop_token_ids, "stop_token_ids")
+        self.check_token_ids([token_id for token_id, _ in body.logit_bias_pairs()],
+                             "logit_bias")
         if grammar is not None and body.ignore_eos:
             raise invalid_param("ignore_eos", f"ignore_eos cannot be combined with "
                                               f"{grammar.param}: a finished grammar allows "
@@ -115,9 +118,9 @@ class ServingState:
         plans = []
         for prompt_index, prompt in enumerate(prompts):
             max_tokens = self.resolve_max_tokens(len(prompt), body.requested_max_tokens())
-            for j in range(body.n):
+            for j in range(body.num_samples()):
                 plans.append(ChoicePlan(
-                    index=prompt_index * body.n + j, prompt_index=prompt_index,
+                    index=prompt_index * body.num_samples() + j, prompt_index=prompt_index,
                     prompt_token_ids=prompt,
                     sampling_params=body.to_sampling_params(
                         max_tokens=max_tokens, choice_index=j,

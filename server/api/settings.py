@@ -36,6 +36,19 @@ class ApiSettings:
     # format its chat template asks for); "hermes" is also the format of the fallback that
     # renders tools for templates that know nothing of them.
     tool_call_parser: str = "hermes"
+    # /v1/responses with store: true keeps each response (and its conversation, for
+    # previous_response_id) in memory: at most this many and this many MiB (as JSON), none
+    # older than the age limit.
+    responses_store_max: int = 1024
+    responses_store_max_mb: float = 256.0
+    responses_store_ttl_s: float = 3600.0
+    # Connections (server/api/connections.py): a request's headers must arrive whole within
+    # header_timeout_s of the connection opening or the previous response ending; an idle
+    # keep-alive connection closes after keep_alive_timeout_s; past max_connections open
+    # ones, a new connection is closed at once (None: no cap).
+    header_timeout_s: float = 10.0
+    keep_alive_timeout_s: float = 5.0
+    max_connections: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -63,6 +76,18 @@ class ApiSettings:
         if self.tool_call_parser not in TOOL_CALL_PARSERS:
             raise ValueError(f"--tool-call-parser must be one of "
                              f"{', '.join(TOOL_CALL_PARSERS)}, got {self.tool_call_parser!r}")
+        if (self.responses_store_max < 0 or self.responses_store_max_mb < 0
+                or self.responses_store_ttl_s <= 0):
+            raise ValueError("--responses-store-max and --responses-store-max-mb must be >= 0 "
+                             "and --responses-store-ttl > 0, got "
+                             f"{self.responses_store_max}, {self.responses_store_max_mb} and "
+                             f"{self.responses_store_ttl_s}")
+        if self.header_timeout_s <= 0 or self.keep_alive_timeout_s <= 0:
+            raise ValueError("--header-timeout and --keep-alive-timeout must be > 0, got "
+                             f"{self.header_timeout_s} and {self.keep_alive_timeout_s}")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError(f"--max-connections must be >= 1 (leave it out for no cap), "
+                             f"got {self.max_connections}")
         if self.engine_failure_exit_delay_s < 0:
             raise ValueError("the exit delay after an engine failure must be >= 0, "
                              f"got {self.engine_failure_exit_delay_s}")

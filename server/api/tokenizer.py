@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from server.api.fim import FimTokens, find_fim_tokens
 from server.api.tool_calls.template import chat_template_inputs, template_supports_tools
 
 
@@ -64,6 +65,15 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self._hf)
+
+    @functools.cached_property
+    def fim_tokens(self) -> FimTokens | None:
+        """The fill-in-the-middle tokens (for `suffix`), when the vocabulary has them."""
+        return find_fim_tokens(self._hf.get_vocab())
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._hf.bos_token_id
 
     @property
     def has_chat_template(self) -> bool:

@@ -9,8 +9,8 @@
          runs the forward pass (after the previous step's tokens reach the matchers),
          then applied to their logits
       -> sampler (all plain-greedy rows: one argmax; rows whose token needs no history
-         (no penalty, seed or logprobs): sampled on the device; both left there, so the
-         host does not wait) -> InFlightStep
+         (no penalty, seed or logprobs; biases allowed): sampled on the device; both left
+         there, so the host does not wait) -> InFlightStep
     resolve waits for the ids and appends each to its request's history;
     execute = resolve(launch(...)).
 
@@ -41,7 +41,7 @@ from server.engine.parallel.tensor_parallel import NO_TENSOR_PARALLEL, TensorPar
 from server.engine.ops import Ops
 from server.engine.ops.torch_ref import TorchOps
 from server.engine.sampler import (MIN_TEMPERATURE, RequestSamplingState, Sampler,
-                                   SamplingBatch)
+                                   SamplingBatch, adjusted_logits)
 from server.engine.weights import ModelSource, iter_weights, resolve_model
 from server.kvcache.kv_pool import KVPool, check_kv_cache_kernels, kv_cache_dtype_for
 from server.scheduler.output import ModelOutput, NewRequestData, SchedulerOutput
@@ -264,7 +264,7 @@ class ModelRunner:
             # temperature, top-k, top-p and min-p read only the logits: sampled on the device
             batch = SamplingBatch.build(states, vocab_size=logits.shape[-1],
                                         device=logits.device)
-            token_ids = self.sampler.sample_tokens(logits, batch)
+            token_ids = self.sampler.sample_tokens(adjusted_logits(logits, batch), batch)
             self._feedback.remember(req_ids, token_ids)
             return self._launched(InFlightStep.copying(req_ids, token_ids))
         self._resolve_unresolved()  # the penalties and seeds need its tokens
@@ -399,8 +399,9 @@ def _engine_config(source: ModelSource):
 
 
 def _is_plain_greedy(state: RequestSamplingState) -> bool:
-    """Greedy with no penalty and no logprobs: the token is the argmax of the raw logits."""
+    """Greedy with no penalty, logit_bias or logprobs: the argmax of the raw logits."""
     return (state.sampling_params.temperature < MIN_TEMPERATURE
+            and not state.sampling_params.logit_bias
             and _reads_only_the_logits(state.sampling_params))
 
 

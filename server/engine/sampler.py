@@ -2,7 +2,8 @@
 
 Per step, for logits [S, V] (float32, one row per request that samples):
 
-    penalties (presence, frequency, repetition)   -> the distribution logprobs report
+    penalties (presence, frequency, repetition), then logit_bias
+                                                  -> the distribution logprobs report
     greedy rows: argmax
     other rows:  / temperature -> min_p -> top_k -> top_p -> softmax
                  token = argmax(probs / noise), noise ~ Exponential(1)
@@ -12,8 +13,9 @@ form of the Gumbel trick) and lets each seeded request own its noise: its row is
 from a generator seeded by (seed, tokens generated so far), so a seeded request gets the
 same tokens whatever else is in the batch. Unseeded rows share the sampler's generator.
 
-Logprobs are log_softmax of the logits after penalties and before temperature or any
-cut, i.e. the model's own distribution as adjusted by the request's penalties.
+Logprobs are log_softmax of the logits after penalties and logit_bias and before
+temperature or any cut, i.e. the model's own distribution as adjusted by the request's
+penalties and biases.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from server.engine.inputs import host_to_device
+from server.engine.logit_bias import LogitBiasTensors, apply_logit_bias
 from server.engine.penalties import PenaltyTensors, apply_penalties
 from server.scheduler.output import TokenLogprobs
 from server.scheduler.request import SamplingParams
@@ -59,6 +62,7 @@ class SamplingBatch:
     top_ks: torch.Tensor | None  # int64 [S]; vocab size where unset; None when no row cuts
     top_ps: torch.Tensor | None  # float32 [S]; None when every top_p is 1
     penalties: PenaltyTensors | None  # None when no row is penalised
+    logit_bias: LogitBiasTensors | None  # None when no row has a logit_bias
     all_greedy: bool
     random_rows: tuple[int, ...]  # rows that draw noise (not greedy)
     row_seeds: tuple[int | None, ...]  # per row: the noise seed for this step, or None
@@ -89,6 +93,7 @@ class SamplingBatch:
             top_ps=(tensor([p.top_p for p in params], torch.float32)
                     if any(p.top_p < 1 for p in random_params) else None),
             penalties=_build_penalties(states, vocab_size=vocab_size, device=device),
+            logit_bias=LogitBiasTensors.build([p.logit_bias for p in params], device=device),
             all_greedy=all(greedy),
             random_rows=tuple(row for row, g in enumerate(greedy) if not g),
             row_seeds=tuple(None if p.seed is None else
@@ -113,6 +118,15 @@ def _build_penalties(states: Sequence[RequestSamplingState], *, vocab_size: int,
         vocab_size=vocab_size, device=device)
 
 
+def adjusted_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """The logits with the batch's penalties and biases applied (a new tensor when any)."""
+    if batch.penalties is not None:
+        logits = apply_penalties(logits, batch.penalties)
+    if batch.logit_bias is not None:
+        logits = apply_logit_bias(logits, batch.logit_bias)
+    return logits
+
+
 def step_seed(seed: int, num_generated: int) -> int:
     """A 64-bit generator seed for a seeded request's next token (splitmix64 of both)."""
     z = (seed * 0x9E3779B97F4A7C15 + num_generated + 1) & _MASK64
@@ -134,8 +148,7 @@ class Sampler:
         return self.sample_batch(logits, batch)
 
     def sample_batch(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
-        if batch.penalties is not None:
-            logits = apply_penalties(logits, batch.penalties)
+        logits = adjusted_logits(logits, batch)
         tokens = self.sample_tokens(logits, batch)
         token_list = tokens.tolist()
         logprobs = None
@@ -145,7 +158,7 @@ class Sampler:
 
     def sample_tokens(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         """int64 [S] token ids, left on logits' device (nothing here waits for the GPU).
-        logits already carry the batch's penalties."""
+        logits already carry the batch's penalties and biases (adjusted_logits)."""
         if batch.all_greedy:
             return logits.argmax(dim=-1)
         probs = self._filtered_probs(logits, batch)

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from server.structured_output.spec import GrammarSpec
 
 MAX_LOGPROBS = 20
+# OpenAI's logit_bias limits (server/engine/logit_bias.py applies it)
+MAX_LOGIT_BIAS = 100.0
+MAX_LOGIT_BIAS_ENTRIES = 300
 
 
 @dataclass(frozen=True)
@@ -32,9 +35,14 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     logprobs: int | None = None  # None: no logprobs; k: the sampled one plus top k
     grammar: GrammarSpec | None = None  # the output must follow it (structured outputs)
+    # (token_id, bias) pairs added to those tokens' logits before sampling, ids distinct
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        object.__setattr__(self, "logit_bias", tuple((int(t), float(b))
+                                                     for t, b in self.logit_bias))
+        _check_logit_bias(self.logit_bias)
         _check(math.isfinite(self.temperature) and self.temperature >= 0,
                "temperature", f"must be a finite number >= 0, got {self.temperature}")
         _check(math.isfinite(self.top_p) and 0 < self.top_p <= 1,
@@ -64,6 +72,17 @@ class SamplingParamsError(ValueError):
     def __init__(self, param: str, message: str) -> None:
         super().__init__(f"{param} {message}")
         self.param = param
+
+
+def _check_logit_bias(pairs: tuple[tuple[int, float], ...]) -> None:
+    _check(len(pairs) <= MAX_LOGIT_BIAS_ENTRIES, "logit_bias",
+           f"may have at most {MAX_LOGIT_BIAS_ENTRIES} entries, got {len(pairs)}")
+    _check(len({token_id for token_id, _ in pairs}) == len(pairs), "logit_bias",
+           "names a token id twice")
+    for token_id, bias in pairs:
+        _check(token_id >= 0, "logit_bias", f"token ids must be >= 0, got {token_id}")
+        _check(math.isfinite(bias) and -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS, "logit_bias",
+               f"biases must be in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}], got {bias}")
 
 
 def _check(ok: bool, param: str, message: str) -> None:

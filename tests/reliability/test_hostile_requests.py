@@ -84,7 +84,7 @@ CASES: list[tuple[str, str, Any, int, str | None, str | None]] = [
      "stop_token_ids", None),
     ("unknown_role", CHAT, {"messages": [{"role": "root", "content": "hi"}]}, 400,
      "messages.0.role", None),
-    ("logit_bias", CHAT, {"messages": USER, "logit_bias": {"50": 100}}, 400, "logit_bias",
+    ("logit_bias", CHAT, {"messages": USER, "logit_bias": {"50": 101}}, 400, "logit_bias",
      None),
     ("tools", CHAT, {"messages": USER, "tools": [{"type": "function"}]}, 400,
      "tools.0.function", "missing_required_parameter"),

@@ -1,0 +1,1 @@
+"""OpenAI's Responses API (POST/GET/DELETE /v1/responses) on the chat pipeline."""
