@@ -2,7 +2,8 @@
 
 Per step, for logits [S, V] (float32, one row per request that samples):
 
-    penalties (presence, frequency, repetition)   -> the distribution logprobs report
+    penalties (presence, frequency, repetition)
+    bans (bad_words, min_tokens: bad_words.py)    -> the distribution logprobs report
     greedy rows: argmax
     other rows:  / temperature -> min_p -> top_k -> top_p -> softmax
                  token = argmax(probs / noise), noise ~ Exponential(1)
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from server.engine.bad_words import BannedTokens, apply_banned_tokens, build_banned_tokens
 from server.engine.inputs import host_to_device
 from server.engine.penalties import PenaltyTensors, apply_penalties
 from server.scheduler.output import TokenLogprobs
@@ -59,6 +61,7 @@ class SamplingBatch:
     top_ks: torch.Tensor | None  # int64 [S]; vocab size where unset; None when no row cuts
     top_ps: torch.Tensor | None  # float32 [S]; None when every top_p is 1
     penalties: PenaltyTensors | None  # None when no row is penalised
+    banned: BannedTokens | None  # None when no row bans a token this step
     all_greedy: bool
     random_rows: tuple[int, ...]  # rows that draw noise (not greedy)
     row_seeds: tuple[int | None, ...]  # per row: the noise seed for this step, or None
@@ -89,6 +92,7 @@ class SamplingBatch:
             top_ps=(tensor([p.top_p for p in params], torch.float32)
                     if any(p.top_p < 1 for p in random_params) else None),
             penalties=_build_penalties(states, vocab_size=vocab_size, device=device),
+            banned=build_banned_tokens(states, vocab_size=vocab_size, device=device),
             all_greedy=all(greedy),
             random_rows=tuple(row for row, g in enumerate(greedy) if not g),
             row_seeds=tuple(None if p.seed is None else
@@ -136,6 +140,8 @@ class Sampler:
     def sample_batch(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
         if batch.penalties is not None:
             logits = apply_penalties(logits, batch.penalties)
+        if batch.banned is not None:
+            logits = apply_banned_tokens(logits, batch.banned)
         tokens = self.sample_tokens(logits, batch)
         token_list = tokens.tolist()
         logprobs = None
@@ -145,7 +151,7 @@ class Sampler:
 
     def sample_tokens(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         """int64 [S] token ids, left on logits' device (nothing here waits for the GPU).
-        logits already carry the batch's penalties."""
+        logits already carry the batch's penalties and bans."""
         if batch.all_greedy:
             return logits.argmax(dim=-1)
         probs = self._filtered_probs(logits, batch)

@@ -32,9 +32,17 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     logprobs: int | None = None  # None: no logprobs; k: the sampled one plus top k
     grammar: GrammarSpec | None = None  # the output must follow it (structured outputs)
+    # Token sequences that must never be completed (TensorRT-LLM's bad_words).
+    bad_words: tuple[tuple[int, ...], ...] = ()
+    # stop_token_ids are banned until this many tokens are out (the api puts the model's
+    # end tokens among them for requests that set it).
+    min_tokens: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        object.__setattr__(self, "bad_words", tuple(tuple(w) for w in self.bad_words))
+        _check(all(self.bad_words), "bad_words", "must not hold an empty sequence")
+        _check(self.min_tokens >= 0, "min_tokens", f"must be >= 0, got {self.min_tokens}")
         _check(math.isfinite(self.temperature) and self.temperature >= 0,
                "temperature", f"must be a finite number >= 0, got {self.temperature}")
         _check(math.isfinite(self.top_p) and 0 < self.top_p <= 1,
