@@ -1,0 +1,1 @@
+"""Triton Inference Server / KServe v2 front door (HTTP and gRPC) to the same engine as the OpenAI API, answering as TensorRT-LLM's ensemble model does."""

@@ -1,0 +1,179 @@
+"""An ensemble request on the engine: the prompt and bad words tokenized, the sampling
+settings TensorRT-LLM's way, and the output as Triton's per-step responses or one answer."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from server.api.admission import AdmissionTicket
+from server.api.errors import APIError
+from server.api.generation import Generation
+from server.api.serving import ServingState, tokenize_off_loop
+from server.scheduler.request import SamplingParams, SamplingParamsError
+from server.structured_output.spec import GrammarSpec
+from server.triton.errors import TritonError
+from server.triton.request import EnsembleRequest
+from server.triton.tensors import Tensor
+
+
+@dataclass(frozen=True)
+class EnsembleSampling:
+    """What ServingState.new_generation reads of a request body, for one ensemble request
+    whose words are tokenized. Sampling is greedy unless top_k > 1 or top_p is set, as in
+    TensorRT-LLM (whose default top_k and top_p of 0 mean greedy)."""
+
+    request: EnsembleRequest
+    bad_word_ids: tuple[tuple[int, ...], ...]
+    end_token_ids: tuple[int, ...]  # the model's own, banned until min_tokens are out
+    n: int = 1
+    priority: int = 0
+    ignore_eos: bool = False
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        end_id = self.request.end_id
+        return () if end_id is None else (end_id,)
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        return self.request.stop_words
+
+    def requested_max_tokens(self) -> int:
+        return self.request.max_tokens
+
+    def num_logprobs(self) -> int | None:
+        return 0 if self.request.return_log_probs else None
+
+    def to_sampling_params(self, *, max_tokens: int, choice_index: int = 0,
+                           grammar: GrammarSpec | None = None) -> SamplingParams:
+        r = self.request
+        top_k = r.top_k or None
+        top_p = r.top_p or None
+        random = (top_k is not None and top_k > 1) or (top_p is not None and top_k != 1)
+        temperature = (1.0 if r.temperature is None else r.temperature) if random else 0.0
+        given = {"top_k": top_k if random else None, "top_p": top_p if random else None,
+                 "repetition_penalty": r.repetition_penalty,
+                 "presence_penalty": r.presence_penalty,
+                 "frequency_penalty": r.frequency_penalty}
+        stop_ids = self.stop_token_ids + (self.end_token_ids if r.min_tokens else ())
+        try:
+            return SamplingParams(
+                **{k: v for k, v in given.items() if v is not None}, temperature=temperature,
+                seed=r.seed, max_tokens=max_tokens, stop_token_ids=stop_ids,
+                logprobs=self.num_logprobs(), bad_words=self.bad_word_ids,
+                min_tokens=r.min_tokens)
+        except SamplingParamsError as exc:
+            raise TritonError(f"input '{exc.param}' {str(exc).removeprefix(exc.param + ' ')}") \
+                from exc
+
+
+@dataclass(frozen=True)
+class Step:
+    """One response's worth of output: new text, its tokens' logprobs, and whether it ends."""
+
+    text: str
+    logprobs: tuple[float, ...]
+    finished: bool
+
+
+class EnsembleRun:
+    """One ensemble request's generation. Raises TritonError for what the request asked
+    wrong and for engine failures (APIErrors of the shared layer are translated)."""
+
+    def __init__(self, request: EnsembleRequest, generation: Generation) -> None:
+        self.request = request
+        self._generation = generation
+
+    @classmethod
+    async def start(cls, state: ServingState, request: EnsembleRequest, *,
+                    ticket: AdmissionTicket | None) -> "EnsembleRun":
+        try:
+            tokenizer = state.require_tokenizer()
+            state.check_prompt_chars(len(request.text_input), "text_input")
+            text = request.text_input
+            prompt = await tokenize_off_loop(lambda: tokenizer.encode(text),
+                                             num_chars=len(text))
+            sampling = EnsembleSampling(request=request,
+                                        bad_word_ids=_bad_word_ids(tokenizer, request),
+                                        end_token_ids=tuple(state.info.eos_token_ids))
+            if request.end_id is not None:
+                state.check_token_ids([request.end_id], "end_id")
+            _, generation = state.new_generation(sampling, [prompt], id_prefix="triton",
+                                                 ticket=ticket)
+        except APIError as exc:
+            raise _translated(exc) from exc
+        return cls(request, generation)
+
+    async def steps(self) -> AsyncIterator[Step]:
+        try:
+            async for deltas in self._generation.steps():
+                for delta in deltas:
+                    yield Step(text=delta.text,
+                               logprobs=tuple(lp.logprob for lp in delta.logprobs),
+                               finished=delta.finish_reason is not None)
+        except APIError as exc:
+            raise _translated(exc) from exc
+
+    async def collect(self) -> Step:
+        """The whole output as one response (the prompt first unless excluded)."""
+        parts, logprobs = [], []
+        async for step in self.steps():
+            parts.append(step.text)
+            logprobs.extend(step.logprobs)
+        prefix = "" if self.request.exclude_input_in_output else self.request.text_input
+        return Step(text=prefix + "".join(parts), logprobs=tuple(logprobs), finished=True)
+
+
+LOGPROB_OUTPUTS = frozenset({"cum_log_probs", "output_log_probs"})
+
+
+def with_requested_outputs(request: EnsembleRequest,
+                           requested: tuple[str, ...] | None) -> EnsembleRequest:
+    """The request as the outputs named need it (log probs computed when one of theirs is
+    named); an output the ensemble does not have is refused here, before anything runs."""
+    if requested is not None and LOGPROB_OUTPUTS & set(requested):
+        request = dataclasses.replace(request, return_log_probs=True)
+    output_tensors(Step(text="", logprobs=(), finished=True),
+                   with_logprobs=request.return_log_probs, requested=requested)
+    return request
+
+
+def output_tensors(step: Step, *, with_logprobs: bool,
+                   requested: tuple[str, ...] | None = None) -> list[Tensor]:
+    """The ensemble's outputs for one response, shaped [batch 1, beam 1, ...]; `requested`
+    names the outputs to send (None: text_output, plus the log probs when asked)."""
+    names = requested or (("text_output", "cum_log_probs", "output_log_probs")
+                          if with_logprobs else ("text_output",))
+    made = {"text_output": lambda: Tensor("text_output", "BYTES", (1, 1), (step.text,)),
+            "cum_log_probs": lambda: Tensor("cum_log_probs", "FP32", (1, 1),
+                                            (float(sum(step.logprobs)),)),
+            "output_log_probs": lambda: Tensor("output_log_probs", "FP32",
+                                               (1, 1, len(step.logprobs)), step.logprobs),
+            "batch_index": lambda: Tensor("batch_index", "INT32", (1, 1), (0,))}
+    for name in names:
+        if name not in made:
+            raise TritonError(f"unexpected inference output '{name}' for the ensemble model")
+    return [made[name]() for name in names]
+
+
+def _bad_word_ids(tokenizer, request: EnsembleRequest) -> tuple[tuple[int, ...], ...]:
+    """Each word's tokens as written, stripped, and with one leading space: a word inside
+    text is usually tokenized with the space before it, and a ban should catch it there."""
+    sequences: dict[tuple[int, ...], None] = {}
+    for word in request.bad_words:
+        # "a, b" lists " b": its stripped form and that with one leading space are banned
+        for variant in (word, word.strip(), " " + word.strip()):
+            ids = tuple(tokenizer.encode(variant, add_special_tokens=False))
+            if ids:
+                sequences[ids] = None
+    return tuple(sequences)
+
+
+def _translated(exc: APIError) -> TritonError:
+    param = {"max_tokens": "max_tokens", "messages": "text_input", "prompt": "text_input"}
+    message = exc.message
+    if exc.param in param and f"'{param[exc.param]}'" not in message:
+        message = f"input '{param[exc.param]}': {message}"
+    return TritonError(message, status_code=exc.status_code)
