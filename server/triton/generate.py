@@ -29,12 +29,17 @@ class EnsembleSampling:
     end_token_ids: tuple[int, ...]  # the model's own, banned until min_tokens are out
     n: int = 1
     priority: int = 0
-    ignore_eos: bool = False
+
+    @property
+    def ignore_eos(self) -> bool:
+        """end_id replaces the model's end tokens, as in TensorRT-LLM; -1 is no end token
+        at all (the output runs to max_tokens)."""
+        return self.request.end_id is not None
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:
         end_id = self.request.end_id
-        return () if end_id is None else (end_id,)
+        return () if end_id is None or end_id < 0 else (end_id,)
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
@@ -57,11 +62,12 @@ class EnsembleSampling:
                  "repetition_penalty": r.repetition_penalty,
                  "presence_penalty": r.presence_penalty,
                  "frequency_penalty": r.frequency_penalty}
-        stop_ids = self.stop_token_ids + (self.end_token_ids if r.min_tokens else ())
+        ends = () if self.ignore_eos or not r.min_tokens else self.end_token_ids
         try:
             return SamplingParams(
                 **{k: v for k, v in given.items() if v is not None}, temperature=temperature,
-                seed=r.seed, max_tokens=max_tokens, stop_token_ids=stop_ids,
+                seed=r.seed, max_tokens=max_tokens, stop_token_ids=self.stop_token_ids + ends,
+                ignore_eos=self.ignore_eos,
                 logprobs=self.num_logprobs(), bad_words=self.bad_word_ids,
                 min_tokens=r.min_tokens)
         except SamplingParamsError as exc:
@@ -98,7 +104,7 @@ class EnsembleRun:
             sampling = EnsembleSampling(request=request,
                                         bad_word_ids=_bad_word_ids(tokenizer, request),
                                         end_token_ids=tuple(state.info.eos_token_ids))
-            if request.end_id is not None:
+            if request.end_id is not None and request.end_id != -1:
                 state.check_token_ids([request.end_id], "end_id")
             _, generation = state.new_generation(sampling, [prompt], id_prefix="triton",
                                                  ticket=ticket)

@@ -77,7 +77,13 @@ def test_sampling_is_greedy_unless_top_k_or_top_p_asks_for_more():
     assert _params(top_p=0.9).top_p == 0.9 and not _params(top_p=0.9).greedy
 
 
-def test_min_tokens_bans_the_model_end_tokens_and_end_id_stops():
-    params = _params(min_tokens=3, end_id=9)
-    assert params.min_tokens == 3 and set(params.stop_token_ids) == {9, 2}
-    assert _params(end_id=9).stop_token_ids == (9,)
+def test_min_tokens_bans_the_model_end_tokens():
+    params = _params(min_tokens=3)
+    assert params.min_tokens == 3 and params.stop_token_ids == (2,) and not params.ignore_eos
+
+
+def test_end_id_replaces_the_model_end_tokens_and_minus_one_removes_them():
+    replaced = _params(end_id=9, min_tokens=3)
+    assert replaced.ignore_eos and replaced.stop_token_ids == (9,)
+    none = _params(end_id=-1)
+    assert none.ignore_eos and none.stop_token_ids == ()
