@@ -34,8 +34,8 @@ class SamplingParams:
     grammar: GrammarSpec | None = None  # the output must follow it (structured outputs)
     # Token sequences that must never be completed (TensorRT-LLM's bad_words).
     bad_words: tuple[tuple[int, ...], ...] = ()
-    # stop_token_ids are banned until this many tokens are out (the api puts the model's
-    # end tokens among them for requests that set it).
+    # stop_token_ids are banned until this many tokens are out (the engine adds the model's
+    # end tokens to them for requests that set it, unless ignore_eos).
     min_tokens: int = 0
 
     def __post_init__(self) -> None:

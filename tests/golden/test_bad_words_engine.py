@@ -76,3 +76,15 @@ def test_min_tokens_holds_back_a_stop_token(llm):
         temperature=0, max_tokens=24, stop_token_ids=(stop,), min_tokens=6))[0]
     assert len(held.token_ids) >= 6
     assert stop not in held.token_ids[:5]
+
+
+
+def test_min_tokens_requests_carry_the_model_end_tokens_as_stop_tokens(llm):
+    """So that the sampler's min_tokens ban covers the end token the scheduler stops on."""
+    from server.engine.core import _with_extra_eos
+
+    info = llm.engine.info
+    params = _with_extra_eos(SamplingParams(min_tokens=3), info)
+    assert set(info.eos_token_ids) <= set(params.stop_token_ids)
+    assert _with_extra_eos(SamplingParams(min_tokens=3, ignore_eos=True), info).stop_token_ids \
+        == ()

@@ -183,3 +183,34 @@ def test_grpc_asyncio_infer_with_a_random_seed_repeats(kserve):
 
     first, second = asyncio.run(main())
     assert first == second
+
+
+def test_grpc_stream_with_an_empty_final_response_ends_with_it(grpc_client, greedy_text):
+    responses: queue.Queue = queue.Queue()
+    grpc_client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        grpc_client.async_stream_infer("ensemble", infer_inputs(
+            grpcclient, ensemble_arrays(stream=True)), enable_empty_final_response=True)
+        pieces, finals = [], []
+        while not finals or not finals[-1]:
+            result, error = responses.get(timeout=60)
+            assert error is None, error
+            finals.append(result.get_response().parameters["triton_final_response"].bool_param)
+            if result.as_numpy("text_output") is not None:
+                pieces.append(text_of(result))
+    finally:
+        grpc_client.stop_stream()
+    assert finals.count(True) == 1 and len(pieces) == len(finals) - 1
+    assert "".join(pieces) == greedy_text
+
+
+def _successes(v2) -> float:
+    lines = v2.get("/metrics").text.splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines
+               if line.startswith("inflightd:request_success_total"))
+
+
+def test_grpc_requests_count_in_the_same_metrics_as_http(v2, grpc_client):
+    before = _successes(v2)
+    grpc_client.infer("ensemble", infer_inputs(grpcclient, ensemble_arrays(max_tokens=2)))
+    assert _successes(v2) == before + 1
