@@ -4,6 +4,7 @@ ModelInfer, and ModelStreamInfer answering step by step as TensorRT-LLM's decoup
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 
 from google.protobuf import json_format
@@ -23,6 +24,7 @@ from server.triton.proto import model_config_pb2
 from server.triton.request import EnsembleRequest, from_tensors
 
 EMPTY_FINAL = "triton_enable_empty_final_response"
+logger = logging.getLogger("inflightd.api")
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
@@ -135,6 +137,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                         request_id=request.id, tensors=(), final=True)))
         except TritonError as exc:
             error(exc.message)
+        except Exception as exc:  # the stream's other requests go on; this one is told
+            logger.exception("unexpected error in a ModelStreamInfer request")
+            error(f"internal error: {type(exc).__name__}")
 
     def _read(self, request: pb.ModelInferRequest
               ) -> tuple[EnsembleRequest, tuple[str, ...] | None]:

@@ -112,10 +112,11 @@ async def generate(request: Request, name: str, version: str | None = None) -> J
     seeds' curl sends none of Content-Type."""
     state = _state(request)
     check_model(state, name, version)
-    ensemble = from_generate_body(await _json_body(request))
+    body = await _json_body(request)
+    ensemble = from_generate_body(body)
     run = await EnsembleRun.start(state, ensemble, ticket=admission_ticket(request.scope))
     step = await unless_disconnected(request, run.collect())
-    return JSONResponse(_generate_document(name, step, ensemble))
+    return JSONResponse(_generate_document(name, step, ensemble, request_id=body.get("id")))
 
 
 @router.post(MODEL + "/generate_stream")
@@ -125,27 +126,35 @@ async def generate_stream(request: Request, name: str, version: str | None = Non
     with stream set; with stream false, one event with the whole answer."""
     state = _state(request)
     check_model(state, name, version)
-    ensemble = from_generate_body(await _json_body(request))
+    body = await _json_body(request)
+    ensemble = from_generate_body(body)
     run = await EnsembleRun.start(state, ensemble, ticket=admission_ticket(request.scope))
-    return SSEResponse(_events(name, run, ensemble))
+    return SSEResponse(_events(name, run, ensemble, request_id=body.get("id")))
 
 
-async def _events(name: str, run: EnsembleRun,
-                  ensemble: EnsembleRequest) -> AsyncIterator[bytes]:
+async def _events(name: str, run: EnsembleRun, ensemble: EnsembleRequest, *,
+                  request_id: object) -> AsyncIterator[bytes]:
+    def event(step: Step) -> bytes:
+        return sse_event(json.dumps(_generate_document(name, step, ensemble,
+                                                       request_id=request_id)))
+
     try:
         if ensemble.stream is False:
-            step = await run.collect()
-            yield sse_event(json.dumps(_generate_document(name, step, ensemble)))
+            yield event(await run.collect())
             return
         async for step in run.steps():
-            yield sse_event(json.dumps(_generate_document(name, step, ensemble)))
+            yield event(step)
     except TritonError as exc:  # mid-stream: Triton sends the error as an event
         yield sse_event(json.dumps(kserve_error_body(exc.message)))
 
 
-def _generate_document(name: str, step: Step, ensemble: EnsembleRequest) -> dict:
-    """A generate-extension answer: each output by name, one element as a scalar."""
+def _generate_document(name: str, step: Step, ensemble: EnsembleRequest, *,
+                       request_id: object) -> dict:
+    """A generate-extension answer: each output by name, one element as a scalar; the
+    request's id echoed when it gave a string one."""
     document: dict = {"model_name": name, "model_version": MODEL_VERSION}
+    if isinstance(request_id, str):
+        document["id"] = request_id
     for tensor in output_tensors(step, with_logprobs=ensemble.return_log_probs):
         data = to_json_data(tensor)
         document[tensor.name] = data[0] if len(data) == 1 and tensor.name != \

@@ -59,8 +59,8 @@ def test_generate_stream_events_concatenate_to_the_generated_text(v2):
 def test_generate_stream_with_stream_false_sends_the_whole_answer_once(v2):
     body = {"text_input": PROMPT, "max_tokens": 10}
     whole = _generate(v2, body)["text_output"]
-    events = _stream(v2, {**body, "stream": False})
-    assert [e["text_output"] for e in events] == [whole]
+    events = _stream(v2, {**body, "stream": False, "id": "r-7"})
+    assert [(e["text_output"], e["id"]) for e in events] == [(whole, "r-7")]
 
 
 def test_exclude_input_in_output_false_puts_the_prompt_first(v2):

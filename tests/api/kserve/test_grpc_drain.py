@@ -17,7 +17,7 @@ from tests.api.kserve.helpers import ensemble_arrays, infer_inputs
 
 KEY = "grpc-drain-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
-MAX_TOKENS = 120
+MAX_TOKENS = 64
 
 
 def _wait_until(condition, *, timeout_s: float = 15) -> None:
