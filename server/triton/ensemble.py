@@ -89,6 +89,12 @@ def server_metadata() -> dict:
     return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
 
 
+def repository_index(names: tuple[str, ...], *, ready: bool) -> list[dict]:
+    """Every served name as a model of the repository, in Triton's index form."""
+    state = "READY" if ready else "UNAVAILABLE"
+    return [{"name": name, "version": MODEL_VERSION, "state": state} for name in names]
+
+
 def model_metadata(name: str) -> dict:
     """KServe v2 model metadata; shapes lead with the batch dimension (-1)."""
     def tensor(spec: TensorSpec) -> dict:

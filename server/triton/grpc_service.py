@@ -11,7 +11,7 @@ from google.protobuf import json_format
 
 from server.api.serving import ServingState
 from server.triton.ensemble import (MODEL_VERSION, model_config, model_metadata,
-                                    server_metadata)
+                                    repository_index, server_metadata)
 from server.triton.errors import TritonError
 from server.triton.generate import EnsembleRun, output_tensors, with_requested_outputs
 from server.triton.grpc_guard import GrpcGuard
@@ -64,6 +64,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         document = model_config(name, max_batch_size=state.config.scheduler.max_num_seqs)
         config = json_format.ParseDict(document, model_config_pb2.ModelConfig())
         return pb.ModelConfigResponse(config=config)
+
+    async def RepositoryIndex(self, request, context) -> pb.RepositoryIndexResponse:
+        await self._guard.authorize(context)
+        state = self._state()
+        ready = unavailable_reason(state, draining=self._guard.draining) is None
+        return json_format.ParseDict({"models": repository_index(state.model_names,
+                                                                 ready=ready)},
+                                     pb.RepositoryIndexResponse())
 
     async def ModelInfer(self, request, context) -> pb.ModelInferResponse:
         await self._guard.authorize(context)

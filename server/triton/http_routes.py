@@ -16,7 +16,7 @@ from server.api.routes import read_body
 from server.api.serving import ServingState
 from server.api.streaming import SSEResponse, sse_event, unless_disconnected
 from server.triton.ensemble import (MODEL_VERSION, model_config, model_metadata,
-                                    server_metadata)
+                                    repository_index, server_metadata)
 from server.triton.errors import TritonError, kserve_error_body
 from server.triton.generate import EnsembleRun, Step, output_tensors, with_requested_outputs
 from server.triton.kserve_json import HEADER_LENGTH, infer_response, parse_infer_body
@@ -70,6 +70,13 @@ async def ready(request: Request) -> Response:
     if reason is not None:
         return JSONResponse(kserve_error_body(reason), status_code=503)
     return Response(status_code=200)
+
+
+@router.post("/v2/repository/index")
+async def index(request: Request) -> JSONResponse:
+    state = _state(request)
+    ready = unavailable_reason(state, draining=request.app.state.admission.draining) is None
+    return JSONResponse(repository_index(state.model_names, ready=ready))
 
 
 @router.get(MODEL)

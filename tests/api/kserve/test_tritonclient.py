@@ -15,7 +15,8 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as httpclient_aio
 from tritonclient.utils import InferenceServerException
 
-from tests.api.kserve.helpers import PROMPT, ensemble_arrays, infer_inputs, text_of
+from tests.api.kserve.helpers import MODEL_NAMES, PROMPT, ensemble_arrays, infer_inputs, \
+    text_of
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,8 @@ def test_http_health_metadata_and_config(http_client):
     config = http_client.get_model_config("ensemble")
     assert config["model_transaction_policy"]["decoupled"] is True
     assert http_client.get_server_metadata()["name"] == "inflightd"
+    assert [(m["name"], m["state"]) for m in http_client.get_model_repository_index()] == \
+        [(name, "READY") for name in MODEL_NAMES]
 
 
 def _ready_or_missing(client, name: str) -> bool:
@@ -100,6 +103,8 @@ def test_grpc_health_metadata_and_config(grpc_client):
     config = grpc_client.get_model_config("ensemble").config
     assert config.model_transaction_policy.decoupled
     assert [i.name for i in config.input][:2] == ["text_input", "max_tokens"]
+    assert [m.name for m in grpc_client.get_model_repository_index().models] == \
+        list(MODEL_NAMES)
 
 
 def test_grpc_infer(grpc_client, greedy_text):
