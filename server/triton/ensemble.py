@@ -67,14 +67,15 @@ INPUTS: tuple[TensorSpec, ...] = (
     _spec("stream", "BOOL"),
     _spec("embedding_bias_words", "BYTES", (-1,)),
     _spec("embedding_bias_weights", "FP32", (-1,)),
+    _spec("guided_decoding_guide_type", "BYTES"),
+    _spec("guided_decoding_guide", "BYTES"),
 )
 INPUTS_BY_NAME = {spec.name: spec for spec in INPUTS}
 
 # Inputs the ensemble documents that this engine has no counterpart for (a clear 400).
 UNSUPPORTED_INPUTS = frozenset({
     "decoder_text_input", "image_input", "prompt_embedding_table", "prompt_table_extra_id",
-    "prompt_vocab_size", "lora_task_id", "lora_weights", "lora_config",
-    "guided_decoding_guide_type", "guided_decoding_guide"})
+    "prompt_vocab_size", "lora_task_id", "lora_weights", "lora_config"})
 
 OUTPUTS: tuple[TensorSpec, ...] = (
     _spec("text_output", "BYTES", (-1,)),

@@ -11,11 +11,19 @@ from server.api.admission import AdmissionTicket
 from server.api.errors import APIError
 from server.api.generation import Generation
 from server.api.serving import ServingState, tokenize_off_loop
+from server.api.structured import RequestGrammar, grammar_spec
 from server.scheduler.request import SamplingParams, SamplingParamsError
+from server.structured_output.schema_check import GrammarSpecError
 from server.structured_output.spec import GrammarSpec
 from server.triton.errors import TritonError
 from server.triton.request import EnsembleRequest
 from server.triton.tensors import Tensor
+
+
+# TensorRT-LLM's guided_decoding_guide_type -> the engine's grammar kind
+GUIDE_KINDS = {"json": "json_object", "json_schema": "json_schema", "regex": "regex",
+               "ebnf_grammar": "ebnf"}
+GUIDE = "guided_decoding_guide"
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,7 @@ class EnsembleSampling:
             return SamplingParams(
                 **{k: v for k, v in given.items() if v is not None}, temperature=temperature,
                 seed=r.seed, max_tokens=max_tokens, stop_token_ids=self.stop_token_ids + ends,
-                ignore_eos=self.ignore_eos,
+                ignore_eos=self.ignore_eos, grammar=grammar,
                 logprobs=self.num_logprobs(), bad_words=self.bad_word_ids,
                 min_tokens=r.min_tokens)
         except SamplingParamsError as exc:
@@ -107,7 +115,7 @@ class EnsembleRun:
             if request.end_id is not None and request.end_id != -1:
                 state.check_token_ids([request.end_id], "end_id")
             _, generation = state.new_generation(sampling, [prompt], id_prefix="triton",
-                                                 ticket=ticket)
+                                                 ticket=ticket, grammar=guide_grammar(request))
         except APIError as exc:
             raise _translated(exc) from exc
         return cls(request, generation)
@@ -162,6 +170,29 @@ def output_tensors(step: Step, *, with_logprobs: bool,
         if name not in made:
             raise TritonError(f"unexpected inference output '{name}' for the ensemble model")
     return [made[name]() for name in names]
+
+
+def guide_grammar(request: EnsembleRequest) -> RequestGrammar | None:
+    """The grammar of TensorRT-LLM's guided decoding inputs, checked as the OpenAI
+    routes check theirs; None without a guide type."""
+    kind = GUIDE_KINDS.get(request.guide_type) if request.guide_type is not None else None
+    if request.guide_type is None:
+        if request.guide:
+            raise TritonError(f"input '{GUIDE}' needs {GUIDE}_type")
+        return None
+    if kind is None:
+        raise TritonError(f"input '{GUIDE}_type' must be one of {', '.join(GUIDE_KINDS)}, "
+                          f"got {request.guide_type!r:.40}")
+    if kind != "json_object" and not request.guide:
+        raise TritonError(f"{GUIDE}_type {request.guide_type} needs input '{GUIDE}'")
+    if request.end_id is not None:
+        raise TritonError(f"end_id cannot be combined with {GUIDE}_type: a finished grammar "
+                          f"allows only the model's own end")
+    try:
+        return RequestGrammar(spec=grammar_spec(kind, request.guide or "", param=GUIDE),
+                              param=GUIDE)
+    except GrammarSpecError as exc:
+        raise TritonError(f"input '{GUIDE}': {exc}") from exc
 
 
 def _bad_word_ids(tokenizer, request: EnsembleRequest) -> tuple[tuple[int, ...], ...]:

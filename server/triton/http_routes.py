@@ -4,7 +4,7 @@ generate extension (generate, generate_stream), over the same engine as the Open
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -14,7 +14,7 @@ from starlette.responses import Response
 from server.api.admission import admission_ticket
 from server.api.routes import read_body
 from server.api.serving import ServingState
-from server.api.streaming import SSEResponse, sse_event, unless_disconnected
+from server.api.streaming import SSEResponse, first_step, sse_event, unless_disconnected
 from server.triton.ensemble import (MODEL_VERSION, model_config, model_metadata,
                                     repository_index, server_metadata)
 from server.triton.errors import TritonError, kserve_error_body
@@ -136,20 +136,27 @@ async def generate_stream(request: Request, name: str, version: str | None = Non
     body = await _json_body(request)
     ensemble = from_generate_body(body)
     run = await EnsembleRun.start(state, ensemble, ticket=admission_ticket(request.scope))
-    return SSEResponse(_events(name, run, ensemble, request_id=body.get("id")))
 
-
-async def _events(name: str, run: EnsembleRun, ensemble: EnsembleRequest, *,
-                  request_id: object) -> AsyncIterator[bytes]:
     def event(step: Step) -> bytes:
         return sse_event(json.dumps(_generate_document(name, step, ensemble,
-                                                       request_id=request_id)))
+                                                       request_id=body.get("id"))))
 
+    if ensemble.stream is False:  # the whole answer first, so a failure is still a 4xx
+        return SSEResponse(_one(event(await unless_disconnected(request, run.collect()))))
+    steps = run.steps()
+    if ensemble.guide_type is not None:  # a guide that fails to compile: a 400, not a stream
+        steps = await first_step(request, steps)
+    return SSEResponse(_events(steps, event))
+
+
+async def _one(event: bytes) -> AsyncIterator[bytes]:
+    yield event
+
+
+async def _events(steps: AsyncIterator[Step],
+                  event: Callable[[Step], bytes]) -> AsyncIterator[bytes]:
     try:
-        if ensemble.stream is False:
-            yield event(await run.collect())
-            return
-        async for step in run.steps():
+        async for step in steps:
             yield event(step)
     except TritonError as exc:  # mid-stream: Triton sends the error as an event
         yield sse_event(json.dumps(kserve_error_body(exc.message)))

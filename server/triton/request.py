@@ -39,6 +39,8 @@ class EnsembleRequest:
     seed: int | None = None
     return_log_probs: bool = False
     stream: bool | None = None  # None: not given
+    guide_type: str | None = None  # guided_decoding_guide_type: json, json_schema, ...
+    guide: str | None = None
 
 
 def from_tensors(tensors: Sequence[Tensor]) -> EnsembleRequest:
@@ -136,7 +138,14 @@ def _build(values: Mapping[str, tuple[Any, ...]]) -> EnsembleRequest:
         min_tokens=min_tokens,
         seed=seed if seed is not None else _one(values, "random_seed", default=None),
         return_log_probs=_one(values, "return_log_probs", default=False),
-        stream=_one(values, "stream", default=None))
+        stream=_one(values, "stream", default=None), **_guide(values))
+
+
+def _guide(values: Mapping[str, tuple[Any, ...]]) -> dict[str, str | None]:
+    kind = _one(values, "guided_decoding_guide_type", default=None)
+    guide = _one(values, "guided_decoding_guide", default=None)
+    return {"guide_type": None if kind is None else _text(kind, "guided_decoding_guide_type"),
+            "guide": None if guide is None else _text(guide, "guided_decoding_guide")}
 
 
 def _required(values: Mapping[str, tuple[Any, ...]], name: str) -> Any:

@@ -87,3 +87,17 @@ def test_end_id_replaces_the_model_end_tokens_and_minus_one_removes_them():
     assert replaced.ignore_eos and replaced.stop_token_ids == (9,)
     none = _params(end_id=-1)
     assert none.ignore_eos and none.stop_token_ids == ()
+
+
+def test_guided_decoding_maps_tensorrt_llm_guide_types_to_grammars():
+    from server.triton.generate import guide_grammar
+
+    def grammar(**fields):
+        return guide_grammar(EnsembleRequest(text_input="x", max_tokens=4, **fields))
+
+    assert grammar() is None
+    assert grammar(guide_type="json").spec.kind == "json_object"
+    assert grammar(guide_type="regex", guide="a+").spec.kind == "regex"
+    assert grammar(guide_type="ebnf_grammar", guide='root ::= "a"').spec.kind == "ebnf"
+    with pytest.raises(TritonError, match="end_id"):
+        grammar(guide_type="json", end_id=5)

@@ -4,6 +4,7 @@ model's names across both APIs, and the requests it refuses."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -127,3 +128,30 @@ def test_beam_width_above_one_is_a_clear_400(v2):
                        json={"text_input": PROMPT, "max_tokens": 4, "beam_width": 2})
     assert response.status_code == 400
     assert "beam" in response.json()["error"]
+
+
+def test_guided_decoding_inputs_constrain_the_output(v2):
+    body = {"text_input": "Is water wet? Answer:", "max_tokens": 8,
+            "guided_decoding_guide_type": "regex", "guided_decoding_guide": " (yes|no)"}
+    assert _generate(v2, body)["text_output"] in (" yes", " no")
+    schema = ('{"type": "object", "properties": {"ok": {"type": "boolean"}}, '
+              '"required": ["ok"], "additionalProperties": false}')
+    streamed = _stream(v2, {"text_input": "Is water wet? Answer in JSON:", "max_tokens": 40,
+                            "stream": True, "guided_decoding_guide_type": "json_schema",
+                            "guided_decoding_guide": schema})
+    text = "".join(e["text_output"] for e in streamed)
+    assert isinstance(json.loads(text)["ok"], bool), text
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"guided_decoding_guide_type": "regex", "guided_decoding_guide": "(unclosed"}, "regex"),
+    ({"guided_decoding_guide_type": "lark"}, "must be one of"),
+    ({"guided_decoding_guide_type": "regex"}, "needs input"),
+    ({"guided_decoding_guide": "x"}, "needs guided_decoding_guide_type"),
+])
+def test_bad_guides_are_a_400_also_on_generate_stream(v2, fields, message):
+    body = {"text_input": PROMPT, "max_tokens": 4, "stream": True, **fields}
+    for path in ("/v2/models/ensemble/generate", "/v2/models/ensemble/generate_stream"):
+        response = v2.post(path, json=body)
+        assert response.status_code == 400, response.text
+        assert message in response.json()["error"]
