@@ -108,7 +108,7 @@ async def _json_body(request: Request) -> object:
     raw = await read_body(request)
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past the limit
         raise TritonError(f"the request body is not valid JSON: {exc}") from None
 
 

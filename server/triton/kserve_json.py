@@ -30,7 +30,7 @@ def parse_infer_body(raw: bytes, header_length: str | None) -> InferBody:
     json_part, binary = _split(raw, header_length)
     try:
         body = json.loads(json_part)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past the limit
         raise TritonError(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise TritonError("the request body must be a JSON object")

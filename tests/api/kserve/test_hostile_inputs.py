@@ -63,7 +63,8 @@ def test_hostile_infer_bodies_get_a_kserve_400(v2, case):
     assert set(response.json()) == {"error"} and response.json()["error"]
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b"\xff\xfe", b""])
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b"\xff\xfe", b"",
+                                  b"[" * 100_000, b'{"inputs": ' + b"[" * 100_000])
 def test_malformed_bodies_get_a_kserve_400(v2, body):
     for path in (INFER, "/v2/models/ensemble/generate", "/v2/models/ensemble/generate_stream"):
         response = v2.post(path, content=body)
