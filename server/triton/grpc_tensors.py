@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from server.triton.errors import TritonError
 from server.triton.proto import grpc_service_pb2 as pb
-from server.triton.tensors import (MAX_DIMS, Tensor, check_datatype, check_shape, from_json,
-                                   from_raw, to_raw)
+from server.triton.tensors import (MAX_DIMS, Tensor, check_count, check_datatype, check_shape,
+                                   from_json, from_raw, to_raw)
 
 # KServe v2 datatype -> the InferTensorContents field that carries it
 _CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
@@ -50,18 +50,9 @@ def _from_contents(name: str, datatype: str, shape: tuple[int, ...],
         raise TritonError(f"input '{name}' is {datatype} but carries {others[0]}")
     values = list(getattr(contents, field))
     if datatype == "BYTES":  # from_json checks the count; BYTES elements stay bytes
-        if len(values) != _count(shape):
-            raise TritonError(f"input '{name}': shape {list(shape)} needs {_count(shape)} "
-                              f"elements, got {len(values)}")
+        check_count(name, shape, len(values))
         return Tensor(name, datatype, shape, tuple(values))
     return from_json(name, datatype, shape, values)
-
-
-def _count(shape: Sequence[int]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
 
 
 def infer_response(*, model_name: str, model_version: str, request_id: str,

@@ -21,7 +21,9 @@ NUMPY_TYPES = {"BOOL": np.dtype("?"), "UINT8": np.dtype("<u1"), "UINT16": np.dty
                "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 DATATYPES = frozenset(NUMPY_TYPES) | {"BYTES"}
 MAX_DIMS = 8
-MAX_ELEMENTS = 1 << 20  # far above any input of the ensemble; refuses absurd shapes early
+# Far above any input of the ensemble (one element, or a word list); with it no tensor makes
+# the decoders below loop long on the event loop.
+MAX_ELEMENTS = 4096
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,8 @@ def check_datatype(name: str, datatype: Any) -> str:
 
 def from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> Tensor:
     """A tensor from KServe v2 JSON `data` (flat or nested as the shape)."""
-    values = _flatten(name, data)
-    if len(values) != math.prod(shape):
-        raise TritonError(f"input '{name}': shape {list(shape)} needs {math.prod(shape)} "
-                          f"elements, got {len(values)}")
+    values = _flatten(name, data, limit=math.prod(shape))
+    check_count(name, shape, len(values))
     return Tensor(name, datatype, shape, tuple(_json_element(name, datatype, v)
                                                for v in values))
 
@@ -67,17 +67,24 @@ def from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> Te
     """A tensor from raw bytes (the binary extension, or gRPC raw_input_contents)."""
     count = math.prod(shape)
     if datatype == "BYTES":
-        values = _split_bytes(name, raw)
+        values = _split_bytes(name, raw, limit=count)
     else:
         dtype = NUMPY_TYPES[datatype]
         if len(raw) != count * dtype.itemsize:
             raise TritonError(f"input '{name}': shape {list(shape)} of {datatype} needs "
                               f"{count * dtype.itemsize} bytes, got {len(raw)}")
         values = np.frombuffer(raw, dtype=dtype).tolist()
-    if len(values) != count:
-        raise TritonError(f"input '{name}': shape {list(shape)} needs {count} elements, "
-                          f"got {len(values)}")
+    check_count(name, shape, len(values))
     return Tensor(name, datatype, shape, tuple(values))
+
+
+def check_count(name: str, shape: tuple[int, ...], num_values: int) -> None:
+    """The decoders stop one past the count, so a larger number reads as "more"."""
+    count = math.prod(shape)
+    if num_values != count:
+        got = num_values if num_values < count else "more"
+        raise TritonError(f"input '{name}': shape {list(shape)} needs {count} elements, "
+                          f"got {got}")
 
 
 def to_raw(tensor: Tensor) -> bytes:
@@ -98,7 +105,8 @@ def to_json_data(tensor: Tensor) -> list:
     return list(tensor.values)
 
 
-def _flatten(name: str, data: Any) -> list:
+def _flatten(name: str, data: Any, *, limit: int) -> list:
+    """The elements in row-major order; stops once there are more than `limit`."""
     if not isinstance(data, list):
         return [data]
     flat: list = []
@@ -113,6 +121,8 @@ def _flatten(name: str, data: Any) -> list:
             stack.append(iter(item))
         else:
             flat.append(item)
+            if len(flat) > limit:
+                break
     return flat
 
 
@@ -139,10 +149,11 @@ def _json_element(name: str, datatype: str, value: Any) -> Any:
     return float(value)
 
 
-def _split_bytes(name: str, raw: bytes) -> list[bytes]:
-    """Length-prefixed BYTES elements: a 4-byte little-endian size, then the bytes."""
+def _split_bytes(name: str, raw: bytes, *, limit: int) -> list[bytes]:
+    """Length-prefixed BYTES elements: a 4-byte little-endian size, then the bytes; stops
+    once there are more than `limit`."""
     values, offset = [], 0
-    while offset < len(raw):
+    while offset < len(raw) and len(values) <= limit:
         if offset + 4 > len(raw):
             raise TritonError(f"input '{name}': BYTES data ends inside an element's length")
         (size,) = struct.unpack_from("<I", raw, offset)
