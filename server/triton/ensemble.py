@@ -62,6 +62,8 @@ INPUTS: tuple[TensorSpec, ...] = (
     _spec("return_context_logits", "BOOL"),
     _spec("return_generation_logits", "BOOL"),
     _spec("return_perf_metrics", "BOOL"),
+    _spec("return_num_input_tokens", "BOOL"),
+    _spec("return_num_output_tokens", "BOOL"),
     _spec("beam_width", "INT32"),
     _spec("num_return_sequences", "INT32"),
     _spec("stream", "BOOL"),
@@ -81,6 +83,8 @@ OUTPUTS: tuple[TensorSpec, ...] = (
     _spec("text_output", "BYTES", (-1,)),
     _spec("cum_log_probs", "FP32", (-1,)),
     _spec("output_log_probs", "FP32", (-1, -1)),
+    _spec("num_input_tokens", "INT32"),
+    _spec("num_output_tokens", "INT32"),
     _spec("batch_index", "INT32"),
 )
 OUTPUTS_BY_NAME = {spec.name: spec for spec in OUTPUTS}

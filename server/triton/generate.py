@@ -3,7 +3,6 @@ settings TensorRT-LLM's way, and the output as Triton's per-step responses or on
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -16,8 +15,8 @@ from server.scheduler.request import SamplingParams, SamplingParamsError
 from server.structured_output.schema_check import GrammarSpecError
 from server.structured_output.spec import GrammarSpec
 from server.triton.errors import TritonError
+from server.triton.outputs import Step
 from server.triton.request import EnsembleRequest
-from server.triton.tensors import Tensor
 
 
 # TensorRT-LLM's guided_decoding_guide_type -> the engine's grammar kind
@@ -83,15 +82,6 @@ class EnsembleSampling:
                 from exc
 
 
-@dataclass(frozen=True)
-class Step:
-    """One response's worth of output: new text, its tokens' logprobs, and whether it ends."""
-
-    text: str
-    logprobs: tuple[float, ...]
-    finished: bool
-
-
 class EnsembleRun:
     """One ensemble request's generation. Raises TritonError for what the request asked
     wrong and for engine failures (APIErrors of the shared layer are translated)."""
@@ -121,55 +111,33 @@ class EnsembleRun:
         return cls(request, generation)
 
     async def steps(self) -> AsyncIterator[Step]:
+        """One Step per engine step that changed the output; its token count covers the
+        tokens since the previous Step (a step whose text is held back counts in the next)."""
+        sent = 0
         try:
             async for deltas in self._generation.steps():
+                usage = self._generation.usage()
                 for delta in deltas:
                     yield Step(text=delta.text,
                                logprobs=tuple(lp.logprob for lp in delta.logprobs),
-                               finished=delta.finish_reason is not None)
+                               finished=delta.finish_reason is not None,
+                               num_input_tokens=usage.prompt_tokens,
+                               num_output_tokens=usage.completion_tokens - sent)
+                    sent = usage.completion_tokens
         except APIError as exc:
             raise _translated(exc) from exc
 
     async def collect(self) -> Step:
         """The whole output as one response (the prompt first unless excluded)."""
-        parts, logprobs = [], []
+        parts, logprobs, num_input, num_output = [], [], 0, 0
         async for step in self.steps():
             parts.append(step.text)
             logprobs.extend(step.logprobs)
+            num_input = step.num_input_tokens
+            num_output += step.num_output_tokens
         prefix = "" if self.request.exclude_input_in_output else self.request.text_input
-        return Step(text=prefix + "".join(parts), logprobs=tuple(logprobs), finished=True)
-
-
-LOGPROB_OUTPUTS = frozenset({"cum_log_probs", "output_log_probs"})
-
-
-def with_requested_outputs(request: EnsembleRequest,
-                           requested: tuple[str, ...] | None) -> EnsembleRequest:
-    """The request as the outputs named need it (log probs computed when one of theirs is
-    named); an output the ensemble does not have is refused here, before anything runs."""
-    if requested is not None and LOGPROB_OUTPUTS & set(requested):
-        request = dataclasses.replace(request, return_log_probs=True)
-    output_tensors(Step(text="", logprobs=(), finished=True),
-                   with_logprobs=request.return_log_probs, requested=requested)
-    return request
-
-
-def output_tensors(step: Step, *, with_logprobs: bool,
-                   requested: tuple[str, ...] | None = None) -> list[Tensor]:
-    """The ensemble's outputs for one response, shaped [batch 1, beam 1, ...]; `requested`
-    names the outputs to send (None: text_output, plus the log probs when asked)."""
-    names = requested or (("text_output", "cum_log_probs", "output_log_probs")
-                          if with_logprobs else ("text_output",))
-    made = {"text_output": lambda: Tensor("text_output", "BYTES", (1, 1), (step.text,)),
-            "cum_log_probs": lambda: Tensor("cum_log_probs", "FP32", (1, 1),
-                                            (float(sum(step.logprobs)),)),
-            "output_log_probs": lambda: Tensor("output_log_probs", "FP32",
-                                               (1, 1, len(step.logprobs)), step.logprobs),
-            "batch_index": lambda: Tensor("batch_index", "INT32", (1, 1), (0,))}
-    for name in names:
-        if name not in made:
-            raise TritonError(f"unexpected inference output '{name}' for the ensemble model")
-    return [made[name]() for name in names]
+        return Step(text=prefix + "".join(parts), logprobs=tuple(logprobs), finished=True,
+                    num_input_tokens=num_input, num_output_tokens=num_output)
 
 
 def guide_grammar(request: EnsembleRequest) -> RequestGrammar | None:

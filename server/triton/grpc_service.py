@@ -13,7 +13,8 @@ from server.api.serving import ServingState
 from server.triton.ensemble import (MODEL_VERSION, model_config, model_metadata,
                                     repository_index, server_metadata)
 from server.triton.errors import TritonError
-from server.triton.generate import EnsembleRun, output_tensors, with_requested_outputs
+from server.triton.generate import EnsembleRun
+from server.triton.outputs import output_tensors, with_requested_outputs
 from server.triton.grpc_guard import GrpcGuard
 from server.triton.grpc_tensors import (bool_parameter, infer_response, input_tensors,
                                         requested_outputs)
@@ -82,8 +83,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             return infer_response(
                 model_name=request.model_name, model_version=MODEL_VERSION,
                 request_id=request.id,
-                tensors=output_tensors(step, with_logprobs=ensemble.return_log_probs,
-                                       requested=requested))
+                tensors=output_tensors(step, ensemble, requested=requested))
 
     async def ModelStreamInfer(self, request_iterator,
                                context) -> AsyncIterator[pb.ModelStreamInferResponse]:
@@ -131,8 +131,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                     send(pb.ModelStreamInferResponse(infer_response=infer_response(
                         model_name=request.model_name, model_version=MODEL_VERSION,
                         request_id=request.id, final=final,
-                        tensors=output_tensors(step, requested=requested,
-                                               with_logprobs=ensemble.return_log_probs))))
+                        tensors=output_tensors(step, ensemble, requested=requested))))
 
                 if ensemble.stream is False:
                     respond(await run.collect(), final=not empty_final)

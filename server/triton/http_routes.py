@@ -18,7 +18,8 @@ from server.api.streaming import SSEResponse, first_step, sse_event, unless_disc
 from server.triton.ensemble import (MODEL_VERSION, model_config, model_metadata,
                                     repository_index, server_metadata)
 from server.triton.errors import TritonError, kserve_error_body
-from server.triton.generate import EnsembleRun, Step, output_tensors, with_requested_outputs
+from server.triton.generate import EnsembleRun
+from server.triton.outputs import Step, output_tensors, with_requested_outputs
 from server.triton.kserve_json import HEADER_LENGTH, infer_response, parse_infer_body
 from server.triton.request import EnsembleRequest, from_generate_body, from_tensors
 from server.triton.tensors import to_json_data
@@ -169,7 +170,7 @@ def _generate_document(name: str, step: Step, ensemble: EnsembleRequest, *,
     document: dict = {"model_name": name, "model_version": MODEL_VERSION}
     if isinstance(request_id, str):
         document["id"] = request_id
-    for tensor in output_tensors(step, with_logprobs=ensemble.return_log_probs):
+    for tensor in output_tensors(step, ensemble):
         data = to_json_data(tensor)
         document[tensor.name] = data[0] if len(data) == 1 and tensor.name != \
             "output_log_probs" else data
@@ -185,8 +186,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     ensemble = with_requested_outputs(from_tensors(body.inputs), body.outputs)
     run = await EnsembleRun.start(state, ensemble, ticket=admission_ticket(request.scope))
     step = await unless_disconnected(request, run.collect())
-    tensors = output_tensors(step, with_logprobs=ensemble.return_log_probs,
-                             requested=body.outputs)
+    tensors = output_tensors(step, ensemble, requested=body.outputs)
     content, header_length = infer_response(
         model_name=name, model_version=MODEL_VERSION, request_id=body.request_id,
         tensors=tensors, binary=body.binary_outputs, binary_by_default=body.binary_by_default)

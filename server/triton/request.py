@@ -38,6 +38,8 @@ class EnsembleRequest:
     min_tokens: int = 0
     seed: int | None = None
     return_log_probs: bool = False
+    return_num_input_tokens: bool = False
+    return_num_output_tokens: bool = False
     stream: bool | None = None  # None: not given
     guide_type: str | None = None  # guided_decoding_guide_type: json, json_schema, ...
     guide: str | None = None
@@ -138,6 +140,8 @@ def _build(values: Mapping[str, tuple[Any, ...]]) -> EnsembleRequest:
         min_tokens=min_tokens,
         seed=seed if seed is not None else _one(values, "random_seed", default=None),
         return_log_probs=_one(values, "return_log_probs", default=False),
+        return_num_input_tokens=_one(values, "return_num_input_tokens", default=False),
+        return_num_output_tokens=_one(values, "return_num_output_tokens", default=False),
         stream=_one(values, "stream", default=None), **_guide(values))
 
 

@@ -155,3 +155,15 @@ def test_bad_guides_are_a_400_also_on_generate_stream(v2, fields, message):
         response = v2.post(path, json=body)
         assert response.status_code == 400, response.text
         assert message in response.json()["error"]
+
+
+def test_token_count_outputs_when_asked(v2):
+    body = {"text_input": PROMPT, "max_tokens": 9, "return_num_input_tokens": True,
+            "return_num_output_tokens": True}
+    answer = _generate(v2, body)
+    prompt_tokens = v2.post("/tokenize", json={"prompt": PROMPT}).json()["count"]
+    assert (answer["num_input_tokens"], answer["num_output_tokens"]) == (prompt_tokens, 9)
+    events = _stream(v2, {**body, "stream": True})
+    assert sum(e["num_output_tokens"] for e in events) == 9
+    assert all(e["num_input_tokens"] == prompt_tokens for e in events)
+    assert "num_output_tokens" not in _generate(v2, {"text_input": PROMPT, "max_tokens": 2})
