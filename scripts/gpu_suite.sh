@@ -14,6 +14,9 @@
 #   bench     bench/offline.py on BENCH_MODEL with the issue's acceptance arguments (and
 #             BENCH_ARGS, e.g. --compare-sync, --compare-fp8)
 #   workloads bench/offline.py --workload: TensorRT-LLM's throughput workloads (issue 15)
+#   triton    scripts/triton_burst.sh: 512 requests at once through the OpenAI route and
+#             through Triton's generate_stream on the default model (issue 23; after
+#             "default"; the web stack's wheels as for "daemon", plus numpy)
 #   daemon    scripts/gpu_daemon_smoke.py: `inflightd serve` on the GPU with concurrent,
 #             streamed and abandoned requests, stats, metrics and a SIGTERM drain, for
 #             dummy:smollm2-135m and dummy:llama-3-8b (bf16, --quantization fp8, then
@@ -147,6 +150,11 @@ if has daemon; then
       --log "$OUT/daemon_$(echo "${variant#dummy:}" | tr : _).log" 2>&1 | tee -a "$OUT/daemon.log"
     rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || fail daemon "$rc"
   done
+fi
+
+if has triton; then
+  OUT="$OUT" bash scripts/triton_burst.sh 2>&1 | tee "$OUT/triton_burst.log"
+  rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || fail triton "$rc"
 fi
 
 if has kernels; then

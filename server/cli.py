@@ -33,9 +33,13 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="a model or engine directory (same as --model)")
     serve.add_argument("--model", default=DEFAULT_MODEL,
                        help="HF directory, engine directory, dummy:<shape>, or the default")
-    serve.add_argument("--served-model-name", help="the name clients use (default: --model)")
+    serve.add_argument("--served-model-name", action="append", default=None, metavar="NAME",
+                       help="a name clients use for the model (default: --model); repeat it "
+                            "for aliases, e.g. ensemble and tensorrt_llm for Triton clients")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=None,
+                       help="also serve KServe v2 / Triton gRPC on this port (default: off)")
     serve.add_argument("--max-num-seqs", type=int, default=SchedulerConfig.max_num_seqs,
                        help="most requests in a batch")
     serve.add_argument("--max-num-batched-tokens", type=int,
@@ -148,7 +152,8 @@ def serve_config(args: argparse.Namespace):
                                                     "off": False}[args.async_scheduling],
                                   **scheduler_kwargs),
         api=ApiSettings(host=args.host, port=args.port,
-                        served_model_name=args.served_model_name,
+                        served_model_names=tuple(args.served_model_name or ()),
+                        grpc_port=args.grpc_port,
                         health_timeout_s=args.health_timeout, log_level=args.log_level,
                         log_format=args.log_format, api_keys=api_keys(args),
                         metrics_auth=args.metrics_auth,

@@ -20,9 +20,13 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.api.errors import UNAVAILABLE, error_body
+from server.triton.errors import is_kserve_path, kserve_error_body
 
 GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
-OPEN_WHILE_DRAINING = frozenset({"/health", "/ready", "/metrics"})
+# Triton / KServe v2: /v2/models/{name}[/versions/{v}]/{generate,generate_stream,infer}
+KSERVE_GENERATION_SUFFIXES = ("/generate", "/generate_stream", "/infer")
+OPEN_WHILE_DRAINING = frozenset({"/health", "/ready", "/metrics", "/v2/health/live",
+                                 "/v2/health/ready"})
 TICKET_SCOPE_KEY = "inflightd.admission_ticket"
 RETRY_AFTER_S = 1
 RATE_LIMITED = "rate_limit_error"
@@ -95,6 +99,11 @@ class AdmissionController:
         return True
 
 
+def is_generation_path(path: str) -> bool:
+    return path in GENERATION_PATHS or (path.startswith("/v2/models/")
+                                        and path.endswith(KSERVE_GENERATION_SUFFIXES))
+
+
 def admission_ticket(scope: Scope) -> AdmissionTicket | None:
     """The ticket the middleware gave this request (None outside the middleware)."""
     return scope.get(TICKET_SCOPE_KEY)
@@ -103,8 +112,9 @@ def admission_ticket(scope: Scope) -> AdmissionTicket | None:
 async def send_error(scope: Scope, receive: Receive, send: Send, *, status_code: int,
                      message: str, type: str, code: str,
                      headers: dict[str, str] | None = None) -> None:
-    response = JSONResponse(error_body(message, type=type, code=code),
-                            status_code=status_code, headers=headers)
+    body = (kserve_error_body(message) if is_kserve_path(scope["path"])
+            else error_body(message, type=type, code=code))
+    response = JSONResponse(body, status_code=status_code, headers=headers)
     await response(scope, receive, send)
 
 
@@ -125,7 +135,7 @@ class AdmissionMiddleware:
                              message="the server is shutting down; retry on another replica",
                              headers={"Connection": "close"})
             return
-        if path not in GENERATION_PATHS or scope["method"] != "POST":
+        if not is_generation_path(path) or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         if controller.queue_is_full():

@@ -25,6 +25,7 @@ from server.api.shutdown import DaemonControl
 from server.api.responses_api.store import ResponseStore
 from server.api.tokenizer import Tokenizer
 from server.engine.client import EngineClient, EngineStartupError
+from server.triton.http_routes import router as triton_router
 
 logger = logging.getLogger("inflightd.api")
 
@@ -44,14 +45,25 @@ def create_app(config: ServeConfig) -> FastAPI:
                             shutdown_timeout_s=api.shutdown_timeout_s,
                             engine_failure_exit_delay_s=api.engine_failure_exit_delay_s)
 
+    grpc_server = None
+    if api.grpc_port is not None:
+        from server.triton.grpc_server import TritonGrpcServer
+
+        grpc_server = TritonGrpcServer(settings=api, admission=admission,
+                                       state=lambda: app.state.serving)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.serving = await _start_serving(config, client, metrics)
-        control.serving_started()
         try:
+            if grpc_server is not None:
+                await grpc_server.start()
+            control.serving_started()
             yield
         finally:
             await control.serving_stopped()
+            if grpc_server is not None:
+                await grpc_server.stop()
             logger.info("stopping the engine")
             await client.shutdown()
 
@@ -65,6 +77,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         max_bytes=int(api.responses_store_max_mb * 2**20), max_age_s=api.responses_store_ttl_s)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(triton_router)  # Triton / KServe v2 (/v2/...)
     # add_middleware wraps what is there: the last added runs first.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=api.max_request_body_bytes)
     app.add_middleware(AdmissionMiddleware, controller=admission)

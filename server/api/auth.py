@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server.api.admission import send_error
 from server.api.errors import INVALID_REQUEST
 
-PROBE_PATHS = frozenset({"/health", "/ready"})
+PROBE_PATHS = frozenset({"/health", "/ready", "/v2/health/live", "/v2/health/ready"})
 METRICS_PATH = "/metrics"
 
 

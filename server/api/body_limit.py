@@ -70,4 +70,5 @@ class BodySizeLimitMiddleware:
         except RequestBodyTooLarge as exc:
             if response_started:  # too late to answer with a status
                 raise
-            await exc.response()(scope, receive, send)
+            await send_error(scope, receive, send, status_code=exc.status_code,
+                             type=exc.type, code=exc.code, message=exc.message)

@@ -17,6 +17,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.triton.errors import TritonError, is_kserve_path, kserve_error_body
+
 logger = logging.getLogger("inflightd.api")
 
 INVALID_REQUEST = "invalid_request_error"
@@ -91,7 +93,9 @@ _UNION_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict", "list"})
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def on_api_error(_request: Request, exc: APIError) -> JSONResponse:
+    async def on_api_error(request: Request, exc: APIError) -> JSONResponse:
+        if is_kserve_path(request.url.path):
+            return JSONResponse(kserve_error_body(exc.message), status_code=exc.status_code)
         return exc.response()
 
     async def on_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -105,8 +109,9 @@ def install_error_handlers(app: FastAPI) -> None:
         kind = NOT_FOUND if status == 404 else INVALID_REQUEST if status < 500 else SERVER_ERROR
         phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
         message = exc.detail if isinstance(exc.detail, str) else phrase
-        return JSONResponse(error_body(message, type=kind), status_code=status,
-                            headers=getattr(exc, "headers", None))
+        body = kserve_error_body(message) if is_kserve_path(_request.url.path) \
+            else error_body(message, type=kind)
+        return JSONResponse(body, status_code=status, headers=getattr(exc, "headers", None))
 
     async def on_disconnected(_request: Request, _exc: ClientDisconnected) -> Response:
         # Nobody reads this; 499 is what proxies log for a client that closed early.
@@ -114,10 +119,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_unexpected(_request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error while serving a request")
-        return JSONResponse(error_body(f"internal error: {type(exc).__name__}",
-                                       type=SERVER_ERROR), status_code=500)
+        message = f"internal error: {type(exc).__name__}"
+        body = kserve_error_body(message) if is_kserve_path(_request.url.path) \
+            else error_body(message, type=SERVER_ERROR)
+        return JSONResponse(body, status_code=500)
+
+    async def on_triton_error(_request: Request, exc: TritonError) -> JSONResponse:
+        return exc.response()
 
     app.add_exception_handler(APIError, on_api_error)
+    app.add_exception_handler(TritonError, on_triton_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(ValidationError, on_pydantic_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

@@ -37,17 +37,21 @@ def _state(request: Request) -> ServingState:
     return request.app.state.serving
 
 
-async def _parse(request: Request, model: type[Body]) -> Body:
+async def read_body(request: Request) -> bytes:
+    """The whole body, within --request-body-timeout (a 408 past it)."""
     timeout_s = _state(request).config.api.request_body_timeout_s
     try:
-        raw = await asyncio.wait_for(request.body(), timeout_s)
+        return await asyncio.wait_for(request.body(), timeout_s)
     except asyncio.TimeoutError:
         raise StarletteHTTPException(
             408, f"the request body did not arrive within {timeout_s:g} s",
             headers={"Connection": "close"}) from None
     except ClientDisconnect:
         raise ClientDisconnected() from None  # not a server error: the client left
-    return model.model_validate_json(raw)
+
+
+async def _parse(request: Request, model: type[Body]) -> Body:
+    return model.model_validate_json(await read_body(request))
 
 
 def _unavailable(message: str) -> JSONResponse:
@@ -86,18 +90,19 @@ async def remove_response(request: Request, response_id: str) -> JSONResponse:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> JSONResponse:
-    return JSONResponse(ModelList(data=[_model_card(_state(request))]).model_dump())
+    state = _state(request)
+    return JSONResponse(ModelList(data=[_model_card(state, name)
+                                        for name in state.model_names]).model_dump())
 
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(request: Request, model_id: str) -> JSONResponse:
     state = _state(request)
-    state.check_model(model_id)
-    return JSONResponse(_model_card(state).model_dump())
+    return JSONResponse(_model_card(state, state.check_model(model_id)).model_dump())
 
 
-def _model_card(state: ServingState) -> ModelCard:
-    return ModelCard(id=state.model_name, created=state.started_at, root=state.info.model_name,
+def _model_card(state: ServingState, name: str) -> ModelCard:
+    return ModelCard(id=name, created=state.started_at, root=state.info.model_name,
                      max_model_len=state.info.max_model_len)
 
 

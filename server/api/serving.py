@@ -48,12 +48,18 @@ class ServingState:
     def model_name(self) -> str:
         return self.config.served_model_name
 
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """Every name the model answers to (--served-model-name, repeatable)."""
+        return self.config.served_model_names
+
     def check_model(self, model: str | None) -> str:
-        if model is not None and model != self.model_name:
+        """The name to answer with: the one asked for, or the first when none was."""
+        if model is not None and model not in self.model_names:
             raise APIError(f"the model {model!r} does not exist; this server serves "
-                           f"{self.model_name!r}", status_code=404, type=NOT_FOUND,
-                           param="model", code="model_not_found")
-        return self.model_name
+                           f"{', '.join(map(repr, self.model_names))}", status_code=404,
+                           type=NOT_FOUND, param="model", code="model_not_found")
+        return self.model_name if model is None else model
 
     def require_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:

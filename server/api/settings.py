@@ -15,7 +15,10 @@ API_KEY_ENV = "INFLIGHTD_API_KEY"  # a key given in the environment, beside --ap
 class ApiSettings:
     host: str = "127.0.0.1"
     port: int = 8000
-    served_model_name: str | None = None  # None: the --model argument
+    # The names clients may send as the model (OpenAI's `model`, the /v2/models/{name} of
+    # Triton and KServe); the first is the one answers carry. None: the --model argument.
+    served_model_names: tuple[str, ...] = ()
+    grpc_port: int | None = None  # KServe v2 gRPC (server/triton/grpc_server.py); None: off
     health_timeout_s: float = 5.0  # /health fails if the engine does not answer in this time
     engine_startup_timeout_s: float = 1800.0
     log_level: str = "info"
@@ -53,6 +56,10 @@ class ApiSettings:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port must be in 0..65535, got {self.port}")
+        if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:
+            raise ValueError(f"--grpc-port must be in 0..65535, got {self.grpc_port}")
+        if any(not name.strip() for name in self.served_model_names):
+            raise ValueError("--served-model-name must not be empty")
         if self.health_timeout_s <= 0:
             raise ValueError(f"health timeout must be > 0, got {self.health_timeout_s}")
         if self.log_format not in LOG_FORMATS:
@@ -102,4 +109,8 @@ class ServeConfig:
 
     @property
     def served_model_name(self) -> str:
-        return self.api.served_model_name or self.model.model
+        return self.served_model_names[0]
+
+    @property
+    def served_model_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.api.served_model_names)) or (self.model.model,)

@@ -93,7 +93,11 @@ def _add_workload_args(parser: argparse.ArgumentParser) -> None:
 
 def _add_endpoint_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", default="http://127.0.0.1:8000")
-    parser.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
+    parser.add_argument("--endpoint", choices=("completions", "chat", "triton"),
+                        default="completions",
+                        help="triton: Triton's generate_stream with TensorRT-LLM's inputs")
+    parser.add_argument("--triton-model", default="ensemble", metavar="NAME",
+                        help="with --endpoint triton: the model name in the URL")
     parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
                         help="bearer token (default: $OPENAI_API_KEY)")
     parser.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=None,
@@ -158,7 +162,7 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
                        api_key=args.api_key, ignore_eos=_ignore_eos(args),
                        temperature=args.temperature, request_timeout=args.request_timeout,
                        continuous_usage_stats=args.continuous_usage_stats, seed=args.seed,
-                       show_progress=not args.no_progress)
+                       show_progress=not args.no_progress, triton_model=args.triton_model)
 
 
 def _run_config(args: argparse.Namespace, config: ServeConfig | None, tokenizer) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""The online benchmark: stream requests to an OpenAI-compatible endpoint with Poisson
-arrivals (or all at once) under an optional concurrency cap, and time every token."""
+"""The online benchmark: stream requests to an OpenAI-compatible endpoint (or Triton's
+generate_stream, endpoint "triton") with Poisson arrivals (or all at once) under an optional
+concurrency cap, and time every token."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from server.bench.datasets import SampleRequest, Tokenizer
 from server.bench.metrics import RequestResult
 from server.bench.stream import StreamRecorder
 
-ENDPOINT_PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+ENDPOINT_PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions",
+                  "triton": "/v2/models/{triton_model}/generate_stream"}
 
 
 class BenchmarkError(ValueError):
@@ -38,10 +40,12 @@ class ServeConfig:
     continuous_usage_stats: bool = False  # also ask for a running token count on every chunk
     seed: int = 0
     show_progress: bool = True
+    triton_model: str = "ensemble"  # the model name in the URL of endpoint "triton"
 
     def __post_init__(self) -> None:
         if self.endpoint not in ENDPOINT_PATHS:
-            raise BenchmarkError(f"--endpoint must be chat or completions, got {self.endpoint!r}")
+            raise BenchmarkError(f"--endpoint must be one of {', '.join(ENDPOINT_PATHS)}, "
+                                 f"got {self.endpoint!r}")
         if not self.request_rate > 0:
             raise BenchmarkError(f"--request-rate must be > 0 or inf, got {self.request_rate}")
         if self.max_concurrency is not None and self.max_concurrency < 1:
@@ -51,10 +55,12 @@ class ServeConfig:
     def url(self) -> str:
         base = self.base_url.rstrip("/")
         base = base[: -len("/v1")] if base.endswith("/v1") else base
-        return base + ENDPOINT_PATHS[self.endpoint]
+        return base + ENDPOINT_PATHS[self.endpoint].format(triton_model=self.triton_model)
 
 
 def build_payload(config: ServeConfig, sample: SampleRequest, *, max_tokens: int) -> dict:
+    if config.endpoint == "triton":
+        return build_triton_payload(config, sample, max_tokens=max_tokens)
     stream_options = {"include_usage": True}
     if config.continuous_usage_stats:
         stream_options["continuous_usage_stats"] = True
@@ -66,6 +72,19 @@ def build_payload(config: ServeConfig, sample: SampleRequest, *, max_tokens: int
         payload["messages"] = [{"role": "user", "content": sample.prompt}]
     else:
         payload["prompt"] = sample.prompt
+    return payload
+
+
+def build_triton_payload(config: ServeConfig, sample: SampleRequest, *,
+                         max_tokens: int) -> dict:
+    """TensorRT-LLM ensemble inputs, as its users stream them. end_id -1 (no end token)
+    runs to max_tokens, as ignore_eos does; a temperature samples over the whole vocabulary
+    (top_p 1), since the ensemble is greedy without top_k or top_p."""
+    payload: dict = {"text_input": sample.prompt, "max_tokens": max_tokens, "stream": True}
+    if config.ignore_eos:
+        payload["end_id"] = -1
+    if config.temperature > 0:
+        payload |= {"temperature": config.temperature, "top_p": 1.0}
     return payload
 
 
@@ -97,7 +116,8 @@ async def send_request(client: httpx.AsyncClient, config: ServeConfig, sample: S
                 body = (await response.aread()).decode(errors="replace")
                 failed = f"HTTP {response.status_code}: {_error_text(body)}"
             else:
-                failed = await _read_events(response, recorder, sent)
+                failed = await _read_events(response, recorder, sent,
+                                            needs_done=config.endpoint != "triton")
     except httpx.HTTPError as exc:
         failed = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     e2e = time.perf_counter() - sent
@@ -116,8 +136,9 @@ async def send_request(client: httpx.AsyncClient, config: ServeConfig, sample: S
 
 
 async def _read_events(response: httpx.Response, recorder: StreamRecorder,
-                       sent: float) -> str | None:
-    """Feed the SSE stream to `recorder`; the error text, or None when it ended with [DONE]."""
+                       sent: float, *, needs_done: bool = True) -> str | None:
+    """Feed the SSE stream to `recorder`; the error text, or None when it ended with [DONE]
+    (or, for Triton, which sends no [DONE], when the stream ended without an error)."""
     async for line in response.aiter_lines():
         at = time.perf_counter() - sent
         if not line.startswith("data:"):
@@ -132,7 +153,7 @@ async def _read_events(response: httpx.Response, recorder: StreamRecorder,
         recorder.add_chunk(chunk, at)
         if recorder.error is not None:
             return recorder.error
-    return "stream ended before data: [DONE]"
+    return "stream ended before data: [DONE]" if needs_done else recorder.error
 
 
 def _error_text(body: str) -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 class StreamRecorder:
     """Fed each parsed chunk in order with its time (seconds since the request was sent)."""
 
-    endpoint: str  # "completions" or "chat"
+    endpoint: str  # "completions", "chat" or "triton" (generate_stream events)
     ttft: float | None = None
     itls: list[float] = field(default_factory=list)
     text_parts: list[str] = field(default_factory=list)
@@ -40,7 +40,10 @@ class StreamRecorder:
             self.error = _error_message(chunk["error"])
             return
         usage = chunk.get("usage") or None
-        text = "".join(self._chunk_text(choice) for choice in chunk.get("choices") or [])
+        if self.endpoint == "triton":
+            text = chunk.get("text_output") or ""
+        else:
+            text = "".join(self._chunk_text(choice) for choice in chunk.get("choices") or [])
         if text:
             self._record_text(text, at, usage)
         if usage is not None:

@@ -236,8 +236,10 @@ def _within_engine_limits(config: SchedulerConfig, source: ModelSource) -> Sched
 
 
 def _with_extra_eos(params: SamplingParams, info: EngineInfo) -> SamplingParams:
-    """Models with several end-of-sequence ids (Llama 3) stop on any of them."""
-    if params.ignore_eos or len(info.eos_token_ids) <= 1:
+    """Models with several end-of-sequence ids (Llama 3) stop on any of them. With
+    min_tokens every one joins stop_token_ids, which the sampler bans until enough are out."""
+    ends = info.eos_token_ids if params.min_tokens else info.eos_token_ids[1:]
+    if params.ignore_eos or not ends:
         return params
-    extra = tuple(t for t in info.eos_token_ids[1:] if t not in params.stop_token_ids)
+    extra = tuple(t for t in ends if t not in params.stop_token_ids)
     return replace(params, stop_token_ids=params.stop_token_ids + extra) if extra else params

@@ -31,6 +31,7 @@ import torch
 
 from server.config import CacheConfig, ModelConfig
 from server.engine.async_output import InFlightStep, TokenFeedback
+from server.engine.bad_words import bans_tokens
 from server.engine.cuda_graphs import DecodeGraphRunner
 from server.engine.inputs import host_to_device, prepare_inputs
 from server.engine.models.config import ModelArchConfig
@@ -413,8 +414,9 @@ def _needs_no_history(state: RequestSamplingState) -> bool:
 
 
 def _reads_only_the_logits(p) -> bool:
+    # token bans (bad_words, min_tokens) read the history: such rows take the full path
     return (p.logprobs is None and not p.presence_penalty and not p.frequency_penalty
-            and p.repetition_penalty == 1.0)
+            and p.repetition_penalty == 1.0 and not bans_tokens(p))
 
 
 def _sampling_state(new: NewRequestData) -> RequestSamplingState:

@@ -3,7 +3,7 @@
 Per step, for logits [S, V] (float32, one row per request that samples):
 
     penalties (presence, frequency, repetition), then logit_bias
-                                                  -> the distribution logprobs report
+    bans (bad_words, min_tokens: bad_words.py)    -> the distribution logprobs report
     greedy rows: argmax
     other rows:  / temperature -> min_p -> top_k -> top_p -> softmax
                  token = argmax(probs / noise), noise ~ Exponential(1)
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from server.engine.bad_words import BannedTokens, apply_banned_tokens, build_banned_tokens
 from server.engine.inputs import host_to_device
 from server.engine.logit_bias import LogitBiasTensors, apply_logit_bias
 from server.engine.penalties import PenaltyTensors, apply_penalties
@@ -63,6 +64,7 @@ class SamplingBatch:
     top_ps: torch.Tensor | None  # float32 [S]; None when every top_p is 1
     penalties: PenaltyTensors | None  # None when no row is penalised
     logit_bias: LogitBiasTensors | None  # None when no row has a logit_bias
+    banned: BannedTokens | None  # None when no row bans a token this step
     all_greedy: bool
     random_rows: tuple[int, ...]  # rows that draw noise (not greedy)
     row_seeds: tuple[int | None, ...]  # per row: the noise seed for this step, or None
@@ -94,6 +96,7 @@ class SamplingBatch:
                     if any(p.top_p < 1 for p in random_params) else None),
             penalties=_build_penalties(states, vocab_size=vocab_size, device=device),
             logit_bias=LogitBiasTensors.build([p.logit_bias for p in params], device=device),
+            banned=build_banned_tokens(states, vocab_size=vocab_size, device=device),
             all_greedy=all(greedy),
             random_rows=tuple(row for row, g in enumerate(greedy) if not g),
             row_seeds=tuple(None if p.seed is None else
@@ -119,11 +122,14 @@ def _build_penalties(states: Sequence[RequestSamplingState], *, vocab_size: int,
 
 
 def adjusted_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-    """The logits with the batch's penalties and biases applied (a new tensor when any)."""
+    """The logits with the batch's penalties, biases and bans applied (a new tensor when
+    any)."""
     if batch.penalties is not None:
         logits = apply_penalties(logits, batch.penalties)
     if batch.logit_bias is not None:
         logits = apply_logit_bias(logits, batch.logit_bias)
+    if batch.banned is not None:
+        logits = apply_banned_tokens(logits, batch.banned)
     return logits
 
 
@@ -158,7 +164,7 @@ class Sampler:
 
     def sample_tokens(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         """int64 [S] token ids, left on logits' device (nothing here waits for the GPU).
-        logits already carry the batch's penalties and biases (adjusted_logits)."""
+        logits already carry the batch's penalties, biases and bans (adjusted_logits)."""
         if batch.all_greedy:
             return logits.argmax(dim=-1)
         probs = self._filtered_probs(logits, batch)

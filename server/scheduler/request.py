@@ -37,12 +37,20 @@ class SamplingParams:
     grammar: GrammarSpec | None = None  # the output must follow it (structured outputs)
     # (token_id, bias) pairs added to those tokens' logits before sampling, ids distinct
     logit_bias: tuple[tuple[int, float], ...] = ()
+    # Token sequences that must never be completed (TensorRT-LLM's bad_words).
+    bad_words: tuple[tuple[int, ...], ...] = ()
+    # stop_token_ids are banned until this many tokens are out (the engine adds the model's
+    # end tokens to them for requests that set it, unless ignore_eos).
+    min_tokens: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
         object.__setattr__(self, "logit_bias", tuple((int(t), float(b))
                                                      for t, b in self.logit_bias))
         _check_logit_bias(self.logit_bias)
+        object.__setattr__(self, "bad_words", tuple(tuple(w) for w in self.bad_words))
+        _check(all(self.bad_words), "bad_words", "must not hold an empty sequence")
+        _check(self.min_tokens >= 0, "min_tokens", f"must be >= 0, got {self.min_tokens}")
         _check(math.isfinite(self.temperature) and self.temperature >= 0,
                "temperature", f"must be a finite number >= 0, got {self.temperature}")
         _check(math.isfinite(self.top_p) and 0 < self.top_p <= 1,

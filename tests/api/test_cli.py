@@ -65,3 +65,17 @@ def test_help_lists_serve_and_its_options():
                    "--max-num-batched-tokens", "--max-model-len", "--block-size",
                    "--kv-cache-tokens", "--memory-fraction", "--disable-prefix-caching"):
         assert option in result.stdout
+
+
+def test_served_model_name_repeats_into_aliases_and_grpc_stays_off_unless_given():
+    config = serve_config(parse("serve", "--served-model-name", "ensemble",
+                                "--served-model-name", "tensorrt_llm",
+                                "--served-model-name", "ensemble"))
+    assert config.served_model_names == ("ensemble", "tensorrt_llm")
+    assert config.served_model_name == "ensemble" and config.api.grpc_port is None
+    assert serve_config(parse("serve", "--grpc-port", "8001")).api.grpc_port == 8001
+
+
+def test_a_grpc_port_out_of_range_is_refused(capsys):
+    assert main(["serve", "--grpc-port", "70000"]) == 2
+    assert "--grpc-port" in capsys.readouterr().err

@@ -197,3 +197,28 @@ def test_base_url_with_or_without_v1_reaches_the_same_endpoint():
         assert ServeConfig(base_url=base, model="m").url == "http://h:8000/v1/completions"
     assert ServeConfig(base_url="http://h", model="m", endpoint="chat").url == (
         "http://h/v1/chat/completions")
+
+
+def test_triton_endpoint_streams_generate_stream_with_ensemble_inputs():
+    config = ServeConfig(base_url="http://h:8000/v1", model="m", endpoint="triton",
+                         triton_model="ensemble", temperature=0.7)
+    assert config.url == "http://h:8000/v2/models/ensemble/generate_stream"
+    payload = build_payload(config, SampleRequest(prompt="hi", prompt_len=1, output_len=9),
+                            max_tokens=9)
+    assert payload == {"text_input": "hi", "max_tokens": 9, "stream": True, "end_id": -1,
+                       "temperature": 0.7, "top_p": 1.0}
+
+
+def test_triton_events_need_no_done_and_carry_their_text():
+    async def handler(request: httpx.Request) -> httpx.Response:
+        count = json.loads(request.content)["max_tokens"]
+        events = b"".join(b'data: {"model_name": "ensemble", "text_output": " tok"}\n\n'
+                          for _ in range(count))
+        return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                              content=events)
+
+    results, _ = run_against(handler, samples=samples_of(count=3, output_len=5),
+                             endpoint="triton")
+    assert all(r.success and r.output_tokens == 5 and r.token_source == "tokenizer"
+               for r in results)
+    assert all(len(r.itls) == 4 for r in results)

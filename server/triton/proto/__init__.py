@@ -1,0 +1,1 @@
+"""Generated KServe v2 / Triton gRPC messages and service stubs (see README.md)."""
