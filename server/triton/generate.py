@@ -55,6 +55,12 @@ class EnsembleSampling:
     def requested_max_tokens(self) -> int:
         return self.request.max_tokens
 
+    def num_samples(self) -> int:
+        return self.n  # no beam search or best_of: one sample per request
+
+    def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        return ()  # the ensemble has no logit bias input (embedding_bias is refused)
+
     def num_logprobs(self) -> int | None:
         return 0 if self.request.return_log_probs else None
 
