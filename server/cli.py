@@ -69,6 +69,8 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
                        choices=("auto", "float32", "float16", "bfloat16"))
     serve.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     serve.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    serve.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
+                       help="split the model over N ranks, one process each (default 1)")
     serve.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
                        help="fp8: linear layers in FP8 with per-channel weight and per-token "
                             "activation scales, quantized at load (default: none, or what "
@@ -140,7 +142,8 @@ def serve_config(args: argparse.Namespace):
     return ServeConfig(
         model=ModelConfig(model=model, dtype=args.dtype, device=args.device,
                           max_model_len=args.max_model_len, seed=args.seed,
-                          enforce_eager=args.enforce_eager, quantization=args.quantization),
+                          enforce_eager=args.enforce_eager, quantization=args.quantization,
+                          tensor_parallel_size=args.tensor_parallel_size),
         cache=CacheConfig(block_size=args.block_size, kv_cache_tokens=args.kv_cache_tokens,
                           memory_fraction=args.memory_fraction,
                           enable_prefix_caching=not args.disable_prefix_caching,

@@ -101,8 +101,12 @@ class ModelConfig:
     # "fp8": linear weights and activations in FP8 (server.engine.quantization). None: none,
     # unless the engine directory was built with one.
     quantization: str | None = None
+    # ranks the model is split over (server/engine/parallel/): one process per rank
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
+        _require(self.tensor_parallel_size >= 1,
+                 f"--tensor-parallel-size must be >= 1, got {self.tensor_parallel_size}")
         _require(self.quantization in (None, *QUANTIZATIONS),
                  f"--quantization must be one of {', '.join(QUANTIZATIONS)} (or left out), "
                  f"got {self.quantization!r}")

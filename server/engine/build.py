@@ -45,7 +45,7 @@ from server.engine.kernels import MODULES, compile_all
 from server.engine.nvrtc import source_hash
 from server.config import QUANTIZATIONS
 from server.engine.quantization import quantize_checkpoint, stored_layout
-from server.engine.runner import cuda_ops_unsupported_reason
+from server.engine.ops_choice import cuda_ops_unsupported_reason
 from server.engine.tuning import save_tuning
 from server.engine.weights import TOKENIZER_FILES, ModelSource, iter_weights, resolve_model
 

@@ -21,7 +21,10 @@ from dataclasses import dataclass, replace
 from server.config import CacheConfig, ModelConfig, SchedulerConfig
 from server.engine.async_output import InFlightStep
 from server.engine.info import EngineInfo, EngineStats
-from server.engine.runner import ModelRunner, attends_within_windows
+from server.engine.ops_choice import attends_within_windows, resolve_device
+from server.engine.parallel.tensor_parallel import check_shardable
+from server.engine.parallel.workers import RunnerSpec, WorkerGroup
+from server.engine.runner import ModelRunner
 from server.engine.weights import ModelSource, resolve_model
 from server.scheduler.errors import RequestRejectedError
 from server.scheduler.output import RequestOutput, SchedulerOutput
@@ -53,7 +56,7 @@ class EngineCore:
         source = source if source is not None else resolve_model(model_config.model)
         max_model_len = _max_model_len(model_config, source)
         scheduler_config = _within_engine_limits(scheduler_config, source)
-        self.runner = ModelRunner.from_config(
+        self.runner, self.workers = _start_runner(
             model_config, cache_config, source=source,
             max_num_seqs=scheduler_config.max_num_seqs, max_model_len=max_model_len)
         self.runner.capture_graphs()  # at startup, so the first decode step is not slow
@@ -139,7 +142,7 @@ class EngineCore:
         started_at = time.monotonic()
         grammar_compiles = self._queue_compiled_grammars()
         scheduler_output = self.scheduler.schedule()
-        self._in_flight.append((scheduler_output, self.runner.launch(scheduler_output)))
+        self._in_flight.append((scheduler_output, self._launch(scheduler_output)))
         outputs = self._update(keep_in_flight=0 if scheduler_output.is_empty
                                else int(self.async_scheduling))
         self.last_step = StepSummary(
@@ -147,6 +150,22 @@ class EngineCore:
             admitted_req_ids=tuple(r.req_id for r in scheduler_output.new_requests),
             grammar_compiles=grammar_compiles)
         return outputs
+
+    def _launch(self, scheduler_output: SchedulerOutput) -> InFlightStep:
+        if self.workers is None:
+            return self.runner.launch(scheduler_output)
+        self.workers.send(scheduler_output)  # the workers run the same step alongside
+        try:
+            return self.runner.launch(scheduler_output)
+        except RuntimeError:
+            self.workers.raise_if_dead(wait_s=2.0)  # a collective failed: name the worker
+            raise
+
+    def close(self) -> None:
+        """Stops the tensor-parallel workers, if any (nothing else needs stopping)."""
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None
 
     def _queue_compiled_grammars(self) -> tuple[CompileResult, ...]:
         """Requests whose grammar compiled join the waiting queue; those whose grammar
@@ -199,6 +218,35 @@ class EngineCore:
             prefix_cache_hits=s.prefix_cache_hits, num_preemptions=s.num_preemptions_total,
             prompt_tokens_total=self._num_prompt_tokens_total,
             generation_tokens_total=self._num_generation_tokens_total)
+
+
+def _start_runner(model_config: ModelConfig, cache_config: CacheConfig, *,
+                  source: ModelSource, max_num_seqs: int, max_model_len: int
+                  ) -> tuple[ModelRunner, WorkerGroup | None]:
+    """Rank 0's runner in this process, and with tensor parallelism the workers' (started
+    first: they wait for rank 0 at the rendezvous, then build theirs with its KV size)."""
+    size = model_config.tensor_parallel_size
+    if size == 1:
+        return ModelRunner.from_config(model_config, cache_config, source=source,
+                                       max_num_seqs=max_num_seqs,
+                                       max_model_len=max_model_len), None
+    # collectives inside CUDA graphs come with the multi-GPU work: eager steps until then
+    model_config = replace(model_config, enforce_eager=True)
+    check_shardable(source.arch, size)
+    workers = WorkerGroup(world_size=size, device_type=resolve_device(model_config.device).type)
+    try:
+        runner = ModelRunner.from_config(model_config, cache_config, source=source,
+                                         max_num_seqs=max_num_seqs, max_model_len=max_model_len,
+                                         tp=workers.join_as_first_rank())
+        workers.build_runners(RunnerSpec(
+            source=source, dtype=runner.dtype, block_size=runner.block_size,
+            num_blocks=runner.num_blocks, quantization=runner.quantization,
+            kv_cache_dtype=cache_config.kv_cache_dtype, enforce_eager=True,
+            max_num_seqs=max_num_seqs, max_model_len=max_model_len))
+    except BaseException:
+        workers.close()
+        raise
+    return runner, workers
 
 
 def _max_model_len(model_config: ModelConfig, source: ModelSource) -> int:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,14 +41,18 @@ class LLM:
                  enable_prefix_caching: bool = True, seed: int = 0,
                  enforce_eager: bool = False, async_scheduling: bool | None = None,
                  quantization: str | None = None, kv_cache_dtype: str = "auto",
-                 kv_admission: str = "optimistic") -> None:
+                 kv_admission: str = "optimistic", tensor_parallel_size: int = 1) -> None:
+        """tensor_parallel_size > 1 starts that many ranks minus this process as worker
+        processes; close() (or leaving a `with LLM(...)` block, or the interpreter's exit)
+        stops them."""
         if num_blocks is None and kv_cache_tokens is None and memory_fraction is None:
             memory_fraction = 0.9 if _device_is_cuda(device) else None
             kv_cache_tokens = None if memory_fraction else 65536
         self.engine = EngineCore(
             model_config=ModelConfig(model=model, dtype=dtype, device=device,
                                      max_model_len=max_model_len, seed=seed,
-                                     enforce_eager=enforce_eager, quantization=quantization),
+                                     enforce_eager=enforce_eager, quantization=quantization,
+                                     tensor_parallel_size=tensor_parallel_size),
             cache_config=CacheConfig(block_size=block_size, num_blocks=num_blocks,
                                      kv_cache_tokens=kv_cache_tokens,
                                      memory_fraction=memory_fraction,
@@ -57,8 +62,19 @@ class LLM:
                                              max_num_batched_tokens=max_num_batched_tokens,
                                              async_scheduling=async_scheduling,
                                              kv_admission=kv_admission))
+        weakref.finalize(self, self.engine.close)
         self.tokenizer = _load_tokenizer(self.engine.info.tokenizer_dir)
         self._req_counter = itertools.count()
+
+    def close(self) -> None:
+        """Stops the tensor-parallel workers (a no-op without them)."""
+        self.engine.close()
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def generate(self, prompts: Prompt | Sequence[Prompt],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,

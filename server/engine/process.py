@@ -238,6 +238,8 @@ def serve(args: EngineProcessArgs) -> int:
             logger.error("engine failed:\n%s", traceback.format_exc())
             loop.send(EngineFailed(message=f"{type(exc).__name__}: {exc}"))
             return 1
+        finally:
+            core.close()
     finally:
         pull.close(linger=0)
         push.close(linger=1000)  # let the last message (a failure, say) reach the api

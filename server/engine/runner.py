@@ -34,13 +34,13 @@ from server.engine.async_output import InFlightStep, TokenFeedback
 from server.engine.bad_words import bans_tokens
 from server.engine.cuda_graphs import DecodeGraphRunner
 from server.engine.inputs import host_to_device, prepare_inputs
-from server.engine.models.config import ModelArchConfig
 from server.engine.models.llama import LlamaModel
 from server.engine.parallel.shard_weights import shard_named
 from server.engine.quantization import quantize_checkpoint
 from server.engine.parallel.tensor_parallel import NO_TENSOR_PARALLEL, TensorParallel
 from server.engine.ops import Ops
-from server.engine.ops.torch_ref import TorchOps
+from server.engine.ops_choice import (default_ops, engine_config, is_cuda_ops, resolve_device,
+                                       resolve_dtype)
 from server.engine.sampler import (MIN_TEMPERATURE, RequestSamplingState, Sampler,
                                    SamplingBatch, adjusted_logits)
 from server.engine.weights import ModelSource, iter_weights, resolve_model
@@ -48,93 +48,12 @@ from server.kvcache.kv_pool import KVPool, check_kv_cache_kernels, kv_cache_dtyp
 from server.scheduler.output import ModelOutput, NewRequestData, SchedulerOutput
 from server.structured_output.timing import GrammarStepTimes
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEFAULT_GRAPH_BATCH_SIZE = 256  # graphs up to here unless the engine or caller says otherwise
 logger = logging.getLogger("inflightd.engine")
 
 
 class UnknownRequestError(ValueError):
     """A step samples for a request the runner was never told about (no NewRequestData)."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto": cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device, *, engine_dtype: str | None = None
-                  ) -> torch.dtype:
-    """"auto": the engine directory's dtype on a GPU, else bfloat16 on a GPU and float32 on
-    CPU (where bf16 matmuls are slow and lossy)."""
-    if name == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return _DTYPES[engine_dtype] if engine_dtype else torch.bfloat16
-    return _DTYPES[name]
-
-
-def cuda_ops_unsupported_reason(arch: ModelArchConfig, dtype: torch.dtype) -> str | None:
-    """Why our kernels cannot run this model, or None when they can."""
-    from server.engine.kernels import ATTENTION_HEAD_DIMS
-
-    if dtype not in (torch.bfloat16, torch.float16):
-        return f"the kernels take bfloat16 or float16, not {dtype}"
-    if arch.head_dim not in ATTENTION_HEAD_DIMS:
-        return f"the attention kernel covers head_dim {ATTENTION_HEAD_DIMS}, not {arch.head_dim}"
-    # csrc/layer_norm.cu and csrc/gelu.cu exist (CudaOps.layer_norm, .gelu); they serve
-    # these families once tests/gpu/test_layer_norm_gelu_kernels.py has passed on a GPU
-    if arch.layer_norm or arch.activation != "silu":
-        return (f"{arch.architecture}'s LayerNorm and GELU kernels are not verified on a GPU "
-                f"yet (RMSNorm and SiLU are)")
-    if arch.attn_softcap is not None or arch.alibi_bias_max is not None:
-        return "the attention kernels have no soft-capping or ALiBi yet"
-    return None
-
-
-def attends_within_windows(model_config: ModelConfig, source: ModelSource) -> bool:
-    """Whether the ops this model runs on compute sliding-window attention: the torch
-    reference does, our GPU kernels do not yet (so there contexts stay within the window)."""
-    device = resolve_device(model_config.device)
-    engine = _engine_config(source)
-    dtype = resolve_dtype(model_config.dtype, device,
-                          engine_dtype=engine.dtype if engine else None)
-    return device.type != "cuda" or cuda_ops_unsupported_reason(source.arch, dtype) is not None
-
-
-def default_ops(source: ModelSource, *, dtype: torch.dtype, device: torch.device) -> Ops:
-    """CudaOps on a GPU when the kernels cover the model (with the engine directory's cubins
-    and tuning when there is one), else TorchOps."""
-    if device.type != "cuda":
-        return TorchOps()
-    reason = cuda_ops_unsupported_reason(source.arch, dtype)
-    if reason is not None:
-        logger.warning("running the torch reference ops on %s: %s", device, reason)
-        return TorchOps()
-    from server.engine.kernels import KernelLibrary, device_arch
-    from server.engine.nvrtc import NvrtcUnavailableError
-    from server.engine.ops.cuda import CudaOps
-
-    if source.engine_dir is None:
-        try:
-            library = KernelLibrary(device)
-            library.load_all()
-        except (ImportError, NvrtcUnavailableError) as exc:
-            logger.warning("running the torch reference ops on %s, without CUDA graphs: our "
-                           "kernels cannot be built here (%s); pip install 'inflightd[gpu]' "
-                           "and the CUDA toolkit headers, or serve an engine directory",
-                           device, exc)
-            return TorchOps()
-        return CudaOps(library)
-    from server.engine.kernel_store import load_cubins
-    from server.engine.tuning import TunedCudaOps, load_tuning
-
-    arch = device_arch(device)
-    library = KernelLibrary(device, cubins=load_cubins(source.engine_dir, arch))
-    library.load_all()
-    tuning = load_tuning(source.engine_dir, arch)
-    return CudaOps(library) if tuning is None else TunedCudaOps(library, tuning)
 
 
 class ModelRunner:
@@ -164,7 +83,7 @@ class ModelRunner:
                                                                  device=self.device)
         self.quantization = quantization or source.quantization
         cache_dtype = kv_cache_dtype_for(kv_cache_dtype, dtype)
-        if _is_cuda_ops(self.ops):
+        if is_cuda_ops(self.ops):
             check_kv_cache_kernels(cache_dtype, self.device)
         self.model = LlamaModel(self.arch, dtype=dtype, device=self.device,
                                 quantization=self.quantization, tp=tp)
@@ -189,8 +108,8 @@ class ModelRunner:
         self.grammars = None  # GrammarMatchers, set by the engine when it has a compiler
         self.grammar_times = GrammarStepTimes()
         self.graphs: DecodeGraphRunner | None = None
-        if not enforce_eager and self.device.type == "cuda" and _is_cuda_ops(self.ops):
-            engine = _engine_config(source)
+        if not enforce_eager and self.device.type == "cuda" and is_cuda_ops(self.ops):
+            engine = engine_config(source)
             self.graphs = DecodeGraphRunner(
                 self.model, self.kv_pool.kv_cache, self.ops, block_size=block_size,
                 max_batch_size=max_num_seqs or (engine.max_batch_size if engine else
@@ -201,13 +120,14 @@ class ModelRunner:
     def from_config(cls, model_config: ModelConfig, cache_config: CacheConfig, *,
                     source: ModelSource | None = None, ops: Ops | None = None,
                     max_num_seqs: int | None = None,
-                    max_model_len: int | None = None) -> "ModelRunner":
+                    max_model_len: int | None = None,
+                    tp: TensorParallel = NO_TENSOR_PARALLEL) -> "ModelRunner":
         """Resolves the model (unless given), picks device and dtype ("auto": cuda + bf16
         when a GPU is present, or the engine directory's dtype, else cpu + fp32) and sizes
         the pool from cache_config."""
         device = resolve_device(model_config.device)
         source = source if source is not None else resolve_model(model_config.model)
-        engine = _engine_config(source)
+        engine = engine_config(source)
         dtype = resolve_dtype(model_config.dtype, device,
                               engine_dtype=engine.dtype if engine else None)
         return cls(source, dtype=dtype, device=device,
@@ -218,7 +138,7 @@ class ModelRunner:
                    max_num_seqs=max_num_seqs,
                    max_model_len=max_model_len or model_config.max_model_len,
                    quantization=model_config.quantization,
-                   kv_cache_dtype=cache_config.kv_cache_dtype)
+                   kv_cache_dtype=cache_config.kv_cache_dtype, tp=tp)
 
     @property
     def block_size(self) -> int:
@@ -259,22 +179,40 @@ class ModelRunner:
         if all(_is_plain_greedy(state) for state in states):
             # What the sampler does for such rows, minus building its per-step tensors.
             token_ids = logits.argmax(dim=-1)
-            self._feedback.remember(req_ids, token_ids)
+            self._remember(req_ids, token_ids)
             return self._launched(InFlightStep.copying(req_ids, token_ids))
         if all(_needs_no_history(state) for state in states):
             # temperature, top-k, top-p and min-p read only the logits: sampled on the device
             batch = SamplingBatch.build(states, vocab_size=logits.shape[-1],
                                         device=logits.device)
             token_ids = self.sampler.sample_tokens(adjusted_logits(logits, batch), batch)
-            self._feedback.remember(req_ids, token_ids)
+            self._remember(req_ids, token_ids)
             return self._launched(InFlightStep.copying(req_ids, token_ids))
         self._resolve_unresolved()  # the penalties and seeds need its tokens
         sampled = self.sampler.sample(logits, states)
-        self._feedback.remember(req_ids, torch.tensor(sampled.sampled_token_ids,
+        self._remember(req_ids, torch.tensor(sampled.sampled_token_ids,
                                                       dtype=torch.int64, device=self.device))
         return self._launched(InFlightStep.done(ModelOutput(
             req_ids=req_ids, sampled_token_ids=sampled.sampled_token_ids,
             logprobs=sampled.logprobs)))
+
+    @torch.inference_mode()
+    def follow(self, scheduler_output: SchedulerOutput) -> None:
+        """A worker rank's step under tensor parallelism: the same forward as rank 0 (the
+        collectives pair up), and rank 0's sampled tokens for the next step's inputs."""
+        self.update_requests(scheduler_output)
+        if scheduler_output.is_empty:
+            return
+        req_ids, _ = self.forward_logits(scheduler_output)
+        if req_ids:
+            self._remember(req_ids, torch.empty(len(req_ids), dtype=torch.int64,
+                                                device=self.device))
+
+    def _remember(self, req_ids: tuple[str, ...], token_ids: torch.Tensor) -> None:
+        """The step's tokens feed the next step's pending inputs; under tensor parallelism
+        every rank takes rank 0's (its own grammar masks and sampler decide them)."""
+        self.model.tp.broadcast_from_first(token_ids)
+        self._feedback.remember(req_ids, token_ids)
 
     def resolve(self, step: InFlightStep) -> ModelOutput:
         """Waits for a launched step's tokens and appends them to the request histories
@@ -382,21 +320,6 @@ class ModelRunner:
         except KeyError:
             raise UnknownRequestError(
                 f"request {req_id!r} is sampled but was never sent as a new request") from None
-
-
-def _is_cuda_ops(ops: Ops) -> bool:
-    from server.engine.ops.cuda import CudaOps
-
-    return isinstance(ops, CudaOps)
-
-
-def _engine_config(source: ModelSource):
-    """The EngineDirConfig when the model is an engine directory, else None."""
-    if source.engine_dir is None:
-        return None
-    from server.engine.engine_dir import read_engine_config
-
-    return read_engine_config(source.engine_dir)[1]
 
 
 def _is_plain_greedy(state: RequestSamplingState) -> bool:

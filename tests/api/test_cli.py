@@ -32,7 +32,7 @@ def test_serve_options_reach_the_engine_configs():
         "--max-num-seqs", "8", "--max-num-batched-tokens", "512", "--max-model-len", "1024",
         "--block-size", "32", "--kv-cache-tokens", "4096", "--disable-prefix-caching",
         "--dtype", "float32", "--device", "cpu", "--enforce-eager", "--seed", "3",
-        "--kv-admission", "guaranteed"))
+        "--kv-admission", "guaranteed", "--tensor-parallel-size", "3"))
     assert config.served_model_name == "x" and config.api.port == 9001
     assert (config.scheduler.max_num_seqs, config.scheduler.max_num_batched_tokens) == (8, 512)
     assert config.scheduler.max_model_len == config.model.max_model_len == 1024
@@ -41,6 +41,7 @@ def test_serve_options_reach_the_engine_configs():
     assert (config.model.dtype, config.model.device, config.model.seed) == ("float32", "cpu", 3)
     assert config.model.enforce_eager
     assert config.scheduler.kv_admission == "guaranteed"
+    assert config.model.tensor_parallel_size == 3
 
 
 def test_positional_model_directory_wins_over_the_flag():

@@ -48,6 +48,13 @@ class TensorParallel:
             torch.distributed.all_reduce(x, group=self.group)
         return x
 
+    def broadcast_from_first(self, x: torch.Tensor) -> torch.Tensor:
+        """Rank 0's x on every rank, in place."""
+        if self.enabled:
+            torch.distributed.broadcast(x, src=torch.distributed.get_global_rank(
+                self.group, 0) if self.group is not None else 0, group=self.group)
+        return x
+
     def all_gather_last_dim(self, x: torch.Tensor) -> torch.Tensor:
         """[..., d] on every rank -> [..., N d], rank order."""
         if not self.enabled:

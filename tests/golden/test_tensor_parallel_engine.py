@@ -1,0 +1,65 @@
+"""The tensor-parallel engine on the CPU: worker processes over gloo beside rank 0 in this
+process give the one-process engine's tokens, with async scheduling too (rank 0's sampled
+tokens reach the workers for the next step's inputs); a killed worker ends it with an error
+naming the rank, and no worker outlives close()."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from server.engine.llm import LLM
+from server.engine.parallel.workers import WorkerDiedError
+from server.scheduler.request import SamplingParams
+from tests.golden.helpers import make_hf_model, single_torch_thread
+
+PROMPTS = [[5, 17, 33, 2, 9, 40, 41, 42, 7], [100, 7, 8, 44, 45], [9, 9, 8, 7]]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("llama-gqa")
+    make_hf_model("llama-gqa-tied").save_pretrained(path)
+    return str(path)
+
+
+def params() -> list[SamplingParams]:
+    return [SamplingParams(temperature=0, max_tokens=12, ignore_eos=True),
+            SamplingParams(temperature=0.8, seed=3, max_tokens=10, ignore_eos=True),
+            SamplingParams(temperature=0, repetition_penalty=1.2, max_tokens=8,
+                           ignore_eos=True)]
+
+
+def llm(model_dir: str, *, tensor_parallel_size: int, async_scheduling: bool) -> LLM:
+    return LLM(model_dir, device="cpu", kv_cache_tokens=256, block_size=4,
+               max_num_batched_tokens=8, async_scheduling=async_scheduling,
+               tensor_parallel_size=tensor_parallel_size)
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_two_ranks_give_the_one_process_engines_tokens(model_dir, async_scheduling):
+    with single_torch_thread():
+        expected = llm(model_dir, tensor_parallel_size=1,
+                       async_scheduling=async_scheduling).generate(PROMPTS, params())
+        with llm(model_dir, tensor_parallel_size=2,
+                 async_scheduling=async_scheduling) as parallel:
+            workers = parallel.engine.workers._processes
+            got = parallel.generate(PROMPTS, params())
+    assert [c.token_ids for c in got] == [c.token_ids for c in expected]
+    assert all(not process.is_alive() for process in workers)
+
+
+def test_a_killed_worker_ends_the_engine_naming_its_rank(model_dir):
+    with single_torch_thread():
+        parallel = llm(model_dir, tensor_parallel_size=2, async_scheduling=False)
+        try:
+            worker = parallel.engine.workers._processes[0]
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.join(timeout=10)
+            with pytest.raises(WorkerDiedError, match="rank 1 exited"):
+                parallel.generate(PROMPTS[:1], params()[:1])
+        finally:
+            parallel.close()
+    assert not worker.is_alive()
