@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from server.config import (DEFAULT_MODEL, KV_ADMISSIONS, KV_CACHE_DTYPES, QUANTIZATIONS,
                            CacheConfig, ModelConfig, SchedulerConfig)
-from server.api.settings import API_KEY_ENV, DEFAULT_MAX_REQUEST_BODY_BYTES
+from server.api.settings import API_KEY_ENV, DEFAULT_MAX_REQUEST_BODY_BYTES, METRICS_COMPATS
 from server.api.tool_calls.registry import TOOL_CALL_PARSERS
 from server.logging_setup import configure_logging
 
@@ -89,6 +89,10 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
                             "also INFLIGHTD_API_KEY); /health and /ready stay open")
     serve.add_argument("--metrics-auth", action="store_true",
                        help="/metrics needs an API key too")
+    serve.add_argument("--metrics-compat", choices=METRICS_COMPATS, default=None,
+                       help="vllm: /metrics also serves vllm:num_requests_waiting, "
+                            "vllm:num_requests_running, vllm:kv_cache_usage_perc and "
+                            "vllm:cache_config_info, the series routers built for vLLM read")
     serve.add_argument("--max-queued-requests", type=int, default=None,
                        help="refuse new requests with 429 once this many are queued "
                             "(not yet scheduled); unset: no limit")
@@ -159,7 +163,7 @@ def serve_config(args: argparse.Namespace):
                         grpc_port=args.grpc_port,
                         health_timeout_s=args.health_timeout, log_level=args.log_level,
                         log_format=args.log_format, api_keys=api_keys(args),
-                        metrics_auth=args.metrics_auth,
+                        metrics_auth=args.metrics_auth, metrics_compat=args.metrics_compat,
                         max_queued_requests=args.max_queued_requests,
                         max_request_body_bytes=args.max_request_body_bytes,
                         shutdown_timeout_s=args.shutdown_timeout,

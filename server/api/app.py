@@ -38,7 +38,9 @@ def create_app(config: ServeConfig) -> FastAPI:
                           log_format=api.log_format,
                           on_step=lambda step: metrics.observe_step(step))
     metrics = ServerMetrics(model_name=config.served_model_name,
-                            latest_stats=lambda: client.latest_stats)
+                            latest_stats=lambda: client.latest_stats,
+                            compat=api.metrics_compat, engine_info=lambda: client.started_info,
+                            prefix_caching=config.cache.enable_prefix_caching)
     admission = AdmissionController(max_queued_requests=api.max_queued_requests,
                                     waiting_in_engine=lambda: client.num_waiting_requests)
     control = DaemonControl(admission=admission, client=client,

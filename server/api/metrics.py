@@ -17,8 +17,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from server.api.metrics_compat import VllmCompatCollector
 from server.api.request_timing import ChoiceTiming
-from server.engine.info import EngineStats
+from server.engine.info import EngineInfo, EngineStats
 from server.engine.messages import StepInfo
 
 MODEL_LABEL = "model_name"
@@ -107,10 +108,19 @@ class ServerMetrics:
     """The app's registry and the metrics the api process observes itself."""
 
     def __init__(self, *, model_name: str,
-                 latest_stats: Callable[[], EngineStats | None]) -> None:
+                 latest_stats: Callable[[], EngineStats | None],
+                 compat: str | None = None,
+                 engine_info: Callable[[], EngineInfo | None] = lambda: None,
+                 prefix_caching: bool = True) -> None:
+        """compat "vllm" adds vLLM-named gauges (metrics_compat.py), which also read
+        engine_info (block size, block count) and prefix_caching."""
         self.registry = CollectorRegistry()
         self.registry.register(EngineStatsCollector(model_name=model_name,
                                                     latest_stats=latest_stats))
+        if compat == "vllm":
+            self.registry.register(VllmCompatCollector(
+                model_name=model_name, prefix_caching=prefix_caching,
+                latest_stats=latest_stats, engine_info=engine_info))
 
         def histogram(name: str, documentation: str, buckets: tuple[float, ...]):
             return Histogram(name, documentation, [MODEL_LABEL], buckets=buckets,

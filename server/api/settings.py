@@ -9,6 +9,7 @@ from server.logging_setup import LOG_FORMATS
 
 DEFAULT_MAX_REQUEST_BODY_BYTES = 4 * 1024 * 1024
 API_KEY_ENV = "INFLIGHTD_API_KEY"  # a key given in the environment, beside --api-key
+METRICS_COMPATS = ("vllm",)  # --metrics-compat values (server/api/metrics_compat.py)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class ApiSettings:
     header_timeout_s: float = 10.0
     keep_alive_timeout_s: float = 5.0
     max_connections: int | None = None
+    # "vllm": /metrics also serves the engine gauges under vLLM's names, for routers
+    # (server/api/metrics_compat.py). None: only the inflightd: names.
+    metrics_compat: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -95,6 +99,9 @@ class ApiSettings:
         if self.max_connections is not None and self.max_connections < 1:
             raise ValueError(f"--max-connections must be >= 1 (leave it out for no cap), "
                              f"got {self.max_connections}")
+        if self.metrics_compat not in (None, *METRICS_COMPATS):
+            raise ValueError(f"--metrics-compat must be one of {', '.join(METRICS_COMPATS)} "
+                             f"(or left out), got {self.metrics_compat!r}")
         if self.engine_failure_exit_delay_s < 0:
             raise ValueError("the exit delay after an engine failure must be >= 0, "
                              f"got {self.engine_failure_exit_delay_s}")

@@ -187,6 +187,11 @@ class EngineClient:
         return self._info
 
     @property
+    def started_info(self) -> EngineInfo | None:
+        """The engine's info once it has started (kept after it stops), else None."""
+        return self._info
+
+    @property
     def is_alive(self) -> bool:
         return (self._failure is None and self._process is not None
                 and self._process.returncode is None and self._info is not None)

@@ -157,6 +157,12 @@ def test_energy_metrics_are_absent_without_a_gpu(daemon):
     assert not {"inflightd:energy_joules", "inflightd:output_tokens_per_joule"} & names
 
 
+def test_vllm_named_series_are_absent_without_metrics_compat(daemon):
+    names = {family.name for family in text_string_to_metric_families(scrape(daemon))}
+    assert "inflightd:num_requests_running" in names
+    assert not [name for name in names if name.startswith("vllm:")]
+
+
 @contextmanager
 def prometheus_scraping(daemon: Daemon) -> Iterator[str]:
     """A real Prometheus on loopback scraping the daemon every second; killed on exit."""
