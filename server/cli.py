@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from server.config import (DEFAULT_MODEL, KV_ADMISSIONS, KV_CACHE_DTYPES, QUANTIZATIONS,
-                           CacheConfig, ModelConfig, SchedulerConfig)
+                           CacheConfig, KVEventsConfig, ModelConfig, SchedulerConfig)
 from server.api.settings import API_KEY_ENV, DEFAULT_MAX_REQUEST_BODY_BYTES, METRICS_COMPATS
 from server.api.tool_calls.registry import TOOL_CALL_PARSERS
 from server.logging_setup import configure_logging
@@ -93,6 +93,16 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="vllm: /metrics also serves vllm:num_requests_waiting, "
                             "vllm:num_requests_running, vllm:kv_cache_usage_perc and "
                             "vllm:cache_config_info, the series routers built for vLLM read")
+    serve.add_argument("--kv-events-endpoint", metavar="ADDRESS", default=None,
+                       help="publish KV-cache events in vLLM's format on this ZeroMQ PUB "
+                            "address (tcp://*:5557 binds; tcp://HOST:PORT connects to a "
+                            "subscriber that binds); unset: no events")
+    serve.add_argument("--kv-events-replay-endpoint", metavar="ADDRESS", default=None,
+                       help="a ROUTER address (bound) that resends the buffered event "
+                            "batches from a sequence number, for late subscribers")
+    serve.add_argument("--kv-events-topic", default="",
+                       help="the topic frame of every event message (llm-d reads "
+                            "kv@POD@MODEL)")
     serve.add_argument("--max-queued-requests", type=int, default=None,
                        help="refuse new requests with 429 once this many are queued "
                             "(not yet scheduled); unset: no limit")
@@ -174,7 +184,19 @@ def serve_config(args: argparse.Namespace):
                         responses_store_ttl_s=args.responses_store_ttl,
                         header_timeout_s=args.header_timeout,
                         keep_alive_timeout_s=args.keep_alive_timeout,
-                        max_connections=args.max_connections))
+                        max_connections=args.max_connections),
+        kv_events=kv_events_config(args))
+
+
+def kv_events_config(args: argparse.Namespace) -> KVEventsConfig | None:
+    """None without --kv-events-endpoint (the replay address and topic need it)."""
+    if args.kv_events_endpoint is None:
+        if args.kv_events_replay_endpoint is not None:
+            raise ValueError("--kv-events-replay-endpoint needs --kv-events-endpoint")
+        return None
+    return KVEventsConfig(endpoint=args.kv_events_endpoint,
+                          replay_endpoint=args.kv_events_replay_endpoint,
+                          topic=args.kv_events_topic)
 
 
 def run_serve(args: argparse.Namespace) -> int:

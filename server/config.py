@@ -114,3 +114,36 @@ class ModelConfig:
                  f"--dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
         _require(self.device in ("auto", "cpu", "cuda"),
                  f"--device must be auto, cpu or cuda, got {self.device!r}")
+
+
+KV_EVENT_TRANSPORTS = ("tcp://", "ipc://", "inproc://")
+
+
+@dataclass(frozen=True)
+class KVEventsConfig:
+    """Publishing the prefix cache's changes as vLLM's KV-cache events
+    (server/engine/kv_events.py). endpoint: the ZeroMQ PUB address, bound when its host is
+    `*` (or ipc/inproc), else connected to (a subscriber that binds, as llm-d's indexer);
+    replay_endpoint: a ROUTER address (always bound) that resends the batches after a
+    sequence number; topic: the first frame of every message; buffer_steps: how many past
+    batches replay can resend."""
+
+    endpoint: str
+    replay_endpoint: str | None = None
+    topic: str = ""
+    buffer_steps: int = 10_000
+
+    def __post_init__(self) -> None:
+        for flag, address in (("--kv-events-endpoint", self.endpoint),
+                              ("--kv-events-replay-endpoint", self.replay_endpoint)):
+            if address is None:
+                continue
+            _require(address.startswith(KV_EVENT_TRANSPORTS),
+                     f"{flag} must be a ZeroMQ address such as tcp://*:5557 "
+                     f"(tcp://, ipc:// or inproc://), got {address!r}")
+            _require(not address.startswith("tcp://") or address.rpartition(":")[2].isdigit(),
+                     f"{flag} needs a port, as in tcp://*:5557, got {address!r}")
+        _require(self.replay_endpoint != self.endpoint,
+                 "--kv-events-replay-endpoint must differ from --kv-events-endpoint")
+        _require(self.buffer_steps >= 1,
+                 f"the KV-event replay buffer must hold >= 1 batch, got {self.buffer_steps}")

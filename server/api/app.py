@@ -36,7 +36,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     client = EngineClient(model_config=config.model, cache_config=config.cache,
                           scheduler_config=config.scheduler, log_level=api.log_level,
                           log_format=api.log_format,
-                          on_step=lambda step: metrics.observe_step(step))
+                          on_step=lambda step: metrics.observe_step(step),
+                          kv_events_config=config.kv_events)
     metrics = ServerMetrics(model_name=config.served_model_name,
                             latest_stats=lambda: client.latest_stats,
                             compat=api.metrics_compat, engine_info=lambda: client.started_info,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from server.config import CacheConfig, ModelConfig, SchedulerConfig
+from server.config import CacheConfig, KVEventsConfig, ModelConfig, SchedulerConfig
 from server.logging_setup import LOG_FORMATS
 
 DEFAULT_MAX_REQUEST_BODY_BYTES = 4 * 1024 * 1024
@@ -113,6 +113,7 @@ class ServeConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     api: ApiSettings = field(default_factory=ApiSettings)
+    kv_events: KVEventsConfig | None = None  # None: no KV-event publishing
 
     @property
     def served_model_name(self) -> str:

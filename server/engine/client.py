@@ -21,7 +21,7 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
-from server.config import CacheConfig, ModelConfig, SchedulerConfig
+from server.config import CacheConfig, KVEventsConfig, ModelConfig, SchedulerConfig
 from server.engine.info import EngineInfo, EngineStats
 from server.engine.messages import (AbortRequests, AddRequest, EngineFailed,
                                     EngineProcessArgs, EngineReady,
@@ -86,8 +86,10 @@ class EngineClient:
     def __init__(self, *, model_config: ModelConfig, cache_config: CacheConfig,
                  scheduler_config: SchedulerConfig, log_level: str = "info",
                  log_format: str = "text",
-                 on_step: Callable[[StepInfo], None] | None = None) -> None:
+                 on_step: Callable[[StepInfo], None] | None = None,
+                 kv_events_config: KVEventsConfig | None = None) -> None:
         self._model_config = model_config
+        self._kv_events_config = kv_events_config
         self._cache_config = cache_config
         self._scheduler_config = scheduler_config
         self._log_level = log_level
@@ -134,7 +136,8 @@ class EngineClient:
         args = EngineProcessArgs(model_config=self._model_config, cache_config=self._cache_config,
                                  scheduler_config=self._scheduler_config,
                                  input_address=input_address, output_address=output_address,
-                                 log_level=self._log_level, log_format=self._log_format)
+                                 log_level=self._log_level, log_format=self._log_format,
+                                 kv_events_config=self._kv_events_config)
         # The engine reads end of file on this stdin pipe when this process dies.
         self._process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", ENGINE_MODULE, encode_process_args(args),

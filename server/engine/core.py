@@ -26,6 +26,7 @@ from server.engine.parallel.tensor_parallel import check_shardable
 from server.engine.parallel.workers import RunnerSpec, WorkerGroup
 from server.engine.runner import ModelRunner
 from server.engine.weights import ModelSource, resolve_model
+from server.kvcache.events import KVCacheRecord, KVEventRecorder
 from server.scheduler.errors import RequestRejectedError
 from server.scheduler.output import RequestOutput, SchedulerOutput
 from server.scheduler.request import Request, SamplingParams
@@ -52,7 +53,9 @@ class StepSummary:
 
 class EngineCore:
     def __init__(self, *, model_config: ModelConfig, cache_config: CacheConfig,
-                 scheduler_config: SchedulerConfig, source: ModelSource | None = None) -> None:
+                 scheduler_config: SchedulerConfig, source: ModelSource | None = None,
+                 record_kv_events: bool = False) -> None:
+        """record_kv_events: keep the prefix cache's changes for take_kv_events()."""
         source = source if source is not None else resolve_model(model_config.model)
         max_model_len = _max_model_len(model_config, source)
         scheduler_config = _within_engine_limits(scheduler_config, source)
@@ -62,10 +65,11 @@ class EngineCore:
         self.runner.capture_graphs()  # at startup, so the first decode step is not slow
         cache_config = replace(cache_config, num_blocks=self.runner.num_blocks,
                                kv_cache_tokens=None, memory_fraction=None)
+        self._kv_events = KVEventRecorder() if record_kv_events else None
         self.scheduler = Scheduler(replace(scheduler_config, max_model_len=max_model_len,
                                            kv_window=source.arch.kv_window,
                                            long_rope_threshold=source.arch.long_rope_threshold),
-                                   cache_config)
+                                   cache_config, kv_events=self._kv_events)
         arch = source.arch
         self.info = EngineInfo(
             model_name=source.name, vocab_size=arch.vocab_size, max_model_len=max_model_len,
@@ -119,6 +123,10 @@ class EngineCore:
                 max_rows=self.scheduler.config.max_num_seqs,
                 pin_memory=self.runner.device.type == "cuda")
         return self._grammar_compiler
+
+    def take_kv_events(self) -> list[KVCacheRecord]:
+        """The prefix cache's changes since the last call (none unless record_kv_events)."""
+        return [] if self._kv_events is None else self._kv_events.drain()
 
     def take_rejections(self) -> list[CompileResult]:
         """Requests dropped because their grammar failed (code and message), once each."""

@@ -19,7 +19,7 @@ from typing import Union
 
 import msgspec
 
-from server.config import CacheConfig, ModelConfig, SchedulerConfig
+from server.config import CacheConfig, KVEventsConfig, ModelConfig, SchedulerConfig
 from server.engine.info import EngineInfo, EngineStats
 from server.scheduler.output import RequestOutput
 from server.scheduler.request import SamplingParams
@@ -35,6 +35,7 @@ class EngineProcessArgs(msgspec.Struct, frozen=True):
     output_address: str  # the api's PULL binds here; the engine's PUSH connects
     log_level: str = "info"
     log_format: str = "text"  # "text" or "json" (server/logging_setup.py)
+    kv_events_config: KVEventsConfig | None = None  # None: no KV-event publishing
 
 
 # ---- api -> engine ----

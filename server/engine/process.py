@@ -9,6 +9,9 @@ It never waits on a client: replies go out on a PUSH socket with no high-water m
 slow reader only makes the api process's queue longer. It exits on a Shutdown message, on
 SIGTERM, or when the api process dies (its stdin pipe reaches end of file).
 
+With --kv-events-endpoint, each step's prefix-cache changes go out as vLLM KV-cache events
+(kv_events.py).
+
 Run as `python -m server.engine.process '<EngineProcessArgs as JSON>'` by EngineClient.
 """
 
@@ -28,6 +31,7 @@ import zmq
 
 from server.config import CacheConfig, ModelConfig
 from server.engine.energy import EnergyMeter, EnergyMeterUnavailable, open_energy_meter
+from server.engine.kv_events import KVEventPublisher
 from server.engine.messages import (AbortRequests, AddRequest, EngineFailed, EngineProcessArgs,
                                     EngineReady, Shutdown, StartupFailed, StatsQuery,
                                     StatsReply, StepInfo, StepOutputs, RequestRejected,
@@ -59,11 +63,13 @@ class EngineLoop:
     """Owns the sockets and the core once the core is built."""
 
     def __init__(self, core, pull: zmq.Socket, push: zmq.Socket, *,
-                 energy_meter: EnergyMeter | None = None) -> None:
+                 energy_meter: EnergyMeter | None = None,
+                 kv_events: KVEventPublisher | None = None) -> None:
         self._core = core
         self._pull = pull
         self._push = push
         self._energy_meter = energy_meter
+        self._kv_events = kv_events
         self._encoder, _ = output_codec()
         _, self._decoder = input_codec()
         self._parent_pid = os.getppid()
@@ -95,6 +101,8 @@ class EngineLoop:
         """One step; its outputs and figures go out as one message (a chunked prefill step
         has no outputs yet, but its tokens and admissions still count for metrics)."""
         outputs = self._core.step()
+        if self._kv_events is not None:
+            self._kv_events.publish(self._core.take_kv_events())
         for rejected in self._core.take_rejections():
             self.send(RequestRejected(req_id=rejected.req_id, code=rejected.code,
                                       message=rejected.error))
@@ -160,7 +168,8 @@ def build_core(args: EngineProcessArgs):
     model_config = _with_engine_dir(args.model_config, args.scheduler_config)
     core = EngineCore(model_config=model_config,
                       cache_config=with_default_kv_size(model_config, args.cache_config),
-                      scheduler_config=args.scheduler_config)
+                      scheduler_config=args.scheduler_config,
+                      record_kv_events=args.kv_events_config is not None)
     # What start-up made (the model, kernels, tokenizer, torch's modules) lives as long as
     # this process: frozen, the collector never walks it again, so a full collection no
     # longer stops the loop for 100 ms and more while the GPU waits (bench/host_phases.py).
@@ -218,9 +227,13 @@ def serve(args: EngineProcessArgs) -> int:
     push.setsockopt(zmq.SNDHWM, 0)  # never block on a slow api process
     push.connect(args.output_address)
     encoder, _ = output_codec()
+    kv_events = None
     try:
         try:
             core = build_core(args)
+            if args.kv_events_config is not None:
+                kv_events = KVEventPublisher(args.kv_events_config,
+                                             block_size=core.info.block_size)
         except Exception as exc:  # reported to the api, which exits with the message
             logger.debug("engine startup failed", exc_info=True)
             push.send(encoder.encode(StartupFailed(message=f"{type(exc).__name__}: {exc}")))
@@ -228,7 +241,7 @@ def serve(args: EngineProcessArgs) -> int:
         core.prepare_grammars()  # the grammar compiler's tokenizer loads meanwhile
         energy_meter = open_energy_meter(core.info.device)
         push.send(encoder.encode(EngineReady(info=core.info)))
-        loop = EngineLoop(core, pull, push, energy_meter=energy_meter)
+        loop = EngineLoop(core, pull, push, energy_meter=energy_meter, kv_events=kv_events)
         try:
             status = loop.run()
             if loop.orphaned:
@@ -241,6 +254,8 @@ def serve(args: EngineProcessArgs) -> int:
         finally:
             core.close()
     finally:
+        if kv_events is not None:
+            kv_events.close()
         pull.close(linger=0)
         push.close(linger=1000)  # let the last message (a failure, say) reach the api
         context.term()

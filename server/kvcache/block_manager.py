@@ -21,6 +21,9 @@ reads only the request's own memory there):
 
     # | released: alias of block h | h (first held) | ... | last block |
     # |<-- num_released_blocks -->|
+
+Given a KVEventRecorder, the manager records each hash it registers or forgets
+(server/kvcache/events.py), for publishing as KV-cache events.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from server.kvcache.events import KVEventRecorder
 from server.kvcache.invariants import check_block_invariants
 from server.kvcache.prefix_hash import BlockHash, hash_block_tokens, hash_full_blocks
 
@@ -92,7 +96,8 @@ class _PrefixMatch:
 
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, *,
-                 enable_prefix_caching: bool = True) -> None:
+                 enable_prefix_caching: bool = True,
+                 events: KVEventRecorder | None = None) -> None:
         if num_blocks < 1 or block_size < 1:
             raise ValueError(f"num_blocks and block_size must be >= 1, "
                              f"got {num_blocks} and {block_size}")
@@ -105,6 +110,7 @@ class BlockManager:
         self._empty: deque[int] = deque(range(num_blocks))
         self._evictable: OrderedDict[int, None] = OrderedDict()  # oldest first
         self._requests: dict[str, _RequestBlocks] = {}
+        self._events = events  # told of every hash registered or forgotten
         self.prefix_cache_queries = 0  # tokens looked up
         self.prefix_cache_hits = 0  # tokens found
 
@@ -131,6 +137,10 @@ class BlockManager:
 
     def get_block_table(self, req_id: str) -> BlockTable:
         return self._get(req_id).view()
+
+    def cached_block_hashes(self) -> set[BlockHash]:
+        """The hashes a new request can hit now (in use or evictable)."""
+        return set(self._cached)
 
     # ---- new requests ----------------------------------------------------------------------
 
@@ -224,15 +234,21 @@ class BlockManager:
                                       start_block=blocks.num_hashed_blocks,
                                       num_blocks=num_full - blocks.num_hashed_blocks,
                                       parent_hash=blocks.last_hash)
+        parent_hash = blocks.last_hash
         for index, block_hash in enumerate(new_hashes, start=blocks.num_hashed_blocks):
-            if index < blocks.num_released_blocks:
-                continue  # already given back (async scheduling runs a step ahead)
-            block_id = blocks.block_ids[index]
+            # a block already given back (async scheduling runs a step ahead) is skipped;
             # identical content computed twice (two requests in one step) stays uncached
             # in the second block: the index keeps one block per hash
-            if block_hash not in self._cached and self._block_hashes[block_id] is None:
+            block_id = blocks.block_ids[index]
+            if (index >= blocks.num_released_blocks and block_hash not in self._cached
+                    and self._block_hashes[block_id] is None):
                 self._cached[block_hash] = block_id
                 self._block_hashes[block_id] = block_hash
+                if self._events is not None:
+                    self._events.stored(
+                        block_hash, None if index == 0 else parent_hash,
+                        tuple(token_ids[index * self.block_size:(index + 1) * self.block_size]))
+            parent_hash = block_hash
         if new_hashes:
             blocks.num_hashed_blocks = num_full
             blocks.last_hash = new_hashes[-1]
@@ -327,3 +343,5 @@ class BlockManager:
         self._block_hashes[block_id] = None
         if block_hash is not None and self._cached.get(block_hash) == block_id:
             del self._cached[block_hash]
+            if self._events is not None:
+                self._events.removed(block_hash)

@@ -37,6 +37,7 @@ from collections.abc import Iterator, Sequence
 
 from server.config import CacheConfig, SchedulerConfig
 from server.kvcache.block_manager import BlockManager, BlockTable
+from server.kvcache.events import KVEventRecorder
 from server.scheduler.errors import (ModelOutputMismatchError, RequestRejectedError,
                                      StaleSchedulerOutputError)
 from server.scheduler.admission import make_admission
@@ -48,14 +49,16 @@ from server.scheduler.stats import SchedulerStats
 
 
 class Scheduler:
-    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig) -> None:
+    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, *,
+                 kv_events: KVEventRecorder | None = None) -> None:
+        """kv_events: told of every prefix-cache change (for KV-event publishing)."""
         if cache_config.num_blocks is None:
             raise ValueError("the scheduler needs cache_config.num_blocks; derive it from "
                              "the model size and memory before building the scheduler")
         self._config = scheduler_config
         self._block_manager = BlockManager(
             cache_config.num_blocks, cache_config.block_size,
-            enable_prefix_caching=cache_config.enable_prefix_caching)
+            enable_prefix_caching=cache_config.enable_prefix_caching, events=kv_events)
         self._policy = make_policy(scheduler_config.policy)
         self._admission = make_admission(scheduler_config.kv_admission,
                                          num_blocks=cache_config.num_blocks,

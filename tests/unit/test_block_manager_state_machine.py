@@ -1,7 +1,8 @@
 """A Hypothesis state machine over BlockManager: random allocate / append / compute /
 release (sliding window) / free with shared prompt prefixes, checking the manager's own
 invariants after every step and its answers against a shadow KV cache (a prefix hit must
-hand out blocks holding exactly the tokens the new request has at those positions)."""
+hand out blocks holding exactly the tokens the new request has at those positions), and
+its KV-event records replayed onto a set against the hashes it holds."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  rule)
 
 from server.kvcache.block_manager import BlockManager, NoFreeBlocksError
+from server.kvcache.events import KVEventRecorder, StoredBlock
+from server.kvcache.prefix_hash import hash_block_tokens
 
 # a few shared heads so requests often share (and sometimes nearly share) prefixes
 PREFIXES = ([1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 9, 9, 9, 9], [5, 5, 5, 5, 5, 5], [])
@@ -33,12 +36,15 @@ class BlockManagerMachine(RuleBasedStateMachine):
         self.kv: dict[int, tuple[int, int]] = {}  # slot -> (position, token)
         self.next_id = 0
         self.seen_token_ids: list[tuple[int, ...]] = []
+        self.events = KVEventRecorder()
+        self.published: set[bytes] = set()  # the hashes the records so far say are cached
 
     @initialize(num_blocks=st.integers(1, 12), block_size=st.sampled_from([1, 2, 4]),
                 enable_prefix_caching=st.booleans())
     def build(self, num_blocks, block_size, enable_prefix_caching):
         self.manager = BlockManager(num_blocks, block_size,
-                                    enable_prefix_caching=enable_prefix_caching)
+                                    enable_prefix_caching=enable_prefix_caching,
+                                    events=self.events)
 
     def _slot(self, req_id: str, position: int) -> int:
         table = self.manager.get_block_table(req_id).block_ids
@@ -151,6 +157,22 @@ class BlockManagerMachine(RuleBasedStateMachine):
         assert 0.0 <= self.manager.usage <= 1.0
         assert self.manager.num_evictable_blocks <= self.manager.num_free_blocks
         assert self.manager.prefix_cache_hits <= self.manager.prefix_cache_queries
+
+    @invariant()
+    def event_records_replay_to_the_cached_hashes(self):
+        if self.manager is None:
+            return
+        for record in self.events.drain():
+            if isinstance(record, StoredBlock):
+                assert record.block_hash not in self.published, "stored twice"
+                assert len(record.token_ids) == self.manager.block_size
+                # the record names the block's content and parent truly (no salt here)
+                assert hash_block_tokens(record.parent_hash, record.token_ids) == \
+                    record.block_hash
+                self.published.add(record.block_hash)
+            else:
+                self.published.remove(record.block_hash)  # KeyError: never stored
+        assert self.published == self.manager.cached_block_hashes()
 
 
 BlockManagerMachine.TestCase.settings = settings(
