@@ -1,5 +1,5 @@
-"""A plain ZeroMQ subscriber for vLLM-format KV-cache events, as a router would write one: it decodes
-untyped msgpack (none of our structs) and rebuilds the set of block hashes the engine holds."""
+"""A plain ZeroMQ subscriber for vLLM-format KV-cache events, as a router would write one: it
+decodes untyped msgpack (none of our structs) and rebuilds the block hashes the engine holds."""
 
 from __future__ import annotations
 

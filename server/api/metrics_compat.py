@@ -1,4 +1,4 @@
-"""`--metrics-compat vllm`: the engine gauges again under vLLM's own names, for routers that scrape them.
+"""`--metrics-compat vllm`: the engine gauges again under vLLM's names, for routers that read them.
 
 Routers that pick a replica from its Prometheus metrics (the Gateway API Inference
 Extension's endpoint picker, llm-d's scorers, vLLM's production-stack router) look for the

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -137,7 +138,8 @@ class EngineClient:
                                  scheduler_config=self._scheduler_config,
                                  input_address=input_address, output_address=output_address,
                                  log_level=self._log_level, log_format=self._log_format,
-                                 kv_events_config=self._kv_events_config)
+                                 kv_events_config=self._kv_events_config,
+                                 api_pid=os.getpid())
         # The engine reads end of file on this stdin pipe when this process dies.
         self._process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", ENGINE_MODULE, encode_process_args(args),

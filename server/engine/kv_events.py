@@ -1,4 +1,4 @@
-"""Publishes the prefix cache's changes as vLLM's KV-cache events: ZeroMQ PUB, plus a ROUTER replay socket.
+"""Publishes prefix-cache changes as vLLM's KV-cache events: ZeroMQ PUB, and a ROUTER for replay.
 
 Routers that score replicas by the prefix blocks they hold (llm-d's KV-cache indexer,
 Dynamo's KV router, vLLM's production-stack router) subscribe to these. The wire format is

@@ -36,6 +36,7 @@ class EngineProcessArgs(msgspec.Struct, frozen=True):
     log_level: str = "info"
     log_format: str = "text"  # "text" or "json" (server/logging_setup.py)
     kv_events_config: KVEventsConfig | None = None  # None: no KV-event publishing
+    api_pid: int | None = None  # the engine exits when this process (its parent) dies
 
 
 # ---- api -> engine ----

@@ -7,7 +7,9 @@
 
 It never waits on a client: replies go out on a PUSH socket with no high-water mark, and a
 slow reader only makes the api process's queue longer. It exits on a Shutdown message, on
-SIGTERM, or when the api process dies (its stdin pipe reaches end of file).
+SIGTERM, or when the api process dies: the kernel's parent-death signal (SIGHUP,
+server/lifetime.py; it also cuts a start-up short), or its stdin pipe reaching end of file
+where that signal is missing.
 
 With --kv-events-endpoint, each step's prefix-cache changes go out as vLLM KV-cache events
 (kv_events.py).
@@ -32,6 +34,7 @@ import zmq
 from server.config import CacheConfig, ModelConfig
 from server.engine.energy import EnergyMeter, EnergyMeterUnavailable, open_energy_meter
 from server.engine.kv_events import KVEventPublisher
+from server.lifetime import ParentDied, ParentWatch
 from server.engine.messages import (AbortRequests, AddRequest, EngineFailed, EngineProcessArgs,
                                     EngineReady, Shutdown, StartupFailed, StatsQuery,
                                     StatsReply, StepInfo, StepOutputs, RequestRejected,
@@ -64,12 +67,14 @@ class EngineLoop:
 
     def __init__(self, core, pull: zmq.Socket, push: zmq.Socket, *,
                  energy_meter: EnergyMeter | None = None,
-                 kv_events: KVEventPublisher | None = None) -> None:
+                 kv_events: KVEventPublisher | None = None,
+                 api_watch: ParentWatch | None = None) -> None:
         self._core = core
         self._pull = pull
         self._push = push
         self._energy_meter = energy_meter
         self._kv_events = kv_events
+        self._api_watch = api_watch  # the parent-death signal came
         self._encoder, _ = output_codec()
         _, self._decoder = input_codec()
         self._parent_pid = os.getppid()
@@ -117,6 +122,8 @@ class EngineLoop:
         self.send(StepOutputs(outputs=list(outputs), step=step))
 
     def _parent_gone(self, events: dict) -> bool:
+        if self._api_watch is not None and self._api_watch.gone:
+            return True
         if self._parent_pipe is not None and self._parent_pipe in events:
             if not os.read(self._parent_pipe, 4096):
                 return True  # end of file: the write end closed with the api process
@@ -218,7 +225,7 @@ def _remove_socket_files(args: EngineProcessArgs) -> None:
             pass
 
 
-def serve(args: EngineProcessArgs) -> int:
+def serve(args: EngineProcessArgs, api_watch: ParentWatch | None = None) -> int:
     """Connect, build the core, announce it, loop. Returns the exit status."""
     context = zmq.Context()
     pull = context.socket(zmq.PULL)
@@ -227,13 +234,13 @@ def serve(args: EngineProcessArgs) -> int:
     push.setsockopt(zmq.SNDHWM, 0)  # never block on a slow api process
     push.connect(args.output_address)
     encoder, _ = output_codec()
-    kv_events = None
+    kv_events = loop = core = None
     try:
         try:
-            core = build_core(args)
-            if args.kv_events_config is not None:
+            if args.kv_events_config is not None:  # a bad address fails before the model loads
                 kv_events = KVEventPublisher(args.kv_events_config,
-                                             block_size=core.info.block_size)
+                                             block_size=args.cache_config.block_size)
+            core = build_core(args)
         except Exception as exc:  # reported to the api, which exits with the message
             logger.debug("engine startup failed", exc_info=True)
             push.send(encoder.encode(StartupFailed(message=f"{type(exc).__name__}: {exc}")))
@@ -241,24 +248,29 @@ def serve(args: EngineProcessArgs) -> int:
         core.prepare_grammars()  # the grammar compiler's tokenizer loads meanwhile
         energy_meter = open_energy_meter(core.info.device)
         push.send(encoder.encode(EngineReady(info=core.info)))
-        loop = EngineLoop(core, pull, push, energy_meter=energy_meter, kv_events=kv_events)
+        loop = EngineLoop(core, pull, push, energy_meter=energy_meter, kv_events=kv_events,
+                          api_watch=api_watch)
+        if api_watch is not None:
+            api_watch.interrupt = False  # the loop looks at it now, and exits cleanly
         try:
-            status = loop.run()
-            if loop.orphaned:
-                _remove_socket_files(args)
-            return status
+            return loop.run()
         except Exception as exc:
             logger.error("engine failed:\n%s", traceback.format_exc())
             loop.send(EngineFailed(message=f"{type(exc).__name__}: {exc}"))
             return 1
-        finally:
-            core.close()
+    except ParentDied:  # during start-up
+        logger.info("the api process is gone; engine exiting")
+        return 0
     finally:
+        if core is not None:
+            core.close()  # the tensor-parallel workers, if any
         if kv_events is not None:
             kv_events.close()
         pull.close(linger=0)
         push.close(linger=1000)  # let the last message (a failure, say) reach the api
         context.term()
+        if (loop is not None and loop.orphaned) or (api_watch is not None and api_watch.gone):
+            _remove_socket_files(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,7 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C reaches the whole process group; the api process decides when the engine stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    return serve(args)
+    api_watch = None
+    if args.api_pid is not None:
+        # told the moment the api process dies, also while the model is still loading (the
+        # stdin pipe is only read once the loop runs)
+        api_watch = ParentWatch(parent_pid=args.api_pid)
+        api_watch.start()
+    return serve(args, api_watch)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Start the real daemon (`python -m server.cli serve`) on a free loopback port, for tests."""
+"""Start the real daemon (`python -m server.cli serve`) on a free loopback port, for tests.
+
+The daemon is bound to the test run's life (tests/api/parent_bound.py): if pytest is killed,
+the kernel sends the daemon SIGTERM, and its engine process follows it."""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from tests.api.parent_bound import bound_to_this_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 600.0  # the first start converts the default model
@@ -88,9 +93,10 @@ def running_daemon(*, model: str | None = None, kv_cache_tokens: int | None = 16
                                            delete=False)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        serve_args(model=model, port=port, kv_cache_tokens=kv_cache_tokens,
-                   max_num_seqs=max_num_seqs, max_model_len=max_model_len,
-                   log_level=log_level, extra_args=extra_args),
+        bound_to_this_process(serve_args(
+            model=model, port=port, kv_cache_tokens=kv_cache_tokens,
+            max_num_seqs=max_num_seqs, max_model_len=max_model_len, log_level=log_level,
+            extra_args=extra_args)),
         cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     daemon = Daemon(process, port, Path(log_file.name))
     try:

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.daemon import Daemon, free_port, running_daemon
+from tests.api.parent_bound import bound_to_this_process
 
 TINY = "dummy:tiny"
 API_KEY = "metrics-test-key"
@@ -177,8 +178,9 @@ def prometheus_scraping(daemon: Daemon) -> Iterator[str]:
             f"    static_configs:\n      - targets: ['127.0.0.1:{daemon.port}']\n")
         log = open(Path(work) / "prometheus.log", "wb")
         process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={work}/data",
-             f"--web.listen-address=127.0.0.1:{port}"],
+            bound_to_this_process([binary, f"--config.file={config}",
+                                   f"--storage.tsdb.path={work}/data",
+                                   f"--web.listen-address=127.0.0.1:{port}"]),
             stdout=log, stderr=subprocess.STDOUT, cwd=work)
         try:
             url = f"http://127.0.0.1:{port}"
