@@ -12,6 +12,7 @@ import math
 import os
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from server.bench.datasets import DatasetError, LengthRange, load_requests
@@ -83,6 +84,9 @@ def _add_workload_args(parser: argparse.ArgumentParser) -> None:
                         help="tokenizer directory or GGUF file (default: --model if it is a "
                              "local path, else the default model's)")
     parser.add_argument("--dataset", default="random", help="random, sharegpt or FILE.jsonl")
+    parser.add_argument("--dataset-path", type=Path, metavar="FILE", default=None,
+                        help="with --dataset sharegpt: a ShareGPT-format JSON file to read "
+                             "instead of the packaged 500-prompt sample")
     parser.add_argument("--num-prompts", type=int, default=100)
     parser.add_argument("--input-len", type=_length_arg, default=LengthRange(128, 128),
                         help="random prompt tokens: N or LOW:HIGH")
@@ -146,7 +150,8 @@ def _samples(args: argparse.Namespace):
     tokenizer = load_tokenizer(tokenizer=args.tokenizer, model=args.model)
     samples = load_requests(dataset=args.dataset, tokenizer=tokenizer,
                             num_prompts=args.num_prompts, input_len=args.input_len,
-                            output_len=args.output_len, seed=args.seed)
+                            output_len=args.output_len, seed=args.seed,
+                            dataset_path=args.dataset_path)
     return tokenizer, samples
 
 

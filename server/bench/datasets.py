@@ -16,6 +16,8 @@ from typing import Protocol
 # vendored with its licence (data/README.md)
 SHAREGPT_PATH = Path(__file__).resolve().parent / "data" / "sharegpt_500.json"
 _MAX_LENGTH_FIXES = 16
+SHAREGPT_SHAPE = ('a JSON list of {"conversations": [{"from": "human", "value": "..."}, '
+                  '...]} objects')
 
 
 class DatasetError(ValueError):
@@ -102,16 +104,41 @@ def random_requests(*, tokenizer: Tokenizer, num_prompts: int, input_len: Length
 
 def sharegpt_requests(*, tokenizer: Tokenizer, num_prompts: int, output_len: LengthRange,
                       seed: int, path: Path = SHAREGPT_PATH) -> list[SampleRequest]:
-    """First human turns of ShareGPT conversations, shuffled by `seed`. The file has no
-    responses, so output lengths come from --output-len."""
-    try:
-        conversations = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"cannot read the ShareGPT dataset at {path}: {exc}") from exc
-    prompts = [turns[0]["value"] for turns in (c.get("conversations", []) for c in conversations)
-               if turns and turns[0].get("from") == "human" and turns[0].get("value", "").strip()]
+    """First human turns of ShareGPT conversations, shuffled by `seed`. Output lengths come
+    from --output-len (the packaged sample has no responses; other files' are not used)."""
+    prompts = read_sharegpt_prompts(Path(path))
     return _sample_prompts(prompts=prompts, tokenizer=tokenizer, num_prompts=num_prompts,
                            output_len=output_len, seed=seed, source=str(path))
+
+
+def read_sharegpt_prompts(path: Path) -> list[str]:
+    """The first turn of each conversation that opens with a human turn (after any system
+    turns), from a ShareGPT-format file: a JSON list of
+    {"conversations": [{"from": "human" | "gpt" | "system", "value": str}, ...]}.
+    Raises DatasetError naming the file and, for a malformed entry, its index."""
+    if not path.is_file():
+        raise DatasetError(f"ShareGPT file {path} does not exist (or is not a file)")
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"cannot read ShareGPT file {path}: {exc}") from exc
+    if not isinstance(entries, list):
+        raise DatasetError(f"{path} is not a ShareGPT file: {SHAREGPT_SHAPE}, got a JSON "
+                           f"{type(entries).__name__}")
+    prompts = []
+    for index, entry in enumerate(entries):
+        turns = entry.get("conversations") if isinstance(entry, dict) else None
+        if not isinstance(turns, list) or not all(
+                isinstance(t, dict) and isinstance(t.get("from"), str)
+                and isinstance(t.get("value"), str) for t in turns):
+            raise DatasetError(f"{path}: entry {index} is not a ShareGPT conversation "
+                               f"({SHAREGPT_SHAPE})")
+        opening = [t for t in turns if t["from"] != "system"][:1]
+        if opening and opening[0]["from"] == "human" and opening[0]["value"].strip():
+            prompts.append(opening[0]["value"])
+    if not prompts:
+        raise DatasetError(f"{path} has no conversation that opens with a human turn")
+    return prompts
 
 
 def jsonl_requests(*, path: Path, tokenizer: Tokenizer, num_prompts: int,
@@ -173,17 +200,22 @@ def _cycled_order(num_rows: int, num_wanted: int, rng: random.Random) -> list[in
 
 
 def load_requests(*, dataset: str, tokenizer: Tokenizer, num_prompts: int,
-                  input_len: LengthRange, output_len: LengthRange,
-                  seed: int) -> list[SampleRequest]:
-    """`dataset` is `random`, `sharegpt`, or a path to a JSONL file."""
+                  input_len: LengthRange, output_len: LengthRange, seed: int,
+                  dataset_path: Path | None = None) -> list[SampleRequest]:
+    """`dataset` is `random`, `sharegpt` (the packaged sample, or the ShareGPT-format file
+    dataset_path), or a path to a JSONL file."""
     if num_prompts < 1:
         raise DatasetError(f"--num-prompts must be >= 1, got {num_prompts}")
+    if dataset_path is not None and dataset != "sharegpt":
+        raise DatasetError("--dataset-path names a ShareGPT-format file: use it with "
+                           "--dataset sharegpt (a JSONL file goes in --dataset itself)")
     if dataset == "random":
         return random_requests(tokenizer=tokenizer, num_prompts=num_prompts, input_len=input_len,
                                output_len=output_len, seed=seed)
     if dataset == "sharegpt":
         return sharegpt_requests(tokenizer=tokenizer, num_prompts=num_prompts,
-                                 output_len=output_len, seed=seed)
+                                 output_len=output_len, seed=seed,
+                                 path=SHAREGPT_PATH if dataset_path is None else dataset_path)
     if dataset.endswith(".jsonl") or Path(dataset).is_file():
         return jsonl_requests(path=Path(dataset), tokenizer=tokenizer, num_prompts=num_prompts,
                               output_len=output_len, seed=seed)

@@ -1,15 +1,18 @@
-"""Benchmark workloads: exact random-prompt lengths, ShareGPT and JSONL files."""
+"""Benchmark workloads: exact random-prompt lengths, ShareGPT (the packaged sample, or any file
+given with --dataset-path) and JSONL files."""
 
 from __future__ import annotations
 
 import json
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
-from server.bench.datasets import (DatasetError, LengthRange, load_requests, random_prompt,
-                                   random_requests, sharegpt_requests)
+from server.bench.datasets import (SHAREGPT_PATH, DatasetError, LengthRange, load_requests,
+                                   random_prompt, random_requests, read_sharegpt_prompts,
+                                   sharegpt_requests)
 from server.bench.tokenizer import BenchTokenizer, load_tokenizer
 
 CORPUS = ("Serving benchmarks measure the latency and throughput of language models under load. "
@@ -144,3 +147,71 @@ def test_unknown_dataset_and_empty_run_are_rejected(small_tokenizer):
         load_requests(dataset="no-such-dataset", num_prompts=1, **common)
     with pytest.raises(DatasetError, match="--num-prompts"):
         load_requests(dataset="random", num_prompts=0, **common)
+
+
+def test_the_packaged_sharegpt_sample_has_500_prompts_with_its_licence_beside_it():
+    assert len(read_sharegpt_prompts(SHAREGPT_PATH)) == 500
+    licence = (SHAREGPT_PATH.parent / "LICENSE-sharegpt_500").read_text()
+    assert "Apache License" in licence and "Version 2.0" in licence
+    source = (SHAREGPT_PATH.parent / "README.md").read_text()
+    assert "ml-energy/leaderboard-v2" in source and "Apache License 2.0" in source
+
+
+def write_sharegpt(path, conversations) -> str:
+    path.write_text(json.dumps([{"id": str(i), "conversations": turns}
+                                for i, turns in enumerate(conversations)]))
+    return str(path)
+
+
+def test_dataset_path_reads_another_sharegpt_file(tmp_path, small_tokenizer):
+    path = write_sharegpt(tmp_path / "mine.json", [
+        [{"from": "system", "value": "be brief"}, {"from": "human", "value": "first question"},
+         {"from": "gpt", "value": "an answer"}],
+        [{"from": "human", "value": "second question"}],
+        [{"from": "gpt", "value": "a bot speaks first: skipped"}],
+    ])
+    requests = load_requests(dataset="sharegpt", dataset_path=Path(path),
+                             tokenizer=small_tokenizer, num_prompts=4,
+                             input_len=LengthRange(1, 1), output_len=LengthRange(6, 6), seed=0)
+    assert Counter(r.prompt for r in requests) == {"first question": 2, "second question": 2}
+    assert all(r.output_len == 6 for r in requests)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"),
+    ("{not json", "cannot read ShareGPT file"),
+    ('{"conversations": []}', "is not a ShareGPT file: a JSON list of"),
+    ('[{"conversations": [{"from": "human", "value": "ok"}]}, {"id": "x"}]',
+     "entry 1 is not a ShareGPT conversation"),
+    ('[{"conversations": [{"from": "human", "value": 7}]}]',
+     "entry 0 is not a ShareGPT conversation"),
+    ('[{"conversations": [{"from": "gpt", "value": "hello"}]}]',
+     "no conversation that opens with a human turn"),
+])
+def test_a_missing_or_malformed_sharegpt_file_is_named_in_the_error(tmp_path, small_tokenizer,
+                                                                    content, message):
+    path = tmp_path / "sharegpt.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(DatasetError, match=message) as raised:
+        load_requests(dataset="sharegpt", dataset_path=path, tokenizer=small_tokenizer,
+                      num_prompts=1, input_len=LengthRange(1, 1),
+                      output_len=LengthRange(1, 1), seed=0)
+    assert str(path) in str(raised.value)
+
+
+def test_dataset_path_goes_only_with_sharegpt(tmp_path, small_tokenizer):
+    with pytest.raises(DatasetError, match="--dataset-path .* --dataset sharegpt"):
+        load_requests(dataset="random", dataset_path=tmp_path / "x.json",
+                      tokenizer=small_tokenizer, num_prompts=1, input_len=LengthRange(4, 4),
+                      output_len=LengthRange(4, 4), seed=0)
+
+
+def test_bench_cli_reports_a_missing_dataset_path_and_exits_2(tmp_path, capsys):
+    from server.cli import main
+
+    missing = tmp_path / "nowhere.json"
+    exit_code = main(["bench", "serve", "--dataset", "sharegpt", "--dataset-path", str(missing),
+                      "--base-url", "http://127.0.0.1:9", "--num-prompts", "2"])
+    assert exit_code == 2
+    assert f"ShareGPT file {missing} does not exist" in capsys.readouterr().err
