@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -18,6 +19,9 @@ DEPLOY_DIR = REPO_ROOT / "deploy"
 MIN_KUSTOMIZE_VERSION = (4, 5)
 
 Manifest = dict[str, Any]
+# The oldest Kubernetes release deploy/ supports (deploy/README.md says so), and the
+# newest that kubernetes-validate knows.
+KUBERNETES_VERSIONS = ("1.29", kubernetes_validate.latest_version())
 
 
 class KubectlMissingError(RuntimeError):

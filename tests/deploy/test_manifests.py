@@ -8,12 +8,9 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from tests.deploy.manifests import Manifest, kustomization_dirs, only
+from tests.deploy.manifests import KUBERNETES_VERSIONS, Manifest, kustomization_dirs, only
 from tests.deploy.podmonitor_schema import PODMONITOR_SCHEMA
 
-# The oldest Kubernetes release deploy/ supports (deploy/README.md says so), and the
-# newest that kubernetes-validate knows.
-KUBERNETES_VERSIONS = ("1.29", kubernetes_validate.latest_version())
 BUILT_IN_KINDS = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
 # Custom resources kubernetes-validate has no schema for, each with the schema used instead.
 CUSTOM_RESOURCE_SCHEMAS = {("monitoring.coreos.com/v1", "PodMonitor"): PODMONITOR_SCHEMA}
