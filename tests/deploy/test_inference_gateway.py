@@ -170,3 +170,12 @@ def test_every_plugin_the_picker_refers_to_is_declared(manifests):
     for source in config["dataLayer"]["sources"]:
         refs += [source["pluginRef"]] + [e["pluginRef"] for e in source["extractors"]]
     assert refs and set(refs) <= declared
+
+
+def test_the_daemon_parses_the_examples_arguments(manifests):
+    from server.cli import build_parser, serve_config
+
+    args = container(named(manifests, kind="Deployment", name="inflightd"), "inflightd")["args"]
+    config = serve_config(build_parser(args).parse_args(args))
+    assert config.api.metrics_compat == "vllm"
+    assert config.api.port == 8000
