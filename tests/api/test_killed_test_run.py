@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from tests.api.daemon import REPO_ROOT
 from tests.reliability.procs import child_pids, pid_alive, poll_until
@@ -26,7 +27,7 @@ TEST_RUN = textwrap.dedent("""
                           timeout=60) as response:
             chunks = response.iter_bytes()
             next(chunks)
-            print(daemon.process.pid, flush=True)
+            print(daemon.process.pid, daemon.log_path, flush=True)
             time.sleep(600)
 """)
 
@@ -34,9 +35,10 @@ TEST_RUN = textwrap.dedent("""
 def test_killing_the_test_run_stops_the_daemon_and_its_engine():
     test_run = subprocess.Popen([sys.executable, "-c", TEST_RUN], cwd=REPO_ROOT,
                                 stdout=subprocess.PIPE, text=True)
-    api_pid = None
+    api_pid = log_path = None
     try:
-        api_pid = int(test_run.stdout.readline())
+        api_pid, log_path = test_run.stdout.readline().split()
+        api_pid = int(api_pid)
         assert poll_until(lambda: len(child_pids(api_pid)) == 1, timeout_s=10)
         [engine_pid] = child_pids(api_pid)
         os.kill(test_run.pid, signal.SIGKILL)
@@ -50,3 +52,5 @@ def test_killing_the_test_run_stops_the_daemon_and_its_engine():
             test_run.wait()
         if api_pid is not None and pid_alive(api_pid):  # the failure left it: clean up
             os.kill(api_pid, signal.SIGKILL)  # its engine follows (stdin pipe)
+        if log_path is not None:  # the killed run could not remove its daemon's log
+            Path(log_path).unlink(missing_ok=True)
