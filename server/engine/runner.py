@@ -87,14 +87,16 @@ class ModelRunner:
             check_kv_cache_kernels(cache_dtype, self.device)
         self.model = LlamaModel(self.arch, dtype=dtype, device=self.device,
                                 quantization=self.quantization, tp=tp)
-        weights = iter_weights(source, dtype=dtype, device=self.device)
-        stored_fp8 = source.stores_fp8_weights
+        shard, stored_fp8 = self.model.shard, source.stores_fp8_weights
         if tp.enabled and self.quantization == "fp8" and not stored_fp8:
             # quantized whole, then cut: a row-parallel shard keeps the row scales one rank
-            # would have, so the ranks' FP8 products add up to one rank's exactly
-            weights, stored_fp8 = quantize_checkpoint(weights), True
-        self.model.load_weights(shard_named(self.arch, self.model.shard, weights),
-                                stored_fp8=stored_fp8)
+            # would have (so this rank reads whole tensors)
+            weights = shard_named(self.arch, shard, quantize_checkpoint(
+                iter_weights(source, dtype=dtype, device=self.device)))
+            stored_fp8 = True
+        else:  # each rank reads its own part of each tensor
+            weights = iter_weights(source, dtype=dtype, device=self.device, shard=shard)
+        self.model.load_weights(weights, stored_fp8=stored_fp8)
         kv_heads = self.model.shard.kv_heads
         self.kv_pool = KVPool.sized(
             num_layers=self.arch.num_layers, block_size=block_size,

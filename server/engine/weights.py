@@ -22,6 +22,8 @@ from server.engine import default_model
 from server.engine.dummy import DUMMY_CONFIGS, DUMMY_PREFIX, dummy_hf_config, iter_dummy_weights
 from server.engine.models.checkpoint_names import AS_IS, TRANSPOSED, engine_name, \
     to_engine_layout
+from server.engine.parallel.shard_weights import WHOLE, shard_named, shard_rule
+from server.engine.parallel.tensor_parallel import ShardPlan
 from server.engine.models.config import ModelArchConfig, UnsupportedModelError
 from server.engine.quantization import stored_layout
 from server.engine.weight_layout import num_weight_bytes
@@ -164,10 +166,12 @@ def safetensors_files(weights_dir: Path) -> list[Path]:
                   if not path.name.startswith("consolidated"))
 
 
-def iter_weights(source: ModelSource, *, dtype: torch.dtype,
-                 device: torch.device | str) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_weights(source: ModelSource, *, dtype: torch.dtype, device: torch.device | str,
+                 shard: ShardPlan | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """(Hugging Face name, tensor) for every weight the engine needs, one tensor at a time, in
-    `dtype` on `device`. lm_head.weight is absent when the embeddings are tied."""
+    `dtype` on `device`. lm_head.weight is absent when the embeddings are tied. shard: only
+    that tensor-parallel rank's part of each (read as such from safetensors, where the
+    stored layout allows)."""
     device = torch.device(device)
     total_bytes = num_weight_bytes(source.arch, bytes_per_element=dtype.itemsize)
     with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"loading {source.name}",
@@ -175,10 +179,13 @@ def iter_weights(source: ModelSource, *, dtype: torch.dtype,
         if source.weights_dir is None:
             weights = iter_dummy_weights(source.arch, seed=source.dummy_seed, dtype=dtype,
                                          device=device)
+            if shard is not None:
+                weights = shard_named(source.arch, shard, weights)
         else:
             weights = _iter_safetensors(source.weights_dir, source.arch, dtype=dtype,
                                         device=device, quantization=source.quantization,
-                                        engine_named=source.engine_dir is not None)
+                                        engine_named=source.engine_dir is not None,
+                                        shard=shard)
         for name, tensor in weights:
             progress.update(tensor.numel() * tensor.element_size())
             yield name, tensor
@@ -186,7 +193,8 @@ def iter_weights(source: ModelSource, *, dtype: torch.dtype,
 
 def _iter_safetensors(weights_dir: Path, arch: ModelArchConfig, *, dtype: torch.dtype,
                       device: torch.device, quantization: str | None = None,
-                      engine_named: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+                      engine_named: bool = False, shard: ShardPlan | None = None
+                      ) -> Iterator[tuple[str, torch.Tensor]]:
     """Tensors in `dtype`, except FP8 weights and their float32 scales, which stay as
     stored. engine_named: the files hold the engine's names and layouts already (an
     `inflightd build` directory), so they are not renamed or reordered a second time."""
@@ -210,9 +218,27 @@ def _iter_safetensors(weights_dir: Path, arch: ModelArchConfig, *, dtype: torch.
                 raise WeightsError(f"{weights_dir}: {name} has shape {found}, but config.json "
                                    f"implies {shape}")
             # Move first, then cast on the device: a GPU casts far faster than the host.
-            tensor = to_engine_layout(arch, handle.get_tensor(stored).to(device),
-                                      stored_layout_kind)
+            tensor = _read(handle, stored, stored_layout_kind, arch=arch, name=name,
+                           shape=shape, shard=shard).to(device)
+            if stored_layout_kind not in (AS_IS, TRANSPOSED):
+                tensor = to_engine_layout(arch, tensor, stored_layout_kind)
+                if shard is not None:
+                    tensor = shard_rule(arch, shard, name).apply(tensor)
             yield name, tensor if layout[name][1] != dtype else tensor.to(dtype)
+
+
+def _read(handle, stored: str, kind: str, *, arch: ModelArchConfig, name: str,
+          shape: tuple[int, ...], shard: ShardPlan | None) -> torch.Tensor:
+    """A tensor as stored, or (as-is and transposed layouts) straight in the engine's layout,
+    with a tensor-parallel shard reading only its own rows or columns. Layouts that reorder
+    q|k|v (BLOOM's per head, Falcon's grouped, GLM's rotary pairs) are read whole and cut
+    after reordering."""
+    if kind == AS_IS and shard is None:
+        return handle.get_tensor(stored)
+    if kind not in (AS_IS, TRANSPOSED):
+        return handle.get_tensor(stored)
+    rule = WHOLE if shard is None else shard_rule(arch, shard, name)
+    return rule.read(handle.get_slice(stored), shape, transposed=kind == TRANSPOSED)
 
 
 def _check_tensor_names(weights_dir: Path, arch: ModelArchConfig,

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -24,6 +25,52 @@ _ROW_PARALLEL_BIASES = (".self_attn.o_proj.bias", ".mlp.down_proj.bias", ".mlp.c
 _VOCAB = ("model.embed_tokens.weight", "lm_head.weight")
 
 
+@dataclass(frozen=True)
+class ShardRule:
+    """What a rank keeps of one tensor: "whole"; "rows" (the ranges, in order); "columns"
+    (one span); "vocab" (a span of rows, zero-padded past the end); "zero" (a tensor of
+    zeros: a row-parallel bias off rank 0)."""
+
+    kind: str
+    spans: tuple[tuple[int, int], ...] = ()
+
+    def apply(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The rank's part of a whole tensor held in memory."""
+        if self.kind == "whole":
+            return tensor
+        if self.kind == "zero":
+            return torch.zeros_like(tensor)
+        if self.kind == "columns":
+            (start, end), = self.spans
+            return tensor[:, start:end].contiguous()
+        return self._rows([tensor[a:b] for a, b in self.spans], len(tensor))
+
+    def read(self, stored, shape: tuple[int, ...], *, transposed: bool) -> torch.Tensor:
+        """The rank's part read from a safetensors slice (`safe_open(...).get_slice`) of a
+        tensor whose engine shape is `shape`, reading only that part; transposed: stored
+        [in, out] as GPT-2's Conv1D (engine rows are stored columns)."""
+        if self.kind == "whole":
+            whole = stored[:]
+            return whole.t().contiguous() if transposed else whole
+        if self.kind == "zero":
+            return torch.zeros(shape, dtype=_dtype_of(stored))
+        if self.kind == "columns":
+            (start, end), = self.spans
+            part = stored[start:end] if transposed else stored[:, start:end]
+            return part.t().contiguous() if transposed else part
+        parts = [stored[:, a:b].t() if transposed else stored[a:b] for a, b in self.spans]
+        return self._rows(parts, shape[0])
+
+    def _rows(self, parts: list[torch.Tensor], num_rows: int) -> torch.Tensor:
+        if self.kind == "vocab":  # past the vocabulary: zero rows
+            (start, end), = self.spans
+            padded = torch.zeros((end - start, *parts[0].shape[1:]), dtype=parts[0].dtype,
+                                 device=parts[0].device)
+            padded[:max(min(end, num_rows) - start, 0)] = parts[0]
+            return padded
+        return torch.cat(parts).contiguous() if len(parts) > 1 else parts[0].contiguous()
+
+
 def shard_named(arch: ModelArchConfig, plan: ShardPlan,
                 weights: Iterable[tuple[str, torch.Tensor]]
                 ) -> Iterator[tuple[str, torch.Tensor]]:
@@ -34,21 +81,29 @@ def shard_named(arch: ModelArchConfig, plan: ShardPlan,
 
 def shard_tensor(arch: ModelArchConfig, plan: ShardPlan, name: str,
                  tensor: torch.Tensor) -> torch.Tensor:
+    return shard_rule(arch, plan, name).apply(tensor)
+
+
+def shard_rule(arch: ModelArchConfig, plan: ShardPlan, name: str) -> ShardRule:
+    """What rank plan.rank keeps of the tensor the engine names `name`."""
     if plan.world_size == 1:
-        return tensor
+        return WHOLE
     if name.endswith(SCALE_SUFFIX):  # FP8 row scales: the rows their weight keeps
         weight = name.removesuffix(SCALE_SUFFIX)
         if weight.endswith(_ROW_PARALLEL_WEIGHTS):
-            return tensor
-        return shard_tensor(arch, plan, weight, tensor)
+            return WHOLE
+        return shard_rule(arch, plan, weight)
     if name in _VOCAB:
-        return _vocab_rows(plan, tensor)
+        return ShardRule("vocab", (plan.vocab_rows,))
     if name.endswith(_ROW_PARALLEL_WEIGHTS):
-        return _columns(tensor, _row_parallel_span(arch, plan, name))
+        return ShardRule("columns", (_row_parallel_span(arch, plan, name),))
     if name.endswith(_ROW_PARALLEL_BIASES):
-        return tensor if plan.rank == 0 else torch.zeros_like(tensor)
+        return WHOLE if plan.rank == 0 else ShardRule("zero")
     rows = _column_parallel_rows(arch, plan, name)
-    return tensor if rows is None else torch.cat([tensor[a:b] for a, b in rows]).contiguous()
+    return WHOLE if rows is None else ShardRule("rows", tuple(rows))
+
+
+WHOLE = ShardRule("whole")
 
 
 def _column_parallel_rows(arch: ModelArchConfig, plan: ShardPlan,
@@ -76,19 +131,8 @@ def _row_parallel_span(arch: ModelArchConfig, plan: ShardPlan, name: str) -> tup
     return plan.intermediate
 
 
-def _vocab_rows(plan: ShardPlan, tensor: torch.Tensor) -> torch.Tensor:
-    start, end = plan.vocab_rows
-    part = tensor[start:end]
-    if part.shape[0] == end - start:
-        return part.contiguous()
-    padded = torch.zeros((end - start, *tensor.shape[1:]), dtype=tensor.dtype,
-                         device=tensor.device)
-    padded[:part.shape[0]] = part
-    return padded
-
-
-def _columns(tensor: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
-    return tensor[:, span[0]:span[1]].contiguous()
+def _dtype_of(stored) -> torch.dtype:
+    return stored[:0].dtype  # an empty read: the stored dtype, no data
 
 
 def _scaled(span: tuple[int, int], factor: int) -> tuple[int, int]:
