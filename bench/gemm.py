@@ -23,7 +23,7 @@ import torch.nn.functional as F
 # package that transformers imports when it is installed
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from server.engine.graph_capture import median_replay_ms  # noqa: E402
+from server.engine.gpu.graph_capture import median_replay_ms  # noqa: E402
 
 # name -> (N, K) of Llama-3-8B (hidden 4096, 32/8 heads of 128, MLP 14336)
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 # package that transformers imports when it is installed
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from server.engine.graph_capture import median_replay_ms  # noqa: E402
-from server.engine.kernels import KernelLibrary  # noqa: E402
+from server.engine.gpu.graph_capture import median_replay_ms  # noqa: E402
+from server.engine.gpu.kernels import KernelLibrary  # noqa: E402
 from server.engine.ops.cuda import CudaOps  # noqa: E402
 from server.engine.ops.cuda_fp8 import gemv_fp8_into  # noqa: E402
 from server.engine.ops.cuda_launch import GEMV_MAX_TOKENS  # noqa: E402
-from server.engine.quantization import Fp8Weight, quantize_rows  # noqa: E402
+from server.engine.models.quantization import Fp8Weight, quantize_rows  # noqa: E402
 
 # name -> (N, K) of Llama-3-8B (hidden 4096, 32/8 heads of 128, MLP 14336, vocab 128256)
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from server.engine.graph_capture import median_replay_ms
-from server.engine.quantization import FP8_DTYPE, FP8_INV_MAX, Fp8Weight
+from server.engine.gpu.graph_capture import median_replay_ms
+from server.engine.models.quantization import FP8_DTYPE, FP8_INV_MAX, Fp8Weight
 from server.scheduler.request import SamplingParams
 
 # kernel group -> substrings of the kernel names (ours from csrc/, cuBLAS's for the GEMMs)

@@ -21,7 +21,7 @@ import torch
 # package that transformers imports when it is installed
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from server.engine.kernels import KernelLibrary  # noqa: E402
+from server.engine.gpu.kernels import KernelLibrary  # noqa: E402
 from server.engine.ops.cuda import CudaOps  # noqa: E402
 from server.structured_output.bitmask import apply_token_bitmask  # noqa: E402
 

@@ -18,7 +18,7 @@ import gc
 import time
 from contextlib import ExitStack, contextmanager
 
-import server.engine.runner as runner_module
+import server.engine.step.runner as runner_module
 
 PHASES = ("schedule", "prepare", "launch", "update")
 

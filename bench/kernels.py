@@ -32,8 +32,8 @@ import torch.nn.functional as F
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from server.engine.attention.metadata import AttentionMetadata  # noqa: E402
-from server.engine.graph_capture import median_replay_ms  # noqa: E402
-from server.engine.kernels import KernelLibrary  # noqa: E402
+from server.engine.gpu.graph_capture import median_replay_ms  # noqa: E402
+from server.engine.gpu.kernels import KernelLibrary  # noqa: E402
 from server.engine.ops.cuda import CudaOps  # noqa: E402
 from server.engine.ops.cuda_attention import (DECODE_KEY_SPLITS,  # noqa: E402
                                               paged_attention_into, plan_for)

@@ -49,7 +49,7 @@ from bench.workloads import run_workloads  # noqa: E402
 from server.bench.datasets import SHAREGPT_PATH  # noqa: E402
 from server.config import KV_CACHE_DTYPES, QUANTIZATIONS  # noqa: E402
 from server.engine.llm import LLM  # noqa: E402
-from server.engine.quantization import Fp8Weight  # noqa: E402
+from server.engine.models.quantization import Fp8Weight  # noqa: E402
 from server.scheduler.request import SamplingParams  # noqa: E402
 
 SHAREGPT = SHAREGPT_PATH
@@ -194,7 +194,7 @@ def engine_model(args: argparse.Namespace) -> tuple[str, float | None]:
     as `inflightd serve MODEL` uses it; elsewhere the model as given."""
     if args.no_engine_dir or args.device == "cpu" or not torch.cuda.is_available():
         return args.model, None
-    from server.engine.build import ensure_engine_dir
+    from server.engine.loading.build import ensure_engine_dir
 
     start = time.perf_counter()
     path = ensure_engine_dir(args.model, dtype=args.dtype, max_batch_size=args.max_num_seqs,

@@ -23,7 +23,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 from bench.kernels import (BLOCK_SIZE, DTYPE, HEAD_DIM, NUM_HEADS, NUM_KV_HEADS,  # noqa: E402
                            decode_metadata)
 from server.engine.attention.metadata import AttentionMetadata  # noqa: E402
-from server.engine.kernels import KernelLibrary  # noqa: E402
+from server.engine.gpu.kernels import KernelLibrary  # noqa: E402
 from server.engine.ops.cuda import CudaOps  # noqa: E402
 from server.engine.ops.torch_ref import to_cache_dtype  # noqa: E402
 

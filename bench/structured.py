@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def use_tokenizer_for_dummies(tokenizer_dir: Path) -> None:
     """Dummy shapes take the default model's tokenizer from its installed package; this
     points them at a copied tokenizer directory instead."""
-    from server.engine import weights
+    from server.engine.loading import weights
 
     weights._tokenizer_for_dummy = lambda arch, cache_dir: tokenizer_dir
 

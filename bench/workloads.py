@@ -77,7 +77,7 @@ def run_workload(llm, *, input_len: int, output_len: int, num_prompts: int,
     engine.scheduler.block_manager.reset_prefix_cache()
     cuda = engine.info.device.startswith("cuda")
     gc.collect()
-    gc.freeze()  # as the engine process does after start-up (server/engine/process.py)
+    gc.freeze()  # as the engine process does after start-up (server/engine/service/process.py)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

@@ -32,7 +32,7 @@
 #
 # The default model's GGUF (98 MB) travels in two calls on the same warm machine, each half
 # with the cuda-core/cuda-bindings/cuda-pathfinder wheels (build/ is git-ignored):
-#   G=$(python -c 'from server.engine.default_model import packaged_default_gguf as p; print(p())')
+#   G=$(python -c 'from server.engine.loading.default_model import packaged_default_gguf as p; print(p())')
 #   mkdir -p build/gpu_a build/gpu_b; cp .whl/cuda_*.whl build/gpu_a; cp .whl/cuda_*.whl build/gpu_b
 #   head -c 49181216 $G > build/gpu_a/smollm2.gguf.part_a
 #   tail -c +49181217 $G > build/gpu_b/smollm2.gguf.part_b
@@ -67,7 +67,7 @@ fi
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
   python3 - <<'PY'
 import sys, torch, cuda.core, cuda.bindings, transformers
-from server.engine.nvrtc import find_cuda_include_dir, nvrtc_version
+from server.engine.gpu.nvrtc import find_cuda_include_dir, nvrtc_version
 print("python", sys.version.split()[0], "torch", torch.__version__, "cuda.core",
       cuda.core.__version__, "cuda.bindings", cuda.bindings.__version__, "transformers",
       transformers.__version__, "nvrtc", nvrtc_version(), "headers", find_cuda_include_dir())
@@ -93,7 +93,7 @@ if has default; then
     echo "parts: $parts; sha256 $have (want $want)"
     if [ "$have" = "$want" ]; then
       mkdir -p /root/default-model &&
-      python3 -c "from pathlib import Path; from server.engine.gguf_convert import convert_gguf
+      python3 -c "from pathlib import Path; from server.engine.loading.gguf_convert import convert_gguf
 convert_gguf(Path('/root/default.gguf'), Path('/root/default-model'), progress=False)" &&
       INFLIGHTD_TEST_MODEL_DIR=/root/default-model timeout 300 python3 -m pytest -q \
         -p no:cacheprovider -rs tests/gpu/test_engine_gpu.py
@@ -105,7 +105,7 @@ convert_gguf(Path('/root/default.gguf'), Path('/root/default-model'), progress=F
 fi
 
 if has build; then
-  { time python3 -m server.engine.build "${BUILD_MODEL:-dummy:llama-3-8b}" --force \
+  { time python3 -m server.engine.loading.build "${BUILD_MODEL:-dummy:llama-3-8b}" --force \
       --output /root/engines/build-stage --max-batch-size 256 --max-num-tokens 8192; } \
     2>&1 | tee "$OUT/build.log"
   rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || fail build "$rc"

@@ -20,7 +20,7 @@ from server.api.tool_calls.registry import TOOL_CALL_PARSERS
 from server.logging_setup import configure_logging
 
 # subcommand -> module with register(subparsers)
-PLUGIN_COMMANDS = {"bench": "server.bench.cli", "build": "server.engine.build"}
+PLUGIN_COMMANDS = {"bench": "server.bench.cli", "build": "server.engine.loading.build"}
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 

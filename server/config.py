@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-QUANTIZATIONS = ("fp8",)  # --quantization values (server.engine.quantization runs them)
+QUANTIZATIONS = ("fp8",)  # --quantization values (server.engine.models.quantization runs them)
 # --kv-cache-dtype values. auto: the model's dtype; fp8 (or fp8_e4m3, vLLM's other name for
 # it): e4m3, one byte a value, saturated to +-448 without a scale (server.kvcache.kv_pool).
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")
@@ -98,7 +98,7 @@ class ModelConfig:
     max_model_len: int | None = None  # None: the model's own context length
     seed: int = 0
     enforce_eager: bool = False
-    # "fp8": linear weights and activations in FP8 (server.engine.quantization). None: none,
+    # "fp8": linear weights and activations in FP8 (server.engine.models.quantization). None: none,
     # unless the engine directory was built with one.
     quantization: str | None = None
     # ranks the model is split over (server/engine/parallel/): one process per rank
@@ -122,7 +122,7 @@ KV_EVENT_TRANSPORTS = ("tcp://", "ipc://", "inproc://")
 @dataclass(frozen=True)
 class KVEventsConfig:
     """Publishing the prefix cache's changes as vLLM's KV-cache events
-    (server/engine/kv_events.py). endpoint: the ZeroMQ PUB address, bound when its host is
+    (server/engine/service/kv_events.py). endpoint: the ZeroMQ PUB address, bound when its host is
     `*` (or ipc/inproc), else connected to (a subscriber that binds, as llm-d's indexer);
     replay_endpoint: a ROUTER address (always bound) that resends the batches after a
     sequence number; topic: the first frame of every message; buffer_steps: how many past

@@ -11,7 +11,7 @@ still names the dead parent. ParentWatch therefore takes a signal of its own (SI
 remembers that it came.
 
 Elsewhere than Linux this does nothing and says so (the engine process still notices its
-api process's death through its stdin pipe, server/engine/process.py).
+api process's death through its stdin pipe, server/engine/service/process.py).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from server.api.settings import ServeConfig
 from server.api.shutdown import DaemonControl
 from server.api.responses_api.store import ResponseStore
 from server.api.tokenizer import Tokenizer
-from server.engine.client import EngineClient, EngineStartupError
+from server.engine.service.client import EngineClient, EngineStartupError
 from server.triton.http_routes import router as triton_router
 
 logger = logging.getLogger("inflightd.api")

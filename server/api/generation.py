@@ -17,7 +17,7 @@ from server.api.choice import ChoiceAssembler, ChoiceDelta
 from server.api.detokenizer import Decoder
 from server.api.errors import SERVER_ERROR, UNAVAILABLE, APIError
 from server.api.request_timing import ChoiceTiming, GenerationRecord, first_token_at
-from server.engine.client import (EngineClient, EngineDeadError, EngineRequest,
+from server.engine.service.client import (EngineClient, EngineDeadError, EngineRequest,
                                   EngineRequestRejected, OutputStream)
 from server.scheduler.output import RequestOutput
 from server.scheduler.request import SamplingParams

@@ -19,8 +19,8 @@ from prometheus_client.registry import Collector
 
 from server.api.metrics_compat import VllmCompatCollector
 from server.api.request_timing import ChoiceTiming
-from server.engine.info import EngineInfo, EngineStats
-from server.engine.messages import StepInfo
+from server.engine.service.info import EngineInfo, EngineStats
+from server.engine.service.messages import StepInfo
 
 MODEL_LABEL = "model_name"
 # Prometheus's classic text format, whatever the scraper offers: prometheus_client's

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from server.engine.info import EngineInfo, EngineStats
+from server.engine.service.info import EngineInfo, EngineStats
 
 ENGINE_INDEX = "0"  # vLLM numbers its engines (data-parallel ranks); a daemon has one
 

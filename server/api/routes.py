@@ -27,7 +27,7 @@ from server.api.responses_api.handler import (create_response, delete_response,
 from server.api.responses_api.request import ResponsesRequest
 from server.api.serving import ServingState
 from server.api.tokenizer import TokenizerError
-from server.engine.client import EngineDeadError
+from server.engine.service.client import EngineDeadError
 
 router = APIRouter()
 Body = TypeVar("Body", bound=BaseModel)

@@ -19,8 +19,8 @@ from server.api.request_timing import ChoiceTiming, GenerationRecord, log_genera
 from server.api.settings import ServeConfig
 from server.api.structured import RequestGrammar
 from server.api.tokenizer import Tokenizer
-from server.engine.client import EngineClient
-from server.engine.info import EngineInfo
+from server.engine.service.client import EngineClient
+from server.engine.service.info import EngineInfo
 from server.scheduler.output import TokenLogprobs
 
 # Tokenizing text longer than this moves off the event loop, so other streams keep flowing.

@@ -26,7 +26,7 @@ from types import FrameType
 import uvicorn
 
 from server.api.admission import AdmissionController
-from server.engine.client import EngineClient
+from server.engine.service.client import EngineClient
 
 logger = logging.getLogger("inflightd.api")
 

@@ -62,7 +62,7 @@ def resolve_tokenizer_path(*, tokenizer: str | None, model: str | None) -> Path:
         print(f"inflightd bench: counting prompt tokens with the default model's tokenizer, "
               f"not {model!r}'s; give --tokenizer PATH for exact lengths", file=sys.stderr)
     try:
-        from server.engine.weights import default_model_dir
+        from server.engine.loading.weights import default_model_dir
         return Path(default_model_dir())
     except (ImportError, ValueError) as exc:
         raise TokenizerNotFoundError(

@@ -19,13 +19,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from server.config import CacheConfig, ModelConfig, SchedulerConfig
-from server.engine.async_output import InFlightStep
-from server.engine.info import EngineInfo, EngineStats
-from server.engine.ops_choice import attends_within_windows, resolve_device
+from server.engine.step.async_output import InFlightStep
+from server.engine.service.info import EngineInfo, EngineStats
+from server.engine.gpu.ops_choice import attends_within_windows, resolve_device
 from server.engine.parallel.tensor_parallel import check_shardable
-from server.engine.parallel.workers import RunnerSpec, WorkerGroup
-from server.engine.runner import ModelRunner
-from server.engine.weights import ModelSource, resolve_model
+from server.engine.service.workers import RunnerSpec, WorkerGroup
+from server.engine.step.runner import ModelRunner
+from server.engine.loading.weights import ModelSource, resolve_model
 from server.kvcache.events import KVCacheRecord, KVEventRecorder
 from server.scheduler.errors import RequestRejectedError
 from server.scheduler.output import RequestOutput, SchedulerOutput
@@ -281,7 +281,7 @@ def _within_engine_limits(config: SchedulerConfig, source: ModelSource) -> Sched
     max_batch_size requests at once: run no more than that."""
     if source.engine_dir is None:
         return config
-    from server.engine.engine_dir import read_engine_config
+    from server.engine.loading.engine_dir import read_engine_config
 
     max_batch_size = read_engine_config(source.engine_dir)[1].max_batch_size
     if config.max_num_seqs <= max_batch_size:

@@ -8,7 +8,7 @@ prefix hit changes:
                    by reset_prefix_cache
 
 so that replaying the records in order onto an empty set gives exactly the hashes the
-manager holds. Whoever publishes them (server/engine/kv_events.py, vLLM's KV-event wire
+manager holds. Whoever publishes them (server/engine/service/kv_events.py, vLLM's KV-event wire
 format) drains the recorder after each engine step; nothing here knows about sockets.
 """
 

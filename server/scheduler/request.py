@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from server.structured_output.spec import GrammarSpec
 
 MAX_LOGPROBS = 20
-# OpenAI's logit_bias limits (server/engine/logit_bias.py applies it)
+# OpenAI's logit_bias limits (server/engine/step/logit_bias.py applies it)
 MAX_LOGIT_BIAS = 100.0
 MAX_LOGIT_BIAS_ENTRIES = 300
 

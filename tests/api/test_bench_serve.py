@@ -103,6 +103,6 @@ def test_bench_serve_reports_a_wrong_model_name(daemon: Daemon, capsys):
 
 
 def _tokenizer_dir() -> str:
-    from server.engine.weights import default_model_dir
+    from server.engine.loading.weights import default_model_dir
 
     return str(default_model_dir())

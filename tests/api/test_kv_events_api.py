@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from server.engine.kv_events import external_hash
+from server.engine.service.kv_events import external_hash
 from server.kvcache.prefix_hash import hash_full_blocks
 from tests.api.daemon import REPO_ROOT, Daemon, free_port, running_daemon
 from tests.kv_event_subscriber import KVEventSubscriber, rebuild

@@ -15,7 +15,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.api.metrics import ServerMetrics
-from server.engine.info import EngineInfo, EngineStats
+from server.engine.service.info import EngineInfo, EngineStats
 from tests.deploy.crd_schema import crd_schema
 from tests.deploy.epp_config_schema import ENDPOINT_PICKER_CONFIG_SCHEMA, plugin_names
 from tests.deploy.manifests import (KUBERNETES_VERSIONS, Manifest, container_port, flag_value,

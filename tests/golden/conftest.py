@@ -22,6 +22,6 @@ def inflightd_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def converted_default_model(inflightd_cache: Path) -> Path:
     """The default model converted from its packaged GGUF into a Hugging Face directory."""
-    from server.engine.weights import default_model_dir
+    from server.engine.loading.weights import default_model_dir
 
     return default_model_dir(cache_dir=inflightd_cache)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.engine.dummy import DUMMY_CONFIGS
+from server.engine.loading.dummy import DUMMY_CONFIGS
 from server.engine.models.config import ModelArchConfig
-from server.engine.runner import ModelRunner
-from server.engine.weights import resolve_model
+from server.engine.step.runner import ModelRunner
+from server.engine.loading.weights import resolve_model
 from tests.golden.helpers import HandBatcher, single_torch_thread
 
 TINY_SHAPES = [shape for shape in DUMMY_CONFIGS if "tiny" in shape]

@@ -15,8 +15,8 @@ from server.engine.models.config import ModelArchConfig
 from server.engine.models.llama import LlamaModel
 from server.engine.models.rotary import build_cos_sin
 from server.engine.models.weight_map import WeightLoadError
-from server.engine.runner import ModelRunner
-from server.engine.weights import resolve_model
+from server.engine.step.runner import ModelRunner
+from server.engine.loading.weights import resolve_model
 from tests.golden.helpers import TINY_CONFIGS, HandBatcher, hf_logits, make_hf_model, \
     single_torch_thread
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from server.config import CacheConfig, ModelConfig
-from server.engine.runner import ModelRunner, UnknownRequestError
-from server.engine.weights import resolve_model
+from server.engine.step.runner import ModelRunner, UnknownRequestError
+from server.engine.loading.weights import resolve_model
 from server.scheduler.output import SchedulerOutput
 from server.scheduler.request import SamplingParams
 from tests.golden.helpers import HandBatcher, hf_logits, make_hf_model, single_torch_thread

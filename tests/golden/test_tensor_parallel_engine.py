@@ -11,7 +11,7 @@ import signal
 import pytest
 
 from server.engine.llm import LLM
-from server.engine.parallel.workers import WorkerDiedError
+from server.engine.service.workers import WorkerDiedError
 from server.scheduler.request import SamplingParams
 from tests.golden.helpers import make_hf_model, single_torch_thread
 

@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from server.config import DEFAULT_MODEL
-from server.engine import default_model
-from server.engine.dummy import DUMMY_CONFIGS
+from server.engine.loading import default_model
+from server.engine.loading.dummy import DUMMY_CONFIGS
 from server.engine.models.checkpoint_names import engine_named
 from server.engine.models.config import UnsupportedModelError
-from server.engine.weight_layout import num_weight_bytes
-from server.engine.weights import (ModelNotFoundError, WeightsError, default_model_dir,
+from server.engine.models.weight_layout import num_weight_bytes
+from server.engine.loading.weights import (ModelNotFoundError, WeightsError, default_model_dir,
                                    iter_weights, resolve_model)
 from tests.golden.helpers import TINY_CONFIGS, make_hf_model
 

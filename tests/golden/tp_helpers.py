@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from server.engine.parallel.tensor_parallel import TensorParallel
-from server.engine.runner import ModelRunner
-from server.engine.weights import resolve_model
+from server.engine.step.runner import ModelRunner
+from server.engine.loading.weights import resolve_model
 from tests.golden.helpers import HandBatcher
 
 BLOCK_SIZE, NUM_BLOCKS = 4, 64

@@ -15,7 +15,7 @@ def _needs_gpu() -> None:
 
 @pytest.fixture(scope="session")
 def library():
-    from server.engine.kernels import KernelLibrary
+    from server.engine.gpu.kernels import KernelLibrary
 
     lib = KernelLibrary(torch.device("cuda", torch.cuda.current_device()))
     lib.load_all()

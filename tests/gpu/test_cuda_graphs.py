@@ -11,8 +11,8 @@ import torch
 
 from server.engine.models.config import ModelArchConfig
 from server.engine.ops.cuda import CudaOps
-from server.engine.runner import ModelRunner
-from server.engine.weights import ModelSource
+from server.engine.step.runner import ModelRunner
+from server.engine.loading.weights import ModelSource
 from tests.golden.helpers import HandBatcher
 from tests.gpu.helpers import relative_error
 

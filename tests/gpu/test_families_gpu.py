@@ -10,8 +10,8 @@ import torch
 
 from server.engine.ops.cuda import CudaOps
 from server.engine.ops.torch_ref import TorchOps
-from server.engine.ops_choice import cuda_ops_unsupported_reason
-from server.engine.runner import ModelRunner
+from server.engine.gpu.ops_choice import cuda_ops_unsupported_reason
+from server.engine.step.runner import ModelRunner
 from tests.gpu.test_cuda_graphs import (BLOCK_SIZE, MAX_MODEL_LEN, NUM_BLOCKS,
                                         assert_tracks_reference, small_model_source)
 

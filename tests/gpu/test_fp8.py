@@ -1,5 +1,5 @@
 """--quantization fp8 on the GPU: the activation quantizer (csrc/quantize.cu) bit for bit
-against server.engine.quantization.quantize_rows, the FP8 linear against its float32
+against server.engine.models.quantization.quantize_rows, the FP8 linear against its float32
 reference, and a whole fp8 model (CudaOps, CUDA graphs) against the torch reference path."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from server.engine.kernel_args import KernelArgumentError
+from server.engine.gpu.kernel_args import KernelArgumentError
 from server.engine.ops.cuda_fp8 import (FP8_MMA_GEMV_MAX_TOKENS, gemv_fp8_into,
                                        quantize_fp8_rows_into)
 from server.engine.ops.cuda_launch import GEMV_MAX_TOKENS
 from server.engine.ops.torch_ref import TorchOps
-from server.engine.quantization import (FP8_DTYPE, Fp8Weight, fp8_linear_reference,
+from server.engine.models.quantization import (FP8_DTYPE, Fp8Weight, fp8_linear_reference,
                                          quantize_rows)
 from tests.gpu.helpers import (DTYPE_IDS, DTYPES, assert_close, cuda_generator, random_tensor,
                                relative_error)
@@ -114,9 +114,9 @@ def test_fp8_model_on_our_kernels_and_graphs_matches_the_torch_reference_path():
 
 
 def test_fp8_engine_directory_serves_its_stored_fp8_weights_like_quantizing_at_load(tmp_path):
-    from server.engine.build import BuildOptions, build_engine
-    from server.engine.runner import ModelRunner
-    from server.engine.weights import resolve_model
+    from server.engine.loading.build import BuildOptions, build_engine
+    from server.engine.step.runner import ModelRunner
+    from server.engine.loading.weights import resolve_model
     from tests.unit.test_build import first_step_logits, make_hf_dir
 
     hf_dir = make_hf_dir(tmp_path / "hf", shape="smollm2-135m")

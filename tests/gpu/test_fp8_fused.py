@@ -9,7 +9,7 @@ import torch
 
 from server.engine.ops.cuda_fp8 import quantize_fp8_rows_into
 from server.engine.ops.cuda_fp8_fused import SILU_FP8_MAX_WIDTH
-from server.engine.quantization import Fp8Rows
+from server.engine.models.quantization import Fp8Rows
 from tests.gpu.helpers import DTYPE_IDS, DTYPES, cuda_generator, random_tensor
 
 # Llama-3-8B's hidden size, SmolLM2-135M's (576) and a width with a partial last pass

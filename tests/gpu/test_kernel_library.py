@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from server.engine.kernel_store import load_cubins, save_cubins
-from server.engine.kernels import KernelLibrary, compile_all
+from server.engine.gpu.kernel_store import load_cubins, save_cubins
+from server.engine.gpu.kernels import KernelLibrary, compile_all
 from server.engine.ops.cuda_launch import rms_norm_into
 from tests.gpu.helpers import assert_close, cuda_generator, poisoned, random_tensor
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.engine.kernel_args import KernelArgumentError
+from server.engine.gpu.kernel_args import KernelArgumentError
 from server.engine.ops.cuda_norm_act import gelu_into, layer_norm_into
 from tests.gpu.helpers import (DTYPE_IDS, DTYPES, assert_close, cuda_generator, poisoned,
                                random_tensor)

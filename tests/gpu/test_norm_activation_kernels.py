@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.engine.kernel_args import KernelArgumentError
+from server.engine.gpu.kernel_args import KernelArgumentError
 from server.engine.ops.cuda_launch import add_rms_norm_into, rms_norm_into, silu_and_mul_into
 from tests.gpu.helpers import (DTYPE_IDS, DTYPES, assert_close, cuda_generator, poisoned,
                                random_tensor)

@@ -16,7 +16,7 @@ import dataclasses
 import pytest
 import torch
 
-from server.engine.kernel_args import KernelArgumentError
+from server.engine.gpu.kernel_args import KernelArgumentError
 from server.engine.ops.cuda_attention import (COUNTERS, allocate_workspace,
                                               paged_attention_into, plan_for)
 from server.engine.ops.torch_ref import to_cache_dtype

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from server.engine.ops.torch_ref import TorchOps
-from server.engine.runner import ModelRunner
+from server.engine.step.runner import ModelRunner
 from tests.gpu.test_cuda_graphs import (BLOCK_SIZE, MAX_MODEL_LEN, NUM_BLOCKS, SMALL_LLAMA,
                                         assert_tracks_reference, small_model_source)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from server.engine.bad_words import banned_token_ids
-from server.engine.sampler import RequestSamplingState, Sampler
+from server.engine.step.bad_words import banned_token_ids
+from server.engine.step.sampler import RequestSamplingState, Sampler
 from server.scheduler.request import SamplingParams
 
 VOCAB = 16

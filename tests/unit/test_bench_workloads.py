@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-import server.engine.runner as runner_module
+import server.engine.step.runner as runner_module
 from bench.workloads import WorkloadError, parse_workloads, run_workload
 from server.engine.llm import LLM
 

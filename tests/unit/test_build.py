@@ -13,17 +13,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from server.engine import build as build_module
-from server.engine import default_model, nvrtc
-from server.engine.build import BuildError, BuildOptions, build_engine, ensure_engine_dir
-from server.engine.dummy import dummy_hf_config, iter_dummy_weights
-from server.engine.engine_dir import (EngineDirConfig, EngineDirError, read_engine_config,
+from server.engine.loading import build as build_module
+from server.engine.loading import default_model
+from server.engine.gpu import nvrtc
+from server.engine.loading.build import BuildError, BuildOptions, build_engine, ensure_engine_dir
+from server.engine.loading.dummy import dummy_hf_config, iter_dummy_weights
+from server.engine.loading.engine_dir import (EngineDirConfig, EngineDirError, read_engine_config,
                                       resolve_engine_dir)
-from server.engine.kernel_store import load_cubins
+from server.engine.gpu.kernel_store import load_cubins
 from server.engine.models.config import ModelArchConfig
-from server.engine.runner import ModelRunner
-from server.engine.tuning import KernelTuning, PartitionChoice, context_buckets, load_tuning
-from server.engine.weights import resolve_model
+from server.engine.step.runner import ModelRunner
+from server.engine.gpu.tuning import KernelTuning, PartitionChoice, context_buckets, load_tuning
+from server.engine.loading.weights import resolve_model
 from server.scheduler.output import NewRequestData, ScheduledRequest, SchedulerOutput
 from server.scheduler.request import SamplingParams
 

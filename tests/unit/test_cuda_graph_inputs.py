@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.engine.cuda_graphs import DecodeStaging, graph_batch_sizes
-from server.engine.inputs import BlockTableTooShortError, prepare_inputs
+from server.engine.step.cuda_graphs import DecodeStaging, graph_batch_sizes
+from server.engine.step.inputs import BlockTableTooShortError, prepare_inputs
 from server.scheduler.output import ScheduledRequest, SchedulerOutput
 
 BLOCK_SIZE = 4

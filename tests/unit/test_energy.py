@@ -10,9 +10,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.api.metrics import ServerMetrics
-from server.engine.energy import (EnergyMeter, EnergyMeterUnavailable, cuda_pci_bus_id,
+from server.engine.service.energy import (EnergyMeter, EnergyMeterUnavailable, cuda_pci_bus_id,
                                   open_energy_meter)
-from server.engine.info import EngineStats
+from server.engine.service.info import EngineStats
 
 NVML_ERROR_NOT_SUPPORTED = 3
 DEVICE_HANDLE = 0xD00D

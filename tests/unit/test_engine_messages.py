@@ -6,8 +6,8 @@ import msgspec
 import pytest
 
 from server.config import CacheConfig, ModelConfig, SchedulerConfig
-from server.engine.info import EngineInfo, EngineStats
-from server.engine.messages import (AbortRequests, AddRequest, EngineProcessArgs, EngineReady,
+from server.engine.service.info import EngineInfo, EngineStats
+from server.engine.service.messages import (AbortRequests, AddRequest, EngineProcessArgs, EngineReady,
                                     StatsReply, StepOutputs, decode_process_args,
                                     encode_process_args, input_codec, output_codec)
 from server.scheduler.output import RequestOutput, TokenLogprobs

@@ -12,8 +12,8 @@ from server.config import CacheConfig
 from server.engine.attention.metadata import AttentionMetadata
 from server.engine.llm import LLM
 from server.engine.ops.torch_ref import TorchOps, to_cache_dtype, write_kv
-from server.engine.runner import ModelRunner
-from server.engine.weights import resolve_model
+from server.engine.step.runner import ModelRunner
+from server.engine.loading.weights import resolve_model
 from server.kvcache.kv_pool import (FP8_KV_DTYPE, KVCacheDtypeError, KVPool, bytes_per_block,
                                     kv_cache_dtype_for)
 from server.scheduler.request import SamplingParams

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.engine.inputs import BlockTableTooShortError, prepare_inputs
+from server.engine.step.inputs import BlockTableTooShortError, prepare_inputs
 from server.scheduler.output import ScheduledRequest, SchedulerOutput
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from server.engine.attention.metadata import AttentionMetadata
-from server.engine.kernel_args import KernelArgumentError
+from server.engine.gpu.kernel_args import KernelArgumentError
 from server.engine.ops.cuda_attention import paged_attention_into
 from server.engine.ops.cuda_launch import (add_rms_norm_into, gemv_into, rms_norm_into,
                                            rope_and_cache_into, silu_and_mul_into)

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from server.engine import kernels, nvrtc
-from server.engine.kernel_store import KernelStoreError, load_cubins, save_cubins
+from server.engine.gpu import kernels
+
+from server.engine.gpu import nvrtc
+from server.engine.gpu.kernel_store import KernelStoreError, load_cubins, save_cubins
 
 ARCH = "sm_90"
 

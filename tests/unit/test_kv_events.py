@@ -15,7 +15,7 @@ import pytest
 
 from server.config import CacheConfig, KVEventsConfig, ModelConfig, SchedulerConfig
 from server.engine.core import EngineCore
-from server.engine.kv_events import (KVEventBatch, KVEventPublisher, external_hash,
+from server.engine.service.kv_events import (KVEventBatch, KVEventPublisher, external_hash,
                                      wire_events)
 from server.kvcache.events import RemovedBlock, StoredBlock
 from server.scheduler.request import SamplingParams

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.engine.logit_bias import LogitBiasTensors, apply_logit_bias
-from server.engine.sampler import RequestSamplingState, Sampler
+from server.engine.step.logit_bias import LogitBiasTensors, apply_logit_bias
+from server.engine.step.sampler import RequestSamplingState, Sampler
 from server.scheduler.request import SamplingParams, SamplingParamsError
 
 VOCAB = 16

@@ -14,18 +14,18 @@ from safetensors import safe_open
 
 from server.cli import serve_config
 from server.config import ModelConfig
-from server.engine.build import BuildError, BuildOptions, build_engine
-from server.engine.dummy import dummy_hf_config
-from server.engine.engine_dir import EngineDirConfig, read_engine_config
+from server.engine.loading.build import BuildError, BuildOptions, build_engine
+from server.engine.loading.dummy import dummy_hf_config
+from server.engine.loading.engine_dir import EngineDirConfig, read_engine_config
 from server.engine.llm import LLM
 from server.engine.models.config import ModelArchConfig
 from server.engine.models.llama import LlamaModel
 from server.engine.models.weight_map import WeightLoadError
 from server.engine.ops.torch_ref import TorchOps
-from server.engine.quantization import (FP8_MAX, Fp8Rows, Fp8Weight, QuantizationError,
+from server.engine.models.quantization import (FP8_MAX, Fp8Rows, Fp8Weight, QuantizationError,
                                         fp8_linear_reference, quantize_rows)
-from server.engine.runner import ModelRunner
-from server.engine.weights import resolve_model
+from server.engine.step.runner import ModelRunner
+from server.engine.loading.weights import resolve_model
 from server.scheduler.request import SamplingParams
 from tests.api.test_cli import parse
 from tests.unit.test_build import cpu_runner, first_step_logits, make_hf_dir

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.engine.penalties import PenaltyTensors, apply_penalties
-from server.engine.sampler import RequestSamplingState, Sampler, step_seed
+from server.engine.step.penalties import PenaltyTensors, apply_penalties
+from server.engine.step.sampler import RequestSamplingState, Sampler, step_seed
 from server.scheduler.request import SamplingParams
 
 VOCAB = 32

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import server.engine.weights as weights_module
+import server.engine.loading.weights as weights_module
 from server.engine.parallel.shard_weights import shard_tensor
 from server.engine.parallel.tensor_parallel import ShardPlan, TensorParallel
-from server.engine.weights import iter_weights, resolve_model
+from server.engine.loading.weights import iter_weights, resolve_model
 from tests.golden.helpers import make_hf_model
 
 

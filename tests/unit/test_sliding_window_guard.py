@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from server.engine import core
-from server.engine.dummy import dummy_hf_config, iter_dummy_weights
+from server.engine.loading.dummy import dummy_hf_config, iter_dummy_weights
 from server.engine.llm import LLM
 from server.engine.models.config import ModelArchConfig
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.engine.async_output import InFlightStep, MissingPendingTokenError, TokenFeedback
+from server.engine.step.async_output import InFlightStep, MissingPendingTokenError, TokenFeedback
 
 
 def test_pending_rows_get_the_ids_sampled_for_their_requests_in_any_order():

@@ -1,4 +1,4 @@
-"""Per-step attention inputs, built by `server.engine.inputs` from a SchedulerOutput.
+"""Per-step attention inputs, built by `server.engine.step.inputs` from a SchedulerOutput.
 
 For sequence i of the packed batch:
 

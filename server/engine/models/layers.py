@@ -3,7 +3,7 @@
 q/k/v projections are fused into one [q + k + v, hidden] weight and gate/up into one
 [2 * intermediate, hidden] weight, filled slice by slice at load time, so a layer runs
 two GEMMs where the checkpoint has five. With quantization "fp8" the four linear weights are
-Fp8Weights, quantized as they load (server.engine.quantization). The layer takes the step's
+Fp8Weights, quantized as they load (server.engine.models.quantization). The layer takes the step's
 attention metadata and the Ops as arguments; it keeps no per-step state.
 """
 
@@ -16,7 +16,7 @@ from server.engine.models.alibi import alibi_slopes
 from server.engine.models.config import ModelArchConfig
 from server.engine.ops import Ops
 from server.engine.parallel.tensor_parallel import NO_TENSOR_PARALLEL, TensorParallel
-from server.engine.quantization import Fp8Rows, Fp8Weight
+from server.engine.models.quantization import Fp8Rows, Fp8Weight
 
 LinearWeight = torch.Tensor | Fp8Weight
 

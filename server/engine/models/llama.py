@@ -22,7 +22,7 @@ from server.engine.models.rotary import build_cos_sin, no_rotation
 from server.engine.models.weight_map import WeightLoadError, load_named_tensors
 from server.engine.ops import Ops
 from server.engine.parallel.tensor_parallel import NO_TENSOR_PARALLEL, ShardPlan, TensorParallel
-from server.engine.quantization import (SCALE_SUFFIX, Fp8Weight, check_fp8_device,
+from server.engine.models.quantization import (SCALE_SUFFIX, Fp8Weight, check_fp8_device,
                                          check_fp8_shapes, check_quantization)
 
 # Buffers some older checkpoints carry; the model recomputes them.

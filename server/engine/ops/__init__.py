@@ -18,14 +18,14 @@ from typing import Protocol
 import torch
 
 from server.engine.attention.metadata import AttentionMetadata
-from server.engine.quantization import Fp8Rows, Fp8Weight
+from server.engine.models.quantization import Fp8Rows, Fp8Weight
 
 
 class Ops(Protocol):
     def linear(self, x: torch.Tensor | Fp8Rows, weight: torch.Tensor | Fp8Weight,
                bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [T, K] @ weight [N, K]^T (+ bias [N]) -> [T, N], as F.linear; an Fp8Weight
-        multiplies x's rows quantized to FP8 (server.engine.quantization), or x's own
+        multiplies x's rows quantized to FP8 (server.engine.models.quantization), or x's own
         when x is Fp8Rows already."""
 
     def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from server.engine.attention.metadata import AttentionMetadata
-from server.engine.kernel_args import KernelArgumentError
-from server.engine.kernels import KernelLibrary
+from server.engine.gpu.kernel_args import KernelArgumentError
+from server.engine.gpu.kernels import KernelLibrary
 from server.engine.ops.cuda_attention import paged_attention_into
 from server.engine.ops.cuda_fp8 import (FP8_MMA_GEMV_MAX_TOKENS, fp8_linear,
                                        quantize_fp8_rows_into)
@@ -23,7 +23,7 @@ from server.engine.ops.cuda_norm_act import gelu_into, layer_norm_into
 from server.engine.ops.cuda_fp8_fused import (SILU_FP8_MAX_WIDTH, add_rms_norm_fp8_into,
                                               empty_fp8_rows, rms_norm_fp8_into,
                                               silu_and_mul_fp8_into)
-from server.engine.quantization import Fp8Rows, Fp8Weight, check_not_quantized
+from server.engine.models.quantization import Fp8Rows, Fp8Weight, check_not_quantized
 from server.engine.ops.cuda_launch import (GEMV_MAX_TOKENS, add_rms_norm_into,
                                           apply_token_bitmask_into, gemv_into,
                                            gemv_supports, rms_norm_into, rope_and_cache_into,

@@ -38,9 +38,9 @@ import numpy as np
 import torch
 
 from server.engine.attention.metadata import AttentionMetadata
-from server.engine.kernel_args import (KernelArgumentError, check_contiguous, check_device,
+from server.engine.gpu.kernel_args import (KernelArgumentError, check_contiguous, check_device,
                                        check_dtype, check_shape, dtype_suffix, kv_cache_suffix)
-from server.engine.kernels import ATTENTION_HEAD_DIMS, KernelLibrary
+from server.engine.gpu.kernels import ATTENTION_HEAD_DIMS, KernelLibrary
 
 ROWS_PER_WARP = 16
 TRANSPOSED_ROWS = 8  # rows of a transposed decode tile (csrc/attention_transposed.cuh)

@@ -1,4 +1,4 @@
-"""The FP8 linear layer on the GPU (`--quantization fp8`, server.engine.quantization):
+"""The FP8 linear layer on the GPU (`--quantization fp8`, server.engine.models.quantization):
 csrc/quantize.cu turns the activations into FP8 rows with one scale each, then
 torch._scaled_mm multiplies them with the FP8 weight on the tensor cores, applies the row
 and channel scales to the float32 accumulators and writes bfloat16. Steps of a few tokens
@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from server.engine.kernel_args import (KernelArgumentError, check_aligned16, check_contiguous,
+from server.engine.gpu.kernel_args import (KernelArgumentError, check_aligned16, check_contiguous,
                                        check_device, check_dtype, check_shape, dtype_suffix,
                                        row_stride)
-from server.engine.kernels import KernelLibrary
+from server.engine.gpu.kernels import KernelLibrary
 from server.engine.ops.cuda_launch import GEMV_COLUMNS_PER_CTA, GEMV_MAX_TOKENS
-from server.engine.quantization import FP8_DIM_MULTIPLE, FP8_DTYPE, Fp8Rows, Fp8Weight
+from server.engine.models.quantization import FP8_DIM_MULTIPLE, FP8_DTYPE, Fp8Rows, Fp8Weight
 
 QUANTIZE_THREADS = 256  # csrc/quantize.cu's launch bound
 # csrc/gemv_fp8.cu's tensor-core GEMV: tokens are the MMA's N (8), 16 columns (its M) per

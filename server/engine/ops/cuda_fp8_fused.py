@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from server.engine.kernel_args import (KernelArgumentError, check_aligned16, check_contiguous,
+from server.engine.gpu.kernel_args import (KernelArgumentError, check_aligned16, check_contiguous,
                                        check_device, check_dtype, check_shape, dtype_suffix,
                                        row_stride)
-from server.engine.kernels import KernelLibrary
+from server.engine.gpu.kernels import KernelLibrary
 from server.engine.ops.cuda_launch import norm_threads, norm_vec
-from server.engine.quantization import FP8_DIM_MULTIPLE, FP8_DTYPE, Fp8Rows
+from server.engine.models.quantization import FP8_DIM_MULTIPLE, FP8_DTYPE, Fp8Rows
 
 SILU_FP8_ITEMS = 4  # 8-column chunks per thread (csrc/activation.cu kSiluFp8Items)
 MAX_THREADS = 1024

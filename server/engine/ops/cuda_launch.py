@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from server.engine.kernel_args import (KernelArgumentError, check_aligned16, check_contiguous,
+from server.engine.gpu.kernel_args import (KernelArgumentError, check_aligned16, check_contiguous,
                                        check_device, check_dtype, check_shape, dtype_suffix,
                                        is_aligned16, kv_cache_suffix, row_stride)
-from server.engine.kernels import KernelLibrary
+from server.engine.gpu.kernels import KernelLibrary
 
 NORM_ITEMS = 4  # row chunks each thread keeps in registers (csrc/rms_norm.cu ITEMS)
 MAX_THREADS = 1024

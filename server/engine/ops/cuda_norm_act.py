@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from server.engine.kernel_args import (KernelArgumentError, check_contiguous, check_device,
+from server.engine.gpu.kernel_args import (KernelArgumentError, check_contiguous, check_device,
                                        check_dtype, check_shape, dtype_suffix, row_stride)
-from server.engine.kernels import KernelLibrary
+from server.engine.gpu.kernels import KernelLibrary
 from server.engine.ops.cuda_launch import norm_threads, norm_vec
 
 # the engine's activation names -> the kernels' ("gelu" is the exact, erf form)

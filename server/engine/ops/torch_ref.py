@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from server.engine.attention.metadata import AttentionMetadata
-from server.engine.quantization import (Fp8Rows, Fp8Weight, check_not_quantized,
+from server.engine.models.quantization import (Fp8Rows, Fp8Weight, check_not_quantized,
                                          fp8_linear_reference)
 from server.kvcache.kv_pool import FP8_KV_DTYPE, FP8_KV_MAX
 from server.structured_output.bitmask import apply_token_bitmask

@@ -17,7 +17,7 @@ import torch
 
 from server.engine.models.config import ModelArchConfig
 from server.engine.parallel.tensor_parallel import ShardPlan
-from server.engine.quantization import SCALE_SUFFIX
+from server.engine.models.quantization import SCALE_SUFFIX
 
 _ROW_PARALLEL_WEIGHTS = (".self_attn.o_proj.weight", ".mlp.down_proj.weight",
                          ".mlp.c_proj.weight")

@@ -6,7 +6,7 @@
       PULL  <-- EngineReady | StartupFailed | StepOutputs | RequestRejected
                 | StatsReply | EngineFailed -------------------------  PUSH
 
-EngineInfo and EngineStats travel as the engine's own dataclasses (server/engine/info.py,
+EngineInfo and EngineStats travel as the engine's own dataclasses (server/engine/service/info.py,
 which imports no torch).
 
 Only the engine process's main (process.py) and the api's client import this module: the
@@ -20,7 +20,7 @@ from typing import Union
 import msgspec
 
 from server.config import CacheConfig, KVEventsConfig, ModelConfig, SchedulerConfig
-from server.engine.info import EngineInfo, EngineStats
+from server.engine.service.info import EngineInfo, EngineStats
 from server.scheduler.output import RequestOutput
 from server.scheduler.request import SamplingParams
 

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from server.engine.attention.metadata import AttentionMetadata
-from server.engine.graph_capture import capturing
-from server.engine.inputs import BlockTableTooShortError
+from server.engine.gpu.graph_capture import capturing
+from server.engine.step.inputs import BlockTableTooShortError
 from server.scheduler.output import ScheduledRequest
 
 logger = logging.getLogger("inflightd.engine")

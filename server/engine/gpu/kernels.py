@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from server.engine.kernel_args import KernelArgumentError  # noqa: F401  (re-exported)
-from server.engine.nvrtc import CSRC_DIR, compile_module
+from server.engine.gpu.kernel_args import KernelArgumentError  # noqa: F401  (re-exported)
+from server.engine.gpu.nvrtc import CSRC_DIR, compile_module
 
 DTYPES = ("bf16", "fp16")
 ATTENTION_HEAD_DIMS = (64, 128)

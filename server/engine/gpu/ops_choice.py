@@ -11,7 +11,7 @@ from server.config import ModelConfig
 from server.engine.models.config import ModelArchConfig
 from server.engine.ops import Ops
 from server.engine.ops.torch_ref import TorchOps
-from server.engine.weights import ModelSource
+from server.engine.loading.weights import ModelSource
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 logger = logging.getLogger("inflightd.engine")
@@ -37,7 +37,7 @@ def resolve_dtype(name: str, device: torch.device, *, engine_dtype: str | None =
 
 def cuda_ops_unsupported_reason(arch: ModelArchConfig, dtype: torch.dtype) -> str | None:
     """Why our kernels cannot run this model, or None when they can."""
-    from server.engine.kernels import ATTENTION_HEAD_DIMS
+    from server.engine.gpu.kernels import ATTENTION_HEAD_DIMS
 
     if dtype not in (torch.bfloat16, torch.float16):
         return f"the kernels take bfloat16 or float16, not {dtype}"
@@ -72,8 +72,8 @@ def default_ops(source: ModelSource, *, dtype: torch.dtype, device: torch.device
     if reason is not None:
         logger.warning("running the torch reference ops on %s: %s", device, reason)
         return TorchOps()
-    from server.engine.kernels import KernelLibrary, device_arch
-    from server.engine.nvrtc import NvrtcUnavailableError
+    from server.engine.gpu.kernels import KernelLibrary, device_arch
+    from server.engine.gpu.nvrtc import NvrtcUnavailableError
     from server.engine.ops.cuda import CudaOps
 
     if source.engine_dir is None:
@@ -87,8 +87,8 @@ def default_ops(source: ModelSource, *, dtype: torch.dtype, device: torch.device
                            device, exc)
             return TorchOps()
         return CudaOps(library)
-    from server.engine.kernel_store import load_cubins
-    from server.engine.tuning import TunedCudaOps, load_tuning
+    from server.engine.gpu.kernel_store import load_cubins
+    from server.engine.gpu.tuning import TunedCudaOps, load_tuning
 
     arch = device_arch(device)
     library = KernelLibrary(device, cubins=load_cubins(source.engine_dir, arch))
@@ -107,6 +107,6 @@ def engine_config(source: ModelSource):
     """The EngineDirConfig when the model is an engine directory, else None."""
     if source.engine_dir is None:
         return None
-    from server.engine.engine_dir import read_engine_config
+    from server.engine.loading.engine_dir import read_engine_config
 
     return read_engine_config(source.engine_dir)[1]

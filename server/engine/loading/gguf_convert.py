@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from server.engine.gguf_tokenizer import write_tokenizer_files
+from server.engine.loading.gguf_tokenizer import write_tokenizer_files
 from server.engine.models.config import ModelArchConfig, UnsupportedModelError
-from server.engine.weight_layout import weight_shapes
+from server.engine.models.weight_layout import weight_shapes
 
 # GGUF tensor name (after "blk.{i}.") -> Hugging Face name (after "model.layers.{i}.").
 _LAYER_TENSOR_NAMES = {

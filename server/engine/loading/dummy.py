@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import torch
 
 from server.engine.models.config import ModelArchConfig
-from server.engine.weight_layout import is_norm_weight, weight_shapes
+from server.engine.models.weight_layout import is_norm_weight, weight_shapes
 
 # Small enough that logits stay finite and well spread through many layers.
 DUMMY_WEIGHT_STD = 0.02

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from server.engine.inputs import host_to_device
+from server.engine.step.inputs import host_to_device
 
 
 @dataclass(frozen=True)

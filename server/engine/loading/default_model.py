@@ -94,7 +94,7 @@ def ensure_converted(gguf_path: Path, *, cache_dir: Path | None = None, progress
             return target
         _remove_partials(target)
         if convert is None:
-            from server.engine.gguf_convert import convert_gguf as convert
+            from server.engine.loading.gguf_convert import convert_gguf as convert
         partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
         try:
             partial.chmod(0o755)  # mkdtemp makes it private; the model is not a secret

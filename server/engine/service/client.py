@@ -23,8 +23,8 @@ import zmq
 import zmq.asyncio
 
 from server.config import CacheConfig, KVEventsConfig, ModelConfig, SchedulerConfig
-from server.engine.info import EngineInfo, EngineStats
-from server.engine.messages import (AbortRequests, AddRequest, EngineFailed,
+from server.engine.service.info import EngineInfo, EngineStats
+from server.engine.service.messages import (AbortRequests, AddRequest, EngineFailed,
                                     EngineProcessArgs, EngineReady,
                                     RequestRejected, Shutdown, StartupFailed, StatsQuery,
                                     StatsReply, StepInfo, StepOutputs, encode_process_args,
@@ -35,7 +35,7 @@ from server.scheduler.request import SamplingParams
 logger = logging.getLogger("inflightd.client")
 
 SHUTDOWN_GRACE_S = 5.0
-ENGINE_MODULE = "server.engine.process"
+ENGINE_MODULE = "server.engine.service.process"
 
 
 class EngineStartupError(RuntimeError):

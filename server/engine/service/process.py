@@ -14,7 +14,7 @@ where that signal is missing.
 With --kv-events-endpoint, each step's prefix-cache changes go out as vLLM KV-cache events
 (kv_events.py).
 
-Run as `python -m server.engine.process '<EngineProcessArgs as JSON>'` by EngineClient.
+Run as `python -m server.engine.service.process '<EngineProcessArgs as JSON>'` by EngineClient.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from pathlib import Path
 import zmq
 
 from server.config import CacheConfig, ModelConfig
-from server.engine.energy import EnergyMeter, EnergyMeterUnavailable, open_energy_meter
-from server.engine.kv_events import KVEventPublisher
+from server.engine.service.energy import EnergyMeter, EnergyMeterUnavailable, open_energy_meter
+from server.engine.service.kv_events import KVEventPublisher
 from server.lifetime import ParentDied, ParentWatch
-from server.engine.messages import (AbortRequests, AddRequest, EngineFailed, EngineProcessArgs,
+from server.engine.service.messages import (AbortRequests, AddRequest, EngineFailed, EngineProcessArgs,
                                     EngineReady, Shutdown, StartupFailed, StatsQuery,
                                     StatsReply, StepInfo, StepOutputs, RequestRejected,
                                     decode_process_args, input_codec, output_codec)
@@ -192,7 +192,7 @@ def _with_engine_dir(model_config: ModelConfig, scheduler_config) -> ModelConfig
 
     if model_config.device == "cpu" or not torch.cuda.is_available():
         return model_config
-    from server.engine.build import ensure_engine_dir
+    from server.engine.loading.build import ensure_engine_dir
 
     engine_dir = ensure_engine_dir(
         model_config.model, dtype=model_config.dtype,

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from server.engine.attention.metadata import AttentionMetadata
-from server.engine.graph_capture import median_replay_ms
-from server.engine.kernels import KernelLibrary
+from server.engine.gpu.graph_capture import median_replay_ms
+from server.engine.gpu.kernels import KernelLibrary
 from server.engine.ops.cuda import CudaOps, check_attention_extras
 from server.engine.ops.cuda_attention import paged_attention_into, plan_for
 

@@ -1,4 +1,4 @@
-"""`inflightd build MODEL --output DIR`: an engine directory (layout: server/engine/engine_dir.py).
+"""`inflightd build MODEL --output DIR`: an engine directory (layout: server/engine/loading/engine_dir.py).
 
 Steps, each a tick of the progress bar:
     weights     HF checkpoints: safetensors in the engine dtype, in shards of up to 4 GiB.
@@ -7,7 +7,7 @@ Steps, each a tick of the progress bar:
     tokenizer   tokenizer and generation-config files, copied when the model has them
     kernels     cubins of every csrc/ module for each arch: --arch (NVRTC needs no GPU),
                 else the GPU's, else none
-    tuning      kernel choices timed on the GPU (server/engine/tuning.py); without a GPU, or
+    tuning      kernel choices timed on the GPU (server/engine/gpu/tuning.py); without a GPU, or
                 for a model the kernels do not cover, an empty tuning.json
     config      config.json with the engine section, written last
 The directory is built beside DIR under a temporary name and renamed into place when
@@ -37,17 +37,17 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from server.engine.default_model import cache_root
-from server.engine.engine_dir import (WEIGHTS_DUMMY, WEIGHTS_SAFETENSORS, EngineDirConfig,
+from server.engine.loading.default_model import cache_root
+from server.engine.loading.engine_dir import (WEIGHTS_DUMMY, WEIGHTS_SAFETENSORS, EngineDirConfig,
                                       is_engine_dir, write_engine_config)
-from server.engine.kernel_store import save_cubins
-from server.engine.kernels import MODULES, compile_all
-from server.engine.nvrtc import source_hash
+from server.engine.gpu.kernel_store import save_cubins
+from server.engine.gpu.kernels import MODULES, compile_all
+from server.engine.gpu.nvrtc import source_hash
 from server.config import QUANTIZATIONS
-from server.engine.quantization import quantize_checkpoint, stored_layout
-from server.engine.ops_choice import cuda_ops_unsupported_reason
-from server.engine.tuning import save_tuning
-from server.engine.weights import TOKENIZER_FILES, ModelSource, iter_weights, resolve_model
+from server.engine.models.quantization import quantize_checkpoint, stored_layout
+from server.engine.gpu.ops_choice import cuda_ops_unsupported_reason
+from server.engine.gpu.tuning import save_tuning
+from server.engine.loading.weights import TOKENIZER_FILES, ModelSource, iter_weights, resolve_model
 
 SHARD_BYTES = 4 << 30
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -150,7 +150,7 @@ def _max_model_len(options: BuildOptions, source: ModelSource) -> int:
 def _gpu_arches() -> tuple[str, ...]:
     if not torch.cuda.is_available():
         return ()
-    from server.engine.kernels import device_arch
+    from server.engine.gpu.kernels import device_arch
 
     return (device_arch(torch.device("cuda", torch.cuda.current_device())),)
 
@@ -207,9 +207,9 @@ def _tune(source: ModelSource, out_dir: Path, options: BuildOptions,
     gpu_arch = _gpu_arches()
     if (options.tune and gpu_arch and gpu_arch[0] in arches
             and cuda_ops_unsupported_reason(source.arch, dtype) is None):
-        from server.engine.kernel_store import load_cubins
-        from server.engine.kernels import KernelLibrary
-        from server.engine.tuning import tune_decode_partitions
+        from server.engine.gpu.kernel_store import load_cubins
+        from server.engine.gpu.kernels import KernelLibrary
+        from server.engine.gpu.tuning import tune_decode_partitions
 
         library = KernelLibrary(cubins=load_cubins(out_dir, gpu_arch[0]))
         tuning = tune_decode_partitions(
@@ -313,7 +313,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from server.engine.nvrtc import KernelCompileError, NvrtcUnavailableError
+    from server.engine.gpu.nvrtc import KernelCompileError, NvrtcUnavailableError
 
     try:
         options = BuildOptions(
@@ -333,7 +333,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m server.engine.build MODEL --output DIR ...`, the same as `inflightd build`."""
+    """`python -m server.engine.loading.build MODEL --output DIR ...`, the same as `inflightd build`."""
     parser = argparse.ArgumentParser(prog="inflightd")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["build", *(sys.argv[1:] if argv is None else argv)])

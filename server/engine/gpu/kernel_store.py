@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from server.engine.nvrtc import CSRC_DIR, nvrtc_version, source_hash
+from server.engine.gpu.nvrtc import CSRC_DIR, nvrtc_version, source_hash
 
 MANIFEST_FORMAT = 1
 

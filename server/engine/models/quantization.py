@@ -22,7 +22,7 @@ import torch
 
 from server.config import QUANTIZATIONS
 from server.engine.models.config import ModelArchConfig
-from server.engine.weight_layout import weight_shapes
+from server.engine.models.weight_layout import weight_shapes
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite e4m3 value

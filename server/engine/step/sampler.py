@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from server.engine.bad_words import BannedTokens, apply_banned_tokens, build_banned_tokens
-from server.engine.inputs import host_to_device
-from server.engine.logit_bias import LogitBiasTensors, apply_logit_bias
-from server.engine.penalties import PenaltyTensors, apply_penalties
+from server.engine.step.bad_words import BannedTokens, apply_banned_tokens, build_banned_tokens
+from server.engine.step.inputs import host_to_device
+from server.engine.step.logit_bias import LogitBiasTensors, apply_logit_bias
+from server.engine.step.penalties import PenaltyTensors, apply_penalties
 from server.scheduler.output import TokenLogprobs
 from server.scheduler.request import SamplingParams
 

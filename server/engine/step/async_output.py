@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from server.engine.inputs import host_to_device
+from server.engine.step.inputs import host_to_device
 from server.scheduler.output import ModelOutput
 
 

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-CSRC_DIR = Path(__file__).resolve().parents[2] / "csrc"
+CSRC_DIR = Path(__file__).resolve().parents[3] / "csrc"
 _HEADERS_NEEDED = ("cuda_bf16.h", "cuda_fp16.h")
 
 

@@ -7,9 +7,9 @@
                                    (absent for dummy models, which are regenerated from their
                                    shape and seed)
     DIR/tokenizer.json, ...        tokenizer files, copied when the model has them
-    DIR/kernels/manifest.json      cubins per GPU arch (server.engine.kernel_store)
+    DIR/kernels/manifest.json      cubins per GPU arch (server.engine.gpu.kernel_store)
     DIR/kernels/<arch>/*.cubin
-    DIR/tuning.json                kernel choices timed on the build GPU (server.engine.tuning)
+    DIR/tuning.json                kernel choices timed on the build GPU (server.engine.gpu.tuning)
 
 Transformers reads config.json as usual and ignores the extra section, so the directory also
 opens as a Hugging Face checkpoint when it holds weights.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from server.config import QUANTIZATIONS
 from server.engine.models.config import ModelArchConfig
-from server.engine.weights import TOKENIZER_FILES, ModelSource
+from server.engine.loading.weights import TOKENIZER_FILES, ModelSource
 
 ENGINE_FORMAT = 1
 ENGINE_SECTION = "inflightd_engine"

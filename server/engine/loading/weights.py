@@ -18,15 +18,15 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from server.config import DEFAULT_MODEL
-from server.engine import default_model
-from server.engine.dummy import DUMMY_CONFIGS, DUMMY_PREFIX, dummy_hf_config, iter_dummy_weights
+from server.engine.loading import default_model
+from server.engine.loading.dummy import DUMMY_CONFIGS, DUMMY_PREFIX, dummy_hf_config, iter_dummy_weights
 from server.engine.models.checkpoint_names import AS_IS, TRANSPOSED, engine_name, \
     to_engine_layout
 from server.engine.parallel.shard_weights import WHOLE, shard_named, shard_rule
 from server.engine.parallel.tensor_parallel import ShardPlan
 from server.engine.models.config import ModelArchConfig, UnsupportedModelError
-from server.engine.quantization import stored_layout
-from server.engine.weight_layout import num_weight_bytes
+from server.engine.models.quantization import stored_layout
+from server.engine.models.weight_layout import num_weight_bytes
 
 # Loads smaller than this finish in about a second; a progress bar would only flicker.
 PROGRESS_MIN_BYTES = 1 << 30
@@ -78,7 +78,7 @@ def resolve_model(model: str, *, cache_dir: Path | None = None) -> ModelSource:
         return _resolve_dummy(model, cache_dir=cache_dir)
     path = Path(model).expanduser()
     if path.is_dir():  # a local directory wins over a same-named hub id, as in transformers
-        from server.engine.engine_dir import is_engine_dir, resolve_engine_dir
+        from server.engine.loading.engine_dir import is_engine_dir, resolve_engine_dir
 
         if is_engine_dir(path):
             return resolve_engine_dir(path)[0]

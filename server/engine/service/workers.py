@@ -24,7 +24,7 @@ from datetime import timedelta
 import torch
 
 from server.engine.parallel.tensor_parallel import TensorParallel
-from server.engine.weights import ModelSource
+from server.engine.loading.weights import ModelSource
 
 logger = logging.getLogger("inflightd.engine")
 START_TIMEOUT_S = 600  # loading a large shard from a slow disk
@@ -151,7 +151,7 @@ def _worker_main(rank: int, world_size: int, backend: str, init_method: str,
 
 
 def _build_runner(spec: RunnerSpec, *, rank: int, world_size: int, device_type: str):
-    from server.engine.runner import ModelRunner
+    from server.engine.step.runner import ModelRunner
 
     device = torch.device("cuda", rank) if device_type == "cuda" else torch.device("cpu")
     if device_type == "cpu":

@@ -30,20 +30,20 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from server.config import CacheConfig, ModelConfig
-from server.engine.async_output import InFlightStep, TokenFeedback
-from server.engine.bad_words import bans_tokens
-from server.engine.cuda_graphs import DecodeGraphRunner
-from server.engine.inputs import host_to_device, prepare_inputs
+from server.engine.step.async_output import InFlightStep, TokenFeedback
+from server.engine.step.bad_words import bans_tokens
+from server.engine.step.cuda_graphs import DecodeGraphRunner
+from server.engine.step.inputs import host_to_device, prepare_inputs
 from server.engine.models.llama import LlamaModel
 from server.engine.parallel.shard_weights import shard_named
-from server.engine.quantization import quantize_checkpoint
+from server.engine.models.quantization import quantize_checkpoint
 from server.engine.parallel.tensor_parallel import NO_TENSOR_PARALLEL, TensorParallel
 from server.engine.ops import Ops
-from server.engine.ops_choice import (default_ops, engine_config, is_cuda_ops, resolve_device,
+from server.engine.gpu.ops_choice import (default_ops, engine_config, is_cuda_ops, resolve_device,
                                        resolve_dtype)
-from server.engine.sampler import (MIN_TEMPERATURE, RequestSamplingState, Sampler,
+from server.engine.step.sampler import (MIN_TEMPERATURE, RequestSamplingState, Sampler,
                                    SamplingBatch, adjusted_logits)
-from server.engine.weights import ModelSource, iter_weights, resolve_model
+from server.engine.loading.weights import ModelSource, iter_weights, resolve_model
 from server.kvcache.kv_pool import KVPool, check_kv_cache_kernels, kv_cache_dtype_for
 from server.scheduler.output import ModelOutput, NewRequestData, SchedulerOutput
 from server.structured_output.timing import GrammarStepTimes

@@ -1,6 +1,6 @@
 """What the engine tells the api process about itself: plain dataclasses, importable
 without torch (the api process has none), sent as they are over the engine's socket
-(msgspec encodes dataclasses; server/engine/messages.py)."""
+(msgspec encodes dataclasses; server/engine/service/messages.py)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""One engine step: inputs from the scheduler's plan, the runner, sampling and what feeds the next step."""
