@@ -71,6 +71,16 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     serve.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
                        help="split the model over N ranks, one process each (default 1)")
+    serve.add_argument("--nnodes", type=int, default=1,
+                       help="nodes the ranks are spread over, the same number on each")
+    serve.add_argument("--node-rank", type=int, default=0,
+                       help="this node's index (0: the node that serves HTTP and runs rank 0)")
+    serve.add_argument("--master-addr", default="127.0.0.1",
+                       help="node 0's address, where the ranks meet")
+    serve.add_argument("--master-port", type=int, default=None,
+                       help="node 0's port for the ranks to meet (needed with --nnodes > 1)")
+    serve.add_argument("--headless", action="store_true",
+                       help="run only this node's ranks (--node-rank > 0), no HTTP")
     serve.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
                        help="fp8: linear layers in FP8 with per-channel weight and per-token "
                             "activation scales, quantized at load (default: none, or what "
@@ -157,7 +167,9 @@ def serve_config(args: argparse.Namespace):
         model=ModelConfig(model=model, dtype=args.dtype, device=args.device,
                           max_model_len=args.max_model_len, seed=args.seed,
                           enforce_eager=args.enforce_eager, quantization=args.quantization,
-                          tensor_parallel_size=args.tensor_parallel_size),
+                          tensor_parallel_size=args.tensor_parallel_size, nnodes=args.nnodes,
+                          node_rank=args.node_rank, master_addr=args.master_addr,
+                          master_port=args.master_port),
         cache=CacheConfig(block_size=args.block_size, kv_cache_tokens=args.kv_cache_tokens,
                           memory_fraction=args.memory_fraction,
                           enable_prefix_caching=not args.disable_prefix_caching,
@@ -202,10 +214,15 @@ def kv_events_config(args: argparse.Namespace) -> KVEventsConfig | None:
 def run_serve(args: argparse.Namespace) -> int:
     try:
         config = serve_config(args)
+        if args.headless != (config.model.node_rank > 0):
+            raise ValueError("--headless is for the nodes other than node 0 (--node-rank > 0), "
+                             "and those run headless")
     except ValueError as exc:
         print(f"inflightd serve: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(level=args.log_level, log_format=args.log_format)
+    if args.headless:
+        return run_headless_node(config.model)
     import uvicorn
 
     from server.api.app import create_app
@@ -253,6 +270,15 @@ def _plugin_register(module_name: str):
             return None  # that subcommand is not part of this install
         raise
     return getattr(module, "register", None)
+
+
+def run_headless_node(model_config: ModelConfig) -> int:
+    """A node other than 0: its tensor-parallel ranks, joined to node 0's engine."""
+    from server.engine.gpu.ops_choice import resolve_device
+    from server.engine.service.workers import placement_of, run_headless
+
+    return run_headless(placement_of(model_config),
+                        device_type=resolve_device(model_config.device).type)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

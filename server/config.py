@@ -101,12 +101,26 @@ class ModelConfig:
     # "fp8": linear weights and activations in FP8 (server.engine.models.quantization). None: none,
     # unless the engine directory was built with one.
     quantization: str | None = None
-    # ranks the model is split over (server/engine/parallel/): one process per rank
+    # ranks the model is split over (server/engine/parallel/): one process per rank, on
+    # nnodes nodes; this is node node_rank, and rank 0 (node 0) meets the others at
+    # master_addr:master_port
     tensor_parallel_size: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.tensor_parallel_size >= 1,
                  f"--tensor-parallel-size must be >= 1, got {self.tensor_parallel_size}")
+        _require(self.nnodes >= 1 and 0 <= self.node_rank < self.nnodes,
+                 f"--node-rank must be in 0..{self.nnodes - 1} (--nnodes {self.nnodes}), "
+                 f"got {self.node_rank}")
+        _require(self.tensor_parallel_size % self.nnodes == 0,
+                 f"--tensor-parallel-size {self.tensor_parallel_size} must be a multiple of "
+                 f"--nnodes {self.nnodes} (the same number of ranks on each node)")
+        _require(self.nnodes == 1 or self.master_port is not None,
+                 "several nodes need --master-addr and --master-port (node 0's rendezvous)")
         _require(self.quantization in (None, *QUANTIZATIONS),
                  f"--quantization must be one of {', '.join(QUANTIZATIONS)} (or left out), "
                  f"got {self.quantization!r}")

@@ -23,7 +23,7 @@ from server.engine.step.async_output import InFlightStep
 from server.engine.service.info import EngineInfo, EngineStats
 from server.engine.gpu.ops_choice import attends_within_windows, resolve_device
 from server.engine.parallel.tensor_parallel import check_shardable
-from server.engine.service.workers import RunnerSpec, WorkerGroup
+from server.engine.service.workers import RunnerSpec, WorkerGroup, placement_of
 from server.engine.step.runner import ModelRunner
 from server.engine.loading.weights import ModelSource, resolve_model
 from server.kvcache.events import KVCacheRecord, KVEventRecorder
@@ -241,7 +241,8 @@ def _start_runner(model_config: ModelConfig, cache_config: CacheConfig, *,
     # collectives inside CUDA graphs come with the multi-GPU work: eager steps until then
     model_config = replace(model_config, enforce_eager=True)
     check_shardable(source.arch, size)
-    workers = WorkerGroup(world_size=size, device_type=resolve_device(model_config.device).type)
+    workers = WorkerGroup(placement_of(model_config),
+                          device_type=resolve_device(model_config.device).type)
     try:
         runner = ModelRunner.from_config(model_config, cache_config, source=source,
                                          max_num_seqs=max_num_seqs, max_model_len=max_model_len,

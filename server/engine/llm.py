@@ -41,7 +41,9 @@ class LLM:
                  enable_prefix_caching: bool = True, seed: int = 0,
                  enforce_eager: bool = False, async_scheduling: bool | None = None,
                  quantization: str | None = None, kv_cache_dtype: str = "auto",
-                 kv_admission: str = "optimistic", tensor_parallel_size: int = 1) -> None:
+                 kv_admission: str = "optimistic", tensor_parallel_size: int = 1,
+                 nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
+                 master_port: int | None = None) -> None:
         """tensor_parallel_size > 1 starts that many ranks minus this process as worker
         processes; close() (or leaving a `with LLM(...)` block, or the interpreter's exit)
         stops them."""
@@ -52,7 +54,9 @@ class LLM:
             model_config=ModelConfig(model=model, dtype=dtype, device=device,
                                      max_model_len=max_model_len, seed=seed,
                                      enforce_eager=enforce_eager, quantization=quantization,
-                                     tensor_parallel_size=tensor_parallel_size),
+                                     tensor_parallel_size=tensor_parallel_size,
+                                     nnodes=nnodes, node_rank=node_rank,
+                                     master_addr=master_addr, master_port=master_port),
             cache_config=CacheConfig(block_size=block_size, num_blocks=num_blocks,
                                      kv_cache_tokens=kv_cache_tokens,
                                      memory_fraction=memory_fraction,

@@ -1,19 +1,26 @@
 """The tensor-parallel engine on the CPU: worker processes over gloo beside rank 0 in this
 process give the one-process engine's tokens, with async scheduling too (rank 0's sampled
 tokens reach the workers for the next step's inputs); a killed worker ends it with an error
-naming the rank, and no worker outlives close()."""
+naming the rank, and no worker outlives close(); two "nodes" on one machine (one of them
+`inflightd serve --headless`) give the same tokens."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from server.engine.llm import LLM
 from server.engine.service.workers import WorkerDiedError
 from server.scheduler.request import SamplingParams
+from tests.api.daemon import free_port
 from tests.golden.helpers import make_hf_model, single_torch_thread
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 PROMPTS = [[5, 17, 33, 2, 9, 40, 41, 42, 7], [100, 7, 8, 44, 45], [9, 9, 8, 7]]
 
@@ -63,3 +70,37 @@ def test_a_killed_worker_ends_the_engine_naming_its_rank(model_dir):
         finally:
             parallel.close()
     assert not worker.is_alive()
+
+
+def test_two_nodes_on_one_machine_give_the_one_process_engines_tokens(model_dir):
+    """Node 1 runs `inflightd serve --headless` (its rank only); node 0 is this process's
+    engine with rank 0; they meet at --master-addr:--master-port."""
+    port = free_port()
+    node_1 = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--headless", "--nnodes", "2",
+         "--node-rank", "1", "--tensor-parallel-size", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(port), "--device", "cpu", "--log-level", "warning"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        with single_torch_thread():
+            expected = llm(model_dir, tensor_parallel_size=1,
+                           async_scheduling=True).generate(PROMPTS, params())
+            with LLM(model_dir, device="cpu", kv_cache_tokens=256, block_size=4,
+                     max_num_batched_tokens=8, tensor_parallel_size=2, nnodes=2,
+                     node_rank=0, master_port=port) as node_0:
+                assert node_0.engine.workers._processes == []  # its only rank is 0
+                got = node_0.generate(PROMPTS, params())
+        assert [c.token_ids for c in got] == [c.token_ids for c in expected]
+        assert node_1.wait(timeout=30) == 0, node_1.stdout.read().decode()
+    finally:
+        if node_1.poll() is None:
+            node_1.kill()
+
+
+def test_headless_is_refused_on_node_0_and_several_nodes_need_a_port():
+    for args, message in ((["--headless"], "--headless is for the nodes other than node 0"),
+                          (["--nnodes", "2", "--node-rank", "1", "--tensor-parallel-size", "2",
+                            "--headless"], "need --master-addr and --master-port")):
+        result = subprocess.run([sys.executable, "-m", "server.cli", "serve", *args],
+                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
