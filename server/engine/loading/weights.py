@@ -22,6 +22,8 @@ from server.engine.loading import default_model
 from server.engine.loading.dummy import DUMMY_CONFIGS, DUMMY_PREFIX, dummy_hf_config, iter_dummy_weights
 from server.engine.models.checkpoint_names import AS_IS, TRANSPOSED, engine_name, \
     to_engine_layout
+from server.engine.loading.quantized_checkpoints import (PackedLayer, QuantizedFormat,
+                                                        take_packed_layers)
 from server.engine.parallel.shard_weights import WHOLE, shard_named, shard_rule
 from server.engine.parallel.tensor_parallel import ShardPlan
 from server.engine.models.config import ModelArchConfig, UnsupportedModelError
@@ -145,10 +147,7 @@ def _check_supported_features(hf: dict[str, Any]) -> None:
     """Config features of the supported architectures that the engine does not implement."""
     quantization = hf.get("quantization_config")
     if quantization:
-        method = quantization.get("quant_method", "unknown")
-        raise UnsupportedModelError(
-            f"quantized checkpoints ({method}) are not supported; give a float16, bfloat16 or "
-            "float32 checkpoint")
+        QuantizedFormat.from_hf(quantization)  # GPTQ or AWQ, or an error naming the method
     if hf.get("mlp_bias"):
         raise UnsupportedModelError("mlp_bias=true (biased MLP projections) is not supported")
 
@@ -182,10 +181,12 @@ def iter_weights(source: ModelSource, *, dtype: torch.dtype, device: torch.devic
             if shard is not None:
                 weights = shard_named(source.arch, shard, weights)
         else:
+            packed = source.hf_config.get("quantization_config")
             weights = _iter_safetensors(source.weights_dir, source.arch, dtype=dtype,
                                         device=device, quantization=source.quantization,
                                         engine_named=source.engine_dir is not None,
-                                        shard=shard)
+                                        shard=shard, packed=(QuantizedFormat.from_hf(packed)
+                                                             if packed else None))
         for name, tensor in weights:
             progress.update(tensor.numel() * tensor.element_size())
             yield name, tensor
@@ -193,11 +194,13 @@ def iter_weights(source: ModelSource, *, dtype: torch.dtype, device: torch.devic
 
 def _iter_safetensors(weights_dir: Path, arch: ModelArchConfig, *, dtype: torch.dtype,
                       device: torch.device, quantization: str | None = None,
-                      engine_named: bool = False, shard: ShardPlan | None = None
+                      engine_named: bool = False, shard: ShardPlan | None = None,
+                      packed: QuantizedFormat | None = None
                       ) -> Iterator[tuple[str, torch.Tensor]]:
     """Tensors in `dtype`, except FP8 weights and their float32 scales, which stay as
     stored. engine_named: the files hold the engine's names and layouts already (an
-    `inflightd build` directory), so they are not renamed or reordered a second time."""
+    `inflightd build` directory), so they are not renamed or reordered a second time.
+    packed: a GPTQ or AWQ checkpoint, whose packed layers are read as float weights."""
     layout = stored_layout(arch, dtype=dtype, quantization=quantization)
     expected = {name: shape for name, (shape, _) in layout.items()}
     with ExitStack() as stack:
@@ -209,8 +212,13 @@ def _iter_safetensors(weights_dir: Path, arch: ModelArchConfig, *, dtype: torch.
                 mapped = (stored, AS_IS) if engine_named else engine_name(arch, stored)
                 if mapped is not None:
                     handles[mapped[0]] = (handle, stored, mapped[1])
-        _check_tensor_names(weights_dir, arch, expected, set(handles))
+        layers = take_packed_layers(handles, packed) if packed is not None else {}
+        _check_tensor_names(weights_dir, arch, expected, set(handles) | set(layers))
         for name, shape in expected.items():
+            if name in layers:
+                yield name, _read_packed(weights_dir, layers[name], arch=arch, name=name,
+                                         shape=shape, shard=shard).to(device).to(dtype)
+                continue
             handle, stored, stored_layout_kind = handles[name]
             found = tuple(handle.get_slice(stored).get_shape())
             found = found[::-1] if stored_layout_kind == TRANSPOSED else found
@@ -225,6 +233,15 @@ def _iter_safetensors(weights_dir: Path, arch: ModelArchConfig, *, dtype: torch.
                 if shard is not None:
                     tensor = shard_rule(arch, shard, name).apply(tensor)
             yield name, tensor if layout[name][1] != dtype else tensor.to(dtype)
+
+
+def _read_packed(weights_dir: Path, layer: PackedLayer, *, arch: ModelArchConfig, name: str,
+                 shape: tuple[int, ...], shard: ShardPlan | None) -> torch.Tensor:
+    if layer.shape() != shape:
+        raise WeightsError(f"{weights_dir}: {name} (packed {layer.fmt.method}) has shape "
+                           f"{layer.shape()}, but config.json implies {shape}")
+    weight = layer.read()
+    return weight if shard is None else shard_rule(arch, shard, name).apply(weight)
 
 
 def _read(handle, stored: str, kind: str, *, arch: ModelArchConfig, name: str,
