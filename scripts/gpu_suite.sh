@@ -14,6 +14,7 @@
 #   bench     bench/offline.py on BENCH_MODEL with the issue's acceptance arguments (and
 #             BENCH_ARGS, e.g. --compare-sync, --compare-fp8)
 #   workloads bench/offline.py --workload: TensorRT-LLM's throughput workloads (issue 15)
+#   families  bench/offline.py on each model family's real-size dummy shape (issue 17)
 #   triton    scripts/triton_burst.sh: 512 requests at once through the OpenAI route and
 #             through Triton's generate_stream on the default model (issue 23; after
 #             "default"; the web stack's wheels as for "daemon", plus numpy)
@@ -137,6 +138,20 @@ if has workloads; then
   timeout 90 python3 bench/offline.py "${common[@]}" --workload 1000/1000:250 \
     --json "$OUT/workloads_bf16.json" 2>&1 | grep -v "it/s]$" | tee "$OUT/workloads_bf16.log"
   rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || fail workloads-bf16 "$rc"
+fi
+
+if has families; then
+  # issue 17's table: each family's real-size dummy shape, batch-1 decode against its
+  # weight-streaming roofline and a 256-request run; FAMILIES overrides the list (the whole
+  # list takes about two 10-minute calls)
+  for shape in ${FAMILIES:-glm-4-9b qwen3-8b phi-3-mini baichuan2-7b starcoder2-7b falcon-7b \
+                 gpt2-xl starcoder-1b gemma-2-9b gemma-3-12b mpt-7b bloom-7b1 baichuan2-13b}
+  do
+    timeout "${FAMILY_TIMEOUT:-150}" python3 bench/offline.py --model "dummy:$shape" \
+      --num-prompts 256 --input-len 128 --output-len 128 --skip-peers \
+      --json "$OUT/family_$shape.json" 2>&1 | grep -v "it/s]$" | tee "$OUT/family_$shape.log"
+    rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || fail "families ($shape)" "$rc"
+  done
 fi
 
 if has daemon; then
