@@ -56,6 +56,19 @@ def test_rows_match_prepare_inputs_and_padding_writes_outside_the_pool():
     assert staging.query_start_loc[:5].tolist() == [0, 1, 2, 3, 4]
 
 
+def test_a_long_rope_request_reads_its_rotary_rows_further_on_and_its_slots_do_not_move():
+    staging = DecodeStaging(max_batch_size=8, table_width=6, pin_memory=False)
+    long = ScheduledRequest("a", (11,), 9, (7, 3, 5), True, rope_table=1)
+    scheduled = (long, decode("b", 12, 2, (2,)))
+    staging.fill(scheduled, batch_size=2, block_size=BLOCK_SIZE, num_slots=NUM_SLOTS,
+                 rope_table_rows=100)
+    ref = prepare_inputs(SchedulerOutput(scheduled, (), (), (), 2), block_size=BLOCK_SIZE,
+                         device="cpu", rope_table_rows=100)
+    assert staging.positions[:2].tolist() == ref.positions.tolist() == [109, 2]
+    assert staging.slot_mapping[:2].tolist() == ref.attn.slot_mapping.tolist() == [21, 10]
+    assert staging.seq_lens[:2].tolist() == ref.attn.seq_lens.tolist() == [10, 3]
+
+
 def test_one_copy_prefix_covers_every_field_of_the_bucket_rows():
     staging = DecodeStaging(max_batch_size=8, table_width=6, pin_memory=False)
     words = staging.buffer.numpy()

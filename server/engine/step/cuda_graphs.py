@@ -120,12 +120,14 @@ class DecodeStaging:
                     f"{len(s.block_ids)} blocks of {block_size} do not cover it")
         # a pending input's id is written on the device after the copy (TokenFeedback)
         self.input_ids[:n] = [s.token_ids[0] if s.token_ids else 0 for s in scheduled]
-        self.positions[:n] = [p + s.rope_table * rope_table_rows
-                              for s, p in zip(scheduled, positions)]
+        self.positions[:n] = positions
+        if rope_table_rows:  # a LongRoPE request reads its rotary table further on
+            self.positions[:n] += np.fromiter((s.rope_table for s in scheduled), np.int64,
+                                              n) * rope_table_rows
         self.slot_mapping[:n] = [s.block_ids[p // block_size] * block_size + p % block_size
                                  for s, p in zip(scheduled, positions)]
-        self.seq_lens[:n] = [p + 1 for p in positions]
         self.context_lens[:n] = positions
+        self.seq_lens[:n] = self.context_lens[:n] + 1
         row_tables = self._row_tables
         for row, s in enumerate(scheduled):
             if row_tables[row] is not s.block_ids:

@@ -59,7 +59,7 @@ def prepare_inputs(scheduler_output: SchedulerOutput, *, block_size: int,
     scheduled = scheduler_output.scheduled
     input_ids: list[int] = []
     positions: list[int] = []
-    rope_offsets: list[int] = []
+    rope_offsets: list[tuple[int, int, int]] = []  # (start row, end row, offset): LongRoPE
     context_lens: list[int] = []
     query_lens: list[int] = []
     block_table_rows: list[tuple[int, ...]] = []
@@ -80,7 +80,9 @@ def prepare_inputs(scheduler_output: SchedulerOutput, *, block_size: int,
             pending_req_ids.append(req.req_id)
             input_ids.append(0)
         positions.extend(range(req.start_position, end))
-        rope_offsets.extend([req.rope_table * rope_table_rows] * req.num_tokens)
+        if req.rope_table:
+            rope_offsets.append((len(positions) - req.num_tokens, len(positions),
+                                 req.rope_table * rope_table_rows))
         context_lens.append(req.start_position)
         query_lens.append(req.num_tokens)
         block_table_rows.append(req.block_ids)
@@ -113,9 +115,7 @@ def prepare_inputs(scheduler_output: SchedulerOutput, *, block_size: int,
     )
     return StepInputs(
         input_ids=host_to_device(torch.tensor(input_ids, dtype=torch.int64), device),
-        # the model reads its rotary table at these rows (the KV slots come from positions)
-        positions=host_to_device(positions_t + torch.tensor(rope_offsets, dtype=torch.int64),
-                                 device),
+        positions=host_to_device(_rope_rows(positions_t, rope_offsets), device),
         attn=attn,
         sample_indices=host_to_device(torch.tensor(sample_rows, dtype=torch.int64), device),
         sampled_req_ids=tuple(sampled_req_ids),
@@ -131,6 +131,17 @@ def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type != "cuda":
         return tensor
     return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def _rope_rows(positions: torch.Tensor, offsets: list[tuple[int, int, int]]) -> torch.Tensor:
+    """The rows of the rotary table the model reads: the positions, moved on by a LongRoPE
+    request's offset (the KV slots were taken from the positions themselves)."""
+    if not offsets:
+        return positions
+    rows = positions.clone()
+    for start, end, offset in offsets:
+        rows[start:end] += offset
+    return rows
 
 
 def _slot_mapping(positions: torch.Tensor, block_tables: torch.Tensor, query_lens: list[int],
