@@ -28,8 +28,8 @@ import torch
 from server.engine.attention.metadata import AttentionMetadata
 from server.engine.gpu.graph_capture import median_replay_ms
 from server.engine.gpu.kernels import KernelLibrary
-from server.engine.ops.cuda import CudaOps, check_attention_extras
-from server.engine.ops.cuda_attention import paged_attention_into, plan_for
+from server.engine.ops.cuda import CudaOps
+from server.engine.ops.cuda_attention import plan_for
 
 TUNING_FORMAT = 1
 TUNING_FILE = "tuning.json"
@@ -122,17 +122,9 @@ class TunedCudaOps(CudaOps):
         super().__init__(library)
         self.tuning = tuning
 
-    def attention(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
-                  scale: float, *, softcap: float | None = None,
-                  alibi_slopes: torch.Tensor | None = None,
-                  window: int | None = None) -> torch.Tensor:
-        check_attention_extras(metadata, softcap=softcap, alibi_slopes=alibi_slopes,
-                               window=window)
-        q = q if q.is_contiguous() else q.contiguous()
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        plan = capped_plan(self.library, q, kv_cache, metadata, self.tuning)
-        paged_attention_into(self.library, out, q, kv_cache, metadata, scale, plan=plan)
-        return out
+    def attention_plan(self, q: torch.Tensor, kv_cache: torch.Tensor,
+                       metadata: AttentionMetadata):
+        return capped_plan(self.library, q, kv_cache, metadata, self.tuning)
 
 
 def capped_plan(library: KernelLibrary, q: torch.Tensor, kv_cache: torch.Tensor,

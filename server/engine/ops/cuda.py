@@ -167,8 +167,14 @@ class CudaOps:
                                window=window)
         q = q if q.is_contiguous() else q.contiguous()
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        paged_attention_into(self.library, out, q, kv_cache, metadata, scale)
+        paged_attention_into(self.library, out, q, kv_cache, metadata, scale,
+                             plan=self.attention_plan(q, kv_cache, metadata))
         return out
+
+    def attention_plan(self, q: torch.Tensor, kv_cache: torch.Tensor,
+                       metadata: AttentionMetadata):
+        """The launch plan for this call; None: the kernels' own choice."""
+        return None
 
 
 def check_attention_extras(metadata: AttentionMetadata, *, softcap: float | None,

@@ -2,8 +2,9 @@
 
 Per step, for logits [S, V] (float32, one row per request that samples):
 
-    penalties (presence, frequency, repetition), then logit_bias
-    bans (bad_words, min_tokens: bad_words.py)    -> the distribution logprobs report
+    penalties (presence, frequency, repetition), then logit_bias and the bans
+    (bad_words, min_tokens: bad_words.py, as biases of -inf)
+                                                  -> the distribution logprobs report
     greedy rows: argmax
     other rows:  / temperature -> min_p -> top_k -> top_p -> softmax
                  token = argmax(probs / noise), noise ~ Exponential(1)
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from server.engine.step.bad_words import BannedTokens, apply_banned_tokens, build_banned_tokens
+from server.engine.step.bad_words import ban_pairs
 from server.engine.step.inputs import host_to_device
 from server.engine.step.logit_bias import LogitBiasTensors, apply_logit_bias
 from server.engine.step.penalties import PenaltyTensors, apply_penalties
@@ -63,8 +64,8 @@ class SamplingBatch:
     top_ks: torch.Tensor | None  # int64 [S]; vocab size where unset; None when no row cuts
     top_ps: torch.Tensor | None  # float32 [S]; None when every top_p is 1
     penalties: PenaltyTensors | None  # None when no row is penalised
-    logit_bias: LogitBiasTensors | None  # None when no row has a logit_bias
-    banned: BannedTokens | None  # None when no row bans a token this step
+    # the rows' logit_bias and this step's bans (-inf); None when no row has either
+    logit_bias: LogitBiasTensors | None
     all_greedy: bool
     random_rows: tuple[int, ...]  # rows that draw noise (not greedy)
     row_seeds: tuple[int | None, ...]  # per row: the noise seed for this step, or None
@@ -95,8 +96,9 @@ class SamplingBatch:
             top_ps=(tensor([p.top_p for p in params], torch.float32)
                     if any(p.top_p < 1 for p in random_params) else None),
             penalties=_build_penalties(states, vocab_size=vocab_size, device=device),
-            logit_bias=LogitBiasTensors.build([p.logit_bias for p in params], device=device),
-            banned=build_banned_tokens(states, vocab_size=vocab_size, device=device),
+            logit_bias=LogitBiasTensors.build(
+                [state.sampling_params.logit_bias + ban_pairs(state, vocab_size=vocab_size)
+                 for state in states], device=device),
             all_greedy=all(greedy),
             random_rows=tuple(row for row, g in enumerate(greedy) if not g),
             row_seeds=tuple(None if p.seed is None else
@@ -128,8 +130,6 @@ def adjusted_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         logits = apply_penalties(logits, batch.penalties)
     if batch.logit_bias is not None:
         logits = apply_logit_bias(logits, batch.logit_bias)
-    if batch.banned is not None:
-        logits = apply_banned_tokens(logits, batch.banned)
     return logits
 
 
