@@ -34,7 +34,7 @@ status=0
 for round in 1 2; do
   for endpoint in completions triton; do
     timeout 300 python3 -m server.cli bench serve --base-url "http://127.0.0.1:$PORT" \
-      --model burst-model --endpoint "$endpoint" --triton-model ensemble --num-prompts "$NUM" \
+      --model burst-model ${MODEL:+--tokenizer "$MODEL"} --endpoint "$endpoint" --triton-model ensemble --num-prompts "$NUM" \
       --input-len "$INPUT_LEN" --output-len "$OUTPUT_LEN" --seed 1 --no-progress \
       --json "$OUT/triton_burst_${endpoint}_$round.json" >"$OUT/triton_burst_${endpoint}_$round.log" 2>&1 \
       || { echo "bench $endpoint round $round failed"; status=1; }
