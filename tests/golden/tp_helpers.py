@@ -36,14 +36,16 @@ def greedy_logits(runner: ModelRunner) -> torch.Tensor:
 
 
 def make_runner(model: str, *, tp: TensorParallel = TensorParallel(),
-                quantization: str | None = None) -> ModelRunner:
-    return ModelRunner(resolve_model(model), dtype=torch.float32, device="cpu",
+                quantization: str | None = None, device: str = "cpu",
+                dtype: torch.dtype = torch.float32) -> ModelRunner:
+    return ModelRunner(resolve_model(model), dtype=dtype, device=device,
                        block_size=BLOCK_SIZE, num_blocks=NUM_BLOCKS, tp=tp,
                        quantization=quantization)
 
 
 def _rank_main(rank: int, world_size: int, init_file: str, models: list[str],
-               quantization: str | None, results) -> None:
+               quantization: str | None, results, devices: tuple[str, ...],
+               dtype: torch.dtype) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}",
                                          rank=rank, world_size=world_size)
@@ -51,8 +53,9 @@ def _rank_main(rank: int, world_size: int, init_file: str, models: list[str],
         for model in models:
             try:
                 logits = greedy_logits(make_runner(
-                    model, tp=TensorParallel(rank, world_size), quantization=quantization))
-                outcome = ("ok", logits)
+                    model, tp=TensorParallel(rank, world_size), quantization=quantization,
+                    device=devices[rank], dtype=dtype))
+                outcome = ("ok", logits.cpu())
             except Exception as exc:  # reported to the test, which names the model
                 outcome = ("error", f"{type(exc).__name__}: {exc}")
             if rank == 0:
@@ -62,15 +65,19 @@ def _rank_main(rank: int, world_size: int, init_file: str, models: list[str],
 
 
 def tensor_parallel_logits(models: list[str], *, world_size: int, tmp_path: Path,
-                           quantization: str | None = None, timeout_s: float = 600
+                           quantization: str | None = None, timeout_s: float = 600,
+                           devices: tuple[str, ...] | None = None,
+                           dtype: torch.dtype = torch.float32
                            ) -> dict[str, tuple[str, object]]:
     """{model: ("ok", rank 0's greedy_logits) or ("error", message)} over world_size
-    processes, each model built and run in turn by every rank."""
+    processes, each model built and run in turn by every rank, rank r on devices[r]
+    (default: all on the CPU); the collectives run over gloo on every device."""
+    devices = devices or ("cpu",) * world_size
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     init_file = str(tmp_path / "tp-init")
     ranks = [context.Process(target=_rank_main, args=(rank, world_size, init_file, models,
-                                                      quantization, results))
+                                                      quantization, results, devices, dtype))
              for rank in range(world_size)]
     for process in ranks:
         process.start()

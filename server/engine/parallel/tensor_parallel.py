@@ -59,9 +59,13 @@ class TensorParallel:
         """[..., d] on every rank -> [..., N d], rank order."""
         if not self.enabled:
             return x
-        parts = [torch.empty_like(x) for _ in range(self.world_size)]
-        torch.distributed.all_gather(parts, x.contiguous(), group=self.group)
-        return torch.cat(parts, dim=-1)
+        # gloo gathers host tensors only (ranks sharing one GPU, or a GPU rank beside CPU
+        # ranks, as the one-GPU tests run): stage through the host there
+        staged = x.is_cuda and torch.distributed.get_backend(self.group) == "gloo"
+        local = x.cpu() if staged else x.contiguous()
+        parts = [torch.empty_like(local) for _ in range(self.world_size)]
+        torch.distributed.all_gather(parts, local, group=self.group)
+        return torch.cat(parts, dim=-1).to(x.device)
 
 
 NO_TENSOR_PARALLEL = TensorParallel()
