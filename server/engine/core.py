@@ -201,8 +201,11 @@ class EngineCore:
         while len(self._in_flight) > keep_in_flight:
             scheduler_output, in_flight = self._in_flight.popleft()
             model_output = self.runner.resolve(in_flight)
-            self._num_generation_tokens_total += len(model_output.sampled_token_ids)
-            outputs += self.scheduler.update(scheduler_output, model_output)
+            step_outputs = self.scheduler.update(scheduler_output, model_output)
+            # the tokens that count: not those of max_tokens 0 or of requests gone since
+            self._num_generation_tokens_total += sum(len(o.new_token_ids)
+                                                     for o in step_outputs)
+            outputs += step_outputs
         return outputs
 
     def set_async_scheduling(self, enabled: bool) -> None:

@@ -2,6 +2,9 @@
 
     llm = LLM("dummy:tiny")  # or a Hugging Face directory, or the default model
     outs = llm.generate(["Hello"], SamplingParams(temperature=0, max_tokens=16))
+
+Scoring a text: SamplingParams(max_tokens=0, prompt_logprobs=k) gives each prompt token's
+logprob (and the model's top k there) in Completion.prompt_logprobs, and generates nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ class Completion:
     finish_reason: str
     num_cached_tokens: int
     logprobs: tuple[TokenLogprobs, ...] | None
+    # with SamplingParams.prompt_logprobs: one entry per prompt token, None for the first
+    # (it has no context), as vLLM's offline API gives them
+    prompt_logprobs: tuple[TokenLogprobs | None, ...] | None = None
 
 
 class LLM:
@@ -118,6 +124,7 @@ class LLM:
             self.engine.add_request(req_id, tokens, p)
         produced: dict[str, list[int]] = {req_id: [] for req_id in req_ids}
         logprobs: dict[str, list[TokenLogprobs]] = {req_id: [] for req_id in req_ids}
+        prompt_logprobs: dict[str, tuple[TokenLogprobs | None, ...]] = {}
         finals = {}
         with tqdm(total=len(req_ids), disable=not use_tqdm, desc="generating") as bar:
             while self.engine.has_unfinished():
@@ -126,20 +133,25 @@ class LLM:
                 for out in outputs:
                     produced[out.req_id].extend(out.new_token_ids)
                     logprobs[out.req_id].extend(out.logprobs or ())
+                    if out.prompt_logprobs is not None:
+                        prompt_logprobs[out.req_id] = (None, *out.prompt_logprobs)
                     if out.finished:
                         finals[out.req_id] = out
                         bar.update(1)
-        return [self._completion(tokens, produced[r], finals[r], logprobs[r], p)
+        return [self._completion(tokens, produced[r], finals[r], logprobs[r], p,
+                                 prompt_logprobs.get(r))
                 for r, tokens, p in zip(req_ids, token_lists, params)]
 
-    def _completion(self, prompt, token_ids, final, logprobs, params) -> Completion:
+    def _completion(self, prompt, token_ids, final, logprobs, params,
+                    prompt_logprobs) -> Completion:
         text = None
         if self.tokenizer is not None:
             text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
         return Completion(prompt_token_ids=tuple(prompt), token_ids=tuple(token_ids),
                           text=text, finish_reason=final.finish_reason,
                           num_cached_tokens=final.num_cached_tokens,
-                          logprobs=tuple(logprobs) if params.logprobs is not None else None)
+                          logprobs=tuple(logprobs) if params.logprobs is not None else None,
+                          prompt_logprobs=prompt_logprobs)
 
 
 def _raise_rejections(engine, req_ids: list[str]) -> None:

@@ -144,26 +144,30 @@ class BlockManager:
 
     # ---- new requests ----------------------------------------------------------------------
 
-    def num_cached_prefix_tokens(self, token_ids: Sequence[int], *, salt: int = 0) -> int:
+    def num_cached_prefix_tokens(self, token_ids: Sequence[int], *, salt: int = 0,
+                                 reuse_prefix: bool = True) -> int:
         """How many leading tokens a new request with these tokens would find cached.
         salt: KV computed differently from the same tokens (Phi-3's long rotary table)
-        is cached apart, under its own salt."""
-        return len(self._match_prefix(token_ids, salt).block_ids) * self.block_size
+        is cached apart, under its own salt. reuse_prefix=False: the request takes no hit
+        (it needs every position computed, e.g. for its prompt logprobs); 0."""
+        return len(self._match_prefix(token_ids, salt, reuse_prefix).block_ids) \
+            * self.block_size
 
     def can_allocate(self, token_ids: Sequence[int], num_tokens: int, *,
-                     salt: int = 0) -> bool:
-        """Whether allocate(req_id, token_ids, num_tokens, salt=salt) would succeed now."""
-        match = self._match_prefix(token_ids, salt)
+                     salt: int = 0, reuse_prefix: bool = True) -> bool:
+        """Whether allocate(req_id, token_ids, num_tokens, ...) would succeed now."""
+        match = self._match_prefix(token_ids, salt, reuse_prefix)
         return self._num_blocks_to_take(match, num_tokens) <= self.num_free_blocks
 
     def allocate(self, req_id: str, token_ids: Sequence[int], num_tokens: int, *,
-                 salt: int = 0) -> BlockTable:
+                 salt: int = 0, reuse_prefix: bool = True) -> BlockTable:
         """Give a new request blocks covering its first num_tokens positions, reusing the
-        longest cached prefix of token_ids (under the same salt). Raises NoFreeBlocksError
-        when they do not fit."""
+        longest cached prefix of token_ids (under the same salt) unless not reuse_prefix.
+        Either way its full blocks join the prefix cache once computed. Raises
+        NoFreeBlocksError when they do not fit."""
         if req_id in self._requests:
             raise DuplicateRequestError(f"request {req_id!r} already holds KV blocks")
-        match = self._match_prefix(token_ids, salt)
+        match = self._match_prefix(token_ids, salt, reuse_prefix)
         num_to_take = self._num_blocks_to_take(match, num_tokens)
         if num_to_take > self.num_free_blocks:
             raise NoFreeBlocksError(num_to_take, self.num_free_blocks)
@@ -174,7 +178,7 @@ class BlockManager:
         num_new = max(self.num_blocks_for(num_tokens) - len(match.block_ids), 0)
         block_ids = match.block_ids + [self._take_free_block() for _ in range(num_new)]
         num_cached_tokens = len(match.block_ids) * self.block_size
-        if self.enable_prefix_caching:
+        if self.enable_prefix_caching and reuse_prefix:  # else it asked the cache nothing
             self.prefix_cache_queries += len(token_ids)
             self.prefix_cache_hits += num_cached_tokens
         blocks = _RequestBlocks(block_ids, num_cached_tokens, len(match.block_ids),
@@ -290,15 +294,17 @@ class BlockManager:
             raise UnknownRequestError(f"request {req_id!r} holds no KV blocks")
         return blocks
 
-    def _match_prefix(self, token_ids: Sequence[int], salt: int) -> _PrefixMatch:
-        """The longest run of cached full blocks at the head of token_ids. At least one
-        token is always left to compute, so the model has a position to produce logits
-        at: the hit is capped at num_tokens - 1, rounded down to whole blocks."""
+    def _match_prefix(self, token_ids: Sequence[int], salt: int,
+                      reuse_prefix: bool = True) -> _PrefixMatch:
+        """The longest run of cached full blocks at the head of token_ids (none unless
+        reuse_prefix). At least one token is always left to compute, so the model has a
+        position to produce logits at: the hit is capped at num_tokens - 1, rounded down
+        to whole blocks."""
         block_ids: list[int] = []
         # a salted chain starts from a pseudo block no real block can equal (one negative
         # token), so it shares no hash with the unsalted chains
         last_hash = None if salt == 0 else hash_block_tokens(None, (-1 - salt,))
-        if not self.enable_prefix_caching:
+        if not self.enable_prefix_caching or not reuse_prefix:
             return _PrefixMatch(block_ids, last_hash)
         for index in range((len(token_ids) - 1) // self.block_size):
             block_hash = hash_block_tokens(

@@ -20,9 +20,8 @@ from server.scheduler.request import Request
 
 
 def max_blocks(request: Request, block_size: int) -> int:
-    """Blocks the request holds at its longest: the last sampled token needs no slot."""
-    return -(-(request.num_prompt_tokens + request.sampling_params.max_tokens - 1)
-             // block_size)
+    """Blocks the request holds at its longest (Request.max_kv_slots)."""
+    return -(-request.max_kv_slots // block_size)
 
 
 class OptimisticAdmission:

@@ -68,22 +68,36 @@ class SchedulerOutput:
 
 @dataclass(frozen=True)
 class TokenLogprobs:
-    """The sampled token's logprob and the top-k alternatives, highest first."""
+    """A token's logprob and the top-k alternatives, highest first: the sampled token's,
+    or a prompt token's (then with its rank, 1 for the model's most likely token)."""
 
     token_id: int
     logprob: float
     top_token_ids: tuple[int, ...]
     top_logprobs: tuple[float, ...]
+    rank: int | None = None
+
+
+@dataclass(frozen=True)
+class PromptLogprobsChunk:
+    """One step's prompt logprobs for one request: entries[i] is prompt token
+    first_index + i's (first_index >= 1: the first prompt token has no context)."""
+
+    req_id: str
+    first_index: int
+    entries: tuple[TokenLogprobs, ...]
 
 
 @dataclass(frozen=True)
 class ModelOutput:
     """The runner's answer: one sampled token for each scheduled request with sample=True,
-    in the order they were scheduled."""
+    in the order they were scheduled; and the prompt logprobs the step computed for the
+    requests that want them (any scheduled request, sampled or not)."""
 
     req_ids: tuple[str, ...]
     sampled_token_ids: tuple[int, ...]
     logprobs: tuple[TokenLogprobs | None, ...] | None = None
+    prompt_logprobs: tuple[PromptLogprobsChunk, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,9 @@ class RequestOutput:
     num_prompt_tokens: int
     num_cached_tokens: int
     logprobs: tuple[TokenLogprobs, ...] | None = None
+    # With SamplingParams.prompt_logprobs, on the request's first output: prompt tokens
+    # 1 .. n-1's (the first has no context, so none)
+    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
 
     @property
     def finished(self) -> bool:

@@ -9,8 +9,12 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from server.structured_output.spec import GrammarSpec
+
+if TYPE_CHECKING:  # output.py imports this module
+    from server.scheduler.output import TokenLogprobs
 
 MAX_LOGPROBS = 20
 # OpenAI's logit_bias limits (server/engine/step/logit_bias.py applies it)
@@ -27,6 +31,8 @@ class SamplingParams:
     top_k: int | None = None  # None: no top-k cut
     min_p: float = 0.0
     seed: int | None = None
+    # 0: compute the prompt and sample nothing (for its prompt logprobs, as an evaluation
+    # client scoring text asks)
     max_tokens: int = 16
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
@@ -34,6 +40,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logprobs: int | None = None  # None: no logprobs; k: the sampled one plus top k
+    # None: none; k: each prompt token's logprob (from the second on), its rank and the
+    # model's top k there, computed during prefill (server/engine/step/prompt_logprobs.py)
+    prompt_logprobs: int | None = None
     grammar: GrammarSpec | None = None  # the output must follow it (structured outputs)
     # (token_id, bias) pairs added to those tokens' logits before sampling, ids distinct
     logit_bias: tuple[tuple[int, float], ...] = ()
@@ -59,15 +68,17 @@ class SamplingParams:
                "top_k", f"must be None or >= 1, got {self.top_k}")
         _check(math.isfinite(self.min_p) and 0 <= self.min_p <= 1,
                "min_p", f"must be in [0, 1], got {self.min_p}")
-        _check(self.max_tokens >= 1, "max_tokens", f"must be >= 1, got {self.max_tokens}")
+        _check(self.max_tokens >= 0, "max_tokens", f"must be >= 0, got {self.max_tokens}")
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             _check(math.isfinite(value) and -2 <= value <= 2,
                    name, f"must be in [-2, 2], got {value}")
         _check(math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
                "repetition_penalty", f"must be > 0, got {self.repetition_penalty}")
-        _check(self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
-               "logprobs", f"must be None or in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            _check(value is None or 0 <= value <= MAX_LOGPROBS,
+                   name, f"must be None or in [0, {MAX_LOGPROBS}], got {value}")
 
     @property
     def greedy(self) -> bool:
@@ -148,6 +159,13 @@ class Request:
     num_pending_tokens: int = 0
     rope_table: int = 0  # the rotary table its cached KV was computed with (LongRoPE)
     status: RequestStatus = RequestStatus.WAITING
+    # While its prompt logprobs are wanted and not yet handed out (with its first sampled
+    # token): entry i is prompt token i + 1's, gathered chunk by chunk; None otherwise.
+    prompt_logprobs: list[TokenLogprobs] | None = None
+
+    def __post_init__(self) -> None:
+        if self.sampling_params.prompt_logprobs is not None and not self.output_token_ids:
+            self.prompt_logprobs = []
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -160,3 +178,9 @@ class Request:
     @property
     def all_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def max_kv_slots(self) -> int:
+        """KV slots it holds at its longest: the last sampled token is never fed back, so
+        it needs none; every prompt token needs one (max_tokens 0 samples nothing)."""
+        return self.num_prompt_tokens + max(self.sampling_params.max_tokens - 1, 0)

@@ -29,6 +29,10 @@ update() never reports it again, and the next SchedulerOutput lists it in finish
 
 A request with a grammar still compiling is added with awaits_grammar: it is held aside,
 out of the waiting queue (so it holds nobody back), until grammar_ready() queues it.
+
+A request that wants prompt logprobs gathers them from each step's model output
+(prompt_logprobs.py) and gets them with its first token; until then it takes no prefix-cache
+hit. With max_tokens 0 that first token is dropped: the request ends there, "length".
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from server.scheduler.errors import (ModelOutputMismatchError, RequestRejectedEr
 from server.scheduler.admission import make_admission
 from server.scheduler.output import (ModelOutput, NewRequestData, RequestOutput,
                                      ScheduledRequest, SchedulerOutput, TokenLogprobs)
+from server.scheduler.prompt_logprobs import gather_prompt_logprobs, take_prompt_logprobs
 from server.scheduler.policy import make_policy
 from server.scheduler.request import Request, RequestStatus
 from server.scheduler.stats import SchedulerStats
@@ -246,12 +251,18 @@ class Scheduler:
         the chunk's token count, or None when the blocks do not fit now."""
         token_ids = request.all_token_ids
         salt = self._rope_table(request)  # KV of the long rotary table is cached apart
-        num_cached = self._block_manager.num_cached_prefix_tokens(token_ids, salt=salt)
+        # Prompt logprobs come from the logits at every prompt position, which a prefix hit
+        # would skip: a request still owed them takes no hit (its own blocks are cached
+        # for others as usual). Recomputing the hit blocks' positions is the cheap way to
+        # get their logits; once they are out (with the first token) a resume may hit.
+        blocks, reuse = self._block_manager, request.prompt_logprobs is None
+        num_cached = blocks.num_cached_prefix_tokens(token_ids, salt=salt, reuse_prefix=reuse)
         num_new = min(request.num_tokens - num_cached, budget)
-        if not self._block_manager.can_allocate(token_ids, num_cached + num_new, salt=salt):
+        if not blocks.can_allocate(token_ids, num_cached + num_new, salt=salt,
+                                   reuse_prefix=reuse):
             return None
-        table = self._block_manager.allocate(request.req_id, token_ids, num_cached + num_new,
-                                             salt=salt)
+        table = blocks.allocate(request.req_id, token_ids, num_cached + num_new, salt=salt,
+                                reuse_prefix=reuse)
         request.rope_table = salt
         if request.status is RequestStatus.WAITING:  # first admission, not a resume
             request.num_cached_tokens = table.num_cached_tokens
@@ -294,11 +305,14 @@ class Scheduler:
         outputs: list[RequestOutput] = []
         requests = self._requests
         block_size = self._block_manager.block_size
+        prompt_chunks = {c.req_id: c for c in model_output.prompt_logprobs}
         for chunk in scheduler_output.scheduled:
             token_id, logprobs = next(sampled) if chunk.sample else (None, None)
             request = requests.get(chunk.req_id)
             if request is None:
                 continue  # finished or aborted since schedule(); nothing more to report
+            if prompt_chunks:
+                gather_prompt_logprobs(request, prompt_chunks.get(chunk.req_id))
             if chunk.sample and not request.num_pending_tokens:
                 raise StaleSchedulerOutputError(
                     f"request {request.req_id!r} has no token in flight; pass update() "
@@ -320,8 +334,13 @@ class Scheduler:
     def _append_token(self, request: Request, token_id: int,
                       logprobs: TokenLogprobs | None) -> RequestOutput:
         request.num_pending_tokens -= 1
-        request.output_token_ids.append(token_id)
-        finish_status = _stop_status(request, token_id)
+        prompt_logprobs = take_prompt_logprobs(request)
+        if request.sampling_params.max_tokens == 0:  # the prompt alone was wanted
+            token_id, logprobs = None, None
+            finish_status = RequestStatus.FINISHED_LENGTH
+        else:
+            request.output_token_ids.append(token_id)
+            finish_status = _stop_status(request, token_id)
         if finish_status is not None:
             if request.status is RequestStatus.RUNNING:
                 _remove_by_identity(self._running, request)
@@ -330,7 +349,8 @@ class Scheduler:
             else:  # preempted while its token was in flight
                 self._waiting.remove(request)
             self._retire(request, finish_status)
-        return _request_output(request, (token_id,), logprobs)
+        return _request_output(request, () if token_id is None else (token_id,), logprobs,
+                               prompt_logprobs)
 
     def _retire(self, request: Request, status: RequestStatus) -> None:
         request.status = status
@@ -353,14 +373,13 @@ class Scheduler:
                 f"prompt ({request.num_prompt_tokens} tokens) + max_tokens ({max_tokens}) = "
                 f"{total} is beyond the maximum context length of "
                 f"{self._config.max_model_len} tokens; shorten the prompt or lower max_tokens")
-        # the last sampled token is never fed back, so it needs no KV slot
-        num_blocks = self._most_blocks_held(total - 1)
+        num_blocks = self._most_blocks_held(request.max_kv_slots)
         if num_blocks > self._block_manager.num_blocks:
             capacity = self._block_manager.num_blocks * self._block_manager.block_size
             raise RequestRejectedError(
                 "kv_cache_too_small",
-                f"prompt + max_tokens needs {total - 1} KV slots but the whole KV cache "
-                f"holds {capacity}; lower max_tokens or give the cache more memory")
+                f"prompt + max_tokens needs {request.max_kv_slots} KV slots but the whole "
+                f"KV cache holds {capacity}; lower max_tokens or give the cache more memory")
 
 
     def _most_blocks_held(self, num_slots: int) -> int:
@@ -397,12 +416,14 @@ def _stop_status(request: Request, token_id: int) -> RequestStatus | None:
 
 
 def _request_output(request: Request, new_token_ids: tuple[int, ...],
-                    logprobs: TokenLogprobs | None) -> RequestOutput:
+                    logprobs: TokenLogprobs | None,
+                    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None) -> RequestOutput:
     return RequestOutput(
         req_id=request.req_id, new_token_ids=new_token_ids,
         finish_reason=request.status.finish_reason, num_prompt_tokens=request.num_prompt_tokens,
         num_cached_tokens=request.num_cached_tokens,
-        logprobs=None if logprobs is None else (logprobs,))
+        logprobs=None if logprobs is None else (logprobs,), prompt_logprobs=prompt_logprobs)
+
 
 
 def _remove_by_identity(requests: list[Request], request: Request) -> None:

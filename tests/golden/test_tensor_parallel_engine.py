@@ -1,5 +1,6 @@
 """The tensor-parallel engine on the CPU: worker processes over gloo beside rank 0 in this
-process give the one-process engine's tokens, with async scheduling too (rank 0's sampled
+process give the one-process engine's tokens and prompt logprobs (every rank computes the
+prompt rows' logits: their all-gathers pair up), with async scheduling too (rank 0's sampled
 tokens reach the workers for the next step's inputs); a killed worker ends it with an error
 naming the rank, and no worker outlives close(); two "nodes" on one machine (one of them
 `inflightd serve --headless`) give the same tokens."""
@@ -33,7 +34,7 @@ def model_dir(tmp_path_factory) -> str:
 
 
 def params() -> list[SamplingParams]:
-    return [SamplingParams(temperature=0, max_tokens=12, ignore_eos=True),
+    return [SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, prompt_logprobs=2),
             SamplingParams(temperature=0.8, seed=3, max_tokens=10, ignore_eos=True),
             SamplingParams(temperature=0, repetition_penalty=1.2, max_tokens=8,
                            ignore_eos=True)]
@@ -56,6 +57,11 @@ def test_two_ranks_give_the_one_process_engines_tokens(model_dir, async_scheduli
             got = parallel.generate(PROMPTS, params())
     assert [c.token_ids for c in got] == [c.token_ids for c in expected]
     assert all(not process.is_alive() for process in workers)
+    got_prompt, expected_prompt = got[0].prompt_logprobs, expected[0].prompt_logprobs
+    assert len(got_prompt) == len(PROMPTS[0]) and got_prompt[0] is None
+    for entry, want in zip(got_prompt[1:], expected_prompt[1:]):
+        assert entry.top_token_ids == want.top_token_ids
+        assert entry.logprob == pytest.approx(want.logprob, abs=1e-4)
 
 
 def test_a_killed_worker_ends_the_engine_naming_its_rank(model_dir):

@@ -38,6 +38,18 @@ def test_step_outputs_round_trip_with_logprobs():
     assert decoder.decode(encoder.encode(StepOutputs(outputs=outputs))).outputs == outputs
 
 
+def test_prompt_logprobs_travel_with_their_ranks_and_are_asked_for_in_sampling_params():
+    prompt = (TokenLogprobs(4, -3.5, (9, 4), (-0.2, -3.5), rank=2),
+              TokenLogprobs(8, -0.1, (), (), rank=1))
+    output = RequestOutput("a", (), "length", 3, 0, None, prompt_logprobs=prompt)
+    encoder, decoder = output_codec()
+    assert decoder.decode(encoder.encode(StepOutputs(outputs=[output]))).outputs == [output]
+    encoder, decoder = input_codec()
+    add = AddRequest(req_id="r", prompt_token_ids=[1, 4, 8], arrival_time=0.0,
+                     sampling_params=SamplingParams(max_tokens=0, prompt_logprobs=1))
+    assert decoder.decode(encoder.encode(add)) == add
+
+
 def test_inputs_round_trip_and_sampling_params_are_validated_on_decode():
     encoder, decoder = input_codec()
     add = AddRequest(req_id="r", prompt_token_ids=[1, 2],

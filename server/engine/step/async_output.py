@@ -9,10 +9,12 @@ copy into pinned memory that the engine waits for only when it updates the sched
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
 from server.engine.step.inputs import host_to_device
+from server.engine.step.prompt_logprobs import PendingPromptLogprobs
 from server.scheduler.output import ModelOutput
 
 
@@ -21,31 +23,37 @@ class MissingPendingTokenError(RuntimeError):
 
 
 class InFlightStep:
-    """A launched step. output() waits for its sampled ids to reach the host."""
+    """A launched step. output() waits for its sampled ids (and the prompt logprobs it
+    computed, if any) to reach the host."""
 
     def __init__(self, req_ids: tuple[str, ...], *, output: ModelOutput | None = None,
                  host_token_ids: torch.Tensor | None = None,
-                 ready: torch.cuda.Event | None = None) -> None:
+                 ready: torch.cuda.Event | None = None,
+                 prompt_logprobs: PendingPromptLogprobs | None = None) -> None:
         self.req_ids = req_ids
         self._output = output
         self._host_token_ids = host_token_ids
         self._ready = ready
+        self._prompt_logprobs = prompt_logprobs
 
     @classmethod
-    def done(cls, output: ModelOutput) -> "InFlightStep":
-        return cls(output.req_ids, output=output)
+    def done(cls, output: ModelOutput, *,
+             prompt_logprobs: PendingPromptLogprobs | None = None) -> "InFlightStep":
+        return cls(output.req_ids, output=output, prompt_logprobs=prompt_logprobs)
 
     @classmethod
-    def copying(cls, req_ids: tuple[str, ...], token_ids: torch.Tensor) -> "InFlightStep":
+    def copying(cls, req_ids: tuple[str, ...], token_ids: torch.Tensor, *,
+                prompt_logprobs: PendingPromptLogprobs | None = None) -> "InFlightStep":
         """token_ids: int64 [len(req_ids)] on the device, still being computed."""
         if token_ids.device.type != "cuda":
             return cls.done(ModelOutput(req_ids=req_ids,
-                                        sampled_token_ids=tuple(token_ids.tolist())))
+                                        sampled_token_ids=tuple(token_ids.tolist())),
+                            prompt_logprobs=prompt_logprobs)
         host = torch.empty(token_ids.shape, dtype=torch.int64, pin_memory=True)
         host.copy_(token_ids, non_blocking=True)
         ready = torch.cuda.Event()
         ready.record()
-        return cls(req_ids, host_token_ids=host, ready=ready)
+        return cls(req_ids, host_token_ids=host, ready=ready, prompt_logprobs=prompt_logprobs)
 
     def output(self) -> ModelOutput:
         if self._output is None:
@@ -53,6 +61,10 @@ class InFlightStep:
             self._output = ModelOutput(req_ids=self.req_ids,
                                        sampled_token_ids=tuple(self._host_token_ids.tolist()))
             self._host_token_ids = self._ready = None
+        if self._prompt_logprobs is not None:
+            self._output = replace(self._output,
+                                   prompt_logprobs=self._prompt_logprobs.resolve())
+            self._prompt_logprobs = None
         return self._output
 
 

@@ -11,6 +11,8 @@
       -> sampler (all plain-greedy rows: one argmax; rows whose token needs no history
          (no penalty, seed or logprobs; biases allowed): sampled on the device; both left
          there, so the host does not wait) -> InFlightStep
+      -> prompt logprobs of the prompt rows of requests that want them (prompt_logprobs.py;
+         such a step runs eagerly), on their way to the host beside the sampled ids
     resolve waits for the ids and appends each to its request's history;
     execute = resolve(launch(...)).
 
@@ -34,6 +36,9 @@ from server.engine.step.async_output import InFlightStep, TokenFeedback
 from server.engine.step.bad_words import bans_tokens
 from server.engine.step.cuda_graphs import DecodeGraphRunner
 from server.engine.step.inputs import host_to_device, prepare_inputs
+from server.engine.step.prompt_logprobs import (PendingPromptLogprobs, PromptLogprobsPlan,
+                                                PromptLogprobTensors, compute_prompt_logprobs,
+                                                plan_prompt_logprobs)
 from server.engine.models.llama import LlamaModel
 from server.engine.parallel.shard_weights import shard_named
 from server.engine.models.quantization import quantize_checkpoint
@@ -105,6 +110,7 @@ class ModelRunner:
             memory_fraction=memory_fraction)
         self.sampler = Sampler(device=self.device, seed=seed)
         self._requests: dict[str, RequestSamplingState] = {}
+        self._prompt_wanted: dict[str, int] = {}  # req_id -> top-k, until its prompt is done
         self._feedback = TokenFeedback()
         self._unresolved: list[InFlightStep] = []  # launched, tokens not in the histories
         self.grammars = None  # GrammarMatchers, set by the engine when it has a compiler
@@ -172,31 +178,36 @@ class ModelRunner:
         self.update_requests(scheduler_output)
         if scheduler_output.is_empty:
             return InFlightStep.done(ModelOutput(req_ids=(), sampled_token_ids=()))
-        req_ids, logits = self.forward_logits(scheduler_output)
+        plan = self._plan_prompt_logprobs(scheduler_output)
+        req_ids, logits, prompt = self.forward_logits(scheduler_output, prompt_plan=plan)
+        # its prompt logprobs start for the host now, behind the forward pass
+        pending = None if prompt is None else PendingPromptLogprobs(plan, prompt)
         if not req_ids:
-            return self._launched(InFlightStep.done(ModelOutput(req_ids=(),
-                                                                sampled_token_ids=())))
+            return self._launched(InFlightStep.done(
+                ModelOutput(req_ids=(), sampled_token_ids=()), prompt_logprobs=pending))
         self._apply_grammars(req_ids, logits)
         states = [self._state(req_id) for req_id in req_ids]
         if all(_is_plain_greedy(state) for state in states):
             # What the sampler does for such rows, minus building its per-step tensors.
             token_ids = logits.argmax(dim=-1)
             self._remember(req_ids, token_ids)
-            return self._launched(InFlightStep.copying(req_ids, token_ids))
+            return self._launched(InFlightStep.copying(req_ids, token_ids,
+                                                       prompt_logprobs=pending))
         if all(_needs_no_history(state) for state in states):
             # temperature, top-k, top-p and min-p read only the logits: sampled on the device
             batch = SamplingBatch.build(states, vocab_size=logits.shape[-1],
                                         device=logits.device)
             token_ids = self.sampler.sample_tokens(adjusted_logits(logits, batch), batch)
             self._remember(req_ids, token_ids)
-            return self._launched(InFlightStep.copying(req_ids, token_ids))
+            return self._launched(InFlightStep.copying(req_ids, token_ids,
+                                                       prompt_logprobs=pending))
         self._resolve_unresolved()  # the penalties and seeds need its tokens
         sampled = self.sampler.sample(logits, states)
         self._remember(req_ids, torch.tensor(sampled.sampled_token_ids,
                                                       dtype=torch.int64, device=self.device))
         return self._launched(InFlightStep.done(ModelOutput(
             req_ids=req_ids, sampled_token_ids=sampled.sampled_token_ids,
-            logprobs=sampled.logprobs)))
+            logprobs=sampled.logprobs), prompt_logprobs=pending))
 
     @torch.inference_mode()
     def follow(self, scheduler_output: SchedulerOutput) -> None:
@@ -205,7 +216,8 @@ class ModelRunner:
         self.update_requests(scheduler_output)
         if scheduler_output.is_empty:
             return
-        req_ids, _ = self.forward_logits(scheduler_output)
+        req_ids, _, _ = self.forward_logits(
+            scheduler_output, prompt_plan=self._plan_prompt_logprobs(scheduler_output))
         if req_ids:
             self._remember(req_ids, torch.empty(len(req_ids), dtype=torch.int64,
                                                 device=self.device))
@@ -258,16 +270,18 @@ class ModelRunner:
         return step
 
     @torch.inference_mode()
-    def forward_logits(self, scheduler_output: SchedulerOutput, *, allow_graph: bool = True
-                       ) -> tuple[tuple[str, ...], torch.Tensor]:
+    def forward_logits(self, scheduler_output: SchedulerOutput, *, allow_graph: bool = True,
+                       prompt_plan: PromptLogprobsPlan | None = None
+                       ) -> tuple[tuple[str, ...], torch.Tensor, PromptLogprobTensors | None]:
         """The forward pass alone (KV written, nothing sampled, no request state touched):
-        the sampled req_ids and their float32 logits [num sampled, vocab]. A decode-only
-        step replays a CUDA graph when it can (and allow_graph); the logits are then a view
-        of the graph's output, valid until the next step."""
+        the sampled req_ids and their float32 logits [num sampled, vocab], and the prompt
+        logprobs of prompt_plan's rows (None without one). A decode-only step without
+        prompt rows replays a CUDA graph when it can (and allow_graph); the logits are
+        then a view of the graph's output, valid until the next step."""
         scheduled = scheduler_output.scheduled
-        if (allow_graph and self.graphs is not None and scheduler_output.is_decode_only
-                and self.graphs.can_run(scheduled)):
-            return self._replay(scheduled)
+        if (allow_graph and prompt_plan is None and self.graphs is not None
+                and scheduler_output.is_decode_only and self.graphs.can_run(scheduled)):
+            return *self._replay(scheduled), None
         inputs = prepare_inputs(scheduler_output, block_size=self.block_size,
                                 device=self.device,
                                 rope_table_rows=self.model.arch.rope_table_rows)
@@ -276,7 +290,22 @@ class ModelRunner:
         hidden = self.model.forward(inputs.input_ids, inputs.positions, self.kv_pool.kv_cache,
                                     inputs.attn, self.ops)
         logits = self.model.compute_logits(hidden[inputs.sample_indices], self.ops)
-        return inputs.sampled_req_ids, logits
+        prompt = None if prompt_plan is None else compute_prompt_logprobs(
+            hidden, prompt_plan, lambda rows: self.model.compute_logits(rows, self.ops),
+            vocab_size=self.arch.vocab_size)
+        return inputs.sampled_req_ids, logits, prompt
+
+    def _plan_prompt_logprobs(self, scheduler_output: SchedulerOutput
+                              ) -> PromptLogprobsPlan | None:
+        """This step's prompt-logprob rows (None when it has none); requests whose prompt
+        it finishes stop wanting them."""
+        if not self._prompt_wanted:
+            return None
+        plan = plan_prompt_logprobs(scheduler_output.scheduled, self._prompt_wanted,
+                                    lambda req_id: self._requests[req_id].prompt_token_ids)
+        for req_id in plan.completed_req_ids:
+            del self._prompt_wanted[req_id]
+        return plan if plan.rows else None
 
     def _replay(self, scheduled: Sequence) -> tuple[tuple[str, ...], torch.Tensor]:
         pending = [(row, s.req_id) for row, s in enumerate(scheduled) if s.pending_input]
@@ -305,6 +334,10 @@ class ModelRunner:
                 self.grammars.stop(req_id)
         for new in scheduler_output.new_requests:
             self._requests[new.req_id] = _sampling_state(new)
+            # a request resumed with tokens out has had its prompt logprobs (the scheduler
+            # hands them out with the first token, and resumes none with a token pending)
+            if new.sampling_params.prompt_logprobs is not None and not new.output_token_ids:
+                self._prompt_wanted[new.req_id] = new.sampling_params.prompt_logprobs
             if self.grammars is not None:
                 self.grammars.start(new.req_id, new.output_token_ids)
         if self.graphs is not None and scheduler_output.new_requests:
@@ -313,6 +346,7 @@ class ModelRunner:
     def _forget(self, req_ids: Iterable[str]) -> None:
         for req_id in req_ids:
             self._requests.pop(req_id, None)
+            self._prompt_wanted.pop(req_id, None)
         if self.graphs is not None:
             self.graphs.forget(req_ids)
 
