@@ -16,7 +16,7 @@ from starlette.responses import Response
 from server.api.admission import admission_ticket
 from server.api.errors import APIError, invalid_param
 from server.api.generation import Generation
-from server.api.logprobs import chat_logprobs
+from server.api.logprobs import chat_logprobs, vllm_prompt_logprobs
 from server.api.protocol import ChatCompletionRequest
 from server.api.responses import (ChatChoice, ChatChunkChoice, ChatCompletionChunk,
                                   ChatCompletionResponse, ChatDelta, ChatLogprobs, UsageInfo)
@@ -100,9 +100,12 @@ async def create_chat_completion(state: ServingState, request: Request,
                     if body.logprobs else None)
         out.append(ChatChoice(index=i, message=message, logprobs=logprobs,
                               finish_reason=finish_reason))
-    response = ChatCompletionResponse(id=request_id, created=created, model=model,
-                                      choices=out,
-                                      usage=UsageInfo(**generation.usage().to_dict()))
+    prompt_logprobs = choices[0].prompt_logprobs  # every choice has the same prompt
+    response = ChatCompletionResponse(
+        id=request_id, created=created, model=model, choices=out,
+        usage=UsageInfo(**generation.usage().to_dict()),
+        prompt_logprobs=None if body.prompt_logprobs is None or prompt_logprobs is None
+        else vllm_prompt_logprobs(tokenizer, prompt_logprobs, body.prompt_logprobs))
     return JSONResponse(response.model_dump(mode="json"))
 
 

@@ -24,6 +24,8 @@ class ChoiceDelta:
     logprobs: tuple[TokenLogprobs, ...]
     token_offsets: tuple[int, ...]  # where each logprobs token's text starts in the choice
     finish_reason: str | None  # "stop", "length" or "abort" once the choice is over
+    # prompt tokens 1..'s logprobs, on the first delta (when the request asked for them)
+    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
 
 
 class ChoiceAssembler:
@@ -58,6 +60,7 @@ class ChoiceAssembler:
         if self.finished:
             return self._delta("")
         self.num_cached_tokens = output.num_cached_tokens
+        prompt_logprobs = output.prompt_logprobs
         token_ids = list(output.new_token_ids)
         self.num_generated_tokens += len(token_ids)
         if self._want_logprobs and output.logprobs:
@@ -78,12 +81,14 @@ class ChoiceAssembler:
             self.finish_reason = (output.finish_reason
                                   if output.finish_reason in ("length", "abort") else "stop")
         self._released_len += len(text)
-        return self._delta(text)
+        return self._delta(text, prompt_logprobs)
 
-    def _delta(self, text: str) -> ChoiceDelta:
+    def _delta(self, text: str,
+               prompt_logprobs: tuple[TokenLogprobs, ...] | None = None) -> ChoiceDelta:
         logprobs, offsets = self._release_logprobs()
         return ChoiceDelta(index=self.index, text=text, logprobs=logprobs,
-                           token_offsets=offsets, finish_reason=self.finish_reason)
+                           token_offsets=offsets, finish_reason=self.finish_reason,
+                           prompt_logprobs=prompt_logprobs)
 
     def _release_logprobs(self) -> tuple[tuple[TokenLogprobs, ...], tuple[int, ...]]:
         """Logprobs of the tokens whose text the client now has. At the end: every token

@@ -4,12 +4,18 @@ A prompt is a string, a list of strings, a list of token ids or a list of token-
 each prompt gets n choices, numbered prompt * n + j as OpenAI does. With best_of > n each
 prompt gets best_of samples and returns the n with the highest cumulative logprob (usage
 counts every sample's tokens, as OpenAI bills them). With `suffix` the prompt and suffix
-are wrapped in the model's fill-in-the-middle tokens (server/api/fim.py)."""
+are wrapped in the model's fill-in-the-middle tokens (server/api/fim.py).
+
+echo with logprobs puts the prompt tokens' logprobs (computed by the engine in prefill)
+before the generated ones, the first token's null, as OpenAI's legacy completions did;
+max_tokens 0 then scores the prompt alone (lm-eval's loglikelihood requests). vLLM's
+prompt_logprobs field gives them in vLLM's shape on each choice."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
@@ -19,13 +25,25 @@ from server.api.admission import admission_ticket
 from server.api.errors import APIError
 from server.api.fim import fim_prompts
 from server.api.generation import Generation
-from server.api.logprobs import CompletionLogprobsBuilder
+from server.api.logprobs import (CompletionLogprobsBuilder, prompt_text_offsets,
+                                 vllm_prompt_logprobs)
 from server.api.protocol import CompletionRequest
 from server.api.responses import CompletionChoice, CompletionResponse, UsageInfo
 from server.api.serving import CollectedChoice, ServingState, collect, tokenize_off_loop
 from server.api.streaming import (SSEResponse, delta_events, first_step, sse_event,
                                   unless_disconnected)
 from server.api.structured import requested_grammar
+from server.scheduler.output import TokenLogprobs
+
+
+@dataclass(frozen=True)
+class Echo:
+    """What echo writes before a prompt's choices: its text, and with logprobs its token
+    ids and where each one's text starts."""
+
+    text: str
+    token_ids: Sequence[int]
+    offsets: Sequence[int] = ()
 
 
 async def prompt_token_lists(state: ServingState, body: CompletionRequest) -> list[list[int]]:
@@ -58,14 +76,51 @@ def _prompt_texts(state: ServingState, body: CompletionRequest,
     return [decoder.decode(tokens) if decoder else "" for tokens in token_lists]
 
 
+async def _echoes(state: ServingState, body: CompletionRequest,
+                  token_lists: list[list[int]]) -> list[Echo] | None:
+    if not body.echo:
+        return None
+    texts = _prompt_texts(state, body, token_lists)
+    if not body.echoes_logprobs:
+        return [Echo(text, tokens) for text, tokens in zip(texts, token_lists)]
+    echoes = []
+    for text, tokens in zip(texts, token_lists):
+        offsets = await tokenize_off_loop(  # a decode per token: long prompts off the loop
+            lambda tokens=tokens, text=text: prompt_text_offsets(state.tokenizer, tokens,
+                                                                 len(text)),
+            num_chars=len(text))
+        echoes.append(Echo(text, tokens, offsets))
+    return echoes
+
+
+def choice_logprobs(state: ServingState, body: CompletionRequest, echo: Echo | None,
+                    prompt_logprobs: Sequence[TokenLogprobs] | None
+                    ) -> CompletionLogprobsBuilder:
+    """A choice's logprobs builder, opened with its echoed prompt's tokens when echo asks
+    for them (after the text the echo writes, generated tokens' offsets count on)."""
+    builder = CompletionLogprobsBuilder(state.tokenizer,
+                                        base_offset=len(echo.text) if echo else 0)
+    if echo is not None and body.echoes_logprobs and prompt_logprobs is not None:
+        builder.add_prompt(echo.token_ids, prompt_logprobs, echo.offsets,
+                           num_top=body.logprobs)
+    return builder
+
+
+def _vllm_prompt_logprobs(state: ServingState, body: CompletionRequest,
+                          prompt_logprobs: Sequence[TokenLogprobs] | None) -> list | None:
+    if body.prompt_logprobs is None or prompt_logprobs is None:
+        return None
+    return vllm_prompt_logprobs(state.tokenizer, prompt_logprobs, body.prompt_logprobs)
+
+
 async def create_completion(state: ServingState, request: Request,
                             body: CompletionRequest) -> Response:
     model = state.check_model(body.model)
-    if body.logprobs is not None:
+    if body.logprobs is not None or body.prompt_logprobs is not None:
         state.require_tokenizer()  # token strings come from it
     grammar = requested_grammar(body)
     token_lists = await prompt_token_lists(state, body)
-    echoes = _prompt_texts(state, body, token_lists) if body.echo else None
+    echoes = await _echoes(state, body, token_lists)
     if body.suffix:
         tokenizer = state.require_tokenizer()
         token_lists = fim_prompts(token_lists, body.suffix, fim=tokenizer.fim_tokens,
@@ -88,14 +143,16 @@ async def create_completion(state: ServingState, request: Request,
         choices = best_samples(choices, num_samples=body.num_samples(), n=body.n)
     out = []
     for index, choice in enumerate(choices):
-        prefix = echoes[index // body.n] if echoes else ""
+        echo = echoes[index // body.n] if echoes else None
         logprobs = None
         if body.logprobs is not None:
-            builder = CompletionLogprobsBuilder(state.tokenizer, base_offset=len(prefix))
+            builder = choice_logprobs(state, body, echo, choice.prompt_logprobs)
             builder.add(choice.logprobs, choice.offsets)
             logprobs = builder.build()
-        out.append(CompletionChoice(index=index, text=prefix + choice.text, logprobs=logprobs,
-                                    finish_reason=choice.finish_reason))
+        out.append(CompletionChoice(
+            index=index, text=(echo.text if echo else "") + choice.text, logprobs=logprobs,
+            finish_reason=choice.finish_reason,
+            prompt_logprobs=_vllm_prompt_logprobs(state, body, choice.prompt_logprobs)))
     response = CompletionResponse(id=request_id, created=created, model=model, choices=out,
                                   usage=UsageInfo(**generation.usage().to_dict()))
     return JSONResponse(response.model_dump(mode="json"))
@@ -115,8 +172,10 @@ def best_samples(samples: list[CollectedChoice], *, num_samples: int,
 
 async def _chunks(state: ServingState, generation: Generation, steps,
                   body: CompletionRequest,
-                  echoes: list[str] | None, *, request_id: str, model: str,
+                  echoes: list[Echo] | None, *, request_id: str, model: str,
                   created: int) -> AsyncIterator[bytes]:
+    """With echo, the prompt's text comes first: in an event of its own, or with logprobs
+    on the choice's first delta, which brings the prompt logprobs."""
     include_usage = body.include_usage
     num_choices = body.n * (len(echoes) if echoes else 1)
 
@@ -127,19 +186,24 @@ async def _chunks(state: ServingState, generation: Generation, steps,
         return sse_event(data.model_dump_json(exclude=exclude))
 
     builders: dict[int, CompletionLogprobsBuilder] = {}
-    if echoes:
+    if echoes and not body.echoes_logprobs:
         for index in range(num_choices):
-            yield chunk([CompletionChoice(index=index, text=echoes[index // body.n],
+            yield chunk([CompletionChoice(index=index, text=echoes[index // body.n].text,
                                           logprobs=None, finish_reason=None)])
 
     def render(delta) -> bytes:
-        logprobs = None
+        text, logprobs = delta.text, None
+        echo = echoes[delta.index // body.n] if echoes and body.echoes_logprobs else None
+        if echo is not None and delta.index not in builders:
+            text = echo.text + text
         if body.logprobs is not None:
-            builder = builders.setdefault(delta.index,
-                                          CompletionLogprobsBuilder(state.tokenizer))
+            builder = builders.get(delta.index)
+            if builder is None:
+                builder = builders[delta.index] = choice_logprobs(state, body, echo,
+                                                                  delta.prompt_logprobs)
             builder.add(delta.logprobs, delta.token_offsets)
             logprobs = builder.take()
-        return chunk([CompletionChoice(index=delta.index, text=delta.text, logprobs=logprobs,
+        return chunk([CompletionChoice(index=delta.index, text=text, logprobs=logprobs,
                                        finish_reason=delta.finish_reason)])
 
     def usage_event() -> bytes:

@@ -175,7 +175,8 @@ class Generation:
             timing.finish(now, assembler.finish_reason)
         if assembler.finished and not output.finished:
             self._client.abort([output.req_id])  # a stop string matched
-        if delta.text or delta.logprobs or delta.finish_reason:
+        if (delta.text or delta.logprobs or delta.finish_reason
+                or delta.prompt_logprobs is not None):
             return delta
         return None
 

@@ -3,7 +3,8 @@ range is a 400 naming the field. Each request turns into engine SamplingParams t
 `to_sampling_params`; what only the api process handles (stop strings, echo, n) stays here.
 
 Extensions beyond OpenAI, as vLLM users know them: top_k, min_p, repetition_penalty,
-stop_token_ids, ignore_eos, priority, and the grammar fields of protocol_structured.py.
+stop_token_ids, ignore_eos, priority, prompt_logprobs, and the grammar fields of
+protocol_structured.py.
 Unknown fields are ignored, as OpenAI's SDKs send fields a server may not know.
 """
 
@@ -89,11 +90,15 @@ class SamplingFields(GuidedFields):
     user: str | None = None
     priority: int = Field(0, ge=INT64_MIN, le=INT64_MAX)
     logit_bias: dict[str, float] | None = None
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
     @model_validator(mode="after")
     def _check_shared(self) -> "SamplingFields":
         if self.stream_options is not None and not self.stream:
             raise invalid_param("stream_options", "stream_options is only allowed with stream")
+        if self.prompt_logprobs is not None and self.stream:
+            raise invalid_param("prompt_logprobs", "prompt_logprobs are not available when "
+                                                   "streaming (as in vLLM)")
         stops = self.stop_strings
         if len(stops) > MAX_STOP_STRINGS:
             raise invalid_param("stop", f"at most {MAX_STOP_STRINGS} stop strings are allowed")
@@ -152,6 +157,11 @@ class SamplingFields(GuidedFields):
     def num_logprobs(self) -> int | None:
         return None
 
+    def num_prompt_logprobs(self) -> int | None:
+        """Top alternatives per prompt token the engine computes; None: no prompt
+        logprobs."""
+        return self.prompt_logprobs
+
     def to_sampling_params(self, *, max_tokens: int, choice_index: int = 0,
                            grammar: GrammarSpec | None = None) -> SamplingParams:
         """The engine's parameters for one choice. With a seed, choice i draws from seed + i,
@@ -167,7 +177,8 @@ class SamplingFields(GuidedFields):
                 **{k: v for k, v in given.items() if v is not None}, top_k=top_k, seed=seed,
                 max_tokens=max_tokens, stop_token_ids=tuple(self.stop_token_ids or ()),
                 ignore_eos=self.ignore_eos, logprobs=self.num_logprobs(), grammar=grammar,
-                logit_bias=self.logit_bias_pairs())
+                logit_bias=self.logit_bias_pairs(),
+                prompt_logprobs=self.num_prompt_logprobs())
         except SamplingParamsError as exc:
             raise invalid_param(exc.param, str(exc)) from exc
 
@@ -223,7 +234,10 @@ PromptInput = str | list[str] | list[int] | list[list[int]]
 
 class CompletionRequest(SamplingFields):
     prompt: PromptInput
+    # 0 only with echo or prompt_logprobs: the prompt scored, nothing generated
+    max_tokens: int | None = Field(None, ge=0)
     echo: bool = False
+    # with echo, the prompt tokens' logprobs come first (the first one null)
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1, le=MAX_BEST_OF)
@@ -236,9 +250,12 @@ class CompletionRequest(SamplingFields):
         if self.ranks_samples and self.stream:
             raise invalid_param("best_of", "best_of greater than n cannot be streamed: the "
                                            "best samples are known only once all have ended")
-        if self.echo and self.logprobs is not None:
-            raise invalid_param("echo", "echo with logprobs needs prompt logprobs, "
-                                        "which are not supported")
+        if self.max_tokens == 0 and not (self.echo or self.prompt_logprobs is not None):
+            raise invalid_param("max_tokens", "max_tokens 0 generates nothing: it needs echo "
+                                              "or prompt_logprobs")
+        if self.echoes_logprobs and self.suffix:
+            raise invalid_param("suffix", "echo with logprobs cannot be combined with "
+                                          "suffix: the model's prompt is not the echoed text")
         if not self.prompt or any(len(p) == 0 for p in self.prompt if isinstance(p, str | list)):
             raise invalid_param("prompt", "prompt must not be empty")
         batched = isinstance(self.prompt, list) and isinstance(self.prompt[0], str | list)
@@ -246,6 +263,11 @@ class CompletionRequest(SamplingFields):
             raise invalid_param("prompt", f"prompts x best_of (or n) must be at most "
                                           f"{MAX_BATCH_CHOICES} in one request")
         return self
+
+    @property
+    def echoes_logprobs(self) -> bool:
+        """echo with logprobs: the prompt tokens' logprobs lead the choice's logprobs."""
+        return self.echo and self.logprobs is not None
 
     @property
     def ranks_samples(self) -> bool:
@@ -262,6 +284,12 @@ class CompletionRequest(SamplingFields):
         if self.logprobs is None and self.ranks_samples:
             return 0  # the sampled tokens' own logprobs rank the samples
         return self.logprobs
+
+    def num_prompt_logprobs(self) -> int | None:
+        """The most alternatives either way of asking wants (each is cut to its own)."""
+        wanted = [k for k in (self.prompt_logprobs,
+                              self.logprobs if self.echo else None) if k is not None]
+        return max(wanted, default=None)
 
 
 class TokenizeRequest(StrictModel):

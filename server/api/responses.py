@@ -8,6 +8,12 @@ from typing import Literal
 from pydantic import BaseModel, model_serializer
 
 
+def _without_none(data: dict, key: str) -> dict:
+    if data.get(key) is None:
+        data.pop(key, None)
+    return data
+
+
 class PromptTokensDetails(BaseModel):
     cached_tokens: int = 0
 
@@ -29,6 +35,14 @@ class TopLogprob(BaseModel):
 
 class TokenLogprob(TopLogprob):
     top_logprobs: list[TopLogprob]
+
+
+class PromptLogprob(BaseModel):
+    """One entry of vLLM's prompt_logprobs: rank 1 is the model's most likely token."""
+
+    logprob: float
+    rank: int | None
+    decoded_token: str
 
 
 class ChatLogprobs(BaseModel):
@@ -75,6 +89,12 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: UsageInfo
+    # vLLM's extension, where vLLM puts it for chat: written only when asked for
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unasked(self, handler) -> dict:
+        return _without_none(handler(self), "prompt_logprobs")
 
 
 class FunctionCallDelta(BaseModel):
@@ -132,9 +152,12 @@ class ChatCompletionChunk(BaseModel):
 # ---- completions ----
 
 class CompletionLogprobs(BaseModel):
+    """With echo, the first prompt token's logprob and top_logprobs are null, as in
+    OpenAI's legacy completions."""
+
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]
 
 
@@ -143,6 +166,12 @@ class CompletionChoice(BaseModel):
     text: str
     logprobs: CompletionLogprobs | None
     finish_reason: str | None
+    # vLLM's extension (request field prompt_logprobs): written only when asked for
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unasked(self, handler) -> dict:
+        return _without_none(handler(self), "prompt_logprobs")
 
 
 class CompletionResponse(BaseModel):

@@ -88,11 +88,11 @@ class ServingState:
     def resolve_max_tokens(self, num_prompt_tokens: int, requested: int | None) -> int:
         """Generated tokens to allow: as asked, else up to the end of the context window."""
         limit = self.info.max_model_len
-        needed = num_prompt_tokens + (requested or 1)
-        if needed > limit:
+        num_completion = 1 if requested is None else requested  # 0: the prompt alone
+        if num_prompt_tokens + num_completion > limit:
             raise APIError(
                 f"this model's maximum context length is {limit} tokens; the request needs "
-                f"{num_prompt_tokens} prompt tokens + {requested or 1} completion tokens",
+                f"{num_prompt_tokens} prompt tokens + {num_completion} completion tokens",
                 param="messages" if requested is None else "max_tokens",
                 code="context_length_exceeded")
         capacity = self.info.num_kv_blocks * self.info.block_size
@@ -173,6 +173,7 @@ class CollectedChoice:
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     finish_reason: str | None = None
+    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None  # prompt tokens 1..
 
     @property
     def text(self) -> str:
@@ -193,5 +194,7 @@ def _add(choice: CollectedChoice, delta: ChoiceDelta) -> None:
         choice.text_parts.append(delta.text)
     choice.logprobs.extend(delta.logprobs)
     choice.offsets.extend(delta.token_offsets)
+    if delta.prompt_logprobs is not None:
+        choice.prompt_logprobs = delta.prompt_logprobs
     if delta.finish_reason is not None:
         choice.finish_reason = delta.finish_reason

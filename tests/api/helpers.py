@@ -32,14 +32,17 @@ def parse_sse(raw: bytes) -> list[dict[str, Any]]:
     return events
 
 
-def stream_events(http: httpx.Client, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """POST a streamed request; return its events, each checked against OpenAI's schema."""
+def stream_events(http: httpx.Client, path: str, body: dict[str, Any], *,
+                  schema: str | None = None) -> list[dict[str, Any]]:
+    """POST a streamed request; return its events, each checked against OpenAI's schema
+    (the path's chunk schema, unless `schema` names another)."""
     with http.stream("POST", path, json={**body, "stream": True}) as response:
         raw = response.read()
     assert response.status_code == 200, raw
     assert response.headers["content-type"].startswith("text/event-stream")
     events = parse_sse(raw)
-    schema = CHAT_CHUNK if path.endswith("chat/completions") else COMPLETION_CHUNK
+    if schema is None:
+        schema = CHAT_CHUNK if path.endswith("chat/completions") else COMPLETION_CHUNK
     for event in events:
         assert_matches(event, schema)
     return events

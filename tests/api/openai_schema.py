@@ -25,6 +25,13 @@ SPEC_URI = "urn:openai-openapi"
 # null until the last one (and usage null but in the last, with include_usage); the
 # published schema, shared by both, allows neither null.
 COMPLETION_CHUNK = "InflightdCompletionChunk"
+# OpenAI's legacy completions answered echo with logprobs with null for the first prompt
+# token's logprob and top_logprobs (no context predicts it), as lm-eval and vLLM expect;
+# the published schema, written after echo was retired, allows numbers and objects only.
+# These are CreateCompletionResponse and the chunk above with those two nulls allowed, and
+# nothing else changed.
+ECHO_COMPLETION = "InflightdEchoCompletion"
+ECHO_COMPLETION_CHUNK = "InflightdEchoCompletionChunk"
 
 
 def spec_path() -> Path:
@@ -63,8 +70,19 @@ def _registry() -> Registry:
     finish["enum"] = [*finish["enum"], None]
     chunk["properties"]["usage"] = {"anyOf": [chunk["properties"]["usage"], {"type": "null"}]}
     schemas[COMPLETION_CHUNK] = chunk
+    schemas[ECHO_COMPLETION] = _with_null_first_logprobs(schemas["CreateCompletionResponse"])
+    schemas[ECHO_COMPLETION_CHUNK] = _with_null_first_logprobs(chunk)
     return Registry().with_resource(
         SPEC_URI, Resource.from_contents(spec, default_specification=DRAFT202012))
+
+
+def _with_null_first_logprobs(schema: dict[str, Any]) -> dict[str, Any]:
+    schema = copy.deepcopy(schema)
+    logprobs = schema["properties"]["choices"]["items"]["properties"]["logprobs"]["anyOf"][0]
+    for name in ("token_logprobs", "top_logprobs"):
+        items = logprobs["properties"][name]["items"]
+        logprobs["properties"][name]["items"] = {"anyOf": [items, {"type": "null"}]}
+    return schema
 
 
 @functools.cache
