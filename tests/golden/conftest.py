@@ -25,3 +25,13 @@ def converted_default_model(inflightd_cache: Path) -> Path:
     from server.engine.loading.weights import default_model_dir
 
     return default_model_dir(cache_dir=inflightd_cache)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """A module's tests on one torch thread (helpers.single_torch_thread says why); ask for
+    it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    from tests.golden.helpers import single_torch_thread
+
+    with single_torch_thread():
+        yield

@@ -140,6 +140,14 @@ def make_hf_model(name: str, *, seed: int = 0):
     return model.eval()
 
 
+def saved_hf_model(tmp_path_factory, name: str, *, seed: int = 0):
+    """(make_hf_model(name, seed=seed), the directory it is saved in) for a module fixture."""
+    hf_model = make_hf_model(name, seed=seed)
+    model_dir = tmp_path_factory.mktemp(f"{name}-{seed}")
+    hf_model.save_pretrained(model_dir)
+    return hf_model, model_dir
+
+
 def hf_logits(model, token_ids: list[int]) -> torch.Tensor:
     """float32 [len(token_ids), vocab]: HF's logits for every position of one sequence."""
     with torch.no_grad():

@@ -11,25 +11,17 @@ import torch
 
 from server.engine.llm import LLM
 from server.scheduler.request import SamplingParams
-from tests.golden.helpers import (hf_logits, make_hf_model, single_torch_thread,
-                                  tiny_llm_that_preempts)
+from tests.golden.helpers import hf_logits, saved_hf_model, tiny_llm_that_preempts
 
 BLOCK_SIZE = 4
 CHUNK = 8  # max_num_batched_tokens: longer prompts are prefilled over several steps
 NUM_TOP = 3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
-    hf_model = make_hf_model("llama-gqa-tied", seed=11)
-    model_dir = tmp_path_factory.mktemp("prompt-logprobs-model")
-    hf_model.save_pretrained(model_dir)
+    hf_model, model_dir = saved_hf_model(tmp_path_factory, "llama-gqa-tied", seed=11)
     return hf_model, str(model_dir)
 
 

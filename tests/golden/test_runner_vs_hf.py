@@ -11,7 +11,7 @@ from server.engine.step.runner import ModelRunner, UnknownRequestError
 from server.engine.loading.weights import resolve_model
 from server.scheduler.output import SchedulerOutput
 from server.scheduler.request import SamplingParams
-from tests.golden.helpers import HandBatcher, hf_logits, make_hf_model, single_torch_thread
+from tests.golden.helpers import HandBatcher, hf_logits, saved_hf_model, single_torch_thread
 
 BLOCK_SIZE = 4
 NUM_BLOCKS = 64
@@ -25,10 +25,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
-    hf_model = make_hf_model("llama-gqa-tied", seed=3)
-    model_dir = tmp_path_factory.mktemp("runner-model")
-    hf_model.save_pretrained(model_dir)
-    return hf_model, model_dir
+    return saved_hf_model(tmp_path_factory, "llama-gqa-tied", seed=3)
 
 
 @pytest.fixture
