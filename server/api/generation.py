@@ -208,8 +208,8 @@ class Generation:
         requests = [EngineRequest(req_id=req_id, prompt_token_ids=plan.prompt_token_ids,
                                   sampling_params=plan.sampling_params, priority=self._priority)
                     for req_id, plan in zip(self._req_ids, self._plans)]
-        if not self._share:
-            return requests, {}
+        if not self._share or self._plans[0].sampling_params.prompt_logprobs is not None:
+            return requests, {}  # (requests owed prompt logprobs take no prefix hit)
         first: list[EngineRequest] = []
         followers: dict[str, list[EngineRequest]] = {}
         leader_of_prompt: dict[int, str] = {}
