@@ -74,6 +74,21 @@ template <> struct Vec8Float<float> {
   }
 };
 
+// This thread's largest |x| over its 8-element vectors of row[0, k), the CTA striding over
+// the row (k a multiple of 8, 16-byte aligned): the first pass of the row quantizers
+// (quantize.cu, w8a8.cu), whose block_max makes it the row's.
+template <typename T>
+__device__ __forceinline__ float thread_row_absmax(const T* row, int k) {
+  float absmax = 0.f;
+  for (int i = threadIdx.x * 8; i < k; i += blockDim.x * 8) {
+    Vec8Float<T> v;
+    v.load(row + i);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) absmax = fmaxf(absmax, fabsf(v.v[j]));
+  }
+  return absmax;
+}
+
 // 16 bytes read once (weights streamed by a GEMV): through the non-coherent path, not
 // allocated in L1.
 __device__ __forceinline__ uint4 load_streaming(const void* p) {

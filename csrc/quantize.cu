@@ -21,14 +21,7 @@ __device__ __forceinline__ void quantize_rows_impl(unsigned char* __restrict__ q
   __shared__ float scratch[32];
   const T* row = x + blockIdx.x * x_stride;
   const int step = blockDim.x * 8;
-  float absmax = 0.f;
-  for (int i = threadIdx.x * 8; i < k; i += step) {
-    Vec8Float<T> v;
-    v.load(row + i);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) absmax = fmaxf(absmax, fabsf(v.v[j]));
-  }
-  const float s = store_row_scale(absmax, scratch, scale);
+  const float s = store_row_scale(thread_row_absmax(row, k), scratch, scale);
   unsigned char* dst = q + blockIdx.x * static_cast<long long>(k);
   for (int i = threadIdx.x * 8; i < k; i += step) {
     Vec8Float<T> v;
