@@ -18,16 +18,9 @@ __device__ __forceinline__ void quantize_rows_impl(unsigned char* __restrict__ q
                                                    float* __restrict__ scale,
                                                    const T* __restrict__ x, int k,
                                                    long long x_stride) {
-  __shared__ float scratch[32];
-  const T* row = x + blockIdx.x * x_stride;
-  const int step = blockDim.x * 8;
-  const float s = store_row_scale(thread_row_absmax(row, k), scratch, scale);
-  unsigned char* dst = q + blockIdx.x * static_cast<long long>(k);
-  for (int i = threadIdx.x * 8; i < k; i += step) {
-    Vec8Float<T> v;
-    v.load(row + i);
-    *reinterpret_cast<uint2*>(dst + i) = quantize8(v.v, s);
-  }
+  quantize_rows_by_absmax(q, scale, x, k, x_stride,
+                          [](float absmax) { return fmaxf(absmax, kMinAbsMax) * kInvFp8Max; },
+                          [](const float (&v)[8], float s) { return quantize8(v, s); });
 }
 
 }  // namespace

@@ -28,28 +28,19 @@ __device__ __forceinline__ unsigned int8_byte(float v, float scale) {
   return static_cast<unsigned>(max(-127, min(127, q))) & 0xFFu;
 }
 
+__device__ __forceinline__ uint2 int8x8(const float (&v)[8], float s) {
+  return make_uint2(int8_byte(v[0], s) | int8_byte(v[1], s) << 8 | int8_byte(v[2], s) << 16 |
+                        int8_byte(v[3], s) << 24,
+                    int8_byte(v[4], s) | int8_byte(v[5], s) << 8 | int8_byte(v[6], s) << 16 |
+                        int8_byte(v[7], s) << 24);
+}
+
 template <typename T>
-__device__ __forceinline__ void quantize_int8_rows_impl(signed char* __restrict__ q,
-                                                        float* __restrict__ scale,
-                                                        const T* __restrict__ x, int k,
-                                                        long long x_stride) {
-  __shared__ float scratch[32];
-  const T* row = x + blockIdx.x * x_stride;
-  const int step = blockDim.x * 8;
-  const float absmax = block_max(thread_row_absmax(row, k), scratch);
-  const float s = fmaxf(absmax, kMinAbsMax) * kInvInt8Max;
-  if (threadIdx.x == 0) scale[blockIdx.x] = s;
-  signed char* dst = q + blockIdx.x * static_cast<long long>(k);
-  for (int i = threadIdx.x * 8; i < k; i += step) {
-    Vec8Float<T> v;
-    v.load(row + i);
-    uint2 packed;
-    packed.x = int8_byte(v.v[0], s) | int8_byte(v.v[1], s) << 8 | int8_byte(v.v[2], s) << 16 |
-               int8_byte(v.v[3], s) << 24;
-    packed.y = int8_byte(v.v[4], s) | int8_byte(v.v[5], s) << 8 | int8_byte(v.v[6], s) << 16 |
-               int8_byte(v.v[7], s) << 24;
-    *reinterpret_cast<uint2*>(dst + i) = packed;
-  }
+__device__ __forceinline__ void quantize_int8_rows_impl(signed char* q, float* scale,
+                                                        const T* x, int k, long long x_stride) {
+  quantize_rows_by_absmax(reinterpret_cast<unsigned char*>(q), scale, x, k, x_stride,
+                          [](float absmax) { return fmaxf(absmax, kMinAbsMax) * kInvInt8Max; },
+                          [](const float (&v)[8], float s) { return int8x8(v, s); });
 }
 
 // grid (column groups of 4 * blockDim.x, m): row blockIdx.y of acc [*, n] (padded rows of a

@@ -141,3 +141,21 @@ def test_the_gemv_refuses_what_it_cannot_compute():
         gemv_int_into(lib, torch.empty((17, 40), dtype=torch.bfloat16),
                       torch.randn((17, 4096)).to(torch.bfloat16), int4_weight(40, 4096, 128))
     assert not lib.launches
+
+
+def test_fp8_and_int8_row_quantizers_share_their_launch_and_checks():
+    from server.engine.ops.cuda_fp8 import quantize_fp8_rows_into
+    from server.engine.ops.cuda_int import quantize_int8_rows_into
+
+    lib = RecordingLibrary()
+    x = torch.randn((3, 4096 + 64)).to(torch.bfloat16)[:, :4096]  # rows of a wider tensor
+    scale = torch.empty((3, 1))
+    quantize_fp8_rows_into(lib, torch.empty((3, 4096), dtype=torch.float8_e4m3fn), scale, x)
+    quantize_int8_rows_into(lib, torch.empty((3, 4096), dtype=torch.int8), scale, x)
+    assert [(m, f, g, b) for m, f, g, b, _ in lib.launches] == [
+        ("quantize", "quantize_fp8_rows_bf16", (3,), (256,)),
+        ("w8a8", "quantize_int8_rows_bf16", (3,), (256,))]
+    assert all(args[3:] == (4096, 4160) for *_, args in lib.launches)
+    with pytest.raises(KernelArgumentError, match="multiple of 8 long for int8"):
+        quantize_int8_rows_into(lib, torch.empty((3, 12), dtype=torch.int8), scale,
+                                torch.randn((3, 12)).to(torch.bfloat16))
