@@ -151,4 +151,39 @@ __device__ __forceinline__ float block_max(float x, float* scratch) {
   return result;
 }
 
+// This thread's largest |x| over its 8-element vectors of row[0, k), the CTA striding over
+// the row (k a multiple of 8, 16-byte aligned).
+template <typename T>
+__device__ __forceinline__ float thread_row_absmax(const T* row, int k) {
+  float absmax = 0.f;
+  for (int i = threadIdx.x * 8; i < k; i += blockDim.x * 8) {
+    Vec8Float<T> v;
+    v.load(row + i);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) absmax = fmaxf(absmax, fabsf(v.v[j]));
+  }
+  return absmax;
+}
+
+// The row quantizers (quantize.cu's FP8, w8a8.cu's int8), one CTA per row of x: the row's
+// absmax over the block, scale[row] = scale_of(absmax), then each 8 values as 8 bytes
+// pack8(values, scale) into q. The row is read twice; the second time from L2.
+template <typename T, typename ScaleOf, typename Pack8>
+__device__ __forceinline__ void quantize_rows_by_absmax(unsigned char* __restrict__ q,
+                                                        float* __restrict__ scale,
+                                                        const T* __restrict__ x, int k,
+                                                        long long x_stride, ScaleOf scale_of,
+                                                        Pack8 pack8) {
+  __shared__ float scratch[32];
+  const T* row = x + blockIdx.x * x_stride;
+  const float s = scale_of(block_max(thread_row_absmax(row, k), scratch));
+  if (threadIdx.x == 0) scale[blockIdx.x] = s;
+  unsigned char* dst = q + blockIdx.x * static_cast<long long>(k);
+  for (int i = threadIdx.x * 8; i < k; i += blockDim.x * 8) {
+    Vec8Float<T> v;
+    v.load(row + i);
+    *reinterpret_cast<uint2*>(dst + i) = pack8(v.v, s);
+  }
+}
+
 }  // namespace inflightd

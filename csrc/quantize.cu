@@ -18,23 +18,9 @@ __device__ __forceinline__ void quantize_rows_impl(unsigned char* __restrict__ q
                                                    float* __restrict__ scale,
                                                    const T* __restrict__ x, int k,
                                                    long long x_stride) {
-  __shared__ float scratch[32];
-  const T* row = x + blockIdx.x * x_stride;
-  const int step = blockDim.x * 8;
-  float absmax = 0.f;
-  for (int i = threadIdx.x * 8; i < k; i += step) {
-    Vec8Float<T> v;
-    v.load(row + i);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) absmax = fmaxf(absmax, fabsf(v.v[j]));
-  }
-  const float s = store_row_scale(absmax, scratch, scale);
-  unsigned char* dst = q + blockIdx.x * static_cast<long long>(k);
-  for (int i = threadIdx.x * 8; i < k; i += step) {
-    Vec8Float<T> v;
-    v.load(row + i);
-    *reinterpret_cast<uint2*>(dst + i) = quantize8(v.v, s);
-  }
+  quantize_rows_by_absmax(q, scale, x, k, x_stride,
+                          [](float absmax) { return fmaxf(absmax, kMinAbsMax) * kInvFp8Max; },
+                          [](const float (&v)[8], float s) { return quantize8(v, s); });
 }
 
 }  // namespace

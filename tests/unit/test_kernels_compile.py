@@ -139,3 +139,22 @@ def test_engine_directory_cubins_round_trip_and_refuse_other_sources(compiled, t
     (edited / "rope_cache.cu").unlink()  # a kernel a later inflightd dropped
     with pytest.raises(KernelStoreError, match="no longer has; rebuild"):
         load_cubins(tmp_path / "engine", ARCH, csrc_dir=edited)
+
+
+# csrc/gemv_int.cu and the W8A8 GEMV of csrc/w8a8.cu: one tile of tokens with the weights
+# scaled one by one is held to 80 registers (3 CTAs of 256 threads per SM), the rest to 128
+# (2 CTAs); shared memory holds the 8 warps' partial sums (4 registers x 32 lanes a tile).
+INT_GEMV_SMEM_BYTES_PER_TILE = 8 * 4 * 32 * 4
+
+
+def test_integer_gemv_kernels_keep_their_occupancy(compiled):
+    usage = {**nvrtc.kernel_resources(compiled["gemv_int"].log),
+             **{name: resources for name, resources
+                in nvrtc.kernel_resources(compiled["w8a8"].log).items()
+                if name.startswith("gemv_")}}
+    assert len(usage) == len(kernels.MODULES_BY_NAME["gemv_int"].functions) + 4
+    for name, resources in usage.items():
+        tiles = int(re.search(r"_t(\d)", name).group(1))
+        one_by_one = tiles == 1 and not name.endswith("_bs") and "w8a8" not in name
+        assert resources.registers <= (80 if one_by_one else 128), (name, resources.registers)
+        assert resources.smem_bytes == tiles * INT_GEMV_SMEM_BYTES_PER_TILE, name

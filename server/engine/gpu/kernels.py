@@ -58,6 +58,16 @@ MODULES: tuple[KernelModule, ...] = (
                  + ("gemv_fp8_mma_bf16",)),
     # activations to FP8 for --quantization fp8 (exact division: matches the torch reference)
     KernelModule("quantize", False, _names("quantize_fp8_rows_{dt}", dt=DTYPES)),
+    # integer weights (IntWeight): W4A16 / W8A16 decode GEMV (_bs: one group per K block),
+    # their dequantization for cuBLAS, W8A8's int8 activations, GEMV and int32 epilogue
+    KernelModule("gemv_int", False,
+                 _names("gemv_w{bits}_{dt}_t{tiles}{bs}", bits=(4, 8), dt=DTYPES, tiles=(1, 2),
+                        bs=("", "_bs"))),
+    KernelModule("dequantize_int", False, _names("dequantize_w{bits}_{dt}", bits=(4, 8),
+                                                 dt=DTYPES)),
+    KernelModule("w8a8", False, _names("quantize_int8_rows_{dt}", dt=DTYPES)
+                 + _names("int8_scaled_out_{dt}", dt=DTYPES)
+                 + _names("gemv_w8a8_{dt}_t{tiles}", dt=DTYPES, tiles=(1, 2))),
     # grammar masks on the sampled rows' logits (structured outputs)
     KernelModule("token_bitmask", False, ("apply_token_bitmask_f32",)),
     # w1k2: the 1-warp row class on 2-warp CTAs that split each K/V tile's keys

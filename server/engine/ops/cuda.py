@@ -19,10 +19,12 @@ from server.engine.gpu.kernels import KernelLibrary
 from server.engine.ops.cuda_attention import paged_attention_into
 from server.engine.ops.cuda_fp8 import (FP8_MMA_GEMV_MAX_TOKENS, fp8_linear,
                                        quantize_fp8_rows_into)
+from server.engine.ops.cuda_int import int_linear
 from server.engine.ops.cuda_norm_act import gelu_into, layer_norm_into
 from server.engine.ops.cuda_fp8_fused import (SILU_FP8_MAX_WIDTH, add_rms_norm_fp8_into,
                                               empty_fp8_rows, rms_norm_fp8_into,
                                               silu_and_mul_fp8_into)
+from server.engine.models.int_weights import IntWeight
 from server.engine.models.quantization import Fp8Rows, Fp8Weight, check_not_quantized
 from server.engine.ops.cuda_launch import (GEMV_MAX_TOKENS, add_rms_norm_into,
                                           apply_token_bitmask_into, gemv_into,
@@ -44,7 +46,8 @@ class CudaOps:
     slower on gate_up and lm_head, and slower at 2-4 tokens); the rest goes to torch
     (cuBLAS). gemv_max_tokens=0 turns it off. FP8 weights (Fp8Weight): steps of up to
     fp8_gemv_max_tokens tokens on the FP8 GEMV (csrc/gemv_fp8.cu: the CUDA-core kernel at
-    one token, the tensor-core one at 2 to 8; any weight size), the rest on the FP8 GEMM."""
+    one token, the tensor-core one at 2 to 8; any weight size), the rest on the FP8 GEMM.
+    Integer weights (IntWeight): ops.cuda_int.int_linear."""
 
     def __init__(self, library: KernelLibrary | None = None, *,
                  gemv_max_tokens: int = 1,
@@ -62,12 +65,14 @@ class CudaOps:
         self.gemv_max_weight_elements = gemv_max_weight_elements
         self._mm_float32_out = _has_mm_float32_out(self.library.device)
 
-    def linear(self, x: torch.Tensor | Fp8Rows, weight: torch.Tensor | Fp8Weight,
+    def linear(self, x: torch.Tensor | Fp8Rows, weight: torch.Tensor | Fp8Weight | IntWeight,
                bias: torch.Tensor | None = None) -> torch.Tensor:
         if isinstance(weight, Fp8Weight):
             return fp8_linear(self.library, x, weight, bias,
                               gemv_max_tokens=self.fp8_gemv_max_tokens)
         check_not_quantized(x)
+        if isinstance(weight, IntWeight):  # csrc/gemv_int.cu, dequantize_int.cu, w8a8.cu
+            return int_linear(self.library, x, weight, bias)
         if (x.shape[0] > self.gemv_max_tokens
                 or weight.numel() > self.gemv_max_weight_elements
                 or not gemv_supports(x, weight)):

@@ -18,7 +18,7 @@ from server.engine.gpu.kernels import KernelLibrary
 from server.engine.ops.cuda_launch import GEMV_COLUMNS_PER_CTA, GEMV_MAX_TOKENS
 from server.engine.models.quantization import FP8_DIM_MULTIPLE, FP8_DTYPE, Fp8Rows, Fp8Weight
 
-QUANTIZE_THREADS = 256  # csrc/quantize.cu's launch bound
+QUANTIZE_THREADS = 256  # the launch bound of csrc/quantize.cu's and csrc/w8a8.cu's quantizers
 # csrc/gemv_fp8.cu's tensor-core GEMV: tokens are the MMA's N (8), 16 columns (its M) per
 # CTA of kMmaGemvWarps warps
 FP8_MMA_GEMV_MAX_TOKENS = 8
@@ -29,15 +29,25 @@ FP8_MMA_GEMV_WARPS = 8
 def quantize_fp8_rows_into(lib: KernelLibrary, q: torch.Tensor, scale: torch.Tensor,
                            x: torch.Tensor) -> None:
     """q [R, K] float8_e4m3fn and scale [R, 1] float32 with x ~= q * scale, row by row."""
+    launch_row_quantizer(lib, ("quantize", "quantize_fp8_rows"), q, scale, x,
+                         q_dtype=FP8_DTYPE, k_multiple=FP8_DIM_MULTIPLE, what="FP8")
+
+
+def launch_row_quantizer(lib: KernelLibrary, kernel: tuple[str, str], q: torch.Tensor,
+                         scale: torch.Tensor, x: torch.Tensor, *, q_dtype: torch.dtype,
+                         k_multiple: int, what: str) -> None:
+    """A row quantizer, kernel = (module, name without its dtype suffix): csrc/quantize.cu's
+    FP8, csrc/w8a8.cu's int8. One CTA per row of x [R, K] writes q [R, K] of q_dtype and
+    scale [R, 1] float32; x's rows may be views 16-byte aligned."""
     check_device(lib.device, x=x, q=q, scale=scale)
     suffix = dtype_suffix("x", x)
-    check_dtype(FP8_DTYPE, q=q)
+    check_dtype(q_dtype, q=q)
     check_dtype(torch.float32, scale=scale)
     check_shape("x", x, (None, None))
     num_rows, k = x.shape
-    if k % FP8_DIM_MULTIPLE:
-        raise KernelArgumentError(f"x's rows must be a multiple of {FP8_DIM_MULTIPLE} long for "
-                                  f"FP8, got {k}")
+    if k % k_multiple:
+        raise KernelArgumentError(f"x's rows must be a multiple of {k_multiple} long for "
+                                  f"{what}, got {k}")
     check_shape("q", q, (num_rows, k))
     check_shape("scale", scale, (num_rows, 1))
     check_contiguous(q=q, scale=scale)
@@ -46,7 +56,8 @@ def quantize_fp8_rows_into(lib: KernelLibrary, q: torch.Tensor, scale: torch.Ten
     if num_rows == 0:
         return
     threads = min(QUANTIZE_THREADS, -(-(k // 8) // 32) * 32)
-    lib.launch("quantize", f"quantize_fp8_rows_{suffix}", grid=(num_rows,), block=(threads,),
+    module, name = kernel
+    lib.launch(module, f"{name}_{suffix}", grid=(num_rows,), block=(threads,),
                args=(q.data_ptr(), scale.data_ptr(), x.data_ptr(), np.int32(k),
                      np.int64(x_stride)))
 
