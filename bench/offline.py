@@ -27,6 +27,7 @@ Every run prints one table; docs/benchmarks.md records them with device, date, c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import platform
@@ -49,7 +50,6 @@ from bench.workloads import run_workloads  # noqa: E402
 from server.bench.datasets import SHAREGPT_PATH  # noqa: E402
 from server.config import KV_CACHE_DTYPES, QUANTIZATIONS  # noqa: E402
 from server.engine.llm import LLM  # noqa: E402
-from server.engine.models.quantization import Fp8Weight  # noqa: E402
 from server.scheduler.request import SamplingParams  # noqa: E402
 
 SHAREGPT = SHAREGPT_PATH
@@ -175,9 +175,15 @@ def print_table(rows: list[dict], header: str) -> None:
 
 
 def weight_bytes_of(llm: LLM) -> int:
+    """Bytes of every weight tensor the model holds, a quantized weight's scales (and zero
+    points) included; a tensor shared by two names (tied embeddings) counts once."""
     tensors = []
     for weight in llm.engine.runner.model.weight_destinations().values():
-        tensors += [weight.data, weight.scale] if isinstance(weight, Fp8Weight) else [weight]
+        if isinstance(weight, torch.Tensor):
+            tensors.append(weight)
+        else:  # Fp8Weight, IntWeight: frozen dataclasses of tensors
+            tensors += [getattr(weight, f.name) for f in dataclasses.fields(weight)
+                        if isinstance(getattr(weight, f.name), torch.Tensor)]
     return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
 
 
