@@ -45,6 +45,11 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-num-batched-tokens", type=int,
                        default=SchedulerConfig.max_num_batched_tokens,
                        help="most tokens computed in one step")
+    serve.add_argument("--max-prefill-tokens", type=int, default=None,
+                       help="most prompt tokens one step computes beside its decodes (which "
+                            "always go first): lower gives steadier inter-token latency, "
+                            "higher a shorter time to first token (default: "
+                            "--max-num-batched-tokens); see docs/scheduling.md")
     serve.add_argument("--max-model-len", type=int, default=None,
                        help="context window (default: the model's, capped by the scheduler)")
     serve.add_argument("--policy", choices=("fcfs", "priority"), default="fcfs")
@@ -176,6 +181,7 @@ def serve_config(args: argparse.Namespace):
                           kv_cache_dtype=args.kv_cache_dtype),
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs,
                                   max_num_batched_tokens=args.max_num_batched_tokens,
+                                  max_prefill_tokens=args.max_prefill_tokens,
                                   policy=args.policy, kv_admission=args.kv_admission,
                                   async_scheduling={"auto": None, "on": True,
                                                     "off": False}[args.async_scheduling],

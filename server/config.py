@@ -55,6 +55,11 @@ KV_ADMISSIONS = ("optimistic", "guaranteed")
 class SchedulerConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
+    # Most prompt (prefill) tokens one step computes, beside its decodes, which are
+    # scheduled first (server/scheduler/budget.py): a step's time, so every running
+    # request's inter-token gap, grows with it; a long prompt takes more steps under a
+    # smaller cap (time to first token). None: max_num_batched_tokens. docs/scheduling.md.
+    max_prefill_tokens: int | None = None
     max_model_len: int = 2048
     policy: str = "fcfs"  # "fcfs" or "priority"
     # "optimistic": admit while the next chunk fits, preempt when blocks run out (vLLM's,
@@ -78,6 +83,11 @@ class SchedulerConfig:
                  f"kv_window must be >= 1, got {self.kv_window}")
         _require(self.max_num_batched_tokens >= 1,
                  f"--max-num-batched-tokens must be >= 1, got {self.max_num_batched_tokens}")
+        _require(self.max_prefill_tokens is None
+                 or 1 <= self.max_prefill_tokens <= self.max_num_batched_tokens,
+                 f"--max-prefill-tokens must be in 1..{self.max_num_batched_tokens} (at most "
+                 f"--max-num-batched-tokens; leave it out for no separate cap), "
+                 f"got {self.max_prefill_tokens}")
         _require(self.max_model_len >= 1,
                  f"--max-model-len must be >= 1, got {self.max_model_len}")
         _require(self.policy in ("fcfs", "priority"),
@@ -85,6 +95,13 @@ class SchedulerConfig:
         _require(self.kv_admission in KV_ADMISSIONS,
                  f"--kv-admission must be one of {', '.join(KV_ADMISSIONS)}, "
                  f"got {self.kv_admission!r}")
+
+    @property
+    def prefill_token_cap(self) -> int:
+        """Prefill tokens a step may compute (max_prefill_tokens, or the whole budget)."""
+        if self.max_prefill_tokens is None:
+            return self.max_num_batched_tokens
+        return self.max_prefill_tokens
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,8 @@ class LLM:
                  enable_prefix_caching: bool = True, seed: int = 0,
                  enforce_eager: bool = False, async_scheduling: bool | None = None,
                  quantization: str | None = None, kv_cache_dtype: str = "auto",
-                 kv_admission: str = "optimistic", tensor_parallel_size: int = 1,
+                 kv_admission: str = "optimistic", max_prefill_tokens: int | None = None,
+                 tensor_parallel_size: int = 1,
                  nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
                  master_port: int | None = None) -> None:
         """tensor_parallel_size > 1 starts that many ranks minus this process as worker
@@ -71,7 +72,8 @@ class LLM:
             scheduler_config=SchedulerConfig(max_num_seqs=max_num_seqs,
                                              max_num_batched_tokens=max_num_batched_tokens,
                                              async_scheduling=async_scheduling,
-                                             kv_admission=kv_admission))
+                                             kv_admission=kv_admission,
+                                             max_prefill_tokens=max_prefill_tokens))
         weakref.finalize(self, self.engine.close)
         self.tokenizer = _load_tokenizer(self.engine.info.tokenizer_dir)
         self._req_counter = itertools.count()

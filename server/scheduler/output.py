@@ -6,8 +6,10 @@ socket (msgspec encodes dataclasses) and never aliases the scheduler's own state
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from server.scheduler.errors import ModelOutputMismatchError
 from server.scheduler.request import SamplingParams
 
 
@@ -117,3 +119,20 @@ class RequestOutput:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+
+def sampled_in_step_order(scheduler_output: SchedulerOutput, model_output: ModelOutput
+                          ) -> Iterator[tuple[int, TokenLogprobs | None]]:
+    """(token id, logprobs) of each sampled chunk, in the step's order, once the model
+    output is checked to sample exactly those."""
+    expected = tuple(s.req_id for s in scheduler_output.scheduled if s.sample)
+    if model_output.req_ids != expected:
+        raise ModelOutputMismatchError(
+            f"the model output samples for {list(model_output.req_ids)} but the step "
+            f"scheduled sampling for {list(expected)}, in that order")
+    if len(model_output.sampled_token_ids) != len(expected):
+        raise ModelOutputMismatchError(
+            f"{len(model_output.sampled_token_ids)} sampled tokens for {len(expected)} requests")
+    logprobs: Sequence[TokenLogprobs | None] = (
+        model_output.logprobs if model_output.logprobs is not None else (None,) * len(expected))
+    return zip(model_output.sampled_token_ids, logprobs, strict=True)

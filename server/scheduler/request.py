@@ -184,3 +184,13 @@ class Request:
         """KV slots it holds at its longest: the last sampled token is never fed back, so
         it needs none; every prompt token needs one (max_tokens 0 samples nothing)."""
         return self.num_prompt_tokens + max(self.sampling_params.max_tokens - 1, 0)
+
+    def token_slice(self, start: int, end: int) -> tuple[int, ...]:
+        """all_token_ids[start:end] without copying the whole history each step."""
+        prompt, outputs = self.prompt_token_ids, self.output_token_ids
+        num_prompt = len(prompt)
+        if end <= num_prompt:
+            return tuple(prompt[start:end])
+        if start >= num_prompt:
+            return tuple(outputs[start - num_prompt:end - num_prompt])
+        return tuple(prompt[start:]) + tuple(outputs[:end - num_prompt])

@@ -1,7 +1,8 @@
 """Iteration-level scheduling over the paged KV cache.
 
 There are no prefill and decode modes: each step, every scheduled request computes some of
-the tokens it knows but has not computed yet, within one token budget for the step:
+the tokens it knows but has not computed yet, within one token budget for the step
+(running decodes first, then prefill chunks under their own cap: budget.py):
 
     # | computed earlier (KV cached) | this step's chunk | not yet (next steps) |
     # 0                     num_computed_tokens                          num_tokens
@@ -37,16 +38,15 @@ hit. With max_tokens 0 that first token is dropped: the request ends there, "len
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-
 from server.config import CacheConfig, SchedulerConfig
 from server.kvcache.block_manager import BlockManager, BlockTable
 from server.kvcache.events import KVEventRecorder
-from server.scheduler.errors import (ModelOutputMismatchError, RequestRejectedError,
-                                     StaleSchedulerOutputError)
-from server.scheduler.admission import make_admission
+from server.scheduler.errors import StaleSchedulerOutputError
+from server.scheduler.admission import check_admissible, make_admission
+from server.scheduler.budget import StepBudget
 from server.scheduler.output import (ModelOutput, NewRequestData, RequestOutput,
-                                     ScheduledRequest, SchedulerOutput, TokenLogprobs)
+                                     ScheduledRequest, SchedulerOutput, TokenLogprobs,
+                                     sampled_in_step_order)
 from server.scheduler.prompt_logprobs import gather_prompt_logprobs, take_prompt_logprobs
 from server.scheduler.policy import make_policy
 from server.scheduler.request import Request, RequestStatus
@@ -88,7 +88,8 @@ class Scheduler:
     def add(self, request: Request, *, awaits_grammar: bool = False) -> None:
         """Queue a request (or hold it until grammar_ready, with awaits_grammar); raises
         RequestRejectedError if it could never run."""
-        self._check_admissible(request)
+        check_admissible(request, config=self._config, block_manager=self._block_manager,
+                         in_use=self._requests)
         self._requests[request.req_id] = request
         if awaits_grammar:
             request.status = RequestStatus.WAITING_FOR_GRAMMAR
@@ -149,55 +150,83 @@ class Scheduler:
     # ---- planning a step ---------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
-        budget = self._config.max_num_batched_tokens
+        """Plan a step: running decodes first, then prefill chunks of running requests, then
+        waiting requests, within the step's budget and prefill cap (budget.py)."""
+        budget = StepBudget(max_tokens=self._config.max_num_batched_tokens,
+                            max_prefill_tokens=self._config.prefill_token_cap)
         self._policy.order_running(self._running)
-        scheduled, preempted_req_ids = self._schedule_running(budget)
-        budget -= sum(s.num_tokens for s in scheduled)
+        scheduled: dict[str, ScheduledRequest] = {}
+        preempted_req_ids: list[str] = []
+        self._schedule_running(budget, scheduled, preempted_req_ids)
         new_requests: list[NewRequestData] = []
         if not preempted_req_ids:  # memory is short: admitting more would only thrash
             new_requests = self._schedule_waiting(budget, scheduled)
         finished_req_ids = tuple(self._finished_req_ids)
         self._finished_req_ids.clear()
+        chunks = tuple(scheduled.values())
         return SchedulerOutput(
-            scheduled=tuple(scheduled), new_requests=tuple(new_requests),
+            scheduled=chunks, new_requests=tuple(new_requests),
             preempted_req_ids=tuple(preempted_req_ids), finished_req_ids=finished_req_ids,
-            num_batched_tokens=sum(s.num_tokens for s in scheduled))
+            num_batched_tokens=sum(s.num_tokens for s in chunks))
 
-    def _schedule_running(self, budget: int) -> tuple[list[ScheduledRequest], list[str]]:
-        scheduled: list[ScheduledRequest] = []
-        preempted_req_ids: list[str] = []
-        index = 0
-        while index < len(self._running) and budget > 0:
-            request = self._running[index]
-            index += 1
-            if _awaits_last_token(request):
-                continue
-            if request.rope_table != self._rope_table(request):
-                # grew past a LongRoPE model's original context: every position rotates
-                # the long way now, so its KV is recomputed, as transformers does
-                _remove_by_identity(self._running, request)
-                self._preempt(request)
-                preempted_req_ids.append(request.req_id)
-                index -= 1
-                continue
-            num_new = min(_num_tokens_with_pending(request) - request.num_computed_tokens,
-                          budget)
-            table = self._make_room(request, num_new, preempted_req_ids)
-            if table is None:
-                break  # it preempted itself, and every request after it before that
-            scheduled.append(self._schedule_chunk(request, num_new, table.block_ids))
-            budget -= num_new
-        return scheduled, preempted_req_ids
+    def _schedule_running(self, budget: StepBudget, scheduled: dict[str, ScheduledRequest],
+                          preempted_req_ids: list[str]) -> None:
+        self._recompute_past_rope_threshold(preempted_req_ids)
+        decodes: list[Request] = []
+        prefills: list[Request] = []
+        for request in self._running:
+            if not _awaits_last_token(request):
+                num_left = _num_tokens_with_pending(request) - request.num_computed_tokens
+                (decodes if num_left == 1 else prefills).append(request)
+        for request in decodes:  # they all fit: see budget.py
+            if request.status is RequestStatus.RUNNING and not self._schedule_running_chunk(
+                    request, 1, budget, scheduled, preempted_req_ids, prefill=False):
+                return  # it preempted itself: memory is exhausted for this step
+        for request in prefills:
+            if budget.prefill_left == 0:
+                return
+            if request.status is not RequestStatus.RUNNING:
+                continue  # preempted to make room for a request served before it
+            num_left = _num_tokens_with_pending(request) - request.num_computed_tokens
+            if not self._schedule_running_chunk(request, min(num_left, budget.prefill_left),
+                                                budget, scheduled, preempted_req_ids,
+                                                prefill=True):
+                return
 
-    def _make_room(self, request: Request, num_new: int,
+    def _recompute_past_rope_threshold(self, preempted_req_ids: list[str]) -> None:
+        """A request grown past a LongRoPE model's original context rotates every position
+        the long way now: its KV is recomputed, as transformers does."""
+        for request in [r for r in self._running if r.rope_table != self._rope_table(r)]:
+            _remove_by_identity(self._running, request)
+            self._preempt(request)
+            preempted_req_ids.append(request.req_id)
+
+    def _schedule_running_chunk(self, request: Request, num_new: int, budget: StepBudget,
+                                scheduled: dict[str, ScheduledRequest],
+                                preempted_req_ids: list[str], *, prefill: bool) -> bool:
+        """Schedule a running request's next chunk; False if it had to be preempted."""
+        table = self._make_room(request, num_new, budget, scheduled, preempted_req_ids)
+        if table is None:
+            return False
+        scheduled[request.req_id] = self._schedule_chunk(request, num_new, table.block_ids)
+        budget.spend(request.req_id, num_new, prefill=prefill)
+        return True
+
+    def _make_room(self, request: Request, num_new: int, budget: StepBudget,
+                   scheduled: dict[str, ScheduledRequest],
                    preempted_req_ids: list[str]) -> BlockTable | None:
         """Preempt from the running tail until request's next chunk fits; returns its grown
-        table, or None if the request itself had to go."""
+        table, or None if the request itself had to go. A victim already scheduled this
+        step (decodes go first) gives its chunk and tokens back."""
         num_tokens = request.num_computed_tokens + num_new
         self._release_out_of_window(request)
         while (table := self._block_manager.try_append_slots(request.req_id,
                                                              num_tokens)) is None:
             victim = self._running.pop()
+            chunk = scheduled.pop(victim.req_id, None)
+            if chunk is not None:
+                budget.refund(victim.req_id)
+                victim.num_pending_tokens -= chunk.sample  # that step will not run it
             self._preempt(victim)
             preempted_req_ids.append(victim.req_id)
             if victim is request:
@@ -224,17 +253,17 @@ class Scheduler:
         self._waiting.push_front(request)
         self._num_preemptions_total += 1
 
-    def _schedule_waiting(self, budget: int,
-                          scheduled: list[ScheduledRequest]) -> list[NewRequestData]:
+    def _schedule_waiting(self, budget: StepBudget,
+                          scheduled: dict[str, ScheduledRequest]) -> list[NewRequestData]:
         new_requests: list[NewRequestData] = []
-        while (self._waiting and budget > 0
+        while (self._waiting and budget.prefill_left > 0
                and len(self._running) < self._config.max_num_seqs):
             request = self._waiting.peek()
             if request.num_pending_tokens:
                 break  # preempted with a token in flight: it resumes once the id is here
             if not self._admission.fits(request):
                 break  # its growth is not guaranteed yet (kv_admission "guaranteed")
-            num_new = self._admit(request, budget)
+            num_new = self._admit(request, budget.prefill_left)
             if num_new is None:
                 break  # no room for the head: later ones wait behind it, in order
             self._waiting.pop()
@@ -242,8 +271,8 @@ class Scheduler:
                 req_id=request.req_id, prompt_token_ids=tuple(request.prompt_token_ids),
                 output_token_ids=tuple(request.output_token_ids),
                 sampling_params=request.sampling_params))
-            scheduled.append(self._schedule_chunk(request, num_new))
-            budget -= num_new
+            scheduled[request.req_id] = self._schedule_chunk(request, num_new)
+            budget.spend(request.req_id, num_new, prefill=True)
         return new_requests
 
     def _admit(self, request: Request, budget: int) -> int | None:
@@ -289,7 +318,7 @@ class Scheduler:
         request.num_computed_tokens = end
         request.num_pending_tokens += sample
         return ScheduledRequest(
-            req_id=request.req_id, token_ids=_token_slice(request, start, min(end, num_known)),
+            req_id=request.req_id, token_ids=request.token_slice(start, min(end, num_known)),
             start_position=start,
             block_ids=(block_ids if block_ids is not None else
                        self._block_manager.get_block_table(request.req_id).block_ids),
@@ -301,7 +330,7 @@ class Scheduler:
                model_output: ModelOutput) -> list[RequestOutput]:
         """Append the step's sampled tokens (in step order: pass each schedule() output
         once). Returns an output for each request that got a token (finished or not)."""
-        sampled = iter(_sampled_in_step_order(scheduler_output, model_output))
+        sampled = iter(sampled_in_step_order(scheduler_output, model_output))
         outputs: list[RequestOutput] = []
         requests = self._requests
         block_size = self._block_manager.block_size
@@ -357,42 +386,6 @@ class Scheduler:
         del self._requests[request.req_id]
         self._finished_req_ids.append(request.req_id)
 
-    # ---- admission checks --------------------------------------------------------------
-
-    def _check_admissible(self, request: Request) -> None:
-        if request.req_id in self._requests:
-            raise RequestRejectedError(
-                "duplicate_request_id", f"request id {request.req_id!r} is already in use")
-        if request.num_prompt_tokens == 0:
-            raise RequestRejectedError("empty_prompt", "the prompt has no tokens")
-        max_tokens = request.sampling_params.max_tokens
-        total = request.num_prompt_tokens + max_tokens
-        if total > self._config.max_model_len:
-            raise RequestRejectedError(
-                "context_length_exceeded",
-                f"prompt ({request.num_prompt_tokens} tokens) + max_tokens ({max_tokens}) = "
-                f"{total} is beyond the maximum context length of "
-                f"{self._config.max_model_len} tokens; shorten the prompt or lower max_tokens")
-        num_blocks = self._most_blocks_held(request.max_kv_slots)
-        if num_blocks > self._block_manager.num_blocks:
-            capacity = self._block_manager.num_blocks * self._block_manager.block_size
-            raise RequestRejectedError(
-                "kv_cache_too_small",
-                f"prompt + max_tokens needs {request.max_kv_slots} KV slots but the whole "
-                f"KV cache holds {capacity}; lower max_tokens or give the cache more memory")
-
-
-    def _most_blocks_held(self, num_slots: int) -> int:
-        """Blocks a request of num_slots KV slots holds at most at once: all of them, or
-        with a sliding window in every layer the window and a chunk (plus one block of
-        misalignment)."""
-        blocks = self._block_manager.num_blocks_for(num_slots)
-        window = self._config.kv_window
-        if window is None:
-            return blocks
-        chunk = self._config.max_num_batched_tokens
-        return min(blocks, self._block_manager.num_blocks_for(window - 1 + chunk) + 1)
-
 
 def _num_tokens_with_pending(request: Request) -> int:
     return request.num_tokens + request.num_pending_tokens
@@ -425,7 +418,6 @@ def _request_output(request: Request, new_token_ids: tuple[int, ...],
         logprobs=None if logprobs is None else (logprobs,), prompt_logprobs=prompt_logprobs)
 
 
-
 def _remove_by_identity(requests: list[Request], request: Request) -> None:
     # not list.remove: Request's dataclass __eq__ would compare field by field
     for index, candidate in enumerate(requests):
@@ -433,31 +425,3 @@ def _remove_by_identity(requests: list[Request], request: Request) -> None:
             del requests[index]
             return
     raise ValueError(f"request {request.req_id!r} is not in the list")
-
-
-def _token_slice(request: Request, start: int, end: int) -> tuple[int, ...]:
-    """request.all_token_ids[start:end] without copying the whole history each step."""
-    prompt, outputs = request.prompt_token_ids, request.output_token_ids
-    num_prompt = len(prompt)
-    if end <= num_prompt:
-        return tuple(prompt[start:end])
-    if start >= num_prompt:
-        return tuple(outputs[start - num_prompt:end - num_prompt])
-    return tuple(prompt[start:]) + tuple(outputs[:end - num_prompt])
-
-
-def _sampled_in_step_order(scheduler_output: SchedulerOutput, model_output: ModelOutput
-                           ) -> Iterator[tuple[int, TokenLogprobs | None]]:
-    """(token id, logprobs) of each sampled chunk, in the step's order, once the model
-    output is checked to sample exactly those."""
-    expected = tuple(s.req_id for s in scheduler_output.scheduled if s.sample)
-    if model_output.req_ids != expected:
-        raise ModelOutputMismatchError(
-            f"the model output samples for {list(model_output.req_ids)} but the step "
-            f"scheduled sampling for {list(expected)}, in that order")
-    if len(model_output.sampled_token_ids) != len(expected):
-        raise ModelOutputMismatchError(
-            f"{len(model_output.sampled_token_ids)} sampled tokens for {len(expected)} requests")
-    logprobs: Sequence[TokenLogprobs | None] = (
-        model_output.logprobs if model_output.logprobs is not None else (None,) * len(expected))
-    return zip(model_output.sampled_token_ids, logprobs, strict=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from server.config import CacheConfig, SchedulerConfig
 from server.scheduler.output import ModelOutput, RequestOutput, SchedulerOutput
-from server.scheduler.request import Request, SamplingParams
+from server.scheduler.request import Request, RequestStatus, SamplingParams
 from server.scheduler.scheduler import Scheduler
 
 VOCAB_SIZE = 32
@@ -37,12 +37,13 @@ def expected_output(*, req_id: str, num_prompt_tokens: int, max_tokens: int,
 def make_scheduler(*, num_blocks: int = 64, block_size: int = 4, max_num_seqs: int = 8,
                    max_num_batched_tokens: int = 64, max_model_len: int = 256,
                    policy: str = "fcfs", enable_prefix_caching: bool = True,
-                   kv_admission: str = "optimistic") -> Scheduler:
+                   kv_admission: str = "optimistic",
+                   max_prefill_tokens: int | None = None) -> Scheduler:
     return Scheduler(
         SchedulerConfig(max_num_seqs=max_num_seqs,
                         max_num_batched_tokens=max_num_batched_tokens,
                         max_model_len=max_model_len, policy=policy,
-                        kv_admission=kv_admission),
+                        kv_admission=kv_admission, max_prefill_tokens=max_prefill_tokens),
         CacheConfig(block_size=block_size, num_blocks=num_blocks,
                     enable_prefix_caching=enable_prefix_caching))
 
@@ -168,3 +169,43 @@ def run_until_done(scheduler: Scheduler, runner: FakeRunner, *, max_steps: int =
                 results[out.req_id] = (streamed[out.req_id], out.finish_reason)
         scheduler.block_manager.check_invariants()
     raise AssertionError(f"requests still unfinished after {max_steps} steps")
+
+
+class DecodeWatch:
+    """Watches a synchronous run from outside through the Request objects it added: for
+    each running request with one token left to compute (a decode), how many steps in a
+    row it was left out of; and how many prefill tokens (chunks of anything else) each
+    step computed."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, Request] = {}
+        self.skips: dict[str, int] = {}  # req_id -> steps in a row it was left out of
+        self.max_skips = 0
+        self.prefill_tokens: list[int] = []  # per step
+        self.decodes: set[str] = set()  # the last step's
+
+    def add(self, scheduler: Scheduler, request: Request) -> None:
+        self.requests[request.req_id] = request
+        scheduler.add(request)
+
+    def before_step(self) -> None:
+        self.decodes = {r.req_id for r in self.requests.values()
+                         if r.status is RequestStatus.RUNNING
+                         and r.num_tokens - r.num_computed_tokens == 1}
+
+    def after_schedule(self, output: SchedulerOutput) -> None:
+        served = {c.req_id for c in output.scheduled}
+        self.prefill_tokens.append(sum(c.num_tokens for c in output.scheduled
+                                       if c.req_id not in self.decodes))
+        for req_id in self.decodes:
+            if req_id in served or self.requests[req_id].status is not RequestStatus.RUNNING:
+                self.skips.pop(req_id, None)  # served, or preempted (no longer running)
+            else:
+                self.skips[req_id] = self.skips.get(req_id, 0) + 1
+                self.max_skips = max(self.max_skips, self.skips[req_id])
+
+    def step(self, scheduler: Scheduler, runner: FakeRunner) -> list[RequestOutput]:
+        self.before_step()
+        output = scheduler.schedule()
+        self.after_schedule(output)
+        return scheduler.update(output, runner.execute(output))

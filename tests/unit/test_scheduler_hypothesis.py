@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from server.scheduler.request import Request, RequestStatus
 from server.scheduler.scheduler import Scheduler
-from tests.unit.scheduler_helpers import (FakeRunner, expected_output, make_request,
-                                          make_scheduler, step)
+from tests.unit.scheduler_helpers import (DecodeWatch, FakeRunner, expected_output,
+                                          make_request, make_scheduler)
 
 EOS_TOKEN_ID = 0
 HEADS = ([7, 7, 7, 7, 7, 7, 7, 7], [7, 7, 7, 7, 8, 8], [9, 9, 9], [])
@@ -79,19 +79,26 @@ class Ledger:
 def _run(scheduler: Scheduler, runner: FakeRunner, workload: tuple[Arrival, ...]) -> Ledger:
     ledger = Ledger({a.req_id: [] for a in workload}, {a.req_id: [] for a in workload})
     last_arrival = max(a.arrive_at_step for a in workload)
+    watch = DecodeWatch()
     for step_index in range(1000):
         for arrival in workload:
             if arrival.arrive_at_step == step_index:
-                scheduler.add(arrival.request())
+                watch.add(scheduler, arrival.request())
             if arrival.abort_at_step == step_index:
                 final = scheduler.abort(arrival.req_id)
                 if final is not None:
                     ledger.record(final)
         if step_index > last_arrival and not scheduler.has_unfinished():
             return ledger
-        output, outputs = step(scheduler, runner)
+        watch.before_step()
+        output = scheduler.schedule()
+        watch.after_schedule(output)
+        outputs = scheduler.update(output, runner.execute(output))
         assert output.num_batched_tokens <= scheduler.config.max_num_batched_tokens
         assert len(output.scheduled) <= scheduler.config.max_num_seqs
+        # decodes go first: none is ever left out while prefills take the rest, up to the cap
+        assert watch.prefill_tokens[-1] <= scheduler.config.prefill_token_cap
+        assert watch.max_skips == 0, watch.skips
         for out in outputs:
             ledger.record(out)
         scheduler.block_manager.check_invariants()
@@ -129,17 +136,20 @@ def _check_nothing_leaked(scheduler: Scheduler, workload: tuple[Arrival, ...]) -
        spare_blocks=st.integers(0, 6), max_num_batched_tokens=st.integers(1, 24),
        max_num_seqs=st.integers(1, 4), policy=st.sampled_from(["fcfs", "priority"]),
        enable_prefix_caching=st.booleans(),
-       kv_admission=st.sampled_from(["optimistic", "guaranteed"]))
+       kv_admission=st.sampled_from(["optimistic", "guaranteed"]),
+       prefill_cap=st.none() | st.integers(1, 24))
 def test_every_request_finishes_once_with_its_undisturbed_tokens_and_nothing_leaks(
         workload, block_size, spare_blocks, max_num_batched_tokens, max_num_seqs, policy,
-        enable_prefix_caching, kv_admission):
+        enable_prefix_caching, kv_admission, prefill_cap):
     # the pool just fits the largest request, so several at once must preempt each other
     largest = max(len(a.prompt_token_ids) + a.max_tokens - 1 for a in workload)
     scheduler = make_scheduler(
         num_blocks=-(-largest // block_size) + spare_blocks, block_size=block_size,
         max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
         max_model_len=MAX_PROMPT + MAX_OUTPUT, policy=policy,
-        enable_prefix_caching=enable_prefix_caching, kv_admission=kv_admission)
+        enable_prefix_caching=enable_prefix_caching, kv_admission=kv_admission,
+        max_prefill_tokens=None if prefill_cap is None else min(prefill_cap,
+                                                                 max_num_batched_tokens))
     runner = FakeRunner(block_size=block_size)
     ledger = _run(scheduler, runner, workload)
     _check_results(workload, ledger)
