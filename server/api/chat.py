@@ -18,11 +18,11 @@ from server.api.errors import APIError, invalid_param
 from server.api.generation import Generation
 from server.api.logprobs import chat_logprobs, vllm_prompt_logprobs
 from server.api.protocol import ChatCompletionRequest
-from server.api.responses import (ChatChoice, ChatChunkChoice, ChatCompletionChunk,
-                                  ChatCompletionResponse, ChatDelta, ChatLogprobs, UsageInfo)
+from server.api.responses import (ChatChoice, ChatCompletionResponse, ChatLogprobs,
+                                  UsageInfo)
 from server.api.serving import ServingState, collect, tokenize_off_loop
-from server.api.streaming import (SSEResponse, delta_events, first_step, sse_event,
-                                  unless_disconnected)
+from server.api.sse_chunks import ChunkEvents, chat_choice
+from server.api.streaming import SSEResponse, delta_events, first_step, unless_disconnected
 from server.api.structured import RequestGrammar, requested_grammar
 from server.api.tokenizer import TokenizerError
 from server.api.tool_calls.output import ToolCallStreamer, tool_message
@@ -114,24 +114,19 @@ async def _chunks(state: ServingState, generation: Generation, steps, body: Chat
                   created: int) -> AsyncIterator[bytes]:
     """The SSE events: each choice's role first, then a chunk per choice per engine step,
     the usage chunk if asked for, and [DONE]. An error mid-stream is sent as an event."""
-    include_usage = body.include_usage
+    events = ChunkEvents(request_id=request_id, object_name="chat.completion.chunk",
+                         created=created, model=model, include_usage=body.include_usage)
     streamers = ({index: ToolCallStreamer(plan) for index in range(body.n)}
                  if plan.parser is not None else {})
 
-    def chunk(choices: list[ChatChunkChoice], usage: UsageInfo | None = None) -> bytes:
-        data = ChatCompletionChunk(id=request_id, created=created, model=model,
-                                   choices=choices, usage=usage)
-        exclude = None if include_usage else {"usage"}
-        return sse_event(data.model_dump_json(exclude=exclude))
-
     for index in range(body.n):
-        yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""),
-                                     logprobs=None)])
+        yield events.event([chat_choice(index, role="assistant", content="")])
 
     def render(delta) -> bytes:
         logprobs = None
         if body.logprobs:
-            logprobs = ChatLogprobs(content=chat_logprobs(state.tokenizer, delta.logprobs))
+            logprobs = ChatLogprobs(content=chat_logprobs(state.tokenizer, delta.logprobs)
+                                    ).model_dump(mode="json")
         content, tool_calls, finish_reason = delta.text, None, delta.finish_reason
         streamer = streamers.get(delta.index)
         if streamer is not None:
@@ -139,14 +134,14 @@ async def _chunks(state: ServingState, generation: Generation, steps, body: Chat
             finish_reason = streamer.finish_reason(finish_reason)
             if not (content or tool_calls or finish_reason or delta.logprobs):
                 return b""  # text held back: it may still turn out to start a call
-        return chunk([ChatChunkChoice(index=delta.index,
-                                      delta=ChatDelta(content=content or None,
-                                                      tool_calls=tool_calls or None),
-                                      logprobs=logprobs, finish_reason=finish_reason)])
+        calls = [call.model_dump(mode="json") for call in tool_calls] if tool_calls else None
+        return events.event([chat_choice(delta.index, content=content or None,
+                                         tool_calls=calls, logprobs=logprobs,
+                                         finish_reason=finish_reason)])
 
     def usage_event() -> bytes:
-        return chunk([], usage=UsageInfo(**generation.usage().to_dict()))
+        return events.usage_event(generation.usage().to_dict())
 
     async for event in delta_events(steps, render,
-                                    usage_event=usage_event if include_usage else None):
+                                    usage_event=usage_event if body.include_usage else None):
         yield event

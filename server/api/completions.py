@@ -30,8 +30,8 @@ from server.api.logprobs import (CompletionLogprobsBuilder, prompt_text_offsets,
 from server.api.protocol import CompletionRequest
 from server.api.responses import CompletionChoice, CompletionResponse, UsageInfo
 from server.api.serving import CollectedChoice, ServingState, collect, tokenize_off_loop
-from server.api.streaming import (SSEResponse, delta_events, first_step, sse_event,
-                                  unless_disconnected)
+from server.api.sse_chunks import ChunkEvents, completion_choice
+from server.api.streaming import SSEResponse, delta_events, first_step, unless_disconnected
 from server.api.structured import requested_grammar
 from server.scheduler.output import TokenLogprobs
 
@@ -176,20 +176,13 @@ async def _chunks(state: ServingState, generation: Generation, steps,
                   created: int) -> AsyncIterator[bytes]:
     """With echo, the prompt's text comes first: in an event of its own, or with logprobs
     on the choice's first delta, which brings the prompt logprobs."""
-    include_usage = body.include_usage
     num_choices = body.n * (len(echoes) if echoes else 1)
-
-    def chunk(choices: list[CompletionChoice], usage: UsageInfo | None = None) -> bytes:
-        data = CompletionResponse(id=request_id, created=created, model=model,
-                                  choices=choices, usage=usage)
-        exclude = None if include_usage else {"usage"}
-        return sse_event(data.model_dump_json(exclude=exclude))
-
+    events = ChunkEvents(request_id=request_id, object_name="text_completion",
+                         created=created, model=model, include_usage=body.include_usage)
     builders: dict[int, CompletionLogprobsBuilder] = {}
     if echoes and not body.echoes_logprobs:
         for index in range(num_choices):
-            yield chunk([CompletionChoice(index=index, text=echoes[index // body.n].text,
-                                          logprobs=None, finish_reason=None)])
+            yield events.event([completion_choice(index, echoes[index // body.n].text)])
 
     def render(delta) -> bytes:
         text, logprobs = delta.text, None
@@ -202,13 +195,13 @@ async def _chunks(state: ServingState, generation: Generation, steps,
                 builder = builders[delta.index] = choice_logprobs(state, body, echo,
                                                                   delta.prompt_logprobs)
             builder.add(delta.logprobs, delta.token_offsets)
-            logprobs = builder.take()
-        return chunk([CompletionChoice(index=delta.index, text=text, logprobs=logprobs,
-                                       finish_reason=delta.finish_reason)])
+            logprobs = builder.take().model_dump(mode="json")
+        return events.event([completion_choice(delta.index, text, logprobs=logprobs,
+                                               finish_reason=delta.finish_reason)])
 
     def usage_event() -> bytes:
-        return chunk([], usage=UsageInfo(**generation.usage().to_dict()))
+        return events.usage_event(generation.usage().to_dict())
 
     async for event in delta_events(steps, render,
-                                    usage_event=usage_event if include_usage else None):
+                                    usage_event=usage_event if body.include_usage else None):
         yield event

@@ -11,17 +11,31 @@
 
 The idle keep-alive timeout is uvicorn's own (timeout_keep_alive). The request body has its
 own deadline in the routes (request_body_timeout_s, a 408).
+
+A connection buffers at most WRITE_BUFFER_HIGH bytes of response in the process (asyncio's
+default is 64 KiB) and SEND_BUFFER_BYTES in the kernel before the response's task waits for
+the client: for a stream, what waits beyond that merges into one fresher chunk
+(server/engine/service/output_stream.py) instead of queueing as thousands of stale ones.
+Left to itself Linux grows a socket's send buffer up to tcp_wmem's maximum (4 MiB here):
+a client that stopped reading held some 1,500 chunks there before any merged, and 2,048
+such clients could pin gigabytes of kernel memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from dataclasses import dataclass
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 logger = logging.getLogger("inflightd.api")
+
+WRITE_BUFFER_HIGH = 16 * 1024  # about 100 chunks of a stream
+# The kernel doubles it for its bookkeeping. A bound on a body's throughput too: 128 KiB
+# per round trip (2.6 MB/s at 50 ms), far above what a token stream or an answer needs.
+SEND_BUFFER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,7 @@ class LimitedH11Protocol(H11Protocol):
             transport.abort()  # closed now, nothing buffered to flush
             return
         super().connection_made(transport)
+        _bound_send_buffers(transport)
         self._arm_header_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -81,3 +96,10 @@ class LimitedH11Protocol(H11Protocol):
         logger.info("closed a connection whose request headers did not arrive within %g s",
                     self.limits.header_timeout_s)
         self.transport.close()
+
+
+def _bound_send_buffers(transport: asyncio.Transport) -> None:
+    transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)

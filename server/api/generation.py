@@ -93,6 +93,7 @@ class Generation:
                                     want_logprobs=want_logprobs,
                                     skip_special_tokens=skip_special_tokens)
             for req_id, plan in zip(self._req_ids, self._plans)}
+        self._num_unfinished = len(self._assemblers)  # choices still to finish
         self._share = share_prompt_blocks
         self._block_size = block_size
 
@@ -112,7 +113,7 @@ class Generation:
         try:
             first, followers = self._stage()
             self._send(stream, first)
-            while not all(a.finished for a in self._assemblers.values()):
+            while self._num_unfinished:
                 batch = await stream.next_batch()
                 now = time.monotonic()
                 deltas = []
@@ -168,11 +169,14 @@ class Generation:
         if output.finish_reason == "error":
             raise APIError("the engine failed while generating", status_code=500,
                            type=SERVER_ERROR)
-        timing = self._timings.setdefault(output.req_id, ChoiceTiming(arrival_at=now))
+        timing = self._timings.get(output.req_id)
+        if timing is None:
+            timing = self._timings[output.req_id] = ChoiceTiming(arrival_at=now)
         timing.on_tokens(now, len(output.new_token_ids))
         delta = assembler.update(output)
         if assembler.finished:
             timing.finish(now, assembler.finish_reason)
+            self._num_unfinished -= 1
         if assembler.finished and not output.finished:
             self._client.abort([output.req_id])  # a stop string matched
         if (delta.text or delta.logprobs or delta.finish_reason

@@ -38,12 +38,17 @@ class ChoiceTiming:
     token_gaps: list[float] = field(default_factory=list)  # seconds per token after the first
 
     def on_tokens(self, now: float, num_tokens: int) -> None:
+        """num_tokens arrived at `now`: more than one when engine steps merged while this
+        request's task was busy (output_stream.py). Each token after the first has a gap:
+        the time since the last arrival shared out evenly, and none for tokens that came
+        with the first."""
         if num_tokens == 0:
             return
         if self.last_token_at is not None:
             self.token_gaps.extend([(now - self.last_token_at) / num_tokens] * num_tokens)
         else:
             self.first_token_at = now
+            self.token_gaps.extend([0.0] * (num_tokens - 1))
         self.last_token_at = now
         self.num_tokens += num_tokens
 

@@ -120,35 +120,6 @@ class ToolCallDeltaOut(BaseModel):
         return {key: value for key, value in handler(self).items() if value is not None}
 
 
-class ChatDelta(BaseModel):
-    """Only what changed: the role in a choice's first chunk, then content pieces or tool
-    call deltas; the final chunk's delta is empty."""
-
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    tool_calls: list[ToolCallDeltaOut] | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_unset(self, handler) -> dict:
-        return {key: value for key, value in handler(self).items() if value is not None}
-
-
-class ChatChunkChoice(BaseModel):
-    index: int
-    delta: ChatDelta
-    logprobs: ChatLogprobs | None = None
-    finish_reason: str | None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatChunkChoice]
-    usage: UsageInfo | None = None
-
-
 # ---- completions ----
 
 class CompletionLogprobs(BaseModel):
@@ -175,7 +146,8 @@ class CompletionChoice(BaseModel):
 
 
 class CompletionResponse(BaseModel):
-    """Also the shape of each streamed completions chunk, as in OpenAI's API."""
+    """Also the shape of each streamed completions chunk, as in OpenAI's API (written by
+    sse_chunks.py)."""
 
     id: str
     object: Literal["text_completion"] = "text_completion"

@@ -2,7 +2,8 @@
 
 It starts the engine as a child process, sends it requests and aborts without ever blocking
 the event loop, and routes each step's outputs to the stream of the api request that owns
-them. One api request (say n=3 choices) is one OutputStream over several engine requests.
+them. One api request (say n=3 choices) is one OutputStream over several engine requests
+(output_stream.py: outputs merge there while the request's client lags).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import zmq.asyncio
 
 from server.config import CacheConfig, KVEventsConfig, ModelConfig, SchedulerConfig
 from server.engine.service.info import EngineInfo, EngineStats
+from server.engine.service.output_stream import OutputStream
 from server.engine.service.messages import (AbortRequests, AddRequest, EngineFailed,
                                     EngineProcessArgs, EngineReady,
                                     RequestRejected, Shutdown, StartupFailed, StatsQuery,
@@ -60,27 +62,6 @@ class EngineRequest:
     prompt_token_ids: list[int]
     sampling_params: SamplingParams
     priority: int = 0
-
-
-class OutputStream:
-    """The outputs of one api request's engine requests, a batch per engine step."""
-
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[list[RequestOutput] | BaseException] = asyncio.Queue()
-        self.unfinished_req_ids: set[str] = set()
-        # req_id -> when the step that first took it from the waiting queue started
-        # (time.monotonic()); for queue-time metrics
-        self.admitted_at: dict[str, float] = {}
-
-    async def next_batch(self) -> list[RequestOutput]:
-        """The next step's outputs; raises EngineRequestRejected or EngineDeadError."""
-        item = await self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def _put(self, item: list[RequestOutput] | BaseException) -> None:
-        self._queue.put_nowait(item)
 
 
 class EngineClient:
@@ -301,7 +282,7 @@ class EngineClient:
                 self._admitted.discard(message.req_id)
                 if stream is not None:
                     stream.unfinished_req_ids.discard(message.req_id)
-                    stream._put(EngineRequestRejected(message.code, message.message))
+                    stream._fail(EngineRequestRejected(message.code, message.message))
             elif isinstance(message, EngineReady):
                 if not self._ready.done():
                     self._ready.set_result(message.info)
@@ -320,6 +301,7 @@ class EngineClient:
             self._on_step(step)
 
     def _dispatch(self, outputs: Sequence[RequestOutput]) -> None:
+        """Each stream gets its requests' outputs of the step in one put (one wake-up)."""
         batches: dict[int, tuple[OutputStream, list[RequestOutput]]] = {}
         for output in outputs:
             stream = self._streams.get(output.req_id)
@@ -353,7 +335,7 @@ class EngineClient:
         self._admitted.clear()
         for stream in streams.values():
             stream.unfinished_req_ids.clear()
-            stream._put(EngineDeadError(message))
+            stream._fail(EngineDeadError(message))
         for waiter in self._stats_waiters.values():
             if not waiter.done():
                 waiter.set_exception(EngineDeadError(message))
