@@ -149,7 +149,10 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="seconds an idle keep-alive connection stays open")
     serve.add_argument("--max-connections", type=int, default=None,
                        help="most open client connections; past it a new one is closed at "
-                            "once (unset: no cap)")
+                            "once (unset: no cap), per api process")
+    serve.add_argument("--api-server-count", type=int, default=1, metavar="N",
+                       help="N api processes serve the port (SO_REUSEPORT), sharing the one "
+                            "engine process; for more streams than one process keeps up with")
     serve.set_defaults(func=run_serve)
 
 
@@ -202,7 +205,8 @@ def serve_config(args: argparse.Namespace):
                         responses_store_ttl_s=args.responses_store_ttl,
                         header_timeout_s=args.header_timeout,
                         keep_alive_timeout_s=args.keep_alive_timeout,
-                        max_connections=args.max_connections),
+                        max_connections=args.max_connections,
+                        api_server_count=args.api_server_count),
         kv_events=kv_events_config(args))
 
 
@@ -229,28 +233,14 @@ def run_serve(args: argparse.Namespace) -> int:
     configure_logging(level=args.log_level, log_format=args.log_format)
     if args.headless:
         return run_headless_node(config.model)
-    import uvicorn
+    if config.api.api_server_count > 1:
+        from server.api.scale_out import run_api_servers
 
+        return run_api_servers(config)
     from server.api.app import create_app
-    from server.api.connections import ConnectionLimits, limited_protocol
-    from server.api.shutdown import DrainingServer
+    from server.api.http_server import run_app
 
-    app = create_app(config)
-    # With JSON logs uvicorn's loggers keep no handlers of their own and reach ours.
-    log_config = None if args.log_format == "json" else uvicorn.config.LOGGING_CONFIG
-    server = DrainingServer(uvicorn.Config(
-        app, host=config.api.host, port=config.api.port, log_config=log_config,
-        log_level=args.log_level, access_log=args.log_level == "debug",
-        timeout_graceful_shutdown=5, timeout_keep_alive=config.api.keep_alive_timeout_s,
-        http=limited_protocol(ConnectionLimits(
-            header_timeout_s=config.api.header_timeout_s,
-            max_connections=config.api.max_connections))), control=app.state.control)
-    try:
-        server.run()
-    except KeyboardInterrupt:
-        pass  # a Ctrl-C that arrived before the app started
-    # uvicorn returns normally when the lifespan startup fails (engine or tokenizer).
-    return app.state.control.exit_status if server.started else 1
+    return run_app(create_app(config), config)
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:

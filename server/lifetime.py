@@ -16,6 +16,7 @@ api process's death through its stdin pipe, server/engine/service/process.py).
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import signal
@@ -35,6 +36,37 @@ def exit_with_parent(*, parent_pid: int, signum: int = signal.SIGTERM) -> bool:
         raise OSError(errno, f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(errno)}")
     if os.getppid() != parent_pid:
         os.kill(os.getpid(), signum)
+    return True
+
+
+async def wait_for_exit(pid: int, *, poll_s: float = 0.5) -> None:
+    """Return once process `pid` (any process, not only a child) has exited: through a
+    pidfd, which turns readable then (Linux), else by polling."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # gone already
+    except (AttributeError, OSError):  # no pidfd here
+        while _exists(pid):
+            await asyncio.sleep(poll_s)
+        return
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+    loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+    try:
+        await exited
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
     return True
 
 

@@ -17,7 +17,8 @@ from typing import Any
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Keys the JSON format writes itself; a field of the same name would overwrite them.
-_RESERVED_KEYS = frozenset({"time", "level", "logger", "message", "exception"})
+_RESERVED_KEYS = frozenset({"time", "level", "logger", "message", "exception",
+                            "api_process"})
 
 
 class LogFormatError(ValueError):
@@ -26,7 +27,12 @@ class LogFormatError(ValueError):
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time (UTC, ISO 8601), level, logger, message, the
-    record's structured fields, and the exception's traceback if there is one."""
+    record's structured fields, the process's own fields (say, which api process of
+    several it is), and the exception's traceback if there is one."""
+
+    def __init__(self, process_fields: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self._process_fields = dict(process_fields or {})
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -35,6 +41,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            **self._process_fields,
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
@@ -44,20 +51,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def make_formatter(log_format: str) -> logging.Formatter:
+def make_formatter(log_format: str, *, api_process: int | None = None) -> logging.Formatter:
+    """api_process: this is api process N of several (--api-server-count): each line says
+    so ("api_process": N, or "[api N]" after the logger's name)."""
     if log_format == "json":
-        return JsonFormatter()
+        return JsonFormatter(None if api_process is None else {"api_process": api_process})
     if log_format == "text":
-        return logging.Formatter(TEXT_FORMAT)
+        if api_process is None:
+            return logging.Formatter(TEXT_FORMAT)
+        return logging.Formatter(TEXT_FORMAT.replace("%(name)s", f"%(name)s[api {api_process}]"))
     raise LogFormatError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, "
                          f"got {log_format!r}")
 
 
-def configure_logging(*, level: str, log_format: str) -> None:
+def configure_logging(*, level: str, log_format: str, api_process: int | None = None) -> None:
     """Send every logger's records to stderr in the given format (replacing the root
     logger's handlers: this runs once, in a process's main)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(make_formatter(log_format))
+    handler.setFormatter(make_formatter(log_format, api_process=api_process))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -25,24 +25,28 @@ from server.api.settings import ServeConfig
 from server.api.shutdown import DaemonControl
 from server.api.responses_api.store import ResponseStore
 from server.api.tokenizer import Tokenizer
-from server.engine.service.client import EngineClient, EngineStartupError
+from server.engine.service.client import EngineAttachment, EngineClient, EngineStartupError
 from server.triton.http_routes import router as triton_router
 
 logger = logging.getLogger("inflightd.api")
 
 
-def create_app(config: ServeConfig) -> FastAPI:
-    """The app; `app.state.control` is its DaemonControl, for the server that runs it."""
+def create_app(config: ServeConfig, *, attachment: EngineAttachment | None = None,
+               metrics_dir: str | None = None) -> FastAPI:
+    """The app; `app.state.control` is its DaemonControl, for the server that runs it.
+    attachment: serve through an engine process shared with other api processes (and
+    their metrics directory, metrics_dir) instead of starting one."""
     api = config.api
     client = EngineClient(model_config=config.model, cache_config=config.cache,
                           scheduler_config=config.scheduler, log_level=api.log_level,
                           log_format=api.log_format,
                           on_step=lambda step: metrics.observe_step(step),
-                          kv_events_config=config.kv_events)
+                          kv_events_config=config.kv_events, attachment=attachment)
     metrics = ServerMetrics(model_name=config.served_model_name,
                             latest_stats=lambda: client.latest_stats,
                             compat=api.metrics_compat, engine_info=lambda: client.started_info,
-                            prefix_caching=config.cache.enable_prefix_caching)
+                            prefix_caching=config.cache.enable_prefix_caching,
+                            shared_dir=metrics_dir)
     admission = AdmissionController(max_queued_requests=api.max_queued_requests,
                                     waiting_in_engine=lambda: client.num_waiting_requests)
     control = DaemonControl(admission=admission, client=client,

@@ -7,6 +7,12 @@ Two sources, one registry per app (never prometheus_client's global one):
   fresh ones just before rendering, and EngineStatsCollector turns them into samples;
 - per-request latencies and per-step token counts, observed in the api process as engine
   requests finish (request_timing.ChoiceTiming) and as step messages arrive.
+
+With several api processes (--api-server-count) each observes its own requests in
+prometheus_client's multiprocess mode: the values live in files of a directory they share
+(PROMETHEUS_MULTIPROC_DIR, set before prometheus_client is imported), and whichever process
+answers /metrics sums every process's files; the engine's figures come from the one engine
+either way. So every process answers with the daemon's totals.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import values as prometheus_values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from server.api.metrics_compat import VllmCompatCollector
@@ -111,10 +119,17 @@ class ServerMetrics:
                  latest_stats: Callable[[], EngineStats | None],
                  compat: str | None = None,
                  engine_info: Callable[[], EngineInfo | None] = lambda: None,
-                 prefix_caching: bool = True) -> None:
+                 prefix_caching: bool = True, shared_dir: str | None = None) -> None:
         """compat "vllm" adds vLLM-named gauges (metrics_compat.py), which also read
-        engine_info (block size, block count) and prefix_caching."""
+        engine_info (block size, block count) and prefix_caching. shared_dir: the
+        multiprocess directory of several api processes (its PROMETHEUS_MULTIPROC_DIR)."""
+        # what /metrics renders; with shared_dir the observed series come from the files
         self.registry = CollectorRegistry()
+        observed = self.registry
+        if shared_dir is not None:
+            _check_multiprocess_mode(shared_dir)
+            MultiProcessCollector(self.registry, path=shared_dir)
+            observed = CollectorRegistry()  # written to the files, never rendered itself
         self.registry.register(EngineStatsCollector(model_name=model_name,
                                                     latest_stats=latest_stats))
         if compat == "vllm":
@@ -124,7 +139,7 @@ class ServerMetrics:
 
         def histogram(name: str, documentation: str, buckets: tuple[float, ...]):
             return Histogram(name, documentation, [MODEL_LABEL], buckets=buckets,
-                             registry=self.registry).labels(model_name)
+                             registry=observed).labels(model_name)
 
         self._ttft = histogram("inflightd:time_to_first_token_seconds",
                                "Time from arrival to the first generated token.",
@@ -152,14 +167,14 @@ class ServerMetrics:
         self._constrained = Counter(
             "inflightd:structured_output_requests", "Requests whose output follows a "
             "grammar (response_format, forced tool calls, guided_*), by kind.",
-            [MODEL_LABEL, "kind"], registry=self.registry)
+            [MODEL_LABEL, "kind"], registry=observed)
         self._grammar_failures = Counter(
             "inflightd:grammar_compile_failures", "Grammars that failed to compile or "
             "timed out (each answered with a 400).", [MODEL_LABEL],
-            registry=self.registry).labels(model_name)
+            registry=observed).labels(model_name)
         self._model_name = model_name
         success = Counter("inflightd:request_success", "Requests finished, by reason.",
-                          [MODEL_LABEL, "finished_reason"], registry=self.registry)
+                          [MODEL_LABEL, "finished_reason"], registry=observed)
         # Every reason exists from the start, so rate() works before the first one.
         self._success = {reason: success.labels(model_name, reason)
                          for reason in FINISH_REASONS}
@@ -195,3 +210,11 @@ class ServerMetrics:
     def render(self) -> bytes:
         """The exposition, in Prometheus's text format (CONTENT_TYPE)."""
         return generate_latest(self.registry)
+
+
+def _check_multiprocess_mode(shared_dir: str) -> None:
+    """prometheus_client chooses where values live once, when it is first imported."""
+    if not getattr(prometheus_values.ValueClass, "_multiprocess", False):
+        raise RuntimeError(f"metrics shared between api processes need "
+                           f"PROMETHEUS_MULTIPROC_DIR={shared_dir} set before "
+                           f"prometheus_client is imported")

@@ -10,6 +10,7 @@ from server.logging_setup import LOG_FORMATS
 DEFAULT_MAX_REQUEST_BODY_BYTES = 4 * 1024 * 1024
 API_KEY_ENV = "INFLIGHTD_API_KEY"  # a key given in the environment, beside --api-key
 METRICS_COMPATS = ("vllm",)  # --metrics-compat values (server/api/metrics_compat.py)
+MAX_API_SERVERS = 64
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class ApiSettings:
     # "vllm": /metrics also serves the engine gauges under vLLM's names, for routers
     # (server/api/metrics_compat.py). None: only the inflightd: names.
     metrics_compat: str | None = None
+    # api processes serving the port, sharing one engine process (server/api/scale_out.py)
+    api_server_count: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -102,6 +105,9 @@ class ApiSettings:
         if self.metrics_compat not in (None, *METRICS_COMPATS):
             raise ValueError(f"--metrics-compat must be one of {', '.join(METRICS_COMPATS)} "
                              f"(or left out), got {self.metrics_compat!r}")
+        if not 1 <= self.api_server_count <= MAX_API_SERVERS:
+            raise ValueError(f"--api-server-count must be in 1..{MAX_API_SERVERS}, "
+                             f"got {self.api_server_count}")
         if self.engine_failure_exit_delay_s < 0:
             raise ValueError("the exit delay after an engine failure must be >= 0, "
                              f"got {self.engine_failure_exit_delay_s}")

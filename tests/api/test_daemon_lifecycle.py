@@ -91,7 +91,7 @@ def test_health_is_503_while_the_engine_hangs_or_once_it_died():
 
 def engine_socket_dir(engine_pid: int) -> Path:
     args = json.loads(Path(f"/proc/{engine_pid}/cmdline").read_bytes().split(b"\0")[-2])
-    return Path(args["input_address"].removeprefix("ipc://")).parent
+    return Path(args["input_addresses"][0].removeprefix("ipc://")).parent
 
 
 def test_engine_exits_and_cleans_up_when_the_daemon_is_killed():

@@ -68,5 +68,6 @@ def test_process_args_survive_the_command_line_json():
     args = EngineProcessArgs(model_config=ModelConfig(model="dummy:tiny", device="cpu"),
                              cache_config=CacheConfig(block_size=8, kv_cache_tokens=512),
                              scheduler_config=SchedulerConfig(max_num_seqs=4),
-                             input_address="ipc:///tmp/x/in", output_address="ipc:///tmp/x/out")
+                             input_addresses=["ipc:///tmp/x/in"],
+                             output_addresses=["ipc:///tmp/x/out"])
     assert decode_process_args(encode_process_args(args)) == args

@@ -26,6 +26,7 @@ import zmq.asyncio
 from server.config import CacheConfig, KVEventsConfig, ModelConfig, SchedulerConfig
 from server.engine.service.info import EngineInfo, EngineStats
 from server.engine.service.output_stream import OutputStream
+from server.lifetime import wait_for_exit
 from server.engine.service.messages import (AbortRequests, AddRequest, EngineFailed,
                                     EngineProcessArgs, EngineReady,
                                     RequestRejected, Shutdown, StartupFailed, StatsQuery,
@@ -57,6 +58,19 @@ class EngineRequestRejected(ValueError):
 
 
 @dataclass(frozen=True)
+class EngineAttachment:
+    """An engine process another process started and several api processes share
+    (--api-server-count, server/api/scale_out.py): this api process's own socket addresses,
+    its index among them (its outputs come back on its own socket), and the engine's pid,
+    watched to learn of its death."""
+
+    input_address: str
+    output_address: str
+    client_index: int
+    engine_pid: int
+
+
+@dataclass(frozen=True)
 class EngineRequest:
     req_id: str
     prompt_token_ids: list[int]
@@ -69,7 +83,11 @@ class EngineClient:
                  scheduler_config: SchedulerConfig, log_level: str = "info",
                  log_format: str = "text",
                  on_step: Callable[[StepInfo], None] | None = None,
-                 kv_events_config: KVEventsConfig | None = None) -> None:
+                 kv_events_config: KVEventsConfig | None = None,
+                 attachment: EngineAttachment | None = None) -> None:
+        """attachment: use that running engine instead of starting one."""
+        self._attachment = attachment
+        self._client_index = 0 if attachment is None else attachment.client_index
         self._model_config = model_config
         self._kv_events_config = kv_events_config
         self._cache_config = cache_config
@@ -102,10 +120,15 @@ class EngineClient:
     # ---- lifecycle ----
 
     async def start(self, *, timeout_s: float = 1800.0) -> EngineInfo:
-        """Start the engine process and wait until it has built its core."""
-        self._ipc_dir = Path(tempfile.mkdtemp(prefix="inflightd-"))
-        input_address = f"ipc://{self._ipc_dir / 'input'}"
-        output_address = f"ipc://{self._ipc_dir / 'output'}"
+        """Start the engine process (or attach to the shared one) and wait until it has
+        built its core."""
+        if self._attachment is None:
+            self._ipc_dir = Path(tempfile.mkdtemp(prefix="inflightd-"))
+            input_address = f"ipc://{self._ipc_dir / 'input'}"
+            output_address = f"ipc://{self._ipc_dir / 'output'}"
+        else:
+            input_address = self._attachment.input_address
+            output_address = self._attachment.output_address
         self._sync_context = zmq.Context()
         self._input = self._sync_context.socket(zmq.PUSH)
         self._input.setsockopt(zmq.SNDHWM, 0)  # sends never block the event loop
@@ -115,19 +138,23 @@ class EngineClient:
         self._output = self._async_context.socket(zmq.PULL)
         self._output.setsockopt(zmq.LINGER, 0)
         self._output.bind(output_address)
-        args = EngineProcessArgs(model_config=self._model_config, cache_config=self._cache_config,
-                                 scheduler_config=self._scheduler_config,
-                                 input_address=input_address, output_address=output_address,
-                                 log_level=self._log_level, log_format=self._log_format,
-                                 kv_events_config=self._kv_events_config,
-                                 api_pid=os.getpid())
-        # The engine reads end of file on this stdin pipe when this process dies.
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", ENGINE_MODULE, encode_process_args(args),
-            stdin=asyncio.subprocess.PIPE)
+        if self._attachment is None:
+            args = EngineProcessArgs(
+                model_config=self._model_config, cache_config=self._cache_config,
+                scheduler_config=self._scheduler_config, input_addresses=[input_address],
+                output_addresses=[output_address], log_level=self._log_level,
+                log_format=self._log_format, kv_events_config=self._kv_events_config,
+                api_pid=os.getpid())
+            # The engine reads end of file on this stdin pipe when this process dies.
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", ENGINE_MODULE, encode_process_args(args),
+                stdin=asyncio.subprocess.PIPE)
+            watch = self._watch_process()
+        else:
+            watch = self._watch_attached(self._attachment.engine_pid)
         self._ready = asyncio.get_running_loop().create_future()
         self._tasks = [asyncio.create_task(self._read_outputs(), name="engine-outputs"),
-                       asyncio.create_task(self._watch_process(), name="engine-watch")]
+                       asyncio.create_task(watch, name="engine-watch")]
         try:
             self._info = await asyncio.wait_for(asyncio.shield(self._ready), timeout_s)
         except asyncio.TimeoutError:
@@ -140,6 +167,11 @@ class EngineClient:
 
     async def shutdown(self) -> None:
         self._stopping = True
+        linger_ms = 0
+        if self._attachment is not None and self.is_alive and self._streams:
+            # the shared engine runs on: what this process still holds must not
+            self.abort_open_requests(reason="the daemon is shutting down")
+            linger_ms = 1000
         if self._process is not None and self._process.returncode is None:
             try:
                 self._send(Shutdown())
@@ -158,7 +190,7 @@ class EngineClient:
         self._tasks = []
         for context in (self._sync_context, self._async_context):
             if context is not None:
-                context.destroy(linger=0)
+                context.destroy(linger=linger_ms)
         self._sync_context = self._async_context = None
         if self._ipc_dir is not None:
             shutil.rmtree(self._ipc_dir, ignore_errors=True)
@@ -179,8 +211,11 @@ class EngineClient:
 
     @property
     def is_alive(self) -> bool:
-        return (self._failure is None and self._process is not None
-                and self._process.returncode is None and self._info is not None)
+        if self._failure is not None or self._info is None:
+            return False
+        # an attached engine's death comes as a failure (_watch_attached)
+        return self._attachment is not None or (self._process is not None
+                                                and self._process.returncode is None)
 
     @property
     def failure(self) -> str | None:
@@ -221,7 +256,7 @@ class EngineClient:
             self._send(AddRequest(req_id=request.req_id,
                                   prompt_token_ids=request.prompt_token_ids,
                                   sampling_params=request.sampling_params, arrival_time=now,
-                                  priority=request.priority))
+                                  priority=request.priority, client_index=self._client_index))
 
     def abort(self, req_ids: Iterable[str]) -> None:
         """Abort engine requests; their later outputs, if any, are dropped."""
@@ -252,7 +287,7 @@ class EngineClient:
         query_id = next(self._query_ids)
         waiter = asyncio.get_running_loop().create_future()
         self._stats_waiters[query_id] = waiter
-        self._send(StatsQuery(query_id=query_id))
+        self._send(StatsQuery(query_id=query_id, client_index=self._client_index))
         try:
             return await asyncio.wait_for(waiter, timeout_s)
         finally:
@@ -320,6 +355,12 @@ class EngineClient:
         if self._failure is None and not self._stopping:
             logger.error("the engine process exited unexpectedly (status %s)", returncode)
         self._fail(f"the engine process exited (status {returncode})", startup=True)
+
+    async def _watch_attached(self, engine_pid: int) -> None:
+        await wait_for_exit(engine_pid)
+        if self._failure is None and not self._stopping:
+            logger.error("the shared engine process (%d) exited unexpectedly", engine_pid)
+        self._fail("the engine process exited", startup=True)
 
     def _fail(self, message: str, *, startup: bool = False) -> None:
         """Mark the engine dead and end every open request with EngineDeadError."""

@@ -1,10 +1,14 @@
 """The messages between the api process and the engine process, encoded with msgspec
 (MessagePack). Never pickle: a socket only ever carries these types.
 
-    api process                                   engine process
-      PUSH  --- AddRequest | AbortRequests | StatsQuery | Shutdown --->  PULL
+    api process i                                 engine process
+      PUSH  --- AddRequest | AbortRequests | StatsQuery | Shutdown --->  PULL (one for all)
       PULL  <-- EngineReady | StartupFailed | StepOutputs | RequestRejected
-                | StatsReply | EngineFailed -------------------------  PUSH
+                | StatsReply | EngineFailed -------------------------  PUSH i
+
+With --api-server-count N, N api processes share the engine: each binds its own pair of
+sockets, and its AddRequest and StatsQuery carry its index (client_index), so the engine
+sends a request's outputs, rejection and stats back to the process that holds it.
 
 EngineInfo and EngineStats travel as the engine's own dataclasses (server/engine/service/info.py,
 which imports no torch).
@@ -31,12 +35,21 @@ class EngineProcessArgs(msgspec.Struct, frozen=True):
     model_config: ModelConfig
     cache_config: CacheConfig
     scheduler_config: SchedulerConfig
-    input_address: str  # the api's PUSH binds here; the engine's PULL connects
-    output_address: str  # the api's PULL binds here; the engine's PUSH connects
+    # one per api process, by client index: each api process's PUSH binds its input address
+    # and its PULL its output address; the engine's PULL connects to every input address
+    # and one PUSH per api process to its output address
+    input_addresses: list[str]
+    output_addresses: list[str]
     log_level: str = "info"
     log_format: str = "text"  # "text" or "json" (server/logging_setup.py)
     kv_events_config: KVEventsConfig | None = None  # None: no KV-event publishing
     api_pid: int | None = None  # the engine exits when this process (its parent) dies
+
+    def __post_init__(self) -> None:
+        if not self.output_addresses or len(self.input_addresses) != len(
+                self.output_addresses):
+            raise ValueError("the engine needs one input and one output address per api "
+                             "process")
 
 
 # ---- api -> engine ----
@@ -47,6 +60,7 @@ class AddRequest(msgspec.Struct, frozen=True, tag="add"):
     sampling_params: SamplingParams
     arrival_time: float
     priority: int = 0
+    client_index: int = 0  # the api process whose output socket gets its outputs
 
 
 class AbortRequests(msgspec.Struct, frozen=True, tag="abort"):
@@ -55,6 +69,7 @@ class AbortRequests(msgspec.Struct, frozen=True, tag="abort"):
 
 class StatsQuery(msgspec.Struct, frozen=True, tag="stats"):
     query_id: int
+    client_index: int = 0  # the api process to answer
 
 
 class Shutdown(msgspec.Struct, frozen=True, tag="shutdown"):
@@ -75,7 +90,10 @@ class StartupFailed(msgspec.Struct, frozen=True, tag="startup_failed"):
 
 
 class StepInfo(msgspec.Struct, frozen=True):
-    """The step behind a StepOutputs, for the api's metrics (see core.StepSummary)."""
+    """The step behind a StepOutputs, for the api's metrics (see core.StepSummary). With
+    several api processes, each gets the admissions of its own requests, and only the first
+    (client 0) the step's token count and grammar compiles, so that the processes' metrics
+    add up to the engine's once."""
 
     started_at: float  # time.monotonic(): one clock for both processes
     num_batched_tokens: int

@@ -5,8 +5,10 @@
         if there is work: step once, send every request's output as one message
         else: sleep on the input socket (and on the parent pipe) until something arrives
 
-It never waits on a client: replies go out on a PUSH socket with no high-water mark, and a
-slow reader only makes the api process's queue longer. It exits on a Shutdown message, on
+It never waits on a client: replies go out on PUSH sockets with no high-water mark, and a
+slow reader only makes the api process's queue longer. With several api processes
+(--api-server-count) each has its own output socket: the loop remembers which one sent each
+request (AddRequest.client_index) and sends its outputs there. It exits on a Shutdown message, on
 SIGTERM, or when the api process dies: the kernel's parent-death signal (SIGHUP,
 server/lifetime.py; it also cuts a start-up short), or its stdin pipe reaching end of file
 where that signal is missing.
@@ -29,6 +31,7 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
+import msgspec
 import zmq
 
 from server.config import CacheConfig, ModelConfig
@@ -65,13 +68,14 @@ def with_default_kv_size(model_config: ModelConfig, cache_config: CacheConfig) -
 class EngineLoop:
     """Owns the sockets and the core once the core is built."""
 
-    def __init__(self, core, pull: zmq.Socket, push: zmq.Socket, *,
+    def __init__(self, core, pull: zmq.Socket, pushes: list[zmq.Socket], *,
                  energy_meter: EnergyMeter | None = None,
                  kv_events: KVEventPublisher | None = None,
                  api_watch: ParentWatch | None = None) -> None:
         self._core = core
         self._pull = pull
-        self._push = push
+        self._pushes = pushes  # one per api process, by client index
+        self._owners: dict[str, int] = {}  # req_id -> the client index that added it
         self._energy_meter = energy_meter
         self._kv_events = kv_events
         self._api_watch = api_watch  # the parent-death signal came
@@ -81,8 +85,39 @@ class EngineLoop:
         self._parent_pipe = 0 if stat.S_ISFIFO(os.fstat(0).st_mode) else None
         self.orphaned = False  # the api process died without telling us to stop
 
-    def send(self, message) -> None:
-        self._push.send(self._encoder.encode(message), copy=False)
+    def send(self, message, client: int = 0) -> None:
+        self._pushes[client].send(self._encoder.encode(message), copy=False)
+
+    def send_all(self, message) -> None:
+        for client in range(len(self._pushes)):
+            self.send(message, client)
+
+    def _send_outputs(self, outputs, step: StepInfo | None = None) -> None:
+        """Each api process gets its own requests' outputs (finished ones forgotten) and
+        admissions; client 0 gets the step's figures even without outputs of its own."""
+        owners = self._owners
+        admitted: dict[int, list[str]] = {}
+        for req_id in step.admitted_req_ids if step is not None else ():
+            admitted.setdefault(owners.get(req_id, 0), []).append(req_id)
+        by_client: dict[int, list] = {}
+        for output in outputs:
+            client = owners.pop(output.req_id, 0) if output.finished else owners.get(
+                output.req_id, 0)
+            by_client.setdefault(client, []).append(output)
+        if step is None:
+            for client, mine in by_client.items():
+                self.send(StepOutputs(outputs=mine), client)
+            return
+        for client in range(len(self._pushes)):
+            mine, theirs = by_client.get(client, []), admitted.get(client, [])
+            if client == 0:
+                own_step = msgspec.structs.replace(step, admitted_req_ids=theirs)
+            elif mine or theirs:
+                own_step = StepInfo(started_at=step.started_at, num_batched_tokens=0,
+                                    admitted_req_ids=theirs)
+            else:
+                continue
+            self.send(StepOutputs(outputs=mine, step=own_step), client)
 
     def run(self) -> int:
         poller = zmq.Poller()
@@ -110,7 +145,8 @@ class EngineLoop:
             self._kv_events.publish(self._core.take_kv_events())
         for rejected in self._core.take_rejections():
             self.send(RequestRejected(req_id=rejected.req_id, code=rejected.code,
-                                      message=rejected.error))
+                                      message=rejected.error),
+                      self._owners.pop(rejected.req_id, 0))
         summary = self._core.last_step
         if not outputs and (summary is None or (summary.num_batched_tokens == 0
                                                 and not summary.grammar_compiles)):
@@ -119,7 +155,7 @@ class EngineLoop:
             started_at=summary.started_at, num_batched_tokens=summary.num_batched_tokens,
             admitted_req_ids=list(summary.admitted_req_ids),
             grammar_compile_s=[c.seconds for c in summary.grammar_compiles])
-        self.send(StepOutputs(outputs=list(outputs), step=step))
+        self._send_outputs(outputs, step)
 
     def _parent_gone(self, events: dict) -> bool:
         if self._api_watch is not None and self._api_watch.gone:
@@ -142,9 +178,10 @@ class EngineLoop:
             elif isinstance(message, AbortRequests):
                 aborted = self._core.abort(message.req_ids)
                 if aborted:
-                    self.send(StepOutputs(outputs=list(aborted)))
+                    self._send_outputs(aborted)
             elif isinstance(message, StatsQuery):
-                self.send(StatsReply(query_id=message.query_id, stats=self._stats()))
+                self.send(StatsReply(query_id=message.query_id, stats=self._stats()),
+                          message.client_index)
             elif isinstance(message, Shutdown):
                 return False
 
@@ -159,13 +196,21 @@ class EngineLoop:
         return stats
 
     def _add(self, message: AddRequest) -> None:
+        client = message.client_index
+        if not 0 <= client < len(self._pushes):
+            logger.error("request %s names api process %d of %d; dropped", message.req_id,
+                         client, len(self._pushes))
+            return
         try:
             self._core.add_request(message.req_id, message.prompt_token_ids,
                                    message.sampling_params, arrival_time=message.arrival_time,
                                    priority=message.priority)
         except ValueError as exc:  # RequestRejectedError carries a code; others are invalid
             code = getattr(exc, "code", None) or "invalid_request"
-            self.send(RequestRejected(req_id=message.req_id, code=code, message=str(exc)))
+            self.send(RequestRejected(req_id=message.req_id, code=code, message=str(exc)),
+                      client)
+            return
+        self._owners[message.req_id] = client
 
 
 def build_core(args: EngineProcessArgs):
@@ -216,7 +261,7 @@ def _leave_a_core_for_the_api(model_config: ModelConfig) -> None:
 
 def _remove_socket_files(args: EngineProcessArgs) -> None:
     """An api process that died cannot remove its ipc sockets; the engine does it."""
-    for address in (args.input_address, args.output_address):
+    for address in (*args.input_addresses, *args.output_addresses):
         path = Path(address.removeprefix("ipc://"))
         path.unlink(missing_ok=True)
         try:
@@ -229,11 +274,20 @@ def serve(args: EngineProcessArgs, api_watch: ParentWatch | None = None) -> int:
     """Connect, build the core, announce it, loop. Returns the exit status."""
     context = zmq.Context()
     pull = context.socket(zmq.PULL)
-    pull.connect(args.input_address)
-    push = context.socket(zmq.PUSH)
-    push.setsockopt(zmq.SNDHWM, 0)  # never block on a slow api process
-    push.connect(args.output_address)
+    for address in args.input_addresses:  # fair-queued between the api processes
+        pull.connect(address)
+    pushes = []
+    for address in args.output_addresses:
+        push = context.socket(zmq.PUSH)
+        push.setsockopt(zmq.SNDHWM, 0)  # never block on a slow api process
+        push.connect(address)
+        pushes.append(push)
     encoder, _ = output_codec()
+
+    def tell_every_api(message) -> None:
+        for push in pushes:
+            push.send(encoder.encode(message))
+
     kv_events = loop = core = None
     try:
         try:
@@ -243,12 +297,12 @@ def serve(args: EngineProcessArgs, api_watch: ParentWatch | None = None) -> int:
             core = build_core(args)
         except Exception as exc:  # reported to the api, which exits with the message
             logger.debug("engine startup failed", exc_info=True)
-            push.send(encoder.encode(StartupFailed(message=f"{type(exc).__name__}: {exc}")))
+            tell_every_api(StartupFailed(message=f"{type(exc).__name__}: {exc}"))
             return 1
         core.prepare_grammars()  # the grammar compiler's tokenizer loads meanwhile
         energy_meter = open_energy_meter(core.info.device)
-        push.send(encoder.encode(EngineReady(info=core.info)))
-        loop = EngineLoop(core, pull, push, energy_meter=energy_meter, kv_events=kv_events,
+        tell_every_api(EngineReady(info=core.info))
+        loop = EngineLoop(core, pull, pushes, energy_meter=energy_meter, kv_events=kv_events,
                           api_watch=api_watch)
         if api_watch is not None:
             api_watch.interrupt = False  # the loop looks at it now, and exits cleanly
@@ -256,7 +310,7 @@ def serve(args: EngineProcessArgs, api_watch: ParentWatch | None = None) -> int:
             return loop.run()
         except Exception as exc:
             logger.error("engine failed:\n%s", traceback.format_exc())
-            loop.send(EngineFailed(message=f"{type(exc).__name__}: {exc}"))
+            loop.send_all(EngineFailed(message=f"{type(exc).__name__}: {exc}"))
             return 1
     except ParentDied:  # during start-up
         logger.info("the api process is gone; engine exiting")
@@ -267,7 +321,8 @@ def serve(args: EngineProcessArgs, api_watch: ParentWatch | None = None) -> int:
         if kv_events is not None:
             kv_events.close()
         pull.close(linger=0)
-        push.close(linger=1000)  # let the last message (a failure, say) reach the api
+        for push in pushes:
+            push.close(linger=1000)  # let the last message (a failure, say) reach the api
         context.term()
         if (loop is not None and loop.orphaned) or (api_watch is not None and api_watch.gone):
             _remove_socket_files(args)
