@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -105,16 +105,7 @@ def api_process(tree: Path, *, tokenizer_dir: Path, step_interval_s: float,
          "warning", "--max-request-body-bytes", "65536", *extra_args],
         cwd=tree, env=env)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the api process of {tree} did not start")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        wait_ready(port, process, tree)
         yield port, process.pid
     finally:
         process.send_signal(signal.SIGINT)
@@ -124,6 +115,17 @@ def api_process(tree: Path, *, tokenizer_dir: Path, step_interval_s: float,
             process.kill()
             process.wait()
         shutil.rmtree(engine_dir, ignore_errors=True)
+
+
+def wait_ready(port: int, process: subprocess.Popen, tree: Path,
+               timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while process.poll() is None and time.monotonic() < deadline:
+        with suppress(httpx.TransportError):
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"the api process of {tree} did not start")
 
 
 def bodies(concurrency: int, output_len: int) -> list[dict]:

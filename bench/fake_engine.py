@@ -94,25 +94,26 @@ class FakeEngine:
                 self._step()
 
     def _drain(self) -> bool:
-        while True:
-            try:
-                raw = self._pull.recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return True
-            message = self._decoder.decode(raw.buffer)
-            if isinstance(message, AddRequest):
-                client = getattr(message, "client_index", 0)
-                start = hash(message.req_id) % len(self._token_ids)
-                self._open[message.req_id] = [client, message.sampling_params.max_tokens,
-                                              start, len(message.prompt_token_ids)]
-                self._admitted.append(message.req_id)
-            elif isinstance(message, AbortRequests):
-                self._abort(message.req_ids)
-            elif isinstance(message, StatsQuery):
-                client = getattr(message, "client_index", 0)
-                self.send(client, StatsReply(query_id=message.query_id, stats=self._stats()))
-            elif isinstance(message, Shutdown):
+        """Handle every waiting message; False once told to shut down."""
+        while self._pull.poll(0):
+            message = self._decoder.decode(self._pull.recv(copy=False).buffer)
+            if isinstance(message, Shutdown):
                 return False
+            self._handle(message)
+        return True
+
+    def _handle(self, message) -> None:
+        if isinstance(message, AddRequest):
+            client = getattr(message, "client_index", 0)
+            start = hash(message.req_id) % len(self._token_ids)
+            self._open[message.req_id] = [client, message.sampling_params.max_tokens,
+                                          start, len(message.prompt_token_ids)]
+            self._admitted.append(message.req_id)
+        elif isinstance(message, AbortRequests):
+            self._abort(message.req_ids)
+        elif isinstance(message, StatsQuery):
+            client = getattr(message, "client_index", 0)
+            self.send(client, StatsReply(query_id=message.query_id, stats=self._stats()))
 
     def _abort(self, req_ids: list[str]) -> None:
         by_client: dict[int, list[RequestOutput]] = {}

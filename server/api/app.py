@@ -30,6 +30,8 @@ from server.triton.http_routes import router as triton_router
 
 logger = logging.getLogger("inflightd.api")
 
+GC_THRESHOLDS = (50_000, 20, 20)  # gc.set_threshold once serving; see _start_serving
+
 
 def create_app(config: ServeConfig, *, attachment: EngineAttachment | None = None,
                metrics_dir: str | None = None) -> FastAPI:
@@ -122,6 +124,13 @@ async def _start_serving(config: ServeConfig, client: EngineClient,
     # stream saw (bench/api_overhead.py).
     gc.collect()
     gc.freeze()
+    # Each open stream holds some 230 tracked objects (tasks, coroutines, the connection):
+    # at 2,048 streams a full collection walks half a million of them, 260 ms in which no
+    # stream moves, and with Python's default thresholds (700, 10, 10) one came every few
+    # seconds (17 in one 2,048-stream run, 2.4 s in all). Young objects are mostly a step's
+    # outputs and chunks, dead long before 50,000 allocations: the same run had no full
+    # collection, its longest pause 19 ms, 23 % less CPU per token and the same memory.
+    gc.set_threshold(*GC_THRESHOLDS)
     return state
 
 
