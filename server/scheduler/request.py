@@ -180,6 +180,32 @@ class Request:
         return self.prompt_token_ids + self.output_token_ids
 
     @property
+    def num_tokens_with_pending(self) -> int:
+        return self.num_tokens + self.num_pending_tokens
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        """What its next chunks must still compute: 1 for a decode."""
+        return self.num_tokens_with_pending - self.num_computed_tokens
+
+    @property
+    def awaits_last_token(self) -> bool:
+        """Its pending tokens already reach max_tokens: nothing more to compute."""
+        num_outputs = len(self.output_token_ids) + self.num_pending_tokens
+        return self.num_pending_tokens > 0 and num_outputs >= self.sampling_params.max_tokens
+
+    def stop_status(self, token_id: int) -> RequestStatus | None:
+        """How the request ends with token_id appended as its newest output (None: not)."""
+        params = self.sampling_params
+        if not params.ignore_eos and token_id == self.eos_token_id:
+            return RequestStatus.FINISHED_STOPPED
+        if token_id in params.stop_token_ids:
+            return RequestStatus.FINISHED_STOPPED
+        if len(self.output_token_ids) >= params.max_tokens:
+            return RequestStatus.FINISHED_LENGTH
+        return None
+
+    @property
     def max_kv_slots(self) -> int:
         """KV slots it holds at its longest: the last sampled token is never fed back, so
         it needs none; every prompt token needs one (max_tokens 0 samples nothing)."""

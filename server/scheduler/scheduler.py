@@ -175,10 +175,11 @@ class Scheduler:
         decodes: list[Request] = []
         prefills: list[Request] = []
         for request in self._running:
-            if not _awaits_last_token(request):
-                num_left = _num_tokens_with_pending(request) - request.num_computed_tokens
-                (decodes if num_left == 1 else prefills).append(request)
-        for request in decodes:  # they all fit: see budget.py
+            if not request.awaits_last_token:
+                (decodes if request.num_uncomputed_tokens == 1 else prefills).append(request)
+        for request in decodes:  # they all fit (budget.py); the check keeps the step's size
+            if budget.tokens == 0:
+                return
             if request.status is RequestStatus.RUNNING and not self._schedule_running_chunk(
                     request, 1, budget, scheduled, preempted_req_ids, prefill=False):
                 return  # it preempted itself: memory is exhausted for this step
@@ -187,10 +188,9 @@ class Scheduler:
                 return
             if request.status is not RequestStatus.RUNNING:
                 continue  # preempted to make room for a request served before it
-            num_left = _num_tokens_with_pending(request) - request.num_computed_tokens
-            if not self._schedule_running_chunk(request, min(num_left, budget.prefill_left),
-                                                budget, scheduled, preempted_req_ids,
-                                                prefill=True):
+            num_new = min(request.num_uncomputed_tokens, budget.prefill_left)
+            if not self._schedule_running_chunk(request, num_new, budget, scheduled,
+                                                preempted_req_ids, prefill=True):
                 return
 
     def _recompute_past_rope_threshold(self, preempted_req_ids: list[str]) -> None:
@@ -235,7 +235,7 @@ class Scheduler:
 
     def _rope_table(self, request: Request) -> int:
         threshold = self._config.long_rope_threshold
-        return int(threshold is not None and _num_tokens_with_pending(request) > threshold)
+        return int(threshold is not None and request.num_tokens_with_pending > threshold)
 
     def _release_out_of_window(self, request: Request) -> None:
         """Every layer slides: the blocks before the window of the chunk's first query
@@ -369,7 +369,7 @@ class Scheduler:
             finish_status = RequestStatus.FINISHED_LENGTH
         else:
             request.output_token_ids.append(token_id)
-            finish_status = _stop_status(request, token_id)
+            finish_status = request.stop_status(token_id)
         if finish_status is not None:
             if request.status is RequestStatus.RUNNING:
                 _remove_by_identity(self._running, request)
@@ -385,27 +385,6 @@ class Scheduler:
         request.status = status
         del self._requests[request.req_id]
         self._finished_req_ids.append(request.req_id)
-
-
-def _num_tokens_with_pending(request: Request) -> int:
-    return request.num_tokens + request.num_pending_tokens
-
-
-def _awaits_last_token(request: Request) -> bool:
-    """Its pending tokens already reach max_tokens: nothing more to compute."""
-    num_outputs = len(request.output_token_ids) + request.num_pending_tokens
-    return request.num_pending_tokens > 0 and num_outputs >= request.sampling_params.max_tokens
-
-
-def _stop_status(request: Request, token_id: int) -> RequestStatus | None:
-    params = request.sampling_params
-    if not params.ignore_eos and token_id == request.eos_token_id:
-        return RequestStatus.FINISHED_STOPPED
-    if token_id in params.stop_token_ids:
-        return RequestStatus.FINISHED_STOPPED
-    if len(request.output_token_ids) >= params.max_tokens:
-        return RequestStatus.FINISHED_LENGTH
-    return None
 
 
 def _request_output(request: Request, new_token_ids: tuple[int, ...],
