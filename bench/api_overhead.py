@@ -128,16 +128,18 @@ def wait_ready(port: int, process: subprocess.Popen, tree: Path,
     raise RuntimeError(f"the api process of {tree} did not start")
 
 
-def bodies(concurrency: int, output_len: int) -> list[dict]:
+def bodies(concurrency: int, output_len: int, stop: list[str]) -> list[dict]:
+    extra = {"stop": stop} if stop else {}
     return [{"messages": [{"role": "user", "content": f"Tell me a story, number {i}."}],
-             "max_tokens": output_len, "stream": True} for i in range(concurrency)]
+             "max_tokens": output_len, "stream": True, **extra} for i in range(concurrency)]
 
 
-def burst(port: int, pid: int, concurrency: int, output_len: int) -> tuple[float, LoadResult]:
+def burst(port: int, pid: int, concurrency: int, output_len: int,
+          stop: list[str]) -> tuple[float, LoadResult]:
     """One burst; returns the api process's CPU seconds over it and what the client saw."""
     before = cpu_seconds(pid)
     result = asyncio.run(run_load(port=port, path="/v1/chat/completions",
-                                  bodies=bodies(concurrency, output_len)))
+                                  bodies=bodies(concurrency, output_len, stop)))
     cpu = cpu_seconds(pid) - before
     if result.num_complete != concurrency:
         raise RuntimeError(f"{concurrency - result.num_complete} of {concurrency} streams "
@@ -163,10 +165,10 @@ def sampled(py_spy: str | None, pid: int, out: Path | None):
 
 
 def measure(port: int, pid: int, concurrency: int, short_len: int, long_len: int, *,
-            py_spy: str | None = None, stacks: Path | None = None) -> dict:
-    cpu_short, _ = burst(port, pid, concurrency, short_len)
+            stop: list[str], py_spy: str | None = None, stacks: Path | None = None) -> dict:
+    cpu_short, _ = burst(port, pid, concurrency, short_len, stop)
     with sampled(py_spy, pid, stacks):
-        cpu_long, long_run = burst(port, pid, concurrency, long_len)
+        cpu_long, long_run = burst(port, pid, concurrency, long_len, stop)
     extra_tokens = concurrency * (long_len - short_len)
     per_token = (cpu_long - cpu_short) / extra_tokens
     per_request = (cpu_short - per_token * concurrency * short_len) / concurrency
@@ -202,9 +204,11 @@ def print_table(rows: list[tuple[str, int, dict]], baseline: dict | None) -> Non
             if tree != "this":
                 continue
             base = baseline[concurrency]
-            print(f"  {concurrency} streams: us/token x{base['us_per_token'] / figures['us_per_token']:.2f}, "
-                  f"us/request x{base['us_per_request'] / figures['us_per_request']:.2f}, "
-                  f"tok/s x{figures['tokens_per_s'] / base['tokens_per_s']:.2f}")
+            token = base["us_per_token"] / figures["us_per_token"]
+            request = base["us_per_request"] / figures["us_per_request"]
+            rate = figures["tokens_per_s"] / base["tokens_per_s"]
+            print(f"  {concurrency} streams: us/token x{token:.2f}, us/request x{request:.2f}, "
+                  f"tok/s x{rate:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="sample each long burst with this py-spy and print the api "
                              "process's CPU per token by category (all of the long burst's "
                              "CPU, its per-request part included)")
+    parser.add_argument("--stop", action="append", default=[],
+                        help="a stop string every request asks for (repeatable; the fake "
+                             "engine's text never contains it, so each is checked to the "
+                             "end)")
     parser.add_argument("--serve-arg", action="append", default=[],
                         help="an extra `inflightd serve` argument (repeatable)")
     args = parser.parse_args(argv)
@@ -240,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 stacks = (Path(tempfile.mkdtemp(prefix="api-overhead-"))
                           / f"{name}.{concurrency}.txt") if args.py_spy else None
                 figures = measure(port, pid, concurrency, args.short_len, args.long_len,
-                                  py_spy=args.py_spy, stacks=stacks)
+                                  stop=args.stop, py_spy=args.py_spy, stacks=stacks)
             rows.append((name, concurrency, figures))
             if name == "baseline":
                 baseline[concurrency] = figures

@@ -2,9 +2,9 @@
 and emits one token per step for every open request, at a fixed pace, with no model.
 
 The api process under test starts it instead of server.engine.service.process (the bench
-points EngineClient.ENGINE_MODULE here and puts this file alone on PYTHONPATH), so everything the api
-process spends is its own: parsing, tokenizing, detokenizing, stop strings, JSON, SSE, the
-event loop. Its settings come from the FAKE_ENGINE environment variable (JSON):
+points EngineClient.ENGINE_MODULE here and puts this file alone on PYTHONPATH), so all the
+api process spends is its own: parsing, tokenizing, detokenizing, stop strings, JSON, SSE,
+the event loop. Its settings come from the FAKE_ENGINE environment variable (JSON):
 
     tokenizer_dir    the default model's tokenizer; tokens come from real English text (with a
                      few multi-byte characters), so detokenization does its real work
