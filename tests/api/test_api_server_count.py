@@ -72,6 +72,11 @@ def test_concurrent_streams_are_served_by_both_processes_and_counted_once(pair):
     assert sum(served_by.values()) == 16 and set(served_by) == {0, 1}, served_by
     # whichever process answers, the counts are the daemon's, not its own
     assert {successes(pair.base_url) - before for _ in range(6)} == {16}
+    families = {f.name: f for f in text_string_to_metric_families(
+        httpx.get(f"{pair.base_url}/metrics").text)}
+    ttft = {s.name: s.value for s in families["inflightd:time_to_first_token_seconds"].samples}
+    assert ttft["inflightd:time_to_first_token_seconds_count"] >= 16
+    assert families["inflightd:num_requests_running"].samples  # the engine's gauges too
 
 
 def test_health_and_ready_answer_for_the_one_engine_from_every_process(pair):

@@ -1,7 +1,8 @@
 """EngineClient: the api process's handle on the engine process (asyncio, zmq.asyncio).
 
-It starts the engine as a child process, sends it requests and aborts without ever blocking
-the event loop, and routes each step's outputs to the stream of the api request that owns
+It starts the engine as a child process (or, with --api-server-count, attaches to the one
+the serve process started: EngineAttachment), sends it requests and aborts without ever
+blocking the event loop, and routes each step's outputs to the stream of the api request that owns
 them. One api request (say n=3 choices) is one OutputStream over several engine requests
 (output_stream.py: outputs merge there while the request's client lags).
 """
