@@ -8,7 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-QUANTIZATIONS = ("fp8",)  # --quantization values (server.engine.models.quantization runs them)
+# --quantization values: fp8 (server.engine.models.quantization); int8_wo, int4_wo: weights
+# held as 8- or 4-bit integers, rounded to nearest as they load
+# (server.engine.models.int_schemes)
+QUANTIZATIONS = ("fp8", "int8_wo", "int4_wo")
 # --kv-cache-dtype values. auto: the model's dtype; fp8 (or fp8_e4m3, vLLM's other name for
 # it): e4m3, one byte a value, saturated to +-448 without a scale (server.kvcache.kv_pool).
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")
@@ -115,8 +118,9 @@ class ModelConfig:
     max_model_len: int | None = None  # None: the model's own context length
     seed: int = 0
     enforce_eager: bool = False
-    # "fp8": linear weights and activations in FP8 (server.engine.models.quantization). None: none,
-    # unless the engine directory was built with one.
+    # "fp8": linear weights and activations in FP8 (server.engine.models.quantization);
+    # "int8_wo" / "int4_wo": weights only, as integers. None: none, unless the engine
+    # directory was built with one or the checkpoint is quantized (GPTQ, AWQ, ...).
     quantization: str | None = None
     # ranks the model is split over (server/engine/parallel/): one process per rank, on
     # nnodes nodes; this is node node_rank, and rank 0 (node 0) meets the others at
@@ -139,7 +143,8 @@ class ModelConfig:
         _require(self.nnodes == 1 or self.master_port is not None,
                  "several nodes need --master-addr and --master-port (node 0's rendezvous)")
         _require(self.quantization in (None, *QUANTIZATIONS),
-                 f"--quantization must be one of {', '.join(QUANTIZATIONS)} (or left out), "
+                 f"--quantization must be one of {', '.join(QUANTIZATIONS)} (or left out; a "
+                 f"GPTQ, AWQ or compressed-tensors checkpoint needs none), "
                  f"got {self.quantization!r}")
         _require(self.dtype in ("auto", "float32", "float16", "bfloat16"),
                  f"--dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")

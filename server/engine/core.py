@@ -78,7 +78,7 @@ class EngineCore:
             kv_cache_tokens=self.runner.num_blocks * self.runner.block_size,
             tokenizer_dir=str(source.tokenizer_dir) if source.tokenizer_dir else None,
             device=str(self.runner.device), dtype=str(self.runner.dtype).removeprefix("torch."),
-            quantization=self.runner.quantization,
+            quantization=self.runner.quantization_name,
             kv_cache_dtype=str(self.runner.kv_pool.dtype).removeprefix("torch."))
         self.async_scheduling = (self.runner.device.type == "cuda"
                                  if scheduler_config.async_scheduling is None

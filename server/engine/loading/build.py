@@ -26,7 +26,6 @@ import json
 import re
 import shutil
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -38,6 +37,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from server.engine.loading.default_model import cache_root
+from server.engine.loading.staging import staged_directory
 from server.engine.loading.engine_dir import (WEIGHTS_DUMMY, WEIGHTS_SAFETENSORS, EngineDirConfig,
                                       is_engine_dir, write_engine_config)
 from server.engine.gpu.kernel_store import save_cubins
@@ -75,7 +75,9 @@ class BuildOptions:
     tune: bool = True
     force: bool = False  # replace an existing output directory
     block_size: int = 16  # the KV block size the kernels are timed with
-    quantization: str | None = None  # "fp8": linear weights stored and served in FP8
+    # "fp8": linear weights stored and served in FP8; "int8_wo" / "int4_wo": stored in the
+    # engine dtype, rounded to integers as the engine loads them
+    quantization: str | None = None
 
     def __post_init__(self) -> None:
         if self.quantization not in (None, *QUANTIZATIONS):
@@ -104,33 +106,29 @@ def build_engine(options: BuildOptions, *, progress: bool = True,
     if output.exists() and not options.force:
         raise BuildError(f"{output} already exists; pass --force to replace it")
     source = resolve_model(options.model, cache_dir=cache_dir)
+    if source.packed_format is not None:
+        raise BuildError(f"{options.model} is a quantized checkpoint "
+                         f"({source.packed_format.method}), which an engine directory would "
+                         f"hold dequantized: serve it as it is (`inflightd serve "
+                         f"{options.model}`)")
     max_model_len = _max_model_len(options, source)
     arches = options.arches or _gpu_arches()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    steps = [("weights", lambda: _write_weights(source, staging, DTYPES[options.dtype_name],
-                                                options.quantization)),
-             ("tokenizer", lambda: _copy_tokenizer(source, staging))]
-    steps += [(f"kernels {arch}", lambda arch=arch: save_cubins(staging, arch,
-                                                                compile_all(arch)))
-              for arch in arches]
-    steps += [("tuning", lambda: _tune(source, staging, options, arches, max_model_len)),
-              ("config", lambda: _write_config(source, staging, options, arches,
-                                               max_model_len))]
-    try:
-        staging.chmod(0o755)
+    with staged_directory(output) as staging:
+        steps = [("weights", lambda: _write_weights(source, staging, DTYPES[options.dtype_name],
+                                                    options.quantization)),
+                 ("tokenizer", lambda: copy_tokenizer_files(source, staging))]
+        steps += [(f"kernels {arch}", lambda arch=arch: save_cubins(staging, arch,
+                                                                    compile_all(arch)))
+                  for arch in arches]
+        steps += [("tuning", lambda: _tune(source, staging, options, arches, max_model_len)),
+                  ("config", lambda: _write_config(source, staging, options, arches,
+                                                   max_model_len))]
         with tqdm(total=len(steps), desc=f"building {source.name}", unit="step",
                   file=sys.stderr, disable=not progress) as bar:
             for label, step in steps:
                 bar.set_postfix_str(label)
                 step()
                 bar.update(1)
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output
 
 
@@ -192,7 +190,9 @@ def _numel(shape: tuple[int, ...]) -> int:
     return count
 
 
-def _copy_tokenizer(source: ModelSource, out_dir: Path) -> None:
+def copy_tokenizer_files(source: ModelSource, out_dir: Path) -> None:
+    """The tokenizer, chat template and generation config files the model has, into
+    out_dir (also what `inflightd quantize` writes beside its weights)."""
     for directory in {d for d in (source.tokenizer_dir, source.weights_dir) if d is not None}:
         for name in COPIED_FILES:
             if (directory / name).is_file() and not (out_dir / name).exists():
@@ -261,11 +261,14 @@ def ensure_engine_dir(model: str, *, dtype: str = "auto",
                       max_num_tokens: int = DEFAULT_MAX_NUM_TOKENS,
                       max_model_len: int | None = None, cache_dir: Path | None = None,
                       progress: bool = True) -> Path:
-    """`model` itself when it is an engine directory; else its engine in the cache, built
-    on first use for this machine's GPU (concurrent callers build it once)."""
+    """`model` itself when it is an engine directory or a quantized checkpoint; else its
+    engine in the cache, built on first use for this machine's GPU (concurrent callers
+    build it once)."""
     if is_engine_dir(Path(model).expanduser()):
         return Path(model).expanduser()
     source = resolve_model(model, cache_dir=cache_dir)
+    if source.packed_format is not None:  # its integers, as stored (build_engine says why)
+        return Path(model).expanduser()
     engines = cache_root(cache_dir) / "engines"
     options = BuildOptions(model=model, output=engines, dtype=dtype,
                            max_batch_size=max_batch_size, max_num_tokens=max_num_tokens,
@@ -305,8 +308,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="compile kernels for this arch, e.g. sm_90 (repeatable; "
                             "default: this GPU's, none without a GPU)")
     build.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
-                       help="FP8 linear layers: their weights stored in FP8 with per-channel "
-                            "scales, activations quantized per token; default: none")
+                       help="fp8: linear weights stored in FP8 with per-channel scales, "
+                            "activations quantized per token; int8_wo, int4_wo: weights "
+                            "rounded to 8- or 4-bit integers as the engine loads; default: "
+                            "none")
     build.add_argument("--no-tune", action="store_true", help="skip timing kernel choices")
     build.add_argument("--force", action="store_true", help="replace an existing DIR")
     build.set_defaults(func=run_build)

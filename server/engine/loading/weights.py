@@ -22,12 +22,14 @@ from server.engine.loading import default_model
 from server.engine.loading.dummy import DUMMY_CONFIGS, DUMMY_PREFIX, dummy_hf_config, iter_dummy_weights
 from server.engine.models.checkpoint_names import AS_IS, TRANSPOSED, engine_name, \
     to_engine_layout
-from server.engine.loading.quantized_checkpoints import (PackedLayer, QuantizedFormat,
-                                                        take_packed_layers)
-from server.engine.parallel.shard_weights import WHOLE, shard_named, shard_rule
+from server.engine.loading.int_repack import PackedLayers
+from server.engine.loading.quantized_checkpoints import QuantizedFormat, take_packed_layers
+from server.engine.parallel.shard_weights import WHOLE, shard_named, shard_rule, shard_tensor
 from server.engine.parallel.tensor_parallel import ShardPlan
 from server.engine.models.config import ModelArchConfig, UnsupportedModelError
-from server.engine.models.quantization import stored_layout
+from server.engine.models.int_schemes import num_bytes
+from server.engine.models.int_weights import IntWeight
+from server.engine.models.quantization import SCALE_SUFFIX, stored_layout
 from server.engine.models.weight_layout import num_weight_bytes
 
 # Loads smaller than this finish in about a second; a progress bar would only flicker.
@@ -53,7 +55,9 @@ class ModelSource:
     tokenizer_dir: Path | None
     dummy_seed: int
     engine_dir: Path | None = None  # set when loaded from an `inflightd build` directory
-    quantization: str | None = None  # what an engine directory was built with
+    # what an engine directory was built with, or "fp8" for a compressed-tensors FP8
+    # checkpoint (stored as the engine's own FP8 layout is)
+    quantization: str | None = None
 
     @property
     def stores_fp8_weights(self) -> bool:
@@ -61,6 +65,15 @@ class ModelSource:
         directory built with --quantization fp8 from a checkpoint; dummy weights are drawn
         in the model dtype)."""
         return self.quantization == "fp8" and self.weights_dir is not None
+
+    @property
+    def packed_format(self) -> QuantizedFormat | None:
+        """A quantized checkpoint's format, from config.json's quantization_config (an
+        engine directory built from one holds float weights: None)."""
+        config = self.hf_config.get("quantization_config")
+        if not config or self.weights_dir is None or self.engine_dir is not None:
+            return None
+        return QuantizedFormat.from_hf(config)
 
 
 def default_model_dir(*, cache_dir: Path | None = None) -> Path:
@@ -139,8 +152,11 @@ def _resolve_hf_dir(name: str, path: Path) -> ModelSource:
             f"{path} has no *.safetensors files; inflightd reads only safetensors weights "
             "(re-save a .bin checkpoint with save_pretrained(..., safe_serialization=True))")
     has_tokenizer = any((path / file).is_file() for file in TOKENIZER_FILES)
+    packed = hf_config.get("quantization_config")
+    fp8 = bool(packed) and QuantizedFormat.from_hf(packed).method == "fp8"
     return ModelSource(name=name, arch=arch, hf_config=hf_config, weights_dir=path,
-                       tokenizer_dir=path if has_tokenizer else None, dummy_seed=0)
+                       tokenizer_dir=path if has_tokenizer else None, dummy_seed=0,
+                       quantization="fp8" if fp8 else None)
 
 
 def _check_supported_features(hf: dict[str, Any]) -> None:
@@ -170,7 +186,8 @@ def iter_weights(source: ModelSource, *, dtype: torch.dtype, device: torch.devic
     """(Hugging Face name, tensor) for every weight the engine needs, one tensor at a time, in
     `dtype` on `device`. lm_head.weight is absent when the embeddings are tied. shard: only
     that tensor-parallel rank's part of each (read as such from safetensors, where the
-    stored layout allows)."""
+    stored layout allows). A quantized checkpoint's layers come as IntWeights (on the CPU,
+    scales in the checkpoint's dtype) where its format's int_scheme holds them."""
     device = torch.device(device)
     total_bytes = num_weight_bytes(source.arch, bytes_per_element=dtype.itemsize)
     with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"loading {source.name}",
@@ -181,14 +198,12 @@ def iter_weights(source: ModelSource, *, dtype: torch.dtype, device: torch.devic
             if shard is not None:
                 weights = shard_named(source.arch, shard, weights)
         else:
-            packed = source.hf_config.get("quantization_config")
             weights = _iter_safetensors(source.weights_dir, source.arch, dtype=dtype,
                                         device=device, quantization=source.quantization,
                                         engine_named=source.engine_dir is not None,
-                                        shard=shard, packed=(QuantizedFormat.from_hf(packed)
-                                                             if packed else None))
+                                        shard=shard, packed=source.packed_format)
         for name, tensor in weights:
-            progress.update(tensor.numel() * tensor.element_size())
+            progress.update(num_bytes(tensor))
             yield name, tensor
 
 
@@ -200,7 +215,8 @@ def _iter_safetensors(weights_dir: Path, arch: ModelArchConfig, *, dtype: torch.
     """Tensors in `dtype`, except FP8 weights and their float32 scales, which stay as
     stored. engine_named: the files hold the engine's names and layouts already (an
     `inflightd build` directory), so they are not renamed or reordered a second time.
-    packed: a GPTQ or AWQ checkpoint, whose packed layers are read as float weights."""
+    packed: a GPTQ, AWQ or compressed-tensors checkpoint, whose packed layers are read as
+    IntWeights or float weights (int_repack.PackedLayers)."""
     layout = stored_layout(arch, dtype=dtype, quantization=quantization)
     expected = {name: shape for name, (shape, _) in layout.items()}
     with ExitStack() as stack:
@@ -212,22 +228,27 @@ def _iter_safetensors(weights_dir: Path, arch: ModelArchConfig, *, dtype: torch.
                 mapped = (stored, AS_IS) if engine_named else engine_name(arch, stored)
                 if mapped is not None:
                     handles[mapped[0]] = (handle, stored, mapped[1])
-        layers = take_packed_layers(handles, packed) if packed is not None else {}
-        _check_tensor_names(weights_dir, arch, expected, set(handles) | set(layers))
+        layers = PackedLayers(take_packed_layers(handles, packed) if packed else {}, packed,
+                              packed.int_scheme() if packed else None)
+        _check_tensor_names(weights_dir, arch, expected, set(handles) | layers.names())
         for name, shape in expected.items():
             if name in layers:
-                yield name, _read_packed(weights_dir, layers[name], arch=arch, name=name,
-                                         shape=shape, shard=shard).to(device).to(dtype)
+                yield name, _read_packed(weights_dir, layers, arch=arch, name=name,
+                                         shape=shape, shard=shard, device=device, dtype=dtype)
                 continue
             handle, stored, stored_layout_kind = handles[name]
             found = tuple(handle.get_slice(stored).get_shape())
             found = found[::-1] if stored_layout_kind == TRANSPOSED else found
+            # compressed-tensors stores per-row scales as [rows, 1]
+            squeeze = found == (*shape, 1) and name.endswith(SCALE_SUFFIX)
+            found = shape if squeeze else found
             if found != shape:
                 raise WeightsError(f"{weights_dir}: {name} has shape {found}, but config.json "
                                    f"implies {shape}")
             # Move first, then cast on the device: a GPU casts far faster than the host.
             tensor = _read(handle, stored, stored_layout_kind, arch=arch, name=name,
-                           shape=shape, shard=shard).to(device)
+                           shape=shape, shard=shard)
+            tensor = (tensor.reshape(-1) if squeeze else tensor).to(device)
             if stored_layout_kind not in (AS_IS, TRANSPOSED):
                 tensor = to_engine_layout(arch, tensor, stored_layout_kind)
                 if shard is not None:
@@ -235,13 +256,18 @@ def _iter_safetensors(weights_dir: Path, arch: ModelArchConfig, *, dtype: torch.
             yield name, tensor if layout[name][1] != dtype else tensor.to(dtype)
 
 
-def _read_packed(weights_dir: Path, layer: PackedLayer, *, arch: ModelArchConfig, name: str,
-                 shape: tuple[int, ...], shard: ShardPlan | None) -> torch.Tensor:
-    if layer.shape() != shape:
-        raise WeightsError(f"{weights_dir}: {name} (packed {layer.fmt.method}) has shape "
-                           f"{layer.shape()}, but config.json implies {shape}")
-    weight = layer.read()
-    return weight if shard is None else shard_rule(arch, shard, name).apply(weight)
+def _read_packed(weights_dir: Path, layers: PackedLayers, *, arch: ModelArchConfig, name: str,
+                 shape: tuple[int, ...], shard: ShardPlan | None, device: torch.device,
+                 dtype: torch.dtype) -> torch.Tensor | IntWeight:
+    """An IntWeight stays on the CPU in the checkpoint's dtypes (the model's copy moves
+    and casts it); a float weight comes in `dtype` on `device`."""
+    if layers.shape(name) != shape:
+        raise WeightsError(f"{weights_dir}: {name} (packed {layers.fmt.method}) has shape "
+                           f"{layers.shape(name)}, but config.json implies {shape}")
+    weight = layers.read(name)
+    if shard is not None:
+        weight = shard_tensor(arch, shard, name, weight)
+    return weight if isinstance(weight, IntWeight) else weight.to(device).to(dtype)
 
 
 def _read(handle, stored: str, kind: str, *, arch: ModelArchConfig, name: str,

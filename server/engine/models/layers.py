@@ -3,7 +3,8 @@
 q/k/v projections are fused into one [q + k + v, hidden] weight and gate/up into one
 [2 * intermediate, hidden] weight, filled slice by slice at load time, so a layer runs
 two GEMMs where the checkpoint has five. With quantization "fp8" the four linear weights are
-Fp8Weights, quantized as they load (server.engine.models.quantization). The layer takes the step's
+Fp8Weights, quantized as they load (server.engine.models.quantization); with an integer scheme
+(server.engine.models.int_schemes) those it holds are IntWeights. The layer takes the step's
 attention metadata and the Ops as arguments; it keeps no per-step state.
 """
 
@@ -14,19 +15,23 @@ import torch
 from server.engine.attention.metadata import AttentionMetadata
 from server.engine.models.alibi import alibi_slopes
 from server.engine.models.config import ModelArchConfig
+from server.engine.models.int_schemes import IntScheme, IntWeightDest, loading_view
+from server.engine.models.int_weights import IntWeight
 from server.engine.ops import Ops
 from server.engine.parallel.tensor_parallel import NO_TENSOR_PARALLEL, TensorParallel
 from server.engine.models.quantization import Fp8Rows, Fp8Weight
 
-LinearWeight = torch.Tensor | Fp8Weight
+LinearWeight = torch.Tensor | Fp8Weight | IntWeight
+Destination = torch.Tensor | Fp8Weight | IntWeightDest
 
 
 class DecoderLayer:
     def __init__(self, arch: ModelArchConfig, *, dtype: torch.dtype,
                  device: torch.device | str, quantization: str | None = None,
                  window: int | None = None, tp: TensorParallel = NO_TENSOR_PARALLEL,
-                 head_offset: int = 0) -> None:
-        """window: this layer attends within a sliding window of that many keys. Under
+                 head_offset: int = 0, int_scheme: IntScheme | None = None) -> None:
+        """window: this layer attends within a sliding window of that many keys;
+        int_scheme: which linear weights are integers, and how. Under
         tensor parallelism arch is the rank's share (parallel/tensor_parallel.py), its
         query heads starting at the model's head_offset."""
         self.tp = tp
@@ -54,16 +59,18 @@ class DecoderLayer:
         def empty(*shape: int) -> torch.Tensor:
             return torch.empty(shape, dtype=dtype, device=device)
 
-        def linear(rows: int, cols: int) -> LinearWeight:
+        def linear(rows: int, cols: int, kind: str) -> LinearWeight:
             if quantization == "fp8":
                 return Fp8Weight.empty(rows, cols, device=device)
+            if int_scheme is not None and int_scheme.holds(kind, cols):
+                return int_scheme.empty(rows, cols, dtype=dtype, device=device)
             return empty(rows, cols)
 
         hidden, inter = arch.hidden_size, arch.intermediate_size
         self.input_norm = empty(hidden)
-        self.qkv_weight = linear(self.q_size + 2 * self.kv_size, hidden)
+        self.qkv_weight = linear(self.q_size + 2 * self.kv_size, hidden, "qkv")
         self.qkv_bias = empty(self.q_size + 2 * self.kv_size) if arch.attention_bias else None
-        self.o_weight = linear(hidden, self.q_size)
+        self.o_weight = linear(hidden, self.q_size, "o")
         self.o_bias = empty(hidden) if arch.o_proj_bias else None
         # Qwen3: an RMSNorm over each head's q and k (one weight per head dim) before rotary
         self.q_norm = empty(arch.head_dim) if arch.qk_norm else None
@@ -72,8 +79,9 @@ class DecoderLayer:
         shared_norm = arch.parallel_attention and not arch.parallel_mlp_norm
         self.post_norm = None if shared_norm else empty(hidden)
         # the MLP's first projection: gate|up fused, or up alone for an ungated MLP
-        self.gate_up_weight = linear(inter if self.layer_norm else 2 * inter, hidden)
-        self.down_weight = linear(hidden, inter)
+        self.gate_up_weight = linear(inter if self.layer_norm else 2 * inter, hidden,
+                                     "gate_up")
+        self.down_weight = linear(hidden, inter, "down")
         # Starcoder2, GPT-2: every norm and MLP projection has a bias (MPT: none has; Falcon's
         # norms have, its projections only with `bias`)
         biased_norms = self.layer_norm and arch.layer_norm_biases
@@ -86,7 +94,7 @@ class DecoderLayer:
         self.attn_out_norm = empty(hidden) if arch.sandwich_norms else None
         self.mlp_out_norm = empty(hidden) if arch.sandwich_norms else None
 
-    def weight_destinations(self, prefix: str) -> dict[str, torch.Tensor | Fp8Weight]:
+    def weight_destinations(self, prefix: str) -> dict[str, Destination]:
         """HF tensor name -> the tensor (or fused slice) it is copied into."""
         return {**self._norm_names(prefix), **self._attention_names(f"{prefix}.self_attn"),
                 **self._mlp_names(f"{prefix}.mlp")}
@@ -103,21 +111,22 @@ class DecoderLayer:
                  f"{prefix}.post_attention_layernorm.bias": self.post_norm_bias}
         return {name: tensor for name, tensor in names.items() if tensor is not None}
 
-    def _attention_names(self, attn: str) -> dict[str, torch.Tensor | Fp8Weight]:
+    def _attention_names(self, attn: str) -> dict[str, Destination]:
         q, kv = self.q_size, self.kv_size
+        qkv = self.qkv_weight
         if self.fused_qkv:  # Phi-3, GPT-2 and others store q|k|v as we hold them
-            names = {f"{attn}.qkv_proj.weight": self.qkv_weight}
+            names = {f"{attn}.qkv_proj.weight": loading_view(qkv)}
             if self.qkv_bias is not None:
                 names[f"{attn}.qkv_proj.bias"] = self.qkv_bias
         else:
-            names = {f"{attn}.q_proj.weight": self.qkv_weight[:q],
-                     f"{attn}.k_proj.weight": self.qkv_weight[q:q + kv],
-                     f"{attn}.v_proj.weight": self.qkv_weight[q + kv:]}
+            names = {f"{attn}.q_proj.weight": loading_view(qkv, slice(None, q)),
+                     f"{attn}.k_proj.weight": loading_view(qkv, slice(q, q + kv)),
+                     f"{attn}.v_proj.weight": loading_view(qkv, slice(q + kv, None))}
             if self.qkv_bias is not None:
                 names[f"{attn}.q_proj.bias"] = self.qkv_bias[:q]
                 names[f"{attn}.k_proj.bias"] = self.qkv_bias[q:q + kv]
                 names[f"{attn}.v_proj.bias"] = self.qkv_bias[q + kv:]
-        names[f"{attn}.o_proj.weight"] = self.o_weight
+        names[f"{attn}.o_proj.weight"] = loading_view(self.o_weight)
         if self.o_bias is not None:
             names[f"{attn}.o_proj.bias"] = self.o_bias
         if self.q_norm is not None:
@@ -125,21 +134,22 @@ class DecoderLayer:
             names[f"{attn}.k_norm.weight"] = self.k_norm
         return names
 
-    def _mlp_names(self, mlp: str) -> dict[str, torch.Tensor | Fp8Weight]:
+    def _mlp_names(self, mlp: str) -> dict[str, Destination]:
+        gate_up, down = self.gate_up_weight, loading_view(self.down_weight)
         if self.layer_norm:  # ungated, biased but for MPT (Starcoder2, GPT-2, MPT)
-            names = {f"{mlp}.c_fc.weight": self.gate_up_weight,
-                     f"{mlp}.c_proj.weight": self.down_weight}
+            names = {f"{mlp}.c_fc.weight": loading_view(gate_up),
+                     f"{mlp}.c_proj.weight": down}
             if self.up_bias is not None:
                 names.update({f"{mlp}.c_fc.bias": self.up_bias,
                               f"{mlp}.c_proj.bias": self.down_bias})
             return names
         if self.fused_gate_up:
-            return {f"{mlp}.gate_up_proj.weight": self.gate_up_weight,
-                    f"{mlp}.down_proj.weight": self.down_weight}
+            return {f"{mlp}.gate_up_proj.weight": loading_view(gate_up),
+                    f"{mlp}.down_proj.weight": down}
         inter = self.down_weight.shape[1]
-        return {f"{mlp}.gate_proj.weight": self.gate_up_weight[:inter],
-                f"{mlp}.up_proj.weight": self.gate_up_weight[inter:],
-                f"{mlp}.down_proj.weight": self.down_weight}
+        return {f"{mlp}.gate_proj.weight": loading_view(gate_up, slice(None, inter)),
+                f"{mlp}.up_proj.weight": loading_view(gate_up, slice(inter, None)),
+                f"{mlp}.down_proj.weight": down}
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, *,
                 positions: torch.Tensor, cos_sin: torch.Tensor, kv_cache: torch.Tensor,

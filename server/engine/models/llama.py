@@ -17,13 +17,16 @@ import torch.nn.functional as F
 from server.engine.attention.metadata import AttentionMetadata
 from server.engine.models.config import SUPPORTED_ARCHITECTURES, ModelArchConfig, \
     UnsupportedModelError
+from server.engine.models.int_schemes import INT_ON_LOAD, IntScheme, IntWeightDest, num_bytes
+from server.engine.models.int_weights import IntWeight
 from server.engine.models.layers import DecoderLayer
 from server.engine.models.rotary import build_cos_sin, no_rotation
 from server.engine.models.weight_map import WeightLoadError, load_named_tensors
 from server.engine.ops import Ops
 from server.engine.parallel.tensor_parallel import NO_TENSOR_PARALLEL, ShardPlan, TensorParallel
-from server.engine.models.quantization import (SCALE_SUFFIX, Fp8Weight, check_fp8_device,
-                                         check_fp8_shapes, check_quantization)
+from server.engine.models.quantization import (SCALE_SUFFIX, Fp8Weight, QuantizationError,
+                                               check_fp8_device, check_fp8_shapes,
+                                               check_quantization)
 
 # Buffers some older checkpoints carry; the model recomputes them.
 _IGNORED_SUFFIXES = (".rotary_emb.inv_freq", ".rotary_emb.cos_cached", ".rotary_emb.sin_cached")
@@ -32,9 +35,12 @@ _IGNORED_SUFFIXES = (".rotary_emb.inv_freq", ".rotary_emb.cos_cached", ".rotary_
 class LlamaModel:
     def __init__(self, arch: ModelArchConfig, *, dtype: torch.dtype,
                  device: torch.device | str, quantization: str | None = None,
-                 tp: TensorParallel = NO_TENSOR_PARALLEL) -> None:
+                 tp: TensorParallel = NO_TENSOR_PARALLEL,
+                 int_scheme: IntScheme | None = None) -> None:
         """Under tensor parallelism (tp) the model holds rank tp.rank's shard; its weights
-        load from parallel.shard_weights, and arch stays the whole model's."""
+        load from parallel.shard_weights, and arch stays the whole model's. int_scheme: a
+        quantized checkpoint's integer weights (GPTQ, AWQ, ...); quantization int8_wo or
+        int4_wo makes one for rounding the weights as they load."""
         if arch.architecture not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModelError(f"LlamaModel cannot run {arch.architecture!r}")
         check_quantization(quantization)
@@ -48,10 +54,19 @@ class LlamaModel:
         if quantization == "fp8":
             check_fp8_device(self.device, dtype)
             check_fp8_shapes(_linear_shapes(local))
+        if quantization in INT_ON_LOAD and int_scheme is None:
+            # the whole model's input sizes pick the group size, so every rank agrees
+            int_scheme = IntScheme.on_load(quantization, {
+                name: cols for name, (_, cols) in _linear_shapes(arch).items()})
+        elif quantization is not None and int_scheme is not None:
+            raise QuantizationError(f"the checkpoint is quantized already ({int_scheme.name}); "
+                                    f"leave out --quantization {quantization}")
+        self.int_scheme = int_scheme
         self.embed_tokens = torch.empty(local.vocab_size, arch.hidden_size, dtype=dtype,
                                         device=device)
         self.layers = [DecoderLayer(local, dtype=dtype, device=device, quantization=quantization,
-                                    window=window, tp=tp, head_offset=self.shard.q_heads[0])
+                                    window=window, tp=tp, head_offset=self.shard.q_heads[0],
+                                    int_scheme=int_scheme)
                        for window in arch.layer_windows]
         self.norm = torch.empty(arch.hidden_size, dtype=dtype, device=device)
         self.embed_positions = (torch.empty(arch.max_position_embeddings, arch.hidden_size,
@@ -80,7 +95,7 @@ class LlamaModel:
         self.layer_cos_sin = [local if is_sliding else self.cos_sin for is_sliding in sliding]
 
     def weight_destinations(self, *, stored_fp8: bool = False
-                            ) -> dict[str, torch.Tensor | Fp8Weight]:
+                            ) -> dict[str, torch.Tensor | Fp8Weight | IntWeightDest]:
         """stored_fp8: the checkpoint holds the linear weights already in FP8, each with its
         scales beside it (as `inflightd build --quantization fp8` writes them)."""
         names = {"model.embed_tokens.weight": self.embed_tokens, "model.norm.weight": self.norm}
@@ -121,8 +136,21 @@ class LlamaModel:
         if offset:  # Gemma's norms scale by (1 + w): stored as the factor itself
             weights = ((name, tensor + offset if name.endswith("norm.weight") else tensor)
                        for name, tensor in weights)
-        load_named_tensors(self.weight_destinations(stored_fp8=stored_fp8), weights,
+        destinations = self.weight_destinations(stored_fp8=stored_fp8)
+        load_named_tensors(destinations, _dense_where_needed(weights, destinations),
                            ignore=ignore)
+
+    def num_parameter_bytes(self) -> int:
+        """Bytes the weights take, each tensor once (a tied lm_head is the embedding); the
+        rotary table is not a weight."""
+        seen, total = set(), 0
+        for holder in (self, *self.layers):
+            for name, value in vars(holder).items():
+                if (name != "cos_sin" and id(value) not in seen
+                        and isinstance(value, (torch.Tensor, IntWeight, Fp8Weight))):
+                    seen.add(id(value))
+                    total += num_bytes(value)
+        return total
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
@@ -174,6 +202,17 @@ class LlamaModel:
             logits = self.tp.all_gather_last_dim(logits)[:, :self.arch.vocab_size]
         cap = self.arch.final_softcap
         return logits if cap is None else torch.tanh(logits / cap) * cap
+
+
+def _dense_where_needed(weights: Iterable[tuple[str, torch.Tensor | IntWeight]],
+                        destinations: dict) -> Iterable[tuple[str, torch.Tensor | IntWeight]]:
+    """Integer weights read for layers the model holds in its dtype (a scheme's dense
+    kinds, e.g. GPTQ act-order attention) are dequantized on the way in."""
+    for name, tensor in weights:
+        if isinstance(tensor, IntWeight) and not isinstance(destinations.get(name),
+                                                              IntWeightDest):
+            tensor = tensor.dequantize(torch.float32)  # not the scales' float16
+        yield name, tensor
 
 
 def _linear_shapes(arch: ModelArchConfig) -> dict[str, tuple[int, int]]:

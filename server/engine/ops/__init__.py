@@ -18,15 +18,17 @@ from typing import Protocol
 import torch
 
 from server.engine.attention.metadata import AttentionMetadata
+from server.engine.models.int_weights import IntWeight
 from server.engine.models.quantization import Fp8Rows, Fp8Weight
 
 
 class Ops(Protocol):
-    def linear(self, x: torch.Tensor | Fp8Rows, weight: torch.Tensor | Fp8Weight,
+    def linear(self, x: torch.Tensor | Fp8Rows, weight: torch.Tensor | Fp8Weight | IntWeight,
                bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [T, K] @ weight [N, K]^T (+ bias [N]) -> [T, N], as F.linear; an Fp8Weight
         multiplies x's rows quantized to FP8 (server.engine.models.quantization), or x's own
-        when x is Fp8Rows already."""
+        when x is Fp8Rows already; an IntWeight computes as int_linear_reference
+        (server.engine.ops.cuda_int) does."""
 
     def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:
         """hidden [N, H] @ lm_head [V, H]^T -> float32 logits [N, V]."""

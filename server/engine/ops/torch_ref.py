@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from server.engine.attention.metadata import AttentionMetadata
+from server.engine.models.int_weights import IntWeight
 from server.engine.models.quantization import (Fp8Rows, Fp8Weight, check_not_quantized,
                                          fp8_linear_reference)
+from server.engine.ops.cuda_int import int_linear_reference  # the kernels' own reference
 from server.kvcache.kv_pool import FP8_KV_DTYPE, FP8_KV_MAX
 from server.structured_output.bitmask import apply_token_bitmask
 
@@ -25,11 +27,13 @@ _GELU_APPROXIMATIONS = {"gelu": "none", "gelu_tanh": "tanh"}
 class TorchOps:
     """Implements `server.engine.ops.Ops`."""
 
-    def linear(self, x: torch.Tensor | Fp8Rows, weight: torch.Tensor | Fp8Weight,
+    def linear(self, x: torch.Tensor | Fp8Rows, weight: torch.Tensor | Fp8Weight | IntWeight,
                bias: torch.Tensor | None = None) -> torch.Tensor:
         if isinstance(weight, Fp8Weight):
             return fp8_linear_reference(x, weight, bias)
         check_not_quantized(x)
+        if isinstance(weight, IntWeight):
+            return int_linear_reference(x, weight, bias)
         return F.linear(x, weight, bias)
 
     def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:

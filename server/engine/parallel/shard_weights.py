@@ -6,6 +6,10 @@
                                  rank 0 and zero elsewhere, so the all-reduce adds them once
     vocabulary rows              embed_tokens and lm_head, zero-padded to the padded size
     whole                        everything else (norms, position embeddings, q/k norms)
+
+Integer weights (IntWeight) are cut the same way: rows with their scales and zero points;
+columns along whole groups (one group per row: the row scales stay whole, as FP8's do), or,
+where a rank's columns would split a group, dequantized and cut as a float tensor.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from server.engine.models.config import ModelArchConfig
+from server.engine.models.int_weights import IntWeight
 from server.engine.parallel.tensor_parallel import ShardPlan
 from server.engine.models.quantization import SCALE_SUFFIX
 
@@ -72,16 +77,46 @@ class ShardRule:
 
 
 def shard_named(arch: ModelArchConfig, plan: ShardPlan,
-                weights: Iterable[tuple[str, torch.Tensor]]
-                ) -> Iterator[tuple[str, torch.Tensor]]:
+                weights: Iterable[tuple[str, torch.Tensor | IntWeight]]
+                ) -> Iterator[tuple[str, torch.Tensor | IntWeight]]:
     """(engine name, whole tensor) pairs -> (engine name, this rank's part)."""
     for name, tensor in weights:
         yield name, shard_tensor(arch, plan, name, tensor)
 
 
 def shard_tensor(arch: ModelArchConfig, plan: ShardPlan, name: str,
-                 tensor: torch.Tensor) -> torch.Tensor:
-    return shard_rule(arch, plan, name).apply(tensor)
+                 tensor: torch.Tensor | IntWeight) -> torch.Tensor | IntWeight:
+    rule = shard_rule(arch, plan, name)
+    if isinstance(tensor, IntWeight):
+        return shard_int_weight(rule, tensor)
+    return rule.apply(tensor)
+
+
+def shard_int_weight(rule: ShardRule, weight: IntWeight) -> IntWeight | torch.Tensor:
+    """The rank's part of an integer weight: an IntWeight, or the float part where the
+    rank's columns do not start and end on group boundaries."""
+    if rule.kind == "whole":
+        return weight
+    if rule.kind == "rows":
+        parts = [(weight.qweight[a:b], weight.scales[a:b],
+                  None if weight.zeros is None else weight.zeros[a:b]) for a, b in rule.spans]
+        qweight, scales, zeros = (None if part[0] is None else torch.cat(part).contiguous()
+                                  for part in zip(*parts))
+        return IntWeight(qweight=qweight, scales=scales, zeros=zeros, bits=weight.bits,
+                         group_size=weight.group_size, act_int8=weight.act_int8)
+    if rule.kind != "columns":
+        raise ValueError(f"a linear weight is not cut by {rule.kind!r}")
+    (start, end), = rule.spans
+    per_row = weight.scales.shape[1] == 1
+    group = end - start if per_row else weight.group_size
+    pack = 2 if weight.bits == 4 else 1
+    if (not per_row and (start % group or end % group)) or start % pack or end % pack:
+        return rule.apply(weight.dequantize(torch.float32))
+    groups = slice(None) if per_row else slice(start // group, end // group)
+    return IntWeight(qweight=weight.qweight[:, start // pack:end // pack].contiguous(),
+                     scales=weight.scales[:, groups].contiguous(),
+                     zeros=None if weight.zeros is None else weight.zeros[:, groups].contiguous(),
+                     bits=weight.bits, group_size=group, act_int8=weight.act_int8)
 
 
 def shard_rule(arch: ModelArchConfig, plan: ShardPlan, name: str) -> ShardRule:

@@ -41,7 +41,8 @@ from server.engine.step.prompt_logprobs import (PendingPromptLogprobs, PromptLog
                                                 plan_prompt_logprobs)
 from server.engine.models.llama import LlamaModel
 from server.engine.parallel.shard_weights import shard_named
-from server.engine.models.quantization import quantize_checkpoint
+from server.engine.models.int_schemes import INT_ON_LOAD, quantize_on_load
+from server.engine.models.quantization import QuantizationError, quantize_checkpoint
 from server.engine.parallel.tensor_parallel import NO_TENSOR_PARALLEL, TensorParallel
 from server.engine.ops import Ops
 from server.engine.gpu.ops_choice import (default_ops, engine_config, is_cuda_ops, resolve_device,
@@ -69,10 +70,12 @@ class ModelRunner:
                  max_num_seqs: int | None = None, max_model_len: int | None = None,
                  quantization: str | None = None, kv_cache_dtype: str = "auto",
                  tp: TensorParallel = NO_TENSOR_PARALLEL) -> None:
-        """Loads the weights (with tp, this rank's shard of them) (quantizing the linear layers' as they load, with
-        quantization="fp8"), then sizes the KV pool from num_blocks, kv_cache_tokens or
-        memory_fraction (of the memory still free after the weights); see KVPool.sized. The
-        pool holds kv_cache_dtype ("auto": the model's dtype; "fp8": e4m3).
+        """Loads the weights (with tp, this rank's shard of them) (quantizing the linear
+        layers' as they load, with quantization "fp8", "int8_wo" or "int4_wo"; a quantized
+        checkpoint's are read as it stores them), then sizes the KV pool from num_blocks,
+        kv_cache_tokens or memory_fraction (of the memory still free after the weights);
+        see KVPool.sized. The pool holds kv_cache_dtype ("auto": the model's dtype; "fp8":
+        e4m3).
 
         On a GPU with CudaOps and not enforce_eager, decode steps of up to max_num_seqs
         requests (default: the engine's max_batch_size, else 256) replay CUDA graphs covering
@@ -86,22 +89,19 @@ class ModelRunner:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.ops: Ops = ops if ops is not None else default_ops(source, dtype=dtype,
                                                                  device=self.device)
+        packed = source.packed_format
+        if quantization not in (None, source.quantization) and packed is not None:
+            raise QuantizationError(f"the checkpoint is quantized already ({packed.method}); "
+                                    f"leave out --quantization {quantization}")
         self.quantization = quantization or source.quantization
         cache_dtype = kv_cache_dtype_for(kv_cache_dtype, dtype)
         if is_cuda_ops(self.ops):
             check_kv_cache_kernels(cache_dtype, self.device)
         self.model = LlamaModel(self.arch, dtype=dtype, device=self.device,
-                                quantization=self.quantization, tp=tp)
-        shard, stored_fp8 = self.model.shard, source.stores_fp8_weights
-        if tp.enabled and self.quantization == "fp8" and not stored_fp8:
-            # quantized whole, then cut: a row-parallel shard keeps the row scales one rank
-            # would have (so this rank reads whole tensors)
-            weights = shard_named(self.arch, shard, quantize_checkpoint(
-                iter_weights(source, dtype=dtype, device=self.device)))
-            stored_fp8 = True
-        else:  # each rank reads its own part of each tensor
-            weights = iter_weights(source, dtype=dtype, device=self.device, shard=shard)
-        self.model.load_weights(weights, stored_fp8=stored_fp8)
+                                quantization=self.quantization, tp=tp,
+                                int_scheme=packed.int_scheme() if packed else None)
+        self.model.load_weights(self._weights(source, tp), stored_fp8=source.stores_fp8_weights
+                                or (tp.enabled and self.quantization == "fp8"))
         kv_heads = self.model.shard.kv_heads
         self.kv_pool = KVPool.sized(
             num_layers=self.arch.num_layers, block_size=block_size,
@@ -147,6 +147,29 @@ class ModelRunner:
                    max_model_len=max_model_len or model_config.max_model_len,
                    quantization=model_config.quantization,
                    kv_cache_dtype=cache_config.kv_cache_dtype, tp=tp)
+
+    def _weights(self, source: ModelSource, tp: TensorParallel):
+        """The (name, tensor) stream this rank loads: its shard of each tensor, quantized
+        where the weights are quantized as they load."""
+        shard, on_load = self.model.shard, self.model.int_scheme
+        on_load = on_load if self.quantization in INT_ON_LOAD else None
+        fp8 = self.quantization == "fp8" and not source.stores_fp8_weights
+        if tp.enabled and (fp8 or on_load):
+            # quantized whole, then cut: a row-parallel shard keeps the row scales one rank
+            # would have (so this rank reads whole tensors)
+            weights = iter_weights(source, dtype=self.dtype, device=self.device)
+            weights = quantize_checkpoint(weights) if fp8 else quantize_on_load(on_load, weights)
+            return shard_named(self.arch, shard, weights)
+        # each rank reads its own part of each tensor
+        weights = iter_weights(source, dtype=self.dtype, device=self.device, shard=shard)
+        return quantize_on_load(on_load, weights) if on_load else weights
+
+    @property
+    def quantization_name(self) -> str | None:
+        """What the weights run as: --quantization's value, or a quantized checkpoint's
+        method (gptq, awq, w8a8, fp8)."""
+        packed = self.source.packed_format
+        return self.quantization or (packed.method if packed else None)
 
     @property
     def block_size(self) -> int:
