@@ -20,7 +20,8 @@ from server.api.tool_calls.registry import TOOL_CALL_PARSERS
 from server.logging_setup import configure_logging
 
 # subcommand -> module with register(subparsers)
-PLUGIN_COMMANDS = {"bench": "server.bench.cli", "build": "server.engine.loading.build"}
+PLUGIN_COMMANDS = {"bench": "server.bench.cli", "build": "server.engine.loading.build",
+                   "quantize": "server.quantize.cli"}
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
@@ -88,8 +89,11 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="run only this node's ranks (--node-rank > 0), no HTTP")
     serve.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
                        help="fp8: linear layers in FP8 with per-channel weight and per-token "
-                            "activation scales, quantized at load (default: none, or what "
-                            "the engine directory was built with)")
+                            "activation scales; int8_wo: weights in int8, one scale per "
+                            "channel; int4_wo: weights in 4 bits, groups of 128 (64 or 32 "
+                            "where 128 does not divide a layer); all quantized at load "
+                            "(default: none, what the engine directory was built with, or "
+                            "what a GPTQ/AWQ/compressed-tensors checkpoint holds)")
     serve.add_argument("--async-scheduling", choices=("auto", "on", "off"), default="auto",
                        help="schedule the next step while the device runs this one "
                             "(auto: on with a GPU)")

@@ -1,0 +1,154 @@
+"""GPTQ (Frantar et al., 2022): each linear weight quantized one input column at a time, the
+rounding error of each column spread over the columns not yet quantized, weighted by the
+inverse Hessian of the layer's squared output error, H = 2 X^T X over the calibration
+tokens' inputs X.
+
+    H += damp * mean(diag H) * I          dampening keeps H invertible (damp = 0.01)
+    U = cholesky(H^-1), upper             the rows of U give each step's error weights
+    for each column j, in order of decreasing H[j, j] ("act-order"; in blocks of 128,
+    updating the rest of the block eagerly and the columns after it once per block):
+        q_j = quantize(w_j)  on the grid of j's group
+        e_j = (w_j - q_j) / U[j, j]
+        w_k -= e_j * U[j, k]   for k after j
+
+Each group's grid is fixed before the columns move ("static groups"), so groups stay runs
+of adjacent columns: the checkpoint needs no g_idx permutation and every reader (and the
+engine, in integers) takes it as a plain GPTQ layout. The grid is asymmetric (zero points).
+On SmolLM2-135M (4 bits, groups of 64; perplexity on the ShareGPT sample's 100 held-out
+prompts in 512-token windows) this gives 34.8, against 31.0 in float32 and 40.1 (42.7)
+for asymmetric (symmetric) round to nearest; symmetric, in column order and calibrated on
+texts joined into 512-token blocks it gave 44.5.
+
+Rows are independent given H, so q|k|v (one input, one H) and gate|up quantize together.
+Layers run in order, each calibrated on the outputs of the layers before it as quantized.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from server.engine.models.int_grid import IntCodes, grid_params, to_codes
+from server.quantize.layerwise import calibrate_layers, module, observe_inputs, run_layer
+
+DAMP = 0.01
+BLOCK_COLUMNS = 128
+# (modules sharing one input, quantized as one weight), the first of which is observed
+FUSED_GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                ("self_attn.o_proj",), ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))
+
+
+class Hessian:
+    """Sum of x^T x over the observed rows x [tokens, in], as 2 X^T X / tokens."""
+
+    def __init__(self) -> None:
+        self.sum: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        gram = x.t() @ x
+        self.sum = gram if self.sum is None else self.sum + gram
+        self.count += x.shape[0]
+
+    def value(self) -> torch.Tensor:
+        return 2 * self.sum / max(self.count, 1)
+
+
+def inverse_factor(hessian: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
+    """Upper Cholesky factor of the dampened H's inverse; more dampening if H is not
+    positive definite in float32."""
+    diag = torch.arange(hessian.shape[0], device=hessian.device)
+    for attempt in range(4):
+        damped = hessian.clone()
+        damped[diag, diag] += damp * 10 ** attempt * damped.diagonal().mean()
+        factor, info = torch.linalg.cholesky_ex(damped)
+        if not info:
+            inverse = torch.cholesky_inverse(factor)
+            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            if not info:
+                return upper
+    raise ValueError("GPTQ: the layer's Hessian stays singular after dampening")
+
+
+def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, group_size: int,
+                  symmetric: bool = True, act_order: bool = True,
+                  min_zero: int = 1) -> IntCodes:
+    """weight [N, K] (float32) on the grid GPTQ chooses, with groups of group_size columns.
+    act_order: columns are quantized in order of decreasing H diagonal (the inputs with the
+    most energy first, while the most columns are left to absorb their error), each group's
+    grid fixed beforehand from its own columns ("static groups"), so the groups stay runs of
+    adjacent columns in the stored layout and no g_idx permutation is needed at run time.
+    min_zero: 1 keeps asymmetric zero points storable in GPTQ's "gptq" layout (zero - 1)."""
+    w = weight.float().clone()
+    hessian = hessian.clone()
+    dead = hessian.diagonal() == 0  # inputs never active: weight irrelevant, H singular
+    hessian[dead, dead] = 1
+    w[:, dead] = 0
+    rows, cols = w.shape
+    scales = torch.empty((rows, cols // group_size), device=w.device)
+    zeros = torch.empty((rows, cols // group_size), dtype=torch.int32, device=w.device)
+    order = torch.arange(cols, device=w.device)
+    if act_order:
+        scales, zeros = grid_params(w.reshape(rows, -1, group_size), bits, symmetric=symmetric,
+                                    min_zero=min_zero)
+        order = torch.argsort(hessian.diagonal(), descending=True)
+        w, hessian = w[:, order], hessian[order][:, order]
+    groups = (order // group_size).tolist()
+    upper = inverse_factor(hessian)
+    codes = torch.empty((rows, cols), dtype=torch.int32, device=w.device)
+    for start in range(0, cols, BLOCK_COLUMNS):
+        end = min(start + BLOCK_COLUMNS, cols)
+        block, errors = w[:, start:end].clone(), torch.zeros((rows, end - start), device=w.device)
+        for i in range(end - start):
+            column, g = start + i, groups[start + i]
+            if not act_order and column % group_size == 0:  # its grid, from its columns now
+                group = torch.cat((block[:, i:], w[:, end:]), dim=1)[:, :group_size]
+                scales[:, g], zeros[:, g] = grid_params(group, bits, symmetric=symmetric,
+                                                        min_zero=min_zero)
+            code = to_codes(block[:, i], scales[:, g], zeros[:, g], bits)
+            codes[:, order[column]] = code
+            error = (block[:, i] - (code - zeros[:, g]) * scales[:, g]) / upper[column, column]
+            block[:, i:] -= error[:, None] * upper[column, start + i:end][None, :]
+            errors[:, i] = error
+        w[:, end:] -= errors @ upper[start:end, end:]
+    return IntCodes(codes=codes, scales=scales, zeros=zeros, bits=bits, group_size=group_size)
+
+
+def split_rows(codes: IntCodes, sizes: list[int]) -> list[IntCodes]:
+    """A fused weight's codes cut back into its parts (rows)."""
+    parts, start = [], 0
+    for size in sizes:
+        rows = slice(start, start + size)
+        parts.append(IntCodes(codes=codes.codes[rows], scales=codes.scales[rows],
+                              zeros=codes.zeros[rows], bits=codes.bits,
+                              group_size=codes.group_size))
+        start += size
+    return parts
+
+
+def calibrate_gptq(model, blocks: list[torch.Tensor], *, bits: int, group_size: int | None,
+                   symmetric: bool = False, prefix: str = "model.layers"
+                   ) -> dict[str, IntCodes]:
+    """GPTQ over every decoder layer: {"model.layers.I.self_attn.q_proj": codes, ...}. The
+    model's linear weights become their quantized values, so each layer calibrates on what
+    the quantized layers before it produce. group_size None: one group per row."""
+    found: dict[str, IntCodes] = {}
+
+    def step(index: int, layer, inputs):
+        hessians = {group[0]: Hessian() for group in FUSED_GROUPS}
+        with torch.no_grad(), observe_inputs(layer, tuple(hessians),
+                                             lambda name, x: hessians[name].add(x)):
+            run_layer(layer, inputs)
+        for group in FUSED_GROUPS:
+            linears = [module(layer, name) for name in group]
+            weight = torch.cat([linear.weight.data.float() for linear in linears])
+            codes = gptq_quantize(weight, hessians[group[0]].value(), bits=bits,
+                                  group_size=group_size or weight.shape[1],
+                                  symmetric=symmetric)
+            for name, linear, part in zip(group, linears, split_rows(
+                    codes, [linear.weight.shape[0] for linear in linears])):
+                linear.weight.data.copy_(part.dequantize())
+                found[f"{prefix}.{index}.{name}"] = part
+        return None  # run again: the next layer sees this one quantized
+
+    calibrate_layers(model, blocks, step, desc="gptq")
+    return found
