@@ -27,7 +27,6 @@ Every run prints one table; docs/benchmarks.md records them with device, date, c
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import platform
@@ -177,14 +176,7 @@ def print_table(rows: list[dict], header: str) -> None:
 def weight_bytes_of(llm: LLM) -> int:
     """Bytes of every weight tensor the model holds, a quantized weight's scales (and zero
     points) included; a tensor shared by two names (tied embeddings) counts once."""
-    tensors = []
-    for weight in llm.engine.runner.model.weight_destinations().values():
-        if isinstance(weight, torch.Tensor):
-            tensors.append(weight)
-        else:  # Fp8Weight, IntWeight: frozen dataclasses of tensors
-            tensors += [getattr(weight, f.name) for f in dataclasses.fields(weight)
-                        if isinstance(getattr(weight, f.name), torch.Tensor)]
-    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
+    return llm.engine.runner.model.num_parameter_bytes()
 
 
 def engine_label(llm: LLM) -> str:

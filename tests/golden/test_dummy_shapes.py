@@ -31,7 +31,7 @@ def test_tiny_dummy_shape_prefills_and_decodes_with_finite_logits(shape: str):
         batcher = HandBatcher(num_blocks=8, block_size=4)
         batcher.add(req_id="r", prompt_token_ids=[1, 500, 9000, 42, 7])
         for _ in range(2):  # the prompt, then one generated token
-            req_ids, logits = runner.forward_logits(batcher.step({"r": None}))
+            req_ids, logits, _ = runner.forward_logits(batcher.step({"r": None}))
             assert req_ids == ("r",) and torch.isfinite(logits).all()
             assert logits.std() > 1e-3
             batcher.record({"r": int(logits[0].argmax())})

@@ -54,7 +54,7 @@ class GreedyDriver:
 
     def step(self, plan: dict[str, int | None]) -> tuple[str, ...]:
         self.last_output = self.batcher.step(plan)
-        req_ids, logits = self.runner.forward_logits(self.last_output)
+        req_ids, logits, _ = self.runner.forward_logits(self.last_output)
         for req_id, row in zip(req_ids, logits):
             position = self.batcher.requests[req_id].num_computed_tokens - 1
             self.records.append((req_id, position, row.cpu()))

@@ -29,7 +29,7 @@ def greedy_logits(runner: ModelRunner) -> torch.Tensor:
     rows = []
     plans = [{"a": 4}, {"a": None, "b": None}] + [{"a": 1, "b": 1}] * NUM_DECODE_STEPS
     for plan in plans:
-        req_ids, logits = runner.forward_logits(batcher.step(plan))
+        req_ids, logits, _ = runner.forward_logits(batcher.step(plan))
         rows.append(logits.clone())
         batcher.record({r: int(row.argmax()) for r, row in zip(req_ids, logits)})
     return torch.cat(rows)
