@@ -158,3 +158,12 @@ def test_checkpoints_quantize_cannot_take_are_refused_naming_why(quantized, tmp_
         assert main(["quantize", str(model), "--method", "int8_wo",
                      "--output", str(tmp_path / "out")]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_8_bit_gptq_is_symmetric_so_it_loads_as_int8(tiny_llama, calibration, tmp_path):
+    directory = quantize(tiny_llama, "gptq", tmp_path / "gptq8", "--bits", "8",
+                         "--calibration", str(calibration))
+    assert json.loads((directory / "config.json").read_text())["quantization_config"]["sym"]
+    with single_torch_thread():
+        layer = cpu_runner(str(directory)).model.layers[0]
+    assert layer.down_weight.bits == 8 and layer.down_weight.qweight.dtype == torch.int8
