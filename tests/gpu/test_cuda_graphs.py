@@ -60,7 +60,7 @@ def assert_tracks_reference(*, runner: ModelRunner, reference: ModelRunner,
                     prompt_token_ids=[rng.randrange(3, 4096) for _ in range(length)])
     out = batcher.step({req_id: None for req_id in "abc"})
     for step in range(3):
-        ids, want = reference.forward_logits(out, allow_graph=False)
+        ids, want, _ = reference.forward_logits(out, allow_graph=False)
         got = runner.forward_logits(out)[1]
         assert not torch.isnan(got).any()
         error = relative_error(got, want)
@@ -101,7 +101,7 @@ def test_replay_equals_the_same_step_run_eagerly_and_the_eager_path(runner):
         eager = runner.forward_logits(out, allow_graph=False)[1].clone()
         same_step = runner.graphs.run(out.scheduled, replay=False).clone()
         replays = runner.graphs.num_replays
-        req_ids, graph = runner.forward_logits(out)
+        req_ids, graph, _ = runner.forward_logits(out)
         assert runner.graphs.num_replays == replays + 1 and req_ids == tuple("abcd")
         assert not torch.isnan(graph).any()
         assert relative_error(graph, same_step) <= SAME_STEP_MAX_ERROR, step
@@ -127,7 +127,7 @@ def test_steps_larger_than_the_largest_bucket_run_eagerly():
     runner = make_runner(max_num_seqs=2)
     batcher = prefilled(runner, {"p": 30, "q": 31, "r": 32}, seed=3)
     out = batcher.step({"p": 1, "q": 1, "r": 1})
-    ids, logits = runner.forward_logits(out)
+    ids, logits, _ = runner.forward_logits(out)
     assert runner.graphs.num_replays == 0 and ids == ("p", "q", "r")
     assert torch.equal(logits, runner.forward_logits(out, allow_graph=False)[1])
 
@@ -139,7 +139,7 @@ def test_decode_only_step_with_a_non_sampling_chunk_returns_only_sampled_rows(ru
     out = batcher.step({"m": 1, "chunked": 1, "n": 1})  # token 9 of 10: not sampled yet
     assert out.is_decode_only and [s.sample for s in out.scheduled] == [True, False, True]
     eager = runner.forward_logits(out, allow_graph=False)[1].clone()
-    req_ids, graph = runner.forward_logits(out)
+    req_ids, graph, _ = runner.forward_logits(out)
     assert req_ids == ("m", "n") and graph.shape[0] == 2
     assert relative_error(graph, eager) <= EAGER_MAX_ERROR
 
