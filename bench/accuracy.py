@@ -47,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 PROSE = HERE / "lm_eval_tasks" / "prose.jsonl"
 SHAREGPT = HERE.parent / "server" / "bench" / "data" / "sharegpt_500.json"
 HELDOUT_FROM = 400  # prompts [400, 500) of the sample; quantize calibrates on [0, 400)
-ON_LOAD = ("fp8", "int8_wo", "int4_wo")
+ON_LOAD = ("fp8", "int8_wo", "int4_wo", "w8a8")
 QUANTIZED_CHECKPOINTS = ("awq", "gptq", "w8a8_sq")
 SCHEMES = ("bf16", *ON_LOAD, *QUANTIZED_CHECKPOINTS)
 

@@ -91,7 +91,10 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="fp8: linear layers in FP8 with per-channel weight and per-token "
                             "activation scales; int8_wo: weights in int8, one scale per "
                             "channel; int4_wo: weights in 4 bits, groups of 128 (64 or 32 "
-                            "where 128 does not divide a layer); all quantized at load "
+                            "where 128 does not divide a layer); w8a8: int8 weights per channel "
+                            "and int8 activations per token, without SmoothQuant's smoothing "
+                            "(inflightd quantize --method w8a8_sq calibrates it); all quantized "
+                            "at load "
                             "(default: none, what the engine directory was built with, or "
                             "what a GPTQ/AWQ/compressed-tensors checkpoint holds)")
     serve.add_argument("--async-scheduling", choices=("auto", "on", "off"), default="auto",

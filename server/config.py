@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # --quantization values: fp8 (server.engine.models.quantization); int8_wo, int4_wo: weights
-# held as 8- or 4-bit integers, rounded to nearest as they load
+# held as 8- or 4-bit integers, rounded to nearest as they load; w8a8: int8 weights rounded
+# as they load and int8 activations per token, without SmoothQuant's calibration
 # (server.engine.models.int_schemes)
-QUANTIZATIONS = ("fp8", "int8_wo", "int4_wo")
+QUANTIZATIONS = ("fp8", "int8_wo", "int4_wo", "w8a8")
 # --kv-cache-dtype values. auto: the model's dtype; fp8 (or fp8_e4m3, vLLM's other name for
 # it): e4m3, one byte a value, saturated to +-448 without a scale (server.kvcache.kv_pool).
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")
@@ -119,7 +120,8 @@ class ModelConfig:
     seed: int = 0
     enforce_eager: bool = False
     # "fp8": linear weights and activations in FP8 (server.engine.models.quantization);
-    # "int8_wo" / "int4_wo": weights only, as integers. None: none, unless the engine
+    # "int8_wo" / "int4_wo": weights only, as integers; "w8a8": int8 weights and activations.
+    # None: none, unless the engine
     # directory was built with one or the checkpoint is quantized (GPTQ, AWQ, ...).
     quantization: str | None = None
     # ranks the model is split over (server/engine/parallel/): one process per rank, on

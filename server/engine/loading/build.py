@@ -310,8 +310,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
                        help="fp8: linear weights stored in FP8 with per-channel scales, "
                             "activations quantized per token; int8_wo, int4_wo: weights "
-                            "rounded to 8- or 4-bit integers as the engine loads; default: "
-                            "none")
+                            "rounded to 8- or 4-bit integers as the engine loads; w8a8: int8 "
+                            "weights and per-token int8 activations; default: none")
     build.add_argument("--no-tune", action="store_true", help="skip timing kernel choices")
     build.add_argument("--force", action="store_true", help="replace an existing DIR")
     build.set_defaults(func=run_build)

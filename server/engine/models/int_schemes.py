@@ -1,5 +1,5 @@
 """Which linear layers hold integer weights (IntWeight), with how many bits and what groups:
-from `--quantization int8_wo | int4_wo` (round to nearest as the weights load) or from a
+from `--quantization int8_wo | int4_wo | w8a8` (round to nearest as the weights load) or from a
 quantized checkpoint's config (GPTQ, AWQ, compressed-tensors W8A8).
 
 A decoder layer has four linear weights, by kind: "qkv" (q|k|v fused), "o", "gate_up" and
@@ -20,7 +20,9 @@ from server.engine.models.int_grid import choose_group_size, round_to_nearest
 from server.engine.models.int_weights import IntWeight
 from server.engine.models.quantization import QuantizationError
 
-INT_ON_LOAD = {"int8_wo": 8, "int4_wo": 4}  # --quantization values held as integers
+# --quantization values held as integers -> their weight bits. w8a8 also rounds activations
+# to int8 per token; unlike `inflightd quantize --method w8a8_sq` nothing is smoothed first
+INT_ON_LOAD = {"int8_wo": 8, "int4_wo": 4, "w8a8": 8}
 LINEAR_KINDS = ("qkv", "o", "gate_up", "down")
 # the engine's name of each linear weight (HF names, before fusing) -> its kind
 _KIND_OF_PROJECTION = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "qkv_proj": "qkv",
@@ -56,11 +58,11 @@ class IntScheme:
 
     @classmethod
     def on_load(cls, quantization: str, input_sizes: dict[str, int]) -> "IntScheme":
-        """--quantization int8_wo (per channel) or int4_wo (groups of 128, or 64 or 32 where
-        128 does not divide every layer's input size: int_grid.choose_group_size)."""
+        """--quantization int8_wo or w8a8 (per channel) or int4_wo (groups of 128, or 64 or
+        32 where 128 does not divide every layer's input size: int_grid.choose_group_size)."""
         bits = INT_ON_LOAD[quantization]
         if bits == 8:
-            return cls(quantization, 8, None)
+            return cls(quantization, 8, None, act_int8=quantization == "w8a8")
         try:
             return cls(quantization, 4, choose_group_size(input_sizes))
         except ValueError as exc:
