@@ -352,7 +352,9 @@ def main(argv: list[str] | None = None) -> dict:
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "command": " ".join(sys.argv), "kv_cache_tokens": info.kv_cache_tokens,
               "num_prompts": len(prompts), "mean_prompt_len": sum(map(len, prompts)) / len(prompts),
-              "output_len": args.output_len, "block_size": args.block_size, "runs": []}
+              "output_len": args.output_len, "block_size": args.block_size,
+              "programmatic_launch": getattr(getattr(llm.engine.runner.ops, "library", None),
+                                             "programmatic_launch", False), "runs": []}
     if device.startswith("cuda"):
         gpu_decode_probes(llm, result, args.output_len)
         save(result, args)

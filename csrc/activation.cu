@@ -40,6 +40,7 @@ __device__ __forceinline__ void silu_and_mul_impl(T* __restrict__ out, const T* 
 #define INFLIGHTD_SILU_AND_MUL(T, SUFFIX, VEC)                                                   \
   extern "C" __global__ void __launch_bounds__(256)                                              \
       silu_and_mul_##SUFFIX##_vec##VEC(T* out, const T* x, int d, long long x_stride) {         \
+    inflightd::wait_for_previous_kernel();                                                      \
     silu_and_mul_impl<T, VEC>(out, x, d, x_stride);                                              \
   }
 
@@ -82,6 +83,7 @@ __device__ __forceinline__ void silu_and_mul_fp8_impl(Fp8* __restrict__ q,
 #define INFLIGHTD_SILU_AND_MUL_FP8(T, SUFFIX)                                                   \
   extern "C" __global__ void __launch_bounds__(1024) silu_and_mul_fp8_##SUFFIX(                 \
       Fp8* q, float* scale, const T* x, int d, long long x_stride) {                            \
+    inflightd::wait_for_previous_kernel();                                                      \
     silu_and_mul_fp8_impl<T>(q, scale, x, d, x_stride);                                         \
   }
 

@@ -74,6 +74,21 @@ template <> struct Vec8Float<float> {
   }
 };
 
+// Programmatic dependent launch (sm_90 and later). Launched with the PDL attribute
+// (KernelLibrary's programmatic_launch), a kernel's CTAs may start while the kernel before it
+// in the stream drains; they must not read what it writes, nor write what it reads, before
+// this wait, which returns once that kernel has finished and its writes are visible.
+// Every kernel calls it before touching activations (a GEMV after its first weight loads,
+// which depend on nothing), then lets the next kernel start early in turn: the next kernel's
+// CTAs take SMs only as this one's last CTAs drain, and wait in the same way. Without the
+// attribute, or before sm_90, it returns at once.
+__device__ __forceinline__ void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // 16 bytes read once (weights streamed by a GEMV): through the non-coherent path, not
 // allocated in L1.
 __device__ __forceinline__ uint4 load_streaming(const void* p) {
@@ -91,21 +106,29 @@ constexpr int kGemvUnroll = 8;
 
 // The weight-streaming loop of the GEMVs (gemv.cu, gemv_fp8.cu). Lane j of a warp takes the
 // 16-byte chunks j, j + 32, ... of its weight row, UNROLL of them loaded before any is used;
-// dot(w_chunk, m, chunk) returns one chunk's products with row m of x.
+// dot(w_chunk, m, chunk) returns one chunk's products with row m of x. The first UNROLL
+// loads are issued before wait_for_previous_kernel: under programmatic launch the weights
+// start streaming while the kernel that writes x drains. Callers read x only inside dot.
 template <int M, int UNROLL, typename Dot>
 __device__ __forceinline__ void gemv_stream_row(float (&acc)[M], const uint4* w_row,
                                                 int num_chunks, Dot dot) {
   int chunk = threadIdx.x & 31;
+  bool waited = false;
   for (; chunk + 32 * (UNROLL - 1) < num_chunks; chunk += 32 * UNROLL) {
     uint4 w_raw[UNROLL];
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) w_raw[u] = load_streaming(w_row + chunk + 32 * u);
+    if (!waited) {
+      wait_for_previous_kernel();
+      waited = true;
+    }
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
 #pragma unroll
       for (int m = 0; m < M; ++m) acc[m] += dot(w_raw[u], m, chunk + 32 * u);
     }
   }
+  if (!waited) wait_for_previous_kernel();  // a row shorter than one round of loads
   for (; chunk < num_chunks; chunk += 32) {  // the tail: fewer than UNROLL chunks per lane
     const uint4 w_raw = load_streaming(w_row + chunk);
 #pragma unroll

@@ -57,6 +57,7 @@ __device__ __forceinline__ void dequantize_impl(T* __restrict__ out,
   extern "C" __global__ void __launch_bounds__(256) dequantize_w##BITS##_##SUFFIX(             \
       T* out, const unsigned char* q, const unsigned short* scales,                            \
       const unsigned short* zeros, int k, int group_size, long long num_chunks) {              \
+    inflightd::wait_for_previous_kernel();                                                     \
     dequantize_impl<T, BITS>(out, q, scales, zeros, k, group_size, num_chunks);                \
   }
 

@@ -54,10 +54,12 @@ __device__ __forceinline__ void gelu_impl(T* __restrict__ out, const T* __restri
 #define INFLIGHTD_GELU(T, SUFFIX, KIND, VEC)                                                  \
   extern "C" __global__ void __launch_bounds__(256)                                           \
       gelu_##KIND##_##SUFFIX##_vec##VEC(T* out, const T* x, int d, long long x_stride) {     \
+    inflightd::wait_for_previous_kernel();                                                   \
     gelu_impl<T, VEC, false, gelu_##KIND>(out, x, d, x_stride);                               \
   }                                                                                           \
   extern "C" __global__ void __launch_bounds__(256) gelu_##KIND##_and_mul_##SUFFIX##_vec##VEC( \
       T* out, const T* x, int d, long long x_stride) {                                        \
+    inflightd::wait_for_previous_kernel();                                                    \
     gelu_impl<T, VEC, true, gelu_##KIND>(out, x, d, x_stride);                                \
   }
 

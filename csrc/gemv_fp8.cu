@@ -109,6 +109,7 @@ extern "C" __global__ void __launch_bounds__(32 * kMmaGemvWarps) gemv_fp8_mma_bf
     const float* __restrict__ w_scale, const unsigned char* __restrict__ x,
     const float* __restrict__ x_scale, const __nv_bfloat16* __restrict__ bias, int m, int n,
     int k) {
+  inflightd::wait_for_previous_kernel();
   __shared__ float partial[kMmaGemvWarps][32][4];
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;

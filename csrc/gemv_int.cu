@@ -245,6 +245,7 @@ __device__ __forceinline__ void gemv_int_impl(T* __restrict__ y,
           T* y, const unsigned char* w, const unsigned short* scales,                          \
           const unsigned short* zeros, const T* x, const T* bias, int m, int n, int k,         \
           int group_shift, long long x_stride) {                                                \
+    inflightd::wait_for_previous_kernel();                                                      \
     gemv_int_impl<T, BITS, TILES, BLOCK_SCALE>(y, w, scales, zeros, x, bias, m, n, k,          \
                                                group_shift, x_stride);                          \
   }

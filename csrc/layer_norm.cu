@@ -83,6 +83,7 @@ __device__ __forceinline__ void load_rows(float (&v)[ITEMS][VEC], T* __restrict_
   extern "C" __global__ void __launch_bounds__(1024, 1) layer_norm_##SUFFIX##_vec##VEC(         \
       T* out, const T* x, const T* weight, const T* bias, int hidden, long long x_stride,    \
       float eps) {                                                                          \
+    inflightd::wait_for_previous_kernel();                                                  \
     float v[ITEMS][VEC];                                                                    \
     load_rows<T, VEC>(v, nullptr, x, nullptr, hidden, x_stride, 0);                         \
     layer_norm_store<T, VEC>(out + blockIdx.x * static_cast<long long>(hidden), weight, bias, \
@@ -91,6 +92,7 @@ __device__ __forceinline__ void load_rows(float (&v)[ITEMS][VEC], T* __restrict_
   extern "C" __global__ void __launch_bounds__(1024, 1) add_layer_norm_##SUFFIX##_vec##VEC(     \
       T* out, T* summed, const T* x, const T* residual, const T* weight, const T* bias,     \
       int hidden, long long x_stride, long long residual_stride, float eps) {               \
+    inflightd::wait_for_previous_kernel();                                                  \
     float v[ITEMS][VEC];                                                                    \
     load_rows<T, VEC>(v, summed, x, residual, hidden, x_stride, residual_stride);           \
     layer_norm_store<T, VEC>(out + blockIdx.x * static_cast<long long>(hidden), weight, bias, \

@@ -290,6 +290,7 @@ __device__ __forceinline__ void paged_attention_impl(
       const int* block_tables, int num_seqs, int num_tokens, int num_heads, int num_kv_heads,   \
       int block_size, int max_blocks_per_seq, long long num_slots, float scale_log2,            \
       int num_partitions, int min_rows, int max_rows) {                                         \
+    inflightd::wait_for_previous_kernel();                                                      \
     inflightd::paged_attention_impl<T, KvT, D, WARPS, KEY_SPLIT, TRANSPOSED>(                    \
         out, part_acc, part_max, part_sum, counters, q, kv_cache, query_start_loc, seq_lens,     \
         block_tables, num_seqs, num_tokens, num_heads, num_kv_heads, block_size,                 \

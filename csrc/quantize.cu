@@ -28,6 +28,7 @@ __device__ __forceinline__ void quantize_rows_impl(unsigned char* __restrict__ q
 #define INFLIGHTD_QUANTIZE_FP8_ROWS(T, SUFFIX)                                                   \
   extern "C" __global__ void __launch_bounds__(256) quantize_fp8_rows_##SUFFIX(                  \
       unsigned char* q, float* scale, const T* x, int k, long long x_stride) {                   \
+    inflightd::wait_for_previous_kernel();                                                       \
     quantize_rows_impl<T>(q, scale, x, k, x_stride);                                             \
   }
 

@@ -128,6 +128,7 @@ __device__ __forceinline__ float load_add_row(float (&v)[ITEMS][VEC], T* __restr
 #define INFLIGHTD_RMS_NORM(T, SUFFIX, VEC)                                                \
   extern "C" __global__ void __launch_bounds__(1024, 1) rms_norm_##SUFFIX##_vec##VEC(       \
       T* out, const T* x, const T* weight, int hidden, long long x_stride, float eps) {    \
+    inflightd::wait_for_previous_kernel();                                                 \
     float v[ITEMS][VEC];                                                                  \
     const float sum_sq = load_row<T, VEC>(v, x, hidden, x_stride);                        \
     normalize_store<T, VEC>(out + blockIdx.x * static_cast<long long>(hidden), weight, v, \
@@ -136,6 +137,7 @@ __device__ __forceinline__ float load_add_row(float (&v)[ITEMS][VEC], T* __restr
   extern "C" __global__ void __launch_bounds__(1024, 1) add_rms_norm_##SUFFIX##_vec##VEC(   \
       T* out, T* summed, const T* x, const T* residual, const T* weight, int hidden,     \
       long long x_stride, long long residual_stride, float eps) {                         \
+    inflightd::wait_for_previous_kernel();                                                \
     float v[ITEMS][VEC];                                                                  \
     const float sum_sq = load_add_row<T, VEC>(v, summed, x, residual, hidden, x_stride,   \
                                               residual_stride);                           \
@@ -145,6 +147,7 @@ __device__ __forceinline__ float load_add_row(float (&v)[ITEMS][VEC], T* __restr
   extern "C" __global__ void __launch_bounds__(1024, 1) rms_norm_fp8_##SUFFIX##_vec##VEC(   \
       Fp8* q, float* scale, const T* x, const T* weight, int hidden, long long x_stride,  \
       float eps) {                                                                        \
+    inflightd::wait_for_previous_kernel();                                                \
     float v[ITEMS][VEC];                                                                  \
     const float sum_sq = load_row<T, VEC>(v, x, hidden, x_stride);                        \
     normalize_quantize_store<T, VEC>(q, scale, weight, v, sum_sq, hidden, eps);           \
@@ -154,6 +157,7 @@ __device__ __forceinline__ float load_add_row(float (&v)[ITEMS][VEC], T* __restr
                                            const T* residual, const T* weight, int hidden, \
                                            long long x_stride, long long residual_stride,  \
                                            float eps) {                                    \
+    inflightd::wait_for_previous_kernel();                                                 \
     float v[ITEMS][VEC];                                                                  \
     const float sum_sq = load_add_row<T, VEC>(v, summed, x, residual, hidden, x_stride,   \
                                               residual_stride);                           \

@@ -116,6 +116,7 @@ __device__ __forceinline__ void rope_and_cache_impl(
       const long long* positions, const C* cos_sin, const long long* slot_mapping,              \
       int num_heads, int num_kv_heads, int head_dim, long long q_stride, long long k_stride,    \
       long long v_stride, long long num_slots, long long max_positions) {                       \
+    inflightd::wait_for_previous_kernel();                                                      \
     rope_and_cache_impl<T, C, KvT>(q_out, k_out, kv_cache, q, k, v, positions, cos_sin,          \
                                    slot_mapping, num_heads, num_kv_heads, head_dim, q_stride,    \
                                    k_stride, v_stride, num_slots, max_positions);                \

@@ -6,9 +6,12 @@
 // grid = (R, ceil(vocab / 256)); one thread per token, so a warp reads one bitmask word
 // (a broadcast) and writes only the tokens it masks, coalesced.
 
+#include "common.cuh"
+
 extern "C" __global__ void __launch_bounds__(256)
     apply_token_bitmask_f32(float* logits, const int* bitmask, const long long* rows,
                             int vocab, int words, long long logits_stride) {
+  inflightd::wait_for_previous_kernel();
   const int token = blockIdx.y * blockDim.x + threadIdx.x;
   if (token >= vocab) return;
   const int word_index = token >> 5;

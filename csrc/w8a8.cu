@@ -150,16 +150,19 @@ __device__ __forceinline__ void gemv_w8a8_impl(T* __restrict__ y, const signed c
   extern "C" __global__ void __launch_bounds__(32 * kW8a8Warps) gemv_w8a8_##SUFFIX##_t##TILES( \
       T* y, const signed char* w, const T* w_scale, const signed char* x,                      \
       const float* x_scale, const T* bias, int m, int n, int k) {                              \
+    inflightd::wait_for_previous_kernel();                                                     \
     gemv_w8a8_impl<T, TILES>(y, w, w_scale, x, x_scale, bias, m, n, k);                        \
   }
 
 #define INFLIGHTD_W8A8(T, SUFFIX)                                                              \
   extern "C" __global__ void __launch_bounds__(256) quantize_int8_rows_##SUFFIX(               \
       signed char* q, float* scale, const T* x, int k, long long x_stride) {                   \
+    inflightd::wait_for_previous_kernel();                                                     \
     quantize_int8_rows_impl<T>(q, scale, x, k, x_stride);                                      \
   }                                                                                            \
   extern "C" __global__ void __launch_bounds__(256) int8_scaled_out_##SUFFIX(                  \
       T* y, const int* acc, const float* x_scale, const T* w_scale, const T* bias, int n) {    \
+    inflightd::wait_for_previous_kernel();                                                     \
     int8_scaled_out_impl<T>(y, acc, x_scale, w_scale, bias, n);                                \
   }
 

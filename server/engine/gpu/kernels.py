@@ -6,11 +6,19 @@ module's cubin on first use, from an engine directory's prebuilt cubins when giv
 through the NVRTC compile cache, and launches kernels on torch's current stream with
 torch tensor pointers. A launch makes no allocation and no synchronisation, so it can be
 recorded in a torch CUDA graph.
+
+Programmatic dependent launch (PDL, sm_90 and later): with `programmatic_launch` on, each
+kernel may start while the one before it drains, its CTAs waiting in
+`wait_for_previous_kernel` (csrc/common.cuh; every kernel calls it before reading its
+inputs, a GEMV after issuing its first weight loads). What it buys: the launch and ramp-up
+of the ~300 small kernels of a batch-1 decode step hide behind the kernel before. Off by
+default until measured; INFLIGHTD_PROGRAMMATIC_LAUNCH=1 turns it on.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +29,8 @@ from server.engine.gpu.kernel_args import KernelArgumentError  # noqa: F401  (re
 from server.engine.gpu.nvrtc import CSRC_DIR, compile_module
 
 DTYPES = ("bf16", "fp16")
+PROGRAMMATIC_LAUNCH_ENV = "INFLIGHTD_PROGRAMMATIC_LAUNCH"
+PROGRAMMATIC_LAUNCH_MIN_ARCH = 90  # griddepcontrol needs sm_90
 ATTENTION_HEAD_DIMS = (64, 128)
 ATTENTION_WARPS = (1, 2, 4)
 
@@ -95,12 +105,23 @@ def device_arch(device: torch.device) -> str:
     return f"sm_{major}{minor}"
 
 
+def programmatic_launch_enabled(arch: str, requested: bool | None = None) -> bool:
+    """Whether launches carry the PDL attribute: as requested, else as
+    INFLIGHTD_PROGRAMMATIC_LAUNCH says ("1" on, default off); never before sm_90."""
+    if requested is None:
+        value = os.environ.get(PROGRAMMATIC_LAUNCH_ENV, "0").strip().lower()
+        if value not in ("0", "1", "off", "on", "false", "true", ""):
+            raise KernelArgumentError(f"{PROGRAMMATIC_LAUNCH_ENV} must be 0 or 1, got {value!r}")
+        requested = value in ("1", "on", "true")
+    return requested and int(arch.removeprefix("sm_").rstrip("a")) >= PROGRAMMATIC_LAUNCH_MIN_ARCH
+
+
 class KernelLibrary:
     """Loaded kernels of one GPU. Not thread-safe: use it from the thread that owns the GPU."""
 
     def __init__(self, device: torch.device | str | int | None = None, *,
                  cubins: Mapping[str, bytes] | None = None, cache_dir: Path | None = None,
-                 csrc_dir: Path = CSRC_DIR) -> None:
+                 csrc_dir: Path = CSRC_DIR, programmatic_launch: bool | None = None) -> None:
         from cuda.core import Device
 
         if device is None:
@@ -113,6 +134,8 @@ class KernelLibrary:
         torch.cuda.init()
         Device(self.device.index).set_current()  # torch's primary context, shared with us
         self.arch = device_arch(self.device)
+        # captured graphs keep the launches' attributes: set before capturing
+        self.programmatic_launch = programmatic_launch_enabled(self.arch, programmatic_launch)
         self.num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count
         self._cubins = dict(cubins or {})
         self._cache_dir = cache_dir
@@ -135,8 +158,9 @@ class KernelLibrary:
         passed as Python ints (torch data_ptr()), other scalars as numpy int32/int64/float32."""
         from cuda.core import LaunchConfig, launch
 
-        launch(self._stream(), LaunchConfig(grid=grid, block=block),
-               self._kernel(module, function), *args)
+        config = LaunchConfig(grid=grid, block=block,
+                              programmatic_stream_serialization=self.programmatic_launch)
+        launch(self._stream(), config, self._kernel(module, function), *args)
 
     def max_active_ctas(self, module: str, function: str, threads: int) -> int:
         """CTAs of `threads` threads of this kernel that one SM holds at once."""
