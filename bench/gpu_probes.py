@@ -155,6 +155,15 @@ class StepTimer:
     def __exit__(self, *exc) -> None:
         del self.runner.launch, self.runner.resolve  # back to the class's methods
 
+    def step_gpu_ms(self) -> list[tuple[float, bool]]:
+        """(GPU milliseconds, decode-only) of every launched step, in launch order; empty
+        without a GPU."""
+        if not self._events:
+            return []
+        torch.cuda.synchronize()
+        return [(start.elapsed_time(end), decode_only)
+                for start, end, decode_only in self._events]
+
     def gpu_seconds(self) -> dict:
         """GPU time of the launched steps (from the stream reaching a step to its last op,
         so bubbles inside a step count), by kind, and the idle time between steps."""
