@@ -13,7 +13,13 @@ tokens' inputs X.
 
 Each group's grid is fixed before the columns move ("static groups"), so groups stay runs
 of adjacent columns: the checkpoint needs no g_idx permutation and every reader (and the
-engine, in integers) takes it as a plain GPTQ layout. The grid is asymmetric (zero points).
+engine, in integers) takes it as a plain GPTQ layout. The grid is asymmetric (zero points),
+and spans not the group's whole range [lo, hi] but the share r of it (r in 1.0, 0.99, ..,
+0.2) that leaves the least rounding error sum |Q_r(w) - w|^2.4 over the group (the "mse"
+option of GPTQ's reference quantizer; grid_search.py): clipping a group's few largest
+weights makes its grid finer for the rest, and GPTQ carries the clipped error on like any
+other. SmolLM2-135M, calibrating on 64 prompts, perplexity on 50 other calibration prompts:
+27.92 with it, 28.43 without; dampening 0.1 instead of 0.01 gave 28.16.
 On SmolLM2-135M (4 bits, groups of 64; perplexity on the ShareGPT sample's 100 held-out
 prompts in 512-token windows) this gives 34.8, against 31.0 in float32 and 40.1 (42.7)
 for asymmetric (symmetric) round to nearest; symmetric, in column order and calibrated on
@@ -28,10 +34,13 @@ from __future__ import annotations
 import torch
 
 from server.engine.models.int_grid import IntCodes, grid_params, to_codes
+from server.quantize.grid_search import search_grid, shrink_ratios
 from server.quantize.layerwise import calibrate_layers, module, observe_inputs, run_layer
 
 DAMP = 0.01
 BLOCK_COLUMNS = 128
+MSE_RATIOS = shrink_ratios(80, 0.8)  # the reference's grid: 1.0, 0.99, .., 0.2
+MSE_GRID = True
 # (modules sharing one input, quantized as one weight), the first of which is observed
 FUSED_GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                 ("self_attn.o_proj",), ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))
@@ -69,15 +78,33 @@ def inverse_factor(hessian: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
     raise ValueError("GPTQ: the layer's Hessian stays singular after dampening")
 
 
+def group_grid(groups: torch.Tensor, bits: int, *, symmetric: bool, min_zero: int, mse: bool
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scales, zeros) for groups [N, G, size] ([N, size]: one group per row): spanning each
+    group's range, or (mse) the shrunk share of it that leaves the least rounding error."""
+    if not mse:
+        return grid_params(groups, bits, symmetric=symmetric, min_zero=min_zero)
+    one = groups.dim() == 2
+    scales, zeros, _ = search_grid(groups[:, None] if one else groups, bits, MSE_RATIOS,
+                                   symmetric=symmetric, min_zero=min_zero)
+    return (scales[:, 0], zeros[:, 0]) if one else (scales, zeros)
+
+
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, group_size: int,
-                  symmetric: bool = True, act_order: bool = True,
-                  min_zero: int = 1) -> IntCodes:
+                  symmetric: bool = True, act_order: bool = True, min_zero: int = 1,
+                  mse: bool = False) -> IntCodes:
     """weight [N, K] (float32) on the grid GPTQ chooses, with groups of group_size columns.
     act_order: columns are quantized in order of decreasing H diagonal (the inputs with the
     most energy first, while the most columns are left to absorb their error), each group's
     grid fixed beforehand from its own columns ("static groups"), so the groups stay runs of
     adjacent columns in the stored layout and no g_idx permutation is needed at run time.
-    min_zero: 1 keeps asymmetric zero points storable in GPTQ's "gptq" layout (zero - 1)."""
+    min_zero: 1 keeps asymmetric zero points storable in GPTQ's "gptq" layout (zero - 1).
+    mse: each group's grid spans the shrunk share of its range with the least rounding error
+    (grid_search.py) rather than its whole range."""
+
+    def grid(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return group_grid(groups, bits, symmetric=symmetric, min_zero=min_zero, mse=mse)
+
     w = weight.float().clone()
     hessian = hessian.clone()
     dead = hessian.diagonal() == 0  # inputs never active: weight irrelevant, H singular
@@ -88,8 +115,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, gro
     zeros = torch.empty((rows, cols // group_size), dtype=torch.int32, device=w.device)
     order = torch.arange(cols, device=w.device)
     if act_order:
-        scales, zeros = grid_params(w.reshape(rows, -1, group_size), bits, symmetric=symmetric,
-                                    min_zero=min_zero)
+        scales, zeros = grid(w.reshape(rows, -1, group_size))
         order = torch.argsort(hessian.diagonal(), descending=True)
         w, hessian = w[:, order], hessian[order][:, order]
     groups = (order // group_size).tolist()
@@ -102,8 +128,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, gro
             column, g = start + i, groups[start + i]
             if not act_order and column % group_size == 0:  # its grid, from its columns now
                 group = torch.cat((block[:, i:], w[:, end:]), dim=1)[:, :group_size]
-                scales[:, g], zeros[:, g] = grid_params(group, bits, symmetric=symmetric,
-                                                        min_zero=min_zero)
+                scales[:, g], zeros[:, g] = grid(group)
             code = to_codes(block[:, i], scales[:, g], zeros[:, g], bits)
             codes[:, order[column]] = code
             error = (block[:, i] - (code - zeros[:, g]) * scales[:, g]) / upper[column, column]
@@ -143,7 +168,7 @@ def calibrate_gptq(model, blocks: list[torch.Tensor], *, bits: int, group_size: 
             weight = torch.cat([linear.weight.data.float() for linear in linears])
             codes = gptq_quantize(weight, hessians[group[0]].value(), bits=bits,
                                   group_size=group_size or weight.shape[1],
-                                  symmetric=symmetric)
+                                  symmetric=symmetric, mse=MSE_GRID)
             for name, linear, part in zip(group, linears, split_rows(
                     codes, [linear.weight.shape[0] for linear in linears])):
                 linear.weight.data.copy_(part.dequantize())

@@ -77,6 +77,14 @@ def grid_params(groups: torch.Tensor, bits: int, *, symmetric: bool, min_zero: i
         return scales.clamp(min=MIN_SCALE), zeros
     # the grid always holds 0 exactly, so zeros (padding, pruned weights) stay zeros
     low, high = groups.amin(dim=-1).clamp(max=0), groups.amax(dim=-1).clamp(min=0)
+    return range_grid(low, high, bits, min_zero=min_zero)
+
+
+def range_grid(low: torch.Tensor, high: torch.Tensor, bits: int, *, min_zero: int = 0
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scales, zeros) of the asymmetric grid spanning [low, high] (low <= 0 <= high);
+    values outside it are clipped to its ends when rounded."""
+    top = (1 << bits) - 1
     scales = ((high - low) / top).clamp(min=MIN_SCALE)
     zeros = torch.round(-low / scales).clamp(min_zero, top).to(torch.int32)
     return scales, zeros
