@@ -7,9 +7,18 @@ unchanged but the channels that carry large activations lose less to rounding.
         (mean|w~|: each weight's magnitude relative to its group's largest, averaged over
         the output rows; a searched over 0, 0.05, .., 0.95)
     loss(a) = mean over tokens of || Q(W diag(s)) diag(s)^-1 x - W x ||^2   (Q: 4-bit groups)
+            = sum((D G) * D),  D = Q(W diag(s)) diag(s)^-1 - W,  G = X^T X / T
 
-The search runs on a sample of the calibration tokens (every k-th, about 2048), measuring
-the error on the scaled linear layers' own outputs rather than through attention, so that
+Then AWQ's clipping: each (output row, group) of every scaled weight is clipped to the share
+r of its range [lo, hi] (r in 1.0, 0.975, .., 0.5) whose rounding leaves the least error in
+that group's share of the output, d^T G_g d (grid_search.py; G_g: the group's block of the
+scaled inputs' Gram matrix). Clipping the few largest weights of a group makes its grid finer
+for the rest; on SmolLM2-135M (groups of 64, calibrating on 100 prompts, perplexity on 100
+other calibration prompts) it took the error over float32 from +15.7 % to +12.7 %.
+
+The losses are quadratic in x, so the Gram matrix of a sample of the calibration tokens (every
+k-th, about 2048) holds all they need, and its cost does not grow with the tokens; the error
+is measured on the scaled linear layers' own outputs rather than through attention, so that
 tokens are independent and a CPU gets through it; mean|x| uses every token. Per layer:
 
     input_layernorm  -> q, k, v        post_attention_layernorm -> gate, up
@@ -22,10 +31,13 @@ from __future__ import annotations
 import torch
 
 from server.engine.models.int_grid import round_to_nearest
+from server.quantize.grid_search import group_gram, search_grid, shrink_ratios
 from server.quantize.layerwise import calibrate_layers, module, observe_inputs, run_layer
 
 GRID = 20
 SEARCH_TOKENS = 2048
+CLIP_RATIOS = shrink_ratios(20, 0.5)  # 1.0, 0.975, .., 0.5
+CLIP_SKIP: tuple[str, ...] = ()
 MIN_SCALE = 1e-4
 # (what writes the input, the linear layers reading it); the input observed is the first's
 SCALED_GROUPS = (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj",
@@ -36,25 +48,30 @@ SCALED_GROUPS = (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj",
 
 
 class InputStats:
-    """Mean |x| per channel over every observed token, and every stride-th token kept."""
+    """Mean |x| per channel over every observed token, and the Gram matrix X^T X of every
+    stride-th token (the losses below are quadratic in x, so it holds all they need)."""
 
     def __init__(self, stride: int) -> None:
-        self.stride, self.seen = stride, 0
+        self.stride, self.seen, self.sampled = stride, 0, 0
         self.abs_sum: torch.Tensor | None = None
-        self.samples: list[torch.Tensor] = []
+        self.gram_sum: torch.Tensor | None = None
 
     def add(self, x: torch.Tensor) -> None:
         total = x.abs().sum(dim=0)
         self.abs_sum = total if self.abs_sum is None else self.abs_sum + total
         first = (-self.seen) % self.stride  # keep global token indices 0, stride, 2 stride ..
-        self.samples.append(x[first::self.stride])
+        kept = x[first::self.stride]
+        gram = kept.t() @ kept
+        self.gram_sum = gram if self.gram_sum is None else self.gram_sum + gram
+        self.sampled += kept.shape[0]
         self.seen += x.shape[0]
 
     def mean(self) -> torch.Tensor:
         return self.abs_sum / max(self.seen, 1)
 
-    def sample(self) -> torch.Tensor:
-        return torch.cat(self.samples)
+    def gram(self) -> torch.Tensor:
+        """X^T X / tokens over the kept tokens: mean_t ||D x_t||^2 = sum((D G) * D)."""
+        return self.gram_sum / max(self.sampled, 1)
 
 
 def relative_magnitude(weight: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -70,24 +87,43 @@ def fake_quantize(weight: torch.Tensor, group_size: int) -> torch.Tensor:
                             symmetric=False).dequantize()
 
 
+def output_error(delta: torch.Tensor, gram: torch.Tensor) -> float:
+    """mean over tokens of ||delta x||^2, from the inputs' Gram matrix."""
+    return float(((delta @ gram) * delta).sum())
+
+
 @torch.no_grad()
 def search_scales(weights: list[torch.Tensor], stats: InputStats, group_size: int
                   ) -> torch.Tensor:
     """The per-input-channel scales s [in] with the least output error after rounding."""
     w = torch.cat([weight.float() for weight in weights])
-    x = stats.sample()
-    reference = x @ w.t()
+    gram = stats.gram()
     x_mean, w_mean = stats.mean(), relative_magnitude(w, group_size)
     best_loss, best = float("inf"), torch.ones_like(x_mean)
     for step in range(GRID):
         ratio = step / GRID
         s = (x_mean.pow(ratio) / w_mean.pow(1 - ratio).clamp(min=MIN_SCALE)).clamp(min=MIN_SCALE)
         s = s / (s.max() * s.min()).sqrt()
-        loss = float((x @ (fake_quantize(w * s, group_size) / s).t() - reference)
-                     .pow(2).mean())
+        loss = output_error(fake_quantize(w * s, group_size) / s - w, gram)
         if loss < best_loss:
             best_loss, best = loss, s
     return best
+
+
+@torch.no_grad()
+def clip_weight(weight: torch.Tensor, gram: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Clips each (row, group) of weight [N, K], in place, to the shrunk range [r lo, r hi]
+    with the least output error once rounded (grid_search.py; gram: the inputs' X^T X / T),
+    so the rounding that follows spans it. Returns the ratios r [N, G]."""
+    rows, cols = weight.shape
+    groups = weight.float().reshape(rows, cols // group_size, group_size)
+    _, _, ratios = search_grid(groups, 4, CLIP_RATIOS, symmetric=False,
+                               gram=group_gram(gram, group_size))
+    low = groups.amin(dim=-1).clamp(max=0) * ratios
+    high = groups.amax(dim=-1).clamp(min=0) * ratios
+    clipped = torch.maximum(torch.minimum(groups, high[..., None]), low[..., None])
+    weight.copy_(clipped.reshape(rows, cols))
+    return ratios
 
 
 @torch.no_grad()
@@ -120,6 +156,10 @@ def calibrate_awq(model, blocks: list[torch.Tensor], *, group_size: int) -> None
                                 stats[targets[0]], group_size) for _, targets in groups]
         for (source, targets), s in zip(groups, scales):
             apply_scales(layer, source, targets, s)
+            gram = stats[targets[0]].gram() / (s[:, None] * s[None, :])  # inputs now x / s
+            for name in targets:
+                if name not in CLIP_SKIP:
+                    clip_weight(module(layer, name).weight.data, gram, group_size)
         return outputs
 
     calibrate_layers(model, blocks, step, desc="awq")
