@@ -22,6 +22,7 @@ How each scheme loads:
   fp8, int8_wo, int4_wo  rounded as they load (--quantization)
   awq, gptq, w8a8_sq     `inflightd quantize --method ...` into --work-dir (once; reused),
                          then that directory as any checkpoint
+  awq-g32, gptq-g32      the same with --group-size 32 (any -gN after awq or gptq)
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ HELDOUT_FROM = 400  # prompts [400, 500) of the sample; quantize calibrates on [
 ON_LOAD = ("fp8", "int8_wo", "int4_wo", "w8a8")
 QUANTIZED_CHECKPOINTS = ("awq", "gptq", "w8a8_sq")
 SCHEMES = ("bf16", *ON_LOAD, *QUANTIZED_CHECKPOINTS)
+GROUPED = ("awq", "gptq")  # these take a group size: awq-g32
 
 
 def prose_texts() -> list[str]:
@@ -106,16 +108,28 @@ def agreement(outputs: list[tuple[int, ...]], reference: list[tuple[int, ...]]) 
             "greedy_exact": sum(s == 1.0 for s in shares) / len(shares)}
 
 
+def split_scheme(scheme: str) -> tuple[str, int | None]:
+    """("awq", 32) for awq-g32; (scheme, None) without a group size; ValueError if unknown."""
+    method, _, group = scheme.partition("-g")
+    if group and method in GROUPED and group.isdigit():
+        return method, int(group)
+    if scheme in SCHEMES:
+        return scheme, None
+    raise ValueError(scheme)
+
+
 def scheme_model(scheme: str, args: argparse.Namespace) -> tuple[str, str | None]:
     """(the model to load, its --quantization) for one scheme."""
     if scheme == "bf16":
         return args.model, None
     if scheme in ON_LOAD:
         return args.model, scheme
+    method, group = split_scheme(scheme)
     output = args.work_dir / scheme
     if not (output / "config.json").is_file():
         command = [sys.executable, "-m", "server.cli", "quantize", args.model,
-                   "--method", scheme, "--output", str(output), "--device", args.device]
+                   "--method", method, "--output", str(output), "--device", args.device,
+                   *(("--group-size", str(group)) if group else ())]
         print("$", " ".join(command), flush=True)
         started = time.perf_counter()
         subprocess.run(command, check=True)
@@ -165,9 +179,10 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     schemes = args.schemes.split(",")
-    unknown = sorted(set(schemes) - set(SCHEMES))
+    unknown = sorted(s for s in schemes if not _known(s))
     if unknown:
-        p.error(f"unknown scheme(s) {', '.join(unknown)}; choose from {', '.join(SCHEMES)}")
+        p.error(f"unknown scheme(s) {', '.join(unknown)}; choose from {', '.join(SCHEMES)} "
+                "(awq and gptq with -gN: awq-g32)")
     rows, reference = [], None
     for scheme in schemes:
         started = time.perf_counter()
@@ -181,6 +196,14 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "dtype": args.dtype,
                                          "device": args.device, "rows": rows}, indent=2))
+
+
+def _known(scheme: str) -> bool:
+    try:
+        split_scheme(scheme)
+    except ValueError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.accuracy import agreement, heldout_texts, prose_texts
+from bench.accuracy import agreement, heldout_texts, prose_texts, split_scheme
 from server.quantize.calibration import calibration_texts
 from server.quantize.options import QuantizeError, QuantizeOptions
 
@@ -32,3 +32,12 @@ def test_greedy_agreement_is_the_matching_prefix_share():
     outputs = [(1, 2, 9, 4), (5, 6, 7, 8)]
     assert agreement(outputs, reference) == {"greedy_same_prefix": (0.5 + 1.0) / 2,
                                              "greedy_exact": 0.5}
+
+
+def test_awq_and_gptq_take_a_group_size_suffix_and_nothing_else_does():
+    assert split_scheme("awq-g32") == ("awq", 32)
+    assert split_scheme("gptq-g128") == ("gptq", 128)
+    assert split_scheme("gptq") == ("gptq", None)
+    for unknown in ("int4_wo-g32", "awq-gx", "awq-32", "bogus"):
+        with pytest.raises(ValueError):
+            split_scheme(unknown)
