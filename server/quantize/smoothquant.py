@@ -8,8 +8,8 @@ stays plain compressed-tensors W8A8:
     s_j(a) = max|x_j|^a / max|w_j|^(1-a)
         (max|x_j|: channel j's largest magnitude over every calibration token; max|w_j|: input
         column j's largest magnitude over the layers that read x)
-    a = argmin over {none, 0, 0.1, .., 1} of
-        sum over sampled tokens of || Qa(x / s(a)) Qw(W s(a))^T - x W^T ||^2
+    a = argmin over {none, 0, 0.1, .., 1} of, summed over sampled tokens x,
+        || Qa(x / s(a)) Qw(W s(a))^T - x W^T ||^2 / || x W^T ||^2
         (Qa: int8 per token, as the engine rounds activations; Qw: int8 per output channel,
         as the checkpoint stores weights; "none": s = 1, left unsmoothed)
 
