@@ -1,7 +1,7 @@
 """The model families beyond Llama on the GPU: a small random bf16 model of each, on our
-kernels (GLM by default; the LayerNorm families with CudaOps given explicitly until these
-tests have passed and the runner picks it for them) and CUDA graphs, against the torch
-reference path on the same weights."""
+kernels (which the runner picks for every one of them: LayerNorm and GELU since these tests
+and tests/gpu/test_layer_norm_gelu_kernels.py passed on an H100, 2026-12-05) and CUDA
+graphs, against the torch reference path on the same weights."""
 
 from __future__ import annotations
 
@@ -33,13 +33,13 @@ FAMILIES = {
                     "intermediate_size": 1024, "num_hidden_layers": 3,
                     "num_attention_heads": 4, "num_key_value_heads": 2, "use_bias": True,
                     "norm_epsilon": 1e-5, "hidden_act": "gelu_pytorch_tanh",
-                    "max_position_embeddings": MAX_MODEL_LEN}, False),
+                    "max_position_embeddings": MAX_MODEL_LEN}, True),
     "gpt2": ({**_SMALL, "architectures": ["GPT2LMHeadModel"], "n_embd": 512, "n_layer": 3,
               "n_head": 4, "n_positions": MAX_MODEL_LEN, "activation_function": "gelu_new",
-              "layer_norm_epsilon": 1e-5}, False),
-    "falcon-7b-style": ({**_FALCON, "multi_query": True, "parallel_attn": True}, False),
+              "layer_norm_epsilon": 1e-5}, True),
+    "falcon-7b-style": ({**_FALCON, "multi_query": True, "parallel_attn": True}, True),
     "falcon-40b-style": ({**_FALCON, "new_decoder_architecture": True, "num_kv_heads": 2},
-                         False),
+                         True),
 }
 
 

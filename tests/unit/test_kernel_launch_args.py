@@ -296,17 +296,16 @@ def test_transposed_plan_puts_tiles_of_up_to_8_rows_on_the_t_kernel_and_the_rest
         "paged_attention_bf16_kvfp8_d128_w4"]
 
 
-def test_programmatic_launch_is_off_by_default_on_with_the_env_and_never_before_sm90(
-        monkeypatch):
+def test_programmatic_launch_is_on_from_sm90_unless_the_env_turns_it_off(monkeypatch):
     from server.engine.gpu.kernels import PROGRAMMATIC_LAUNCH_ENV, programmatic_launch_enabled
 
     monkeypatch.delenv(PROGRAMMATIC_LAUNCH_ENV, raising=False)
-    assert not programmatic_launch_enabled("sm_90")
-    assert programmatic_launch_enabled("sm_90", True)
-    monkeypatch.setenv(PROGRAMMATIC_LAUNCH_ENV, "1")
     assert programmatic_launch_enabled("sm_90a") and programmatic_launch_enabled("sm_120")
     assert not programmatic_launch_enabled("sm_89")
     assert not programmatic_launch_enabled("sm_90", False)
+    monkeypatch.setenv(PROGRAMMATIC_LAUNCH_ENV, "0")
+    assert not programmatic_launch_enabled("sm_90")
+    assert programmatic_launch_enabled("sm_90", True)
     monkeypatch.setenv(PROGRAMMATIC_LAUNCH_ENV, "maybe")
     with pytest.raises(KernelArgumentError, match="must be 0 or 1"):
         programmatic_launch_enabled("sm_90")

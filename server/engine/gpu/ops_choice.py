@@ -43,11 +43,6 @@ def cuda_ops_unsupported_reason(arch: ModelArchConfig, dtype: torch.dtype) -> st
         return f"the kernels take bfloat16 or float16, not {dtype}"
     if arch.head_dim not in ATTENTION_HEAD_DIMS:
         return f"the attention kernel covers head_dim {ATTENTION_HEAD_DIMS}, not {arch.head_dim}"
-    # csrc/layer_norm.cu and csrc/gelu.cu exist (CudaOps.layer_norm, .gelu); they serve
-    # these families once tests/gpu/test_layer_norm_gelu_kernels.py has passed on a GPU
-    if arch.layer_norm or arch.activation != "silu":
-        return (f"{arch.architecture}'s LayerNorm and GELU kernels are not verified on a GPU "
-                f"yet (RMSNorm and SiLU are)")
     if arch.attn_softcap is not None or arch.alibi_bias_max is not None:
         return "the attention kernels have no soft-capping or ALiBi yet"
     return None

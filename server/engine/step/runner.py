@@ -116,7 +116,9 @@ class ModelRunner:
         self.grammars = None  # GrammarMatchers, set by the engine when it has a compiler
         self.grammar_times = GrammarStepTimes()
         self.graphs: DecodeGraphRunner | None = None
-        if not enforce_eager and self.device.type == "cuda" and is_cuda_ops(self.ops):
+        # collectives inside CUDA graphs come with the multi-GPU work: ranks step eagerly
+        if (not enforce_eager and not tp.enabled and self.device.type == "cuda"
+                and is_cuda_ops(self.ops)):
             engine = engine_config(source)
             self.graphs = DecodeGraphRunner(
                 self.model, self.kv_pool.kv_cache, self.ops, block_size=block_size,
