@@ -181,3 +181,52 @@ def test_smoothing_keeps_the_function_and_flattens_the_activations():
                                atol=1e-3)
     ratio = lambda a: float(a.abs().amax(dim=0).max() / a.abs().amax(dim=0).median())  # noqa
     assert ratio(x / s) < ratio(x) / 3
+
+
+def tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
+                         max_position_embeddings=64)
+    return LlamaForCausalLM(config).float().eval()
+
+
+@pytest.mark.parametrize("true_sequential", [True, False])
+def test_gptq_true_sequential_takes_each_hessian_from_the_layer_quantized_so_far(
+        monkeypatch, true_sequential):
+    from server.quantize import gptq
+
+    model = tiny_llama()
+    blocks = [torch.randint(0, 96, (1, 24), generator=torch.Generator().manual_seed(i))
+              for i in range(4)]
+    original = {name: observed_inputs_of(model, name, blocks)
+                for name in ("self_attn.o_proj", "mlp.down_proj")}
+    seen = []
+    quantize = gptq.gptq_quantize
+    monkeypatch.setattr(gptq, "gptq_quantize",
+                        lambda weight, hessian, **kw: seen.append(hessian) or quantize(
+                            weight, hessian, **kw))
+    gptq.calibrate_gptq(model, blocks, bits=4, group_size=32, true_sequential=true_sequential)
+    assert len(seen) == len(gptq.FUSED_GROUPS)
+    # o_proj's and down_proj's inputs do not depend on their own weights: the layer as it
+    # ends (all quantized) hands them what GPTQ should have seen in true-sequential order
+    for hessian, name in zip((seen[1], seen[3]), ("self_attn.o_proj", "mlp.down_proj")):
+        x = observed_inputs_of(model, name, blocks)
+        quantized, plain = 2 * x.t() @ x / len(x), 2 * original[name].t() @ original[name] / len(x)
+        expected, other = (quantized, plain) if true_sequential else (plain, quantized)
+        assert float((hessian - expected).norm()) < 1e-4 * float(expected.norm())
+        assert float((hessian - other).norm()) > 1e-2 * float(other.norm())
+
+
+def observed_inputs_of(model, name: str, blocks) -> torch.Tensor:
+    from server.quantize.layerwise import decoder_layers, first_layer_inputs, observe_inputs
+    from server.quantize.layerwise import run_layer
+
+    rows = []
+    layer = decoder_layers(model)[0]
+    with torch.no_grad(), observe_inputs(layer, (name,), lambda _n, x: rows.append(x)):
+        run_layer(layer, first_layer_inputs(model, blocks))
+    return torch.cat(rows)
+
