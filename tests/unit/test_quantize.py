@@ -230,3 +230,51 @@ def observed_inputs_of(model, name: str, blocks) -> torch.Tensor:
         run_layer(layer, first_layer_inputs(model, blocks))
     return torch.cat(rows)
 
+
+@torch.no_grad()
+def test_awq_block_loss_measures_the_attention_output_and_restores_the_weights():
+    from server.quantize.awq import block_loss, fake_quantize
+    from server.quantize.layerwise import decoder_layers
+
+    model = tiny_llama(seed=1)
+    attention = decoder_layers(model)[0].self_attn
+    x = randn(1, 16, 64, seed=10)
+    position_ids = torch.arange(16)[None]
+    cos_sin = model.model.rotary_emb(x, position_ids)
+    mask = torch.full((16, 16), float("-inf")).triu(1)[None, None]
+
+    def run():
+        return [attention(hidden_states=x, position_embeddings=cos_sin, attention_mask=mask)[0]]
+
+    linears = [attention.q_proj, attention.k_proj, attention.v_proj]
+    before = [linear.weight.detach().clone() for linear in linears]
+    loss = block_loss(linears, run)
+    assert loss([w.clone() for w in before]) == 0
+    rounded = [fake_quantize(w, 32) for w in before]
+    reference = run()[0]
+    for linear, w in zip(linears, rounded):
+        linear.weight.data = w.clone()
+    direct = float((run()[0] - reference).pow(2).mean())
+    for linear, w in zip(linears, before):
+        linear.weight.data = w.clone()
+    assert direct > 0
+    assert loss(rounded) == pytest.approx(direct, rel=1e-5)
+    assert all(torch.equal(linear.weight, w) for linear, w in zip(linears, before))
+
+
+def test_awq_scale_search_with_a_loss_given_ranks_the_rounded_weights_by_it():
+    x = randn(1024, 64, seed=4)
+    x[:, :4] *= 30
+    weight = randn(32, 64, seed=5)
+    stats = InputStats(stride=1, keep_rows=True)
+    stats.add(x)
+    assert torch.equal(torch.cat(stats.rows), x)
+    reference = x @ weight.t()
+    own = search_scales([weight], stats, group_size=32)
+    given = search_scales([weight], stats, group_size=32,
+                          loss=lambda ws: float((x @ ws[0].t() - reference).pow(2).mean()))
+    torch.testing.assert_close(given, own)  # the same loss, computed directly
+    # a loss that ignores the outlier channels' error picks other scales
+    other = search_scales([weight], stats, group_size=32,
+                          loss=lambda ws: float((ws[0] - weight)[:, 4:].pow(2).sum()))
+    assert not torch.allclose(other, own)
