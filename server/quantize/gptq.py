@@ -26,7 +26,13 @@ for asymmetric (symmetric) round to nearest; symmetric, in column order and cali
 texts joined into 512-token blocks it gave 44.5.
 
 Rows are independent given H, so q|k|v (one input, one H) and gate|up quantize together.
-Layers run in order, each calibrated on the outputs of the layers before it as quantized.
+Layers run in order, each calibrated on the outputs of the layers before it as quantized,
+and so do the four groups within a layer ("true sequential", as GPTQ's reference and
+GPTQModel do): q|k|v's H from the layer as it came, o_proj's from the layer with q|k|v
+quantized, gate|up's with the attention quantized, down_proj's with gate|up quantized, so
+each group's rounding also corrects the error its inputs carry. SmolLM2-135M (groups of 64,
+calibrating on 64 prompts, perplexity on 50 other calibration prompts, 26.97 in float32):
+30.21 with it, 30.61 with every H from the unquantized layer.
 """
 
 from __future__ import annotations
@@ -35,12 +41,14 @@ import torch
 
 from server.engine.models.int_grid import IntCodes, grid_params, to_codes
 from server.quantize.grid_search import search_grid, shrink_ratios
-from server.quantize.layerwise import calibrate_layers, module, observe_inputs, run_layer
+from server.quantize.layerwise import (LayerInputs, calibrate_layers, module, observe_inputs,
+                                       run_layer)
 
 DAMP = 0.01
 BLOCK_COLUMNS = 128
 MSE_RATIOS = shrink_ratios(80, 0.8)  # the reference's grid: 1.0, 0.99, .., 0.2
 MSE_GRID = True
+TRUE_SEQUENTIAL = True
 # (modules sharing one input, quantized as one weight), the first of which is observed
 FUSED_GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                 ("self_attn.o_proj",), ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))
@@ -151,29 +159,64 @@ def split_rows(codes: IntCodes, sizes: list[int]) -> list[IntCodes]:
 
 
 def calibrate_gptq(model, blocks: list[torch.Tensor], *, bits: int, group_size: int | None,
-                   symmetric: bool = False, prefix: str = "model.layers"
-                   ) -> dict[str, IntCodes]:
+                   symmetric: bool = False, prefix: str = "model.layers",
+                   true_sequential: bool = TRUE_SEQUENTIAL) -> dict[str, IntCodes]:
     """GPTQ over every decoder layer: {"model.layers.I.self_attn.q_proj": codes, ...}. The
     model's linear weights become their quantized values, so each layer calibrates on what
-    the quantized layers before it produce. group_size None: one group per row."""
+    the quantized layers before it produce. group_size None: one group per row.
+    true_sequential: within a layer too, each fused group's H comes from a run of the layer
+    with the groups before it quantized (o_proj sees quantized q|k|v, gate|up a quantized
+    attention, down_proj quantized gate|up), as GPTQ's reference does; else all four from
+    one run of the layer as it came."""
     found: dict[str, IntCodes] = {}
 
+    def quantize_group(index: int, layer, group: tuple[str, ...], hessian: Hessian) -> None:
+        linears = [module(layer, name) for name in group]
+        weight = torch.cat([linear.weight.data.float() for linear in linears])
+        codes = gptq_quantize(weight, hessian.value(), bits=bits,
+                              group_size=group_size or weight.shape[1],
+                              symmetric=symmetric, mse=MSE_GRID)
+        for name, linear, part in zip(group, linears, split_rows(
+                codes, [linear.weight.shape[0] for linear in linears])):
+            linear.weight.data.copy_(part.dequantize())
+            found[f"{prefix}.{index}.{name}"] = part
+
     def step(index: int, layer, inputs):
+        if true_sequential:
+            for group in FUSED_GROUPS:
+                quantize_group(index, layer, group, observed_hessian(layer, inputs, group[0]))
+            return None
         hessians = {group[0]: Hessian() for group in FUSED_GROUPS}
         with torch.no_grad(), observe_inputs(layer, tuple(hessians),
                                              lambda name, x: hessians[name].add(x)):
             run_layer(layer, inputs)
         for group in FUSED_GROUPS:
-            linears = [module(layer, name) for name in group]
-            weight = torch.cat([linear.weight.data.float() for linear in linears])
-            codes = gptq_quantize(weight, hessians[group[0]].value(), bits=bits,
-                                  group_size=group_size or weight.shape[1],
-                                  symmetric=symmetric, mse=MSE_GRID)
-            for name, linear, part in zip(group, linears, split_rows(
-                    codes, [linear.weight.shape[0] for linear in linears])):
-                linear.weight.data.copy_(part.dequantize())
-                found[f"{prefix}.{index}.{name}"] = part
+            quantize_group(index, layer, group, hessians[group[0]])
         return None  # run again: the next layer sees this one quantized
 
     calibrate_layers(model, blocks, step, desc="gptq")
     return found
+
+
+class _Observed(Exception):
+    """Raised once a block's input to the observed module is taken: the rest of the layer
+    is not needed."""
+
+
+@torch.no_grad()
+def observed_hessian(layer, inputs: LayerInputs, name: str) -> Hessian:
+    """H of the inputs the layer, as it is now, hands module `name` on each block (each
+    block's run stops there)."""
+    hessian = Hessian()
+
+    def observe(_name: str, x: torch.Tensor) -> None:
+        hessian.add(x)
+        raise _Observed
+
+    with observe_inputs(layer, (name,), observe):
+        for hidden, kwargs in zip(inputs.hidden, inputs.kwargs):
+            try:
+                layer(hidden, **kwargs)
+            except _Observed:
+                pass
+    return hessian

@@ -181,3 +181,100 @@ def test_smoothing_keeps_the_function_and_flattens_the_activations():
                                atol=1e-3)
     ratio = lambda a: float(a.abs().amax(dim=0).max() / a.abs().amax(dim=0).median())  # noqa
     assert ratio(x / s) < ratio(x) / 3
+
+
+def tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
+                         max_position_embeddings=64)
+    return LlamaForCausalLM(config).float().eval()
+
+
+@pytest.mark.parametrize("true_sequential", [True, False])
+def test_gptq_true_sequential_takes_each_hessian_from_the_layer_quantized_so_far(
+        monkeypatch, true_sequential):
+    from server.quantize import gptq
+
+    model = tiny_llama()
+    blocks = [torch.randint(0, 96, (1, 24), generator=torch.Generator().manual_seed(i))
+              for i in range(4)]
+    original = {name: observed_inputs_of(model, name, blocks)
+                for name in ("self_attn.o_proj", "mlp.down_proj")}
+    seen = []
+    quantize = gptq.gptq_quantize
+    monkeypatch.setattr(gptq, "gptq_quantize",
+                        lambda weight, hessian, **kw: seen.append(hessian) or quantize(
+                            weight, hessian, **kw))
+    gptq.calibrate_gptq(model, blocks, bits=4, group_size=32, true_sequential=true_sequential)
+    assert len(seen) == len(gptq.FUSED_GROUPS)
+    # o_proj's and down_proj's inputs do not depend on their own weights: the layer as it
+    # ends (all quantized) hands them what GPTQ should have seen in true-sequential order
+    for hessian, name in zip((seen[1], seen[3]), ("self_attn.o_proj", "mlp.down_proj")):
+        x = observed_inputs_of(model, name, blocks)
+        quantized, plain = 2 * x.t() @ x / len(x), 2 * original[name].t() @ original[name] / len(x)
+        expected, other = (quantized, plain) if true_sequential else (plain, quantized)
+        assert float((hessian - expected).norm()) < 1e-4 * float(expected.norm())
+        assert float((hessian - other).norm()) > 1e-2 * float(other.norm())
+
+
+def observed_inputs_of(model, name: str, blocks) -> torch.Tensor:
+    from server.quantize.layerwise import decoder_layers, first_layer_inputs, observe_inputs
+    from server.quantize.layerwise import run_layer
+
+    rows = []
+    layer = decoder_layers(model)[0]
+    with torch.no_grad(), observe_inputs(layer, (name,), lambda _n, x: rows.append(x)):
+        run_layer(layer, first_layer_inputs(model, blocks))
+    return torch.cat(rows)
+
+
+@torch.no_grad()
+def test_awq_block_loss_measures_the_attention_output_and_restores_the_weights():
+    from server.quantize.awq import block_loss, fake_quantize
+    from server.quantize.layerwise import decoder_layers
+
+    model = tiny_llama(seed=1)
+    attention = decoder_layers(model)[0].self_attn
+    x = randn(1, 16, 64, seed=10)
+    position_ids = torch.arange(16)[None]
+    cos_sin = model.model.rotary_emb(x, position_ids)
+    mask = torch.full((16, 16), float("-inf")).triu(1)[None, None]
+
+    def run():
+        return [attention(hidden_states=x, position_embeddings=cos_sin, attention_mask=mask)[0]]
+
+    linears = [attention.q_proj, attention.k_proj, attention.v_proj]
+    before = [linear.weight.detach().clone() for linear in linears]
+    loss = block_loss(linears, run)
+    assert loss([w.clone() for w in before]) == 0
+    rounded = [fake_quantize(w, 32) for w in before]
+    reference = run()[0]
+    for linear, w in zip(linears, rounded):
+        linear.weight.data = w.clone()
+    direct = float((run()[0] - reference).pow(2).mean())
+    for linear, w in zip(linears, before):
+        linear.weight.data = w.clone()
+    assert direct > 0
+    assert loss(rounded) == pytest.approx(direct, rel=1e-5)
+    assert all(torch.equal(linear.weight, w) for linear, w in zip(linears, before))
+
+
+def test_awq_scale_search_with_a_loss_given_ranks_the_rounded_weights_by_it():
+    x = randn(1024, 64, seed=4)
+    x[:, :4] *= 30
+    weight = randn(32, 64, seed=5)
+    stats = InputStats(stride=1, keep_rows=True)
+    stats.add(x)
+    assert torch.equal(torch.cat(stats.rows), x)
+    reference = x @ weight.t()
+    own = search_scales([weight], stats, group_size=32)
+    given = search_scales([weight], stats, group_size=32,
+                          loss=lambda ws: float((x @ ws[0].t() - reference).pow(2).mean()))
+    torch.testing.assert_close(given, own)  # the same loss, computed directly
+    # a loss that ignores the outlier channels' error picks other scales
+    other = search_scales([weight], stats, group_size=32,
+                          loss=lambda ws: float((ws[0] - weight)[:, 4:].pow(2).sum()))
+    assert not torch.allclose(other, own)
