@@ -168,8 +168,11 @@ def _error_text(body: str) -> str:
 
 def make_client(config: ServeConfig) -> httpx.AsyncClient:
     # No pool limit: a pool smaller than the load would queue requests inside the client and
-    # count that wait as server latency. --max-concurrency is the one cap.
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    # count that wait as server latency. --max-concurrency is the one cap. No idle connection
+    # is kept: httpcore walks its whole pool on every request and response, so thousands of
+    # idle connections (a stream read to its end returns its connection to the pool) made the
+    # client, not the server, the bottleneck (Triton's streams, which have no [DONE]).
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
     return httpx.AsyncClient(timeout=httpx.Timeout(config.request_timeout), limits=limits)
 
 
