@@ -241,8 +241,6 @@ def _start_runner(model_config: ModelConfig, cache_config: CacheConfig, *,
         return ModelRunner.from_config(model_config, cache_config, source=source,
                                        max_num_seqs=max_num_seqs,
                                        max_model_len=max_model_len), None
-    # collectives inside CUDA graphs come with the multi-GPU work: eager steps until then
-    model_config = replace(model_config, enforce_eager=True)
     check_shardable(source.arch, size)
     workers = WorkerGroup(placement_of(model_config),
                           device_type=resolve_device(model_config.device).type)
@@ -253,7 +251,8 @@ def _start_runner(model_config: ModelConfig, cache_config: CacheConfig, *,
         workers.build_runners(RunnerSpec(
             source=source, dtype=runner.dtype, block_size=runner.block_size,
             num_blocks=runner.num_blocks, quantization=runner.quantization,
-            kv_cache_dtype=cache_config.kv_cache_dtype, enforce_eager=True,
+            kv_cache_dtype=cache_config.kv_cache_dtype,
+            enforce_eager=model_config.enforce_eager,
             max_num_seqs=max_num_seqs, max_model_len=max_model_len))
     except BaseException:
         workers.close()
