@@ -19,10 +19,10 @@ from server.triton.ensemble import (MODEL_VERSION, model_config, model_metadata,
                                     repository_index, server_metadata)
 from server.triton.errors import TritonError, kserve_error_body
 from server.triton.generate import EnsembleRun
+from server.triton.generate_events import GenerateEvents
 from server.triton.outputs import Step, output_tensors, with_requested_outputs
 from server.triton.kserve_json import HEADER_LENGTH, infer_response, parse_infer_body
 from server.triton.request import EnsembleRequest, from_generate_body, from_tensors
-from server.triton.tensors import to_json_data
 
 router = APIRouter(include_in_schema=False)
 MODEL = "/v2/models/{name}"
@@ -124,7 +124,7 @@ async def generate(request: Request, name: str, version: str | None = None) -> J
     ensemble = from_generate_body(body)
     run = await EnsembleRun.start(state, ensemble, ticket=admission_ticket(request.scope))
     step = await unless_disconnected(request, run.collect())
-    return JSONResponse(_generate_document(name, step, ensemble, request_id=body.get("id")))
+    return JSONResponse(_answers(name, ensemble, body).document(step))
 
 
 @router.post(MODEL + "/generate_stream")
@@ -137,11 +137,7 @@ async def generate_stream(request: Request, name: str, version: str | None = Non
     body = await _json_body(request)
     ensemble = from_generate_body(body)
     run = await EnsembleRun.start(state, ensemble, ticket=admission_ticket(request.scope))
-
-    def event(step: Step) -> bytes:
-        return sse_event(json.dumps(_generate_document(name, step, ensemble,
-                                                       request_id=body.get("id"))))
-
+    event = _answers(name, ensemble, body).event
     if ensemble.stream is False:  # the whole answer first, so a failure is still a 4xx
         return SSEResponse(_one(event(await unless_disconnected(request, run.collect()))))
     steps = run.steps()
@@ -163,18 +159,9 @@ async def _events(steps: AsyncIterator[Step],
         yield sse_event(json.dumps(kserve_error_body(exc.message)))
 
 
-def _generate_document(name: str, step: Step, ensemble: EnsembleRequest, *,
-                       request_id: object) -> dict:
-    """A generate-extension answer: each output by name, one element as a scalar; the
-    request's id echoed when it gave a string one."""
-    document: dict = {"model_name": name, "model_version": MODEL_VERSION}
-    if isinstance(request_id, str):
-        document["id"] = request_id
-    for tensor in output_tensors(step, ensemble):
-        data = to_json_data(tensor)
-        document[tensor.name] = data[0] if len(data) == 1 and tensor.name != \
-            "output_log_probs" else data
-    return document
+def _answers(name: str, ensemble: EnsembleRequest, body: dict) -> GenerateEvents:
+    return GenerateEvents(model_name=name, model_version=MODEL_VERSION, request=ensemble,
+                          request_id=body.get("id"))
 
 
 @router.post(MODEL + "/infer")
