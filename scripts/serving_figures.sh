@@ -182,11 +182,33 @@ PY
   [ -n "$pid" ] && log "daemon ready" && engine_stats ready
 fi
 
-bench() {  # NAME TIMEOUT ARGS...: one `inflightd bench` run, its table in NAME.log
+daemon_cpu() {  # CPU seconds so far of each of the daemon's processes (api, engine)
+  local p
+  for p in $pid $(pgrep -P "$pid"); do
+    awk -v p="$p" '{sub(/.*\) /, ""); printf "%s %.2f ", p, ($12 + $13) / 100}' \
+      "/proc/$p/stat" 2>/dev/null || continue
+    tr '\0' ' ' < "/proc/$p/cmdline" | cut -c1-60
+  done
+}
+bench() {  # NAME TIMEOUT ARGS...: one `inflightd bench` run, its table in NAME.log; the
+  # client's CPU seconds and the daemon's processes' before and after go to cpu_NAME.log
+  # (saturated: CPU seconds near the burst's wall time)
   local name=$1 limit=$2; shift 2
-  timeout "$(box "$limit")" $PY -m server.cli bench "$@" --base-url "http://127.0.0.1:$PORT" \
+  { echo "before (pid cpu_s command)"; daemon_cpu; } > "$OUT/cpu_$name.log"
+  timeout "$(box "$limit")" $PY - "$@" --base-url "http://127.0.0.1:$PORT" \
     --model burst-model --tokenizer "$ENGINE" --seed "$SEED" --no-progress ${BENCH_ARGS:-} \
-    > "$OUT/$name.log" 2>&1
+    > "$OUT/$name.log" 2>> "$OUT/cpu_$name.log" <<'PY'
+import resource, subprocess, sys, time
+start = time.monotonic()
+rc = subprocess.run([sys.executable, "-m", "server.cli", "bench", *sys.argv[1:]]).returncode
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(f"client: {usage.ru_utime + usage.ru_stime:.1f} CPU s in {time.monotonic() - start:.1f} s",
+      file=sys.stderr)
+sys.exit(rc)
+PY
+  local rc=$?
+  { echo "after"; daemon_cpu; } >> "$OUT/cpu_$name.log"
+  return $rc
 }
 
 if has serve && [ -n "$pid" ]; then
@@ -196,6 +218,7 @@ if has serve && [ -n "$pid" ]; then
       --output-len "$OUTPUT_LEN" --json "$OUT/serve_$num.json"
     rc=$?; [ $rc -eq 0 ] || fail "serve $num" $rc
     grep -E "Output token throughput|^ITL|^TTFT|Failed" "$OUT/serve_$num.log" | tr -s ' '
+    grep "^client" "$OUT/cpu_serve_$num.log"
     engine_stats "serve_$num"
     if [ "$num" = "$first_burst" ] && has aiperf; then
       # aiperf right after the same burst through bench serve, on the same prompts
