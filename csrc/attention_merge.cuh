@@ -91,26 +91,42 @@ __device__ __forceinline__ void merge_weights(float* __restrict__ weights,
 }
 
 // Pass 2, one round: partitions p0 .. p0 + parts - 1 of the `rows` rows into `stage`.
+// A row is D / 4 16-byte pieces: where 32 is a multiple of that (D = 64, 128) one warp-wide
+// copy covers 32 / (D / 4) whole rows; otherwise (D = 96: 24 pieces, 256: 64) the lanes
+// walk each row's pieces in strides of 32.
 template <int D, int R>
 __device__ __forceinline__ void stage_partials(float* __restrict__ stage,
                                                const float* __restrict__ part_acc,
                                                const long long (&out_row)[R], int rows,
                                                long long rows_total, int p0, int parts) {
   constexpr int PIECES = D / 4;                // 16-byte pieces of a row
-  constexpr int ROWS_PER_COPY = 32 / PIECES;   // rows one warp-wide copy covers
-  static_assert(R % ROWS_PER_COPY == 0, "whole copies");
   const int lane = threadIdx.x & 31;
-  const int piece = lane % PIECES;
-  const int lane_row = lane / PIECES;
-  for (int pp = 0; pp < parts; ++pp) {
-    const float* src = part_acc + (p0 + pp) * rows_total * D + piece * 4;
+  if constexpr (32 % PIECES == 0) {
+    constexpr int ROWS_PER_COPY = 32 / PIECES;  // rows one warp-wide copy covers
+    static_assert(R % ROWS_PER_COPY == 0, "whole copies");
+    const int piece = lane % PIECES;
+    const int lane_row = lane / PIECES;
+    for (int pp = 0; pp < parts; ++pp) {
+      const float* src = part_acc + (p0 + pp) * rows_total * D + piece * 4;
 #pragma unroll
-    for (int jj = 0; jj < R; jj += ROWS_PER_COPY) {
-      const int j = jj + lane_row;
-      // Static indices only: a lane-dependent index would put out_row in local memory.
-      const long long row = ROWS_PER_COPY == 1 || lane_row == 0 ? out_row[jj]
-                                                                : out_row[jj + ROWS_PER_COPY - 1];
-      if (j < rows) cp_async_16(stage + (pp * rows + j) * D + piece * 4, src + row * D);
+      for (int jj = 0; jj < R; jj += ROWS_PER_COPY) {
+        const int j = jj + lane_row;
+        // Static indices only: a lane-dependent index would put out_row in local memory.
+        const long long row = ROWS_PER_COPY == 1 || lane_row == 0 ? out_row[jj]
+                                                                  : out_row[jj + ROWS_PER_COPY - 1];
+        if (j < rows) cp_async_16(stage + (pp * rows + j) * D + piece * 4, src + row * D);
+      }
+    }
+  } else {
+    for (int pp = 0; pp < parts; ++pp) {
+      const float* src = part_acc + (p0 + pp) * rows_total * D;
+#pragma unroll
+      for (int j = 0; j < R; ++j) {
+        if (j >= rows) break;
+        for (int piece = lane; piece < PIECES; piece += 32) {
+          cp_async_16(stage + (pp * rows + j) * D + piece * 4, src + out_row[j] * D + piece * 4);
+        }
+      }
     }
   }
   cp_async_commit();
@@ -124,8 +140,12 @@ __device__ __forceinline__ void merge_partitions(
     const float* __restrict__ part_sum, float* __restrict__ smem, int row0, int valid_rows,
     int group, int q_begin, int kv_head, int num_heads, long long rows_total, int live) {
   constexpr int R = MergeShape<WARPS>::kRows;
-  constexpr int PER_LANE = D / 32;
-  static_assert(PER_LANE == 2 || PER_LANE == 4, "head_dim 64 or 128");
+  // each lane sums PER_LANE adjacent dims of a row: 2 at D = 64, 4 at 96 (lanes 24-31 idle)
+  // and 128, 8 at 256
+  constexpr int PER_LANE = D <= 64 ? D / 32 : (D < 128 ? 4 : D / 32);
+  constexpr int ACTIVE_LANES = D / PER_LANE;
+  static_assert(D % 32 == 0 && PER_LANE % 2 == 0 && ACTIVE_LANES <= 32,
+                "head_dim a multiple of 32 up to 256");
   constexpr int REGION = SMEM_FLOATS / WARPS / 4 * 4;  // floats per warp, 16-byte multiple
   constexpr int SLOTS = (REGION - R * kMaxPartitions) / D;
   static_assert(SLOTS >= R, "a round holds at least one partition of every row");
@@ -164,14 +184,18 @@ __device__ __forceinline__ void merge_partitions(
 #pragma unroll
         for (int j = 0; j < R; ++j) {
           if (j >= rows) break;
+          if (lane >= ACTIVE_LANES) break;
           const float w = weights[j * kMaxPartitions + p0 + pp];
           const float* v = stage + (pp * rows + j) * D + lane * PER_LANE;
-          if constexpr (PER_LANE == 4) {
-            const float4 o = *reinterpret_cast<const float4*>(v);
-            acc[j][0] += w * o.x;
-            acc[j][1] += w * o.y;
-            acc[j][2] += w * o.z;
-            acc[j][3] += w * o.w;
+          if constexpr (PER_LANE % 4 == 0) {
+#pragma unroll
+            for (int e = 0; e < PER_LANE; e += 4) {
+              const float4 o = *reinterpret_cast<const float4*>(v + e);
+              acc[j][e] += w * o.x;
+              acc[j][e + 1] += w * o.y;
+              acc[j][e + 2] += w * o.z;
+              acc[j][e + 3] += w * o.w;
+            }
           } else {
             const float2 o = *reinterpret_cast<const float2*>(v);
             acc[j][0] += w * o.x;
@@ -182,7 +206,7 @@ __device__ __forceinline__ void merge_partitions(
     }
 #pragma unroll
     for (int j = 0; j < R; ++j) {
-      if (j >= rows) break;
+      if (j >= rows || lane >= ACTIVE_LANES) break;
       T* dst = out + out_row[j] * D + lane * PER_LANE;
 #pragma unroll
       for (int e = 0; e < PER_LANE; e += 2) {

@@ -299,11 +299,17 @@ __device__ __forceinline__ void paged_attention_impl(
 
 // The variants of one (dtype, cache, head_dim). A key-split CTA asks for KEY_SPLIT_CTAS
 // resident CTAs per SM (w1k2) or TRANSPOSED_CTAS (w1tk2): twice the warps of w1 at the same
-// count.
+// count. The unsplit kernels' bounds are W1, W2, W4: threads only, except at head_dim 96,
+// where ptxas, left to itself, held them to 128 registers and spilled; saying 1 CTA lets
+// them take what they need (at 64 and 128 it would cost those kernels resident CTAs).
 #define INFLIGHTD_PAGED_ATTENTION_VARIANTS(T, KvT, NAME, D, KEY_SPLIT_CTAS, TRANSPOSED_CTAS)    \
-  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 1, false, w1, (32))                            \
+  INFLIGHTD_PAGED_ATTENTION_BOUNDED(T, KvT, NAME, D, KEY_SPLIT_CTAS, TRANSPOSED_CTAS, (32),     \
+                                    (64), (128))
+#define INFLIGHTD_PAGED_ATTENTION_BOUNDED(T, KvT, NAME, D, KEY_SPLIT_CTAS, TRANSPOSED_CTAS, W1,  \
+                                          W2, W4)                                               \
+  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 1, false, w1, W1)                              \
   INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 2, false, w1k2, (64, KEY_SPLIT_CTAS))          \
-  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 1, true, w1t, (32))                            \
+  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 1, true, w1t, W1)                              \
   INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 2, true, w1tk2, (64, TRANSPOSED_CTAS))         \
-  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 2, 1, false, w2, (64))                            \
-  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 4, 1, false, w4, (128))
+  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 2, 1, false, w2, W2)                              \
+  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 4, 1, false, w4, W4)

@@ -40,6 +40,11 @@ FAMILIES = {
     "falcon-7b-style": ({**_FALCON, "multi_query": True, "parallel_attn": True}, True),
     "falcon-40b-style": ({**_FALCON, "new_decoder_architecture": True, "num_kv_heads": 2},
                          True),
+    # head_dim 96 (384 / 4), Phi-3's: the attention kernels' third head size
+    "phi3": ({**_SMALL, "architectures": ["Phi3ForCausalLM"], "hidden_size": 384,
+              "intermediate_size": 768, "num_hidden_layers": 3, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "hidden_act": "silu",
+              "max_position_embeddings": MAX_MODEL_LEN}, True),
 }
 
 

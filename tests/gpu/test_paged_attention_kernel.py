@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from server.engine.gpu.kernel_args import KernelArgumentError
+from server.engine.gpu.kernels import ATTENTION_HEAD_DIMS
 from server.engine.ops.cuda_attention import (COUNTERS, allocate_workspace,
                                               paged_attention_into, plan_for)
 from server.engine.ops.torch_ref import to_cache_dtype
@@ -98,7 +99,7 @@ def run_case(library, torch_ops, *, batch: str, heads: str, head_dim: int, dtype
 @KV_DTYPES
 @KEY_SPLITS
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("head_dim", (64, 128))
+@pytest.mark.parametrize("head_dim", ATTENTION_HEAD_DIMS)
 @pytest.mark.parametrize("heads", tuple(HEADS))
 @pytest.mark.parametrize("batch", tuple(BATCHES))
 def test_paged_attention_matches_reference(library, torch_ops, batch, heads, head_dim, dtype,
@@ -134,7 +135,7 @@ def test_any_partition_count_gives_the_same_attention(library, torch_ops, batch,
 @KV_DTYPES
 @KEY_SPLITS
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("head_dim", (64, 128))
+@pytest.mark.parametrize("head_dim", ATTENTION_HEAD_DIMS)
 @pytest.mark.parametrize("heads", tuple(HEADS))
 @pytest.mark.parametrize("batch", ("mixed", "decode", "prefix-hits"))
 def test_split_attention_merges_in_the_last_cta(library, torch_ops, batch, heads, head_dim,
@@ -147,7 +148,7 @@ def test_split_attention_merges_in_the_last_cta(library, torch_ops, batch, heads
              kv_dtype=kv_dtype, transposed=transposed)
 
 
-@pytest.mark.parametrize("head_dim", (64, 128))
+@pytest.mark.parametrize("head_dim", ATTENTION_HEAD_DIMS)
 def test_key_split_decode_matches_the_one_warp_kernel(library, head_dim):
     # Same inputs through w1 and w1k2: only the order of float sums and the max each P is
     # rounded against differ.
@@ -162,7 +163,7 @@ def test_key_split_decode_matches_the_one_warp_kernel(library, head_dim):
     assert_close(outs[1], outs[0], what=f"w1k2 against w1 at d{head_dim}")
 
 
-@pytest.mark.parametrize("head_dim", (64, 128))
+@pytest.mark.parametrize("head_dim", ATTENTION_HEAD_DIMS)
 def test_split_launches_in_a_row_reuse_one_workspace(library, torch_ops, head_dim):
     scale = head_dim ** -0.5
     q, kv_cache, metadata = make_inputs(batch="mixed", heads="gqa", head_dim=head_dim,
