@@ -1,15 +1,17 @@
-"""The serving benchmark's client against an in-process fake endpoint (httpx.MockTransport):
-SSE parsing, token counting from usage, ITL splitting, errors, arrivals and concurrency."""
+"""The serving benchmark's client against an in-process fake endpoint (an aiohttp server on a
+local port): SSE parsing, token counting from usage, ITL splitting, errors, arrivals and
+concurrency."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import math
+import socket
 import statistics
 
-import httpx
 import pytest
+from aiohttp import web
 
 from server.bench.datasets import SampleRequest
 from server.bench.metrics import summarize
@@ -32,12 +34,11 @@ def fake_endpoint(*, chunk_delay: float = 0.0, tokens_per_chunk: int = 1,
     """A /v1/completions stand-in that streams max_tokens words, `tokens_per_chunk` a chunk.
     `in_flight`, when given, records [current, peak] concurrent requests."""
 
-    async def handler(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
         if fail_status is not None:
-            return httpx.Response(fail_status, json={"error": {"message": "overloaded"}})
-        return httpx.Response(200, headers={"content-type": "text/event-stream"},
-                              content=events(body))
+            return web.json_response({"error": {"message": "overloaded"}}, status=fail_status)
+        return await stream_response(request, events(body))
 
     async def events(body: dict):
         if in_flight is not None:
@@ -63,15 +64,36 @@ def fake_endpoint(*, chunk_delay: float = 0.0, tokens_per_chunk: int = 1,
     return handler
 
 
+async def stream_response(request: web.Request, events) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await response.prepare(request)
+    async for event in events:
+        await response.write(event)
+    await response.write_eof()
+    return response
+
+
+async def serving(handler, work):
+    """work(base_url) while `handler` answers every POST on a local port."""
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.create_server(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    try:
+        return await work(f"http://127.0.0.1:{sock.getsockname()[1]}")
+    finally:
+        await runner.cleanup()
+
+
 def run_against(handler, *, samples: list[SampleRequest], **config_kwargs):
-    config = ServeConfig(base_url="http://bench.test", model="m", show_progress=False,
-                         **config_kwargs)
+    async def work(base_url: str):
+        config = ServeConfig(base_url=base_url, model="m", show_progress=False,
+                             **config_kwargs)
+        return await run_requests(config, samples, tokenizer=WordTokenizer())
 
-    async def go():
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            return await run_requests(config, samples, tokenizer=WordTokenizer(), client=client)
-
-    run = asyncio.run(go())
+    run = asyncio.run(serving(handler, work))
     assert run.test_request.success and run.test_request.output_tokens == 1
     return run.results, run.duration
 
@@ -147,16 +169,15 @@ def test_endpoint_that_rejects_the_test_request_stops_the_benchmark():
 
 
 def test_stream_cut_before_done_is_a_failed_request_with_its_reason():
-    handler = fake_endpoint(drop_done=True)
-    config = ServeConfig(base_url="http://bench.test/v1", model="m", show_progress=False)
-    from server.bench.serve import send_request
+    from server.bench.serve import make_client, send_request
 
-    async def go():
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+    async def work(base_url: str):
+        config = ServeConfig(base_url=base_url + "/v1", model="m", show_progress=False)
+        async with make_client(config) as client:
             return await send_request(client, config, samples_of(count=1, output_len=3)[0],
                                       tokenizer=WordTokenizer(), bench_start=0.0)
 
-    result = asyncio.run(go())
+    result = asyncio.run(serving(fake_endpoint(drop_done=True), work))
     assert not result.success and "before data: [DONE]" in result.error
     summary = summarize([result], duration=1.0)
     assert summary.failed == 1 and list(summary.errors.values()) == [1]
@@ -210,12 +231,14 @@ def test_triton_endpoint_streams_generate_stream_with_ensemble_inputs():
 
 
 def test_triton_events_need_no_done_and_carry_their_text():
-    async def handler(request: httpx.Request) -> httpx.Response:
-        count = json.loads(request.content)["max_tokens"]
-        events = b"".join(b'data: {"model_name": "ensemble", "text_output": " tok"}\n\n'
-                          for _ in range(count))
-        return httpx.Response(200, headers={"content-type": "text/event-stream"},
-                              content=events)
+    async def handler(request: web.Request) -> web.StreamResponse:
+        count = (await request.json())["max_tokens"]
+
+        async def events():
+            for _ in range(count):
+                yield b'data: {"model_name": "ensemble", "text_output": " tok"}\n\n'
+
+        return await stream_response(request, events())
 
     results, _ = run_against(handler, samples=samples_of(count=3, output_len=5),
                              endpoint="triton")
