@@ -21,14 +21,20 @@ python3 -m server.cli serve ${MODEL:+"$MODEL"} --served-model-name burst-model \
   --max-num-batched-tokens 8192 --log-level warning >"$OUT/triton_burst_daemon.log" 2>&1 &
 pid=$!
 trap 'kill -INT "$pid" 2>/dev/null; wait "$pid"' EXIT
-python3 - "$PORT" <<'PY' || { echo "the daemon did not get ready"; exit 1; }
-import sys, time, httpx
+python3 - "$PORT" "$pid" <<'PY' || { echo "the daemon did not get ready"; tail -n 5 "$OUT/triton_burst_daemon.log"; exit 1; }
+import os, sys, time, httpx
+port, pid = sys.argv[1], int(sys.argv[2])
 for _ in range(900):
     try:
-        if httpx.get(f"http://127.0.0.1:{sys.argv[1]}/v2/health/ready", timeout=2).status_code == 200:
+        if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200:
             sys.exit(0)
     except httpx.TransportError:
         pass
+    try:  # a daemon that exited (e.g. a missing package) ends the wait at once
+        if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+            sys.exit(1)
+    except OSError:
+        sys.exit(1)
     time.sleep(1)
 sys.exit(1)
 PY
