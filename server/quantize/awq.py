@@ -42,7 +42,8 @@ import torch
 
 from server.engine.models.int_grid import round_to_nearest
 from server.quantize.grid_search import group_gram, search_grid, shrink_ratios
-from server.quantize.layerwise import calibrate_layers, module, observe_inputs, run_layer
+from server.quantize.layerwise import (LayerInputs, calibrate_layers, module, observe_inputs,
+                                       run_layer)
 
 GRID = 20
 SEARCH_TOKENS = 2048
@@ -107,12 +108,13 @@ def output_error(delta: torch.Tensor, gram: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def search_scales(weights: list[torch.Tensor], stats: InputStats, group_size: int,
+def search_scales(weights: list[torch.Tensor], stats: InputStats, group_size: int | None,
                   loss: Callable[[list[torch.Tensor]], float] | None = None) -> torch.Tensor:
     """The per-input-channel scales s [in] with the least output error after rounding:
     loss(the weights as rounded with s, each Q(W s) / s) if given (the error of the block
     the weights belong to), else the error of the linear layers' own outputs."""
     w = torch.cat([weight.float() for weight in weights])
+    group_size = group_size or w.shape[1]
     gram = stats.gram()
     x_mean, w_mean = stats.mean(), relative_magnitude(w, group_size)
     best_loss, best = float("inf"), torch.ones_like(x_mean)
@@ -155,11 +157,13 @@ def block_loss(modules: list[torch.nn.Module], run: Callable[[], list[torch.Tens
 
 
 @torch.no_grad()
-def clip_weight(weight: torch.Tensor, gram: torch.Tensor, group_size: int) -> torch.Tensor:
+def clip_weight(weight: torch.Tensor, gram: torch.Tensor, group_size: int | None
+                ) -> torch.Tensor:
     """Clips each (row, group) of weight [N, K], in place, to the shrunk range [r lo, r hi]
     with the least output error once rounded (grid_search.py; gram: the inputs' X^T X / T),
     so the rounding that follows spans it. Returns the ratios r [N, G]."""
     rows, cols = weight.shape
+    group_size = group_size or cols
     groups = weight.float().reshape(rows, cols // group_size, group_size)
     _, _, ratios = search_grid(groups, 4, CLIP_RATIOS, symmetric=False,
                                gram=group_gram(gram, group_size))
@@ -186,65 +190,86 @@ def apply_scales(layer, source: str, targets: tuple[str, ...], s: torch.Tensor) 
 
 def calibrate_awq(model, blocks: list[torch.Tensor], *, group_size: int,
                   block_loss_search: bool | None = None) -> None:
-    """Searches and folds AWQ's scales into every decoder layer of `model`, in place; the
-    caller then rounds the linear weights (4 bits, zero points, groups of group_size).
-    block_loss_search (default BLOCK_LOSS): q|k|v's scales are chosen by the error of the
-    attention's output (o_proj included) on a sample of whole blocks, gate|up's by the
-    error of the MLP's output on the sampled tokens, as AutoAWQ does; else by the linear
-    layers' own output error."""
+    """Searches and folds AWQ's scales into every decoder layer of `model`, in place, then
+    clips its weights; the caller then rounds the linear weights (4 bits, zero points,
+    groups of group_size). block_loss_search (default BLOCK_LOSS): q|k|v's scales are chosen
+    by the error of the attention's output (o_proj included) on a sample of whole blocks,
+    gate|up's by the error of the MLP's output on the sampled tokens, as AutoAWQ does; else
+    by the linear layers' own output error."""
+    sampling = Sampling.of(blocks)
+    calibrate_layers(model, blocks, lambda _index, layer, inputs: scale_layer(
+        layer, inputs, group_size=group_size, sampling=sampling,
+        block_loss_search=block_loss_search), desc="awq")
+
+
+class Sampling:
+    """Which calibration tokens the searches measure: every `stride`-th token for the
+    Gram matrices (about SEARCH_TOKENS), every `block_stride`-th block, whole, for the
+    attention's error (about ATTENTION_TOKENS)."""
+
+    def __init__(self, stride: int, block_stride: int) -> None:
+        self.stride, self.block_stride = stride, block_stride
+
+    @classmethod
+    def of(cls, blocks: list[torch.Tensor]) -> "Sampling":
+        total = sum(block.shape[1] for block in blocks)
+        return cls(max(1, total // SEARCH_TOKENS), max(1, round(total / ATTENTION_TOKENS)))
+
+
+def scale_layer(layer, inputs: LayerInputs, *, group_size: int | None, sampling: Sampling,
+                block_loss_search: bool | None = None, clip: bool = True
+                ) -> list[torch.Tensor]:
+    """AWQ on one decoder layer, in place: its scales searched and folded (the layer's
+    function unchanged), then, if clip, each scaled weight's groups clipped (group_size
+    None: one group per row). Returns the
+    layer's outputs on `inputs`, computed before any change (the same function, so the next
+    layer's inputs when nothing is clipped or rounded)."""
     block_loss_search = BLOCK_LOSS if block_loss_search is None else block_loss_search
-    total = sum(block.shape[1] for block in blocks)
-    stride = max(1, total // SEARCH_TOKENS)
-    # every block_stride-th block, whole, for the attention's error (about ATTENTION_TOKENS)
-    block_stride = max(1, round(total / ATTENTION_TOKENS))
+    groups = [(source, targets) for source, targets in SCALED_GROUPS
+              if source != "self_attn.v_proj" or _feeds(layer, source, targets[0])]
+    stats = {targets[0]: InputStats(sampling.stride, keep_rows=block_loss_search
+                                    and targets[0] == "mlp.gate_proj")
+             for _, targets in groups}
+    attention_calls: list[dict] = []
+    calls = 0
 
-    def step(_index: int, layer, inputs):
-        groups = [(source, targets) for source, targets in SCALED_GROUPS
-                  if source != "self_attn.v_proj" or _feeds(layer, source, targets[0])]
-        stats = {targets[0]: InputStats(stride, keep_rows=block_loss_search
-                                        and targets[0] == "mlp.gate_proj")
-                 for _, targets in groups}
-        attention_calls: list[dict] = []
-        calls = 0
+    def record_attention(_module, args, kwargs):
+        nonlocal calls
+        if calls % sampling.block_stride == 0:
+            attention_calls.append({**kwargs, **({"hidden_states": args[0]} if args else {})})
+        calls += 1
 
-        def record_attention(_module, args, kwargs):
-            nonlocal calls
-            if calls % block_stride == 0:
-                attention_calls.append({**kwargs, **({"hidden_states": args[0]} if args
-                                                     else {})})
-            calls += 1
-
-        handle = (module(layer, "self_attn").register_forward_pre_hook(
-            record_attention, with_kwargs=True) if block_loss_search else None)
-        try:
-            with observe_inputs(layer, tuple(stats), lambda name, x: stats[name].add(x)):
-                outputs = run_layer(layer, inputs)  # scaling keeps the function: reuse them
-        finally:
-            if handle is not None:
-                handle.remove()
-        losses: dict[str, Callable[[list[torch.Tensor]], float]] = {}
-        if block_loss_search:
-            attention = module(layer, "self_attn")
-            losses["self_attn.q_proj"] = block_loss(
-                [module(layer, name) for name in SCALED_GROUPS[0][1]],
-                lambda: [attention(**call)[0] for call in attention_calls])
-            if "mlp.gate_proj" in stats:
-                mlp, rows = module(layer, "mlp"), torch.cat(stats["mlp.gate_proj"].rows)
-                losses["mlp.gate_proj"] = block_loss(
-                    [module(layer, name) for name in SCALED_GROUPS[2][1]], lambda: [mlp(rows)])
-        scales = [search_scales([module(layer, name).weight for name in targets],
-                                stats[targets[0]], group_size, losses.get(targets[0]))
-                  for _, targets in groups]
-        for (source, targets), s in zip(groups, scales):
-            apply_scales(layer, source, targets, s)
-            gram = stats[targets[0]].gram() / (s[:, None] * s[None, :])  # inputs now x / s
-            # q and k too, which AutoAWQ leaves unclipped: the search measures each linear
-            # layer's own output error, and the checkpoints here were measured that way
-            for name in targets:
-                clip_weight(module(layer, name).weight.data, gram, group_size)
-        return outputs
-
-    calibrate_layers(model, blocks, step, desc="awq")
+    handle = (module(layer, "self_attn").register_forward_pre_hook(
+        record_attention, with_kwargs=True) if block_loss_search else None)
+    try:
+        with observe_inputs(layer, tuple(stats), lambda name, x: stats[name].add(x)):
+            outputs = run_layer(layer, inputs)
+    finally:
+        if handle is not None:
+            handle.remove()
+    losses: dict[str, Callable[[list[torch.Tensor]], float]] = {}
+    if block_loss_search:
+        attention = module(layer, "self_attn")
+        losses["self_attn.q_proj"] = block_loss(
+            [module(layer, name) for name in SCALED_GROUPS[0][1]],
+            lambda: [attention(**call)[0] for call in attention_calls])
+        if "mlp.gate_proj" in stats:
+            mlp, rows = module(layer, "mlp"), torch.cat(stats["mlp.gate_proj"].rows)
+            losses["mlp.gate_proj"] = block_loss(
+                [module(layer, name) for name in SCALED_GROUPS[2][1]], lambda: [mlp(rows)])
+    scales = [search_scales([module(layer, name).weight for name in targets],
+                            stats[targets[0]], group_size, losses.get(targets[0]))
+              for _, targets in groups]
+    for (source, targets), s in zip(groups, scales):
+        apply_scales(layer, source, targets, s)
+        if not clip:
+            continue
+        gram = stats[targets[0]].gram() / (s[:, None] * s[None, :])  # inputs now x / s
+        # q and k too, which AutoAWQ leaves unclipped: the search measures each linear
+        # layer's own output error, and the checkpoints here were measured that way
+        for name in targets:
+            clip_weight(module(layer, name).weight.data, gram, group_size)
+    return outputs
 
 
 def _feeds(layer, source: str, target: str) -> bool:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import torch
 
 from server.engine.models.int_grid import IntCodes, grid_params, to_codes
+from server.quantize.awq import Sampling, scale_layer
 from server.quantize.grid_search import search_grid, shrink_ratios
 from server.quantize.layerwise import (LayerInputs, calibrate_layers, module, observe_inputs,
                                        run_layer)
@@ -49,6 +50,8 @@ BLOCK_COLUMNS = 128
 MSE_RATIOS = shrink_ratios(80, 0.8)  # the reference's grid: 1.0, 0.99, .., 0.2
 MSE_GRID = True
 TRUE_SEQUENTIAL = True
+AWQ_SCALES = True  # AWQ's scales folded into each layer before its GPTQ (4 bits)
+AWQ_CLIP = False  # and AWQ's clipping of the scaled weights, before GPTQ rounds them
 # (modules sharing one input, quantized as one weight), the first of which is observed
 FUSED_GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                 ("self_attn.o_proj",), ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))
@@ -160,15 +163,20 @@ def split_rows(codes: IntCodes, sizes: list[int]) -> list[IntCodes]:
 
 def calibrate_gptq(model, blocks: list[torch.Tensor], *, bits: int, group_size: int | None,
                    symmetric: bool = False, prefix: str = "model.layers",
-                   true_sequential: bool = TRUE_SEQUENTIAL) -> dict[str, IntCodes]:
+                   true_sequential: bool = TRUE_SEQUENTIAL, awq_scales: bool | None = None
+                   ) -> dict[str, IntCodes]:
     """GPTQ over every decoder layer: {"model.layers.I.self_attn.q_proj": codes, ...}. The
     model's linear weights become their quantized values, so each layer calibrates on what
     the quantized layers before it produce. group_size None: one group per row.
     true_sequential: within a layer too, each fused group's H comes from a run of the layer
     with the groups before it quantized (o_proj sees quantized q|k|v, gate|up a quantized
     attention, down_proj quantized gate|up), as GPTQ's reference does; else all four from
-    one run of the layer as it came."""
+    one run of the layer as it came. awq_scales (default AWQ_SCALES, 4 bits only): each
+    layer first gets AWQ's scales folded in (awq.py; the norms and v_proj's, up_proj's rows
+    absorb them), so GPTQ rounds weights whose salient input channels are scaled up."""
     found: dict[str, IntCodes] = {}
+    awq_scales = (AWQ_SCALES if awq_scales is None else awq_scales) and bits == 4
+    sampling = Sampling.of(blocks)
 
     def quantize_group(index: int, layer, group: tuple[str, ...], hessian: Hessian) -> None:
         linears = [module(layer, name) for name in group]
@@ -182,6 +190,8 @@ def calibrate_gptq(model, blocks: list[torch.Tensor], *, bits: int, group_size: 
             found[f"{prefix}.{index}.{name}"] = part
 
     def step(index: int, layer, inputs):
+        if awq_scales:
+            scale_layer(layer, inputs, group_size=group_size, sampling=sampling, clip=AWQ_CLIP)
         if true_sequential:
             for group in FUSED_GROUPS:
                 quantize_group(index, layer, group, observed_hessian(layer, inputs, group[0]))

@@ -160,10 +160,25 @@ def test_checkpoints_quantize_cannot_take_are_refused_naming_why(quantized, tmp_
         assert message in capsys.readouterr().err
 
 
+def norm_weights(directory: Path) -> dict[str, torch.Tensor]:
+    return {name: tensor for name, tensor in load_file(str(directory / "model.safetensors")
+                                                        ).items() if "layernorm" in name}
+
+
+def test_4_bit_gptq_writes_awq_scaled_norms_and_still_matches_its_twin(tiny_llama, quantized):
+    # AWQ's scales, folded in before GPTQ, are in the norms; the twin test above checks the
+    # checkpoint still computes what its dequantized weights and these norms do
+    source, written = norm_weights(tiny_llama), norm_weights(quantized["gptq"])
+    assert source.keys() == written.keys() and source
+    assert all(not torch.equal(source[name], written[name]) for name in source)
+
+
 def test_8_bit_gptq_is_symmetric_so_it_loads_as_int8(tiny_llama, calibration, tmp_path):
     directory = quantize(tiny_llama, "gptq", tmp_path / "gptq8", "--bits", "8",
                          "--calibration", str(calibration))
     assert json.loads((directory / "config.json").read_text())["quantization_config"]["sym"]
+    assert all(torch.equal(tensor, norm_weights(tiny_llama)[name])  # no AWQ scales at 8 bits
+               for name, tensor in norm_weights(directory).items())
     with single_torch_thread():
         layer = cpu_runner(str(directory)).model.layers[0]
     assert layer.down_weight.bits == 8 and layer.down_weight.qweight.dtype == torch.int8

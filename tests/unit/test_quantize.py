@@ -208,7 +208,9 @@ def test_gptq_true_sequential_takes_each_hessian_from_the_layer_quantized_so_far
     monkeypatch.setattr(gptq, "gptq_quantize",
                         lambda weight, hessian, **kw: seen.append(hessian) or quantize(
                             weight, hessian, **kw))
-    gptq.calibrate_gptq(model, blocks, bits=4, group_size=32, true_sequential=true_sequential)
+    # no AWQ scales: they would change o_proj's inputs (v_proj's rows) before any rounding
+    gptq.calibrate_gptq(model, blocks, bits=4, group_size=32, true_sequential=true_sequential,
+                        awq_scales=False)
     assert len(seen) == len(gptq.FUSED_GROUPS)
     # o_proj's and down_proj's inputs do not depend on their own weights: the layer as it
     # ends (all quantized) hands them what GPTQ should have seen in true-sequential order
@@ -218,6 +220,25 @@ def test_gptq_true_sequential_takes_each_hessian_from_the_layer_quantized_so_far
         expected, other = (quantized, plain) if true_sequential else (plain, quantized)
         assert float((hessian - expected).norm()) < 1e-4 * float(expected.norm())
         assert float((hessian - other).norm()) > 1e-2 * float(other.norm())
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_4_bit_gptq_folds_awq_scales_into_the_norms_first(bits):
+    from server.quantize import gptq
+    from server.quantize.layerwise import decoder_layers
+
+    model, source = tiny_llama(seed=2), tiny_llama(seed=2)
+    blocks = [torch.randint(0, 96, (1, 24), generator=torch.Generator().manual_seed(i))
+              for i in range(4)]
+    gptq.calibrate_gptq(model, blocks, bits=bits, group_size=32)  # the default: scaled
+    layer, original = decoder_layers(model)[0], decoder_layers(source)[0]
+    for name in ("input_layernorm", "post_attention_layernorm"):
+        changed = not torch.equal(getattr(layer, name).weight, getattr(original, name).weight)
+        assert changed == (bits == 4), name  # 8 bits: GPTQ alone, the norms as they came
+    with torch.no_grad():  # the scales keep the function: only the rounding moves it
+        ids = torch.cat(blocks, dim=1)
+        ours, reference = model(ids).logits, source(ids).logits
+    assert float((ours - reference).norm()) < 0.1 * float(reference.norm())
 
 
 def observed_inputs_of(model, name: str, blocks) -> torch.Tensor:
