@@ -42,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              f"(default {SHAREGPT_CALIBRATION_PROMPTS})")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where calibration runs (auto: cuda when there is a GPU)")
+    parser.add_argument("--awq-scales", action="store_true",
+                        help="gptq, 4 bits: fold AWQ's activation-aware scales into each "
+                             "layer before GPTQ rounds it (the layout stays plain GPTQ; on "
+                             "the default model it helped groups of 64 and hurt groups of 32)")
     parser.add_argument("--force", action="store_true", help="replace an existing DIR")
     parser.set_defaults(func=run_quantize)
 
@@ -55,7 +59,7 @@ def run_quantize(args: argparse.Namespace) -> int:
             model=args.model, method=args.method, output=args.output,
             group_size=args.group_size, bits=args.bits, calibration=args.calibration,
             num_calibration_samples=args.num_calibration_samples, device=args.device,
-            force=args.force)
+            force=args.force, awq_scales=args.awq_scales)
         path = quantize_model(options)
     except (QuantizeError, ValueError) as exc:
         print(f"inflightd quantize: error: {exc}", file=sys.stderr)

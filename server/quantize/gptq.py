@@ -33,6 +33,15 @@ quantized, gate|up's with the attention quantized, down_proj's with gate|up quan
 each group's rounding also corrects the error its inputs carry. SmolLM2-135M (groups of 64,
 calibrating on 64 prompts, perplexity on 50 other calibration prompts, 26.97 in float32):
 30.21 with it, 30.61 with every H from the unquantized layer.
+
+awq_scales (`--awq-scales`, 4 bits): each layer first gets AWQ's scales (awq.py: searched
+on the layer as it comes, folded into the norms and v_proj's, up_proj's rows), so the input
+channels that carry large activations are scaled up in the weights GPTQ rounds; the
+checkpoint stays a plain GPTQ layout, only its norms differ from the source's. Mixed, so
+off by default. On the same proxy: groups of 64 29.82 with the scales, 30.21 without (with
+AWQ's clipping of the scaled weights too: 31.29, so not that); groups of 32 29.16 with,
+28.49 without. Held-out (docs/benchmarks.md, issue 21): g64 +11.36 % -> +9.56 % over bf16,
+g32 +6.39 % -> +7.75 %.
 """
 
 from __future__ import annotations
@@ -50,8 +59,8 @@ BLOCK_COLUMNS = 128
 MSE_RATIOS = shrink_ratios(80, 0.8)  # the reference's grid: 1.0, 0.99, .., 0.2
 MSE_GRID = True
 TRUE_SEQUENTIAL = True
-AWQ_SCALES = True  # AWQ's scales folded into each layer before its GPTQ (4 bits)
-AWQ_CLIP = False  # and AWQ's clipping of the scaled weights, before GPTQ rounds them
+AWQ_SCALES = False  # AWQ's scales folded into each layer before its GPTQ (4 bits only)
+AWQ_CLIP = False  # with them, AWQ's clipping of the scaled weights too (proxy: worse)
 # (modules sharing one input, quantized as one weight), the first of which is observed
 FUSED_GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                 ("self_attn.o_proj",), ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))

@@ -33,6 +33,7 @@ class QuantizeOptions:
     num_calibration_samples: int = SHAREGPT_CALIBRATION_PROMPTS
     device: str = "auto"
     force: bool = False  # replace an existing output directory
+    awq_scales: bool = False  # gptq, 4 bits: AWQ's scales folded in before GPTQ (gptq.py)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -56,6 +57,9 @@ class QuantizeOptions:
                 f"--num-calibration-samples is at most {SHAREGPT_CALIBRATION_PROMPTS} with the "
                 "packaged ShareGPT sample (its last 100 prompts are held out for the accuracy "
                 "benchmark); give --calibration FILE for more")
+        if self.awq_scales and (self.method != "gptq" or self.weight_bits != 4):
+            raise QuantizeError("--awq-scales applies to --method gptq at 4 bits (awq folds "
+                                "its scales anyway; their search rounds to 4 bits)")
         if self.device not in DEVICES:
             raise QuantizeError(f"--device must be one of {', '.join(DEVICES)}, "
                                 f"got {self.device!r}")

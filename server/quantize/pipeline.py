@@ -2,12 +2,13 @@
 decoder linear weight, and write the checkpoint in the method's layout.
 
     int8_wo, int4_wo   round to nearest, symmetric          -> GPTQ layout (vLLM reads it)
-    gptq               GPTQ on the calibration prompts      -> GPTQ layout
+    gptq               GPTQ (--awq-scales: AWQ's first)     -> GPTQ layout
     awq                AWQ's scales folded, then rounded    -> AutoAWQ's GEMM layout
     w8a8_sq            SmoothQuant's smoothing folded in    -> compressed-tensors W8A8 int8
     fp8                per-channel e4m3                     -> compressed-tensors FP8
 
-Embeddings, norms and lm_head keep the source's dtype (AWQ and SmoothQuant change the norms).
+Embeddings, norms and lm_head keep the source's dtype (AWQ, GPTQ with --awq-scales and
+SmoothQuant change the norms).
 """
 
 from __future__ import annotations
@@ -163,7 +164,8 @@ def _calibrated(options: QuantizeOptions, plan: Plan, source: ModelSource
     if options.method == "gptq":
         codes = calibrate_gptq(model, blocks, bits=options.weight_bits,
                                group_size=plan.group_size,
-                               symmetric=gptq_symmetric(options))
+                               symmetric=gptq_symmetric(options),
+                               awq_scales=options.awq_scales)
     elif options.method == "awq":
         calibrate_awq(model, blocks, group_size=plan.group_size)
     else:

@@ -165,12 +165,22 @@ def norm_weights(directory: Path) -> dict[str, torch.Tensor]:
                                                         ).items() if "layernorm" in name}
 
 
-def test_4_bit_gptq_writes_awq_scaled_norms_and_still_matches_its_twin(tiny_llama, quantized):
-    # AWQ's scales, folded in before GPTQ, are in the norms; the twin test above checks the
-    # checkpoint still computes what its dequantized weights and these norms do
-    source, written = norm_weights(tiny_llama), norm_weights(quantized["gptq"])
+def test_gptq_with_awq_scales_writes_scaled_norms_and_matches_its_twin(
+        tiny_llama, calibration, quantized, tmp_path):
+    directory = quantize(tiny_llama, "gptq", tmp_path / "gptq-awq", "--awq-scales",
+                         "--calibration", str(calibration))
+    # AWQ's scales, folded in before GPTQ, are in the norms (plain gptq leaves them)
+    source, written = norm_weights(tiny_llama), norm_weights(directory)
     assert source.keys() == written.keys() and source
     assert all(not torch.equal(source[name], written[name]) for name in source)
+    assert all(torch.equal(source[name], tensor)
+               for name, tensor in norm_weights(quantized["gptq"]).items())
+    # still a plain GPTQ layout: the engine reads it as its dequantized twin computes
+    with single_torch_thread():
+        runner = cpu_runner(str(directory))
+        ours = first_step_logits(runner)[0]
+    torch.testing.assert_close(ours, twin_logits(directory, "gptq"), atol=1e-4, rtol=1e-4)
+    assert {type(layer.qkv_weight) for layer in runner.model.layers} == {IntWeight}
 
 
 def test_8_bit_gptq_is_symmetric_so_it_loads_as_int8(tiny_llama, calibration, tmp_path):

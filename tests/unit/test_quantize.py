@@ -83,6 +83,8 @@ def test_a_weight_the_layout_cannot_pack_is_named():
     (dict(method="fp8", calibration="x.jsonl"), "--calibration is read only by"),
     (dict(method="gptq", num_calibration_samples=401), "held out"),
     (dict(method="gptq", device="tpu"), "--device"),
+    (dict(method="awq", awq_scales=True), "--awq-scales applies to --method gptq"),
+    (dict(method="gptq", bits=8, awq_scales=True), "at 4 bits"),
 ])
 def test_options_a_method_cannot_take_are_refused_naming_them(kwargs, message, tmp_path):
     with pytest.raises(QuantizeError, match=message):
@@ -222,19 +224,20 @@ def test_gptq_true_sequential_takes_each_hessian_from_the_layer_quantized_so_far
         assert float((hessian - other).norm()) > 1e-2 * float(other.norm())
 
 
-@pytest.mark.parametrize("bits", [4, 8])
-def test_4_bit_gptq_folds_awq_scales_into_the_norms_first(bits):
+@pytest.mark.parametrize("bits, awq_scales", [(4, True), (8, True), (4, None)])
+def test_gptq_with_awq_scales_folds_them_into_the_norms_first(bits, awq_scales):
     from server.quantize import gptq
     from server.quantize.layerwise import decoder_layers
 
     model, source = tiny_llama(seed=2), tiny_llama(seed=2)
     blocks = [torch.randint(0, 96, (1, 24), generator=torch.Generator().manual_seed(i))
               for i in range(4)]
-    gptq.calibrate_gptq(model, blocks, bits=bits, group_size=32)  # the default: scaled
+    gptq.calibrate_gptq(model, blocks, bits=bits, group_size=32, awq_scales=awq_scales)
     layer, original = decoder_layers(model)[0], decoder_layers(source)[0]
     for name in ("input_layernorm", "post_attention_layernorm"):
         changed = not torch.equal(getattr(layer, name).weight, getattr(original, name).weight)
-        assert changed == (bits == 4), name  # 8 bits: GPTQ alone, the norms as they came
+        # 8 bits, or the default (no scales): GPTQ alone, the norms as they came
+        assert changed == (bits == 4 and awq_scales is True), name
     with torch.no_grad():  # the scales keep the function: only the rounding moves it
         ids = torch.cat(blocks, dim=1)
         ours, reference = model(ids).logits, source(ids).logits
