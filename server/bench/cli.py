@@ -192,10 +192,15 @@ def _serve_command(args: argparse.Namespace) -> int:
     run = asyncio.run(run_requests(config, samples, tokenizer=tokenizer))
     summary = summarize(run.results, duration=run.duration, slo=slo)
     print(format_summary(summary))
+    print(f"Client CPU: {run.client_cpu_seconds:.1f} s over {run.duration:.1f} s "
+          f"({run.client_busy:.0%})")
+    if run.client_warning():
+        print(f"inflightd bench: warning: {run.client_warning()}", file=sys.stderr)
     if args.json:
         write_json(args.json, {"config": _run_config(args, config, tokenizer),
                                **run_record(summary=summary, results=run.results,
-                                            test_request=run.test_request)})
+                                            test_request=run.test_request),
+                               "client_cpu_seconds": run.client_cpu_seconds})
     if args.plot:
         plot_latency_cdfs(args.plot, run.results, title=f"{args.model} @ {config.url}")
     return 0 if summary.completed else 1

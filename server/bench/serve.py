@@ -183,11 +183,27 @@ def make_client(config: ServeConfig) -> aiohttp.ClientSession:
                                  timeout=aiohttp.ClientTimeout(total=config.request_timeout))
 
 
+CLIENT_BUSY_WARNING = 0.8  # share of the run's wall time the client spent on its CPU
+
+
 @dataclass(frozen=True)
 class ServeRun:
     results: list[RequestResult]  # in dataset order
     duration: float  # wall seconds from the first send to the last response
     test_request: RequestResult  # the untimed one-token request sent first
+    client_cpu_seconds: float = 0.0  # this process's CPU time over the timed run
+
+    @property
+    def client_busy(self) -> float:
+        """The client's CPU time over the run's wall time: near 1, its own lag (reading
+        events late, the server merging chunks it could not send) shows as latency."""
+        return self.client_cpu_seconds / self.duration if self.duration > 0 else 0.0
+
+    def client_warning(self) -> str | None:
+        if self.client_busy < CLIENT_BUSY_WARNING:
+            return None
+        return (f"the benchmark client was busy {self.client_busy:.0%} of the run: its own "
+                "lag may show as server latency; split the load over several clients")
 
 
 async def check_endpoint(client: aiohttp.ClientSession, config: ServeConfig, sample: SampleRequest,
@@ -209,11 +225,14 @@ async def run_requests(config: ServeConfig, samples: list[SampleRequest], *,
     client = client or make_client(config)
     try:
         test_request = await check_endpoint(client, config, samples[0], tokenizer=tokenizer)
+        cpu_start = time.process_time()
         results, duration = await _timed_run(client, config, samples, tokenizer=tokenizer)
+        client_cpu = time.process_time() - cpu_start
     finally:
         if own_client:
             await client.close()
-    return ServeRun(results=results, duration=duration, test_request=test_request)
+    return ServeRun(results=results, duration=duration, test_request=test_request,
+                    client_cpu_seconds=client_cpu)
 
 
 async def _timed_run(client: aiohttp.ClientSession, config: ServeConfig,

@@ -245,3 +245,23 @@ def test_triton_events_need_no_done_and_carry_their_text():
     assert all(r.success and r.output_tokens == 5 and r.token_source == "tokenizer"
                for r in results)
     assert all(len(r.itls) == 4 for r in results)
+
+
+def test_a_client_busy_most_of_the_run_is_warned_about():
+    from server.bench.serve import ServeRun
+
+    def run(cpu: float) -> ServeRun:
+        return ServeRun(results=[], duration=10.0, test_request=None, client_cpu_seconds=cpu)
+
+    assert run(2.0).client_busy == pytest.approx(0.2) and run(2.0).client_warning() is None
+    assert "busy 90% of the run" in run(9.0).client_warning()
+
+
+def test_the_timed_run_records_the_clients_cpu_time():
+    async def work(base_url: str):
+        config = ServeConfig(base_url=base_url, model="m", show_progress=False)
+        return await run_requests(config, samples_of(count=4, output_len=20),
+                                  tokenizer=WordTokenizer())
+
+    run = asyncio.run(serving(fake_endpoint(), work))
+    assert 0 < run.client_cpu_seconds and run.client_busy <= 1.5
