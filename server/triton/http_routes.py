@@ -33,10 +33,16 @@ def _state(request: Request) -> ServingState:
     return request.app.state.serving
 
 
+# the model names of TensorRT-LLM's Triton repository, which its clients send as they are
+TENSORRT_LLM_MODEL_NAMES = ("ensemble", "tensorrt_llm", "tensorrt_llm_bls")
+
+
 def check_model(state: ServingState, name: str, version: str | None = None) -> str:
     if name not in state.model_names:
+        hint = (f" (to answer TensorRT-LLM's clients under '{name}', start the daemon with "
+                f"--served-model-name {name})" if name in TENSORRT_LLM_MODEL_NAMES else "")
         raise TritonError(f"unknown model: '{name}'; this server serves "
-                          f"{', '.join(state.model_names)}", status_code=404)
+                          f"{', '.join(state.model_names)}{hint}", status_code=404)
     if version not in (None, "", MODEL_VERSION):
         raise TritonError(f"unknown version {version!r} of model '{name}'; it has version "
                           f"{MODEL_VERSION}", status_code=404)

@@ -123,6 +123,13 @@ def test_an_unknown_model_is_a_kserve_404(v2, path):
     assert openai_shape.status_code == 404 and "message" in openai_shape.json()["error"]
 
 
+def test_a_tensorrt_llm_model_name_not_served_says_how_to_serve_it(v2):
+    response = v2.post("/v2/models/tensorrt_llm_bls/generate",
+                       json={"text_input": PROMPT, "max_tokens": 2})
+    assert response.status_code == 404
+    assert "--served-model-name tensorrt_llm_bls" in response.json()["error"]
+
+
 def test_beam_width_above_one_is_a_clear_400(v2):
     response = v2.post("/v2/models/ensemble/generate",
                        json={"text_input": PROMPT, "max_tokens": 4, "beam_width": 2})
