@@ -42,6 +42,14 @@ off by default. On the same proxy: groups of 64 29.82 with the scales, 30.21 wit
 AWQ's clipping of the scaled weights too: 31.29, so not that); groups of 32 29.16 with,
 28.49 without. Held-out (docs/benchmarks.md, issue 21): g64 +11.36 % -> +9.56 % over bf16,
 g32 +6.39 % -> +7.75 %.
+
+Dynamic groups (STATIC_GROUPS = False; GPTQModel's default act-order, "desc_act"): a new
+group every group_size columns in act-order, its grid from those columns as GPTQ has
+updated them, so a group's columns lie scattered and the codes carry g_idx (a checkpoint of
+them would be desc_act true, which the engine runs mostly dequantized). On the same proxy
+(2026-12-05): groups of 32 29.15 (static 28.49), groups of 64 29.82 (static 30.21); g32
+with each group's whole range as its grid (no mse search): 29.26 (static 28.74). The best,
+g32, gets worse, so static groups stay the only layout `inflightd quantize` writes.
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ BLOCK_COLUMNS = 128
 MSE_RATIOS = shrink_ratios(80, 0.8)  # the reference's grid: 1.0, 0.99, .., 0.2
 MSE_GRID = True
 TRUE_SEQUENTIAL = True
+STATIC_GROUPS = True  # act-order's groups: runs of adjacent columns (False: GPTQModel's)
 AWQ_SCALES = False  # AWQ's scales folded into each layer before its GPTQ (4 bits only)
 AWQ_CLIP = False  # with them, AWQ's clipping of the scaled weights too (proxy: worse)
 # (modules sharing one input, quantized as one weight), the first of which is observed
@@ -112,7 +121,7 @@ def group_grid(groups: torch.Tensor, bits: int, *, symmetric: bool, min_zero: in
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, group_size: int,
                   symmetric: bool = True, act_order: bool = True, min_zero: int = 1,
-                  mse: bool = False) -> IntCodes:
+                  mse: bool = False, static_groups: bool = True) -> IntCodes:
     """weight [N, K] (float32) on the grid GPTQ chooses, with groups of group_size columns.
     act_order: columns are quantized in order of decreasing H diagonal (the inputs with the
     most energy first, while the most columns are left to absorb their error), each group's
@@ -120,7 +129,10 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, gro
     adjacent columns in the stored layout and no g_idx permutation is needed at run time.
     min_zero: 1 keeps asymmetric zero points storable in GPTQ's "gptq" layout (zero - 1).
     mse: each group's grid spans the shrunk share of its range with the least rounding error
-    (grid_search.py) rather than its whole range."""
+    (grid_search.py) rather than its whole range.
+    static_groups False (with act_order): GPTQModel's default, "desc_act": a new group starts
+    every group_size columns in act-order, its grid from those columns as GPTQ has updated
+    them; a group's columns lie scattered, and the codes carry each column's group (g_idx)."""
 
     def grid(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return group_grid(groups, bits, symmetric=symmetric, min_zero=min_zero, mse=mse)
@@ -134,11 +146,14 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, gro
     scales = torch.empty((rows, cols // group_size), device=w.device)
     zeros = torch.empty((rows, cols // group_size), dtype=torch.int32, device=w.device)
     order = torch.arange(cols, device=w.device)
+    dynamic = not act_order or not static_groups  # each grid set as its first column comes
     if act_order:
-        scales, zeros = grid(w.reshape(rows, -1, group_size))
+        if static_groups:
+            scales, zeros = grid(w.reshape(rows, -1, group_size))
         order = torch.argsort(hessian.diagonal(), descending=True)
         w, hessian = w[:, order], hessian[order][:, order]
-    groups = (order // group_size).tolist()
+    position = torch.arange(cols, device=w.device)
+    groups = ((position if dynamic else order) // group_size).tolist()
     upper = inverse_factor(hessian)
     codes = torch.empty((rows, cols), dtype=torch.int32, device=w.device)
     for start in range(0, cols, BLOCK_COLUMNS):
@@ -146,7 +161,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, gro
         block, errors = w[:, start:end].clone(), torch.zeros((rows, end - start), device=w.device)
         for i in range(end - start):
             column, g = start + i, groups[start + i]
-            if not act_order and column % group_size == 0:  # its grid, from its columns now
+            if dynamic and column % group_size == 0:  # its grid, from its columns now
                 group = torch.cat((block[:, i:], w[:, end:]), dim=1)[:, :group_size]
                 scales[:, g], zeros[:, g] = grid(group)
             code = to_codes(block[:, i], scales[:, g], zeros[:, g], bits)
@@ -155,7 +170,12 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, gro
             block[:, i:] -= error[:, None] * upper[column, start + i:end][None, :]
             errors[:, i] = error
         w[:, end:] -= errors @ upper[start:end, end:]
-    return IntCodes(codes=codes, scales=scales, zeros=zeros, bits=bits, group_size=group_size)
+    g_idx = None
+    if act_order and not static_groups:
+        g_idx = torch.empty(cols, dtype=torch.int32, device=w.device)
+        g_idx[order] = (position // group_size).to(torch.int32)
+    return IntCodes(codes=codes, scales=scales, zeros=zeros, bits=bits, group_size=group_size,
+                    g_idx=g_idx)
 
 
 def split_rows(codes: IntCodes, sizes: list[int]) -> list[IntCodes]:
@@ -165,15 +185,15 @@ def split_rows(codes: IntCodes, sizes: list[int]) -> list[IntCodes]:
         rows = slice(start, start + size)
         parts.append(IntCodes(codes=codes.codes[rows], scales=codes.scales[rows],
                               zeros=codes.zeros[rows], bits=codes.bits,
-                              group_size=codes.group_size))
+                              group_size=codes.group_size, g_idx=codes.g_idx))
         start += size
     return parts
 
 
 def calibrate_gptq(model, blocks: list[torch.Tensor], *, bits: int, group_size: int | None,
                    symmetric: bool = False, prefix: str = "model.layers",
-                   true_sequential: bool = TRUE_SEQUENTIAL, awq_scales: bool | None = None
-                   ) -> dict[str, IntCodes]:
+                   true_sequential: bool = TRUE_SEQUENTIAL, awq_scales: bool | None = None,
+                   static_groups: bool | None = None) -> dict[str, IntCodes]:
     """GPTQ over every decoder layer: {"model.layers.I.self_attn.q_proj": codes, ...}. The
     model's linear weights become their quantized values, so each layer calibrates on what
     the quantized layers before it produce. group_size None: one group per row.
@@ -182,8 +202,11 @@ def calibrate_gptq(model, blocks: list[torch.Tensor], *, bits: int, group_size: 
     attention, down_proj quantized gate|up), as GPTQ's reference does; else all four from
     one run of the layer as it came. awq_scales (default AWQ_SCALES, 4 bits only): each
     layer first gets AWQ's scales folded in (awq.py; the norms and v_proj's, up_proj's rows
-    absorb them), so GPTQ rounds weights whose salient input channels are scaled up."""
+    absorb them), so GPTQ rounds weights whose salient input channels are scaled up.
+    static_groups (default STATIC_GROUPS): False quantizes with dynamic act-order groups,
+    whose codes carry g_idx (gptq_quantize)."""
     found: dict[str, IntCodes] = {}
+    static_groups = STATIC_GROUPS if static_groups is None else static_groups
     awq_scales = (AWQ_SCALES if awq_scales is None else awq_scales) and bits == 4
     sampling = Sampling.of(blocks)
 
@@ -192,7 +215,7 @@ def calibrate_gptq(model, blocks: list[torch.Tensor], *, bits: int, group_size: 
         weight = torch.cat([linear.weight.data.float() for linear in linears])
         codes = gptq_quantize(weight, hessian.value(), bits=bits,
                               group_size=group_size or weight.shape[1],
-                              symmetric=symmetric, mse=MSE_GRID)
+                              symmetric=symmetric, mse=MSE_GRID, static_groups=static_groups)
         for name, linear, part in zip(group, linears, split_rows(
                 codes, [linear.weight.shape[0] for linear in linears])):
             linear.weight.data.copy_(part.dequantize())

@@ -3,7 +3,8 @@ quantization_config each puts in config.json (the layouts themselves are describ
 the engine reads them: loading/quantized_checkpoints.py, loading/compressed_tensors.py).
 
     gptq      X.qweight, X.qzeros (zeros minus one: the "gptq" checkpoint format),
-              X.scales (fp16), X.g_idx in order; group_size -1 for one group per channel
+              X.scales (fp16), X.g_idx (in order, or each input row's group where GPTQ's
+              dynamic groups scattered them: gptq.py); group_size -1 for one group per channel
     awq       AutoAWQ's GEMM layout: X.qweight, X.qzeros, X.scales (fp16), 4 bits, zero points
     w8a8      compressed-tensors int-quantized: X.weight int8, X.weight_scale [out, 1]
     fp8       compressed-tensors float-quantized: X.weight e4m3, X.weight_scale [out, 1]
@@ -37,11 +38,12 @@ def gptq_tensors(prefix: str, codes: IntCodes) -> dict[str, torch.Tensor]:
         raise QuantizeError(f"{prefix}: a zero point of 0 has no place in GPTQ's layout, "
                             "which stores zero - 1")
     cols = codes.shape[1]
+    g_idx = codes.g_idx if codes.g_idx is not None else torch.arange(cols) // codes.group_size
     mask = (1 << codes.bits) - 1
     return {f"{prefix}.qweight": pack_rows(codes.codes.t(), codes.bits),
             f"{prefix}.qzeros": pack_columns((codes.zeros.t() - 1) & mask, codes.bits),
             f"{prefix}.scales": codes.scales.t().to(torch.float16).contiguous(),
-            f"{prefix}.g_idx": (torch.arange(cols) // codes.group_size).to(torch.int32)}
+            f"{prefix}.g_idx": g_idx.to(torch.int32).contiguous()}
 
 
 def gptq_config(*, bits: int, group_size: int, per_channel: bool, method: str,

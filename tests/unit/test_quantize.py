@@ -157,6 +157,27 @@ def test_act_order_keeps_each_groups_grid_from_its_own_columns_and_zeros_storabl
     torch.testing.assert_close(gptq_weight(parts, 4), codes.dequantize(), rtol=1e-3, atol=1e-3)
 
 
+def test_dynamic_groups_record_in_g_idx_the_act_order_runs_the_quantizer_used():
+    weight = randn(8, 64, seed=10)
+    x = randn(256, 64, seed=11) * torch.linspace(0.1, 3, 64)[
+        torch.randperm(64, generator=torch.Generator().manual_seed(12))]
+    hessian = 2 * x.t() @ x / 256
+    codes = gptq_quantize(weight, hessian, bits=4, group_size=16, symmetric=False,
+                          static_groups=False)
+    # group g is act-order's columns 16 g .. 16 g + 15: the inputs by decreasing H diagonal
+    order = torch.argsort(hessian.diagonal(), descending=True)
+    assert torch.equal(codes.g_idx[order].long(), torch.arange(64) // 16)
+    assert not torch.equal(codes.g_idx.long(), torch.arange(64) // 16)  # scattered
+    # the layout stores g_idx as it is, and a reader of it gets the quantizer's values
+    values = codes.dequantize()
+    parts = {name.removeprefix("x."): t for name, t in layouts.gptq_tensors("x", codes).items()}
+    assert torch.equal(parts["g_idx"], codes.g_idx)
+    torch.testing.assert_close(gptq_weight(parts, 4), values, rtol=1e-3, atol=1e-3)
+    rtn = round_to_nearest(weight, bits=4, group_size=16, symmetric=False)
+    assert output_error(weight, values, hessian) < output_error(weight, rtn.dequantize(),
+                                                                hessian)
+
+
 def test_awq_scales_cut_the_output_error_on_outlier_channels():
     x = randn(1024, 64, seed=4)
     x[:, :4] *= 30  # a few channels carry large activations, as in LLMs

@@ -37,6 +37,9 @@ class IntCodes:
     zeros: torch.Tensor  # [N, G] int32 (may be 2^bits for GPTQ's v1 format, see loading)
     bits: int
     group_size: int
+    # [K] each input column's group, where GPTQ's act-order with dynamic groups scattered
+    # them (None: column k is in group k // group_size)
+    g_idx: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -44,6 +47,9 @@ class IntCodes:
 
     def dequantize(self) -> torch.Tensor:
         """The float32 weight [N, K]."""
+        if self.g_idx is not None:
+            groups = self.g_idx.long()
+            return (self.codes - self.zeros[:, groups]).float() * self.scales.float()[:, groups]
         zeros = self.zeros.repeat_interleave(self.group_size, dim=1)
         scales = self.scales.float().repeat_interleave(self.group_size, dim=1)
         return (self.codes - zeros).float() * scales
@@ -55,6 +61,9 @@ class IntCodes:
     def to_int_weight(self, dtype: torch.dtype, *, act_int8: bool = False) -> IntWeight:
         """The engine's layout: 8 bits as signed codes (symmetric grids only, which the
         caller checks with is_symmetric), 4 bits packed two a byte with zero points."""
+        if self.g_idx is not None:
+            raise ValueError("IntWeight holds groups of adjacent columns; reorder the columns "
+                             "of scattered (g_idx) groups first (loading/int_repack.py)")
         scales = self.scales.to(dtype)
         if self.bits == 8:
             signed = (self.codes - (1 << 7)).to(torch.int8)
