@@ -27,16 +27,13 @@ class Step:
     num_output_tokens: int = 0
 
 
-NO_OUTPUT = Step(text="", logprobs=(), finished=True)
-
-
 def with_requested_outputs(request: EnsembleRequest,
                            requested: tuple[str, ...] | None) -> EnsembleRequest:
     """The request as the outputs named need it (log probs computed when one of theirs is
     named); an output the ensemble does not have is refused here, before anything runs."""
     if requested is not None and LOGPROB_OUTPUTS & set(requested):
         request = dataclasses.replace(request, return_log_probs=True)
-    output_tensors(NO_OUTPUT, request, requested=requested)
+    output_names(request, requested)
     return request
 
 
