@@ -194,8 +194,9 @@ def _serve_command(args: argparse.Namespace) -> int:
     print(format_summary(summary))
     print(f"Client CPU: {run.client_cpu_seconds:.1f} s over {run.duration:.1f} s "
           f"({run.client_busy:.0%})")
-    if run.client_warning():
-        print(f"inflightd bench: warning: {run.client_warning()}", file=sys.stderr)
+    warning = run.client_warning()
+    if warning:
+        print(f"inflightd bench: warning: {warning}", file=sys.stderr)
     if args.json:
         write_json(args.json, {"config": _run_config(args, config, tokenizer),
                                **run_record(summary=summary, results=run.results,

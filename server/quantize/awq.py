@@ -221,9 +221,9 @@ def scale_layer(layer, inputs: LayerInputs, *, group_size: int | None, sampling:
                 ) -> list[torch.Tensor]:
     """AWQ on one decoder layer, in place: its scales searched and folded (the layer's
     function unchanged), then, if clip, each scaled weight's groups clipped (group_size
-    None: one group per row). Returns the
-    layer's outputs on `inputs`, computed before any change (the same function, so the next
-    layer's inputs when nothing is clipped or rounded)."""
+    None: one group per row). Returns the layer's outputs on `inputs`, computed before any
+    change (the same function, so the next layer's inputs when nothing is clipped or
+    rounded)."""
     block_loss_search = BLOCK_LOSS if block_loss_search is None else block_loss_search
     groups = [(source, targets) for source, targets in SCALED_GROUPS
               if source != "self_attn.v_proj" or _feeds(layer, source, targets[0])]
@@ -265,8 +265,8 @@ def scale_layer(layer, inputs: LayerInputs, *, group_size: int | None, sampling:
         if not clip:
             continue
         gram = stats[targets[0]].gram() / (s[:, None] * s[None, :])  # inputs now x / s
-        # q and k too, which AutoAWQ leaves unclipped: the search measures each linear
-        # layer's own output error, and the checkpoints here were measured that way
+        # q and k too, which AutoAWQ leaves unclipped: clipping measures each linear layer's
+        # own output error, and the checkpoints in docs/benchmarks.md were measured that way
         for name in targets:
             clip_weight(module(layer, name).weight.data, gram, group_size)
     return outputs
