@@ -252,9 +252,11 @@ def gpu_decode_probes(llm: LLM, result: dict, output_len: int) -> None:
     result["batch1_breakdown"] = breakdown
 
 
-def free_gpu_memory(device: str) -> None:
+def free_gpu_memory(device: str = "") -> None:
+    """Hands a dropped engine's memory back to the driver: the next engine sizes its KV cache
+    from the free memory. Keyed on CUDA being in use, not on the device's name ("auto")."""
     gc.collect()
-    if device.startswith("cuda"):
+    if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
 

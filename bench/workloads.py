@@ -73,7 +73,8 @@ def run_workload(llm, *, input_len: int, output_len: int, num_prompts: int,
                              vocab_size=engine.info.vocab_size, seed=seed)
     params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=output_len,
                             ignore_eos=True)
-    llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4))  # warm-up
+    # warm-up, within the engine's context limit of ISL + OSL
+    llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=min(4, output_len)))
     engine.scheduler.block_manager.reset_prefix_cache()
     cuda = engine.info.device.startswith("cuda")
     gc.collect()
@@ -140,8 +141,8 @@ def run_workloads(args, *, make_llm, engine_model, free_memory) -> list[dict]:
         llm = make_llm(model, args, quantization=args.quantization,
                        kv_cache_dtype=args.kv_cache_dtype,
                        max_model_len=input_len + output_len)
-        graphs = llm.engine.runner.graphs  # captured when the engine started
-        capture_seconds = graphs.capture_seconds if graphs is not None else None
+        # captured when the engine started; no reference to the graphs may outlive llm
+        capture_seconds = getattr(llm.engine.runner.graphs, "capture_seconds", None)
         result = run_workload(llm, input_len=input_len, output_len=output_len,
                               num_prompts=num_prompts, seed=args.seed,
                               temperature=args.temperature, top_p=args.top_p)
@@ -156,8 +157,9 @@ def run_workloads(args, *, make_llm, engine_model, free_memory) -> list[dict]:
         results.append(result)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
-        del llm
-        free_memory(str(args.device))
+        llm.close()
+        del llm  # the next workload's engine takes the KV cache's memory fraction again
+        free_memory()
     return results
 
 
