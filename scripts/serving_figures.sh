@@ -9,6 +9,10 @@
 #            GPU time per step, gaps between a request's outputs)
 #   daemon   `inflightd serve ENGINE` with the same engine settings
 #   serve    `inflightd bench serve` of each burst, the same prompts (same seed and tokenizer)
+#            with the usage on every chunk (continuous_usage_stats), so a chunk that brings k
+#            tokens counts k ITLs: the burst model's random ids past the default tokenizer's
+#            49,152 decode to no text (about 60 % of llama-3's 128,256), and a step with no text
+#            sends no chunk, so per-chunk gaps would span several steps
 #   aiperf   NVIDIA's aiperf on the first burst's prompts (AIPERF_SITE: where its wheels are
 #            installed; skipped when it does not import)
 #   sweep    the packaged ShareGPT prompts (SWEEP_OUTPUT_LEN tokens out, ignore_eos): first
@@ -196,7 +200,8 @@ bench() {  # NAME TIMEOUT ARGS...: one `inflightd bench` run, its table in NAME.
   local name=$1 limit=$2; shift 2
   { echo "before (pid cpu_s command)"; daemon_cpu; } > "$OUT/cpu_$name.log"
   timeout "$(box "$limit")" $PY - "$@" --base-url "http://127.0.0.1:$PORT" \
-    --model burst-model --tokenizer "$ENGINE" --seed "$SEED" --no-progress ${BENCH_ARGS:-} \
+    --model burst-model --tokenizer "$ENGINE" --seed "$SEED" --no-progress \
+    --continuous-usage-stats ${BENCH_ARGS:-} \
     > "$OUT/$name.log" 2>> "$OUT/cpu_$name.log" <<'PY'
 import resource, subprocess, sys, time
 start = time.monotonic()

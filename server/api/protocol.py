@@ -36,6 +36,9 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 class StreamOptions(StrictModel):
     include_usage: bool = False
+    # vLLM's extension: every chunk carries the running usage, so a client can tell how many
+    # tokens a chunk brought (a step whose token completes no character sends no chunk)
+    continuous_usage_stats: bool = False
 
 
 class ContentPart(StrictModel):
@@ -146,6 +149,11 @@ class SamplingFields(GuidedFields):
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+    @property
+    def continuous_usage(self) -> bool:
+        """Usage on every chunk: continuous_usage_stats, with include_usage (as in vLLM)."""
+        return self.include_usage and self.stream_options.continuous_usage_stats
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens

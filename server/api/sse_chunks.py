@@ -11,6 +11,7 @@ same JSON, key for key and in the same order, in about a tenth of that.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -21,17 +22,23 @@ _encode = msgspec.json.encode
 class ChunkEvents:
     """Renders one stream's chunks (chat.completion.chunk or text_completion). With
     include_usage every chunk carries "usage": null and the last one the usage, as OpenAI
-    streams them; without it no chunk has the key."""
+    streams them; without it no chunk has the key. With running_usage (vLLM's
+    continuous_usage_stats) every chunk carries the usage so far instead of null."""
 
     def __init__(self, *, request_id: str, object_name: str, created: int, model: str,
-                 include_usage: bool) -> None:
+                 include_usage: bool,
+                 running_usage: Callable[[], dict[str, Any]] | None = None) -> None:
         head = _encode({"id": request_id, "object": object_name, "created": created,
                         "model": model})
         self._head = b"data: " + head[:-1] + b',"choices":'
         self._tail = b',"usage":null}\n\n' if include_usage else b"}\n\n"
+        self._running_usage = running_usage
 
     def event(self, choices: list[dict[str, Any]]) -> bytes:
         """The SSE event of a chunk with these choices (plain JSON-able dicts)."""
+        if self._running_usage is not None:
+            return (self._head + _encode(choices) + b',"usage":'
+                    + _encode(self._running_usage()) + b"}\n\n")
         return self._head + _encode(choices) + self._tail
 
     def usage_event(self, usage: dict[str, Any]) -> bytes:

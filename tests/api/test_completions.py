@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.api.helpers import finish_reasons, stream_events, streamed_texts
 from tests.api.openai_schema import assert_matches
 
@@ -94,6 +96,25 @@ def test_completions_stream_include_usage(http, model_name):
     assert events[-1]["choices"] == []
     assert events[-1]["usage"]["completion_tokens"] == 3
     assert all(event["usage"] is None for event in events[:-1])
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_continuous_usage_stats_puts_the_running_usage_on_every_chunk(http, model_name, path):
+    prompt = ({"prompt": PROMPT} if path == "/v1/completions"
+              else {"messages": [{"role": "user", "content": PROMPT}]})
+    events = stream_events(http, path, {
+        "model": model_name, **prompt, "max_tokens": 5, "temperature": 0, "ignore_eos": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
+    usages = [event["usage"] for event in events]
+    assert all(usage is not None for usage in usages)
+    running = [usage["completion_tokens"] for usage in usages]
+    assert running == sorted(running) and running[-1] == 5
+    assert all(u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"] for u in usages)
+    assert events[-1]["choices"] == []  # the whole usage still comes last, on its own
+    # without include_usage it is ignored, as in vLLM: no chunk has the key
+    events = stream_events(http, path, {**prompt, "model": model_name, "max_tokens": 2,
+                                        "stream_options": {"continuous_usage_stats": True}})
+    assert all("usage" not in event for event in events)
 
 
 def test_ignore_eos_generates_exactly_max_tokens(http, model_name):
