@@ -5,6 +5,7 @@
 
 #include "attention_common.cuh"
 #include "attention_fragments.cuh"
+#include "attention_scores.cuh"
 #include "common.cuh"
 #include "mma.cuh"
 
@@ -12,13 +13,14 @@ namespace inflightd {
 
 // Keys [key_base, key_base + KEYS) of one K/V tile for this warp's 16 rows: scores, online
 // softmax, and O += P V. A slice with no visible key leaves a row's state as it was (a row
-// that has seen nothing keeps m = -inf, l = 0, acc = 0).
-template <typename T, typename KvT, int D, int KEYS>
+// that has seen nothing keeps m = -inf, l = 0, acc = 0). `score` turns raw scores into
+// exp2-domain logits (attention_scores.cuh).
+template <typename T, typename KvT, int D, int KEYS, typename Score>
 __device__ __forceinline__ void attend_tile(const KvTile<KvT, D>& kv,
                                             const unsigned (&qa)[D / 16][4],
                                             float (&acc)[D / 8][4], float (&m)[2], float (&l)[2],
                                             const RowInfo (&rows)[2], int key_base, int k0,
-                                            int kv_hi, float scale_log2) {
+                                            int kv_hi, const Score& score) {
   static_assert(KEYS % 16 == 0, "whole k = 16 steps of P V");
   using Frag = Fragments<T, KvT>;
   const int lane = threadIdx.x & 31;
@@ -28,13 +30,15 @@ __device__ __forceinline__ void attend_tile(const KvTile<KvT, D>& kv,
   for (int nt = 0; nt < KEYS / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
   Frag::template scores<D, KEYS>(s, kv, qa, key_base);
   float tile_max[2] = {neg_inf(), neg_inf()};
+  // s[nt][e] is key k0 + key_base + 2t + (nt * 8 + (e & 1)) of row e >> 1
+  const typename Score::Tile score_tile = score.tile(k0 + key_base + 2 * t, rows);
 #pragma unroll
   for (int nt = 0; nt < KEYS / 8; ++nt) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int key = k0 + key_base + nt * 8 + 2 * t + (e & 1);
       const bool visible = key < kv_hi && key < rows[e >> 1].key_limit;
-      s[nt][e] = visible ? s[nt][e] * scale_log2 : neg_inf();
+      s[nt][e] = visible ? score(s[nt][e], score_tile, e >> 1, nt * 8 + (e & 1)) : neg_inf();
       tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[nt][e]);
     }
   }

@@ -25,11 +25,12 @@ template <typename T, typename KvT, int D, int KEYS> struct TileMath<T, KvT, D, 
   static __device__ __forceinline__ void load_q(QFragments& q, const T* warp_rows) {
     Fragments<T, KvT>::template load_q<D, PAD>(q, warp_rows);
   }
+  template <typename Score>
   static __device__ __forceinline__ void attend(const KvTile<KvT, D>& kv, const QFragments& q,
                                                 Accumulator& acc, float (&m)[2], float (&l)[2],
                                                 const RowInfo (&rows)[2], int key_base, int k0,
-                                                int kv_hi, float scale_log2) {
-    attend_tile<T, KvT, D, KEYS>(kv, q, acc, m, l, rows, key_base, k0, kv_hi, scale_log2);
+                                                int kv_hi, const Score& score) {
+    attend_tile<T, KvT, D, KEYS>(kv, q, acc, m, l, rows, key_base, k0, kv_hi, score);
   }
   static __device__ __forceinline__ void store(T* out, float* part_acc, float* part_max,
                                                float* part_sum, const Accumulator& acc,
@@ -50,12 +51,13 @@ template <typename T, typename KvT, int D, int KEYS> struct TileMath<T, KvT, D, 
   static __device__ __forceinline__ void load_q(QFragments& q, const T* warp_rows) {
     TransposedFragments<T, KvT>::template load_q<D, PAD>(q, warp_rows);
   }
+  template <typename Score>
   static __device__ __forceinline__ void attend(const KvTile<KvT, D>& kv, const QFragments& q,
                                                 Accumulator& acc, float (&m)[2], float (&l)[2],
                                                 const RowInfo (&rows)[2], int key_base, int k0,
-                                                int kv_hi, float scale_log2) {
+                                                int kv_hi, const Score& score) {
     attend_tile_transposed<T, KvT, D, KEYS>(kv, q, acc, m, l, rows, key_base, k0, kv_hi,
-                                            scale_log2);
+                                            score);
   }
   static __device__ __forceinline__ void store(T* out, float* part_acc, float* part_max,
                                                float* part_sum, const Accumulator& acc,

@@ -16,6 +16,7 @@
 #pragma once
 
 #include "attention_fragments.cuh"
+#include "attention_scores.cuh"
 #include "common.cuh"
 #include "mma.cuh"
 
@@ -177,11 +178,11 @@ __device__ __forceinline__ float reduce_over_keys_sum(float x) {
 
 // The transposed counterpart of attend_tile (paged_attention.cuh): keys [key_base, key_base +
 // KEYS) of the tile for the warp's rows 2t and 2t + 1 (rows[0], rows[1]).
-template <typename T, typename KvT, int D, int KEYS>
+template <typename T, typename KvT, int D, int KEYS, typename Score>
 __device__ __forceinline__ void attend_tile_transposed(
     const KvTile<KvT, D>& kv, const unsigned (&qb)[D / 16][2], float (&acc)[D / 16][4],
     float (&m)[2], float (&l)[2], const RowInfo (&rows)[2], int key_base, int k0, int kv_hi,
-    float scale_log2) {
+    const Score& score) {
   static_assert(KEYS % 16 == 0, "whole 16-key tiles");
   using Frag = TransposedFragments<T, KvT>;
   constexpr int TILES = KEYS / 16;
@@ -193,13 +194,16 @@ __device__ __forceinline__ void attend_tile_transposed(
     Frag::template scores<D>(s[mt], kv, qb, key_base + mt * 16);
   }
   float tile_max[2] = {neg_inf(), neg_inf()};
+  // s[mt][e] is key k0 + key_base + g + (mt * 16 + 8 * (e >> 1)) of row e & 1
+  const typename Score::Tile score_tile = score.tile(k0 + key_base + g, rows);
 #pragma unroll
   for (int mt = 0; mt < TILES; ++mt) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int key = k0 + key_base + mt * 16 + g + 8 * (e >> 1);
       const bool visible = key < kv_hi && key < rows[e & 1].key_limit;
-      s[mt][e] = visible ? s[mt][e] * scale_log2 : neg_inf();
+      s[mt][e] = visible ? score(s[mt][e], score_tile, e & 1, mt * 16 + 8 * (e >> 1))
+                         : neg_inf();
       tile_max[e & 1] = fmaxf(tile_max[e & 1], s[mt][e]);
     }
   }

@@ -33,6 +33,7 @@
 #include "attention_fragments.cuh"
 #include "attention_key_split.cuh"
 #include "attention_merge.cuh"
+#include "attention_scores.cuh"
 #include "attention_tile_math.cuh"
 #include "common.cuh"
 #include "mma.cuh"
@@ -125,14 +126,16 @@ struct SmemLayout {
 };
 
 // Keys [kv_lo, kv_hi) of the tile, then its output (one partition) or partials (several).
-template <typename T, typename KvT, int D, int WARPS, int KEY_SPLIT, bool TRANSPOSED>
+// EXTRAS: soft-capping and ALiBi as `score_args` says (attention_scores.cuh).
+template <typename T, typename KvT, int D, int WARPS, int KEY_SPLIT, bool TRANSPOSED,
+          bool EXTRAS>
 __device__ __forceinline__ void attend_partition(
     unsigned char* smem_raw, const TileInfo& tile, int kv_lo, int kv_hi,
     T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_max,
     float* __restrict__ part_sum, const T* __restrict__ q, const KvT* __restrict__ kv_cache,
     const int* __restrict__ block_tables, int num_heads, int num_kv_heads, int block_size,
-    int max_blocks_per_seq, long long num_slots, float scale_log2, int num_partitions,
-    long long rows_total) {
+    int max_blocks_per_seq, long long num_slots, const ScoreArgs& score_args,
+    int num_partitions, long long rows_total) {
   constexpr int THREADS = 32 * WARPS * KEY_SPLIT;
   constexpr int KEYS = kBlockN / KEY_SPLIT;  // of each tile, per warp
   using Math = TileMath<T, KvT, D, KEYS, TRANSPOSED>;
@@ -151,15 +154,19 @@ __device__ __forceinline__ void attend_partition(
   const int loader = KEY_SPLIT == 1 ? threadIdx.x : threadIdx.x & 31;
   const int lane = threadIdx.x & 31;
   RowInfo rows[2];
+  int heads[2];  // query heads of the lane's rows
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = tile.row0 + warp * Math::kRowsPerWarp + Math::lane_row(h);
     const int token = r / group;
     rows[h].valid = r < tile.rows_in_seq;
     rows[h].key_limit = rows[h].valid ? tile.context + token + 1 : 0;
+    // (out_row's sum kept as it was: regrouped, it cost the plain kernels registers)
     rows[h].out_row = static_cast<long long>(tile.q_begin + token) * num_heads +
                       kv_head * group + (r - token * group);
+    heads[h] = kv_head * group + (r - token * group);
   }
+  const ScoreMath<EXTRAS> score(score_args, rows, heads);
 
   // Q tile -> stage 1 (free until the first prefetch), first K/V tile -> stage 0.
   T(*q_tile)[PAD] = reinterpret_cast<T(*)[PAD]>(smem_raw + Layout::kStageBytes);
@@ -214,7 +221,7 @@ __device__ __forceinline__ void attend_partition(
     cp_async_commit();
     cp_async_wait<1>();  // tile `it` has landed; tile `it + 1` may still be in flight
     stage_barrier<KEY_SPLIT>();
-    Math::attend(smem[it & 1], qa, acc, m, l, rows, key_base, k0, kv_hi, scale_log2);
+    Math::attend(smem[it & 1], qa, acc, m, l, rows, key_base, k0, kv_hi, score);
     stage_barrier<KEY_SPLIT>();  // everyone is done with this stage before it is refilled
   }
   if constexpr (KEY_SPLIT > 1) {
@@ -223,14 +230,16 @@ __device__ __forceinline__ void attend_partition(
   Math::store(out, part_acc, part_max, part_sum, acc, m, l, rows, num_partitions, rows_total);
 }
 
-template <typename T, typename KvT, int D, int WARPS, int KEY_SPLIT, bool TRANSPOSED>
+template <typename T, typename KvT, int D, int WARPS, int KEY_SPLIT, bool TRANSPOSED,
+          bool EXTRAS>
 __device__ __forceinline__ void paged_attention_impl(
     T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_max,
     float* __restrict__ part_sum, unsigned* __restrict__ counters, const T* __restrict__ q,
     const KvT* __restrict__ kv_cache, const int* __restrict__ query_start_loc,
     const int* __restrict__ seq_lens, const int* __restrict__ block_tables, int num_seqs,
     int num_tokens, int num_heads, int num_kv_heads, int block_size, int max_blocks_per_seq,
-    long long num_slots, float scale_log2, int num_partitions, int min_rows, int max_rows) {
+    long long num_slots, const ScoreArgs& score_args, int num_partitions, int min_rows,
+    int max_rows) {
   constexpr int ROWS = (TRANSPOSED ? kTransposedRows : 16) * WARPS;
   constexpr int SMEM_BYTES = SmemLayout<T, KvT, D, ROWS>::kBytes;
   __shared__ __align__(16) unsigned char smem[SMEM_BYTES];
@@ -260,9 +269,9 @@ __device__ __forceinline__ void paged_attention_impl(
   if (kv_lo < seq_len) {  // else a partition past the sequence's end: nothing to attend
     const int kv_hi = min(kv_lo + part_len, tile.context + (tile.row0 + valid_rows - 1) /
                                                                tile.group + 1);
-    attend_partition<T, KvT, D, WARPS, KEY_SPLIT, TRANSPOSED>(
+    attend_partition<T, KvT, D, WARPS, KEY_SPLIT, TRANSPOSED, EXTRAS>(
         smem, tile, kv_lo, kv_hi, out, part_acc, part_max, part_sum, q, kv_cache, block_tables,
-        num_heads, num_kv_heads, block_size, max_blocks_per_seq, num_slots, scale_log2,
+        num_heads, num_kv_heads, block_size, max_blocks_per_seq, num_slots, score_args,
         num_partitions, rows_total);
   }
   if (num_partitions == 1) return;
@@ -280,36 +289,48 @@ __device__ __forceinline__ void paged_attention_impl(
 }  // namespace inflightd
 
 // NAME is the kernel's name up to its head_dim; VARIANT ends it: w<WARPS>, then t for the
-// transposed decode tiles (at most 8 rows), then k<KEY_SPLIT> where keys are split. BOUNDS is
-// its __launch_bounds__.
+// transposed decode tiles (at most 8 rows), then k<KEY_SPLIT> where keys are split; EXTRA is
+// empty, or _extras for the kernels that soft-cap and add ALiBi biases (EXTRAS). Every kernel
+// takes the same arguments; the plain ones ignore alibi_slopes, cap_in and cap_out
+// (ScoreArgs, attention_scores.cuh). BOUNDS is its __launch_bounds__.
 #define INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, WARPS, KEY_SPLIT, TRANSPOSED, VARIANT,         \
-                                  BOUNDS)                                                       \
-  extern "C" __global__ void __launch_bounds__ BOUNDS NAME##_d##D##_##VARIANT(                    \
+                                  BOUNDS, EXTRAS, EXTRA)                                        \
+  extern "C" __global__ void __launch_bounds__ BOUNDS NAME##_d##D##_##VARIANT##EXTRA(             \
       T* out, float* part_acc, float* part_max, float* part_sum, unsigned* counters, const T* q, \
       const KvT* kv_cache, const int* query_start_loc, const int* seq_lens,                     \
       const int* block_tables, int num_seqs, int num_tokens, int num_heads, int num_kv_heads,   \
       int block_size, int max_blocks_per_seq, long long num_slots, float scale_log2,            \
-      int num_partitions, int min_rows, int max_rows) {                                         \
+      const float* alibi_slopes, float cap_in, float cap_out, int num_partitions,               \
+      int min_rows, int max_rows) {                                                             \
     inflightd::wait_for_previous_kernel();                                                      \
-    inflightd::paged_attention_impl<T, KvT, D, WARPS, KEY_SPLIT, TRANSPOSED>(                    \
+    const inflightd::ScoreArgs score_args{scale_log2, alibi_slopes, cap_in, cap_out};           \
+    inflightd::paged_attention_impl<T, KvT, D, WARPS, KEY_SPLIT, TRANSPOSED, EXTRAS>(            \
         out, part_acc, part_max, part_sum, counters, q, kv_cache, query_start_loc, seq_lens,     \
         block_tables, num_seqs, num_tokens, num_heads, num_kv_heads, block_size,                 \
-        max_blocks_per_seq, num_slots, scale_log2, num_partitions, min_rows, max_rows);          \
+        max_blocks_per_seq, num_slots, score_args, num_partitions, min_rows, max_rows);          \
   }
 
-// The variants of one (dtype, cache, head_dim). A key-split CTA asks for KEY_SPLIT_CTAS
-// resident CTAs per SM (w1k2) or TRANSPOSED_CTAS (w1tk2): twice the warps of w1 at the same
-// count. The unsplit kernels' bounds are W1, W2, W4: threads only, except at head_dim 96,
-// where ptxas, left to itself, held them to 128 registers and spilled; saying 1 CTA lets
-// them take what they need (at 64 and 128 it would cost those kernels resident CTAs).
+// The variants of one (dtype, cache, head_dim), plain and _extras. A key-split CTA asks for
+// KEY_SPLIT_CTAS resident CTAs per SM (w1k2) or TRANSPOSED_CTAS (w1tk2): twice the warps of
+// w1 at the same count. The unsplit kernels' bounds are W1, W2, W4: threads only, except at
+// head_dim 96, where ptxas, left to itself, held them to 128 registers and spilled; saying 1
+// CTA lets them take what they need (at 64 and 128 it would cost those kernels resident CTAs).
 #define INFLIGHTD_PAGED_ATTENTION_VARIANTS(T, KvT, NAME, D, KEY_SPLIT_CTAS, TRANSPOSED_CTAS)    \
   INFLIGHTD_PAGED_ATTENTION_BOUNDED(T, KvT, NAME, D, KEY_SPLIT_CTAS, TRANSPOSED_CTAS, (32),     \
                                     (64), (128))
 #define INFLIGHTD_PAGED_ATTENTION_BOUNDED(T, KvT, NAME, D, KEY_SPLIT_CTAS, TRANSPOSED_CTAS, W1,  \
                                           W2, W4)                                               \
-  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 1, false, w1, W1)                              \
-  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 2, false, w1k2, (64, KEY_SPLIT_CTAS))          \
-  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 1, true, w1t, W1)                              \
-  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 2, true, w1tk2, (64, TRANSPOSED_CTAS))         \
-  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 2, 1, false, w2, W2)                              \
-  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 4, 1, false, w4, W4)
+  INFLIGHTD_PAGED_ATTENTION_SET(T, KvT, NAME, D, KEY_SPLIT_CTAS, TRANSPOSED_CTAS, W1, W2, W4,   \
+                                false, )                                                        \
+  INFLIGHTD_PAGED_ATTENTION_SET(T, KvT, NAME, D, KEY_SPLIT_CTAS, TRANSPOSED_CTAS, W1, W2, W4,   \
+                                true, _extras)
+#define INFLIGHTD_PAGED_ATTENTION_SET(T, KvT, NAME, D, KEY_SPLIT_CTAS, TRANSPOSED_CTAS, W1, W2,  \
+                                      W4, EXTRAS, EXTRA)                                        \
+  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 1, false, w1, W1, EXTRAS, EXTRA)                \
+  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 2, false, w1k2, (64, KEY_SPLIT_CTAS), EXTRAS,   \
+                            EXTRA)                                                              \
+  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 1, true, w1t, W1, EXTRAS, EXTRA)                \
+  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 1, 2, true, w1tk2, (64, TRANSPOSED_CTAS), EXTRAS,  \
+                            EXTRA)                                                              \
+  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 2, 1, false, w2, W2, EXTRAS, EXTRA)                \
+  INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, 4, 1, false, w4, W4, EXTRAS, EXTRA)

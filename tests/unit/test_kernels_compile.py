@@ -74,6 +74,10 @@ ATTENTION_REGISTER_CEILINGS = {"d128_w1": 255, "d128_w2": 168, "d128_w4": 168,
 # 96 and 8 at 64, whose register limits are 168 and 128; w1tk2 10 at 128 and 96 (96).
 FP8_CACHE_REGISTER_CEILINGS = {**ATTENTION_REGISTER_CEILINGS, "d64_w1k2": 128,
                                "d128_w1tk2": 96, "d96_w1k2": 168, "d96_w1tk2": 96}
+# The _extras kernels (soft-capping, ALiBi) keep their plain twins' ceilings, but for the
+# 16-bit cache's w1k2 at head_dim 64, which asks for 8 CTAs (paged_attention.cu).
+EXTRAS_REGISTER_CEILINGS = {"paged_attention": {**ATTENTION_REGISTER_CEILINGS, "d64_w1k2": 128},
+                            "paged_attention_fp8": FP8_CACHE_REGISTER_CEILINGS}
 # head_dim: two stages of 32 K and 32 V rows, each padded by 16 bytes against bank conflicts
 ATTENTION_SMEM_BYTES = {128: 34816, 96: 26624, 64: 18432}
 # e4m3 rows are half as long; the 4-warp kernels' Q tile (64 rows) outgrows a stage and gets
@@ -98,8 +102,11 @@ def test_attention_kernels_keep_their_registers_and_shared_memory(compiled, modu
                 else FP8_CACHE_REGISTER_CEILINGS)
     for name, resources in usage.items():
         registers, smem = resources.registers, resources.smem_bytes
-        head_dim, variant = re.search(r"_d(\d+)_(w\dt?(?:k\d)?)$", name).groups()
-        assert registers <= ceilings[f"d{head_dim}_{variant}"], (name, registers)
+        head_dim, variant, extras = re.search(r"_d(\d+)_(w\dt?(?:k\d)?)(_extras)?$",
+                                              name).groups()
+        ceiling = (EXTRAS_REGISTER_CEILINGS[module] if extras else ceilings)[
+            f"d{head_dim}_{variant}"]
+        assert registers <= ceiling, (name, registers)
         assert smem == expected_smem(module, int(head_dim), variant), (name, smem)
         assert smem <= STATIC_SMEM_LIMIT, (name, smem)
 
@@ -110,6 +117,17 @@ def test_key_split_decode_kernels_exist_for_every_one_warp_kernel(module):
     one_warp = {name for name in names if name.endswith("_w1")}
     assert len(one_warp) == len(kernels.DTYPES) * len(kernels.ATTENTION_HEAD_DIMS)
     assert {f"{name}k2" for name in one_warp} <= names
+
+
+@pytest.mark.parametrize("module", ("paged_attention", "paged_attention_fp8"))
+def test_every_attention_kernel_has_an_extras_build(compiled, module):
+    # soft-capping and ALiBi run on the _extras twin of whichever kernel the plan picks
+    names = set(kernels.MODULES_BY_NAME[module].functions)
+    plain = {name for name in names if not name.endswith("_extras")}
+    assert {f"{name}_extras" for name in plain} == names - plain
+    usage = nvrtc.kernel_resources(compiled[module].log)
+    for name in plain:  # same tiles, same shared memory
+        assert usage[f"{name}_extras"].smem_bytes == usage[name].smem_bytes, name
 
 
 def test_compile_all_takes_cached_cubins_without_compiling(compiled, cache_dir, monkeypatch):

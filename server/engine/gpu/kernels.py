@@ -35,6 +35,8 @@ PROGRAMMATIC_LAUNCH_ENV = "INFLIGHTD_PROGRAMMATIC_LAUNCH"
 PROGRAMMATIC_LAUNCH_MIN_ARCH = 90  # griddepcontrol needs sm_90
 ATTENTION_HEAD_DIMS = (64, 96, 128)
 ATTENTION_WARPS = (1, 2, 4)
+ATTENTION_VARIANTS = (*ATTENTION_WARPS, "1k2", "1t", "1tk2")
+ATTENTION_EXTRAS = ("", "_extras")  # plain, or soft-capping and ALiBi
 
 
 @dataclass(frozen=True)
@@ -82,14 +84,15 @@ MODULES: tuple[KernelModule, ...] = (
                  + _names("gemv_w8a8_{dt}_t{tiles}", dt=DTYPES, tiles=(1, 2))),
     # grammar masks on the sampled rows' logits (structured outputs)
     KernelModule("token_bitmask", False, ("apply_token_bitmask_f32",)),
-    # w1k2: the 1-warp row class on 2-warp CTAs that split each K/V tile's keys
+    # w1k2: the 1-warp row class on 2-warp CTAs that split each K/V tile's keys; _extras:
+    # the same kernels with soft-capping and ALiBi (csrc/attention_scores.cuh)
     KernelModule("paged_attention", True,
-                 _names("paged_attention_{dt}_d{d}_w{w}", dt=DTYPES, d=ATTENTION_HEAD_DIMS,
-                        w=(*ATTENTION_WARPS, "1k2", "1t", "1tk2"))),
+                 _names("paged_attention_{dt}_d{d}_w{w}{x}", dt=DTYPES, d=ATTENTION_HEAD_DIMS,
+                        w=ATTENTION_VARIANTS, x=ATTENTION_EXTRAS)),
     # the same over an e4m3 KV cache (--kv-cache-dtype fp8)
     KernelModule("paged_attention_fp8", True,
-                 _names("paged_attention_{dt}_kvfp8_d{d}_w{w}", dt=DTYPES,
-                        d=ATTENTION_HEAD_DIMS, w=(*ATTENTION_WARPS, "1k2", "1t", "1tk2"))),
+                 _names("paged_attention_{dt}_kvfp8_d{d}_w{w}{x}", dt=DTYPES,
+                        d=ATTENTION_HEAD_DIMS, w=ATTENTION_VARIANTS, x=ATTENTION_EXTRAS)),
 )
 MODULES_BY_NAME = {module.name: module for module in MODULES}
 

@@ -21,6 +21,7 @@ launches running at the same time on two streams must not.
 
 A cache of e4m3 values (--kv-cache-dtype fp8) runs the same kernels built for it
 (csrc/paged_attention_fp8.cu, names ending "_kvfp8"); everything here applies to both.
+Soft-capping and ALiBi run on each kernel's "_extras" build (ops/cuda_attention_scores.py).
 
 The plan reads only host values (query_lens_host, max_seq_len), never the device, and the
 kernels read each sequence's length on the device, so a decode step captured in a CUDA
@@ -41,6 +42,8 @@ from server.engine.attention.metadata import AttentionMetadata
 from server.engine.gpu.kernel_args import (KernelArgumentError, check_contiguous, check_device,
                                        check_dtype, check_shape, dtype_suffix, kv_cache_suffix)
 from server.engine.gpu.kernels import ATTENTION_HEAD_DIMS, KernelLibrary
+from server.engine.ops.cuda_attention_scores import (check_plan_extras, score_args,
+                                                     wants_extras)
 
 ROWS_PER_WARP = 16
 TRANSPOSED_ROWS = 8  # rows of a transposed decode tile (csrc/attention_transposed.cuh)
@@ -85,7 +88,6 @@ DEFAULT_DECODE_KEY_SPLIT = 2
 #   half) and walks 32 keys a warp per tile instead of 16, so it wins once the 1-warp CTAs
 #   fill a wave of the GPU; the key split below that.
 GOOD_WAVE_FILL = 0.85  # fewest partitions whose last wave of CTAs keeps the SMs this busy
-LOG2_E = 1.4426950408889634
 COUNTERS = "attention_arrival_counters"  # the library's shared zeroed buffer
 
 
@@ -97,6 +99,7 @@ class AttentionLaunch:
     grid_x: int
     key_split: int = 1  # warps sharing each row warp's keys
     transposed: bool = False
+    extras: bool = False  # the kernel with soft-capping and ALiBi
 
     @property
     def threads(self) -> int:
@@ -104,14 +107,17 @@ class AttentionLaunch:
 
     def kernel(self, *, suffix: str, head_dim: int) -> str:
         return kernel_name(suffix=suffix, head_dim=head_dim, warps=self.warps,
-                           key_split=self.key_split, transposed=self.transposed)
+                           key_split=self.key_split, transposed=self.transposed,
+                           extras=self.extras)
 
 
 def kernel_name(*, suffix: str, head_dim: int, warps: int, key_split: int,
-                transposed: bool = False) -> str:
-    """suffix: the model dtype's ("bf16"), plus "_kvfp8" for an e4m3 cache."""
+                transposed: bool = False, extras: bool = False) -> str:
+    """suffix: the model dtype's ("bf16"), plus "_kvfp8" for an e4m3 cache; extras: the
+    build that soft-caps and adds ALiBi biases."""
     split = f"k{key_split}" if key_split > 1 else ""
-    return f"paged_attention_{suffix}_d{head_dim}_w{warps}{'t' if transposed else ''}{split}"
+    return (f"paged_attention_{suffix}_d{head_dim}_w{warps}{'t' if transposed else ''}{split}"
+            f"{'_extras' if extras else ''}")
 
 
 def is_e4m3_cache(suffix: str) -> bool:
@@ -160,9 +166,10 @@ class AttentionWorkspace:
 def plan_attention(*, query_lens: Sequence[int], max_seq_len: int, num_heads: int,
                    num_kv_heads: int, num_sms: int, resident_ctas: Mapping[int | str, int],
                    decode_key_split: int = DEFAULT_DECODE_KEY_SPLIT,
-                   transposed_decode: bool = False) -> AttentionPlan:
+                   transposed_decode: bool = False, extras: bool = False) -> AttentionPlan:
     """resident_ctas: by RowClass.key (row warps, or "1t"), how many CTAs of the kernel that
-    class launches (with decode_key_split for the 1-warp classes) one SM holds at once."""
+    class launches (with decode_key_split for the 1-warp classes, the _extras build with
+    extras) one SM holds at once."""
     check_decode_key_split(decode_key_split)
     classes = TRANSPOSED_ROW_CLASSES if transposed_decode else ROW_CLASSES
     group = num_heads // num_kv_heads
@@ -177,7 +184,7 @@ def plan_attention(*, query_lens: Sequence[int], max_seq_len: int, num_heads: in
         AttentionLaunch(warps=c.warps, min_rows=c.min_rows, max_rows=c.max_rows,
                         grid_x=num_tokens * group // c.rows_per_cta + len(query_lens),
                         key_split=class_key_split(c.warps, decode_key_split),
-                        transposed=c.transposed)
+                        transposed=c.transposed, extras=extras)
         for c in classes if tiles[c.key])
     if not launches:
         return AttentionPlan(launches=(), num_partitions=1)
@@ -204,7 +211,7 @@ def _partitions_for(ctas: int, *, slots: int, most: int) -> int:
 
 def auto_decode_key_split(lib: KernelLibrary, *, suffix: str, head_dim: int,
                           query_lens: Sequence[int], group: int, num_kv_heads: int,
-                          transposed: bool) -> int:
+                          transposed: bool, extras: bool = False) -> int:
     """The decode key split a plan uses when none is asked for (see above)."""
     if not is_e4m3_cache(suffix):
         return DEFAULT_DECODE_KEY_SPLIT
@@ -213,7 +220,8 @@ def auto_decode_key_split(lib: KernelLibrary, *, suffix: str, head_dim: int,
                               if one_warp.min_rows <= n * group <= one_warp.max_rows)
     wave = lib.num_sms * lib.max_active_ctas(
         kernel_module(suffix), kernel_name(suffix=suffix, head_dim=head_dim, warps=1,
-                                           key_split=1, transposed=transposed), 32)
+                                           key_split=1, transposed=transposed,
+                                           extras=extras), 32)
     return 1 if ctas >= wave else DEFAULT_DECODE_KEY_SPLIT
 
 
@@ -225,9 +233,10 @@ def check_decode_key_split(decode_key_split: int) -> None:
 
 def plan_for(lib: KernelLibrary, q: torch.Tensor, kv_cache: torch.Tensor,
              metadata: AttentionMetadata, *, decode_key_split: int | None = None,
-             transposed_decode: bool | None = None) -> AttentionPlan:
+             transposed_decode: bool | None = None, extras: bool = False) -> AttentionPlan:
     """The plan paged_attention_into makes for these inputs on this GPU (decode_key_split
-    None: auto_decode_key_split's; transposed_decode None: on for an e4m3 cache)."""
+    None: auto_decode_key_split's; transposed_decode None: on for an e4m3 cache; extras: for
+    the kernels that soft-cap and add ALiBi biases)."""
     num_heads, head_dim = q.shape[1:]
     suffix = kernel_suffix(q, kv_cache)
     if transposed_decode is None:
@@ -236,19 +245,21 @@ def plan_for(lib: KernelLibrary, q: torch.Tensor, kv_cache: torch.Tensor,
         decode_key_split = auto_decode_key_split(
             lib, suffix=suffix, head_dim=head_dim, query_lens=metadata.query_lens_host,
             group=num_heads // kv_cache.shape[3], num_kv_heads=kv_cache.shape[3],
-            transposed=transposed_decode)
+            transposed=transposed_decode, extras=extras)
     check_decode_key_split(decode_key_split)
     resident = {}
     for c in TRANSPOSED_ROW_CLASSES if transposed_decode else ROW_CLASSES:
         key_split = class_key_split(c.warps, decode_key_split)
         resident[c.key] = lib.max_active_ctas(
             kernel_module(suffix), kernel_name(suffix=suffix, head_dim=head_dim, warps=c.warps,
-                                               key_split=key_split, transposed=c.transposed),
+                                               key_split=key_split, transposed=c.transposed,
+                                               extras=extras),
             32 * c.warps * key_split)
     return plan_attention(query_lens=metadata.query_lens_host, max_seq_len=metadata.max_seq_len,
                           num_heads=num_heads, num_kv_heads=kv_cache.shape[3],
                           num_sms=lib.num_sms, resident_ctas=resident,
-                          decode_key_split=decode_key_split, transposed_decode=transposed_decode)
+                          decode_key_split=decode_key_split, transposed_decode=transposed_decode,
+                          extras=extras)
 
 
 def allocate_partials(plan: AttentionPlan, *, num_tokens: int, num_heads: int, head_dim: int,
@@ -327,17 +338,24 @@ def paged_attention_into(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
                          workspace: AttentionWorkspace | None = None,
                          plan: AttentionPlan | None = None,
                          decode_key_split: int | None = None,
-                         transposed_decode: bool | None = None) -> AttentionPlan:
+                         transposed_decode: bool | None = None, softcap: float | None = None,
+                         alibi_slopes: torch.Tensor | None = None) -> AttentionPlan:
     """Causal attention of q [T, H, D] over the paged cache into out; returns the plan used.
     decode_key_split=2 runs the 1-warp (decode) row class on the w1k2 kernel, 1 on w1, None
-    as plan_for picks; a given plan must have been made with the value given."""
+    as plan_for picks; a given plan must have been made with the value given. softcap and
+    alibi_slopes (float32 [H], on the device) as in Ops.attention: they run the _extras
+    kernels, so a given plan must come from plan_for(..., extras=True)."""
     check_attention_args(lib, out, q, kv_cache, metadata)
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = kv_cache.shape[3]
     suffix = kernel_suffix(q, kv_cache)
+    scores = score_args(lib.device, num_heads=num_heads, scale=scale, softcap=softcap,
+                        alibi_slopes=alibi_slopes)
+    extras = wants_extras(softcap, alibi_slopes)
     if plan is None:
         plan = plan_for(lib, q, kv_cache, metadata, decode_key_split=decode_key_split,
-                        transposed_decode=transposed_decode)
+                        transposed_decode=transposed_decode, extras=extras)
+    check_plan_extras(plan.launches, extras)
     if decode_key_split is not None:
         check_decode_key_split(decode_key_split)
         check_plan_key_split(plan, decode_key_split)
@@ -350,7 +368,7 @@ def paged_attention_into(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
               np.int32(metadata.num_seqs), np.int32(num_tokens), np.int32(num_heads),
               np.int32(num_kv_heads), np.int32(kv_cache.shape[2]),
               np.int32(metadata.block_tables.shape[1]),
-              np.int64(kv_cache.shape[1] * kv_cache.shape[2]), np.float32(scale * LOG2_E),
+              np.int64(kv_cache.shape[1] * kv_cache.shape[2]), *scores,
               np.int32(plan.num_partitions))
     for launch in plan.launches:
         lib.launch(kernel_module(suffix), launch.kernel(suffix=suffix, head_dim=head_dim),
