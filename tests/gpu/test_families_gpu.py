@@ -1,7 +1,8 @@
 """The model families beyond Llama on the GPU: a small random bf16 model of each, on our
 kernels (which the runner picks for every one of them: LayerNorm and GELU since these tests
-and tests/gpu/test_layer_norm_gelu_kernels.py passed on an H100, 2026-12-05) and CUDA
-graphs, against the torch reference path on the same weights."""
+and tests/gpu/test_layer_norm_gelu_kernels.py passed on an H100, 2026-12-05; ALiBi and
+soft-capping on the attention kernels' _extras builds) and CUDA graphs, against the torch
+reference path on the same weights."""
 
 from __future__ import annotations
 
@@ -45,6 +46,31 @@ FAMILIES = {
               "intermediate_size": 768, "num_hidden_layers": 3, "num_attention_heads": 4,
               "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "hidden_act": "silu",
               "max_position_embeddings": MAX_MODEL_LEN}, True),
+    # ALiBi and soft-capping: the attention kernels' _extras builds
+    "mpt": ({**_SMALL, "architectures": ["MptForCausalLM"], "d_model": 512, "n_layers": 3,
+             "n_heads": 4, "max_seq_len": MAX_MODEL_LEN, "no_bias": True,
+             "layer_norm_epsilon": 1e-5, "attn_config": {"alibi": True, "alibi_bias_max": 8}},
+            True),
+    # head_dim 64 (512 / 8): the key-split decode kernel whose _extras build holds 8 CTAs
+    "bloom": ({**_SMALL, "architectures": ["BloomForCausalLM"], "hidden_size": 512,
+               "n_layer": 3, "n_head": 8, "layer_norm_epsilon": 1e-5,
+               "seq_length": MAX_MODEL_LEN}, True),
+    "falcon-rw-style": ({**_FALCON, "multi_query": False, "parallel_attn": False,
+                         "alibi": True}, True),
+    "baichuan2-13b-style": ({**_SMALL, "architectures": ["BaichuanForCausalLM"],
+                             "hidden_size": 512, "intermediate_size": 1024,
+                             "num_hidden_layers": 3, "num_attention_heads": 4,
+                             "model_max_length": MAX_MODEL_LEN, "rms_norm_eps": 1e-6,
+                             "hidden_act": "silu"}, True),
+    # Gemma 2 27B's head_dim 128 (9B's 256 has no kernel); its window spans the whole context
+    "gemma2-27b-style": ({**_SMALL, "architectures": ["Gemma2ForCausalLM"], "hidden_size": 512,
+                          "intermediate_size": 1024, "num_hidden_layers": 3,
+                          "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 128,
+                          "query_pre_attn_scalar": 144, "attn_logit_softcapping": 50.0,
+                          "final_logit_softcapping": 30.0, "sliding_window": MAX_MODEL_LEN,
+                          "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6,
+                          "max_position_embeddings": MAX_MODEL_LEN,
+                          "tie_word_embeddings": True}, True),
 }
 
 

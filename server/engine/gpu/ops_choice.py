@@ -43,8 +43,6 @@ def cuda_ops_unsupported_reason(arch: ModelArchConfig, dtype: torch.dtype) -> st
         return f"the kernels take bfloat16 or float16, not {dtype}"
     if arch.head_dim not in ATTENTION_HEAD_DIMS:
         return f"the attention kernel covers head_dim {ATTENTION_HEAD_DIMS}, not {arch.head_dim}"
-    if arch.attn_softcap is not None or arch.alibi_bias_max is not None:
-        return "the attention kernels have no soft-capping or ALiBi yet"
     return None
 
 

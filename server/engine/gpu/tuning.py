@@ -123,13 +123,14 @@ class TunedCudaOps(CudaOps):
         self.tuning = tuning
 
     def attention_plan(self, q: torch.Tensor, kv_cache: torch.Tensor,
-                       metadata: AttentionMetadata):
-        return capped_plan(self.library, q, kv_cache, metadata, self.tuning)
+                       metadata: AttentionMetadata, *, extras: bool = False):
+        return capped_plan(self.library, q, kv_cache, metadata, self.tuning, extras=extras)
 
 
 def capped_plan(library: KernelLibrary, q: torch.Tensor, kv_cache: torch.Tensor,
-                metadata: AttentionMetadata, tuning: KernelTuning | None):
-    plan = plan_for(library, q, kv_cache, metadata)
+                metadata: AttentionMetadata, tuning: KernelTuning | None, *,
+                extras: bool = False):
+    plan = plan_for(library, q, kv_cache, metadata, extras=extras)
     part_len = tuning.partition_len_for(metadata.max_seq_len) if tuning else None
     if part_len is None:
         return plan

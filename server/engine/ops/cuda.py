@@ -17,6 +17,7 @@ from server.engine.attention.metadata import AttentionMetadata
 from server.engine.gpu.kernel_args import KernelArgumentError
 from server.engine.gpu.kernels import KernelLibrary
 from server.engine.ops.cuda_attention import paged_attention_into
+from server.engine.ops.cuda_attention_scores import wants_extras
 from server.engine.ops.cuda_fp8 import (FP8_MMA_GEMV_MAX_TOKENS, fp8_linear,
                                        quantize_fp8_rows_into)
 from server.engine.ops.cuda_int import int_linear
@@ -168,25 +169,25 @@ class CudaOps:
                   scale: float, *, softcap: float | None = None,
                   alibi_slopes: torch.Tensor | None = None,
                   window: int | None = None) -> torch.Tensor:
-        check_attention_extras(metadata, softcap=softcap, alibi_slopes=alibi_slopes,
-                               window=window)
+        check_attention_window(metadata, window=window)
         q = q if q.is_contiguous() else q.contiguous()
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        # softcap and ALiBi: the kernels' _extras builds (ops/cuda_attention_scores.py)
         paged_attention_into(self.library, out, q, kv_cache, metadata, scale,
-                             plan=self.attention_plan(q, kv_cache, metadata))
+                             plan=self.attention_plan(q, kv_cache, metadata,
+                                                      extras=wants_extras(softcap, alibi_slopes)),
+                             softcap=softcap, alibi_slopes=alibi_slopes)
         return out
 
     def attention_plan(self, q: torch.Tensor, kv_cache: torch.Tensor,
-                       metadata: AttentionMetadata):
-        """The launch plan for this call; None: the kernels' own choice."""
+                       metadata: AttentionMetadata, *, extras: bool = False):
+        """The launch plan for this call (extras: on the kernels that soft-cap and add ALiBi
+        biases); None: the kernels' own choice."""
         return None
 
 
-def check_attention_extras(metadata: AttentionMetadata, *, softcap: float | None,
-                           alibi_slopes: torch.Tensor | None, window: int | None) -> None:
+def check_attention_window(metadata: AttentionMetadata, *, window: int | None) -> None:
     """What the attention kernels cannot do yet is refused, not computed wrongly."""
-    if softcap is not None or alibi_slopes is not None:
-        raise KernelArgumentError("the attention kernels have no soft-capping or ALiBi yet")
     # contexts are kept within the window on these kernels (core._max_model_len): a window
     # that wide changes nothing
     if window is not None and metadata.max_seq_len > window:
