@@ -27,9 +27,36 @@
 
 namespace inflightd {
 
-// [K or V][key][dim], each row padded by 16 bytes against bank conflicts
+// Padding after each K/V row against bank conflicts: 16 bytes, so that a row spans an odd
+// number of 16-byte units and ldmatrix's 8 rows land on 8 different ones; 32 where the row
+// itself is an odd number of units (e4m3 at D = 80: 80 + 16 bytes would pair rows up).
 template <typename KvT, int D>
-using KvTile = KvT[2][kBlockN][D + 16 / sizeof(KvT)];
+struct KvRowPad {
+  static constexpr int kBytes = D * static_cast<int>(sizeof(KvT)) / 16 % 2 == 0 ? 16 : 32;
+  static constexpr int kElems = kBytes / static_cast<int>(sizeof(KvT));
+};
+
+// [K or V][key][dim]
+template <typename KvT, int D>
+using KvTile = KvT[2][kBlockN][D + KvRowPad<KvT, D>::kElems];
+
+// e4m3 tiles are read two 16-dim chunks (kc, kc + 1) per ldmatrix_x4, the second in tiles 2
+// and 3. Where D / 16 is odd (D = 80) the last chunk comes alone, in tiles 0 and 1 of an x2:
+// the lane addresses are the same, since lanes 0..15 point into chunk kc either way.
+template <int D>
+__device__ __forceinline__ constexpr int e4m3_chunks_at(int kc) {
+  return kc + 1 < D / 16 ? 2 : 1;
+}
+
+template <bool TRANS>
+__device__ __forceinline__ void ldmatrix_e4m3_chunks(unsigned (&r)[4], const void* smem_row,
+                                                     int chunks) {
+  if (chunks == 2) {
+    TRANS ? ldmatrix_x4_trans(r, smem_row) : ldmatrix_x4(r, smem_row);
+  } else {
+    TRANS ? ldmatrix_x2_trans(r, smem_row) : ldmatrix_x2(r, smem_row);
+  }
+}
 
 template <typename T, typename KvT> struct Fragments;
 
@@ -138,12 +165,14 @@ template <typename T> struct Fragments<T, Fp8> {
     const int dim_in_pair = ((lane >> 3) >> 1) * 16;
 #pragma unroll
     for (int kc = 0; kc < D / 16; kc += 2) {
+      const int chunks = e4m3_chunks_at<D>(kc);
 #pragma unroll
       for (int np = 0; np < KEYS / 16; ++np) {
         unsigned kb[4];
-        ldmatrix_x4(kb, &kv[0][key_base + np * 16 + key_in_pair][kc * 16 + dim_in_pair]);
+        ldmatrix_e4m3_chunks<false>(
+            kb, &kv[0][key_base + np * 16 + key_in_pair][kc * 16 + dim_in_pair], chunks);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < 2 * chunks; ++i) {
           unsigned b0, b1;
           e4m3x4_to_half2x2(kb[i], b0, b1);
           mma_16816<__half>(s[2 * np + (i & 1)], qa[kc + (i >> 1)], b0, b1);
@@ -162,10 +191,12 @@ template <typename T> struct Fragments<T, Fp8> {
     const int dim_in_pair = ((lane >> 3) >> 1) * 16;
 #pragma unroll
     for (int dp = 0; dp < D / 16; dp += 2) {
+      const int chunks = e4m3_chunks_at<D>(dp);
       unsigned vb[4];
-      ldmatrix_x4_trans(vb, &kv[1][key0 + key_in_chunk][dp * 16 + dim_in_pair]);
+      ldmatrix_e4m3_chunks<true>(vb, &kv[1][key0 + key_in_chunk][dp * 16 + dim_in_pair],
+                                 chunks);
 #pragma unroll
-      for (int c = 0; c < 2; ++c) {
+      for (int c = 0; c < chunks; ++c) {
         // (keys 2t, 2t+1, 2t+8, 2t+9) of dim 2g, then of dim 2g + 1
         const unsigned even = __byte_perm(vb[2 * c], vb[2 * c + 1], 0x6420);
         const unsigned odd = __byte_perm(vb[2 * c], vb[2 * c + 1], 0x7531);

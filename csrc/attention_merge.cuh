@@ -92,8 +92,8 @@ __device__ __forceinline__ void merge_weights(float* __restrict__ weights,
 
 // Pass 2, one round: partitions p0 .. p0 + parts - 1 of the `rows` rows into `stage`.
 // A row is D / 4 16-byte pieces: where 32 is a multiple of that (D = 64, 128) one warp-wide
-// copy covers 32 / (D / 4) whole rows; otherwise (D = 96: 24 pieces, 256: 64) the lanes
-// walk each row's pieces in strides of 32.
+// copy covers 32 / (D / 4) whole rows; otherwise (D = 80: 20 pieces, 96: 24, 256: 64) the
+// lanes walk each row's pieces in strides of 32.
 template <int D, int R>
 __device__ __forceinline__ void stage_partials(float* __restrict__ stage,
                                                const float* __restrict__ part_acc,
@@ -140,12 +140,12 @@ __device__ __forceinline__ void merge_partitions(
     const float* __restrict__ part_sum, float* __restrict__ smem, int row0, int valid_rows,
     int group, int q_begin, int kv_head, int num_heads, long long rows_total, int live) {
   constexpr int R = MergeShape<WARPS>::kRows;
-  // each lane sums PER_LANE adjacent dims of a row: 2 at D = 64, 4 at 96 (lanes 24-31 idle)
-  // and 128, 8 at 256
+  // each lane sums PER_LANE adjacent dims of a row: 2 at D = 64, 4 at 80 (lanes 20-31 idle),
+  // 96 (lanes 24-31 idle) and 128, 8 at 256
   constexpr int PER_LANE = D <= 64 ? D / 32 : (D < 128 ? 4 : D / 32);
   constexpr int ACTIVE_LANES = D / PER_LANE;
-  static_assert(D % 32 == 0 && PER_LANE % 2 == 0 && ACTIVE_LANES <= 32,
-                "head_dim a multiple of 32 up to 256");
+  static_assert(D % 16 == 0 && D % PER_LANE == 0 && PER_LANE % 2 == 0 && ACTIVE_LANES <= 32,
+                "head_dim a multiple of 16 up to 256");
   constexpr int REGION = SMEM_FLOATS / WARPS / 4 * 4;  // floats per warp, 16-byte multiple
   constexpr int SLOTS = (REGION - R * kMaxPartitions) / D;
   static_assert(SLOTS >= R, "a round holds at least one partition of every row");

@@ -117,10 +117,11 @@ template <typename T> struct TransposedFragments<T, Fp8> {
     const int dim = ((lane >> 3) >> 1) * 16;
 #pragma unroll
     for (int kc = 0; kc < D / 16; kc += 2) {
+      const int chunks = e4m3_chunks_at<D>(kc);
       unsigned r[4];
-      ldmatrix_x4(r, &kv[0][key][kc * 16 + dim]);
+      ldmatrix_e4m3_chunks<false>(r, &kv[0][key][kc * 16 + dim], chunks);
 #pragma unroll
-      for (int c = 0; c < 2; ++c) {
+      for (int c = 0; c < chunks; ++c) {
         unsigned a[4];
         e4m3x4_to_half2x2(r[2 * c], a[0], a[2]);
         e4m3x4_to_half2x2(r[2 * c + 1], a[1], a[3]);
@@ -141,10 +142,11 @@ template <typename T> struct TransposedFragments<T, Fp8> {
     const int dim = ((lane >> 3) >> 1) * 16;
 #pragma unroll
     for (int dc = 0; dc < D / 16; dc += 2) {
+      const int chunks = e4m3_chunks_at<D>(dc);
       unsigned r[4];
-      ldmatrix_x4_trans(r, &kv[1][key][dc * 16 + dim]);
+      ldmatrix_e4m3_chunks<true>(r, &kv[1][key][dc * 16 + dim], chunks);
 #pragma unroll
-      for (int c = 0; c < 2; ++c) {
+      for (int c = 0; c < chunks; ++c) {
         // (keys 2t, 2t+1, 2t+8, 2t+9) of dim 2g, then of dim 2g + 1
         const unsigned even = __byte_perm(r[2 * c], r[2 * c + 1], 0x6420);
         const unsigned odd = __byte_perm(r[2 * c], r[2 * c + 1], 0x7531);

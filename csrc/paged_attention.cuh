@@ -62,8 +62,11 @@ __device__ __forceinline__ void load_kv_tile(KvTile<KvT, D>& dst, const KvT* __r
   static_assert(kBlockN == 32, "one key per lane");
   constexpr int PER_COPY = 16 / static_cast<int>(sizeof(KvT));
   constexpr int CHUNKS = D / PER_COPY;
-  constexpr int PER_THREAD = 2 * KEYS * CHUNKS / THREADS;
-  static_assert(PER_THREAD * THREADS == 2 * KEYS * CHUNKS, "every lane runs every shuffle");
+  constexpr int COPIES = 2 * KEYS * CHUNKS;
+  // Rounded up where the copies do not divide evenly (e4m3 at D = 80 on 4 warps: 320 over
+  // 128 threads); the lanes past the end still run the shuffle, which the whole warp must
+  // (shfl takes the source lane modulo 32, so their out-of-range key is harmless).
+  constexpr int PER_THREAD = (COPIES + THREADS - 1) / THREADS;
 #pragma unroll 2  // fully unrolled, the 64-bit addresses of all copies crowd out the registers
   for (int i = 0; i < PER_THREAD; ++i) {
     const int c = loader + i * THREADS;
@@ -72,6 +75,7 @@ __device__ __forceinline__ void load_kv_tile(KvTile<KvT, D>& dst, const KvT* __r
     const int key = key_base + rem / CHUNKS;
     const int chunk = rem - (key - key_base) * CHUNKS;
     const long long offset = __shfl_sync(0xffffffffu, lane_key_offset, key);
+    if (COPIES % THREADS != 0 && c >= COPIES) continue;
     KvT* d = &dst[which][key][chunk * PER_COPY];
     if (k0 + key < kv_hi) {
       cp_async_16(d, kv_head + which * plane + offset + chunk * PER_COPY);

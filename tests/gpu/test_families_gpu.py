@@ -71,6 +71,12 @@ FAMILIES = {
                           "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6,
                           "max_position_embeddings": MAX_MODEL_LEN,
                           "tie_word_embeddings": True}, True),
+    # head_dim 80 (Phi-2's and some GPT-NeoX models' size) on a Llama body: five 16-dim
+    # chunks, an odd count, which the e4m3 fragments load one x2 ldmatrix at a time
+    "llama-d80": ({**_SMALL, "architectures": ["LlamaForCausalLM"], "hidden_size": 320,
+                   "intermediate_size": 640, "num_hidden_layers": 3, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "head_dim": 80, "rms_norm_eps": 1e-5,
+                   "hidden_act": "silu", "max_position_embeddings": MAX_MODEL_LEN}, True),
 }
 
 

@@ -60,31 +60,36 @@ def test_module_kernels_do_not_spill_registers(compiled, module):
 
 # Most registers per thread that keep each attention variant's resident CTAs per SM on sm_90
 # (65536 registers, handed out in 8s; shared memory alone allows 6 CTAs at head_dim 128, 8 at
-# 96, 12 at 64): the merge folded into the kernel must not cost the unsplit launches
+# 96, 9 at 80, 12 at 64): the merge folded into the kernel must not cost the unsplit launches
 # occupancy. w1k2 (64 threads) must reach the shared-memory limit too: 6 x 64 x 168,
-# 8 x 64 x 128 and 12 x 64 x 80 fit. (Head_dim 96's unsplit kernels trade occupancy for no
-# spills: paged_attention.cuh.)
+# 8 x 64 x 128, 9 x 64 x 112 and 12 x 64 x 80 fit. (Head_dim 96's unsplit kernels trade
+# occupancy for no spills: paged_attention.cuh.)
 ATTENTION_REGISTER_CEILINGS = {"d128_w1": 255, "d128_w2": 168, "d128_w4": 168,
                                "d128_w1k2": 168, "d64_w1": 168, "d64_w2": 128, "d64_w4": 128,
                                "d64_w1k2": 80, "d128_w1t": 168, "d128_w1tk2": 168,
                                "d64_w1t": 168, "d64_w1tk2": 80, "d96_w1": 255, "d96_w2": 168,
                                "d96_w4": 168, "d96_w1k2": 128, "d96_w1t": 168,
-                               "d96_w1tk2": 128}
+                               "d96_w1tk2": 128, "d80_w1": 168, "d80_w2": 128, "d80_w4": 128,
+                               "d80_w1k2": 112, "d80_w1t": 168, "d80_w1tk2": 112}
 # The e4m3-cache kernels (paged_attention_fp8.cu): w1k2 asks for 6 CTAs at head_dim 128 and
-# 96 and 8 at 64, whose register limits are 168 and 128; w1tk2 10 at 128 and 96 (96).
+# 96 and 8 at 80 and 64, whose register limits are 168 and 128; w1tk2 10 at 128 and 96 (96),
+# 12 at 80 (80).
 FP8_CACHE_REGISTER_CEILINGS = {**ATTENTION_REGISTER_CEILINGS, "d64_w1k2": 128,
-                               "d128_w1tk2": 96, "d96_w1k2": 168, "d96_w1tk2": 96}
+                               "d128_w1tk2": 96, "d96_w1k2": 168, "d96_w1tk2": 96,
+                               "d80_w1k2": 128, "d80_w1tk2": 80}
 # The _extras kernels (soft-capping, ALiBi) keep their plain twins' ceilings, but for the
-# 16-bit cache's w1k2 at head_dim 64, which asks for 8 CTAs (paged_attention.cu).
+# 16-bit cache's w1k2 at head_dim 64, which asks for 8 CTAs (paged_attention.cu), and the
+# e4m3 cache's w1tk2 at 80, 10 CTAs (paged_attention_fp8.cu).
 EXTRAS_REGISTER_CEILINGS = {"paged_attention": {**ATTENTION_REGISTER_CEILINGS, "d64_w1k2": 128},
-                            "paged_attention_fp8": FP8_CACHE_REGISTER_CEILINGS}
+                            "paged_attention_fp8": {**FP8_CACHE_REGISTER_CEILINGS,
+                                                    "d80_w1tk2": 96}}
 # head_dim: two stages of 32 K and 32 V rows, each padded by 16 bytes against bank conflicts
-ATTENTION_SMEM_BYTES = {128: 34816, 96: 26624, 64: 18432}
-# e4m3 rows are half as long; the 4-warp kernels' Q tile (64 rows) outgrows a stage and gets
-# its own space after stage 0
-FP8_CACHE_SMEM_BYTES = {128: 18432, 96: 14336, 64: 10240}
+ATTENTION_SMEM_BYTES = {128: 34816, 96: 26624, 80: 22528, 64: 18432}
+# e4m3 rows are half as long (at 80, padded by 32 bytes: attention_fragments.cuh); the
+# 4-warp kernels' Q tile (64 rows) outgrows a stage and gets its own space after stage 0
+FP8_CACHE_SMEM_BYTES = {128: 18432, 96: 14336, 80: 14336, 64: 10240}
 FP8_CACHE_W4_SMEM_BYTES = {128: 9216 + 64 * 136 * 2, 96: 7168 + 64 * 104 * 2,
-                           64: 5120 + 64 * 72 * 2}
+                           80: 7168 + 64 * 88 * 2, 64: 5120 + 64 * 72 * 2}
 STATIC_SMEM_LIMIT = 48 * 1024
 
 

@@ -33,7 +33,7 @@ from server.engine.gpu.nvrtc import CSRC_DIR, compile_module
 DTYPES = ("bf16", "fp16")
 PROGRAMMATIC_LAUNCH_ENV = "INFLIGHTD_PROGRAMMATIC_LAUNCH"
 PROGRAMMATIC_LAUNCH_MIN_ARCH = 90  # griddepcontrol needs sm_90
-ATTENTION_HEAD_DIMS = (64, 96, 128)
+ATTENTION_HEAD_DIMS = (64, 80, 96, 128)
 ATTENTION_WARPS = (1, 2, 4)
 ATTENTION_VARIANTS = (*ATTENTION_WARPS, "1k2", "1t", "1tk2")
 ATTENTION_EXTRAS = ("", "_extras")  # plain, or soft-capping and ALiBi

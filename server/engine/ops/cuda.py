@@ -4,8 +4,9 @@ Every method allocates its outputs with torch (so it can be recorded in a CUDA g
 memory pool then owns them) and launches on torch's current stream without synchronising.
 No input is modified, except kv_cache by rope_and_cache, as the protocol says; rotated q and
 k come back as new contiguous tensors. The kernels are tested against TorchOps
-(tests/gpu/); dtypes bfloat16 and float16, attention head_dim 64 or 128. LayerNorm and GELU
-(csrc/layer_norm.cu, csrc/gelu.cu) serve the families beyond Llama's RMSNorm and SiLU.
+(tests/gpu/); dtypes bfloat16 and float16, attention head_dims as kernels.ATTENTION_HEAD_DIMS
+lists them. LayerNorm and GELU (csrc/layer_norm.cu, csrc/gelu.cu) serve the families beyond
+Llama's RMSNorm and SiLU.
 """
 
 from __future__ import annotations
