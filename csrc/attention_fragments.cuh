@@ -60,36 +60,65 @@ __device__ __forceinline__ void ldmatrix_e4m3_chunks(unsigned (&r)[4], const voi
 
 template <typename T, typename KvT> struct Fragments;
 
-// A fragments of a warp's 16 Q rows (qw: its first row, PAD elements apart): register pair
-// (0, 1) of chunk kc holds dims kc * 16 + lo and the next one of rows g and g + 8, pair
+// Elements of a Q row in shared memory: 16 bytes of padding against bank conflicts.
+template <int D>
+struct QRow {
+  static constexpr int kPad = D + 8;
+};
+
+// Chunk kc of the A fragments of a warp's 16 Q rows (qw: its first row, PAD elements apart):
+// register pair (0, 1) holds dims kc * 16 + lo and the next one of rows g and g + 8, pair
 // (2, 3) dims kc * 16 + hi and the next, each passed through `convert`.
-template <int D, int PAD, typename T, typename Convert>
-__device__ __forceinline__ void load_q_fragments(unsigned (&qa)[D / 16][4], const T* qw, int lo,
-                                                 int hi, Convert convert) {
+template <int PAD, typename T, typename Convert>
+__device__ __forceinline__ void load_q_chunk(unsigned (&r)[4], const T* qw, int kc, int lo,
+                                             int hi, Convert convert) {
   const int g = (threadIdx.x & 31) >> 2;
-#pragma unroll
-  for (int kc = 0; kc < D / 16; ++kc) {
-    qa[kc][0] = convert(load_u32(qw + g * PAD + kc * 16 + lo));
-    qa[kc][1] = convert(load_u32(qw + (g + 8) * PAD + kc * 16 + lo));
-    qa[kc][2] = convert(load_u32(qw + g * PAD + kc * 16 + hi));
-    qa[kc][3] = convert(load_u32(qw + (g + 8) * PAD + kc * 16 + hi));
-  }
+  r[0] = convert(load_u32(qw + g * PAD + kc * 16 + lo));
+  r[1] = convert(load_u32(qw + (g + 8) * PAD + kc * 16 + lo));
+  r[2] = convert(load_u32(qw + g * PAD + kc * 16 + hi));
+  r[3] = convert(load_u32(qw + (g + 8) * PAD + kc * 16 + hi));
 }
+
+// Q's A fragments read from shared memory at each use instead of held in registers: at head
+// dim 256 the 64 registers they would take are what the accumulator (128 floats) needs.
+// q[kc] is what Fragments::load_q puts in its register row kc; the Q tile must stay put
+// (SmemLayout keeps it after the K/V stages).
+template <typename T, typename KvT, int D>
+struct SmemQFragments {
+  using Regs = unsigned[4];
+  struct Chunk {
+    Regs r;
+    __device__ __forceinline__ operator const Regs&() const { return r; }
+  };
+  const T* warp_rows;  // the warp's first Q row
+  __device__ __forceinline__ Chunk operator[](int kc) const {
+    Chunk chunk;
+    Fragments<T, KvT>::template load_q_chunk<QRow<D>::kPad>(chunk.r, warp_rows, kc);
+    return chunk;
+  }
+};
 
 template <typename T> struct Fragments<T, T> {
   using MmaT = T;
 
-  template <int D, int PAD>
-  static __device__ __forceinline__ void load_q(unsigned (&qa)[D / 16][4], const T* qw) {
+  template <int PAD>
+  static __device__ __forceinline__ void load_q_chunk(unsigned (&r)[4], const T* qw, int kc) {
     const int t = threadIdx.x & 3;
-    load_q_fragments<D, PAD>(qa, qw, 2 * t, 2 * t + 8, [](unsigned x) { return x; });
+    inflightd::load_q_chunk<PAD>(r, qw, kc, 2 * t, 2 * t + 8, [](unsigned x) { return x; });
   }
 
-  // s[nt] += Q K^T for keys key_base + 8 nt .. + 7 of the tile.
-  template <int D, int KEYS>
+  template <int D, int PAD>
+  static __device__ __forceinline__ void load_q(unsigned (&qa)[D / 16][4], const T* qw) {
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc) load_q_chunk<PAD>(qa[kc], qw, kc);
+  }
+
+  // s[nt] += Q K^T for keys key_base + 8 nt .. + 7 of the tile. qa: Q's fragments, in
+  // registers (unsigned[D / 16][4]) or SmemQFragments.
+  template <int D, int KEYS, typename QFragments>
   static __device__ __forceinline__ void scores(float (&s)[KEYS / 8][4],
-                                                const KvTile<T, D>& kv,
-                                                const unsigned (&qa)[D / 16][4], int key_base) {
+                                                const KvTile<T, D>& kv, const QFragments& qa,
+                                                int key_base) {
     // B fragments of two 8-key score tiles at once: ldmatrix tiles (keys 0-7, dims 0-7),
     // (keys 0-7, dims 8-15), (keys 8-15, dims 0-7), (keys 8-15, dims 8-15) of the chunk.
     const int lane = threadIdx.x & 31;
@@ -97,12 +126,13 @@ template <typename T> struct Fragments<T, T> {
     const int dim_in_chunk = ((lane >> 3) & 1) * 8;
 #pragma unroll
     for (int kc = 0; kc < D / 16; ++kc) {
+      const auto& q = qa[kc];  // read from shared memory once per chunk, if it lives there
 #pragma unroll
       for (int np = 0; np < KEYS / 16; ++np) {
         unsigned kb[4];
         ldmatrix_x4(kb, &kv[0][key_base + np * 16 + key_in_pair][kc * 16 + dim_in_chunk]);
-        mma_16816<T>(s[2 * np], qa[kc], kb[0], kb[1]);
-        mma_16816<T>(s[2 * np + 1], qa[kc], kb[2], kb[3]);
+        mma_16816<T>(s[2 * np], q, kb[0], kb[1]);
+        mma_16816<T>(s[2 * np + 1], q, kb[2], kb[3]);
       }
     }
   }
@@ -147,17 +177,23 @@ template <> __device__ __forceinline__ unsigned to_half2<__nv_bfloat16>(unsigned
 template <typename T> struct Fragments<T, Fp8> {
   using MmaT = __half;
 
-  template <int D, int PAD>
-  static __device__ __forceinline__ void load_q(unsigned (&qa)[D / 16][4], const T* qw) {
+  template <int PAD>
+  static __device__ __forceinline__ void load_q_chunk(unsigned (&r)[4], const T* qw, int kc) {
     const int t = threadIdx.x & 3;
-    load_q_fragments<D, PAD>(qa, qw, 4 * t, 4 * t + 2,
-                             [](unsigned x) { return to_half2<T>(x); });
+    inflightd::load_q_chunk<PAD>(r, qw, kc, 4 * t, 4 * t + 2,
+                                 [](unsigned x) { return to_half2<T>(x); });
   }
 
-  template <int D, int KEYS>
+  template <int D, int PAD>
+  static __device__ __forceinline__ void load_q(unsigned (&qa)[D / 16][4], const T* qw) {
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc) load_q_chunk<PAD>(qa[kc], qw, kc);
+  }
+
+  template <int D, int KEYS, typename QFragments>
   static __device__ __forceinline__ void scores(float (&s)[KEYS / 8][4],
-                                                const KvTile<Fp8, D>& kv,
-                                                const unsigned (&qa)[D / 16][4], int key_base) {
+                                                const KvTile<Fp8, D>& kv, const QFragments& qa,
+                                                int key_base) {
     // ldmatrix tiles (8 keys x 16 dims of bytes): (keys 0-7, chunk kc), (keys 8-15, kc),
     // (keys 0-7, kc + 1), (keys 8-15, kc + 1).
     const int lane = threadIdx.x & 31;
@@ -166,6 +202,8 @@ template <typename T> struct Fragments<T, Fp8> {
 #pragma unroll
     for (int kc = 0; kc < D / 16; kc += 2) {
       const int chunks = e4m3_chunks_at<D>(kc);
+      const auto& q0 = qa[kc];
+      const auto& q1 = qa[kc + chunks - 1];
 #pragma unroll
       for (int np = 0; np < KEYS / 16; ++np) {
         unsigned kb[4];
@@ -175,7 +213,7 @@ template <typename T> struct Fragments<T, Fp8> {
         for (int i = 0; i < 2 * chunks; ++i) {
           unsigned b0, b1;
           e4m3x4_to_half2x2(kb[i], b0, b1);
-          mma_16816<__half>(s[2 * np + (i & 1)], qa[kc + (i >> 1)], b0, b1);
+          mma_16816<__half>(s[2 * np + (i & 1)], i >> 1 ? q1 : q0, b0, b1);
         }
       }
     }

@@ -15,9 +15,8 @@ namespace inflightd {
 // softmax, and O += P V. A slice with no visible key leaves a row's state as it was (a row
 // that has seen nothing keeps m = -inf, l = 0, acc = 0). `score` turns raw scores into
 // exp2-domain logits (attention_scores.cuh).
-template <typename T, typename KvT, int D, int KEYS, typename Score>
-__device__ __forceinline__ void attend_tile(const KvTile<KvT, D>& kv,
-                                            const unsigned (&qa)[D / 16][4],
+template <typename T, typename KvT, int D, int KEYS, typename QFragments, typename Score>
+__device__ __forceinline__ void attend_tile(const KvTile<KvT, D>& kv, const QFragments& qa,
                                             float (&acc)[D / 8][4], float (&m)[2], float (&l)[2],
                                             const RowInfo (&rows)[2], int key_base, int k0,
                                             int kv_hi, const Score& score) {

@@ -13,9 +13,19 @@ namespace inflightd {
 // or the transposed decode tile (keys in M, up to 8 rows: attention_transposed.cuh).
 template <typename T, typename KvT, int D, int KEYS, bool TRANSPOSED> struct TileMath;
 
+// The first type where B, else the second.
+template <bool B, typename IfTrue, typename IfFalse> struct Pick { using type = IfTrue; };
+template <typename IfTrue, typename IfFalse> struct Pick<false, IfTrue, IfFalse> {
+  using type = IfFalse;
+};
+
 template <typename T, typename KvT, int D, int KEYS> struct TileMath<T, KvT, D, KEYS, false> {
   static constexpr int kRowsPerWarp = 16;
-  using QFragments = unsigned[D / 16][4];
+  // At head_dim 256, Q's fragments stay in shared memory (SmemQFragments): with 64 more
+  // registers next to the 128-float accumulator, ptxas spilled.
+  static constexpr bool kQInSmem = D >= 256;
+  using QFragments =
+      typename Pick<kQInSmem, SmemQFragments<T, KvT, D>, unsigned[D / 16][4]>::type;
   using Accumulator = float[D / 8][4];
   // The tile row of this lane's row h (h = 0, 1), relative to its warp's first row.
   static __device__ __forceinline__ int lane_row(int h) {
@@ -23,7 +33,12 @@ template <typename T, typename KvT, int D, int KEYS> struct TileMath<T, KvT, D, 
   }
   template <int PAD>
   static __device__ __forceinline__ void load_q(QFragments& q, const T* warp_rows) {
-    Fragments<T, KvT>::template load_q<D, PAD>(q, warp_rows);
+    static_assert(PAD == QRow<D>::kPad, "SmemQFragments reads rows QRow<D>::kPad apart");
+    if constexpr (kQInSmem) {
+      q.warp_rows = warp_rows;
+    } else {
+      Fragments<T, KvT>::template load_q<D, PAD>(q, warp_rows);
+    }
   }
   template <typename Score>
   static __device__ __forceinline__ void attend(const KvTile<KvT, D>& kv, const QFragments& q,
@@ -44,6 +59,7 @@ template <typename T, typename KvT, int D, int KEYS> struct TileMath<T, KvT, D, 
 
 template <typename T, typename KvT, int D, int KEYS> struct TileMath<T, KvT, D, KEYS, true> {
   static constexpr int kRowsPerWarp = kTransposedRows;
+  static constexpr bool kQInSmem = false;  // half the accumulator: Q fits in registers
   using QFragments = unsigned[D / 16][2];
   using Accumulator = float[D / 16][4];
   static __device__ __forceinline__ int lane_row(int h) { return 2 * (threadIdx.x & 3) + h; }

@@ -117,16 +117,25 @@ struct TileInfo {
 
 // A CTA's shared memory: two K/V stages, then room for the Q tile where it is larger than
 // a stage (the 4-warp kernels over an fp8 cache); otherwise Q sits in stage 1 until the
-// first prefetch overwrites it.
+// first prefetch overwrites it. Where the tile math reads Q from shared memory all along
+// (Q_KEPT: 16-row tiles at head_dim 256), Q gets its own space after both stages.
 //
-//   # | K/V stage 0 | K/V stage 1 ... |      (Q tile from the start of stage 1)
-template <typename T, typename KvT, int D, int ROWS>
+//   # | K/V stage 0 | K/V stage 1 ... |              (Q tile from the start of stage 1)
+//   # | K/V stage 0 | K/V stage 1 | Q tile |          (Q_KEPT)
+//
+// server/engine/ops/cuda_attention.py computes the same sizes for the launches that need
+// dynamic shared memory.
+constexpr int kStaticSmemLimit = 48 * 1024;  // bytes of __shared__ arrays a kernel may declare
+
+template <typename T, typename KvT, int D, int ROWS, bool Q_KEPT>
 struct SmemLayout {
   static constexpr int kStageBytes = static_cast<int>(sizeof(KvTile<KvT, D>));
-  static constexpr int kQPad = D + 8;  // elements of a Q row: 16 bytes of padding
+  static constexpr int kQPad = QRow<D>::kPad;  // elements of a Q row
   static constexpr int kQBytes = ROWS * kQPad * static_cast<int>(sizeof(T));
+  static constexpr int kQOffset = Q_KEPT ? 2 * kStageBytes : kStageBytes;
   static constexpr int kBytes =
-      kStageBytes + (kQBytes > kStageBytes ? kQBytes : kStageBytes);
+      Q_KEPT ? 2 * kStageBytes + kQBytes
+             : kStageBytes + (kQBytes > kStageBytes ? kQBytes : kStageBytes);
 };
 
 // Keys [kv_lo, kv_hi) of the tile, then its output (one partition) or partials (several).
@@ -145,7 +154,7 @@ __device__ __forceinline__ void attend_partition(
   using Math = TileMath<T, KvT, D, KEYS, TRANSPOSED>;
   constexpr int ROWS = Math::kRowsPerWarp * WARPS;
   constexpr int LOADERS = KEY_SPLIT == 1 ? THREADS : 32;  // threads copying one key slice
-  using Layout = SmemLayout<T, KvT, D, ROWS>;
+  using Layout = SmemLayout<T, KvT, D, ROWS, Math::kQInSmem>;
   constexpr int PAD = Layout::kQPad;
   static_assert(KEY_SPLIT == 1 || (KEY_SPLIT == 2 && WARPS == 1), "key split: 1-warp rows only");
   static_assert(!TRANSPOSED || WARPS == 1, "transposed tiles: 1-warp rows only");
@@ -172,8 +181,9 @@ __device__ __forceinline__ void attend_partition(
   }
   const ScoreMath<EXTRAS> score(score_args, rows, heads);
 
-  // Q tile -> stage 1 (free until the first prefetch), first K/V tile -> stage 0.
-  T(*q_tile)[PAD] = reinterpret_cast<T(*)[PAD]>(smem_raw + Layout::kStageBytes);
+  // Q tile -> stage 1 (free until the first prefetch) or its own space, first K/V tile ->
+  // stage 0.
+  T(*q_tile)[PAD] = reinterpret_cast<T(*)[PAD]>(smem_raw + Layout::kQOffset);
   for (int c = threadIdx.x; c < ROWS * (D / 8); c += THREADS) {
     const int r = c / (D / 8);
     const int chunk = c - r * (D / 8);
@@ -244,9 +254,19 @@ __device__ __forceinline__ void paged_attention_impl(
     int num_tokens, int num_heads, int num_kv_heads, int block_size, int max_blocks_per_seq,
     long long num_slots, const ScoreArgs& score_args, int num_partitions, int min_rows,
     int max_rows) {
-  constexpr int ROWS = (TRANSPOSED ? kTransposedRows : 16) * WARPS;
-  constexpr int SMEM_BYTES = SmemLayout<T, KvT, D, ROWS>::kBytes;
-  __shared__ __align__(16) unsigned char smem[SMEM_BYTES];
+  using Math = TileMath<T, KvT, D, kBlockN / KEY_SPLIT, TRANSPOSED>;
+  constexpr int ROWS = Math::kRowsPerWarp * WARPS;
+  constexpr int SMEM_BYTES = SmemLayout<T, KvT, D, ROWS, Math::kQInSmem>::kBytes;
+  // Past 48 KB (head_dim 256 over a 16-bit cache) only dynamic shared memory will do: the
+  // launch passes SMEM_BYTES (server/engine/ops/cuda_attention_smem.py computes the same).
+  unsigned char* smem;
+  if constexpr (SMEM_BYTES > kStaticSmemLimit) {
+    extern __shared__ __align__(16) unsigned char dynamic_smem[];
+    smem = dynamic_smem;
+  } else {
+    __shared__ __align__(16) unsigned char static_smem[SMEM_BYTES];
+    smem = static_smem;
+  }
 
   const int tile_index = cta_tile(num_kv_heads);
   TileInfo tile;

@@ -62,7 +62,8 @@ FAMILIES = {
                              "num_hidden_layers": 3, "num_attention_heads": 4,
                              "model_max_length": MAX_MODEL_LEN, "rms_norm_eps": 1e-6,
                              "hidden_act": "silu"}, True),
-    # Gemma 2 27B's head_dim 128 (9B's 256 has no kernel); its window spans the whole context
+    # Gemma 2 27B's head_dim 128 (9B's 256: the gemma3 family's size); its window spans the
+    # whole context
     "gemma2-27b-style": ({**_SMALL, "architectures": ["Gemma2ForCausalLM"], "hidden_size": 512,
                           "intermediate_size": 1024, "num_hidden_layers": 3,
                           "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 128,
@@ -77,6 +78,15 @@ FAMILIES = {
                    "intermediate_size": 640, "num_hidden_layers": 3, "num_attention_heads": 4,
                    "num_key_value_heads": 2, "head_dim": 80, "rms_norm_eps": 1e-5,
                    "hidden_act": "silu", "max_position_embeddings": MAX_MODEL_LEN}, True),
+    # head_dim 256, Gemma 3's (dynamic shared memory, Q kept in shared memory); its window
+    # spans the whole test context, which our kernels serve up to the window
+    "gemma3": ({**_SMALL, "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+                "hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 3,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 256,
+                "query_pre_attn_scalar": 256, "sliding_window": MAX_MODEL_LEN,
+                "sliding_window_pattern": 2, "rope_local_base_freq": 10000.0,
+                "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6,
+                "max_position_embeddings": MAX_MODEL_LEN}, True),
 }
 
 

@@ -18,14 +18,21 @@ from server.engine.models.alibi import alibi_slopes
 from server.engine.ops.cuda_attention import paged_attention_into, plan_for
 from tests.gpu.helpers import (DTYPE_IDS, DTYPES, assert_close, cuda_generator, paged_batch,
                                poisoned, random_tensor, relative_error)
-from tests.gpu.test_paged_attention_kernel import (BATCHES, HEADS, KEY_SPLITS, KV_DTYPES,
-                                                   TRANSPOSED, assert_counters_at_zero,
-                                                   make_inputs, nan_workspace)
+from tests.gpu.test_paged_attention_kernel import (BATCHES, FULL_MATRIX_HEAD_DIMS, HEADS,
+                                                   KEY_SPLITS, KV_DTYPES, TRANSPOSED,
+                                                   assert_counters_at_zero, make_inputs,
+                                                   nan_workspace)
 
 Q_SCALE = 4.0  # scores of about N(0, 16): a softcap of 5 bends most of them
 # name: (softcap, ALiBi) as Gemma 2 (softcap 50; here 5 to bite), MPT/BLOOM (ALiBi), both
 EXTRAS = {"softcap": (5.0, False), "alibi": (None, True), "softcap+alibi": (5.0, True)}
 MIN_EFFECT = 0.1  # relative change the extras make to the reference output, at least
+# (extras, heads, head_dim): every combination at head_dim 64, 96 and 128; the sizes added
+# since (80, 256) with both extras at once over GQA
+EXTRAS_CASES = pytest.mark.parametrize(("extras", "heads", "head_dim"), [
+    pytest.param(extras, heads, head_dim, id=f"{head_dim}-{heads}-{extras}")
+    for extras in EXTRAS for heads in ("mha", "gqa") for head_dim in ATTENTION_HEAD_DIMS
+    if head_dim in FULL_MATRIX_HEAD_DIMS or (extras == "softcap+alibi" and heads == "gqa")])
 
 
 def extras_args(name: str, num_heads: int) -> dict:
@@ -66,10 +73,8 @@ def run_extras_case(library, torch_ops, *, extras: str, batch: str, heads: str, 
 @TRANSPOSED
 @KV_DTYPES
 @KEY_SPLITS
-@pytest.mark.parametrize("head_dim", ATTENTION_HEAD_DIMS)
-@pytest.mark.parametrize("heads", ("mha", "gqa"))
+@EXTRAS_CASES
 @pytest.mark.parametrize("batch", tuple(BATCHES))
-@pytest.mark.parametrize("extras", tuple(EXTRAS))
 def test_extras_match_reference(library, torch_ops, extras, batch, heads, head_dim,
                                 decode_key_split, kv_dtype, transposed):
     run_extras_case(library, torch_ops, extras=extras, batch=batch, heads=heads,

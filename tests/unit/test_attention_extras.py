@@ -129,10 +129,10 @@ def test_alibi_models_now_run_on_our_kernels(shape):
     assert cuda_ops_unsupported_reason(arch, torch.bfloat16) is None
 
 
-def test_gemma2_softcap_runs_on_our_kernels_where_a_head_dim_has_them():
+def test_gemma2_softcap_runs_on_our_kernels_at_both_its_head_dims():
     nine_b = ModelArchConfig.from_hf(dummy_hf_config("gemma-2-9b"))
-    assert nine_b.attn_softcap is not None
-    assert "head_dim" in cuda_ops_unsupported_reason(nine_b, torch.bfloat16)  # 256: no kernel
+    assert nine_b.attn_softcap is not None and nine_b.head_dim == 256
+    assert cuda_ops_unsupported_reason(nine_b, torch.bfloat16) is None
     # Gemma 2 27B's shape: head_dim 128
     twenty_seven_b = ModelArchConfig.from_hf({**dummy_hf_config("gemma-2-9b"), "head_dim": 128})
     assert cuda_ops_unsupported_reason(twenty_seven_b, torch.bfloat16) is None

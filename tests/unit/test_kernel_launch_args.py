@@ -25,10 +25,14 @@ class RecordingLibrary:
     launches: list[tuple] = field(default_factory=list)
     occupancy_queries: list[str] = field(default_factory=list)
 
-    def launch(self, module, function, *, grid, block, args):
-        self.launches.append((module, function, grid, block, args))
+    shared_bytes: dict[str, int] = field(default_factory=dict)  # dynamic, by kernel
 
-    def max_active_ctas(self, module, function, threads):
+    def launch(self, module, function, *, grid, block, args, shared_bytes=0):
+        self.launches.append((module, function, grid, block, args))
+        if shared_bytes:
+            self.shared_bytes[function] = shared_bytes
+
+    def max_active_ctas(self, module, function, threads, shared_bytes=0):
         self.occupancy_queries.append(function)
         return self.resident_ctas.get(function, 6)
 
@@ -150,6 +154,19 @@ def test_unsplit_attention_passes_no_workspace():
     assert plan.num_partitions == 1
     [(_, _, _, _, args)] = lib.launches
     assert args[1:5] == (0, 0, 0, 0)
+
+
+def test_head_dim_256_launches_pass_their_shared_memory_and_128_none():
+    # a mixed batch: 1-, 2- and 4-warp launches; past 48 KB a CTA's shared memory is dynamic
+    metadata = attention_metadata([1, 20, 40], [300, 20, 40], width=32)
+    for head_dim, expected in ((256, {"w1k2": 76032, "w2": 84480, "w4": 101376}), (128, {})):
+        lib = RecordingLibrary()
+        q = bf16(61, 8, head_dim)
+        paged_attention_into(lib, torch.empty_like(q), q, bf16(2, 40, 16, 8, head_dim),
+                             metadata, 0.0625)
+        assert len(lib.launches) == 3
+        assert lib.shared_bytes == {f"paged_attention_bf16_d{head_dim}_{variant}": size
+                                    for variant, size in expected.items()}
 
 
 def test_attention_refuses_unsupported_head_dims_and_uneven_groups():

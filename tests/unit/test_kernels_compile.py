@@ -16,6 +16,7 @@ from server.engine.gpu import kernels
 
 from server.engine.gpu import nvrtc
 from server.engine.gpu.kernel_store import KernelStoreError, load_cubins, save_cubins
+from server.engine.ops.cuda_attention_smem import cta_smem_bytes, dynamic_smem_bytes
 
 ARCH = "sm_90"
 
@@ -70,13 +71,19 @@ ATTENTION_REGISTER_CEILINGS = {"d128_w1": 255, "d128_w2": 168, "d128_w4": 168,
                                "d64_w1t": 168, "d64_w1tk2": 80, "d96_w1": 255, "d96_w2": 168,
                                "d96_w4": 168, "d96_w1k2": 128, "d96_w1t": 168,
                                "d96_w1tk2": 128, "d80_w1": 168, "d80_w2": 128, "d80_w4": 128,
-                               "d80_w1k2": 112, "d80_w1t": 168, "d80_w1tk2": 112}
+                               "d80_w1k2": 112, "d80_w1t": 168, "d80_w1tk2": 112,
+                               **{f"d256_{variant}": 255 for variant in (
+                                   "w1", "w2", "w4", "w1k2", "w1t", "w1tk2")}}
+# Head_dim 256: shared memory alone holds 3 CTAs (2 of w2 and w4), and those hold 255
+# registers a thread. Over an e4m3 cache, w1k2 is bounded to 4 CTAs (255 registers, where 5
+# would spill), w1tk2 to 6 (168); w4 (about 210 registers) keeps 2 CTAs of the 3 that shared
+# memory allows.
 # The e4m3-cache kernels (paged_attention_fp8.cu): w1k2 asks for 6 CTAs at head_dim 128 and
 # 96 and 8 at 80 and 64, whose register limits are 168 and 128; w1tk2 10 at 128 and 96 (96),
 # 12 at 80 (80).
 FP8_CACHE_REGISTER_CEILINGS = {**ATTENTION_REGISTER_CEILINGS, "d64_w1k2": 128,
                                "d128_w1tk2": 96, "d96_w1k2": 168, "d96_w1tk2": 96,
-                               "d80_w1k2": 128, "d80_w1tk2": 80}
+                               "d80_w1k2": 128, "d80_w1tk2": 80, "d256_w1tk2": 168}
 # The _extras kernels (soft-capping, ALiBi) keep their plain twins' ceilings, but for the
 # 16-bit cache's w1k2 at head_dim 64, which asks for 8 CTAs (paged_attention.cu), and the
 # e4m3 cache's w1tk2 at 80, 10 CTAs (paged_attention_fp8.cu).
@@ -87,16 +94,30 @@ EXTRAS_REGISTER_CEILINGS = {"paged_attention": {**ATTENTION_REGISTER_CEILINGS, "
 ATTENTION_SMEM_BYTES = {128: 34816, 96: 26624, 80: 22528, 64: 18432}
 # e4m3 rows are half as long (at 80, padded by 32 bytes: attention_fragments.cuh); the
 # 4-warp kernels' Q tile (64 rows) outgrows a stage and gets its own space after stage 0
-FP8_CACHE_SMEM_BYTES = {128: 18432, 96: 14336, 80: 14336, 64: 10240}
+FP8_CACHE_SMEM_BYTES = {256: 34816, 128: 18432, 96: 14336, 80: 14336, 64: 10240}
 FP8_CACHE_W4_SMEM_BYTES = {128: 9216 + 64 * 136 * 2, 96: 7168 + 64 * 104 * 2,
                            80: 7168 + 64 * 88 * 2, 64: 5120 + 64 * 72 * 2}
+# Head_dim 256: the 16-row tiles keep Q in shared memory after both stages (16 rows a warp,
+# 264 elements each); past 48 KB the kernel declares it extern and the launch passes the size
+FP8_CACHE_Q_KEPT_SMEM_BYTES = {256: 34816 + 16 * 264 * 2}  # w1, w1k2
+DYNAMIC_SMEM_BYTES = {
+    "paged_attention": {"d256_w1": 67584 + 8448, "d256_w1k2": 67584 + 8448,
+                        "d256_w2": 67584 + 2 * 8448, "d256_w4": 67584 + 4 * 8448,
+                        "d256_w1t": 67584, "d256_w1tk2": 67584},
+    "paged_attention_fp8": {"d256_w2": 34816 + 2 * 8448, "d256_w4": 34816 + 4 * 8448}}
 STATIC_SMEM_LIMIT = 48 * 1024
 
 
-def expected_smem(module: str, head_dim: int, variant: str) -> int:
+def expected_smem(module: str, head_dim: int, variant: str) -> tuple[int, int]:
+    """(static bytes ptxas reports, dynamic bytes the launch passes)"""
+    dynamic = DYNAMIC_SMEM_BYTES[module].get(f"d{head_dim}_{variant}", 0)
+    if dynamic:
+        return 0, dynamic
     if module == "paged_attention":
-        return ATTENTION_SMEM_BYTES[head_dim]
-    return (FP8_CACHE_W4_SMEM_BYTES if variant == "w4" else FP8_CACHE_SMEM_BYTES)[head_dim]
+        return ATTENTION_SMEM_BYTES[head_dim], 0
+    if head_dim in FP8_CACHE_Q_KEPT_SMEM_BYTES and variant in ("w1", "w1k2"):
+        return FP8_CACHE_Q_KEPT_SMEM_BYTES[head_dim], 0
+    return (FP8_CACHE_W4_SMEM_BYTES if variant == "w4" else FP8_CACHE_SMEM_BYTES)[head_dim], 0
 
 
 @pytest.mark.parametrize("module", ("paged_attention", "paged_attention_fp8"))
@@ -112,8 +133,15 @@ def test_attention_kernels_keep_their_registers_and_shared_memory(compiled, modu
         ceiling = (EXTRAS_REGISTER_CEILINGS[module] if extras else ceilings)[
             f"d{head_dim}_{variant}"]
         assert registers <= ceiling, (name, registers)
-        assert smem == expected_smem(module, int(head_dim), variant), (name, smem)
+        static, dynamic = expected_smem(module, int(head_dim), variant)
+        assert smem == static, (name, smem)
         assert smem <= STATIC_SMEM_LIMIT, (name, smem)
+        # what the launch computes (cuda_attention_smem.py), against the kernel's own layout
+        shape = dict(head_dim=int(head_dim), e4m3_cache=module == "paged_attention_fp8",
+                     rows=8 if "t" in variant else 16 * int(variant[1]),
+                     transposed="t" in variant)
+        assert dynamic_smem_bytes(**shape) == dynamic, name
+        assert cta_smem_bytes(**shape) == static + dynamic, name
 
 
 @pytest.mark.parametrize("module", ("paged_attention", "paged_attention_fp8"))

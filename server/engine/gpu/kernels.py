@@ -33,7 +33,7 @@ from server.engine.gpu.nvrtc import CSRC_DIR, compile_module
 DTYPES = ("bf16", "fp16")
 PROGRAMMATIC_LAUNCH_ENV = "INFLIGHTD_PROGRAMMATIC_LAUNCH"
 PROGRAMMATIC_LAUNCH_MIN_ARCH = 90  # griddepcontrol needs sm_90
-ATTENTION_HEAD_DIMS = (64, 80, 96, 128)
+ATTENTION_HEAD_DIMS = (64, 80, 96, 128, 256)
 ATTENTION_WARPS = (1, 2, 4)
 ATTENTION_VARIANTS = (*ATTENTION_WARPS, "1k2", "1t", "1tk2")
 ATTENTION_EXTRAS = ("", "_extras")  # plain, or soft-capping and ALiBi
@@ -149,6 +149,7 @@ class KernelLibrary:
         self._kernels: dict[str, object] = {}
         self._streams: dict[int, object] = {}
         self._occupancy: dict[str, int] = {}
+        self._dynamic_shared: dict[str, int] = {}  # bytes each kernel is allowed
         self._zeroed: dict[str, torch.Tensor] = {}
         self._outgrown: list[torch.Tensor] = []  # captured graphs may still point at these
 
@@ -158,24 +159,56 @@ class KernelLibrary:
             self._object(module.name)
 
     def launch(self, module: str, function: str, *, grid: tuple[int, ...],
-               block: tuple[int, ...], args: tuple) -> None:
+               block: tuple[int, ...], args: tuple, shared_bytes: int = 0) -> None:
         """Launches csrc/<module>.cu's `function` on torch's current stream. Pointers are
-        passed as Python ints (torch data_ptr()), other scalars as numpy int32/int64/float32."""
+        passed as Python ints (torch data_ptr()), other scalars as numpy int32/int64/float32.
+        shared_bytes: dynamic shared memory per CTA, for kernels that declare theirs
+        `extern __shared__` (the attention kernels past 48 KB)."""
         from cuda.core import LaunchConfig, launch
 
-        config = LaunchConfig(grid=grid, block=block,
+        kernel = self._kernel(module, function)
+        if shared_bytes:
+            self._allow_dynamic_shared(module, function, shared_bytes)
+        config = LaunchConfig(grid=grid, block=block, shmem_size=shared_bytes,
                               programmatic_stream_serialization=self.programmatic_launch)
-        launch(self._stream(), config, self._kernel(module, function), *args)
+        launch(self._stream(), config, kernel, *args)
 
-    def max_active_ctas(self, module: str, function: str, threads: int) -> int:
-        """CTAs of `threads` threads of this kernel that one SM holds at once."""
-        key = f"{module}:{function}:{threads}"
+    def max_active_ctas(self, module: str, function: str, threads: int,
+                        shared_bytes: int = 0) -> int:
+        """CTAs of `threads` threads (and shared_bytes of dynamic shared memory) of this
+        kernel that one SM holds at once."""
+        key = f"{module}:{function}:{threads}:{shared_bytes}"
         count = self._occupancy.get(key)
         if count is None:
+            if shared_bytes:
+                self._allow_dynamic_shared(module, function, shared_bytes)
             occupancy = self._kernel(module, function).occupancy
-            count = max(1, int(occupancy.max_active_blocks_per_multiprocessor(threads, 0)))
+            count = max(1, int(occupancy.max_active_blocks_per_multiprocessor(threads,
+                                                                              shared_bytes)))
             self._occupancy[key] = count
         return count
+
+    def _allow_dynamic_shared(self, module: str, function: str, shared_bytes: int) -> None:
+        """Raises the kernel's dynamic shared memory limit (48 KB unless set) to
+        shared_bytes, once: launches and occupancy queries past the limit would fail."""
+        key = f"{module}:{function}"
+        if self._dynamic_shared.get(key, 0) >= shared_bytes:
+            return
+        from cuda.bindings import driver
+
+        attribute = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        handle = self._kernel(module, function).handle
+        if not isinstance(handle, (driver.CUkernel, driver.CUfunction)):
+            handle = driver.CUkernel(int(handle))  # a bare address
+        if isinstance(handle, driver.CUkernel):  # cuda.core loads modules as libraries
+            (error,) = driver.cuKernelSetAttribute(attribute, shared_bytes, handle,
+                                                   driver.CUdevice(self.device.index))
+        else:
+            (error,) = driver.cuFuncSetAttribute(handle, attribute, shared_bytes)
+        if error != driver.CUresult.CUDA_SUCCESS:
+            raise KernelArgumentError(f"{function}: {shared_bytes} bytes of dynamic shared "
+                                      f"memory refused ({error.name})")
+        self._dynamic_shared[key] = shared_bytes
 
     def zeroed_int32(self, name: str, size: int) -> torch.Tensor:
         """A persistent int32 buffer of at least `size` words, zeroed when made, for kernels

@@ -160,10 +160,12 @@ def kernel_resources(log: str) -> dict[str, KernelResources]:
         if frame:
             found[current] = replace(found[current], stack_bytes=int(frame.group(1)),
                                      spill_store_bytes=int(frame.group(2)))
-        used = re.search(r"Used (\d+) registers.*?(\d+) bytes smem", line)
+        used = re.search(r"Used (\d+) registers", line)
         if used:
+            # no "bytes smem" where the kernel declares no static shared memory
+            smem = re.search(r"(\d+) bytes smem", line)
             found[current] = replace(found[current], registers=int(used.group(1)),
-                                     smem_bytes=int(used.group(2)))
+                                     smem_bytes=int(smem.group(1)) if smem else 0)
     return found
 
 

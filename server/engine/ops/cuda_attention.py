@@ -44,6 +44,7 @@ from server.engine.gpu.kernel_args import (KernelArgumentError, check_contiguous
 from server.engine.gpu.kernels import ATTENTION_HEAD_DIMS, KernelLibrary
 from server.engine.ops.cuda_attention_scores import (check_plan_extras, score_args,
                                                      wants_extras)
+from server.engine.ops.cuda_attention_smem import dynamic_smem_bytes
 
 ROWS_PER_WARP = 16
 TRANSPOSED_ROWS = 8  # rows of a transposed decode tile (csrc/attention_transposed.cuh)
@@ -109,6 +110,14 @@ class AttentionLaunch:
         return kernel_name(suffix=suffix, head_dim=head_dim, warps=self.warps,
                            key_split=self.key_split, transposed=self.transposed,
                            extras=self.extras)
+
+
+def launch_smem_bytes(*, suffix: str, head_dim: int, warps: int,
+                      transposed: bool = False) -> int:
+    """Dynamic shared memory of this kernel's launches (0 where it is static)."""
+    return dynamic_smem_bytes(head_dim=head_dim, e4m3_cache=is_e4m3_cache(suffix),
+                              rows=TRANSPOSED_ROWS if transposed else ROWS_PER_WARP * warps,
+                              transposed=transposed)
 
 
 def kernel_name(*, suffix: str, head_dim: int, warps: int, key_split: int,
@@ -221,7 +230,8 @@ def auto_decode_key_split(lib: KernelLibrary, *, suffix: str, head_dim: int,
     wave = lib.num_sms * lib.max_active_ctas(
         kernel_module(suffix), kernel_name(suffix=suffix, head_dim=head_dim, warps=1,
                                            key_split=1, transposed=transposed,
-                                           extras=extras), 32)
+                                           extras=extras), 32,
+        launch_smem_bytes(suffix=suffix, head_dim=head_dim, warps=1, transposed=transposed))
     return 1 if ctas >= wave else DEFAULT_DECODE_KEY_SPLIT
 
 
@@ -254,7 +264,9 @@ def plan_for(lib: KernelLibrary, q: torch.Tensor, kv_cache: torch.Tensor,
             kernel_module(suffix), kernel_name(suffix=suffix, head_dim=head_dim, warps=c.warps,
                                                key_split=key_split, transposed=c.transposed,
                                                extras=extras),
-            32 * c.warps * key_split)
+            32 * c.warps * key_split,
+            launch_smem_bytes(suffix=suffix, head_dim=head_dim, warps=c.warps,
+                              transposed=c.transposed))
     return plan_attention(query_lens=metadata.query_lens_host, max_seq_len=metadata.max_seq_len,
                           num_heads=num_heads, num_kv_heads=kv_cache.shape[3],
                           num_sms=lib.num_sms, resident_ctas=resident,
@@ -375,7 +387,10 @@ def paged_attention_into(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
                    grid=(launch.grid_x * num_kv_heads, 1, plan.num_partitions),
                    block=(launch.threads,),
                    args=(out.data_ptr(), *parts, *common, np.int32(launch.min_rows),
-                         np.int32(launch.max_rows)))
+                         np.int32(launch.max_rows)),
+                   shared_bytes=launch_smem_bytes(suffix=suffix, head_dim=head_dim,
+                                                  warps=launch.warps,
+                                                  transposed=launch.transposed))
     return plan
 
 
