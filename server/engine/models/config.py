@@ -195,6 +195,12 @@ class ModelArchConfig:
         windows = set(self.layer_windows)
         return windows.pop() if len(windows) == 1 else None
 
+    @property
+    def interleaves_windows(self) -> bool:
+        """Sliding-window layers alternating with global ones (Gemma 2 and 3)."""
+        windows = set(self.layer_windows)
+        return None in windows and len(windows) > 1
+
     def max_exact_context(self, *, windowed_attention: bool) -> int:
         """The longest context the engine computes as the checkpoint defines it: the
         position limit, or without windowed attention (our GPU kernels) the sliding window
