@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -33,6 +36,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def compiled(cache_dir) -> dict[str, nvrtc.CompiledKernel]:
+    kernels.compile_all(ARCH, cache_dir=cache_dir)  # side by side; the logs come from the cache
     return {module.name: nvrtc.compile_module(module.name, arch=ARCH,
                                               fast_math=module.fast_math, cache_dir=cache_dir)
             for module in kernels.MODULES}
@@ -170,6 +174,33 @@ def test_compile_all_takes_cached_cubins_without_compiling(compiled, cache_dir, 
     monkeypatch.setattr(nvrtc, "_nvrtc_compile", no_compile)
     assert kernels.compile_all(ARCH, cache_dir=cache_dir) == {
         name: c.cubin for name, c in compiled.items()}
+
+
+def test_modules_compile_side_by_side(monkeypatch, tmp_path):
+    # two compiles must be in flight at once: each waits for the other at the barrier (a
+    # sequential loop would time out there)
+    barrier = threading.Barrier(2, timeout=10)
+
+    def fake_compile(module, **kwargs):
+        barrier.wait()
+        return nvrtc.CompiledKernel(cubin=module.encode(), log="")
+
+    monkeypatch.setattr(kernels, "compile_module", fake_compile)
+    monkeypatch.setattr(kernels.os, "cpu_count", lambda: 2)
+    assert kernels.compile_modules(["gelu", "rms_norm"], arch=ARCH, cache_dir=tmp_path) == {
+        "gelu": b"gelu", "rms_norm": b"rms_norm"}
+
+
+def test_a_fresh_process_compiles_modules_side_by_side(cache_dir, tmp_path):
+    # cuda.core's first import, made by several threads at once, left most of them with
+    # "cannot import name 'Program'" (5 runs of 6 before compile_modules imported it first)
+    script = ("import sys; from pathlib import Path; from server.engine.gpu import kernels; "
+              "kernels.compile_modules(['gelu', 'rms_norm', 'layer_norm', 'quantize'], "
+              "arch=sys.argv[1], cache_dir=Path(sys.argv[2]))")
+    done = subprocess.run([sys.executable, "-c", script, ARCH, str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list(tmp_path.glob("*.cubin"))) == 4
 
 
 def test_broken_kernel_reports_the_compiler_log(compiled, tmp_path):

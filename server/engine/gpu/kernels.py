@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,9 +101,28 @@ MODULES_BY_NAME = {module.name: module for module in MODULES}
 def compile_all(arch: str, *, cache_dir: Path | None = None,
                 csrc_dir: Path = CSRC_DIR) -> dict[str, bytes]:
     """{module name: cubin} for every module, for `arch` such as "sm_90". Needs no GPU."""
-    return {module.name: compile_module(module.name, arch=arch, fast_math=module.fast_math,
-                                        csrc_dir=csrc_dir, cache_dir=cache_dir).cubin
-            for module in MODULES}
+    return compile_modules((m.name for m in MODULES), arch=arch, cache_dir=cache_dir,
+                           csrc_dir=csrc_dir)
+
+
+def compile_modules(names: Iterable[str], *, arch: str, cache_dir: Path | None = None,
+                    csrc_dir: Path = CSRC_DIR) -> dict[str, bytes]:
+    """{module name: cubin}, the modules compiled side by side: NVRTC releases the GIL, and
+    a cold start is mostly the two attention modules (about 50 s each on one core)."""
+    specs = [MODULES_BY_NAME[name] for name in names]
+    if not specs:
+        return {}
+
+    def cubin(spec: KernelModule) -> bytes:
+        return compile_module(spec.name, arch=arch, fast_math=spec.fast_math,
+                              csrc_dir=csrc_dir, cache_dir=cache_dir).cubin
+
+    # imported here first: a thread that imports cuda.core while another does finds it half
+    # initialised ("cannot import name 'Program'")
+    from cuda.core import Program  # noqa: F401
+
+    with ThreadPoolExecutor(max_workers=min(len(specs), os.cpu_count() or 1)) as pool:
+        return dict(zip((spec.name for spec in specs), pool.map(cubin, specs)))
 
 
 def device_arch(device: torch.device) -> str:
@@ -155,6 +175,10 @@ class KernelLibrary:
 
     def load_all(self) -> None:
         """Compiles (or loads) every module now rather than at first use."""
+        missing = [m.name for m in MODULES
+                   if m.name not in self._cubins and m.name not in self._objects]
+        self._cubins.update(compile_modules(missing, arch=self.arch, cache_dir=self._cache_dir,
+                                            csrc_dir=self._csrc_dir))
         for module in MODULES:
             self._object(module.name)
 
