@@ -75,6 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: the engine's, 0.9)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="the longest context (default: the model's; a model whose sliding "
+                        "layers interleave with global ones runs on our kernels only within "
+                        "its window)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads for both the engine and the peers")
@@ -202,12 +206,14 @@ def engine_model(args: argparse.Namespace) -> tuple[str, float | None]:
 
 def make_llm(model: str, args: argparse.Namespace, *, quantization: str | None,
              kv_cache_dtype: str, max_model_len: int | None = None) -> LLM:
+    """max_model_len: the workload's own, else --max-model-len (None: the model's)."""
     extra = {}
     if args.max_num_batched_tokens:
         extra["max_num_batched_tokens"] = args.max_num_batched_tokens
     return LLM(model, device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
                seed=args.seed, block_size=args.block_size, quantization=quantization,
-               kv_cache_dtype=kv_cache_dtype, max_model_len=max_model_len,
+               kv_cache_dtype=kv_cache_dtype,
+               max_model_len=max_model_len or getattr(args, "max_model_len", None),
                memory_fraction=args.memory_fraction,
                kv_admission=args.kv_admission, **extra)
 
