@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 
@@ -86,3 +87,18 @@ def paged_batch(*, query_lens: list[int], context_lens: list[int], block_size: i
         seq_lens_host=tuple(seq_lens),
     )
     return kv_cache, metadata
+
+
+def captured(run: Callable[[], None]) -> torch.cuda.CUDAGraph:
+    """`run` recorded in a CUDA graph, after one warm-up run on a side stream (which sizes
+    the library's arrival counters outside the capture, where their zeroing would be
+    recorded rather than run)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return graph

@@ -16,12 +16,11 @@ import torch
 from server.engine.gpu.kernels import ATTENTION_HEAD_DIMS
 from server.engine.models.alibi import alibi_slopes
 from server.engine.ops.cuda_attention import paged_attention_into, plan_for
-from tests.gpu.helpers import (DTYPE_IDS, DTYPES, assert_close, cuda_generator, paged_batch,
-                               poisoned, random_tensor, relative_error)
+from tests.gpu.helpers import (DTYPE_IDS, DTYPES, assert_close, captured, cuda_generator,
+                               paged_batch, random_tensor, relative_error)
 from tests.gpu.test_paged_attention_kernel import (BATCHES, FULL_MATRIX_HEAD_DIMS, HEADS,
                                                    KEY_SPLITS, KV_DTYPES, TRANSPOSED,
-                                                   assert_counters_at_zero, make_inputs,
-                                                   nan_workspace)
+                                                   launch_and_compare, make_inputs)
 
 Q_SCALE = 4.0  # scores of about N(0, 16): a softcap of 5 bends most of them
 # name: (softcap, ALiBi) as Gemma 2 (softcap 50; here 5 to bite), MPT/BLOOM (ALiBi), both
@@ -50,24 +49,14 @@ def run_extras_case(library, torch_ops, *, extras: str, batch: str, heads: str, 
     q = (q.float() * Q_SCALE).to(dtype)
     scale = head_dim ** -0.5
     kwargs = extras_args(extras, q.shape[1])
-    plan = plan_for(library, q, kv_cache, metadata, decode_key_split=decode_key_split,
-                    transposed_decode=transposed, extras=True)
-    assert all(launch.extras for launch in plan.launches), plan
-    if num_partitions is not None:
-        plan = dataclasses.replace(plan, num_partitions=num_partitions)
-    workspace = nan_workspace(plan, q, kv_cache)
-    out = poisoned(tuple(q.shape), dtype=dtype)
-    paged_attention_into(library, out, q, kv_cache, metadata, scale, workspace=workspace,
-                         plan=plan, decode_key_split=decode_key_split, **kwargs)
     reference = torch_ops.attention(q, kv_cache, metadata, scale, **kwargs)
     plain = torch_ops.attention(q, kv_cache, metadata, scale)
-    what = (f"{extras} attention {batch}/{heads}/d{head_dim}/{dtype}/cache {kv_cache.dtype} "
-            f"{plan}")
-    assert relative_error(plain, reference) > MIN_EFFECT, f"{what}: the extras change nothing"
-    assert_close(out, reference, what=what)
-    if workspace is not None:
-        assert_counters_at_zero(workspace.counters, what=what)
-    return plan
+    assert relative_error(plain, reference) > MIN_EFFECT, f"{extras} on {batch}: no effect"
+    return launch_and_compare(library, torch_ops, q, kv_cache, metadata, scale=scale,
+                              what=f"{extras} attention {batch}/{heads}",
+                              num_partitions=num_partitions,
+                              decode_key_split=decode_key_split, transposed=transposed,
+                              extras=kwargs)
 
 
 @TRANSPOSED
@@ -128,14 +117,7 @@ def test_captured_extras_decode_replays_with_new_lengths(library, torch_ops, ext
     def attend():
         paged_attention_into(library, out, q, kv_cache, metadata, scale, plan=plan, **kwargs)
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        attend()  # warm-up: sizes the library's counters outside the capture
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        attend()
+    graph = captured(attend)
     for seq_lens in ([4000, 2500, 700], [33, 1, 2100], [700, 2, 1]):
         metadata.seq_lens.copy_(torch.tensor(seq_lens, dtype=torch.int32))
         metadata.context_lens.copy_(torch.tensor([n - 1 for n in seq_lens], dtype=torch.int32))

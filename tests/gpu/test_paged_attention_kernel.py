@@ -21,8 +21,8 @@ from server.engine.gpu.kernels import ATTENTION_HEAD_DIMS
 from server.engine.ops.cuda_attention import (COUNTERS, allocate_workspace,
                                               paged_attention_into, plan_for)
 from server.engine.ops.torch_ref import to_cache_dtype
-from tests.gpu.helpers import (DTYPE_IDS, DTYPES, assert_close, cuda_generator, paged_batch,
-                               poisoned, random_tensor)
+from tests.gpu.helpers import (DTYPE_IDS, DTYPES, assert_close, captured, cuda_generator,
+                               paged_batch, poisoned, random_tensor)
 
 FP8_CACHE_VS_16_BIT_MAX_ERROR = 5e-2
 HEADS = {"mha": (16, 16), "gqa": (32, 8), "mqa": (16, 1)}
@@ -86,19 +86,34 @@ def run_case(library, torch_ops, *, batch: str, heads: str, head_dim: int, dtype
              kv_dtype: torch.dtype | None = None, transposed: bool = False):
     q, kv_cache, metadata = make_inputs(batch=batch, heads=heads, head_dim=head_dim,
                                         dtype=dtype, seed=seed, kv_dtype=kv_dtype)
-    scale = head_dim ** -0.5
+    return launch_and_compare(library, torch_ops, q, kv_cache, metadata,
+                              scale=head_dim ** -0.5, what=f"attention {batch}/{heads}",
+                              num_partitions=num_partitions,
+                              decode_key_split=decode_key_split, transposed=transposed)
+
+
+def launch_and_compare(library, torch_ops, q: torch.Tensor, kv_cache: torch.Tensor, metadata,
+                       *, scale: float, what: str, num_partitions: int | None = None,
+                       decode_key_split: int = 1, transposed: bool = False,
+                       extras: dict | None = None):
+    """The kernels on one batch (into a poisoned output, partitions in a NaN workspace)
+    against TorchOps.attention with the same arguments; extras: softcap and alibi_slopes,
+    which take the _extras builds. Returns the plan."""
+    extras = extras or {}
     plan = plan_for(library, q, kv_cache, metadata, decode_key_split=decode_key_split,
-                    transposed_decode=transposed)
-    assert all(launch.key_split == decode_key_split
-               for launch in plan.launches if launch.warps == 1), plan
+                    transposed_decode=transposed, extras=bool(extras))
+    assert all(launch.extras == bool(extras) for launch in plan.launches), plan
+    if not extras:
+        assert all(launch.key_split == decode_key_split
+                   for launch in plan.launches if launch.warps == 1), plan
     if num_partitions is not None:
         plan = dataclasses.replace(plan, num_partitions=num_partitions)
     workspace = nan_workspace(plan, q, kv_cache)
-    out = poisoned(tuple(q.shape), dtype=dtype)
+    out = poisoned(tuple(q.shape), dtype=q.dtype)
     paged_attention_into(library, out, q, kv_cache, metadata, scale, workspace=workspace,
-                         plan=plan, decode_key_split=decode_key_split)
-    what = f"attention {batch}/{heads}/d{head_dim}/{dtype}/cache {kv_cache.dtype} {plan}"
-    assert_close(out, torch_ops.attention(q, kv_cache, metadata, scale), what=what)
+                         plan=plan, decode_key_split=decode_key_split, **extras)
+    what = f"{what}/d{q.shape[2]}/{q.dtype}/cache {kv_cache.dtype} {plan}"
+    assert_close(out, torch_ops.attention(q, kv_cache, metadata, scale, **extras), what=what)
     if workspace is not None:
         assert_counters_at_zero(workspace.counters, what=what)
     return plan
@@ -222,14 +237,7 @@ def test_captured_split_decode_replays_with_new_lengths(library, torch_ops, own_
         paged_attention_into(library, out, q, kv_cache, metadata, scale, workspace=workspace,
                              plan=plan, decode_key_split=decode_key_split)
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        attend()  # warm-up: sizes the library's counters outside the capture
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        attend()
+    graph = captured(attend)
     # Short sequences leave most of the captured partitions empty; replays run back to back.
     for seq_lens in ([4000, 2500, 700], [33, 1, 2100], [1, 4000, 64], [700, 2, 1]):
         metadata.seq_lens.copy_(torch.tensor(seq_lens, dtype=torch.int32))
