@@ -18,8 +18,8 @@ import torch
 
 from server.engine.gpu.kernel_args import KernelArgumentError
 from server.engine.gpu.kernels import ATTENTION_HEAD_DIMS
-from server.engine.ops.cuda_attention import (COUNTERS, allocate_workspace,
-                                              paged_attention_into, plan_for)
+from server.engine.ops.cuda_attention import paged_attention_into, plan_for
+from server.engine.ops.cuda_attention_workspace import COUNTERS, allocate_workspace
 from server.engine.ops.torch_ref import to_cache_dtype
 from tests.gpu.helpers import (DTYPE_IDS, DTYPES, assert_close, captured, cuda_generator,
                                paged_batch, poisoned, random_tensor)

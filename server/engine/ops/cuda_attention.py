@@ -45,6 +45,8 @@ from server.engine.gpu.kernels import ATTENTION_HEAD_DIMS, KernelLibrary
 from server.engine.ops.cuda_attention_scores import (check_plan_extras, score_args,
                                                      wants_extras)
 from server.engine.ops.cuda_attention_smem import dynamic_smem_bytes
+from server.engine.ops.cuda_attention_workspace import (MAX_PARTITIONS, AttentionWorkspace,
+                                                        partials_args)
 
 ROWS_PER_WARP = 16
 TRANSPOSED_ROWS = 8  # rows of a transposed decode tile (csrc/attention_transposed.cuh)
@@ -75,7 +77,6 @@ ROW_CLASSES = (RowClass(1, 1, 16), RowClass(2, 17, 32), RowClass(4, 33, 2**31 - 
 TRANSPOSED_ROW_CLASSES = (RowClass(1, 1, TRANSPOSED_ROWS, transposed=True),
                           RowClass(1, TRANSPOSED_ROWS + 1, 16), *ROW_CLASSES[1:])
 MIN_PARTITION_LEN = 64  # keys (two K/V tiles); shorter parts cost more than they gain
-MAX_PARTITIONS = 64  # also the most the kernel's merge takes (attention_common.cuh)
 DECODE_KEY_SPLITS = (1, 2)  # warps sharing a 1-warp tile's keys: w1, w1k2
 # 2: on an H200, 1.3x the bandwidth of 1 at batch 1 and 256, +4-9 % at batch 64 except one
 # point (bench/kernels.py; docs/benchmarks.md)
@@ -89,7 +90,6 @@ DEFAULT_DECODE_KEY_SPLIT = 2
 #   half) and walks 32 keys a warp per tile instead of 16, so it wins once the 1-warp CTAs
 #   fill a wave of the GPU; the key split below that.
 GOOD_WAVE_FILL = 0.85  # fewest partitions whose last wave of CTAs keeps the SMs this busy
-COUNTERS = "attention_arrival_counters"  # the library's shared zeroed buffer
 
 
 @dataclass(frozen=True)
@@ -160,16 +160,6 @@ class AttentionPlan:
     def num_counters(self, num_kv_heads: int) -> int:
         """Arrival counters a split launch uses: one per (grid x, kv head) of the widest."""
         return max((launch.grid_x for launch in self.launches), default=0) * num_kv_heads
-
-
-@dataclass(frozen=True)
-class AttentionWorkspace:
-    """Per-partition partial results, [P, T * num_heads (, head_dim)] float32, and the
-    arrival counters, int32 [>= plan.num_counters], zero before and after every launch."""
-    part_acc: torch.Tensor
-    part_max: torch.Tensor
-    part_sum: torch.Tensor
-    counters: torch.Tensor
 
 
 def plan_attention(*, query_lens: Sequence[int], max_seq_len: int, num_heads: int,
@@ -274,47 +264,6 @@ def plan_for(lib: KernelLibrary, q: torch.Tensor, kv_cache: torch.Tensor,
                           extras=extras)
 
 
-def allocate_partials(plan: AttentionPlan, *, num_tokens: int, num_heads: int, head_dim: int,
-                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(part_acc, part_max, part_sum), uninitialised: a launch writes before it reads."""
-    rows = num_tokens * num_heads
-    return (torch.empty((plan.num_partitions, rows, head_dim), dtype=torch.float32,
-                        device=device),
-            torch.empty((plan.num_partitions, rows), dtype=torch.float32, device=device),
-            torch.empty((plan.num_partitions, rows), dtype=torch.float32, device=device))
-
-
-def allocate_workspace(plan: AttentionPlan, *, num_tokens: int, num_heads: int,
-                       num_kv_heads: int, head_dim: int,
-                       device: torch.device) -> AttentionWorkspace | None:
-    """A workspace with its own counters (zeroed here, so not while capturing a graph)."""
-    if plan.num_partitions == 1:
-        return None
-    return AttentionWorkspace(
-        *allocate_partials(plan, num_tokens=num_tokens, num_heads=num_heads, head_dim=head_dim,
-                           device=device),
-        counters=torch.zeros(plan.num_counters(num_kv_heads), dtype=torch.int32, device=device))
-
-
-def check_workspace(workspace: AttentionWorkspace, plan: AttentionPlan, *, rows: int,
-                    head_dim: int, num_kv_heads: int) -> None:
-    check_shape("workspace.part_acc", workspace.part_acc, (plan.num_partitions, rows, head_dim))
-    check_shape("workspace.part_max", workspace.part_max, (plan.num_partitions, rows))
-    check_shape("workspace.part_sum", workspace.part_sum, (plan.num_partitions, rows))
-    check_dtype(torch.float32, **{"workspace.part_acc": workspace.part_acc,
-                                  "workspace.part_max": workspace.part_max,
-                                  "workspace.part_sum": workspace.part_sum})
-    check_dtype(torch.int32, **{"workspace.counters": workspace.counters})
-    check_contiguous(**{"workspace.part_acc": workspace.part_acc,
-                        "workspace.part_max": workspace.part_max,
-                        "workspace.part_sum": workspace.part_sum,
-                        "workspace.counters": workspace.counters})
-    needed = plan.num_counters(num_kv_heads)
-    if workspace.counters.numel() < needed:
-        raise KernelArgumentError(f"workspace.counters holds {workspace.counters.numel()} "
-                                  f"counters; this launch needs {needed}")
-
-
 def check_attention_args(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
                          kv_cache: torch.Tensor, metadata: AttentionMetadata) -> None:
     check_device(lib.device, q=q, kv_cache=kv_cache, out=out,
@@ -373,7 +322,7 @@ def paged_attention_into(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
         check_plan_key_split(plan, decode_key_split)
     if num_tokens == 0:
         return plan
-    parts = _partials_args(lib, plan, workspace, num_tokens=num_tokens, num_heads=num_heads,
+    parts = partials_args(lib, plan, workspace, num_tokens=num_tokens, num_heads=num_heads,
                            num_kv_heads=num_kv_heads, head_dim=head_dim, device=q.device)
     common = (q.data_ptr(), kv_cache.data_ptr(), metadata.query_start_loc.data_ptr(),
               metadata.seq_lens.data_ptr(), metadata.block_tables.data_ptr(),
@@ -403,28 +352,3 @@ def check_plan_key_split(plan: AttentionPlan, decode_key_split: int) -> None:
                 f"the plan runs {launch.warps}-warp rows with key_split {launch.key_split}, "
                 f"but decode_key_split={decode_key_split} was asked for; make the plan with "
                 f"plan_for(..., decode_key_split={decode_key_split})")
-
-
-def _partials_args(lib: KernelLibrary, plan: AttentionPlan,
-                   workspace: AttentionWorkspace | None, *, num_tokens: int, num_heads: int,
-                   num_kv_heads: int, head_dim: int, device: torch.device) -> tuple[int, ...]:
-    """(part_acc, part_max, part_sum, counters) pointers; all 0 for an unsplit launch."""
-    if plan.num_partitions == 1:
-        return (0, 0, 0, 0)
-    if plan.num_partitions > MAX_PARTITIONS:
-        raise KernelArgumentError(f"attention splits keys into at most {MAX_PARTITIONS} "
-                                  f"partitions, the plan has {plan.num_partitions}")
-    if workspace is None:
-        # Partials: fresh memory each call (a captured graph's pool owns it). Counters: the
-        # library's persistent zeroed buffer, since zeroing new ones would cost a launch.
-        tensors = (*allocate_partials(plan, num_tokens=num_tokens, num_heads=num_heads,
-                                      head_dim=head_dim, device=device),
-                   lib.zeroed_int32(COUNTERS, plan.num_counters(num_kv_heads)))
-    else:
-        check_workspace(workspace, plan, rows=num_tokens * num_heads, head_dim=head_dim,
-                        num_kv_heads=num_kv_heads)
-        tensors = (workspace.part_acc, workspace.part_max, workspace.part_sum,
-                   workspace.counters)
-        check_device(lib.device, **{f"workspace.{name}": tensor for name, tensor in zip(
-            ("part_acc", "part_max", "part_sum", "counters"), tensors)})
-    return tuple(t.data_ptr() for t in tensors)
