@@ -6,7 +6,7 @@
 //   x = q.k * scale
 //   x = softcap * tanh(x / softcap)                (softcap given)
 //   x = x + slope[head] * (key pos - query pos)    (slopes given: 0 on the diagonal, < 0 back)
-//   logit = x * log2(e)
+//   logit = x * log2(e), or -inf where key pos <= query pos - window (a sliding window given)
 //
 // Both happen in natural units, then the product with log2(e): the constants below carry it.
 #pragma once
@@ -22,6 +22,7 @@ struct ScoreArgs {
   const float* alibi_slopes;  // [num_heads] float32 in natural units, or null: no ALiBi
   float cap_in;               // 2 * scale * log2(e) / softcap, or 0: no soft-capping
   float cap_out;              // softcap * log2(e)
+  int window;                 // keys a query sees, itself included, or 0: every earlier key
 };
 
 template <bool EXTRAS> struct ScoreMath;
@@ -44,6 +45,7 @@ template <> struct ScoreMath<true> {
   float scale_log2;
   float cap_in;
   float cap_out;
+  float window_floor;  // -window: a key this far back or further is outside it (-inf: none)
   float slope[2];
   // Per K/V tile: each row's distance to the lane's first key of the tile; a score's key is
   // that key plus a compile-time offset, so the bias costs an add and an FMA per score.
@@ -53,7 +55,8 @@ template <> struct ScoreMath<true> {
 
   __device__ __forceinline__ ScoreMath(const ScoreArgs& args, const RowInfo (&rows)[2],
                                        const int (&heads)[2])
-      : scale_log2(args.scale_log2), cap_in(args.cap_in), cap_out(args.cap_out) {
+      : scale_log2(args.scale_log2), cap_in(args.cap_in), cap_out(args.cap_out),
+        window_floor(args.window > 0 ? -static_cast<float>(args.window) : neg_inf()) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       slope[h] = args.alibi_slopes != nullptr && rows[h].valid
@@ -77,6 +80,8 @@ template <> struct ScoreMath<true> {
   // and a reciprocal, both to ~1 ulp, where tanh.approx would be off by ~2^-11 relative
   // (softcap 50: 0.02 in a logit). e^(2z) overflowing to inf gives 1, underflowing -1.
   __device__ __forceinline__ float operator()(float s, const Tile& t, int h, int offset) const {
+    const float distance = t.distance[h] + static_cast<float>(offset);  // key - query, <= 0
+    if (distance <= window_floor) return neg_inf();
     float x;
     if (cap_in != 0.f) {
       const float e = exp2f(s * cap_in);
@@ -84,7 +89,7 @@ template <> struct ScoreMath<true> {
     } else {
       x = s * scale_log2;
     }
-    return fmaf(slope[h], t.distance[h] + static_cast<float>(offset), x);
+    return fmaf(slope[h], distance, x);
   }
 };
 

@@ -315,7 +315,7 @@ __device__ __forceinline__ void paged_attention_impl(
 // NAME is the kernel's name up to its head_dim; VARIANT ends it: w<WARPS>, then t for the
 // transposed decode tiles (at most 8 rows), then k<KEY_SPLIT> where keys are split; EXTRA is
 // empty, or _extras for the kernels that soft-cap and add ALiBi biases (EXTRAS). Every kernel
-// takes the same arguments; the plain ones ignore alibi_slopes, cap_in and cap_out
+// takes the same arguments; the plain ones ignore alibi_slopes, cap_in, cap_out and window
 // (ScoreArgs, attention_scores.cuh). BOUNDS is its __launch_bounds__.
 #define INFLIGHTD_PAGED_ATTENTION(T, KvT, NAME, D, WARPS, KEY_SPLIT, TRANSPOSED, VARIANT,         \
                                   BOUNDS, EXTRAS, EXTRA)                                        \
@@ -324,10 +324,10 @@ __device__ __forceinline__ void paged_attention_impl(
       const KvT* kv_cache, const int* query_start_loc, const int* seq_lens,                     \
       const int* block_tables, int num_seqs, int num_tokens, int num_heads, int num_kv_heads,   \
       int block_size, int max_blocks_per_seq, long long num_slots, float scale_log2,            \
-      const float* alibi_slopes, float cap_in, float cap_out, int num_partitions,               \
+      const float* alibi_slopes, float cap_in, float cap_out, int window, int num_partitions,   \
       int min_rows, int max_rows) {                                                             \
     inflightd::wait_for_previous_kernel();                                                      \
-    const inflightd::ScoreArgs score_args{scale_log2, alibi_slopes, cap_in, cap_out};           \
+    const inflightd::ScoreArgs score_args{scale_log2, alibi_slopes, cap_in, cap_out, window};   \
     inflightd::paged_attention_impl<T, KvT, D, WARPS, KEY_SPLIT, TRANSPOSED, EXTRAS>(            \
         out, part_acc, part_max, part_sum, counters, q, kv_cache, query_start_loc, seq_lens,     \
         block_tables, num_seqs, num_tokens, num_heads, num_kv_heads, block_size,                 \

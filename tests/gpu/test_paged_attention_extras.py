@@ -1,5 +1,5 @@
-"""Soft-capping and ALiBi on the paged attention kernels (their "_extras" builds,
-csrc/attention_scores.cuh) against TorchOps.attention: every row class (decodes, prefill
+"""Soft-capping, ALiBi and sliding windows on the paged attention kernels (their "_extras"
+builds, csrc/attention_scores.cuh) against TorchOps.attention: every row class (decodes, prefill
 chunks, mixed batches), both decode kernels, both decode tile layouts, 16-bit and e4m3
 caches, split launches that merge their partitions, and a captured graph replayed with new
 lengths. Queries are scaled up so scores reach the cap (tanh saturates) and slopes span MPT's
@@ -23,21 +23,29 @@ from tests.gpu.test_paged_attention_kernel import (BATCHES, FULL_MATRIX_HEAD_DIM
                                                    launch_and_compare, make_inputs)
 
 Q_SCALE = 4.0  # scores of about N(0, 16): a softcap of 5 bends most of them
-# name: (softcap, ALiBi) as Gemma 2 (softcap 50; here 5 to bite), MPT/BLOOM (ALiBi), both
-EXTRAS = {"softcap": (5.0, False), "alibi": (None, True), "softcap+alibi": (5.0, True)}
+# name: (softcap, ALiBi, window) as Gemma 2 (softcap 50; here 5 to bite), MPT/BLOOM (ALiBi),
+# both, a sliding window (Mistral's 4096; here 37 keys, across block and tile edges), all three
+WINDOW = 37
+EXTRAS = {"softcap": (5.0, False, None), "alibi": (None, True, None),
+          "softcap+alibi": (5.0, True, None), "window": (None, False, WINDOW),
+          "all": (5.0, True, WINDOW)}
 MIN_EFFECT = 0.1  # relative change the extras make to the reference output, at least
 # (extras, heads, head_dim): every combination at head_dim 64, 96 and 128; the sizes added
 # since (80, 256) with both extras at once over GQA
+# the window alone at head_dim 64 and 128, and all three at every head_dim, over GQA
 EXTRAS_CASES = pytest.mark.parametrize(("extras", "heads", "head_dim"), [
     pytest.param(extras, heads, head_dim, id=f"{head_dim}-{heads}-{extras}")
     for extras in EXTRAS for heads in ("mha", "gqa") for head_dim in ATTENTION_HEAD_DIMS
-    if head_dim in FULL_MATRIX_HEAD_DIMS or (extras == "softcap+alibi" and heads == "gqa")])
+    if (extras in ("softcap", "alibi") and head_dim in FULL_MATRIX_HEAD_DIMS)
+    or (extras == "softcap+alibi" and (head_dim in FULL_MATRIX_HEAD_DIMS or heads == "gqa"))
+    or (extras == "window" and heads == "gqa" and head_dim in (64, 128))
+    or (extras == "all" and heads == "gqa")])
 
 
 def extras_args(name: str, num_heads: int) -> dict:
-    softcap, alibi = EXTRAS[name]
+    softcap, alibi, window = EXTRAS[name]
     slopes = alibi_slopes(num_heads, bias_max=8.0).cuda() if alibi else None
-    return {"softcap": softcap, "alibi_slopes": slopes}
+    return {"softcap": softcap, "alibi_slopes": slopes, "window": window}
 
 
 def run_extras_case(library, torch_ops, *, extras: str, batch: str, heads: str, head_dim: int,
@@ -135,7 +143,8 @@ def test_cuda_ops_attention_with_extras_matches_torch_ops(cuda_ops, torch_ops):
                                      dtype=torch.bfloat16, seed=19)
     q = random_tensor((metadata.num_tokens, 16, 128), dtype=torch.bfloat16,
                       generator=cuda_generator(20), scale=Q_SCALE)
-    kwargs = {"softcap": 50.0, "alibi_slopes": alibi_slopes(16, bias_max=8.0).cuda()}
+    kwargs = {"softcap": 50.0, "alibi_slopes": alibi_slopes(16, bias_max=8.0).cuda(),
+              "window": 300}  # the second sequence's 701 keys reach past it
     assert_close(cuda_ops.attention(q, kv_cache, metadata, 0.1, **kwargs),
                  torch_ops.attention(q, kv_cache, metadata, 0.1, **kwargs),
                  what="CudaOps.attention with softcap 50 and ALiBi")

@@ -23,9 +23,9 @@ from tests.unit.test_kernel_launch_args import RecordingLibrary, attention_metad
 
 
 def score_args(launch) -> tuple:
-    """(scale_log2, alibi_slopes, cap_in, cap_out): the launch's arguments before
+    """(scale_log2, alibi_slopes, cap_in, cap_out, window): the launch's arguments before
     num_partitions, min_rows and max_rows."""
-    return launch[4][-7:-3]
+    return launch[4][-8:-3]
 
 
 def mixed_inputs(kv_dtype=torch.bfloat16):
@@ -51,8 +51,8 @@ def test_softcap_and_alibi_launch_the_extras_kernel_of_every_row_class(kv_dtype,
     assert {m for m, _, _, _, _ in lib.launches} == {module}
     # the plan is sized by the occupancy of the kernels it launches
     assert all(name.endswith("_extras") for name in lib.occupancy_queries)
-    scale_log2, slopes_ptr, cap_in, cap_out = score_args(lib.launches[0])
-    assert slopes_ptr == slopes.data_ptr()
+    scale_log2, slopes_ptr, cap_in, cap_out, window = score_args(lib.launches[0])
+    assert slopes_ptr == slopes.data_ptr() and window == 0
     assert scale_log2 == np.float32(0.088 * LOG2_E)
     assert cap_in == np.float32(2 * 0.088 * LOG2_E / 50.0)
     assert cap_out == np.float32(50.0 * LOG2_E)
@@ -68,7 +68,7 @@ def test_plain_attention_keeps_the_plain_kernels_and_passes_no_extras():
     paged_attention_into(lib, torch.empty_like(q), q, kv_cache, metadata, 0.088)
     assert not any(function.endswith("_extras") for _, function, _, _, _ in lib.launches)
     for launch in lib.launches:
-        assert score_args(launch)[1:] == (0, np.float32(0), np.float32(0))
+        assert score_args(launch)[1:] == (0, np.float32(0), np.float32(0), np.int32(0))
 
 
 @pytest.mark.parametrize("softcap, slopes", ((30.0, None), (None, "slopes")))
@@ -79,9 +79,27 @@ def test_either_extra_alone_runs_the_extras_kernel(softcap, slopes):
     paged_attention_into(lib, torch.empty_like(q), q, kv_cache, metadata, 0.088,
                          softcap=softcap, alibi_slopes=slopes)
     assert all(function.endswith("_extras") for _, function, _, _, _ in lib.launches)
-    _, slopes_ptr, cap_in, _ = score_args(lib.launches[0])
+    _, slopes_ptr, cap_in, _, _ = score_args(lib.launches[0])
     assert (slopes_ptr != 0) == (slopes is not None)
     assert (cap_in != 0) == (softcap is not None)
+
+
+def test_a_sliding_window_runs_the_extras_kernel_with_its_width():
+    lib = RecordingLibrary()
+    q, kv_cache, metadata = mixed_inputs()
+    paged_attention_into(lib, torch.empty_like(q), q, kv_cache, metadata, 0.088, window=37)
+    assert all(function.endswith("_extras") for _, function, _, _, _ in lib.launches)
+    assert all(score_args(launch)[1:] == (0, np.float32(0), np.float32(0), np.int32(37))
+               for launch in lib.launches)
+
+
+def test_cuda_ops_passes_a_window_only_where_a_context_reaches_past_it():
+    q, kv_cache, metadata = mixed_inputs()  # contexts up to 340 keys
+    for window, extras in ((340, False), (339, True)):
+        lib = RecordingLibrary()
+        CudaOps(lib).attention(q, kv_cache, metadata, 0.088, window=window)
+        assert all(function.endswith("_extras") == extras
+                   for _, function, _, _, _ in lib.launches), window
 
 
 @pytest.mark.parametrize("kwargs, match", (
@@ -91,6 +109,8 @@ def test_either_extra_alone_runs_the_extras_kernel(softcap, slopes):
     ({"alibi_slopes": torch.ones(32, dtype=torch.float64)}, "alibi_slopes must be torch.float32"),
     ({"alibi_slopes": torch.ones(8)}, r"alibi_slopes must have shape \[32\]"),
     ({"alibi_slopes": torch.ones(64)[::2]}, "alibi_slopes must be contiguous"),
+    ({"window": 0}, "window must be a positive number of keys"),
+    ({"window": 4.5}, "window must be a positive number of keys"),
 ))
 def test_malformed_extras_are_refused_before_any_launch(kwargs, match):
     lib = RecordingLibrary()

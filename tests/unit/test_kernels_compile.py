@@ -88,10 +88,12 @@ ATTENTION_REGISTER_CEILINGS = {"d128_w1": 255, "d128_w2": 168, "d128_w4": 168,
 FP8_CACHE_REGISTER_CEILINGS = {**ATTENTION_REGISTER_CEILINGS, "d64_w1k2": 128,
                                "d128_w1tk2": 96, "d96_w1k2": 168, "d96_w1tk2": 96,
                                "d80_w1k2": 128, "d80_w1tk2": 80, "d256_w1tk2": 168}
-# The _extras kernels (soft-capping, ALiBi) keep their plain twins' ceilings, but for the
-# 16-bit cache's w1k2 at head_dim 64, which asks for 8 CTAs (paged_attention.cu), and the
-# e4m3 cache's w1tk2 at 80, 10 CTAs (paged_attention_fp8.cu).
-EXTRAS_REGISTER_CEILINGS = {"paged_attention": {**ATTENTION_REGISTER_CEILINGS, "d64_w1k2": 128},
+# The _extras kernels (soft-capping, ALiBi, sliding window) keep their plain twins' ceilings,
+# but for the 16-bit cache's w1k2 at head_dims 64 and 80, which ask for 8 CTAs, and w2 at
+# 80, unbounded against spills (paged_attention.cu), and the e4m3 cache's w1tk2 at 80, 10
+# CTAs (paged_attention_fp8.cu).
+EXTRAS_REGISTER_CEILINGS = {"paged_attention": {**ATTENTION_REGISTER_CEILINGS, "d64_w1k2": 128,
+                                                "d80_w1k2": 128, "d80_w2": 168},
                             "paged_attention_fp8": {**FP8_CACHE_REGISTER_CEILINGS,
                                                     "d80_w1tk2": 96}}
 # head_dim: two stages of 32 K and 32 V rows, each padded by 16 bytes against bank conflicts

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from server.engine.attention.metadata import AttentionMetadata
-from server.engine.gpu.kernel_args import KernelArgumentError
 from server.engine.gpu.kernels import KernelLibrary
 from server.engine.ops.cuda_attention import paged_attention_into
 from server.engine.ops.cuda_attention_scores import wants_extras
@@ -170,14 +169,15 @@ class CudaOps:
                   scale: float, *, softcap: float | None = None,
                   alibi_slopes: torch.Tensor | None = None,
                   window: int | None = None) -> torch.Tensor:
-        check_attention_window(metadata, window=window)
         q = q if q.is_contiguous() else q.contiguous()
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        # softcap and ALiBi: the kernels' _extras builds (ops/cuda_attention_scores.py)
+        if window is not None and metadata.max_seq_len <= window:
+            window = None  # no context reaches past it: the plain kernels will do
+        # softcap, ALiBi and windows: the kernels' _extras builds (ops/cuda_attention_scores.py)
+        extras = wants_extras(softcap, alibi_slopes, window)
         paged_attention_into(self.library, out, q, kv_cache, metadata, scale,
-                             plan=self.attention_plan(q, kv_cache, metadata,
-                                                      extras=wants_extras(softcap, alibi_slopes)),
-                             softcap=softcap, alibi_slopes=alibi_slopes)
+                             plan=self.attention_plan(q, kv_cache, metadata, extras=extras),
+                             softcap=softcap, alibi_slopes=alibi_slopes, window=window)
         return out
 
     def attention_plan(self, q: torch.Tensor, kv_cache: torch.Tensor,
@@ -185,16 +185,6 @@ class CudaOps:
         """The launch plan for this call (extras: on the kernels that soft-cap and add ALiBi
         biases); None: the kernels' own choice."""
         return None
-
-
-def check_attention_window(metadata: AttentionMetadata, *, window: int | None) -> None:
-    """What the attention kernels cannot do yet is refused, not computed wrongly."""
-    # contexts are kept within the window on these kernels (core._max_model_len): a window
-    # that wide changes nothing
-    if window is not None and metadata.max_seq_len > window:
-        raise KernelArgumentError(f"the attention kernels have no sliding window yet: a "
-                                  f"context of {metadata.max_seq_len} tokens is past the "
-                                  f"window of {window}")
 
 
 def _has_mm_float32_out(device: torch.device) -> bool:

@@ -21,7 +21,8 @@ launches running at the same time on two streams must not.
 
 A cache of e4m3 values (--kv-cache-dtype fp8) runs the same kernels built for it
 (csrc/paged_attention_fp8.cu, names ending "_kvfp8"); everything here applies to both.
-Soft-capping and ALiBi run on each kernel's "_extras" build (ops/cuda_attention_scores.py).
+Soft-capping, ALiBi and sliding windows run on each kernel's "_extras" build
+(ops/cuda_attention_scores.py).
 
 The plan reads only host values (query_lens_host, max_seq_len), never the device, and the
 kernels read each sequence's length on the device, so a decode step captured in a CUDA
@@ -300,19 +301,20 @@ def paged_attention_into(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
                          plan: AttentionPlan | None = None,
                          decode_key_split: int | None = None,
                          transposed_decode: bool | None = None, softcap: float | None = None,
-                         alibi_slopes: torch.Tensor | None = None) -> AttentionPlan:
+                         alibi_slopes: torch.Tensor | None = None,
+                         window: int | None = None) -> AttentionPlan:
     """Causal attention of q [T, H, D] over the paged cache into out; returns the plan used.
     decode_key_split=2 runs the 1-warp (decode) row class on the w1k2 kernel, 1 on w1, None
-    as plan_for picks; a given plan must have been made with the value given. softcap and
-    alibi_slopes (float32 [H], on the device) as in Ops.attention: they run the _extras
-    kernels, so a given plan must come from plan_for(..., extras=True)."""
+    as plan_for picks; a given plan must have been made with the value given. softcap,
+    alibi_slopes (float32 [H], on the device) and window as in Ops.attention: they run the
+    _extras kernels, so a given plan must come from plan_for(..., extras=True)."""
     check_attention_args(lib, out, q, kv_cache, metadata)
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = kv_cache.shape[3]
     suffix = kernel_suffix(q, kv_cache)
     scores = score_args(lib.device, num_heads=num_heads, scale=scale, softcap=softcap,
-                        alibi_slopes=alibi_slopes)
-    extras = wants_extras(softcap, alibi_slopes)
+                        alibi_slopes=alibi_slopes, window=window)
+    extras = wants_extras(softcap, alibi_slopes, window)
     if plan is None:
         plan = plan_for(lib, q, kv_cache, metadata, decode_key_split=decode_key_split,
                         transposed_decode=transposed_decode, extras=extras)

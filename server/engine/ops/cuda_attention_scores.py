@@ -1,8 +1,9 @@
 """What the paged attention kernels do to their scores (csrc/attention_scores.cuh): the
-scale, and on the "_extras" kernels soft-capping and ALiBi, with the torch reference's
-semantics (ops/torch_ref.py causal_attention):
+scale, and on the "_extras" kernels soft-capping, ALiBi and a sliding window, with the torch
+reference's semantics (ops/torch_ref.py causal_attention):
 
     x = q.k * scale;  x = softcap * tanh(x / softcap);  x += slope[head] * (key - query pos)
+    a key at or before query pos - window is not seen (its score is -inf)
 
 Each kernel has an "_extras" build that does the latter two, so the plain ones keep their
 registers; a plan is made for one or the other (plan_for(..., extras=True)), as their
@@ -29,14 +30,19 @@ class AttentionExtrasError(KernelArgumentError):
     """softcap or alibi_slopes is malformed, or the plan was made for the other kernels."""
 
 
-def wants_extras(softcap: float | None, alibi_slopes: torch.Tensor | None) -> bool:
+def wants_extras(softcap: float | None, alibi_slopes: torch.Tensor | None,
+                 window: int | None = None) -> bool:
     """Whether these arguments need the _extras kernels."""
-    return softcap is not None or alibi_slopes is not None
+    return softcap is not None or alibi_slopes is not None or window is not None
 
 
 def score_args(device: torch.device, *, num_heads: int, scale: float,
-               softcap: float | None, alibi_slopes: torch.Tensor | None) -> tuple:
-    """The kernels' (scale_log2, alibi_slopes, cap_in, cap_out) arguments, checked."""
+               softcap: float | None, alibi_slopes: torch.Tensor | None,
+               window: int | None = None) -> tuple:
+    """The kernels' (scale_log2, alibi_slopes, cap_in, cap_out, window) arguments, checked."""
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int)
+                               or window < 1):
+        raise AttentionExtrasError(f"window must be a positive number of keys, got {window!r}")
     cap_in = cap_out = 0.0
     if softcap is not None:
         if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) \
@@ -51,7 +57,8 @@ def score_args(device: torch.device, *, num_heads: int, scale: float,
         check_shape("alibi_slopes", alibi_slopes, (num_heads,))
         check_contiguous(alibi_slopes=alibi_slopes)
         slopes = alibi_slopes.data_ptr()
-    return np.float32(scale * LOG2_E), slopes, np.float32(cap_in), np.float32(cap_out)
+    return (np.float32(scale * LOG2_E), slopes, np.float32(cap_in), np.float32(cap_out),
+            np.int32(window or 0))
 
 
 def check_plan_extras(launches, extras: bool) -> None:
@@ -62,5 +69,6 @@ def check_plan_extras(launches, extras: bool) -> None:
             what = "with" if extras else "without"
             raise AttentionExtrasError(
                 f"the plan was made for the {'_extras' if launch.extras else 'plain'} "
-                f"kernels, but this call runs {what} soft-capping or ALiBi; make the plan with "
+                f"kernels, but this call runs {what} soft-capping, ALiBi or a window; make the "
+                f"plan with "
                 f"plan_for(..., extras={extras})")
