@@ -269,11 +269,12 @@ def _max_model_len(model_config: ModelConfig, source: ModelSource) -> int:
     if model_config.max_model_len is None:
         if model_len < arch.max_position_embeddings:
             logger.info("serving contexts of up to %d tokens, the model's sliding window: "
-                        "our GPU kernels do not implement windowed attention yet", model_len)
+                        "the engine does not use windowed attention on our GPU kernels yet",
+                        model_len)
         return model_len
     if model_config.max_model_len > model_len:
-        why = ("its sliding window: our GPU kernels do not implement windowed attention yet"
-               if model_len < arch.max_position_embeddings else "the model's context window")
+        why = ("its sliding window: the engine does not use windowed attention on our GPU "
+               "kernels yet" if model_len < arch.max_position_embeddings else "the model's context window")
         raise ValueError(f"--max-model-len {model_config.max_model_len} is beyond {why} "
                          f"({model_len} tokens)")
     return model_config.max_model_len

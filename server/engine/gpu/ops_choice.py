@@ -45,20 +45,21 @@ def cuda_ops_unsupported_reason(arch: ModelArchConfig, dtype: torch.dtype, *,
         return f"the kernels take bfloat16 or float16, not {dtype}"
     if arch.head_dim not in ATTENTION_HEAD_DIMS:
         return f"the attention kernel covers head_dim {ATTENTION_HEAD_DIMS}, not {arch.head_dim}"
-    # Our kernels serve a windowed model within its window (they have no windowed attention
-    # yet). Where every layer slides that loses nothing a layer could see; where global
-    # layers interleave (Gemma), they would lose the whole context they exist for.
+    # On our kernels the engine serves a windowed model within its window (their windowed
+    # attention awaits its GPU tests). Where every layer slides that loses nothing a layer
+    # could see; where global layers interleave (Gemma), they would lose the whole context
+    # they exist for.
     context = max_model_len or arch.max_position_embeddings
     if arch.interleaves_windows and context > arch.sliding_window:
         return (f"its sliding-window layers ({arch.sliding_window} tokens) alternate with "
-                "global ones, and the kernels have no windowed attention yet (with "
-                f"--max-model-len {arch.sliding_window} or less it runs on them)")
+                "global ones, and the engine does not use windowed attention on our kernels "
+                f"yet (with --max-model-len {arch.sliding_window} or less it runs on them)")
     return None
 
 
 def attends_within_windows(model_config: ModelConfig, source: ModelSource) -> bool:
     """Whether the ops this model runs on compute sliding-window attention: the torch
-    reference does, our GPU kernels do not yet (so there contexts stay within the window)."""
+    reference does; on our GPU kernels the engine does not yet (contexts stay within the window)."""
     device = resolve_device(model_config.device)
     engine = engine_config(source)
     dtype = resolve_dtype(model_config.dtype, device,

@@ -133,7 +133,7 @@ def build_engine(options: BuildOptions, *, progress: bool = True,
 
 
 def _max_model_len(options: BuildOptions, source: ModelSource) -> int:
-    # on our kernels (no windowed attention yet), the sliding window when the model has one
+    # on our kernels (windowed attention not used yet), the sliding window when the model has one
     windowed = cuda_ops_unsupported_reason(source.arch, DTYPES[options.dtype_name],
                                            max_model_len=options.max_model_len) is not None
     model_len = source.arch.max_exact_context(windowed_attention=windowed)

@@ -182,8 +182,8 @@ class CudaOps:
 
     def attention_plan(self, q: torch.Tensor, kv_cache: torch.Tensor,
                        metadata: AttentionMetadata, *, extras: bool = False):
-        """The launch plan for this call (extras: on the kernels that soft-cap and add ALiBi
-        biases); None: the kernels' own choice."""
+        """The launch plan for this call (extras: on the kernels that soft-cap, add ALiBi
+        biases or slide a window); None: the kernels' own choice."""
         return None
 
 
