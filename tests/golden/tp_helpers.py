@@ -55,7 +55,10 @@ def _rank_main(rank: int, world_size: int, init_file: str, models: list[str],
                 logits = greedy_logits(make_runner(
                     model, tp=TensorParallel(rank, world_size), quantization=quantization,
                     device=devices[rank], dtype=dtype))
-                outcome = ("ok", logits.cpu())
+                # by value: a tensor would travel as a file descriptor that the parent
+                # fetches from this process, which may have exited by then (seen in CI:
+                # FileNotFoundError in multiprocessing's resource_sharer)
+                outcome = ("ok", logits.cpu().numpy())
             except Exception as exc:  # reported to the test, which names the model
                 outcome = ("error", f"{type(exc).__name__}: {exc}")
             if rank == 0:
@@ -84,8 +87,8 @@ def tensor_parallel_logits(models: list[str], *, world_size: int, tmp_path: Path
     outcomes = {}
     try:
         for _ in models:
-            model, outcome = results.get(timeout=timeout_s)
-            outcomes[model] = outcome
+            model, (status, value) = results.get(timeout=timeout_s)
+            outcomes[model] = (status, torch.from_numpy(value) if status == "ok" else value)
     except queue.Empty:
         raise AssertionError(f"tensor-parallel ranks gave {len(outcomes)} of {len(models)} "
                              f"results within {timeout_s} s") from None
