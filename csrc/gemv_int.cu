@@ -154,10 +154,8 @@ __device__ __forceinline__ LaneRows<T, TILES> lane_rows(
 // UNROLL blocks of K from `first` on, kIntGemvWarps apart. TAIL: some of them may be past K
 // (whole blocks, or chunks of the last one): those are skipped or multiply zeros (scale 0
 // zeroes the weights, x is 0). BLOCK_SCALE: one group per block (int4: groups of 128 or more,
-// int8: 64), so each block's sums are scaled once instead of every weight. WAIT: the warp's
-// first pass, which issues its weight loads before waiting for the kernel that writes x
-// (under programmatic launch the weights, which nothing writes, stream while it drains).
-template <typename T, int BITS, int TILES, bool BLOCK_SCALE, bool TAIL, bool WAIT>
+// int8: 64), so each block's sums are scaled once instead of every weight.
+template <typename T, int BITS, int TILES, bool BLOCK_SCALE, bool TAIL>
 __device__ __forceinline__ void blocks_pass(const LaneRows<T, TILES>& r, int first,
                                             float (&c)[TILES][4]) {
   using Shape = ChunkShape<BITS>;
@@ -171,7 +169,6 @@ __device__ __forceinline__ void blocks_pass(const LaneRows<T, TILES>& r, int fir
     a_lo[u] = in_k ? load_streaming(r.w + (r.w_lo + offset)) : zero;
     a_hi[u] = in_k ? load_streaming(r.w + (r.w_hi + offset)) : zero;
   }
-  if constexpr (WAIT) inflightd::wait_for_previous_kernel();
 #pragma unroll
   for (int u = 0; u < kIntGemvUnroll; ++u) {
     const int block = first + u * kIntGemvWarps;
@@ -229,18 +226,9 @@ __device__ __forceinline__ void gemv_int_impl(T* __restrict__ y,
   constexpr int kStep = kIntGemvWarps * kIntGemvUnroll;
   float c[TILES][4] = {};
   int first = threadIdx.x >> 5;
-  // the first pass (full or tail) waits for the previous kernel after its weight loads
-  if (first + (kIntGemvUnroll - 1) * kIntGemvWarps < full_blocks) {
-    blocks_pass<T, BITS, TILES, BLOCK_SCALE, false, true>(rows, first, c);
-    for (first += kStep; first + (kIntGemvUnroll - 1) * kIntGemvWarps < full_blocks;
-         first += kStep)
-      blocks_pass<T, BITS, TILES, BLOCK_SCALE, false, false>(rows, first, c);
-    if (first < num_blocks) blocks_pass<T, BITS, TILES, BLOCK_SCALE, true, false>(rows, first, c);
-  } else if (first < num_blocks) {
-    blocks_pass<T, BITS, TILES, BLOCK_SCALE, true, true>(rows, first, c);
-  } else {
-    inflightd::wait_for_previous_kernel();  // a warp with no block of K to load
-  }
+  for (; first + (kIntGemvUnroll - 1) * kIntGemvWarps < full_blocks; first += kStep)
+    blocks_pass<T, BITS, TILES, BLOCK_SCALE, false>(rows, first, c);
+  if (first < num_blocks) blocks_pass<T, BITS, TILES, BLOCK_SCALE, true>(rows, first, c);
   reduce_mma_columns<kIntGemvWarps, TILES>(c, m, n, [&](int col, int token, float total) {
     if (bias != nullptr) total += to_float(bias[col]);
     y[static_cast<long long>(token) * n + col] = from_float<T>(total);
@@ -257,6 +245,7 @@ __device__ __forceinline__ void gemv_int_impl(T* __restrict__ y,
           T* y, const unsigned char* w, const unsigned short* scales,                          \
           const unsigned short* zeros, const T* x, const T* bias, int m, int n, int k,         \
           int group_shift, long long x_stride) {                                                \
+    inflightd::wait_for_previous_kernel();                                                      \
     gemv_int_impl<T, BITS, TILES, BLOCK_SCALE>(y, w, scales, zeros, x, bias, m, n, k,          \
                                                group_shift, x_stride);                          \
   }
