@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from server.config import CacheConfig, ModelConfig, SchedulerConfig
 from server.engine.step.async_output import InFlightStep
 from server.engine.service.info import EngineInfo, EngineStats
-from server.engine.gpu.ops_choice import attends_within_windows, resolve_device
+from server.engine.gpu.ops_choice import resolve_device
 from server.engine.parallel.tensor_parallel import check_shardable
 from server.engine.service.workers import RunnerSpec, WorkerGroup, placement_of
 from server.engine.step.runner import ModelRunner
@@ -261,22 +261,13 @@ def _start_runner(model_config: ModelConfig, cache_config: CacheConfig, *,
 
 
 def _max_model_len(model_config: ModelConfig, source: ModelSource) -> int:
-    """The context window: the model's own (on our GPU kernels, which have no windowed
-    attention yet, its sliding window when it has one), unless the user asked for less."""
-    arch = source.arch
-    model_len = arch.max_exact_context(
-        windowed_attention=attends_within_windows(model_config, source))
+    """The context window: the model's own, unless the user asked for less."""
+    model_len = source.arch.max_position_embeddings
     if model_config.max_model_len is None:
-        if model_len < arch.max_position_embeddings:
-            logger.info("serving contexts of up to %d tokens, the model's sliding window: "
-                        "the engine does not use windowed attention on our GPU kernels yet",
-                        model_len)
         return model_len
     if model_config.max_model_len > model_len:
-        why = ("its sliding window: the engine does not use windowed attention on our GPU "
-               "kernels yet" if model_len < arch.max_position_embeddings else "the model's context window")
-        raise ValueError(f"--max-model-len {model_config.max_model_len} is beyond {why} "
-                         f"({model_len} tokens)")
+        raise ValueError(f"--max-model-len {model_config.max_model_len} is beyond the model's "
+                         f"context window ({model_len} tokens)")
     return model_config.max_model_len
 
 

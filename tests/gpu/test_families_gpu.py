@@ -78,14 +78,13 @@ FAMILIES = {
                    "intermediate_size": 640, "num_hidden_layers": 3, "num_attention_heads": 4,
                    "num_key_value_heads": 2, "head_dim": 80, "rms_norm_eps": 1e-5,
                    "hidden_act": "silu", "max_position_embeddings": MAX_MODEL_LEN}, True),
-    # sliding windows that bite (the runner serves MAX_MODEL_LEN; the engine still keeps such
-    # models within their window on our kernels until these pass): every layer (Mistral)
+    # sliding windows that bite (the runner serves MAX_MODEL_LEN): every layer (Mistral)
     "mistral-window": ({**_SMALL, "architectures": ["MistralForCausalLM"], "hidden_size": 512,
                         "intermediate_size": 1024, "num_hidden_layers": 3,
                         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 128,
                         "rms_norm_eps": 1e-5, "hidden_act": "silu", "sliding_window": 64,
                         "max_position_embeddings": MAX_MODEL_LEN}, True),
-    # ... and every other layer, with soft-capping (Gemma 2; not picked: its global layers)
+    # ... and every other layer, with soft-capping (Gemma 2)
     "gemma2-window": ({**_SMALL, "architectures": ["Gemma2ForCausalLM"], "hidden_size": 512,
                        "intermediate_size": 1024, "num_hidden_layers": 4,
                        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 128,
@@ -93,9 +92,9 @@ FAMILIES = {
                        "final_logit_softcapping": 30.0, "sliding_window": 64,
                        "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6,
                        "max_position_embeddings": MAX_MODEL_LEN,
-                       "tie_word_embeddings": True}, False),
+                       "tie_word_embeddings": True}, True),
     # head_dim 256, Gemma 3's (dynamic shared memory, Q kept in shared memory); its window
-    # spans the whole test context, which our kernels serve up to the window
+    # spans the whole test context
     "gemma3": ({**_SMALL, "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
                 "hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 3,
                 "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 256,

@@ -149,28 +149,19 @@ def test_alibi_models_now_run_on_our_kernels(shape):
     assert cuda_ops_unsupported_reason(arch, torch.bfloat16) is None
 
 
-def test_gemma2_softcap_runs_on_our_kernels_at_both_its_head_dims_within_its_window():
+@pytest.mark.parametrize("shape, overrides", (
+    ("gemma-2-9b", {}), ("gemma-3-12b", {}),  # sliding layers alternate with global ones
+    ("mistral-7b", {"sliding_window": 4096})))  # Mistral v0.1: every layer slides
+def test_windowed_models_run_on_our_kernels(shape, overrides):
+    arch = ModelArchConfig.from_hf(dummy_hf_config(shape) | overrides)
+    assert any(arch.layer_windows) and arch.sliding_window < arch.max_position_embeddings
+    assert cuda_ops_unsupported_reason(arch, torch.bfloat16) is None
+
+
+def test_gemma2_softcap_runs_on_our_kernels_at_both_its_head_dims():
     nine_b = ModelArchConfig.from_hf(dummy_hf_config("gemma-2-9b"))
     assert nine_b.attn_softcap is not None and nine_b.head_dim == 256
-    window = nine_b.sliding_window
-    assert cuda_ops_unsupported_reason(nine_b, torch.bfloat16, max_model_len=window) is None
+    assert cuda_ops_unsupported_reason(nine_b, torch.bfloat16) is None
     # Gemma 2 27B's shape: head_dim 128
     twenty_seven_b = ModelArchConfig.from_hf({**dummy_hf_config("gemma-2-9b"), "head_dim": 128})
-    assert cuda_ops_unsupported_reason(twenty_seven_b, torch.bfloat16,
-                                       max_model_len=window) is None
-
-
-@pytest.mark.parametrize("shape", ("gemma-2-9b", "gemma-3-12b"))
-def test_gemma_past_its_window_stays_on_the_reference_ops_naming_the_option(shape):
-    # its global layers exist to see the whole context: our kernels (no windowed attention
-    # yet) would serve it within the window (Gemma 3 12B: 1,024 of 131,072 tokens)
-    arch = ModelArchConfig.from_hf(dummy_hf_config(shape))
-    assert arch.interleaves_windows and arch.sliding_window < arch.max_position_embeddings
-    reason = cuda_ops_unsupported_reason(arch, torch.bfloat16)
-    assert reason is not None and f"--max-model-len {arch.sliding_window}" in reason
-    assert cuda_ops_unsupported_reason(arch, torch.bfloat16,
-                                       max_model_len=arch.sliding_window + 1) == reason
-    # a model whose every layer slides keeps our kernels, within its window (Mistral v0.1)
-    mistral = ModelArchConfig.from_hf(dummy_hf_config("mistral-7b") | {"sliding_window": 4096})
-    assert not mistral.interleaves_windows
-    assert cuda_ops_unsupported_reason(mistral, torch.bfloat16) is None
+    assert cuda_ops_unsupported_reason(twenty_seven_b, torch.bfloat16) is None

@@ -7,7 +7,6 @@ import logging
 
 import torch
 
-from server.config import ModelConfig
 from server.engine.models.config import ModelArchConfig
 from server.engine.ops import Ops
 from server.engine.ops.torch_ref import TorchOps
@@ -35,46 +34,23 @@ def resolve_dtype(name: str, device: torch.device, *, engine_dtype: str | None =
     return _DTYPES[name]
 
 
-def cuda_ops_unsupported_reason(arch: ModelArchConfig, dtype: torch.dtype, *,
-                                max_model_len: int | None = None) -> str | None:
-    """Why our kernels cannot run this model (with contexts up to max_model_len, default its
-    own), or None when they can."""
+def cuda_ops_unsupported_reason(arch: ModelArchConfig, dtype: torch.dtype) -> str | None:
+    """Why our kernels cannot run this model, or None when they can."""
     from server.engine.gpu.kernels import ATTENTION_HEAD_DIMS
 
     if dtype not in (torch.bfloat16, torch.float16):
         return f"the kernels take bfloat16 or float16, not {dtype}"
     if arch.head_dim not in ATTENTION_HEAD_DIMS:
         return f"the attention kernel covers head_dim {ATTENTION_HEAD_DIMS}, not {arch.head_dim}"
-    # On our kernels the engine serves a windowed model within its window (their windowed
-    # attention awaits its GPU tests). Where every layer slides that loses nothing a layer
-    # could see; where global layers interleave (Gemma), they would lose the whole context
-    # they exist for.
-    context = max_model_len or arch.max_position_embeddings
-    if arch.interleaves_windows and context > arch.sliding_window:
-        return (f"its sliding-window layers ({arch.sliding_window} tokens) alternate with "
-                "global ones, and the engine does not use windowed attention on our kernels "
-                f"yet (with --max-model-len {arch.sliding_window} or less it runs on them)")
     return None
 
 
-def attends_within_windows(model_config: ModelConfig, source: ModelSource) -> bool:
-    """Whether the ops this model runs on compute sliding-window attention: the torch
-    reference does; on our GPU kernels the engine does not yet (contexts stay within the window)."""
-    device = resolve_device(model_config.device)
-    engine = engine_config(source)
-    dtype = resolve_dtype(model_config.dtype, device,
-                          engine_dtype=engine.dtype if engine else None)
-    return device.type != "cuda" or cuda_ops_unsupported_reason(
-        source.arch, dtype, max_model_len=model_config.max_model_len) is not None
-
-
-def default_ops(source: ModelSource, *, dtype: torch.dtype, device: torch.device,
-                max_model_len: int | None = None) -> Ops:
-    """CudaOps on a GPU when the kernels cover the model at contexts up to max_model_len
-    (with the engine directory's cubins and tuning when there is one), else TorchOps."""
+def default_ops(source: ModelSource, *, dtype: torch.dtype, device: torch.device) -> Ops:
+    """CudaOps on a GPU when the kernels cover the model (with the engine directory's cubins
+    and tuning when there is one), else TorchOps."""
     if device.type != "cuda":
         return TorchOps()
-    reason = cuda_ops_unsupported_reason(source.arch, dtype, max_model_len=max_model_len)
+    reason = cuda_ops_unsupported_reason(source.arch, dtype)
     if reason is not None:
         logger.warning("running the torch reference ops on %s: %s", device, reason)
         return TorchOps()

@@ -133,16 +133,12 @@ def build_engine(options: BuildOptions, *, progress: bool = True,
 
 
 def _max_model_len(options: BuildOptions, source: ModelSource) -> int:
-    # on our kernels (windowed attention not used yet), the sliding window when the model has one
-    windowed = cuda_ops_unsupported_reason(source.arch, DTYPES[options.dtype_name],
-                                           max_model_len=options.max_model_len) is not None
-    model_len = source.arch.max_exact_context(windowed_attention=windowed)
+    model_len = source.arch.max_position_embeddings
     if options.max_model_len is None:
         return model_len
     if not 1 <= options.max_model_len <= model_len:
         raise BuildError(f"--max-model-len must be between 1 and the model's context window "
-                         f"({model_len}; on our kernels a sliding window counts, until they "
-                         f"implement windowed attention), got {options.max_model_len}")
+                         f"({model_len}), got {options.max_model_len}")
     return options.max_model_len
 
 
@@ -207,8 +203,7 @@ def _tune(source: ModelSource, out_dir: Path, options: BuildOptions,
     tuning = None
     gpu_arch = _gpu_arches()
     if (options.tune and gpu_arch and gpu_arch[0] in arches
-            and cuda_ops_unsupported_reason(source.arch, dtype,
-                                            max_model_len=max_model_len) is None):
+            and cuda_ops_unsupported_reason(source.arch, dtype) is None):
         from server.engine.gpu.kernel_store import load_cubins
         from server.engine.gpu.kernels import KernelLibrary
         from server.engine.gpu.tuning import tune_decode_partitions

@@ -196,20 +196,6 @@ class ModelArchConfig:
         return windows.pop() if len(windows) == 1 else None
 
     @property
-    def interleaves_windows(self) -> bool:
-        """Sliding-window layers alternating with global ones (Gemma 2 and 3)."""
-        windows = set(self.layer_windows)
-        return None in windows and len(windows) > 1
-
-    def max_exact_context(self, *, windowed_attention: bool) -> int:
-        """The longest context the engine computes as the checkpoint defines it: the
-        position limit, or without windowed attention (our GPU kernels) the sliding window
-        of a model that has one, as longer contexts would attend to keys it never sees."""
-        if windowed_attention or not any(self.layer_windows):
-            return self.max_position_embeddings
-        return min(self.max_position_embeddings, self.sliding_window)
-
-    @property
     def long_rope_threshold(self) -> int | None:
         """LongRoPE (Phi-3 long-context): a request longer than this many tokens rotates
         every position with the long factors, a shorter one with the short factors, as
