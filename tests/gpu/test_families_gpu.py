@@ -17,6 +17,10 @@ from tests.gpu.test_cuda_graphs import (BLOCK_SIZE, MAX_MODEL_LEN, NUM_BLOCKS,
                                         assert_tracks_reference, small_model_source)
 
 BF16_VS_REFERENCE_MAX_ERROR = 2e-2  # the kernels round in bf16 where the reference does not
+# Gemma 3's QK norms (weights 1 + 1 here) make its scores large and its softmax peaked, so
+# bf16 rounding moves its logits more: on an H100 the torch reference in bf16 was 0.058 from
+# the model in float32, ours 0.066, ours from the reference 0.048 (docs/benchmarks.md)
+GEMMA3_VS_REFERENCE_MAX_ERROR = 8e-2
 _SMALL = {"vocab_size": 4096, "bos_token_id": 1, "eos_token_id": 2,
           "tie_word_embeddings": False}
 _GLM = {**_SMALL, "hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 3,
@@ -123,5 +127,6 @@ def test_family_on_our_kernels_and_graphs_matches_the_torch_reference_path(famil
     assert_tracks_reference(
         runner=runner, reference=make_runner(hf_config, ops=TorchOps(), enforce_eager=True),
         baseline=make_runner(hf_config, enforce_eager=True, **ops),
-        max_vs_reference=BF16_VS_REFERENCE_MAX_ERROR,
+        max_vs_reference=(GEMMA3_VS_REFERENCE_MAX_ERROR if family == "gemma3"
+                          else BF16_VS_REFERENCE_MAX_ERROR),
         max_vs_baseline=BF16_VS_REFERENCE_MAX_ERROR, seed=7)
