@@ -8,13 +8,16 @@ K/V tile's keys) over the same cache, once over a bf16 cache and once over an e4
 read once) against a measured device copy bandwidth (read + write) and read bandwidth (a
 bf16 sum), with w1k2's speed-up over w1 and the e4m3 cache's over bf16;
 prefill attention for 4 sequences of 1024 new tokens as time and TFLOP/s (both caches),
-next to torch's own fused attention on the same shape. Every timing replays a CUDA graph and takes the
+next to torch's own fused attention on the same shape. --batches, --contexts and
+--prefill-lengths widen the grid (issue 16's: batches 64,256,512,1024, contexts 640,2048,8192,
+prefill lengths 1024,4096,16384; a prefill of L tokens runs max(1, 4096 // L) sequences). Every timing replays a CUDA graph and takes the
 median of CUDA-event timings; small cases put several launches over distinct KV regions in
 one graph, so that repeated reads come from HBM rather than the 50 MB L2. The elementwise
 kernels (norms, SiLU-and-mul, rotary) run 20 times per graph on 256 tokens, whose few MB
 stay in L2 as the activations of a real step would.
 
-    python3 bench/kernels.py [--json out.json]
+    python3 bench/kernels.py [--json out.json] [--batches 1,64,256,512]
+        [--contexts 512,640,2048,8192] [--prefill-lengths 1024]
 """
 
 from __future__ import annotations
@@ -198,29 +201,48 @@ def print_table(results: dict) -> None:
               f"{row['gb_s']:>7.0f} {row['of_copy']:>8.0%} "
               f"{row['gb_s'] / results['read_gb_s']:>8.0%} {row['speedup']:>8.2f}x "
               f"{versus:>8.2f}x")
-    p = results["prefill"]
-    print(f"prefill attention {p['seqs']}x{p['length']}: {p['us']:.0f} us, "
-          f"{p['tflops']:.0f} TFLOP/s; over an fp8 cache {p['fp8_kv_us']:.0f} us "
-          f"(torch SDPA on unpaged tensors: {p['sdpa_us']:.0f} us, "
-          f"{p['sdpa_tflops']:.0f} TFLOP/s)")
+    for p in results["prefill"]:
+        print(f"prefill attention {p['seqs']}x{p['length']}: {p['us']:.0f} us, "
+              f"{p['tflops']:.0f} TFLOP/s; over an fp8 cache {p['fp8_kv_us']:.0f} us "
+              f"(torch SDPA on unpaged tensors: {p['sdpa_us']:.0f} us, "
+              f"{p['sdpa_tflops']:.0f} TFLOP/s)")
     for row in results["elementwise"]:
         print(f"{row['kernel']:>15} {row['tokens']} tokens: {row['us']:.1f} us, "
               f"{row['gb_s']:.0f} GB/s")
 
 
+def int_list(text: str) -> tuple[int, ...]:
+    """"64,256,512" -> (64, 256, 512)."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}")
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--batches", type=int_list, default=(1, 64, 256, 512),
+                        help="decode batch sizes, comma-separated (default 1,64,256,512)")
+    parser.add_argument("--contexts", type=int_list, default=(512, 640, 2048, 8192),
+                        help="decode context lengths (default 512,640,2048,8192)")
+    parser.add_argument("--prefill-lengths", type=int_list, default=(1024,),
+                        help="prefill lengths, multiples of 16 (default 1024)")
     args = parser.parse_args()
     ops = CudaOps(KernelLibrary())
     ops.library.load_all()
     copy_bw = copy_bandwidth()
     results = {"device": torch.cuda.get_device_name(), "copy_gb_s": copy_bw / 1e9,
                "read_gb_s": read_bandwidth() / 1e9,
-               "decode": [row for kv in KV_DTYPES for b in (1, 64, 256, 512)
-                          for c in (512, 640, 2048, 8192)
+               "decode": [row for kv in KV_DTYPES for b in args.batches
+                          for c in args.contexts
                           for row in bench_decode(ops, b, c, copy_bw, kv)],
-               "prefill": bench_prefill(ops), "elementwise": bench_elementwise(ops)}
+               "prefill": [bench_prefill(ops, num_seqs=max(1, 4096 // length), length=length)
+                           for length in args.prefill_lengths],
+               "elementwise": bench_elementwise(ops)}
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
