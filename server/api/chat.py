@@ -116,8 +116,8 @@ async def _chunks(state: ServingState, generation: Generation, steps, body: Chat
     the usage chunk if asked for, and [DONE]. An error mid-stream is sent as an event."""
     events = ChunkEvents(request_id=request_id, object_name="chat.completion.chunk",
                          created=created, model=model, include_usage=body.include_usage,
-                         running_usage=(lambda: generation.usage().to_dict())
-                         if body.continuous_usage else None)
+                         running_usage=(generation.running_usage if body.continuous_usage
+                                        else None))
     streamers = ({index: ToolCallStreamer(plan) for index in range(body.n)}
                  if plan.parser is not None else {})
 

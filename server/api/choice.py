@@ -43,6 +43,7 @@ class ChoiceAssembler:
         self._released_len = 0
         self.num_prompt_tokens = len(prompt_token_ids)
         self.num_cached_tokens = 0
+        self.cached_known = False  # the engine's first output says how many were cached
         self.num_generated_tokens = 0
         self.finish_reason: str | None = None
 
@@ -60,6 +61,7 @@ class ChoiceAssembler:
         if self.finished:
             return self._delta("")
         self.num_cached_tokens = output.num_cached_tokens
+        self.cached_known = True
         prompt_logprobs = output.prompt_logprobs
         token_ids = list(output.new_token_ids)
         self.num_generated_tokens += len(token_ids)

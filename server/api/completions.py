@@ -179,8 +179,8 @@ async def _chunks(state: ServingState, generation: Generation, steps,
     num_choices = body.n * (len(echoes) if echoes else 1)
     events = ChunkEvents(request_id=request_id, object_name="text_completion",
                          created=created, model=model, include_usage=body.include_usage,
-                         running_usage=(lambda: generation.usage().to_dict())
-                         if body.continuous_usage else None)
+                         running_usage=(generation.running_usage if body.continuous_usage
+                                        else None))
     builders: dict[int, CompletionLogprobsBuilder] = {}
     if echoes and not body.echoes_logprobs:
         for index in range(num_choices):

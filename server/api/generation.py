@@ -98,13 +98,27 @@ class Generation:
         self._block_size = block_size
 
     def usage(self) -> Usage:
+        prompts = self._prompt_assemblers()
+        return Usage(
+            prompt_tokens=sum(a.num_prompt_tokens for a in prompts),
+            completion_tokens=sum(a.num_generated_tokens for a in self._assemblers.values()),
+            cached_tokens=sum(a.num_cached_tokens for a in prompts))
+
+    def _prompt_assemblers(self) -> list[ChoiceAssembler]:
+        """One choice per prompt (its first), which counts the prompt's tokens."""
         prompts: dict[int, ChoiceAssembler] = {}
         for req_id, plan in zip(self._req_ids, self._plans):
             prompts.setdefault(plan.prompt_index, self._assemblers[req_id])
-        return Usage(
-            prompt_tokens=sum(a.num_prompt_tokens for a in prompts.values()),
-            completion_tokens=sum(a.num_generated_tokens for a in self._assemblers.values()),
-            cached_tokens=sum(a.num_cached_tokens for a in prompts.values()))
+        return list(prompts.values())
+
+    def running_usage(self) -> dict:
+        """The usage so far for a chunk mid-stream (continuous_usage_stats): without
+        prompt_tokens_details until the engine has said how many prompt tokens every prompt
+        found cached, so no chunk reports a count that a later one corrects."""
+        usage = self.usage().to_dict()
+        if not all(assembler.cached_known for assembler in self._prompt_assemblers()):
+            del usage["prompt_tokens_details"]
+        return usage
 
     async def steps(self) -> AsyncIterator[list[ChoiceDelta]]:
         """Yield, per engine step, the deltas of the choices that changed. Raises APIError."""

@@ -117,6 +117,23 @@ def test_continuous_usage_stats_puts_the_running_usage_on_every_chunk(http, mode
     assert all("usage" not in event for event in events)
 
 
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_continuous_usage_reports_cached_tokens_only_once_the_engine_knows_them(
+        http, model_name, path):
+    prompt = " ".join(["The capital of France is Paris."] * 12)  # several blocks' worth
+    prompt = ({"prompt": prompt} if path == "/v1/completions"
+              else {"messages": [{"role": "user", "content": prompt}]})
+    body = {"model": model_name, **prompt, "max_tokens": 3, "temperature": 0}
+    http.post(path, json=body).raise_for_status()  # its blocks are in the prefix cache now
+    events = stream_events(http, path, {**body, "stream_options": {
+        "include_usage": True, "continuous_usage_stats": True}})
+    final = events[-1]["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert final > 0
+    # never a 0 first (the role chunk goes out before the engine schedules the request)
+    assert {event["usage"]["prompt_tokens_details"]["cached_tokens"] for event in events
+            if "prompt_tokens_details" in event["usage"]} == {final}
+
+
 def test_ignore_eos_generates_exactly_max_tokens(http, model_name):
     body = complete(http, model=model_name, prompt="Hi", max_tokens=7, temperature=0,
                     ignore_eos=True)
