@@ -70,5 +70,4 @@ def check_plan_extras(launches, extras: bool) -> None:
             raise AttentionExtrasError(
                 f"the plan was made for the {'_extras' if launch.extras else 'plain'} "
                 f"kernels, but this call runs {what} soft-capping, ALiBi or a window; make the "
-                f"plan with "
-                f"plan_for(..., extras={extras})")
+                f"plan with plan_for(..., extras={extras})")

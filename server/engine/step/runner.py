@@ -87,8 +87,8 @@ class ModelRunner:
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.ops: Ops = ops if ops is not None else default_ops(
-            source, dtype=dtype, device=self.device)
+        self.ops: Ops = ops if ops is not None else default_ops(source, dtype=dtype,
+                                                                 device=self.device)
         packed = source.packed_format
         if quantization not in (None, source.quantization) and packed is not None:
             raise QuantizationError(f"the checkpoint is quantized already ({packed.method}); "
