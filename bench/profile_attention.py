@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=2048)
     args = parser.parse_args()
     ops = CudaOps(KernelLibrary())
-    ops.library.load_all()
+    ops.library.load_all(head_dims=(HEAD_DIM,))  # the one head_dim timed
     blocks = max(args.decode_batch * args.context, 4096) // BLOCK_SIZE
     kv_cache = torch.randn((2, blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM), device="cuda",
                            dtype=DTYPE)

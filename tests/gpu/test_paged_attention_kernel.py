@@ -1,11 +1,11 @@
-"""Paged attention (csrc/paged_attention.cu, which merges its own key partitions with
+"""Paged attention (csrc/paged_attention_d*.cu, which merge their own key partitions with
 csrc/attention_merge.cuh) against TorchOps.attention on packed batches mixing prefill
 chunks, prefix-cache hits and decodes; split launches must leave their arrival counters at
 0, so the next launch, and the next replay of a captured graph, is right too. Cases that
 run decodes run with both decode kernels: w1 (decode_key_split=1) and w1k2 (2 warps
 splitting each K/V tile's keys, whose softmax states the kernel combines). Cases marked
 KV_DTYPES run over a cache in the model's dtype and over an e4m3 one (--kv-cache-dtype fp8,
-csrc/paged_attention_fp8.cu), whose reference reads the same e4m3 values; cases marked
+csrc/paged_attention_fp8_d*.cu), whose reference reads the same e4m3 values; cases marked
 TRANSPOSED also run decode tiles of up to 8 rows on the transposed kernels (keys in the MMA's
 M dimension, csrc/attention_transposed.cuh)."""
 

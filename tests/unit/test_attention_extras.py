@@ -36,8 +36,8 @@ def mixed_inputs(kv_dtype=torch.bfloat16):
 
 
 @pytest.mark.parametrize("kv_dtype, module, infix, decode", (
-    (torch.bfloat16, "paged_attention", "", "w1k2"),
-    (torch.float8_e4m3fn, "paged_attention_fp8", "_kvfp8", "w1tk2")))  # transposed decodes
+    (torch.bfloat16, "paged_attention_d128", "", "w1k2"),
+    (torch.float8_e4m3fn, "paged_attention_fp8_d128", "_kvfp8", "w1tk2")))  # transposed decodes
 def test_softcap_and_alibi_launch_the_extras_kernel_of_every_row_class(kv_dtype, module, infix,
                                                                         decode):
     lib = RecordingLibrary()

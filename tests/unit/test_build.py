@@ -124,16 +124,24 @@ def test_arch_option_compiles_cubins_without_a_gpu(tmp_path):
         nvrtc.nvrtc_version()
     except nvrtc.NvrtcUnavailableError as exc:
         pytest.skip(f"NVRTC library not found: {exc}")
-    engine = build_engine(BuildOptions(model="dummy:tiny", output=tmp_path / "engine",
+    # head_dim 64: the attention modules of that head_dim only, for both KV cache kinds
+    engine = build_engine(BuildOptions(model="dummy:smollm2-135m", output=tmp_path / "engine",
                                        arches=("sm_90",)), progress=False)
     cubins = load_cubins(engine, "sm_90")
     assert set(cubins) == {"rms_norm", "activation", "layer_norm", "gelu", "rope_cache", "gemv",
                            "gemv_fp8", "quantize", "gemv_int", "dequantize_int", "w8a8",
-                           "token_bitmask", "paged_attention", "paged_attention_fp8"}
+                           "token_bitmask", "paged_attention_d64", "paged_attention_fp8_d64"}
     assert all(cubin[:4] == b"\x7fELF" for cubin in cubins.values())
     assert read_engine_config(engine)[1].kernel_arches == ("sm_90",)
     if not torch.cuda.is_available():
         assert load_tuning(engine, "sm_90") is None  # nothing timed without a GPU
+
+
+def test_engines_compile_the_attention_modules_of_their_head_dim_only():
+    assert build_module.model_head_dims(resolve_model("dummy:smollm2-135m")) == (64,)
+    assert build_module.model_head_dims(resolve_model("dummy:llama-3-8b")) == (128,)
+    # head_dim 16, which no attention kernel covers: the model runs on the torch reference
+    assert build_module.model_head_dims(resolve_model("dummy:tiny")) == ()
 
 
 def test_build_refuses_to_overwrite_and_checks_limits(tmp_path):

@@ -264,9 +264,9 @@ def test_decodes_run_on_the_w1k2_kernel_by_default():
 
 
 @pytest.mark.parametrize("cache, num_decodes, module, kernel", (
-    ("fp8", 256, "paged_attention_fp8", "paged_attention_bf16_kvfp8_d128_w1t"),
-    ("fp8", 64, "paged_attention_fp8", "paged_attention_bf16_kvfp8_d128_w1tk2"),
-    ("bf16", 256, "paged_attention", "paged_attention_bf16_d128_w1k2")))
+    ("fp8", 256, "paged_attention_fp8_d128", "paged_attention_bf16_kvfp8_d128_w1t"),
+    ("fp8", 64, "paged_attention_fp8_d128", "paged_attention_bf16_kvfp8_d128_w1tk2"),
+    ("bf16", 256, "paged_attention_d128", "paged_attention_bf16_d128_w1k2")))
 def test_fp8_cache_decodes_run_transposed_and_unsplit_once_they_fill_a_wave(cache, num_decodes,
                                                                            module, kernel):
     # 256 decodes x 8 kv heads = 2048 one-warp CTAs, over the 132 x 6 the GPU holds at once;

@@ -82,7 +82,7 @@ ATTENTION_REGISTER_CEILINGS = {"d128_w1": 255, "d128_w2": 168, "d128_w4": 168,
 # registers a thread. Over an e4m3 cache, w1k2 is bounded to 4 CTAs (255 registers, where 5
 # would spill), w1tk2 to 6 (168); w4 (about 210 registers) keeps 2 CTAs of the 3 that shared
 # memory allows.
-# The e4m3-cache kernels (paged_attention_fp8.cu): w1k2 asks for 6 CTAs at head_dim 128 and
+# The e4m3-cache kernels (paged_attention_fp8_d*.cu): w1k2 asks for 6 CTAs at head_dim 128 and
 # 96 and 8 at 80 and 64, whose register limits are 168 and 128; w1tk2 10 at 128 and 96 (96),
 # 12 at 80 (80).
 FP8_CACHE_REGISTER_CEILINGS = {**ATTENTION_REGISTER_CEILINGS, "d64_w1k2": 128,
@@ -90,12 +90,12 @@ FP8_CACHE_REGISTER_CEILINGS = {**ATTENTION_REGISTER_CEILINGS, "d64_w1k2": 128,
                                "d80_w1k2": 128, "d80_w1tk2": 80, "d256_w1tk2": 168}
 # The _extras kernels (soft-capping, ALiBi, sliding window) keep their plain twins' ceilings,
 # but for the 16-bit cache's w1k2 at head_dims 64 and 80, which ask for 8 CTAs, and w2 at
-# 80, unbounded against spills (paged_attention.cu), and the e4m3 cache's w1tk2 at 80, 10
-# CTAs (paged_attention_fp8.cu).
-EXTRAS_REGISTER_CEILINGS = {"paged_attention": {**ATTENTION_REGISTER_CEILINGS, "d64_w1k2": 128,
-                                                "d80_w1k2": 128, "d80_w2": 168},
-                            "paged_attention_fp8": {**FP8_CACHE_REGISTER_CEILINGS,
-                                                    "d80_w1tk2": 96}}
+# 80, unbounded against spills (paged_attention_d64.cu, paged_attention_d80.cu), and the e4m3
+# cache's w1tk2 at 80, 10 CTAs (paged_attention_fp8_d80.cu).
+# Keyed by cache kind (e4m3_cache False or True), then by head_dim and variant.
+EXTRAS_REGISTER_CEILINGS = {False: {**ATTENTION_REGISTER_CEILINGS, "d64_w1k2": 128,
+                                    "d80_w1k2": 128, "d80_w2": 168},
+                            True: {**FP8_CACHE_REGISTER_CEILINGS, "d80_w1tk2": 96}}
 # head_dim: two stages of 32 K and 32 V rows, each padded by 16 bytes against bank conflicts
 ATTENTION_SMEM_BYTES = {128: 34816, 96: 26624, 80: 22528, 64: 18432}
 # e4m3 rows are half as long (at 80, padded by 32 bytes: attention_fragments.cuh); the
@@ -106,59 +106,65 @@ FP8_CACHE_W4_SMEM_BYTES = {128: 9216 + 64 * 136 * 2, 96: 7168 + 64 * 104 * 2,
 # Head_dim 256: the 16-row tiles keep Q in shared memory after both stages (16 rows a warp,
 # 264 elements each); past 48 KB the kernel declares it extern and the launch passes the size
 FP8_CACHE_Q_KEPT_SMEM_BYTES = {256: 34816 + 16 * 264 * 2}  # w1, w1k2
-DYNAMIC_SMEM_BYTES = {
-    "paged_attention": {"d256_w1": 67584 + 8448, "d256_w1k2": 67584 + 8448,
+DYNAMIC_SMEM_BYTES = {  # by cache kind (e4m3_cache), like EXTRAS_REGISTER_CEILINGS
+    False: {"d256_w1": 67584 + 8448, "d256_w1k2": 67584 + 8448,
                         "d256_w2": 67584 + 2 * 8448, "d256_w4": 67584 + 4 * 8448,
                         "d256_w1t": 67584, "d256_w1tk2": 67584},
-    "paged_attention_fp8": {"d256_w2": 34816 + 2 * 8448, "d256_w4": 34816 + 4 * 8448}}
+    True: {"d256_w2": 34816 + 2 * 8448, "d256_w4": 34816 + 4 * 8448}}
 STATIC_SMEM_LIMIT = 48 * 1024
 
 
-def expected_smem(module: str, head_dim: int, variant: str) -> tuple[int, int]:
+# attention module -> (head_dim, whether its KV cache is e4m3)
+ATTENTION_MODULES = {kernels.attention_module(head_dim, e4m3_cache=e4m3): (head_dim, e4m3)
+                     for head_dim in kernels.ATTENTION_HEAD_DIMS for e4m3 in (False, True)}
+
+
+def expected_smem(e4m3_cache: bool, head_dim: int, variant: str) -> tuple[int, int]:
     """(static bytes ptxas reports, dynamic bytes the launch passes)"""
-    dynamic = DYNAMIC_SMEM_BYTES[module].get(f"d{head_dim}_{variant}", 0)
+    dynamic = DYNAMIC_SMEM_BYTES[e4m3_cache].get(f"d{head_dim}_{variant}", 0)
     if dynamic:
         return 0, dynamic
-    if module == "paged_attention":
+    if not e4m3_cache:
         return ATTENTION_SMEM_BYTES[head_dim], 0
     if head_dim in FP8_CACHE_Q_KEPT_SMEM_BYTES and variant in ("w1", "w1k2"):
         return FP8_CACHE_Q_KEPT_SMEM_BYTES[head_dim], 0
     return (FP8_CACHE_W4_SMEM_BYTES if variant == "w4" else FP8_CACHE_SMEM_BYTES)[head_dim], 0
 
 
-@pytest.mark.parametrize("module", ("paged_attention", "paged_attention_fp8"))
+@pytest.mark.parametrize("module", ATTENTION_MODULES)
 def test_attention_kernels_keep_their_registers_and_shared_memory(compiled, module):
     usage = nvrtc.kernel_resources(compiled[module].log)
-    assert set(usage) == set(kernels.MODULES_BY_NAME[module].functions)
-    ceilings = (ATTENTION_REGISTER_CEILINGS if module == "paged_attention"
-                else FP8_CACHE_REGISTER_CEILINGS)
+    assert set(usage) == set(kernels.MODULES_BY_NAME[module].functions)  # its head_dim's only
+    module_head_dim, e4m3_cache = ATTENTION_MODULES[module]
+    ceilings = FP8_CACHE_REGISTER_CEILINGS if e4m3_cache else ATTENTION_REGISTER_CEILINGS
     for name, resources in usage.items():
         registers, smem = resources.registers, resources.smem_bytes
         head_dim, variant, extras = re.search(r"_d(\d+)_(w\dt?(?:k\d)?)(_extras)?$",
                                               name).groups()
-        ceiling = (EXTRAS_REGISTER_CEILINGS[module] if extras else ceilings)[
+        assert int(head_dim) == module_head_dim, name
+        ceiling = (EXTRAS_REGISTER_CEILINGS[e4m3_cache] if extras else ceilings)[
             f"d{head_dim}_{variant}"]
         assert registers <= ceiling, (name, registers)
-        static, dynamic = expected_smem(module, int(head_dim), variant)
+        static, dynamic = expected_smem(e4m3_cache, int(head_dim), variant)
         assert smem == static, (name, smem)
         assert smem <= STATIC_SMEM_LIMIT, (name, smem)
         # what the launch computes (cuda_attention_smem.py), against the kernel's own layout
-        shape = dict(head_dim=int(head_dim), e4m3_cache=module == "paged_attention_fp8",
+        shape = dict(head_dim=int(head_dim), e4m3_cache=e4m3_cache,
                      rows=8 if "t" in variant else 16 * int(variant[1]),
                      transposed="t" in variant)
         assert dynamic_smem_bytes(**shape) == dynamic, name
         assert cta_smem_bytes(**shape) == static + dynamic, name
 
 
-@pytest.mark.parametrize("module", ("paged_attention", "paged_attention_fp8"))
+@pytest.mark.parametrize("module", ATTENTION_MODULES)
 def test_key_split_decode_kernels_exist_for_every_one_warp_kernel(module):
     names = set(kernels.MODULES_BY_NAME[module].functions)
     one_warp = {name for name in names if name.endswith("_w1")}
-    assert len(one_warp) == len(kernels.DTYPES) * len(kernels.ATTENTION_HEAD_DIMS)
+    assert len(one_warp) == len(kernels.DTYPES)
     assert {f"{name}k2" for name in one_warp} <= names
 
 
-@pytest.mark.parametrize("module", ("paged_attention", "paged_attention_fp8"))
+@pytest.mark.parametrize("module", ATTENTION_MODULES)
 def test_every_attention_kernel_has_an_extras_build(compiled, module):
     # soft-capping and ALiBi run on the _extras twin of whichever kernel the plan picks
     names = set(kernels.MODULES_BY_NAME[module].functions)

@@ -21,7 +21,7 @@ def dtype_suffix(name: str, tensor: torch.Tensor) -> str:
 
 def kv_cache_suffix(kv_cache: torch.Tensor, model_dtype: torch.dtype) -> str:
     """"" for a cache in the model's dtype, "_kvfp8" for an e4m3 one (the kernel names'
-    suffix, csrc/rope_cache.cu and csrc/paged_attention_fp8.cu); else an error."""
+    suffix, csrc/rope_cache.cu and csrc/paged_attention_fp8_d*.cu); else an error."""
     if kv_cache.dtype == model_dtype:
         return ""
     if kv_cache.dtype == torch.float8_e4m3fn:

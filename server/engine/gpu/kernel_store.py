@@ -1,11 +1,13 @@
 """Prebuilt cubins inside an engine directory, so `inflightd serve DIR` needs no NVRTC.
 
     DIR/kernels/manifest.json
-    DIR/kernels/<arch>/<module>.cubin        e.g. kernels/sm_90/paged_attention.cubin
+    DIR/kernels/<arch>/<module>.cubin        e.g. kernels/sm_90/paged_attention_d128.cubin
 
 The manifest records, per arch and module, the cubin's sha256 and the hash of the csrc/
 sources it was built from: a cubin built from other sources may take other arguments, so
-loading refuses it rather than launching it wrongly.
+loading refuses it rather than launching it wrongly. An engine holds the modules its model
+needs (the attention modules of its head_dim only); a module it lacks is compiled by NVRTC
+when first used.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from pathlib import Path
 
 from server.engine.gpu.nvrtc import CSRC_DIR, nvrtc_version, source_hash
 
-MANIFEST_FORMAT = 1
+# 2: the attention modules split per head_dim (paged_attention_d128, ...); format 1 engines
+# hold the all-head-dim paged_attention and paged_attention_fp8 cubins, modules that are gone
+MANIFEST_FORMAT = 2
 
 
 class KernelStoreError(ValueError):
@@ -65,7 +69,8 @@ def load_cubins(engine_dir: Path, arch: str, *, csrc_dir: Path = CSRC_DIR) -> di
             current_hash = source_hash(name, csrc_dir)
         except FileNotFoundError:
             raise KernelStoreError(f"{engine_dir} has a {name} cubin, a kernel this inflightd "
-                                   "no longer has; rebuild the engine") from None
+                                   "no longer has; rebuild the engine with `inflightd build`"
+                                   ) from None
         if current_hash != entry["source_sha256"]:
             raise KernelStoreError(f"the {name} cubin in {engine_dir} was built from other "
                                    "kernel sources than this inflightd's; rebuild the engine")
@@ -80,5 +85,6 @@ def _read_manifest(path: Path) -> dict:
         raise KernelStoreError(f"{path} is not valid JSON: {exc}") from exc
     if manifest.get("format") != MANIFEST_FORMAT or "arches" not in manifest:
         raise KernelStoreError(f"{path} has format {manifest.get('format')!r}; this inflightd "
-                               f"reads format {MANIFEST_FORMAT}")
+                               f"reads format {MANIFEST_FORMAT}: rebuild the engine with "
+                               "`inflightd build`")
     return manifest

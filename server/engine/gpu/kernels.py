@@ -53,7 +53,8 @@ def _names(template: str, **axes: tuple) -> tuple[str, ...]:
                  for values in itertools.product(*(axes[k] for k in keys)))
 
 
-MODULES: tuple[KernelModule, ...] = (
+# every module but attention's
+BASE_MODULES: tuple[KernelModule, ...] = (
     KernelModule("rms_norm", False,
                  _names("{add}rms_norm{fp8}_{dt}_vec{v}", add=("", "add_"), fp8=("", "_fp8"),
                         dt=DTYPES, v=(8, 1))),
@@ -85,30 +86,57 @@ MODULES: tuple[KernelModule, ...] = (
                  + _names("gemv_w8a8_{dt}_t{tiles}", dt=DTYPES, tiles=(1, 2))),
     # grammar masks on the sampled rows' logits (structured outputs)
     KernelModule("token_bitmask", False, ("apply_token_bitmask_f32",)),
-    # w1k2: the 1-warp row class on 2-warp CTAs that split each K/V tile's keys; _extras:
-    # the same kernels with soft-capping and ALiBi (csrc/attention_scores.cuh)
-    KernelModule("paged_attention", True,
-                 _names("paged_attention_{dt}_d{d}_w{w}{x}", dt=DTYPES, d=ATTENTION_HEAD_DIMS,
-                        w=ATTENTION_VARIANTS, x=ATTENTION_EXTRAS)),
-    # the same over an e4m3 KV cache (--kv-cache-dtype fp8)
-    KernelModule("paged_attention_fp8", True,
-                 _names("paged_attention_{dt}_kvfp8_d{d}_w{w}{x}", dt=DTYPES,
-                        d=ATTENTION_HEAD_DIMS, w=ATTENTION_VARIANTS, x=ATTENTION_EXTRAS)),
 )
+
+
+def attention_module(head_dim: int, *, e4m3_cache: bool) -> str:
+    """The csrc/ module of the paged attention kernels of one head_dim over a 16-bit KV cache,
+    or with e4m3_cache an e4m3 one: one module per head_dim, so that a model compiles only
+    its own (all head dims at once took most of a cold start's 82 s)."""
+    if head_dim not in ATTENTION_HEAD_DIMS:
+        raise KernelArgumentError(f"the attention kernels cover head_dim {ATTENTION_HEAD_DIMS}, "
+                                  f"not {head_dim}")
+    return f"paged_attention{'_fp8' if e4m3_cache else ''}_d{head_dim}"
+
+
+def _attention_modules(head_dim: int) -> tuple[KernelModule, KernelModule]:
+    # w1k2: the 1-warp row class on 2-warp CTAs that split each K/V tile's keys; _extras:
+    # the same kernels with soft-capping and ALiBi (csrc/attention_scores.cuh); the second
+    # module: the same over an e4m3 KV cache (--kv-cache-dtype fp8)
+    axes = dict(dt=DTYPES, d=(head_dim,), w=ATTENTION_VARIANTS, x=ATTENTION_EXTRAS)
+    return (KernelModule(attention_module(head_dim, e4m3_cache=False), True,
+                         _names("paged_attention_{dt}_d{d}_w{w}{x}", **axes)),
+            KernelModule(attention_module(head_dim, e4m3_cache=True), True,
+                         _names("paged_attention_{dt}_kvfp8_d{d}_w{w}{x}", **axes)))
+
+
+ATTENTION_MODULES = tuple(module for head_dim in ATTENTION_HEAD_DIMS
+                          for module in _attention_modules(head_dim))
+MODULES: tuple[KernelModule, ...] = BASE_MODULES + ATTENTION_MODULES
 MODULES_BY_NAME = {module.name: module for module in MODULES}
 
 
-def compile_all(arch: str, *, cache_dir: Path | None = None,
-                csrc_dir: Path = CSRC_DIR) -> dict[str, bytes]:
-    """{module name: cubin} for every module, for `arch` such as "sm_90". Needs no GPU."""
-    return compile_modules((m.name for m in MODULES), arch=arch, cache_dir=cache_dir,
+def module_names(head_dims: Iterable[int] = ATTENTION_HEAD_DIMS) -> tuple[str, ...]:
+    """The modules a model of these head dims needs: the attention modules of those head dims
+    (both KV cache kinds), and every other module. Attention's come first: the longest
+    compiles, they start first when compile_modules has fewer threads than modules."""
+    return (*(attention_module(head_dim, e4m3_cache=e4m3) for head_dim in head_dims
+              for e4m3 in (False, True)),
+            *(module.name for module in BASE_MODULES))
+
+
+def compile_all(arch: str, *, head_dims: Iterable[int] = ATTENTION_HEAD_DIMS,
+                cache_dir: Path | None = None, csrc_dir: Path = CSRC_DIR) -> dict[str, bytes]:
+    """{module name: cubin} for module_names(head_dims) (by default every module), for `arch`
+    such as "sm_90". Needs no GPU."""
+    return compile_modules(module_names(head_dims), arch=arch, cache_dir=cache_dir,
                            csrc_dir=csrc_dir)
 
 
 def compile_modules(names: Iterable[str], *, arch: str, cache_dir: Path | None = None,
                     csrc_dir: Path = CSRC_DIR) -> dict[str, bytes]:
     """{module name: cubin}, the modules compiled side by side: NVRTC releases the GIL, and
-    a cold start is mostly the two attention modules (about 50 s each on one core)."""
+    a cold start is mostly the attention modules (one per head_dim and KV cache kind)."""
     specs = [MODULES_BY_NAME[name] for name in names]
     if not specs:
         return {}
@@ -173,14 +201,17 @@ class KernelLibrary:
         self._zeroed: dict[str, torch.Tensor] = {}
         self._outgrown: list[torch.Tensor] = []  # captured graphs may still point at these
 
-    def load_all(self) -> None:
-        """Compiles (or loads) every module now rather than at first use."""
-        missing = [m.name for m in MODULES
-                   if m.name not in self._cubins and m.name not in self._objects]
+    def load_all(self, *, head_dims: Iterable[int] = ATTENTION_HEAD_DIMS) -> None:
+        """Compiles (or loads) now rather than at first use every module but attention's,
+        and the attention modules of head_dims (by default every head_dim). A module left
+        out still loads, compiling if need be, when a kernel of it is first used."""
+        names = module_names(head_dims)
+        missing = [name for name in names
+                   if name not in self._cubins and name not in self._objects]
         self._cubins.update(compile_modules(missing, arch=self.arch, cache_dir=self._cache_dir,
                                             csrc_dir=self._csrc_dir))
-        for module in MODULES:
-            self._object(module.name)
+        for name in names:
+            self._object(name)
 
     def launch(self, module: str, function: str, *, grid: tuple[int, ...],
                block: tuple[int, ...], args: tuple, shared_bytes: int = 0) -> None:
@@ -257,6 +288,9 @@ class KernelLibrary:
         key = f"{module}:{function}"
         kernel = self._kernels.get(key)
         if kernel is None:
+            if module not in MODULES_BY_NAME:
+                raise KernelArgumentError(f"no kernel module {module!r}; the modules are "
+                                          f"{sorted(MODULES_BY_NAME)}")
             if function not in MODULES_BY_NAME[module].functions:
                 raise KernelArgumentError(f"{module}.cu defines no kernel {function!r}")
             kernel = self._object(module).get_kernel(function)

@@ -58,10 +58,11 @@ def default_ops(source: ModelSource, *, dtype: torch.dtype, device: torch.device
     from server.engine.gpu.nvrtc import NvrtcUnavailableError
     from server.engine.ops.cuda import CudaOps
 
+    head_dims = (source.arch.head_dim,)  # covered: checked above
     if source.engine_dir is None:
         try:
             library = KernelLibrary(device)
-            library.load_all()
+            library.load_all(head_dims=head_dims)
         except (ImportError, NvrtcUnavailableError) as exc:
             logger.warning("running the torch reference ops on %s, without CUDA graphs: our "
                            "kernels cannot be built here (%s); pip install 'inflightd[gpu]' "
@@ -74,7 +75,7 @@ def default_ops(source: ModelSource, *, dtype: torch.dtype, device: torch.device
 
     arch = device_arch(device)
     library = KernelLibrary(device, cubins=load_cubins(source.engine_dir, arch))
-    library.load_all()
+    library.load_all(head_dims=head_dims)
     tuning = load_tuning(source.engine_dir, arch)
     return CudaOps(library) if tuning is None else TunedCudaOps(library, tuning)
 

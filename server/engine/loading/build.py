@@ -5,8 +5,8 @@ Steps, each a tick of the progress bar:
                 Dummy models: nothing; their shape and seed are recorded and the weights
                 are drawn again at load time (an 8B model would be 16 GB of random bytes).
     tokenizer   tokenizer and generation-config files, copied when the model has them
-    kernels     cubins of every csrc/ module for each arch: --arch (NVRTC needs no GPU),
-                else the GPU's, else none
+    kernels     cubins of the csrc/ modules the model needs (attention's of its head_dim only)
+                for each arch: --arch (NVRTC needs no GPU), else the GPU's, else none
     tuning      kernel choices timed on the GPU (server/engine/gpu/tuning.py); without a GPU, or
                 for a model the kernels do not cover, an empty tuning.json
     config      config.json with the engine section, written last
@@ -41,7 +41,7 @@ from server.engine.loading.staging import staged_directory
 from server.engine.loading.engine_dir import (WEIGHTS_DUMMY, WEIGHTS_SAFETENSORS, EngineDirConfig,
                                       is_engine_dir, write_engine_config)
 from server.engine.gpu.kernel_store import save_cubins
-from server.engine.gpu.kernels import MODULES, compile_all
+from server.engine.gpu.kernels import ATTENTION_HEAD_DIMS, MODULES, compile_all
 from server.engine.gpu.nvrtc import source_hash
 from server.config import QUANTIZATIONS
 from server.engine.models.quantization import quantize_checkpoint, stored_layout
@@ -117,8 +117,9 @@ def build_engine(options: BuildOptions, *, progress: bool = True,
         steps = [("weights", lambda: _write_weights(source, staging, DTYPES[options.dtype_name],
                                                     options.quantization)),
                  ("tokenizer", lambda: copy_tokenizer_files(source, staging))]
-        steps += [(f"kernels {arch}", lambda arch=arch: save_cubins(staging, arch,
-                                                                    compile_all(arch)))
+        head_dims = model_head_dims(source)
+        steps += [(f"kernels {arch}", lambda arch=arch: save_cubins(
+                       staging, arch, compile_all(arch, head_dims=head_dims)))
                   for arch in arches]
         steps += [("tuning", lambda: _tune(source, staging, options, arches, max_model_len)),
                   ("config", lambda: _write_config(source, staging, options, arches,
@@ -130,6 +131,13 @@ def build_engine(options: BuildOptions, *, progress: bool = True,
                 step()
                 bar.update(1)
     return output
+
+
+def model_head_dims(source: ModelSource) -> tuple[int, ...]:
+    """The head dims whose attention kernels the model runs on: its own, or none where the
+    kernels do not cover it (it runs on the torch reference ops)."""
+    head_dim = source.arch.head_dim
+    return (head_dim,) if head_dim in ATTENTION_HEAD_DIMS else ()
 
 
 def _max_model_len(options: BuildOptions, source: ModelSource) -> int:

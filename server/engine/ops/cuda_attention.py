@@ -1,5 +1,6 @@
-"""Launch plan and checked launch of the paged attention kernels (csrc/paged_attention.cu,
-which merges its own partitions with csrc/attention_merge.cuh).
+"""Launch plan and checked launch of the paged attention kernels
+(csrc/paged_attention_d<head_dim>.cu, which merge their own partitions with
+csrc/attention_merge.cuh).
 
 Plan. Each sequence has q_len * group query rows per kv head (group = query heads per kv
 head). Sequences with at most 16 rows (decodes, short chunks) run on 1-warp CTAs, up to 32
@@ -20,7 +21,7 @@ at 0. The launches of one step, one after another on a stream, share them;
 launches running at the same time on two streams must not.
 
 A cache of e4m3 values (--kv-cache-dtype fp8) runs the same kernels built for it
-(csrc/paged_attention_fp8.cu, names ending "_kvfp8"); everything here applies to both.
+(csrc/paged_attention_fp8_d<head_dim>.cu, names ending "_kvfp8"); everything here applies to both.
 Soft-capping, ALiBi and sliding windows run on each kernel's "_extras" build
 (ops/cuda_attention_scores.py).
 
@@ -42,7 +43,7 @@ import torch
 from server.engine.attention.metadata import AttentionMetadata
 from server.engine.gpu.kernel_args import (KernelArgumentError, check_contiguous, check_device,
                                        check_dtype, check_shape, dtype_suffix, kv_cache_suffix)
-from server.engine.gpu.kernels import ATTENTION_HEAD_DIMS, KernelLibrary
+from server.engine.gpu.kernels import ATTENTION_HEAD_DIMS, KernelLibrary, attention_module
 from server.engine.ops.cuda_attention_scores import (check_plan_extras, score_args,
                                                      wants_extras)
 from server.engine.ops.cuda_attention_smem import dynamic_smem_bytes
@@ -135,9 +136,9 @@ def is_e4m3_cache(suffix: str) -> bool:
     return suffix.endswith("_kvfp8")
 
 
-def kernel_module(suffix: str) -> str:
-    """The csrc/ module defining the kernels of this suffix."""
-    return "paged_attention_fp8" if is_e4m3_cache(suffix) else "paged_attention"
+def kernel_module(suffix: str, head_dim: int) -> str:
+    """The csrc/ module defining the kernels of this suffix and head_dim."""
+    return attention_module(head_dim, e4m3_cache=is_e4m3_cache(suffix))
 
 
 def kernel_suffix(q: torch.Tensor, kv_cache: torch.Tensor) -> str:
@@ -219,9 +220,9 @@ def auto_decode_key_split(lib: KernelLibrary, *, suffix: str, head_dim: int,
     ctas = num_kv_heads * sum(1 for n in query_lens
                               if one_warp.min_rows <= n * group <= one_warp.max_rows)
     wave = lib.num_sms * lib.max_active_ctas(
-        kernel_module(suffix), kernel_name(suffix=suffix, head_dim=head_dim, warps=1,
-                                           key_split=1, transposed=transposed,
-                                           extras=extras), 32,
+        kernel_module(suffix, head_dim), kernel_name(suffix=suffix, head_dim=head_dim, warps=1,
+                                                     key_split=1, transposed=transposed,
+                                                     extras=extras), 32,
         launch_smem_bytes(suffix=suffix, head_dim=head_dim, warps=1, transposed=transposed))
     return 1 if ctas >= wave else DEFAULT_DECODE_KEY_SPLIT
 
@@ -252,9 +253,9 @@ def plan_for(lib: KernelLibrary, q: torch.Tensor, kv_cache: torch.Tensor,
     for c in TRANSPOSED_ROW_CLASSES if transposed_decode else ROW_CLASSES:
         key_split = class_key_split(c.warps, decode_key_split)
         resident[c.key] = lib.max_active_ctas(
-            kernel_module(suffix), kernel_name(suffix=suffix, head_dim=head_dim, warps=c.warps,
-                                               key_split=key_split, transposed=c.transposed,
-                                               extras=extras),
+            kernel_module(suffix, head_dim),
+            kernel_name(suffix=suffix, head_dim=head_dim, warps=c.warps, key_split=key_split,
+                        transposed=c.transposed, extras=extras),
             32 * c.warps * key_split,
             launch_smem_bytes(suffix=suffix, head_dim=head_dim, warps=c.warps,
                               transposed=c.transposed))
@@ -334,7 +335,7 @@ def paged_attention_into(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
               np.int64(kv_cache.shape[1] * kv_cache.shape[2]), *scores,
               np.int32(plan.num_partitions))
     for launch in plan.launches:
-        lib.launch(kernel_module(suffix), launch.kernel(suffix=suffix, head_dim=head_dim),
+        lib.launch(kernel_module(suffix, head_dim), launch.kernel(suffix=suffix, head_dim=head_dim),
                    grid=(launch.grid_x * num_kv_heads, 1, plan.num_partitions),
                    block=(launch.threads,),
                    args=(out.data_ptr(), *parts, *common, np.int32(launch.min_rows),
