@@ -4,8 +4,8 @@
 // For one output row (token, head) and its sequence's live partitions p (max m_p in the
 // exp2 domain, sum l_p, unnormalised o_p):
 //     M = max_p m_p,  w_p = 2^(m_p - M),  out = sum_p (w_p / sum_q w_q l_q) o_p
-// A partition that saw no visible key has m_p = -inf, so w_p = 0; partition 0 holds key 0,
-// which every row sees, so M is finite. part_* are laid out
+// A partition that saw no visible key has m_p = -inf, so w_p = 0; the partition holding the
+// row's own key, which the row always sees, makes M finite. part_* are laid out
 // [num_partitions, num_tokens * num_heads (, D)] and were written by other CTAs: they are
 // read through L2 only (ld.cg, cp.async.cg), after the arrival counter and a fence.
 //

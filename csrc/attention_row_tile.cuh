@@ -100,7 +100,7 @@ __device__ __forceinline__ void store_rows(T* __restrict__ out, float* __restric
   for (int h = 0; h < 2; ++h) {
     if (!rows[h].valid) continue;
     if (num_partitions == 1) {
-      // Key 0 is visible to every row, so l >= 1 here.
+      // A row always sees its own key, and the largest score adds 1: l >= 1 here.
       const float inv = 1.f / l[h];
       T* dst = out + rows[h].out_row * D;
 #pragma unroll

@@ -138,12 +138,13 @@ struct SmemLayout {
              : kStageBytes + (kQBytes > kStageBytes ? kQBytes : kStageBytes);
 };
 
-// Keys [kv_lo, kv_hi) of the tile, then its output (one partition) or partials (several).
+// Keys [kv_lo, kv_hi) of the tile, from its tile first_tile on (an even one: those before it
+// are masked for every row), then its output (one partition) or partials (several).
 // EXTRAS: soft-capping and ALiBi as `score_args` says (attention_scores.cuh).
 template <typename T, typename KvT, int D, int WARPS, int KEY_SPLIT, bool TRANSPOSED,
           bool EXTRAS>
 __device__ __forceinline__ void attend_partition(
-    unsigned char* smem_raw, const TileInfo& tile, int kv_lo, int kv_hi,
+    unsigned char* smem_raw, const TileInfo& tile, int kv_lo, int kv_hi, int first_tile,
     T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_max,
     float* __restrict__ part_sum, const T* __restrict__ q, const KvT* __restrict__ kv_cache,
     const int* __restrict__ block_tables, int num_heads, int num_kv_heads, int block_size,
@@ -203,13 +204,14 @@ __device__ __forceinline__ void attend_partition(
   const KvT* kv_head_base = kv_cache + kv_head * D;
   const int* block_row = block_tables + static_cast<long long>(tile.seq) * max_blocks_per_seq;
   const int num_tiles = kv_hi > kv_lo ? (kv_hi - kv_lo + kBlockN - 1) / kBlockN : 0;
+  const int first_k = kv_lo + first_tile * kBlockN;
   // Block-table lookups run one tile ahead of the copies that need them.
-  long long next_offset = key_row_offset(block_row, kv_lo + lane, kv_hi, block_size, kv_row);
-  if (num_tiles > 0) {
+  long long next_offset = key_row_offset(block_row, first_k + lane, kv_hi, block_size, kv_row);
+  if (first_tile < num_tiles) {
     load_kv_tile<KvT, D, KEYS, LOADERS>(smem[0], kv_head_base, next_offset, loader, key_base,
-                                      kv_lo, kv_hi, plane);
+                                      first_k, kv_hi, plane);
     next_offset =
-        key_row_offset(block_row, kv_lo + kBlockN + lane, kv_hi, block_size, kv_row);
+        key_row_offset(block_row, first_k + kBlockN + lane, kv_hi, block_size, kv_row);
   }
   cp_async_commit();
   cp_async_wait<0>();
@@ -224,7 +226,7 @@ __device__ __forceinline__ void attend_partition(
   for (auto& row : acc) row[0] = row[1] = row[2] = row[3] = 0.f;
   float m[2] = {neg_inf(), neg_inf()};
   float l[2] = {0.f, 0.f};
-  for (int it = 0; it < num_tiles; ++it) {
+  for (int it = first_tile; it < num_tiles; ++it) {
     const int k0 = kv_lo + it * kBlockN;
     if (it + 1 < num_tiles) {
       load_kv_tile<KvT, D, KEYS, LOADERS>(smem[(it + 1) & 1], kv_head_base, next_offset, loader,
@@ -242,6 +244,18 @@ __device__ __forceinline__ void attend_partition(
     if (!combine_key_slices<!TRANSPOSED>(reinterpret_cast<float*>(smem_raw), acc, m, l)) return;
   }
   Math::store(out, part_acc, part_max, part_sum, acc, m, l, rows, num_partitions, rows_total);
+}
+
+// The first key any row of the tile sees through a sliding window of `window` keys (0: no
+// window), down to a whole tile of keys. Rows run token-major, so row0's token is the
+// tile's earliest query, at position context + row0 / group:
+//
+//   # | keys no row of the tile sees | window of the first row ... | the tile's queries |
+//   ^ 0                            ^ first query - window + 1      ^ context + row0 / group
+__device__ __forceinline__ int first_windowed_key(const TileInfo& tile, int window) {
+  if (window <= 0) return 0;
+  const int first_query = tile.context + tile.row0 / tile.group;
+  return max(0, first_query - window + 1) / kBlockN * kBlockN;
 }
 
 template <typename T, typename KvT, int D, int WARPS, int KEY_SPLIT, bool TRANSPOSED,
@@ -287,16 +301,23 @@ __device__ __forceinline__ void paged_attention_impl(
   const int seq_len = seq_lens[tile.seq];
   tile.context = seq_len - q_len;
   const int part_len = partition_len(seq_len, num_partitions);
-  const int kv_lo = blockIdx.z * part_len;
+  const int part_lo = blockIdx.z * part_len;
   const int valid_rows = min(ROWS, tile.rows_in_seq - tile.row0);
   const long long rows_total = static_cast<long long>(num_tokens) * num_heads;
-  if (kv_lo < seq_len) {  // else a partition past the sequence's end: nothing to attend
-    const int kv_hi = min(kv_lo + part_len, tile.context + (tile.row0 + valid_rows - 1) /
-                                                               tile.group + 1);
+  if (part_lo < seq_len) {  // else a partition past the sequence's end: nothing to attend
+    const int kv_hi = min(part_lo + part_len, tile.context + (tile.row0 + valid_rows - 1) /
+                                                                 tile.group + 1);
+    // Under a sliding window the key tiles before it hold keys every row of the tile masks:
+    // the partition skips them (all of them when it ends before the window: its partials
+    // then say m = -inf, l = 0). An even count, so the first tile still lands in stage 0.
+    int first_tile = 0;
+    if constexpr (EXTRAS) {
+      first_tile = (max(0, first_windowed_key(tile, score_args.window) - part_lo) / kBlockN) & ~1;
+    }
     attend_partition<T, KvT, D, WARPS, KEY_SPLIT, TRANSPOSED, EXTRAS>(
-        smem, tile, kv_lo, kv_hi, out, part_acc, part_max, part_sum, q, kv_cache, block_tables,
-        num_heads, num_kv_heads, block_size, max_blocks_per_seq, num_slots, score_args,
-        num_partitions, rows_total);
+        smem, tile, part_lo, kv_hi, first_tile, out, part_acc, part_max, part_sum, q, kv_cache,
+        block_tables, num_heads, num_kv_heads, block_size, max_blocks_per_seq, num_slots,
+        score_args, num_partitions, rows_total);
   }
   if (num_partitions == 1) return;
   // Empty partitions count in too, or the count would never reach num_partitions.
