@@ -7,18 +7,9 @@
 // x / 2 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3))). Built without fast math: erff and
 // tanhf as torch computes them. grid = (T, column blocks); each thread takes VEC columns.
 #include "common.cuh"
+#include "gelu.cuh"
 
 using namespace inflightd;
-
-__device__ __forceinline__ float gelu_erf(float x) {
-  return x * 0.5f * (1.f + erff(x * 0.70710678118654752440f));
-}
-
-__device__ __forceinline__ float gelu_tanh(float x) {
-  const float beta = 0.79788456080286535588f;  // sqrt(2) * (2 / sqrt(pi)) / 2
-  const float inner = beta * (x + 0.044715f * (x * x * x));
-  return 0.5f * x * (1.f + tanhf(inner));
-}
 
 // GATED: x holds gate | up (row width 2d), else x is the row itself (width d).
 template <typename T, int VEC, bool GATED, float (*Gelu)(float)>

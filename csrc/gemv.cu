@@ -11,7 +11,12 @@
 //   #  lane:        0         1             31          0
 //
 // K must be a multiple of 8 and the rows 16-byte aligned (the wrapper checks).
+//
+// The _gelu_{erf,tanh} kernels apply GELU to each output (the ungated MLP's up projection:
+// GPT-2, Starcoder, Falcon), one launch where there were two. They round y + b to T before
+// the GELU, as the two kernels do, so the fused output is bit for bit the unfused one.
 #include "common.cuh"
+#include "gelu.cuh"
 
 using namespace inflightd;
 
@@ -35,7 +40,7 @@ __device__ __forceinline__ float dot8(uint4 w_raw, uint4 x_raw) {
   return sum;
 }
 
-template <typename T, int M>
+template <typename T, int M, float (*Act)(float)>
 __device__ __forceinline__ void gemv_impl(T* __restrict__ y, const T* __restrict__ w,
                                           const T* __restrict__ x, const T* __restrict__ bias,
                                           int n, int k, long long x_stride) {
@@ -54,17 +59,23 @@ __device__ __forceinline__ void gemv_impl(T* __restrict__ y, const T* __restrict
   for (int m = 0; m < M; ++m) {
     const float total = warp_sum(acc[m]);
     if (lane == 0) {
+      const float biased = bias == nullptr ? total : total + to_float(bias[col]);
       y[static_cast<long long>(m) * n + col] =
-          from_float<T>(bias == nullptr ? total : total + to_float(bias[col]));
+          from_float<T>(Act == identity ? biased : Act(round_to<T>(biased)));
     }
   }
 }
 
-#define INFLIGHTD_GEMV(T, SUFFIX, M)                                                             \
-  extern "C" __global__ void __launch_bounds__(32 * kGemvWarps) gemv_##SUFFIX##_m##M(           \
+#define INFLIGHTD_GEMV_ACT(T, NAME, M, ACT)                                                    \
+  extern "C" __global__ void __launch_bounds__(32 * kGemvWarps) NAME(                           \
       T* y, const T* w, const T* x, const T* bias, int n, int k, long long x_stride) {          \
-    gemv_impl<T, M>(y, w, x, bias, n, k, x_stride);                                              \
+    gemv_impl<T, M, ACT>(y, w, x, bias, n, k, x_stride);                                         \
   }
+
+#define INFLIGHTD_GEMV(T, SUFFIX, M)                                                           \
+  INFLIGHTD_GEMV_ACT(T, gemv_##SUFFIX##_m##M, M, identity)                                     \
+  INFLIGHTD_GEMV_ACT(T, gemv_gelu_erf_##SUFFIX##_m##M, M, gelu_erf)                            \
+  INFLIGHTD_GEMV_ACT(T, gemv_gelu_tanh_##SUFFIX##_m##M, M, gelu_tanh)
 
 INFLIGHTD_GEMV(__nv_bfloat16, bf16, 1)
 INFLIGHTD_GEMV(__nv_bfloat16, bf16, 2)

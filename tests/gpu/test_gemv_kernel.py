@@ -1,5 +1,5 @@
-"""The decode GEMV (csrc/gemv.cu) against F.linear in float32, and CudaOps.linear's choice
-between it and cuBLAS."""
+"""The decode GEMV (csrc/gemv.cu) against F.linear in float32, its GELU epilogue against the
+GELU kernel, and CudaOps.linear's choice between it and cuBLAS."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from server.engine.ops.cuda_launch import GEMV_MAX_TOKENS, gemv_into
+from server.engine.ops.cuda_norm_act import gelu_into
+from server.engine.ops.torch_ref import TorchOps
 from tests.gpu.helpers import (DTYPE_IDS, DTYPES, assert_close, cuda_generator, poisoned,
                                random_tensor)
 
@@ -66,3 +68,36 @@ def test_cuda_ops_logits_are_float32_and_keep_what_16_bits_would_round_away(cuda
     assert_close(logits, expected, what="CudaOps.logits")
     # float32 logits of ~24 carry detail below float16's step there (1/64)
     assert not torch.equal(logits, logits.to(dtype).float())
+
+
+@pytest.mark.parametrize("kind", ("gelu", "gelu_tanh"))
+@pytest.mark.parametrize("num_rows", (1, GEMV_MAX_TOKENS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_gemv_with_gelu_equals_gemv_then_the_gelu_kernel_bit_for_bit(library, dtype, num_rows,
+                                                                       kind):
+    # gpt2-xl's up projection (6,400 x 1,600), biased as GPT-2's is
+    gen = cuda_generator(num_rows)
+    x = random_tensor((num_rows, 1600), dtype=dtype, generator=gen)
+    weight = random_tensor((6400, 1600), dtype=dtype, generator=gen, scale=1600 ** -0.5)
+    bias = random_tensor((6400,), dtype=dtype, generator=gen)
+    fused = poisoned((num_rows, 6400), dtype=dtype)
+    gemv_into(library, fused, x, weight, bias, gelu=kind)
+    plain = poisoned((num_rows, 6400), dtype=dtype)
+    gemv_into(library, plain, x, weight, bias)
+    unfused = poisoned((num_rows, 6400), dtype=dtype)
+    gelu_into(library, unfused, plain, kind, gated=False)
+    assert torch.equal(fused, unfused)
+    approximate = "tanh" if kind == "gelu_tanh" else "none"
+    assert_close(fused.float(), F.gelu(reference(x, weight, bias), approximate=approximate),
+                 what=f"gemv + {kind} m={num_rows}")
+
+
+@pytest.mark.parametrize("num_rows", (1, 5))
+def test_cuda_ops_linear_gelu_matches_the_torch_ops_on_both_paths(cuda_ops, num_rows):
+    gen = cuda_generator(11 + num_rows)
+    x = random_tensor((num_rows, 1024), dtype=torch.bfloat16, generator=gen)
+    weight = random_tensor((4096, 1024), dtype=torch.bfloat16, generator=gen, scale=1 / 32)
+    bias = random_tensor((4096,), dtype=torch.bfloat16, generator=gen)
+    expected = TorchOps().linear_gelu(x, weight, bias, "gelu_tanh")
+    assert_close(cuda_ops.linear_gelu(x, weight, bias, "gelu_tanh").float(), expected.float(),
+                 what=f"CudaOps.linear_gelu m={num_rows}")

@@ -69,7 +69,9 @@ BASE_MODULES: tuple[KernelModule, ...] = (
     KernelModule("rope_cache", False,
                  _names("rope_and_cache_{dt}{cos}{kv}", dt=DTYPES, cos=("", "_f32cos"),
                         kv=("", "_kvfp8"))),
-    KernelModule("gemv", False, _names("gemv_{dt}_m{m}", dt=DTYPES, m=(1, 2, 3, 4))),
+    # the decode GEMV, plain or with GELU on its outputs (exact erff, tanhf)
+    KernelModule("gemv", False, _names("gemv{act}_{dt}_m{m}", act=("", "_gelu_erf", "_gelu_tanh"),
+                                       dt=DTYPES, m=(1, 2, 3, 4))),
     KernelModule("gemv_fp8", False, _names("gemv_fp8_bf16_m{m}", m=(1, 2, 3, 4))
                  + ("gemv_fp8_mma_bf16",)),
     # activations to FP8 for --quantization fp8 (exact division: matches the torch reference)

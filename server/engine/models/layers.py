@@ -179,9 +179,10 @@ class DecoderLayer:
         return mlp_out, residual
 
     def _mlp(self, x: torch.Tensor | Fp8Rows, ops: Ops) -> torch.Tensor:
-        up = ops.linear(x, self.gate_up_weight, self.up_bias)
         if self.layer_norm:  # ungated
-            return ops.linear(ops.gelu(up, self.activation), self.down_weight, self.down_bias)
+            up = ops.linear_gelu(x, self.gate_up_weight, self.up_bias, self.activation)
+            return ops.linear(up, self.down_weight, self.down_bias)
+        up = ops.linear(x, self.gate_up_weight, self.up_bias)
         if self.activation != "silu":
             return ops.linear(ops.gelu_and_mul(up, self.activation), self.down_weight)
         # FP8 linear layers take their inputs from the norms and SiLU already quantized

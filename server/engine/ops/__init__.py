@@ -56,6 +56,11 @@ class Ops(Protocol):
     def gelu(self, x: torch.Tensor, kind: str) -> torch.Tensor:
         """GELU, exact ("gelu") or tanh-approximated ("gelu_tanh")."""
 
+    def linear_gelu(self, x: torch.Tensor, weight: torch.Tensor | Fp8Weight | IntWeight,
+                    bias: torch.Tensor | None, kind: str) -> torch.Tensor:
+        """gelu(linear(x, weight, bias), kind): the ungated MLP's up projection, one launch
+        where the backend can fuse the two."""
+
     def gelu_and_mul(self, x: torch.Tensor, kind: str) -> torch.Tensor:
         """x [T, 2d] -> gelu(x[:, :d]) * x[:, d:] (GeGLU)."""
 

@@ -74,13 +74,27 @@ class CudaOps:
         check_not_quantized(x)
         if isinstance(weight, IntWeight):  # csrc/gemv_int.cu, dequantize_int.cu, w8a8.cu
             return int_linear(self.library, x, weight, bias)
-        if (x.shape[0] > self.gemv_max_tokens
-                or weight.numel() > self.gemv_max_weight_elements
-                or not gemv_supports(x, weight)):
+        if not self._takes_gemv(x, weight):
             return F.linear(x, weight, bias)
         out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
         gemv_into(self.library, out, x, weight, bias)
         return out
+
+    def linear_gelu(self, x: torch.Tensor, weight: torch.Tensor | Fp8Weight | IntWeight,
+                    bias: torch.Tensor | None, kind: str) -> torch.Tensor:
+        """On the GEMV, GELU is its epilogue (one launch, GPT-2's ~460-kernel step had
+        48 of them); elsewhere the GELU kernel after the product."""
+        if isinstance(weight, torch.Tensor) and isinstance(x, torch.Tensor) \
+                and self._takes_gemv(x, weight):
+            out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
+            gemv_into(self.library, out, x, weight, bias, gelu=kind)
+            return out
+        return self.gelu(self.linear(x, weight, bias), kind)
+
+    def _takes_gemv(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
+        return (x.shape[0] <= self.gemv_max_tokens
+                and weight.numel() <= self.gemv_max_weight_elements
+                and gemv_supports(x, weight))
 
     def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:
         """Accumulated and returned in float32 (as TensorRT-LLM's default logits dtype):

@@ -19,6 +19,9 @@ NORM_ITEMS = 4  # row chunks each thread keeps in registers (csrc/rms_norm.cu IT
 MAX_THREADS = 1024
 
 
+# the model's GELU (ModelArchConfig.activation) -> the kernels' name for it (csrc/gelu.cuh)
+GELU_KERNELS = {"gelu": "erf", "gelu_tanh": "tanh"}
+
 def norm_threads(hidden: int, vec: int) -> int:
     chunks = -(-hidden // vec)
     threads = min(MAX_THREADS, -(-chunks // 32) * 32)
@@ -164,8 +167,12 @@ def gemv_supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def gemv_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-              bias: torch.Tensor | None = None) -> None:
-    """y [M, N] = x [M, K] @ weight [N, K]^T (+ bias), for M <= GEMV_MAX_TOKENS."""
+              bias: torch.Tensor | None = None, *, gelu: str | None = None) -> None:
+    """y [M, N] = x [M, K] @ weight [N, K]^T (+ bias), for M <= GEMV_MAX_TOKENS; with gelu
+    ("gelu" or "gelu_tanh"), that GELU of it, bit for bit gelu_into's on the unfused output."""
+    if gelu is not None and gelu not in GELU_KERNELS:
+        raise KernelArgumentError(f"gemv's gelu must be one of {', '.join(GELU_KERNELS)} or "
+                                  f"None, got {gelu!r}")
     check_device(lib.device, x=x, weight=weight, y=y)
     suffix = dtype_suffix("x", x)
     check_dtype(x.dtype, weight=weight, y=y)
@@ -186,7 +193,8 @@ def gemv_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: torc
     if k % 8 or not (is_aligned16(x, x_stride) and is_aligned16(weight, k)):
         raise KernelArgumentError(f"gemv needs K a multiple of 8 ({k}) and 16-byte aligned "
                                   "rows of x and weight")
-    lib.launch("gemv", f"gemv_{suffix}_m{num_rows}",
+    act = "" if gelu is None else f"_gelu_{GELU_KERNELS[gelu]}"
+    lib.launch("gemv", f"gemv{act}_{suffix}_m{num_rows}",
                grid=(-(-n // GEMV_COLUMNS_PER_CTA),), block=(32 * GEMV_COLUMNS_PER_CTA,),
                args=(y.data_ptr(), weight.data_ptr(), x.data_ptr(),
                      0 if bias is None else bias.data_ptr(), np.int32(n), np.int32(k),

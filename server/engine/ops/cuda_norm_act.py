@@ -9,12 +9,9 @@ import torch
 from server.engine.gpu.kernel_args import (KernelArgumentError, check_contiguous, check_device,
                                        check_dtype, check_shape, dtype_suffix, row_stride)
 from server.engine.gpu.kernels import KernelLibrary
-from server.engine.ops.cuda_launch import norm_threads, norm_vec
+from server.engine.ops.cuda_launch import GELU_KERNELS, norm_threads, norm_vec
 
 # the engine's activation names -> the kernels' ("gelu" is the exact, erf form)
-GELU_KERNELS = {"gelu": "erf", "gelu_tanh": "tanh"}
-
-
 def layer_norm_into(lib: KernelLibrary, out: torch.Tensor, x: torch.Tensor,
                     weight: torch.Tensor, bias: torch.Tensor | None, eps: float, *,
                     residual: torch.Tensor | None = None,

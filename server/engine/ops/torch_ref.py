@@ -69,6 +69,10 @@ class TorchOps:
     def gelu(self, x: torch.Tensor, kind: str) -> torch.Tensor:
         return F.gelu(x, approximate=_GELU_APPROXIMATIONS[kind])
 
+    def linear_gelu(self, x: torch.Tensor, weight: torch.Tensor | Fp8Weight | IntWeight,
+                    bias: torch.Tensor | None, kind: str) -> torch.Tensor:
+        return self.gelu(self.linear(x, weight, bias), kind)
+
     def gelu_and_mul(self, x: torch.Tensor, kind: str) -> torch.Tensor:
         half = x.shape[-1] // 2
         return self.gelu(x[..., :half], kind) * x[..., half:]
