@@ -34,6 +34,12 @@
 // float32 sums are scaled once, which saves a multiply per weight pair (and a rounding).
 // The others scale every weight first (groups of 32 or 64), as IntWeight.dequantize does.
 //
+// The _silu kernels (one tile: 1 to 8 tokens) are the gated MLP's gate|up projection and its
+// SiLU-and-mul in one launch, y [m, d] for a weight of 2d rows (gate rows, then up rows): a
+// CTA takes gate rows as its rows g and the up rows of the same 8 outputs as its rows g + 8,
+// so one lane ends with both sums; rounded as the two kernels round (to T after the
+// product, silu(gate) to T, the product to T), with activation.cu's fast exp and division.
+//
 // Partial sums of the 8 warps meet in shared memory (gemv_mma.cuh). K a multiple of the
 // chunk, group sizes powers of two and multiples of the chunk (or K: per channel), 16-byte
 // aligned rows of x and of the weight, indices within 32 bits: the wrapper checks.
@@ -121,7 +127,7 @@ template <typename T, int TILES> struct LaneRows {
   int group_shift;  // group of column j: j >> group_shift (per channel: 31, always 0)
 };
 
-template <typename T, int BITS, int TILES>
+template <typename T, int BITS, int TILES, bool GATED>
 __device__ __forceinline__ LaneRows<T, TILES> lane_rows(
     const unsigned char* w, const unsigned short* scales, const unsigned short* zeros,
     const T* x, int m, int n, int k, int group_shift, long long x_stride) {
@@ -129,10 +135,11 @@ __device__ __forceinline__ LaneRows<T, TILES> lane_rows(
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2;
   const int t = lane & 3;
-  const int col0 = blockIdx.x * kIntGemvColumns;
-  // rows past n read the last row (in bounds) and are never stored
-  const int row_lo = min(col0 + g, n - 1);
-  const int row_hi = min(col0 + g + 8, n - 1);
+  // rows past n (GATED: past d = n / 2) read the last row (in bounds), never stored
+  const int half = n / 2;
+  const int col0 = blockIdx.x * (GATED ? kIntGemvColumns / 2 : kIntGemvColumns);
+  const int row_lo = GATED ? min(col0 + g, half - 1) : min(col0 + g, n - 1);
+  const int row_hi = GATED ? half + row_lo : min(col0 + g + 8, n - 1);
   const int num_groups = group_shift >= 31 ? 1 : k >> group_shift;
   LaneRows<T, TILES> r;
   r.w = reinterpret_cast<const uint4*>(w);
@@ -211,7 +218,9 @@ __device__ __forceinline__ void blocks_pass(const LaneRows<T, TILES>& r, int fir
   }
 }
 
-template <typename T, int BITS, int TILES, bool BLOCK_SCALE>
+__device__ __forceinline__ float fast_silu(float g) { return __fdividef(g, 1.f + __expf(-g)); }
+
+template <typename T, int BITS, int TILES, bool BLOCK_SCALE, bool GATED>
 __device__ __forceinline__ void gemv_int_impl(T* __restrict__ y,
                                               const unsigned char* __restrict__ w,
                                               const unsigned short* __restrict__ scales,
@@ -220,7 +229,7 @@ __device__ __forceinline__ void gemv_int_impl(T* __restrict__ y,
                                               const T* __restrict__ bias, int m, int n, int k,
                                               int group_shift, long long x_stride) {
   const LaneRows<T, TILES> rows =
-      lane_rows<T, BITS, TILES>(w, scales, zeros, x, m, n, k, group_shift, x_stride);
+      lane_rows<T, BITS, TILES, GATED>(w, scales, zeros, x, m, n, k, group_shift, x_stride);
   const int full_blocks = rows.num_chunks / 4;  // blocks with all 4 chunks inside K
   const int num_blocks = (rows.num_chunks + 3) / 4;
   constexpr int kStep = kIntGemvWarps * kIntGemvUnroll;
@@ -229,16 +238,25 @@ __device__ __forceinline__ void gemv_int_impl(T* __restrict__ y,
   for (; first + (kIntGemvUnroll - 1) * kIntGemvWarps < full_blocks; first += kStep)
     blocks_pass<T, BITS, TILES, BLOCK_SCALE, false>(rows, first, c);
   if (first < num_blocks) blocks_pass<T, BITS, TILES, BLOCK_SCALE, true>(rows, first, c);
-  reduce_mma_columns<kIntGemvWarps, TILES>(c, m, n, [&](int col, int token, float total) {
-    if (bias != nullptr) total += to_float(bias[col]);
-    y[static_cast<long long>(token) * n + col] = from_float<T>(total);
-  });
+  if constexpr (GATED) {
+    const int d = n / 2;
+    reduce_mma_gated<kIntGemvWarps, TILES>(c, m, d, [&](int col, int token, float gate, float up) {
+      const float act = round_to<T>(fast_silu(round_to<T>(gate)));
+      y[static_cast<long long>(token) * d + col] = from_float<T>(act * round_to<T>(up));
+    });
+  } else {
+    reduce_mma_columns<kIntGemvWarps, TILES>(c, m, n, [&](int col, int token, float total) {
+      if (bias != nullptr) total += to_float(bias[col]);
+      y[static_cast<long long>(token) * n + col] = from_float<T>(total);
+    });
+  }
 }
 
 }  // namespace
 
-// _bs: one group per block of K (int4: groups of 128 columns or more, int8: 64 or more)
-#define INFLIGHTD_GEMV_INT(T, SUFFIX, BITS, TILES, BLOCK_SCALE, NAME_END)                      \
+// _bs: one group per block of K (int4: groups of 128 columns or more, int8: 64 or more);
+// _silu: the gated MLP's gate|up with SiLU-and-mul (n = 2d weight rows, y [m, d], no bias)
+#define INFLIGHTD_GEMV_INT(T, SUFFIX, BITS, TILES, BLOCK_SCALE, GATED, NAME_END)               \
   extern "C" __global__ void __launch_bounds__(                                                 \
       32 * kIntGemvWarps, IntGemvCtas<TILES, BLOCK_SCALE>::value)                               \
       gemv_w##BITS##_##SUFFIX##_t##TILES##NAME_END(                                             \
@@ -246,12 +264,15 @@ __device__ __forceinline__ void gemv_int_impl(T* __restrict__ y,
           const unsigned short* zeros, const T* x, const T* bias, int m, int n, int k,         \
           int group_shift, long long x_stride) {                                                \
     inflightd::wait_for_previous_kernel();                                                      \
-    gemv_int_impl<T, BITS, TILES, BLOCK_SCALE>(y, w, scales, zeros, x, bias, m, n, k,          \
-                                               group_shift, x_stride);                          \
+    gemv_int_impl<T, BITS, TILES, BLOCK_SCALE, GATED>(y, w, scales, zeros, x, bias, m, n, k,   \
+                                                      group_shift, x_stride);                   \
   }
 #define INFLIGHTD_GEMV_INT_BOTH(T, SUFFIX, BITS, TILES)                                         \
-  INFLIGHTD_GEMV_INT(T, SUFFIX, BITS, TILES, false, )                                           \
-  INFLIGHTD_GEMV_INT(T, SUFFIX, BITS, TILES, true, _bs)
+  INFLIGHTD_GEMV_INT(T, SUFFIX, BITS, TILES, false, false, )                                    \
+  INFLIGHTD_GEMV_INT(T, SUFFIX, BITS, TILES, true, false, _bs)
+#define INFLIGHTD_GEMV_INT_SILU(T, SUFFIX, BITS)                                                \
+  INFLIGHTD_GEMV_INT(T, SUFFIX, BITS, 1, false, true, _silu)                                    \
+  INFLIGHTD_GEMV_INT(T, SUFFIX, BITS, 1, true, true, _bs_silu)
 
 INFLIGHTD_GEMV_INT_BOTH(__nv_bfloat16, bf16, 4, 1)
 INFLIGHTD_GEMV_INT_BOTH(__nv_bfloat16, bf16, 4, 2)
@@ -261,3 +282,7 @@ INFLIGHTD_GEMV_INT_BOTH(__half, fp16, 4, 1)
 INFLIGHTD_GEMV_INT_BOTH(__half, fp16, 4, 2)
 INFLIGHTD_GEMV_INT_BOTH(__half, fp16, 8, 1)
 INFLIGHTD_GEMV_INT_BOTH(__half, fp16, 8, 2)
+INFLIGHTD_GEMV_INT_SILU(__nv_bfloat16, bf16, 4)
+INFLIGHTD_GEMV_INT_SILU(__nv_bfloat16, bf16, 8)
+INFLIGHTD_GEMV_INT_SILU(__half, fp16, 4)
+INFLIGHTD_GEMV_INT_SILU(__half, fp16, 8)

@@ -1,7 +1,8 @@
 """The integer-weight kernels (csrc/gemv_int.cu, dequantize_int.cu, w8a8.cu) against
 IntWeight.dequantize and float32 torch products: W4A16 and W8A16 at every group size, bf16
 and fp16, 1 to 16 tokens on the GEMV and more through dequantize + cuBLAS; W8A8 bit for bit
-against its torch reference; CudaOps.linear, and every path replayed from a CUDA graph."""
+against its torch reference; the GEMV with SiLU-and-mul as its epilogue; CudaOps.linear, and
+every path replayed from a CUDA graph."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 
 from server.engine.models.int_weights import IntWeight, pack_int4
 from server.engine.ops.cuda_int import (INT_GEMV_BLOCK_COLUMNS, INT_GEMV_MAX_TOKENS,
-                                        dequantize_int_into, gemv_int_into, int_linear,
+                                        INT_GEMV_SILU_MAX_TOKENS, dequantize_int_into,
+                                        gemv_int_into, int_linear, int_linear_silu_and_mul,
                                         int_linear_reference, quantize_int8_rows_into,
                                         quantize_int8_rows_reference)
 from tests.gpu.helpers import (DTYPE_IDS, DTYPES, assert_close, cuda_generator, poisoned,
@@ -85,6 +87,42 @@ def test_gemv_matches_the_dequantized_product_at_1_to_16_tokens(library, shape, 
             gemv_int_into(library, out, x, weight, with_bias, block_scale=block_scale)
             assert_close(out.float(), expected, what=f"gemv w{bits} g{group} m={num_rows} "
                          f"block_scale={block_scale} bias={with_bias is not None}")
+
+
+# gate|up weights of 2d rows: d = 256 (whole CTAs of 8 outputs), 150 (the last CTA short)
+@pytest.mark.parametrize("d", (256, 150))
+@pytest.mark.parametrize("group", (32, 128, None))
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_gemv_with_silu_and_mul_equals_gemv_then_silu_and_mul(library, cuda_ops, dtype, bits,
+                                                              group, d):
+    k = 1152
+    weight = random_int_weight(2 * d, k, bits=bits, group_size=group, dtype=dtype, seed=d + bits)
+    gen = cuda_generator(d + k)
+    for num_rows in (1, 3, INT_GEMV_SILU_MAX_TOKENS):
+        x = random_tensor((num_rows, k), dtype=dtype, generator=gen)
+        gate_up = poisoned((num_rows, 2 * d), dtype=dtype)
+        gemv_int_into(library, gate_up, x, weight)
+        unfused = cuda_ops.silu_and_mul(gate_up)
+        fused = poisoned((num_rows, d), dtype=dtype)
+        gemv_int_into(library, fused, x, weight, silu_and_mul=True)
+        # the same roundings; the exp and division as activation.cu's fast-math ones, which
+        # may differ in the last place of a few outputs (ftz, approximate division)
+        assert_close(fused.float(), unfused.float(), what=f"w{bits} g{group} m={num_rows}")
+        assert (fused != unfused).float().mean() < 0.01
+        expected = F.silu(reference(x, weight, None)[:, :d]) * reference(x, weight, None)[:, d:]
+        assert_close(fused.float(), expected, what=f"w{bits} g{group} m={num_rows} vs float32")
+
+
+def test_cuda_ops_linear_silu_and_mul_takes_the_fused_gemv_to_8_tokens_only(cuda_ops):
+    weight = random_int_weight(512, 1024, bits=4, group_size=128, dtype=torch.bfloat16, seed=5)
+    gen = cuda_generator(5)
+    for num_rows in (1, 8, 9, 40):
+        x = random_tensor((num_rows, 1024), dtype=torch.bfloat16, generator=gen)
+        expected = cuda_ops.silu_and_mul(int_linear(cuda_ops.library, x, weight))
+        assert_close(cuda_ops.linear_silu_and_mul(x, weight).float(), expected.float(),
+                     what=f"linear_silu_and_mul m={num_rows}")
+    assert int_linear_silu_and_mul(cuda_ops.library, x, weight) is None  # 40 tokens: unfused
 
 
 def test_gemv_reads_rows_of_a_strided_view(library):

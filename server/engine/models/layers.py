@@ -182,12 +182,13 @@ class DecoderLayer:
         if self.layer_norm:  # ungated
             up = ops.linear_gelu(x, self.gate_up_weight, self.up_bias, self.activation)
             return ops.linear(up, self.down_weight, self.down_bias)
-        up = ops.linear(x, self.gate_up_weight, self.up_bias)
         if self.activation != "silu":
+            up = ops.linear(x, self.gate_up_weight, self.up_bias)
             return ops.linear(ops.gelu_and_mul(up, self.activation), self.down_weight)
-        # FP8 linear layers take their inputs from the norms and SiLU already quantized
-        act = ops.silu_and_mul_fp8 if self.fp8 else ops.silu_and_mul
-        return ops.linear(act(up), self.down_weight)
+        if self.fp8:  # FP8 linear layers take their inputs from the norms and SiLU quantized
+            up = ops.linear(x, self.gate_up_weight)
+            return ops.linear(ops.silu_and_mul_fp8(up), self.down_weight)
+        return ops.linear(ops.linear_silu_and_mul(x, self.gate_up_weight), self.down_weight)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
               ops: Ops) -> torch.Tensor | Fp8Rows:

@@ -26,6 +26,7 @@ from server.engine.ops.cuda_fp8 import launch_row_quantizer
 
 INT_GEMV_MAX_TOKENS = 16  # two tiles of 8 tokens (the MMA's N) in csrc/gemv_int.cu
 INT_GEMV_COLUMNS = 16  # output columns per CTA (kIntGemvColumns, the MMA's M)
+INT_GEMV_SILU_MAX_TOKENS = 8  # the _silu kernels take one tile of tokens
 INT_GEMV_THREADS = 256  # 8 warps splitting K
 # one group per 4-chunk block of K: the _bs kernels scale each block's sums once
 INT_GEMV_BLOCK_COLUMNS = {4: 128, 8: 64}
@@ -90,10 +91,12 @@ def _pointer(tensor: torch.Tensor | None) -> int:
 
 
 def gemv_int_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: IntWeight,
-                  bias: torch.Tensor | None = None, *, block_scale: bool | None = None) -> None:
+                  bias: torch.Tensor | None = None, *, block_scale: bool | None = None,
+                  silu_and_mul: bool = False) -> None:
     """y [M, N] = x [M, K] @ weight^T (+ bias) for a W4A16 or W8A16 weight, M <= 16.
     block_scale: scale each block's sums (the _bs kernels: groups of at least a block of K)
-    rather than each weight; None: wherever the groups allow it."""
+    rather than each weight; None: wherever the groups allow it. silu_and_mul: the weight is
+    a gated MLP's gate|up (N = 2d rows) and y [M, d] its SiLU-and-mul (M <= 8, no bias)."""
     check_device(lib.device, x=x, y=y)
     suffix = dtype_suffix("x", x)
     _check_weight(lib, weight, x.dtype)
@@ -106,7 +109,10 @@ def gemv_int_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: 
     if not 1 <= num_rows <= INT_GEMV_MAX_TOKENS:
         raise KernelArgumentError(f"gemv_int takes 1 to {INT_GEMV_MAX_TOKENS} rows, got {num_rows}")
     check_shape("weight", weight.qweight, (n, k * weight.bits // 8))
-    check_shape("y", y, (num_rows, n))
+    if silu_and_mul and (num_rows > INT_GEMV_SILU_MAX_TOKENS or n % 2 or bias is not None):
+        raise KernelArgumentError(f"gemv_int's SiLU-and-mul takes 1 to {INT_GEMV_SILU_MAX_TOKENS} "
+                                  f"rows, an even N ({n}) and no bias")
+    check_shape("y", y, (num_rows, n // 2 if silu_and_mul else n))
     check_contiguous(y=y)
     x_stride = row_stride("x", x)
     check_aligned16("x", x, x_stride)
@@ -122,8 +128,12 @@ def gemv_int_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: 
         raise KernelArgumentError(f"groups of {group} columns are narrower than a block of K "
                                   f"({INT_GEMV_BLOCK_COLUMNS[weight.bits]})")
     tiles = 1 if num_rows <= 8 else 2
-    lib.launch("gemv_int", f"gemv_w{weight.bits}_{suffix}_t{tiles}{'_bs' if block_scale else ''}",
-               grid=(-(-n // INT_GEMV_COLUMNS),), block=(INT_GEMV_THREADS,),
+    name = (f"gemv_w{weight.bits}_{suffix}_t{tiles}{'_bs' if block_scale else ''}"
+            f"{'_silu' if silu_and_mul else ''}")
+    # a CTA: 16 columns, or (silu_and_mul) 8 outputs, each a gate row and an up row
+    outputs_per_cta = INT_GEMV_COLUMNS // 2 if silu_and_mul else INT_GEMV_COLUMNS
+    lib.launch("gemv_int", name,
+               grid=(-(-y.shape[1] // outputs_per_cta),), block=(INT_GEMV_THREADS,),
                args=(y.data_ptr(), weight.qweight.data_ptr(), weight.scales.data_ptr(),
                      _pointer(weight.zeros), x.data_ptr(), bias_ptr, np.int32(num_rows),
                      np.int32(n), np.int32(k), np.int32(shift), np.int64(x_stride)))
@@ -239,6 +249,21 @@ def int_linear(lib: KernelLibrary, x: torch.Tensor, weight: IntWeight,
     dense = torch.empty((n, k), dtype=x.dtype, device=x.device)
     dequantize_int_into(lib, dense, weight)
     return F.linear(x, dense, bias)
+
+
+def int_linear_silu_and_mul(lib: KernelLibrary, x: torch.Tensor, weight: IntWeight
+                            ) -> torch.Tensor | None:
+    """silu_and_mul(x @ weight^T) [T, N / 2] in one launch where the _silu GEMV takes it
+    (W4A16 / W8A16, 1 to INT_GEMV_SILU_MAX_TOKENS tokens); None where it does not."""
+    num_rows, k = x.shape
+    if (weight.act_int8 or not 1 <= num_rows <= INT_GEMV_SILU_MAX_TOKENS or weight.shape[0] % 2
+            or weight.shape[1] != k or int_kernel_problem(weight, x.dtype) is not None):
+        return None
+    if not is_aligned16(x, x.stride(0)) or x.stride(1) != 1:
+        x = x.contiguous()
+    out = torch.empty((num_rows, weight.shape[0] // 2), dtype=x.dtype, device=x.device)
+    gemv_int_into(lib, out, x, weight, silu_and_mul=True)
+    return out
 
 
 def _w8a8_linear(lib: KernelLibrary, x: torch.Tensor, weight: IntWeight,

@@ -56,6 +56,10 @@ class TorchOps:
         half = x.shape[-1] // 2
         return F.silu(x[..., :half]) * x[..., half:]
 
+    def linear_silu_and_mul(self, x: torch.Tensor,
+                            weight: torch.Tensor | Fp8Weight | IntWeight) -> torch.Tensor:
+        return self.silu_and_mul(self.linear(x, weight))
+
     def layer_norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                    eps: float) -> torch.Tensor:
         return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
