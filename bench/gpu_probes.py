@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from server.engine.gpu.graph_capture import median_replay_ms
+from server.engine.models.int_weights import IntWeight
 from server.engine.models.quantization import FP8_DTYPE, FP8_INV_MAX, Fp8Weight
 from server.scheduler.request import SamplingParams
 
@@ -84,10 +85,16 @@ def gemm_floor_ms(model, *, batch_size: int = 1, ops=None) -> float:
 
 def cublas_linear() -> Callable:
     """F.linear, or for an Fp8Weight the FP8 GEMM alone on activations quantized at the
-    first call (the quantization is the engine's business, not the floor's)."""
+    first call (the quantization is the engine's business, not the floor's); an IntWeight
+    dequantized at its first call."""
     quantized: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    dense: dict[int, tuple[IntWeight, torch.Tensor]] = {}  # the IntWeight kept: ids stay unique
 
     def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if isinstance(weight, IntWeight):  # cuBLAS on the dense weight, dequantized once
+            if id(weight) not in dense:
+                dense[id(weight)] = (weight, weight.dequantize(x.dtype))
+            return F.linear(x, dense[id(weight)][1], bias)
         if not isinstance(weight, Fp8Weight):
             return F.linear(x, weight, bias)
         if id(x) not in quantized:  # x itself is kept too, so its id is not reused
@@ -222,6 +229,7 @@ def profile_decode(llm, *, batch_size: int, context: int, steps: int = 8,
 
     engine = llm.engine
     rng = random.Random(seed)
+    context = min(context, engine.info.max_model_len // 2)  # GPT-2: 1,024 positions in all
     params = SamplingParams(temperature=0, ignore_eos=True,
                             max_tokens=engine.info.max_model_len - context - 1)
     req_ids = [f"profile-{batch_size}-{index}" for index in range(batch_size)]
@@ -254,6 +262,7 @@ def profile_prefill(llm, *, num_prompts: int = 8, prompt_len: int = 1024,
 
     engine = llm.engine
     rng = random.Random(seed)
+    prompt_len = min(prompt_len, engine.info.max_model_len - 1)  # room for the one token
     params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=1)
     for index in range(num_prompts):
         engine.add_request(f"prefill-profile-{index}",
