@@ -14,6 +14,7 @@ where a decode step's time goes:
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -279,7 +280,7 @@ def profile_prefill(llm, *, num_prompts: int = 8, prompt_len: int = 1024,
         wall = time.perf_counter() - start
     by_group = {g: ms for g, ms in sorted(kernel_ms_by_group(prof).items())}
     num_tokens = num_prompts * prompt_len
-    linear_params = sum(t.numel() for name, t in
+    linear_params = sum(math.prod(t.shape) for name, t in  # tensors, Fp8 / int weights
                         llm.engine.runner.model.weight_destinations().items()
                         if name.startswith("model.layers.") and name.endswith("_proj.weight"))
     gemm_flop = 2 * linear_params * num_tokens
