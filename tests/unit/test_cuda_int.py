@@ -104,6 +104,40 @@ def test_int4_steps_pick_the_gemv_or_dequantize(num_rows, group, kernels):
         assert args[6:10] == (num_rows, 40, 4096, shift)
 
 
+# an H100's occupancy at one tile of tokens: the block-scaled kernel 2 CTAs an SM, the other 3
+H100_INT4_RESIDENT = {"gemv_w4_bf16_t1_bs": 2, "gemv_w4_bf16_t1": 3,
+                      "gemv_w4_bf16_t1_bs_silu": 2, "gemv_w4_bf16_t1_silu": 3}
+
+
+@pytest.mark.parametrize(("rows", "silu_and_mul", "kernel"), [
+    (4096, False, "gemv_w4_bf16_t1_bs"),  # 256 CTAs: one wave either way
+    (6144, False, "gemv_w4_bf16_t1"),  # 384: two waves of the _bs kernel, one of the other
+    (28672, True, "gemv_w4_bf16_t1_silu"),  # 1,792: 7 waves against 5
+])
+def test_block_scaled_gemv_runs_only_where_it_costs_no_wave_of_ctas(rows, silu_and_mul,
+                                                                     kernel):
+    lib = RecordingLibrary(num_sms=132, resident_ctas=H100_INT4_RESIDENT)
+    weight = int4_weight(rows, 256, 128)
+    x = torch.randn((1, 256)).to(torch.bfloat16)
+    out = torch.empty((1, rows // 2 if silu_and_mul else rows), dtype=torch.bfloat16)
+    gemv_int_into(lib, out, x, weight, silu_and_mul=silu_and_mul)
+    assert launched(lib) == [kernel]
+    assert lib.launches[0][2] == (-(-out.shape[1] // (8 if silu_and_mul else 16)),)
+
+
+def test_silu_and_mul_gemv_takes_one_tile_of_tokens_an_even_n_and_no_bias():
+    lib = RecordingLibrary()
+    weight = int4_weight(64, 256, 128)
+    with pytest.raises(KernelArgumentError, match="SiLU-and-mul takes 1 to 8 rows"):
+        gemv_int_into(lib, torch.empty((9, 32), dtype=torch.bfloat16),
+                      torch.randn((9, 256)).to(torch.bfloat16), weight, silu_and_mul=True)
+    with pytest.raises(KernelArgumentError, match="no bias"):
+        gemv_int_into(lib, torch.empty((1, 32), dtype=torch.bfloat16),
+                      torch.randn((1, 256)).to(torch.bfloat16), weight,
+                      torch.zeros(64, dtype=torch.bfloat16), silu_and_mul=True)
+    assert lib.launches == []
+
+
 @pytest.mark.parametrize(("num_rows", "gemv_max_tokens", "kernels", "int_mm_rows"), [
     (3, 16, ["quantize_int8_rows_bf16", "gemv_w8a8_bf16_t1"], None),
     (3, 0, ["quantize_int8_rows_bf16", "int8_scaled_out_bf16"], 17),  # padded for _int_mm

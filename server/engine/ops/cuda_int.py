@@ -95,7 +95,7 @@ def gemv_int_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: 
                   silu_and_mul: bool = False) -> None:
     """y [M, N] = x [M, K] @ weight^T (+ bias) for a W4A16 or W8A16 weight, M <= 16.
     block_scale: scale each block's sums (the _bs kernels: groups of at least a block of K)
-    rather than each weight; None: wherever the groups allow it. silu_and_mul: the weight is
+    rather than each weight; None: wherever the groups allow it and it costs no wave of CTAs. silu_and_mul: the weight is
     a gated MLP's gate|up (N = 2d rows) and y [M, d] its SiLU-and-mul (M <= 8, no bias)."""
     check_device(lib.device, x=x, y=y)
     suffix = dtype_suffix("x", x)
@@ -122,21 +122,41 @@ def gemv_int_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: 
     group = weight.group_size
     shift = PER_CHANNEL_SHIFT if group == k else group.bit_length() - 1
     block_scale_fits = group == k or group >= INT_GEMV_BLOCK_COLUMNS[weight.bits]
-    if block_scale is None:
-        block_scale = block_scale_fits
-    elif block_scale and not block_scale_fits:
+    if block_scale and not block_scale_fits:
         raise KernelArgumentError(f"groups of {group} columns are narrower than a block of K "
                                   f"({INT_GEMV_BLOCK_COLUMNS[weight.bits]})")
     tiles = 1 if num_rows <= 8 else 2
-    name = (f"gemv_w{weight.bits}_{suffix}_t{tiles}{'_bs' if block_scale else ''}"
-            f"{'_silu' if silu_and_mul else ''}")
+
+    def name(with_block_scale: bool) -> str:
+        return (f"gemv_w{weight.bits}_{suffix}_t{tiles}{'_bs' if with_block_scale else ''}"
+                f"{'_silu' if silu_and_mul else ''}")
+
     # a CTA: 16 columns, or (silu_and_mul) 8 outputs, each a gate row and an up row
     outputs_per_cta = INT_GEMV_COLUMNS // 2 if silu_and_mul else INT_GEMV_COLUMNS
-    lib.launch("gemv_int", name,
-               grid=(-(-y.shape[1] // outputs_per_cta),), block=(INT_GEMV_THREADS,),
+    num_ctas = -(-y.shape[1] // outputs_per_cta)
+    if block_scale is None:
+        block_scale = block_scale_fits and _block_scale_pays(lib, num_ctas=num_ctas,
+                                                             block_scaled=name(True),
+                                                             scaled_each=name(False))
+    lib.launch("gemv_int", name(block_scale),
+               grid=(num_ctas,), block=(INT_GEMV_THREADS,),
                args=(y.data_ptr(), weight.qweight.data_ptr(), weight.scales.data_ptr(),
                      _pointer(weight.zeros), x.data_ptr(), bias_ptr, np.int32(num_rows),
                      np.int32(n), np.int32(k), np.int32(shift), np.int64(x_stride)))
+
+
+def _block_scale_pays(lib: KernelLibrary, *, num_ctas: int, block_scaled: str,
+                      scaled_each: str) -> bool:
+    """Whether the _bs kernel should run where both could. It saves a multiply per weight
+    pair but holds more registers (at one tile of tokens 2 CTAs an SM where the other fits
+    3), so it loses where that costs a wave of CTAs: bench/int_gemv.py (H100, Llama-3-8B,
+    int4 g128, 1 token): qkv's 384 CTAs 8.9 us with it, 7.6 without; gate_up's 1,792 27.8
+    and 27.1; o's and down's 256 (one wave either way) 5.7 / 6.6 and 14.5 / 17.5."""
+    def waves(kernel: str) -> int:
+        slots = lib.num_sms * lib.max_active_ctas("gemv_int", kernel, INT_GEMV_THREADS)
+        return -(-num_ctas // slots)
+
+    return waves(block_scaled) <= waves(scaled_each)
 
 
 def dequantize_int_into(lib: KernelLibrary, out: torch.Tensor, weight: IntWeight) -> None:
