@@ -83,9 +83,15 @@ def decode_metadata(batch: int, context: int, first_block: int) -> AttentionMeta
 
 
 def random_cache(blocks: int, kv: str) -> torch.Tensor:
-    values = torch.randn((2, blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM), device="cuda",
-                         dtype=DTYPE)
-    return to_cache_dtype(values, KV_DTYPES[kv])
+    """Filled a slice of blocks at a time: one randn of a 34 GB cache (batch 1,024 at 8k)
+    and its cast would need twice that again."""
+    cache = torch.empty((2, blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM), device="cuda",
+                        dtype=KV_DTYPES[kv])
+    for start in range(0, blocks, 4096):
+        part = cache[:, start:start + 4096]
+        part.copy_(to_cache_dtype(torch.randn(part.shape, device="cuda", dtype=DTYPE),
+                                  KV_DTYPES[kv]))
+    return cache
 
 
 def bench_decode(ops: CudaOps, batch: int, context: int, copy_bw: float,
@@ -93,6 +99,11 @@ def bench_decode(ops: CudaOps, batch: int, context: int, copy_bw: float,
     """One row per decode_key_split, timed over the same cache and block tables."""
     kv_bytes = batch * context * NUM_KV_HEADS * HEAD_DIM * 2 * KV_DTYPES[kv].itemsize
     copies = max(1, min(128, -(-L2_FLUSH_BYTES // kv_bytes)))
+    free_bytes, _ = torch.cuda.mem_get_info()
+    if copies * kv_bytes > 0.9 * free_bytes:  # e.g. batch 1,024 at 8k in bf16 on 80 GB
+        print(f"decode {kv} {batch} x {context}: skipped, its cache needs "
+              f"{copies * kv_bytes / 2**30:.1f} GiB of {free_bytes / 2**30:.1f} free")
+        return []
     blocks = copies * batch * -(-context // BLOCK_SIZE)
     kv_cache = random_cache(blocks, kv)
     blocks_per_copy = blocks // copies
