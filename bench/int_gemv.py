@@ -123,7 +123,8 @@ def kernel_call(lib: KernelLibrary, kernel: str, x: torch.Tensor, n: int):
             dequantize_int_into(lib, dense, w)
             return torch.mm(x, dense.t())
         return dequant_then_cublas
-    return lambda w: gemv_int_into(lib, y, x, w)
+    block_scale = True if kernel == "w4_g128" else None  # the column says which kernel
+    return lambda w: gemv_int_into(lib, y, x, w, block_scale=block_scale)
 
 
 def time_us(call, weights: list) -> float:

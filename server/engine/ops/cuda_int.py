@@ -95,8 +95,9 @@ def gemv_int_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: 
                   silu_and_mul: bool = False) -> None:
     """y [M, N] = x [M, K] @ weight^T (+ bias) for a W4A16 or W8A16 weight, M <= 16.
     block_scale: scale each block's sums (the _bs kernels: groups of at least a block of K)
-    rather than each weight; None: wherever the groups allow it and it costs no wave of CTAs. silu_and_mul: the weight is
-    a gated MLP's gate|up (N = 2d rows) and y [M, d] its SiLU-and-mul (M <= 8, no bias)."""
+    rather than each weight; None: wherever the groups allow it and it costs no wave of
+    CTAs. silu_and_mul: the weight is a gated MLP's gate|up (N = 2d rows) and y [M, d] its
+    SiLU-and-mul (M <= 8, no bias)."""
     check_device(lib.device, x=x, y=y)
     suffix = dtype_suffix("x", x)
     _check_weight(lib, weight, x.dtype)
