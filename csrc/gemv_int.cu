@@ -130,14 +130,14 @@ template <typename T, int TILES> struct LaneRows {
 template <typename T, int BITS, int TILES, bool GATED>
 __device__ __forceinline__ LaneRows<T, TILES> lane_rows(
     const unsigned char* w, const unsigned short* scales, const unsigned short* zeros,
-    const T* x, int m, int n, int k, int group_shift, long long x_stride, int col_tile) {
+    const T* x, int m, int n, int k, int group_shift, long long x_stride) {
   using Shape = ChunkShape<BITS>;
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2;
   const int t = lane & 3;
   // rows past n (GATED: past d = n / 2) read the last row (in bounds), never stored
   const int half = n / 2;
-  const int col0 = col_tile * (GATED ? kIntGemvColumns / 2 : kIntGemvColumns);
+  const int col0 = blockIdx.x * (GATED ? kIntGemvColumns / 2 : kIntGemvColumns);
   const int row_lo = GATED ? min(col0 + g, half - 1) : min(col0 + g, n - 1);
   const int row_hi = GATED ? half + row_lo : min(col0 + g + 8, n - 1);
   const int num_groups = group_shift >= 31 ? 1 : k >> group_shift;
@@ -162,31 +162,22 @@ __device__ __forceinline__ LaneRows<T, TILES> lane_rows(
 // (whole blocks, or chunks of the last one): those are skipped or multiply zeros (scale 0
 // zeroes the weights, x is 0). BLOCK_SCALE: one group per block (int4: groups of 128 or more,
 // int8: 64), so each block's sums are scaled once instead of every weight.
-// The weights of UNROLL blocks of K from `first` on, kIntGemvWarps apart: all in flight at once.
-template <int TILES, int UNROLL, bool TAIL, typename Rows>
-__device__ __forceinline__ void load_blocks(const Rows& r, int first, uint4 (&a_lo)[UNROLL],
-                                            uint4 (&a_hi)[UNROLL]) {
+template <typename T, int BITS, int TILES, bool BLOCK_SCALE, bool TAIL>
+__device__ __forceinline__ void blocks_pass(const LaneRows<T, TILES>& r, int first,
+                                            float (&c)[TILES][4]) {
+  using Shape = ChunkShape<BITS>;
   const int t = threadIdx.x & 3;
   const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+  uint4 a_lo[kIntGemvUnroll], a_hi[kIntGemvUnroll];
 #pragma unroll
-  for (int u = 0; u < UNROLL; ++u) {
+  for (int u = 0; u < kIntGemvUnroll; ++u) {  // the weights first: all in flight at once
     const int offset = (first + u * kIntGemvWarps) * 4;
     const bool in_k = !TAIL || offset + t < r.num_chunks;
     a_lo[u] = in_k ? load_streaming(r.w + (r.w_lo + offset)) : zero;
     a_hi[u] = in_k ? load_streaming(r.w + (r.w_hi + offset)) : zero;
   }
-}
-
-// Their products with x (scales, zeros and x read here), added to c.
-template <typename T, int BITS, int TILES, int UNROLL, bool BLOCK_SCALE, bool TAIL>
-__device__ __forceinline__ void mma_blocks(const LaneRows<T, TILES>& r, int first,
-                                           const uint4 (&a_lo)[UNROLL],
-                                           const uint4 (&a_hi)[UNROLL], float (&c)[TILES][4]) {
-  using Shape = ChunkShape<BITS>;
-  const int t = threadIdx.x & 3;
-  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
 #pragma unroll
-  for (int u = 0; u < UNROLL; ++u) {
+  for (int u = 0; u < kIntGemvUnroll; ++u) {
     const int block = first + u * kIntGemvWarps;
     if (TAIL && block * 4 >= r.num_chunks) break;  // the same for the whole warp
     const int chunk = block * 4 + t;
@@ -227,37 +218,7 @@ __device__ __forceinline__ void mma_blocks(const LaneRows<T, TILES>& r, int firs
   }
 }
 
-template <typename T, int BITS, int TILES, bool BLOCK_SCALE, bool TAIL>
-__device__ __forceinline__ void blocks_pass(const LaneRows<T, TILES>& r, int first,
-                                            float (&c)[TILES][4]) {
-  uint4 a_lo[kIntGemvUnroll], a_hi[kIntGemvUnroll];
-  load_blocks<TILES, kIntGemvUnroll, TAIL>(r, first, a_lo, a_hi);
-  mma_blocks<T, BITS, TILES, kIntGemvUnroll, BLOCK_SCALE, TAIL>(r, first, a_lo, a_hi, c);
-}
-
 __device__ __forceinline__ float fast_silu(float g) { return __fdividef(g, 1.f + __expf(-g)); }
-
-// The CTA's sums of column tile col_tile meet (gemv_mma.cuh) and are written to y: plus the
-// bias, or (GATED) as silu(gate) * up.
-template <typename T, int TILES, bool GATED>
-__device__ __forceinline__ void finish_tile(const float (&c)[TILES][4], T* __restrict__ y,
-                                            const T* __restrict__ bias, int m, int n,
-                                            int col_tile) {
-  if constexpr (GATED) {
-    const int d = n / 2;
-    reduce_mma_gated<kIntGemvWarps, TILES>(c, m, d, col_tile,
-                                           [&](int col, int token, float gate, float up) {
-      const float act = round_to<T>(fast_silu(round_to<T>(gate)));
-      y[static_cast<long long>(token) * d + col] = from_float<T>(act * round_to<T>(up));
-    });
-  } else {
-    reduce_mma_columns<kIntGemvWarps, TILES>(c, m, n, col_tile,
-                                             [&](int col, int token, float total) {
-      if (bias != nullptr) total += to_float(bias[col]);
-      y[static_cast<long long>(token) * n + col] = from_float<T>(total);
-    });
-  }
-}
 
 template <typename T, int BITS, int TILES, bool BLOCK_SCALE, bool GATED>
 __device__ __forceinline__ void gemv_int_impl(T* __restrict__ y,
@@ -268,8 +229,7 @@ __device__ __forceinline__ void gemv_int_impl(T* __restrict__ y,
                                               const T* __restrict__ bias, int m, int n, int k,
                                               int group_shift, long long x_stride) {
   const LaneRows<T, TILES> rows =
-      lane_rows<T, BITS, TILES, GATED>(w, scales, zeros, x, m, n, k, group_shift, x_stride,
-                                       blockIdx.x);
+      lane_rows<T, BITS, TILES, GATED>(w, scales, zeros, x, m, n, k, group_shift, x_stride);
   const int full_blocks = rows.num_chunks / 4;  // blocks with all 4 chunks inside K
   const int num_blocks = (rows.num_chunks + 3) / 4;
   constexpr int kStep = kIntGemvWarps * kIntGemvUnroll;
@@ -278,64 +238,17 @@ __device__ __forceinline__ void gemv_int_impl(T* __restrict__ y,
   for (; first + (kIntGemvUnroll - 1) * kIntGemvWarps < full_blocks; first += kStep)
     blocks_pass<T, BITS, TILES, BLOCK_SCALE, false>(rows, first, c);
   if (first < num_blocks) blocks_pass<T, BITS, TILES, BLOCK_SCALE, true>(rows, first, c);
-  finish_tile<T, TILES, GATED>(c, y, bias, m, n, blockIdx.x);
-}
-
-
-// The persistent, pipelined kernels (_pipe; one tile of 1-8 tokens). The one-pass kernels
-// above load a CTA's weights, then multiply, then end, so a projection of a few waves
-// alternates between all SMs loading and all SMs computing. Here a wave of CTAs stays:
-// CTA b takes column tiles b, b + gridDim.x, ..., each warp streaming its share of a tile in
-// passes of kPipeBlocks blocks, and the next pass's weights (of this tile or the next) are
-// in flight while the current pass multiplies:
-//
-//   # warp's items:  (tile b, pass 0) (tile b, pass 1) ... (tile b + grid, pass 0) ...
-//   # item i:        load i + 1  |  multiply i  |  (last pass of a tile: the CTA's sums meet)
-//
-// K must be whole passes of every warp (num_blocks a multiple of kIntGemvWarps *
-// kPipeBlocks: int4 K % 2,048 == 0, int8 K % 1,024 == 0); the wrapper checks.
-constexpr int kPipeBlocks = 2;
-
-template <typename T, int BITS, bool BLOCK_SCALE, bool GATED>
-__device__ __forceinline__ void gemv_int_pipe_impl(T* __restrict__ y,
-                                                   const unsigned char* __restrict__ w,
-                                                   const unsigned short* __restrict__ scales,
-                                                   const unsigned short* __restrict__ zeros,
-                                                   const T* __restrict__ x,
-                                                   const T* __restrict__ bias, int m, int n,
-                                                   int k, int group_shift, long long x_stride) {
-  const int num_tiles = GATED ? (n / 2 + 7) / 8 : (n + kIntGemvColumns - 1) / kIntGemvColumns;
-  const int passes = k / ChunkShape<BITS>::kValues / 4 / (kIntGemvWarps * kPipeBlocks);
-  const int my_tiles = (num_tiles - static_cast<int>(blockIdx.x) + gridDim.x - 1) / gridDim.x;
-  const int total = my_tiles * passes;  // the same for every warp of the CTA
-  const int warp = threadIdx.x >> 5;
-  auto tile_of = [&](int item) { return static_cast<int>(blockIdx.x + (item / passes) * gridDim.x); };
-  auto first_of = [&](int item) { return warp + (item % passes) * kIntGemvWarps * kPipeBlocks; };
-  auto rows_of = [&](int item) {
-    return lane_rows<T, BITS, 1, GATED>(w, scales, zeros, x, m, n, k, group_shift, x_stride,
-                                        tile_of(item));
-  };
-  float c[1][4] = {};
-  auto multiply = [&](int item, const uint4 (&lo)[kPipeBlocks], const uint4 (&hi)[kPipeBlocks]) {
-    mma_blocks<T, BITS, 1, kPipeBlocks, BLOCK_SCALE, false>(rows_of(item), first_of(item), lo,
-                                                            hi, c);
-    if (item % passes == passes - 1) {  // the tile's last pass: its sums meet and are stored
-      finish_tile<T, 1, GATED>(c, y, bias, m, n, tile_of(item));
-      __syncthreads();  // the partials' shared memory is free for the next tile
-#pragma unroll
-      for (int r = 0; r < 4; ++r) c[0][r] = 0.f;
-    }
-  };
-  uint4 a_lo[kPipeBlocks], a_hi[kPipeBlocks], b_lo[kPipeBlocks], b_hi[kPipeBlocks];
-  if (total > 0) load_blocks<1, kPipeBlocks, false>(rows_of(0), first_of(0), a_lo, a_hi);
-  for (int item = 0; item < total; item += 2) {  // two items a round: buffers a, then b
-    if (item + 1 < total)
-      load_blocks<1, kPipeBlocks, false>(rows_of(item + 1), first_of(item + 1), b_lo, b_hi);
-    multiply(item, a_lo, a_hi);
-    if (item + 1 >= total) break;
-    if (item + 2 < total)
-      load_blocks<1, kPipeBlocks, false>(rows_of(item + 2), first_of(item + 2), a_lo, a_hi);
-    multiply(item + 1, b_lo, b_hi);
+  if constexpr (GATED) {
+    const int d = n / 2;
+    reduce_mma_gated<kIntGemvWarps, TILES>(c, m, d, [&](int col, int token, float gate, float up) {
+      const float act = round_to<T>(fast_silu(round_to<T>(gate)));
+      y[static_cast<long long>(token) * d + col] = from_float<T>(act * round_to<T>(up));
+    });
+  } else {
+    reduce_mma_columns<kIntGemvWarps, TILES>(c, m, n, [&](int col, int token, float total) {
+      if (bias != nullptr) total += to_float(bias[col]);
+      y[static_cast<long long>(token) * n + col] = from_float<T>(total);
+    });
   }
 }
 
@@ -373,26 +286,3 @@ INFLIGHTD_GEMV_INT_SILU(__nv_bfloat16, bf16, 4)
 INFLIGHTD_GEMV_INT_SILU(__nv_bfloat16, bf16, 8)
 INFLIGHTD_GEMV_INT_SILU(__half, fp16, 4)
 INFLIGHTD_GEMV_INT_SILU(__half, fp16, 8)
-
-// _pipe: persistent and pipelined (above), one tile of tokens, plain or _silu
-#define INFLIGHTD_GEMV_INT_PIPE(T, SUFFIX, BITS, BLOCK_SCALE, GATED, NAME_END)                 \
-  extern "C" __global__ void __launch_bounds__(32 * kIntGemvWarps,                              \
-                                               IntGemvCtas<1, BLOCK_SCALE>::value)              \
-      gemv_w##BITS##_##SUFFIX##_t1##NAME_END(                                                   \
-          T* y, const unsigned char* w, const unsigned short* scales,                          \
-          const unsigned short* zeros, const T* x, const T* bias, int m, int n, int k,         \
-          int group_shift, long long x_stride) {                                                \
-    inflightd::wait_for_previous_kernel();                                                      \
-    gemv_int_pipe_impl<T, BITS, BLOCK_SCALE, GATED>(y, w, scales, zeros, x, bias, m, n, k,     \
-                                                    group_shift, x_stride);                     \
-  }
-#define INFLIGHTD_GEMV_INT_PIPE_ALL(T, SUFFIX, BITS)                                            \
-  INFLIGHTD_GEMV_INT_PIPE(T, SUFFIX, BITS, false, false, _pipe)                                 \
-  INFLIGHTD_GEMV_INT_PIPE(T, SUFFIX, BITS, true, false, _bs_pipe)                               \
-  INFLIGHTD_GEMV_INT_PIPE(T, SUFFIX, BITS, false, true, _silu_pipe)                             \
-  INFLIGHTD_GEMV_INT_PIPE(T, SUFFIX, BITS, true, true, _bs_silu_pipe)
-
-INFLIGHTD_GEMV_INT_PIPE_ALL(__nv_bfloat16, bf16, 4)
-INFLIGHTD_GEMV_INT_PIPE_ALL(__nv_bfloat16, bf16, 8)
-INFLIGHTD_GEMV_INT_PIPE_ALL(__half, fp16, 4)
-INFLIGHTD_GEMV_INT_PIPE_ALL(__half, fp16, 8)

@@ -37,9 +37,9 @@ __device__ __forceinline__ Acc total(const Acc (*partial)[TILES * 4][32], int re
 
 template <int WARPS, int TILES, typename Acc, typename Emit>
 __device__ __forceinline__ void reduce_mma_columns(const Acc (&c)[TILES][4], int m, int n,
-                                                   int col_tile, Emit emit) {
+                                                   Emit emit) {
   const auto partial = stash_mma_partials<WARPS, TILES>(c);
-  const int col0 = col_tile * 16;
+  const int col0 = blockIdx.x * 16;
   for (int o = threadIdx.x; o < TILES * 4 * 32; o += blockDim.x) {
     const int reg = o >> 5;
     const int l = o & 31;
@@ -50,13 +50,13 @@ __device__ __forceinline__ void reduce_mma_columns(const Acc (&c)[TILES][4], int
 }
 
 // The gated MLP's gate|up projection: the CTA's rows g are gate rows, its rows g + 8 the up
-// rows of the same 8 outputs (col0 = 8 * col_tile), so c[i][0..1] pair with c[i][2..3]
+// rows of the same 8 outputs (col0 = 8 * blockIdx.x), so c[i][0..1] pair with c[i][2..3]
 // and emit(col, token, gate, up) gets both sums of output col < d.
 template <int WARPS, int TILES, typename Acc, typename Emit>
 __device__ __forceinline__ void reduce_mma_gated(const Acc (&c)[TILES][4], int m, int d,
-                                                 int col_tile, Emit emit) {
+                                                 Emit emit) {
   const auto partial = stash_mma_partials<WARPS, TILES>(c);
-  const int col0 = col_tile * 8;
+  const int col0 = blockIdx.x * 8;
   for (int o = threadIdx.x; o < TILES * 2 * 32; o += blockDim.x) {
     const int pair = o >> 5;  // tile pair / 2, token parity pair % 2
     const int l = o & 31;

@@ -114,52 +114,6 @@ def test_gemv_with_silu_and_mul_equals_gemv_then_silu_and_mul(library, cuda_ops,
         assert_close(fused.float(), expected, what=f"w{bits} g{group} m={num_rows} vs float32")
 
 
-# (N, K): one pass per warp (K 2,048) and CTAs taking several tiles (8,192 rows: 512 tiles
-# over a wave); two passes with an uneven last tile (K 4,096, N 37); int8's one pass (1,024)
-PIPE_SHAPES = ((8192, 2048), (37, 4096), (300, 1024))
-
-
-@pytest.mark.parametrize("silu_and_mul", (False, True))
-@pytest.mark.parametrize("block_scale", (False, True))
-@pytest.mark.parametrize("bits", BITS)
-@pytest.mark.parametrize("shape", PIPE_SHAPES)
-def test_pipelined_gemv_equals_the_one_pass_kernel(library, shape, bits, block_scale,
-                                                   silu_and_mul):
-    n, k = shape
-    if bits == 4 and k % 2048:
-        pytest.skip("int4 pipes take K in multiples of 2,048")
-    n = n + n % 2 if silu_and_mul else n
-    weight = random_int_weight(n, k, bits=bits, group_size=128, dtype=torch.bfloat16,
-                               seed=n + k + bits)
-    gen = cuda_generator(k + bits)
-    bias = None if silu_and_mul else random_tensor((n,), dtype=torch.bfloat16, generator=gen)
-    width = n // 2 if silu_and_mul else n
-    for num_rows in (1, 5, 8):
-        x = random_tensor((num_rows, k), dtype=torch.bfloat16, generator=gen)
-        one_pass = poisoned((num_rows, width), dtype=torch.bfloat16)
-        gemv_int_into(library, one_pass, x, weight, bias, block_scale=block_scale,
-                      silu_and_mul=silu_and_mul)
-        piped = poisoned((num_rows, width), dtype=torch.bfloat16)
-        gemv_int_into(library, piped, x, weight, bias, block_scale=block_scale,
-                      silu_and_mul=silu_and_mul, pipelined=True)
-        # the same products and the same order of the warps' sums: bit for bit
-        assert torch.equal(piped, one_pass), f"{shape} w{bits} m={num_rows}"
-
-
-def test_pipelined_gemv_replays_from_a_cuda_graph(library):
-    weight = random_int_weight(4096, 4096, bits=4, group_size=128, dtype=torch.bfloat16, seed=3)
-    x = random_tensor((1, 4096), dtype=torch.bfloat16, generator=cuda_generator(3))
-    out = poisoned((1, 4096), dtype=torch.bfloat16)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        gemv_int_into(library, out, x, weight, pipelined=True)
-    for value in (0.5, -2.0):
-        x.fill_(value)
-        graph.replay()
-        torch.cuda.synchronize()
-        assert_close(out.float(), reference(x, weight, None), what=f"graph replay x={value}")
-
-
 def test_cuda_ops_linear_silu_and_mul_takes_the_fused_gemv_to_8_tokens_only(cuda_ops):
     weight = random_int_weight(512, 1024, bits=4, group_size=128, dtype=torch.bfloat16, seed=5)
     gen = cuda_generator(5)

@@ -125,18 +125,6 @@ def test_block_scaled_gemv_runs_only_where_it_costs_no_wave_of_ctas(rows, silu_a
     assert lib.launches[0][2] == (-(-out.shape[1] // (8 if silu_and_mul else 16)),)
 
 
-def test_pipelined_gemv_launches_one_wave_and_refuses_k_off_its_passes():
-    lib = RecordingLibrary(num_sms=132, resident_ctas=H100_INT4_RESIDENT)
-    weight = int4_weight(28672, 2048, 128)
-    x = torch.randn((1, 2048)).to(torch.bfloat16)
-    gemv_int_into(lib, torch.empty((1, 28672), dtype=torch.bfloat16), x, weight, pipelined=True)
-    assert lib.launches[0][1:3] == ("gemv_w4_bf16_t1_bs_pipe", (132 * 6,))  # 6: the default
-    with pytest.raises(KernelArgumentError, match="multiple of 2048"):
-        gemv_int_into(lib, torch.empty((1, 64), dtype=torch.bfloat16),
-                      torch.randn((1, 1024)).to(torch.bfloat16), int4_weight(64, 1024, 128),
-                      pipelined=True)
-
-
 def test_silu_and_mul_gemv_takes_one_tile_of_tokens_an_even_n_and_no_bias():
     lib = RecordingLibrary()
     weight = int4_weight(64, 256, 128)

@@ -27,8 +27,6 @@ from server.engine.ops.cuda_fp8 import launch_row_quantizer
 INT_GEMV_MAX_TOKENS = 16  # two tiles of 8 tokens (the MMA's N) in csrc/gemv_int.cu
 INT_GEMV_COLUMNS = 16  # output columns per CTA (kIntGemvColumns, the MMA's M)
 INT_GEMV_SILU_MAX_TOKENS = 8  # the _silu kernels take one tile of tokens
-# the _pipe kernels' K: whole passes of 2 blocks of 4 chunks for each of 8 warps
-PIPE_K_MULTIPLE = {4: 2048, 8: 1024}
 INT_GEMV_THREADS = 256  # 8 warps splitting K
 # one group per 4-chunk block of K: the _bs kernels scale each block's sums once
 INT_GEMV_BLOCK_COLUMNS = {4: 128, 8: 64}
@@ -94,13 +92,12 @@ def _pointer(tensor: torch.Tensor | None) -> int:
 
 def gemv_int_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: IntWeight,
                   bias: torch.Tensor | None = None, *, block_scale: bool | None = None,
-                  silu_and_mul: bool = False, pipelined: bool = False) -> None:
+                  silu_and_mul: bool = False) -> None:
     """y [M, N] = x [M, K] @ weight^T (+ bias) for a W4A16 or W8A16 weight, M <= 16.
     block_scale: scale each block's sums (the _bs kernels: groups of at least a block of K)
     rather than each weight; None: wherever the groups allow it and it costs no wave of
     CTAs. silu_and_mul: the weight is a gated MLP's gate|up (N = 2d rows) and y [M, d] its
-    SiLU-and-mul (M <= 8, no bias). pipelined: the persistent _pipe kernels (M <= 8, K whole
-    passes of every warp: pipelined_gemv_fits)."""
+    SiLU-and-mul (M <= 8, no bias)."""
     check_device(lib.device, x=x, y=y)
     suffix = dtype_suffix("x", x)
     _check_weight(lib, weight, x.dtype)
@@ -130,34 +127,23 @@ def gemv_int_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: 
         raise KernelArgumentError(f"groups of {group} columns are narrower than a block of K "
                                   f"({INT_GEMV_BLOCK_COLUMNS[weight.bits]})")
     tiles = 1 if num_rows <= 8 else 2
-    if pipelined and not pipelined_gemv_fits(num_rows, k, weight.bits):
-        raise KernelArgumentError(f"the pipelined gemv_int takes 1 to 8 rows and K a multiple "
-                                  f"of {PIPE_K_MULTIPLE[weight.bits]}, got {num_rows} x {k}")
 
     def name(with_block_scale: bool) -> str:
         return (f"gemv_w{weight.bits}_{suffix}_t{tiles}{'_bs' if with_block_scale else ''}"
-                f"{'_silu' if silu_and_mul else ''}{'_pipe' if pipelined else ''}")
+                f"{'_silu' if silu_and_mul else ''}")
 
     # a CTA: 16 columns, or (silu_and_mul) 8 outputs, each a gate row and an up row
     outputs_per_cta = INT_GEMV_COLUMNS // 2 if silu_and_mul else INT_GEMV_COLUMNS
     num_ctas = -(-y.shape[1] // outputs_per_cta)
     if block_scale is None:
-        block_scale = block_scale_fits and (pipelined or _block_scale_pays(
-            lib, num_ctas=num_ctas, block_scaled=name(True), scaled_each=name(False)))
-    if pipelined:  # one wave of CTAs, each taking every gridDim-th column tile
-        num_ctas = min(num_ctas, lib.num_sms * lib.max_active_ctas(
-            "gemv_int", name(block_scale), INT_GEMV_THREADS))
+        block_scale = block_scale_fits and _block_scale_pays(lib, num_ctas=num_ctas,
+                                                             block_scaled=name(True),
+                                                             scaled_each=name(False))
     lib.launch("gemv_int", name(block_scale),
                grid=(num_ctas,), block=(INT_GEMV_THREADS,),
                args=(y.data_ptr(), weight.qweight.data_ptr(), weight.scales.data_ptr(),
                      _pointer(weight.zeros), x.data_ptr(), bias_ptr, np.int32(num_rows),
                      np.int32(n), np.int32(k), np.int32(shift), np.int64(x_stride)))
-
-
-def pipelined_gemv_fits(num_rows: int, k: int, bits: int) -> bool:
-    """Whether the _pipe kernels take this step: one tile of tokens, and K whole passes of
-    kPipeBlocks (2) blocks for each of the 8 warps."""
-    return num_rows <= INT_GEMV_SILU_MAX_TOKENS and k % PIPE_K_MULTIPLE[bits] == 0
 
 
 def _block_scale_pays(lib: KernelLibrary, *, num_ctas: int, block_scaled: str,
