@@ -128,21 +128,11 @@ __device__ __forceinline__ void gemv_stream_row(float (&acc)[M], const uint4* w_
       for (int m = 0; m < M; ++m) acc[m] += dot(w_raw[u], m, chunk + 32 * u);
     }
   }
-  // The tail, fewer than UNROLL chunks per lane, all loaded before any is used too: one at a
-  // time they would wait a memory round trip each (GPT-2 XL's K = 1,600 is all tail).
-  uint4 w_raw[UNROLL];
+  if (!waited) wait_for_previous_kernel();  // a row shorter than one round of loads
+  for (; chunk < num_chunks; chunk += 32) {  // the tail: fewer than UNROLL chunks per lane
+    const uint4 w_raw = load_streaming(w_row + chunk);
 #pragma unroll
-  for (int u = 0; u < UNROLL; ++u) {
-    const int c = chunk + 32 * u;
-    w_raw[u] = c < num_chunks ? load_streaming(w_row + c) : make_uint4(0u, 0u, 0u, 0u);
-  }
-  if (!waited) wait_for_previous_kernel();
-#pragma unroll
-  for (int u = 0; u < UNROLL; ++u) {
-    if (chunk + 32 * u < num_chunks) {
-#pragma unroll
-      for (int m = 0; m < M; ++m) acc[m] += dot(w_raw[u], m, chunk + 32 * u);
-    }
+    for (int m = 0; m < M; ++m) acc[m] += dot(w_raw, m, chunk);
   }
 }
 
