@@ -240,7 +240,8 @@ __device__ __forceinline__ void gemv_int_impl(T* __restrict__ y,
   if (first < num_blocks) blocks_pass<T, BITS, TILES, BLOCK_SCALE, true>(rows, first, c);
   if constexpr (GATED) {
     const int d = n / 2;
-    reduce_mma_gated<kIntGemvWarps, TILES>(c, m, d, [&](int col, int token, float gate, float up) {
+    reduce_mma_gated<kIntGemvWarps, TILES>(c, m, d,
+                                           [&](int col, int token, float gate, float up) {
       const float act = round_to<T>(fast_silu(round_to<T>(gate)));
       y[static_cast<long long>(token) * d + col] = from_float<T>(act * round_to<T>(up));
     });

@@ -58,7 +58,7 @@ __device__ __forceinline__ void reduce_mma_gated(const Acc (&c)[TILES][4], int m
   const auto partial = stash_mma_partials<WARPS, TILES>(c);
   const int col0 = blockIdx.x * 8;
   for (int o = threadIdx.x; o < TILES * 2 * 32; o += blockDim.x) {
-    const int pair = o >> 5;  // tile pair / 2, token parity pair % 2
+    const int pair = o >> 5;  // its tile is pair >> 1, its token's parity pair & 1
     const int l = o & 31;
     const int reg = (pair >> 1) * 4 + (pair & 1);  // the gate's register; the up's is reg + 2
     const int col = col0 + (l >> 2);

@@ -43,12 +43,12 @@ class Ops(Protocol):
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, 2d] -> silu(x[:, :d]) * x[:, d:]."""
 
-    # The LayerNorm / GELU families (Starcoder2, Gemma): the torch reference only, so far.
     def linear_silu_and_mul(self, x: torch.Tensor,
                             weight: torch.Tensor | Fp8Weight | IntWeight) -> torch.Tensor:
         """silu_and_mul(linear(x, weight)): the gated MLP's gate|up projection and its
         activation, one launch where the backend can fuse the two."""
 
+    # The LayerNorm / GELU families (GPT-2, Starcoder, Falcon, MPT, BLOOM; Gemma's GeGLU)
     def layer_norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                    eps: float) -> torch.Tensor:
         """x [T, H] -> LayerNorm(x) * weight + bias."""

@@ -19,8 +19,10 @@ NORM_ITEMS = 4  # row chunks each thread keeps in registers (csrc/rms_norm.cu IT
 MAX_THREADS = 1024
 
 
-# the model's GELU (ModelArchConfig.activation) -> the kernels' name for it (csrc/gelu.cuh)
+# the model's GELU (ModelArchConfig.activation) -> the kernels' name for it (csrc/gelu.cuh;
+# "gelu" is the exact, erf form)
 GELU_KERNELS = {"gelu": "erf", "gelu_tanh": "tanh"}
+
 
 def norm_threads(hidden: int, vec: int) -> int:
     chunks = -(-hidden // vec)

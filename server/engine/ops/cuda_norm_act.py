@@ -11,7 +11,7 @@ from server.engine.gpu.kernel_args import (KernelArgumentError, check_contiguous
 from server.engine.gpu.kernels import KernelLibrary
 from server.engine.ops.cuda_launch import GELU_KERNELS, norm_threads, norm_vec
 
-# the engine's activation names -> the kernels' ("gelu" is the exact, erf form)
+
 def layer_norm_into(lib: KernelLibrary, out: torch.Tensor, x: torch.Tensor,
                     weight: torch.Tensor, bias: torch.Tensor | None, eps: float, *,
                     residual: torch.Tensor | None = None,
