@@ -146,6 +146,12 @@ def gemv_int_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: 
                      np.int32(n), np.int32(k), np.int32(shift), np.int64(x_stride)))
 
 
+def _gemv_rows(x: torch.Tensor) -> torch.Tensor:
+    """x with 16-byte aligned, unit-stride rows, as the GEMVs read them (K is a multiple of
+    16: a fresh copy's rows are aligned)."""
+    return x if is_aligned16(x, x.stride(0)) and x.stride(1) == 1 else x.contiguous()
+
+
 def _block_scale_pays(lib: KernelLibrary, *, num_ctas: int, block_scaled: str,
                       scaled_each: str) -> bool:
     """Whether the _bs kernel should run where both could. It saves a multiply per weight
@@ -258,8 +264,7 @@ def int_linear(lib: KernelLibrary, x: torch.Tensor, weight: IntWeight,
         return int_linear_reference(x, weight, bias)
     if num_rows == 0:
         return torch.empty((0, n), dtype=x.dtype, device=x.device)
-    if not is_aligned16(x, x.stride(0)) or x.stride(1) != 1:
-        x = x.contiguous()  # K is a multiple of 16: a fresh copy's rows are aligned
+    x = _gemv_rows(x)
     use_gemv = num_rows <= min(gemv_max_tokens, INT_GEMV_MAX_TOKENS)
     if weight.act_int8:
         return _w8a8_linear(lib, x, weight, bias, use_gemv=use_gemv)
@@ -280,8 +285,7 @@ def int_linear_silu_and_mul(lib: KernelLibrary, x: torch.Tensor, weight: IntWeig
     if (weight.act_int8 or not 1 <= num_rows <= INT_GEMV_SILU_MAX_TOKENS or weight.shape[0] % 2
             or weight.shape[1] != k or int_kernel_problem(weight, x.dtype) is not None):
         return None
-    if not is_aligned16(x, x.stride(0)) or x.stride(1) != 1:
-        x = x.contiguous()
+    x = _gemv_rows(x)
     out = torch.empty((num_rows, weight.shape[0] // 2), dtype=x.dtype, device=x.device)
     gemv_int_into(lib, out, x, weight, silu_and_mul=True)
     return out
