@@ -7,7 +7,9 @@ graph of enough calls on distinct weight copies that the weights never sit in L2
 
 --fp8 times the FP8 GEMVs of csrc/gemv_fp8.cu instead, on activations already quantized
 (as the fused norm and SiLU kernels hand them over): the tensor-core kernel at 1 to 8
-tokens, the CUDA-core kernel at 1 to 4, and torch._scaled_mm (cuBLASLt) beside them.
+tokens, the CUDA-core kernel at 1 to 4, and torch._scaled_mm (cuBLASLt) beside them; at one
+token also the weight-only kernel on the 16-bit row (what a one-token step runs), and the
+gate_up row's weight-only kernel with SiLU-and-mul as its epilogue.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 from server.engine.gpu.graph_capture import median_replay_ms  # noqa: E402
 from server.engine.gpu.kernels import KernelLibrary  # noqa: E402
 from server.engine.ops.cuda import CudaOps  # noqa: E402
-from server.engine.ops.cuda_fp8 import gemv_fp8_into  # noqa: E402
+from server.engine.ops.cuda_fp8 import gemv_fp8_into, gemv_w8a16_into  # noqa: E402
 from server.engine.ops.cuda_launch import GEMV_MAX_TOKENS  # noqa: E402
 from server.engine.models.quantization import Fp8Weight, quantize_rows  # noqa: E402
 
@@ -56,7 +58,8 @@ def fp8_rows() -> list[dict]:
         weights = [Fp8Weight.empty(n, k, device="cuda").copy_(
             torch.randn((n, k), device="cuda", dtype=DTYPE)) for _ in range(copies)]
         for num_tokens in (1, 2, 4, 8):
-            q, scale = quantize_rows(torch.randn((num_tokens, k), device="cuda", dtype=DTYPE))
+            x16 = torch.randn((num_tokens, k), device="cuda", dtype=DTYPE)
+            q, scale = quantize_rows(x16)
             y = torch.empty((num_tokens, n), device="cuda", dtype=DTYPE)
             kernels = {
                 "mma": lambda x, w: gemv_fp8_into(library, y, q, scale, w,
@@ -68,6 +71,11 @@ def fp8_rows() -> list[dict]:
                     out_dtype=DTYPE)}
             if num_tokens > GEMV_MAX_TOKENS:
                 del kernels["cuda_cores"]
+            if num_tokens == 1:
+                kernels["weight_only"] = lambda x, w: gemv_w8a16_into(library, y, x16, w)
+                if name == "gate_up":
+                    kernels["weight_only_silu"] = lambda x, w: gemv_w8a16_into(
+                        library, y[:, : n // 2], x16, w, silu_and_mul=True)
             row = {"layer": name, "n": n, "k": k, "tokens": num_tokens}
             for kernel, call in kernels.items():
                 row[f"{kernel}_us"] = time_linear(call, q, weights)
@@ -77,7 +85,8 @@ def fp8_rows() -> list[dict]:
     print(f"{torch.cuda.get_device_name()}: e4m3 x [tokens, K] @ W [N, K]^T, us (GB/s)")
     for r in rows:
         cells = "  ".join(f"{kernel} {r[f'{kernel}_us']:7.1f} ({r[f'{kernel}_gb_s']:4.0f})"
-                          for kernel in ("mma", "cuda_cores", "scaled_mm")
+                          for kernel in ("mma", "cuda_cores", "weight_only", "weight_only_silu",
+                                         "scaled_mm")
                           if f"{kernel}_us" in r)
         print(f"{r['layer']:>8} {r['n']:>7} {r['k']:>6} {r['tokens']:>3}  {cells}")
     return rows

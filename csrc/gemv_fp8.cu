@@ -12,6 +12,9 @@
 //
 // Products are taken in float32 from exact e4m3 -> half conversions. K must be a multiple of
 // 16 and rows 16-byte aligned (the wrapper checks). Needs sm_89+ (the Python side checks).
+//
+// One-token steps take the weight-only kernels at the end (W8A16: the 16-bit activations as
+// they are, no quantizer launched before them).
 #include "common.cuh"
 #include "fp8.cuh"
 
@@ -158,3 +161,74 @@ extern "C" __global__ void __launch_bounds__(32 * kMmaGemvWarps) gemv_fp8_mma_bf
     }
   }
 }
+
+// Weight-only FP8 for one-token steps (quantization.FP8_WEIGHT_ONLY_MAX_TOKENS):
+//
+//   y[n] = w_scale[n] * sum_k x[k] * w_q[n, k]  (+ b[n]),  x and y 16-bit (T)
+//
+// No quantizer runs before it and the norms before it write 16-bit rows: at batch 1 every
+// launch between two weight streams is exposed time (an H200's FP8 step was 77 % of its
+// roofline with them). The streaming is the CUDA-core kernel's; a 16-byte weight chunk (16
+// weights) meets 32 bytes of x, read through L1 by every warp.
+//
+// _silu: the gated MLP's gate|up (n = 2d weight rows) with SiLU-and-mul as its epilogue,
+// y [d]. A CTA's first kGemvWarps / 2 warps take gate rows c0 .. c0 + 3, the others the up
+// rows d + c0 .. d + c0 + 3 (d a multiple of 4: the wrapper checks); gate and up are rounded
+// to T first, as the unfused GEMV and silu_and_mul would store them.
+constexpr int kSiluColumns = kGemvWarps / 2;
+
+template <typename T>
+__device__ __forceinline__ float dot16_w8a16(uint4 w_raw, const T* __restrict__ x16) {
+  const unsigned short* w = reinterpret_cast<const unsigned short*>(&w_raw);
+  Vec8<T> x[2];
+  x[0].raw = __ldg(reinterpret_cast<const uint4*>(x16));
+  x[1].raw = __ldg(reinterpret_cast<const uint4*>(x16) + 1);
+  float sum = 0.f;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float2 wf = e4m3x2_to_float2(w[i]);
+    sum = fmaf(wf.x, x[i / 4].get(2 * (i % 4)), sum);
+    sum = fmaf(wf.y, x[i / 4].get(2 * (i % 4) + 1), sum);
+  }
+  return sum;
+}
+
+template <typename T>
+__device__ __forceinline__ float w8a16_row(const unsigned char* __restrict__ w,
+                                           const float* __restrict__ w_scale,
+                                           const T* __restrict__ x, int row, int k) {
+  float acc[1] = {0.f};
+  gemv_stream_row<1, kGemvUnroll>(
+      acc, reinterpret_cast<const uint4*>(w + static_cast<long long>(row) * k), k / 16,
+      [&](uint4 w_raw, int, int chunk) { return dot16_w8a16<T>(w_raw, x + 16 * chunk); });
+  return warp_sum(acc[0]) * w_scale[row];
+}
+
+__device__ __forceinline__ float fast_silu(float g) { return __fdividef(g, 1.f + __expf(-g)); }
+
+#define INFLIGHTD_GEMV_W8A16(T, SUFFIX)                                                         \
+  extern "C" __global__ void __launch_bounds__(32 * kGemvWarps) gemv_w8a16_##SUFFIX(            \
+      T* y, const unsigned char* w, const float* w_scale, const T* x, const T* bias, int n,     \
+      int k) {                                                                                   \
+    const int row = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);                               \
+    if (row >= n) return;                                                                        \
+    const float total = w8a16_row<T>(w, w_scale, x, row, k);                                     \
+    if ((threadIdx.x & 31) == 0)                                                                 \
+      y[row] = from_float<T>(bias == nullptr ? total : total + to_float(bias[row]));            \
+  }                                                                                              \
+  extern "C" __global__ void __launch_bounds__(32 * kGemvWarps) gemv_w8a16_silu_##SUFFIX(       \
+      T* y, const unsigned char* w, const float* w_scale, const T* x, int n, int k) {           \
+    __shared__ float up[kSiluColumns];                                                           \
+    const int warp = threadIdx.x >> 5;                                                           \
+    const int col = blockIdx.x * kSiluColumns + warp % kSiluColumns;                             \
+    const bool is_up = warp >= kSiluColumns;                                                     \
+    const float total =                                                                          \
+        round_to<T>(w8a16_row<T>(w, w_scale, x, is_up ? n / 2 + col : col, k));                  \
+    if (is_up && (threadIdx.x & 31) == 0) up[warp - kSiluColumns] = total;                       \
+    __syncthreads();                                                                             \
+    if (!is_up && (threadIdx.x & 31) == 0)                                                       \
+      y[col] = from_float<T>(round_to<T>(fast_silu(total)) * up[warp]);                         \
+  }
+
+INFLIGHTD_GEMV_W8A16(__nv_bfloat16, bf16)
+INFLIGHTD_GEMV_W8A16(__half, fp16)

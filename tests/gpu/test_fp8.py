@@ -13,7 +13,7 @@ from server.engine.ops.cuda_fp8 import (FP8_MMA_GEMV_MAX_TOKENS, gemv_fp8_into,
                                        quantize_fp8_rows_into)
 from server.engine.ops.cuda_launch import GEMV_MAX_TOKENS
 from server.engine.ops.torch_ref import TorchOps
-from server.engine.models.quantization import (FP8_DTYPE, Fp8Weight, fp8_linear_reference,
+from server.engine.models.quantization import (FP8_DTYPE, Fp8Rows, Fp8Weight, fp8_linear_reference,
                                          quantize_rows)
 from tests.gpu.helpers import (DTYPE_IDS, DTYPES, assert_close, cuda_generator, random_tensor,
                                relative_error)
@@ -83,7 +83,8 @@ def test_fp8_gemv_matches_the_fp8_reference(library, shape, tensor_cores, num_ro
     q, scale = quantize_rows(x)
     out = torch.full((num_rows, n), float("nan"), dtype=torch.bfloat16, device="cuda")
     gemv_fp8_into(library, out, q, scale, weight, bias, tensor_cores=tensor_cores)
-    assert_close(out.float(), fp8_linear_reference(x, weight, bias).float(),
+    rows = Fp8Rows(q=q, scale=scale, dtype=x.dtype)
+    assert_close(out.float(), fp8_linear_reference(rows, weight, bias).float(),
                  what=f"gemv_fp8 {shape} m={num_rows} tensor_cores={tensor_cores}")
 
 

@@ -85,6 +85,34 @@ def test_prequantized_rows_give_the_linear_layer_the_same_product():
     assert torch.equal(summed, 2 * x)
 
 
+def test_one_token_step_multiplies_its_16_bit_row_by_the_fp8_weight():
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 64, generator=gen, dtype=torch.float64).to(torch.bfloat16)
+    weight = Fp8Weight.empty(32, 64, device="cpu").copy_(torch.randn(32, 64, generator=gen))
+    ops = TorchOps()
+    one = ops.linear(x[:1], weight)
+    assert torch.equal(one, (x[:1].float() @ weight.dequantize().t()).to(torch.bfloat16))
+    assert not torch.equal(one, ops.linear(Fp8Rows.of(x[:1]), weight))
+    assert torch.equal(ops.linear(x, weight), ops.linear(Fp8Rows.of(x), weight))
+
+
+@pytest.mark.parametrize(("num_tokens", "quantized"), ((1, False), (2, True), (7, True)))
+def test_fp8_layer_quantizes_its_inputs_only_past_one_token(num_tokens, quantized):
+    model = LlamaModel(ModelArchConfig.from_hf(dummy_hf_config("tiny-llama3")),
+                       dtype=torch.float32, device="cpu", quantization="fp8")
+    seen = []
+
+    class Recording(TorchOps):
+        def linear(self, x, weight, bias=None):
+            seen.append(isinstance(x, Fp8Rows))
+            return super().linear(x, weight, bias)
+
+    layer = model.layers[0]
+    hidden = torch.randn(num_tokens, layer.gate_up_weight.shape[1])
+    layer._mlp(layer._norm(hidden, torch.ones(hidden.shape[1]), None, Recording()), Recording())
+    assert seen == [quantized, quantized]
+
+
 def test_quantized_rows_never_reach_a_16_bit_weight():
     x = Fp8Rows.of(torch.randn(2, 16))
     with pytest.raises(QuantizationError, match="not FP8"):

@@ -72,8 +72,11 @@ BASE_MODULES: tuple[KernelModule, ...] = (
     # the decode GEMV, plain or with GELU on its outputs (exact erff, tanhf)
     KernelModule("gemv", False, _names("gemv{act}_{dt}_m{m}", act=("", "_gelu_erf", "_gelu_tanh"),
                                        dt=DTYPES, m=(1, 2, 3, 4))),
+    # FP8 weights: e4m3 activations (1-4 tokens, CUDA cores; up to 8, tensor cores), and
+    # one-token steps' weight-only kernels (16-bit activations, plain or with SiLU-and-mul)
     KernelModule("gemv_fp8", False, _names("gemv_fp8_bf16_m{m}", m=(1, 2, 3, 4))
-                 + ("gemv_fp8_mma_bf16",)),
+                 + ("gemv_fp8_mma_bf16",)
+                 + _names("gemv_w8a16{silu}_{dt}", silu=("", "_silu"), dt=DTYPES)),
     # activations to FP8 for --quantization fp8 (exact division: matches the torch reference)
     KernelModule("quantize", False, _names("quantize_fp8_rows_{dt}", dt=DTYPES)),
     # integer weights (IntWeight): W4A16 / W8A16 decode GEMV (_bs: one group per K block),

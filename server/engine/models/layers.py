@@ -19,7 +19,7 @@ from server.engine.models.int_schemes import IntScheme, IntWeightDest, loading_v
 from server.engine.models.int_weights import IntWeight
 from server.engine.ops import Ops
 from server.engine.parallel.tensor_parallel import NO_TENSOR_PARALLEL, TensorParallel
-from server.engine.models.quantization import Fp8Rows, Fp8Weight
+from server.engine.models.quantization import Fp8Rows, Fp8Weight, quantizes_activations
 
 LinearWeight = torch.Tensor | Fp8Weight | IntWeight
 Destination = torch.Tensor | Fp8Weight | IntWeightDest
@@ -185,7 +185,7 @@ class DecoderLayer:
         if self.activation != "silu":
             up = ops.linear(x, self.gate_up_weight, self.up_bias)
             return ops.linear(ops.gelu_and_mul(up, self.activation), self.down_weight)
-        if self.fp8:  # FP8 linear layers take their inputs from the norms and SiLU quantized
+        if self._quantized_inputs(x.shape[0]):
             up = ops.linear(x, self.gate_up_weight)
             return ops.linear(ops.silu_and_mul_fp8(up), self.down_weight)
         return ops.linear(ops.linear_silu_and_mul(x, self.gate_up_weight), self.down_weight)
@@ -194,7 +194,8 @@ class DecoderLayer:
               ops: Ops) -> torch.Tensor | Fp8Rows:
         if self.layer_norm:
             return ops.layer_norm(x, weight, bias, self.eps)
-        return (ops.rms_norm_fp8 if self.fp8 else ops.rms_norm)(x, weight, self.eps)
+        norm = ops.rms_norm_fp8 if self._quantized_inputs(x.shape[0]) else ops.rms_norm
+        return norm(x, weight, self.eps)
 
     def _add_norm(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
                   bias: torch.Tensor | None, ops: Ops) -> tuple[torch.Tensor | Fp8Rows,
@@ -202,19 +203,21 @@ class DecoderLayer:
         """(norm(x + residual), x + residual)."""
         if self.layer_norm:
             return ops.add_layer_norm(x, residual, weight, bias, self.eps)
-        add_norm = ops.add_rms_norm_fp8 if self.fp8 else ops.add_rms_norm
+        quantized = self._quantized_inputs(x.shape[0])
+        add_norm = ops.add_rms_norm_fp8 if quantized else ops.add_rms_norm
         return add_norm(x, residual, weight, self.eps)
 
-    @property
-    def fp8(self) -> bool:
-        """Whether the linear layers are FP8 (--quantization fp8)."""
-        return isinstance(self.gate_up_weight, Fp8Weight)
+    def _quantized_inputs(self, num_tokens: int) -> bool:
+        """Whether the linear layers are FP8 (--quantization fp8) and take their inputs
+        quantized by the norms and SiLU before them; a one-token step's stay 16-bit
+        (quantization.FP8_WEIGHT_ONLY_MAX_TOKENS)."""
+        return isinstance(self.gate_up_weight, Fp8Weight) and quantizes_activations(num_tokens)
 
     def _attention(self, x: torch.Tensor | Fp8Rows, *, positions: torch.Tensor, cos_sin: torch.Tensor,
                    kv_cache: torch.Tensor, metadata: AttentionMetadata,
                    ops: Ops) -> torch.Tensor:
         num_tokens = x.shape[0]
-        qkv = ops.linear(x, self.qkv_weight, self.qkv_bias)  # x: Fp8Rows when fp8
+        qkv = ops.linear(x, self.qkv_weight, self.qkv_bias)  # x: Fp8Rows when quantized
         q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         q = q.reshape(num_tokens, self.num_heads, self.head_dim)
         k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)

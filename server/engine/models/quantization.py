@@ -9,6 +9,10 @@ scales to its float32 accumulators:
     x [T, K] ~= x_q * x_scale [T, 1]     weight [N, K] ~= w_q * w_scale [N, 1]
     out[t, n] = x_scale[t] * w_scale[n] * sum_k x_q[t, k] * w_q[n, k]
 
+Steps of one token (FP8_WEIGHT_ONLY_MAX_TOKENS) leave the activations as they are and
+multiply them by the dequantized weight (W8A16): there the step is the weights streamed once,
+and a quantizer between two weight streams is time the GPU waits.
+
 Embeddings, norms, biases and lm_head stay in the model dtype. This module holds the
 format and the torch reference; CudaOps runs it on csrc/quantize.cu and torch._scaled_mm.
 """
@@ -32,6 +36,10 @@ FP8_MAX = 448.0  # largest finite e4m3 value
 FP8_INV_MAX = 1.0 / FP8_MAX
 MIN_ABS_MAX = 1e-12  # a row of zeros gets this absmax, so its scale is never 0
 FP8_DIM_MULTIPLE = 16  # the FP8 GEMM needs K and N to be multiples of this
+# Steps of at most this many tokens take 16-bit activations (W8A16, csrc/gemv_fp8.cu's
+# weight-only kernels): an H200's batch-1 FP8 step was 77 % of its roofline with a quantizer
+# and FP8-writing norms around every GEMV (docs/benchmarks.md, session 14).
+FP8_WEIGHT_ONLY_MAX_TOKENS = 1
 # A stored FP8 weight "X.weight" has its per-row scales beside it as "X.weight_scale".
 SCALE_SUFFIX = "_scale"
 _LINEAR_SUFFIXES = tuple(f".{proj}.weight" for proj in
@@ -147,15 +155,26 @@ class Fp8Weight:
         return (self.data.float() * self.scale[:, None]).to(dtype)
 
 
+def quantizes_activations(num_tokens: int) -> bool:
+    """Whether an FP8 linear layer in a step of num_tokens tokens takes its input quantized
+    (W8A8), or 16-bit as it is (W8A16, FP8_WEIGHT_ONLY_MAX_TOKENS)."""
+    return num_tokens > FP8_WEIGHT_ONLY_MAX_TOKENS
+
+
 def fp8_linear_reference(x: torch.Tensor | Fp8Rows, weight: Fp8Weight,
                          bias: torch.Tensor | None = None) -> torch.Tensor:
     """What the FP8 GEMM computes, in float32: x's rows quantized as at run time (or as
-    given), times the dequantized weight, rounded once to x's dtype."""
-    rows = x if isinstance(x, Fp8Rows) else Fp8Rows.of(x)
-    out = torch.mm(rows.q.float() * rows.scale, weight.dequantize().t())
+    given; a one-token step's row as it is), times the dequantized weight, rounded once to
+    x's dtype."""
+    if isinstance(x, Fp8Rows) or quantizes_activations(x.shape[0]):
+        rows = x if isinstance(x, Fp8Rows) else Fp8Rows.of(x)
+        x32, dtype = rows.q.float() * rows.scale, rows.dtype
+    else:
+        x32, dtype = x.float(), x.dtype
+    out = torch.mm(x32, weight.dequantize().t())
     if bias is not None:
         out = out + bias.float()
-    return out.to(rows.dtype)
+    return out.to(dtype)
 
 
 def check_not_quantized(x) -> None:

@@ -19,7 +19,7 @@ from server.engine.gpu.kernels import KernelLibrary
 from server.engine.ops.cuda_attention import paged_attention_into
 from server.engine.ops.cuda_attention_scores import wants_extras
 from server.engine.ops.cuda_fp8 import (FP8_MMA_GEMV_MAX_TOKENS, fp8_linear,
-                                       quantize_fp8_rows_into)
+                                       fp8_linear_silu_and_mul, quantize_fp8_rows_into)
 from server.engine.ops.cuda_int import int_linear, int_linear_silu_and_mul
 from server.engine.ops.cuda_norm_act import gelu_into, layer_norm_into
 from server.engine.ops.cuda_fp8_fused import (SILU_FP8_MAX_WIDTH, add_rms_norm_fp8_into,
@@ -123,13 +123,15 @@ class CudaOps:
 
     def linear_silu_and_mul(self, x: torch.Tensor,
                             weight: torch.Tensor | Fp8Weight | IntWeight) -> torch.Tensor:
-        """Integer weights at 1-8 tokens: SiLU-and-mul is the GEMV's epilogue (one launch
-        a layer fewer, a W4A16 step being a third of bf16's); else the two kernels."""
+        """Integer weights at 1-8 tokens, FP8 ones at one token: SiLU-and-mul is the GEMV's
+        epilogue (one launch a layer fewer, a W4A16 step being a third of bf16's); else the
+        two kernels."""
+        fused = None
         if isinstance(weight, IntWeight) and isinstance(x, torch.Tensor):
             fused = int_linear_silu_and_mul(self.library, x, weight)
-            if fused is not None:
-                return fused
-        return self.silu_and_mul(self.linear(x, weight))
+        elif isinstance(weight, Fp8Weight) and isinstance(x, torch.Tensor):
+            fused = fp8_linear_silu_and_mul(self.library, x, weight)
+        return fused if fused is not None else self.silu_and_mul(self.linear(x, weight))
 
     def layer_norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                    eps: float) -> torch.Tensor:

@@ -3,7 +3,9 @@ csrc/quantize.cu turns the activations into FP8 rows with one scale each, then
 torch._scaled_mm multiplies them with the FP8 weight on the tensor cores, applies the row
 and channel scales to the float32 accumulators and writes bfloat16. Steps of a few tokens
 use csrc/gemv_fp8.cu instead, which streams the FP8 weights at the memory's speed (its
-tensor-core kernel; the CUDA-core one stays for comparison, bench/gemv.py --fp8).
+tensor-core kernel; the CUDA-core one stays for comparison, bench/gemv.py --fp8), and steps
+of one token its weight-only kernel on the 16-bit activations as they are (no quantizer:
+quantization.FP8_WEIGHT_ONLY_MAX_TOKENS).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from server.engine.gpu.kernel_args import (KernelArgumentError, check_aligned16,
                                        row_stride)
 from server.engine.gpu.kernels import KernelLibrary
 from server.engine.ops.cuda_launch import GEMV_COLUMNS_PER_CTA, GEMV_MAX_TOKENS
-from server.engine.models.quantization import FP8_DIM_MULTIPLE, FP8_DTYPE, Fp8Rows, Fp8Weight
+from server.engine.models.quantization import (FP8_DIM_MULTIPLE, FP8_DTYPE, Fp8Rows, Fp8Weight,
+                                              quantizes_activations)
 
 QUANTIZE_THREADS = 256  # the launch bound of csrc/quantize.cu's and csrc/w8a8.cu's quantizers
 # csrc/gemv_fp8.cu's tensor-core GEMV: tokens are the MMA's N (8), 16 columns (its M) per
@@ -24,6 +27,8 @@ QUANTIZE_THREADS = 256  # the launch bound of csrc/quantize.cu's and csrc/w8a8.c
 FP8_MMA_GEMV_MAX_TOKENS = 8
 FP8_MMA_GEMV_COLUMNS = 16
 FP8_MMA_GEMV_WARPS = 8
+# the weight-only GEMV's SiLU-and-mul epilogue: gate|up column pairs per CTA (kSiluColumns)
+W8A16_SILU_COLUMNS = GEMV_COLUMNS_PER_CTA // 2
 
 
 def quantize_fp8_rows_into(lib: KernelLibrary, q: torch.Tensor, scale: torch.Tensor,
@@ -106,13 +111,71 @@ def gemv_fp8_into(lib: KernelLibrary, y: torch.Tensor, q: torch.Tensor, scale: t
                args=(*pointers, np.int32(n), np.int32(k)))
 
 
+def gemv_w8a16_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: Fp8Weight,
+                    bias: torch.Tensor | None = None, *, silu_and_mul: bool = False) -> None:
+    """One token's y [1, N] = x [1, K] @ weight.dequantize()^T (+ bias), x and y 16-bit; with
+    silu_and_mul, weight is the gated MLP's gate|up [2d, K] and y [1, d] = silu(gate) * up
+    (no bias)."""
+    check_device(lib.device, x=x, y=y, weight=weight.data, weight_scale=weight.scale)
+    suffix = dtype_suffix("x", x)
+    check_dtype(x.dtype, y=y)
+    check_dtype(FP8_DTYPE, weight=weight.data)
+    check_dtype(torch.float32, weight_scale=weight.scale)
+    n, k = weight.shape
+    check_shape("x", x, (1, k))
+    check_contiguous(x=x, y=y, weight=weight.data, weight_scale=weight.scale)
+    if k % FP8_DIM_MULTIPLE:
+        raise KernelArgumentError(f"gemv_w8a16 needs K a multiple of {FP8_DIM_MULTIPLE}, "
+                                  f"got {k}")
+    check_aligned16("x", x, k)
+    check_aligned16("weight", weight.data, k)
+    block = (32 * GEMV_COLUMNS_PER_CTA,)
+    if silu_and_mul:
+        if bias is not None or n % (2 * W8A16_SILU_COLUMNS):
+            raise KernelArgumentError(f"gemv_w8a16_silu takes no bias and gate|up rows in "
+                                      f"multiples of {2 * W8A16_SILU_COLUMNS}, got {n}")
+        check_shape("y", y, (1, n // 2))
+        lib.launch("gemv_fp8", f"gemv_w8a16_silu_{suffix}", grid=(n // 2 // W8A16_SILU_COLUMNS,),
+                   block=block, args=(y.data_ptr(), weight.data.data_ptr(),
+                                      weight.scale.data_ptr(), x.data_ptr(), np.int32(n),
+                                      np.int32(k)))
+        return
+    check_shape("y", y, (1, n))
+    if bias is not None:
+        check_device(lib.device, bias=bias)
+        check_dtype(x.dtype, bias=bias)
+        check_shape("bias", bias, (n,))
+        check_contiguous(bias=bias)
+    lib.launch("gemv_fp8", f"gemv_w8a16_{suffix}", grid=(-(-n // GEMV_COLUMNS_PER_CTA),),
+               block=block, args=(y.data_ptr(), weight.data.data_ptr(), weight.scale.data_ptr(),
+                                  x.data_ptr(), 0 if bias is None else bias.data_ptr(),
+                                  np.int32(n), np.int32(k)))
+
+
+def fp8_linear_silu_and_mul(lib: KernelLibrary, x: torch.Tensor,
+                            weight: Fp8Weight) -> torch.Tensor | None:
+    """silu(x @ gate^T) * (x @ up^T) in one launch for a one-token step whose gate|up rows
+    the epilogue's CTAs divide evenly; else None (the caller runs the two kernels)."""
+    if (x.shape[0] < 1 or quantizes_activations(x.shape[0])
+            or weight.shape[0] % (2 * W8A16_SILU_COLUMNS)):
+        return None
+    out = torch.empty((x.shape[0], weight.shape[0] // 2), dtype=x.dtype, device=x.device)
+    gemv_w8a16_into(lib, out, x.contiguous(), weight, silu_and_mul=True)
+    return out
+
+
 def fp8_linear(lib: KernelLibrary, x: torch.Tensor | Fp8Rows, weight: Fp8Weight,
                bias: torch.Tensor | None = None, *, gemv_max_tokens: int = 0) -> torch.Tensor:
     """x [T, K] bfloat16 (quantized here, or given as Fp8Rows) @ weight [N, K]^T (+ bias)
-    -> [T, N] bfloat16; steps of up to gemv_max_tokens tokens on the FP8 GEMV."""
+    -> [T, N] bfloat16; steps of up to gemv_max_tokens tokens on the FP8 GEMV, one-token
+    steps given x 16-bit on the weight-only one."""
     num_rows, k = x.shape
     if weight.shape[1] != k:
         raise KernelArgumentError(f"x has {k} columns but the weight takes {weight.shape[1]}")
+    if not isinstance(x, Fp8Rows) and 1 <= num_rows and not quantizes_activations(num_rows):
+        out = torch.empty((num_rows, weight.shape[0]), dtype=x.dtype, device=x.device)
+        gemv_w8a16_into(lib, out, x.contiguous(), weight, bias)
+        return out
     if isinstance(x, Fp8Rows):
         q, scale, device = x.q, x.scale, x.q.device
     else:
