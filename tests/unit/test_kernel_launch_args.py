@@ -264,14 +264,15 @@ def test_decodes_run_on_the_w1k2_kernel_by_default():
 
 
 @pytest.mark.parametrize("cache, num_decodes, module, kernel", (
-    ("fp8", 256, "paged_attention_fp8_d128", "paged_attention_bf16_kvfp8_d128_w1t"),
+    ("fp8", 1024, "paged_attention_fp8_d128", "paged_attention_bf16_kvfp8_d128_w1tk2"),
     ("fp8", 64, "paged_attention_fp8_d128", "paged_attention_bf16_kvfp8_d128_w1tk2"),
-    ("bf16", 256, "paged_attention_d128", "paged_attention_bf16_d128_w1k2")))
-def test_fp8_cache_decodes_run_transposed_and_unsplit_once_they_fill_a_wave(cache, num_decodes,
-                                                                           module, kernel):
-    # 256 decodes x 8 kv heads = 2048 one-warp CTAs, over the 132 x 6 the GPU holds at once;
-    # 64 x 8 = 512 are not, and keep the key split's second warp per CTA. A bf16 cache keeps
-    # 16-row tiles and the key split.
+    ("bf16", 1024, "paged_attention_d128", "paged_attention_bf16_d128_w1k2"),
+    ("bf16", 64, "paged_attention_d128", "paged_attention_bf16_d128_w1k2")))
+def test_decodes_split_their_keys_at_every_batch_and_run_transposed_over_an_fp8_cache(
+        cache, num_decodes, module, kernel):
+    # 1,024 decodes x 8 kv heads = 8,192 one-warp CTAs, many waves of the GPU; 64 x 8 = 512,
+    # under one: both keep the key split's second warp per CTA. A bf16 cache keeps 16-row
+    # tiles.
     lib = RecordingLibrary()
     metadata = attention_metadata([1] * num_decodes, [640] * num_decodes, width=40)
     q = bf16(num_decodes, 32, 128)

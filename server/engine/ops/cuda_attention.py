@@ -83,14 +83,12 @@ DECODE_KEY_SPLITS = (1, 2)  # warps sharing a 1-warp tile's keys: w1, w1k2
 # 2: on an H200, 1.3x the bandwidth of 1 at batch 1 and 256, +4-9 % at batch 64 except one
 # point (bench/kernels.py; docs/benchmarks.md)
 DEFAULT_DECODE_KEY_SPLIT = 2
-# Over an e4m3 cache the plan differs in two ways (auto_decode_key_split, plan_for), from
-# bench/kernels.py on an H200 (docs/benchmarks.md):
-# - decode tiles of up to 8 rows run transposed: 2-20 % faster than the 16-row tiles at
-#   every batch and context timed but one (within 2 %). Over bf16 they lose 5 % at batch 256,
-#   so a 16-bit cache keeps its 16-row tiles;
-# - the 1-warp kernel holds as many warps per SM as the key-split one (its shared memory is
-#   half) and walks 32 keys a warp per tile instead of 16, so it wins once the 1-warp CTAs
-#   fill a wave of the GPU; the key split below that.
+# Over an e4m3 cache decode tiles of up to 8 rows run transposed (plan_for): 2-20 % faster
+# than the 16-row tiles at every batch and context timed but one (within 2 %) on an H200.
+# Over bf16 they lose 5 % at batch 256, so a 16-bit cache keeps its 16-row tiles. Both
+# caches split the keys at every batch: on an H200 (bench/kernels.py, session 14 in
+# docs/benchmarks.md) the transposed key split is 5-12 % faster than the 1-warp transposed
+# kernel at batch 256-1,024 from 2k contexts on, and within 6 % either way at 640.
 GOOD_WAVE_FILL = 0.85  # fewest partitions whose last wave of CTAs keeps the SMs this busy
 
 
@@ -210,23 +208,6 @@ def _partitions_for(ctas: int, *, slots: int, most: int) -> int:
     return best
 
 
-def auto_decode_key_split(lib: KernelLibrary, *, suffix: str, head_dim: int,
-                          query_lens: Sequence[int], group: int, num_kv_heads: int,
-                          transposed: bool, extras: bool = False) -> int:
-    """The decode key split a plan uses when none is asked for (see above)."""
-    if not is_e4m3_cache(suffix):
-        return DEFAULT_DECODE_KEY_SPLIT
-    one_warp = (TRANSPOSED_ROW_CLASSES if transposed else ROW_CLASSES)[0]
-    ctas = num_kv_heads * sum(1 for n in query_lens
-                              if one_warp.min_rows <= n * group <= one_warp.max_rows)
-    wave = lib.num_sms * lib.max_active_ctas(
-        kernel_module(suffix, head_dim), kernel_name(suffix=suffix, head_dim=head_dim, warps=1,
-                                                     key_split=1, transposed=transposed,
-                                                     extras=extras), 32,
-        launch_smem_bytes(suffix=suffix, head_dim=head_dim, warps=1, transposed=transposed))
-    return 1 if ctas >= wave else DEFAULT_DECODE_KEY_SPLIT
-
-
 def check_decode_key_split(decode_key_split: int) -> None:
     if decode_key_split not in DECODE_KEY_SPLITS:
         raise AttentionKeySplitError(f"decode_key_split must be one of {DECODE_KEY_SPLITS}, "
@@ -237,17 +218,14 @@ def plan_for(lib: KernelLibrary, q: torch.Tensor, kv_cache: torch.Tensor,
              metadata: AttentionMetadata, *, decode_key_split: int | None = None,
              transposed_decode: bool | None = None, extras: bool = False) -> AttentionPlan:
     """The plan paged_attention_into makes for these inputs on this GPU (decode_key_split
-    None: auto_decode_key_split's; transposed_decode None: on for an e4m3 cache; extras: for
+    None: DEFAULT_DECODE_KEY_SPLIT; transposed_decode None: on for an e4m3 cache; extras: for
     the kernels that soft-cap and add ALiBi biases)."""
     num_heads, head_dim = q.shape[1:]
     suffix = kernel_suffix(q, kv_cache)
     if transposed_decode is None:
         transposed_decode = is_e4m3_cache(suffix)
     if decode_key_split is None:
-        decode_key_split = auto_decode_key_split(
-            lib, suffix=suffix, head_dim=head_dim, query_lens=metadata.query_lens_host,
-            group=num_heads // kv_cache.shape[3], num_kv_heads=kv_cache.shape[3],
-            transposed=transposed_decode, extras=extras)
+        decode_key_split = DEFAULT_DECODE_KEY_SPLIT
     check_decode_key_split(decode_key_split)
     resident = {}
     for c in TRANSPOSED_ROW_CLASSES if transposed_decode else ROW_CLASSES:
