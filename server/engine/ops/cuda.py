@@ -129,7 +129,7 @@ class CudaOps:
         fused = None
         if isinstance(weight, IntWeight) and isinstance(x, torch.Tensor):
             fused = int_linear_silu_and_mul(self.library, x, weight)
-        elif isinstance(weight, Fp8Weight) and isinstance(x, torch.Tensor):
+        elif isinstance(weight, Fp8Weight):
             fused = fp8_linear_silu_and_mul(self.library, x, weight)
         return fused if fused is not None else self.silu_and_mul(self.linear(x, weight))
 

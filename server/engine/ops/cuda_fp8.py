@@ -152,12 +152,19 @@ def gemv_w8a16_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight
                                   np.int32(n), np.int32(k)))
 
 
-def fp8_linear_silu_and_mul(lib: KernelLibrary, x: torch.Tensor,
+def takes_weight_only(x: torch.Tensor | Fp8Rows) -> bool:
+    """Whether x is a one-token step's 16-bit row, which the weight-only kernels multiply as
+    it is (quantization.FP8_WEIGHT_ONLY_MAX_TOKENS)."""
+    num_tokens = x.shape[0]
+    return (isinstance(x, torch.Tensor) and 1 <= num_tokens
+            and not quantizes_activations(num_tokens))
+
+
+def fp8_linear_silu_and_mul(lib: KernelLibrary, x: torch.Tensor | Fp8Rows,
                             weight: Fp8Weight) -> torch.Tensor | None:
     """silu(x @ gate^T) * (x @ up^T) in one launch for a one-token step whose gate|up rows
     the epilogue's CTAs divide evenly; else None (the caller runs the two kernels)."""
-    if (x.shape[0] < 1 or quantizes_activations(x.shape[0])
-            or weight.shape[0] % (2 * W8A16_SILU_COLUMNS)):
+    if not takes_weight_only(x) or weight.shape[0] % (2 * W8A16_SILU_COLUMNS):
         return None
     out = torch.empty((x.shape[0], weight.shape[0] // 2), dtype=x.dtype, device=x.device)
     gemv_w8a16_into(lib, out, x.contiguous(), weight, silu_and_mul=True)
@@ -172,7 +179,7 @@ def fp8_linear(lib: KernelLibrary, x: torch.Tensor | Fp8Rows, weight: Fp8Weight,
     num_rows, k = x.shape
     if weight.shape[1] != k:
         raise KernelArgumentError(f"x has {k} columns but the weight takes {weight.shape[1]}")
-    if not isinstance(x, Fp8Rows) and 1 <= num_rows and not quantizes_activations(num_rows):
+    if takes_weight_only(x):
         out = torch.empty((num_rows, weight.shape[0]), dtype=x.dtype, device=x.device)
         gemv_w8a16_into(lib, out, x.contiguous(), weight, bias)
         return out
