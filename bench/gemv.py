@@ -2,7 +2,7 @@
 at 1 to 4 tokens: microseconds and weight bytes streamed per second, each timed as a CUDA
 graph of enough calls on distinct weight copies that the weights never sit in L2.
 
-    python3 bench/gemv.py [--json FILE]
+    python3 bench/gemv.py [--shapes gpt2-xl] [--json FILE]
     python3 bench/gemv.py --fp8 [--json FILE]
 
 --fp8 times the FP8 GEMVs of csrc/gemv_fp8.cu instead, on activations already quantized
@@ -36,6 +36,11 @@ from server.engine.models.quantization import Fp8Weight, quantize_rows  # noqa: 
 # name -> (N, K) of Llama-3-8B (hidden 4096, 32/8 heads of 128, MLP 14336, vocab 128256)
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
           "down": (4096, 14336), "lm_head": (128256, 4096)}
+# --shapes: other models' layers. GPT-2 XL (hidden 1600, MLP 6400, vocab 50257): a row of
+# K = 1600 is 200 chunks, under one round of the GEMV's loads, so it is all tail.
+MODEL_SHAPES = {"llama-3-8b": SHAPES,
+                "gpt2-xl": {"qkv": (4800, 1600), "o": (1600, 1600), "fc": (6400, 1600),
+                            "proj": (1600, 6400), "lm_head": (50257, 1600)}}
 L2_FLUSH_BYTES = 256 * 2**20  # several times the H200's 60 MiB L2
 DTYPE = torch.bfloat16
 
@@ -96,6 +101,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
     parser.add_argument("--fp8", action="store_true", help="the FP8 GEMVs instead")
+    parser.add_argument("--shapes", choices=sorted(MODEL_SHAPES), default="llama-3-8b",
+                        help="whose linear layers (the 16-bit GEMV only)")
     args = parser.parse_args()
     if args.fp8:
         rows = fp8_rows()
@@ -105,7 +112,7 @@ def main() -> None:
     # our GEMV at every size and token count it has, whatever the engine's rule picks
     ops = CudaOps(KernelLibrary(), gemv_max_tokens=4, gemv_max_weight_elements=2**62)
     rows = []
-    for name, (n, k) in SHAPES.items():
+    for name, (n, k) in MODEL_SHAPES[args.shapes].items():
         weight_bytes = n * k * DTYPE.itemsize
         copies = max(2, -(-L2_FLUSH_BYTES // weight_bytes))
         weights = [torch.randn((n, k), device="cuda", dtype=DTYPE) / k ** 0.5
