@@ -139,6 +139,10 @@ __device__ __forceinline__ void gemv_stream_row(float (&acc)[M], const uint4* w_
 // -inf as a value; NVRTC has no constexpr builtin for it.
 __device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000); }
 
+// SiLU as activation.cu computes it under fast math (its exp and division), for the GEMVs
+// that apply SiLU-and-mul in their epilogue without fast math (gemv_fp8.cu, gemv_int.cu).
+__device__ __forceinline__ float fast_silu(float g) { return __fdividef(g, 1.f + __expf(-g)); }
+
 __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);

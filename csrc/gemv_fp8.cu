@@ -204,8 +204,6 @@ __device__ __forceinline__ float w8a16_row(const unsigned char* __restrict__ w,
   return warp_sum(acc[0]) * w_scale[row];
 }
 
-__device__ __forceinline__ float fast_silu(float g) { return __fdividef(g, 1.f + __expf(-g)); }
-
 #define INFLIGHTD_GEMV_W8A16(T, SUFFIX)                                                         \
   extern "C" __global__ void __launch_bounds__(32 * kGemvWarps) gemv_w8a16_##SUFFIX(            \
       T* y, const unsigned char* w, const float* w_scale, const T* x, const T* bias, int n,     \

@@ -218,8 +218,6 @@ __device__ __forceinline__ void blocks_pass(const LaneRows<T, TILES>& r, int fir
   }
 }
 
-__device__ __forceinline__ float fast_silu(float g) { return __fdividef(g, 1.f + __expf(-g)); }
-
 template <typename T, int BITS, int TILES, bool BLOCK_SCALE, bool GATED>
 __device__ __forceinline__ void gemv_int_impl(T* __restrict__ y,
                                               const unsigned char* __restrict__ w,
