@@ -9,7 +9,7 @@ import torch
 
 from server.engine.models.int_grid import grid_params, round_to_nearest
 from server.quantize.awq import InputStats, clip_weight, fake_quantize
-from server.quantize.gptq import group_grid, gptq_quantize
+from server.quantize.gptq import MSE_RATIOS, group_grid, gptq_quantize
 from server.quantize.grid_search import (group_gram, rounding_error, search_grid,
                                          shrink_ratios)
 
@@ -61,13 +61,33 @@ def test_mse_grid_never_worse_than_min_max_and_better_on_heavy_tails():
 def test_gptq_mse_grid_is_fixed_from_the_original_weights_and_keeps_zeros_storable():
     weight = heavy_tailed(8, 64, seed=4) + 1  # mostly positive: zero points near 0
     x = randn(256, 64, seed=5) * torch.linspace(0.1, 3, 64)
-    codes = gptq_quantize(weight, 2 * x.t() @ x / 256, bits=4, group_size=16,
-                          symmetric=False, mse=True)
-    scales, _ = group_grid(weight.reshape(8, 4, 16), 4, symmetric=False, min_zero=1, mse=True)
+    hessian = 2 * x.t() @ x / 256
+    codes = gptq_quantize(weight, hessian, bits=4, group_size=16, symmetric=False, mse=True)
+    # each group's grid from its original weights, by its share of the output error under H
+    scales, _, _ = search_grid(weight.reshape(8, 4, 16), 4, MSE_RATIOS, symmetric=False,
+                               gram=group_gram(hessian, 16), min_zero=1)
     torch.testing.assert_close(codes.scales, scales)
     assert int(codes.zeros.min()) >= 1
     minmax = grid_params(weight.reshape(8, 4, 16), 4, symmetric=False, min_zero=1)[0]
     assert bool((scales <= minmax * (1 + 1e-6)).all()) and bool((scales < minmax).any())
+
+
+def test_gptq_static_grids_weigh_rounding_errors_by_the_inputs_energy():
+    weight = heavy_tailed(32, 64, seed=9)
+    x = randn(512, 64, seed=10)
+    x[:, ::8] *= 6  # a few inputs carry most of the energy
+    hessian = 2 * x.t() @ x / 512
+    groups, blocks = weight.reshape(32, 4, 16), group_gram(hessian, 16)
+
+    def output_error(scales, zeros):  # each group's share of the output error, [32, 4]
+        return rounding_error(groups, scales, zeros, 4, blocks)
+
+    codes = gptq_quantize(weight, hessian, bits=4, group_size=16, symmetric=False, mse=True)
+    unweighted = group_grid(groups, 4, symmetric=False, min_zero=1, mse=True)
+    ours, plain = output_error(codes.scales, codes.zeros), output_error(*unweighted)
+    # the unweighted grid is one of the candidates, so no group's error can rise
+    assert bool((ours <= plain * (1 + 1e-5)).all())
+    assert float(ours.sum()) < 0.95 * float(plain.sum())
 
 
 def test_awq_clipping_never_raises_the_output_error_and_cuts_it_on_heavy_tails():
