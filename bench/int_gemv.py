@@ -51,8 +51,9 @@ from bench.gpu_probes import copy_bandwidth  # noqa: E402
 from server.engine.gpu.graph_capture import median_replay_ms  # noqa: E402
 from server.engine.gpu.kernels import KernelLibrary  # noqa: E402
 from server.engine.models.int_weights import IntWeight, pack_int4  # noqa: E402
-from server.engine.ops.cuda_int import (dequantize_int_into, gemv_int_into,  # noqa: E402
-                                        gemv_w8a8_into, quantize_int8_rows_reference)
+from server.engine.ops.cuda_int import (INT_GEMV_STREAM_MAX_TOKENS,  # noqa: E402
+                                        dequantize_int_into, gemv_int_into, gemv_w8a8_into,
+                                        quantize_int8_rows_reference)
 from server.engine.ops.cuda_launch import GEMV_MAX_TOKENS, gemv_into  # noqa: E402
 
 # name -> (N, K) of Llama-3-8B (hidden 4096, 32/8 heads of 128, MLP 14336)
@@ -62,7 +63,6 @@ L2_FLUSH_BYTES = 256 * 2**20  # several times the H200's 60 MiB L2
 DTYPE = torch.bfloat16
 KERNELS = ("bf16_gemv", "bf16_cublas", "w4_g128", "w4_g128_each", "w4_g128_stream", "w4_g32",
            "w4_g32_stream", "w8", "w8a8", "w4_dequant")
-STREAM_MAX_TOKENS = 8  # the streaming kernels take one tile of tokens
 
 
 def int_weight(n: int, k: int, *, bits: int, group_size: int, act_int8: bool = False
@@ -154,7 +154,7 @@ def layer_rows(lib: KernelLibrary, name: str, n: int, k: int, tokens: list[int],
         for kernel in KERNELS:
             if kernel == "bf16_gemv" and num_tokens > GEMV_MAX_TOKENS:
                 continue
-            if kernel.endswith("_stream") and num_tokens > STREAM_MAX_TOKENS:
+            if kernel.endswith("_stream") and num_tokens > INT_GEMV_STREAM_MAX_TOKENS:
                 continue
             weights = copies[SHARED_WEIGHTS.get(kernel, kernel)]
             us = time_us(kernel_call(lib, kernel, x, n), weights)

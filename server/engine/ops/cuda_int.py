@@ -26,7 +26,9 @@ from server.engine.ops.cuda_fp8 import launch_row_quantizer
 
 INT_GEMV_MAX_TOKENS = 16  # two tiles of 8 tokens (the MMA's N) in csrc/gemv_int.cu
 INT_GEMV_COLUMNS = 16  # output columns per CTA (kIntGemvColumns, the MMA's M)
-INT_GEMV_SILU_MAX_TOKENS = 8  # the _silu kernels take one tile of tokens
+INT_GEMV_TILE_TOKENS = 8  # a tile of tokens: the MMA's N
+INT_GEMV_SILU_MAX_TOKENS = INT_GEMV_TILE_TOKENS  # the _silu kernels take one tile
+INT_GEMV_STREAM_MAX_TOKENS = INT_GEMV_TILE_TOKENS  # and so do the _stream kernels
 INT_GEMV_THREADS = 256  # 8 warps splitting K
 # one group per 4-chunk block of K: the _bs kernels scale each block's sums once
 INT_GEMV_BLOCK_COLUMNS = {4: 128, 8: 64}
@@ -112,9 +114,9 @@ def gemv_int_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: 
     if not 1 <= num_rows <= INT_GEMV_MAX_TOKENS:
         raise KernelArgumentError(f"gemv_int takes 1 to {INT_GEMV_MAX_TOKENS} rows, got {num_rows}")
     check_shape("weight", weight.qweight, (n, k * weight.bits // 8))
-    if stream and num_rows > INT_GEMV_SILU_MAX_TOKENS:
+    if stream and num_rows > INT_GEMV_STREAM_MAX_TOKENS:
         raise KernelArgumentError(f"gemv_int's streaming kernels take 1 to "
-                                  f"{INT_GEMV_SILU_MAX_TOKENS} rows, got {num_rows}")
+                                  f"{INT_GEMV_STREAM_MAX_TOKENS} rows, got {num_rows}")
     if silu_and_mul and (num_rows > INT_GEMV_SILU_MAX_TOKENS or n % 2 or bias is not None):
         raise KernelArgumentError(f"gemv_int's SiLU-and-mul takes 1 to {INT_GEMV_SILU_MAX_TOKENS} "
                                   f"rows, an even N ({n}) and no bias")
@@ -131,7 +133,7 @@ def gemv_int_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: 
     if block_scale and not block_scale_fits:
         raise KernelArgumentError(f"groups of {group} columns are narrower than a block of K "
                                   f"({INT_GEMV_BLOCK_COLUMNS[weight.bits]})")
-    tiles = 1 if num_rows <= 8 else 2
+    tiles = 1 if num_rows <= INT_GEMV_TILE_TOKENS else 2
 
     def name(with_block_scale: bool) -> str:
         return (f"gemv_w{weight.bits}_{suffix}_{'stream' if stream else f't{tiles}'}"
