@@ -22,9 +22,6 @@ Kernels (columns):
     w4_g128_each the same weights through the kernel that scales weight by weight (how
                  groups of 32 and 64 run): what block scaling buys
     w4_g32       W4A16, groups of 32
-    w4_g128_stream, w4_g32_stream   the same weights through the streaming kernels (_stream:
-                 a few CTAs an SM looping over the columns, weights in flight through shared
-                 memory; 1 to 8 tokens)
     w8           W8A16, one scale per output channel
     w8a8         W8A8's GEMV on int8 rows quantized before the graph (as in the engine,
                  the quantizer is a separate launch; it is left out here)
@@ -51,9 +48,8 @@ from bench.gpu_probes import copy_bandwidth  # noqa: E402
 from server.engine.gpu.graph_capture import median_replay_ms  # noqa: E402
 from server.engine.gpu.kernels import KernelLibrary  # noqa: E402
 from server.engine.models.int_weights import IntWeight, pack_int4  # noqa: E402
-from server.engine.ops.cuda_int import (INT_GEMV_STREAM_MAX_TOKENS,  # noqa: E402
-                                        dequantize_int_into, gemv_int_into, gemv_w8a8_into,
-                                        quantize_int8_rows_reference)
+from server.engine.ops.cuda_int import (dequantize_int_into, gemv_int_into,  # noqa: E402
+                                        gemv_w8a8_into, quantize_int8_rows_reference)
 from server.engine.ops.cuda_launch import GEMV_MAX_TOKENS, gemv_into  # noqa: E402
 
 # name -> (N, K) of Llama-3-8B (hidden 4096, 32/8 heads of 128, MLP 14336)
@@ -61,8 +57,8 @@ SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
           "down": (4096, 14336)}
 L2_FLUSH_BYTES = 256 * 2**20  # several times the H200's 60 MiB L2
 DTYPE = torch.bfloat16
-KERNELS = ("bf16_gemv", "bf16_cublas", "w4_g128", "w4_g128_each", "w4_g128_stream", "w4_g32",
-           "w4_g32_stream", "w8", "w8a8", "w4_dequant")
+KERNELS = ("bf16_gemv", "bf16_cublas", "w4_g128", "w4_g128_each", "w4_g32", "w8", "w8a8",
+           "w4_dequant")
 
 
 def int_weight(n: int, k: int, *, bits: int, group_size: int, act_int8: bool = False
@@ -105,8 +101,7 @@ def make_weights(kernel: str):
 
 
 # the kernels that read the same weights as another column
-SHARED_WEIGHTS = {"bf16_cublas": "bf16_gemv", "w4_g128_each": "w4_g128", "w4_dequant": "w4_g128",
-                  "w4_g128_stream": "w4_g128", "w4_g32_stream": "w4_g32"}
+SHARED_WEIGHTS = {"bf16_cublas": "bf16_gemv", "w4_g128_each": "w4_g128", "w4_dequant": "w4_g128"}
 
 
 def kernel_call(lib: KernelLibrary, kernel: str, x: torch.Tensor, n: int):
@@ -118,8 +113,6 @@ def kernel_call(lib: KernelLibrary, kernel: str, x: torch.Tensor, n: int):
         return lambda w: F.linear(x, w)
     if kernel == "w4_g128_each":
         return lambda w: gemv_int_into(lib, y, x, w, block_scale=False)
-    if kernel.endswith("_stream"):
-        return lambda w: gemv_int_into(lib, y, x, w, stream=True)
     if kernel == "w8a8":
         q, scale = quantize_int8_rows_reference(x)
         return lambda w: gemv_w8a8_into(lib, y, q, scale, w)
@@ -153,8 +146,6 @@ def layer_rows(lib: KernelLibrary, name: str, n: int, k: int, tokens: list[int],
         row = {"layer": name, "n": n, "k": k, "tokens": num_tokens}
         for kernel in KERNELS:
             if kernel == "bf16_gemv" and num_tokens > GEMV_MAX_TOKENS:
-                continue
-            if kernel.endswith("_stream") and num_tokens > INT_GEMV_STREAM_MAX_TOKENS:
                 continue
             weights = copies[SHARED_WEIGHTS.get(kernel, kernel)]
             us = time_us(kernel_call(lib, kernel, x, n), weights)

@@ -130,14 +130,14 @@ template <typename T, int TILES> struct LaneRows {
 template <typename T, int BITS, int TILES, bool GATED>
 __device__ __forceinline__ LaneRows<T, TILES> lane_rows(
     const unsigned char* w, const unsigned short* scales, const unsigned short* zeros,
-    const T* x, int m, int n, int k, int group_shift, long long x_stride, int col_tile) {
+    const T* x, int m, int n, int k, int group_shift, long long x_stride) {
   using Shape = ChunkShape<BITS>;
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2;
   const int t = lane & 3;
   // rows past n (GATED: past d = n / 2) read the last row (in bounds), never stored
   const int half = n / 2;
-  const int col0 = col_tile * (GATED ? kIntGemvColumns / 2 : kIntGemvColumns);
+  const int col0 = blockIdx.x * (GATED ? kIntGemvColumns / 2 : kIntGemvColumns);
   const int row_lo = GATED ? min(col0 + g, half - 1) : min(col0 + g, n - 1);
   const int row_hi = GATED ? half + row_lo : min(col0 + g + 8, n - 1);
   const int num_groups = group_shift >= 31 ? 1 : k >> group_shift;
@@ -158,57 +158,14 @@ __device__ __forceinline__ LaneRows<T, TILES> lane_rows(
   return r;
 }
 
-// One block of K whose weights (chunk t of rows row_lo and row_hi) are in w_lo, w_hi: their
-// scales and zeros, x at the same columns, the MMAs into c. in_k false: the chunk is past K
-// (scale 0 zeroes the weights, x is 0). BLOCK_SCALE: one group per block (int4: groups of
-// 128 or more, int8: 64), so the block's sums are scaled once instead of every weight.
-template <typename T, int BITS, int TILES, bool BLOCK_SCALE>
-__device__ __forceinline__ void block_mma(const LaneRows<T, TILES>& r, int block, bool in_k,
-                                          const uint4& w_lo, const uint4& w_hi,
-                                          float (&c)[TILES][4]) {
-  using Shape = ChunkShape<BITS>;
-  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-  const int chunk = block * 4 + (threadIdx.x & 3);
-  const int group = (chunk * Shape::kValues) >> r.group_shift;
-  const unsigned short none = 0;
-  const unsigned short raw_s_lo = in_k ? __ldg(r.scales + (r.group_lo + group)) : none;
-  const unsigned short raw_s_hi = in_k ? __ldg(r.scales + (r.group_hi + group)) : none;
-  const bool has_zero = BITS == 4 && in_k;
-  const ChunkScale s_lo =
-      chunk_scale<T>(raw_s_lo, has_zero ? __ldg(r.zeros + (r.group_lo + group)) : none);
-  const ChunkScale s_hi =
-      chunk_scale<T>(raw_s_hi, has_zero ? __ldg(r.zeros + (r.group_hi + group)) : none);
-  uint4 xv[TILES][Shape::kXVectors];
-#pragma unroll
-  for (int tile = 0; tile < TILES; ++tile) {
-    const uint4* src =
-        reinterpret_cast<const uint4*>(r.x + (r.x_offset[tile] + block * 4 * Shape::kValues));
-#pragma unroll
-    for (int j = 0; j < Shape::kXVectors; ++j) xv[tile][j] = in_k ? __ldg(src + j) : zero;
-  }
-  if constexpr (BLOCK_SCALE) {
-    float sums[TILES][4] = {};
-    chunk_mma<T, BITS, TILES, false>(sums, w_lo, w_hi, s_lo, s_hi, xv);
-    // C rows: c0, c1 belong to row g (scale_lo), c2, c3 to row g + 8
-    const float f_lo = to_float(*reinterpret_cast<const T*>(&raw_s_lo));
-    const float f_hi = to_float(*reinterpret_cast<const T*>(&raw_s_hi));
-#pragma unroll
-    for (int tile = 0; tile < TILES; ++tile) {
-      c[tile][0] = fmaf(sums[tile][0], f_lo, c[tile][0]);
-      c[tile][1] = fmaf(sums[tile][1], f_lo, c[tile][1]);
-      c[tile][2] = fmaf(sums[tile][2], f_hi, c[tile][2]);
-      c[tile][3] = fmaf(sums[tile][3], f_hi, c[tile][3]);
-    }
-  } else {
-    chunk_mma<T, BITS, TILES, true>(c, w_lo, w_hi, s_lo, s_hi, xv);
-  }
-}
-
 // UNROLL blocks of K from `first` on, kIntGemvWarps apart. TAIL: some of them may be past K
-// (whole blocks, or chunks of the last one): those are skipped or multiply zeros.
+// (whole blocks, or chunks of the last one): those are skipped or multiply zeros (scale 0
+// zeroes the weights, x is 0). BLOCK_SCALE: one group per block (int4: groups of 128 or more,
+// int8: 64), so each block's sums are scaled once instead of every weight.
 template <typename T, int BITS, int TILES, bool BLOCK_SCALE, bool TAIL>
 __device__ __forceinline__ void blocks_pass(const LaneRows<T, TILES>& r, int first,
                                             float (&c)[TILES][4]) {
+  using Shape = ChunkShape<BITS>;
   const int t = threadIdx.x & 3;
   const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
   uint4 a_lo[kIntGemvUnroll], a_hi[kIntGemvUnroll];
@@ -223,29 +180,41 @@ __device__ __forceinline__ void blocks_pass(const LaneRows<T, TILES>& r, int fir
   for (int u = 0; u < kIntGemvUnroll; ++u) {
     const int block = first + u * kIntGemvWarps;
     if (TAIL && block * 4 >= r.num_chunks) break;  // the same for the whole warp
-    block_mma<T, BITS, TILES, BLOCK_SCALE>(r, block, !TAIL || block * 4 + t < r.num_chunks,
-                                           a_lo[u], a_hi[u], c);
-  }
-}
-
-// The CTA's sums of column tile col_tile, totalled over its warps, into y (+ bias), or for
-// GATED the gate|up sums' SiLU-and-mul (n = 2d weight rows, y [m, d]).
-template <typename T, int TILES, bool GATED>
-__device__ __forceinline__ void store_tile(const float (&c)[TILES][4], int col_tile, T* y,
-                                           const T* bias, int m, int n) {
-  if constexpr (GATED) {
-    const int d = n / 2;
-    reduce_mma_gated<kIntGemvWarps, TILES>(c, col_tile, m, d,
-                                           [&](int col, int token, float gate, float up) {
-      const float act = round_to<T>(fast_silu(round_to<T>(gate)));
-      y[static_cast<long long>(token) * d + col] = from_float<T>(act * round_to<T>(up));
-    });
-  } else {
-    reduce_mma_columns<kIntGemvWarps, TILES>(c, col_tile, m, n,
-                                             [&](int col, int token, float total) {
-      if (bias != nullptr) total += to_float(bias[col]);
-      y[static_cast<long long>(token) * n + col] = from_float<T>(total);
-    });
+    const int chunk = block * 4 + t;
+    const bool in_k = !TAIL || chunk < r.num_chunks;
+    const int group = (chunk * Shape::kValues) >> r.group_shift;
+    const unsigned short none = 0;
+    const unsigned short raw_s_lo = in_k ? __ldg(r.scales + (r.group_lo + group)) : none;
+    const unsigned short raw_s_hi = in_k ? __ldg(r.scales + (r.group_hi + group)) : none;
+    const bool has_zero = BITS == 4 && in_k;
+    const ChunkScale s_lo =
+        chunk_scale<T>(raw_s_lo, has_zero ? __ldg(r.zeros + (r.group_lo + group)) : none);
+    const ChunkScale s_hi =
+        chunk_scale<T>(raw_s_hi, has_zero ? __ldg(r.zeros + (r.group_hi + group)) : none);
+    uint4 xv[TILES][Shape::kXVectors];
+#pragma unroll
+    for (int tile = 0; tile < TILES; ++tile) {
+      const uint4* src =
+          reinterpret_cast<const uint4*>(r.x + (r.x_offset[tile] + block * 4 * Shape::kValues));
+#pragma unroll
+      for (int j = 0; j < Shape::kXVectors; ++j) xv[tile][j] = in_k ? __ldg(src + j) : zero;
+    }
+    if constexpr (BLOCK_SCALE) {
+      float sums[TILES][4] = {};
+      chunk_mma<T, BITS, TILES, false>(sums, a_lo[u], a_hi[u], s_lo, s_hi, xv);
+      // C rows: c0, c1 belong to row g (scale_lo), c2, c3 to row g + 8
+      const float f_lo = to_float(*reinterpret_cast<const T*>(&raw_s_lo));
+      const float f_hi = to_float(*reinterpret_cast<const T*>(&raw_s_hi));
+#pragma unroll
+      for (int tile = 0; tile < TILES; ++tile) {
+        c[tile][0] = fmaf(sums[tile][0], f_lo, c[tile][0]);
+        c[tile][1] = fmaf(sums[tile][1], f_lo, c[tile][1]);
+        c[tile][2] = fmaf(sums[tile][2], f_hi, c[tile][2]);
+        c[tile][3] = fmaf(sums[tile][3], f_hi, c[tile][3]);
+      }
+    } else {
+      chunk_mma<T, BITS, TILES, true>(c, a_lo[u], a_hi[u], s_lo, s_hi, xv);
+    }
   }
 }
 
@@ -258,8 +227,7 @@ __device__ __forceinline__ void gemv_int_impl(T* __restrict__ y,
                                               const T* __restrict__ bias, int m, int n, int k,
                                               int group_shift, long long x_stride) {
   const LaneRows<T, TILES> rows =
-      lane_rows<T, BITS, TILES, GATED>(w, scales, zeros, x, m, n, k, group_shift, x_stride,
-                                       blockIdx.x);
+      lane_rows<T, BITS, TILES, GATED>(w, scales, zeros, x, m, n, k, group_shift, x_stride);
   const int full_blocks = rows.num_chunks / 4;  // blocks with all 4 chunks inside K
   const int num_blocks = (rows.num_chunks + 3) / 4;
   constexpr int kStep = kIntGemvWarps * kIntGemvUnroll;
@@ -268,74 +236,18 @@ __device__ __forceinline__ void gemv_int_impl(T* __restrict__ y,
   for (; first + (kIntGemvUnroll - 1) * kIntGemvWarps < full_blocks; first += kStep)
     blocks_pass<T, BITS, TILES, BLOCK_SCALE, false>(rows, first, c);
   if (first < num_blocks) blocks_pass<T, BITS, TILES, BLOCK_SCALE, true>(rows, first, c);
-  store_tile<T, TILES, GATED>(c, blockIdx.x, y, bias, m, n);
-}
-
-
-// The streaming variant (the _stream kernels, one tile of tokens): a few CTAs an SM loop over
-// the column tiles instead of one CTA a tile, and each lane copies its two chunks of a block
-// into its own slots of a shared-memory ring (cp.async) kStreamStages - 1 blocks ahead of
-// the block it multiplies, across the ends of tiles: the loads never wait on the multiplies
-// and no CTA starts with an empty pipe (session 15's profile of the kernel above: DRAM 31-58
-// %, latency-bound). A lane reads back only what it copied, so the ring needs no barrier.
-//
-//   # a warp's items v = 0, 1, ..:  column tile blockIdx.x + (v / my_blocks) * gridDim.x,
-//   #                               its block warp + (v % my_blocks) * kIntGemvWarps
-//   # item v's slot: v % kStreamStages; v + kStreamStages - 1 is requested before v is
-//   # awaited (every request commits one cp.async group, empty past the warp's items)
-constexpr int kStreamStages = 4;
-constexpr int kStreamCtasPerSm = 4;  // the launch bounds; the grid is sized by occupancy
-
-template <typename T, int BITS, bool BLOCK_SCALE, bool GATED>
-__device__ __forceinline__ void gemv_int_stream_impl(
-    T* __restrict__ y, const unsigned char* __restrict__ w,
-    const unsigned short* __restrict__ scales, const unsigned short* __restrict__ zeros,
-    const T* __restrict__ x, const T* __restrict__ bias, int m, int n, int k, int group_shift,
-    long long x_stride) {
-  __shared__ uint4 ring[kIntGemvWarps][kStreamStages][2][32];
-  const int warp = threadIdx.x >> 5;
-  const int lane = threadIdx.x & 31;
-  const int num_chunks = k / ChunkShape<BITS>::kValues;
-  const int num_blocks = (num_chunks + 3) / 4;
-  const int per_tile = GATED ? kIntGemvColumns / 2 : kIntGemvColumns;
-  const int num_tiles = ((GATED ? n / 2 : n) + per_tile - 1) / per_tile;
-  const int my_blocks = warp < num_blocks ? (num_blocks - 1 - warp) / kIntGemvWarps + 1 : 0;
-  const int my_tiles =
-      static_cast<int>(blockIdx.x) < num_tiles ? (num_tiles - 1 - blockIdx.x) / gridDim.x + 1 : 0;
-  const int my_items = my_blocks * my_tiles;
-  const auto rows_of = [&](int col_tile) {
-    return lane_rows<T, BITS, 1, GATED>(w, scales, zeros, x, m, n, k, group_shift, x_stride,
-                                        col_tile);
-  };
-  const auto request = [&](int item) {
-    if (item < my_items) {
-      const LaneRows<T, 1> r = rows_of(blockIdx.x + (item / my_blocks) * gridDim.x);
-      const int offset = (warp + (item % my_blocks) * kIntGemvWarps) * 4;
-      if (offset + (lane & 3) < num_chunks) {
-        cp_async_16(&ring[warp][item % kStreamStages][0][lane], r.w + (r.w_lo + offset));
-        cp_async_16(&ring[warp][item % kStreamStages][1][lane], r.w + (r.w_hi + offset));
-      }
-    }
-    cp_async_commit();
-  };
-  for (int item = 0; item < kStreamStages - 1; ++item) request(item);  // weights: no wait
-  wait_for_previous_kernel();
-  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-  int item = 0;
-  for (int col_tile = blockIdx.x; col_tile < num_tiles; col_tile += gridDim.x) {
-    const LaneRows<T, 1> r = rows_of(col_tile);
-    float c[1][4] = {};
-    for (int j = 0; j < my_blocks; ++j, ++item) {
-      request(item + kStreamStages - 1);
-      cp_async_wait<kStreamStages - 1>();  // item's group has landed
-      const int block = warp + j * kIntGemvWarps;
-      const bool in_k = block * 4 + (lane & 3) < num_chunks;
-      const uint4 w_lo = in_k ? ring[warp][item % kStreamStages][0][lane] : zero;
-      const uint4 w_hi = in_k ? ring[warp][item % kStreamStages][1][lane] : zero;
-      block_mma<T, BITS, 1, BLOCK_SCALE>(r, block, in_k, w_lo, w_hi, c);
-    }
-    store_tile<T, 1, GATED>(c, col_tile, y, bias, m, n);
-    __syncthreads();  // the next tile's partial sums reuse the stash
+  if constexpr (GATED) {
+    const int d = n / 2;
+    reduce_mma_gated<kIntGemvWarps, TILES>(c, m, d,
+                                           [&](int col, int token, float gate, float up) {
+      const float act = round_to<T>(fast_silu(round_to<T>(gate)));
+      y[static_cast<long long>(token) * d + col] = from_float<T>(act * round_to<T>(up));
+    });
+  } else {
+    reduce_mma_columns<kIntGemvWarps, TILES>(c, m, n, [&](int col, int token, float total) {
+      if (bias != nullptr) total += to_float(bias[col]);
+      y[static_cast<long long>(token) * n + col] = from_float<T>(total);
+    });
   }
 }
 
@@ -373,25 +285,3 @@ INFLIGHTD_GEMV_INT_SILU(__nv_bfloat16, bf16, 4)
 INFLIGHTD_GEMV_INT_SILU(__nv_bfloat16, bf16, 8)
 INFLIGHTD_GEMV_INT_SILU(__half, fp16, 4)
 INFLIGHTD_GEMV_INT_SILU(__half, fp16, 8)
-
-// _stream: the streaming variant of one tile of tokens (1 to 8), over a grid of at most
-// kStreamCtasPerSm CTAs an SM; _bs and _silu as above
-#define INFLIGHTD_GEMV_INT_STREAM(T, SUFFIX, BITS, BLOCK_SCALE, GATED, NAME_END)              \
-  extern "C" __global__ void __launch_bounds__(32 * kIntGemvWarps, kStreamCtasPerSm)             \
-      gemv_w##BITS##_##SUFFIX##_stream##NAME_END(                                               \
-          T* y, const unsigned char* w, const unsigned short* scales,                          \
-          const unsigned short* zeros, const T* x, const T* bias, int m, int n, int k,         \
-          int group_shift, long long x_stride) {                                                \
-    gemv_int_stream_impl<T, BITS, BLOCK_SCALE, GATED>(y, w, scales, zeros, x, bias, m, n, k,   \
-                                                      group_shift, x_stride);                   \
-  }
-#define INFLIGHTD_GEMV_INT_STREAM_ALL(T, SUFFIX, BITS)                                          \
-  INFLIGHTD_GEMV_INT_STREAM(T, SUFFIX, BITS, false, false, )                                    \
-  INFLIGHTD_GEMV_INT_STREAM(T, SUFFIX, BITS, true, false, _bs)                                  \
-  INFLIGHTD_GEMV_INT_STREAM(T, SUFFIX, BITS, false, true, _silu)                                \
-  INFLIGHTD_GEMV_INT_STREAM(T, SUFFIX, BITS, true, true, _bs_silu)
-
-INFLIGHTD_GEMV_INT_STREAM_ALL(__nv_bfloat16, bf16, 4)
-INFLIGHTD_GEMV_INT_STREAM_ALL(__nv_bfloat16, bf16, 8)
-INFLIGHTD_GEMV_INT_STREAM_ALL(__half, fp16, 4)
-INFLIGHTD_GEMV_INT_STREAM_ALL(__half, fp16, 8)

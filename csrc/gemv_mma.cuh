@@ -7,7 +7,6 @@
 //
 // They meet in shared memory, and each (column, token) inside n and m is handed with its
 // total to emit(col, token, sum) (reduce_mma_gated: gate and up sums of one output).
-// col_tile: which 16 columns (8 outputs, gated) the CTA holds; blockIdx.x unless it loops.
 #pragma once
 
 namespace inflightd {
@@ -37,10 +36,10 @@ __device__ __forceinline__ Acc total(const Acc (*partial)[TILES * 4][32], int re
 }
 
 template <int WARPS, int TILES, typename Acc, typename Emit>
-__device__ __forceinline__ void reduce_mma_columns(const Acc (&c)[TILES][4], int col_tile, int m,
-                                                   int n, Emit emit) {
+__device__ __forceinline__ void reduce_mma_columns(const Acc (&c)[TILES][4], int m, int n,
+                                                   Emit emit) {
   const auto partial = stash_mma_partials<WARPS, TILES>(c);
-  const int col0 = col_tile * 16;
+  const int col0 = blockIdx.x * 16;
   for (int o = threadIdx.x; o < TILES * 4 * 32; o += blockDim.x) {
     const int reg = o >> 5;
     const int l = o & 31;
@@ -54,10 +53,10 @@ __device__ __forceinline__ void reduce_mma_columns(const Acc (&c)[TILES][4], int
 // rows of the same 8 outputs (col0 = 8 * blockIdx.x), so c[i][0..1] pair with c[i][2..3]
 // and emit(col, token, gate, up) gets both sums of output col < d.
 template <int WARPS, int TILES, typename Acc, typename Emit>
-__device__ __forceinline__ void reduce_mma_gated(const Acc (&c)[TILES][4], int col_tile, int m,
-                                                 int d, Emit emit) {
+__device__ __forceinline__ void reduce_mma_gated(const Acc (&c)[TILES][4], int m, int d,
+                                                 Emit emit) {
   const auto partial = stash_mma_partials<WARPS, TILES>(c);
-  const int col0 = col_tile * 8;
+  const int col0 = blockIdx.x * 8;
   for (int o = threadIdx.x; o < TILES * 2 * 32; o += blockDim.x) {
     const int pair = o >> 5;  // its tile is pair >> 1, its token's parity pair & 1
     const int l = o & 31;

@@ -136,7 +136,7 @@ __device__ __forceinline__ void gemv_w8a8_impl(T* __restrict__ y, const signed c
       }
     }
   }
-  reduce_mma_columns<kW8a8Warps, TILES>(c, blockIdx.x, m, n, [&](int col, int token, int total) {
+  reduce_mma_columns<kW8a8Warps, TILES>(c, m, n, [&](int col, int token, int total) {
     float value = __fmul_rn(__fmul_rn(static_cast<float>(total), x_scale[token]),
                             to_float(w_scale[col]));
     if (bias != nullptr) value = __fadd_rn(value, to_float(bias[col]));

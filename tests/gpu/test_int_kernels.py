@@ -1,9 +1,8 @@
 """The integer-weight kernels (csrc/gemv_int.cu, dequantize_int.cu, w8a8.cu) against
 IntWeight.dequantize and float32 torch products: W4A16 and W8A16 at every group size, bf16
 and fp16, 1 to 16 tokens on the GEMV and more through dequantize + cuBLAS; W8A8 bit for bit
-against its torch reference; the GEMV with SiLU-and-mul as its epilogue; the streaming GEMV
-bit for bit against the one-pass one; CudaOps.linear, and every path replayed from a CUDA
-graph."""
+against its torch reference; the GEMV with SiLU-and-mul as its epilogue; CudaOps.linear, and
+every path replayed from a CUDA graph."""
 
 from __future__ import annotations
 
@@ -11,11 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from server.engine.gpu.kernel_args import KernelArgumentError
 from server.engine.models.int_weights import IntWeight, pack_int4
-from server.engine.ops.cuda_int import (INT_GEMV_BLOCK_COLUMNS, INT_GEMV_COLUMNS,
-                                        INT_GEMV_MAX_TOKENS, INT_GEMV_SILU_MAX_TOKENS,
-                                        INT_GEMV_THREADS, dequantize_int_into,
+from server.engine.ops.cuda_int import (INT_GEMV_BLOCK_COLUMNS, INT_GEMV_MAX_TOKENS,
+                                        INT_GEMV_SILU_MAX_TOKENS, dequantize_int_into,
                                         gemv_int_into, int_linear, int_linear_silu_and_mul,
                                         int_linear_reference, quantize_int8_rows_into,
                                         quantize_int8_rows_reference)
@@ -90,58 +87,6 @@ def test_gemv_matches_the_dequantized_product_at_1_to_16_tokens(library, shape, 
             gemv_int_into(library, out, x, weight, with_bias, block_scale=block_scale)
             assert_close(out.float(), expected, what=f"gemv w{bits} g{group} m={num_rows} "
                          f"block_scale={block_scale} bias={with_bias is not None}")
-
-
-@each_weight_case
-def test_streaming_gemv_equals_the_one_pass_kernel_bit_for_bit_at_1_to_8_tokens(
-        library, shape, bits, group, dtype):
-    # each warp takes the same blocks in the same order either way, and the warps' sums meet
-    # in the same shared-memory reduction: the outputs agree bit for bit
-    n, k = shape
-    weight = random_int_weight(n, k, bits=bits, group_size=group, dtype=dtype, seed=n + k + bits)
-    gen = cuda_generator(n + k)
-    bias = random_tensor((n,), dtype=dtype, generator=gen)
-    block_scales = [False] + ([True] if group is None or group >= INT_GEMV_BLOCK_COLUMNS[bits]
-                              else [])
-    for num_rows in range(1, INT_GEMV_SILU_MAX_TOKENS + 1):
-        x = random_tensor((num_rows, k), dtype=dtype, generator=gen)
-        with_bias = bias if num_rows % 2 else None
-        for block_scale in block_scales:
-            one_pass, streamed = (poisoned((num_rows, n), dtype=dtype) for _ in range(2))
-            gemv_int_into(library, one_pass, x, weight, with_bias, block_scale=block_scale)
-            gemv_int_into(library, streamed, x, weight, with_bias, block_scale=block_scale,
-                          stream=True)
-            assert torch.equal(streamed, one_pass), (
-                f"w{bits} g{group} m={num_rows} block_scale={block_scale}")
-
-
-@pytest.mark.parametrize("silu_and_mul", (False, True))
-@pytest.mark.parametrize("bits", BITS)
-def test_streaming_gemv_loops_over_more_column_tiles_than_resident_ctas(library, bits,
-                                                                        silu_and_mul):
-    k = 1152  # 9 blocks of int4 chunks: the 8 warps' shares end unevenly
-    resident = library.num_sms * library.max_active_ctas(
-        "gemv_int", f"gemv_w{bits}_bf16_stream", INT_GEMV_THREADS)
-    n = 2 * (INT_GEMV_COLUMNS * resident + 40)  # each CTA takes two or three tiles
-    weight = random_int_weight(n, k, bits=bits, group_size=128, dtype=torch.bfloat16,
-                               seed=bits + silu_and_mul)
-    gen = cuda_generator(n)
-    for num_rows in (1, INT_GEMV_SILU_MAX_TOKENS):
-        x = random_tensor((num_rows, k), dtype=torch.bfloat16, generator=gen)
-        outputs = n // 2 if silu_and_mul else n
-        one_pass, streamed = (poisoned((num_rows, outputs), dtype=torch.bfloat16)
-                              for _ in range(2))
-        gemv_int_into(library, one_pass, x, weight, silu_and_mul=silu_and_mul)
-        gemv_int_into(library, streamed, x, weight, silu_and_mul=silu_and_mul, stream=True)
-        assert torch.equal(streamed, one_pass), f"w{bits} m={num_rows}"
-
-
-def test_streaming_gemv_refuses_more_than_one_tile_of_tokens(library):
-    weight = random_int_weight(64, 1024, bits=4, group_size=128, dtype=torch.bfloat16, seed=3)
-    x = torch.zeros((INT_GEMV_SILU_MAX_TOKENS + 1, 1024), dtype=torch.bfloat16, device="cuda")
-    out = torch.empty((INT_GEMV_SILU_MAX_TOKENS + 1, 64), dtype=torch.bfloat16, device="cuda")
-    with pytest.raises(KernelArgumentError, match="streaming kernels take 1 to 8 rows"):
-        gemv_int_into(library, out, x, weight, stream=True)
 
 
 # gate|up weights of 2d rows: d = 256 (whole CTAs of 8 outputs), 150 (the last CTA short)

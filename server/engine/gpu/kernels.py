@@ -85,9 +85,7 @@ BASE_MODULES: tuple[KernelModule, ...] = (
                  _names("gemv_w{bits}_{dt}_t{tiles}{bs}", bits=(4, 8), dt=DTYPES, tiles=(1, 2),
                         bs=("", "_bs"))
                  + _names("gemv_w{bits}_{dt}_t1{bs}_silu", bits=(4, 8), dt=DTYPES,
-                          bs=("", "_bs"))
-                 + _names("gemv_w{bits}_{dt}_stream{bs}{silu}", bits=(4, 8), dt=DTYPES,
-                          bs=("", "_bs"), silu=("", "_silu"))),
+                          bs=("", "_bs"))),
     KernelModule("dequantize_int", False, _names("dequantize_w{bits}_{dt}", bits=(4, 8),
                                                  dt=DTYPES)),
     KernelModule("w8a8", False, _names("quantize_int8_rows_{dt}", dt=DTYPES)

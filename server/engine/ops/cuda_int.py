@@ -28,7 +28,6 @@ INT_GEMV_MAX_TOKENS = 16  # two tiles of 8 tokens (the MMA's N) in csrc/gemv_int
 INT_GEMV_COLUMNS = 16  # output columns per CTA (kIntGemvColumns, the MMA's M)
 INT_GEMV_TILE_TOKENS = 8  # a tile of tokens: the MMA's N
 INT_GEMV_SILU_MAX_TOKENS = INT_GEMV_TILE_TOKENS  # the _silu kernels take one tile
-INT_GEMV_STREAM_MAX_TOKENS = INT_GEMV_TILE_TOKENS  # and so do the _stream kernels
 INT_GEMV_THREADS = 256  # 8 warps splitting K
 # one group per 4-chunk block of K: the _bs kernels scale each block's sums once
 INT_GEMV_BLOCK_COLUMNS = {4: 128, 8: 64}
@@ -94,14 +93,12 @@ def _pointer(tensor: torch.Tensor | None) -> int:
 
 def gemv_int_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: IntWeight,
                   bias: torch.Tensor | None = None, *, block_scale: bool | None = None,
-                  silu_and_mul: bool = False, stream: bool = False) -> None:
+                  silu_and_mul: bool = False) -> None:
     """y [M, N] = x [M, K] @ weight^T (+ bias) for a W4A16 or W8A16 weight, M <= 16.
     block_scale: scale each block's sums (the _bs kernels: groups of at least a block of K)
     rather than each weight; None: wherever the groups allow it and it costs no wave of
     CTAs. silu_and_mul: the weight is a gated MLP's gate|up (N = 2d rows) and y [M, d] its
-    SiLU-and-mul (M <= 8, no bias). stream: the _stream kernels (M <= 8), a grid of a few
-    CTAs an SM looping over the columns with the weights in flight through shared memory;
-    not yet timed against the others on a GPU, so nothing picks them by default."""
+    SiLU-and-mul (M <= 8, no bias)."""
     check_device(lib.device, x=x, y=y)
     suffix = dtype_suffix("x", x)
     _check_weight(lib, weight, x.dtype)
@@ -114,9 +111,6 @@ def gemv_int_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: 
     if not 1 <= num_rows <= INT_GEMV_MAX_TOKENS:
         raise KernelArgumentError(f"gemv_int takes 1 to {INT_GEMV_MAX_TOKENS} rows, got {num_rows}")
     check_shape("weight", weight.qweight, (n, k * weight.bits // 8))
-    if stream and num_rows > INT_GEMV_STREAM_MAX_TOKENS:
-        raise KernelArgumentError(f"gemv_int's streaming kernels take 1 to "
-                                  f"{INT_GEMV_STREAM_MAX_TOKENS} rows, got {num_rows}")
     if silu_and_mul and (num_rows > INT_GEMV_SILU_MAX_TOKENS or n % 2 or bias is not None):
         raise KernelArgumentError(f"gemv_int's SiLU-and-mul takes 1 to {INT_GEMV_SILU_MAX_TOKENS} "
                                   f"rows, an even N ({n}) and no bias")
@@ -136,21 +130,17 @@ def gemv_int_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: 
     tiles = 1 if num_rows <= INT_GEMV_TILE_TOKENS else 2
 
     def name(with_block_scale: bool) -> str:
-        return (f"gemv_w{weight.bits}_{suffix}_{'stream' if stream else f't{tiles}'}"
-                f"{'_bs' if with_block_scale else ''}{'_silu' if silu_and_mul else ''}")
+        return (f"gemv_w{weight.bits}_{suffix}_t{tiles}{'_bs' if with_block_scale else ''}"
+                f"{'_silu' if silu_and_mul else ''}")
 
-    # a column tile: 16 columns, or (silu_and_mul) 8 outputs, each a gate row and an up row
-    outputs_per_tile = INT_GEMV_COLUMNS // 2 if silu_and_mul else INT_GEMV_COLUMNS
-    num_tiles = -(-y.shape[1] // outputs_per_tile)
-    if block_scale is None:  # the streaming kernels fit the same CTAs an SM either way
-        block_scale = block_scale_fits and (stream or _block_scale_pays(
-            lib, num_ctas=num_tiles, block_scaled=name(True), scaled_each=name(False)))
-    kernel = name(block_scale)
-    num_ctas = num_tiles  # one CTA a tile, or (stream) as many as are resident at once
-    if stream:
-        resident = lib.max_active_ctas("gemv_int", kernel, INT_GEMV_THREADS)
-        num_ctas = min(num_tiles, lib.num_sms * resident)
-    lib.launch("gemv_int", kernel,
+    # a CTA: 16 columns, or (silu_and_mul) 8 outputs, each a gate row and an up row
+    outputs_per_cta = INT_GEMV_COLUMNS // 2 if silu_and_mul else INT_GEMV_COLUMNS
+    num_ctas = -(-y.shape[1] // outputs_per_cta)
+    if block_scale is None:
+        block_scale = block_scale_fits and _block_scale_pays(lib, num_ctas=num_ctas,
+                                                             block_scaled=name(True),
+                                                             scaled_each=name(False))
+    lib.launch("gemv_int", name(block_scale),
                grid=(num_ctas,), block=(INT_GEMV_THREADS,),
                args=(y.data_ptr(), weight.qweight.data_ptr(), weight.scales.data_ptr(),
                      _pointer(weight.zeros), x.data_ptr(), bias_ptr, np.int32(num_rows),
