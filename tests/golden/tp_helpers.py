@@ -37,24 +37,28 @@ def greedy_logits(runner: ModelRunner) -> torch.Tensor:
 
 def make_runner(model: str, *, tp: TensorParallel = TensorParallel(),
                 quantization: str | None = None, device: str = "cpu",
-                dtype: torch.dtype = torch.float32) -> ModelRunner:
+                dtype: torch.dtype = torch.float32, enforce_eager: bool = False) -> ModelRunner:
     return ModelRunner(resolve_model(model), dtype=dtype, device=device,
                        block_size=BLOCK_SIZE, num_blocks=NUM_BLOCKS, tp=tp,
-                       quantization=quantization)
+                       quantization=quantization, enforce_eager=enforce_eager)
 
 
 def _rank_main(rank: int, world_size: int, init_file: str, models: list[str],
                quantization: str | None, results, devices: tuple[str, ...],
-               dtype: torch.dtype) -> None:
+               dtype: torch.dtype, enforce_eager: bool) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}",
                                          rank=rank, world_size=world_size)
     try:
         for model in models:
+            stats = {}
             try:
-                logits = greedy_logits(make_runner(
-                    model, tp=TensorParallel(rank, world_size), quantization=quantization,
-                    device=devices[rank], dtype=dtype))
+                runner = make_runner(model, tp=TensorParallel(rank, world_size),
+                                     quantization=quantization, device=devices[rank],
+                                     dtype=dtype, enforce_eager=enforce_eager)
+                logits = greedy_logits(runner)
+                stats = {"graph_replays": runner.graphs.num_replays if runner.graphs else 0,
+                         "ipc_all_reduce": runner.model.tp.device_all_reduce is not None}
                 # by value: a tensor would travel as a file descriptor that the parent
                 # fetches from this process, which may have exited by then (seen in CI:
                 # FileNotFoundError in multiprocessing's resource_sharer)
@@ -62,7 +66,7 @@ def _rank_main(rank: int, world_size: int, init_file: str, models: list[str],
             except Exception as exc:  # reported to the test, which names the model
                 outcome = ("error", f"{type(exc).__name__}: {exc}")
             if rank == 0:
-                results.put((model, outcome))
+                results.put((model, outcome, stats))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -70,25 +74,30 @@ def _rank_main(rank: int, world_size: int, init_file: str, models: list[str],
 def tensor_parallel_logits(models: list[str], *, world_size: int, tmp_path: Path,
                            quantization: str | None = None, timeout_s: float = 600,
                            devices: tuple[str, ...] | None = None,
-                           dtype: torch.dtype = torch.float32
-                           ) -> dict[str, tuple[str, object]]:
+                           dtype: torch.dtype = torch.float32, enforce_eager: bool = False,
+                           stats: dict | None = None) -> dict[str, tuple[str, object]]:
     """{model: ("ok", rank 0's greedy_logits) or ("error", message)} over world_size
     processes, each model built and run in turn by every rank, rank r on devices[r]
-    (default: all on the CPU); the collectives run over gloo on every device."""
+    (default: all on the CPU); the collectives run over gloo on every device, or (all
+    ranks on GPUs) the all-reduces over our IPC kernel. stats, if given, gets rank 0's
+    {model: {"graph_replays": n, "ipc_all_reduce": bool}}."""
     devices = devices or ("cpu",) * world_size
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     init_file = str(tmp_path / "tp-init")
     ranks = [context.Process(target=_rank_main, args=(rank, world_size, init_file, models,
-                                                      quantization, results, devices, dtype))
+                                                      quantization, results, devices, dtype,
+                                                      enforce_eager))
              for rank in range(world_size)]
     for process in ranks:
         process.start()
     outcomes = {}
     try:
         for _ in models:
-            model, (status, value) = results.get(timeout=timeout_s)
+            model, (status, value), model_stats = results.get(timeout=timeout_s)
             outcomes[model] = (status, torch.from_numpy(value) if status == "ok" else value)
+            if stats is not None:
+                stats[model] = model_stats
     except queue.Empty:
         raise AssertionError(f"tensor-parallel ranks gave {len(outcomes)} of {len(models)} "
                              f"results within {timeout_s} s") from None

@@ -1,6 +1,7 @@
 """Tensor parallelism with what one GPU allows: two ranks sharing the GPU (our kernels,
-bfloat16) and a GPU rank beside a CPU rank (float32), the collectives over gloo, against
-one rank holding the whole model. Two GPUs and NCCL are issue 19's."""
+bfloat16; the all-reduces on our IPC kernel, decode steps in CUDA graphs or eager) and a
+GPU rank beside a CPU rank (float32, every collective over gloo), against one rank holding
+the whole model. Two GPUs and NCCL are issue 19's."""
 
 from __future__ import annotations
 
@@ -48,12 +49,19 @@ def assert_close(outcomes, model_dirs, *, device: str, dtype: torch.dtype, max_e
         assert (logits.float() - reference).abs().max().item() <= max_error * scale, name
 
 
-def test_two_ranks_sharing_the_gpu_on_our_kernels_give_one_ranks_logits(model_dirs, tmp_path):
+@pytest.mark.parametrize("enforce_eager", [False, True], ids=["graphs", "eager"])
+def test_two_ranks_sharing_the_gpu_on_our_kernels_give_one_ranks_logits(model_dirs, tmp_path,
+                                                                       enforce_eager):
+    stats = {}
     outcomes = tensor_parallel_logits(list(model_dirs.values()), world_size=2,
                                       tmp_path=tmp_path, devices=("cuda", "cuda"),
-                                      dtype=torch.bfloat16)
+                                      dtype=torch.bfloat16, enforce_eager=enforce_eager,
+                                      stats=stats)
     assert_close(outcomes, model_dirs, device="cuda", dtype=torch.bfloat16,
                  max_error=BF16_MAX_ERROR)
+    for name, path in model_dirs.items():  # the all-reduces on our IPC kernel, in graphs
+        assert stats[path]["ipc_all_reduce"], name
+        assert (stats[path]["graph_replays"] > 0) != enforce_eager, (name, stats[path])
 
 
 def test_a_gpu_rank_beside_a_cpu_rank_gives_one_ranks_float32_logits(model_dirs, tmp_path):

@@ -193,11 +193,28 @@ class LlamaModel:
         return self.tp.all_reduce(hidden * inside.unsqueeze(-1).to(hidden.dtype))
 
     @torch.inference_mode()
+    def use_tensor_parallel(self, tp: TensorParallel) -> None:
+        """The same group with other collectives (parallel/ipc_all_reduce.py)."""
+        if (tp.rank, tp.world_size) != (self.tp.rank, self.tp.world_size):
+            raise ValueError("use_tensor_parallel: another rank or group size than the "
+                             "weights were cut for")
+        self.tp = tp
+        for layer in self.layers:
+            layer.tp = tp
+
     def compute_logits(self, hidden: torch.Tensor, ops: Ops | None = None) -> torch.Tensor:
         """hidden [N, H] -> float32 logits [N, vocab] (soft-capped for Gemma 2); under
         tensor parallelism each rank's vocabulary rows, gathered, the padding cut off."""
-        logits = (F.linear(hidden, self.lm_head).float() if ops is None
-                  else ops.logits(hidden, self.lm_head))
+        return self.finish_logits(self.local_logits(hidden, ops))
+
+    def local_logits(self, hidden: torch.Tensor, ops: Ops | None = None) -> torch.Tensor:
+        """float32 logits of this rank's vocabulary rows (all of them without tensor
+        parallelism), before finish_logits."""
+        return (F.linear(hidden, self.lm_head).float() if ops is None
+                else ops.logits(hidden, self.lm_head))
+
+    def finish_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """local_logits gathered over the ranks, the padding cut off, soft-capped."""
         if self.tp.enabled:
             logits = self.tp.all_gather_last_dim(logits)[:, :self.arch.vocab_size]
         cap = self.arch.final_softcap

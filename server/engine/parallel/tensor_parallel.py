@@ -28,11 +28,13 @@ VOCAB_PAD_MULTIPLE = 64  # rows per rank stay a multiple of 64
 @dataclass(frozen=True)
 class TensorParallel:
     """rank of world_size; group: the torch.distributed process group (None: the default
-    group, or no group at all with world_size 1)."""
+    group, or no group at all with world_size 1). device_all_reduce: an IpcAllReduce
+    (ipc_all_reduce.py) that takes the all-reduces it accepts, on every rank alike."""
 
     rank: int = 0
     world_size: int = 1
     group: object | None = None
+    device_all_reduce: object | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
@@ -44,8 +46,12 @@ class TensorParallel:
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """The sum over ranks, in place."""
-        if self.enabled:
-            torch.distributed.all_reduce(x, group=self.group)
+        if not self.enabled:
+            return x
+        shared = self.device_all_reduce
+        if shared is not None and shared.accepts(x):
+            return shared.all_reduce_(x)
+        torch.distributed.all_reduce(x, group=self.group)
         return x
 
     def broadcast_from_first(self, x: torch.Tensor) -> torch.Tensor:

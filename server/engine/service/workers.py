@@ -208,8 +208,10 @@ def _worker_main(placement: Placement, rank: int, backend: str, device_type: str
                                    device_type=device_type)
         except Exception as exc:  # reported to rank 0, which names it
             status = f"{type(exc).__name__}: {exc}"
-        torch.distributed.all_gather_object([None] * placement.world_size, status,
-                                            group=control)
+        statuses = [None] * placement.world_size
+        torch.distributed.all_gather_object(statuses, status, group=control)
+        if all(s == "ready" for s in statuses):
+            runner.capture_graphs()  # with rank 0's, whose warm-up all-reduces meet ours
         while runner is not None and (scheduler_output := _receive(control)) is not None:
             runner.follow(scheduler_output)
     except RuntimeError:

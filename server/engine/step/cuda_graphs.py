@@ -16,6 +16,10 @@ stops after row B):
     # int32:  | seq_lens [Bmax] | context_lens [Bmax] | query_start_loc [Bmax + 1] | pad |
     #         | block_tables [Bmax, W], W = ceil(max_model_len / block_size)            |
 
+Under tensor parallelism a graph holds the forward pass with its all-reduces (our kernel,
+parallel/ipc_all_reduce.py) and this rank's vocabulary rows of the logits; their gather
+over the ranks runs after the replay, on torch.distributed.
+
 Rows n..B-1 are padding: token 0 at position 0 with a one-token context in block 0, writing
 its K/V to slot num_slots, one past the pool, which the cache-write kernel skips. They read
 valid memory, write nothing, and their logits are dropped.
@@ -56,6 +60,26 @@ def graph_batch_sizes(max_num_seqs: int) -> tuple[int, ...]:
     sizes += [b for b in range(160, 257, 32) if b < top]
     sizes += [b for b in range(256 + LARGE_BUCKET_STEP, top, LARGE_BUCKET_STEP)]
     return (*sizes, top)
+
+
+def decode_graph_runner(model, kv_cache: torch.Tensor, ops, *, block_size: int,
+                        enforce_eager: bool, max_batch_size: int, max_model_len: int | None
+                        ) -> "DecodeGraphRunner | None":
+    """The decode graphs of a model on our kernels on a GPU, unless enforce_eager; under
+    tensor parallelism only with our all-reduce (gloo's cannot be captured), and only up
+    to the batch whose all-reduce fits one slot of its buffer."""
+    from server.engine.gpu.ops_choice import is_cuda_ops
+
+    tp = model.tp
+    if (enforce_eager or kv_cache.device.type != "cuda" or not is_cuda_ops(ops)
+            or (tp.enabled and tp.device_all_reduce is None)):
+        return None
+    if tp.enabled:
+        row_bytes = model.arch.hidden_size * model.dtype.itemsize
+        max_batch_size = min(max_batch_size, tp.device_all_reduce.max_rows(row_bytes))
+    return DecodeGraphRunner(model, kv_cache, ops, block_size=block_size,
+                             max_batch_size=max_batch_size,
+                             max_model_len=max_model_len or model.arch.max_position_embeddings)
 
 
 class DecodeStaging:
@@ -161,7 +185,11 @@ class DecodeGraphRunner:
         self.device_words = torch.zeros(self.staging.num_words, dtype=torch.int32,
                                         device=kv_cache.device)
         self._copied = torch.cuda.Event()  # the last staging -> device copy
-        self.logits = torch.empty((self.batch_sizes[-1], model.arch.vocab_size),
+        # the graphs' logits: this rank's vocabulary rows (all of them without tensor
+        # parallelism, where they are also what run() returns)
+        self.tp = model.tp
+        rows = model.shard.vocab_rows
+        self.logits = torch.empty((self.batch_sizes[-1], rows[1] - rows[0]),
                                   dtype=torch.float32, device=kv_cache.device)
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.num_replays = 0
@@ -231,6 +259,8 @@ class DecodeGraphRunner:
             self.num_replays += 1
         else:
             self._forward(*self._static_inputs(batch_size))
+        if self.tp.enabled:
+            return self.model.finish_logits(self.logits[:num_seqs])
         return self.logits[:num_seqs]
 
     def time_padded_replay(self, batch_size: int, *, repeats: int = 20) -> float:
@@ -263,7 +293,10 @@ class DecodeGraphRunner:
                  metadata: AttentionMetadata) -> None:
         """The padded step, its logits written into self.logits[:batch size]."""
         hidden = self.model.forward(input_ids, positions, self.kv_cache, metadata, self.ops)
-        self.logits[:input_ids.shape[0]].copy_(self.model.compute_logits(hidden, self.ops))
+        logits = self.model.local_logits(hidden, self.ops)
+        if not self.tp.enabled:
+            logits = self.model.finish_logits(logits)  # Gemma 2's soft-capping
+        self.logits[:input_ids.shape[0]].copy_(logits)
 
     def _static_inputs(self, batch_size: int
                        ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:

@@ -34,12 +34,13 @@ import torch
 from server.config import CacheConfig, ModelConfig
 from server.engine.step.async_output import InFlightStep, TokenFeedback
 from server.engine.step.bad_words import bans_tokens
-from server.engine.step.cuda_graphs import DecodeGraphRunner
+from server.engine.step.cuda_graphs import DecodeGraphRunner, decode_graph_runner
 from server.engine.step.inputs import host_to_device, prepare_inputs
 from server.engine.step.prompt_logprobs import (PendingPromptLogprobs, PromptLogprobsPlan,
                                                 PromptLogprobTensors, compute_prompt_logprobs,
                                                 plan_prompt_logprobs)
 from server.engine.models.llama import LlamaModel
+from server.engine.parallel.ipc_all_reduce import attach_ipc_all_reduce
 from server.engine.parallel.shard_weights import shard_named
 from server.engine.models.int_schemes import INT_ON_LOAD, quantize_on_load
 from server.engine.models.quantization import QuantizationError, quantize_checkpoint
@@ -116,15 +117,11 @@ class ModelRunner:
         self.grammars = None  # GrammarMatchers, set by the engine when it has a compiler
         self.grammar_times = GrammarStepTimes()
         self.graphs: DecodeGraphRunner | None = None
-        # collectives inside CUDA graphs come with the multi-GPU work: ranks step eagerly
-        if (not enforce_eager and not tp.enabled and self.device.type == "cuda"
-                and is_cuda_ops(self.ops)):
-            engine = engine_config(source)
-            self.graphs = DecodeGraphRunner(
-                self.model, self.kv_pool.kv_cache, self.ops, block_size=block_size,
-                max_batch_size=max_num_seqs or (engine.max_batch_size if engine else
-                                                DEFAULT_GRAPH_BATCH_SIZE),
-                max_model_len=max_model_len or self.arch.max_position_embeddings)
+        self._graph_options = dict(enforce_eager=enforce_eager, max_model_len=max_model_len,
+                                   max_batch_size=max_num_seqs or _engine_batch_size(source))
+        self._ranks_connected = False
+        if not tp.enabled:
+            self.connect_ranks()
 
     @classmethod
     def from_config(cls, model_config: ModelConfig, cache_config: CacheConfig, *,
@@ -185,8 +182,22 @@ class ModelRunner:
     def num_tracked_requests(self) -> int:
         return len(self._requests)
 
+    def connect_ranks(self) -> None:
+        """Once: under tensor parallelism our all-reduce where every rank can run it
+        (collective: every rank calls this at the same point, after all have built their
+        runners), then the decode graphs where they can run."""
+        if self._ranks_connected:
+            return
+        self._ranks_connected = True
+        tp = attach_ipc_all_reduce(self.model.tp, self.ops, self.device)
+        self.model.use_tensor_parallel(tp)
+        self.graphs = decode_graph_runner(self.model, self.kv_pool.kv_cache, self.ops,
+                                          block_size=self.block_size, **self._graph_options)
+
     def capture_graphs(self) -> None:
-        """Captures the decode graphs now (a no-op without graphs, or when captured)."""
+        """Captures the decode graphs now (a no-op without graphs, or when captured);
+        collective under tensor parallelism (every rank's warm-up all-reduces meet)."""
+        self.connect_ranks()
         if self.graphs is not None and not self.graphs.captured:
             self.graphs.capture()
 
@@ -303,6 +314,7 @@ class ModelRunner:
         logprobs of prompt_plan's rows (None without one). A decode-only step without
         prompt rows replays a CUDA graph when it can (and allow_graph); the logits are
         then a view of the graph's output, valid until the next step."""
+        self.connect_ranks()  # a rank's first step, where nothing connected them before
         scheduled = scheduler_output.scheduled
         if (allow_graph and prompt_plan is None and self.graphs is not None
                 and scheduler_output.is_decode_only and self.graphs.can_run(scheduled)):
@@ -407,3 +419,9 @@ def _sampling_state(new: NewRequestData) -> RequestSamplingState:
     return RequestSamplingState(sampling_params=new.sampling_params,
                                 prompt_token_ids=tuple(new.prompt_token_ids),
                                 output_token_ids=list(new.output_token_ids))
+
+
+def _engine_batch_size(source: ModelSource) -> int:
+    """The decode graphs' largest batch: the engine directory's max_batch_size, if any."""
+    engine = engine_config(source)
+    return engine.max_batch_size if engine else DEFAULT_GRAPH_BATCH_SIZE
