@@ -21,6 +21,11 @@ same process, on engines with FP8 linear layers, an e4m3 KV cache, or both.
 
 --workload ISL/OSL[:N] runs TensorRT-LLM's throughput workloads instead (bench/workloads.py).
 
+--tensor-parallel-size N splits the model over N ranks (GPUs 0..N-1): the roofline is then
+one GPU's copy bandwidth over rank 0's share of the weights, i.e. N GPUs streaming their
+shares at once; the padded graph replay is not timed (rank 0 cannot replay its all-reduces
+alone).
+
 Every run prints one table; docs/benchmarks.md records them with device, date, command.
 """
 
@@ -66,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peer-batch-size", type=int, default=64)
     p.add_argument("--skip-peers", action="store_true")
     p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--tensor-parallel-size", type=int, default=1,
+                   help="ranks to split the model over (one GPU each)")
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--block-size", type=int, default=16, help="KV cache block size (tokens)")
     p.add_argument("--kv-admission", choices=("optimistic", "guaranteed"),
@@ -179,7 +186,8 @@ def print_table(rows: list[dict], header: str) -> None:
 
 def weight_bytes_of(llm: LLM) -> int:
     """Bytes of every weight tensor the model holds, a quantized weight's scales (and zero
-    points) included; a tensor shared by two names (tied embeddings) counts once."""
+    points) included; a tensor shared by two names (tied embeddings) counts once. Under
+    tensor parallelism: rank 0's share, what each GPU streams a step."""
     return llm.engine.runner.model.num_parameter_bytes()
 
 
@@ -215,7 +223,8 @@ def make_llm(model: str, args: argparse.Namespace, *, quantization: str | None,
                kv_cache_dtype=kv_cache_dtype,
                max_model_len=max_model_len or getattr(args, "max_model_len", None),
                memory_fraction=args.memory_fraction,
-               kv_admission=args.kv_admission, **extra)
+               kv_admission=args.kv_admission,
+               tensor_parallel_size=getattr(args, "tensor_parallel_size", 1), **extra)
 
 
 def compared_variants(args: argparse.Namespace) -> list[tuple[str | None, str]]:
@@ -253,7 +262,7 @@ def gpu_decode_probes(llm: LLM, result: dict, output_len: int) -> None:
     breakdown = {"step_ms": 1e3 / b1["output_tokens_per_s"],
                  "gemm_floor_ms": gemm_floor_ms(runner.model, ops=runner.ops),
                  "cublas_gemm_floor_ms": gemm_floor_ms(runner.model)}
-    if runner.graphs is not None:
+    if runner.graphs is not None and not runner.model.tp.enabled:
         breakdown["graph_replay_ms"] = runner.graphs.time_padded_replay(1)
     result["batch1_breakdown"] = breakdown
 
