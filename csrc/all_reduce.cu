@@ -9,8 +9,10 @@
 //   #   flags[p][b]  the last call CTA b of rank p has announced to this rank
 //   #   epochs[b]    this rank's own count of CTA b's calls
 //
-// Every call runs kMaxCtas CTAs, and CTA b owns the same bytes of the slots in every call,
-// whatever the tensor's size: chunks of kThreads 16-byte vectors, chunk c to CTA c % kMaxCtas
+// CTA b owns the same bytes of the slots in every call, whatever the tensor's size: chunks
+// of kThreads 16-byte vectors, chunk c to CTA c % kMaxCtas. A call runs the CTAs that own
+// any of its chunks (all kMaxCtas past 256 chunks); one that has none leaves its bytes and
+// its count alone.
 //
 //   # vectors: | chunk 0 | chunk 1 | ... | chunk 255 | chunk 256 | ...
 //   #   CTA:        0         1              255          0
@@ -34,7 +36,7 @@ using namespace inflightd;
 namespace {
 
 constexpr int kMaxRanks = 8;
-constexpr int kMaxCtas = 256;  // the grid of every call
+constexpr int kMaxCtas = 256;  // the largest grid
 constexpr int kThreads = 512;
 constexpr long long kHeaderBytes = (kMaxRanks + 1) * kMaxCtas * 4;
 

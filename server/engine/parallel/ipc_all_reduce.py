@@ -29,7 +29,7 @@ from server.engine.parallel.tensor_parallel import TensorParallel
 logger = logging.getLogger("inflightd.engine")
 
 ENV = "INFLIGHTD_IPC_ALL_REDUCE"
-MAX_RANKS = 8  # kMaxRanks, kMaxCtas (every call's grid), the header and kThreads:
+MAX_RANKS = 8  # kMaxRanks, kMaxCtas (the largest grid), the header and kThreads:
 MAX_CTAS = 256  # csrc/all_reduce.cu
 HEADER_BYTES = (MAX_RANKS + 1) * MAX_CTAS * 4
 THREADS = 512
@@ -96,8 +96,11 @@ class IpcAllReduce:
 
     def all_reduce_(self, x: torch.Tensor) -> torch.Tensor:
         """x summed over the ranks, in place (accepts(x) must hold, on every rank alike)."""
-        # always the whole grid: CTA b owns the same bytes of the slots in every call
-        self.lib.launch("all_reduce", _KERNELS[x.dtype], grid=(MAX_CTAS,), block=(THREADS,),
+        # CTA b owns chunks b, b + MAX_CTAS, ... of THREADS vectors in every call: the CTAs
+        # that own any of this tensor's
+        num_chunks = -(-x.numel() * x.element_size() // (16 * THREADS))
+        self.lib.launch("all_reduce", _KERNELS[x.dtype], grid=(min(MAX_CTAS, num_chunks),),
+                        block=(THREADS,),
                         args=(x.data_ptr(), x.data_ptr(), np.int64(x.numel()),
                               self.bases.data_ptr(), np.int32(self.rank),
                               np.int32(self.world_size), np.int64(self.slot_bytes)))
