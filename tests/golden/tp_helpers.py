@@ -12,7 +12,7 @@ import torch
 
 from server.engine.parallel.tensor_parallel import TensorParallel
 from server.engine.step.runner import ModelRunner
-from server.engine.loading.weights import resolve_model
+from server.engine.loading.weights import ModelSource, resolve_model
 from tests.golden.helpers import HandBatcher
 
 BLOCK_SIZE, NUM_BLOCKS = 4, 64
@@ -35,17 +35,25 @@ def greedy_logits(runner: ModelRunner) -> torch.Tensor:
     return torch.cat(rows)
 
 
-def make_runner(model: str, *, tp: TensorParallel = TensorParallel(),
+def make_runner(model: str | ModelSource, *, tp: TensorParallel = TensorParallel(),
                 quantization: str | None = None, device: str = "cpu",
-                dtype: torch.dtype = torch.float32, enforce_eager: bool = False) -> ModelRunner:
-    return ModelRunner(resolve_model(model), dtype=dtype, device=device,
-                       block_size=BLOCK_SIZE, num_blocks=NUM_BLOCKS, tp=tp,
-                       quantization=quantization, enforce_eager=enforce_eager)
+                dtype: torch.dtype = torch.float32, enforce_eager: bool = False,
+                kv_cache_dtype: str = "auto") -> ModelRunner:
+    """model: a checkpoint's path, or a ModelSource (e.g. dummy weights of a config)."""
+    source = resolve_model(model) if isinstance(model, str) else model
+    return ModelRunner(source, dtype=dtype, device=device, block_size=BLOCK_SIZE,
+                       num_blocks=NUM_BLOCKS, tp=tp, quantization=quantization,
+                       enforce_eager=enforce_eager, kv_cache_dtype=kv_cache_dtype)
 
 
-def _rank_main(rank: int, world_size: int, init_file: str, models: list[str],
+def model_key(model: str | ModelSource) -> str:
+    """How tensor_parallel_logits names a model in its results: its path, or its name."""
+    return model if isinstance(model, str) else model.name
+
+
+def _rank_main(rank: int, world_size: int, init_file: str, models: list[str | ModelSource],
                quantization: str | None, results, devices: tuple[str, ...],
-               dtype: torch.dtype, enforce_eager: bool) -> None:
+               dtype: torch.dtype, enforce_eager: bool, kv_cache_dtype: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}",
                                          rank=rank, world_size=world_size)
@@ -55,7 +63,8 @@ def _rank_main(rank: int, world_size: int, init_file: str, models: list[str],
             try:
                 runner = make_runner(model, tp=TensorParallel(rank, world_size),
                                      quantization=quantization, device=devices[rank],
-                                     dtype=dtype, enforce_eager=enforce_eager)
+                                     dtype=dtype, enforce_eager=enforce_eager,
+                                     kv_cache_dtype=kv_cache_dtype)
                 logits = greedy_logits(runner)
                 stats = {"graph_replays": runner.graphs.num_replays if runner.graphs else 0,
                          "ipc_all_reduce": runner.model.tp.device_all_reduce is not None}
@@ -66,28 +75,30 @@ def _rank_main(rank: int, world_size: int, init_file: str, models: list[str],
             except Exception as exc:  # reported to the test, which names the model
                 outcome = ("error", f"{type(exc).__name__}: {exc}")
             if rank == 0:
-                results.put((model, outcome, stats))
+                results.put((model_key(model), outcome, stats))
     finally:
         torch.distributed.destroy_process_group()
 
 
-def tensor_parallel_logits(models: list[str], *, world_size: int, tmp_path: Path,
+def tensor_parallel_logits(models: list[str | ModelSource], *, world_size: int, tmp_path: Path,
                            quantization: str | None = None, timeout_s: float = 600,
                            devices: tuple[str, ...] | None = None,
                            dtype: torch.dtype = torch.float32, enforce_eager: bool = False,
-                           stats: dict | None = None) -> dict[str, tuple[str, object]]:
+                           kv_cache_dtype: str = "auto", stats: dict | None = None
+                           ) -> dict[str, tuple[str, object]]:
     """{model: ("ok", rank 0's greedy_logits) or ("error", message)} over world_size
     processes, each model built and run in turn by every rank, rank r on devices[r]
     (default: all on the CPU); the collectives run over gloo on every device, or (all
     ranks on GPUs) the all-reduces over our IPC kernel. stats, if given, gets rank 0's
-    {model: {"graph_replays": n, "ipc_all_reduce": bool}}."""
+    {model: {"graph_replays": n, "ipc_all_reduce": bool}}. Results are keyed by
+    model_key."""
     devices = devices or ("cpu",) * world_size
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     init_file = str(tmp_path / "tp-init")
     ranks = [context.Process(target=_rank_main, args=(rank, world_size, init_file, models,
                                                       quantization, results, devices, dtype,
-                                                      enforce_eager))
+                                                      enforce_eager, kv_cache_dtype))
              for rank in range(world_size)]
     for process in ranks:
         process.start()
