@@ -1,7 +1,7 @@
-"""Our IPC all-reduce (csrc/all_reduce.cu) between two processes sharing the GPU, the
-handles exchanged over gloo: every dtype and size against the sum in rank order, bit for
-bit on both ranks, call after call (the flags and the two slots), and replayed from CUDA
-graphs. Two GPUs over NVLink are issue 19's."""
+"""Our IPC all-reduce (csrc/all_reduce.cu) between two processes sharing the GPU (one GPU
+each where there are two), the handles exchanged over gloo: every dtype and size against
+the sum in rank order, bit for bit on both ranks, call after call (the flags and the two
+slots), and replayed from CUDA graphs."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _inputs(step: int, shape: tuple[int, ...], dtype: torch.dtype) -> list[torch
     tensors = []
     for rank in range(WORLD_SIZE):
         generator = torch.Generator().manual_seed(1000 * step + rank)
-        tensors.append(torch.randn(shape, generator=generator).to(dtype).cuda())
+        tensors.append(torch.randn(shape, generator=generator).to(dtype).cuda())  # this rank's GPU
     return tensors
 
 
@@ -46,7 +46,9 @@ def _rank_main(rank: int, init_file: str, results) -> None:
                                          rank=rank, world_size=WORLD_SIZE)
     failures = []
     try:
-        shared = IpcAllReduce(KernelLibrary(torch.device("cuda", 0)),
+        device = torch.device("cuda", rank % torch.cuda.device_count())  # two GPUs: one each
+        torch.cuda.set_device(device)
+        shared = IpcAllReduce(KernelLibrary(device),
                               TensorParallel(rank, WORLD_SIZE))
         step = 0
         for dtype in DTYPES:
@@ -59,7 +61,7 @@ def _rank_main(rank: int, init_file: str, results) -> None:
                 if not torch.equal(x, _expected(inputs)):
                     failures.append(f"eager {dtype} {shape}")
         # a graph of three all-reduces, replayed on new inputs
-        static = [torch.zeros(shape, dtype=torch.bfloat16, device="cuda") for shape in SHAPES[1:4]]
+        static = [torch.zeros(shape, dtype=torch.bfloat16, device=device) for shape in SHAPES[1:4]]
         for x in static:  # warm-up outside the graph
             shared.all_reduce_(x)
         graph = torch.cuda.CUDAGraph()
