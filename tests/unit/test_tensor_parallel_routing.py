@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.engine.parallel.ipc_all_reduce import MAX_RANKS, IpcAllReduce, attach_ipc_all_reduce
+from server.engine.parallel.ipc_all_reduce import (MAX_RANKS, IpcAllReduce, _one_host,
+                                                    attach_ipc_all_reduce)
 from server.engine.parallel.tensor_parallel import TensorParallel
 
 
@@ -50,3 +51,13 @@ def test_one_rank_reduces_nothing_and_attaches_nothing():
 def test_ipc_all_reduce_refuses_group_sizes_its_flags_do_not_hold(world_size):
     with pytest.raises(ValueError, match=f"2 to {MAX_RANKS} ranks"):
         IpcAllReduce(lib=None, tp=TensorParallel(rank=0, world_size=world_size))
+
+
+def test_ranks_on_another_machine_keep_torch_distributed(monkeypatch):
+    tp = TensorParallel(rank=0, world_size=2)
+    monkeypatch.setattr(TensorParallel, "all_gather_last_dim",
+                        lambda self, x: torch.cat([x, x], dim=-1))
+    assert _one_host(tp, torch.device("cpu"))
+    monkeypatch.setattr(TensorParallel, "all_gather_last_dim",
+                        lambda self, x: torch.cat([x, x + 1], dim=-1))
+    assert not _one_host(tp, torch.device("cpu"))

@@ -10,7 +10,8 @@ groups) cannot, so under tensor parallelism the decode steps replay graphs again
 Every rank allocates one buffer (flags, per-CTA call counts, two slots of `slot_bytes`;
 the kernel's comment draws it), exports its IPC handle, and maps every other rank's. The
 ranks agree before and after (`attach_ipc_all_reduce` is collective): all of them use it,
-or none does, since an all-reduce half on NCCL and half here would never meet.
+or none does, since an all-reduce half on NCCL and half here would never meet; ranks on
+several machines (--nnodes) never do.
 INFLIGHTD_IPC_ALL_REDUCE=0 leaves every all-reduce on torch.distributed.
 """
 
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import hashlib
 import logging
 import os
+import socket
 
 import numpy as np
 import torch
@@ -119,7 +122,7 @@ def attach_ipc_all_reduce(tp: TensorParallel, ops, device: torch.device) -> Tens
     lib = getattr(ops, "library", None) if device.type == "cuda" else None
     able = (lib is not None and os.environ.get(ENV, "1") != "0"
             and tp.world_size <= MAX_RANKS)
-    if not _everyone(tp, able, device):
+    if not _everyone(tp, able, device) or not _one_host(tp, device):
         return tp
     shared, problem = None, None
     try:
@@ -131,6 +134,21 @@ def attach_ipc_all_reduce(tp: TensorParallel, ops, device: torch.device) -> Tens
                     problem or "another rank could not map the buffers")
         return tp
     return dataclasses.replace(tp, device_all_reduce=shared)
+
+
+def _one_host(tp: TensorParallel, device: torch.device) -> bool:
+    """Whether every rank runs on this machine (IPC handles mean nothing on another: ranks
+    over several nodes keep torch.distributed)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            machine = boot.read().strip()
+    except OSError:
+        machine = ""
+    machine += socket.gethostname()
+    digest = int.from_bytes(hashlib.sha256(machine.encode()).digest()[:8], "little") >> 1
+    ours = torch.tensor([[digest]], dtype=torch.int64, device=device)
+    everyone = tp.all_gather_last_dim(ours)
+    return bool((everyone == digest).all().item())
 
 
 def _everyone(tp: TensorParallel, agrees: bool, device: torch.device) -> bool:
