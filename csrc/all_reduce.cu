@@ -80,9 +80,18 @@ template <> struct Vector<float> {
   }
 };
 
-// every rank has the slice of CTA b of call `epoch` in its slot: announce ours, wait for theirs
+__device__ __forceinline__ unsigned long long now_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+// every rank has the slice of CTA b of call `epoch` in its slot: announce ours, wait for
+// theirs. A rank that never comes (its process died) would hold this one here for good:
+// after timeout_ns the kernel traps, which fails this rank's CUDA context, so its host
+// sees an error rather than a hang (as NCCL's watchdog ends a collective that times out).
 __device__ __forceinline__ void meet_peers(const unsigned long long* bases, int rank, int world,
-                                           unsigned epoch) {
+                                           unsigned epoch, long long timeout_ns) {
   __syncthreads();  // this CTA's slice is in our slot
   const int peer = threadIdx.x;
   if (peer < world) {
@@ -91,7 +100,9 @@ __device__ __forceinline__ void meet_peers(const unsigned long long* bases, int 
     store_release_sys(peer_flags + rank * kMaxCtas + blockIdx.x, epoch);
     const unsigned* ours = reinterpret_cast<const unsigned*>(bases[rank]);
     const unsigned* flag = ours + peer * kMaxCtas + blockIdx.x;
+    const unsigned long long start = now_ns();
     while (static_cast<int>(load_acquire_sys(flag) - epoch) < 0) {
+      if (now_ns() - start > static_cast<unsigned long long>(timeout_ns)) __trap();
     }
   }
   __syncthreads();
@@ -100,7 +111,8 @@ __device__ __forceinline__ void meet_peers(const unsigned long long* bases, int 
 template <typename T>
 __device__ __forceinline__ void all_reduce_impl(T* out, const T* in, long long n,
                                                 const unsigned long long* bases, int rank,
-                                                int world, long long slot_bytes) {
+                                                int world, long long slot_bytes,
+                                                long long timeout_ns) {
   using V = Vector<T>;
   wait_for_previous_kernel();
   __shared__ unsigned epoch_shared;
@@ -119,7 +131,7 @@ __device__ __forceinline__ void all_reduce_impl(T* out, const T* in, long long n
   uint4* own_slot = reinterpret_cast<uint4*>(own + slot);
   const uint4* in_vectors = reinterpret_cast<const uint4*>(in);
   for (long long i = first; i < num_vectors; i += kStride) own_slot[i] = in_vectors[i];
-  meet_peers(bases, rank, world, epoch);
+  meet_peers(bases, rank, world, epoch, timeout_ns);
   uint4* out_vectors = reinterpret_cast<uint4*>(out);
   for (long long i = first; i < num_vectors; i += kStride) {
     float acc[V::kValues] = {};
@@ -137,8 +149,8 @@ __device__ __forceinline__ void all_reduce_impl(T* out, const T* in, long long n
 #define INFLIGHTD_ALL_REDUCE(T, SUFFIX)                                                         \
   extern "C" __global__ void __launch_bounds__(kThreads) all_reduce_##SUFFIX(                       \
       T* out, const T* in, long long n, const unsigned long long* bases, int rank, int world,  \
-      long long slot_bytes) {                                                                   \
-    all_reduce_impl<T>(out, in, n, bases, rank, world, slot_bytes);                             \
+      long long slot_bytes, long long timeout_ns) {                                            \
+    all_reduce_impl<T>(out, in, n, bases, rank, world, slot_bytes, timeout_ns);                 \
   }
 
 INFLIGHTD_ALL_REDUCE(__nv_bfloat16, bf16)

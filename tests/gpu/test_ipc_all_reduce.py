@@ -121,3 +121,49 @@ def test_ipc_all_reduce_refuses_what_its_kernel_cannot_take(library):
     assert not shared.accepts(torch.zeros(16, dtype=torch.bfloat16, device=device)[1:9])
     assert not shared.accepts(torch.zeros((1 << 20) // 2 + 8, dtype=torch.bfloat16,
                                           device=device))
+
+
+def _absent_peer_main(rank: int, init_file: str, results) -> None:
+    """Rank 1 maps the buffers and never all-reduces; rank 0's call must fail, not hang."""
+    from server.engine.gpu.kernels import KernelLibrary
+    from server.engine.parallel.ipc_all_reduce import IpcAllReduce
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}",
+                                         rank=rank, world_size=WORLD_SIZE)
+    try:
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        shared = IpcAllReduce(KernelLibrary(device), TensorParallel(rank, WORLD_SIZE),
+                              timeout_s=ABSENT_PEER_TIMEOUT_S)
+        if rank == 0:
+            x = torch.ones(4096, dtype=torch.bfloat16, device=device)
+            try:
+                shared.all_reduce_(x)
+                torch.cuda.synchronize()
+                results.put((rank, "returned"))
+            except Exception as exc:  # the trap: this process's CUDA context is lost
+                results.put((rank, f"raised {type(exc).__name__}"))
+        torch.distributed.barrier()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+ABSENT_PEER_TIMEOUT_S = 2.0
+
+
+def test_an_all_reduce_whose_peer_never_comes_fails_after_its_timeout(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    ranks = [context.Process(target=_absent_peer_main, args=(rank, str(tmp_path / "init"),
+                                                             results))
+             for rank in range(WORLD_SIZE)]
+    for process in ranks:
+        process.start()
+    try:
+        rank, outcome = results.get(timeout=120)
+    finally:
+        for process in ranks:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+    assert (rank, outcome.split()[0]) == (0, "raised"), outcome

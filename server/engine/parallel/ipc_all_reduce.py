@@ -37,6 +37,9 @@ MAX_CTAS = 256  # csrc/all_reduce.cu
 HEADER_BYTES = (MAX_RANKS + 1) * MAX_CTAS * 4
 THREADS = 512
 DEFAULT_SLOT_BYTES = 8 << 20  # a decode step of 1,024 rows of 4,096 bf16 values
+# how long a call waits for the other ranks before it traps (workers.py's COLLECTIVE_TIMEOUT,
+# NCCL's limit for one step's collectives): a dead rank ends in an error, not a hang
+DEFAULT_TIMEOUT_S = 600.0
 _KERNELS = {torch.bfloat16: "all_reduce_bf16", torch.float16: "all_reduce_fp16",
             torch.float32: "all_reduce_f32"}
 _HANDLE_BYTES = 64  # cudaIpcMemHandle_t
@@ -57,7 +60,8 @@ class IpcAllReduce:
     """One rank's side: its buffer, every rank's buffer address in its own address space,
     and the launch. Built by attach_ipc_all_reduce on every rank at once."""
 
-    def __init__(self, lib, tp: TensorParallel, *, slot_bytes: int = DEFAULT_SLOT_BYTES) -> None:
+    def __init__(self, lib, tp: TensorParallel, *, slot_bytes: int = DEFAULT_SLOT_BYTES,
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         from cuda.bindings import runtime
 
         if not 1 < tp.world_size <= MAX_RANKS:
@@ -65,6 +69,7 @@ class IpcAllReduce:
                              f"got {tp.world_size}")
         self.lib, self.rank, self.world_size = lib, tp.rank, tp.world_size
         self.slot_bytes = slot_bytes
+        self.timeout_ns = int(timeout_s * 1e9)
         self._runtime = runtime
         self._opened: list[int] = []
         with torch.cuda.device(lib.device):  # the runtime calls act on the current device
@@ -106,7 +111,8 @@ class IpcAllReduce:
                         block=(THREADS,),
                         args=(x.data_ptr(), x.data_ptr(), np.int64(x.numel()),
                               self.bases.data_ptr(), np.int32(self.rank),
-                              np.int32(self.world_size), np.int64(self.slot_bytes)))
+                              np.int32(self.world_size), np.int64(self.slot_bytes),
+                              np.int64(self.timeout_ns)))
         return x
 
     def max_rows(self, row_bytes: int) -> int:
