@@ -37,19 +37,47 @@ def _expected(inputs: list[torch.Tensor]) -> torch.Tensor:
     return total.to(inputs[0].dtype)
 
 
-def _rank_main(rank: int, init_file: str, results) -> None:
-    from server.engine.gpu.graph_capture import capturing
+def _join(rank: int, init_file: str, **options):
+    """This rank's GPU (one each where there are two) and its IpcAllReduce, over gloo."""
     from server.engine.gpu.kernels import KernelLibrary
     from server.engine.parallel.ipc_all_reduce import IpcAllReduce
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}",
                                          rank=rank, world_size=WORLD_SIZE)
+    device = torch.device("cuda", rank % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    return device, IpcAllReduce(KernelLibrary(device), TensorParallel(rank, WORLD_SIZE),
+                                **options)
+
+
+def _run_ranks(target, tmp_path, *, num_results: int, timeout_s: float) -> list[tuple]:
+    """target(rank, init_file, results) in a process a rank; the first num_results results."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    ranks = [context.Process(target=target, args=(rank, str(tmp_path / "init"), results))
+             for rank in range(WORLD_SIZE)]
+    for process in ranks:
+        process.start()
+    answers = []
+    try:
+        for _ in range(num_results):
+            answers.append(results.get(timeout=timeout_s))
+    except queue.Empty:
+        pytest.fail(f"the ranks gave {answers} within {timeout_s} s")
+    finally:
+        for process in ranks:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+    return answers
+
+
+def _rank_main(rank: int, init_file: str, results) -> None:
+    from server.engine.gpu.graph_capture import capturing
+
     failures = []
     try:
-        device = torch.device("cuda", rank % torch.cuda.device_count())  # two GPUs: one each
-        torch.cuda.set_device(device)
-        shared = IpcAllReduce(KernelLibrary(device),
-                              TensorParallel(rank, WORLD_SIZE))
+        device, shared = _join(rank, init_file)
         step = 0
         for dtype in DTYPES:
             for shape in SHAPES:
@@ -86,24 +114,8 @@ def _rank_main(rank: int, init_file: str, results) -> None:
 
 
 def test_ipc_all_reduce_sums_in_rank_order_eagerly_and_in_graph_replays(tmp_path):
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    ranks = [context.Process(target=_rank_main, args=(rank, str(tmp_path / "init"), results))
-             for rank in range(WORLD_SIZE)]
-    for process in ranks:
-        process.start()
-    outcomes = {}
-    try:
-        for _ in ranks:
-            rank, status, detail = results.get(timeout=300)
-            outcomes[rank] = (status, detail)
-    except queue.Empty:
-        pytest.fail(f"the ranks answered {sorted(outcomes)} within 300 s")
-    finally:
-        for process in ranks:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
+    answers = _run_ranks(_rank_main, tmp_path, num_results=WORLD_SIZE, timeout_s=300)
+    outcomes = {rank: (status, detail) for rank, status, detail in answers}
     assert outcomes == {rank: ("ok", []) for rank in range(WORLD_SIZE)}
 
 
@@ -125,16 +137,8 @@ def test_ipc_all_reduce_refuses_what_its_kernel_cannot_take(library):
 
 def _absent_peer_main(rank: int, init_file: str, results) -> None:
     """Rank 1 maps the buffers and never all-reduces; rank 0's call must fail, not hang."""
-    from server.engine.gpu.kernels import KernelLibrary
-    from server.engine.parallel.ipc_all_reduce import IpcAllReduce
-
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}",
-                                         rank=rank, world_size=WORLD_SIZE)
     try:
-        device = torch.device("cuda", rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-        shared = IpcAllReduce(KernelLibrary(device), TensorParallel(rank, WORLD_SIZE),
-                              timeout_s=ABSENT_PEER_TIMEOUT_S)
+        device, shared = _join(rank, init_file, timeout_s=ABSENT_PEER_TIMEOUT_S)
         if rank == 0:
             x = torch.ones(4096, dtype=torch.bfloat16, device=device)
             try:
@@ -152,18 +156,5 @@ ABSENT_PEER_TIMEOUT_S = 2.0
 
 
 def test_an_all_reduce_whose_peer_never_comes_fails_after_its_timeout(tmp_path):
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    ranks = [context.Process(target=_absent_peer_main, args=(rank, str(tmp_path / "init"),
-                                                             results))
-             for rank in range(WORLD_SIZE)]
-    for process in ranks:
-        process.start()
-    try:
-        rank, outcome = results.get(timeout=120)
-    finally:
-        for process in ranks:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
+    [(rank, outcome)] = _run_ranks(_absent_peer_main, tmp_path, num_results=1, timeout_s=120)
     assert (rank, outcome.split()[0]) == (0, "raised"), outcome

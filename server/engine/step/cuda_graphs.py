@@ -40,6 +40,7 @@ import torch
 
 from server.engine.attention.metadata import AttentionMetadata
 from server.engine.gpu.graph_capture import capturing
+from server.engine.gpu.ops_choice import is_cuda_ops
 from server.engine.step.inputs import BlockTableTooShortError
 from server.scheduler.output import ScheduledRequest
 
@@ -68,8 +69,6 @@ def decode_graph_runner(model, kv_cache: torch.Tensor, ops, *, block_size: int,
     """The decode graphs of a model on our kernels on a GPU, unless enforce_eager; under
     tensor parallelism only with our all-reduce (gloo's cannot be captured), and only up
     to the batch whose all-reduce fits one slot of its buffer."""
-    from server.engine.gpu.ops_choice import is_cuda_ops
-
     tp = model.tp
     if (enforce_eager or kv_cache.device.type != "cuda" or not is_cuda_ops(ops)
             or (tp.enabled and tp.device_all_reduce is None)):
