@@ -113,8 +113,13 @@ def tensor_parallel_logits(models: list[str | ModelSource], *, world_size: int, 
         raise AssertionError(f"tensor-parallel ranks gave {len(outcomes)} of {len(models)} "
                              f"results within {timeout_s} s") from None
     finally:
-        for process in ranks:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
+        stop_processes(ranks)
     return outcomes
+
+
+def stop_processes(processes) -> None:
+    """Each rank's process joined, or killed when it outlives 30 s."""
+    for process in processes:
+        process.join(timeout=30)
+        if process.is_alive():
+            process.kill()

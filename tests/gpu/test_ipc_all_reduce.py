@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from server.engine.parallel.tensor_parallel import TensorParallel
+from tests.golden.tp_helpers import stop_processes
 
 WORLD_SIZE = 2
 # elements: one 16-byte vector, a decode row of Llama-3-8B, 64 rows, a size that does not
@@ -65,10 +66,7 @@ def _run_ranks(target, tmp_path, *, num_results: int, timeout_s: float) -> list[
     except queue.Empty:
         pytest.fail(f"the ranks gave {answers} within {timeout_s} s")
     finally:
-        for process in ranks:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
+        stop_processes(ranks)
     return answers
 
 
