@@ -7,7 +7,8 @@ K/V tile's keys) over the same cache, once over a bf16 cache and once over an e4
 (--kv-cache-dtype fp8, half the bytes), and reported as achieved KV bandwidth (K and V bytes
 read once) against a measured device copy bandwidth (read + write) and read bandwidth (a
 bf16 sum), with w1k2's speed-up over w1 and the e4m3 cache's over bf16;
-prefill attention for 4 sequences of 1024 new tokens as time and TFLOP/s (both caches),
+prefill attention for 4 sequences of 1024 new tokens as time and TFLOP/s (both caches; on an
+sm_90 GPU the bf16 cache's on the Hopper wgmma kernel and on the mma.sync kernels alone),
 next to torch's own fused attention on the same shape. --batches, --contexts and
 --prefill-lengths widen the grid (issue 16's: batches 64,256,512,1024, contexts 640,2048,8192,
 prefill lengths 1024,4096,16384; a prefill of L tokens runs max(1, 4096 // L) sequences). Every timing replays a CUDA graph and takes the
@@ -23,7 +24,9 @@ stay in L2 as the activations of a real step would.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +43,7 @@ from server.engine.gpu.kernels import KernelLibrary  # noqa: E402
 from server.engine.ops.cuda import CudaOps  # noqa: E402
 from server.engine.ops.cuda_attention import (DECODE_KEY_SPLITS,  # noqa: E402
                                               paged_attention_into, plan_for)
+from server.engine.ops.cuda_attention_hopper import HOPPER_ATTENTION_ENV  # noqa: E402
 from server.engine.ops.torch_ref import to_cache_dtype  # noqa: E402
 from server.kvcache.kv_pool import FP8_KV_DTYPE  # noqa: E402
 
@@ -131,6 +135,19 @@ def bench_decode(ops: CudaOps, batch: int, context: int, copy_bw: float,
     return rows
 
 
+@contextlib.contextmanager
+def hopper_attention_off():
+    previous = os.environ.get(HOPPER_ATTENTION_ENV)
+    os.environ[HOPPER_ATTENTION_ENV] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[HOPPER_ATTENTION_ENV]
+        else:
+            os.environ[HOPPER_ATTENTION_ENV] = previous
+
+
 def bench_prefill(ops: CudaOps, num_seqs: int = 4, length: int = 1024) -> dict:
     blocks = num_seqs * length // BLOCK_SIZE
     kv_cache = random_cache(blocks, "bf16")
@@ -146,6 +163,11 @@ def bench_prefill(ops: CudaOps, num_seqs: int = 4, length: int = 1024) -> dict:
         seq_lens_host=(length,) * num_seqs)
     q = torch.randn((num_seqs * length, NUM_HEADS, HEAD_DIM), device="cuda", dtype=DTYPE)
     ms = median_replay_ms(lambda: ops.attention(q, kv_cache, metadata, HEAD_DIM ** -0.5))
+    hopper = any(launch.hopper for launch in plan_for(ops.library, q, kv_cache,
+                                                      metadata).launches)
+    with hopper_attention_off():  # the mma.sync kernels alone, for the comparison
+        mma_ms = median_replay_ms(lambda: ops.attention(q, kv_cache, metadata,
+                                                        HEAD_DIM ** -0.5))
     kv8 = to_cache_dtype(kv_cache, FP8_KV_DTYPE)
     fp8_ms = median_replay_ms(lambda: ops.attention(q, kv8, metadata, HEAD_DIM ** -0.5))
     flops = 4 * num_seqs * NUM_HEADS * HEAD_DIM * length * (length + 1) / 2
@@ -156,6 +178,8 @@ def bench_prefill(ops: CudaOps, num_seqs: int = 4, length: int = 1024) -> dict:
     vt = torch.randn_like(kt)
     sdpa_ms = median_replay_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True))
     return {"seqs": num_seqs, "length": length, "us": ms * 1e3, "tflops": flops / ms / 1e9,
+            "hopper": hopper, "mma_sync_us": mma_ms * 1e3,
+            "mma_sync_tflops": flops / mma_ms / 1e9,
             "fp8_kv_us": fp8_ms * 1e3,
             "sdpa_us": sdpa_ms * 1e3, "sdpa_tflops": flops / sdpa_ms / 1e9}
 
@@ -213,8 +237,10 @@ def print_table(results: dict) -> None:
               f"{row['gb_s'] / results['read_gb_s']:>8.0%} {row['speedup']:>8.2f}x "
               f"{versus:>8.2f}x")
     for p in results["prefill"]:
-        print(f"prefill attention {p['seqs']}x{p['length']}: {p['us']:.0f} us, "
-              f"{p['tflops']:.0f} TFLOP/s; over an fp8 cache {p['fp8_kv_us']:.0f} us "
+        kernel = "Hopper wgmma kernel" if p["hopper"] else "mma.sync kernels"
+        print(f"prefill attention {p['seqs']}x{p['length']} ({kernel}): {p['us']:.0f} us, "
+              f"{p['tflops']:.0f} TFLOP/s; the mma.sync kernels alone {p['mma_sync_us']:.0f} us, "
+              f"{p['mma_sync_tflops']:.0f} TFLOP/s; over an fp8 cache {p['fp8_kv_us']:.0f} us "
               f"(torch SDPA on unpaged tensors: {p['sdpa_us']:.0f} us, "
               f"{p['sdpa_tflops']:.0f} TFLOP/s)")
     for row in results["elementwise"]:

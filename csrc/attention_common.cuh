@@ -22,6 +22,8 @@
 // the count wraps back to 0 for the next launch.
 #pragma once
 
+#include "common.cuh"
+
 namespace inflightd {
 
 // One query row of a lane: whether it exists, what it may see, and where its output goes.
@@ -45,6 +47,23 @@ __device__ __forceinline__ int num_live_partitions(int seq_len, int part_len) {
 
 __device__ __forceinline__ int tile_start(int query_start, int seq, int group, int rows_per_tile) {
   return static_cast<int>(static_cast<long long>(query_start) * group / rows_per_tile) + seq;
+}
+
+// Online softmax, a lane's two rows (each spread over the 4 lanes of a quad, as the MMAs'
+// accumulators lay rows out) after one tile of keys: tile_max (this lane's max of the tile's
+// logits, per row) becomes the row's, m the running max, base what the tile's logits are
+// shifted by before exp2, alpha what the earlier sum and output are scaled by.
+__device__ __forceinline__ void update_row_max(float (&tile_max)[2], float (&m)[2],
+                                               float (&base)[2], float (&alpha)[2]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+    tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+    const float m_new = fmaxf(m[h], tile_max[h]);
+    base[h] = m_new == neg_inf() ? 0.f : m_new;  // a row with nothing visible yet stays at 0
+    alpha[h] = exp2f(m[h] - base[h]);
+    m[h] = m_new;
+  }
 }
 
 // Largest i in [0, n) with keys[i] <= value, for keys increasing in i (keys[0] <= value).

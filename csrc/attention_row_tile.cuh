@@ -43,15 +43,7 @@ __device__ __forceinline__ void attend_tile(const KvTile<KvT, D>& kv, const QFra
   }
   float base[2];
   float alpha[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
-    tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
-    const float m_new = fmaxf(m[h], tile_max[h]);
-    base[h] = m_new == neg_inf() ? 0.f : m_new;  // a row with nothing visible yet stays at 0
-    alpha[h] = exp2f(m[h] - base[h]);
-    m[h] = m_new;
-  }
+  update_row_max(tile_max, m, base, alpha);
   float row_sum[2] = {0.f, 0.f};
 #pragma unroll
   for (int nt = 0; nt < KEYS / 8; ++nt) {

@@ -70,8 +70,30 @@ def test_module_names_are_every_other_module_and_the_head_dims_attention():
     base = [module.name for module in kernels.BASE_MODULES]
     assert kernels.module_names(()) == tuple(base)
     assert set(kernels.module_names((128,))) == {*base, "paged_attention_d128",
-                                                  "paged_attention_fp8_d128"}
+                                                  "paged_attention_fp8_d128",
+                                                  "paged_attention_hopper"}
+    assert set(kernels.module_names((64,))) == {*base, "paged_attention_d64",
+                                                 "paged_attention_fp8_d64"}
     assert set(kernels.module_names()) == set(kernels.MODULES_BY_NAME)
+
+
+def test_the_hopper_module_builds_for_sm90a_and_exists_only_on_sm90():
+    hopper = kernels.MODULES_BY_NAME["paged_attention_hopper"]
+    assert hopper.target("sm_90") == "sm_90a"
+    assert hopper.target("sm_80") is None and hopper.target("sm_100") is None
+    assert kernels.MODULES_BY_NAME["gemv"].target("sm_80") == "sm_80"
+
+
+def test_compile_modules_leaves_out_what_cannot_run_on_the_arch(monkeypatch):
+    built = []
+    monkeypatch.setattr(kernels, "compile_module",
+                        lambda name, *, arch, **_: built.append((name, arch)) or
+                        type("Compiled", (), {"cubin": b""})())
+    kernels.compile_modules(["gemv", "paged_attention_hopper"], arch="sm_80")
+    assert built == [("gemv", "sm_80")]
+    built.clear()
+    kernels.compile_modules(["paged_attention_hopper"], arch="sm_90")
+    assert built == [("paged_attention_hopper", "sm_90a")]
 
 
 class FakeObjectCode:

@@ -8,6 +8,9 @@ import pytest
 from server.engine.ops.cuda_attention import (GOOD_WAVE_FILL, MAX_PARTITIONS, MIN_PARTITION_LEN,
                                               ROWS_PER_WARP, AttentionKeySplitError,
                                               plan_attention)
+from server.engine.ops.cuda_attention_hopper import (HOPPER_ATTENTION_ENV, HOPPER_MIN_ROWS,
+                                                     hopper_attention_enabled,
+                                                     hopper_attention_fits)
 
 H100_SMS = 132
 RESIDENT = {1: 6, 2: 6, 4: 3}  # CTAs per SM at head_dim 128, from the kernels' occupancy
@@ -62,11 +65,13 @@ def test_short_contexts_are_never_split():
 
 @pytest.mark.parametrize("query_lens", ([1, 7, 300, 1, 33, 16], [64] * 10, [5, 0, 9]))
 @pytest.mark.parametrize("group", (1, 4, 32))
-def test_grid_covers_every_tile_of_every_sequence(query_lens, group):
+@pytest.mark.parametrize("hopper", (False, True), ids=("mma-sync", "hopper"))
+def test_grid_covers_every_tile_of_every_sequence(query_lens, group, hopper):
     # Mirrors csrc/attention_common.cuh: sequence i's tiles start at
     # query_start * group // rows_per_tile + i and must end before the next one starts.
     result = plan_attention(query_lens=query_lens, max_seq_len=4096, num_heads=8 * group,
-                            num_kv_heads=8, num_sms=H100_SMS, resident_ctas=RESIDENT)
+                            num_kv_heads=8, num_sms=H100_SMS,
+                            resident_ctas={**RESIDENT, "hopper": 1}, hopper=hopper)
     for launch in result.launches:
         rows_per_tile = ROWS_PER_WARP * launch.warps
         starts, query_start = [], 0
@@ -110,3 +115,60 @@ def test_unsupported_key_split_is_refused(decode_key_split):
         plan_attention(query_lens=[1], max_seq_len=100, num_heads=32, num_kv_heads=8,
                        num_sms=H100_SMS, resident_ctas=RESIDENT,
                        decode_key_split=decode_key_split)
+
+
+HOPPER_RESIDENT = {**RESIDENT, "hopper": 1}
+
+
+def hopper_plan(query_lens, max_seq_len, *, num_heads=32, num_kv_heads=8):
+    return plan_attention(query_lens=query_lens, max_seq_len=max_seq_len, num_heads=num_heads,
+                          num_kv_heads=num_kv_heads, num_sms=H100_SMS,
+                          resident_ctas=HOPPER_RESIDENT, hopper=True)
+
+
+def test_hopper_plan_sends_sequences_of_a_whole_tile_of_rows_to_the_hopper_kernel():
+    # group 4: rows 4, 2048, 24, 64, 128
+    result = hopper_plan([1, 512, 6, 16, 32], 4096)
+    by_kind = {(launch.warps, launch.hopper): launch for launch in result.launches}
+    assert sorted(by_kind) == [(1, False), (2, False), (4, False), (8, True)]
+    assert by_kind[4, False].max_rows == HOPPER_MIN_ROWS - 1
+    assert by_kind[8, True].min_rows == HOPPER_MIN_ROWS
+    assert by_kind[8, True].grid_x == (512 + 6 + 16 + 32 + 1) * 4 // 128 + 5
+    assert by_kind[8, True].threads == 256
+
+
+def test_hopper_plan_keeps_short_sequences_off_the_hopper_kernel():
+    assert not any(launch.hopper for launch in hopper_plan([1] * 64 + [31], 2048).launches)
+
+
+def test_one_long_prefill_on_the_hopper_kernel_is_split_by_its_occupancy():
+    # 1,024 tokens x group 4: 32 tiles x 8 kv heads = 256 CTAs, one per SM of 132
+    result = hopper_plan([1024], 1024)
+    assert [launch.hopper for launch in result.launches] == [True]
+    assert wave_fill(256 * result.num_partitions, H100_SMS) >= GOOD_WAVE_FILL
+
+
+@pytest.mark.parametrize("query_lens", [[129, 1, 300], [1024], [33, 500, 2, 128]])
+def test_hopper_row_classes_cover_every_row_count_once(query_lens):
+    result = hopper_plan(query_lens, 2048, num_heads=16, num_kv_heads=16)  # group 1
+    for query_len in query_lens:
+        owners = [launch for launch in result.launches
+                  if launch.min_rows <= query_len <= launch.max_rows]
+        assert len(owners) == 1, (query_len, result)
+
+
+def test_hopper_kernel_fits_head_dim_128_over_16_bit_caches_without_extras_on_sm90():
+    assert hopper_attention_fits("sm_90", suffix="bf16", head_dim=128, extras=False)
+    assert hopper_attention_fits("sm_90", suffix="fp16", head_dim=128, extras=False)
+    assert not hopper_attention_fits("sm_90", suffix="bf16_kvfp8", head_dim=128, extras=False)
+    assert not hopper_attention_fits("sm_90", suffix="bf16", head_dim=64, extras=False)
+    assert not hopper_attention_fits("sm_90", suffix="bf16", head_dim=128, extras=True)
+    assert not hopper_attention_fits("sm_80", suffix="bf16", head_dim=128, extras=False)
+
+
+def test_hopper_kernel_is_turned_off_by_its_environment_variable(monkeypatch):
+    monkeypatch.setenv(HOPPER_ATTENTION_ENV, "0")
+    assert not hopper_attention_enabled("sm_90")
+    monkeypatch.setenv(HOPPER_ATTENTION_ENV, "maybe")
+    with pytest.raises(ValueError, match="must be 0 or 1"):
+        hopper_attention_enabled("sm_90")

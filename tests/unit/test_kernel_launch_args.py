@@ -13,6 +13,7 @@ import torch
 from server.engine.attention.metadata import AttentionMetadata
 from server.engine.gpu.kernel_args import KernelArgumentError
 from server.engine.ops.cuda_attention import paged_attention_into
+from server.engine.ops.cuda_attention_hopper import HOPPER_MIN_ROWS, HOPPER_SMEM_BYTES
 from server.engine.ops.cuda_launch import (add_rms_norm_into, gemv_into, rms_norm_into,
                                            rope_and_cache_into, silu_and_mul_into)
 
@@ -21,6 +22,7 @@ from server.engine.ops.cuda_launch import (add_rms_norm_into, gemv_into, rms_nor
 class RecordingLibrary:
     device: torch.device = torch.device("cpu")
     num_sms: int = 132
+    arch: str = "sm_80"  # no Hopper kernel unless a test asks for sm_90
     resident_ctas: dict[str, int] = field(default_factory=dict)  # by kernel; else 6
     launches: list[tuple] = field(default_factory=list)
     occupancy_queries: list[str] = field(default_factory=list)
@@ -212,6 +214,32 @@ def test_each_row_class_launches_its_own_kernel_kv_heads_side_by_side(split, dec
     # the key split runs the same tiles: grid and rows per sequence are those of w1
     assert plan.launches[0].grid_x == 47 * 4 // 16 + 3
     assert lib.launches[0][4][-2:] == (np.int32(1), np.int32(16))
+
+
+def test_on_sm90_long_prefills_launch_the_hopper_kernel_with_its_shared_memory():
+    lib = RecordingLibrary(arch="sm_90", resident_ctas={"paged_attention_hopper_bf16_d128": 1})
+    metadata = attention_metadata([1, 20, 40], [300, 20, 40], width=30)  # rows 4, 80, 160
+    q = bf16(61, 32, 128)
+    plan = paged_attention_into(lib, torch.empty_like(q), q, bf16(2, 100, 16, 8, 128),
+                                metadata, 0.088)
+    assert [(launch.warps, launch.hopper) for launch in plan.launches] == [
+        (1, False), (4, False), (8, True)]
+    module, function, grid, block, args = lib.launches[-1]
+    assert (module, function, block) == ("paged_attention_hopper",
+                                         "paged_attention_hopper_bf16_d128", (256,))
+    assert grid[:2] == ((61 * 4 // 128 + 3) * 8, 1)
+    assert lib.shared_bytes["paged_attention_hopper_bf16_d128"] == HOPPER_SMEM_BYTES
+    assert args[-2:] == (np.int32(HOPPER_MIN_ROWS), np.int32(2**31 - 1))
+    assert lib.launches[1][4][-2:] == (np.int32(33), np.int32(HOPPER_MIN_ROWS - 1))
+
+
+def test_on_sm90_an_e4m3_cache_keeps_the_mma_sync_kernels():
+    lib = RecordingLibrary(arch="sm_90")
+    metadata = attention_metadata([40], [40], width=30)
+    q = bf16(40, 32, 128)
+    cache = torch.zeros((2, 100, 16, 8, 128), dtype=torch.float8_e4m3fn)
+    plan = paged_attention_into(lib, torch.empty_like(q), q, cache, metadata, 0.088)
+    assert not any(launch.hopper for launch in plan.launches)
 
 
 @pytest.mark.parametrize("resident, partitions", ((6, 3), (4, 1)))

@@ -37,7 +37,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def compiled(cache_dir) -> dict[str, nvrtc.CompiledKernel]:
     kernels.compile_all(ARCH, cache_dir=cache_dir)  # side by side; the logs come from the cache
-    return {module.name: nvrtc.compile_module(module.name, arch=ARCH,
+    return {module.name: nvrtc.compile_module(module.name, arch=module.target(ARCH),
                                               fast_math=module.fast_math, cache_dir=cache_dir)
             for module in kernels.MODULES}
 

@@ -45,6 +45,16 @@ class KernelModule:
     name: str  # csrc/<name>.cu
     fast_math: bool  # only where approximate exp/division cannot hurt (softmax, silu)
     functions: tuple[str, ...]
+    # an arch-specific target (e.g. "sm_90a": Hopper's wgmma) where the module needs one: it
+    # then exists only on that GPU (sm_90), built for the target
+    arch_specific: str | None = None
+
+    def target(self, arch: str) -> str | None:
+        """The NVRTC target of this module on a GPU of `arch` ("sm_90"); None where the
+        module cannot run there."""
+        if self.arch_specific is None:
+            return arch
+        return self.arch_specific if self.arch_specific.rstrip("a") == arch else None
 
 
 def _names(template: str, **axes: tuple) -> tuple[str, ...]:
@@ -119,9 +129,17 @@ def _attention_modules(head_dim: int) -> tuple[KernelModule, KernelModule]:
                          _names("paged_attention_{dt}_kvfp8_d{d}_w{w}{x}", **axes)))
 
 
+# prefill attention on Hopper's warpgroup MMA (head_dim 128, 16-bit cache), and the two
+# probes that check its MMA layouts apart (ops/cuda_attention_hopper.py)
+HOPPER_ATTENTION_MODULE = KernelModule(
+    "paged_attention_hopper", True,
+    _names("paged_attention_hopper_{dt}_d128", dt=DTYPES)
+    + _names("wgmma_probe_{what}_{dt}", what=("scores", "values"), dt=DTYPES),
+    arch_specific="sm_90a")
 ATTENTION_MODULES = tuple(module for head_dim in ATTENTION_HEAD_DIMS
                           for module in _attention_modules(head_dim))
-MODULES: tuple[KernelModule, ...] = BASE_MODULES + ATTENTION_MODULES
+MODULES: tuple[KernelModule, ...] = (BASE_MODULES + ATTENTION_MODULES
+                                     + (HOPPER_ATTENTION_MODULE,))
 MODULES_BY_NAME = {module.name: module for module in MODULES}
 
 
@@ -129,15 +147,17 @@ def module_names(head_dims: Iterable[int] = ATTENTION_HEAD_DIMS) -> tuple[str, .
     """The modules a model of these head dims needs: the attention modules of those head dims
     (both KV cache kinds), and every other module. Attention's come first: the longest
     compiles, they start first when compile_modules has fewer threads than modules."""
+    head_dims = tuple(head_dims)
     return (*(attention_module(head_dim, e4m3_cache=e4m3) for head_dim in head_dims
               for e4m3 in (False, True)),
+            *((HOPPER_ATTENTION_MODULE.name,) if 128 in head_dims else ()),
             *(module.name for module in BASE_MODULES))
 
 
 def compile_all(arch: str, *, head_dims: Iterable[int] = ATTENTION_HEAD_DIMS,
                 cache_dir: Path | None = None, csrc_dir: Path = CSRC_DIR) -> dict[str, bytes]:
-    """{module name: cubin} for module_names(head_dims) (by default every module), for `arch`
-    such as "sm_90". Needs no GPU."""
+    """{module name: cubin} for module_names(head_dims) (by default every module) that can
+    run on `arch` such as "sm_90". Needs no GPU."""
     return compile_modules(module_names(head_dims), arch=arch, cache_dir=cache_dir,
                            csrc_dir=csrc_dir)
 
@@ -146,12 +166,13 @@ def compile_modules(names: Iterable[str], *, arch: str, cache_dir: Path | None =
                     csrc_dir: Path = CSRC_DIR) -> dict[str, bytes]:
     """{module name: cubin}, the modules compiled side by side: NVRTC releases the GIL, and
     a cold start is mostly the attention modules (one per head_dim and KV cache kind)."""
-    specs = [MODULES_BY_NAME[name] for name in names]
+    specs = [MODULES_BY_NAME[name] for name in names
+             if MODULES_BY_NAME[name].target(arch) is not None]
     if not specs:
         return {}
 
     def cubin(spec: KernelModule) -> bytes:
-        return compile_module(spec.name, arch=arch, fast_math=spec.fast_math,
+        return compile_module(spec.name, arch=spec.target(arch), fast_math=spec.fast_math,
                               csrc_dir=csrc_dir, cache_dir=cache_dir).cubin
 
     # imported here first: a thread that imports cuda.core while another does finds it half
@@ -220,7 +241,8 @@ class KernelLibrary:
         self._cubins.update(compile_modules(missing, arch=self.arch, cache_dir=self._cache_dir,
                                             csrc_dir=self._csrc_dir))
         for name in names:
-            self._object(name)
+            if MODULES_BY_NAME[name].target(self.arch) is not None:
+                self._object(name)
 
     def launch(self, module: str, function: str, *, grid: tuple[int, ...],
                block: tuple[int, ...], args: tuple, shared_bytes: int = 0) -> None:
@@ -314,7 +336,11 @@ class KernelLibrary:
             cubin = self._cubins.get(module)
             if cubin is None:
                 spec = MODULES_BY_NAME[module]
-                cubin = compile_module(module, arch=self.arch, fast_math=spec.fast_math,
+                target = spec.target(self.arch)
+                if target is None:
+                    raise KernelArgumentError(f"{module}.cu runs only on {spec.arch_specific} "
+                                              f"GPUs, not {self.arch}")
+                cubin = compile_module(module, arch=target, fast_math=spec.fast_math,
                                        csrc_dir=self._csrc_dir, cache_dir=self._cache_dir).cubin
             obj = ObjectCode.from_cubin(cubin, name=module)
             self._objects[module] = obj

@@ -44,6 +44,9 @@ from server.engine.attention.metadata import AttentionMetadata
 from server.engine.gpu.kernel_args import (KernelArgumentError, check_contiguous, check_device,
                                        check_dtype, check_shape, dtype_suffix, kv_cache_suffix)
 from server.engine.gpu.kernels import ATTENTION_HEAD_DIMS, KernelLibrary, attention_module
+from server.engine.ops.cuda_attention_hopper import (HOPPER_MODULE, HOPPER_SMEM_BYTES,
+                                                     hopper_attention_fits, hopper_kernel_name,
+                                                     hopper_row_classes)
 from server.engine.ops.cuda_attention_scores import (check_plan_extras, score_args,
                                                      wants_extras)
 from server.engine.ops.cuda_attention_smem import dynamic_smem_bytes
@@ -62,6 +65,7 @@ class RowClass:
     min_rows: int
     max_rows: int
     transposed: bool = False
+    hopper: bool = False  # csrc/paged_attention_hopper.cu (ops/cuda_attention_hopper.py)
 
     @property
     def rows_per_cta(self) -> int:
@@ -69,8 +73,8 @@ class RowClass:
 
     @property
     def key(self) -> int | str:
-        """How resident_ctas names it: its warps, or "1t"."""
-        return "1t" if self.transposed else self.warps
+        """How resident_ctas names it: its warps, or "1t", or "hopper"."""
+        return "1t" if self.transposed else "hopper" if self.hopper else self.warps
 
 
 ROW_CLASSES = (RowClass(1, 1, 16), RowClass(2, 17, 32), RowClass(4, 33, 2**31 - 1))
@@ -101,15 +105,27 @@ class AttentionLaunch:
     key_split: int = 1  # warps sharing each row warp's keys
     transposed: bool = False
     extras: bool = False  # the kernel with soft-capping and ALiBi
+    hopper: bool = False  # csrc/paged_attention_hopper.cu (ops/cuda_attention_hopper.py)
 
     @property
     def threads(self) -> int:
         return 32 * self.warps * self.key_split
 
     def kernel(self, *, suffix: str, head_dim: int) -> str:
+        if self.hopper:
+            return hopper_kernel_name(suffix)
         return kernel_name(suffix=suffix, head_dim=head_dim, warps=self.warps,
                            key_split=self.key_split, transposed=self.transposed,
                            extras=self.extras)
+
+    def module(self, *, suffix: str, head_dim: int) -> str:
+        return HOPPER_MODULE if self.hopper else kernel_module(suffix, head_dim)
+
+    def smem_bytes(self, *, suffix: str, head_dim: int) -> int:
+        if self.hopper:
+            return HOPPER_SMEM_BYTES
+        return launch_smem_bytes(suffix=suffix, head_dim=head_dim, warps=self.warps,
+                                 transposed=self.transposed)
 
 
 def launch_smem_bytes(*, suffix: str, head_dim: int, warps: int,
@@ -162,15 +178,22 @@ class AttentionPlan:
         return max((launch.grid_x for launch in self.launches), default=0) * num_kv_heads
 
 
+def row_classes(*, transposed_decode: bool, hopper: bool) -> tuple[RowClass, ...]:
+    classes = TRANSPOSED_ROW_CLASSES if transposed_decode else ROW_CLASSES
+    return hopper_row_classes(classes) if hopper else classes
+
+
 def plan_attention(*, query_lens: Sequence[int], max_seq_len: int, num_heads: int,
                    num_kv_heads: int, num_sms: int, resident_ctas: Mapping[int | str, int],
                    decode_key_split: int = DEFAULT_DECODE_KEY_SPLIT,
-                   transposed_decode: bool = False, extras: bool = False) -> AttentionPlan:
-    """resident_ctas: by RowClass.key (row warps, or "1t"), how many CTAs of the kernel that
-    class launches (with decode_key_split for the 1-warp classes, the _extras build with
-    extras) one SM holds at once."""
+                   transposed_decode: bool = False, extras: bool = False,
+                   hopper: bool = False) -> AttentionPlan:
+    """resident_ctas: by RowClass.key (row warps, "1t" or "hopper"), how many CTAs of the
+    kernel that class launches (with decode_key_split for the 1-warp classes, the _extras
+    build with extras) one SM holds at once. hopper: the longest sequences' rows run on the
+    Hopper kernel (ops/cuda_attention_hopper.py)."""
     check_decode_key_split(decode_key_split)
-    classes = TRANSPOSED_ROW_CLASSES if transposed_decode else ROW_CLASSES
+    classes = row_classes(transposed_decode=transposed_decode, hopper=hopper)
     group = num_heads // num_kv_heads
     num_tokens = sum(query_lens)
     tiles = {row_class.key: 0 for row_class in classes}
@@ -183,7 +206,7 @@ def plan_attention(*, query_lens: Sequence[int], max_seq_len: int, num_heads: in
         AttentionLaunch(warps=c.warps, min_rows=c.min_rows, max_rows=c.max_rows,
                         grid_x=num_tokens * group // c.rows_per_cta + len(query_lens),
                         key_split=class_key_split(c.warps, decode_key_split),
-                        transposed=c.transposed, extras=extras)
+                        transposed=c.transposed, extras=extras, hopper=c.hopper)
         for c in classes if tiles[c.key])
     if not launches:
         return AttentionPlan(launches=(), num_partitions=1)
@@ -227,21 +250,21 @@ def plan_for(lib: KernelLibrary, q: torch.Tensor, kv_cache: torch.Tensor,
     if decode_key_split is None:
         decode_key_split = DEFAULT_DECODE_KEY_SPLIT
     check_decode_key_split(decode_key_split)
+    hopper = hopper_attention_fits(lib.arch, suffix=suffix, head_dim=head_dim, extras=extras)
     resident = {}
-    for c in TRANSPOSED_ROW_CLASSES if transposed_decode else ROW_CLASSES:
-        key_split = class_key_split(c.warps, decode_key_split)
+    for c in row_classes(transposed_decode=transposed_decode, hopper=hopper):
+        launch = AttentionLaunch(warps=c.warps, min_rows=c.min_rows, max_rows=c.max_rows,
+                                 grid_x=0, key_split=class_key_split(c.warps, decode_key_split),
+                                 transposed=c.transposed, extras=extras, hopper=c.hopper)
         resident[c.key] = lib.max_active_ctas(
-            kernel_module(suffix, head_dim),
-            kernel_name(suffix=suffix, head_dim=head_dim, warps=c.warps, key_split=key_split,
-                        transposed=c.transposed, extras=extras),
-            32 * c.warps * key_split,
-            launch_smem_bytes(suffix=suffix, head_dim=head_dim, warps=c.warps,
-                              transposed=c.transposed))
+            launch.module(suffix=suffix, head_dim=head_dim),
+            launch.kernel(suffix=suffix, head_dim=head_dim), launch.threads,
+            launch.smem_bytes(suffix=suffix, head_dim=head_dim))
     return plan_attention(query_lens=metadata.query_lens_host, max_seq_len=metadata.max_seq_len,
                           num_heads=num_heads, num_kv_heads=kv_cache.shape[3],
                           num_sms=lib.num_sms, resident_ctas=resident,
                           decode_key_split=decode_key_split, transposed_decode=transposed_decode,
-                          extras=extras)
+                          extras=extras, hopper=hopper)
 
 
 def check_attention_args(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
@@ -313,14 +336,13 @@ def paged_attention_into(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
               np.int64(kv_cache.shape[1] * kv_cache.shape[2]), *scores,
               np.int32(plan.num_partitions))
     for launch in plan.launches:
-        lib.launch(kernel_module(suffix, head_dim), launch.kernel(suffix=suffix, head_dim=head_dim),
+        lib.launch(launch.module(suffix=suffix, head_dim=head_dim),
+                   launch.kernel(suffix=suffix, head_dim=head_dim),
                    grid=(launch.grid_x * num_kv_heads, 1, plan.num_partitions),
                    block=(launch.threads,),
                    args=(out.data_ptr(), *parts, *common, np.int32(launch.min_rows),
                          np.int32(launch.max_rows)),
-                   shared_bytes=launch_smem_bytes(suffix=suffix, head_dim=head_dim,
-                                                  warps=launch.warps,
-                                                  transposed=launch.transposed))
+                   shared_bytes=launch.smem_bytes(suffix=suffix, head_dim=head_dim))
     return plan
 
 

@@ -1,0 +1,468 @@
+// Prefill and mixed-step attention on Hopper's warpgroup MMA (sm_90a only): the job of
+// paged_attention.cuh's 4-warp kernel for sequences of many query rows, at head_dim 128 over
+// a 16-bit cache, with S = Q K^T and O += P V on wgmma (wgmma.cuh) instead of mma.sync.
+//
+// One CTA = (128 query rows, kv head). Rows are laid out as attention_common.cuh says
+// (token-major, the group's query heads side by side), so each K/V tile serves every query
+// head of the group. Two warpgroups own 64 rows each and walk the keys in tiles of 128,
+// double-buffered in shared memory with cp.async (all 256 threads copy):
+//
+//   # | Q, 128 rows | K, stage 0 | V, stage 0 | K, stage 1 | V, stage 1 |   32 KB each,
+//   #   each tile two 64-column halves of 128 swizzled rows (wgmma.cuh)
+//
+// Per K/V tile and warpgroup: S = Q K^T (8 k16 steps of m64n128, both operands in shared
+// memory), the causal mask where the tile reaches past a row's last visible key, the online
+// softmax in the exp2 domain, P rounded to T in registers, then O += P V (8 k16 steps of
+// m64n64 for each 64-column half of V). Causality as in paged_attention.cuh: query token j of
+// a sequence with q_len new tokens sits at position context + j and sees keys 0 ..= context
+// + j. Key partitions (flash-decoding) as attention_common.cuh lays them out: a split launch
+// writes float32 partials and the last CTA of a (row tile, kv head) to arrive merges them
+// (attention_merge.cuh). No soft-capping, ALiBi or window (the _extras kernels have them).
+//
+// The wgmma_probe_* kernels run the kernel's two MMA steps alone on one tile, so a test can
+// check the shared-memory layouts and fragment orders apart from the softmax.
+#include "attention_common.cuh"
+#include "attention_merge.cuh"
+#include "common.cuh"
+#include "mma.cuh"
+#include "wgmma.cuh"
+
+namespace inflightd {
+namespace {
+
+constexpr int kHopperRows = 128;  // query rows of a CTA: two warpgroups of 64
+constexpr int kHopperKeys = 128;  // keys of a K/V tile
+constexpr int kHopperD = 128;
+constexpr int kHopperThreads = 256;
+constexpr int kHalfBytes = 128 * kSwizzleRowBytes;  // 64 columns of 128 rows: 16 KB
+constexpr int kTileBytes = 2 * kHalfBytes;          // 128 rows of head_dim 128: 32 KB
+// Q and two stages of K and V, and room to align the dynamic shared memory to the swizzle's
+// 1,024 bytes (server/engine/ops/cuda_attention_hopper.py launches with the same)
+constexpr int kHopperSmemBytes = 5 * kTileBytes + 1024;
+static_assert(kHopperSmemBytes <= 227 * 1024, "an SM's shared memory holds one CTA");
+
+// Shared-memory addresses of the tiles (arithmetic, not arrays: a stage is a run-time index).
+struct HopperSmem {
+  unsigned q;
+  __device__ __forceinline__ unsigned k(int stage) const {
+    return q + (1 + 2 * stage) * kTileBytes;
+  }
+  __device__ __forceinline__ unsigned v(int stage) const {
+    return q + (2 + 2 * stage) * kTileBytes;
+  }
+};
+
+__device__ __forceinline__ HopperSmem hopper_smem(unsigned char* raw) {
+  return HopperSmem{(static_cast<unsigned>(__cvta_generic_to_shared(raw)) + 1023u) & ~1023u};
+}
+
+// Chunk c (0..15: 8 values each) of row `row` of a 128-row tile of two halves.
+__device__ __forceinline__ unsigned tile_chunk(unsigned tile, int row, int chunk) {
+  return tile + (chunk >> 3) * kHalfBytes + swizzled_offset(row, chunk & 7);
+}
+
+// 16 bytes from global to shared memory, or 16 zero bytes where !valid (keys past the
+// sequence, rows past the tile: a masked key still multiplies its V row by p = 0).
+__device__ __forceinline__ void cp_async_16_or_zero(unsigned dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+
+// S (this warpgroup's 64 rows x 128 keys) = Q K^T; q_rows: the warpgroup's first Q row.
+template <typename T>
+__device__ __forceinline__ void scores_mma(float (&s)[64], unsigned q_rows, unsigned k_tile) {
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < kHopperD / 16; ++kk) {
+    // the k16 step's 32 bytes of every row, in the half holding its columns
+    const unsigned step = (kk >> 2) * kHalfBytes + (kk & 3) * 32;
+    wgmma_ss_n128<T>(s, swizzled_desc(q_rows + step), swizzled_desc(k_tile + step), kk > 0);
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+}
+
+// P (64 x 128, rounded to T) from the probabilities in S's accumulator layout: the A of
+// k16 step kk is S's 8-column blocks 2kk and 2kk + 1 (wgmma.cuh).
+template <typename T>
+__device__ __forceinline__ void probabilities_to_a(unsigned (&p)[8][4], const float (&s)[64]) {
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) p[kk][i] = pack2<T>(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
+  }
+}
+
+// O (64 rows x 128 columns as two halves of 64) += P V over one tile of 128 keys.
+template <typename T>
+__device__ __forceinline__ void values_mma(float (&o)[2][32], const unsigned (&p)[8][4],
+                                           unsigned v_tile) {
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < kHopperKeys / 16; ++kk) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      // keys 16kk .. 16kk + 15 are 16 rows, two 8-row groups, of the half's tile
+      wgmma_rs_n64_tb<T>(o[half], p[kk], swizzled_desc(v_tile + half * kHalfBytes + kk * 2048));
+    }
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+}
+
+// Keys [k0, k0 + 128) of the sequence into a stage, each thread 8 keys of one 16-byte column
+// chunk, K and V; the block table maps each key to its slot.
+template <typename T>
+__device__ __forceinline__ void load_kv_tile(const HopperSmem& smem, int stage,
+                                             const T* __restrict__ kv_head,
+                                             const int* __restrict__ block_row, int k0,
+                                             int kv_hi, int block_size, long long kv_row,
+                                             long long plane) {
+  const int chunk = threadIdx.x & 15;
+#pragma unroll
+  for (int i = 0; i < kHopperKeys / 16; ++i) {
+    const int key = (threadIdx.x >> 4) + 16 * i;
+    const int position = k0 + key;
+    const bool valid = position < kv_hi;
+    long long offset = 0;
+    if (valid) {
+      const int block = position / block_size;
+      offset = (static_cast<long long>(block_row[block]) * block_size + position -
+                block * block_size) * kv_row;
+    }
+    const T* src = kv_head + offset + chunk * 8;
+    cp_async_16_or_zero(tile_chunk(smem.k(stage), key, chunk), src, valid);
+    cp_async_16_or_zero(tile_chunk(smem.v(stage), key, chunk), src + plane, valid);
+  }
+}
+
+// Where a CTA's rows come from (as paged_attention.cuh's TileInfo).
+struct HopperTile {
+  int q_begin;      // the sequence's first token in q and out
+  int rows_in_seq;  // q_len * group
+  int row0;         // the tile's first row
+  int context;      // keys cached before the sequence's first new token
+  int group;        // query heads per kv head
+};
+
+// Online softmax of one tile's scores, in place: S becomes the probabilities, m and l the
+// running max and (this lane's share of the) sum, alpha what the earlier O must be scaled by.
+__device__ __forceinline__ void online_softmax(float (&s)[64], float (&m)[2], float (&l)[2],
+                                               float (&alpha)[2], const int (&key_limit)[2],
+                                               int k0, float scale_log2) {
+  const int t = threadIdx.x & 3;
+  const bool masked = k0 + kHopperKeys > min(key_limit[0], key_limit[1]);
+  float tile_max[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float x = s[4 * j + e] * scale_log2;
+      if (masked && k0 + 8 * j + 2 * t + (e & 1) >= key_limit[e >> 1]) x = neg_inf();
+      s[4 * j + e] = x;
+      tile_max[e >> 1] = fmaxf(tile_max[e >> 1], x);
+    }
+  }
+  float base[2];
+  update_row_max(tile_max, m, base, alpha);
+  float row_sum[2] = {0.f, 0.f};
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[4 * j + e] = exp2f(s[4 * j + e] - base[e >> 1]);
+      row_sum[e >> 1] += s[4 * j + e];
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + row_sum[h];
+}
+
+// Where a CTA's output goes: the output itself, or with several key partitions its
+// partition's float32 partials (attention_common.cuh).
+template <typename T> struct HopperOut {
+  T* out;
+  float* part_acc;
+  float* part_max;
+  float* part_sum;
+  unsigned* counters;
+  int num_partitions;
+  long long rows_total;  // num_tokens * num_heads: one partition's rows of the partials
+};
+
+// The two rows' outputs, normalised, or with several partitions their unnormalised sums and
+// (max, sum) in the partials.
+template <typename T>
+__device__ __forceinline__ void store_rows(const HopperOut<T>& dst, const float (&o)[2][32],
+                                           const float (&m)[2], const float (&l)[2],
+                                           const long long (&out_row)[2]) {
+  const int t = threadIdx.x & 3;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float total = l[h] + __shfl_xor_sync(0xffffffffu, l[h], 1);
+    total += __shfl_xor_sync(0xffffffffu, total, 2);
+    if (out_row[h] < 0) continue;
+    if (dst.num_partitions == 1) {
+      const float inv = 1.f / total;  // a row always sees its own key: total >= 1
+      T* row = dst.out + out_row[h] * kHopperD;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          *reinterpret_cast<unsigned*>(row + half * 64 + 8 * j + 2 * t) =
+              pack2<T>(o[half][4 * j + 2 * h] * inv, o[half][4 * j + 2 * h + 1] * inv);
+        }
+      }
+    } else {
+      const long long part_row = blockIdx.z * dst.rows_total + out_row[h];
+      float* row = dst.part_acc + part_row * kHopperD;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          *reinterpret_cast<float2*>(row + half * 64 + 8 * j + 2 * t) =
+              make_float2(o[half][4 * j + 2 * h], o[half][4 * j + 2 * h + 1]);
+        }
+      }
+      if (t == 0) {
+        dst.part_max[part_row] = m[h];
+        dst.part_sum[part_row] = total;
+      }
+    }
+  }
+}
+
+// Keys [kv_lo, kv_hi) for the tile's rows, then its output (one partition) or partials.
+template <typename T>
+__device__ __forceinline__ void attend_keys(
+    const HopperOut<T>& dst, const HopperSmem& smem, const HopperTile& tile, int kv_head,
+    int kv_lo, int kv_hi, const T* __restrict__ q, const T* __restrict__ kv_cache,
+    const int* __restrict__ block_row, int num_heads, int num_kv_heads, int block_size,
+    long long num_slots, float scale_log2) {
+  // Q rows -> shared memory, and the first K/V tile.
+  const int chunk = threadIdx.x & 15;
+#pragma unroll
+  for (int i = 0; i < kHopperRows / 16; ++i) {
+    const int r = (threadIdx.x >> 4) + 16 * i;
+    const int row = tile.row0 + r;
+    const bool valid = row < tile.rows_in_seq;
+    const int token = row / tile.group;
+    const long long head = kv_head * tile.group + (row - token * tile.group);
+    const T* src = valid ? q + (static_cast<long long>(tile.q_begin + token) * num_heads + head) *
+                               kHopperD + chunk * 8
+                         : q;
+    cp_async_16_or_zero(tile_chunk(smem.q, r, chunk), src, valid);
+  }
+  const long long kv_row = static_cast<long long>(num_kv_heads) * kHopperD;
+  const long long plane = num_slots * kv_row;
+  const T* kv_head_base = kv_cache + kv_head * kHopperD;
+  load_kv_tile(smem, 0, kv_head_base, block_row, kv_lo, kv_hi, block_size, kv_row, plane);
+  cp_async_commit();
+
+  // This thread's two rows (wgmma.cuh's accumulator layout) and the keys they see.
+  const int warpgroup = threadIdx.x >> 7;
+  const int lane = threadIdx.x & 31;
+  const int lane_row = warpgroup * 64 + ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
+  int key_limit[2];
+  long long out_row[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = tile.row0 + lane_row + 8 * h;
+    const int token = row / tile.group;
+    const bool valid = row < tile.rows_in_seq;
+    key_limit[h] = valid ? min(tile.context + token + 1, kv_hi) : 0;  // within the partition
+    out_row[h] = valid ? static_cast<long long>(tile.q_begin + token) * num_heads +
+                             kv_head * tile.group + (row - token * tile.group)
+                       : -1;
+  }
+
+  float o[2][32];
+  float s[64];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) o[0][i] = o[1][i] = s[i] = s[32 + i] = 0.f;
+  float m[2] = {neg_inf(), neg_inf()};
+  float l[2] = {0.f, 0.f};
+  const unsigned q_rows = smem.q + warpgroup * 64 * kSwizzleRowBytes;
+  const int num_tiles = (kv_hi - kv_lo + kHopperKeys - 1) / kHopperKeys;
+  for (int it = 0; it < num_tiles; ++it) {
+    const int stage = it & 1;
+    const int k0 = kv_lo + it * kHopperKeys;
+    cp_async_wait<0>();  // tile `it` (and Q) have landed
+    fence_async_shared();
+    __syncthreads();  // ... for everyone, and everyone is done with the other stage
+    if (it + 1 < num_tiles) {
+      load_kv_tile(smem, stage ^ 1, kv_head_base, block_row, k0 + kHopperKeys, kv_hi,
+                   block_size, kv_row, plane);
+    }
+    cp_async_commit();
+    scores_mma<T>(s, q_rows, smem.k(stage));
+    float alpha[2];
+    online_softmax(s, m, l, alpha, key_limit, k0, scale_log2);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      o[0][i] *= alpha[(i >> 1) & 1];
+      o[1][i] *= alpha[(i >> 1) & 1];
+    }
+    unsigned p[8][4];
+    probabilities_to_a<T>(p, s);
+    values_mma<T>(o, p, smem.v(stage));
+  }
+  cp_async_wait<0>();  // a tile with no key in its partition still copied Q and zeros
+  store_rows(dst, o, m, l, out_row);
+}
+
+template <typename T>
+__device__ __forceinline__ void hopper_attention_impl(
+    const HopperOut<T>& dst, const T* __restrict__ q, const T* __restrict__ kv_cache,
+    const int* __restrict__ query_start_loc, const int* __restrict__ seq_lens,
+    const int* __restrict__ block_tables, int num_seqs, int num_heads, int num_kv_heads,
+    int block_size, int max_blocks_per_seq, long long num_slots, float scale_log2,
+    int min_rows, int max_rows) {
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const HopperSmem smem = hopper_smem(smem_raw);
+  const int kv_head = blockIdx.x % num_kv_heads;
+  const int tile_index = blockIdx.x / num_kv_heads;
+  HopperTile tile;
+  const int group = num_heads / num_kv_heads;
+  tile.group = group;
+  const int seq = last_not_above(num_seqs, tile_index, [=](int i) {
+    return tile_start(query_start_loc[i], i, group, kHopperRows);
+  });
+  tile.q_begin = query_start_loc[seq];
+  const int q_len = query_start_loc[seq + 1] - tile.q_begin;
+  tile.rows_in_seq = q_len * tile.group;
+  if (tile.rows_in_seq < min_rows || tile.rows_in_seq > max_rows) return;  // another launch's
+  // Tiles run last rows first: the rows that see the most keys start earliest.
+  const int tiles_in_seq = (tile.rows_in_seq + kHopperRows - 1) / kHopperRows;
+  const int tile_in_seq = tile_index - tile_start(tile.q_begin, seq, tile.group, kHopperRows);
+  if (tile_in_seq >= tiles_in_seq) return;
+  tile.row0 = (tiles_in_seq - 1 - tile_in_seq) * kHopperRows;
+  const int seq_len = seq_lens[seq];
+  tile.context = seq_len - q_len;
+  const int valid_rows = min(kHopperRows, tile.rows_in_seq - tile.row0);
+  const int part_len = partition_len(seq_len, dst.num_partitions);
+  const int kv_lo = blockIdx.z * part_len;
+  const int last_key = tile.context + (tile.row0 + valid_rows - 1) / tile.group;
+  const int kv_hi = min(kv_lo + part_len, last_key + 1);
+  if (kv_lo < seq_len) {  // else a partition past the sequence's end: nothing to attend
+    attend_keys(dst, smem, tile, kv_head, kv_lo, kv_hi, q, kv_cache,
+                block_tables + static_cast<long long>(seq) * max_blocks_per_seq, num_heads,
+                num_kv_heads, block_size, num_slots, scale_log2);
+  }
+  if (dst.num_partitions == 1) return;
+  // Empty partitions count in too, or the count would never reach num_partitions.
+  if (!last_to_arrive(dst.counters + blockIdx.x, dst.num_partitions)) return;
+  constexpr int kSmemFloats = (kHopperSmemBytes - 1024) / static_cast<int>(sizeof(float));
+  merge_partitions<T, kHopperD, kHopperThreads / 32, kSmemFloats>(
+      dst.out, dst.part_acc, dst.part_max, dst.part_sum, reinterpret_cast<float*>(smem_raw),
+      tile.row0, valid_rows, tile.group, tile.q_begin, kv_head, num_heads, dst.rows_total,
+      num_live_partitions(seq_len, part_len));
+}
+
+// One warpgroup: s [64][128] = q [64][128] k[128][128]^T through scores_mma.
+template <typename T>
+__device__ __forceinline__ void probe_scores(float* s_out, const T* q, const T* k) {
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const HopperSmem smem = hopper_smem(smem_raw);
+  for (int c = threadIdx.x; c < 128 * 16; c += 128) {
+    const int row = c >> 4;
+    if (row < 64) cp_async_16_or_zero(tile_chunk(smem.q, row, c & 15), q + c * 8, true);
+    cp_async_16_or_zero(tile_chunk(smem.k(0), row, c & 15), k + c * 8, true);
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  fence_async_shared();
+  __syncthreads();
+  float s[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) s[i] = 0.f;
+  scores_mma<T>(s, smem.q, smem.k(0));
+  const int lane = threadIdx.x & 31;
+  const int row = ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s_out[(row + 8 * (e >> 1)) * 128 + 8 * j + 2 * (lane & 3) + (e & 1)] = s[4 * j + e];
+    }
+  }
+}
+
+// One warpgroup: o [64][128] = p [64][128] (float, rounded to T) v [128][128] through
+// probabilities_to_a and values_mma.
+template <typename T>
+__device__ __forceinline__ void probe_values(float* o_out, const float* p_in, const T* v) {
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const HopperSmem smem = hopper_smem(smem_raw);
+  for (int c = threadIdx.x; c < 128 * 16; c += 128) {
+    cp_async_16_or_zero(tile_chunk(smem.v(0), c >> 4, c & 15), v + c * 8, true);
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  fence_async_shared();
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  const int row = ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
+  float s[64];
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[4 * j + e] = p_in[(row + 8 * (e >> 1)) * 128 + 8 * j + 2 * (lane & 3) + (e & 1)];
+    }
+  }
+  unsigned p[8][4];
+  probabilities_to_a<T>(p, s);
+  float o[2][32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) o[0][i] = o[1][i] = 0.f;
+  values_mma<T>(o, p, smem.v(0));
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        o_out[(row + 8 * (e >> 1)) * 128 + half * 64 + 8 * j + 2 * (lane & 3) + (e & 1)] =
+            o[half][4 * j + e];
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace inflightd
+
+// The arguments of paged_attention.cuh's kernels, so one launch path serves both; the
+// soft-capping, ALiBi and window arguments are unused here (the plan sends those launches to
+// the _extras kernels).
+#define INFLIGHTD_PAGED_ATTENTION_HOPPER(T, SUFFIX)                                            \
+  extern "C" __global__ void __launch_bounds__(kHopperThreads, 1)                               \
+      paged_attention_hopper_##SUFFIX##_d128(                                                   \
+          T* out, float* part_acc, float* part_max, float* part_sum, unsigned* counters,        \
+          const T* q, const T* kv_cache, const int* query_start_loc, const int* seq_lens,       \
+          const int* block_tables, int num_seqs, int num_tokens, int num_heads,                 \
+          int num_kv_heads, int block_size, int max_blocks_per_seq, long long num_slots,        \
+          float scale_log2, const float* alibi_slopes, float cap_in, float cap_out, int window, \
+          int num_partitions, int min_rows, int max_rows) {                                     \
+    inflightd::wait_for_previous_kernel();                                                      \
+    const inflightd::HopperOut<T> dst{out, part_acc, part_max, part_sum, counters,             \
+                                      num_partitions,                                           \
+                                      static_cast<long long>(num_tokens) * num_heads};          \
+    inflightd::hopper_attention_impl<T>(dst, q, kv_cache, query_start_loc, seq_lens,            \
+                                        block_tables, num_seqs, num_heads, num_kv_heads,        \
+                                        block_size, max_blocks_per_seq, num_slots, scale_log2,  \
+                                        min_rows, max_rows);                                    \
+  }                                                                                             \
+  extern "C" __global__ void __launch_bounds__(128) wgmma_probe_scores_##SUFFIX(                \
+      float* s, const T* q, const T* k) {                                                       \
+    inflightd::probe_scores<T>(s, q, k);                                                        \
+  }                                                                                             \
+  extern "C" __global__ void __launch_bounds__(128) wgmma_probe_values_##SUFFIX(                \
+      float* o, const float* p, const T* v) {                                                   \
+    inflightd::probe_values<T>(o, p, v);                                                        \
+  }
+
+using inflightd::kHopperThreads;
+INFLIGHTD_PAGED_ATTENTION_HOPPER(__nv_bfloat16, bf16)
+INFLIGHTD_PAGED_ATTENTION_HOPPER(__half, fp16)

@@ -1,0 +1,64 @@
+"""Where prefill attention runs on Hopper's warpgroup MMA (csrc/paged_attention_hopper.cu).
+
+The Hopper kernel takes a sequence's query rows 128 at a time (two warpgroups of 64 rows,
+K/V tiles of 128 keys) at head_dim 128 over a 16-bit cache, with no soft-capping, ALiBi or
+window; it splits keys into partitions and merges them as the other kernels do, and takes
+their arguments. So it is one more row class of the plan: sequences of at least
+HOPPER_MIN_ROWS rows per kv head run on it, the rest of the many-row class stays on the
+4-warp kernel.
+
+On by default on sm_90 GPUs; INFLIGHTD_HOPPER_ATTENTION=0 turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+from server.engine.gpu.kernel_args import KernelArgumentError
+from server.engine.gpu.kernels import HOPPER_ATTENTION_MODULE
+
+HOPPER_ATTENTION_ENV = "INFLIGHTD_HOPPER_ATTENTION"
+HOPPER_MODULE = HOPPER_ATTENTION_MODULE.name
+HOPPER_HEAD_DIM = 128
+HOPPER_ROWS = 128  # query rows of a CTA
+HOPPER_WARPS = HOPPER_ROWS // 16  # as the plan counts rows: 16 a warp
+HOPPER_MIN_ROWS = 128  # a whole tile: shorter sequences stay on the 4-warp kernel
+# Q and two stages of K and V (32 KB each), plus alignment to the swizzle's 1,024 bytes:
+# kHopperSmemBytes in the kernel
+HOPPER_SMEM_BYTES = 5 * 32 * 1024 + 1024
+_SUFFIXES = ("bf16", "fp16")  # 16-bit caches in the model's dtype
+
+
+def hopper_attention_enabled(arch: str) -> bool:
+    """Whether plans may use the Hopper kernel on a GPU of `arch`: only sm_90, and not when
+    INFLIGHTD_HOPPER_ATTENTION says 0."""
+    value = os.environ.get(HOPPER_ATTENTION_ENV, "1").strip().lower()
+    if value not in ("0", "1", "off", "on", "false", "true"):
+        raise KernelArgumentError(f"{HOPPER_ATTENTION_ENV} must be 0 or 1, got {value!r}")
+    return value in ("1", "on", "true") and HOPPER_ATTENTION_MODULE.target(arch) is not None
+
+
+def hopper_kernel_name(suffix: str) -> str:
+    return f"paged_attention_hopper_{suffix}_d{HOPPER_HEAD_DIM}"
+
+
+def hopper_attention_fits(arch: str, *, suffix: str, head_dim: int, extras: bool) -> bool:
+    """Whether the Hopper kernel can take a plan's many-row sequences: head_dim 128 over a
+    16-bit cache, no soft-capping, ALiBi or window, on an sm_90 GPU, and not turned off."""
+    return (head_dim == HOPPER_HEAD_DIM and suffix in _SUFFIXES and not extras
+            and hopper_attention_enabled(arch))
+
+
+def hopper_row_classes(classes: tuple) -> tuple:
+    """cuda_attention's row classes with the many-row (4-warp) class cut at HOPPER_MIN_ROWS:
+    from there on, sequences run on the Hopper kernel."""
+    cut = []
+    for row_class in classes:
+        if row_class.warps != 4:
+            cut.append(row_class)
+            continue
+        cut.append(replace(row_class, max_rows=HOPPER_MIN_ROWS - 1))
+        cut.append(replace(row_class, warps=HOPPER_WARPS, min_rows=HOPPER_MIN_ROWS,
+                           hopper=True))
+    return tuple(cut)
