@@ -4,20 +4,28 @@
 //
 // One CTA = (128 query rows, kv head). Rows are laid out as attention_common.cuh says
 // (token-major, the group's query heads side by side), so each K/V tile serves every query
-// head of the group. Two warpgroups own 64 rows each and walk the keys in tiles of 128,
-// double-buffered in shared memory with cp.async (all 256 threads copy):
+// head of the group. Two warpgroups own 64 rows each and walk the keys in tiles of 128, in
+// three shared-memory stages filled by cp.async (all 256 threads copy, two tiles ahead, each
+// tile's copies issued once its S is on the tensor cores):
 //
-//   # | Q, 128 rows | K, stage 0 | V, stage 0 | K, stage 1 | V, stage 1 |   32 KB each,
+//   # | Q, 128 rows | K, V stage 0 | K, V stage 1 | K, V stage 2 |   32 KB a tile,
 //   #   each tile two 64-column halves of 128 swizzled rows (wgmma.cuh)
 //
-// Per K/V tile and warpgroup: S = Q K^T (8 k16 steps of m64n128, both operands in shared
-// memory), the causal mask where the tile reaches past a row's last visible key, the online
-// softmax in the exp2 domain, P rounded to T in registers, then O += P V (8 k16 steps of
-// m64n64 for each 64-column half of V). Causality as in paged_attention.cuh: query token j of
-// a sequence with q_len new tokens sits at position context + j and sees keys 0 ..= context
-// + j. Key partitions (flash-decoding) as attention_common.cuh lays them out: a split launch
-// writes float32 partials and the last CTA of a (row tile, kv head) to arrive merges them
-// (attention_merge.cuh). No soft-capping, ALiBi or window (the _extras kernels have them).
+// A warpgroup takes each tile in two halves of 64 keys, a and b, so that its tensor cores
+// run while it computes a softmax (wgmma is asynchronous: issued, committed, waited for):
+//
+//   # issue S_a, S_b | softmax a   | issue P_a V | softmax b   | issue P_b V, wait
+//   #   tensor cores:  S_a, then S_b ---------->   P_a V ------>  P_b V
+//
+// each half's softmax an online-softmax step of its own (exp2 domain, the causal mask where
+// the half reaches past a row's last visible key), P rounded to T in registers as the A of
+// O += P V. While one warpgroup waits on its tensor cores, the other's MMAs can run. A
+// barrier a tile keeps the two on the same tile. Causality as in paged_attention.cuh:
+// query token j of a sequence with q_len new tokens sits at position context + j and sees
+// keys 0 ..= context + j. Key partitions (flash-decoding) as attention_common.cuh lays them
+// out: a split launch writes float32 partials and the last CTA of a (row tile, kv head) to
+// arrive merges them (attention_merge.cuh). No soft-capping, ALiBi or window (the _extras
+// kernels have them).
 //
 // The wgmma_probe_* kernels run the kernel's two MMA steps alone on one tile, so a test can
 // check the shared-memory layouts and fragment orders apart from the softmax.
@@ -36,9 +44,10 @@ constexpr int kHopperD = 128;
 constexpr int kHopperThreads = 256;
 constexpr int kHalfBytes = 128 * kSwizzleRowBytes;  // 64 columns of 128 rows: 16 KB
 constexpr int kTileBytes = 2 * kHalfBytes;          // 128 rows of head_dim 128: 32 KB
-// Q and two stages of K and V, and room to align the dynamic shared memory to the swizzle's
-// 1,024 bytes (server/engine/ops/cuda_attention_hopper.py launches with the same)
-constexpr int kHopperSmemBytes = 5 * kTileBytes + 1024;
+constexpr int kStages = 3;
+// Q and three stages of K and V, and room to align the dynamic shared memory to the
+// swizzle's 1,024 bytes (server/engine/ops/cuda_attention_hopper.py launches with the same)
+constexpr int kHopperSmemBytes = (1 + 2 * kStages) * kTileBytes + 1024;
 static_assert(kHopperSmemBytes <= 227 * 1024, "an SM's shared memory holds one CTA");
 
 // Shared-memory addresses of the tiles (arithmetic, not arrays: a stage is a run-time index).
@@ -68,47 +77,64 @@ __device__ __forceinline__ void cp_async_16_or_zero(unsigned dst, const void* sr
                "r"(valid ? 16 : 0));
 }
 
-// S (this warpgroup's 64 rows x 128 keys) = Q K^T; q_rows: the warpgroup's first Q row.
+// Issues S (this warpgroup's 64 rows x 64 keys: rows key0 .. key0 + 63 of the K tile) =
+// Q K^T, committed as one group; q_rows: the warpgroup's first Q row.
 template <typename T>
-__device__ __forceinline__ void scores_mma(float (&s)[64], unsigned q_rows, unsigned k_tile) {
+__device__ __forceinline__ void issue_scores(float (&s)[32], unsigned q_rows, unsigned k_tile,
+                                             int key0) {
+  const unsigned k_rows = k_tile + key0 * kSwizzleRowBytes;
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < kHopperD / 16; ++kk) {
     // the k16 step's 32 bytes of every row, in the half holding its columns
     const unsigned step = (kk >> 2) * kHalfBytes + (kk & 3) * 32;
-    wgmma_ss_n128<T>(s, swizzled_desc(q_rows + step), swizzled_desc(k_tile + step), kk > 0);
+    wgmma_ss_n64<T>(s, swizzled_desc(q_rows + step), swizzled_desc(k_rows + step), kk > 0);
   }
   wgmma_commit();
-  wgmma_wait<0>();
 }
 
-// P (64 x 128, rounded to T) from the probabilities in S's accumulator layout: the A of
+// P (64 x 64, rounded to T) from the probabilities in S's accumulator layout: the A of
 // k16 step kk is S's 8-column blocks 2kk and 2kk + 1 (wgmma.cuh).
 template <typename T>
-__device__ __forceinline__ void probabilities_to_a(unsigned (&p)[8][4], const float (&s)[64]) {
+__device__ __forceinline__ void probabilities_to_a(unsigned (&p)[4][4], const float (&s)[32]) {
 #pragma unroll
-  for (int kk = 0; kk < 8; ++kk) {
+  for (int kk = 0; kk < 4; ++kk) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) p[kk][i] = pack2<T>(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
   }
 }
 
-// O (64 rows x 128 columns as two halves of 64) += P V over one tile of 128 keys.
+// Issues O (64 rows x 128 columns as two halves of 64) += P V over keys key0 .. key0 + 63
+// of the V tile, committed as one group.
 template <typename T>
-__device__ __forceinline__ void values_mma(float (&o)[2][32], const unsigned (&p)[8][4],
-                                           unsigned v_tile) {
+__device__ __forceinline__ void issue_values(float (&o)[2][32], const unsigned (&p)[4][4],
+                                             unsigned v_tile, int key0) {
   wgmma_fence();
 #pragma unroll
-  for (int kk = 0; kk < kHopperKeys / 16; ++kk) {
+  for (int kk = 0; kk < 4; ++kk) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      // keys 16kk .. 16kk + 15 are 16 rows, two 8-row groups, of the half's tile
-      wgmma_rs_n64_tb<T>(o[half], p[kk], swizzled_desc(v_tile + half * kHalfBytes + kk * 2048));
+      // 16 keys are 16 rows, two 8-row groups, of the half's tile
+      const unsigned rows = v_tile + half * kHalfBytes + (key0 + 16 * kk) * kSwizzleRowBytes;
+      wgmma_rs_n64_tb<T>(o[half], p[kk], swizzled_desc(rows));
     }
   }
   wgmma_commit();
-  wgmma_wait<0>();
 }
+
+__device__ __forceinline__ void scale_rows(float (&o)[2][32], const float (&alpha)[2]) {
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    o[0][i] *= alpha[(i >> 1) & 1];
+    o[1][i] *= alpha[(i >> 1) & 1];
+  }
+}
+
+// Block sizes are powers of two (the launch checks): a key's block is a shift away.
+struct BlockShift {
+  int shift;  // log2(block_size)
+  int mask;   // block_size - 1
+};
 
 // Keys [k0, k0 + 128) of the sequence into a stage, each thread 8 keys of one 16-byte column
 // chunk, K and V; the block table maps each key to its slot.
@@ -116,7 +142,7 @@ template <typename T>
 __device__ __forceinline__ void load_kv_tile(const HopperSmem& smem, int stage,
                                              const T* __restrict__ kv_head,
                                              const int* __restrict__ block_row, int k0,
-                                             int kv_hi, int block_size, long long kv_row,
+                                             int kv_hi, BlockShift block, long long kv_row,
                                              long long plane) {
   const int chunk = threadIdx.x & 15;
 #pragma unroll
@@ -126,9 +152,9 @@ __device__ __forceinline__ void load_kv_tile(const HopperSmem& smem, int stage,
     const bool valid = position < kv_hi;
     long long offset = 0;
     if (valid) {
-      const int block = position / block_size;
-      offset = (static_cast<long long>(block_row[block]) * block_size + position -
-                block * block_size) * kv_row;
+      const long long slot = (static_cast<long long>(block_row[position >> block.shift])
+                              << block.shift) + (position & block.mask);
+      offset = slot * kv_row;
     }
     const T* src = kv_head + offset + chunk * 8;
     cp_async_16_or_zero(tile_chunk(smem.k(stage), key, chunk), src, valid);
@@ -145,16 +171,16 @@ struct HopperTile {
   int group;        // query heads per kv head
 };
 
-// Online softmax of one tile's scores, in place: S becomes the probabilities, m and l the
+// Online softmax over 64 keys from k0 on, in place: S becomes the probabilities, m and l the
 // running max and (this lane's share of the) sum, alpha what the earlier O must be scaled by.
-__device__ __forceinline__ void online_softmax(float (&s)[64], float (&m)[2], float (&l)[2],
+__device__ __forceinline__ void online_softmax(float (&s)[32], float (&m)[2], float (&l)[2],
                                                float (&alpha)[2], const int (&key_limit)[2],
                                                int k0, float scale_log2) {
   const int t = threadIdx.x & 3;
-  const bool masked = k0 + kHopperKeys > min(key_limit[0], key_limit[1]);
+  const bool masked = k0 + 64 > min(key_limit[0], key_limit[1]);
   float tile_max[2] = {neg_inf(), neg_inf()};
 #pragma unroll
-  for (int j = 0; j < 16; ++j) {
+  for (int j = 0; j < 8; ++j) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       float x = s[4 * j + e] * scale_log2;
@@ -167,7 +193,7 @@ __device__ __forceinline__ void online_softmax(float (&s)[64], float (&m)[2], fl
   update_row_max(tile_max, m, base, alpha);
   float row_sum[2] = {0.f, 0.f};
 #pragma unroll
-  for (int j = 0; j < 16; ++j) {
+  for (int j = 0; j < 8; ++j) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       s[4 * j + e] = exp2f(s[4 * j + e] - base[e >> 1]);
@@ -256,8 +282,14 @@ __device__ __forceinline__ void attend_keys(
   const long long kv_row = static_cast<long long>(num_kv_heads) * kHopperD;
   const long long plane = num_slots * kv_row;
   const T* kv_head_base = kv_cache + kv_head * kHopperD;
-  load_kv_tile(smem, 0, kv_head_base, block_row, kv_lo, kv_hi, block_size, kv_row, plane);
+  const BlockShift block_shift{__ffs(block_size) - 1, block_size - 1};
+  load_kv_tile(smem, 0, kv_head_base, block_row, kv_lo, kv_hi, block_shift, kv_row, plane);
   cp_async_commit();
+  if (kv_hi - kv_lo > kHopperKeys) {
+    load_kv_tile(smem, 1, kv_head_base, block_row, kv_lo + kHopperKeys, kv_hi, block_shift,
+                 kv_row, plane);
+  }
+  cp_async_commit();  // tile 1's group, empty or not: the loop waits for all but the newest
 
   // This thread's two rows (wgmma.cuh's accumulator layout) and the keys they see.
   const int warpgroup = threadIdx.x >> 7;
@@ -277,35 +309,54 @@ __device__ __forceinline__ void attend_keys(
   }
 
   float o[2][32];
-  float s[64];
+  float s_a[32], s_b[32];
+  unsigned p_a[4][4], p_b[4][4];  // P of each half, live until its P V is done
 #pragma unroll
-  for (int i = 0; i < 32; ++i) o[0][i] = o[1][i] = s[i] = s[32 + i] = 0.f;
+  for (int i = 0; i < 32; ++i) o[0][i] = o[1][i] = s_a[i] = s_b[i] = 0.f;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) p_a[i / 4][i % 4] = p_b[i / 4][i % 4] = 0u;
   float m[2] = {neg_inf(), neg_inf()};
   float l[2] = {0.f, 0.f};
   const unsigned q_rows = smem.q + warpgroup * 64 * kSwizzleRowBytes;
   const int num_tiles = (kv_hi - kv_lo + kHopperKeys - 1) / kHopperKeys;
   for (int it = 0; it < num_tiles; ++it) {
-    const int stage = it & 1;
+    const int stage = it % kStages;
     const int k0 = kv_lo + it * kHopperKeys;
-    cp_async_wait<0>();  // tile `it` (and Q) have landed
+    cp_async_wait<1>();  // tile `it` (and Q) have landed; tile it + 1 may still be coming
     fence_async_shared();
-    __syncthreads();  // ... for everyone, and everyone is done with the other stage
-    if (it + 1 < num_tiles) {
-      load_kv_tile(smem, stage ^ 1, kv_head_base, block_row, k0 + kHopperKeys, kv_hi,
-                   block_size, kv_row, plane);
+    __syncthreads();  // ... for everyone, and everyone is done with tile it - 1's stage
+    issue_scores<T>(s_a, q_rows, smem.k(stage), 0);
+    issue_scores<T>(s_b, q_rows, smem.k(stage), 64);
+    // the copies two tiles ahead while the tensor cores work (their block-table reads and
+    // addresses would otherwise hold the MMAs back)
+    if (it + 2 < num_tiles) {
+      load_kv_tile(smem, (it + 2) % kStages, kv_head_base, block_row, k0 + 2 * kHopperKeys,
+                   kv_hi, block_shift, kv_row, plane);
     }
     cp_async_commit();
-    scores_mma<T>(s, q_rows, smem.k(stage));
+    wgmma_wait<1>();  // S_a done; S_b may run on
+    fence_registers(s_a);
     float alpha[2];
-    online_softmax(s, m, l, alpha, key_limit, k0, scale_log2);
-#pragma unroll
-    for (int i = 0; i < 32; ++i) {
-      o[0][i] *= alpha[(i >> 1) & 1];
-      o[1][i] *= alpha[(i >> 1) & 1];
-    }
-    unsigned p[8][4];
-    probabilities_to_a<T>(p, s);
-    values_mma<T>(o, p, smem.v(stage));
+    online_softmax(s_a, m, l, alpha, key_limit, k0, scale_log2);
+    scale_rows(o, alpha);
+    probabilities_to_a<T>(p_a, s_a);
+    issue_values<T>(o, p_a, smem.v(stage), 0);
+    wgmma_wait<1>();  // S_b done; P_a V may run on
+    fence_registers(s_b);
+    online_softmax(s_b, m, l, alpha, key_limit, k0 + 64, scale_log2);
+    probabilities_to_a<T>(p_b, s_b);
+    wgmma_wait<0>();  // P_a V done: O may be scaled
+    fence_registers(o[0]);
+    fence_registers(o[1]);
+    fence_registers(p_a);
+    scale_rows(o, alpha);
+    issue_values<T>(o, p_b, smem.v(stage), 64);
+    // Waited for here, not at the next tile's S: ptxas cannot follow a wgmma group across the
+    // loop's back edge and would serialize every wgmma (its warning C7514).
+    wgmma_wait<0>();
+    fence_registers(o[0]);
+    fence_registers(o[1]);
+    fence_registers(p_b);
   }
   cp_async_wait<0>();  // a tile with no key in its partition still copied Q and zeros
   store_rows(dst, o, m, l, out_row);
@@ -359,7 +410,7 @@ __device__ __forceinline__ void hopper_attention_impl(
       num_live_partitions(seq_len, part_len));
 }
 
-// One warpgroup: s [64][128] = q [64][128] k[128][128]^T through scores_mma.
+// One warpgroup: s [64][128] = q [64][128] k[128][128]^T through issue_scores.
 template <typename T>
 __device__ __forceinline__ void probe_scores(float* s_out, const T* q, const T* k) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -373,23 +424,29 @@ __device__ __forceinline__ void probe_scores(float* s_out, const T* q, const T* 
   cp_async_wait<0>();
   fence_async_shared();
   __syncthreads();
-  float s[64];
+  float s[2][32];
 #pragma unroll
-  for (int i = 0; i < 64; ++i) s[i] = 0.f;
-  scores_mma<T>(s, smem.q, smem.k(0));
+  for (int i = 0; i < 32; ++i) s[0][i] = s[1][i] = 0.f;
+  issue_scores<T>(s[0], smem.q, smem.k(0), 0);
+  issue_scores<T>(s[1], smem.q, smem.k(0), 64);
+  wgmma_wait<0>();
   const int lane = threadIdx.x & 31;
   const int row = ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
 #pragma unroll
-  for (int j = 0; j < 16; ++j) {
+  for (int half = 0; half < 2; ++half) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      s_out[(row + 8 * (e >> 1)) * 128 + 8 * j + 2 * (lane & 3) + (e & 1)] = s[4 * j + e];
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s_out[(row + 8 * (e >> 1)) * 128 + half * 64 + 8 * j + 2 * (lane & 3) + (e & 1)] =
+            s[half][4 * j + e];
+      }
     }
   }
 }
 
 // One warpgroup: o [64][128] = p [64][128] (float, rounded to T) v [128][128] through
-// probabilities_to_a and values_mma.
+// probabilities_to_a and issue_values, 64 keys at a time.
 template <typename T>
 __device__ __forceinline__ void probe_values(float* o_out, const float* p_in, const T* v) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -403,20 +460,25 @@ __device__ __forceinline__ void probe_values(float* o_out, const float* p_in, co
   __syncthreads();
   const int lane = threadIdx.x & 31;
   const int row = ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
-  float s[64];
-#pragma unroll
-  for (int j = 0; j < 16; ++j) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      s[4 * j + e] = p_in[(row + 8 * (e >> 1)) * 128 + 8 * j + 2 * (lane & 3) + (e & 1)];
-    }
-  }
-  unsigned p[8][4];
-  probabilities_to_a<T>(p, s);
   float o[2][32];
 #pragma unroll
   for (int i = 0; i < 32; ++i) o[0][i] = o[1][i] = 0.f;
-  values_mma<T>(o, p, smem.v(0));
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float s[32];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[4 * j + e] =
+            p_in[(row + 8 * (e >> 1)) * 128 + half * 64 + 8 * j + 2 * (lane & 3) + (e & 1)];
+      }
+    }
+    unsigned p[4][4];
+    probabilities_to_a<T>(p, s);
+    issue_values<T>(o, p, smem.v(0), half * 64);
+    wgmma_wait<0>();
+  }
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
 #pragma unroll

@@ -157,13 +157,17 @@ def test_hopper_row_classes_cover_every_row_count_once(query_lens):
         assert len(owners) == 1, (query_len, result)
 
 
-def test_hopper_kernel_fits_head_dim_128_over_16_bit_caches_without_extras_on_sm90():
-    assert hopper_attention_fits("sm_90", suffix="bf16", head_dim=128, extras=False)
-    assert hopper_attention_fits("sm_90", suffix="fp16", head_dim=128, extras=False)
-    assert not hopper_attention_fits("sm_90", suffix="bf16_kvfp8", head_dim=128, extras=False)
-    assert not hopper_attention_fits("sm_90", suffix="bf16", head_dim=64, extras=False)
-    assert not hopper_attention_fits("sm_90", suffix="bf16", head_dim=128, extras=True)
-    assert not hopper_attention_fits("sm_80", suffix="bf16", head_dim=128, extras=False)
+def test_hopper_kernel_fits_head_dim_128_over_16_bit_caches_in_blocks_of_a_power_of_two():
+    def fits(arch="sm_90", *, suffix="bf16", head_dim=128, block_size=16, extras=False):
+        return hopper_attention_fits(arch, suffix=suffix, head_dim=head_dim,
+                                     block_size=block_size, extras=extras)
+
+    assert fits() and fits(suffix="fp16") and fits(block_size=32)
+    assert not fits(suffix="bf16_kvfp8")
+    assert not fits(head_dim=64)
+    assert not fits(extras=True)
+    assert not fits("sm_80")
+    assert not fits(block_size=24)  # the kernel shifts by log2(block_size)
 
 
 def test_hopper_kernel_is_turned_off_by_its_environment_variable(monkeypatch):

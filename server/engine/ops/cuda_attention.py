@@ -250,7 +250,8 @@ def plan_for(lib: KernelLibrary, q: torch.Tensor, kv_cache: torch.Tensor,
     if decode_key_split is None:
         decode_key_split = DEFAULT_DECODE_KEY_SPLIT
     check_decode_key_split(decode_key_split)
-    hopper = hopper_attention_fits(lib.arch, suffix=suffix, head_dim=head_dim, extras=extras)
+    hopper = hopper_attention_fits(lib.arch, suffix=suffix, head_dim=head_dim,
+                                   block_size=kv_cache.shape[2], extras=extras)
     resident = {}
     for c in row_classes(transposed_decode=transposed_decode, hopper=hopper):
         launch = AttentionLaunch(warps=c.warps, min_rows=c.min_rows, max_rows=c.max_rows,

@@ -24,9 +24,9 @@ HOPPER_HEAD_DIM = 128
 HOPPER_ROWS = 128  # query rows of a CTA
 HOPPER_WARPS = HOPPER_ROWS // 16  # as the plan counts rows: 16 a warp
 HOPPER_MIN_ROWS = 128  # a whole tile: shorter sequences stay on the 4-warp kernel
-# Q and two stages of K and V (32 KB each), plus alignment to the swizzle's 1,024 bytes:
+# Q and three stages of K and V (32 KB each), plus alignment to the swizzle's 1,024 bytes:
 # kHopperSmemBytes in the kernel
-HOPPER_SMEM_BYTES = 5 * 32 * 1024 + 1024
+HOPPER_SMEM_BYTES = 7 * 32 * 1024 + 1024
 _SUFFIXES = ("bf16", "fp16")  # 16-bit caches in the model's dtype
 
 
@@ -43,10 +43,13 @@ def hopper_kernel_name(suffix: str) -> str:
     return f"paged_attention_hopper_{suffix}_d{HOPPER_HEAD_DIM}"
 
 
-def hopper_attention_fits(arch: str, *, suffix: str, head_dim: int, extras: bool) -> bool:
+def hopper_attention_fits(arch: str, *, suffix: str, head_dim: int, block_size: int,
+                          extras: bool) -> bool:
     """Whether the Hopper kernel can take a plan's many-row sequences: head_dim 128 over a
-    16-bit cache, no soft-capping, ALiBi or window, on an sm_90 GPU, and not turned off."""
+    16-bit cache in blocks of a power of two (the kernel shifts instead of dividing), no
+    soft-capping, ALiBi or window, on an sm_90 GPU, and not turned off."""
     return (head_dim == HOPPER_HEAD_DIM and suffix in _SUFFIXES and not extras
+            and block_size > 0 and block_size & (block_size - 1) == 0
             and hopper_attention_enabled(arch))
 
 
