@@ -9,6 +9,7 @@ from server.engine.ops.cuda_attention import (GOOD_WAVE_FILL, MAX_PARTITIONS, MI
                                               ROWS_PER_WARP, AttentionKeySplitError,
                                               plan_attention)
 from server.engine.ops.cuda_attention_hopper import (HOPPER_ATTENTION_ENV, HOPPER_MIN_ROWS,
+                                                     HOPPER_ROWS, HOPPER_WARPS,
                                                      hopper_attention_enabled,
                                                      hopper_attention_fits)
 
@@ -127,25 +128,27 @@ def hopper_plan(query_lens, max_seq_len, *, num_heads=32, num_kv_heads=8):
 
 
 def test_hopper_plan_sends_sequences_of_a_whole_tile_of_rows_to_the_hopper_kernel():
-    # group 4: rows 4, 2048, 24, 64, 128
-    result = hopper_plan([1, 512, 6, 16, 32], 4096)
-    by_kind = {(launch.warps, launch.hopper): launch for launch in result.launches}
-    assert sorted(by_kind) == [(1, False), (2, False), (4, False), (8, True)]
-    assert by_kind[4, False].max_rows == HOPPER_MIN_ROWS - 1
-    assert by_kind[8, True].min_rows == HOPPER_MIN_ROWS
-    assert by_kind[8, True].grid_x == (512 + 6 + 16 + 32 + 1) * 4 // 128 + 5
-    assert by_kind[8, True].threads == 256
+    # group 4: rows 4, 2048, 24, 48, 128
+    result = hopper_plan([1, 512, 6, 12, 32], 4096)
+    by_kind = {(launch.hopper, launch.min_rows): launch for launch in result.launches}
+    hopper = by_kind[True, HOPPER_MIN_ROWS]
+    assert [launch.warps for launch in result.launches] == [1, 2, 4, HOPPER_WARPS]
+    assert by_kind[False, 33].max_rows == HOPPER_MIN_ROWS - 1
+    assert hopper.grid_x == (1 + 512 + 6 + 12 + 32) * 4 // HOPPER_ROWS + 5
+    assert hopper.threads == 32 * HOPPER_WARPS
 
 
 def test_hopper_plan_keeps_short_sequences_off_the_hopper_kernel():
-    assert not any(launch.hopper for launch in hopper_plan([1] * 64 + [31], 2048).launches)
+    short = (HOPPER_MIN_ROWS - 1) // 4  # group 4
+    assert not any(launch.hopper for launch in hopper_plan([1] * 64 + [short], 2048).launches)
 
 
 def test_one_long_prefill_on_the_hopper_kernel_is_split_by_its_occupancy():
-    # 1,024 tokens x group 4: 32 tiles x 8 kv heads = 256 CTAs, one per SM of 132
+    # 1,024 tokens x group 4 over 8 kv heads, one CTA an SM of 132
+    ctas = 1024 * 4 // HOPPER_ROWS * 8
     result = hopper_plan([1024], 1024)
     assert [launch.hopper for launch in result.launches] == [True]
-    assert wave_fill(256 * result.num_partitions, H100_SMS) >= GOOD_WAVE_FILL
+    assert wave_fill(ctas * result.num_partitions, H100_SMS) >= GOOD_WAVE_FILL
 
 
 @pytest.mark.parametrize("query_lens", [[129, 1, 300], [1024], [33, 500, 2, 128]])

@@ -13,7 +13,8 @@ import torch
 from server.engine.attention.metadata import AttentionMetadata
 from server.engine.gpu.kernel_args import KernelArgumentError
 from server.engine.ops.cuda_attention import paged_attention_into
-from server.engine.ops.cuda_attention_hopper import HOPPER_MIN_ROWS, HOPPER_SMEM_BYTES
+from server.engine.ops.cuda_attention_hopper import (HOPPER_MIN_ROWS, HOPPER_ROWS,
+                                                     HOPPER_SMEM_BYTES, HOPPER_WARPS)
 from server.engine.ops.cuda_launch import (add_rms_norm_into, gemv_into, rms_norm_into,
                                            rope_and_cache_into, silu_and_mul_into)
 
@@ -218,16 +219,17 @@ def test_each_row_class_launches_its_own_kernel_kv_heads_side_by_side(split, dec
 
 def test_on_sm90_long_prefills_launch_the_hopper_kernel_with_its_shared_memory():
     lib = RecordingLibrary(arch="sm_90", resident_ctas={"paged_attention_hopper_bf16_d128": 1})
-    metadata = attention_metadata([1, 20, 40], [300, 20, 40], width=30)  # rows 4, 80, 160
-    q = bf16(61, 32, 128)
+    metadata = attention_metadata([1, 10, 40], [300, 20, 40], width=30)  # rows 4, 40, 160
+    q = bf16(51, 32, 128)
     plan = paged_attention_into(lib, torch.empty_like(q), q, bf16(2, 100, 16, 8, 128),
                                 metadata, 0.088)
     assert [(launch.warps, launch.hopper) for launch in plan.launches] == [
-        (1, False), (4, False), (8, True)]
+        (1, False), (4, False), (HOPPER_WARPS, True)]
     module, function, grid, block, args = lib.launches[-1]
     assert (module, function, block) == ("paged_attention_hopper",
-                                         "paged_attention_hopper_bf16_d128", (256,))
-    assert grid[:2] == ((61 * 4 // 128 + 3) * 8, 1)
+                                         "paged_attention_hopper_bf16_d128",
+                                         (32 * HOPPER_WARPS,))
+    assert grid[:2] == ((51 * 4 // HOPPER_ROWS + 3) * 8, 1)
     assert lib.shared_bytes["paged_attention_hopper_bf16_d128"] == HOPPER_SMEM_BYTES
     assert args[-2:] == (np.int32(HOPPER_MIN_ROWS), np.int32(2**31 - 1))
     assert lib.launches[1][4][-2:] == (np.int32(33), np.int32(HOPPER_MIN_ROWS - 1))

@@ -21,9 +21,9 @@ from server.engine.gpu.kernels import HOPPER_ATTENTION_MODULE
 HOPPER_ATTENTION_ENV = "INFLIGHTD_HOPPER_ATTENTION"
 HOPPER_MODULE = HOPPER_ATTENTION_MODULE.name
 HOPPER_HEAD_DIM = 128
-HOPPER_ROWS = 128  # query rows of a CTA
+HOPPER_ROWS = 128  # query rows of a CTA: two warpgroups
 HOPPER_WARPS = HOPPER_ROWS // 16  # as the plan counts rows: 16 a warp
-HOPPER_MIN_ROWS = 128  # a whole tile: shorter sequences stay on the 4-warp kernel
+HOPPER_MIN_ROWS = HOPPER_ROWS  # a whole tile: shorter sequences stay on the 4-warp kernel
 # Q and three stages of K and V (32 KB each), plus alignment to the swizzle's 1,024 bytes:
 # kHopperSmemBytes in the kernel
 HOPPER_SMEM_BYTES = 7 * 32 * 1024 + 1024
