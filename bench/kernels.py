@@ -8,7 +8,7 @@ K/V tile's keys) over the same cache, once over a bf16 cache and once over an e4
 read once) against a measured device copy bandwidth (read + write) and read bandwidth (a
 bf16 sum), with w1k2's speed-up over w1 and the e4m3 cache's over bf16;
 prefill attention for 4 sequences of 1024 new tokens as time and TFLOP/s (both caches; on an
-sm_90 GPU the bf16 cache's on the Hopper wgmma kernel and on the mma.sync kernels alone),
+sm_90 GPU each on the Hopper wgmma kernel and on the mma.sync kernels alone),
 next to torch's own fused attention on the same shape. --batches, --contexts and
 --prefill-lengths widen the grid (issue 16's: batches 64,256,512,1024, contexts 640,2048,8192,
 prefill lengths 1024,4096,16384; a prefill of L tokens runs max(1, 4096 // L) sequences). Every timing replays a CUDA graph and takes the
@@ -170,6 +170,8 @@ def bench_prefill(ops: CudaOps, num_seqs: int = 4, length: int = 1024) -> dict:
                                                         HEAD_DIM ** -0.5))
     kv8 = to_cache_dtype(kv_cache, FP8_KV_DTYPE)
     fp8_ms = median_replay_ms(lambda: ops.attention(q, kv8, metadata, HEAD_DIM ** -0.5))
+    with hopper_attention_off():
+        fp8_mma_ms = median_replay_ms(lambda: ops.attention(q, kv8, metadata, HEAD_DIM ** -0.5))
     flops = 4 * num_seqs * NUM_HEADS * HEAD_DIM * length * (length + 1) / 2
     # torch's fused causal attention on contiguous (unpaged) tensors of the same shape, the
     # kv heads repeated for their query heads (same FLOPs)
@@ -180,7 +182,7 @@ def bench_prefill(ops: CudaOps, num_seqs: int = 4, length: int = 1024) -> dict:
     return {"seqs": num_seqs, "length": length, "us": ms * 1e3, "tflops": flops / ms / 1e9,
             "hopper": hopper, "mma_sync_us": mma_ms * 1e3,
             "mma_sync_tflops": flops / mma_ms / 1e9,
-            "fp8_kv_us": fp8_ms * 1e3,
+            "fp8_kv_us": fp8_ms * 1e3, "fp8_kv_mma_sync_us": fp8_mma_ms * 1e3,
             "sdpa_us": sdpa_ms * 1e3, "sdpa_tflops": flops / sdpa_ms / 1e9}
 
 
@@ -241,6 +243,7 @@ def print_table(results: dict) -> None:
         print(f"prefill attention {p['seqs']}x{p['length']} ({kernel}): {p['us']:.0f} us, "
               f"{p['tflops']:.0f} TFLOP/s; the mma.sync kernels alone {p['mma_sync_us']:.0f} us, "
               f"{p['mma_sync_tflops']:.0f} TFLOP/s; over an fp8 cache {p['fp8_kv_us']:.0f} us "
+              f"(mma.sync alone {p['fp8_kv_mma_sync_us']:.0f} us) "
               f"(torch SDPA on unpaged tensors: {p['sdpa_us']:.0f} us, "
               f"{p['sdpa_tflops']:.0f} TFLOP/s)")
     for row in results["elementwise"]:

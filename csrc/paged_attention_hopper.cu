@@ -27,140 +27,32 @@
 // arrive merges them (attention_merge.cuh). No soft-capping, ALiBi or window (the _extras
 // kernels have them).
 //
+// Over an e4m3 cache (the _kvfp8 kernels) the copies land raw and each tile is converted to
+// fp16 in shared memory while the tile before it is on the tensor cores, and the MMAs run in
+// fp16 (hopper_tiles.cuh). hopper_tiles.cuh holds the shared memory and its copies,
+// hopper_math.cuh the MMAs, the softmax and the store.
+//
 // The wgmma_probe_* kernels run the kernel's two MMA steps alone on one tile, so a test can
 // check the shared-memory layouts and fragment orders apart from the softmax.
 #include "attention_common.cuh"
 #include "attention_merge.cuh"
 #include "common.cuh"
+#include "fp8.cuh"
+#include "hopper_math.cuh"
+#include "hopper_tiles.cuh"
 #include "mma.cuh"
 #include "wgmma.cuh"
 
 namespace inflightd {
 namespace {
 
-constexpr int kHopperRows = 128;  // query rows of a CTA: two warpgroups of 64
-constexpr int kHopperKeys = 128;  // keys of a K/V tile
-constexpr int kHopperD = 128;
-constexpr int kHopperThreads = 256;
-constexpr int kHalfBytes = 128 * kSwizzleRowBytes;  // 64 columns of 128 rows: 16 KB
-constexpr int kTileBytes = 2 * kHalfBytes;          // 128 rows of head_dim 128: 32 KB
-constexpr int kStages = 3;
-// Q and three stages of K and V, and room to align the dynamic shared memory to the
-// swizzle's 1,024 bytes (server/engine/ops/cuda_attention_hopper.py launches with the same)
-constexpr int kHopperSmemBytes = (1 + 2 * kStages) * kTileBytes + 1024;
-static_assert(kHopperSmemBytes <= 227 * 1024, "an SM's shared memory holds one CTA");
-
-// Shared-memory addresses of the tiles (arithmetic, not arrays: a stage is a run-time index).
-struct HopperSmem {
-  unsigned q;
-  __device__ __forceinline__ unsigned k(int stage) const {
-    return q + (1 + 2 * stage) * kTileBytes;
-  }
-  __device__ __forceinline__ unsigned v(int stage) const {
-    return q + (2 + 2 * stage) * kTileBytes;
-  }
+// Whether T is fp16 (bf16 queries over an e4m3 cache are converted to fp16).
+template <typename T> struct IsHalf {
+  static constexpr bool value = false;
 };
-
-__device__ __forceinline__ HopperSmem hopper_smem(unsigned char* raw) {
-  return HopperSmem{(static_cast<unsigned>(__cvta_generic_to_shared(raw)) + 1023u) & ~1023u};
-}
-
-// Chunk c (0..15: 8 values each) of row `row` of a 128-row tile of two halves.
-__device__ __forceinline__ unsigned tile_chunk(unsigned tile, int row, int chunk) {
-  return tile + (chunk >> 3) * kHalfBytes + swizzled_offset(row, chunk & 7);
-}
-
-// 16 bytes from global to shared memory, or 16 zero bytes where !valid (keys past the
-// sequence, rows past the tile: a masked key still multiplies its V row by p = 0).
-__device__ __forceinline__ void cp_async_16_or_zero(unsigned dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-
-// Issues S (this warpgroup's 64 rows x 64 keys: rows key0 .. key0 + 63 of the K tile) =
-// Q K^T, committed as one group; q_rows: the warpgroup's first Q row.
-template <typename T>
-__device__ __forceinline__ void issue_scores(float (&s)[32], unsigned q_rows, unsigned k_tile,
-                                             int key0) {
-  const unsigned k_rows = k_tile + key0 * kSwizzleRowBytes;
-  wgmma_fence();
-#pragma unroll
-  for (int kk = 0; kk < kHopperD / 16; ++kk) {
-    // the k16 step's 32 bytes of every row, in the half holding its columns
-    const unsigned step = (kk >> 2) * kHalfBytes + (kk & 3) * 32;
-    wgmma_ss_n64<T>(s, swizzled_desc(q_rows + step), swizzled_desc(k_rows + step), kk > 0);
-  }
-  wgmma_commit();
-}
-
-// P (64 x 64, rounded to T) from the probabilities in S's accumulator layout: the A of
-// k16 step kk is S's 8-column blocks 2kk and 2kk + 1 (wgmma.cuh).
-template <typename T>
-__device__ __forceinline__ void probabilities_to_a(unsigned (&p)[4][4], const float (&s)[32]) {
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) p[kk][i] = pack2<T>(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
-  }
-}
-
-// Issues O (64 rows x 128 columns as two halves of 64) += P V over keys key0 .. key0 + 63
-// of the V tile, committed as one group.
-template <typename T>
-__device__ __forceinline__ void issue_values(float (&o)[2][32], const unsigned (&p)[4][4],
-                                             unsigned v_tile, int key0) {
-  wgmma_fence();
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      // 16 keys are 16 rows, two 8-row groups, of the half's tile
-      const unsigned rows = v_tile + half * kHalfBytes + (key0 + 16 * kk) * kSwizzleRowBytes;
-      wgmma_rs_n64_tb<T>(o[half], p[kk], swizzled_desc(rows));
-    }
-  }
-  wgmma_commit();
-}
-
-__device__ __forceinline__ void scale_rows(float (&o)[2][32], const float (&alpha)[2]) {
-#pragma unroll
-  for (int i = 0; i < 32; ++i) {
-    o[0][i] *= alpha[(i >> 1) & 1];
-    o[1][i] *= alpha[(i >> 1) & 1];
-  }
-}
-
-// Block sizes are powers of two (the launch checks): a key's block is a shift away.
-struct BlockShift {
-  int shift;  // log2(block_size)
-  int mask;   // block_size - 1
+template <> struct IsHalf<__half> {
+  static constexpr bool value = true;
 };
-
-// Keys [k0, k0 + 128) of the sequence into a stage, each thread 8 keys of one 16-byte column
-// chunk, K and V; the block table maps each key to its slot.
-template <typename T>
-__device__ __forceinline__ void load_kv_tile(const HopperSmem& smem, int stage,
-                                             const T* __restrict__ kv_head,
-                                             const int* __restrict__ block_row, int k0,
-                                             int kv_hi, BlockShift block, long long kv_row,
-                                             long long plane) {
-  const int chunk = threadIdx.x & 15;
-#pragma unroll
-  for (int i = 0; i < kHopperKeys / 16; ++i) {
-    const int key = (threadIdx.x >> 4) + 16 * i;
-    const int position = k0 + key;
-    const bool valid = position < kv_hi;
-    long long offset = 0;
-    if (valid) {
-      const long long slot = (static_cast<long long>(block_row[position >> block.shift])
-                              << block.shift) + (position & block.mask);
-      offset = slot * kv_row;
-    }
-    const T* src = kv_head + offset + chunk * 8;
-    cp_async_16_or_zero(tile_chunk(smem.k(stage), key, chunk), src, valid);
-    cp_async_16_or_zero(tile_chunk(smem.v(stage), key, chunk), src + plane, valid);
-  }
-}
 
 // Where a CTA's rows come from (as paged_attention.cuh's TileInfo).
 struct HopperTile {
@@ -171,100 +63,15 @@ struct HopperTile {
   int group;        // query heads per kv head
 };
 
-// Online softmax over 64 keys from k0 on, in place: S becomes the probabilities, m and l the
-// running max and (this lane's share of the) sum, alpha what the earlier O must be scaled by.
-__device__ __forceinline__ void online_softmax(float (&s)[32], float (&m)[2], float (&l)[2],
-                                               float (&alpha)[2], const int (&key_limit)[2],
-                                               int k0, float scale_log2) {
-  const int t = threadIdx.x & 3;
-  const bool masked = k0 + 64 > min(key_limit[0], key_limit[1]);
-  float tile_max[2] = {neg_inf(), neg_inf()};
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      float x = s[4 * j + e] * scale_log2;
-      if (masked && k0 + 8 * j + 2 * t + (e & 1) >= key_limit[e >> 1]) x = neg_inf();
-      s[4 * j + e] = x;
-      tile_max[e >> 1] = fmaxf(tile_max[e >> 1], x);
-    }
-  }
-  float base[2];
-  update_row_max(tile_max, m, base, alpha);
-  float row_sum[2] = {0.f, 0.f};
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      s[4 * j + e] = exp2f(s[4 * j + e] - base[e >> 1]);
-      row_sum[e >> 1] += s[4 * j + e];
-    }
-  }
-#pragma unroll
-  for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + row_sum[h];
-}
-
-// Where a CTA's output goes: the output itself, or with several key partitions its
-// partition's float32 partials (attention_common.cuh).
-template <typename T> struct HopperOut {
-  T* out;
-  float* part_acc;
-  float* part_max;
-  float* part_sum;
-  unsigned* counters;
-  int num_partitions;
-  long long rows_total;  // num_tokens * num_heads: one partition's rows of the partials
-};
-
-// The two rows' outputs, normalised, or with several partitions their unnormalised sums and
-// (max, sum) in the partials.
-template <typename T>
-__device__ __forceinline__ void store_rows(const HopperOut<T>& dst, const float (&o)[2][32],
-                                           const float (&m)[2], const float (&l)[2],
-                                           const long long (&out_row)[2]) {
-  const int t = threadIdx.x & 3;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float total = l[h] + __shfl_xor_sync(0xffffffffu, l[h], 1);
-    total += __shfl_xor_sync(0xffffffffu, total, 2);
-    if (out_row[h] < 0) continue;
-    if (dst.num_partitions == 1) {
-      const float inv = 1.f / total;  // a row always sees its own key: total >= 1
-      T* row = dst.out + out_row[h] * kHopperD;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          *reinterpret_cast<unsigned*>(row + half * 64 + 8 * j + 2 * t) =
-              pack2<T>(o[half][4 * j + 2 * h] * inv, o[half][4 * j + 2 * h + 1] * inv);
-        }
-      }
-    } else {
-      const long long part_row = blockIdx.z * dst.rows_total + out_row[h];
-      float* row = dst.part_acc + part_row * kHopperD;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          *reinterpret_cast<float2*>(row + half * 64 + 8 * j + 2 * t) =
-              make_float2(o[half][4 * j + 2 * h], o[half][4 * j + 2 * h + 1]);
-        }
-      }
-      if (t == 0) {
-        dst.part_max[part_row] = m[h];
-        dst.part_sum[part_row] = total;
-      }
-    }
-  }
-}
-
 // Keys [kv_lo, kv_hi) for the tile's rows, then its output (one partition) or partials.
-template <typename T>
+template <typename T, typename KvT>
 __device__ __forceinline__ void attend_keys(
     const HopperOut<T>& dst, const HopperSmem& smem, const HopperTile& tile, int kv_head,
-    int kv_lo, int kv_hi, const T* __restrict__ q, const T* __restrict__ kv_cache,
+    int kv_lo, int kv_hi, const T* __restrict__ q, const KvT* __restrict__ kv_cache,
     const int* __restrict__ block_row, int num_heads, int num_kv_heads, int block_size,
     long long num_slots, float scale_log2) {
+  using MmaT = typename HopperMma<T, KvT>::type;
+  constexpr bool kE4m3 = sizeof(KvT) == 1;
   // Q rows -> shared memory, and the first K/V tile.
   const int chunk = threadIdx.x & 15;
 #pragma unroll
@@ -279,17 +86,37 @@ __device__ __forceinline__ void attend_keys(
                          : q;
     cp_async_16_or_zero(tile_chunk(smem.q, r, chunk), src, valid);
   }
+  if constexpr (kE4m3 && !IsHalf<T>::value) {  // bf16 queries, fp16 MMAs
+    cp_async_commit();
+    cp_async_wait<0>();
+#pragma unroll
+    for (int i = 0; i < kHopperRows / 16; ++i) {
+      convert_q_chunk(tile_chunk(smem.q, (threadIdx.x >> 4) + 16 * i, chunk));
+    }
+  }
   const long long kv_row = static_cast<long long>(num_kv_heads) * kHopperD;
   const long long plane = num_slots * kv_row;
-  const T* kv_head_base = kv_cache + kv_head * kHopperD;
+  const KvT* kv_head_base = kv_cache + kv_head * kHopperD;
   const BlockShift block_shift{__ffs(block_size) - 1, block_size - 1};
-  load_kv_tile(smem, 0, kv_head_base, block_row, kv_lo, kv_hi, block_shift, kv_row, plane);
-  cp_async_commit();
-  if (kv_hi - kv_lo > kHopperKeys) {
-    load_kv_tile(smem, 1, kv_head_base, block_row, kv_lo + kHopperKeys, kv_hi, block_shift,
-                 kv_row, plane);
+  const bool two_tiles = kv_hi - kv_lo > kHopperKeys;
+  if constexpr (kE4m3) {
+    load_kv_raw(smem, 0, kv_head_base, block_row, kv_lo, kv_hi, block_shift, kv_row, plane);
+    if (two_tiles) {
+      load_kv_raw(smem, 1, kv_head_base, block_row, kv_lo + kHopperKeys, kv_hi, block_shift,
+                  kv_row, plane);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    convert_kv_tile(smem, 0, 0);  // this thread's own copies: its wait covers them
+  } else {
+    load_kv_tile(smem, 0, kv_head_base, block_row, kv_lo, kv_hi, block_shift, kv_row, plane);
+    cp_async_commit();
+    if (two_tiles) {
+      load_kv_tile(smem, 1, kv_head_base, block_row, kv_lo + kHopperKeys, kv_hi, block_shift,
+                   kv_row, plane);
+    }
+    cp_async_commit();  // tile 1's group, empty or not: the loop waits for all but the newest
   }
-  cp_async_commit();  // tile 1's group, empty or not: the loop waits for all but the newest
 
   // This thread's two rows (wgmma.cuh's accumulator layout) and the keys they see.
   const int warpgroup = threadIdx.x >> 7;
@@ -320,16 +147,29 @@ __device__ __forceinline__ void attend_keys(
   const unsigned q_rows = smem.q + warpgroup * 64 * kSwizzleRowBytes;
   const int num_tiles = (kv_hi - kv_lo + kHopperKeys - 1) / kHopperKeys;
   for (int it = 0; it < num_tiles; ++it) {
-    const int stage = it % kStages;
+    // where tile `it` is read from: a stage (16-bit cache), or a buffer (e4m3)
+    const int stage = kE4m3 ? it & 1 : it % kStages;
     const int k0 = kv_lo + it * kHopperKeys;
-    cp_async_wait<1>();  // tile `it` (and Q) have landed; tile it + 1 may still be coming
+    // 16-bit: tile `it` (and Q) have landed, tile it + 1 may still be coming; e4m3: tile
+    // it + 1 has landed raw (this thread's copies), and tile `it` was converted
+    if constexpr (kE4m3) {
+      cp_async_wait<0>();
+    } else {
+      cp_async_wait<1>();
+    }
     fence_async_shared();
     __syncthreads();  // ... for everyone, and everyone is done with tile it - 1's stage
-    issue_scores<T>(s_a, q_rows, smem.k(stage), 0);
-    issue_scores<T>(s_b, q_rows, smem.k(stage), 64);
-    // the copies two tiles ahead while the tensor cores work (their block-table reads and
-    // addresses would otherwise hold the MMAs back)
-    if (it + 2 < num_tiles) {
+    issue_scores<MmaT>(s_a, q_rows, smem.k(stage), 0);
+    issue_scores<MmaT>(s_b, q_rows, smem.k(stage), 64);
+    // the copies two tiles ahead (and over e4m3 the next tile's conversion) while the tensor
+    // cores work: block-table reads and addresses would otherwise hold the MMAs back
+    if constexpr (kE4m3) {
+      if (it + 1 < num_tiles) convert_kv_tile(smem, (it + 1) & 1, (it + 1) & 1);
+      if (it + 2 < num_tiles) {
+        load_kv_raw(smem, it & 1, kv_head_base, block_row, k0 + 2 * kHopperKeys, kv_hi,
+                    block_shift, kv_row, plane);
+      }
+    } else if (it + 2 < num_tiles) {
       load_kv_tile(smem, (it + 2) % kStages, kv_head_base, block_row, k0 + 2 * kHopperKeys,
                    kv_hi, block_shift, kv_row, plane);
     }
@@ -339,18 +179,18 @@ __device__ __forceinline__ void attend_keys(
     float alpha[2];
     online_softmax(s_a, m, l, alpha, key_limit, k0, scale_log2);
     scale_rows(o, alpha);
-    probabilities_to_a<T>(p_a, s_a);
-    issue_values<T>(o, p_a, smem.v(stage), 0);
+    probabilities_to_a<MmaT>(p_a, s_a);
+    issue_values<MmaT>(o, p_a, smem.v(stage), 0);
     wgmma_wait<1>();  // S_b done; P_a V may run on
     fence_registers(s_b);
     online_softmax(s_b, m, l, alpha, key_limit, k0 + 64, scale_log2);
-    probabilities_to_a<T>(p_b, s_b);
+    probabilities_to_a<MmaT>(p_b, s_b);
     wgmma_wait<0>();  // P_a V done: O may be scaled
     fence_registers(o[0]);
     fence_registers(o[1]);
     fence_registers(p_a);
     scale_rows(o, alpha);
-    issue_values<T>(o, p_b, smem.v(stage), 64);
+    issue_values<MmaT>(o, p_b, smem.v(stage), 64);
     // Waited for here, not at the next tile's S: ptxas cannot follow a wgmma group across the
     // loop's back edge and would serialize every wgmma (its warning C7514).
     wgmma_wait<0>();
@@ -362,9 +202,9 @@ __device__ __forceinline__ void attend_keys(
   store_rows(dst, o, m, l, out_row);
 }
 
-template <typename T>
+template <typename T, typename KvT>
 __device__ __forceinline__ void hopper_attention_impl(
-    const HopperOut<T>& dst, const T* __restrict__ q, const T* __restrict__ kv_cache,
+    const HopperOut<T>& dst, const T* __restrict__ q, const KvT* __restrict__ kv_cache,
     const int* __restrict__ query_start_loc, const int* __restrict__ seq_lens,
     const int* __restrict__ block_tables, int num_seqs, int num_heads, int num_kv_heads,
     int block_size, int max_blocks_per_seq, long long num_slots, float scale_log2,
@@ -396,7 +236,7 @@ __device__ __forceinline__ void hopper_attention_impl(
   const int last_key = tile.context + (tile.row0 + valid_rows - 1) / tile.group;
   const int kv_hi = min(kv_lo + part_len, last_key + 1);
   if (kv_lo < seq_len) {  // else a partition past the sequence's end: nothing to attend
-    attend_keys(dst, smem, tile, kv_head, kv_lo, kv_hi, q, kv_cache,
+    attend_keys<T, KvT>(dst, smem, tile, kv_head, kv_lo, kv_hi, q, kv_cache,
                 block_tables + static_cast<long long>(seq) * max_blocks_per_seq, num_heads,
                 num_kv_heads, block_size, num_slots, scale_log2);
   }
@@ -498,11 +338,10 @@ __device__ __forceinline__ void probe_values(float* o_out, const float* p_in, co
 // The arguments of paged_attention.cuh's kernels, so one launch path serves both; the
 // soft-capping, ALiBi and window arguments are unused here (the plan sends those launches to
 // the _extras kernels).
-#define INFLIGHTD_PAGED_ATTENTION_HOPPER(T, SUFFIX)                                            \
-  extern "C" __global__ void __launch_bounds__(kHopperThreads, 1)                               \
-      paged_attention_hopper_##SUFFIX##_d128(                                                   \
+#define INFLIGHTD_PAGED_ATTENTION_HOPPER(T, KvT, NAME)                                          \
+  extern "C" __global__ void __launch_bounds__(kHopperThreads, 1) NAME(                         \
           T* out, float* part_acc, float* part_max, float* part_sum, unsigned* counters,        \
-          const T* q, const T* kv_cache, const int* query_start_loc, const int* seq_lens,       \
+          const T* q, const KvT* kv_cache, const int* query_start_loc, const int* seq_lens,     \
           const int* block_tables, int num_seqs, int num_tokens, int num_heads,                 \
           int num_kv_heads, int block_size, int max_blocks_per_seq, long long num_slots,        \
           float scale_log2, const float* alibi_slopes, float cap_in, float cap_out, int window, \
@@ -511,11 +350,14 @@ __device__ __forceinline__ void probe_values(float* o_out, const float* p_in, co
     const inflightd::HopperOut<T> dst{out, part_acc, part_max, part_sum, counters,             \
                                       num_partitions,                                           \
                                       static_cast<long long>(num_tokens) * num_heads};          \
-    inflightd::hopper_attention_impl<T>(dst, q, kv_cache, query_start_loc, seq_lens,            \
+    inflightd::hopper_attention_impl<T, KvT>(dst, q, kv_cache, query_start_loc, seq_lens,       \
                                         block_tables, num_seqs, num_heads, num_kv_heads,        \
                                         block_size, max_blocks_per_seq, num_slots, scale_log2,  \
                                         min_rows, max_rows);                                    \
-  }                                                                                             \
+  }
+
+// The probes, of the 16-bit MMAs.
+#define INFLIGHTD_WGMMA_PROBES(T, SUFFIX)                                                       \
   extern "C" __global__ void __launch_bounds__(128) wgmma_probe_scores_##SUFFIX(                \
       float* s, const T* q, const T* k) {                                                       \
     inflightd::probe_scores<T>(s, q, k);                                                        \
@@ -526,5 +368,10 @@ __device__ __forceinline__ void probe_values(float* o_out, const float* p_in, co
   }
 
 using inflightd::kHopperThreads;
-INFLIGHTD_PAGED_ATTENTION_HOPPER(__nv_bfloat16, bf16)
-INFLIGHTD_PAGED_ATTENTION_HOPPER(__half, fp16)
+INFLIGHTD_PAGED_ATTENTION_HOPPER(__nv_bfloat16, __nv_bfloat16, paged_attention_hopper_bf16_d128)
+INFLIGHTD_PAGED_ATTENTION_HOPPER(__half, __half, paged_attention_hopper_fp16_d128)
+INFLIGHTD_PAGED_ATTENTION_HOPPER(__nv_bfloat16, inflightd::Fp8,
+                                 paged_attention_hopper_bf16_kvfp8_d128)
+INFLIGHTD_PAGED_ATTENTION_HOPPER(__half, inflightd::Fp8, paged_attention_hopper_fp16_kvfp8_d128)
+INFLIGHTD_WGMMA_PROBES(__nv_bfloat16, bf16)
+INFLIGHTD_WGMMA_PROBES(__half, fp16)

@@ -2,7 +2,8 @@
 steps alone on one tile (the probes: shared-memory layouts and fragment orders), then whole
 packed batches through the plan against TorchOps.attention (long prefills with and without a
 cached prefix, uneven lengths, block edges, MHA / GQA / MQA, several launches in one step,
-key partitions merged, graph replays). Skipped, with the reason, on GPUs other than sm_90."""
+key partitions merged, graph replays), over a 16-bit and an e4m3 cache (whose reference
+reads the same e4m3 values). Skipped, with the reason, on GPUs other than sm_90."""
 
 from __future__ import annotations
 
@@ -63,35 +64,39 @@ def test_values_probe_gives_rounded_p_times_v(library, dtype):
     assert_close(o, expected, what="O = P V", max_error=PROBE_TOLERANCE)
 
 
-def _inputs(*, batch: str, heads: str, dtype: torch.dtype, seed: int):
+def _inputs(*, batch: str, heads: str, dtype: torch.dtype, seed: int,
+            kv_dtype: torch.dtype | None = None):
     query_lens, context_lens, block_size = BATCHES[batch]
     num_heads, num_kv_heads = HEADS[heads]
     kv_cache, metadata = paged_batch(query_lens=query_lens, context_lens=context_lens,
                                      block_size=block_size, num_kv_heads=num_kv_heads,
-                                     head_dim=128, dtype=dtype, seed=seed)
+                                     head_dim=128, dtype=dtype, seed=seed, kv_dtype=kv_dtype)
     q = random_tensor((metadata.num_tokens, num_heads, 128), dtype=dtype,
                       generator=cuda_generator(seed + 1))
     return q, kv_cache, metadata
 
 
+@pytest.mark.parametrize("kv_dtype", (None, torch.float8_e4m3fn), ids=("kv16", "kvfp8"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("heads", tuple(HEADS))
 @pytest.mark.parametrize("batch", tuple(BATCHES))
-def test_hopper_kernel_matches_reference(library, torch_ops, batch, heads, dtype):
-    q, kv_cache, metadata = _inputs(batch=batch, heads=heads, dtype=dtype, seed=len(batch))
+def test_hopper_kernel_matches_reference(library, torch_ops, batch, heads, dtype, kv_dtype):
+    q, kv_cache, metadata = _inputs(batch=batch, heads=heads, dtype=dtype, seed=len(batch),
+                                    kv_dtype=kv_dtype)
     plan = plan_for(library, q, kv_cache, metadata)
     assert any(launch.hopper for launch in plan.launches), plan
     out = poisoned(tuple(q.shape), dtype=dtype)
     paged_attention_into(library, out, q, kv_cache, metadata, 128 ** -0.5, plan=plan)
     assert_close(out, torch_ops.attention(q, kv_cache, metadata, 128 ** -0.5),
-                 what=f"hopper attention {batch}/{heads}/{dtype} {plan}")
+                 what=f"hopper attention {batch}/{heads}/{dtype}/cache {kv_cache.dtype} {plan}")
 
 
+@pytest.mark.parametrize("kv_dtype", (None, torch.float8_e4m3fn), ids=("kv16", "kvfp8"))
 @pytest.mark.parametrize("num_partitions", (2, 5))
 def test_hopper_kernel_splits_keys_into_partitions_and_merges_them(library, torch_ops,
-                                                                   num_partitions):
+                                                                   num_partitions, kv_dtype):
     q, kv_cache, metadata = _inputs(batch="prefix-hits", heads="gqa", dtype=torch.bfloat16,
-                                    seed=7)
+                                    seed=7, kv_dtype=kv_dtype)
     plan = dataclasses.replace(plan_for(library, q, kv_cache, metadata),
                                num_partitions=num_partitions)
     assert any(launch.hopper for launch in plan.launches), plan

@@ -160,13 +160,13 @@ def test_hopper_row_classes_cover_every_row_count_once(query_lens):
         assert len(owners) == 1, (query_len, result)
 
 
-def test_hopper_kernel_fits_head_dim_128_over_16_bit_caches_in_blocks_of_a_power_of_two():
+def test_hopper_kernel_fits_head_dim_128_in_blocks_of_a_power_of_two_without_extras():
     def fits(arch="sm_90", *, suffix="bf16", head_dim=128, block_size=16, extras=False):
         return hopper_attention_fits(arch, suffix=suffix, head_dim=head_dim,
                                      block_size=block_size, extras=extras)
 
     assert fits() and fits(suffix="fp16") and fits(block_size=32)
-    assert not fits(suffix="bf16_kvfp8")
+    assert fits(suffix="bf16_kvfp8") and fits(suffix="fp16_kvfp8")
     assert not fits(head_dim=64)
     assert not fits(extras=True)
     assert not fits("sm_80")

@@ -235,13 +235,14 @@ def test_on_sm90_long_prefills_launch_the_hopper_kernel_with_its_shared_memory()
     assert lib.launches[1][4][-2:] == (np.int32(33), np.int32(HOPPER_MIN_ROWS - 1))
 
 
-def test_on_sm90_an_e4m3_cache_keeps_the_mma_sync_kernels():
+def test_on_sm90_an_e4m3_cache_launches_the_hopper_kernel_built_for_it():
     lib = RecordingLibrary(arch="sm_90")
     metadata = attention_metadata([40], [40], width=30)
     q = bf16(40, 32, 128)
     cache = torch.zeros((2, 100, 16, 8, 128), dtype=torch.float8_e4m3fn)
     plan = paged_attention_into(lib, torch.empty_like(q), q, cache, metadata, 0.088)
-    assert not any(launch.hopper for launch in plan.launches)
+    assert [launch.hopper for launch in plan.launches] == [True]
+    assert lib.launches[0][1] == "paged_attention_hopper_bf16_kvfp8_d128"
 
 
 @pytest.mark.parametrize("resident, partitions", ((6, 3), (4, 1)))

@@ -129,11 +129,11 @@ def _attention_modules(head_dim: int) -> tuple[KernelModule, KernelModule]:
                          _names("paged_attention_{dt}_kvfp8_d{d}_w{w}{x}", **axes)))
 
 
-# prefill attention on Hopper's warpgroup MMA (head_dim 128, 16-bit cache), and the two
-# probes that check its MMA layouts apart (ops/cuda_attention_hopper.py)
+# prefill attention on Hopper's warpgroup MMA (head_dim 128; a 16-bit or an e4m3 cache), and
+# the two probes that check its MMA layouts apart (ops/cuda_attention_hopper.py)
 HOPPER_ATTENTION_MODULE = KernelModule(
     "paged_attention_hopper", True,
-    _names("paged_attention_hopper_{dt}_d128", dt=DTYPES)
+    _names("paged_attention_hopper_{dt}{kv}_d128", dt=DTYPES, kv=("", "_kvfp8"))
     + _names("wgmma_probe_{what}_{dt}", what=("scores", "values"), dt=DTYPES),
     arch_specific="sm_90a")
 ATTENTION_MODULES = tuple(module for head_dim in ATTENTION_HEAD_DIMS

@@ -1,8 +1,8 @@
 """Where prefill attention runs on Hopper's warpgroup MMA (csrc/paged_attention_hopper.cu).
 
 The Hopper kernel takes a sequence's query rows 128 at a time (two warpgroups of 64 rows,
-K/V tiles of 128 keys) at head_dim 128 over a 16-bit cache, with no soft-capping, ALiBi or
-window; it splits keys into partitions and merges them as the other kernels do, and takes
+K/V tiles of 128 keys) at head_dim 128 over a 16-bit or an e4m3 cache (the _kvfp8 kernels,
+fp16 MMAs), with no soft-capping, ALiBi or window; it splits keys into partitions and merges them as the other kernels do, and takes
 their arguments. So it is one more row class of the plan: sequences of at least
 HOPPER_MIN_ROWS rows per kv head run on it, the rest of the many-row class stays on the
 4-warp kernel.
@@ -27,7 +27,8 @@ HOPPER_MIN_ROWS = HOPPER_ROWS  # a whole tile: shorter sequences stay on the 4-w
 # Q and three stages of K and V (32 KB each), plus alignment to the swizzle's 1,024 bytes:
 # kHopperSmemBytes in the kernel
 HOPPER_SMEM_BYTES = 7 * 32 * 1024 + 1024
-_SUFFIXES = ("bf16", "fp16")  # 16-bit caches in the model's dtype
+# the cache in the model's dtype, or e4m3
+_SUFFIXES = ("bf16", "fp16", "bf16_kvfp8", "fp16_kvfp8")
 
 
 def hopper_attention_enabled(arch: str) -> bool:
@@ -46,7 +47,7 @@ def hopper_kernel_name(suffix: str) -> str:
 def hopper_attention_fits(arch: str, *, suffix: str, head_dim: int, block_size: int,
                           extras: bool) -> bool:
     """Whether the Hopper kernel can take a plan's many-row sequences: head_dim 128 over a
-    16-bit cache in blocks of a power of two (the kernel shifts instead of dividing), no
+    16-bit or e4m3 cache in blocks of a power of two (the kernel shifts instead of dividing), no
     soft-capping, ALiBi or window, on an sm_90 GPU, and not turned off."""
     return (head_dim == HOPPER_HEAD_DIM and suffix in _SUFFIXES and not extras
             and block_size > 0 and block_size & (block_size - 1) == 0
