@@ -250,6 +250,22 @@ __device__ __forceinline__ void hopper_attention_impl(
       num_live_partitions(seq_len, part_len));
 }
 
+// Where accumulator element i of a 64-column half sits in a row-major [64][128] matrix
+// (wgmma.cuh's layout), for this thread of a one-warpgroup probe.
+__device__ __forceinline__ int probe_index(int half, int i) {
+  const int lane = threadIdx.x & 31;
+  const int row = ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2) + 8 * ((i >> 1) & 1);
+  return row * 128 + half * 64 + 8 * (i >> 2) + 2 * (lane & 3) + (i & 1);
+}
+
+__device__ __forceinline__ void store_probe(float* out, const float (&acc)[2][32]) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+#pragma unroll
+    for (int i = 0; i < 32; ++i) out[probe_index(half, i)] = acc[half][i];
+  }
+}
+
 // One warpgroup: s [64][128] = q [64][128] k[128][128]^T through issue_scores.
 template <typename T>
 __device__ __forceinline__ void probe_scores(float* s_out, const T* q, const T* k) {
@@ -270,19 +286,7 @@ __device__ __forceinline__ void probe_scores(float* s_out, const T* q, const T* 
   issue_scores<T>(s[0], smem.q, smem.k(0), 0);
   issue_scores<T>(s[1], smem.q, smem.k(0), 64);
   wgmma_wait<0>();
-  const int lane = threadIdx.x & 31;
-  const int row = ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s_out[(row + 8 * (e >> 1)) * 128 + half * 64 + 8 * j + 2 * (lane & 3) + (e & 1)] =
-            s[half][4 * j + e];
-      }
-    }
-  }
+  store_probe(s_out, s);
 }
 
 // One warpgroup: o [64][128] = p [64][128] (float, rounded to T) v [128][128] through
@@ -298,8 +302,6 @@ __device__ __forceinline__ void probe_values(float* o_out, const float* p_in, co
   cp_async_wait<0>();
   fence_async_shared();
   __syncthreads();
-  const int lane = threadIdx.x & 31;
-  const int row = ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
   float o[2][32];
 #pragma unroll
   for (int i = 0; i < 32; ++i) o[0][i] = o[1][i] = 0.f;
@@ -307,29 +309,13 @@ __device__ __forceinline__ void probe_values(float* o_out, const float* p_in, co
   for (int half = 0; half < 2; ++half) {
     float s[32];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[4 * j + e] =
-            p_in[(row + 8 * (e >> 1)) * 128 + half * 64 + 8 * j + 2 * (lane & 3) + (e & 1)];
-      }
-    }
+    for (int i = 0; i < 32; ++i) s[i] = p_in[probe_index(half, i)];
     unsigned p[4][4];
     probabilities_to_a<T>(p, s);
     issue_values<T>(o, p, smem.v(0), half * 64);
     wgmma_wait<0>();
   }
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        o_out[(row + 8 * (e >> 1)) * 128 + half * 64 + 8 * j + 2 * (lane & 3) + (e & 1)] =
-            o[half][4 * j + e];
-      }
-    }
-  }
+  store_probe(o_out, o);
 }
 
 }  // namespace
