@@ -2,10 +2,10 @@
 
 The Hopper kernel takes a sequence's query rows 128 at a time (two warpgroups of 64 rows,
 K/V tiles of 128 keys) at head_dim 128 over a 16-bit or an e4m3 cache (the _kvfp8 kernels,
-fp16 MMAs), with no soft-capping, ALiBi or window; it splits keys into partitions and merges them as the other kernels do, and takes
-their arguments. So it is one more row class of the plan: sequences of at least
-HOPPER_MIN_ROWS rows per kv head run on it, the rest of the many-row class stays on the
-4-warp kernel.
+fp16 MMAs), with no soft-capping, ALiBi or window; it splits keys into partitions and
+merges them as the other kernels do, and takes their arguments. So it is one more row class
+of the plan: sequences of at least HOPPER_MIN_ROWS rows per kv head run on it, the rest of
+the many-row class stays on the 4-warp kernel.
 
 On by default on sm_90 GPUs; INFLIGHTD_HOPPER_ATTENTION=0 turns it off.
 """
@@ -47,8 +47,8 @@ def hopper_kernel_name(suffix: str) -> str:
 def hopper_attention_fits(arch: str, *, suffix: str, head_dim: int, block_size: int,
                           extras: bool) -> bool:
     """Whether the Hopper kernel can take a plan's many-row sequences: head_dim 128 over a
-    16-bit or e4m3 cache in blocks of a power of two (the kernel shifts instead of dividing), no
-    soft-capping, ALiBi or window, on an sm_90 GPU, and not turned off."""
+    16-bit or e4m3 cache in blocks of a power of two (the kernel shifts instead of
+    dividing), no soft-capping, ALiBi or window, on an sm_90 GPU, and not turned off."""
     return (head_dim == HOPPER_HEAD_DIM and suffix in _SUFFIXES and not extras
             and block_size > 0 and block_size & (block_size - 1) == 0
             and hopper_attention_enabled(arch))
