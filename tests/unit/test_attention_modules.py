@@ -144,6 +144,15 @@ def test_a_kernel_of_a_module_not_loaded_loads_it_at_first_use(library):
     assert compiled[-1] == "paged_attention_fp8_d64"
 
 
+def test_on_another_gpu_the_hopper_module_is_skipped_by_load_all_and_refused_by_name(library):
+    lib, compiled = library
+    lib.arch = "sm_80"
+    lib.load_all(head_dims=(128,))
+    assert "paged_attention_hopper" not in compiled
+    with pytest.raises(KernelArgumentError, match="runs only on sm_90a GPUs, not sm_80"):
+        lib._kernel("paged_attention_hopper", "paged_attention_hopper_bf16_d128")
+
+
 def test_kernels_of_the_old_modules_are_refused_clearly(library):
     lib, _ = library
     with pytest.raises(KernelArgumentError, match="no kernel module 'paged_attention'"):
