@@ -55,11 +55,17 @@ def run_steps(runner, *, seed: int) -> list[torch.Tensor]:
     return results
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_overlapped_launches_compute_bit_identical_steps(variant):
-    on = runner_with(programmatic_launch=True, options=VARIANTS[variant])
-    off = runner_with(programmatic_launch=False, options=VARIANTS[variant])
-    got, want = run_steps(on, seed=7), run_steps(off, seed=7)
+def assert_bit_identical_steps(*, on, off, seed: int, what: str) -> None:
+    """run_steps on two runners (replaying graphs) gives the same logits and caches."""
+    got, want = run_steps(on, seed=seed), run_steps(off, seed=seed)
     assert on.graphs.num_replays >= 4 and off.graphs.num_replays >= 4
     for step, (a, b) in enumerate(zip(got, want)):
-        assert torch.equal(a, b), f"{variant}: step {step} differs with programmatic launch"
+        assert torch.equal(a, b), f"step {step} differs with {what}"
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_overlapped_launches_compute_bit_identical_steps(variant):
+    assert_bit_identical_steps(on=runner_with(programmatic_launch=True, options=VARIANTS[variant]),
+                               off=runner_with(programmatic_launch=False,
+                                               options=VARIANTS[variant]),
+                               seed=7, what=f"programmatic launch ({variant})")

@@ -24,6 +24,7 @@ class RecordingLibrary:
     device: torch.device = torch.device("cpu")
     num_sms: int = 132
     arch: str = "sm_80"  # no Hopper kernel unless a test asks for sm_90
+    programmatic_launch: bool = False
     resident_ctas: dict[str, int] = field(default_factory=dict)  # by kernel; else 6
     launches: list[tuple] = field(default_factory=list)
     occupancy_queries: list[str] = field(default_factory=list)
