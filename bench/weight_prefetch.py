@@ -10,7 +10,7 @@ a GEMV, and batch-1 decode with it off and on.
                   built with INFLIGHTD_PREFETCH_WEIGHTS 0 and 1, in turn, twice, against the
                   roofline of copy bandwidth over weight bytes
 
-    python bench/weight_prefetch.py [--models dummy:gpt2-xl,dummy:starcoder-1b,...]
+    python bench/weight_prefetch.py [--models dummy:gpt2-xl,dummy:llama-3-8b@int4_wo,...]
         [--output-len 256] [--json out.json]
 """
 
@@ -39,7 +39,9 @@ GEMV_SHAPES = (("gpt2-xl qkv", 4800, 1600), ("gpt2-xl o", 1600, 1600),
                ("llama-3-8b down", 4096, 14336))
 GAPS_US = (0, 4, 10, 30)
 CHUNKS = (16 * 1024, 64 * 1024, 256 * 1024)
-MODELS = ("dummy:gpt2-xl", "dummy:starcoder-1b", "dummy:llama-3-8b")
+# MODEL[@QUANTIZATION]: W4A16's step spends 0.67 of its 2.81 ms outside the GEMVs too
+MODELS = ("dummy:gpt2-xl", "dummy:starcoder-1b", "dummy:llama-3-8b",
+          "dummy:llama-3-8b@int4_wo")
 FLUSH_BYTES = 256 * 2**20  # five times an H100's L2
 
 
@@ -88,16 +90,18 @@ def gemv_probe() -> list[dict]:
 def decode_rows(models: list[str], output_len: int, rounds: int = 2) -> list[dict]:
     bandwidth = copy_bandwidth("cuda") / 1e9
     rows = []
-    for model in models:
+    for spec in models:
+        model, _, quantization = spec.partition("@")
         for round_ in range(rounds):
             for prefetch in ("0", "1"):
                 os.environ[PREFETCH_ENV] = prefetch
-                llm = LLM(model, device="cuda", max_num_seqs=8)
+                llm = LLM(model, device="cuda", max_num_seqs=8,
+                          quantization=quantization or None)
                 assert llm.engine.runner.ops.prefetch_weights is (prefetch == "1")
                 llm.engine.runner.capture_graphs()
                 b1 = batch1_decode(llm, output_len)
                 weight_bytes = weight_bytes_of(llm)
-                row = {"model": model, "round": round_, "prefetch": prefetch == "1",
+                row = {"model": spec, "round": round_, "prefetch": prefetch == "1",
                        "tokens_per_s": b1["output_tokens_per_s"],
                        "of_roofline": b1["output_tokens_per_s"] * weight_bytes
                        / (bandwidth * 1e9), "copy_GBps": bandwidth}
