@@ -65,6 +65,7 @@ import torch
 
 from server.engine.models.int_grid import IntCodes, grid_params, to_codes
 from server.quantize.awq import Sampling, scale_layer
+from server.quantize.code_descent import descend_codes
 from server.quantize.grid_search import group_gram, search_grid, shrink_ratios
 from server.quantize.layerwise import (LayerInputs, calibrate_layers, module, observe_inputs,
                                        run_layer)
@@ -78,6 +79,7 @@ STATIC_GROUPS = True  # act-order's groups: runs of adjacent columns (False: GPT
 AWQ_SCALES = False  # AWQ's scales folded into each layer before its GPTQ (4 bits only)
 AWQ_CLIP = False  # with them, AWQ's clipping of the scaled weights too (proxy: worse)
 HESSIAN_GRID = True  # static groups' grids chosen by output error (H's diagonal blocks)
+DESCENT_PASSES = 0  # coordinate-descent passes over the codes after GPTQ (code_descent.py)
 # (modules sharing one input, quantized as one weight), the first of which is observed
 FUSED_GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                 ("self_attn.o_proj",), ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))
@@ -183,6 +185,13 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, gro
             block[:, i:] -= error[:, None] * upper[column, start + i:end][None, :]
             errors[:, i] = error
         w[:, end:] -= errors @ upper[start:end, end:]
+    if DESCENT_PASSES and not dynamic:
+        hessian = hessian[order.argsort()][:, order.argsort()]  # back to the columns' order
+        hessian.diagonal().add_(DAMP * hessian.diagonal().mean())
+        weight = weight.float().masked_fill(dead[None, :], 0)  # as GPTQ took it
+        return descend_codes(weight, hessian, IntCodes(
+            codes=codes, scales=scales, zeros=zeros, bits=bits, group_size=group_size),
+            order=order, passes=DESCENT_PASSES)
     g_idx = None
     if act_order and not static_groups:
         g_idx = torch.empty(cols, dtype=torch.int32, device=w.device)
