@@ -26,14 +26,14 @@ def hopper_ops(**kwargs) -> tuple[CudaOps, RecordingLibrary]:
     return CudaOps(lib, prefetch_weights=True, **kwargs), lib
 
 
-def test_prefetch_asks_for_the_head_of_a_large_weight_one_chunk_per_thread():
+def test_prefetch_spreads_the_head_of_a_large_weight_over_one_warp_ctas():
     ops, lib = hopper_ops()
     weight = torch.empty((8192, 2048), dtype=torch.bfloat16)  # 32 MiB
     ops.prefetch(weight, 1)
-    chunks = PREFETCH_MAX_BYTES // PREFETCH_CHUNK_BYTES
-    assert lib.launches == [("prefetch", "prefetch_l2", (chunks // 32,), (32,),
+    chunks = PREFETCH_MAX_BYTES // PREFETCH_CHUNK_BYTES  # 256 chunks, 132 SMs: 2 a CTA
+    assert lib.launches == [("prefetch", "prefetch_l2", (chunks // 2,), (32,),
                              (weight.data_ptr(), np.int64(PREFETCH_MAX_BYTES),
-                              np.int32(PREFETCH_CHUNK_BYTES)))]
+                              np.int32(PREFETCH_CHUNK_BYTES), np.int32(2)))]
 
 
 def test_prefetch_takes_a_small_weight_whole_in_one_cta():
@@ -42,7 +42,20 @@ def test_prefetch_takes_a_small_weight_whole_in_one_cta():
     ops.prefetch(weight, 1)
     ((_module, _function, grid, block, args),) = lib.launches
     assert (grid, block) == ((1,), (32,))
-    assert args[:2] == (weight.data_ptr(), 14_400)
+    assert args == (weight.data_ptr(), 14_400, PREFETCH_CHUNK_BYTES, 1)
+
+
+def test_every_chunk_falls_to_exactly_one_thread():
+    ops, lib = hopper_ops()
+    for rows in (1, 31, 64, 200, 4096, 8192):
+        lib.launches.clear()
+        weight = torch.empty((rows, 2048), dtype=torch.bfloat16)
+        ops.prefetch(weight, 1)
+        ((_module, _function, (ctas,), _block, (_address, num_bytes, chunk, per_cta)),) = \
+            lib.launches
+        num_chunks = -(-int(num_bytes) // int(chunk))
+        assert ctas <= lib.num_sms and int(per_cta) <= 32
+        assert (ctas - 1) * int(per_cta) < num_chunks <= ctas * int(per_cta)
 
 
 def test_prefetch_range_never_reaches_outside_an_unaligned_tensor():

@@ -26,7 +26,7 @@ from server.engine.models.quantization import Fp8Weight
 
 PREFETCH_ENV = "INFLIGHTD_PREFETCH_WEIGHTS"
 PREFETCH_MIN_ARCH = 90  # cp.async.bulk.prefetch.L2
-PREFETCH_THREADS = 32  # one warp a CTA: each CTA's bulk prefetches go out from its own SM
+PREFETCH_THREADS = 32  # one warp a CTA, up to one CTA an SM: each SM issues its own share
 PREFETCH_CHUNK_BYTES = 64 * 1024  # one bulk prefetch instruction's bytes
 PREFETCH_MAX_BYTES = 16 * 2**20  # the head of a weight asked for: a third of an H100's L2
 PREFETCH_MAX_TOKENS = 16  # steps of more tokens than this are not bound by weight bytes
@@ -71,8 +71,8 @@ def prefetch_range(tensor: torch.Tensor, *, max_bytes: int = PREFETCH_MAX_BYTES
 def prefetch_into_l2(lib: KernelLibrary, weight: torch.Tensor | Fp8Weight | IntWeight, *,
                      max_bytes: int = PREFETCH_MAX_BYTES,
                      chunk_bytes: int = PREFETCH_CHUNK_BYTES) -> None:
-    """Launches csrc/prefetch.cu over the head of `weight` (one chunk per thread, as many
-    one-warp CTAs as that takes)."""
+    """Launches csrc/prefetch.cu over the head of `weight`: its chunks spread over up to one
+    one-warp CTA per SM."""
     if chunk_bytes <= 0 or chunk_bytes % ALIGNMENT:
         raise KernelArgumentError(f"prefetch chunk must be a positive multiple of {ALIGNMENT} "
                                   f"bytes, got {chunk_bytes}")
@@ -84,6 +84,8 @@ def prefetch_into_l2(lib: KernelLibrary, weight: torch.Tensor | Fp8Weight | IntW
     if num_bytes == 0:
         return
     num_chunks = -(-num_bytes // chunk_bytes)
-    ctas = -(-num_chunks // PREFETCH_THREADS)
+    chunks_per_cta = -(-num_chunks // min(num_chunks, lib.num_sms))
+    ctas = -(-num_chunks // chunks_per_cta)
     lib.launch("prefetch", "prefetch_l2", grid=(ctas,), block=(PREFETCH_THREADS,),
-               args=(address, np.int64(num_bytes), np.int32(chunk_bytes)))
+               args=(address, np.int64(num_bytes), np.int32(chunk_bytes),
+                     np.int32(chunks_per_cta)))
