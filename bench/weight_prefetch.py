@@ -11,7 +11,7 @@ a GEMV, and batch-1 decode with it off and on.
                   roofline of copy bandwidth over weight bytes
 
     python bench/weight_prefetch.py [--models dummy:gpt2-xl,dummy:llama-3-8b@int4_wo,...]
-        [--output-len 256] [--json out.json]
+        [--output-len 256] [--rounds 1] [--skip-gemv] [--json out.json]
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ GEMV_SHAPES = (("gpt2-xl qkv", 4800, 1600), ("gpt2-xl o", 1600, 1600),
                ("llama-3-8b down", 4096, 14336))
 GAPS_US = (0, 4, 10, 30)
 CHUNKS = (16 * 1024, 64 * 1024, 256 * 1024)
-# MODEL[@QUANTIZATION]: W4A16's step spends 0.67 of its 2.81 ms outside the GEMVs too
+# MODEL[@QUANTIZATION]: W4A16's step spends 0.67 of its 2.81 ms outside the GEMVs too, and
+# FP8's on an H200 0.48 of 2.89 (docs/benchmarks.md)
 MODELS = ("dummy:gpt2-xl", "dummy:starcoder-1b", "dummy:llama-3-8b",
-          "dummy:llama-3-8b@int4_wo")
+          "dummy:llama-3-8b@fp8", "dummy:llama-3-8b@int4_wo")
 FLUSH_BYTES = 256 * 2**20  # five times an H100's L2
 
 
@@ -87,7 +88,7 @@ def gemv_probe() -> list[dict]:
     return rows
 
 
-def decode_rows(models: list[str], output_len: int, rounds: int = 2) -> list[dict]:
+def decode_rows(models: list[str], output_len: int, rounds: int) -> list[dict]:
     bandwidth = copy_bandwidth("cuda") / 1e9
     rows = []
     for spec in models:
@@ -116,13 +117,15 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--output-len", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=1, help="engines off then on, this often")
     p.add_argument("--skip-gemv", action="store_true")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     result = {"device": torch.cuda.get_device_name(0)}
     if not args.skip_gemv:
         result["gemv"] = gemv_probe()
-    result["decode"] = decode_rows([m for m in args.models.split(",") if m], args.output_len)
+    result["decode"] = decode_rows([m for m in args.models.split(",") if m], args.output_len,
+                                   args.rounds)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return result
