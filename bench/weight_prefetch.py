@@ -4,8 +4,8 @@ a GEMV, and batch-1 decode with it off and on.
     gemv probe    one GEMV's time after L2 is flushed, cold, and after the prefetch of its
                   weight's head was launched GAP µs before it (a spinning kernel in
                   between stands for the norms and attention that run there in a step),
-                  for several chunk sizes: how fast the prefetch fills L2, and what the
-                  GEMV gains from it
+                  for several chunk sizes and from 1 to all SMs: how fast the prefetch
+                  fills L2, and what the GEMV gains from it
     decode        batch-1 decode tok/s (bench/offline.py's measure) of each model, engines
                   built with INFLIGHTD_PREFETCH_WEIGHTS 0 and 1, in turn, twice, against the
                   roofline of copy bandwidth over weight bytes
@@ -39,6 +39,7 @@ GEMV_SHAPES = (("gpt2-xl qkv", 4800, 1600), ("gpt2-xl o", 1600, 1600),
                ("llama-3-8b down", 4096, 14336))
 GAPS_US = (0, 4, 10, 30)
 CHUNKS = (16 * 1024, 64 * 1024, 256 * 1024)
+PREFETCH_CTAS = (1, 8, 32)
 # MODEL[@QUANTIZATION]: W4A16's step spends 0.67 of its 2.81 ms outside the GEMVs too, and
 # FP8's on an H200 0.48 of 2.89 (docs/benchmarks.md)
 MODELS = ("dummy:gpt2-xl", "dummy:starcoder-1b", "dummy:llama-3-8b",
@@ -53,14 +54,14 @@ def spin_us(us: float) -> None:
 
 
 def gemv_us(ops: CudaOps, weight: torch.Tensor, *, gap_us: float, chunk: int | None,
-            flush: torch.Tensor, repeats: int = 30) -> float:
+            flush: torch.Tensor, max_ctas: int | None = None, repeats: int = 30) -> float:
     """Median µs of the GEMV alone, after a flush, [a prefetch], a spin of gap_us."""
     x = torch.randn(1, weight.shape[1], dtype=weight.dtype, device=weight.device)
     times = []
     for _ in range(repeats + 3):
         flush.zero_()
         if chunk is not None:
-            prefetch_into_l2(ops.library, weight, chunk_bytes=chunk)
+            prefetch_into_l2(ops.library, weight, chunk_bytes=chunk, max_ctas=max_ctas)
         spin_us(gap_us)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -83,6 +84,9 @@ def gemv_probe() -> list[dict]:
             for gap in GAPS_US:
                 row[f"chunk{chunk // 1024}k_gap{gap}_us"] = gemv_us(
                     ops, weight, gap_us=gap, chunk=chunk, flush=flush)
+        for ctas in PREFETCH_CTAS:  # can one SM issue it (from inside a one-CTA norm)?
+            row[f"ctas{ctas}_gap10_us"] = gemv_us(ops, weight, gap_us=10, chunk=CHUNKS[1],
+                                                  flush=flush, max_ctas=ctas)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows

@@ -70,9 +70,10 @@ def prefetch_range(tensor: torch.Tensor, *, max_bytes: int = PREFETCH_MAX_BYTES
 
 def prefetch_into_l2(lib: KernelLibrary, weight: torch.Tensor | Fp8Weight | IntWeight, *,
                      max_bytes: int = PREFETCH_MAX_BYTES,
-                     chunk_bytes: int = PREFETCH_CHUNK_BYTES) -> None:
+                     chunk_bytes: int = PREFETCH_CHUNK_BYTES, max_ctas: int | None = None
+                     ) -> None:
     """Launches csrc/prefetch.cu over the head of `weight`: its chunks spread over up to one
-    one-warp CTA per SM."""
+    one-warp CTA per SM (or max_ctas, bench/weight_prefetch.py's probe)."""
     if chunk_bytes <= 0 or chunk_bytes % ALIGNMENT:
         raise KernelArgumentError(f"prefetch chunk must be a positive multiple of {ALIGNMENT} "
                                   f"bytes, got {chunk_bytes}")
@@ -84,7 +85,7 @@ def prefetch_into_l2(lib: KernelLibrary, weight: torch.Tensor | Fp8Weight | IntW
     if num_bytes == 0:
         return
     num_chunks = -(-num_bytes // chunk_bytes)
-    chunks_per_cta = -(-num_chunks // min(num_chunks, lib.num_sms))
+    chunks_per_cta = -(-num_chunks // min(num_chunks, max_ctas or lib.num_sms))
     ctas = -(-num_chunks // chunks_per_cta)
     lib.launch("prefetch", "prefetch_l2", grid=(ctas,), block=(PREFETCH_THREADS,),
                args=(address, np.int64(num_bytes), np.int32(chunk_bytes),
