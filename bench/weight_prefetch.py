@@ -1,6 +1,7 @@
 """Weight prefetch into L2 (csrc/prefetch.cu, ops/cuda_prefetch.py) on the GPU: what it buys
 a GEMV, and batch-1 decode with it off and on.
 
+    hop probe     what a prefetch kernel costs a chain of small kernels (the wait it adds)
     gemv probe    one GEMV's time after L2 is flushed, cold, and after the prefetch of its
                   weight's head was launched GAP µs before it (a spinning kernel in
                   between stands for the norms and attention that run there in a step),
@@ -27,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.gpu_probes import copy_bandwidth  # noqa: E402
+from server.engine.gpu.graph_capture import median_replay_ms  # noqa: E402
 from bench.offline import batch1_decode, free_gpu_memory, weight_bytes_of  # noqa: E402
 from server.engine.gpu.kernels import KernelLibrary  # noqa: E402
 from server.engine.llm import LLM  # noqa: E402
@@ -92,6 +94,31 @@ def gemv_probe() -> list[dict]:
     return rows
 
 
+def hop_probe(*, calls: int = 200) -> dict:
+    """µs a prefetch kernel adds to a chain of small kernels under programmatic launch: a
+    graph of `calls` one-row RMSNorms, each with a prefetch of 16 KB before it or not (the
+    kernel after a prefetch waits for it, and it for the kernel before)."""
+    ops = CudaOps(KernelLibrary(programmatic_launch=True), prefetch_weights=True)
+    x = torch.randn(1, 4096, dtype=torch.bfloat16, device="cuda")
+    norm = torch.ones(4096, dtype=torch.bfloat16, device="cuda")
+    tiny = torch.empty(8192, dtype=torch.bfloat16, device="cuda")
+
+    def chain(prefetch: bool):
+        def run():
+            for _ in range(calls):
+                if prefetch:
+                    prefetch_into_l2(ops.library, tiny)
+                ops.rms_norm(x, norm, 1e-6)
+        return run
+
+    plain = median_replay_ms(chain(False)) * 1e3 / calls
+    with_prefetch = median_replay_ms(chain(True)) * 1e3 / calls
+    row = {"norm_us": plain, "norm_with_prefetch_us": with_prefetch,
+           "hop_us": with_prefetch - plain}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def decode_rows(models: list[str], output_len: int, rounds: int) -> list[dict]:
     bandwidth = copy_bandwidth("cuda") / 1e9
     rows = []
@@ -127,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     result = {"device": torch.cuda.get_device_name(0)}
     if not args.skip_gemv:
+        result["hop"] = hop_probe()
         result["gemv"] = gemv_probe()
     result["decode"] = decode_rows([m for m in args.models.split(",") if m], args.output_len,
                                    args.rounds)
