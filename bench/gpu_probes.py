@@ -31,10 +31,12 @@ from server.scheduler.request import SamplingParams
 # kernel group -> substrings of the kernel names (ours from csrc/, cuBLAS's for the GEMMs)
 KERNEL_GROUPS = (
     ("attention", ("paged_attention",)),
-    ("norms", ("rms_norm",)),
+    ("norms", ("rms_norm", "layer_norm")),
+    ("L2 prefetch", ("prefetch_l2",)),
     ("rope + KV write", ("rope_and_cache",)),
     ("silu_and_mul", ("silu_and_mul",)),
     ("GEMM", ("gemm", "gemv", "nvjet", "cutlass", "xmma", "splitk", "cublas")),
+    ("gelu", ("gelu_erf", "gelu_tanh")),  # after GEMM: gemv_gelu_* is a GEMV
     ("copies", ("memcpy", "memset")),
 )
 
