@@ -134,10 +134,13 @@ async def _start_serving(config: ServeConfig, client: EngineClient,
     return state
 
 
-def _log_startup(state: ServingState) -> None:
+def log_listening(state: ServingState) -> None:
+    """The "listening" line: logged by the HTTP server once its socket accepts connections
+    (http_server.py), not when the app has started: with several api processes on one
+    port, a process still collecting garbage after its start-up is not yet one the kernel
+    hands connections to."""
     config, info = state.config, state.info
     url = f"http://{config.api.host}:{config.api.port}"
-    prefix_caching = config.cache.enable_prefix_caching
     precision = info.dtype if info.quantization is None else f"{info.dtype}, {info.quantization}"
     logger.info("inflightd listening on %s, serving %r (%s on %s, %s)", url, state.model_name,
                 info.model_name, info.device, precision,
@@ -146,6 +149,11 @@ def _log_startup(state: ServingState) -> None:
                                   "engine_model": info.model_name, "device": info.device,
                                   "dtype": info.dtype, "quantization": info.quantization,
                                   "api_keys": len(config.api.api_keys)}})
+
+
+def _log_startup(state: ServingState) -> None:
+    config, info = state.config, state.info
+    prefix_caching = config.cache.enable_prefix_caching
     logger.info("KV cache: %d tokens (%d blocks of %d, %s); max model length %d tokens; "
                 "prefix caching %s", info.kv_cache_tokens, info.num_kv_blocks, info.block_size,
                 info.kv_cache_dtype, info.max_model_len, "on" if prefix_caching else "off",

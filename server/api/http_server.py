@@ -9,6 +9,7 @@ import socket
 import uvicorn
 from fastapi import FastAPI
 
+from server.api.app import log_listening
 from server.api.connections import ConnectionLimits, limited_protocol
 from server.api.settings import ServeConfig
 from server.api.shutdown import DrainingServer
@@ -26,7 +27,8 @@ def run_app(app: FastAPI, config: ServeConfig, *,
         timeout_graceful_shutdown=5, timeout_keep_alive=api.keep_alive_timeout_s,
         http=limited_protocol(ConnectionLimits(
             header_timeout_s=api.header_timeout_s,
-            max_connections=api.max_connections))), control=app.state.control)
+            max_connections=api.max_connections))), control=app.state.control,
+        on_listening=lambda: log_listening(app.state.serving))
     try:
         server.run(sockets=sockets)
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from types import FrameType
 
@@ -126,10 +127,17 @@ class DaemonControl:
 class DrainingServer(uvicorn.Server):
     """uvicorn's server with DaemonControl deciding what a signal does."""
 
-    def __init__(self, config: uvicorn.Config, *, control: DaemonControl) -> None:
+    def __init__(self, config: uvicorn.Config, *, control: DaemonControl,
+                 on_listening: Callable[[], None] | None = None) -> None:
         super().__init__(config)
         self._control = control
+        self._on_listening = on_listening
         control.bind_exit(self._stop)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self._on_listening is not None:  # its sockets listen now
+            self._on_listening()
 
     def _stop(self) -> None:
         self.should_exit = True

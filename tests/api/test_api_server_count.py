@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -61,17 +60,21 @@ def test_concurrent_streams_are_served_by_both_processes_and_counted_once(pair):
             return stream_events(http, "/v1/completions",
                                  {"prompt": f"Story {i}", "max_tokens": 20, "ignore_eos": True})
 
-    with ThreadPoolExecutor(16) as pool:
-        streams = list(pool.map(one_stream, range(16)))
+    # the kernel spreads connections by a hash of their ports: 16 all landing on one of two
+    # processes happens once in 30,000 rounds, so a second or third round may be needed
+    streams, served_by = [], Counter()
+    for round_ in range(3):
+        with ThreadPoolExecutor(16) as pool:
+            streams += pool.map(one_stream, range(16 * round_, 16 * (round_ + 1)))
+        ids = {events[0]["id"] for events in streams}
+        served_by = Counter(e["api_process"] for e in log_events(pair, "request_finished")
+                            if e["req_id"] in ids)
+        if set(served_by) == {0, 1}:
+            break
     assert all(finish_reasons(events) == {0: "length"} for events in streams)
-    ids = {events[0]["id"] for events in streams}
-    # the kernel spreads connections by a hash of their ports: 16 all landing on one of
-    # two processes would happen once in 30,000 runs
-    served_by = Counter(e["api_process"] for e in log_events(pair, "request_finished")
-                        if e["req_id"] in ids)
-    assert sum(served_by.values()) == 16 and set(served_by) == {0, 1}, served_by
+    assert sum(served_by.values()) == len(streams) and set(served_by) == {0, 1}, served_by
     # whichever process answers, the counts are the daemon's, not its own
-    assert {successes(pair.base_url) - before for _ in range(6)} == {16}
+    assert {successes(pair.base_url) - before for _ in range(6)} == {len(streams)}
     families = {f.name: f for f in text_string_to_metric_families(
         httpx.get(f"{pair.base_url}/metrics").text)}
     ttft = {s.name: s.value for s in families["inflightd:time_to_first_token_seconds"].samples}

@@ -71,3 +71,44 @@ def test_json_logs_have_structured_startup_and_one_line_per_request():
         assert second["finish_reason"] == "length"
         loggers = {e["logger"] for e in json_lines(d)}
         assert {"inflightd.api", "inflightd.requests", "uvicorn.error"} <= loggers
+
+
+def test_the_listening_line_comes_once_the_socket_accepts_connections():
+    """DrainingServer calls on_listening after uvicorn's start-up, its socket listening: an
+    api process that logged "listening" earlier (while its app still collected garbage)
+    let a second one on the same port take every connection meanwhile."""
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    from server.api.http_server import shared_port_socket
+    from server.api.shutdown import DrainingServer
+
+    class Control:
+        def bind_exit(self, request_exit):
+            self.request_exit = request_exit
+
+        def on_signal(self, sig):
+            return False
+
+    async def app(scope, receive, send):  # a lifespan that starts at once, and nothing else
+        while scope["type"] == "lifespan":
+            message = await receive()
+            await send({"type": f"{message['type']}.complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+
+    sock = shared_port_socket("127.0.0.1", 0)  # bound, not listening yet
+    port, connected = sock.getsockname()[1], []
+    control = Control()
+
+    def on_listening():
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            connected.append(port)
+        control.request_exit()
+
+    server = DrainingServer(uvicorn.Config(app, lifespan="on", log_config=None),
+                            control=control, on_listening=on_listening)
+    asyncio.run(server.serve(sockets=[sock]))
+    assert connected == [port]
