@@ -3,6 +3,8 @@ with the argument's name and what was expected, before anything reaches the GPU.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 DTYPE_SUFFIX = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -10,6 +12,22 @@ DTYPE_SUFFIX = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 class KernelArgumentError(ValueError):
     """A tensor handed to a kernel has the wrong device, dtype, shape or layout."""
+
+
+ENV_SWITCH_VALUES = {"0": False, "off": False, "false": False, "1": True, "on": True,
+                     "true": True}
+
+
+def env_switch(name: str, *, default: bool) -> bool:
+    """An on/off environment variable (0/1, off/on, false/true), `default` when unset; any
+    other value is an error naming the variable."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    switch = ENV_SWITCH_VALUES.get(value.strip().lower())
+    if switch is None:
+        raise KernelArgumentError(f"{name} must be 0 or 1, got {value!r}")
+    return switch
 
 
 def dtype_suffix(name: str, tensor: torch.Tensor) -> str:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from server.engine.gpu.kernel_args import KernelArgumentError  # noqa: F401  (re-exported)
+from server.engine.gpu.kernel_args import env_switch
 from server.engine.gpu.nvrtc import CSRC_DIR, compile_module
 
 DTYPES = ("bf16", "fp16")
@@ -194,11 +195,13 @@ def programmatic_launch_enabled(arch: str, requested: bool | None = None) -> boo
     """Whether launches carry the PDL attribute: as requested, else as
     INFLIGHTD_PROGRAMMATIC_LAUNCH says ("0" off, default on); never before sm_90."""
     if requested is None:
-        value = os.environ.get(PROGRAMMATIC_LAUNCH_ENV, "1").strip().lower()
-        if value not in ("0", "1", "off", "on", "false", "true"):
-            raise KernelArgumentError(f"{PROGRAMMATIC_LAUNCH_ENV} must be 0 or 1, got {value!r}")
-        requested = value in ("1", "on", "true")
-    return requested and int(arch.removeprefix("sm_").rstrip("a")) >= PROGRAMMATIC_LAUNCH_MIN_ARCH
+        requested = env_switch(PROGRAMMATIC_LAUNCH_ENV, default=True)
+    return requested and arch_number(arch) >= PROGRAMMATIC_LAUNCH_MIN_ARCH
+
+
+def arch_number(arch: str) -> int:
+    """90 for "sm_90" or "sm_90a"."""
+    return int(arch.removeprefix("sm_").rstrip("a"))
 
 
 class KernelLibrary:

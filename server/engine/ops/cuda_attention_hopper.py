@@ -12,10 +12,9 @@ On by default on sm_90 GPUs; INFLIGHTD_HOPPER_ATTENTION=0 turns it off.
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 
-from server.engine.gpu.kernel_args import KernelArgumentError
+from server.engine.gpu.kernel_args import env_switch
 from server.engine.gpu.kernels import HOPPER_ATTENTION_MODULE
 
 HOPPER_ATTENTION_ENV = "INFLIGHTD_HOPPER_ATTENTION"
@@ -34,10 +33,8 @@ _SUFFIXES = ("bf16", "fp16", "bf16_kvfp8", "fp16_kvfp8")
 def hopper_attention_enabled(arch: str) -> bool:
     """Whether plans may use the Hopper kernel on a GPU of `arch`: only sm_90, and not when
     INFLIGHTD_HOPPER_ATTENTION says 0."""
-    value = os.environ.get(HOPPER_ATTENTION_ENV, "1").strip().lower()
-    if value not in ("0", "1", "off", "on", "false", "true"):
-        raise KernelArgumentError(f"{HOPPER_ATTENTION_ENV} must be 0 or 1, got {value!r}")
-    return value in ("1", "on", "true") and HOPPER_ATTENTION_MODULE.target(arch) is not None
+    return (env_switch(HOPPER_ATTENTION_ENV, default=True)
+            and HOPPER_ATTENTION_MODULE.target(arch) is not None)
 
 
 def hopper_kernel_name(suffix: str) -> str:

@@ -14,13 +14,11 @@ sm_90 and later with programmatic launch, where the bulk prefetch and the early 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
-from server.engine.gpu.kernel_args import KernelArgumentError
-from server.engine.gpu.kernels import KernelLibrary
+from server.engine.gpu.kernel_args import KernelArgumentError, env_switch
+from server.engine.gpu.kernels import KernelLibrary, arch_number
 from server.engine.models.int_weights import IntWeight
 from server.engine.models.quantization import Fp8Weight
 
@@ -38,12 +36,8 @@ def prefetch_enabled(arch: str, programmatic_launch: bool, requested: bool | Non
     """Whether CudaOps prefetches weights: as requested, else as INFLIGHTD_PREFETCH_WEIGHTS
     says ("1" on, default off); never before sm_90 or without programmatic launch."""
     if requested is None:
-        value = os.environ.get(PREFETCH_ENV, "0").strip().lower()
-        if value not in ("0", "1", "off", "on", "false", "true"):
-            raise KernelArgumentError(f"{PREFETCH_ENV} must be 0 or 1, got {value!r}")
-        requested = value in ("1", "on", "true")
-    major_minor = int(arch.removeprefix("sm_").rstrip("a"))
-    return requested and programmatic_launch and major_minor >= PREFETCH_MIN_ARCH
+        requested = env_switch(PREFETCH_ENV, default=False)
+    return requested and programmatic_launch and arch_number(arch) >= PREFETCH_MIN_ARCH
 
 
 def weight_bytes_tensor(weight: torch.Tensor | Fp8Weight | IntWeight) -> torch.Tensor:
