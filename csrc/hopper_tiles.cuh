@@ -28,7 +28,7 @@ constexpr int kStages = 3;  // over a 16-bit cache; an e4m3 cache has 2 buffers,
 // Q and three stages of K and V (or two buffers and two raw stages: the same bytes), and
 // room to align the dynamic shared memory to the swizzle's 1,024 bytes
 // (server/engine/ops/cuda_attention_hopper.py launches with the same)
-constexpr int kHopperSmemBytes = (1 + 2 * kStages) * kTileBytes + 1024;
+constexpr int kHopperSmemBytes = (1 + 2 * kStages) * kTileBytes + 1024 + 64;  // + mbarriers
 static_assert(kHopperSmemBytes <= 227 * 1024, "an SM's shared memory holds one CTA");
 
 // Shared-memory addresses of the tiles (arithmetic, not arrays: a stage is a run-time index).

@@ -40,6 +40,7 @@
 #include "fp8.cuh"
 #include "hopper_math.cuh"
 #include "hopper_tiles.cuh"
+#include "hopper_ws.cuh"
 #include "mma.cuh"
 #include "wgmma.cuh"
 
@@ -63,20 +64,84 @@ struct HopperTile {
   int group;        // query heads per kv head
 };
 
-// Keys [kv_lo, kv_hi) for the tile's rows, then its output (one partition) or partials.
-template <typename T, typename KvT>
-__device__ __forceinline__ void attend_keys(
-    const HopperOut<T>& dst, const HopperSmem& smem, const HopperTile& tile, int kv_head,
-    int kv_lo, int kv_hi, const T* __restrict__ q, const KvT* __restrict__ kv_cache,
-    const int* __restrict__ block_row, int num_heads, int num_kv_heads, int block_size,
-    long long num_slots, float scale_log2) {
-  using MmaT = typename HopperMma<T, KvT>::type;
-  constexpr bool kE4m3 = sizeof(KvT) == 1;
-  // Q rows -> shared memory, and the first K/V tile.
-  const int chunk = threadIdx.x & 15;
+// One consumer thread's state over the key tiles: O, the running max and sum of its two rows
+// (wgmma.cuh's accumulator layout), the keys they see, and the registers of a tile's halves.
+struct RowsState {
+  float o[2][32];
+  float s_a[32], s_b[32];
+  unsigned p_a[4][4], p_b[4][4];  // P of each half, live until its P V is done
+  float m[2], l[2];
+  int key_limit[2];
+  long long out_row[2];  // token * num_heads + head, or -1 for a row past the sequence
+};
+
+// Zeroed state for this thread's two rows of the tile, keys below kv_hi.
+__device__ __forceinline__ void start_rows(RowsState& st, const HopperTile& tile, int kv_head,
+                                           int kv_hi, int num_heads) {
+  const int lane = threadIdx.x & 31;
+  const int lane_row = (threadIdx.x >> 7) * 64 + ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
 #pragma unroll
-  for (int i = 0; i < kHopperRows / 16; ++i) {
-    const int r = (threadIdx.x >> 4) + 16 * i;
+  for (int h = 0; h < 2; ++h) {
+    const int row = tile.row0 + lane_row + 8 * h;
+    const int token = row / tile.group;
+    const bool valid = row < tile.rows_in_seq;
+    st.key_limit[h] = valid ? min(tile.context + token + 1, kv_hi) : 0;  // in the partition
+    st.out_row[h] = valid ? static_cast<long long>(tile.q_begin + token) * num_heads +
+                                kv_head * tile.group + (row - token * tile.group)
+                          : -1;
+    st.m[h] = neg_inf();
+    st.l[h] = 0.f;
+  }
+#pragma unroll
+  for (int i = 0; i < 32; ++i) st.o[0][i] = st.o[1][i] = st.s_a[i] = st.s_b[i] = 0.f;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) st.p_a[i / 4][i % 4] = st.p_b[i / 4][i % 4] = 0u;
+}
+
+// One K/V tile (keys k0 .. k0 + 127) for this warpgroup's rows: S of both halves issued,
+// `meanwhile` run while they are on the tensor cores, then each half's softmax and P V.
+template <typename MmaT, typename Meanwhile>
+__device__ __forceinline__ void attend_tile(RowsState& st, unsigned q_rows, unsigned k_tile,
+                                            unsigned v_tile, int k0, float scale_log2,
+                                            Meanwhile meanwhile) {
+  issue_scores<MmaT>(st.s_a, q_rows, k_tile, 0);
+  issue_scores<MmaT>(st.s_b, q_rows, k_tile, 64);
+  meanwhile();
+  wgmma_wait<1>();  // S_a done; S_b may run on
+  fence_registers(st.s_a);
+  float alpha[2];
+  online_softmax(st.s_a, st.m, st.l, alpha, st.key_limit, k0, scale_log2);
+  scale_rows(st.o, alpha);
+  probabilities_to_a<MmaT>(st.p_a, st.s_a);
+  issue_values<MmaT>(st.o, st.p_a, v_tile, 0);
+  wgmma_wait<1>();  // S_b done; P_a V may run on
+  fence_registers(st.s_b);
+  online_softmax(st.s_b, st.m, st.l, alpha, st.key_limit, k0 + 64, scale_log2);
+  probabilities_to_a<MmaT>(st.p_b, st.s_b);
+  wgmma_wait<0>();  // P_a V done: O may be scaled
+  fence_registers(st.o[0]);
+  fence_registers(st.o[1]);
+  fence_registers(st.p_a);
+  scale_rows(st.o, alpha);
+  issue_values<MmaT>(st.o, st.p_b, v_tile, 64);
+  // Waited for here, not at the next tile's S: ptxas cannot follow a wgmma group across the
+  // loop's back edge and would serialize every wgmma (its warning C7514).
+  wgmma_wait<0>();
+  fence_registers(st.o[0]);
+  fence_registers(st.o[1]);
+  fence_registers(st.p_b);
+}
+
+// Query rows of the tile -> shared memory, THREADS threads from `first` on copying.
+template <typename T, int THREADS>
+__device__ __forceinline__ void load_q(const HopperSmem& smem, const HopperTile& tile,
+                                       int kv_head, const T* __restrict__ q, int num_heads,
+                                       int first) {
+  const int thread = threadIdx.x - first;
+  const int chunk = thread & 15;
+#pragma unroll
+  for (int i = 0; i < kHopperRows * 16 / THREADS; ++i) {
+    const int r = (thread >> 4) + (THREADS / 16) * i;
     const int row = tile.row0 + r;
     const bool valid = row < tile.rows_in_seq;
     const int token = row / tile.group;
@@ -86,120 +151,112 @@ __device__ __forceinline__ void attend_keys(
                          : q;
     cp_async_16_or_zero(tile_chunk(smem.q, r, chunk), src, valid);
   }
-  if constexpr (kE4m3 && !IsHalf<T>::value) {  // bf16 queries, fp16 MMAs
+}
+
+// Over an e4m3 cache, all 256 threads copying, converting and multiplying: keys [kv_lo,
+// kv_hi) for the tile's rows, then its output (one partition) or partials.
+template <typename T>
+__device__ __forceinline__ void attend_keys_e4m3(
+    const HopperOut<T>& dst, const HopperSmem& smem, const HopperTile& tile, int kv_head,
+    int kv_lo, int kv_hi, const T* __restrict__ q, const Fp8* __restrict__ kv_cache,
+    const int* __restrict__ block_row, int num_heads, int num_kv_heads, int block_size,
+    long long num_slots, float scale_log2) {
+  load_q<T, kHopperThreads>(smem, tile, kv_head, q, num_heads, 0);
+  if constexpr (!IsHalf<T>::value) {  // bf16 queries, fp16 MMAs
     cp_async_commit();
     cp_async_wait<0>();
 #pragma unroll
     for (int i = 0; i < kHopperRows / 16; ++i) {
-      convert_q_chunk(tile_chunk(smem.q, (threadIdx.x >> 4) + 16 * i, chunk));
+      convert_q_chunk(tile_chunk(smem.q, (threadIdx.x >> 4) + 16 * i, threadIdx.x & 15));
     }
   }
   const long long kv_row = static_cast<long long>(num_kv_heads) * kHopperD;
   const long long plane = num_slots * kv_row;
-  const KvT* kv_head_base = kv_cache + kv_head * kHopperD;
+  const Fp8* kv_head_base = kv_cache + kv_head * kHopperD;
   const BlockShift block_shift{__ffs(block_size) - 1, block_size - 1};
-  const bool two_tiles = kv_hi - kv_lo > kHopperKeys;
-  if constexpr (kE4m3) {
-    load_kv_raw(smem, 0, kv_head_base, block_row, kv_lo, kv_hi, block_shift, kv_row, plane);
-    if (two_tiles) {
-      load_kv_raw(smem, 1, kv_head_base, block_row, kv_lo + kHopperKeys, kv_hi, block_shift,
-                  kv_row, plane);
-    }
-    cp_async_commit();
-    cp_async_wait<0>();
-    convert_kv_tile(smem, 0, 0);  // this thread's own copies: its wait covers them
-  } else {
-    load_kv_tile(smem, 0, kv_head_base, block_row, kv_lo, kv_hi, block_shift, kv_row, plane);
-    cp_async_commit();
-    if (two_tiles) {
-      load_kv_tile(smem, 1, kv_head_base, block_row, kv_lo + kHopperKeys, kv_hi, block_shift,
-                   kv_row, plane);
-    }
-    cp_async_commit();  // tile 1's group, empty or not: the loop waits for all but the newest
+  load_kv_raw(smem, 0, kv_head_base, block_row, kv_lo, kv_hi, block_shift, kv_row, plane);
+  if (kv_hi - kv_lo > kHopperKeys) {
+    load_kv_raw(smem, 1, kv_head_base, block_row, kv_lo + kHopperKeys, kv_hi, block_shift,
+                kv_row, plane);
   }
+  cp_async_commit();
+  cp_async_wait<0>();
+  convert_kv_tile(smem, 0, 0);  // this thread's own copies: its wait covers them
 
-  // This thread's two rows (wgmma.cuh's accumulator layout) and the keys they see.
-  const int warpgroup = threadIdx.x >> 7;
-  const int lane = threadIdx.x & 31;
-  const int lane_row = warpgroup * 64 + ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
-  int key_limit[2];
-  long long out_row[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int row = tile.row0 + lane_row + 8 * h;
-    const int token = row / tile.group;
-    const bool valid = row < tile.rows_in_seq;
-    key_limit[h] = valid ? min(tile.context + token + 1, kv_hi) : 0;  // within the partition
-    out_row[h] = valid ? static_cast<long long>(tile.q_begin + token) * num_heads +
-                             kv_head * tile.group + (row - token * tile.group)
-                       : -1;
-  }
-
-  float o[2][32];
-  float s_a[32], s_b[32];
-  unsigned p_a[4][4], p_b[4][4];  // P of each half, live until its P V is done
-#pragma unroll
-  for (int i = 0; i < 32; ++i) o[0][i] = o[1][i] = s_a[i] = s_b[i] = 0.f;
-#pragma unroll
-  for (int i = 0; i < 16; ++i) p_a[i / 4][i % 4] = p_b[i / 4][i % 4] = 0u;
-  float m[2] = {neg_inf(), neg_inf()};
-  float l[2] = {0.f, 0.f};
-  const unsigned q_rows = smem.q + warpgroup * 64 * kSwizzleRowBytes;
+  RowsState st;
+  start_rows(st, tile, kv_head, kv_hi, num_heads);
+  const unsigned q_rows = smem.q + (threadIdx.x >> 7) * 64 * kSwizzleRowBytes;
   const int num_tiles = (kv_hi - kv_lo + kHopperKeys - 1) / kHopperKeys;
   for (int it = 0; it < num_tiles; ++it) {
-    // where tile `it` is read from: a stage (16-bit cache), or a buffer (e4m3)
-    const int stage = kE4m3 ? it & 1 : it % kStages;
+    const int buffer = it & 1;
     const int k0 = kv_lo + it * kHopperKeys;
-    // 16-bit: tile `it` (and Q) have landed, tile it + 1 may still be coming; e4m3: tile
-    // it + 1 has landed raw (this thread's copies), and tile `it` was converted
-    if constexpr (kE4m3) {
-      cp_async_wait<0>();
-    } else {
-      cp_async_wait<1>();
-    }
-    fence_async_shared();
-    __syncthreads();  // ... for everyone, and everyone is done with tile it - 1's stage
-    issue_scores<MmaT>(s_a, q_rows, smem.k(stage), 0);
-    issue_scores<MmaT>(s_b, q_rows, smem.k(stage), 64);
-    // the copies two tiles ahead (and over e4m3 the next tile's conversion) while the tensor
-    // cores work: block-table reads and addresses would otherwise hold the MMAs back
-    if constexpr (kE4m3) {
+    cp_async_wait<0>();  // tile it + 1 has landed raw (this thread's copies)
+    fence_async_shared();  // ... and tile `it`'s conversion is for the tensor cores to read
+    __syncthreads();  // ... for everyone, and everyone is done with tile it - 1's buffer
+    attend_tile<__half>(st, q_rows, smem.k(buffer), smem.v(buffer), k0, scale_log2, [&] {
+      // the next tile's conversion and the copies two tiles ahead, while S is computed
       if (it + 1 < num_tiles) convert_kv_tile(smem, (it + 1) & 1, (it + 1) & 1);
       if (it + 2 < num_tiles) {
         load_kv_raw(smem, it & 1, kv_head_base, block_row, k0 + 2 * kHopperKeys, kv_hi,
                     block_shift, kv_row, plane);
       }
-    } else if (it + 2 < num_tiles) {
-      load_kv_tile(smem, (it + 2) % kStages, kv_head_base, block_row, k0 + 2 * kHopperKeys,
-                   kv_hi, block_shift, kv_row, plane);
-    }
-    cp_async_commit();
-    wgmma_wait<1>();  // S_a done; S_b may run on
-    fence_registers(s_a);
-    float alpha[2];
-    online_softmax(s_a, m, l, alpha, key_limit, k0, scale_log2);
-    scale_rows(o, alpha);
-    probabilities_to_a<MmaT>(p_a, s_a);
-    issue_values<MmaT>(o, p_a, smem.v(stage), 0);
-    wgmma_wait<1>();  // S_b done; P_a V may run on
-    fence_registers(s_b);
-    online_softmax(s_b, m, l, alpha, key_limit, k0 + 64, scale_log2);
-    probabilities_to_a<MmaT>(p_b, s_b);
-    wgmma_wait<0>();  // P_a V done: O may be scaled
-    fence_registers(o[0]);
-    fence_registers(o[1]);
-    fence_registers(p_a);
-    scale_rows(o, alpha);
-    issue_values<MmaT>(o, p_b, smem.v(stage), 64);
-    // Waited for here, not at the next tile's S: ptxas cannot follow a wgmma group across the
-    // loop's back edge and would serialize every wgmma (its warning C7514).
-    wgmma_wait<0>();
-    fence_registers(o[0]);
-    fence_registers(o[1]);
-    fence_registers(p_b);
+      cp_async_commit();
+    });
   }
   cp_async_wait<0>();  // a tile with no key in its partition still copied Q and zeros
-  store_rows(dst, o, m, l, out_row);
+  store_rows(dst, st.o, st.m, st.l, st.out_row);
+}
+
+// The producer warpgroup over a 16-bit cache: Q, then keys [kv_lo, kv_hi) tile by tile into
+// the stages the consumers have freed (hopper_ws.cuh).
+template <typename T>
+__device__ __forceinline__ void produce_tiles(const HopperSmem& smem, const WsBarriers& bars,
+                                              const HopperTile& tile, int kv_head, int kv_lo,
+                                              int kv_hi, const T* __restrict__ q,
+                                              const T* __restrict__ kv_cache,
+                                              const int* __restrict__ block_row, int num_heads,
+                                              int num_kv_heads, int block_size,
+                                              long long num_slots) {
+  load_q<T, 128>(smem, tile, kv_head, q, num_heads, kWsConsumers);
+  cp_async_arrive(bars.q_full());
+  const long long kv_row = static_cast<long long>(num_kv_heads) * kHopperD;
+  const long long plane = num_slots * kv_row;
+  const T* kv_head_base = kv_cache + kv_head * kHopperD;
+  const BlockShift block_shift{__ffs(block_size) - 1, block_size - 1};
+  const int num_tiles = (kv_hi - kv_lo + kHopperKeys - 1) / kHopperKeys;
+  for (int it = 0; it < num_tiles; ++it) {
+    const int stage = it % kStages;
+    // the consumers' use of tile it - 3, the stage's last, is phase it / 3 - 1 of its
+    // empty barrier
+    if (it >= kStages) mbarrier_wait(bars.empty(stage), (it / kStages - 1) & 1);
+    produce_kv_tile(smem, stage, kv_head_base, block_row, kv_lo + it * kHopperKeys, kv_hi,
+                    block_shift, kv_row, plane);
+    cp_async_arrive(bars.full(stage));
+  }
+  cp_async_wait<0>();  // no copy outlives the thread that issued it
+}
+
+// A consumer warpgroup over a 16-bit cache: each tile once the producer's copies have landed,
+// its stage handed back when this warpgroup's last MMA on it is done.
+template <typename T>
+__device__ __forceinline__ void consume_tiles(const HopperOut<T>& dst, const HopperSmem& smem,
+                                              const WsBarriers& bars, const HopperTile& tile,
+                                              int kv_head, int kv_lo, int kv_hi, int num_heads,
+                                              float scale_log2) {
+  RowsState st;
+  start_rows(st, tile, kv_head, kv_hi, num_heads);
+  const unsigned q_rows = smem.q + (threadIdx.x >> 7) * 64 * kSwizzleRowBytes;
+  mbarrier_wait(bars.q_full(), 0);
+  const int num_tiles = (kv_hi - kv_lo + kHopperKeys - 1) / kHopperKeys;
+  for (int it = 0; it < num_tiles; ++it) {
+    const int stage = it % kStages;
+    mbarrier_wait(bars.full(stage), (it / kStages) & 1);
+    fence_async_shared();  // the copies' writes, before the tensor cores read them
+    attend_tile<T>(st, q_rows, smem.k(stage), smem.v(stage), kv_lo + it * kHopperKeys,
+                   scale_log2, [] {});
+    if ((threadIdx.x & 127) == 0) mbarrier_arrive(bars.empty(stage));
+  }
+  store_rows(dst, st.o, st.m, st.l, st.out_row);
 }
 
 template <typename T, typename KvT>
@@ -235,16 +292,34 @@ __device__ __forceinline__ void hopper_attention_impl(
   const int kv_lo = blockIdx.z * part_len;
   const int last_key = tile.context + (tile.row0 + valid_rows - 1) / tile.group;
   const int kv_hi = min(kv_lo + part_len, last_key + 1);
-  if (kv_lo < seq_len) {  // else a partition past the sequence's end: nothing to attend
-    attend_keys<T, KvT>(dst, smem, tile, kv_head, kv_lo, kv_hi, q, kv_cache,
-                block_tables + static_cast<long long>(seq) * max_blocks_per_seq, num_heads,
-                num_kv_heads, block_size, num_slots, scale_log2);
+  const bool live = kv_lo < seq_len;  // else a partition past the sequence's end
+  const int* block_row = block_tables + static_cast<long long>(seq) * max_blocks_per_seq;
+  if constexpr (sizeof(KvT) == 1) {
+    if (live) {
+      attend_keys_e4m3<T>(dst, smem, tile, kv_head, kv_lo, kv_hi, q, kv_cache, block_row,
+                          num_heads, num_kv_heads, block_size, num_slots, scale_log2);
+    }
+    if (dst.num_partitions == 1) return;
+    // Empty partitions count in too, or the count would never reach num_partitions.
+    if (!last_to_arrive(dst.counters + blockIdx.x, dst.num_partitions)) return;
+  } else {
+    const WsBarriers bars = ws_barriers(smem);
+    init_ws_barriers(bars);
+    if (threadIdx.x >= kWsConsumers) {
+      registers_down<kProducerRegisters>();
+      if (live) {
+        produce_tiles<T>(smem, bars, tile, kv_head, kv_lo, kv_hi, q, kv_cache, block_row,
+                         num_heads, num_kv_heads, block_size, num_slots);
+      }
+      return;
+    }
+    registers_up<kConsumerRegisters>();
+    if (live) consume_tiles<T>(dst, smem, bars, tile, kv_head, kv_lo, kv_hi, num_heads, scale_log2);
+    if (dst.num_partitions == 1) return;
+    if (!consumers_last_to_arrive(dst.counters + blockIdx.x, dst.num_partitions, bars)) return;
   }
-  if (dst.num_partitions == 1) return;
-  // Empty partitions count in too, or the count would never reach num_partitions.
-  if (!last_to_arrive(dst.counters + blockIdx.x, dst.num_partitions)) return;
   constexpr int kSmemFloats = (kHopperSmemBytes - 1024) / static_cast<int>(sizeof(float));
-  merge_partitions<T, kHopperD, kHopperThreads / 32, kSmemFloats>(
+  merge_partitions<T, kHopperD, kWsConsumers / 32, kSmemFloats>(
       dst.out, dst.part_acc, dst.part_max, dst.part_sum, reinterpret_cast<float*>(smem_raw),
       tile.row0, valid_rows, tile.group, tile.q_begin, kv_head, num_heads, dst.rows_total,
       num_live_partitions(seq_len, part_len));
@@ -324,8 +399,8 @@ __device__ __forceinline__ void probe_values(float* o_out, const float* p_in, co
 // The arguments of paged_attention.cuh's kernels, so one launch path serves both; the
 // soft-capping, ALiBi and window arguments are unused here (the plan sends those launches to
 // the _extras kernels).
-#define INFLIGHTD_PAGED_ATTENTION_HOPPER(T, KvT, NAME)                                          \
-  extern "C" __global__ void __launch_bounds__(kHopperThreads, 1) NAME(                         \
+#define INFLIGHTD_PAGED_ATTENTION_HOPPER(T, KvT, NAME, THREADS)                                 \
+  extern "C" __global__ void __launch_bounds__(THREADS, 1) NAME(                                \
           T* out, float* part_acc, float* part_max, float* part_sum, unsigned* counters,        \
           const T* q, const KvT* kv_cache, const int* query_start_loc, const int* seq_lens,     \
           const int* block_tables, int num_seqs, int num_tokens, int num_heads,                 \
@@ -354,10 +429,13 @@ __device__ __forceinline__ void probe_values(float* o_out, const float* p_in, co
   }
 
 using inflightd::kHopperThreads;
-INFLIGHTD_PAGED_ATTENTION_HOPPER(__nv_bfloat16, __nv_bfloat16, paged_attention_hopper_bf16_d128)
-INFLIGHTD_PAGED_ATTENTION_HOPPER(__half, __half, paged_attention_hopper_fp16_d128)
+using inflightd::kWsThreads;
+INFLIGHTD_PAGED_ATTENTION_HOPPER(__nv_bfloat16, __nv_bfloat16, paged_attention_hopper_bf16_d128,
+                                 kWsThreads)
+INFLIGHTD_PAGED_ATTENTION_HOPPER(__half, __half, paged_attention_hopper_fp16_d128, kWsThreads)
 INFLIGHTD_PAGED_ATTENTION_HOPPER(__nv_bfloat16, inflightd::Fp8,
-                                 paged_attention_hopper_bf16_kvfp8_d128)
-INFLIGHTD_PAGED_ATTENTION_HOPPER(__half, inflightd::Fp8, paged_attention_hopper_fp16_kvfp8_d128)
+                                 paged_attention_hopper_bf16_kvfp8_d128, kHopperThreads)
+INFLIGHTD_PAGED_ATTENTION_HOPPER(__half, inflightd::Fp8, paged_attention_hopper_fp16_kvfp8_d128,
+                                 kHopperThreads)
 INFLIGHTD_WGMMA_PROBES(__nv_bfloat16, bf16)
 INFLIGHTD_WGMMA_PROBES(__half, fp16)

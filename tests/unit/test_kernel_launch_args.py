@@ -228,8 +228,7 @@ def test_on_sm90_long_prefills_launch_the_hopper_kernel_with_its_shared_memory()
         (1, False), (4, False), (HOPPER_WARPS, True)]
     module, function, grid, block, args = lib.launches[-1]
     assert (module, function, block) == ("paged_attention_hopper",
-                                         "paged_attention_hopper_bf16_d128",
-                                         (32 * HOPPER_WARPS,))
+                                         "paged_attention_hopper_bf16_d128", (384,))
     assert grid[:2] == ((51 * 4 // HOPPER_ROWS + 3) * 8, 1)
     assert lib.shared_bytes["paged_attention_hopper_bf16_d128"] == HOPPER_SMEM_BYTES
     assert args[-2:] == (np.int32(HOPPER_MIN_ROWS), np.int32(2**31 - 1))
@@ -243,7 +242,7 @@ def test_on_sm90_an_e4m3_cache_launches_the_hopper_kernel_built_for_it():
     cache = torch.zeros((2, 100, 16, 8, 128), dtype=torch.float8_e4m3fn)
     plan = paged_attention_into(lib, torch.empty_like(q), q, cache, metadata, 0.088)
     assert [launch.hopper for launch in plan.launches] == [True]
-    assert lib.launches[0][1] == "paged_attention_hopper_bf16_kvfp8_d128"
+    assert lib.launches[0][1:4:2] == ("paged_attention_hopper_bf16_kvfp8_d128", (256,))
 
 
 @pytest.mark.parametrize("resident, partitions", ((6, 3), (4, 1)))

@@ -46,7 +46,7 @@ from server.engine.gpu.kernel_args import (KernelArgumentError, check_contiguous
 from server.engine.gpu.kernels import ATTENTION_HEAD_DIMS, KernelLibrary, attention_module
 from server.engine.ops.cuda_attention_hopper import (HOPPER_MODULE, HOPPER_SMEM_BYTES,
                                                      hopper_attention_fits, hopper_kernel_name,
-                                                     hopper_row_classes)
+                                                     hopper_row_classes, hopper_threads)
 from server.engine.ops.cuda_attention_scores import (check_plan_extras, score_args,
                                                      wants_extras)
 from server.engine.ops.cuda_attention_smem import dynamic_smem_bytes
@@ -110,6 +110,11 @@ class AttentionLaunch:
     @property
     def threads(self) -> int:
         return 32 * self.warps * self.key_split
+
+    def threads_for(self, suffix: str) -> int:
+        """Threads of this launch's CTAs over a cache of this suffix: the Hopper kernel adds
+        a producer warpgroup over a 16-bit cache."""
+        return hopper_threads(suffix) if self.hopper else self.threads
 
     def kernel(self, *, suffix: str, head_dim: int) -> str:
         if self.hopper:
@@ -259,7 +264,7 @@ def plan_for(lib: KernelLibrary, q: torch.Tensor, kv_cache: torch.Tensor,
                                  transposed=c.transposed, extras=extras, hopper=c.hopper)
         resident[c.key] = lib.max_active_ctas(
             launch.module(suffix=suffix, head_dim=head_dim),
-            launch.kernel(suffix=suffix, head_dim=head_dim), launch.threads,
+            launch.kernel(suffix=suffix, head_dim=head_dim), launch.threads_for(suffix),
             launch.smem_bytes(suffix=suffix, head_dim=head_dim))
     return plan_attention(query_lens=metadata.query_lens_host, max_seq_len=metadata.max_seq_len,
                           num_heads=num_heads, num_kv_heads=kv_cache.shape[3],
@@ -340,7 +345,7 @@ def paged_attention_into(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
         lib.launch(launch.module(suffix=suffix, head_dim=head_dim),
                    launch.kernel(suffix=suffix, head_dim=head_dim),
                    grid=(launch.grid_x * num_kv_heads, 1, plan.num_partitions),
-                   block=(launch.threads,),
+                   block=(launch.threads_for(suffix),),
                    args=(out.data_ptr(), *parts, *common, np.int32(launch.min_rows),
                          np.int32(launch.max_rows)),
                    shared_bytes=launch.smem_bytes(suffix=suffix, head_dim=head_dim))

@@ -25,7 +25,7 @@ HOPPER_WARPS = HOPPER_ROWS // 16  # as the plan counts rows: 16 a warp
 HOPPER_MIN_ROWS = HOPPER_ROWS  # a whole tile: shorter sequences stay on the 4-warp kernel
 # Q and three stages of K and V (32 KB each), plus alignment to the swizzle's 1,024 bytes:
 # kHopperSmemBytes in the kernel
-HOPPER_SMEM_BYTES = 7 * 32 * 1024 + 1024
+HOPPER_SMEM_BYTES = 7 * 32 * 1024 + 1024 + 64  # + the warp-specialised kernels' mbarriers
 # the cache in the model's dtype, or e4m3
 _SUFFIXES = ("bf16", "fp16", "bf16_kvfp8", "fp16_kvfp8")
 
@@ -35,6 +35,12 @@ def hopper_attention_enabled(arch: str) -> bool:
     INFLIGHTD_HOPPER_ATTENTION says 0."""
     return (env_switch(HOPPER_ATTENTION_ENV, default=True)
             and HOPPER_ATTENTION_MODULE.target(arch) is not None)
+
+
+def hopper_threads(suffix: str) -> int:
+    """Threads of a Hopper kernel's CTA: two consumer warpgroups and a producer over a 16-bit
+    cache (csrc/hopper_ws.cuh); over an e4m3 cache the two warpgroups copy and convert too."""
+    return 256 if suffix.endswith("_kvfp8") else 384
 
 
 def hopper_kernel_name(suffix: str) -> str:
