@@ -58,6 +58,18 @@ template <int REGISTERS> __device__ __forceinline__ void registers_up() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(REGISTERS));
 }
 
+// The consumers' turns at the tensor cores (paged_attention_hopper.cu's consume_tiles).
+constexpr bool kPingPong = true;
+
+// Named barrier `id` over the two consumer warpgroups: one waits (bar.sync) for the other's
+// pass (bar.arrive).
+__device__ __forceinline__ void turn_wait(int id) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(kWsConsumers) : "memory");
+}
+__device__ __forceinline__ void turn_pass(int id) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "n"(kWsConsumers) : "memory");
+}
+
 // A barrier of the consumers alone (the producer may have left): named barrier 1.
 __device__ __forceinline__ void consumers_sync() {
   asm volatile("bar.sync 1, %0;\n" ::"n"(kWsConsumers) : "memory");

@@ -248,12 +248,23 @@ __device__ __forceinline__ void consume_tiles(const HopperOut<T>& dst, const Hop
   const unsigned q_rows = smem.q + (threadIdx.x >> 7) * 64 * kSwizzleRowBytes;
   mbarrier_wait(bars.q_full(), 0);
   const int num_tiles = (kv_hi - kv_lo + kHopperKeys - 1) / kHopperKeys;
+  // Ping-pong: the warpgroups take turns at issuing a tile's S, so that one's softmax runs
+  // while the other's S is on the tensor cores. Warpgroup w waits on named barrier 2 + w for
+  // its turn and, its S issued, hands the turn on; warpgroup 0 starts.
+  const int warpgroup = threadIdx.x >> 7;
+  if (kPingPong && warpgroup == 1 && num_tiles > 0) turn_pass(2);
   for (int it = 0; it < num_tiles; ++it) {
     const int stage = it % kStages;
     mbarrier_wait(bars.full(stage), (it / kStages) & 1);
     fence_async_shared();  // the copies' writes, before the tensor cores read them
+    if (kPingPong) turn_wait(2 + warpgroup);
     attend_tile<T>(st, q_rows, smem.k(stage), smem.v(stage), kv_lo + it * kHopperKeys,
-                   scale_log2, [] {});
+                   scale_log2, [&] {
+                     // every wait of the other's has its pass: warpgroup 1's last is not
+                     if (kPingPong && (warpgroup == 0 || it + 1 < num_tiles)) {
+                       turn_pass(2 + (warpgroup ^ 1));
+                     }
+                   });
     if ((threadIdx.x & 127) == 0) mbarrier_arrive(bars.empty(stage));
   }
   store_rows(dst, st.o, st.m, st.l, st.out_row);
