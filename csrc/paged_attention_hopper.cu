@@ -329,7 +329,8 @@ __device__ __forceinline__ void hopper_attention_impl(
     if (dst.num_partitions == 1) return;
     if (!consumers_last_to_arrive(dst.counters + blockIdx.x, dst.num_partitions, bars)) return;
   }
-  constexpr int kSmemFloats = (kHopperSmemBytes - 1024) / static_cast<int>(sizeof(float));
+  // the tiles' bytes, not the mbarriers after them (still mbarriers to the hardware)
+  constexpr int kSmemFloats = (1 + 2 * kStages) * kTileBytes / static_cast<int>(sizeof(float));
   merge_partitions<T, kHopperD, kWsConsumers / 32, kSmemFloats>(
       dst.out, dst.part_acc, dst.part_max, dst.part_sum, reinterpret_cast<float*>(smem_raw),
       tile.row0, valid_rows, tile.group, tile.q_begin, kv_head, num_heads, dst.rows_total,
