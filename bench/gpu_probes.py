@@ -32,7 +32,6 @@ from server.scheduler.request import SamplingParams
 KERNEL_GROUPS = (
     ("attention", ("paged_attention",)),
     ("norms", ("rms_norm", "layer_norm")),
-    ("L2 prefetch", ("prefetch_l2",)),
     ("rope + KV write", ("rope_and_cache",)),
     ("silu_and_mul", ("silu_and_mul",)),
     ("GEMM", ("gemm", "gemv", "nvjet", "cutlass", "xmma", "splitk", "cublas")),

@@ -38,10 +38,10 @@ class Profile:
 def test_each_kernel_of_a_gpt2_step_falls_in_its_group():
     profile = Profile(Event("add_layer_norm_bf16_vec8", 2.0), Event("rms_norm_bf16_vec8", 1.0),
                       Event("gemv_gelu_erf_bf16_m1", 9.0), Event("gemv_bf16_m1", 7.0),
-                      Event("gelu_erf_bf16_vec8", 1.5), Event("prefetch_l2", 0.5),
+                      Event("gelu_erf_bf16_vec8", 1.5),
                       Event("paged_attention_bf16_d64_w1", 4.0),
                       Event("rope_and_cache_bf16", 3.0), Event("elementwise_kernel", 1.0),
                       Event("cudaLaunchKernel", 5.0, device_type="DeviceType.CPU"))
     assert kernel_ms_by_group(profile) == {"norms": 0.003, "GEMM": 0.016, "gelu": 0.0015,
-                                           "L2 prefetch": 0.0005, "attention": 0.004,
+                                           "attention": 0.004,
                                            "rope + KV write": 0.003, "other": 0.001}

@@ -102,8 +102,6 @@ BASE_MODULES: tuple[KernelModule, ...] = (
     KernelModule("w8a8", False, _names("quantize_int8_rows_{dt}", dt=DTYPES)
                  + _names("int8_scaled_out_{dt}", dt=DTYPES)
                  + _names("gemv_w8a8_{dt}_t{tiles}", dt=DTYPES, tiles=(1, 2))),
-    # the head of a coming GEMV's weight started into L2 (sm_90's bulk prefetch)
-    KernelModule("prefetch", False, ("prefetch_l2",)),
     # grammar masks on the sampled rows' logits (structured outputs)
     KernelModule("token_bitmask", False, ("apply_token_bitmask_f32",)),
     # tensor parallelism's all-reduce over IPC-shared buffers (parallel/ipc_all_reduce.py)

@@ -155,10 +155,7 @@ class DecoderLayer:
                 positions: torch.Tensor, cos_sin: torch.Tensor, kv_cache: torch.Tensor,
                 metadata: AttentionMetadata, ops: Ops) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-norm block. Returns (mlp output, residual stream before adding it); the next
-        layer's norm (or the final norm) adds the two, so each add is fused with a norm.
-        Each GEMV's weight is prefetched before the small kernels ahead of it (ops.prefetch)."""
-        num_tokens = hidden.shape[0]
-        ops.prefetch(self.qkv_weight, num_tokens)
+        layer's norm (or the final norm) adds the two, so each add is fused with a norm."""
         if residual is None:
             residual = hidden
             normed = self._norm(hidden, self.input_norm, self.input_norm_bias, ops)
@@ -167,7 +164,6 @@ class DecoderLayer:
                                               self.input_norm_bias, ops)
         attn_out = self._attention(normed, positions=positions, cos_sin=cos_sin,
                                    kv_cache=kv_cache, metadata=metadata, ops=ops)
-        ops.prefetch(self.gate_up_weight, num_tokens)
         if self.parallel:  # Falcon: the MLP reads the block's input, not attention's output
             if self.post_norm is not None:
                 normed = self._norm(residual, self.post_norm, self.post_norm_bias, ops)
@@ -222,7 +218,6 @@ class DecoderLayer:
                    ops: Ops) -> torch.Tensor:
         num_tokens = x.shape[0]
         qkv = ops.linear(x, self.qkv_weight, self.qkv_bias)  # x: Fp8Rows when quantized
-        ops.prefetch(self.o_weight, num_tokens)  # QK norms, rotary, attention run meanwhile
         q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         q = q.reshape(num_tokens, self.num_heads, self.head_dim)
         k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)

@@ -87,10 +87,6 @@ class Ops(Protocol):
         """Rotates q and k by their positions, writes rotated k and v into kv_cache at
         slot_mapping, and returns the rotated (q, k)."""
 
-    def prefetch(self, weight: torch.Tensor | Fp8Weight | IntWeight, num_tokens: int) -> None:
-        """A hint, changing no result: a step of num_tokens tokens reads `weight` soon, after
-        the ops called next; the backend may start moving it toward the compute units."""
-
     def apply_token_bitmask(self, logits: torch.Tensor, bitmask: torch.Tensor,
                             rows: torch.Tensor) -> None:
         """In place: logits [S, V] float32 get -inf wherever bitmask [R, ceil(V/32)] int32

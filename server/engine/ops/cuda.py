@@ -22,8 +22,6 @@ from server.engine.ops.cuda_fp8 import (FP8_MMA_GEMV_MAX_TOKENS, fp8_linear,
                                        fp8_linear_silu_and_mul, quantize_fp8_rows_into)
 from server.engine.ops.cuda_int import int_linear, int_linear_silu_and_mul
 from server.engine.ops.cuda_norm_act import gelu_into, layer_norm_into
-from server.engine.ops.cuda_prefetch import (PREFETCH_MAX_TOKENS, prefetch_enabled,
-                                             prefetch_into_l2)
 from server.engine.ops.cuda_fp8_fused import (SILU_FP8_MAX_WIDTH, add_rms_norm_fp8_into,
                                               empty_fp8_rows, rms_norm_fp8_into,
                                               silu_and_mul_fp8_into)
@@ -50,15 +48,12 @@ class CudaOps:
     (cuBLAS). gemv_max_tokens=0 turns it off. FP8 weights (Fp8Weight): steps of up to
     fp8_gemv_max_tokens tokens on the FP8 GEMV (csrc/gemv_fp8.cu: the CUDA-core kernel at
     one token, the tensor-core one at 2 to 8; any weight size), the rest on the FP8 GEMM.
-    Integer weights (IntWeight): ops.cuda_int.int_linear. prefetch_weights (default:
-    INFLIGHTD_PREFETCH_WEIGHTS): steps of up to PREFETCH_MAX_TOKENS tokens start the head of
-    each weight into L2 before the small kernels ahead of its GEMV (ops/cuda_prefetch.py)."""
+    Integer weights (IntWeight): ops.cuda_int.int_linear."""
 
     def __init__(self, library: KernelLibrary | None = None, *,
                  gemv_max_tokens: int = 1,
                  gemv_max_weight_elements: int = GEMV_MAX_WEIGHT_ELEMENTS,
-                 fp8_gemv_max_tokens: int = FP8_GEMV_MAX_TOKENS,
-                 prefetch_weights: bool | None = None) -> None:
+                 fp8_gemv_max_tokens: int = FP8_GEMV_MAX_TOKENS) -> None:
         if not 0 <= gemv_max_tokens <= GEMV_MAX_TOKENS:
             raise ValueError(f"gemv_max_tokens must be 0 to {GEMV_MAX_TOKENS}, "
                              f"got {gemv_max_tokens}")
@@ -70,9 +65,6 @@ class CudaOps:
         self.gemv_max_tokens = gemv_max_tokens
         self.gemv_max_weight_elements = gemv_max_weight_elements
         self._mm_float32_out = _has_mm_float32_out(self.library.device)
-        self.prefetch_weights = prefetch_enabled(self.library.arch,
-                                                 self.library.programmatic_launch,
-                                                 prefetch_weights)
 
     def linear(self, x: torch.Tensor | Fp8Rows, weight: torch.Tensor | Fp8Weight | IntWeight,
                bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -185,10 +177,6 @@ class CudaOps:
         else:
             silu_and_mul_fp8_into(self.library, out, x)
         return out
-
-    def prefetch(self, weight: torch.Tensor | Fp8Weight | IntWeight, num_tokens: int) -> None:
-        if self.prefetch_weights and num_tokens <= PREFETCH_MAX_TOKENS:
-            prefetch_into_l2(self.library, weight)
 
     def apply_token_bitmask(self, logits: torch.Tensor, bitmask: torch.Tensor,
                             rows: torch.Tensor) -> None:

@@ -92,9 +92,6 @@ class TorchOps:
     def silu_and_mul_fp8(self, x: torch.Tensor) -> Fp8Rows:
         return Fp8Rows.of(self.silu_and_mul(x))
 
-    def prefetch(self, weight: torch.Tensor | Fp8Weight | IntWeight, num_tokens: int) -> None:
-        """Nothing to move: the reference reads its weights where they are."""
-
     def apply_token_bitmask(self, logits: torch.Tensor, bitmask: torch.Tensor,
                             rows: torch.Tensor) -> None:
         apply_token_bitmask(logits, bitmask, rows)
