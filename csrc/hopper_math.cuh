@@ -1,5 +1,6 @@
 // The per-tile math of the Hopper prefill attention kernel (paged_attention_hopper.cu): its
-// MMAs issued on wgmma, the online softmax in registers, and the output's store.
+// MMAs issued on wgmma, the online softmax in registers, the output's store, and a consumer
+// thread's state over the tiles (RowsState) with one tile's steps in order (attend_tile).
 #pragma once
 
 #include "attention_common.cuh"
@@ -147,6 +148,83 @@ __device__ __forceinline__ void store_rows(const HopperOut<T>& dst, const float 
       }
     }
   }
+}
+
+// Where a CTA's rows come from (as paged_attention.cuh's TileInfo).
+struct HopperTile {
+  int q_begin;      // the sequence's first token in q and out
+  int rows_in_seq;  // q_len * group
+  int row0;         // the tile's first row
+  int context;      // keys cached before the sequence's first new token
+  int group;        // query heads per kv head
+};
+
+// One consumer thread's state over the key tiles: O, the running max and sum of its two rows
+// (wgmma.cuh's accumulator layout), the keys they see, and the registers of a tile's halves.
+struct RowsState {
+  float o[2][32];
+  float s_a[32], s_b[32];
+  unsigned p_a[4][4], p_b[4][4];  // P of each half, live until its P V is done
+  float m[2], l[2];
+  int key_limit[2];
+  long long out_row[2];  // token * num_heads + head, or -1 for a row past the sequence
+};
+
+// Zeroed state for this thread's two rows of the tile, keys below kv_hi.
+__device__ __forceinline__ void start_rows(RowsState& st, const HopperTile& tile, int kv_head,
+                                           int kv_hi, int num_heads) {
+  const int lane = threadIdx.x & 31;
+  const int lane_row = (threadIdx.x >> 7) * 64 + ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = tile.row0 + lane_row + 8 * h;
+    const int token = row / tile.group;
+    const bool valid = row < tile.rows_in_seq;
+    st.key_limit[h] = valid ? min(tile.context + token + 1, kv_hi) : 0;  // in the partition
+    st.out_row[h] = valid ? static_cast<long long>(tile.q_begin + token) * num_heads +
+                                kv_head * tile.group + (row - token * tile.group)
+                          : -1;
+    st.m[h] = neg_inf();
+    st.l[h] = 0.f;
+  }
+#pragma unroll
+  for (int i = 0; i < 32; ++i) st.o[0][i] = st.o[1][i] = st.s_a[i] = st.s_b[i] = 0.f;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) st.p_a[i / 4][i % 4] = st.p_b[i / 4][i % 4] = 0u;
+}
+
+// One K/V tile (keys k0 .. k0 + 127) for this warpgroup's rows: S of both halves issued,
+// `meanwhile` run while they are on the tensor cores, then each half's softmax and P V.
+template <typename MmaT, typename Meanwhile>
+__device__ __forceinline__ void attend_tile(RowsState& st, unsigned q_rows, unsigned k_tile,
+                                            unsigned v_tile, int k0, float scale_log2,
+                                            Meanwhile meanwhile) {
+  issue_scores<MmaT>(st.s_a, q_rows, k_tile, 0);
+  issue_scores<MmaT>(st.s_b, q_rows, k_tile, 64);
+  meanwhile();
+  wgmma_wait<1>();  // S_a done; S_b may run on
+  fence_registers(st.s_a);
+  float alpha[2];
+  online_softmax(st.s_a, st.m, st.l, alpha, st.key_limit, k0, scale_log2);
+  scale_rows(st.o, alpha);
+  probabilities_to_a<MmaT>(st.p_a, st.s_a);
+  issue_values<MmaT>(st.o, st.p_a, v_tile, 0);
+  wgmma_wait<1>();  // S_b done; P_a V may run on
+  fence_registers(st.s_b);
+  online_softmax(st.s_b, st.m, st.l, alpha, st.key_limit, k0 + 64, scale_log2);
+  probabilities_to_a<MmaT>(st.p_b, st.s_b);
+  wgmma_wait<0>();  // P_a V done: O may be scaled
+  fence_registers(st.o[0]);
+  fence_registers(st.o[1]);
+  fence_registers(st.p_a);
+  scale_rows(st.o, alpha);
+  issue_values<MmaT>(st.o, st.p_b, v_tile, 64);
+  // Waited for here, not at the next tile's S: ptxas cannot follow a wgmma group across the
+  // loop's back edge and would serialize every wgmma (its warning C7514).
+  wgmma_wait<0>();
+  fence_registers(st.o[0]);
+  fence_registers(st.o[1]);
+  fence_registers(st.p_b);
 }
 
 }  // namespace inflightd

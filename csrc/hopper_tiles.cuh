@@ -81,26 +81,6 @@ __device__ __forceinline__ long long key_offset(const int* __restrict__ block_ro
   return slot * kv_row;
 }
 
-// Keys [k0, k0 + 128) of the sequence into a stage, each thread 8 keys of one 16-byte column
-// chunk, K and V; the block table maps each key to its slot.
-template <typename T>
-__device__ __forceinline__ void load_kv_tile(const HopperSmem& smem, int stage,
-                                             const T* __restrict__ kv_head,
-                                             const int* __restrict__ block_row, int k0,
-                                             int kv_hi, BlockShift block, long long kv_row,
-                                             long long plane) {
-  const int chunk = threadIdx.x & 15;
-#pragma unroll
-  for (int i = 0; i < kHopperKeys / 16; ++i) {
-    const int key = (threadIdx.x >> 4) + 16 * i;
-    const int position = k0 + key;
-    const bool valid = position < kv_hi;
-    const T* src = kv_head + key_offset(block_row, position, valid, block, kv_row) + chunk * 8;
-    cp_async_16_or_zero(tile_chunk(smem.k(stage), key, chunk), src, valid);
-    cp_async_16_or_zero(tile_chunk(smem.v(stage), key, chunk), src + plane, valid);
-  }
-}
-
 // The raw e4m3 bytes of keys [k0, k0 + 128) into a raw stage: each thread 4 keys of one
 // 16-byte chunk (16 dims), K and V.
 __device__ __forceinline__ void load_kv_raw(const HopperSmem& smem, int stage,

@@ -5,8 +5,10 @@
 // One CTA = (128 query rows, kv head). Rows are laid out as attention_common.cuh says
 // (token-major, the group's query heads side by side), so each K/V tile serves every query
 // head of the group. Two warpgroups own 64 rows each and walk the keys in tiles of 128, in
-// three shared-memory stages filled by cp.async (all 256 threads copy, two tiles ahead, each
-// tile's copies issued once its S is on the tensor cores):
+// three shared-memory stages filled by cp.async: over a 16-bit cache by a third, producer
+// warpgroup, the stages handed over by mbarriers (hopper_ws.cuh); over an e4m3 cache by the
+// two warpgroups themselves, two tiles ahead, each tile's copies issued once its S is on the
+// tensor cores:
 //
 //   # | Q, 128 rows | K, V stage 0 | K, V stage 1 | K, V stage 2 |   32 KB a tile,
 //   #   each tile two 64-column halves of 128 swizzled rows (wgmma.cuh)
@@ -19,8 +21,9 @@
 //
 // each half's softmax an online-softmax step of its own (exp2 domain, the causal mask where
 // the half reaches past a row's last visible key), P rounded to T in registers as the A of
-// O += P V. While one warpgroup waits on its tensor cores, the other's MMAs can run. A
-// barrier a tile keeps the two on the same tile. Causality as in paged_attention.cuh:
+// O += P V. While one warpgroup waits on its tensor cores, the other's MMAs can run (over a
+// 16-bit cache the two take turns at issuing S; over e4m3 a barrier a tile keeps them on the
+// same tile). Causality as in paged_attention.cuh:
 // query token j of a sequence with q_len new tokens sits at position context + j and sees
 // keys 0 ..= context + j. Key partitions (flash-decoding) as attention_common.cuh lays them
 // out: a split launch writes float32 partials and the last CTA of a (row tile, kv head) to
@@ -30,7 +33,8 @@
 // Over an e4m3 cache (the _kvfp8 kernels) the copies land raw and each tile is converted to
 // fp16 in shared memory while the tile before it is on the tensor cores, and the MMAs run in
 // fp16 (hopper_tiles.cuh). hopper_tiles.cuh holds the shared memory and its copies,
-// hopper_math.cuh the MMAs, the softmax and the store.
+// hopper_math.cuh a tile's MMAs, softmax and the store, hopper_ws.cuh the mbarriers and the
+// producer's copies.
 //
 // The wgmma_probe_* kernels run the kernel's two MMA steps alone on one tile, so a test can
 // check the shared-memory layouts and fragment orders apart from the softmax.
@@ -54,83 +58,6 @@ template <typename T> struct IsHalf {
 template <> struct IsHalf<__half> {
   static constexpr bool value = true;
 };
-
-// Where a CTA's rows come from (as paged_attention.cuh's TileInfo).
-struct HopperTile {
-  int q_begin;      // the sequence's first token in q and out
-  int rows_in_seq;  // q_len * group
-  int row0;         // the tile's first row
-  int context;      // keys cached before the sequence's first new token
-  int group;        // query heads per kv head
-};
-
-// One consumer thread's state over the key tiles: O, the running max and sum of its two rows
-// (wgmma.cuh's accumulator layout), the keys they see, and the registers of a tile's halves.
-struct RowsState {
-  float o[2][32];
-  float s_a[32], s_b[32];
-  unsigned p_a[4][4], p_b[4][4];  // P of each half, live until its P V is done
-  float m[2], l[2];
-  int key_limit[2];
-  long long out_row[2];  // token * num_heads + head, or -1 for a row past the sequence
-};
-
-// Zeroed state for this thread's two rows of the tile, keys below kv_hi.
-__device__ __forceinline__ void start_rows(RowsState& st, const HopperTile& tile, int kv_head,
-                                           int kv_hi, int num_heads) {
-  const int lane = threadIdx.x & 31;
-  const int lane_row = (threadIdx.x >> 7) * 64 + ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int row = tile.row0 + lane_row + 8 * h;
-    const int token = row / tile.group;
-    const bool valid = row < tile.rows_in_seq;
-    st.key_limit[h] = valid ? min(tile.context + token + 1, kv_hi) : 0;  // in the partition
-    st.out_row[h] = valid ? static_cast<long long>(tile.q_begin + token) * num_heads +
-                                kv_head * tile.group + (row - token * tile.group)
-                          : -1;
-    st.m[h] = neg_inf();
-    st.l[h] = 0.f;
-  }
-#pragma unroll
-  for (int i = 0; i < 32; ++i) st.o[0][i] = st.o[1][i] = st.s_a[i] = st.s_b[i] = 0.f;
-#pragma unroll
-  for (int i = 0; i < 16; ++i) st.p_a[i / 4][i % 4] = st.p_b[i / 4][i % 4] = 0u;
-}
-
-// One K/V tile (keys k0 .. k0 + 127) for this warpgroup's rows: S of both halves issued,
-// `meanwhile` run while they are on the tensor cores, then each half's softmax and P V.
-template <typename MmaT, typename Meanwhile>
-__device__ __forceinline__ void attend_tile(RowsState& st, unsigned q_rows, unsigned k_tile,
-                                            unsigned v_tile, int k0, float scale_log2,
-                                            Meanwhile meanwhile) {
-  issue_scores<MmaT>(st.s_a, q_rows, k_tile, 0);
-  issue_scores<MmaT>(st.s_b, q_rows, k_tile, 64);
-  meanwhile();
-  wgmma_wait<1>();  // S_a done; S_b may run on
-  fence_registers(st.s_a);
-  float alpha[2];
-  online_softmax(st.s_a, st.m, st.l, alpha, st.key_limit, k0, scale_log2);
-  scale_rows(st.o, alpha);
-  probabilities_to_a<MmaT>(st.p_a, st.s_a);
-  issue_values<MmaT>(st.o, st.p_a, v_tile, 0);
-  wgmma_wait<1>();  // S_b done; P_a V may run on
-  fence_registers(st.s_b);
-  online_softmax(st.s_b, st.m, st.l, alpha, st.key_limit, k0 + 64, scale_log2);
-  probabilities_to_a<MmaT>(st.p_b, st.s_b);
-  wgmma_wait<0>();  // P_a V done: O may be scaled
-  fence_registers(st.o[0]);
-  fence_registers(st.o[1]);
-  fence_registers(st.p_a);
-  scale_rows(st.o, alpha);
-  issue_values<MmaT>(st.o, st.p_b, v_tile, 64);
-  // Waited for here, not at the next tile's S: ptxas cannot follow a wgmma group across the
-  // loop's back edge and would serialize every wgmma (its warning C7514).
-  wgmma_wait<0>();
-  fence_registers(st.o[0]);
-  fence_registers(st.o[1]);
-  fence_registers(st.p_b);
-}
 
 // Query rows of the tile -> shared memory, THREADS threads from `first` on copying.
 template <typename T, int THREADS>
