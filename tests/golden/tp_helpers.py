@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import uuid
 from pathlib import Path
 
 import torch
@@ -95,7 +96,9 @@ def tensor_parallel_logits(models: list[str | ModelSource], *, world_size: int, 
     devices = devices or ("cpu",) * world_size
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    init_file = str(tmp_path / "tp-init")
+    # a file of its own per call: a second call's ranks reading the first one's rendezvous
+    # (a store file not yet deleted) dial a rank 0 long gone (seen in CI: connection refused)
+    init_file = str(tmp_path / f"tp-init-{uuid.uuid4().hex}")
     ranks = [context.Process(target=_rank_main, args=(rank, world_size, init_file, models,
                                                       quantization, results, devices, dtype,
                                                       enforce_eager, kv_cache_dtype))
