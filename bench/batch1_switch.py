@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.gpu_probes import copy_bandwidth  # noqa: E402
-from bench.offline import batch1_decode, free_gpu_memory, weight_bytes_of  # noqa: E402
+from bench.offline import batch1_against_roofline, free_gpu_memory, weight_bytes_of  # noqa: E402
 from server.engine.llm import LLM  # noqa: E402
 
 MODELS = ("dummy:gpt2-xl", "dummy:starcoder-1b", "dummy:llama-3-8b")
@@ -31,17 +31,22 @@ def decode_row(spec: str, *, switch: str, setting: str, output_len: int,
                bandwidth_gbps: float) -> dict:
     """One engine of MODEL[@QUANTIZATION] built with switch=setting, measured at batch 1."""
     model, _, quantization = spec.partition("@")
-    os.environ[switch] = setting
-    llm = LLM(model, device="cuda", max_num_seqs=8, quantization=quantization or None)
-    llm.engine.runner.capture_graphs()
-    measured = batch1_decode(llm, output_len)
-    tokens_per_s = measured["output_tokens_per_s"]
-    row = {"model": spec, switch: setting, "tokens_per_s": tokens_per_s,
-           "of_roofline": tokens_per_s * weight_bytes_of(llm) / (bandwidth_gbps * 1e9),
-           "copy_GBps": bandwidth_gbps}
-    del llm
-    free_gpu_memory()
-    return row
+    previous = os.environ.get(switch)
+    os.environ[switch] = setting  # some switches are read as the engine is built, some per step
+    try:
+        llm = LLM(model, device="cuda", max_num_seqs=8, quantization=quantization or None)
+        llm.engine.runner.capture_graphs()
+        measured = batch1_against_roofline(llm, output_len, weight_bytes=weight_bytes_of(llm),
+                                           copy_bandwidth_GBps=bandwidth_gbps)
+        del llm
+        free_gpu_memory()
+    finally:  # the caller's environment as it was
+        if previous is None:
+            os.environ.pop(switch)
+        else:
+            os.environ[switch] = previous
+    return {"model": spec, switch: setting, "tokens_per_s": measured["output_tokens_per_s"],
+            "of_roofline": measured["fraction_of_roofline"], "copy_GBps": bandwidth_gbps}
 
 
 def main(argv: list[str] | None = None) -> dict:
