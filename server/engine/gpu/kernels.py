@@ -106,6 +106,11 @@ BASE_MODULES: tuple[KernelModule, ...] = (
     KernelModule("token_bitmask", False, ("apply_token_bitmask_f32",)),
     # tensor parallelism's all-reduce over IPC-shared buffers (parallel/ipc_all_reduce.py)
     KernelModule("all_reduce", False, ("all_reduce_bf16", "all_reduce_fp16", "all_reduce_f32")),
+    # batch-1 decode of a GPT-2-style model, every layer in one persistent kernel (bulk
+    # copies and mbarriers: sm_90; server/engine/fused/decode_stack.py)
+    KernelModule("decode_stack", False,
+                 _names("decode_stack_{dt}_d{d}_{gelu}", dt=DTYPES, d=(64, 128),
+                        gelu=("gelu_tanh", "gelu_erf")), arch_specific="sm_90a"),
 )
 
 

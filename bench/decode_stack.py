@@ -1,0 +1,79 @@
+"""The batch-1 decode stack's kernel alone (csrc/decode_stack.cu): one launch through every
+layer of a dummy model, timed, against the copy bandwidth over the layers' weight bytes.
+What the figure means: the share of the roofline the layers reach when nothing but the
+stack runs (no embedding, final norm, logits or sampling, no host); batch-1 tok/s from
+bench/batch1_switch.py is the whole step's.
+
+    python bench/decode_stack.py [--models dummy:gpt2-xl,dummy:starcoder-1b] [--contexts 256,2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.gpu_probes import copy_bandwidth, median_event_ms  # noqa: E402
+from bench.offline import free_gpu_memory  # noqa: E402
+from server.engine.attention.metadata import AttentionMetadata  # noqa: E402
+from server.engine.llm import LLM  # noqa: E402
+
+
+def one_sequence(context: int, *, block_size: int, device: torch.device) -> AttentionMetadata:
+    """A decode step of one sequence of `context` tokens in blocks 0, 1, 2, ..."""
+    num_blocks = -(-context // block_size)
+    ints = dict(dtype=torch.int32, device=device)
+    return AttentionMetadata(
+        num_tokens=1, num_seqs=1, query_start_loc=torch.tensor([0, 1], **ints),
+        seq_lens=torch.tensor([context], **ints), context_lens=torch.tensor([context - 1], **ints),
+        block_tables=torch.arange(num_blocks, **ints)[None],
+        slot_mapping=torch.tensor([context - 1], dtype=torch.int64, device=device),
+        max_query_len=1, max_seq_len=context, query_lens_host=(1,), seq_lens_host=(context,))
+
+
+def layer_bytes(model) -> int:
+    return sum(t.numel() * t.element_size() for layer in model.layers
+               for t in vars(layer).values() if isinstance(t, torch.Tensor))
+
+
+def measure(spec: str, contexts: list[int], bandwidth: float) -> list[dict]:
+    llm = LLM(spec, device="cuda", max_num_seqs=8)
+    model = llm.engine.runner.model
+    stack = model.decode_stack
+    if stack is None:
+        raise SystemExit(f"{spec}: the decode stack does not apply")
+    weight_bytes = layer_bytes(model)
+    rows = []
+    for context in contexts:
+        metadata = one_sequence(context, block_size=stack.block_size, device=model.device)
+        hidden = torch.randn(1, model.arch.hidden_size, dtype=model.dtype,
+                             device=model.device) * 0.1
+        ms = median_event_ms(lambda: stack.run(hidden, metadata), repeats=50)  # in place
+        roofline_ms = weight_bytes / bandwidth * 1e3
+        rows.append({"model": spec, "context": context, "stack_us": ms * 1e3,
+                     "roofline_us": roofline_ms * 1e3, "of_roofline": roofline_ms / ms})
+        print(f"{spec} context {context}: {ms * 1e3:.1f} us a step's layers, roofline "
+              f"{roofline_ms * 1e3:.1f} us ({weight_bytes / 1e9:.2f} GB at "
+              f"{bandwidth / 1e9:.0f} GB/s): {100 * roofline_ms / ms:.1f} % of roofline",
+              flush=True)
+    del llm
+    free_gpu_memory()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="dummy:gpt2-xl,dummy:starcoder-1b")
+    p.add_argument("--contexts", default="256,2048")
+    args = p.parse_args(argv)
+    bandwidth = copy_bandwidth("cuda")
+    contexts = [int(c) for c in args.contexts.split(",")]
+    return [row for spec in args.models.split(",") for row in measure(spec, contexts, bandwidth)]
+
+
+if __name__ == "__main__":
+    main()

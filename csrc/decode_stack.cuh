@@ -1,0 +1,211 @@
+// The batch-1 decode stack's pieces (decode_stack.cu): its shapes, the per-layer table of
+// tensors, the shared-memory layout, how rows are dealt to CTAs, and the counters through
+// which the CTAs wait on each other.
+#pragma once
+
+#include "common.cuh"
+#include "mbarrier.cuh"
+
+namespace inflightd {
+
+constexpr int kStackWarps = 8;                          // consumer warps
+constexpr int kStackConsumers = 32 * kStackWarps;       // threads 0-255
+constexpr int kStackThreads = kStackConsumers + 32;     // + the producer warp
+constexpr int kStageBytes = 32768;                      // one stage of whole weight rows
+constexpr int kStackStages = 6;
+constexpr int kStackMaxWidth = 8192;   // elements of a GEMV's input held in shared memory
+constexpr int kStackMaxHidden = 4096;  // a LayerNorm's row: two chunks a consumer thread
+constexpr int kStackMaxRows = 128;     // rows of one GEMV one CTA takes
+constexpr int kStackMaxTasks = 256;    // attention's (head, split) tasks
+constexpr int kStackPhases = 5;        // a layer's steps, each ending in a counter
+
+// Shared memory, in this order (bytes):
+//   # | ring: kStackStages x kStageBytes | x: the GEMV's input (16-bit) | bias | residual |
+//   # | reductions | merge weights | mbarriers full[6], empty[6] |
+// Attention's per-key-group state lives in x's place (x is free between the two GEMVs).
+constexpr int kRingBytes = kStackStages * kStageBytes;
+constexpr int kXOffset = kRingBytes;
+constexpr int kBiasOffset = kXOffset + kStackMaxWidth * 2;
+constexpr int kResidualOffset = kBiasOffset + kStackMaxRows * 4;
+constexpr int kReduceOffset = kResidualOffset + kStackMaxRows * 4;  // 2 x 8 + 8 + 8 floats
+constexpr int kMergeOffset = kReduceOffset + 32 * 4;
+constexpr int kBarrierOffset = kMergeOffset + kStackMaxTasks * 4;
+constexpr int kStackSmemBytes = kBarrierOffset + 2 * kStackStages * 8;
+
+struct StackSmem {
+  unsigned char* base;  // generic address of the dynamic shared memory
+  unsigned shared;      // the same, as a shared-window address (for copies and mbarriers)
+
+  __device__ __forceinline__ unsigned stage(int s) const { return shared + s * kStageBytes; }
+  __device__ __forceinline__ const uint4* stage_chunks(int s) const {
+    return reinterpret_cast<const uint4*>(base + s * kStageBytes);
+  }
+  template <typename T> __device__ __forceinline__ T* x() const {
+    return reinterpret_cast<T*>(base + kXOffset);
+  }
+  __device__ __forceinline__ float* scratch() const {  // attention's key-group state
+    return reinterpret_cast<float*>(base + kXOffset);
+  }
+  __device__ __forceinline__ float* bias() const {
+    return reinterpret_cast<float*>(base + kBiasOffset);
+  }
+  __device__ __forceinline__ float* residual() const {
+    return reinterpret_cast<float*>(base + kResidualOffset);
+  }
+  __device__ __forceinline__ float* partial_sums(unsigned count) const {  // double-buffered
+    return reinterpret_cast<float*>(base + kReduceOffset) + (count & 1) * kStackWarps;
+  }
+  __device__ __forceinline__ float* norm_sums(int which) const {  // 0: sum, 1: squares
+    return reinterpret_cast<float*>(base + kReduceOffset) + (2 + which) * kStackWarps;
+  }
+  __device__ __forceinline__ float* merge_weights() const {
+    return reinterpret_cast<float*>(base + kMergeOffset);
+  }
+  __device__ __forceinline__ unsigned full(int s) const { return shared + kBarrierOffset + 8 * s; }
+  __device__ __forceinline__ unsigned empty(int s) const {
+    return shared + kBarrierOffset + 8 * (kStackStages + s);
+  }
+};
+
+// One layer's tensors, as server/engine/fused/decode_stack.py's table holds them (14
+// pointers; the caches [num_blocks, block_size, num_kv_heads, head_dim]).
+template <typename T> struct StackLayer {
+  const T* ln1_weight; const T* ln1_bias; const T* qkv_weight; const T* qkv_bias;
+  const T* o_weight; const T* o_bias; const T* ln2_weight; const T* ln2_bias;
+  const T* fc_weight; const T* fc_bias; const T* proj_weight; const T* proj_bias;
+  T* k_cache; T* v_cache;
+};
+
+struct StackShape {
+  int num_layers, hidden, inter, num_heads, num_kv_heads, head_dim, num_splits, block_size;
+  long long num_slots;  // the pool's; a step's slot past it writes nothing (graph padding)
+  float eps, scale;
+  __device__ __forceinline__ int q_size() const { return num_heads * head_dim; }
+  __device__ __forceinline__ int kv_size() const { return num_kv_heads * head_dim; }
+};
+
+// What the step reads and writes besides the weights. h is the residual stream, updated in
+// place layer after layer; counters[layer * 5 + phase] count the CTAs done with a phase,
+// and counters[num_layers * 5] the CTAs done with the step (the last one zeroes them all).
+template <typename T> struct StackIo {
+  T* h; T* qkv; T* act; float* partials; unsigned* counters;
+  const int* seq_lens; const int* block_table; const long long* slot_mapping;
+};
+
+// A layer's four GEMVs, in the order the producer streams them.
+enum StackGemv { kQkvGemv = 0, kOutGemv = 1, kFcGemv = 2, kProjGemv = 3 };
+
+struct GemvShape { int rows, cols; };
+
+__device__ __forceinline__ GemvShape gemv_shape(const StackShape& s, int gemv) {
+  switch (gemv) {
+    case kQkvGemv: return {s.q_size() + 2 * s.kv_size(), s.hidden};
+    case kOutGemv: return {s.hidden, s.q_size()};
+    case kFcGemv: return {s.inter, s.hidden};
+    default: return {s.hidden, s.inter};
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ const T* gemv_weight(const StackLayer<T>& layer, int gemv) {
+  switch (gemv) {
+    case kQkvGemv: return layer.qkv_weight;
+    case kOutGemv: return layer.o_weight;
+    case kFcGemv: return layer.fc_weight;
+    default: return layer.proj_weight;
+  }
+}
+
+// Whole rows per stage: the most (a power of two up to one per warp) that fit a stage.
+template <typename T> __device__ __forceinline__ int rows_per_stage(int cols) {
+  int rows = kStackWarps;
+  while (rows > 1 && rows * cols * static_cast<int>(sizeof(T)) > kStageBytes) rows >>= 1;
+  return rows;
+}
+
+struct RowRange {
+  int begin, end;
+  __device__ __forceinline__ int count() const { return end - begin; }
+};
+
+// A GEMV's rows go to the CTAs as contiguous ranges (one bulk copy takes a stage of them);
+// the rows % CTAs ranges one row longer shift along the CTAs from one GEMV to the next, so
+// that over a layer every CTA streams about the same bytes. The producer and the consumers
+// each keep one and call it for the same GEMVs in the same order.
+struct RowDealer {
+  int rotation = 0;
+  __device__ __forceinline__ RowRange next(int rows) {
+    const int ctas = static_cast<int>(gridDim.x);
+    const int slot = (static_cast<int>(blockIdx.x) + rotation) % ctas;
+    const int base = rows / ctas;
+    const int extra = rows % ctas;
+    rotation = (rotation + extra) % ctas;
+    const int begin = slot * base + min(slot, extra);
+    return {begin, begin + base + (slot < extra ? 1 : 0)};
+  }
+};
+
+// Position in the ring of stages, the same sequence on both sides.
+struct Ring {
+  int stage = 0;
+  unsigned phase = 0;
+  unsigned count = 0;
+  __device__ __forceinline__ void advance() {
+    ++count;
+    if (++stage == kStackStages) {
+      stage = 0;
+      phase ^= 1;
+    }
+  }
+};
+
+// Named barrier 1: the consumers alone (the producer warp runs its own loop).
+__device__ __forceinline__ void stack_consumers_sync() {
+  asm volatile("bar.sync 1, %0;\n" ::"n"(kStackConsumers) : "memory");
+}
+
+// The consumers wait until `target` CTAs have counted themselves done on `counter`. A wait
+// of seconds means a CTA never ran (the grid was not all resident) or a counter was left
+// dirty: the kernel traps, an error for the host, rather than hang the GPU.
+__device__ __forceinline__ void wait_count(const unsigned* counter, unsigned target) {
+  if (threadIdx.x == 0) {
+    const long long start = clock64();
+    unsigned seen;
+    do {
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
+      if (clock64() - start > (1ll << 33)) __trap();
+    } while (seen < target);
+  }
+  stack_consumers_sync();
+}
+
+// This CTA's consumers are done with a phase: their writes become visible before the count.
+__device__ __forceinline__ void count_done(unsigned* counter) {
+  stack_consumers_sync();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(counter, 1u);
+  }
+}
+
+// Reads of what other CTAs wrote during the kernel go through L2 (L1 is not coherent).
+template <typename T> __device__ __forceinline__ T load_l2_raw(const T* p) {
+  const unsigned short raw = __ldcg(reinterpret_cast<const unsigned short*>(p));
+  return *reinterpret_cast<const T*>(&raw);
+}
+template <typename T> __device__ __forceinline__ float load_l2(const T* p) {
+  return to_float(load_l2_raw(p));
+}
+
+// Sum over the consumers; scratch holds one float per warp.
+__device__ __forceinline__ float consumers_sum(float x, float* scratch) {
+  x = warp_sum(x);
+  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = x;
+  stack_consumers_sync();
+  float total = 0.f;
+#pragma unroll
+  for (int w = 0; w < kStackWarps; ++w) total += scratch[w];
+  return total;
+}
+
+}  // namespace inflightd
