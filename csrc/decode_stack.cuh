@@ -17,6 +17,7 @@ constexpr int kStackMaxWidth = 8192;   // elements of a GEMV's input held in sha
 constexpr int kStackMaxHidden = 4096;  // a LayerNorm's row: two chunks a consumer thread
 constexpr int kStackMaxRows = 128;     // rows of one GEMV one CTA takes
 constexpr int kStackMaxTasks = 256;    // attention's (head, split) tasks
+constexpr int kStackMaxSplits = 8;     // splits of one head's keys
 constexpr int kStackPhases = 5;        // a layer's steps, each ending in a counter
 
 // Shared memory, in this order (bytes):

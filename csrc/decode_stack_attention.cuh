@@ -163,12 +163,31 @@ __device__ void merge_attention(T* x, const StackShape& s, const StackIo<T>& io,
     for (int i = 0; i < splits; ++i) weights[head * splits + i] /= sum;  // sum > 0: the step's own key
   }
   stack_consumers_sync();
-  for (int e = threadIdx.x; e < s.q_size(); e += kStackConsumers) {
-    const int head = e / D;
-    const float* column = io.partials + static_cast<long long>(head) * splits * (D + 2) + 2 + e % D;
-    float out = 0.f;
-    for (int i = 0; i < splits; ++i) out += weights[head * splits + i] * __ldcg(column + i * (D + 2));
-    x[e] = from_float<T>(out);
+  // kMergeElements elements a thread at once, every split's partial of each loaded before
+  // any is summed: one L2 round trip for all of them
+  constexpr int kMergeElements = 4;
+  for (int first = threadIdx.x; first < s.q_size(); first += kMergeElements * kStackConsumers) {
+    float parts[kMergeElements][kStackMaxSplits];
+#pragma unroll
+    for (int u = 0; u < kMergeElements; ++u) {
+      const int e = first + u * kStackConsumers;
+      const float* column = io.partials + static_cast<long long>(e / D) * splits * (D + 2) + 2 + e % D;
+#pragma unroll
+      for (int i = 0; i < kStackMaxSplits; ++i) {
+        parts[u][i] = e < s.q_size() && i < splits ? __ldcg(column + i * (D + 2)) : 0.f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kMergeElements; ++u) {
+      const int e = first + u * kStackConsumers;
+      if (e >= s.q_size()) break;
+      float out = 0.f;
+#pragma unroll
+      for (int i = 0; i < kStackMaxSplits; ++i) {
+        if (i < splits) out += weights[(e / D) * splits + i] * parts[u][i];
+      }
+      x[e] = from_float<T>(out);
+    }
   }
 }
 

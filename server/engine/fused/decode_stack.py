@@ -25,6 +25,7 @@ MAX_WIDTH = 8192  # elements of a GEMV input held in shared memory
 MAX_HIDDEN = 4096  # a LayerNorm's row, two chunks of 8 a consumer thread
 MAX_ROWS_PER_CTA = 128
 MAX_TASKS = 256
+MAX_SPLITS = 8  # of one head's keys, each split a CTA
 PHASES = 5  # counters per layer
 HEAD_DIMS = (64, 128)
 GELU_KERNELS = {"gelu_tanh": "gelu_tanh", "gelu": "gelu_erf"}
@@ -79,7 +80,8 @@ class DecodeStack:
         self.arch = arch
         self.scale = arch.query_scale or arch.head_dim ** -0.5
         self.num_ctas = library.num_sms
-        self.num_splits = max(1, min(self.num_ctas, MAX_TASKS) // arch.num_heads)
+        self.num_splits = max(1, min(MAX_SPLITS,
+                                     min(self.num_ctas, MAX_TASKS) // arch.num_heads))
         self.function = (f"decode_stack_{dtype_suffix('weights', model.embed_tokens)}"
                          f"_d{arch.head_dim}_{GELU_KERNELS[arch.activation]}")
         self.table = _layer_table(model, kv_cache)
