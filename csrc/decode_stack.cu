@@ -33,7 +33,9 @@
 
 using namespace inflightd;
 
-// The producer: every GEMV's rows of this CTA, in the consumers' order, a stage at a time.
+// The producer warp: every GEMV's rows of this CTA, in the consumers' order, a stage at a
+// time; lane 0 issues, the warp goes round the loop together (it meets the CTA's last
+// barrier converged).
 template <typename T>
 __device__ void produce_weights(const StackLayer<T>* layers, const StackShape& s,
                                const StackSmem& sm) {
@@ -48,9 +50,13 @@ __device__ void produce_weights(const StackLayer<T>* layers, const StackShape& s
       for (int row = rows.begin; row < rows.end; row += per_stage) {
         const unsigned bytes = min(per_stage, rows.end - row) * shape.cols * sizeof(T);
         mbarrier_wait(sm.empty(ring.stage), ring.phase ^ 1);
-        mbarrier_arrive_expect_tx(sm.full(ring.stage), bytes);
-        bulk_copy_to_shared(sm.stage(ring.stage), weight + static_cast<long long>(row) * shape.cols,
-                            bytes, sm.full(ring.stage));
+        if ((threadIdx.x & 31) == 0) {
+          mbarrier_arrive_expect_tx(sm.full(ring.stage), bytes);
+          bulk_copy_to_shared(sm.stage(ring.stage),
+                              weight + static_cast<long long>(row) * shape.cols, bytes,
+                              sm.full(ring.stage));
+        }
+        __syncwarp();
         ring.advance();
       }
     }
@@ -251,8 +257,7 @@ __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const 
   }
   __syncthreads();
   if (threadIdx.x >= kStackConsumers) {
-    // the weights depend on no kernel before: they stream from the start
-    if (threadIdx.x == kStackConsumers) produce_weights(layers, s, sm);
+    produce_weights(layers, s, sm);  // the weights depend on no kernel before: from the start
   } else {
     wait_for_previous_kernel();  // h, the sequence's lengths, block table and slot
     run_layers<T, D, Gelu>(layers, s, io, sm);

@@ -160,9 +160,11 @@ struct Ring {
   }
 };
 
-// Named barrier 1: the consumers alone (the producer warp runs its own loop).
+// Named barrier 1: the consumers alone (the producer warp runs its own loop). Not the
+// .aligned form (bar.sync): a warp may reach it diverged, thread 0 back from a wait.
 __device__ __forceinline__ void stack_consumers_sync() {
-  asm volatile("bar.sync 1, %0;\n" ::"n"(kStackConsumers) : "memory");
+  __syncwarp();
+  asm volatile("barrier.sync 1, %0;\n" ::"n"(kStackConsumers) : "memory");
 }
 
 // The consumers wait until `target` CTAs have counted themselves done on `counter`. A wait
