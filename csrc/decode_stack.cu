@@ -38,7 +38,7 @@ using namespace inflightd;
 // barrier converged).
 template <typename T>
 __device__ void produce_weights(const StackLayer<T>* layers, const StackShape& s,
-                               const StackSmem& sm) {
+                               const StackSmem& sm, unsigned* trace) {
   Ring ring;
   RowDealer dealer;
   for (int layer = 0; layer < s.num_layers; ++layer) {
@@ -49,8 +49,9 @@ __device__ void produce_weights(const StackLayer<T>* layers, const StackShape& s
       const int per_stage = rows_per_stage<T>(shape.cols);
       for (int row = rows.begin; row < rows.end; row += per_stage) {
         const unsigned bytes = min(per_stage, rows.end - row) * shape.cols * sizeof(T);
-        mbarrier_wait(sm.empty(ring.stage), ring.phase ^ 1);
+        stage_wait(sm.empty(ring.stage), ring.phase ^ 1, trace, 3);
         if ((threadIdx.x & 31) == 0) {
+          trace_put(trace, kTraceProduced, ring.count);
           mbarrier_arrive_expect_tx(sm.full(ring.stage), bytes);
           bulk_copy_to_shared(sm.stage(ring.stage),
                               weight + static_cast<long long>(row) * shape.cols, bytes,
@@ -66,7 +67,8 @@ __device__ void produce_weights(const StackLayer<T>* layers, const StackShape& s
 // The consumers' side of one GEMV: epilogue(row, index in rows, x . w[row]) for each row.
 template <typename T, typename Epilogue>
 __device__ __forceinline__ void consume_gemv(const StackSmem& sm, Ring& ring, int cols,
-                                             RowRange rows, Epilogue epilogue) {
+                                             RowRange rows, unsigned* trace,
+                                             Epilogue epilogue) {
   const int per_stage = rows_per_stage<T>(cols);
   const int warps_per_row = kStackWarps / per_stage;
   const int warp = threadIdx.x >> 5;
@@ -78,7 +80,8 @@ __device__ __forceinline__ void consume_gemv(const StackSmem& sm, Ring& ring, in
   const uint4* x = reinterpret_cast<const uint4*>(sm.x<T>());
   for (int row = rows.begin; row < rows.end; row += per_stage) {
     const int num_rows = min(per_stage, rows.end - row);
-    mbarrier_wait(sm.full(ring.stage), ring.phase);
+    if (threadIdx.x == 0) trace_put(trace, kTraceConsumed, ring.count);
+    stage_wait(sm.full(ring.stage), ring.phase, trace, 2);
     float sum = 0.f;
     if (my_row < num_rows) {
       const uint4* w = sm.stage_chunks(ring.stage) + my_row * chunks;
@@ -191,55 +194,61 @@ __device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
   for (int index = 0; index < s.num_layers; ++index) {
     const StackLayer<T>& layer = layers[index];
     unsigned* done = io.counters + index * kStackPhases;
+    if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16);
     // 0: qkv = W_qkv LN1(h) + b
     RowRange rows = dealer.next(gemv_shape(s, kQkvGemv).rows);
     stage_bias(sm, layer.qkv_bias, rows);
     NormParams<T> norm = load_norm_params(layer.ln1_weight, layer.ln1_bias, s.hidden);
-    if (index > 0) wait_count(done - 1, all); else stack_consumers_sync();
+    if (index > 0) wait_count(done - 1, all, io.trace); else stack_consumers_sync();
     layer_norm_into_x(sm, io.h, norm, s.hidden, s.eps);
     stack_consumers_sync();
-    consume_gemv<T>(sm, ring, s.hidden, rows, [&](int row, int i, float total) {
+    consume_gemv<T>(sm, ring, s.hidden, rows, io.trace, [&](int row, int i, float total) {
       io.qkv[row] = from_float<T>(total + sm.bias()[i]);
     });
     count_done(done + 0);
+    if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16 + 1);
     // 1: attention
-    wait_count(done + 0, all);
+    wait_count(done + 0, all, io.trace);
     if (static_cast<int>(blockIdx.x) < s.num_heads * s.num_splits) attend_task<T, D>(layer, s, io, sm);
     count_done(done + 1);
+    if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16 + 2);
     // 2: h += W_o attention + b
     rows = dealer.next(s.hidden);
     stage_bias(sm, layer.o_bias, rows);
-    wait_count(done + 1, all);
+    wait_count(done + 1, all, io.trace);
     merge_attention<T, D>(x, s, io, sm);
     stage_residual(sm, io.h, rows);
     stack_consumers_sync();
     const auto add_to_h = [&](int row, int i, float total) {
       io.h[row] = from_float<T>(sm.residual()[i] + round_to<T>(total + sm.bias()[i]));
     };
-    consume_gemv<T>(sm, ring, s.q_size(), rows, add_to_h);
+    consume_gemv<T>(sm, ring, s.q_size(), rows, io.trace, add_to_h);
     count_done(done + 2);
+    if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16 + 3);
     // 3: act = gelu(W_fc LN2(h) + b)
     rows = dealer.next(s.inter);
     stage_bias(sm, layer.fc_bias, rows);
     norm = load_norm_params(layer.ln2_weight, layer.ln2_bias, s.hidden);
-    wait_count(done + 2, all);
+    wait_count(done + 2, all, io.trace);
     layer_norm_into_x(sm, io.h, norm, s.hidden, s.eps);
     stack_consumers_sync();
-    consume_gemv<T>(sm, ring, s.hidden, rows, [&](int row, int i, float total) {
+    consume_gemv<T>(sm, ring, s.hidden, rows, io.trace, [&](int row, int i, float total) {
       io.act[row] = from_float<T>(Gelu(round_to<T>(total + sm.bias()[i])));
     });
     count_done(done + 3);
+    if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16 + 4);
     // 4: h += W_proj act + b
     rows = dealer.next(s.hidden);
     stage_bias(sm, layer.proj_bias, rows);
-    wait_count(done + 3, all);
+    wait_count(done + 3, all, io.trace);
     for (int c = threadIdx.x; c < s.inter / 8; c += kStackConsumers) {
       reinterpret_cast<uint4*>(x)[c] = __ldcg(reinterpret_cast<const uint4*>(io.act) + c);
     }
     stage_residual(sm, io.h, rows);
     stack_consumers_sync();
-    consume_gemv<T>(sm, ring, s.inter, rows, add_to_h);
+    consume_gemv<T>(sm, ring, s.inter, rows, io.trace, add_to_h);
     count_done(done + 4);
+    if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16 + 5);
   }
 }
 
@@ -257,7 +266,7 @@ __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const 
   }
   __syncthreads();
   if (threadIdx.x >= kStackConsumers) {
-    produce_weights(layers, s, sm);  // the weights depend on no kernel before: from the start
+    produce_weights(layers, s, sm, io.trace);  // the weights depend on no kernel before: from the start
   } else {
     wait_for_previous_kernel();  // h, the sequence's lengths, block table and slot
     run_layers<T, D, Gelu>(layers, s, io, sm);
@@ -280,10 +289,12 @@ __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const 
           const void* layers, T* h, T* qkv, T* act, float* partials, unsigned* counters,        \
           const int* seq_lens, const int* block_table, const long long* slot_mapping,          \
           int num_layers, int hidden, int inter, int num_heads, int num_kv_heads,               \
-          int num_splits, int block_size, long long num_slots, float eps, float scale) {        \
+          int num_splits, int block_size, long long num_slots, float eps, float scale,          \
+          unsigned* trace) {                                                                    \
     const StackShape s{num_layers, hidden, inter, num_heads, num_kv_heads, D,                   \
                        num_splits, block_size, num_slots, eps, scale};                          \
-    const StackIo<T> io{h, qkv, act, partials, counters, seq_lens, block_table, slot_mapping};  \
+    const StackIo<T> io{h, qkv, act, partials, counters, seq_lens, block_table, slot_mapping,   \
+                        trace};                                                                 \
     decode_stack<T, D, GELU>(static_cast<const StackLayer<T>*>(layers), s, io);                 \
   }
 

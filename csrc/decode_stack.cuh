@@ -91,7 +91,45 @@ struct StackShape {
 template <typename T> struct StackIo {
   T* h; T* qkv; T* act; float* partials; unsigned* counters;
   const int* seq_lens; const int* block_table; const long long* slot_mapping;
+  unsigned* trace;  // null, or 8 words a CTA in host memory: where each side has got to
 };
+
+// The trace's words of this CTA: the consumers' (layer * 16 + phase) and stage count, the
+// producer's stage count, and which wait timed out (1 a counter, 2 a full stage, 3 an
+// empty one), written through to host memory so that they outlive the trap.
+enum TraceWord { kTracePhase = 0, kTraceConsumed = 1, kTraceProduced = 2, kTraceTimeout = 3 };
+
+__device__ __forceinline__ void trace_put(unsigned* trace, int word, unsigned value) {
+  if (trace != nullptr) *reinterpret_cast<volatile unsigned*>(trace + blockIdx.x * 8 + word) = value;
+}
+
+constexpr long long kWatchdogCycles = 1ll << 33;  // ~4 s
+
+__device__ __forceinline__ void watchdog_expired(unsigned* trace, unsigned which) {
+  trace_put(trace, kTraceTimeout, which);
+  __threadfence_system();
+  __trap();
+}
+
+__device__ __forceinline__ bool mbarrier_ready(unsigned bar, unsigned parity) {
+  unsigned ready;
+  asm volatile(
+      "{\n.reg .pred done;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, done;\n}\n"
+      : "=r"(ready) : "r"(bar), "r"(parity) : "memory");
+  return ready != 0;
+}
+
+// mbarrier_wait with the watchdog: a stage that never comes traps instead of hanging.
+__device__ __forceinline__ void stage_wait(unsigned bar, unsigned parity, unsigned* trace,
+                                           unsigned which) {
+  if (mbarrier_ready(bar, parity)) return;
+  const long long start = clock64();
+  while (!mbarrier_ready(bar, parity)) {
+    if (clock64() - start > kWatchdogCycles) watchdog_expired(trace, which);
+  }
+}
 
 // A layer's four GEMVs, in the order the producer streams them.
 enum StackGemv { kQkvGemv = 0, kOutGemv = 1, kFcGemv = 2, kProjGemv = 3 };
@@ -170,13 +208,14 @@ __device__ __forceinline__ void stack_consumers_sync() {
 // The consumers wait until `target` CTAs have counted themselves done on `counter`. A wait
 // of seconds means a CTA never ran (the grid was not all resident) or a counter was left
 // dirty: the kernel traps, an error for the host, rather than hang the GPU.
-__device__ __forceinline__ void wait_count(const unsigned* counter, unsigned target) {
+__device__ __forceinline__ void wait_count(const unsigned* counter, unsigned target,
+                                           unsigned* trace) {
   if (threadIdx.x == 0) {
     const long long start = clock64();
     unsigned seen;
     do {
       asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
-      if (clock64() - start > (1ll << 33)) __trap();
+      if (clock64() - start > kWatchdogCycles) watchdog_expired(trace, 1);
     } while (seen < target);
   }
   stack_consumers_sync();

@@ -96,6 +96,9 @@ class DecodeStack:
         # zero before the first step; the kernel's last CTA zeroes them after each
         self.counters = torch.zeros(arch.num_layers * PHASES + 1, dtype=torch.int32,
                                     device=device)
+        # None, or pinned host int32 [num_ctas * 8]: where each CTA's consumers and producer
+        # have got to, kept through a trap of the kernel's watchdog (csrc/decode_stack.cuh)
+        self.trace: torch.Tensor | None = None
 
     @staticmethod
     def takes(metadata: AttentionMetadata) -> bool:
@@ -116,7 +119,8 @@ class DecodeStack:
                   np.int32(a.hidden_size), np.int32(a.intermediate_size),
                   np.int32(a.num_heads), np.int32(a.num_kv_heads), np.int32(self.num_splits),
                   np.int32(self.block_size), np.int64(self.num_slots),
-                  np.float32(a.rms_norm_eps), np.float32(self.scale)))
+                  np.float32(a.rms_norm_eps), np.float32(self.scale),
+                  0 if self.trace is None else self.trace.data_ptr()))
         return h
 
 
