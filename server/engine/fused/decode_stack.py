@@ -96,9 +96,10 @@ class DecodeStack:
         # zero before the first step; the kernel's last CTA zeroes them after each
         self.counters = torch.zeros(arch.num_layers * PHASES + 1, dtype=torch.int32,
                                     device=device)
-        # None, or pinned host int32 [num_ctas * 8]: where each CTA's consumers and producer
-        # have got to, kept through a trap of the kernel's watchdog (csrc/decode_stack.cuh)
-        self.trace: torch.Tensor | None = None
+        # 0, or the device address of mapped host memory, 8 words a CTA: where each CTA's
+        # consumers and producer have got to, kept through a trap of the kernel's watchdog
+        # (csrc/decode_stack.cuh; for debugging)
+        self.trace_address = 0
 
     @staticmethod
     def takes(metadata: AttentionMetadata) -> bool:
@@ -120,7 +121,7 @@ class DecodeStack:
                   np.int32(a.num_heads), np.int32(a.num_kv_heads), np.int32(self.num_splits),
                   np.int32(self.block_size), np.int64(self.num_slots),
                   np.float32(a.rms_norm_eps), np.float32(self.scale),
-                  0 if self.trace is None else self.trace.data_ptr()))
+                  self.trace_address))
         return h
 
 
