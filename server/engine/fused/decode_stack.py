@@ -100,6 +100,8 @@ class DecodeStack:
         # consumers and producer have got to, kept through a trap of the kernel's watchdog
         # (csrc/decode_stack.cuh; for debugging)
         self.trace_address = 0
+        # its CTAs wait on each other: launched cooperatively, all resident or an error
+        self.cooperative = True
 
     @staticmethod
     def takes(metadata: AttentionMetadata) -> bool:
@@ -112,7 +114,7 @@ class DecodeStack:
         a = self.arch
         self.library.launch(
             "decode_stack", self.function, grid=(self.num_ctas,), block=(THREADS,),
-            shared_bytes=SHARED_BYTES,
+            shared_bytes=SHARED_BYTES, cooperative=self.cooperative,
             args=(self.table.data_ptr(), h.data_ptr(), self.qkv.data_ptr(),
                   self.act.data_ptr(), self.partials.data_ptr(), self.counters.data_ptr(),
                   metadata.seq_lens.data_ptr(), metadata.block_tables.data_ptr(),

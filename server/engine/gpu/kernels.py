@@ -253,18 +253,22 @@ class KernelLibrary:
                 self._object(name)
 
     def launch(self, module: str, function: str, *, grid: tuple[int, ...],
-               block: tuple[int, ...], args: tuple, shared_bytes: int = 0) -> None:
+               block: tuple[int, ...], args: tuple, shared_bytes: int = 0,
+               cooperative: bool = False) -> None:
         """Launches csrc/<module>.cu's `function` on torch's current stream. Pointers are
         passed as Python ints (torch data_ptr()), other scalars as numpy int32/int64/float32.
         shared_bytes: dynamic shared memory per CTA, for kernels that declare theirs
-        `extern __shared__` (the attention kernels past 48 KB)."""
+        `extern __shared__` (the attention kernels past 48 KB). cooperative: every CTA of
+        the grid resident at once, or the launch fails (a kernel whose CTAs wait on each
+        other); such a launch takes no programmatic serialization."""
         from cuda.core import LaunchConfig, launch
 
         kernel = self._kernel(module, function)
         if shared_bytes:
             self._allow_dynamic_shared(module, function, shared_bytes)
-        config = LaunchConfig(grid=grid, block=block, shmem_size=shared_bytes,
-                              programmatic_stream_serialization=self.programmatic_launch)
+        options = {"is_cooperative": True} if cooperative else {
+            "programmatic_stream_serialization": self.programmatic_launch}
+        config = LaunchConfig(grid=grid, block=block, shmem_size=shared_bytes, **options)
         launch(self._stream(), config, kernel, *args)
 
     def max_active_ctas(self, module: str, function: str, threads: int,
