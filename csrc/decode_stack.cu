@@ -50,12 +50,17 @@ __device__ void produce_weights(const StackLayer<T>* layers, const StackShape& s
       for (int row = rows.begin; row < rows.end; row += per_stage) {
         const unsigned bytes = min(per_stage, rows.end - row) * shape.cols * sizeof(T);
         stage_wait(sm.empty(ring.stage), ring.phase ^ 1, trace, 3);
-        if ((threadIdx.x & 31) == 0) {
-          trace_put(trace, kTraceProduced, ring.count);
+        const T* source = weight + static_cast<long long>(row) * shape.cols;
+        const int lane = threadIdx.x & 31;
+        if (lane == 0) trace_put(trace, kTraceProduced, ring.count);
+        if (!s.bulk_copies) {
+          for (unsigned at = lane * 16; at < bytes; at += 32 * 16) {
+            cp_async_16(sm.stage(ring.stage) + at, reinterpret_cast<const char*>(source) + at);
+          }
+          cp_async_arrive(sm.full(ring.stage));
+        } else if (lane == 0) {
           mbarrier_arrive_expect_tx(sm.full(ring.stage), bytes);
-          bulk_copy_to_shared(sm.stage(ring.stage),
-                              weight + static_cast<long long>(row) * shape.cols, bytes,
-                              sm.full(ring.stage));
+          bulk_copy_to_shared(sm.stage(ring.stage), source, bytes, sm.full(ring.stage));
         }
         __syncwarp();
         ring.advance();
@@ -259,7 +264,7 @@ __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const 
   const StackSmem sm{stack_smem, static_cast<unsigned>(__cvta_generic_to_shared(stack_smem))};
   if (threadIdx.x == 0) {
     for (int stage = 0; stage < kStackStages; ++stage) {
-      mbarrier_init(sm.full(stage), 1);
+      mbarrier_init(sm.full(stage), s.bulk_copies ? 1 : 32);
       mbarrier_init(sm.empty(stage), kStackWarps);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -290,9 +295,9 @@ __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const 
           const int* seq_lens, const int* block_table, const long long* slot_mapping,          \
           int num_layers, int hidden, int inter, int num_heads, int num_kv_heads,               \
           int num_splits, int block_size, long long num_slots, float eps, float scale,          \
-          unsigned* trace) {                                                                    \
+          int bulk_copies, unsigned* trace) {                                                   \
     const StackShape s{num_layers, hidden, inter, num_heads, num_kv_heads, D,                   \
-                       num_splits, block_size, num_slots, eps, scale};                          \
+                       num_splits, block_size, num_slots, eps, scale, bulk_copies != 0};        \
     const StackIo<T> io{h, qkv, act, partials, counters, seq_lens, block_table, slot_mapping,   \
                         trace};                                                                 \
     decode_stack<T, D, GELU>(static_cast<const StackLayer<T>*>(layers), s, io);                 \

@@ -81,6 +81,9 @@ struct StackShape {
   int num_layers, hidden, inter, num_heads, num_kv_heads, head_dim, num_splits, block_size;
   long long num_slots;  // the pool's; a step's slot past it writes nothing (graph padding)
   float eps, scale;
+  // how the producer copies a stage: one cp.async.bulk (lane 0), or 16-byte cp.async by
+  // every lane of its warp (each lane's arrival on full[s] when its copies land)
+  bool bulk_copies;
   __device__ __forceinline__ int q_size() const { return num_heads * head_dim; }
   __device__ __forceinline__ int kv_size() const { return num_kv_heads * head_dim; }
 };
@@ -109,6 +112,10 @@ __device__ __forceinline__ void watchdog_expired(unsigned* trace, unsigned which
   trace_put(trace, kTraceTimeout, which);
   __threadfence_system();
   __trap();
+}
+
+__device__ __forceinline__ void cp_async_16(unsigned dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
 }
 
 __device__ __forceinline__ bool mbarrier_ready(unsigned bar, unsigned parity) {

@@ -102,6 +102,8 @@ class DecodeStack:
         self.trace_address = 0
         # its CTAs wait on each other: launched cooperatively, all resident or an error
         self.cooperative = True
+        # the producer's copies: cp.async.bulk (True) or 16-byte cp.async by its 32 lanes
+        self.bulk_copies = True
 
     @staticmethod
     def takes(metadata: AttentionMetadata) -> bool:
@@ -123,7 +125,7 @@ class DecodeStack:
                   np.int32(a.num_heads), np.int32(a.num_kv_heads), np.int32(self.num_splits),
                   np.int32(self.block_size), np.int64(self.num_slots),
                   np.float32(a.rms_norm_eps), np.float32(self.scale),
-                  self.trace_address))
+                  np.int32(self.bulk_copies), self.trace_address))
         return h
 
 
