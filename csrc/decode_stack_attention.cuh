@@ -67,12 +67,15 @@ __device__ void attend_task(const StackLayer<T>& layer, const StackShape& s,
   const T* v_head = layer.v_cache + kv_head * D + sub * 8;
 
   float m = neg_inf(), l = 0.f, acc[8] = {};
-  for (int first = begin + group; first < end; first += 2 * kGroups) {
+  // The loop runs on the warp's first key, the same for every lane: the score's shuffles
+  // below need the whole warp, so a lane whose own key is past the end goes round masked.
+  const int warp_first = begin + (threadIdx.x >> 5) * kKeys;
+  for (int first = warp_first; first < end; first += 2 * kGroups) {
     uint4 k_raw[2], v_raw[2];
     bool valid[2];
 #pragma unroll
     for (int u = 0; u < 2; ++u) {  // both keys' loads before either is used
-      const int p = first + u * kGroups;
+      const int p = first + lane / kLanes + u * kGroups;
       valid[u] = p < end;
       k_raw[u] = v_raw[u] = make_uint4(0, 0, 0, 0);
       if (!valid[u]) continue;
