@@ -100,8 +100,11 @@ class DecodeStack:
         # consumers and producer have got to, kept through a trap of the kernel's watchdog
         # (csrc/decode_stack.cuh; for debugging)
         self.trace_address = 0
-        # its CTAs wait on each other: launched cooperatively, all resident or an error
-        self.cooperative = True
+        # its CTAs wait on each other, so all must be resident: one CTA an SM asks for that,
+        # and the kernel's watchdog turns a grid that is not into an error. cooperative: the
+        # driver's guarantee instead (an error at launch), without programmatic launch;
+        # not yet run on a GPU, so off by default
+        self.cooperative = False
         # the producer's copies: cp.async.bulk (True) or 16-byte cp.async by its 32 lanes
         self.bulk_copies = True
 
