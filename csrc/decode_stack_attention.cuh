@@ -20,11 +20,12 @@
 
 namespace inflightd {
 
+// Eight 16-bit elements already in a register (common.cuh's Vec8) as floats.
 template <typename T>
 __device__ __forceinline__ void load_floats8(float (&out)[8], uint4 raw) {
-  const T* v = reinterpret_cast<const T*>(&raw);
+  const Vec8<T> v{raw};
 #pragma unroll
-  for (int i = 0; i < 8; ++i) out[i] = to_float(v[i]);
+  for (int i = 0; i < 8; ++i) out[i] = v.get(i);
 }
 
 // The step's key and value into the cache at its slot.
