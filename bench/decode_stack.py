@@ -5,6 +5,9 @@ stack runs (no embedding, final norm, logits or sampling, no host); batch-1 tok/
 bench/batch1_switch.py is the whole step's.
 
     python bench/decode_stack.py [--models dummy:gpt2-xl,dummy:starcoder-1b] [--contexts 256,2048]
+                                 [--copies bulk,cp_async]
+
+--copies times each way the producer can copy weights (DecodeStack.bulk_copies).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def layer_bytes(model) -> int:
                for t in vars(layer).values() if isinstance(t, torch.Tensor))
 
 
-def measure(spec: str, contexts: list[int], bandwidth: float) -> list[dict]:
+def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str]) -> list[dict]:
     llm = LLM(spec, device="cuda", max_num_seqs=8)
     model = llm.engine.runner.model
     stack = model.decode_stack
@@ -48,15 +51,16 @@ def measure(spec: str, contexts: list[int], bandwidth: float) -> list[dict]:
         raise SystemExit(f"{spec}: the decode stack does not apply")
     weight_bytes = layer_bytes(model)
     rows = []
-    for context in contexts:
+    for context, copy in [(c, k) for c in contexts for k in copies]:
+        stack.bulk_copies = copy == "bulk"
         metadata = one_sequence(context, block_size=stack.block_size, device=model.device)
         hidden = torch.randn(1, model.arch.hidden_size, dtype=model.dtype,
                              device=model.device) * 0.1
         ms = median_event_ms(lambda: stack.run(hidden, metadata), repeats=50)  # in place
         roofline_ms = weight_bytes / bandwidth * 1e3
-        rows.append({"model": spec, "context": context, "stack_us": ms * 1e3,
+        rows.append({"model": spec, "context": context, "copies": copy, "stack_us": ms * 1e3,
                      "roofline_us": roofline_ms * 1e3, "of_roofline": roofline_ms / ms})
-        print(f"{spec} context {context}: {ms * 1e3:.1f} us a step's layers, roofline "
+        print(f"{spec} context {context} ({copy}): {ms * 1e3:.1f} us a step's layers, roofline "
               f"{roofline_ms * 1e3:.1f} us ({weight_bytes / 1e9:.2f} GB at "
               f"{bandwidth / 1e9:.0f} GB/s): {100 * roofline_ms / ms:.1f} % of roofline",
               flush=True)
@@ -69,10 +73,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="dummy:gpt2-xl,dummy:starcoder-1b")
     p.add_argument("--contexts", default="256,2048")
+    p.add_argument("--copies", default="bulk", help="bulk, cp_async or both, comma-separated")
     args = p.parse_args(argv)
+    copies = args.copies.split(",")
+    if not set(copies) <= {"bulk", "cp_async"}:
+        p.error(f"--copies takes bulk and cp_async, got {args.copies!r}")
     bandwidth = copy_bandwidth("cuda")
     contexts = [int(c) for c in args.contexts.split(",")]
-    return [row for spec in args.models.split(",") for row in measure(spec, contexts, bandwidth)]
+    return [row for spec in args.models.split(",") for row in measure(spec, contexts, bandwidth, copies)]
 
 
 if __name__ == "__main__":
