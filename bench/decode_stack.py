@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         p.error(f"--copies takes bulk and cp_async, got {args.copies!r}")
     bandwidth = copy_bandwidth("cuda")
     contexts = [int(c) for c in args.contexts.split(",")]
-    return [row for spec in args.models.split(",") for row in measure(spec, contexts, bandwidth, copies)]
+    return [row for spec in args.models.split(",")
+            for row in measure(spec, contexts, bandwidth, copies)]
 
 
 if __name__ == "__main__":
