@@ -8,6 +8,8 @@ bench/batch1_switch.py is the whole step's.
                                  [--copies bulk,cp_async]
 
 --copies times each way the producer can copy weights (DecodeStack.bulk_copies).
+--timing also runs one step with the kernel stamping each phase (%globaltimer, every CTA)
+and prints where a layer's time goes (timing_report below says what each column means).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def layer_bytes(model) -> int:
                for t in vars(layer).values() if isinstance(t, torch.Tensor))
 
 
-def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str]) -> list[dict]:
+def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str], *,
+            timing: bool = False) -> list[dict]:
     llm = LLM(spec, device="cuda", max_num_seqs=8)
     model = llm.engine.runner.model
     stack = model.decode_stack
@@ -64,9 +67,57 @@ def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str])
               f"{roofline_ms * 1e3:.1f} us ({weight_bytes / 1e9:.2f} GB at "
               f"{bandwidth / 1e9:.0f} GB/s): {100 * roofline_ms / ms:.1f} % of roofline",
               flush=True)
+    if timing:
+        stack.bulk_copies = True
+        metadata = one_sequence(contexts[0], block_size=stack.block_size, device=model.device)
+        hidden = torch.randn(1, model.arch.hidden_size, dtype=model.dtype,
+                             device=model.device) * 0.1
+        timing_report(stack, hidden, metadata)
     del llm
     free_gpu_memory()
     return rows
+
+
+PHASE_NAMES = ("qkv", "attention", "o", "fc", "proj")
+
+
+def timing_report(stack, hidden: torch.Tensor, metadata: AttentionMetadata) -> None:
+    """One step with stamps; per phase, means over CTAs and layers 1.. (us):
+    wait: the CTA at the phase's counter until every CTA is done with the phase before;
+    release: the last CTA's count to the median CTA seeing it (the barrier's own latency);
+    skew: the median CTA's count to the last one's (stragglers);
+    input: the norm, merge or act load after the release; work: the rows and the count."""
+    words = stack.times_words()
+    times = torch.zeros(words, dtype=torch.int64, device=hidden.device)
+    stack.times_address = times.data_ptr()
+    for _ in range(3):
+        stack.run(hidden, metadata)
+    torch.cuda.synchronize()
+    stack.times_address = 0
+    ctas, layers = stack.num_ctas, stack.arch.num_layers
+    stamps = times[: ctas * layers * 20].view(ctas, layers, 5, 4).double().cpu() / 1e3
+    waits = times[ctas * layers * 20:].view(ctas, 4).double().cpu()
+    done = stamps[..., 3]  # [ctas, layers, 5]
+    seen = stamps[..., 1]
+    # the counter each phase waits on: the phase before, the previous layer's last for qkv
+    before = torch.cat([done.new_full((ctas, 1), float("nan")), done.reshape(ctas, -1)[:, :-1]],
+                       dim=1).view(ctas, layers, 5)
+    last_before = before.max(dim=0).values  # [layers, 5]
+    median_before = before.median(dim=0).values
+    print(f"  {'phase':<10}{'wait':>8}{'release':>9}{'skew':>8}{'input':>8}{'work':>8}")
+    for phase, name in enumerate(PHASE_NAMES):
+        sl = (slice(None), slice(1, None), phase)
+        wait = (stamps[sl + (1,)] - stamps[sl + (0,)]).mean()
+        release = (seen[:, 1:, phase].median(dim=0).values - last_before[1:, phase]).mean()
+        skew = (last_before[1:, phase] - median_before[1:, phase]).mean()
+        ready = (stamps[sl + (2,)] - stamps[sl + (1,)]).mean()
+        work = (stamps[sl + (3,)] - stamps[sl + (2,)]).mean()
+        print(f"  {name:<10}{wait:8.2f}{release:9.2f}{skew:8.2f}{ready:8.2f}{work:8.2f}")
+    layer_end = done[:, :, 4].max(dim=0).values
+    per_layer = (layer_end[-1] - layer_end[0]) / (layers - 1)
+    print(f"  a layer {per_layer:.2f} us (last CTA to last CTA); waits on the ring, mean cycles a "
+          f"CTA over the step: consumers (full) {waits[:, 0].mean():,.0f}, producer (empty) "
+          f"{waits[:, 1].mean():,.0f}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -74,6 +125,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--models", default="dummy:gpt2-xl,dummy:starcoder-1b")
     p.add_argument("--contexts", default="256,2048")
     p.add_argument("--copies", default="bulk", help="bulk, cp_async or both, comma-separated")
+    p.add_argument("--timing", action="store_true", help="where a layer's time goes")
     args = p.parse_args(argv)
     copies = args.copies.split(",")
     if not set(copies) <= {"bulk", "cp_async"}:
@@ -81,7 +133,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     bandwidth = copy_bandwidth("cuda")
     contexts = [int(c) for c in args.contexts.split(",")]
     return [row for spec in args.models.split(",")
-            for row in measure(spec, contexts, bandwidth, copies)]
+            for row in measure(spec, contexts, bandwidth, copies, timing=args.timing)]
 
 
 if __name__ == "__main__":

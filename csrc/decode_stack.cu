@@ -38,7 +38,8 @@ using namespace inflightd;
 // barrier converged).
 template <typename T>
 __device__ void produce_weights(const StackLayer<T>* layers, const StackShape& s,
-                               const StackSmem& sm, unsigned* trace) {
+                               const StackSmem& sm, unsigned* trace,
+                               unsigned long long* times) {
   Ring ring;
   RowDealer dealer;
   for (int layer = 0; layer < s.num_layers; ++layer) {
@@ -49,7 +50,7 @@ __device__ void produce_weights(const StackLayer<T>* layers, const StackShape& s
       const int per_stage = rows_per_stage<T>(shape.cols);
       for (int row = rows.begin; row < rows.end; row += per_stage) {
         const unsigned bytes = min(per_stage, rows.end - row) * shape.cols * sizeof(T);
-        stage_wait(sm.empty(ring.stage), ring.phase ^ 1, trace, 3);
+        ring.waited += stage_wait(sm.empty(ring.stage), ring.phase ^ 1, trace, 3);
         const T* source = weight + static_cast<long long>(row) * shape.cols;
         const int lane = threadIdx.x & 31;
         if (lane == 0) trace_put(trace, kTraceProduced, ring.count);
@@ -66,6 +67,9 @@ __device__ void produce_weights(const StackLayer<T>* layers, const StackShape& s
         ring.advance();
       }
     }
+  }
+  if (times != nullptr && (threadIdx.x & 31) == 0) {
+    times[(gridDim.x * s.num_layers * kStackPhases + blockIdx.x) * 4 + 1] = ring.waited;
   }
 }
 
@@ -86,7 +90,7 @@ __device__ __forceinline__ void consume_gemv(const StackSmem& sm, Ring& ring, in
   for (int row = rows.begin; row < rows.end; row += per_stage) {
     const int num_rows = min(per_stage, rows.end - row);
     if (threadIdx.x == 0) trace_put(trace, kTraceConsumed, ring.count);
-    stage_wait(sm.full(ring.stage), ring.phase, trace, 2);
+    ring.waited += stage_wait(sm.full(ring.stage), ring.phase, trace, 2);
     float sum = 0.f;
     if (my_row < num_rows) {
       const uint4* w = sm.stage_chunks(ring.stage) + my_row * chunks;
@@ -204,56 +208,79 @@ __device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
     RowRange rows = dealer.next(gemv_shape(s, kQkvGemv).rows);
     stage_bias(sm, layer.qkv_bias, rows);
     NormParams<T> norm = load_norm_params(layer.ln1_weight, layer.ln1_bias, s.hidden);
+    stamp(io.times, s.num_layers, index, 0, 0);
     if (index > 0) wait_count(done - 1, all, io.trace); else stack_consumers_sync();
+    stamp(io.times, s.num_layers, index, 0, 1);
     layer_norm_into_x(sm, io.h, norm, s.hidden, s.eps);
     stack_consumers_sync();
+    stamp(io.times, s.num_layers, index, 0, 2);
     consume_gemv<T>(sm, ring, s.hidden, rows, io.trace, [&](int row, int i, float total) {
       io.qkv[row] = from_float<T>(total + sm.bias()[i]);
     });
     count_done(done + 0);
+    stamp(io.times, s.num_layers, index, 0, 3);
     if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16 + 1);
     // 1: attention
+    stamp(io.times, s.num_layers, index, 1, 0);
     wait_count(done + 0, all, io.trace);
+    stamp(io.times, s.num_layers, index, 1, 1);
+    stamp(io.times, s.num_layers, index, 1, 2);
     if (static_cast<int>(blockIdx.x) < s.num_heads * s.num_splits) attend_task<T, D>(layer, s, io, sm);
     count_done(done + 1);
+    stamp(io.times, s.num_layers, index, 1, 3);
     if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16 + 2);
     // 2: h += W_o attention + b
     rows = dealer.next(s.hidden);
     stage_bias(sm, layer.o_bias, rows);
+    stamp(io.times, s.num_layers, index, 2, 0);
     wait_count(done + 1, all, io.trace);
+    stamp(io.times, s.num_layers, index, 2, 1);
     merge_attention<T, D>(x, s, io, sm);
     stage_residual(sm, io.h, rows);
     stack_consumers_sync();
+    stamp(io.times, s.num_layers, index, 2, 2);
     const auto add_to_h = [&](int row, int i, float total) {
       io.h[row] = from_float<T>(sm.residual()[i] + round_to<T>(total + sm.bias()[i]));
     };
     consume_gemv<T>(sm, ring, s.q_size(), rows, io.trace, add_to_h);
     count_done(done + 2);
+    stamp(io.times, s.num_layers, index, 2, 3);
     if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16 + 3);
     // 3: act = gelu(W_fc LN2(h) + b)
     rows = dealer.next(s.inter);
     stage_bias(sm, layer.fc_bias, rows);
     norm = load_norm_params(layer.ln2_weight, layer.ln2_bias, s.hidden);
+    stamp(io.times, s.num_layers, index, 3, 0);
     wait_count(done + 2, all, io.trace);
+    stamp(io.times, s.num_layers, index, 3, 1);
     layer_norm_into_x(sm, io.h, norm, s.hidden, s.eps);
     stack_consumers_sync();
+    stamp(io.times, s.num_layers, index, 3, 2);
     consume_gemv<T>(sm, ring, s.hidden, rows, io.trace, [&](int row, int i, float total) {
       io.act[row] = from_float<T>(Gelu(round_to<T>(total + sm.bias()[i])));
     });
     count_done(done + 3);
+    stamp(io.times, s.num_layers, index, 3, 3);
     if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16 + 4);
     // 4: h += W_proj act + b
     rows = dealer.next(s.hidden);
     stage_bias(sm, layer.proj_bias, rows);
+    stamp(io.times, s.num_layers, index, 4, 0);
     wait_count(done + 3, all, io.trace);
+    stamp(io.times, s.num_layers, index, 4, 1);
     for (int c = threadIdx.x; c < s.inter / 8; c += kStackConsumers) {
       reinterpret_cast<uint4*>(x)[c] = __ldcg(reinterpret_cast<const uint4*>(io.act) + c);
     }
     stage_residual(sm, io.h, rows);
     stack_consumers_sync();
+    stamp(io.times, s.num_layers, index, 4, 2);
     consume_gemv<T>(sm, ring, s.inter, rows, io.trace, add_to_h);
     count_done(done + 4);
+    stamp(io.times, s.num_layers, index, 4, 3);
     if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16 + 5);
+  }
+  if (io.times != nullptr && threadIdx.x == 0) {
+    io.times[(gridDim.x * s.num_layers * kStackPhases + blockIdx.x) * 4] = ring.waited;
   }
 }
 
@@ -271,7 +298,8 @@ __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const 
   }
   __syncthreads();
   if (threadIdx.x >= kStackConsumers) {
-    produce_weights(layers, s, sm, io.trace);  // the weights depend on no kernel before: from the start
+    // the weights depend on no kernel before: from the start
+    produce_weights(layers, s, sm, io.trace, io.times);
   } else {
     wait_for_previous_kernel();  // h, the sequence's lengths, block table and slot
     run_layers<T, D, Gelu>(layers, s, io, sm);
@@ -295,11 +323,11 @@ __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const 
           const int* seq_lens, const int* block_table, const long long* slot_mapping,          \
           int num_layers, int hidden, int inter, int num_heads, int num_kv_heads,               \
           int num_splits, int block_size, long long num_slots, float eps, float scale,          \
-          int bulk_copies, unsigned* trace) {                                                   \
+          int bulk_copies, unsigned* trace, unsigned long long* times) {                       \
     const StackShape s{num_layers, hidden, inter, num_heads, num_kv_heads, D,                   \
                        num_splits, block_size, num_slots, eps, scale, bulk_copies != 0};        \
     const StackIo<T> io{h, qkv, act, partials, counters, seq_lens, block_table, slot_mapping,   \
-                        trace};                                                                 \
+                        trace, times};                                                          \
     decode_stack<T, D, GELU>(static_cast<const StackLayer<T>*>(layers), s, io);                 \
   }
 

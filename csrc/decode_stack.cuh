@@ -95,7 +95,23 @@ template <typename T> struct StackIo {
   T* h; T* qkv; T* act; float* partials; unsigned* counters;
   const int* seq_lens; const int* block_table; const long long* slot_mapping;
   unsigned* trace;  // null, or 8 words a CTA in host memory: where each side has got to
+  // null, or where each CTA's consumers stamp the time (%globaltimer, ns) of each phase's
+  // four points, [CTAs][layers][5][4], then each CTA's cycles waiting on a stage,
+  // [CTAs][4]: 0 the consumers (on full), 1 the producer (on empty); for
+  // bench/decode_stack.py --timing
+  unsigned long long* times;
 };
+
+// A phase's points:   | entry | the others done | input ready | this CTA done |
+//                     ^ 0     ^ 1 (wait_count)  ^ 2 (norm,    ^ 3 (count_done)
+//                                                 merge, act)
+__device__ __forceinline__ void stamp(unsigned long long* times, int num_layers, int layer,
+                                      int phase, int point) {
+  if (times == nullptr || threadIdx.x != 0) return;
+  unsigned long long now;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(now));
+  times[((blockIdx.x * num_layers + layer) * kStackPhases + phase) * 4 + point] = now;
+}
 
 // The trace's words of this CTA: the consumers' (layer * 16 + phase) and stage count, the
 // producer's stage count, and which wait timed out (1 a counter, 2 a full stage, 3 an
@@ -129,13 +145,17 @@ __device__ __forceinline__ bool mbarrier_ready(unsigned bar, unsigned parity) {
 }
 
 // mbarrier_wait with the watchdog: a stage that never comes traps instead of hanging.
-__device__ __forceinline__ void stage_wait(unsigned bar, unsigned parity, unsigned* trace,
-                                           unsigned which) {
-  if (mbarrier_ready(bar, parity)) return;
+// Returns the cycles it waited.
+__device__ __forceinline__ long long stage_wait(unsigned bar, unsigned parity, unsigned* trace,
+                                                unsigned which) {
+  if (mbarrier_ready(bar, parity)) return 0;
   const long long start = clock64();
-  while (!mbarrier_ready(bar, parity)) {
-    if (clock64() - start > kWatchdogCycles) watchdog_expired(trace, which);
-  }
+  long long waited;
+  do {
+    waited = clock64() - start;
+    if (waited > kWatchdogCycles) watchdog_expired(trace, which);
+  } while (!mbarrier_ready(bar, parity));
+  return waited;
 }
 
 // A layer's four GEMVs, in the order the producer streams them.
@@ -196,6 +216,7 @@ struct Ring {
   int stage = 0;
   unsigned phase = 0;
   unsigned count = 0;
+  long long waited = 0;  // cycles this side spent waiting on the other's stages
   __device__ __forceinline__ void advance() {
     ++count;
     if (++stage == kStackStages) {

@@ -100,6 +100,9 @@ class DecodeStack:
         # consumers and producer have got to, kept through a trap of the kernel's watchdog
         # (csrc/decode_stack.cuh; for debugging)
         self.trace_address = 0
+        # 0, or the device address of a uint64 buffer of times_words() words where the
+        # consumers stamp each phase (bench/decode_stack.py --timing)
+        self.times_address = 0
         # its CTAs wait on each other, so all must be resident: one CTA an SM asks for that,
         # and the kernel's watchdog turns a grid that is not into an error. cooperative: the
         # driver's guarantee instead (an error at launch), without programmatic launch;
@@ -107,6 +110,9 @@ class DecodeStack:
         self.cooperative = False
         # the producer's copies: cp.async.bulk (True) or 16-byte cp.async by its 32 lanes
         self.bulk_copies = True
+
+    def times_words(self) -> int:
+        return self.num_ctas * (self.arch.num_layers * PHASES * 4 + 4)
 
     @staticmethod
     def takes(metadata: AttentionMetadata) -> bool:
@@ -128,7 +134,7 @@ class DecodeStack:
                   np.int32(a.num_heads), np.int32(a.num_kv_heads), np.int32(self.num_splits),
                   np.int32(self.block_size), np.int64(self.num_slots),
                   np.float32(a.rms_norm_eps), np.float32(self.scale),
-                  np.int32(self.bulk_copies), self.trace_address))
+                  np.int32(self.bulk_copies), self.trace_address, self.times_address))
         return h
 
 
