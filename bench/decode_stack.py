@@ -86,7 +86,8 @@ def timing_report(stack, hidden: torch.Tensor, metadata: AttentionMetadata) -> N
     wait: the CTA at the phase's counter until every CTA is done with the phase before;
     release: the last CTA's count to the median CTA seeing it (the barrier's own latency);
     skew: the median CTA's count to the last one's (stragglers);
-    input: the norm, merge or act load after the release; work: the rows and the count."""
+    input: the norm, merge or act load after the release; work: the rows and the count;
+    stage waits: the consumers' cycles in those rows waiting for the producer's stages."""
     words = stack.times_words()
     times = torch.zeros(words, dtype=torch.int64, device=hidden.device)
     stack.times_address = times.data_ptr()
@@ -95,8 +96,12 @@ def timing_report(stack, hidden: torch.Tensor, metadata: AttentionMetadata) -> N
     torch.cuda.synchronize()
     stack.times_address = 0
     ctas, layers = stack.num_ctas, stack.arch.num_layers
-    stamps = times[: ctas * layers * 20].view(ctas, layers, 5, 4).double().cpu() / 1e3
-    waits = times[ctas * layers * 20:].view(ctas, 4).double().cpu()
+    words = times.view(ctas * (layers * 5 + 1), 6).cpu()
+    phases = words[: ctas * layers * 5].view(ctas, layers, 5, 6)
+    stamps = phases[..., :4].double() / 1e3
+    ring = phases[..., 4].double().reshape(ctas, -1)  # consumers' stage waits so far, cycles
+    ring_per_phase = torch.diff(ring, dim=1, prepend=ring[:, :1] * 0).view(ctas, layers, 5)
+    waits = words[ctas * layers * 5:].view(ctas, 6).double()
     done = stamps[..., 3]  # [ctas, layers, 5]
     seen = stamps[..., 1]
     # the counter each phase waits on: the phase before, the previous layer's last for qkv
@@ -104,7 +109,8 @@ def timing_report(stack, hidden: torch.Tensor, metadata: AttentionMetadata) -> N
                        dim=1).view(ctas, layers, 5)
     last_before = before.max(dim=0).values  # [layers, 5]
     median_before = before.median(dim=0).values
-    print(f"  {'phase':<10}{'wait':>8}{'release':>9}{'skew':>8}{'input':>8}{'work':>8}")
+    print(f"  {'phase':<10}{'wait':>8}{'release':>9}{'skew':>8}{'input':>8}{'work':>8}"
+          f"{'stage waits (kcycles)':>23}")
     for phase, name in enumerate(PHASE_NAMES):
         sl = (slice(None), slice(1, None), phase)
         wait = (stamps[sl + (1,)] - stamps[sl + (0,)]).mean()
@@ -112,7 +118,9 @@ def timing_report(stack, hidden: torch.Tensor, metadata: AttentionMetadata) -> N
         skew = (last_before[1:, phase] - median_before[1:, phase]).mean()
         ready = (stamps[sl + (2,)] - stamps[sl + (1,)]).mean()
         work = (stamps[sl + (3,)] - stamps[sl + (2,)]).mean()
-        print(f"  {name:<10}{wait:8.2f}{release:9.2f}{skew:8.2f}{ready:8.2f}{work:8.2f}")
+        stage_waits = ring_per_phase[:, 1:, phase].mean() / 1e3
+        print(f"  {name:<10}{wait:8.2f}{release:9.2f}{skew:8.2f}{ready:8.2f}{work:8.2f}"
+              f"{stage_waits:23.2f}")
     layer_end = done[:, :, 4].max(dim=0).values
     per_layer = (layer_end[-1] - layer_end[0]) / (layers - 1)
     print(f"  a layer {per_layer:.2f} us (last CTA to last CTA); waits on the ring, mean cycles a "

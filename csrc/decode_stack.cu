@@ -69,7 +69,7 @@ __device__ void produce_weights(const StackLayer<T>* layers, const StackShape& s
     }
   }
   if (times != nullptr && (threadIdx.x & 31) == 0) {
-    times[(gridDim.x * s.num_layers * kStackPhases + blockIdx.x) * 4 + 1] = ring.waited;
+    times[(gridDim.x * s.num_layers * kStackPhases + blockIdx.x) * kStampWords + 1] = ring.waited;
   }
 }
 
@@ -185,12 +185,16 @@ __device__ __forceinline__ void stage_bias(const StackSmem& sm, const T* bias, R
   }
 }
 
-// h's rows (the residual the GEMV's outputs add to) into shared memory, after the wait.
+// h's rows (the residual the GEMV's outputs add to), a row a thread (rows <= kStackMaxRows
+// <= consumers), loaded after the wait into a register, stored into shared memory once the
+// loads of the GEMV's input are out too, so that the two share one L2 round trip.
+static_assert(kStackMaxRows <= kStackConsumers, "a residual row a consumer thread");
 template <typename T>
-__device__ __forceinline__ void stage_residual(const StackSmem& sm, const T* h, RowRange rows) {
-  for (int i = threadIdx.x; i < rows.count(); i += kStackConsumers) {
-    sm.residual()[i] = load_l2(h + rows.begin + i);
-  }
+__device__ __forceinline__ float load_residual(const T* h, RowRange rows) {
+  return static_cast<int>(threadIdx.x) < rows.count() ? load_l2(h + rows.begin + threadIdx.x) : 0.f;
+}
+__device__ __forceinline__ void store_residual(const StackSmem& sm, RowRange rows, float value) {
+  if (static_cast<int>(threadIdx.x) < rows.count()) sm.residual()[threadIdx.x] = value;
 }
 
 template <typename T, int D, float (*Gelu)(float)>
@@ -219,15 +223,20 @@ __device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
     });
     count_done(done + 0);
     stamp(io.times, s.num_layers, index, 0, 3);
+    stamp_value(io.times, s.num_layers, index, 0, 4, ring.waited);
     if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16 + 1);
     // 1: attention
+    const bool attends = static_cast<int>(blockIdx.x) < s.num_heads * s.num_splits;
+    AttendTask task;
+    if (attends) task = prefetch_task<T, D>(layer, s, io);  // the old keys: no wait for them
     stamp(io.times, s.num_layers, index, 1, 0);
     wait_count(done + 0, all, io.trace);
     stamp(io.times, s.num_layers, index, 1, 1);
     stamp(io.times, s.num_layers, index, 1, 2);
-    if (static_cast<int>(blockIdx.x) < s.num_heads * s.num_splits) attend_task<T, D>(layer, s, io, sm);
+    if (attends) attend_task<T, D>(layer, s, io, sm, task);
     count_done(done + 1);
     stamp(io.times, s.num_layers, index, 1, 3);
+    stamp_value(io.times, s.num_layers, index, 1, 4, ring.waited);
     if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16 + 2);
     // 2: h += W_o attention + b
     rows = dealer.next(s.hidden);
@@ -235,8 +244,9 @@ __device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
     stamp(io.times, s.num_layers, index, 2, 0);
     wait_count(done + 1, all, io.trace);
     stamp(io.times, s.num_layers, index, 2, 1);
-    merge_attention<T, D>(x, s, io, sm);
-    stage_residual(sm, io.h, rows);
+    float residual = load_residual(io.h, rows);
+    merge_attention<T, D>(x, s, io);
+    store_residual(sm, rows, residual);
     stack_consumers_sync();
     stamp(io.times, s.num_layers, index, 2, 2);
     const auto add_to_h = [&](int row, int i, float total) {
@@ -245,6 +255,7 @@ __device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
     consume_gemv<T>(sm, ring, s.q_size(), rows, io.trace, add_to_h);
     count_done(done + 2);
     stamp(io.times, s.num_layers, index, 2, 3);
+    stamp_value(io.times, s.num_layers, index, 2, 4, ring.waited);
     if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16 + 3);
     // 3: act = gelu(W_fc LN2(h) + b)
     rows = dealer.next(s.inter);
@@ -261,6 +272,7 @@ __device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
     });
     count_done(done + 3);
     stamp(io.times, s.num_layers, index, 3, 3);
+    stamp_value(io.times, s.num_layers, index, 3, 4, ring.waited);
     if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16 + 4);
     // 4: h += W_proj act + b
     rows = dealer.next(s.hidden);
@@ -268,19 +280,21 @@ __device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
     stamp(io.times, s.num_layers, index, 4, 0);
     wait_count(done + 3, all, io.trace);
     stamp(io.times, s.num_layers, index, 4, 1);
+    residual = load_residual(io.h, rows);
     for (int c = threadIdx.x; c < s.inter / 8; c += kStackConsumers) {
       reinterpret_cast<uint4*>(x)[c] = __ldcg(reinterpret_cast<const uint4*>(io.act) + c);
     }
-    stage_residual(sm, io.h, rows);
+    store_residual(sm, rows, residual);
     stack_consumers_sync();
     stamp(io.times, s.num_layers, index, 4, 2);
     consume_gemv<T>(sm, ring, s.inter, rows, io.trace, add_to_h);
     count_done(done + 4);
     stamp(io.times, s.num_layers, index, 4, 3);
+    stamp_value(io.times, s.num_layers, index, 4, 4, ring.waited);
     if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16 + 5);
   }
   if (io.times != nullptr && threadIdx.x == 0) {
-    io.times[(gridDim.x * s.num_layers * kStackPhases + blockIdx.x) * 4] = ring.waited;
+    io.times[(gridDim.x * s.num_layers * kStackPhases + blockIdx.x) * kStampWords] = ring.waited;
   }
 }
 

@@ -96,21 +96,28 @@ template <typename T> struct StackIo {
   const int* seq_lens; const int* block_table; const long long* slot_mapping;
   unsigned* trace;  // null, or 8 words a CTA in host memory: where each side has got to
   // null, or where each CTA's consumers stamp the time (%globaltimer, ns) of each phase's
-  // four points, [CTAs][layers][5][4], then each CTA's cycles waiting on a stage,
-  // [CTAs][4]: 0 the consumers (on full), 1 the producer (on empty); for
-  // bench/decode_stack.py --timing
+  // four points and, fifth, their cycles so far waiting on a stage, [CTAs][layers][5][6];
+  // then each CTA's cycles waiting on a stage over the step, [CTAs][6]: 0 the consumers
+  // (on full), 1 the producer (on empty); for bench/decode_stack.py --timing
   unsigned long long* times;
 };
 
 // A phase's points:   | entry | the others done | input ready | this CTA done |
 //                     ^ 0     ^ 1 (wait_count)  ^ 2 (norm,    ^ 3 (count_done)
 //                                                 merge, act)
+constexpr int kStampWords = 6;  // a phase's words in times
+__device__ __forceinline__ void stamp_value(unsigned long long* times, int num_layers,
+                                            int layer, int phase, int point,
+                                            unsigned long long value) {
+  if (times == nullptr || threadIdx.x != 0) return;
+  times[((blockIdx.x * num_layers + layer) * kStackPhases + phase) * kStampWords + point] = value;
+}
 __device__ __forceinline__ void stamp(unsigned long long* times, int num_layers, int layer,
                                       int phase, int point) {
-  if (times == nullptr || threadIdx.x != 0) return;
+  if (times == nullptr) return;
   unsigned long long now;
   asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(now));
-  times[((blockIdx.x * num_layers + layer) * kStackPhases + phase) * 4 + point] = now;
+  stamp_value(times, num_layers, layer, phase, point, now);
 }
 
 // The trace's words of this CTA: the consumers' (layer * 16 + phase) and stage count, the
@@ -145,17 +152,14 @@ __device__ __forceinline__ bool mbarrier_ready(unsigned bar, unsigned parity) {
 }
 
 // mbarrier_wait with the watchdog: a stage that never comes traps instead of hanging.
-// Returns the cycles it waited.
+// Returns the cycles it took, the first try included (try_wait may suspend the thread).
 __device__ __forceinline__ long long stage_wait(unsigned bar, unsigned parity, unsigned* trace,
                                                 unsigned which) {
-  if (mbarrier_ready(bar, parity)) return 0;
   const long long start = clock64();
-  long long waited;
-  do {
-    waited = clock64() - start;
-    if (waited > kWatchdogCycles) watchdog_expired(trace, which);
-  } while (!mbarrier_ready(bar, parity));
-  return waited;
+  while (!mbarrier_ready(bar, parity)) {
+    if (clock64() - start > kWatchdogCycles) watchdog_expired(trace, which);
+  }
+  return clock64() - start;
 }
 
 // A layer's four GEMVs, in the order the producer streams them.

@@ -10,7 +10,8 @@
 //   # D = 128: lanes 0-15 key 0 | lanes 16-31 key 1
 //
 // Each group keeps its own softmax state (max, sum, output); the CTA merges its groups and
-// writes partials[task] = {max, sum, output[D]} (output unnormalised). The step's own key
+// writes partials[task] = {output[D] (unnormalised), max, sum, 2 floats of padding}, a
+// stride of D + 4 floats so that every task's output starts 16-byte aligned. The step's own key
 // and value are read from the qkv buffer, never the cache: the task that writes them into
 // the cache (split 0 of the first query head of each KV head) may not have yet.
 #pragma once
@@ -19,6 +20,8 @@
 #include "decode_stack.cuh"
 
 namespace inflightd {
+
+__host__ __device__ constexpr int partial_stride(int d) { return d + 4; }
 
 // Eight 16-bit elements already in a register (common.cuh's Vec8) as floats.
 template <typename T>
@@ -40,68 +43,130 @@ __device__ __forceinline__ void write_new_kv(const StackLayer<T>& layer, const S
   layer.v_cache[at] = load_l2_raw(k + s.kv_size());
 }
 
-template <typename T, int D>
-__device__ void attend_task(const StackLayer<T>& layer, const StackShape& s,
-                            const StackIo<T>& io, const StackSmem& sm) {
-  constexpr int kLanes = D / 8;          // lanes per key
-  constexpr int kKeys = 32 / kLanes;     // keys per warp at once
-  constexpr int kGroups = kStackWarps * kKeys;
-  const int task = blockIdx.x;
-  const int head = task / s.num_splits;
-  const int split = task % s.num_splits;
-  const int kv_head = head / (s.num_heads / s.num_kv_heads);
-  const int seq_len = io.seq_lens[0];
-  const int per_split = (seq_len + s.num_splits - 1) / s.num_splits;
-  const int begin = min(seq_len, split * per_split);
-  const int end = min(seq_len, begin + per_split);
-  const int lane = threadIdx.x & 31;
-  const int sub = lane % kLanes;  // which 8 dims
-  const int group = (threadIdx.x >> 5) * kKeys + lane / kLanes;
+// A task's keys: positions [begin, end) of one head. Known before the wait for the qkv
+// phase, as are the cache's old keys and values: the sequence's length, block table and
+// cache are the step's inputs, not this kernel's (the step's own key and value are).
+struct AttendTask {
+  int head, split, kv_head, seq_len, begin, end;
+};
 
+struct KeyRound {
+  uint4 k[2], v[2];
+  bool valid[2];
+};
+
+template <int D> struct KeyLayout {
+  static constexpr int kLanes = D / 8;          // lanes per key
+  static constexpr int kKeys = 32 / kLanes;     // keys per warp at once
+  static constexpr int kGroups = kStackWarps * kKeys;
+};
+
+// Where position p's key starts in the layer's cache, for this lane's 8 dims (elements; the
+// value's is the same).
+template <typename T, int D>
+__device__ __forceinline__ long long cache_offset(const StackShape& s, const StackIo<T>& io,
+                                                  int kv_head, int p) {
+  const long long slot = static_cast<long long>(io.block_table[p / s.block_size]) *
+                             s.block_size + p % s.block_size;
+  return (slot * s.num_kv_heads + kv_head) * D + ((threadIdx.x & 31) % (D / 8)) * 8;
+}
+
+// A round: each lane's two keys (first + its key in the warp + u * kGroups), both loaded
+// before either is used; the step's own from qkv (its task writes it into the cache).
+template <typename T, int D>
+__device__ __forceinline__ KeyRound load_key_round(const StackLayer<T>& layer,
+                                                   const StackShape& s, const StackIo<T>& io,
+                                                   const AttendTask& t, int first,
+                                                   const T* new_k) {
+  using L = KeyLayout<D>;
+  const int lane = threadIdx.x & 31;
+  KeyRound r;
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    const int p = first + lane / L::kLanes + u * L::kGroups;
+    r.valid[u] = p < t.end;
+    r.k[u] = r.v[u] = make_uint4(0, 0, 0, 0);
+    if (!r.valid[u]) continue;
+    if (p == t.seq_len - 1) {
+      r.k[u] = __ldcg(reinterpret_cast<const uint4*>(new_k));
+      r.v[u] = __ldcg(reinterpret_cast<const uint4*>(new_k + s.kv_size()));
+    } else {
+      const long long at = cache_offset<T, D>(s, io, t.kv_head, p);
+      r.k[u] = __ldcg(reinterpret_cast<const uint4*>(layer.k_cache + at));
+      r.v[u] = __ldcg(reinterpret_cast<const uint4*>(layer.v_cache + at));
+    }
+  }
+  return r;
+}
+
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+}
+
+template <typename T, int D>
+__device__ __forceinline__ const T* new_key(const StackShape& s, const StackIo<T>& io,
+                                            int kv_head) {
+  return io.qkv + s.q_size() + kv_head * D + ((threadIdx.x & 31) % KeyLayout<D>::kLanes) * 8;
+}
+
+// This CTA's task, and its first round of old keys and values asked of L2, before the wait
+// (held in registers instead, they cost spills). The loop runs on the warp's first key.
+template <typename T, int D>
+__device__ __forceinline__ AttendTask prefetch_task(const StackLayer<T>& layer, const StackShape& s,
+                                    const StackIo<T>& io) {
+  AttendTask t;
+  t.head = blockIdx.x / s.num_splits;
+  t.split = blockIdx.x % s.num_splits;
+  t.kv_head = t.head / (s.num_heads / s.num_kv_heads);
+  t.seq_len = io.seq_lens[0];
+  const int per_split = (t.seq_len + s.num_splits - 1) / s.num_splits;
+  t.begin = min(t.seq_len, t.split * per_split);
+  t.end = min(t.seq_len, t.begin + per_split);
+  using L = KeyLayout<D>;
+  const int warp_first = t.begin + (threadIdx.x >> 5) * L::kKeys;
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    const int p = warp_first + (threadIdx.x & 31) / L::kLanes + u * L::kGroups;
+    if (p < t.end && p != t.seq_len - 1) {
+      const long long at = cache_offset<T, D>(s, io, t.kv_head, p);
+      prefetch_l2(layer.k_cache + at);
+      prefetch_l2(layer.v_cache + at);
+    }
+  }
+  return t;
+}
+
+template <typename T, int D>
+__device__ __forceinline__ void attend_task(const StackLayer<T>& layer, const StackShape& s,
+                            const StackIo<T>& io, const StackSmem& sm, const AttendTask& t) {
+  using L = KeyLayout<D>;
+  const int lane = threadIdx.x & 31;
+  const int sub = lane % L::kLanes;  // which 8 dims
+  const int group = (threadIdx.x >> 5) * L::kKeys + lane / L::kLanes;
+  const T* new_k = new_key<T, D>(s, io, t.kv_head);
   float q[8];
-  load_floats8<T>(q, __ldcg(reinterpret_cast<const uint4*>(io.qkv + head * D) + sub));
+  load_floats8<T>(q, __ldcg(reinterpret_cast<const uint4*>(io.qkv + t.head * D) + sub));
 #pragma unroll
   for (int i = 0; i < 8; ++i) q[i] *= s.scale;
-  const T* new_k = io.qkv + s.q_size() + kv_head * D + sub * 8;
-  const long long token_stride = static_cast<long long>(s.num_kv_heads) * D;
-  const T* k_head = layer.k_cache + kv_head * D + sub * 8;
-  const T* v_head = layer.v_cache + kv_head * D + sub * 8;
 
   float m = neg_inf(), l = 0.f, acc[8] = {};
   // The loop runs on the warp's first key, the same for every lane: the score's shuffles
   // below need the whole warp, so a lane whose own key is past the end goes round masked.
-  const int warp_first = begin + (threadIdx.x >> 5) * kKeys;
-  for (int first = warp_first; first < end; first += 2 * kGroups) {
-    uint4 k_raw[2], v_raw[2];
-    bool valid[2];
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {  // both keys' loads before either is used
-      const int p = first + lane / kLanes + u * kGroups;
-      valid[u] = p < end;
-      k_raw[u] = v_raw[u] = make_uint4(0, 0, 0, 0);
-      if (!valid[u]) continue;
-      if (p == seq_len - 1) {
-        k_raw[u] = __ldcg(reinterpret_cast<const uint4*>(new_k));
-        v_raw[u] = __ldcg(reinterpret_cast<const uint4*>(new_k + s.kv_size()));
-      } else {
-        const long long slot = static_cast<long long>(io.block_table[p / s.block_size]) *
-                                   s.block_size + p % s.block_size;
-        k_raw[u] = __ldcg(reinterpret_cast<const uint4*>(k_head + slot * token_stride));
-        v_raw[u] = __ldcg(reinterpret_cast<const uint4*>(v_head + slot * token_stride));
-      }
-    }
+  const int warp_first = t.begin + (threadIdx.x >> 5) * L::kKeys;
+  for (int first = warp_first; first < t.end; first += 2 * L::kGroups) {
+    const KeyRound r = load_key_round<T, D>(layer, s, io, t, first, new_k);
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
       float k[8], v[8];
-      load_floats8<T>(k, k_raw[u]);
-      load_floats8<T>(v, v_raw[u]);
+      load_floats8<T>(k, r.k[u]);
+      load_floats8<T>(v, r.v[u]);
       float score = 0.f;
 #pragma unroll
       for (int i = 0; i < 8; ++i) score = fmaf(q[i], k[i], score);
 #pragma unroll
-      for (int offset = 1; offset < kLanes; offset <<= 1)  // every lane: the shuffles are the warp's
+      for (int offset = 1; offset < L::kLanes; offset <<= 1)  // every lane: the warp's shuffles
         score += __shfl_xor_sync(0xffffffffu, score, offset);
-      if (!valid[u]) continue;
+      if (!r.valid[u]) continue;
       const float m_new = fmaxf(m, score);
       const float correction = __expf(m - m_new);
       const float p = __expf(score - m_new);
@@ -114,8 +179,8 @@ __device__ void attend_task(const StackLayer<T>& layer, const StackShape& s,
 
   // the CTA's key groups merged: | m[kGroups] | l[kGroups] | out[kGroups][D] |
   float* group_m = sm.scratch();
-  float* group_l = group_m + kGroups;
-  float* group_out = group_l + kGroups;
+  float* group_l = group_m + L::kGroups;
+  float* group_out = group_l + L::kGroups;
   if (sub == 0) {
     group_m[group] = m;
     group_l[group] = l;
@@ -125,73 +190,73 @@ __device__ void attend_task(const StackLayer<T>& layer, const StackShape& s,
   stack_consumers_sync();
   if (threadIdx.x < D) {
     float top = neg_inf();
-    for (int g = 0; g < kGroups; ++g) top = fmaxf(top, group_m[g]);
+    for (int g = 0; g < L::kGroups; ++g) top = fmaxf(top, group_m[g]);
     float sum = 0.f, out = 0.f;
     if (top != neg_inf()) {
-      for (int g = 0; g < kGroups; ++g) {
+      for (int g = 0; g < L::kGroups; ++g) {
         const float weight = __expf(group_m[g] - top);  // 0 for a group that saw no key
         sum += group_l[g] * weight;
         out += group_out[g * D + threadIdx.x] * weight;
       }
     }
-    float* partial = io.partials + static_cast<long long>(task) * (D + 2);
-    partial[2 + threadIdx.x] = out;
+    float* partial = io.partials + static_cast<long long>(blockIdx.x) * partial_stride(D);
+    partial[threadIdx.x] = out;
     if (threadIdx.x == 0) {
-      partial[0] = top;
-      partial[1] = sum;
+      partial[D] = top;
+      partial[D + 1] = sum;
     }
   }
-  if (split == 0 && head % (s.num_heads / s.num_kv_heads) == 0) {
-    write_new_kv<T, D>(layer, s, io, kv_head);
+  if (t.split == 0 && t.head % (s.num_heads / s.num_kv_heads) == 0) {
+    write_new_kv<T, D>(layer, s, io, t.kv_head);
   }
 }
 
 // Every CTA, before the output projection: x = the splits merged, head by head, rounded to T
-// (as the attention kernels store their output).
+// (as the attention kernels store their output). Each thread takes 4 adjacent elements of
+// one head at a time and loads, for every split, their partial outputs and the split's
+// (max, sum) together, then weighs them itself: an L2 round trip a pass (two for up to
+// 2,048 elements; 8 elements a pass would spill registers).
 template <typename T, int D>
-__device__ void merge_attention(T* x, const StackShape& s, const StackIo<T>& io,
-                                const StackSmem& sm) {
+__device__ void merge_attention(T* x, const StackShape& s, const StackIo<T>& io) {
+  constexpr int kEach = 4;
   const int splits = s.num_splits;
-  float* weights = sm.merge_weights();
-  for (int head = threadIdx.x; head < s.num_heads; head += kStackConsumers) {
-    const float* first = io.partials + static_cast<long long>(head) * splits * (D + 2);
+  for (int first = threadIdx.x * kEach; first < s.q_size(); first += kEach * kStackConsumers) {
+    const int head = first / D;  // D is a multiple of 8: a thread's elements share a head
+    const float* task = io.partials + static_cast<long long>(head) * splits * partial_stride(D);
+    float4 part[kStackMaxSplits];
+    float2 stats[kStackMaxSplits];  // (max, sum); -inf past num_splits: weight 0
+#pragma unroll
+    for (int i = 0; i < kStackMaxSplits; ++i) {
+      part[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+      stats[i] = make_float2(neg_inf(), 0.f);
+      if (i < splits) {
+        const float* partial = task + i * partial_stride(D);
+        part[i] = __ldcg(reinterpret_cast<const float4*>(partial + first % D));
+        stats[i] = __ldcg(reinterpret_cast<const float2*>(partial + D));
+      }
+    }
     float top = neg_inf();
-    for (int i = 0; i < splits; ++i) top = fmaxf(top, __ldcg(first + i * (D + 2)));
-    float sum = 0.f;
-    for (int i = 0; i < splits; ++i) {
-      const float m = __ldcg(first + i * (D + 2));
-      const float w = m == neg_inf() ? 0.f : __expf(m - top);
-      weights[head * splits + i] = w;
-      sum += w * __ldcg(first + i * (D + 2) + 1);
+#pragma unroll
+    for (int i = 0; i < kStackMaxSplits; ++i) top = fmaxf(top, stats[i].x);
+    float weights[kStackMaxSplits], sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < kStackMaxSplits; ++i) {
+      weights[i] = stats[i].x != neg_inf() ? __expf(stats[i].x - top) : 0.f;
+      sum += weights[i] * stats[i].y;
     }
-    for (int i = 0; i < splits; ++i) weights[head * splits + i] /= sum;  // sum > 0: the step's own key
-  }
-  stack_consumers_sync();
-  // kMergeElements elements a thread at once, every split's partial of each loaded before
-  // any is summed: one L2 round trip for all of them
-  constexpr int kMergeElements = 4;
-  for (int first = threadIdx.x; first < s.q_size(); first += kMergeElements * kStackConsumers) {
-    float parts[kMergeElements][kStackMaxSplits];
+    float4 out = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-    for (int u = 0; u < kMergeElements; ++u) {
-      const int e = first + u * kStackConsumers;
-      const float* column = io.partials + static_cast<long long>(e / D) * splits * (D + 2) + 2 + e % D;
-#pragma unroll
-      for (int i = 0; i < kStackMaxSplits; ++i) {
-        parts[u][i] = e < s.q_size() && i < splits ? __ldcg(column + i * (D + 2)) : 0.f;
-      }
+    for (int i = 0; i < kStackMaxSplits; ++i) {
+      const float w = weights[i] / sum;  // sum > 0: the step's own key
+      out.x += w * part[i].x;
+      out.y += w * part[i].y;
+      out.z += w * part[i].z;
+      out.w += w * part[i].w;
     }
-#pragma unroll
-    for (int u = 0; u < kMergeElements; ++u) {
-      const int e = first + u * kStackConsumers;
-      if (e >= s.q_size()) break;
-      float out = 0.f;
-#pragma unroll
-      for (int i = 0; i < kStackMaxSplits; ++i) {
-        if (i < splits) out += weights[(e / D) * splits + i] * parts[u][i];
-      }
-      x[e] = from_float<T>(out);
-    }
+    x[first] = from_float<T>(out.x);
+    x[first + 1] = from_float<T>(out.y);
+    x[first + 2] = from_float<T>(out.z);
+    x[first + 3] = from_float<T>(out.w);
   }
 }
 

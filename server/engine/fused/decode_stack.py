@@ -27,6 +27,7 @@ MAX_ROWS_PER_CTA = 128
 MAX_TASKS = 256
 MAX_SPLITS = 8  # of one head's keys, each split a CTA
 PHASES = 5  # counters per layer
+STAMP_WORDS = 6  # words of times a phase (csrc/decode_stack.cuh's kStampWords)
 HEAD_DIMS = (64, 128)
 GELU_KERNELS = {"gelu_tanh": "gelu_tanh", "gelu": "gelu_erf"}
 # the table's columns, one row a layer (csrc/decode_stack.cuh's StackLayer)
@@ -91,7 +92,7 @@ class DecodeStack:
         q_size, kv_size = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
         self.qkv = torch.empty(q_size + 2 * kv_size, dtype=model.dtype, device=device)
         self.act = torch.empty(arch.intermediate_size, dtype=model.dtype, device=device)
-        self.partials = torch.empty(arch.num_heads * self.num_splits * (arch.head_dim + 2),
+        self.partials = torch.empty(arch.num_heads * self.num_splits * (arch.head_dim + 4),
                                     dtype=torch.float32, device=device)
         # zero before the first step; the kernel's last CTA zeroes them after each
         self.counters = torch.zeros(arch.num_layers * PHASES + 1, dtype=torch.int32,
@@ -112,7 +113,7 @@ class DecodeStack:
         self.bulk_copies = True
 
     def times_words(self) -> int:
-        return self.num_ctas * (self.arch.num_layers * PHASES * 4 + 4)
+        return self.num_ctas * (self.arch.num_layers * PHASES + 1) * STAMP_WORDS
 
     @staticmethod
     def takes(metadata: AttentionMetadata) -> bool:
