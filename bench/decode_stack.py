@@ -68,7 +68,7 @@ def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str],
               f"{bandwidth / 1e9:.0f} GB/s): {100 * roofline_ms / ms:.1f} % of roofline",
               flush=True)
     if timing:
-        stack.bulk_copies = True
+        stack.bulk_copies = False  # the default producer
         metadata = one_sequence(contexts[0], block_size=stack.block_size, device=model.device)
         hidden = torch.randn(1, model.arch.hidden_size, dtype=model.dtype,
                              device=model.device) * 0.1
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="dummy:gpt2-xl,dummy:starcoder-1b")
     p.add_argument("--contexts", default="256,2048")
-    p.add_argument("--copies", default="bulk", help="bulk, cp_async or both, comma-separated")
+    p.add_argument("--copies", default="cp_async", help="bulk, cp_async or both, comma-separated")
     p.add_argument("--timing", action="store_true", help="where a layer's time goes")
     args = p.parse_args(argv)
     copies = args.copies.split(",")

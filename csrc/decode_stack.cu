@@ -99,16 +99,25 @@ __device__ __forceinline__ void consume_gemv(const StackSmem& sm, Ring& ring, in
       }
     }
     sum = warp_sum(sum);  // every lane's reads of the stage are done past this
-    float* sums = sm.partial_sums(ring.count);
-    if (lane == 0) {
-      sums[warp] = sum;
-      mbarrier_arrive(sm.empty(ring.stage));
-    }
-    stack_consumers_sync();
-    if (static_cast<int>(threadIdx.x) < num_rows) {
-      float total = 0.f;
-      for (int j = 0; j < warps_per_row; ++j) total += sums[threadIdx.x * warps_per_row + j];
-      epilogue(row + threadIdx.x, row + threadIdx.x - rows.begin, total);
+    if (warps_per_row == 1) {
+      // the row is this warp's alone: its lane 0 finishes it, and the warps go on without
+      // waiting for each other (the empty barrier keeps them within a lap of the ring)
+      if (lane == 0) {
+        mbarrier_arrive(sm.empty(ring.stage));
+        if (my_row < num_rows) epilogue(row + my_row, row + my_row - rows.begin, sum);
+      }
+    } else {
+      float* sums = sm.partial_sums(ring.count);
+      if (lane == 0) {
+        sums[warp] = sum;
+        mbarrier_arrive(sm.empty(ring.stage));
+      }
+      stack_consumers_sync();
+      if (static_cast<int>(threadIdx.x) < num_rows) {
+        float total = 0.f;
+        for (int j = 0; j < warps_per_row; ++j) total += sums[threadIdx.x * warps_per_row + j];
+        epilogue(row + threadIdx.x, row + threadIdx.x - rows.begin, total);
+      }
     }
     ring.advance();
   }
@@ -161,7 +170,8 @@ __device__ __forceinline__ void layer_norm_into_x(const StackSmem& sm, const T* 
       for (int i = 0; i < 8; ++i) squares += (v[it][i] - mean) * (v[it][i] - mean);
     }
   }
-  const float rstd = rsqrtf(consumers_sum(squares, sm.norm_sums(1)) / static_cast<float>(hidden) + eps);
+  const float variance = consumers_sum(squares, sm.norm_sums(1)) / static_cast<float>(hidden);
+  const float rstd = rsqrtf(variance + eps);
 #pragma unroll
   for (int it = 0; it < kItems; ++it) {
     const int chunk = threadIdx.x + it * kStackConsumers;

@@ -88,3 +88,20 @@ def test_a_step_of_two_sequences_takes_the_per_op_kernels(monkeypatch):
     batcher.record({"a": 5, "b": 6})
     stacked.forward_logits(batcher.step({"a": 1, "b": 1}))
     assert calls == []
+
+
+def test_both_copy_producers_give_bit_identical_steps():
+    """The producer's two ways of filling a stage (DecodeStack.bulk_copies) move the same
+    bytes: a step's logits are the same bits either way."""
+    stacked = make_runner(FAMILIES["gpt2-xl-wide-erf"], enforce_eager=True)
+    stack = stacked.model.decode_stack
+    batcher = HandBatcher(num_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE)
+    batcher.add(req_id="a", prompt_token_ids=[(7 * i) % 4093 + 3 for i in range(333)])
+    stacked.forward_logits(batcher.step({"a": None}))
+    batcher.record({"a": 5})
+    out = batcher.step({"a": 1})
+    logits = []
+    for bulk in (True, False):
+        stack.bulk_copies = bulk
+        logits.append(stacked.forward_logits(out)[1].clone())
+    assert torch.equal(logits[0], logits[1])

@@ -109,8 +109,9 @@ class DecodeStack:
         # driver's guarantee instead (an error at launch), without programmatic launch;
         # not yet run on a GPU, so off by default
         self.cooperative = False
-        # the producer's copies: cp.async.bulk (True) or 16-byte cp.async by its 32 lanes
-        self.bulk_copies = True
+        # the producer's copies: cp.async.bulk (True) or 16-byte cp.async by its 32 lanes,
+        # 4 % faster on an H100 at every shape measured (docs/benchmarks.md, session 21)
+        self.bulk_copies = False
 
     def times_words(self) -> int:
         return self.num_ctas * (self.arch.num_layers * PHASES + 1) * STAMP_WORDS
