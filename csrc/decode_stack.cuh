@@ -22,15 +22,14 @@ constexpr int kStackPhases = 5;        // a layer's steps, each ending in a coun
 
 // Shared memory, in this order (bytes):
 //   # | ring: kStackStages x kStageBytes | x: the GEMV's input (16-bit) | bias | residual |
-//   # | reductions | merge weights | mbarriers full[6], empty[6] |
+//   # | reductions | mbarriers full[6], empty[6] |
 // Attention's per-key-group state lives in x's place (x is free between the two GEMVs).
 constexpr int kRingBytes = kStackStages * kStageBytes;
 constexpr int kXOffset = kRingBytes;
 constexpr int kBiasOffset = kXOffset + kStackMaxWidth * 2;
 constexpr int kResidualOffset = kBiasOffset + kStackMaxRows * 4;
 constexpr int kReduceOffset = kResidualOffset + kStackMaxRows * 4;  // 2 x 8 + 8 + 8 floats
-constexpr int kMergeOffset = kReduceOffset + 32 * 4;
-constexpr int kBarrierOffset = kMergeOffset + kStackMaxTasks * 4;
+constexpr int kBarrierOffset = kReduceOffset + 32 * 4;
 constexpr int kStackSmemBytes = kBarrierOffset + 2 * kStackStages * 8;
 
 struct StackSmem {
@@ -58,9 +57,6 @@ struct StackSmem {
   }
   __device__ __forceinline__ float* norm_sums(int which) const {  // 0: sum, 1: squares
     return reinterpret_cast<float*>(base + kReduceOffset) + (2 + which) * kStackWarps;
-  }
-  __device__ __forceinline__ float* merge_weights() const {
-    return reinterpret_cast<float*>(base + kMergeOffset);
   }
   __device__ __forceinline__ unsigned full(int s) const { return shared + kBarrierOffset + 8 * s; }
   __device__ __forceinline__ unsigned empty(int s) const {
