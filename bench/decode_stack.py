@@ -5,9 +5,11 @@ stack runs (no embedding, final norm, logits or sampling, no host); batch-1 tok/
 bench/batch1_switch.py is the whole step's.
 
     python bench/decode_stack.py [--models dummy:gpt2-xl,dummy:starcoder-1b] [--contexts 256,2048]
-                                 [--copies bulk,cp_async]
+                                 [--copies bulk,cp_async] [--prefetch 0,8]
 
---copies times each way the producer can copy weights (DecodeStack.bulk_copies).
+--copies times each way the producer can copy weights (DecodeStack.bulk_copies); --prefetch
+each distance, in stages, at which it asks L2 for rows ahead of its copies
+(DecodeStack.l2_prefetch_stages).
 --timing also runs one step with the kernel stamping each phase (%globaltimer, every CTA)
 and prints where a layer's time goes (timing_report below says what each column means).
 """
@@ -25,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.gpu_probes import copy_bandwidth, median_event_ms  # noqa: E402
 from bench.offline import free_gpu_memory  # noqa: E402
 from server.engine.attention.metadata import AttentionMetadata  # noqa: E402
+from server.engine.fused.decode_stack import l2_prefetch_stages  # noqa: E402
 from server.engine.llm import LLM  # noqa: E402
 
 
@@ -45,8 +48,8 @@ def layer_bytes(model) -> int:
                for t in vars(layer).values() if isinstance(t, torch.Tensor))
 
 
-def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str], *,
-            timing: bool = False) -> list[dict]:
+def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str],
+            prefetches: list[int], *, timing: bool = False) -> list[dict]:
     llm = LLM(spec, device="cuda", max_num_seqs=8)
     model = llm.engine.runner.model
     stack = model.decode_stack
@@ -54,21 +57,26 @@ def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str],
         raise SystemExit(f"{spec}: the decode stack does not apply")
     weight_bytes = layer_bytes(model)
     rows = []
-    for context, copy in [(c, k) for c in contexts for k in copies]:
+    default_prefetch = stack.l2_prefetch_stages
+    for context, copy, prefetch in [(c, k, p) for c in contexts for k in copies
+                                    for p in prefetches]:
         stack.bulk_copies = copy == "bulk"
+        stack.l2_prefetch_stages = prefetch
         metadata = one_sequence(context, block_size=stack.block_size, device=model.device)
         hidden = torch.randn(1, model.arch.hidden_size, dtype=model.dtype,
                              device=model.device) * 0.1
         ms = median_event_ms(lambda: stack.run(hidden, metadata), repeats=50)  # in place
         roofline_ms = weight_bytes / bandwidth * 1e3
-        rows.append({"model": spec, "context": context, "copies": copy, "stack_us": ms * 1e3,
+        rows.append({"model": spec, "context": context, "copies": copy,
+                     "l2_prefetch_stages": prefetch, "stack_us": ms * 1e3,
                      "roofline_us": roofline_ms * 1e3, "of_roofline": roofline_ms / ms})
-        print(f"{spec} context {context} ({copy}): {ms * 1e3:.1f} us a step's layers, roofline "
+        print(f"{spec} context {context} ({copy}, L2 prefetch {prefetch}): {ms * 1e3:.1f} us a step's layers, roofline "
               f"{roofline_ms * 1e3:.1f} us ({weight_bytes / 1e9:.2f} GB at "
               f"{bandwidth / 1e9:.0f} GB/s): {100 * roofline_ms / ms:.1f} % of roofline",
               flush=True)
     if timing:
         stack.bulk_copies = False  # the default producer
+        stack.l2_prefetch_stages = default_prefetch
         metadata = one_sequence(contexts[0], block_size=stack.block_size, device=model.device)
         hidden = torch.randn(1, model.arch.hidden_size, dtype=model.dtype,
                              device=model.device) * 0.1
@@ -133,6 +141,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--models", default="dummy:gpt2-xl,dummy:starcoder-1b")
     p.add_argument("--contexts", default="256,2048")
     p.add_argument("--copies", default="cp_async", help="bulk, cp_async or both, comma-separated")
+    p.add_argument("--prefetch", default=None,
+                   help="L2 prefetch distances in stages, comma-separated (default: the "
+                        "stack's, INFLIGHTD_DECODE_STACK_L2_PREFETCH)")
     p.add_argument("--timing", action="store_true", help="where a layer's time goes")
     args = p.parse_args(argv)
     copies = args.copies.split(",")
@@ -140,8 +151,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         p.error(f"--copies takes bulk and cp_async, got {args.copies!r}")
     bandwidth = copy_bandwidth("cuda")
     contexts = [int(c) for c in args.contexts.split(",")]
+    prefetches = ([int(d) for d in args.prefetch.split(",")] if args.prefetch
+                  else [l2_prefetch_stages()])
     return [row for spec in args.models.split(",")
-            for row in measure(spec, contexts, bandwidth, copies, timing=args.timing)]
+            for row in measure(spec, contexts, bandwidth, copies, prefetches,
+                               timing=args.timing)]
 
 
 if __name__ == "__main__":

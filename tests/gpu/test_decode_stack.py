@@ -90,9 +90,11 @@ def test_a_step_of_two_sequences_takes_the_per_op_kernels(monkeypatch):
     assert calls == []
 
 
-def test_both_copy_producers_give_bit_identical_steps():
+@pytest.mark.parametrize("setting", ["bulk_copies", "l2_prefetch_stages"])
+def test_the_producers_copy_and_prefetch_settings_give_bit_identical_steps(setting):
     """The producer's two ways of filling a stage (DecodeStack.bulk_copies) move the same
-    bytes: a step's logits are the same bits either way."""
+    bytes, and prefetching rows into L2 ahead of the copies changes only when they land: a
+    step's logits are the same bits either way."""
     stacked = make_runner(FAMILIES["gpt2-xl-wide-erf"], enforce_eager=True)
     stack = stacked.model.decode_stack
     batcher = HandBatcher(num_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE)
@@ -101,7 +103,7 @@ def test_both_copy_producers_give_bit_identical_steps():
     batcher.record({"a": 5})
     out = batcher.step({"a": 1})
     logits = []
-    for bulk in (True, False):
-        stack.bulk_copies = bulk
+    for value in ({"bulk_copies": (True, False), "l2_prefetch_stages": (0, 5, 40)}[setting]):
+        setattr(stack, setting, value)
         logits.append(stacked.forward_logits(out)[1].clone())
-    assert torch.equal(logits[0], logits[1])
+    assert all(torch.equal(logits[0], other) for other in logits[1:])
