@@ -250,12 +250,14 @@ __device__ __forceinline__ void wait_count(const unsigned* counter, unsigned tar
   stack_consumers_sync();
 }
 
-// This CTA's consumers are done with a phase: their writes become visible before the count.
+// This CTA's consumers are done with a phase: their writes become visible before the count
+// (the barrier orders them before thread 0's fence; acq_rel, not __threadfence's sequentially
+// consistent fence, is all a release needs, as CUTLASS's grid barrier has it).
 __device__ __forceinline__ void count_done(unsigned* counter) {
   stack_consumers_sync();
   if (threadIdx.x == 0) {
-    __threadfence();
-    atomicAdd(counter, 1u);
+    asm volatile("fence.acq_rel.gpu;\n"
+                 "red.relaxed.gpu.global.add.u32 [%0], 1;\n" ::"l"(counter) : "memory");
   }
 }
 
