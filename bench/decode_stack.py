@@ -5,11 +5,12 @@ stack runs (no embedding, final norm, logits or sampling, no host); batch-1 tok/
 bench/batch1_switch.py is the whole step's.
 
     python bench/decode_stack.py [--models dummy:gpt2-xl,dummy:starcoder-1b] [--contexts 256,2048]
-                                 [--copies bulk,cp_async] [--prefetch 0,8]
+                                 [--copies bulk,cp_async] [--prefetch 0,8] [--splits 1,5]
 
 --copies times each way the producer can copy weights (DecodeStack.bulk_copies); --prefetch
 each distance, in stages, at which it asks L2 for rows ahead of its copies
-(DecodeStack.l2_prefetch_stages).
+(DecodeStack.l2_prefetch_stages); --splits each number of splits of a head's keys
+(DecodeStack.num_splits, up to the stack's own).
 --timing also runs one step with the kernel stamping each phase (%globaltimer, every CTA)
 and prints where a layer's time goes (timing_report below says what each column means).
 """
@@ -49,7 +50,8 @@ def layer_bytes(model) -> int:
 
 
 def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str],
-            prefetches: list[int], *, timing: bool = False) -> list[dict]:
+            prefetches: list[int], splits: list[int] | None, *,
+            timing: bool = False) -> list[dict]:
     llm = LLM(spec, device="cuda", max_num_seqs=8)
     model = llm.engine.runner.model
     stack = model.decode_stack
@@ -57,26 +59,30 @@ def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str],
         raise SystemExit(f"{spec}: the decode stack does not apply")
     weight_bytes = layer_bytes(model)
     rows = []
-    default_prefetch = stack.l2_prefetch_stages
-    for context, copy, prefetch in [(c, k, p) for c in contexts for k in copies
-                                    for p in prefetches]:
+    default_prefetch, default_splits = stack.l2_prefetch_stages, stack.num_splits
+    for context, copy, prefetch, split in [(c, k, p, n) for c in contexts for k in copies
+                                           for p in prefetches
+                                           for n in (splits or [default_splits])]:
+        if split > default_splits:  # its partials buffer holds no more
+            raise SystemExit(f"--splits {split}: {spec} takes at most {default_splits}")
         stack.bulk_copies = copy == "bulk"
         stack.l2_prefetch_stages = prefetch
+        stack.num_splits = split
         metadata = one_sequence(context, block_size=stack.block_size, device=model.device)
         hidden = torch.randn(1, model.arch.hidden_size, dtype=model.dtype,
                              device=model.device) * 0.1
         ms = median_event_ms(lambda: stack.run(hidden, metadata), repeats=50)  # in place
         roofline_ms = weight_bytes / bandwidth * 1e3
         rows.append({"model": spec, "context": context, "copies": copy,
-                     "l2_prefetch_stages": prefetch, "stack_us": ms * 1e3,
+                     "l2_prefetch_stages": prefetch, "splits": split, "stack_us": ms * 1e3,
                      "roofline_us": roofline_ms * 1e3, "of_roofline": roofline_ms / ms})
-        print(f"{spec} context {context} ({copy}, L2 prefetch {prefetch}): {ms * 1e3:.1f} us a step's layers, roofline "
+        print(f"{spec} context {context} ({copy}, L2 prefetch {prefetch}, {split} splits): {ms * 1e3:.1f} us a step's layers, roofline "
               f"{roofline_ms * 1e3:.1f} us ({weight_bytes / 1e9:.2f} GB at "
               f"{bandwidth / 1e9:.0f} GB/s): {100 * roofline_ms / ms:.1f} % of roofline",
               flush=True)
     if timing:
         stack.bulk_copies = False  # the default producer
-        stack.l2_prefetch_stages = default_prefetch
+        stack.l2_prefetch_stages, stack.num_splits = default_prefetch, default_splits
         metadata = one_sequence(contexts[0], block_size=stack.block_size, device=model.device)
         hidden = torch.randn(1, model.arch.hidden_size, dtype=model.dtype,
                              device=model.device) * 0.1
@@ -144,6 +150,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--prefetch", default=None,
                    help="L2 prefetch distances in stages, comma-separated (default: the "
                         "stack's, INFLIGHTD_DECODE_STACK_L2_PREFETCH)")
+    p.add_argument("--splits", default=None,
+                   help="splits of each head's keys to time, comma-separated (default: the "
+                        "stack's, the most the SMs allow up to 8)")
     p.add_argument("--timing", action="store_true", help="where a layer's time goes")
     args = p.parse_args(argv)
     copies = args.copies.split(",")
@@ -153,8 +162,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     contexts = [int(c) for c in args.contexts.split(",")]
     prefetches = ([int(d) for d in args.prefetch.split(",")] if args.prefetch
                   else [l2_prefetch_stages()])
+    splits = [int(n) for n in args.splits.split(",")] if args.splits else None
     return [row for spec in args.models.split(",")
-            for row in measure(spec, contexts, bandwidth, copies, prefetches,
+            for row in measure(spec, contexts, bandwidth, copies, prefetches, splits,
                                timing=args.timing)]
 
 
