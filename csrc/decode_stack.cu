@@ -65,7 +65,7 @@ template <typename T> struct StageWalk {
   }
 };
 
-__device__ __forceinline__ void prefetch_l2(const void* source, unsigned bytes) {
+__device__ __forceinline__ void prefetch_rows_to_l2(const void* source, unsigned bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(source), "r"(bytes)
                : "memory");
 }
@@ -88,13 +88,13 @@ __device__ __noinline__ void produce_weights(const StackLayer<T>* layers, const 
   unsigned bytes, ahead_bytes;
   for (int i = 0; i < s.l2_prefetch_stages; ++i) {
     if (prefetches.next(layers, s, ahead, ahead_bytes) && lane == 0) {
-      prefetch_l2(ahead, ahead_bytes);
+      prefetch_rows_to_l2(ahead, ahead_bytes);
     }
   }
   while (copies.next(layers, s, source, bytes)) {
     const bool prefetch = s.l2_prefetch_stages > 0;
     if (prefetch && prefetches.next(layers, s, ahead, ahead_bytes) && lane == 0) {
-      prefetch_l2(ahead, ahead_bytes);
+      prefetch_rows_to_l2(ahead, ahead_bytes);
     }
     ring.waited += stage_wait(sm.empty(ring.stage), ring.phase ^ 1, trace, 3);
     if (lane == 0) trace_put(trace, kTraceProduced, ring.count);
