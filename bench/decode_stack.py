@@ -63,8 +63,8 @@ def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str],
     for context, copy, prefetch, split in [(c, k, p, n) for c in contexts for k in copies
                                            for p in prefetches
                                            for n in (splits or [default_splits])]:
-        if split > default_splits:  # its partials buffer holds no more
-            raise SystemExit(f"--splits {split}: {spec} takes at most {default_splits}")
+        if not 1 <= split <= default_splits:  # its partials buffer holds no more
+            raise SystemExit(f"--splits {split}: {spec} takes 1 to {default_splits}")
         stack.bulk_copies = copy == "bulk"
         stack.l2_prefetch_stages = prefetch
         stack.num_splits = split
@@ -76,8 +76,8 @@ def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str],
         rows.append({"model": spec, "context": context, "copies": copy,
                      "l2_prefetch_stages": prefetch, "splits": split, "stack_us": ms * 1e3,
                      "roofline_us": roofline_ms * 1e3, "of_roofline": roofline_ms / ms})
-        print(f"{spec} context {context} ({copy}, L2 prefetch {prefetch}, {split} splits): {ms * 1e3:.1f} us a step's layers, roofline "
-              f"{roofline_ms * 1e3:.1f} us ({weight_bytes / 1e9:.2f} GB at "
+        print(f"{spec} context {context} ({copy}, L2 prefetch {prefetch}, {split} splits): "
+              f"{ms * 1e3:.1f} us a step's layers, roofline {roofline_ms * 1e3:.1f} us ({weight_bytes / 1e9:.2f} GB at "
               f"{bandwidth / 1e9:.0f} GB/s): {100 * roofline_ms / ms:.1f} % of roofline",
               flush=True)
     if timing:
