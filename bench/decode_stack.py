@@ -77,8 +77,9 @@ def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str],
                      "l2_prefetch_stages": prefetch, "splits": split, "stack_us": ms * 1e3,
                      "roofline_us": roofline_ms * 1e3, "of_roofline": roofline_ms / ms})
         print(f"{spec} context {context} ({copy}, L2 prefetch {prefetch}, {split} splits): "
-              f"{ms * 1e3:.1f} us a step's layers, roofline {roofline_ms * 1e3:.1f} us ({weight_bytes / 1e9:.2f} GB at "
-              f"{bandwidth / 1e9:.0f} GB/s): {100 * roofline_ms / ms:.1f} % of roofline",
+              f"{ms * 1e3:.1f} us a step's layers, roofline {roofline_ms * 1e3:.1f} us "
+              f"({weight_bytes / 1e9:.2f} GB at {bandwidth / 1e9:.0f} GB/s): "
+              f"{100 * roofline_ms / ms:.1f} % of roofline",
               flush=True)
     if timing:
         stack.bulk_copies = False  # the default producer
