@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.gpu_probes import copy_bandwidth, median_event_ms  # noqa: E402
 from bench.offline import free_gpu_memory  # noqa: E402
 from server.engine.attention.metadata import AttentionMetadata  # noqa: E402
-from server.engine.fused.decode_stack import l2_prefetch_stages  # noqa: E402
 from server.engine.llm import LLM  # noqa: E402
 
 
@@ -50,7 +49,7 @@ def layer_bytes(model) -> int:
 
 
 def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str],
-            prefetches: list[int], splits: list[int] | None, *,
+            prefetches: list[int] | None, splits: list[int] | None, *,
             timing: bool = False) -> list[dict]:
     llm = LLM(spec, device="cuda", max_num_seqs=8)
     model = llm.engine.runner.model
@@ -61,7 +60,7 @@ def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str],
     rows = []
     default_prefetch, default_splits = stack.l2_prefetch_stages, stack.num_splits
     for context, copy, prefetch, split in [(c, k, p, n) for c in contexts for k in copies
-                                           for p in prefetches
+                                           for p in (prefetches or [default_prefetch])
                                            for n in (splits or [default_splits])]:
         if not 1 <= split <= default_splits:  # its partials buffer holds no more
             raise SystemExit(f"--splits {split}: {spec} takes 1 to {default_splits}")
@@ -161,8 +160,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         p.error(f"--copies takes bulk and cp_async, got {args.copies!r}")
     bandwidth = copy_bandwidth("cuda")
     contexts = [int(c) for c in args.contexts.split(",")]
-    prefetches = ([int(d) for d in args.prefetch.split(",")] if args.prefetch
-                  else [l2_prefetch_stages()])
+    prefetches = [int(d) for d in args.prefetch.split(",")] if args.prefetch else None
     splits = [int(n) for n in args.splits.split(",")] if args.splits else None
     return [row for spec in args.models.split(",")
             for row in measure(spec, contexts, bandwidth, copies, prefetches, splits,

@@ -58,19 +58,18 @@ __device__ __noinline__ void produce_weights(const StackLayer<T>* layers, const 
   const int lane = threadIdx.x & 31;
   Ring ring;
   StageWalk<T> copies, prefetches;
-  const T* source;
-  const T* ahead;
-  unsigned bytes, ahead_bytes;
-  for (int i = 0; i < s.l2_prefetch_stages; ++i) {
+  const auto prefetch_next = [&] {
+    const T* ahead;
+    unsigned ahead_bytes;
     if (prefetches.next(layers, s, ahead, ahead_bytes) && lane == 0) {
       prefetch_rows_to_l2(ahead, ahead_bytes);
     }
-  }
+  };
+  for (int i = 0; i < s.l2_prefetch_stages; ++i) prefetch_next();
+  const T* source;
+  unsigned bytes;
   while (copies.next(layers, s, source, bytes)) {
-    const bool prefetch = s.l2_prefetch_stages > 0;
-    if (prefetch && prefetches.next(layers, s, ahead, ahead_bytes) && lane == 0) {
-      prefetch_rows_to_l2(ahead, ahead_bytes);
-    }
+    if (s.l2_prefetch_stages > 0) prefetch_next();
     ring.waited += stage_wait(sm.empty(ring.stage), ring.phase ^ 1, trace, 3);
     if (lane == 0) trace_put(trace, kTraceProduced, ring.count);
     if (!s.bulk_copies) {
