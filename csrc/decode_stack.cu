@@ -308,12 +308,11 @@ __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const 
           const int* seq_lens, const int* block_table, const long long* slot_mapping,          \
           int num_layers, int hidden, int inter, int num_heads, int num_kv_heads,               \
           int num_splits, int block_size, long long num_slots, float eps, float scale,          \
-          int bulk_copies, int l2_prefetch_stages, unsigned* trace,                             \
+          int bulk_copies, unsigned* trace,                                                     \
           unsigned long long* times) {                                                          \
     const StackShape s{num_layers,  hidden,      inter,        num_heads,                       \
                        num_kv_heads, D,          num_splits,   block_size,                      \
-                       num_slots,   eps,         scale,        bulk_copies != 0,                \
-                       l2_prefetch_stages};                                                     \
+                       num_slots,   eps,         scale,        bulk_copies != 0};               \
     const StackIo<T> io{h, qkv, act, partials, counters, seq_lens, block_table, slot_mapping,   \
                         trace, times};                                                          \
     decode_stack<T, D, GELU>(static_cast<const StackLayer<T>*>(layers), s, io);                 \

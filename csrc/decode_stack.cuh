@@ -80,7 +80,6 @@ struct StackShape {
   // how the producer copies a stage: one cp.async.bulk (lane 0), or 16-byte cp.async by
   // every lane of its warp (each lane's arrival on full[s] when its copies land)
   bool bulk_copies;
-  int l2_prefetch_stages;  // how far ahead of its copies the producer asks L2 for rows
   __device__ __forceinline__ int q_size() const { return num_heads * head_dim; }
   __device__ __forceinline__ int kv_size() const { return num_kv_heads * head_dim; }
 };

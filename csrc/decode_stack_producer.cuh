@@ -1,6 +1,6 @@
 // The batch-1 decode stack's producer warp (decode_stack.cu): the walk over the stages of
 // weight rows one CTA streams, and the loop that copies them into the ring of shared-memory
-// stages while asking L2 for the rows further ahead.
+// stages.
 #pragma once
 
 #include "decode_stack.cuh"
@@ -9,8 +9,7 @@
 namespace inflightd {
 
 // The stages one CTA copies, in the consumers' order: each GEMV's rows of this CTA, a
-// stage at a time, layer after layer. The producer walks it twice: once to copy, and once
-// l2_prefetch_stages ahead of that to ask L2 for the rows.
+// stage at a time, layer after layer.
 template <typename T> struct StageWalk {
   RowDealer dealer;
   int layer = 0, gemv = -1, row = 0, end = 0, per_stage = 1, cols = 0;
@@ -40,36 +39,21 @@ template <typename T> struct StageWalk {
   }
 };
 
-__device__ __forceinline__ void prefetch_rows_to_l2(const void* source, unsigned bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(source), "r"(bytes)
-               : "memory");
-}
-
-// The producer warp: every stage of StageWalk into the ring; lane 0 issues the bulk copies
-// and the prefetches, the warp goes round the loop together (it meets the CTA's last
-// barrier converged). Not inlined, so that its two walks get registers of their own
-// (inlined, they pushed the fp16 head-dim-128 consumers into spills). The ring holds six
-// stages, a few microseconds of this SM's share of HBM; the L2 prefetch keeps HBM busy
-// further ahead, through the phases in which the consumers wait on the other CTAs.
+// The producer warp: every stage of StageWalk into the ring; lane 0 issues the bulk copies,
+// the warp goes round the loop together (it meets the CTA's last barrier converged). Not
+// inlined, so that its walk keeps registers of its own beside the consumers'. (Asking L2
+// for the rows some stages ahead of the copies, cp.async.bulk.prefetch.L2, measured slower
+// at every distance from 8 stages up, and no faster at 4: docs/benchmarks.md, session 23.)
 template <typename T>
 __device__ __noinline__ void produce_weights(const StackLayer<T>* layers, const StackShape& s,
                                const StackSmem& sm, unsigned* trace,
                                unsigned long long* times) {
   const int lane = threadIdx.x & 31;
   Ring ring;
-  StageWalk<T> copies, prefetches;
-  const auto prefetch_next = [&] {
-    const T* ahead;
-    unsigned ahead_bytes;
-    if (prefetches.next(layers, s, ahead, ahead_bytes) && lane == 0) {
-      prefetch_rows_to_l2(ahead, ahead_bytes);
-    }
-  };
-  for (int i = 0; i < s.l2_prefetch_stages; ++i) prefetch_next();
+  StageWalk<T> copies;
   const T* source;
   unsigned bytes;
   while (copies.next(layers, s, source, bytes)) {
-    if (s.l2_prefetch_stages > 0) prefetch_next();
     ring.waited += stage_wait(sm.empty(ring.stage), ring.phase ^ 1, trace, 3);
     if (lane == 0) trace_put(trace, kTraceProduced, ring.count);
     if (!s.bulk_copies) {

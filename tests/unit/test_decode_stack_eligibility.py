@@ -7,10 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.engine.fused.decode_stack import (L2_PREFETCH_ENV, MAX_L2_PREFETCH_STAGES,
-                                              SHARED_BYTES, l2_prefetch_stages,
-                                              unsupported_reason)
-from server.engine.gpu.kernel_args import KernelArgumentError
+from server.engine.fused.decode_stack import SHARED_BYTES, unsupported_reason
 from server.engine.models.config import ModelArchConfig
 from server.engine.models.llama import LlamaModel
 
@@ -72,11 +69,3 @@ def test_a_gemv_with_more_rows_per_sm_than_the_kernel_stages_is_left_out():
 def test_the_shared_memory_fits_one_cta_of_an_sm90_sm():
     assert SHARED_BYTES <= 227 * 1024
 
-
-def test_the_l2_prefetch_distance_comes_from_its_variable_within_bounds(monkeypatch):
-    monkeypatch.setenv(L2_PREFETCH_ENV, "12")
-    assert l2_prefetch_stages() == 12
-    for bad in ("-1", "eight", str(MAX_L2_PREFETCH_STAGES + 1)):
-        monkeypatch.setenv(L2_PREFETCH_ENV, bad)
-        with pytest.raises(KernelArgumentError, match=L2_PREFETCH_ENV):
-            l2_prefetch_stages()

@@ -9,20 +9,15 @@ default where it applies; INFLIGHTD_DECODE_STACK=0 turns it off.
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import torch
 
 from server.engine.attention.metadata import AttentionMetadata
-from server.engine.gpu.kernel_args import KernelArgumentError, dtype_suffix, env_switch
+from server.engine.gpu.kernel_args import dtype_suffix, env_switch
 from server.engine.gpu.kernels import KernelLibrary
 
 DECODE_STACK_ENV = "INFLIGHTD_DECODE_STACK"
-# how many stages ahead of its copies the producer asks L2 for weight rows (0: none)
-L2_PREFETCH_ENV = "INFLIGHTD_DECODE_STACK_L2_PREFETCH"
-DEFAULT_L2_PREFETCH_STAGES = 0
-MAX_L2_PREFETCH_STAGES = 64
 # csrc/decode_stack.cuh's sizes
 THREADS = 288
 STAGE_BYTES = 32768
@@ -118,7 +113,6 @@ class DecodeStack:
         # the producer's copies: cp.async.bulk (True) or 16-byte cp.async by its 32 lanes,
         # 4 % faster on an H100 at every shape measured (docs/benchmarks.md, session 21)
         self.bulk_copies = False
-        self.l2_prefetch_stages = l2_prefetch_stages()
 
     def times_words(self) -> int:
         return self.num_ctas * (self.arch.num_layers * PHASES + 1) * STAMP_WORDS
@@ -143,25 +137,8 @@ class DecodeStack:
                   np.int32(a.num_heads), np.int32(a.num_kv_heads), np.int32(self.num_splits),
                   np.int32(self.block_size), np.int64(self.num_slots),
                   np.float32(a.rms_norm_eps), np.float32(self.scale),
-                  np.int32(self.bulk_copies), np.int32(self.l2_prefetch_stages),
-                  self.trace_address, self.times_address))
+                  np.int32(self.bulk_copies), self.trace_address, self.times_address))
         return h
-
-
-def l2_prefetch_stages() -> int:
-    """INFLIGHTD_DECODE_STACK_L2_PREFETCH, or the default; an error naming the variable
-    for anything but a whole number from 0 to MAX_L2_PREFETCH_STAGES."""
-    value = os.environ.get(L2_PREFETCH_ENV)
-    if value is None:
-        return DEFAULT_L2_PREFETCH_STAGES
-    try:
-        stages = int(value)
-    except ValueError:
-        stages = -1
-    if not 0 <= stages <= MAX_L2_PREFETCH_STAGES:
-        raise KernelArgumentError(f"{L2_PREFETCH_ENV} must be a whole number of stages from 0 "
-                                  f"to {MAX_L2_PREFETCH_STAGES}, got {value!r}")
-    return stages
 
 
 def _layer_table(model, kv_cache: torch.Tensor) -> torch.Tensor:
