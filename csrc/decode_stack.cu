@@ -272,8 +272,7 @@ __device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
 template <typename T, int D, float (*Gelu)(float)>
 __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const StackShape& s,
                                              const StackIo<T>& io) {
-  extern __shared__ __align__(128) unsigned char stack_smem[];
-  const StackSmem sm{stack_smem, static_cast<unsigned>(__cvta_generic_to_shared(stack_smem))};
+  const StackSmem sm{static_cast<unsigned>(__cvta_generic_to_shared(stack_smem))};
   if (threadIdx.x == 0) {
     for (int stage = 0; stage < kStackStages; ++stage) {
       mbarrier_init(sm.full(stage), s.bulk_copies ? 1 : 32);

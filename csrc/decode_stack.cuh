@@ -32,31 +32,35 @@ constexpr int kReduceOffset = kResidualOffset + kStackMaxRows * 4;  // 2 x 8 + 8
 constexpr int kBarrierOffset = kReduceOffset + 32 * 4;
 constexpr int kStackSmemBytes = kBarrierOffset + 2 * kStackStages * 8;
 
+// The dynamic shared memory, named at namespace scope so that every access through
+// StackSmem is known to be to shared memory (LDS/STS): read through a generic pointer held in
+// a struct, the consumers' loads went out as generic LD.E.128.
+extern __shared__ __align__(128) unsigned char stack_smem[];
+
 struct StackSmem {
-  unsigned char* base;  // generic address of the dynamic shared memory
-  unsigned shared;      // the same, as a shared-window address (for copies and mbarriers)
+  unsigned shared;  // stack_smem as a shared-window address (for copies and mbarriers)
 
   __device__ __forceinline__ unsigned stage(int s) const { return shared + s * kStageBytes; }
   __device__ __forceinline__ const uint4* stage_chunks(int s) const {
-    return reinterpret_cast<const uint4*>(base + s * kStageBytes);
+    return reinterpret_cast<const uint4*>(stack_smem + s * kStageBytes);
   }
   template <typename T> __device__ __forceinline__ T* x() const {
-    return reinterpret_cast<T*>(base + kXOffset);
+    return reinterpret_cast<T*>(stack_smem + kXOffset);
   }
   __device__ __forceinline__ float* scratch() const {  // attention's key-group state
-    return reinterpret_cast<float*>(base + kXOffset);
+    return reinterpret_cast<float*>(stack_smem + kXOffset);
   }
   __device__ __forceinline__ float* bias() const {
-    return reinterpret_cast<float*>(base + kBiasOffset);
+    return reinterpret_cast<float*>(stack_smem + kBiasOffset);
   }
   __device__ __forceinline__ float* residual() const {
-    return reinterpret_cast<float*>(base + kResidualOffset);
+    return reinterpret_cast<float*>(stack_smem + kResidualOffset);
   }
   __device__ __forceinline__ float* partial_sums(unsigned count) const {  // double-buffered
-    return reinterpret_cast<float*>(base + kReduceOffset) + (count & 1) * kStackWarps;
+    return reinterpret_cast<float*>(stack_smem + kReduceOffset) + (count & 1) * kStackWarps;
   }
   __device__ __forceinline__ float* norm_sums(int which) const {  // 0: sum, 1: squares
-    return reinterpret_cast<float*>(base + kReduceOffset) + (2 + which) * kStackWarps;
+    return reinterpret_cast<float*>(stack_smem + kReduceOffset) + (2 + which) * kStackWarps;
   }
   __device__ __forceinline__ unsigned full(int s) const { return shared + kBarrierOffset + 8 * s; }
   __device__ __forceinline__ unsigned empty(int s) const {
