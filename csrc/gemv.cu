@@ -16,29 +16,11 @@
 // GPT-2, Starcoder, Falcon), one launch where there were two. They round y + b to T before
 // the GELU, as the two kernels do, so the fused output is bit for bit the unfused one.
 #include "common.cuh"
+#include "dot8.cuh"
 #include "gelu.cuh"
 
 using namespace inflightd;
 
-
-__device__ __forceinline__ float2 pair_to_float2(__nv_bfloat162 v) { return __bfloat1622float2(v); }
-__device__ __forceinline__ float2 pair_to_float2(__half2 v) { return __half22float2(v); }
-
-template <typename T>
-__device__ __forceinline__ float dot8(uint4 w_raw, uint4 x_raw) {
-  using P = typename Pair<T>::type;
-  const P* w = reinterpret_cast<const P*>(&w_raw);
-  const P* x = reinterpret_cast<const P*>(&x_raw);
-  float sum = 0.f;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 wf = pair_to_float2(w[i]);
-    const float2 xf = pair_to_float2(x[i]);
-    sum = fmaf(wf.x, xf.x, sum);
-    sum = fmaf(wf.y, xf.y, sum);
-  }
-  return sum;
-}
 
 template <typename T, int M, float (*Act)(float)>
 __device__ __forceinline__ void gemv_impl(T* __restrict__ y, const T* __restrict__ w,

@@ -16,6 +16,7 @@
 
 #include "common.cuh"
 #include "hopper_tiles.cuh"
+#include "mbarrier.cuh"
 
 namespace inflightd {
 
@@ -25,31 +26,6 @@ constexpr int kProducerRegisters = 40;
 constexpr int kConsumerRegisters = 232;
 // mbarriers (full[3], empty[3], q_full) and the merge's flag, after the tiles
 constexpr int kWsBarrierBytes = 64;
-
-__device__ __forceinline__ void mbarrier_init(unsigned bar, unsigned count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
-}
-
-__device__ __forceinline__ void mbarrier_arrive(unsigned bar) {
-  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(
-                   bar)
-               : "memory");
-}
-
-// Arrives on `bar` once this thread's cp.async copies so far have landed.
-__device__ __forceinline__ void cp_async_arrive(unsigned bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
-}
-
-// Waits until the phase of `bar` with this parity has completed.
-__device__ __forceinline__ void mbarrier_wait(unsigned bar, unsigned parity) {
-  asm volatile(
-      "{\n.reg .pred done;\nWAIT:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT;\n}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
 
 template <int REGISTERS> __device__ __forceinline__ void registers_down() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(REGISTERS));

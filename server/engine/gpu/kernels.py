@@ -106,6 +106,11 @@ BASE_MODULES: tuple[KernelModule, ...] = (
     KernelModule("token_bitmask", False, ("apply_token_bitmask_f32",)),
     # tensor parallelism's all-reduce over IPC-shared buffers (parallel/ipc_all_reduce.py)
     KernelModule("all_reduce", False, ("all_reduce_bf16", "all_reduce_fp16", "all_reduce_f32")),
+    # batch-1 decode of a GPT-2-style model, every layer in one persistent kernel (bulk
+    # copies and mbarriers: sm_90; server/engine/fused/decode_stack.py)
+    KernelModule("decode_stack", False,
+                 _names("decode_stack_{dt}_d{d}_{gelu}", dt=DTYPES, d=(64, 128),
+                        gelu=("gelu_tanh", "gelu_erf")), arch_specific="sm_90a"),
 )
 
 
@@ -248,18 +253,22 @@ class KernelLibrary:
                 self._object(name)
 
     def launch(self, module: str, function: str, *, grid: tuple[int, ...],
-               block: tuple[int, ...], args: tuple, shared_bytes: int = 0) -> None:
+               block: tuple[int, ...], args: tuple, shared_bytes: int = 0,
+               cooperative: bool = False) -> None:
         """Launches csrc/<module>.cu's `function` on torch's current stream. Pointers are
         passed as Python ints (torch data_ptr()), other scalars as numpy int32/int64/float32.
         shared_bytes: dynamic shared memory per CTA, for kernels that declare theirs
-        `extern __shared__` (the attention kernels past 48 KB)."""
+        `extern __shared__` (the attention kernels past 48 KB). cooperative: every CTA of
+        the grid resident at once, or the launch fails (a kernel whose CTAs wait on each
+        other); such a launch takes no programmatic serialization."""
         from cuda.core import LaunchConfig, launch
 
         kernel = self._kernel(module, function)
         if shared_bytes:
             self._allow_dynamic_shared(module, function, shared_bytes)
-        config = LaunchConfig(grid=grid, block=block, shmem_size=shared_bytes,
-                              programmatic_stream_serialization=self.programmatic_launch)
+        options = {"is_cooperative": True} if cooperative else {
+            "programmatic_stream_serialization": self.programmatic_launch}
+        config = LaunchConfig(grid=grid, block=block, shmem_size=shared_bytes, **options)
         launch(self._stream(), config, kernel, *args)
 
     def max_active_ctas(self, module: str, function: str, threads: int,

@@ -91,6 +91,9 @@ class LlamaModel:
         local = (self.cos_sin if arch.local_rope_theta is None else build_cos_sin(
             head_dim=arch.head_dim, rope_theta=arch.local_rope_theta, rope_scaling=None,
             max_positions=arch.max_position_embeddings, dtype=dtype, device=device))
+        # batch-1 decode's layers in one kernel (fused/decode_stack.py), set by the runner
+        # where it applies
+        self.decode_stack = None
         sliding = arch.sliding_layers or (False,) * arch.num_layers
         self.layer_cos_sin = [local if is_sliding else self.cos_sin for is_sliding in sliding]
 
@@ -165,13 +168,16 @@ class LlamaModel:
                                     self.arch.rms_norm_eps)
         if self.arch.embedding_multiplier is not None:  # Gemma: in the model's dtype, as HF
             hidden = hidden * torch.tensor(self.arch.embedding_multiplier, dtype=hidden.dtype)
+        eps = self.arch.rms_norm_eps
+        if self.decode_stack is not None and self.decode_stack.takes(attn_metadata):
+            hidden = self.decode_stack.run(hidden, attn_metadata)  # every layer, one kernel
+            return ops.layer_norm(hidden, self.norm, self.norm_bias, eps)
         residual = None
         for index, layer in enumerate(self.layers):
             hidden, residual = layer.forward(hidden, residual, positions=positions,
                                              cos_sin=self.layer_cos_sin[index],
                                              kv_cache=kv_cache[index],
                                              metadata=attn_metadata, ops=ops)
-        eps = self.arch.rms_norm_eps
         if self.arch.layer_norm:
             if residual is None:
                 return ops.layer_norm(hidden, self.norm, self.norm_bias, eps)

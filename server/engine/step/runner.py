@@ -45,6 +45,7 @@ from server.engine.parallel.shard_weights import shard_named
 from server.engine.models.int_schemes import INT_ON_LOAD, quantize_on_load
 from server.engine.models.quantization import QuantizationError, quantize_checkpoint
 from server.engine.parallel.tensor_parallel import NO_TENSOR_PARALLEL, TensorParallel
+from server.engine.fused.decode_stack import decode_stack_for
 from server.engine.ops import Ops
 from server.engine.gpu.ops_choice import (default_ops, engine_config, is_cuda_ops, resolve_device,
                                        resolve_dtype)
@@ -191,6 +192,9 @@ class ModelRunner:
         self._ranks_connected = True
         tp = attach_ipc_all_reduce(self.model.tp, self.ops, self.device)
         self.model.use_tensor_parallel(tp)
+        if is_cuda_ops(self.ops):
+            self.model.decode_stack = decode_stack_for(self.model, self.ops.library,
+                                                       self.kv_pool.kv_cache)
         self.graphs = decode_graph_runner(self.model, self.kv_pool.kv_cache, self.ops,
                                           block_size=self.block_size, **self._graph_options)
 

@@ -1,0 +1,327 @@
+// One kernel for every layer of a batch-1 decode step of a GPT-2-style model (pre-LayerNorm
+// with biases, multi-head or multi-query attention without rotary, a GELU MLP): GPT-2 and
+// GPTBigCode (Starcoder 1).
+//
+// Why: at batch 1 a step is the weights streamed once, and a kernel per op stops the stream
+// at every boundary (a small GEMV's ramp and drain: gpt2-xl ran at 48 % of its roofline).
+// Here the weights depend on nothing, so a producer warp per SM copies each layer's weight
+// rows (cp.async.bulk) into a ring of shared-memory stages ahead of the consumers, across
+// op and layer boundaries, while the consumers' waits for the other SMs overlap the copies.
+//
+//   # a layer, five phases; each CTA counts itself done with a phase, and the next phase
+//   # waits for all of them (a GEMV needs all of its input):
+//   #   0  qkv = W_qkv LN1(h) + b            (each CTA norms the whole h for itself)
+//   #   1  attention: (head, split) tasks    (decode_stack_attention.cuh)
+//   #   2  h  += W_o merge(partials) + b     (each CTA merges the splits for itself)
+//   #   3  act = gelu(W_fc LN2(h) + b)
+//   #   4  h  += W_proj act + b
+//
+//   # threads 0-255: 8 consumer warps; threads 256-287: the producer warp (lane 0 copies)
+//   #   full[s]:  the stage's rows have landed (the producer's expect_tx)
+//   #   empty[s]: 8 consumer-warp arrivals -> the producer may refill it
+//
+// A stage holds R whole rows of one GEMV (R a power of two, at most 8), each row's dot
+// product split over 8 / R warps; x, the GEMV's input, sits in shared memory. Outputs are
+// rounded to T where the per-op kernels store them, so the two paths agree to rounding.
+// The grid is one CTA per SM (its shared memory allows no second), all resident at once.
+#include "common.cuh"
+#include "decode_stack.cuh"
+#include "decode_stack_attention.cuh"
+#include "decode_stack_producer.cuh"
+#include "dot8.cuh"
+#include "gelu.cuh"
+#include "mbarrier.cuh"
+
+using namespace inflightd;
+
+// The consumers' side of one GEMV: epilogue(row, index in rows, x . w[row]) for each row.
+template <typename T, typename Epilogue>
+__device__ __forceinline__ void consume_gemv(const StackSmem& sm, Ring& ring, int cols,
+                                             RowRange rows, unsigned* trace,
+                                             Epilogue epilogue) {
+  const int per_stage = rows_per_stage<T>(cols);
+  const int warps_per_row = kStackWarps / per_stage;
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int my_row = warp / warps_per_row;
+  const int part = warp % warps_per_row;
+  const int chunks = cols / 8;  // 16-byte chunks of a row
+  const int chunk_end = (part + 1) * chunks / warps_per_row;
+  const uint4* x = reinterpret_cast<const uint4*>(sm.x<T>());
+  for (int row = rows.begin; row < rows.end; row += per_stage) {
+    const int num_rows = min(per_stage, rows.end - row);
+    if (threadIdx.x == 0) trace_put(trace, kTraceConsumed, ring.count);
+    ring.waited += stage_wait(sm.full(ring.stage), ring.phase, trace, 2);
+    float sum = 0.f;
+    if (my_row < num_rows) {
+      const uint4* w = sm.stage_chunks(ring.stage) + my_row * chunks;
+      for (int c = part * chunks / warps_per_row + lane; c < chunk_end; c += 32) {
+        sum += dot8<T>(w[c], x[c]);
+      }
+    }
+    sum = warp_sum(sum);  // every lane's reads of the stage are done past this
+    if (warps_per_row == 1) {
+      // the row is this warp's alone: its lane 0 finishes it, and the warps go on without
+      // waiting for each other (the empty barrier keeps them within a lap of the ring)
+      if (lane == 0) {
+        mbarrier_arrive(sm.empty(ring.stage));
+        if (my_row < num_rows) epilogue(row + my_row, row + my_row - rows.begin, sum);
+      }
+    } else {
+      float* sums = sm.partial_sums(ring.count);
+      if (lane == 0) {
+        sums[warp] = sum;
+        mbarrier_arrive(sm.empty(ring.stage));
+      }
+      stack_consumers_sync();
+      if (static_cast<int>(threadIdx.x) < num_rows) {
+        float total = 0.f;
+        for (int j = 0; j < warps_per_row; ++j) total += sums[threadIdx.x * warps_per_row + j];
+        epilogue(row + threadIdx.x, row + threadIdx.x - rows.begin, total);
+      }
+    }
+    ring.advance();
+  }
+}
+
+// A LayerNorm's weight and bias chunks, loaded before the wait for h.
+template <typename T> struct NormParams {
+  static constexpr int kItems = kStackMaxHidden / 8 / kStackConsumers;
+  uint4 weight[kItems], bias[kItems];
+};
+
+template <typename T>
+__device__ __forceinline__ NormParams<T> load_norm_params(const T* weight, const T* bias,
+                                                          int hidden) {
+  NormParams<T> p;
+#pragma unroll
+  for (int it = 0; it < NormParams<T>::kItems; ++it) {
+    const int chunk = threadIdx.x + it * kStackConsumers;
+    if (chunk * 8 < hidden) {
+      p.weight[it] = __ldg(reinterpret_cast<const uint4*>(weight) + chunk);
+      p.bias[it] = __ldg(reinterpret_cast<const uint4*>(bias) + chunk);
+    }
+  }
+  return p;
+}
+
+// x = LayerNorm(h) * weight + bias, rounded to T (as csrc/layer_norm.cu: mean and biased
+// variance in float32, two passes).
+template <typename T>
+__device__ __forceinline__ void layer_norm_into_x(const StackSmem& sm, const T* h,
+                                                  const NormParams<T>& p, int hidden, float eps) {
+  constexpr int kItems = NormParams<T>::kItems;
+  float v[kItems][8];
+  float sum = 0.f;
+#pragma unroll
+  for (int it = 0; it < kItems; ++it) {
+    const int chunk = threadIdx.x + it * kStackConsumers;
+    if (chunk * 8 < hidden) {
+      load_floats8<T>(v[it], __ldcg(reinterpret_cast<const uint4*>(h) + chunk));
+#pragma unroll
+      for (int i = 0; i < 8; ++i) sum += v[it][i];
+    }
+  }
+  const float mean = consumers_sum(sum, sm.norm_sums(0)) / static_cast<float>(hidden);
+  float squares = 0.f;
+#pragma unroll
+  for (int it = 0; it < kItems; ++it) {
+    if ((threadIdx.x + it * kStackConsumers) * 8 < hidden) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) squares += (v[it][i] - mean) * (v[it][i] - mean);
+    }
+  }
+  const float variance = consumers_sum(squares, sm.norm_sums(1)) / static_cast<float>(hidden);
+  const float rstd = rsqrtf(variance + eps);
+#pragma unroll
+  for (int it = 0; it < kItems; ++it) {
+    const int chunk = threadIdx.x + it * kStackConsumers;
+    if (chunk * 8 < hidden) {
+      float w[8], b[8];
+      load_floats8<T>(w, p.weight[it]);
+      load_floats8<T>(b, p.bias[it]);
+      Vec8<T> out;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) out.set(i, w[i] * (rstd * (v[it][i] - mean)) + b[i]);
+      out.store(sm.x<T>() + chunk * 8);
+    }
+  }
+}
+
+// The rows' biases into shared memory (before the wait: they depend on nothing).
+template <typename T>
+__device__ __forceinline__ void stage_bias(const StackSmem& sm, const T* bias, RowRange rows) {
+  for (int i = threadIdx.x; i < rows.count(); i += kStackConsumers) {
+    sm.bias()[i] = to_float(bias[rows.begin + i]);
+  }
+}
+
+// h's rows (the residual the GEMV's outputs add to), a row a thread (rows <= kStackMaxRows
+// <= consumers), loaded after the wait into a register, stored into shared memory once the
+// loads of the GEMV's input are out too, so that the two share one L2 round trip.
+static_assert(kStackMaxRows <= kStackConsumers, "a residual row a consumer thread");
+template <typename T>
+__device__ __forceinline__ float load_residual(const T* h, RowRange rows) {
+  return static_cast<int>(threadIdx.x) < rows.count() ? load_l2(h + rows.begin + threadIdx.x) : 0.f;
+}
+__device__ __forceinline__ void store_residual(const StackSmem& sm, RowRange rows, float value) {
+  if (static_cast<int>(threadIdx.x) < rows.count()) sm.residual()[threadIdx.x] = value;
+}
+
+template <typename T, int D, float (*Gelu)(float)>
+__device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
+                           const StackIo<T>& io, const StackSmem& sm) {
+  Ring ring;
+  RowDealer dealer;
+  const unsigned all = gridDim.x;
+  T* x = sm.x<T>();
+  for (int index = 0; index < s.num_layers; ++index) {
+    const StackLayer<T>& layer = layers[index];
+    unsigned* done = io.counters + index * kStackPhases;
+    if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16);
+    // 0: qkv = W_qkv LN1(h) + b
+    RowRange rows = dealer.next(gemv_shape(s, kQkvGemv).rows);
+    stage_bias(sm, layer.qkv_bias, rows);
+    NormParams<T> norm = load_norm_params(layer.ln1_weight, layer.ln1_bias, s.hidden);
+    stamp(io.times, s.num_layers, index, 0, 0);
+    if (index > 0) wait_count(done - 1, all, io.trace); else stack_consumers_sync();
+    stamp(io.times, s.num_layers, index, 0, 1);
+    layer_norm_into_x(sm, io.h, norm, s.hidden, s.eps);
+    stack_consumers_sync();
+    stamp(io.times, s.num_layers, index, 0, 2);
+    consume_gemv<T>(sm, ring, s.hidden, rows, io.trace, [&](int row, int i, float total) {
+      io.qkv[row] = from_float<T>(total + sm.bias()[i]);
+    });
+    count_done(done + 0);
+    stamp(io.times, s.num_layers, index, 0, 3);
+    stamp_value(io.times, s.num_layers, index, 0, 4, ring.waited);
+    if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16 + 1);
+    // 1: attention
+    const bool attends = static_cast<int>(blockIdx.x) < s.num_heads * s.num_splits;
+    AttendTask task;
+    if (attends) task = prefetch_task<T, D>(layer, s, io);  // the old keys: no wait for them
+    stamp(io.times, s.num_layers, index, 1, 0);
+    wait_count(done + 0, all, io.trace);
+    stamp(io.times, s.num_layers, index, 1, 1);
+    stamp(io.times, s.num_layers, index, 1, 2);
+    if (attends) attend_task<T, D>(layer, s, io, sm, task);
+    count_done(done + 1);
+    stamp(io.times, s.num_layers, index, 1, 3);
+    stamp_value(io.times, s.num_layers, index, 1, 4, ring.waited);
+    if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16 + 2);
+    // 2: h += W_o attention + b
+    rows = dealer.next(s.hidden);
+    stage_bias(sm, layer.o_bias, rows);
+    stamp(io.times, s.num_layers, index, 2, 0);
+    wait_count(done + 1, all, io.trace);
+    stamp(io.times, s.num_layers, index, 2, 1);
+    float residual = load_residual(io.h, rows);
+    merge_attention<T, D>(x, s, io);
+    store_residual(sm, rows, residual);
+    stack_consumers_sync();
+    stamp(io.times, s.num_layers, index, 2, 2);
+    const auto add_to_h = [&](int row, int i, float total) {
+      io.h[row] = from_float<T>(sm.residual()[i] + round_to<T>(total + sm.bias()[i]));
+    };
+    consume_gemv<T>(sm, ring, s.q_size(), rows, io.trace, add_to_h);
+    count_done(done + 2);
+    stamp(io.times, s.num_layers, index, 2, 3);
+    stamp_value(io.times, s.num_layers, index, 2, 4, ring.waited);
+    if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16 + 3);
+    // 3: act = gelu(W_fc LN2(h) + b)
+    rows = dealer.next(s.inter);
+    stage_bias(sm, layer.fc_bias, rows);
+    norm = load_norm_params(layer.ln2_weight, layer.ln2_bias, s.hidden);
+    stamp(io.times, s.num_layers, index, 3, 0);
+    wait_count(done + 2, all, io.trace);
+    stamp(io.times, s.num_layers, index, 3, 1);
+    layer_norm_into_x(sm, io.h, norm, s.hidden, s.eps);
+    stack_consumers_sync();
+    stamp(io.times, s.num_layers, index, 3, 2);
+    consume_gemv<T>(sm, ring, s.hidden, rows, io.trace, [&](int row, int i, float total) {
+      io.act[row] = from_float<T>(Gelu(round_to<T>(total + sm.bias()[i])));
+    });
+    count_done(done + 3);
+    stamp(io.times, s.num_layers, index, 3, 3);
+    stamp_value(io.times, s.num_layers, index, 3, 4, ring.waited);
+    if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16 + 4);
+    // 4: h += W_proj act + b
+    rows = dealer.next(s.hidden);
+    stage_bias(sm, layer.proj_bias, rows);
+    stamp(io.times, s.num_layers, index, 4, 0);
+    wait_count(done + 3, all, io.trace);
+    stamp(io.times, s.num_layers, index, 4, 1);
+    residual = load_residual(io.h, rows);
+    for (int c = threadIdx.x; c < s.inter / 8; c += kStackConsumers) {
+      reinterpret_cast<uint4*>(x)[c] = __ldcg(reinterpret_cast<const uint4*>(io.act) + c);
+    }
+    store_residual(sm, rows, residual);
+    stack_consumers_sync();
+    stamp(io.times, s.num_layers, index, 4, 2);
+    consume_gemv<T>(sm, ring, s.inter, rows, io.trace, add_to_h);
+    count_done(done + 4);
+    stamp(io.times, s.num_layers, index, 4, 3);
+    stamp_value(io.times, s.num_layers, index, 4, 4, ring.waited);
+    if (threadIdx.x == 0) trace_put(io.trace, kTracePhase, index * 16 + 5);
+  }
+  if (io.times != nullptr && threadIdx.x == 0) {
+    io.times[(gridDim.x * s.num_layers * kStackPhases + blockIdx.x) * kStampWords] = ring.waited;
+  }
+}
+
+template <typename T, int D, float (*Gelu)(float)>
+__device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const StackShape& s,
+                                             const StackIo<T>& io) {
+  const StackSmem sm{static_cast<unsigned>(__cvta_generic_to_shared(stack_smem))};
+  if (threadIdx.x == 0) {
+    for (int stage = 0; stage < kStackStages; ++stage) {
+      mbarrier_init(sm.full(stage), s.bulk_copies ? 1 : 32);
+      mbarrier_init(sm.empty(stage), kStackWarps);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  if (threadIdx.x >= kStackConsumers) {
+    // the weights depend on no kernel before: from the start
+    produce_weights(layers, s, sm, io.trace, io.times);
+  } else {
+    wait_for_previous_kernel();  // h, the sequence's lengths, block table and slot
+    run_layers<T, D, Gelu>(layers, s, io, sm);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {  // the last CTA out zeroes the counters for the next step
+    unsigned* finished = io.counters + s.num_layers * kStackPhases;
+    __threadfence();
+    if (atomicAdd(finished, 1u) == gridDim.x - 1) {
+      for (int i = 0; i < s.num_layers * kStackPhases; ++i) io.counters[i] = 0;
+      *finished = 0;
+      __threadfence();
+    }
+  }
+}
+
+#define INFLIGHTD_DECODE_STACK(T, SUFFIX, D, GELU, GELU_NAME)                                   \
+  extern "C" __global__ void __launch_bounds__(kStackThreads, 1)                                \
+      decode_stack_##SUFFIX##_d##D##_##GELU_NAME(                                               \
+          const void* layers, T* h, T* qkv, T* act, float* partials, unsigned* counters,        \
+          const int* seq_lens, const int* block_table, const long long* slot_mapping,          \
+          int num_layers, int hidden, int inter, int num_heads, int num_kv_heads,               \
+          int num_splits, int block_size, long long num_slots, float eps, float scale,          \
+          int bulk_copies, unsigned* trace,                                                     \
+          unsigned long long* times) {                                                          \
+    const StackShape s{num_layers,  hidden,      inter,        num_heads,                       \
+                       num_kv_heads, D,          num_splits,   block_size,                      \
+                       num_slots,   eps,         scale,        bulk_copies != 0};               \
+    const StackIo<T> io{h, qkv, act, partials, counters, seq_lens, block_table, slot_mapping,   \
+                        trace, times};                                                          \
+    decode_stack<T, D, GELU>(static_cast<const StackLayer<T>*>(layers), s, io);                 \
+  }
+
+#define INFLIGHTD_DECODE_STACK_DTYPE(T, SUFFIX)                                                 \
+  INFLIGHTD_DECODE_STACK(T, SUFFIX, 64, gelu_tanh, gelu_tanh)                                   \
+  INFLIGHTD_DECODE_STACK(T, SUFFIX, 64, gelu_erf, gelu_erf)                                     \
+  INFLIGHTD_DECODE_STACK(T, SUFFIX, 128, gelu_tanh, gelu_tanh)                                  \
+  INFLIGHTD_DECODE_STACK(T, SUFFIX, 128, gelu_erf, gelu_erf)
+
+INFLIGHTD_DECODE_STACK_DTYPE(__nv_bfloat16, bf16)
+INFLIGHTD_DECODE_STACK_DTYPE(__half, fp16)

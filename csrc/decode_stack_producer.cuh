@@ -1,0 +1,76 @@
+// The batch-1 decode stack's producer warp (decode_stack.cu): the walk over the stages of
+// weight rows one CTA streams, and the loop that copies them into the ring of shared-memory
+// stages.
+#pragma once
+
+#include "decode_stack.cuh"
+#include "mbarrier.cuh"
+
+namespace inflightd {
+
+// The stages one CTA copies, in the consumers' order: each GEMV's rows of this CTA, a
+// stage at a time, layer after layer.
+template <typename T> struct StageWalk {
+  RowDealer dealer;
+  int layer = 0, gemv = -1, row = 0, end = 0, per_stage = 1, cols = 0;
+  const T* weight = nullptr;
+
+  // The next stage's first byte and its size; false past the last layer.
+  __device__ __forceinline__ bool next(const StackLayer<T>* layers, const StackShape& s,
+                                       const T*& source, unsigned& bytes) {
+    while (row >= end) {
+      if (++gemv > kProjGemv) {
+        gemv = kQkvGemv;
+        ++layer;
+      }
+      if (layer >= s.num_layers) return false;  // and on every call after
+      const GemvShape shape = gemv_shape(s, gemv);
+      weight = gemv_weight(layers[layer], gemv);
+      const RowRange rows = dealer.next(shape.rows);
+      row = rows.begin;
+      end = rows.end;
+      cols = shape.cols;
+      per_stage = rows_per_stage<T>(cols);
+    }
+    bytes = min(per_stage, end - row) * cols * sizeof(T);
+    source = weight + static_cast<long long>(row) * cols;
+    row += per_stage;
+    return true;
+  }
+};
+
+// The producer warp: every stage of StageWalk into the ring; lane 0 issues the bulk copies,
+// the warp goes round the loop together (it meets the CTA's last barrier converged). Not
+// inlined, so that its walk keeps registers of its own beside the consumers'. (Asking L2
+// for the rows some stages ahead of the copies, cp.async.bulk.prefetch.L2, measured slower
+// at every distance from 8 stages up, and no faster at 4: docs/benchmarks.md, session 23.)
+template <typename T>
+__device__ __noinline__ void produce_weights(const StackLayer<T>* layers, const StackShape& s,
+                               const StackSmem& sm, unsigned* trace,
+                               unsigned long long* times) {
+  const int lane = threadIdx.x & 31;
+  Ring ring;
+  StageWalk<T> copies;
+  const T* source;
+  unsigned bytes;
+  while (copies.next(layers, s, source, bytes)) {
+    ring.waited += stage_wait(sm.empty(ring.stage), ring.phase ^ 1, trace, 3);
+    if (lane == 0) trace_put(trace, kTraceProduced, ring.count);
+    if (!s.bulk_copies) {
+      for (unsigned at = lane * 16; at < bytes; at += 32 * 16) {
+        cp_async_16(sm.stage(ring.stage) + at, reinterpret_cast<const char*>(source) + at);
+      }
+      cp_async_arrive(sm.full(ring.stage));
+    } else if (lane == 0) {
+      mbarrier_arrive_expect_tx(sm.full(ring.stage), bytes);
+      bulk_copy_to_shared(sm.stage(ring.stage), source, bytes, sm.full(ring.stage));
+    }
+    __syncwarp();
+    ring.advance();
+  }
+  if (times != nullptr && lane == 0) {
+    times[(gridDim.x * s.num_layers * kStackPhases + blockIdx.x) * kStampWords + 1] = ring.waited;
+  }
+}
+
+}  // namespace inflightd
