@@ -68,4 +68,3 @@ def test_a_gemv_with_more_rows_per_sm_than_the_kernel_stages_is_left_out():
 
 def test_the_shared_memory_fits_one_cta_of_an_sm90_sm():
     assert SHARED_BYTES <= 227 * 1024
-

@@ -9,7 +9,6 @@ default where it applies; INFLIGHTD_DECODE_STACK=0 turns it off.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
