@@ -28,7 +28,7 @@
 #include "decode_stack.cuh"
 #include "decode_stack_attention.cuh"
 #include "decode_stack_producer.cuh"
-#include "dot8.cuh"
+#include "dot8_mma.cuh"
 #include "gelu.cuh"
 #include "mbarrier.cuh"
 
@@ -52,14 +52,20 @@ __device__ __forceinline__ void consume_gemv(const StackSmem& sm, Ring& ring, in
     const int num_rows = min(per_stage, rows.end - row);
     if (threadIdx.x == 0) trace_put(trace, kTraceConsumed, ring.count);
     ring.waited += stage_wait(sm.full(ring.stage), ring.phase, trace, 2);
-    float sum = 0.f;
-    if (my_row < num_rows) {
+    MmaDot dot;
+    if (my_row < num_rows) {  // the same for the whole warp, as mma.sync needs
       const uint4* w = sm.stage_chunks(ring.stage) + my_row * chunks;
-      for (int c = part * chunks / warps_per_row + lane; c < chunk_end; c += 32) {
-        sum += dot8<T>(w[c], x[c]);
+      const int begin = part * chunks / warps_per_row;
+      const int full_end = begin + ((chunk_end - begin) & ~31);  // a chunk for every lane
+      for (int c = begin + lane; c < full_end; c += 32) dot.add<T>(w[c], x[c]);
+      if (full_end < chunk_end) {
+        const int c = full_end + lane;
+        const uint4 zero{0, 0, 0, 0};
+        dot.add<T>(c < chunk_end ? w[c] : zero, c < chunk_end ? x[c] : zero);
       }
     }
-    sum = warp_sum(sum);  // every lane's reads of the stage are done past this
+    // every lane's reads of the stage are done past this
+    const float sum = warp_sum(dot.lane_share());
     if (warps_per_row == 1) {
       // the row is this warp's alone: its lane 0 finishes it, and the warps go on without
       // waiting for each other (the empty barrier keeps them within a lap of the ring)
@@ -142,7 +148,9 @@ __device__ __forceinline__ void layer_norm_into_x(const StackSmem& sm, const T* 
       load_floats8<T>(b, p.bias[it]);
       Vec8<T> out;
 #pragma unroll
-      for (int i = 0; i < 8; ++i) out.set(i, w[i] * (rstd * (v[it][i] - mean)) + b[i]);
+      for (int i = 0; i < 8; ++i) {
+        out.set(x_chunk_slot(i), w[i] * (rstd * (v[it][i] - mean)) + b[i]);
+      }
       out.store(sm.x<T>() + chunk * 8);
     }
   }
@@ -253,7 +261,8 @@ __device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
     stamp(io.times, s.num_layers, index, 4, 1);
     residual = load_residual(io.h, rows);
     for (int c = threadIdx.x; c < s.inter / 8; c += kStackConsumers) {
-      reinterpret_cast<uint4*>(x)[c] = __ldcg(reinterpret_cast<const uint4*>(io.act) + c);
+      reinterpret_cast<uint4*>(x)[c] =
+          x_chunk_order(__ldcg(reinterpret_cast<const uint4*>(io.act) + c));
     }
     store_residual(sm, rows, residual);
     stack_consumers_sync();

@@ -18,6 +18,7 @@
 
 #include "common.cuh"
 #include "decode_stack.cuh"
+#include "dot8_mma.cuh"
 
 namespace inflightd {
 
@@ -253,10 +254,10 @@ __device__ void merge_attention(T* x, const StackShape& s, const StackIo<T>& io)
       out.z += w * part[i].z;
       out.w += w * part[i].w;
     }
-    x[first] = from_float<T>(out.x);
-    x[first + 1] = from_float<T>(out.y);
-    x[first + 2] = from_float<T>(out.z);
-    x[first + 3] = from_float<T>(out.w);
+    x[x_chunk_slot(first)] = from_float<T>(out.x);
+    x[x_chunk_slot(first + 1)] = from_float<T>(out.y);
+    x[x_chunk_slot(first + 2)] = from_float<T>(out.z);
+    x[x_chunk_slot(first + 3)] = from_float<T>(out.w);
   }
 }
 
