@@ -12,7 +12,7 @@
 //   # waits for all of them (a GEMV needs all of its input):
 //   #   0  qkv = W_qkv LN1(h) + b            (each CTA norms the whole h for itself)
 //   #   1  attention: (head, split) tasks    (decode_stack_attention.cuh)
-//   #   2  h  += W_o merge(partials) + b     (each CTA merges the splits for itself)
+//   #   2  h  += W_o attention + b         (each head merged by its last split)
 //   #   3  act = gelu(W_fc LN2(h) + b)
 //   #   4  h  += W_proj act + b
 //
@@ -176,6 +176,15 @@ __device__ __forceinline__ void store_residual(const StackSmem& sm, RowRange row
   if (static_cast<int>(threadIdx.x) < rows.count()) sm.residual()[threadIdx.x] = value;
 }
 
+// A GEMV's input written by other CTAs (through L2) into x, in x's chunk order.
+template <typename T>
+__device__ __forceinline__ void load_into_x(T* x, const T* input, int width) {
+  for (int c = threadIdx.x; c < width / 8; c += kStackConsumers) {
+    reinterpret_cast<uint4*>(x)[c] =
+        x_chunk_order(__ldcg(reinterpret_cast<const uint4*>(input) + c));
+  }
+}
+
 template <typename T, int D, float (*Gelu)(float)>
 __device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
                            const StackIo<T>& io, const StackSmem& sm) {
@@ -212,7 +221,8 @@ __device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
     wait_count(done + 0, all, io.trace);
     stamp(io.times, s.num_layers, index, 1, 1);
     stamp(io.times, s.num_layers, index, 1, 2);
-    if (attends) attend_task<T, D>(layer, s, io, sm, task);
+    unsigned* head_counters = io.counters + s.num_layers * kStackPhases + 1 + index * s.num_heads;
+    if (attends) attend_task<T, D>(layer, s, io, sm, task, head_counters);
     count_done(done + 1);
     stamp(io.times, s.num_layers, index, 1, 3);
     stamp_value(io.times, s.num_layers, index, 1, 4, ring.waited);
@@ -224,7 +234,7 @@ __device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
     wait_count(done + 1, all, io.trace);
     stamp(io.times, s.num_layers, index, 2, 1);
     float residual = load_residual(io.h, rows);
-    merge_attention<T, D>(x, s, io);
+    load_into_x(x, io.act, s.q_size());  // the heads, merged by their last splits
     store_residual(sm, rows, residual);
     stack_consumers_sync();
     stamp(io.times, s.num_layers, index, 2, 2);
@@ -260,10 +270,7 @@ __device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
     wait_count(done + 3, all, io.trace);
     stamp(io.times, s.num_layers, index, 4, 1);
     residual = load_residual(io.h, rows);
-    for (int c = threadIdx.x; c < s.inter / 8; c += kStackConsumers) {
-      reinterpret_cast<uint4*>(x)[c] =
-          x_chunk_order(__ldcg(reinterpret_cast<const uint4*>(io.act) + c));
-    }
+    load_into_x(x, io.act, s.inter);
     store_residual(sm, rows, residual);
     stack_consumers_sync();
     stamp(io.times, s.num_layers, index, 4, 2);

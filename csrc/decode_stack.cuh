@@ -90,7 +90,9 @@ struct StackShape {
 
 // What the step reads and writes besides the weights. h is the residual stream, updated in
 // place layer after layer; counters[layer * 5 + phase] count the CTAs done with a phase,
-// and counters[num_layers * 5] the CTAs done with the step (the last one zeroes them all).
+// counters[num_layers * 5] the CTAs done with the step (the last one zeroes those), then
+// counters[num_layers * 5 + 1 + layer * num_heads + head] the head's splits done (each
+// wraps back to 0 itself). act also holds the merged attention until the MLP needs it.
 template <typename T> struct StackIo {
   T* h; T* qkv; T* act; float* partials; unsigned* counters;
   const int* seq_lens; const int* block_table; const long long* slot_mapping;
@@ -235,6 +237,19 @@ struct Ring {
 __device__ __forceinline__ void stack_consumers_sync() {
   __syncwarp();
   asm volatile("barrier.sync 1, %0;\n" ::"n"(kStackConsumers) : "memory");
+}
+
+// True in every consumer thread if it is in any: named barrier 1 with a reduction.
+__device__ __forceinline__ bool consumers_any(bool value) {
+  __syncwarp();
+  unsigned any;
+  asm volatile(
+      "{\n.reg .pred mine, all;\n"
+      "setp.ne.u32 mine, %1, 0;\n"
+      "barrier.red.or.pred all, 1, %2, mine;\n"
+      "selp.u32 %0, 1, 0, all;\n}\n"
+      : "=r"(any) : "r"(static_cast<unsigned>(value)), "n"(kStackConsumers) : "memory");
+  return any != 0;
 }
 
 // The consumers wait until `target` CTAs have counted themselves done on `counter`. A wait

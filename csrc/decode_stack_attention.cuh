@@ -1,6 +1,6 @@
 // The batch-1 decode stack's attention (decode_stack.cu): one query token against its
 // sequence's paged cache, split over (head, split) tasks, one task a CTA, and the merge of
-// the splits that the next GEMV's CTAs each do for themselves.
+// each head's splits by the last of them to finish.
 //
 // A task covers positions [begin, end) of one query head. Its keys go to key groups: a key
 // group is D / 8 lanes, each holding 8 of the head's dims (one 16-byte chunk), so a warp
@@ -137,9 +137,61 @@ __device__ __forceinline__ AttendTask prefetch_task(const StackLayer<T>& layer, 
   return t;
 }
 
+// True in the last of a head's splits to count itself in on the head's counter, once every
+// split's partials are visible. atom.inc wraps the count back to 0 with that last arrival,
+// so the next step finds it at 0 again (as attention_merge.cuh's counters do).
+__device__ __forceinline__ bool last_split_of_head(unsigned* counter, int num_splits) {
+  stack_consumers_sync();  // every thread's partials written
+  unsigned last = 0;
+  if (threadIdx.x == 0) {
+    unsigned before;
+    asm volatile("fence.acq_rel.gpu;\n"
+                 "atom.acq_rel.gpu.global.inc.u32 %0, [%1], %2;\n"
+                 : "=r"(before) : "l"(counter), "r"(static_cast<unsigned>(num_splits - 1))
+                 : "memory");
+    last = before == static_cast<unsigned>(num_splits - 1);
+  }
+  if (!consumers_any(last != 0)) return false;
+  __threadfence();  // the other splits' partials are read after their counts
+  return true;
+}
+
+// The head's splits merged into io.act[head * D ..] (free until the MLP's first GEMV),
+// rounded to T as the attention kernels store their output, a thread an element: the o
+// phase then loads the merged heads instead of every CTA merging all of them.
+template <typename T, int D>
+__device__ __forceinline__ void merge_head(const StackShape& s, const StackIo<T>& io, int head) {
+  if (threadIdx.x >= D) return;
+  const float* task = io.partials + static_cast<long long>(head) * s.num_splits * partial_stride(D);
+  float part[kStackMaxSplits];
+  float2 stats[kStackMaxSplits];  // (max, sum); -inf past num_splits: weight 0
+#pragma unroll
+  for (int i = 0; i < kStackMaxSplits; ++i) {
+    part[i] = 0.f;
+    stats[i] = make_float2(neg_inf(), 0.f);
+    if (i < s.num_splits) {
+      const float* partial = task + i * partial_stride(D);
+      part[i] = __ldcg(partial + threadIdx.x);
+      stats[i] = __ldcg(reinterpret_cast<const float2*>(partial + D));
+    }
+  }
+  float top = neg_inf();
+#pragma unroll
+  for (int i = 0; i < kStackMaxSplits; ++i) top = fmaxf(top, stats[i].x);
+  float sum = 0.f, out = 0.f;
+#pragma unroll
+  for (int i = 0; i < kStackMaxSplits; ++i) {
+    const float weight = stats[i].x != neg_inf() ? __expf(stats[i].x - top) : 0.f;
+    sum += weight * stats[i].y;
+    out += weight * part[i];
+  }
+  io.act[head * D + threadIdx.x] = from_float<T>(out / sum);  // sum > 0: the step's own key
+}
+
 template <typename T, int D>
 __device__ __forceinline__ void attend_task(const StackLayer<T>& layer, const StackShape& s,
-                            const StackIo<T>& io, const StackSmem& sm, const AttendTask& t) {
+                            const StackIo<T>& io, const StackSmem& sm, const AttendTask& t,
+                            unsigned* head_counters) {
   using L = KeyLayout<D>;
   const int lane = threadIdx.x & 31;
   const int sub = lane % L::kLanes;  // which 8 dims
@@ -210,55 +262,7 @@ __device__ __forceinline__ void attend_task(const StackLayer<T>& layer, const St
   if (t.split == 0 && t.head % (s.num_heads / s.num_kv_heads) == 0) {
     write_new_kv<T, D>(layer, s, io, t.kv_head);
   }
-}
-
-// Every CTA, before the output projection: x = the splits merged, head by head, rounded to T
-// (as the attention kernels store their output). Each thread takes 4 adjacent elements of
-// one head at a time and loads, for every split, their partial outputs and the split's
-// (max, sum) together, then weighs them itself: an L2 round trip a pass (two for up to
-// 2,048 elements; 8 elements a pass would spill registers).
-template <typename T, int D>
-__device__ void merge_attention(T* x, const StackShape& s, const StackIo<T>& io) {
-  constexpr int kEach = 4;
-  const int splits = s.num_splits;
-  for (int first = threadIdx.x * kEach; first < s.q_size(); first += kEach * kStackConsumers) {
-    const int head = first / D;  // D is a multiple of 8: a thread's elements share a head
-    const float* task = io.partials + static_cast<long long>(head) * splits * partial_stride(D);
-    float4 part[kStackMaxSplits];
-    float2 stats[kStackMaxSplits];  // (max, sum); -inf past num_splits: weight 0
-#pragma unroll
-    for (int i = 0; i < kStackMaxSplits; ++i) {
-      part[i] = make_float4(0.f, 0.f, 0.f, 0.f);
-      stats[i] = make_float2(neg_inf(), 0.f);
-      if (i < splits) {
-        const float* partial = task + i * partial_stride(D);
-        part[i] = __ldcg(reinterpret_cast<const float4*>(partial + first % D));
-        stats[i] = __ldcg(reinterpret_cast<const float2*>(partial + D));
-      }
-    }
-    float top = neg_inf();
-#pragma unroll
-    for (int i = 0; i < kStackMaxSplits; ++i) top = fmaxf(top, stats[i].x);
-    float weights[kStackMaxSplits], sum = 0.f;
-#pragma unroll
-    for (int i = 0; i < kStackMaxSplits; ++i) {
-      weights[i] = stats[i].x != neg_inf() ? __expf(stats[i].x - top) : 0.f;
-      sum += weights[i] * stats[i].y;
-    }
-    float4 out = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-    for (int i = 0; i < kStackMaxSplits; ++i) {
-      const float w = weights[i] / sum;  // sum > 0: the step's own key
-      out.x += w * part[i].x;
-      out.y += w * part[i].y;
-      out.z += w * part[i].z;
-      out.w += w * part[i].w;
-    }
-    x[x_chunk_slot(first)] = from_float<T>(out.x);
-    x[x_chunk_slot(first + 1)] = from_float<T>(out.y);
-    x[x_chunk_slot(first + 2)] = from_float<T>(out.z);
-    x[x_chunk_slot(first + 3)] = from_float<T>(out.w);
-  }
+  if (last_split_of_head(head_counters + t.head, s.num_splits)) merge_head<T, D>(s, io, t.head);
 }
 
 }  // namespace inflightd
