@@ -45,8 +45,8 @@ template <typename T> struct StageWalk {
 // for the rows some stages ahead of the copies, cp.async.bulk.prefetch.L2, measured slower
 // at every distance from 8 stages up, and no faster at 4: docs/benchmarks.md, session 23.)
 template <typename T>
-__device__ __noinline__ void produce_weights(const StackLayer<T>* layers, const StackShape& s,
-                               const StackSmem& sm, unsigned* trace,
+__device__ __noinline__ void produce_weights(const StackLayer<T>* layers, const StackShape s,
+                               const StackSmem sm, unsigned* trace,
                                unsigned long long* times) {
   const int lane = threadIdx.x & 31;
   Ring ring;
