@@ -153,6 +153,18 @@ __device__ __forceinline__ bool mbarrier_ready(unsigned bar, unsigned parity) {
   return ready != 0;
 }
 
+// Whether the phase of `bar` with this parity has completed, without waiting (test_wait
+// never suspends the thread, as try_wait may).
+__device__ __forceinline__ bool mbarrier_done(unsigned bar, unsigned parity) {
+  unsigned done;
+  asm volatile(
+      "{\n.reg .pred p;\n"
+      "mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+  return done != 0;
+}
+
 // mbarrier_wait with the watchdog: a stage that never comes traps instead of hanging.
 // Returns the cycles it took, the first try included (try_wait may suspend the thread).
 __device__ __forceinline__ long long stage_wait(unsigned bar, unsigned parity, unsigned* trace,
