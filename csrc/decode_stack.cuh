@@ -22,14 +22,16 @@ constexpr int kStackPhases = 5;        // a layer's steps, each ending in a coun
 
 // Shared memory, in this order (bytes):
 //   # | ring: kStackStages x kStageBytes | x: the GEMV's input (16-bit) | bias | residual |
-//   # | reductions | mbarriers full[6], empty[6] |
+//   # | row partials: kStackMaxRows x kStackWarps | norm sums: 2 x kStackWarps |
+//   # | mbarriers full[6], empty[6] |
 // Attention's per-key-group state lives in x's place (x is free between the two GEMVs).
 constexpr int kRingBytes = kStackStages * kStageBytes;
 constexpr int kXOffset = kRingBytes;
 constexpr int kBiasOffset = kXOffset + kStackMaxWidth * 2;
 constexpr int kResidualOffset = kBiasOffset + kStackMaxRows * 4;
-constexpr int kReduceOffset = kResidualOffset + kStackMaxRows * 4;  // 2 x 8 + 8 + 8 floats
-constexpr int kBarrierOffset = kReduceOffset + 32 * 4;
+constexpr int kPartialsOffset = kResidualOffset + kStackMaxRows * 4;
+constexpr int kReduceOffset = kPartialsOffset + kStackMaxRows * kStackWarps * 4;
+constexpr int kBarrierOffset = kReduceOffset + 2 * kStackWarps * 4;
 constexpr int kStackSmemBytes = kBarrierOffset + 2 * kStackStages * 8;
 
 // The dynamic shared memory, named at namespace scope so that every access through
@@ -56,11 +58,12 @@ struct StackSmem {
   __device__ __forceinline__ float* residual() const {
     return reinterpret_cast<float*>(stack_smem + kResidualOffset);
   }
-  __device__ __forceinline__ float* partial_sums(unsigned count) const {  // double-buffered
-    return reinterpret_cast<float*>(stack_smem + kReduceOffset) + (count & 1) * kStackWarps;
+  // a GEMV's parts of rows split over several warps, [rows][warps a row]
+  __device__ __forceinline__ float* row_partials() const {
+    return reinterpret_cast<float*>(stack_smem + kPartialsOffset);
   }
   __device__ __forceinline__ float* norm_sums(int which) const {  // 0: sum, 1: squares
-    return reinterpret_cast<float*>(stack_smem + kReduceOffset) + (2 + which) * kStackWarps;
+    return reinterpret_cast<float*>(stack_smem + kReduceOffset) + which * kStackWarps;
   }
   __device__ __forceinline__ unsigned full(int s) const { return shared + kBarrierOffset + 8 * s; }
   __device__ __forceinline__ unsigned empty(int s) const {
