@@ -13,6 +13,7 @@ constexpr int kStackConsumers = 32 * kStackWarps;       // threads 0-255
 constexpr int kStackThreads = kStackConsumers + 32;     // + the producer warp
 constexpr int kStageBytes = 32768;                      // one stage of whole weight rows
 constexpr int kStackStages = 6;
+constexpr int kStackInFlight = 1;  // stages the producer has issued and not yet landed, at most
 constexpr int kStackMaxWidth = 8192;   // elements of a GEMV's input held in shared memory
 constexpr int kStackMaxHidden = 4096;  // a LayerNorm's row: two chunks a consumer thread
 constexpr int kStackMaxRows = 128;     // rows of one GEMV one CTA takes

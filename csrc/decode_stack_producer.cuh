@@ -55,6 +55,15 @@ __device__ __noinline__ void produce_weights(const StackLayer<T>* layers, const 
   unsigned bytes;
   while (copies.next(layers, s, source, bytes)) {
     ring.waited += stage_wait(sm.empty(ring.stage), ring.phase ^ 1, trace, 3);
+    if (kStackInFlight < kStackStages && ring.count >= kStackInFlight) {
+      // at most kStackInFlight stages on their way: copies queued beyond what keeps HBM
+      // busy delay the consumers' own loads and the counters' polls behind them. One stage
+      // in flight, not six: gpt2-xl's step 1,778 -> 1,591 us, a counter's release 2.9 -> 0.8
+      // us (docs/benchmarks.md, session 25)
+      const unsigned landed = ring.count - kStackInFlight;
+      ring.waited += stage_wait(sm.full(landed % kStackStages), (landed / kStackStages) & 1,
+                                trace, 3);
+    }
     if (lane == 0) trace_put(trace, kTraceProduced, ring.count);
     if (!s.bulk_copies) {
       for (unsigned at = lane * 16; at < bytes; at += 32 * 16) {

@@ -18,9 +18,12 @@ from server.engine.gpu.kernels import KernelLibrary
 
 DECODE_STACK_ENV = "INFLIGHTD_DECODE_STACK"
 # csrc/decode_stack.cuh's sizes
-THREADS = 288
+CONSUMER_WARPS = 8
+THREADS = 32 * (CONSUMER_WARPS + 1)  # + the producer warp
 STAGE_BYTES = 32768
-SHARED_BYTES = 6 * STAGE_BYTES + 8192 * 2 + 2 * 128 * 4 + 128 * 8 * 4 + 16 * 4 + 12 * 8
+# | ring | x | bias, residual | row partials | norm sums | mbarriers |
+SHARED_BYTES = (6 * STAGE_BYTES + 8192 * 2 + 2 * 128 * 4 + 128 * CONSUMER_WARPS * 4
+                + 2 * CONSUMER_WARPS * 4 + 12 * 8)
 MAX_WIDTH = 8192  # elements of a GEMV input held in shared memory
 MAX_HIDDEN = 4096  # a LayerNorm's row, two chunks of 8 a consumer thread
 MAX_ROWS_PER_CTA = 128
