@@ -5,9 +5,11 @@ stack runs (no embedding, final norm, logits or sampling, no host); batch-1 tok/
 bench/batch1_switch.py is the whole step's.
 
     python bench/decode_stack.py [--models dummy:gpt2-xl,dummy:starcoder-1b] [--contexts 256,2048]
-                                 [--copies bulk,cp_async] [--splits 1,5]
+                                 [--copies bulk,cp_async] [--pacing 0,2] [--splits 1,5]
 
---copies times each way the producer can copy weights (DecodeStack.bulk_copies); --splits
+--copies times each way the producer can copy weights (DecodeStack.bulk_copies); --pacing
+each pace of the producer (DecodeStack.pacing: 0 a stage at a time, k at most k half-stages
+on their way); --splits
 each number of splits of a head's keys (DecodeStack.num_splits, up to the stack's own).
 --timing also runs one step with the kernel stamping each phase (%globaltimer, every CTA)
 and prints where a layer's time goes (timing_report below says what each column means).
@@ -47,7 +49,7 @@ def layer_bytes(model) -> int:
 
 
 def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str],
-            splits: list[int] | None, *,
+            splits: list[int] | None, *, paces: tuple[int, ...] | None = None,
             timing: bool = False) -> list[dict]:
     llm = LLM(spec, device="cuda", max_num_seqs=8)
     model = llm.engine.runner.model
@@ -56,28 +58,31 @@ def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str],
         raise SystemExit(f"{spec}: the decode stack does not apply")
     weight_bytes = layer_bytes(model)
     rows = []
-    default_splits = stack.num_splits
-    for context, copy, split in [(c, k, n) for c in contexts for k in copies
-                                 for n in (splits or [default_splits])]:
+    default_splits, default_pacing = stack.num_splits, stack.pacing
+    for context, copy, pacing, split in [(c, k, pace, n) for c in contexts for k in copies
+                                         for pace in (paces or (default_pacing,))
+                                         for n in (splits or [default_splits])]:
         if not 1 <= split <= default_splits:  # its partials buffer holds no more
             raise SystemExit(f"--splits {split}: {spec} takes 1 to {default_splits}")
         stack.bulk_copies = copy == "bulk"
+        stack.pacing = pacing
         stack.num_splits = split
         metadata = one_sequence(context, block_size=stack.block_size, device=model.device)
         hidden = torch.randn(1, model.arch.hidden_size, dtype=model.dtype,
                              device=model.device) * 0.1
         ms = median_event_ms(lambda: stack.run(hidden, metadata), repeats=50)  # in place
         roofline_ms = weight_bytes / bandwidth * 1e3
-        rows.append({"model": spec, "context": context, "copies": copy,
+        rows.append({"model": spec, "context": context, "copies": copy, "pacing": pacing,
                      "splits": split, "stack_us": ms * 1e3,
                      "roofline_us": roofline_ms * 1e3, "of_roofline": roofline_ms / ms})
-        print(f"{spec} context {context} ({copy}, {split} splits): "
+        print(f"{spec} context {context} ({copy}, pacing {pacing}, {split} splits): "
               f"{ms * 1e3:.1f} us a step's layers, roofline {roofline_ms * 1e3:.1f} us "
               f"({weight_bytes / 1e9:.2f} GB at {bandwidth / 1e9:.0f} GB/s): "
               f"{100 * roofline_ms / ms:.1f} % of roofline",
               flush=True)
     if timing:
         stack.bulk_copies = False  # the default producer
+        stack.pacing = default_pacing
         stack.num_splits = default_splits
         metadata = one_sequence(contexts[0], block_size=stack.block_size, device=model.device)
         hidden = torch.randn(1, model.arch.hidden_size, dtype=model.dtype,
@@ -143,6 +148,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--models", default="dummy:gpt2-xl,dummy:starcoder-1b")
     p.add_argument("--contexts", default="256,2048")
     p.add_argument("--copies", default="cp_async", help="bulk, cp_async or both, comma-separated")
+    p.add_argument("--pacing", default=None,
+                   help="the producer's paces to time, comma-separated (default: the stack's)")
     p.add_argument("--splits", default=None,
                    help="splits of each head's keys to time, comma-separated (default: the "
                         "stack's, the most the SMs allow up to 8)")
@@ -154,9 +161,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     bandwidth = copy_bandwidth("cuda")
     contexts = [int(c) for c in args.contexts.split(",")]
     splits = [int(n) for n in args.splits.split(",")] if args.splits else None
+    paces = tuple(int(k) for k in args.pacing.split(",")) if args.pacing else None
+    if paces and min(paces) < 0:
+        p.error(f"--pacing takes 0 or more half-stages, got {args.pacing!r}")
     return [row for spec in args.models.split(",")
             for row in measure(spec, contexts, bandwidth, copies, splits,
-                               timing=args.timing)]
+                               paces=paces, timing=args.timing)]
 
 
 if __name__ == "__main__":

@@ -83,14 +83,14 @@ __device__ __forceinline__ void consume_rows_alone(const StackSmem& sm, Ring& ri
     Ring next = ring;
     next.advance();
     if (threadIdx.x == 0) trace_put(trace, kTraceConsumed, ring.count);
-    ring.waited += stage_wait(sm.full(ring.stage), ring.phase, trace, 2);
+    ring.waited += stage_landed_wait(sm, ring.stage, ring.phase, trace);
     // the next stage too, if it has landed already: a warp that waited for it lost the time
     // it could have spent on this one (starcoder-1b's whole stages, session 24). Lane 0
     // decides for its warp (mma.sync needs the whole warp); the warps go at their own pace.
     bool two = row + kStackWarps < rows.end;  // then the first stage is whole
     if (two) {
       const bool landed =
-          (threadIdx.x & 31) == 0 && mbarrier_done(sm.full(next.stage), next.phase);
+          (threadIdx.x & 31) == 0 && stage_landed(sm, next.stage, next.phase);
       two = __shfl_sync(0xffffffffu, landed, 0);
     }
     const int row0 = row + warp, row1 = row + kStackWarps + warp;
@@ -150,7 +150,7 @@ __device__ __forceinline__ void consume_gemv(const StackSmem& sm, Ring& ring, in
   for (int row = rows.begin; row < rows.end; row += per_stage) {
     const bool has_row = row + my_row < rows.end;  // the same for the whole warp
     if (threadIdx.x == 0) trace_put(trace, kTraceConsumed, ring.count);
-    ring.waited += stage_wait(sm.full(ring.stage), ring.phase, trace, 2);
+    ring.waited += stage_landed_wait(sm, ring.stage, ring.phase, trace);
     MmaDot dot[1];
     if (has_row) {  // mma.sync needs the whole warp
       const uint4* const w[1] = {sm.stage_chunks(ring.stage) + my_row * chunks};
@@ -373,7 +373,9 @@ __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const 
   const StackSmem sm{static_cast<unsigned>(__cvta_generic_to_shared(stack_smem))};
   if (threadIdx.x == 0) {
     for (int stage = 0; stage < kStackStages; ++stage) {
-      mbarrier_init(sm.full(stage), s.bulk_copies ? 1 : 32);
+      for (int part = 0; part < kCopyParts; ++part) {
+        mbarrier_init(sm.full(stage, part), s.bulk_copies ? 1 : 32);
+      }
       mbarrier_init(sm.empty(stage), kStackWarps);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -405,11 +407,11 @@ __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const 
           const int* seq_lens, const int* block_table, const long long* slot_mapping,          \
           int num_layers, int hidden, int inter, int num_heads, int num_kv_heads,               \
           int num_splits, int block_size, long long num_slots, float eps, float scale,          \
-          int bulk_copies, unsigned* trace,                                                     \
+          int bulk_copies, int pacing, unsigned* trace,                                         \
           unsigned long long* times) {                                                          \
     const StackShape s{num_layers,  hidden,      inter,        num_heads,                       \
                        num_kv_heads, D,          num_splits,   block_size,                      \
-                       num_slots,   eps,         scale,        bulk_copies != 0};               \
+                       num_slots,   eps,         scale,        bulk_copies != 0, pacing};       \
     const StackIo<T> io{h, qkv, act, partials, counters, seq_lens, block_table, slot_mapping,   \
                         trace, times};                                                          \
     decode_stack<T, D, GELU>(static_cast<const StackLayer<T>*>(layers), s, io);                 \

@@ -13,7 +13,9 @@ constexpr int kStackConsumers = 32 * kStackWarps;       // threads 0-255
 constexpr int kStackThreads = kStackConsumers + 32;     // + the producer warp
 constexpr int kStageBytes = 32768;                      // one stage of whole weight rows
 constexpr int kStackStages = 6;
-constexpr int kStackInFlight = 1;  // stages the producer has issued and not yet landed, at most
+// The producer copies each stage in kCopyParts parts, each landing on a barrier of its own
+// (how many it keeps on their way: StackShape::pacing).
+constexpr int kCopyParts = 2;
 constexpr int kStackMaxWidth = 8192;   // elements of a GEMV's input held in shared memory
 constexpr int kStackMaxHidden = 4096;  // a LayerNorm's row: two chunks a consumer thread
 constexpr int kStackMaxRows = 128;     // rows of one GEMV one CTA takes
@@ -24,7 +26,7 @@ constexpr int kStackPhases = 5;        // a layer's steps, each ending in a coun
 // Shared memory, in this order (bytes):
 //   # | ring: kStackStages x kStageBytes | x: the GEMV's input (16-bit) | bias | residual |
 //   # | row partials: kStackMaxRows x kStackWarps | norm sums: 2 x kStackWarps |
-//   # | mbarriers full[6], empty[6] |
+//   # | mbarriers full[6][kCopyParts], empty[6] |
 // Attention's per-key-group state lives in x's place (x is free between the two GEMVs).
 constexpr int kRingBytes = kStackStages * kStageBytes;
 constexpr int kXOffset = kRingBytes;
@@ -33,7 +35,7 @@ constexpr int kResidualOffset = kBiasOffset + kStackMaxRows * 4;
 constexpr int kPartialsOffset = kResidualOffset + kStackMaxRows * 4;
 constexpr int kReduceOffset = kPartialsOffset + kStackMaxRows * kStackWarps * 4;
 constexpr int kBarrierOffset = kReduceOffset + 2 * kStackWarps * 4;
-constexpr int kStackSmemBytes = kBarrierOffset + 2 * kStackStages * 8;
+constexpr int kStackSmemBytes = kBarrierOffset + (kCopyParts + 1) * kStackStages * 8;
 
 // The dynamic shared memory, named at namespace scope so that every access through
 // StackSmem is known to be to shared memory (LDS/STS): read through a generic pointer held in
@@ -66,9 +68,11 @@ struct StackSmem {
   __device__ __forceinline__ float* norm_sums(int which) const {  // 0: sum, 1: squares
     return reinterpret_cast<float*>(stack_smem + kReduceOffset) + which * kStackWarps;
   }
-  __device__ __forceinline__ unsigned full(int s) const { return shared + kBarrierOffset + 8 * s; }
+  __device__ __forceinline__ unsigned full(int s, int part) const {
+    return shared + kBarrierOffset + 8 * (s * kCopyParts + part);
+  }
   __device__ __forceinline__ unsigned empty(int s) const {
-    return shared + kBarrierOffset + 8 * (kStackStages + s);
+    return shared + kBarrierOffset + 8 * (kStackStages * kCopyParts + s);
   }
 };
 
@@ -88,6 +92,9 @@ struct StackShape {
   // how the producer copies a stage: one cp.async.bulk (lane 0), or 16-byte cp.async by
   // every lane of its warp (each lane's arrival on full[s] when its copies land)
   bool bulk_copies;
+  // how far the producer runs ahead of the copies that have landed: 0, a stage at a time (the
+  // next issued once the last has landed); k > 0, at most k parts on their way
+  int pacing;
   __device__ __forceinline__ int q_size() const { return num_heads * head_dim; }
   __device__ __forceinline__ int kv_size() const { return num_kv_heads * head_dim; }
 };
@@ -178,6 +185,25 @@ __device__ __forceinline__ long long stage_wait(unsigned bar, unsigned parity, u
     if (clock64() - start > kWatchdogCycles) watchdog_expired(trace, which);
   }
   return clock64() - start;
+}
+
+// A stage has landed when each of its parts has.
+__device__ __forceinline__ long long stage_landed_wait(const StackSmem& sm, int stage,
+                                                       unsigned phase, unsigned* trace) {
+  long long waited = 0;
+#pragma unroll
+  for (int part = 0; part < kCopyParts; ++part) {
+    waited += stage_wait(sm.full(stage, part), phase, trace, 2);
+  }
+  return waited;
+}
+__device__ __forceinline__ bool stage_landed(const StackSmem& sm, int stage, unsigned phase) {
+  bool landed = true;
+#pragma unroll
+  for (int part = 0; part < kCopyParts; ++part) {
+    landed = landed && mbarrier_done(sm.full(stage, part), phase);
+  }
+  return landed;
 }
 
 // A layer's four GEMVs, in the order the producer streams them.

@@ -53,26 +53,42 @@ __device__ __noinline__ void produce_weights(const StackLayer<T>* layers, const 
   StageWalk<T> copies;
   const T* source;
   unsigned bytes;
+  unsigned issued = 0;  // parts
   while (copies.next(layers, s, source, bytes)) {
     ring.waited += stage_wait(sm.empty(ring.stage), ring.phase ^ 1, trace, 3);
-    if (kStackInFlight < kStackStages && ring.count >= kStackInFlight) {
-      // at most kStackInFlight stages on their way: copies queued beyond what keeps HBM
-      // busy delay the consumers' own loads and the counters' polls behind them. One stage
-      // in flight, not six: gpt2-xl's step 1,778 -> 1,591 us, a counter's release 2.9 -> 0.8
-      // us (docs/benchmarks.md, session 25)
-      const unsigned landed = ring.count - kStackInFlight;
-      ring.waited += stage_wait(sm.full(landed % kStackStages), (landed / kStackStages) & 1,
-                                trace, 3);
-    }
     if (lane == 0) trace_put(trace, kTraceProduced, ring.count);
-    if (!s.bulk_copies) {
-      for (unsigned at = lane * 16; at < bytes; at += 32 * 16) {
-        cp_async_16(sm.stage(ring.stage) + at, reinterpret_cast<const char*>(source) + at);
+    // | part 0 | part 1 | ... : 16-byte multiples, the last one to the stage's end
+    const unsigned chunks = bytes / 16;
+    for (int part = 0; part < kCopyParts; ++part, ++issued) {
+      // Copies queued beyond what keeps HBM busy delay the consumers' own loads and the
+      // counters' polls behind them: one stage in flight, not six, took gpt2-xl's step from
+      // 1,778 to 1,591 us and a counter's release from 2.9 to 0.8 us (docs/benchmarks.md,
+      // session 25).
+      if (s.pacing == 0 && part == 0 && ring.count > 0) {
+        const unsigned last = ring.count - 1;
+        ring.waited += stage_landed_wait(sm, last % kStackStages, (last / kStackStages) & 1,
+                                         trace);
+      } else if (s.pacing > 0 && issued >= static_cast<unsigned>(s.pacing)) {
+        const unsigned landed = issued - s.pacing;
+        const unsigned stage = landed / kCopyParts;
+        ring.waited += stage_wait(sm.full(stage % kStackStages, landed % kCopyParts),
+                                  (stage / kStackStages) & 1, trace, 3);
       }
-      cp_async_arrive(sm.full(ring.stage));
-    } else if (lane == 0) {
-      mbarrier_arrive_expect_tx(sm.full(ring.stage), bytes);
-      bulk_copy_to_shared(sm.stage(ring.stage), source, bytes, sm.full(ring.stage));
+      const unsigned begin = chunks * part / kCopyParts * 16;
+      const unsigned end = part + 1 == kCopyParts ? bytes : chunks * (part + 1) / kCopyParts * 16;
+      const unsigned full = sm.full(ring.stage, part);
+      if (!s.bulk_copies) {
+        for (unsigned at = begin + lane * 16; at < end; at += 32 * 16) {
+          cp_async_16(sm.stage(ring.stage) + at, reinterpret_cast<const char*>(source) + at);
+        }
+        cp_async_arrive(full);
+      } else if (lane == 0) {
+        mbarrier_arrive_expect_tx(full, end - begin);
+        if (end > begin) {
+          bulk_copy_to_shared(sm.stage(ring.stage) + begin,
+                              reinterpret_cast<const char*>(source) + begin, end - begin, full);
+        }
+      }
     }
     __syncwarp();
     ring.advance();

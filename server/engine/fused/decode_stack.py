@@ -19,11 +19,12 @@ from server.engine.gpu.kernels import KernelLibrary
 DECODE_STACK_ENV = "INFLIGHTD_DECODE_STACK"
 # csrc/decode_stack.cuh's sizes
 CONSUMER_WARPS = 8
+COPY_PARTS = 2  # barriers a stage (csrc/decode_stack.cuh's kCopyParts)
 THREADS = 32 * (CONSUMER_WARPS + 1)  # + the producer warp
 STAGE_BYTES = 32768
 # | ring | x | bias, residual | row partials | norm sums | mbarriers |
 SHARED_BYTES = (6 * STAGE_BYTES + 8192 * 2 + 2 * 128 * 4 + 128 * CONSUMER_WARPS * 4
-                + 2 * CONSUMER_WARPS * 4 + 12 * 8)
+                + 2 * CONSUMER_WARPS * 4 + 6 * (COPY_PARTS + 1) * 8)
 MAX_WIDTH = 8192  # elements of a GEMV input held in shared memory
 MAX_HIDDEN = 4096  # a LayerNorm's row, two chunks of 8 a consumer thread
 MAX_ROWS_PER_CTA = 128
@@ -118,6 +119,9 @@ class DecodeStack:
         # the producer's copies: cp.async.bulk (True) or 16-byte cp.async by its 32 lanes,
         # 4 % faster on an H100 at every shape measured (docs/benchmarks.md, session 21)
         self.bulk_copies = False
+        # the producer's pace (csrc/decode_stack.cuh's StackShape::pacing): 0, a stage at a
+        # time; k, at most k half-stages on their way
+        self.pacing = 0
 
     def times_words(self) -> int:
         return self.num_ctas * (self.arch.num_layers * PHASES + 1) * STAMP_WORDS
@@ -142,7 +146,8 @@ class DecodeStack:
                   np.int32(a.num_heads), np.int32(a.num_kv_heads), np.int32(self.num_splits),
                   np.int32(self.block_size), np.int64(self.num_slots),
                   np.float32(a.rms_norm_eps), np.float32(self.scale),
-                  np.int32(self.bulk_copies), self.trace_address, self.times_address))
+                  np.int32(self.bulk_copies), np.int32(self.pacing), self.trace_address,
+                  self.times_address))
         return h
 
 
