@@ -120,8 +120,9 @@ class DecodeStack:
         # 4 % faster on an H100 at every shape measured (docs/benchmarks.md, session 21)
         self.bulk_copies = False
         # the producer's pace (csrc/decode_stack.cuh's StackShape::pacing): 0, a stage at a
-        # time; k, at most k half-stages on their way
-        self.pacing = 0
+        # time; k, at most k half-stages on their way. 2 was the fastest of 0-3 on an H100
+        # for both shapes measured (docs/benchmarks.md, session 25)
+        self.pacing = 2
 
     def times_words(self) -> int:
         return self.num_ctas * (self.arch.num_layers * PHASES + 1) * STAMP_WORDS
