@@ -129,9 +129,9 @@ __device__ __forceinline__ void consume_rows_alone(const StackSmem& sm, Ring& ri
 //
 //   # row_partials: | row 0: part 0 .. part P-1 | row 1: ... |   (P = warps_per_row)
 template <typename T, typename Epilogue>
-__device__ __forceinline__ void consume_gemv(const StackSmem& sm, Ring& ring, int cols,
-                                             RowRange rows, unsigned* trace,
-                                             Epilogue epilogue) {
+__device__ __forceinline__ void consume_gemv_rows(const StackSmem& sm, Ring& ring, int cols,
+                                                  RowRange rows, unsigned* trace,
+                                                  Epilogue epilogue) {
   const int per_stage = rows_per_stage<T>(cols);
   if (per_stage == kStackWarps) {
     consume_rows_alone<T>(sm, ring, cols, rows, trace, epilogue);
@@ -170,6 +170,16 @@ __device__ __forceinline__ void consume_gemv(const StackSmem& sm, Ring& ring, in
     for (int j = 0; j < warps_per_row; ++j) total += partials[threadIdx.x * warps_per_row + j];
     epilogue(rows.begin + threadIdx.x, threadIdx.x, total);
   }
+}
+
+// The consumers' side of one GEMV, the producer told when they are in its rows.
+template <typename T, typename Epilogue>
+__device__ __forceinline__ void consume_gemv(const StackSmem& sm, Ring& ring, int cols,
+                                             RowRange rows, unsigned* trace,
+                                             Epilogue epilogue) {
+  if (threadIdx.x == 0) *sm.busy() = 1;
+  consume_gemv_rows<T>(sm, ring, cols, rows, trace, epilogue);
+  if (threadIdx.x == 0) *sm.busy() = 0;
 }
 
 // A LayerNorm's weight and bias chunks, loaded before the wait for h.
@@ -378,6 +388,7 @@ __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const 
       }
       mbarrier_init(sm.empty(stage), kStackWarps);
     }
+    *sm.busy() = 0;
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();

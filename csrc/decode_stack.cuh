@@ -35,7 +35,12 @@ constexpr int kResidualOffset = kBiasOffset + kStackMaxRows * 4;
 constexpr int kPartialsOffset = kResidualOffset + kStackMaxRows * 4;
 constexpr int kReduceOffset = kPartialsOffset + kStackMaxRows * kStackWarps * 4;
 constexpr int kBarrierOffset = kReduceOffset + 2 * kStackWarps * 4;
-constexpr int kStackSmemBytes = kBarrierOffset + (kCopyParts + 1) * kStackStages * 8;
+constexpr int kBusyOffset = kBarrierOffset + (kCopyParts + 1) * kStackStages * 8;
+constexpr int kStackSmemBytes = kBusyOffset + 16;
+// The producer's pace, in half-stages on their way, while the consumers are in a GEMV's rows:
+// then nothing of theirs waits on memory but the stages, so the ring may fill faster
+// (starcoder-1b's proj waited for its stages at StackShape::pacing's 2; 4: its step -2.5 %).
+constexpr int kBusyPacing = 4;
 
 // The dynamic shared memory, named at namespace scope so that every access through
 // StackSmem is known to be to shared memory (LDS/STS): read through a generic pointer held in
@@ -73,6 +78,10 @@ struct StackSmem {
   }
   __device__ __forceinline__ unsigned empty(int s) const {
     return shared + kBarrierOffset + 8 * (kStackStages * kCopyParts + s);
+  }
+  // 1 while the consumers are in a GEMV's rows (thread 0 says), else 0
+  __device__ __forceinline__ volatile int* busy() const {
+    return reinterpret_cast<volatile int*>(stack_smem + kBusyOffset);
   }
 };
 

@@ -68,8 +68,10 @@ __device__ __noinline__ void produce_weights(const StackLayer<T>* layers, const 
         const unsigned last = ring.count - 1;
         ring.waited += stage_landed_wait(sm, last % kStackStages, (last / kStackStages) & 1,
                                          trace);
-      } else if (s.pacing > 0 && issued >= static_cast<unsigned>(s.pacing)) {
-        const unsigned landed = issued - s.pacing;
+      }
+      const unsigned pace = __shfl_sync(0xffffffffu, *sm.busy(), 0) ? kBusyPacing : s.pacing;
+      if (s.pacing > 0 && issued >= pace) {
+        const unsigned landed = issued - pace;
         const unsigned stage = landed / kCopyParts;
         ring.waited += stage_wait(sm.full(stage % kStackStages, landed % kCopyParts),
                                   (stage / kStackStages) & 1, trace, 3);

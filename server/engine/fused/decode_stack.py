@@ -24,7 +24,7 @@ THREADS = 32 * (CONSUMER_WARPS + 1)  # + the producer warp
 STAGE_BYTES = 32768
 # | ring | x | bias, residual | row partials | norm sums | mbarriers |
 SHARED_BYTES = (6 * STAGE_BYTES + 8192 * 2 + 2 * 128 * 4 + 128 * CONSUMER_WARPS * 4
-                + 2 * CONSUMER_WARPS * 4 + 6 * (COPY_PARTS + 1) * 8)
+                + 2 * CONSUMER_WARPS * 4 + 6 * (COPY_PARTS + 1) * 8 + 16)
 MAX_WIDTH = 8192  # elements of a GEMV input held in shared memory
 MAX_HIDDEN = 4096  # a LayerNorm's row, two chunks of 8 a consumer thread
 MAX_ROWS_PER_CTA = 128
