@@ -16,9 +16,10 @@
 //   #   3  act = gelu(W_fc LN2(h) + b)
 //   #   4  h  += W_proj act + b
 //
-//   # threads 0-255: 8 consumer warps; threads 256-287: the producer warp (lane 0 copies)
-//   #   full[s]:  the stage's rows have landed (the producer's expect_tx)
-//   #   empty[s]: 8 consumer-warp arrivals -> the producer may refill it
+//   # threads 0-255: 8 consumer warps; threads 256-287: the producer warp (its 32 lanes'
+//   # cp.async, or lane 0's bulk copies)
+//   #   full[s][h]: half h of the stage's rows has landed (the copies' arrivals)
+//   #   empty[s]:   8 consumer-warp arrivals -> the producer may refill it
 //
 // A stage holds R whole rows of one GEMV (R a power of two, at most 8), each row's dot
 // product split over 8 / R warps; x, the GEMV's input, sits in shared memory. Outputs are
