@@ -136,11 +136,35 @@ def timing_report(stack, hidden: torch.Tensor, metadata: AttentionMetadata) -> N
         stage_waits = ring_per_phase[:, 1:, phase].mean() / 1e3
         print(f"  {name:<10}{wait:8.2f}{release:9.2f}{skew:8.2f}{ready:8.2f}{work:8.2f}"
               f"{stage_waits:23.2f}")
+    late = attention_lateness(done[:, 1:, 1], num_heads=stack.arch.num_heads,
+                              num_splits=stack.num_splits)
+    print("  attention's count, us after the median CTA's: "
+          + ", ".join(f"{name} {value:.2f}" for name, value in late.items()))
     layer_end = done[:, :, 4].max(dim=0).values
     per_layer = (layer_end[-1] - layer_end[0]) / (layers - 1)
     print(f"  a layer {per_layer:.2f} us (last CTA to last CTA); waits on the ring, mean cycles a "
           f"CTA over the step: consumers (full) {waits[:, 0].mean():,.0f}, producer (empty) "
           f"{waits[:, 1].mean():,.0f}", flush=True)
+
+
+def attention_lateness(counted: torch.Tensor, *, num_heads: int,
+                       num_splits: int) -> dict[str, float]:
+    """Where the attention phase's stragglers are. counted [ctas, layers]: when each CTA
+    counted itself done with attention; CTA head * num_splits + split has that task, the
+    CTAs past the tasks none. Means, over layers, of the time after the median CTA: each
+    head's last split (the one that merged the head, so it counts last), the other splits,
+    split 0 (which also writes the step's key and value into the cache), and the CTAs
+    without a task."""
+    tasks = num_heads * num_splits
+    late = counted - counted.median(dim=0).values
+    heads = late[:tasks].view(num_heads, num_splits, -1)
+    last = heads.max(dim=1).values
+    found = {"merging split": last.mean().item(), "split 0": heads[:, 0].mean().item()}
+    if num_splits > 1:
+        found["other splits"] = ((heads.sum(dim=1) - last) / (num_splits - 1)).mean().item()
+    if counted.shape[0] > tasks:
+        found["no task"] = late[tasks:].mean().item()
+    return found
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
