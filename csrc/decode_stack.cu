@@ -314,8 +314,7 @@ __device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
     wait_count(done + 0, all, io.trace);
     stamp(io.times, s.num_layers, index, 1, 1);
     stamp(io.times, s.num_layers, index, 1, 2);
-    unsigned* head_counters = io.counters + s.num_layers * kStackPhases + 1 + index * s.num_heads;
-    if (attends) attend_task<T, D>(layer, s, io, sm, task, head_counters);
+    if (attends) attend_task<T, D>(layer, s, io, sm, task, io.head_splits(s, index));
     count_done(done + 1);
     stamp(io.times, s.num_layers, index, 1, 3);
     stamp_value(io.times, s.num_layers, index, 1, 4, ring.waited);
@@ -402,7 +401,7 @@ __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const 
   }
   __syncthreads();
   if (threadIdx.x == 0) {  // the last CTA out zeroes the counters for the next step
-    unsigned* finished = io.counters + s.num_layers * kStackPhases;
+    unsigned* finished = io.step_done(s);
     __threadfence();
     if (atomicAdd(finished, 1u) == gridDim.x - 1) {
       for (int i = 0; i < s.num_layers * kStackPhases; ++i) io.counters[i] = 0;

@@ -116,6 +116,13 @@ struct StackShape {
 template <typename T> struct StackIo {
   T* h; T* qkv; T* act; float* partials; unsigned* counters;
   const int* seq_lens; const int* block_table; const long long* slot_mapping;
+  // the counters the comment above lays out
+  __device__ __forceinline__ unsigned* step_done(const StackShape& s) const {
+    return counters + s.num_layers * kStackPhases;
+  }
+  __device__ __forceinline__ unsigned* head_splits(const StackShape& s, int layer) const {
+    return step_done(s) + 1 + layer * s.num_heads;
+  }
   unsigned* trace;  // null, or 8 words a CTA in host memory: where each side has got to
   // null, or where each CTA's consumers stamp the time (%globaltimer, ns) of each phase's
   // four points and, fifth, their cycles so far waiting on a stage, [CTAs][layers][5][6];

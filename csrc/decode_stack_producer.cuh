@@ -69,12 +69,15 @@ __device__ __noinline__ void produce_weights(const StackLayer<T>* layers, const 
         ring.waited += stage_landed_wait(sm, last % kStackStages, (last / kStackStages) & 1,
                                          trace);
       }
-      const unsigned pace = __shfl_sync(0xffffffffu, *sm.busy(), 0) ? kBusyPacing : s.pacing;
-      if (s.pacing > 0 && issued >= pace) {
-        const unsigned landed = issued - pace;
-        const unsigned stage = landed / kCopyParts;
-        ring.waited += stage_wait(sm.full(stage % kStackStages, landed % kCopyParts),
-                                  (stage / kStackStages) & 1, trace, 3);
+      if (s.pacing > 0) {  // lane 0 reads the consumers' word for the warp
+        const int busy = __shfl_sync(0xffffffffu, lane == 0 ? *sm.busy() : 0, 0);
+        const unsigned pace = busy ? kBusyPacing : s.pacing;
+        if (issued >= pace) {
+          const unsigned landed = issued - pace;
+          const unsigned stage = landed / kCopyParts;
+          ring.waited += stage_wait(sm.full(stage % kStackStages, landed % kCopyParts),
+                                    (stage / kStackStages) & 1, trace, 2);
+        }
       }
       const unsigned begin = chunks * part / kCopyParts * 16;
       const unsigned end = part + 1 == kCopyParts ? bytes : chunks * (part + 1) / kCopyParts * 16;

@@ -21,13 +21,15 @@ DECODE_STACK_ENV = "INFLIGHTD_DECODE_STACK"
 CONSUMER_WARPS = 8
 COPY_PARTS = 2  # barriers a stage (csrc/decode_stack.cuh's kCopyParts)
 THREADS = 32 * (CONSUMER_WARPS + 1)  # + the producer warp
+STAGES = 6
 STAGE_BYTES = 32768
-# | ring | x | bias, residual | row partials | norm sums | mbarriers |
-SHARED_BYTES = (6 * STAGE_BYTES + 8192 * 2 + 2 * 128 * 4 + 128 * CONSUMER_WARPS * 4
-                + 2 * CONSUMER_WARPS * 4 + 6 * (COPY_PARTS + 1) * 8 + 16)
 MAX_WIDTH = 8192  # elements of a GEMV input held in shared memory
 MAX_HIDDEN = 4096  # a LayerNorm's row, two chunks of 8 a consumer thread
 MAX_ROWS_PER_CTA = 128
+# | ring | x | bias, residual | row partials | norm sums | mbarriers | busy word (16 bytes) |
+SHARED_BYTES = (STAGES * STAGE_BYTES + MAX_WIDTH * 2 + 2 * MAX_ROWS_PER_CTA * 4
+                + MAX_ROWS_PER_CTA * CONSUMER_WARPS * 4 + 2 * CONSUMER_WARPS * 4
+                + STAGES * (COPY_PARTS + 1) * 8 + 16)
 MAX_TASKS = 256
 MAX_SPLITS = 8  # of one head's keys, each split a CTA
 PHASES = 5  # counters per layer
