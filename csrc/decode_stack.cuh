@@ -150,9 +150,10 @@ __device__ __forceinline__ void stamp(unsigned long long* times, int num_layers,
 }
 
 // The trace's words of this CTA: the consumers' (layer * 16 + phase) and stage count, the
-// producer's stage count, and which wait timed out (1 a counter, 2 a full stage, 3 an
-// empty one), written through to host memory so that they outlive the trap.
+// producer's stage count, and which wait timed out (a WaitKind), written through to host
+// memory so that they outlive the trap.
 enum TraceWord { kTracePhase = 0, kTraceConsumed = 1, kTraceProduced = 2, kTraceTimeout = 3 };
+enum WaitKind : unsigned { kWaitCounter = 1, kWaitFull = 2, kWaitEmpty = 3 };
 
 __device__ __forceinline__ void trace_put(unsigned* trace, int word, unsigned value) {
   if (trace != nullptr) *reinterpret_cast<volatile unsigned*>(trace + blockIdx.x * 8 + word) = value;
@@ -160,7 +161,7 @@ __device__ __forceinline__ void trace_put(unsigned* trace, int word, unsigned va
 
 constexpr long long kWatchdogCycles = 1ll << 33;  // ~4 s
 
-__device__ __forceinline__ void watchdog_expired(unsigned* trace, unsigned which) {
+__device__ __forceinline__ void watchdog_expired(unsigned* trace, WaitKind which) {
   trace_put(trace, kTraceTimeout, which);
   __threadfence_system();
   __trap();
@@ -195,7 +196,7 @@ __device__ __forceinline__ bool mbarrier_done(unsigned bar, unsigned parity) {
 // mbarrier_wait with the watchdog: a stage that never comes traps instead of hanging.
 // Returns the cycles it took, the first try included (try_wait may suspend the thread).
 __device__ __forceinline__ long long stage_wait(unsigned bar, unsigned parity, unsigned* trace,
-                                                unsigned which) {
+                                                WaitKind which) {
   const long long start = clock64();
   while (!mbarrier_ready(bar, parity)) {
     if (clock64() - start > kWatchdogCycles) watchdog_expired(trace, which);
@@ -209,7 +210,7 @@ __device__ __forceinline__ long long stage_landed_wait(const StackSmem& sm, int 
   long long waited = 0;
 #pragma unroll
   for (int part = 0; part < kCopyParts; ++part) {
-    waited += stage_wait(sm.full(stage, part), phase, trace, 2);
+    waited += stage_wait(sm.full(stage, part), phase, trace, kWaitFull);
   }
   return waited;
 }
@@ -320,7 +321,7 @@ __device__ __forceinline__ void wait_count(const unsigned* counter, unsigned tar
     unsigned seen;
     do {
       asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
-      if (clock64() - start > kWatchdogCycles) watchdog_expired(trace, 1);
+      if (clock64() - start > kWatchdogCycles) watchdog_expired(trace, kWaitCounter);
     } while (seen < target);
   }
   stack_consumers_sync();

@@ -55,7 +55,7 @@ __device__ __noinline__ void produce_weights(const StackLayer<T>* layers, const 
   unsigned bytes;
   unsigned issued = 0;  // parts
   while (copies.next(layers, s, source, bytes)) {
-    ring.waited += stage_wait(sm.empty(ring.stage), ring.phase ^ 1, trace, 3);
+    ring.waited += stage_wait(sm.empty(ring.stage), ring.phase ^ 1, trace, kWaitEmpty);
     if (lane == 0) trace_put(trace, kTraceProduced, ring.count);
     // | part 0 | part 1 | ... : 16-byte multiples, the last one to the stage's end
     const unsigned chunks = bytes / 16;
@@ -76,7 +76,7 @@ __device__ __noinline__ void produce_weights(const StackLayer<T>* layers, const 
           const unsigned landed = issued - pace;
           const unsigned stage = landed / kCopyParts;
           ring.waited += stage_wait(sm.full(stage % kStackStages, landed % kCopyParts),
-                                    (stage / kStackStages) & 1, trace, 2);
+                                    (stage / kStackStages) & 1, trace, kWaitFull);
         }
       }
       const unsigned begin = chunks * part / kCopyParts * 16;
