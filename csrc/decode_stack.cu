@@ -178,9 +178,9 @@ template <typename T, typename Epilogue>
 __device__ __forceinline__ void consume_gemv(const StackSmem& sm, Ring& ring, int cols,
                                              RowRange rows, unsigned* trace,
                                              Epilogue epilogue) {
-  if (threadIdx.x == 0) *sm.busy() = 1;
+  if (threadIdx.x == 0) sm.set_busy(1);
   consume_gemv_rows<T>(sm, ring, cols, rows, trace, epilogue);
-  if (threadIdx.x == 0) *sm.busy() = 0;
+  if (threadIdx.x == 0) sm.set_busy(0);
 }
 
 // A LayerNorm's weight and bias chunks, loaded before the wait for h.
@@ -388,7 +388,7 @@ __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const 
       }
       mbarrier_init(sm.empty(stage), kStackWarps);
     }
-    *sm.busy() = 0;
+    sm.set_busy(0);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();

@@ -79,9 +79,14 @@ struct StackSmem {
   __device__ __forceinline__ unsigned empty(int s) const {
     return shared + kBarrierOffset + 8 * (kStackStages * kCopyParts + s);
   }
-  // 1 while the consumers are in a GEMV's rows (thread 0 says), else 0
-  __device__ __forceinline__ volatile int* busy() const {
-    return reinterpret_cast<volatile int*>(stack_smem + kBusyOffset);
+  // 1 while the consumers are in a GEMV's rows (thread 0 says), else 0. A hint read without
+  // a barrier, so through atomics: then it is no data race to the memory model, nor to
+  // compute-sanitizer's racecheck.
+  __device__ __forceinline__ void set_busy(int busy) const {
+    atomicExch(reinterpret_cast<int*>(stack_smem + kBusyOffset), busy);
+  }
+  __device__ __forceinline__ int busy() const {
+    return atomicOr(reinterpret_cast<int*>(stack_smem + kBusyOffset), 0);
   }
 };
 

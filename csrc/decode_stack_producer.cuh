@@ -70,7 +70,7 @@ __device__ __noinline__ void produce_weights(const StackLayer<T>* layers, const 
                                          trace);
       }
       if (s.pacing > 0) {  // lane 0 reads the consumers' word for the warp
-        const int busy = __shfl_sync(0xffffffffu, lane == 0 ? *sm.busy() : 0, 0);
+        const int busy = __shfl_sync(0xffffffffu, lane == 0 ? sm.busy() : 0, 0);
         const unsigned pace = busy ? kBusyPacing : s.pacing;
         if (issued >= pace) {
           const unsigned landed = issued - pace;
