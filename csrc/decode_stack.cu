@@ -285,6 +285,9 @@ __device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
   RowDealer dealer;
   const unsigned all = gridDim.x;
   T* x = sm.x<T>();
+  // the step's slot in the cache, or -1 where it writes nothing (graph padding)
+  const long long slot = io.slot_mapping[0];
+  const long long new_slot = slot >= 0 && slot < s.num_slots ? slot : -1;
   for (int index = 0; index < s.num_layers; ++index) {
     const StackLayer<T>& layer = layers[index];
     unsigned* done = io.counters + index * kStackPhases;
@@ -300,7 +303,15 @@ __device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
     stack_consumers_sync();
     stamp(io.times, s.num_layers, index, 0, 2);
     consume_gemv<T>(sm, ring, s.hidden, rows, io.trace, [&](int row, int i, float total) {
-      io.qkv[row] = from_float<T>(total + sm.bias()[i]);
+      const T value = from_float<T>(total + sm.bias()[i]);
+      io.qkv[row] = value;
+      // the step's key and value go into the cache from here, where they are made: no
+      // attention task then waits to read them back for it (the tasks read them from qkv)
+      const int kv_row = row - s.q_size();
+      if (kv_row >= 0 && new_slot >= 0) {
+        T* cache = kv_row < s.kv_size() ? layer.k_cache : layer.v_cache;
+        cache[new_slot * s.kv_size() + kv_row % s.kv_size()] = value;
+      }
     });
     count_done(done + 0);
     stamp(io.times, s.num_layers, index, 0, 3);

@@ -12,8 +12,7 @@
 // Each group keeps its own softmax state (max, sum, output); the CTA merges its groups and
 // writes partials[task] = {output[D] (unnormalised), max, sum, 2 floats of padding}, a
 // stride of D + 4 floats so that every task's output starts 16-byte aligned. The step's own key
-// and value are read from the qkv buffer, never the cache: the task that writes them into
-// the cache (split 0 of the first query head of each KV head) may not have yet.
+// and value are read from the qkv buffer (the qkv phase writes them into the cache too).
 #pragma once
 
 #include "common.cuh"
@@ -30,18 +29,6 @@ __device__ __forceinline__ void load_floats8(float (&out)[8], uint4 raw) {
   const Vec8<T> v{raw};
 #pragma unroll
   for (int i = 0; i < 8; ++i) out[i] = v.get(i);
-}
-
-// The step's key and value into the cache at its slot.
-template <typename T, int D>
-__device__ __forceinline__ void write_new_kv(const StackLayer<T>& layer, const StackShape& s,
-                                             const StackIo<T>& io, int kv_head) {
-  const long long slot = io.slot_mapping[0];
-  if (threadIdx.x >= D || slot < 0 || slot >= s.num_slots) return;
-  const long long at = (slot * s.num_kv_heads + kv_head) * D + threadIdx.x;
-  const T* k = io.qkv + s.q_size() + kv_head * D + threadIdx.x;
-  layer.k_cache[at] = load_l2_raw(k);
-  layer.v_cache[at] = load_l2_raw(k + s.kv_size());
 }
 
 // A task's keys: positions [begin, end) of one head. Known before the wait for the qkv
@@ -258,9 +245,6 @@ __device__ __forceinline__ void attend_task(const StackLayer<T>& layer, const St
       partial[D] = top;
       partial[D + 1] = sum;
     }
-  }
-  if (t.split == 0 && t.head % (s.num_heads / s.num_kv_heads) == 0) {
-    write_new_kv<T, D>(layer, s, io, t.kv_head);
   }
   if (last_split_of_head(head_counters + t.head, s.num_splits)) merge_head<T, D>(s, io, t.head);
 }
