@@ -325,7 +325,7 @@ __device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
     wait_count(done + 0, all, io.trace);
     stamp(io.times, s.num_layers, index, 1, 1);
     stamp(io.times, s.num_layers, index, 1, 2);
-    if (attends) attend_task<T, D>(layer, s, io, sm, task, io.head_splits(s, index));
+    if (attends) attend_task<T, D>(layer, s, io, sm, task);
     count_done(done + 1);
     stamp(io.times, s.num_layers, index, 1, 3);
     stamp_value(io.times, s.num_layers, index, 1, 4, ring.waited);
@@ -337,7 +337,9 @@ __device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
     wait_count(done + 1, all, io.trace);
     stamp(io.times, s.num_layers, index, 2, 1);
     float residual = load_residual(io.h, rows);
-    load_into_x(x, io.act, s.q_size());  // the heads, merged by their last splits
+    for (int c = threadIdx.x; c < s.q_size() / 8; c += kStackConsumers) {  // the heads, merged
+      reinterpret_cast<uint4*>(x)[c] = x_chunk_order(merged_chunk<T, D>(s, io, c));
+    }
     store_residual(sm, rows, residual);
     stack_consumers_sync();
     stamp(io.times, s.num_layers, index, 2, 2);

@@ -124,61 +124,47 @@ __device__ __forceinline__ AttendTask prefetch_task(const StackLayer<T>& layer, 
   return t;
 }
 
-// True in the last of a head's splits to count itself in on the head's counter, once every
-// split's partials are visible. atom.inc wraps the count back to 0 with that last arrival,
-// so the next step finds it at 0 again (as attention_merge.cuh's counters do).
-__device__ __forceinline__ bool last_split_of_head(unsigned* counter, int num_splits) {
-  stack_consumers_sync();  // every thread's partials written
-  unsigned last = 0;
-  if (threadIdx.x == 0) {
-    unsigned before;
-    asm volatile("fence.acq_rel.gpu;\n"
-                 "atom.acq_rel.gpu.global.inc.u32 %0, [%1], %2;\n"
-                 : "=r"(before) : "l"(counter), "r"(static_cast<unsigned>(num_splits - 1))
-                 : "memory");
-    last = before == static_cast<unsigned>(num_splits - 1);
-  }
-  if (!consumers_any(last != 0)) return false;
-  __threadfence();  // the other splits' partials are read after their counts
-  return true;
-}
-
-// The head's splits merged into io.act[head * D ..] (free until the MLP's first GEMV),
-// rounded to T as the attention kernels store their output, a thread an element: the o
-// phase then loads the merged heads instead of every CTA merging all of them.
+// Chunk c (8 dims of one head) of the heads' splits merged, rounded to T as the attention
+// kernels store their output: each split's partial weighed by exp(its max - the head's). The o
+// phase's CTAs merge the chunks of x they load, so no split waits to merge its head's.
 template <typename T, int D>
-__device__ __forceinline__ void merge_head(const StackShape& s, const StackIo<T>& io, int head) {
-  if (threadIdx.x >= D) return;
+__device__ __forceinline__ uint4 merged_chunk(const StackShape& s, const StackIo<T>& io, int c) {
+  const int head = c * 8 / D, dim = c * 8 % D;
   const float* task = io.partials + static_cast<long long>(head) * s.num_splits * partial_stride(D);
-  float part[kStackMaxSplits];
+  float4 part[kStackMaxSplits][2];
   float2 stats[kStackMaxSplits];  // (max, sum); -inf past num_splits: weight 0
 #pragma unroll
   for (int i = 0; i < kStackMaxSplits; ++i) {
-    part[i] = 0.f;
+    part[i][0] = part[i][1] = make_float4(0.f, 0.f, 0.f, 0.f);
     stats[i] = make_float2(neg_inf(), 0.f);
     if (i < s.num_splits) {
       const float* partial = task + i * partial_stride(D);
-      part[i] = __ldcg(partial + threadIdx.x);
+      part[i][0] = __ldcg(reinterpret_cast<const float4*>(partial + dim));
+      part[i][1] = __ldcg(reinterpret_cast<const float4*>(partial + dim + 4));
       stats[i] = __ldcg(reinterpret_cast<const float2*>(partial + D));
     }
   }
   float top = neg_inf();
 #pragma unroll
   for (int i = 0; i < kStackMaxSplits; ++i) top = fmaxf(top, stats[i].x);
-  float sum = 0.f, out = 0.f;
+  float sum = 0.f, out[8] = {};
 #pragma unroll
   for (int i = 0; i < kStackMaxSplits; ++i) {
     const float weight = stats[i].x != neg_inf() ? __expf(stats[i].x - top) : 0.f;
     sum += weight * stats[i].y;
-    out += weight * part[i];
+    const float* values = reinterpret_cast<const float*>(part[i]);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) out[j] += weight * values[j];
   }
-  io.act[head * D + threadIdx.x] = from_float<T>(out / sum);  // sum > 0: the step's own key
+  Vec8<T> merged;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) merged.set(j, out[j] / sum);  // sum > 0: the step's own key
+  return merged.raw;
 }
 
 template <typename T, int D>
 __device__ __forceinline__ void attend_task(const StackLayer<T>& layer, const StackShape& s,
-                            const StackIo<T>& io, const StackSmem& sm, const AttendTask& t,
-                            unsigned* head_counters) {
+                            const StackIo<T>& io, const StackSmem& sm, const AttendTask& t) {
   using L = KeyLayout<D>;
   const int lane = threadIdx.x & 31;
   const int sub = lane % L::kLanes;  // which 8 dims
@@ -246,7 +232,6 @@ __device__ __forceinline__ void attend_task(const StackLayer<T>& layer, const St
       partial[D + 1] = sum;
     }
   }
-  if (last_split_of_head(head_counters + t.head, s.num_splits)) merge_head<T, D>(s, io, t.head);
 }
 
 }  // namespace inflightd
