@@ -152,14 +152,13 @@ def attention_lateness(counted: torch.Tensor, *, num_heads: int,
     """Where the attention phase's stragglers are. counted [ctas, layers]: when each CTA
     counted itself done with attention; CTA head * num_splits + split has that task, the
     CTAs past the tasks none. Means, over layers, of the time after the median CTA: each
-    head's last split (the one that merged the head, so it counts last), the other splits,
-    split 0 (which also writes the step's key and value into the cache), and the CTAs
-    without a task."""
+    head's last split to count in, the other splits, split 0, and the CTAs without a
+    task."""
     tasks = num_heads * num_splits
     late = counted - counted.median(dim=0).values
     heads = late[:tasks].view(num_heads, num_splits, -1)
     last = heads.max(dim=1).values
-    found = {"merging split": last.mean().item(), "split 0": heads[:, 0].mean().item()}
+    found = {"last split": last.mean().item(), "split 0": heads[:, 0].mean().item()}
     if num_splits > 1:
         found["other splits"] = ((heads.sum(dim=1) - last) / (num_splits - 1)).mean().item()
     if counted.shape[0] > tasks:

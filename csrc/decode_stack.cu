@@ -12,7 +12,7 @@
 //   # waits for all of them (a GEMV needs all of its input):
 //   #   0  qkv = W_qkv LN1(h) + b            (each CTA norms the whole h for itself)
 //   #   1  attention: (head, split) tasks    (decode_stack_attention.cuh)
-//   #   2  h  += W_o attention + b         (each head merged by its last split)
+//   #   2  h  += W_o attention + b         (each CTA merges the heads' splits)
 //   #   3  act = gelu(W_fc LN2(h) + b)
 //   #   4  h  += W_proj act + b
 //

@@ -115,18 +115,14 @@ struct StackShape {
 
 // What the step reads and writes besides the weights. h is the residual stream, updated in
 // place layer after layer; counters[layer * 5 + phase] count the CTAs done with a phase,
-// counters[num_layers * 5] the CTAs done with the step (the last one zeroes those), then
-// counters[num_layers * 5 + 1 + layer * num_heads + head] the head's splits done (each
-// wraps back to 0 itself). act also holds the merged attention until the MLP needs it.
+// counters[num_layers * 5] the CTAs done with the step (the last one zeroes those).
+// partials holds each attention task's output until the o phase merges a head's splits.
 template <typename T> struct StackIo {
   T* h; T* qkv; T* act; float* partials; unsigned* counters;
   const int* seq_lens; const int* block_table; const long long* slot_mapping;
   // the counters the comment above lays out
   __device__ __forceinline__ unsigned* step_done(const StackShape& s) const {
     return counters + s.num_layers * kStackPhases;
-  }
-  __device__ __forceinline__ unsigned* head_splits(const StackShape& s, int layer) const {
-    return step_done(s) + 1 + layer * s.num_heads;
   }
   unsigned* trace;  // null, or 8 words a CTA in host memory: where each side has got to
   // null, or where each CTA's consumers stamp the time (%globaltimer, ns) of each phase's

@@ -1,6 +1,6 @@
 // The batch-1 decode stack's attention (decode_stack.cu): one query token against its
 // sequence's paged cache, split over (head, split) tasks, one task a CTA, and the merge of
-// each head's splits by the last of them to finish.
+// each head's splits as the o phase loads them.
 //
 // A task covers positions [begin, end) of one query head. Its keys go to key groups: a key
 // group is D / 8 lanes, each holding 8 of the head's dims (one 16-byte chunk), so a warp

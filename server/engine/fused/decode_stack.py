@@ -63,8 +63,6 @@ def unsupported_reason(model, *, num_sms: int, kv_cache_dtype: torch.dtype) -> s
         (arch.hidden_size <= MAX_HIDDEN, f"hidden size over {MAX_HIDDEN}"),
         (max(arch.intermediate_size, arch.num_heads * arch.head_dim) <= MAX_WIDTH,
          f"a GEMV input wider than {MAX_WIDTH}"),
-        (arch.num_heads * arch.head_dim <= arch.intermediate_size,
-         "the attention wider than the MLP (its buffer holds the merged heads)"),
         (arch.hidden_size % 8 == 0 and arch.intermediate_size % 8 == 0,
          "widths not multiples of 8"),
         (arch.num_heads <= num_sms, "more query heads than SMs"),
@@ -102,10 +100,10 @@ class DecodeStack:
         self.act = torch.empty(arch.intermediate_size, dtype=model.dtype, device=device)
         self.partials = torch.empty(arch.num_heads * self.num_splits * (arch.head_dim + 4),
                                     dtype=torch.float32, device=device)
-        # zero before the first step: the phases' (the kernel's last CTA zeroes them after
-        # each), the step's, then a layer's heads' splits (each wraps back to 0 itself)
-        self.counters = torch.zeros(arch.num_layers * (PHASES + arch.num_heads) + 1,
-                                    dtype=torch.int32, device=device)
+        # zero before the first step: the phases', then the step's (the kernel's last CTA
+        # zeroes them after each)
+        self.counters = torch.zeros(arch.num_layers * PHASES + 1, dtype=torch.int32,
+                                    device=device)
         # 0, or the device address of mapped host memory, 8 words a CTA: where each CTA's
         # consumers and producer have got to, kept through a trap of the kernel's watchdog
         # (csrc/decode_stack.cuh; for debugging)
