@@ -7,7 +7,7 @@ bench/batch1_switch.py is the whole step's.
     python bench/decode_stack.py [--models dummy:gpt2-xl,dummy:starcoder-1b] [--contexts 256,2048]
                                  [--copies bulk,cp_async] [--pacing 0,2] [--splits 1,5]
 
---copies times each way the producer can copy weights (DecodeStack.bulk_copies); --pacing
+--copies times each way the producer can copy weights (DecodeStack.copies); --pacing
 each pace of the producer (DecodeStack.pacing: 0 a stage at a time, k at most k half-stages
 on their way); --splits
 each number of splits of a head's keys (DecodeStack.num_splits, up to the stack's own).
@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.gpu_probes import copy_bandwidth, median_event_ms  # noqa: E402
 from bench.offline import free_gpu_memory  # noqa: E402
 from server.engine.attention.metadata import AttentionMetadata  # noqa: E402
+from server.engine.fused.decode_stack import COPIES  # noqa: E402
 from server.engine.llm import LLM  # noqa: E402
 
 
@@ -64,7 +65,7 @@ def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str],
                                          for n in (splits or [default_splits])]:
         if not 1 <= split <= default_splits:  # its partials buffer holds no more
             raise SystemExit(f"--splits {split}: {spec} takes 1 to {default_splits}")
-        stack.bulk_copies = copy == "bulk"
+        stack.copies = copy
         stack.pacing = pacing
         stack.num_splits = split
         metadata = one_sequence(context, block_size=stack.block_size, device=model.device)
@@ -81,7 +82,7 @@ def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str],
               f"{100 * roofline_ms / ms:.1f} % of roofline",
               flush=True)
     if timing:
-        stack.bulk_copies = False  # the default producer
+        stack.copies = "cp_async"  # the default producer
         stack.pacing = default_pacing
         stack.num_splits = default_splits
         metadata = one_sequence(contexts[0], block_size=stack.block_size, device=model.device)
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="dummy:gpt2-xl,dummy:starcoder-1b")
     p.add_argument("--contexts", default="256,2048")
-    p.add_argument("--copies", default="cp_async", help="bulk, cp_async or both, comma-separated")
+    p.add_argument("--copies", default="cp_async",
+                   help="cp_async, bulk or plain (compute-sanitizer's), comma-separated")
     p.add_argument("--pacing", default=None,
                    help="the producer's paces to time, comma-separated (default: the stack's)")
     p.add_argument("--splits", default=None,
@@ -179,8 +181,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--timing", action="store_true", help="where a layer's time goes")
     args = p.parse_args(argv)
     copies = args.copies.split(",")
-    if not set(copies) <= {"bulk", "cp_async"}:
-        p.error(f"--copies takes bulk and cp_async, got {args.copies!r}")
+    if not set(copies) <= set(COPIES):
+        p.error(f"--copies takes {', '.join(COPIES)}, got {args.copies!r}")
     bandwidth = copy_bandwidth("cuda")
     contexts = [int(c) for c in args.contexts.split(",")]
     splits = [int(n) for n in args.splits.split(",")] if args.splits else None

@@ -249,7 +249,7 @@ __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const 
   if (threadIdx.x == 0) {
     for (int stage = 0; stage < kStackStages; ++stage) {
       for (int part = 0; part < kCopyParts; ++part) {
-        mbarrier_init(sm.full(stage, part), s.bulk_copies ? 1 : 32);
+        mbarrier_init(sm.full(stage, part), s.copies == kCopiesBulk ? 1 : 32);
       }
       mbarrier_init(sm.empty(stage), kStackWarps);
     }
@@ -283,11 +283,11 @@ __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const 
           const int* seq_lens, const int* block_table, const long long* slot_mapping,          \
           int num_layers, int hidden, int inter, int num_heads, int num_kv_heads,               \
           int num_splits, int block_size, long long num_slots, float eps, float scale,          \
-          int bulk_copies, int pacing, unsigned* trace,                                         \
+          int copies, int pacing, unsigned* trace,                                              \
           unsigned long long* times) {                                                          \
     const StackShape s{num_layers,  hidden,      inter,        num_heads,                       \
                        num_kv_heads, D,          num_splits,   block_size,                      \
-                       num_slots,   eps,         scale,        bulk_copies != 0, pacing};       \
+                       num_slots,   eps,         scale,        copies,      pacing};            \
     const StackIo<T> io{h, qkv, act, partials, counters, seq_lens, block_table, slot_mapping,   \
                         trace, times};                                                          \
     decode_stack<T, D, GELU>(static_cast<const StackLayer<T>*>(layers), s, io);                 \

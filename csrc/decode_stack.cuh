@@ -99,13 +99,19 @@ template <typename T> struct StackLayer {
   T* k_cache; T* v_cache;
 };
 
+// How the producer fills a stage: 16-byte cp.async by every lane of its warp (each lane's
+// arrival on full[s] when its copies land); one cp.async.bulk by lane 0; or each lane's own
+// loads and shared-memory stores, then its arrival: slow, but what compute-sanitizer's
+// racecheck can follow (it reports both asynchronous ways' writes as races with the reads
+// that waited for them, as it does cuBLAS's TMA-fed kernels': docs/benchmarks.md, session 27).
+enum StackCopies { kCopiesAsync = 0, kCopiesBulk = 1, kCopiesPlain = 2 };
+
 struct StackShape {
   int num_layers, hidden, inter, num_heads, num_kv_heads, head_dim, num_splits, block_size;
   long long num_slots;  // the pool's; a step's slot past it writes nothing (graph padding)
   float eps, scale;
-  // how the producer copies a stage: one cp.async.bulk (lane 0), or 16-byte cp.async by
-  // every lane of its warp (each lane's arrival on full[s] when its copies land)
-  bool bulk_copies;
+  // how the producer copies a stage (StackCopies)
+  int copies;
   // how far the producer runs ahead of the copies that have landed: 0, a stage at a time (the
   // next issued once the last has landed); k > 0, at most k parts on their way
   int pacing;
@@ -170,6 +176,13 @@ __device__ __forceinline__ void watchdog_expired(unsigned* trace, WaitKind which
 
 __device__ __forceinline__ void cp_async_16(unsigned dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void copy_16(unsigned dst, const void* src) {
+  const uint4 v = *static_cast<const uint4*>(src);
+  asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(v.x), "r"(v.y),
+               "r"(v.z), "r"(v.w)
+               : "memory");
 }
 
 __device__ __forceinline__ bool mbarrier_ready(unsigned bar, unsigned parity) {

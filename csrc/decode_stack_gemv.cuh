@@ -61,14 +61,11 @@ __device__ __forceinline__ void consume_rows_alone(const StackSmem& sm, Ring& ri
     if (threadIdx.x == 0) trace_put(trace, kTraceConsumed, ring.count);
     ring.waited += stage_landed_wait(sm, ring.stage, ring.phase, trace);
     // the next stage too, if it has landed already: a warp that waited for it lost the time
-    // it could have spent on this one (starcoder-1b's whole stages, session 24). Lane 0
-    // decides for its warp (mma.sync needs the whole warp); the warps go at their own pace.
+    // it could have spent on this one (starcoder-1b's whole stages, session 24). Every lane
+    // tests it (its own acquire of the rows it reads), and the warp takes it only if all saw
+    // it (mma.sync needs the whole warp); the warps go at their own pace.
     bool two = row + kStackWarps < rows.end;  // then the first stage is whole
-    if (two) {
-      const bool landed =
-          (threadIdx.x & 31) == 0 && stage_landed(sm, next.stage, next.phase);
-      two = __shfl_sync(0xffffffffu, landed, 0);
-    }
+    if (two) two = __all_sync(0xffffffffu, stage_landed(sm, next.stage, next.phase));
     const int row0 = row + warp, row1 = row + kStackWarps + warp;
     const bool has0 = row0 < rows.end, has1 = two && row1 < rows.end;  // warp-uniform
     MmaDot dots[2];

@@ -82,11 +82,20 @@ __device__ __noinline__ void produce_weights(const StackLayer<T>* layers, const 
       const unsigned begin = chunks * part / kCopyParts * 16;
       const unsigned end = part + 1 == kCopyParts ? bytes : chunks * (part + 1) / kCopyParts * 16;
       const unsigned full = sm.full(ring.stage, part);
-      if (!s.bulk_copies) {
+      if (s.copies != kCopiesBulk) {
         for (unsigned at = begin + lane * 16; at < end; at += 32 * 16) {
-          cp_async_16(sm.stage(ring.stage) + at, reinterpret_cast<const char*>(source) + at);
+          const char* from = reinterpret_cast<const char*>(source) + at;
+          if (s.copies == kCopiesPlain) {
+            copy_16(sm.stage(ring.stage) + at, from);
+          } else {
+            cp_async_16(sm.stage(ring.stage) + at, from);
+          }
         }
-        cp_async_arrive(full);
+        if (s.copies == kCopiesPlain) {
+          mbarrier_arrive(full);
+        } else {
+          cp_async_arrive(full);
+        }
       } else if (lane == 0) {
         mbarrier_arrive_expect_tx(full, end - begin);
         if (end > begin) {

@@ -91,7 +91,7 @@ def test_a_step_of_two_sequences_takes_the_per_op_kernels(monkeypatch):
 
 
 def test_the_producers_ways_of_copying_and_paces_give_bit_identical_steps():
-    """The producer's two ways of filling a stage (DecodeStack.bulk_copies) and its paces
+    """The producer's three ways of filling a stage (DecodeStack.copies) and its paces
     (DecodeStack.pacing) move the same bytes: a step's logits are the same bits every way."""
     stacked = make_runner(FAMILIES["gpt2-xl-wide-erf"], enforce_eager=True)
     stack = stacked.model.decode_stack
@@ -101,8 +101,8 @@ def test_the_producers_ways_of_copying_and_paces_give_bit_identical_steps():
     batcher.record({"a": 5})
     out = batcher.step({"a": 1})
     logits = []
-    for bulk_copies, pacing in ((True, 0), (False, 0), (False, 1), (False, 2), (True, 3),
-                                (False, 12)):
-        stack.bulk_copies, stack.pacing = bulk_copies, pacing
+    for copies, pacing in (("bulk", 0), ("cp_async", 0), ("cp_async", 1), ("cp_async", 2),
+                           ("bulk", 3), ("cp_async", 12), ("plain", 0), ("plain", 2)):
+        stack.copies, stack.pacing = copies, pacing
         logits.append(stacked.forward_logits(out)[1].clone())
     assert all(torch.equal(logits[0], other) for other in logits[1:])

@@ -34,6 +34,7 @@ MAX_TASKS = 256
 MAX_SPLITS = 8  # of one head's keys, each split a CTA
 PHASES = 5  # counters per layer
 STAMP_WORDS = 6  # words of times a phase (csrc/decode_stack.cuh's kStampWords)
+COPIES = ("cp_async", "bulk", "plain")  # csrc/decode_stack.cuh's StackCopies, in order
 HEAD_DIMS = (64, 128)
 GELU_KERNELS = {"gelu_tanh": "gelu_tanh", "gelu": "gelu_erf"}
 # the table's columns, one row a layer (csrc/decode_stack.cuh's StackLayer)
@@ -116,9 +117,10 @@ class DecodeStack:
         # driver's guarantee instead (an error at launch), without programmatic launch;
         # not yet run on a GPU, so off by default
         self.cooperative = False
-        # the producer's copies: cp.async.bulk (True) or 16-byte cp.async by its 32 lanes,
-        # 4 % faster on an H100 at every shape measured (docs/benchmarks.md, session 21)
-        self.bulk_copies = False
+        # the producer's copies (COPIES, csrc/decode_stack.cuh's StackCopies): 16-byte
+        # cp.async by its 32 lanes, 4 % faster on an H100 than cp.async.bulk at every shape
+        # measured (docs/benchmarks.md, session 21); "plain" for compute-sanitizer only
+        self.copies = "cp_async"
         # the producer's pace (csrc/decode_stack.cuh's StackShape::pacing): 0, a stage at a
         # time; k, at most k half-stages on their way. 2 was the fastest of 0-3 on an H100
         # for both shapes measured (docs/benchmarks.md, session 25)
@@ -147,7 +149,7 @@ class DecodeStack:
                   np.int32(a.num_heads), np.int32(a.num_kv_heads), np.int32(self.num_splits),
                   np.int32(self.block_size), np.int64(self.num_slots),
                   np.float32(a.rms_norm_eps), np.float32(self.scale),
-                  np.int32(self.bulk_copies), np.int32(self.pacing), self.trace_address,
+                  np.int32(COPIES.index(self.copies)), np.int32(self.pacing), self.trace_address,
                   self.times_address))
         return h
 
