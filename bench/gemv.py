@@ -4,12 +4,17 @@ graph of enough calls on distinct weight copies that the weights never sit in L2
 
     python3 bench/gemv.py [--shapes gpt2-xl] [--json FILE]
     python3 bench/gemv.py --fp8 [--json FILE]
+    python3 bench/gemv.py --logits [--json FILE]
 
 --fp8 times the FP8 GEMVs of csrc/gemv_fp8.cu instead, on activations already quantized
 (as the fused norm and SiLU kernels hand them over): the tensor-core kernel at 1 to 8
 tokens, the CUDA-core kernel at 1 to 4, and torch._scaled_mm (cuBLASLt) beside them; at one
 token also the weight-only kernel on the 16-bit row (what a one-token step runs), and the
 gate_up row's weight-only kernel with SiLU-and-mul as its epilogue.
+
+--logits times the LM heads of the dummy: families at one token with float32 out (the logits
+ops.logits makes): our GEMV's _logits kernel against torch.mm(out_dtype=float32), which the
+engine otherwise runs, and the 16-bit F.linear beside them.
 """
 
 from __future__ import annotations
@@ -41,6 +46,11 @@ SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
 MODEL_SHAPES = {"llama-3-8b": SHAPES,
                 "gpt2-xl": {"qkv": (4800, 1600), "o": (1600, 1600), "fc": (6400, 1600),
                             "proj": (1600, 6400), "lm_head": (50257, 1600)}}
+# --logits: (vocabulary, hidden) of the LM heads
+LM_HEADS = {"smollm2-135m": (49152, 576), "gpt2-xl": (50257, 1600),
+            "starcoder-1b": (49152, 2048), "phi-3-mini": (32064, 3072),
+            "gemma-2-9b": (256000, 3584), "llama-3-8b": (128256, 4096),
+            "qwen3-8b": (151936, 4096), "falcon-7b": (65024, 4544)}
 L2_FLUSH_BYTES = 256 * 2**20  # several times the H200's 60 MiB L2
 DTYPE = torch.bfloat16
 
@@ -97,15 +107,44 @@ def fp8_rows() -> list[dict]:
     return rows
 
 
+def logits_rows() -> list[dict]:
+    ops = CudaOps(KernelLibrary(), logits_gemv_max_k=2**30)  # our GEMV at every width
+    rows = []
+    for model, (n, k) in LM_HEADS.items():
+        weight_bytes = n * k * DTYPE.itemsize
+        copies = max(2, -(-L2_FLUSH_BYTES // weight_bytes))
+        weights = [torch.randn((n, k), device="cuda", dtype=DTYPE) / k ** 0.5
+                   for _ in range(copies)]
+        x = torch.randn((1, k), device="cuda", dtype=DTYPE)
+        row = {"model": model, "n": n, "k": k,
+               "gemv_us": time_linear(ops.logits, x, weights),
+               "mm_f32_us": time_linear(
+                   lambda x, w: torch.mm(x, w.t(), out_dtype=torch.float32), x, weights),
+               "linear_bf16_us": time_linear(F.linear, x, weights)}
+        for kernel in ("gemv", "mm_f32", "linear_bf16"):
+            row[f"{kernel}_gb_s"] = weight_bytes / row[f"{kernel}_us"] / 1e3
+        rows.append(row)
+        del weights
+    print(f"{torch.cuda.get_device_name()}: logits of one token, us (GB/s)")
+    for r in rows:
+        cells = "  ".join(f"{kernel} {r[f'{kernel}_us']:7.1f} ({r[f'{kernel}_gb_s']:4.0f})"
+                          for kernel in ("gemv", "mm_f32", "linear_bf16"))
+        print(f"{r['model']:>13} {r['n']:>7} {r['k']:>5}  {cells}  "
+              f"{r['mm_f32_us'] / r['gemv_us']:.2f}x")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
     parser.add_argument("--fp8", action="store_true", help="the FP8 GEMVs instead")
+    parser.add_argument("--logits", action="store_true",
+                        help="the LM heads' float32 logits instead")
     parser.add_argument("--shapes", choices=sorted(MODEL_SHAPES), default="llama-3-8b",
                         help="whose linear layers (the 16-bit GEMV only)")
     args = parser.parse_args()
-    if args.fp8:
-        rows = fp8_rows()
+    if args.fp8 or args.logits:
+        rows = fp8_rows() if args.fp8 else logits_rows()
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2) + "\n")
         return

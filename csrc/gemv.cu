@@ -15,6 +15,9 @@
 // The _gelu_{erf,tanh} kernels apply GELU to each output (the ungated MLP's up projection:
 // GPT-2, Starcoder, Falcon), one launch where there were two. They round y + b to T before
 // the GELU, as the two kernels do, so the fused output is bit for bit the unfused one.
+//
+// The _logits kernels write y in float32, unrounded: the LM head's logits, which rounded to
+// 16 bits tie candidates that float32 tells apart (ops/cuda.py's logits).
 #include "common.cuh"
 #include "dot8.cuh"
 #include "gelu.cuh"
@@ -22,8 +25,8 @@
 using namespace inflightd;
 
 
-template <typename T, int M, float (*Act)(float)>
-__device__ __forceinline__ void gemv_impl(T* __restrict__ y, const T* __restrict__ w,
+template <typename T, typename Y, int M, float (*Act)(float)>
+__device__ __forceinline__ void gemv_impl(Y* __restrict__ y, const T* __restrict__ w,
                                           const T* __restrict__ x, const T* __restrict__ bias,
                                           int n, int k, long long x_stride) {
   const int lane = threadIdx.x & 31;
@@ -43,21 +46,22 @@ __device__ __forceinline__ void gemv_impl(T* __restrict__ y, const T* __restrict
     if (lane == 0) {
       const float biased = bias == nullptr ? total : total + to_float(bias[col]);
       y[static_cast<long long>(m) * n + col] =
-          from_float<T>(Act == identity ? biased : Act(round_to<T>(biased)));
+          from_float<Y>(Act == identity ? biased : Act(round_to<T>(biased)));
     }
   }
 }
 
-#define INFLIGHTD_GEMV_ACT(T, NAME, M, ACT)                                                    \
+#define INFLIGHTD_GEMV_ACT(T, Y, NAME, M, ACT)                                                 \
   extern "C" __global__ void __launch_bounds__(32 * kGemvWarps) NAME(                           \
-      T* y, const T* w, const T* x, const T* bias, int n, int k, long long x_stride) {          \
-    gemv_impl<T, M, ACT>(y, w, x, bias, n, k, x_stride);                                         \
+      Y* y, const T* w, const T* x, const T* bias, int n, int k, long long x_stride) {          \
+    gemv_impl<T, Y, M, ACT>(y, w, x, bias, n, k, x_stride);                                      \
   }
 
 #define INFLIGHTD_GEMV(T, SUFFIX, M)                                                           \
-  INFLIGHTD_GEMV_ACT(T, gemv_##SUFFIX##_m##M, M, identity)                                     \
-  INFLIGHTD_GEMV_ACT(T, gemv_gelu_erf_##SUFFIX##_m##M, M, gelu_erf)                            \
-  INFLIGHTD_GEMV_ACT(T, gemv_gelu_tanh_##SUFFIX##_m##M, M, gelu_tanh)
+  INFLIGHTD_GEMV_ACT(T, T, gemv_##SUFFIX##_m##M, M, identity)                                  \
+  INFLIGHTD_GEMV_ACT(T, T, gemv_gelu_erf_##SUFFIX##_m##M, M, gelu_erf)                         \
+  INFLIGHTD_GEMV_ACT(T, T, gemv_gelu_tanh_##SUFFIX##_m##M, M, gelu_tanh)                       \
+  INFLIGHTD_GEMV_ACT(T, float, gemv_logits_##SUFFIX##_m##M, M, identity)
 
 INFLIGHTD_GEMV(__nv_bfloat16, bf16, 1)
 INFLIGHTD_GEMV(__nv_bfloat16, bf16, 2)

@@ -1,5 +1,5 @@
 """The decode GEMV (csrc/gemv.cu) against F.linear in float32, its GELU epilogue against the
-GELU kernel, and CudaOps.linear's choice between it and cuBLAS."""
+GELU kernel, its float32 logits, and CudaOps' choice between it and cuBLAS."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from server.engine.gpu.kernel_args import KernelArgumentError
 from server.engine.ops.cuda_launch import GEMV_MAX_TOKENS, gemv_into
 from server.engine.ops.cuda_norm_act import gelu_into
 from server.engine.ops.torch_ref import TorchOps
@@ -57,10 +58,35 @@ def test_cuda_ops_linear_matches_torch_on_both_paths(cuda_ops, num_rows):
                  what=f"CudaOps.linear m={num_rows}")
 
 
+@pytest.mark.parametrize("num_rows", (1, GEMV_MAX_TOKENS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_cuda_ops_logits_are_float32_and_keep_what_16_bits_would_round_away(cuda_ops, dtype):
+def test_gemv_float32_out_is_the_16_bit_kernels_sum_unrounded(library, dtype, num_rows):
+    # SmolLM2's LM head, 49,152 x 576: the logits kernel sums as the 16-bit one does
+    gen = cuda_generator(num_rows + 40)
+    x = random_tensor((num_rows, 576), dtype=dtype, generator=gen)
+    weight = random_tensor((49152, 576), dtype=dtype, generator=gen)
+    logits = poisoned((num_rows, 49152), dtype=torch.float32)
+    gemv_into(library, logits, x, weight)
+    rounded = poisoned((num_rows, 49152), dtype=dtype)
+    gemv_into(library, rounded, x, weight)
+    assert torch.equal(logits.to(dtype), rounded)
+    assert_close(logits, reference(x, weight, None), what=f"gemv logits m={num_rows}")
+
+
+def test_gemv_refuses_float32_out_with_gelu(library):
+    x = torch.ones((1, 64), dtype=torch.bfloat16, device="cuda")
+    weight = torch.ones((8, 64), dtype=torch.bfloat16, device="cuda")
+    out = torch.empty((1, 8), dtype=torch.float32, device="cuda")
+    with pytest.raises(KernelArgumentError, match="y must be torch.bfloat16"):
+        gemv_into(library, out, x, weight, gelu="gelu")
+
+
+@pytest.mark.parametrize("num_rows", (1, 3))  # one token on our GEMV, three on cuBLAS
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_cuda_ops_logits_are_float32_and_keep_what_16_bits_would_round_away(cuda_ops, dtype,
+                                                                            num_rows):
     gen = cuda_generator(7)
-    hidden = random_tensor((3, 576), dtype=dtype, generator=gen)
+    hidden = random_tensor((num_rows, 576), dtype=dtype, generator=gen)
     lm_head = random_tensor((4096, 576), dtype=dtype, generator=gen)
     logits = cuda_ops.logits(hidden, lm_head)
     expected = reference(hidden, lm_head, None)

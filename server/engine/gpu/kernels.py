@@ -80,8 +80,10 @@ BASE_MODULES: tuple[KernelModule, ...] = (
     KernelModule("rope_cache", False,
                  _names("rope_and_cache_{dt}{cos}{kv}", dt=DTYPES, cos=("", "_f32cos"),
                         kv=("", "_kvfp8"))),
-    # the decode GEMV, plain or with GELU on its outputs (exact erff, tanhf)
-    KernelModule("gemv", False, _names("gemv{act}_{dt}_m{m}", act=("", "_gelu_erf", "_gelu_tanh"),
+    # the decode GEMV, plain, with GELU on its outputs (exact erff, tanhf), or float32 out
+    # (the logits)
+    KernelModule("gemv", False, _names("gemv{act}_{dt}_m{m}",
+                                       act=("", "_gelu_erf", "_gelu_tanh", "_logits"),
                                        dt=DTYPES, m=(1, 2, 3, 4))),
     # FP8 weights: e4m3 activations (1-4 tokens, CUDA cores; up to 8, tensor cores), and
     # one-token steps' weight-only kernels (16-bit activations, plain or with SiLU-and-mul)

@@ -34,6 +34,9 @@ from server.engine.ops.cuda_launch import (GEMV_MAX_TOKENS, add_rms_norm_into,
 
 # Llama-3-8B's down projection (58.7M elements) is under it, gate_up (117M) and lm_head over
 GEMV_MAX_WEIGHT_ELEMENTS = 64 * 2**20
+# Our GEMV makes a one-token step's float32 logits for LM heads of up to this hidden size, where
+# it streams them faster than torch.mm's float32-out product (bench/gemv.py --logits)
+LOGITS_GEMV_MAX_K = 2048
 # the FP8 GEMV beats torch._scaled_mm at every Llama-3-8B shape up to 8 tokens (1.4-1.9x)
 FP8_GEMV_MAX_TOKENS = 8
 
@@ -53,7 +56,8 @@ class CudaOps:
     def __init__(self, library: KernelLibrary | None = None, *,
                  gemv_max_tokens: int = 1,
                  gemv_max_weight_elements: int = GEMV_MAX_WEIGHT_ELEMENTS,
-                 fp8_gemv_max_tokens: int = FP8_GEMV_MAX_TOKENS) -> None:
+                 fp8_gemv_max_tokens: int = FP8_GEMV_MAX_TOKENS,
+                 logits_gemv_max_k: int = LOGITS_GEMV_MAX_K) -> None:
         if not 0 <= gemv_max_tokens <= GEMV_MAX_TOKENS:
             raise ValueError(f"gemv_max_tokens must be 0 to {GEMV_MAX_TOKENS}, "
                              f"got {gemv_max_tokens}")
@@ -64,6 +68,7 @@ class CudaOps:
         self.library = library if library is not None else KernelLibrary()
         self.gemv_max_tokens = gemv_max_tokens
         self.gemv_max_weight_elements = gemv_max_weight_elements
+        self.logits_gemv_max_k = logits_gemv_max_k
         self._mm_float32_out = _has_mm_float32_out(self.library.device)
 
     def linear(self, x: torch.Tensor | Fp8Rows, weight: torch.Tensor | Fp8Weight | IntWeight,
@@ -100,6 +105,12 @@ class CudaOps:
         """Accumulated and returned in float32 (as TensorRT-LLM's default logits dtype):
         rounding logits of ~30 to 16 bits (steps of 1/64 in float16) makes exact ties of
         candidates that float32 tells apart, and argmax then picks the lower token id."""
+        if (hidden.shape[0] <= self.gemv_max_tokens and lm_head.shape[1] <= self.logits_gemv_max_k
+                and gemv_supports(hidden, lm_head)):
+            logits = torch.empty((hidden.shape[0], lm_head.shape[0]), dtype=torch.float32,
+                                 device=hidden.device)
+            gemv_into(self.library, logits, hidden, lm_head)
+            return logits
         if self._mm_float32_out and hidden.dtype in (torch.bfloat16, torch.float16):
             return torch.mm(hidden, lm_head.t(), out_dtype=torch.float32)
         return F.linear(hidden, lm_head).float()

@@ -171,13 +171,17 @@ def gemv_supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def gemv_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
               bias: torch.Tensor | None = None, *, gelu: str | None = None) -> None:
     """y [M, N] = x [M, K] @ weight [N, K]^T (+ bias), for M <= GEMV_MAX_TOKENS; with gelu
-    ("gelu" or "gelu_tanh"), that GELU of it, bit for bit gelu_into's on the unfused output."""
+    ("gelu" or "gelu_tanh"), that GELU of it, bit for bit gelu_into's on the unfused output.
+    y is x's dtype, or float32 (unrounded: the logits) without gelu."""
     if gelu is not None and gelu not in GELU_KERNELS:
         raise KernelArgumentError(f"gemv's gelu must be one of {', '.join(GELU_KERNELS)} or "
                                   f"None, got {gelu!r}")
     check_device(lib.device, x=x, weight=weight, y=y)
     suffix = dtype_suffix("x", x)
-    check_dtype(x.dtype, weight=weight, y=y)
+    check_dtype(x.dtype, weight=weight)
+    float32_out = y.dtype == torch.float32 and gelu is None
+    if not float32_out:
+        check_dtype(x.dtype, y=y)
     check_shape("x", x, (None, None))
     num_rows, k = x.shape
     if not 1 <= num_rows <= GEMV_MAX_TOKENS:
@@ -195,7 +199,7 @@ def gemv_into(lib: KernelLibrary, y: torch.Tensor, x: torch.Tensor, weight: torc
     if k % 8 or not (is_aligned16(x, x_stride) and is_aligned16(weight, k)):
         raise KernelArgumentError(f"gemv needs K a multiple of 8 ({k}) and 16-byte aligned "
                                   "rows of x and weight")
-    act = "" if gelu is None else f"_gelu_{GELU_KERNELS[gelu]}"
+    act = "_logits" if float32_out else "" if gelu is None else f"_gelu_{GELU_KERNELS[gelu]}"
     lib.launch("gemv", f"gemv{act}_{suffix}_m{num_rows}",
                grid=(-(-n // GEMV_COLUMNS_PER_CTA),), block=(32 * GEMV_COLUMNS_PER_CTA,),
                args=(y.data_ptr(), weight.data_ptr(), x.data_ptr(),
