@@ -47,7 +47,9 @@ MODEL_SHAPES = {"llama-3-8b": SHAPES,
                 "gpt2-xl": {"qkv": (4800, 1600), "o": (1600, 1600), "fc": (6400, 1600),
                             "proj": (1600, 6400), "lm_head": (50257, 1600)}}
 # --logits: (vocabulary, hidden) of the LM heads
-LM_HEADS = {"smollm2-135m": (49152, 576), "gpt2-xl": (50257, 1600),
+LM_HEADS = {"smollm2-135m": (49152, 576), "qwen2.5-0.5b": (151936, 896),
+            "tinyllama-1.1b (K 1024)": (32000, 1024), "gpt2-large": (50257, 1280),
+            "gpt2-xl": (50257, 1600),
             "starcoder-1b": (49152, 2048), "phi-3-mini": (32064, 3072),
             "gemma-2-9b": (256000, 3584), "llama-3-8b": (128256, 4096),
             "qwen3-8b": (151936, 4096), "falcon-7b": (65024, 4544)}
@@ -108,7 +110,7 @@ def fp8_rows() -> list[dict]:
 
 
 def logits_rows() -> list[dict]:
-    ops = CudaOps(KernelLibrary(), logits_gemv_max_k=2**30)  # our GEMV at every width
+    ops = CudaOps(KernelLibrary(), logits_gemv_min_k=0)  # our GEMV at every width
     rows = []
     for model, (n, k) in LM_HEADS.items():
         weight_bytes = n * k * DTYPE.itemsize
@@ -129,7 +131,7 @@ def logits_rows() -> list[dict]:
     for r in rows:
         cells = "  ".join(f"{kernel} {r[f'{kernel}_us']:7.1f} ({r[f'{kernel}_gb_s']:4.0f})"
                           for kernel in ("gemv", "mm_f32", "linear_bf16"))
-        print(f"{r['model']:>13} {r['n']:>7} {r['k']:>5}  {cells}  "
+        print(f"{r['model']:>23} {r['n']:>7} {r['k']:>5}  {cells}  "
               f"{r['mm_f32_us'] / r['gemv_us']:.2f}x")
     return rows
 

@@ -101,9 +101,10 @@ template <typename T> struct StackLayer {
 
 // How the producer fills a stage: 16-byte cp.async by every lane of its warp (each lane's
 // arrival on full[s] when its copies land); one cp.async.bulk by lane 0; or each lane's own
-// loads and shared-memory stores, then its arrival: slow, but what compute-sanitizer's
-// racecheck can follow (it reports both asynchronous ways' writes as races with the reads
-// that waited for them, as it does cuBLAS's TMA-fed kernels': docs/benchmarks.md, session 27).
+// loads and shared-memory stores, then its arrival (slow; a check of the ring's protocol
+// without asynchronous copies). compute-sanitizer's racecheck reports the stage reads against
+// the producer's writes in all three ways, though it follows the same mbarrier protocols in
+// a small kernel (docs/benchmarks.md, session 28).
 enum StackCopies { kCopiesAsync = 0, kCopiesBulk = 1, kCopiesPlain = 2 };
 
 struct StackShape {

@@ -106,6 +106,8 @@ BASE_MODULES: tuple[KernelModule, ...] = (
                  + _names("gemv_w8a8_{dt}_t{tiles}", dt=DTYPES, tiles=(1, 2))),
     # grammar masks on the sampled rows' logits (structured outputs)
     KernelModule("token_bitmask", False, ("apply_token_bitmask_f32",)),
+    # greedy rows' argmax of the logits
+    KernelModule("argmax", False, ("argmax_f32",)),
     # tensor parallelism's all-reduce over IPC-shared buffers (parallel/ipc_all_reduce.py)
     KernelModule("all_reduce", False, ("all_reduce_bf16", "all_reduce_fp16", "all_reduce_f32")),
     # batch-1 decode of a GPT-2-style model, every layer in one persistent kernel (bulk

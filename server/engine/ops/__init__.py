@@ -33,6 +33,10 @@ class Ops(Protocol):
     def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:
         """hidden [N, H] @ lm_head [V, H]^T -> float32 logits [N, V]."""
 
+    def argmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """float32 logits [N, V] -> int64 [N]: each row's token as torch.argmax(dim=-1) picks
+        it (the first of equal maxima; a NaN above every number): greedy sampling."""
+
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """x [T, H] -> normalised x * weight."""
 

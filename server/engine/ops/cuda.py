@@ -28,15 +28,16 @@ from server.engine.ops.cuda_fp8_fused import (SILU_FP8_MAX_WIDTH, add_rms_norm_f
 from server.engine.models.int_weights import IntWeight
 from server.engine.models.quantization import Fp8Rows, Fp8Weight, check_not_quantized
 from server.engine.ops.cuda_launch import (GEMV_MAX_TOKENS, add_rms_norm_into,
-                                          apply_token_bitmask_into, gemv_into,
+                                          apply_token_bitmask_into, argmax_into, gemv_into,
                                            gemv_supports, rms_norm_into, rope_and_cache_into,
                                            silu_and_mul_into)
 
 # Llama-3-8B's down projection (58.7M elements) is under it, gate_up (117M) and lm_head over
 GEMV_MAX_WEIGHT_ELEMENTS = 64 * 2**20
-# Our GEMV makes a one-token step's float32 logits for LM heads of up to this hidden size, where
-# it streams them faster than torch.mm's float32-out product (bench/gemv.py --logits)
-LOGITS_GEMV_MAX_K = 2048
+# Our GEMV makes a one-token step's float32 logits for LM heads of at least this hidden size:
+# on an H100 it streamed them 5-23 % faster than torch.mm's float32-out product at every
+# hidden size from 1,600 to 4,544, and 20 % slower at SmolLM2's 576 (bench/gemv.py --logits)
+LOGITS_GEMV_MIN_K = 1024
 # the FP8 GEMV beats torch._scaled_mm at every Llama-3-8B shape up to 8 tokens (1.4-1.9x)
 FP8_GEMV_MAX_TOKENS = 8
 
@@ -51,13 +52,14 @@ class CudaOps:
     (cuBLAS). gemv_max_tokens=0 turns it off. FP8 weights (Fp8Weight): steps of up to
     fp8_gemv_max_tokens tokens on the FP8 GEMV (csrc/gemv_fp8.cu: the CUDA-core kernel at
     one token, the tensor-core one at 2 to 8; any weight size), the rest on the FP8 GEMM.
-    Integer weights (IntWeight): ops.cuda_int.int_linear."""
+    Integer weights (IntWeight): ops.cuda_int.int_linear. logits: one-token steps' on our
+    GEMV in float32 for hidden sizes of logits_gemv_min_k and up, the rest on torch.mm."""
 
     def __init__(self, library: KernelLibrary | None = None, *,
                  gemv_max_tokens: int = 1,
                  gemv_max_weight_elements: int = GEMV_MAX_WEIGHT_ELEMENTS,
                  fp8_gemv_max_tokens: int = FP8_GEMV_MAX_TOKENS,
-                 logits_gemv_max_k: int = LOGITS_GEMV_MAX_K) -> None:
+                 logits_gemv_min_k: int = LOGITS_GEMV_MIN_K) -> None:
         if not 0 <= gemv_max_tokens <= GEMV_MAX_TOKENS:
             raise ValueError(f"gemv_max_tokens must be 0 to {GEMV_MAX_TOKENS}, "
                              f"got {gemv_max_tokens}")
@@ -68,7 +70,7 @@ class CudaOps:
         self.library = library if library is not None else KernelLibrary()
         self.gemv_max_tokens = gemv_max_tokens
         self.gemv_max_weight_elements = gemv_max_weight_elements
-        self.logits_gemv_max_k = logits_gemv_max_k
+        self.logits_gemv_min_k = logits_gemv_min_k
         self._mm_float32_out = _has_mm_float32_out(self.library.device)
 
     def linear(self, x: torch.Tensor | Fp8Rows, weight: torch.Tensor | Fp8Weight | IntWeight,
@@ -105,8 +107,8 @@ class CudaOps:
         """Accumulated and returned in float32 (as TensorRT-LLM's default logits dtype):
         rounding logits of ~30 to 16 bits (steps of 1/64 in float16) makes exact ties of
         candidates that float32 tells apart, and argmax then picks the lower token id."""
-        if (hidden.shape[0] <= self.gemv_max_tokens and lm_head.shape[1] <= self.logits_gemv_max_k
-                and gemv_supports(hidden, lm_head)):
+        if (hidden.shape[0] <= self.gemv_max_tokens
+                and lm_head.shape[1] >= self.logits_gemv_min_k and gemv_supports(hidden, lm_head)):
             logits = torch.empty((hidden.shape[0], lm_head.shape[0]), dtype=torch.float32,
                                  device=hidden.device)
             gemv_into(self.library, logits, hidden, lm_head)
@@ -188,6 +190,15 @@ class CudaOps:
         else:
             silu_and_mul_fp8_into(self.library, out, x)
         return out
+
+    def argmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """csrc/argmax.cu: one CTA a row (torch's reduction took 13 us of a batch-1 step's
+        49,152-wide row on an H100)."""
+        if logits.dtype != torch.float32 or logits.dim() != 2 or logits.stride(1) != 1:
+            return logits.argmax(dim=-1)
+        token_ids = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
+        argmax_into(self.library, token_ids, logits)
+        return token_ids
 
     def apply_token_bitmask(self, logits: torch.Tensor, bitmask: torch.Tensor,
                             rows: torch.Tensor) -> None:

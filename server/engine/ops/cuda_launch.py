@@ -228,3 +228,26 @@ def apply_token_bitmask_into(lib: KernelLibrary, logits: torch.Tensor, bitmask: 
                block=(256,), args=(logits.data_ptr(), bitmask.data_ptr(), rows.data_ptr(),
                                    np.int32(vocab), np.int32(words),
                                    np.int64(logits.stride(0))))
+
+
+ARGMAX_THREADS = 1024  # csrc/argmax.cu's kArgmaxThreads
+
+
+def argmax_into(lib: KernelLibrary, out: torch.Tensor, logits: torch.Tensor) -> None:
+    """out [N] int64 = logits [N, V] float32's argmax over each row, as torch.argmax(dim=-1)
+    picks it (the first of equal maxima; a NaN above every number)."""
+    check_device(lib.device, out=out, logits=logits)
+    if logits.dtype != torch.float32 or out.dtype != torch.int64:
+        raise KernelArgumentError("argmax takes float32 logits and an int64 out")
+    check_shape("logits", logits, (None, None))
+    num_rows, vocab = logits.shape
+    check_shape("out", out, (num_rows,))
+    check_contiguous(out=out)
+    if vocab == 0 or logits.stride(1) != 1:
+        raise KernelArgumentError(f"argmax needs rows of at least one contiguous element, "
+                                  f"got logits {tuple(logits.shape)} strides {logits.stride()}")
+    if num_rows == 0:
+        return
+    lib.launch("argmax", "argmax_f32", grid=(num_rows,), block=(ARGMAX_THREADS,),
+               args=(out.data_ptr(), logits.data_ptr(), np.int32(vocab),
+                     np.int64(logits.stride(0))))

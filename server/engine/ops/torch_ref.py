@@ -39,6 +39,9 @@ class TorchOps:
     def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, lm_head).float()
 
+    def argmax(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(dim=-1)
+
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         # As HF LlamaRMSNorm: normalise in float32, cast back, then scale in the input dtype.
         input_dtype = x.dtype

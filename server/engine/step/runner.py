@@ -229,7 +229,7 @@ class ModelRunner:
         states = [self._state(req_id) for req_id in req_ids]
         if all(_is_plain_greedy(state) for state in states):
             # What the sampler does for such rows, minus building its per-step tensors.
-            token_ids = logits.argmax(dim=-1)
+            token_ids = self.ops.argmax(logits)
             self._remember(req_ids, token_ids)
             return self._launched(InFlightStep.copying(req_ids, token_ids,
                                                        prompt_logprobs=pending))
