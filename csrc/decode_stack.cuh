@@ -103,8 +103,8 @@ template <typename T> struct StackLayer {
 // arrival on full[s] when its copies land); one cp.async.bulk by lane 0; or each lane's own
 // loads and shared-memory stores, then its arrival (slow; a check of the ring's protocol
 // without asynchronous copies). compute-sanitizer's racecheck reports the stage reads against
-// the producer's writes in all three ways, though it follows the same mbarrier protocols in
-// a small kernel (docs/benchmarks.md, session 28).
+// the producer's writes in all three ways: it does not follow lane 0's arrival on empty[s]
+// releasing its whole warp's reads (a small ring measured so: docs/benchmarks.md, session 28).
 enum StackCopies { kCopiesAsync = 0, kCopiesBulk = 1, kCopiesPlain = 2 };
 
 struct StackShape {
