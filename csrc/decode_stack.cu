@@ -19,7 +19,7 @@
 //   # threads 0-255: 8 consumer warps; threads 256-287: the producer warp (its 32 lanes'
 //   # cp.async, or lane 0's bulk copies)
 //   #   full[s][h]: half h of the stage's rows has landed (the copies' arrivals)
-//   #   empty[s]:   8 consumer-warp arrivals -> the producer may refill it
+//   #   empty[s]:   8 consumer-warp arrivals (256 lanes with plain copies) -> the producer may refill it
 //
 // A stage holds R whole rows of one GEMV (R a power of two, at most 8), each row's dot
 // product split over 8 / R warps; x, the GEMV's input, sits in shared memory. Outputs are
@@ -135,6 +135,7 @@ template <typename T, int D, float (*Gelu)(float)>
 __device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
                            const StackIo<T>& io, const StackSmem& sm) {
   Ring ring;
+  ring.every_lane_releases = s.copies == kCopiesPlain;
   RowDealer dealer;
   const unsigned all = gridDim.x;
   T* x = sm.x<T>();
@@ -251,7 +252,7 @@ __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const 
       for (int part = 0; part < kCopyParts; ++part) {
         mbarrier_init(sm.full(stage, part), s.copies == kCopiesBulk ? 1 : 32);
       }
-      mbarrier_init(sm.empty(stage), kStackWarps);
+      mbarrier_init(sm.empty(stage), s.copies == kCopiesPlain ? kStackConsumers : kStackWarps);
     }
     sm.set_busy(0);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");

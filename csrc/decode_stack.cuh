@@ -297,6 +297,8 @@ struct Ring {
   unsigned phase = 0;
   unsigned count = 0;
   long long waited = 0;  // cycles this side spent waiting on the other's stages
+  // the consumers': every lane arrives on empty[s], not lane 0 for its warp (plain copies)
+  bool every_lane_releases = false;
   __device__ __forceinline__ void advance() {
     ++count;
     if (++stage == kStackStages) {
@@ -305,6 +307,15 @@ struct Ring {
     }
   }
 };
+
+// With plain copies (StackCopies), every consumer lane releases the stages it read: lane 0
+// releasing its warp's reads is what racecheck cannot follow (a small ring measured so,
+// docs/benchmarks.md, session 28), though the lanes' reads are done by then (they reach the
+// arrival through the warp's shuffles). Otherwise lane 0 arrives for its warp.
+__device__ __forceinline__ void release_stage_every_lane(const StackSmem& sm, const Ring& ring,
+                                                         int stage) {
+  if (ring.every_lane_releases) mbarrier_arrive(sm.empty(stage));
+}
 
 // Named barrier 1: the consumers alone (the producer warp runs its own loop). Not the
 // .aligned form (bar.sync): a warp may reach it diverged, thread 0 back from a wait.
