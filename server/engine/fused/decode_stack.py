@@ -119,7 +119,8 @@ class DecodeStack:
         self.cooperative = False
         # the producer's copies (COPIES, csrc/decode_stack.cuh's StackCopies): 16-byte
         # cp.async by its 32 lanes, 4 % faster on an H100 than cp.async.bulk at every shape
-        # measured (docs/benchmarks.md, session 21); "plain" for compute-sanitizer only
+        # measured (docs/benchmarks.md, session 21); "plain" for compute-sanitizer only (its
+        # stores and releases are what racecheck follows: tests/gpu/decode_stack_sanitizer.py)
         self.copies = "cp_async"
         # the producer's pace (csrc/decode_stack.cuh's StackShape::pacing): 0, a stage at a
         # time; k, at most k half-stages on their way. 2 was the fastest of 0-3 on an H100

@@ -35,8 +35,9 @@ from server.engine.ops.cuda_launch import (GEMV_MAX_TOKENS, add_rms_norm_into,
 # Llama-3-8B's down projection (58.7M elements) is under it, gate_up (117M) and lm_head over
 GEMV_MAX_WEIGHT_ELEMENTS = 64 * 2**20
 # Our GEMV makes a one-token step's float32 logits for LM heads of at least this hidden size:
-# on an H100 it streamed them 5-23 % faster than torch.mm's float32-out product at every
-# hidden size from 1,600 to 4,544, and 20 % slower at SmolLM2's 576 (bench/gemv.py --logits)
+# it streamed them 3-36 % faster than torch.mm's float32-out product at every hidden size from
+# 1,024 to 4,544, and 13-36 % slower at 576 and 896, on an H100 and an H200 alike
+# (bench/gemv.py --logits, docs/benchmarks.md session 28)
 LOGITS_GEMV_MIN_K = 1024
 # the FP8 GEMV beats torch._scaled_mm at every Llama-3-8B shape up to 8 tokens (1.4-1.9x)
 FP8_GEMV_MAX_TOKENS = 8
