@@ -130,8 +130,8 @@ def test_arch_option_compiles_cubins_without_a_gpu(tmp_path):
     cubins = load_cubins(engine, "sm_90")
     assert set(cubins) == {"rms_norm", "activation", "layer_norm", "gelu", "rope_cache", "gemv",
                            "gemv_fp8", "quantize", "gemv_int", "dequantize_int", "w8a8",
-                           "token_bitmask", "all_reduce", "decode_stack", "paged_attention_d64",
-                           "paged_attention_fp8_d64"}
+                           "token_bitmask", "argmax", "all_reduce", "decode_stack",
+                           "paged_attention_d64", "paged_attention_fp8_d64"}
     assert all(cubin[:4] == b"\x7fELF" for cubin in cubins.values())
     assert read_engine_config(engine)[1].kernel_arches == ("sm_90",)
     if not torch.cuda.is_available():
