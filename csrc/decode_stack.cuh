@@ -102,9 +102,8 @@ template <typename T> struct StackLayer {
 // How the producer fills a stage: 16-byte cp.async by every lane of its warp (each lane's
 // arrival on full[s] when its copies land); one cp.async.bulk by lane 0; or each lane's own
 // loads and shared-memory stores, then its arrival (slow; a check of the ring's protocol
-// without asynchronous copies). compute-sanitizer's racecheck reports the stage reads against
-// the producer's writes in all three ways: it does not follow lane 0's arrival on empty[s]
-// releasing its whole warp's reads (a small ring measured so: docs/benchmarks.md, session 28).
+// without asynchronous copies, where every consumer lane also releases the stages it read:
+// racecheck reports no hazard in the stack that way, docs/benchmarks.md, session 28).
 enum StackCopies { kCopiesAsync = 0, kCopiesBulk = 1, kCopiesPlain = 2 };
 
 struct StackShape {
@@ -308,13 +307,12 @@ struct Ring {
   }
 };
 
-// With plain copies (StackCopies), every consumer lane releases the stages it read: lane 0
-// releasing its warp's reads is what racecheck cannot follow (a small ring measured so,
-// docs/benchmarks.md, session 28), though the lanes' reads are done by then (they reach the
-// arrival through the warp's shuffles). Otherwise lane 0 arrives for its warp.
-__device__ __forceinline__ void release_stage_every_lane(const StackSmem& sm, const Ring& ring,
-                                                         int stage) {
-  if (ring.every_lane_releases) mbarrier_arrive(sm.empty(stage));
+// A consumer warp's release of a stage it has read, once every lane's reads are done: lane 0
+// arrives for its warp (its lanes reach it through the warp's shuffles), or, with plain copies
+// (StackCopies), every lane arrives, which is what racecheck can follow (lane 0 releasing its
+// warp's reads it cannot: a small ring measured so, docs/benchmarks.md, session 28).
+__device__ __forceinline__ void release_stage(const StackSmem& sm, const Ring& ring, int stage) {
+  if (ring.every_lane_releases || (threadIdx.x & 31) == 0) mbarrier_arrive(sm.empty(stage));
 }
 
 // Named barrier 1: the consumers alone (the producer warp runs its own loop). Not the

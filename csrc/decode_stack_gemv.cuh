@@ -81,15 +81,11 @@ __device__ __forceinline__ void consume_rows_alone(const StackSmem& sm, Ring& ri
     // every lane's reads of the stages are done past this
     float sum0 = dots[0].lane_share(), sum1 = dots[1].lane_share();
     warp_sum2(sum0, sum1);
-    release_stage_every_lane(sm, ring, ring.stage);
-    if (two) release_stage_every_lane(sm, ring, next.stage);
+    release_stage(sm, ring, ring.stage);
+    if (two) release_stage(sm, ring, next.stage);
     if ((threadIdx.x & 31) == 0) {
-      if (!ring.every_lane_releases) mbarrier_arrive(sm.empty(ring.stage));
       if (has0) epilogue(row0, row0 - rows.begin, sum0);
-      if (two) {
-        if (!ring.every_lane_releases) mbarrier_arrive(sm.empty(next.stage));
-        if (has1) epilogue(row1, row1 - rows.begin, sum1);
-      }
+      if (has1) epilogue(row1, row1 - rows.begin, sum1);
     }
     ring.advance();
     if (two) ring.advance();
@@ -133,9 +129,8 @@ __device__ __forceinline__ void consume_gemv_rows(const StackSmem& sm, Ring& rin
     }
     // every lane's reads of the stage are done past this
     const float sum = warp_sum(dot[0].lane_share());
-    release_stage_every_lane(sm, ring, ring.stage);
+    release_stage(sm, ring, ring.stage);
     if (lane == 0) {
-      if (!ring.every_lane_releases) mbarrier_arrive(sm.empty(ring.stage));
       if (has_row) partials[(row + my_row - rows.begin) * warps_per_row + part] = sum;
     }
     ring.advance();
