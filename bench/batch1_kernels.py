@@ -5,7 +5,7 @@ CUDA graphs and defaults (the decode stack where it applies).
 A step's time is the profiled span over the tokens decoded; "idle" is that span less the union
 of the kernels' intervals: launch gaps between graphs and inside them, and any wait on the host.
 
-    python3 bench/batch1_kernels.py [--models dummy:gpt2-xl,dummy:starcoder-1b]
+    python3 bench/batch1_kernels.py [--models dummy:gpt2-xl,dummy:llama-3-8b@int4_wo]
         [--tokens 64] [--json out.json]
 """
 
@@ -51,8 +51,10 @@ def union_us(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def profile_model(model: str, num_tokens: int) -> dict:
-    llm = LLM(model, device="cuda", max_num_seqs=8)
+def profile_model(spec: str, num_tokens: int) -> dict:
+    """spec: MODEL[@QUANTIZATION]."""
+    model, _, quantization = spec.partition("@")
+    llm = LLM(model, device="cuda", max_num_seqs=8, quantization=quantization or None)
     llm.engine.runner.capture_graphs()
     decode_alone(llm, 16)  # warm-up: the prefill's and decode's graphs and kernels loaded
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -70,13 +72,13 @@ def profile_model(model: str, num_tokens: int) -> dict:
                   key=lambda r: -r["us_per_token"])
     del llm
     free_gpu_memory()
-    return {"model": model, "tokens": tokens, "step_us": span / tokens,
+    return {"model": spec, "tokens": tokens, "step_us": span / tokens,
             "idle_us": (span - busy) / tokens, "kernels": rows}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=MODELS)
+    parser.add_argument("--models", default=MODELS, help="MODEL[@QUANTIZATION],...")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -85,7 +87,7 @@ def main() -> None:
     for r in results:
         print(f"\n{r['model']}: {r['step_us']:.1f} us a token over {r['tokens']} tokens, "
               f"{r['idle_us']:.1f} with no kernel running")
-        for k in r["kernels"][:14]:
+        for k in r["kernels"][:20]:
             print(f"  {k['us_per_token']:8.1f} us  {k['calls_per_token']:5.2f}/token  "
                   f"{k['kernel'][:90]}")
     if args.json:
