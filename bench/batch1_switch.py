@@ -46,7 +46,9 @@ def decode_row(spec: str, *, switch: str, setting: str, output_len: int,
         else:
             os.environ[switch] = previous
     return {"model": spec, switch: setting, "tokens_per_s": measured["output_tokens_per_s"],
-            "of_roofline": measured["fraction_of_roofline"], "copy_GBps": bandwidth_gbps}
+            "of_roofline": measured["fraction_of_roofline"],
+            "of_streamed_roofline": measured["fraction_of_streamed_roofline"],
+            "copy_GBps": bandwidth_gbps}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -89,6 +89,7 @@ def run_scheme(model: str, scheme: str, args: argparse.Namespace, *, copy_GBps: 
     device = llm.engine.info.device
     row = {"scheme": scheme, "load_seconds": time.perf_counter() - start,
            "weight_bytes": offline.weight_bytes_of(llm),
+           "streamed_bytes": offline.streamed_bytes_of(llm),
            "kv_cache_tokens": llm.engine.info.kv_cache_tokens}
     prompts = prompts or offline.make_prompts(llm, args)
     if device.startswith("cuda"):
@@ -98,6 +99,9 @@ def run_scheme(model: str, scheme: str, args: argparse.Namespace, *, copy_GBps: 
     if copy_GBps:
         row["roofline_tokens_per_s"] = copy_GBps * 1e9 / row["weight_bytes"]
         row["fraction_of_roofline"] = row["batch1_tokens_per_s"] / row["roofline_tokens_per_s"]
+        # the bytes a step reads: without the input embedding (streamed_bytes_of)
+        row["fraction_of_streamed_roofline"] = (row["batch1_tokens_per_s"] * row["streamed_bytes"]
+                                                / (copy_GBps * 1e9))
     run = offline.run_engine(llm, prompts, args.output_len)
     row["throughput_tokens_per_s"] = run["output_tokens_per_s"]
     row["throughput_seconds"] = run["seconds"]
@@ -143,14 +147,16 @@ def print_rows(rows: list[dict]) -> None:
         return f"{'-':>{width}}" if value is None else f"{value:>{width}{spec}}"
 
     print(f"\n{'scheme':<18} {'weights GB':>10} {'batch-1':>9} {'roofline':>9} {'of it':>6} "
-          f"{'throughput':>10} {'peak GiB':>9} {'kv tokens':>10}")
+          f"{'streamed':>8} {'throughput':>10} {'peak GiB':>9} {'kv tokens':>10}")
     for r in rows:
         weights = r["weight_bytes"] / 1e9 if "weight_bytes" in r else None
         fraction = r.get("fraction_of_roofline")
+        streamed = r.get("fraction_of_streamed_roofline")
         print(f"{r['scheme']:<18} {cell(weights, '.2f', 10)} "
               f"{cell(r['batch1_tokens_per_s'], '.1f', 9)} "
               f"{cell(r.get('roofline_tokens_per_s'), '.1f', 9)} "
               f"{cell(None if fraction is None else 100 * fraction, '.1f', 6)} "
+              f"{cell(None if streamed is None else 100 * streamed, '.1f', 8)} "
               f"{cell(r.get('throughput_tokens_per_s'), '.1f', 10)} "
               f"{cell(r.get('peak_GiB_without_kv_pool', r.get('peak_GiB')), '.2f', 9)} "
               f"{cell(r.get('kv_cache_tokens'), 'd', 10)}")

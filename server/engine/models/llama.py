@@ -155,6 +155,15 @@ class LlamaModel:
                     total += num_bytes(value)
         return total
 
+    def num_streamed_bytes(self) -> int:
+        """The weight bytes a one-token decode step reads: num_parameter_bytes less the
+        input embedding tables (token, position), of which a step reads one row each; a
+        token table that is also the lm_head counts, as the logits read all of it."""
+        skipped = [self.embed_positions]
+        if self.embed_tokens is not self.lm_head:
+            skipped.append(self.embed_tokens)
+        return self.num_parameter_bytes() - sum(num_bytes(t) for t in skipped if t is not None)
+
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
                 attn_metadata: AttentionMetadata, ops: Ops) -> torch.Tensor:
