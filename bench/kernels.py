@@ -251,6 +251,14 @@ def print_table(results: dict) -> None:
               f"{row['gb_s']:.0f} GB/s")
 
 
+def progress(rows: list[dict]) -> list[dict]:
+    """Each decode shape's rows as they are timed (a run cut short still shows them)."""
+    for row in rows:
+        print(f"  {row['kv']} {row['batch']} x {row['context']} {row['kernel']}: "
+              f"{row['us']:.1f} us, {row['gb_s']:.0f} GB/s", flush=True)
+    return rows
+
+
 def int_list(text: str) -> tuple[int, ...]:
     """"64,256,512" -> (64, 256, 512)."""
     try:
@@ -271,6 +279,8 @@ def main() -> None:
                         help="decode context lengths (default 512,640,2048,8192)")
     parser.add_argument("--prefill-lengths", type=int_list, default=(1024,),
                         help="prefill lengths, multiples of 16 (default 1024)")
+    parser.add_argument("--decode-only", action="store_true",
+                        help="time decode attention alone (no prefill or elementwise rows)")
     args = parser.parse_args()
     ops = CudaOps(KernelLibrary())
     ops.library.load_all(head_dims=(HEAD_DIM,))  # the one head_dim timed
@@ -279,10 +289,11 @@ def main() -> None:
                "read_gb_s": read_bandwidth() / 1e9,
                "decode": [row for kv in KV_DTYPES for b in args.batches
                           for c in args.contexts
-                          for row in bench_decode(ops, b, c, copy_bw, kv)],
-               "prefill": [bench_prefill(ops, num_seqs=max(1, 4096 // length), length=length)
-                           for length in args.prefill_lengths],
-               "elementwise": bench_elementwise(ops)}
+                          for row in progress(bench_decode(ops, b, c, copy_bw, kv))],
+               "prefill": [] if args.decode_only else [
+                   bench_prefill(ops, num_seqs=max(1, 4096 // length), length=length)
+                   for length in args.prefill_lengths],
+               "elementwise": [] if args.decode_only else bench_elementwise(ops)}
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
