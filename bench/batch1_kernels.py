@@ -22,6 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from bench.gpu_probes import kernel_ms_by_group  # noqa: E402
 from bench.offline import free_gpu_memory  # noqa: E402
 from server.engine.llm import LLM  # noqa: E402
 from server.scheduler.request import SamplingParams  # noqa: E402
@@ -70,10 +71,11 @@ def profile_model(spec: str, num_tokens: int) -> dict:
     rows = sorted(({"kernel": name, "calls_per_token": len(t) / tokens,
                     "us_per_token": sum(t) / tokens} for name, t in by_name.items()),
                   key=lambda r: -r["us_per_token"])
+    groups = {group: 1e3 * ms / tokens for group, ms in kernel_ms_by_group(prof).items()}
     del llm
     free_gpu_memory()
     return {"model": spec, "tokens": tokens, "step_us": span / tokens,
-            "idle_us": (span - busy) / tokens, "kernels": rows}
+            "idle_us": (span - busy) / tokens, "kernels": rows, "groups_us": groups}
 
 
 def main() -> None:
@@ -90,6 +92,9 @@ def main() -> None:
         for k in r["kernels"][:20]:
             print(f"  {k['us_per_token']:8.1f} us  {k['calls_per_token']:5.2f}/token  "
                   f"{k['kernel'][:90]}")
+        print("  by group (us a token; kernels that overlap under programmatic launch count "
+              "in full): " + ", ".join(f"{g} {us:.1f}" for g, us in
+                                       sorted(r["groups_us"].items(), key=lambda x: -x[1])))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

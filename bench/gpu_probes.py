@@ -30,7 +30,8 @@ from server.scheduler.request import SamplingParams
 
 # kernel group -> substrings of the kernel names (ours from csrc/, cuBLAS's for the GEMMs)
 KERNEL_GROUPS = (
-    ("attention", ("paged_attention",)),
+    ("decode stack", ("decode_stack",)),  # batch 1's every layer in one kernel (GPT-2 style)
+    ("attention", ("paged_attention", "paged_decode")),
     ("norms", ("rms_norm", "layer_norm")),
     ("rope + KV write", ("rope_and_cache",)),
     ("silu_and_mul", ("silu_and_mul",)),

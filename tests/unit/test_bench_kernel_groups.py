@@ -45,3 +45,11 @@ def test_each_kernel_of_a_gpt2_step_falls_in_its_group():
     assert kernel_ms_by_group(profile) == {"norms": 0.003, "GEMM": 0.016, "gelu": 0.0015,
                                            "attention": 0.004,
                                            "rope + KV write": 0.003, "other": 0.001}
+
+
+def test_the_decode_stack_and_the_bulk_decode_kernel_have_their_groups():
+    profile = Profile(Event("decode_stack_bf16_d128_gelu_tanh", 870.0),
+                      Event("paged_decode_bulk_bf16_kvfp8_d128", 20.0),
+                      Event("gemv_logits_bf16_m1", 67.0))
+    assert kernel_ms_by_group(profile) == {"decode stack": 0.87, "attention": 0.02,
+                                           "GEMM": 0.067}
