@@ -252,14 +252,21 @@ def batch1_against_roofline(llm: LLM, output_len: int, *, weight_bytes: int,
     (`streamed_`) that of the bytes a step reads (weight_bytes less the input embedding
     tables: streamed_bytes_of)."""
     b1 = batch1_decode(llm, output_len)
-    b1["roofline_tokens_per_s"] = copy_bandwidth_GBps * 1e9 / weight_bytes
-    b1["fraction_of_roofline"] = b1["output_tokens_per_s"] / b1["roofline_tokens_per_s"]
-    streamed = streamed_bytes_of(llm)
-    b1["streamed_bytes"] = streamed
-    b1["streamed_roofline_tokens_per_s"] = copy_bandwidth_GBps * 1e9 / streamed
-    b1["fraction_of_streamed_roofline"] = (b1["output_tokens_per_s"]
-                                           / b1["streamed_roofline_tokens_per_s"])
+    b1["streamed_bytes"] = streamed_bytes_of(llm)
+    b1.update(rooflines(b1["output_tokens_per_s"], copy_bandwidth_GBps=copy_bandwidth_GBps,
+                        weight_bytes=weight_bytes, streamed_bytes=b1["streamed_bytes"]))
     return b1
+
+
+def rooflines(tokens_per_s: float, *, copy_bandwidth_GBps: float, weight_bytes: int,
+              streamed_bytes: int) -> dict:
+    """A batch-1 rate against the copy bandwidth over the held weight bytes and over the
+    bytes a step reads (streamed_bytes_of)."""
+    held = copy_bandwidth_GBps * 1e9 / weight_bytes
+    streamed = copy_bandwidth_GBps * 1e9 / streamed_bytes
+    return {"roofline_tokens_per_s": held, "fraction_of_roofline": tokens_per_s / held,
+            "streamed_roofline_tokens_per_s": streamed,
+            "fraction_of_streamed_roofline": tokens_per_s / streamed}
 
 
 def gpu_decode_probes(llm: LLM, result: dict, output_len: int) -> None:

@@ -97,11 +97,9 @@ def run_scheme(model: str, scheme: str, args: argparse.Namespace, *, copy_GBps: 
     b1 = offline.batch1_decode(llm, args.output_len)
     row["batch1_tokens_per_s"] = b1["output_tokens_per_s"]
     if copy_GBps:
-        row["roofline_tokens_per_s"] = copy_GBps * 1e9 / row["weight_bytes"]
-        row["fraction_of_roofline"] = row["batch1_tokens_per_s"] / row["roofline_tokens_per_s"]
-        # the bytes a step reads: without the input embedding (streamed_bytes_of)
-        row["fraction_of_streamed_roofline"] = (row["batch1_tokens_per_s"] * row["streamed_bytes"]
-                                                / (copy_GBps * 1e9))
+        row.update(offline.rooflines(row["batch1_tokens_per_s"], copy_bandwidth_GBps=copy_GBps,
+                                     weight_bytes=row["weight_bytes"],
+                                     streamed_bytes=row["streamed_bytes"]))
     run = offline.run_engine(llm, prompts, args.output_len)
     row["throughput_tokens_per_s"] = run["output_tokens_per_s"]
     row["throughput_seconds"] = run["seconds"]
