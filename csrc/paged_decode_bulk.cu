@@ -40,6 +40,7 @@
 // counter back to 0 (so the counters are zero before and after every launch).
 #include "common.cuh"
 #include "fp8.cuh"
+#include "keys_in_m.cuh"
 #include "mbarrier.cuh"
 #include "mma.cuh"
 
@@ -103,12 +104,6 @@ __device__ __forceinline__ uint4 lds128(unsigned address) {
 
 __device__ __forceinline__ unsigned word_of(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
-
-__device__ __forceinline__ unsigned movmatrix_trans(unsigned x) {
-  unsigned y;
-  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
-  return y;
 }
 
 // The sequence's piece of the work: tiles [first, end) of its keys.
@@ -262,20 +257,6 @@ template <typename T> struct BulkMath<T, Fp8> {
   }
 };
 
-__device__ __forceinline__ float over_keys_max(float x) {
-#pragma unroll
-  for (int offset = 4; offset < 32; offset <<= 1) {
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
-  }
-  return x;
-}
-
-__device__ __forceinline__ float over_keys_sum(float x) {
-#pragma unroll
-  for (int offset = 4; offset < 32; offset <<= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
-  return x;
-}
-
 // A consumer warp's running state: heads 2t, 2t + 1 of its group ([0], [1]).
 struct BulkState {
   float acc[kBulkD / 16][4];
@@ -309,7 +290,7 @@ __device__ __forceinline__ void consume(const BulkSmem<KvT>& sm, BulkState& st,
     float base[2], alpha[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const float m_new = fmaxf(st.m[h], over_keys_max(tile_max[h]));
+      const float m_new = fmaxf(st.m[h], reduce_over_keys_max(tile_max[h]));
       base[h] = m_new == neg_inf() ? 0.f : m_new;
       alpha[h] = exp2f(st.m[h] - base[h]);
       st.m[h] = m_new;
@@ -333,7 +314,7 @@ __device__ __forceinline__ void consume(const BulkSmem<KvT>& sm, BulkState& st,
     mbarrier_arrive(sm.empty(s));  // every lane: its reads of the stage are done
   }
 #pragma unroll
-  for (int h = 0; h < 2; ++h) st.l[h] = over_keys_sum(st.l[h]);
+  for (int h = 0; h < 2; ++h) st.l[h] = reduce_over_keys_sum(st.l[h]);
 }
 
 // B fragments of Q^T for the warp's kv head: head g of the group (zeros past it), dims in the
