@@ -17,7 +17,8 @@ from server.engine.ops.cuda_decode_bulk import (COUNTERS, DECODE_BULK_ENV, bulk_
 from server.engine.step.runner import ModelRunner
 from tests.golden.helpers import HandBatcher
 from tests.gpu.helpers import (DTYPE_IDS, DTYPES, assert_close, captured, cuda_generator,
-                               paged_batch, poisoned, random_tensor, relative_error)
+                               paged_batch, poisoned, random_tensor, relative_error,
+                               with_new_lengths)
 from tests.gpu.test_cuda_graphs import (BLOCK_SIZE, MAX_MODEL_LEN, NUM_BLOCKS, SMALL_LLAMA,
                                         small_model_source)
 
@@ -109,12 +110,9 @@ def test_captured_bulk_decode_replays_with_new_lengths(library, torch_ops, kv_dt
 
     graph = captured(attend)
     for seq_lens in ([4000, 2500, 700], [33, 1, 2100], [1, 4000, 64], [700, 2, 1]):
-        metadata.seq_lens.copy_(torch.tensor(seq_lens, dtype=torch.int32))
-        metadata.context_lens.copy_(torch.tensor([n - 1 for n in seq_lens], dtype=torch.int32))
+        now = with_new_lengths(metadata, seq_lens)
         out.fill_(float("nan"))
         graph.replay()
-        now = dataclasses.replace(metadata, max_seq_len=max(seq_lens),
-                                  seq_lens_host=tuple(seq_lens))
         assert_close(out, torch_ops.attention(q, kv_cache, now, HEAD_DIM ** -0.5),
                      what=f"replay with seq_lens {seq_lens}")
         assert int(torch.count_nonzero(library.zeroed_int32(COUNTERS, 0))) == 0
