@@ -145,6 +145,18 @@ __device__ __forceinline__ void produce(const BulkSmem<KvT>& sm, const KvT* k_ca
   }
 }
 
+// 16 bytes at `at` in the V rows of keys 2t, 2t+1, 2t+8, 2t+9 (P V's k slots of the lane),
+// zeros for keys past the length.
+__device__ __forceinline__ void load_key_vectors(uint4 (&v)[4], unsigned at, int row_bytes,
+                                                 const bool (&valid)[4]) {
+  const int t = threadIdx.x & 3;
+  const int keys[4] = {2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9};
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    v[k] = valid[k] ? lds128(at + keys[k] * row_bytes) : make_uint4(0u, 0u, 0u, 0u);
+  }
+}
+
 template <typename T, typename KvT> struct BulkMath;
 
 // 16-bit cache: the MMAs in T.
@@ -182,16 +194,10 @@ template <typename T> struct BulkMath<T, T> {
                                                     const bool (&valid)[4], unsigned pb0,
                                                     unsigned pb1) {
     const int g = (threadIdx.x & 31) >> 2;
-    const int t = threadIdx.x & 3;
-    const int keys[4] = {2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9};
 #pragma unroll
     for (int half = 0; half < 2; ++half) {  // dims 16g + 8 half .. + 7: m tiles 4 half ..
       uint4 v[4];
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        v[k] = valid[k] ? lds128(v_head + keys[k] * row_bytes + 32 * g + 16 * half)
-                        : make_uint4(0u, 0u, 0u, 0u);
-      }
+      load_key_vectors(v, v_head + 32 * g + 16 * half, row_bytes, valid);
 #pragma unroll
       for (int w = 0; w < 4; ++w) {  // m tile 4 half + w: dims 16g + 8 half + 2w, + 1
         const unsigned a[4] = {__byte_perm(word_of(v[0], w), word_of(v[1], w), 0x5410u),
@@ -237,13 +243,8 @@ template <typename T> struct BulkMath<T, Fp8> {
                                                     const bool (&valid)[4], unsigned pb0,
                                                     unsigned pb1) {
     const int g = (threadIdx.x & 31) >> 2;
-    const int t = threadIdx.x & 3;
-    const int keys[4] = {2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9};
     uint4 v[4];
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      v[k] = valid[k] ? lds128(v_head + keys[k] * row_bytes + 16 * g) : make_uint4(0u, 0u, 0u, 0u);
-    }
+    load_key_vectors(v, v_head + 16 * g, row_bytes, valid);
 #pragma unroll
     for (int mt = 0; mt < kBulkD / 16; ++mt) {  // dims 16g + 2mt, + 1: bytes 2mt, 2mt + 1
       const unsigned select = mt % 2 ? 0x7362u : 0x5140u;  // (x_j, y_j, x_j+1, y_j+1)
