@@ -94,11 +94,13 @@ __device__ __forceinline__ void bulk_wait(unsigned bar, unsigned parity) {
   } while (!done);
 }
 
+// 16 bytes of a stage; "memory": never hoisted above the wait for the stage's copies
 __device__ __forceinline__ uint4 lds128(unsigned address) {
   uint4 v;
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "r"(address));
+               : "r"(address)
+               : "memory");
   return v;
 }
 
