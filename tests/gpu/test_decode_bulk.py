@@ -2,7 +2,8 @@
 against TorchOps.attention: decodes over 8 kv heads of head_dim 128, 16-bit and e4m3 caches,
 uneven lengths and block edges, one part or many (the last part in merges and leaves its
 counter at 0), keys past a sequence's length holding NaN in its last block, and replays of a
-captured graph with new lengths; and the engine's decode steps with the kernel switched on."""
+captured graph with new lengths; the engine's decode steps with the kernel switched on; and
+the build's timing of it and the tuned choice of steps."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import torch
 from server.engine.gpu.kernel_args import KernelArgumentError
 from server.engine.ops.cuda_decode_bulk import (COUNTERS, DECODE_BULK_ENV, bulk_partitions,
                                                 decode_bulk_fits, decode_bulk_into)
+from server.engine.gpu.tune_decode_bulk import BULK_TUNING_SEQS, tune_decode_bulk
+from server.engine.gpu.tuning import BulkChoice, KernelTuning, TunedCudaOps, tune_decode_partitions
+from server.engine.ops import cuda as cuda_ops_module
 from server.engine.step.runner import ModelRunner
 from tests.golden.helpers import HandBatcher
 from tests.gpu.helpers import (DTYPE_IDS, DTYPES, assert_close, captured, cuda_generator,
@@ -121,7 +125,8 @@ def test_captured_bulk_decode_replays_with_new_lengths(library, torch_ops, kv_dt
 def test_steps_the_kernel_cannot_take_are_refused(library):
     q, kv_cache, metadata = decode_step(contexts=[5, 9], block_size=16, num_heads=32,
                                         dtype=torch.bfloat16, kv_dtype=None, seed=31)
-    prefill = dataclasses.replace(metadata, query_lens_host=(2, 0))
+    prefill = dataclasses.replace(metadata, num_tokens=3, max_query_len=2,
+                                  query_lens_host=(2, 1))
     four_heads = kv_cache[:, :, :, :4].contiguous()
     for bad_cache, bad_metadata in ((kv_cache, prefill), (four_heads, metadata)):
         assert not decode_bulk_fits(library.arch, q=q, kv_cache=bad_cache,
@@ -144,7 +149,7 @@ def test_engine_decode_steps_on_the_bulk_kernel_track_the_other_kernels(monkeypa
     plain = ModelRunner(small_model_source(config), **options)
     monkeypatch.setenv(DECODE_BULK_ENV, "1")
     bulk = ModelRunner(small_model_source(config), **options)
-    assert bulk.ops.decode_bulk and not plain.ops.decode_bulk
+    assert bulk.ops.decode_bulk_forced and plain.ops.decode_bulk_forced is False
     batcher = HandBatcher(num_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE)
     for req_id, length in (("a", 300), ("b", 17), ("c", 1)):
         batcher.add(req_id=req_id, prompt_token_ids=[(5 * i) % 4000 + 3 for i in range(length)])
@@ -159,3 +164,37 @@ def test_engine_decode_steps_on_the_bulk_kernel_track_the_other_kernels(monkeypa
         batcher.record(dict(zip("abc", tokens)))
         out = batcher.step({"a": 1, "b": 1, "c": 1})
     assert bulk.graphs.num_replays >= 11
+
+
+def test_the_build_times_the_bulk_kernel_for_both_cache_dtypes(library):
+    shape = dict(num_heads=32, num_kv_heads=KV_HEADS, head_dim=HEAD_DIM, dtype=torch.bfloat16,
+                 block_size=16, max_model_len=512)
+    partitions = tune_decode_partitions(library, **shape)
+    choices = tune_decode_bulk(library, partitions, **shape)
+    assert [(c.kv_dtype, c.max_context) for c in choices] == [("bfloat16", 512),
+                                                              ("float8_e4m3fn", 512)]
+    for choice in choices:
+        assert [n for n, _, _ in choice.timings_us] == list(BULK_TUNING_SEQS)
+        assert all(plan > 0 and bulk > 0 for _, plan, bulk in choice.timings_us)
+        assert choice.bulk_seqs == tuple(n for n, plan, bulk in choice.timings_us
+                                         if bulk < plan)
+
+
+def test_tuned_ops_give_the_bulk_kernel_the_steps_the_build_chose(library, torch_ops,
+                                                                  monkeypatch):
+    monkeypatch.delenv(DECODE_BULK_ENV, raising=False)
+    q, kv_cache, metadata = decode_step(contexts=[100, 7], block_size=16, num_heads=32,
+                                        dtype=torch.bfloat16, kv_dtype=torch.float8_e4m3fn,
+                                        seed=41)
+    calls = []
+    monkeypatch.setattr(cuda_ops_module, "decode_bulk_into",
+                        lambda *args: calls.append(args) or decode_bulk_into(*args))
+    timings = ((1, 2.0, 1.0), (4, 2.0, 3.0))
+    for bulk_seqs, expected in (((1,), 1), ((4,), 0)):  # 2 sequences: the 1-sequence choice
+        tuning = KernelTuning("sm_90", "gpu", "bfloat16", (), decode_bulk=(
+            BulkChoice("float8_e4m3fn", 1 << 20, bulk_seqs, timings),))
+        calls.clear()
+        out = TunedCudaOps(library, tuning).attention(q, kv_cache, metadata, HEAD_DIM ** -0.5)
+        assert len(calls) == expected
+        assert_close(out, torch_ops.attention(q, kv_cache, metadata, HEAD_DIM ** -0.5),
+                     what=f"tuned ops, bulk for {bulk_seqs}")

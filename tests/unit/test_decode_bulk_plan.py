@@ -53,7 +53,8 @@ def test_other_shapes_are_left_to_the_other_kernels(shape):
 
 def test_a_step_with_a_prefill_chunk_is_not_a_decode_step():
     q, kv_cache, metadata = step()
-    chunk = dataclasses.replace(metadata, num_tokens=5, query_lens_host=(2, 1, 1, 1))
+    chunk = dataclasses.replace(metadata, num_tokens=5, max_query_len=2,
+                                query_lens_host=(2, 1, 1, 1))
     assert not decode_bulk_fits("sm_90", q=q, kv_cache=kv_cache, metadata=chunk, extras=False)
 
 

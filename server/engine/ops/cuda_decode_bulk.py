@@ -12,6 +12,8 @@ decode graph stays right at replay.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -34,9 +36,12 @@ GOOD_WAVE_FILL = 0.85  # as ops/cuda_attention.py: the last wave of CTAs this fu
 COUNTERS = "decode_bulk_arrival_counters"
 
 
-def decode_bulk_enabled() -> bool:
-    """Off by default until it is measured faster than the cp.async kernels on both cache
-    dtypes (docs/benchmarks.md); INFLIGHTD_DECODE_BULK=1 turns it on."""
+def decode_bulk_forced() -> bool | None:
+    """INFLIGHTD_DECODE_BULK: 1 gives every decode step that fits to the bulk kernel, 0 none;
+    unset (None), an engine's build-time tuning decides (gpu/tuning.py), and without one the
+    steps stay on the planned kernels."""
+    if os.environ.get(DECODE_BULK_ENV) is None:
+        return None
     return env_switch(DECODE_BULK_ENV, default=False)
 
 
@@ -69,8 +74,7 @@ def decode_bulk_fits(arch: str, *, q: torch.Tensor, kv_cache: torch.Tensor,
             and head_dim == HEAD_DIM and kv_cache.shape[3] == KV_HEADS
             and num_heads % KV_HEADS == 0 and num_heads // KV_HEADS <= MAX_GROUP
             and kv_cache.shape[2] % TILE_KEYS == 0 and metadata.num_seqs > 0
-            and metadata.num_tokens == metadata.num_seqs
-            and all(n == 1 for n in metadata.query_lens_host))
+            and metadata.num_tokens == metadata.num_seqs and metadata.max_query_len == 1)
 
 
 def bulk_partitions(*, num_seqs: int, max_seq_len: int, num_sms: int) -> int:
