@@ -7,7 +7,9 @@ tokens, without soft-capping, ALiBi or windows, on sm_90. A CTA is one sequence 
 of its keys) and all 8 of its kv heads; parts write float32 partials that the last part of a
 sequence to finish merges. Like the other attention kernels it reads each sequence's length
 on the device, and the part count comes from host values only (max_seq_len), so a captured
-decode graph stays right at replay.
+decode graph stays right at replay. Which of the steps it fits it takes: those an engine's
+build timed it faster on (gpu/tune_decode_bulk.py, TunedCudaOps), or as
+INFLIGHTD_DECODE_BULK forces.
 """
 
 from __future__ import annotations
