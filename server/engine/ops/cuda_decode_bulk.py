@@ -23,6 +23,7 @@ from server.engine.attention.metadata import AttentionMetadata
 from server.engine.gpu.kernel_args import (KernelArgumentError, dtype_suffix, env_switch,
                                            kv_cache_suffix)
 from server.engine.gpu.kernels import DECODE_BULK_MODULE, KernelLibrary
+from server.engine.ops.cuda_attention import check_attention_args
 
 DECODE_BULK_ENV = "INFLIGHTD_DECODE_BULK"  # 1: decode steps that fit take this kernel
 KV_HEADS = 8
@@ -96,13 +97,15 @@ def decode_bulk_into(lib: KernelLibrary, out: torch.Tensor, q: torch.Tensor,
                      kv_cache: torch.Tensor, metadata: AttentionMetadata, scale: float, *,
                      num_partitions: int | None = None) -> int:
     """Attention of the decode step's q [num_seqs, H, 128] over the cache into out; returns
-    the part count used (num_partitions None: bulk_partitions'). The caller checks the step
-    with decode_bulk_fits and the arguments as paged_attention_into does."""
+    the part count used (num_partitions None: bulk_partitions'). Checks the step against
+    decode_bulk_fits, then the arguments as paged_attention_into does (the kernel takes V
+    num_slots * 1024 elements after K, so the cache must be contiguous)."""
     if not decode_bulk_fits(lib.arch, q=q, kv_cache=kv_cache, metadata=metadata,
                             extras=False):
         raise KernelArgumentError("the bulk decode kernel takes decode steps over 8 kv heads "
                                   f"of head_dim {HEAD_DIM}, groups of up to {MAX_GROUP} and "
                                   f"blocks of a multiple of {TILE_KEYS} tokens on sm_90")
+    check_attention_args(lib, out, q, kv_cache, metadata)
     num_seqs, num_heads = metadata.num_seqs, q.shape[1]
     parts = num_partitions or bulk_partitions(num_seqs=num_seqs,
                                               max_seq_len=metadata.max_seq_len,
