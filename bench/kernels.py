@@ -44,6 +44,8 @@ from server.engine.ops.cuda import CudaOps  # noqa: E402
 from server.engine.ops.cuda_attention import (DECODE_KEY_SPLITS,  # noqa: E402
                                               paged_attention_into, plan_for)
 from server.engine.ops.cuda_attention_hopper import HOPPER_ATTENTION_ENV  # noqa: E402
+from server.engine.ops.cuda_decode_bulk import (bulk_partitions, decode_bulk_fits,  # noqa: E402
+                                                decode_bulk_into)
 from server.engine.ops.torch_ref import to_cache_dtype  # noqa: E402
 from server.kvcache.kv_pool import FP8_KV_DTYPE  # noqa: E402
 
@@ -132,6 +134,20 @@ def bench_decode(ops: CudaOps, batch: int, context: int, copy_bw: float,
                      "partitions": plan.num_partitions, "us": ms * 1e3,
                      "kv_mb": kv_bytes / 2**20, "gb_s": achieved / 1e9,
                      "of_copy": achieved / copy_bw, "speedup": unsplit_us / (ms * 1e3)})
+    if decode_bulk_fits(ops.library.arch, q=q, kv_cache=kv_cache, metadata=metas[0],
+                        extras=False):  # the bulk-copy kernel (csrc/paged_decode_bulk.cu)
+        def bulk_step():
+            for metadata in metas:
+                decode_bulk_into(ops.library, out, q, kv_cache, metadata, HEAD_DIM ** -0.5)
+
+        ms = median_replay_ms(bulk_step) / copies
+        achieved = kv_bytes / (ms * 1e-3)
+        rows.append({"kv": kv, "batch": batch, "context": context, "key_split": 1,
+                     "kernel": "bulk", "us": ms * 1e3,
+                     "partitions": bulk_partitions(num_seqs=batch, max_seq_len=context,
+                                                   num_sms=ops.library.num_sms),
+                     "kv_mb": kv_bytes / 2**20, "gb_s": achieved / 1e9,
+                     "of_copy": achieved / copy_bw, "speedup": rows[0]["us"] / (ms * 1e3)})
     return rows
 
 
@@ -223,7 +239,8 @@ def print_table(results: dict) -> None:
     print(f"device {results['device']}; copy bandwidth {results['copy_gb_s']:.0f} GB/s "
           f"(read+write), read bandwidth {results['read_gb_s']:.0f} GB/s (bf16 sum)")
     print("decode attention (bf16 queries, 32/8 heads, d128, graph replay; kv: the cache's "
-          "dtype; kernel: w1, w1k2 (key split), w1t, w1tk2 (transposed tiles); speed-up: over "
+          "dtype; kernel: w1, w1k2 (key split), w1t, w1tk2 (transposed tiles), bulk (bulk "
+          "copies, csrc/paged_decode_bulk.cu); speed-up: over "
           "w1; fp8/bf16: time of the bf16 "
           "cache over the fp8 one)")
     print(f"{'kv':>4} {'batch':>6} {'context':>8} {'kernel':>6} {'parts':>6} {'us':>9} "

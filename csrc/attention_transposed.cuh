@@ -18,19 +18,12 @@
 #include "attention_fragments.cuh"
 #include "attention_scores.cuh"
 #include "common.cuh"
+#include "keys_in_m.cuh"
 #include "mma.cuh"
 
 namespace inflightd {
 
 constexpr int kTransposedRows = 8;
-
-// An 8x8 matrix of 16-bit pairs, transposed across the warp: lane (g, t) gives M[g][2t..2t+1]
-// and gets M[2t][g], M[2t + 1][g].
-__device__ __forceinline__ unsigned movmatrix_trans(unsigned x) {
-  unsigned y;
-  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
-  return y;
-}
 
 template <typename T, typename KvT> struct TransposedFragments;
 
@@ -162,21 +155,6 @@ template <typename T> struct TransposedFragments<T, Fp8> {
     return dc * 16 + 2 * ((threadIdx.x & 31) >> 2) + (e >> 1);
   }
 };
-
-// A row's value over the 8 lanes that hold it (one t, every g).
-__device__ __forceinline__ float reduce_over_keys_max(float x) {
-#pragma unroll
-  for (int offset = 4; offset < 32; offset <<= 1) {
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
-  }
-  return x;
-}
-
-__device__ __forceinline__ float reduce_over_keys_sum(float x) {
-#pragma unroll
-  for (int offset = 4; offset < 32; offset <<= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
-  return x;
-}
 
 // The transposed counterpart of attend_tile (paged_attention.cuh): keys [key_base, key_base +
 // KEYS) of the tile for the warp's rows 2t and 2t + 1 (rows[0], rows[1]).

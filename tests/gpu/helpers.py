@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable
 
@@ -102,3 +103,11 @@ def captured(run: Callable[[], None]) -> torch.cuda.CUDAGraph:
     with torch.cuda.graph(graph):
         run()
     return graph
+
+
+def with_new_lengths(metadata: AttentionMetadata, seq_lens: list[int]) -> AttentionMetadata:
+    """New lengths for a captured decode step: written into its device seq_lens (and
+    context_lens, one less), and the metadata a reference computes the same step from."""
+    metadata.seq_lens.copy_(torch.tensor(seq_lens, dtype=torch.int32))
+    metadata.context_lens.copy_(torch.tensor([n - 1 for n in seq_lens], dtype=torch.int32))
+    return dataclasses.replace(metadata, max_seq_len=max(seq_lens), seq_lens_host=tuple(seq_lens))

@@ -8,8 +8,6 @@ change the reference output by far more than the tolerance."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -17,7 +15,7 @@ from server.engine.gpu.kernels import ATTENTION_HEAD_DIMS
 from server.engine.models.alibi import alibi_slopes
 from server.engine.ops.cuda_attention import paged_attention_into, plan_for
 from tests.gpu.helpers import (DTYPE_IDS, DTYPES, assert_close, captured, cuda_generator,
-                               paged_batch, random_tensor, relative_error)
+                               paged_batch, random_tensor, relative_error, with_new_lengths)
 from tests.gpu.test_paged_attention_kernel import (BATCHES, FULL_MATRIX_HEAD_DIMS, HEADS,
                                                    KEY_SPLITS, KV_DTYPES, TRANSPOSED,
                                                    launch_and_compare, make_inputs)
@@ -127,12 +125,9 @@ def test_captured_extras_decode_replays_with_new_lengths(library, torch_ops, ext
 
     graph = captured(attend)
     for seq_lens in ([4000, 2500, 700], [33, 1, 2100], [700, 2, 1]):
-        metadata.seq_lens.copy_(torch.tensor(seq_lens, dtype=torch.int32))
-        metadata.context_lens.copy_(torch.tensor([n - 1 for n in seq_lens], dtype=torch.int32))
+        now = with_new_lengths(metadata, seq_lens)
         out.fill_(float("nan"))
         graph.replay()
-        now = dataclasses.replace(metadata, max_seq_len=max(seq_lens),
-                                  seq_lens_host=tuple(seq_lens))
         assert_close(out, torch_ops.attention(q, kv_cache, now, scale, **kwargs),
                      what=f"{extras} replay with seq_lens {seq_lens}")
 

@@ -22,7 +22,7 @@ from server.engine.ops.cuda_attention import paged_attention_into, plan_for
 from server.engine.ops.cuda_attention_workspace import COUNTERS, allocate_workspace
 from server.engine.ops.torch_ref import to_cache_dtype
 from tests.gpu.helpers import (DTYPE_IDS, DTYPES, assert_close, captured, cuda_generator,
-                               paged_batch, poisoned, random_tensor)
+                               paged_batch, poisoned, random_tensor, with_new_lengths)
 
 FP8_CACHE_VS_16_BIT_MAX_ERROR = 5e-2
 HEADS = {"mha": (16, 16), "gqa": (32, 8), "mqa": (16, 1)}
@@ -240,12 +240,9 @@ def test_captured_split_decode_replays_with_new_lengths(library, torch_ops, own_
     graph = captured(attend)
     # Short sequences leave most of the captured partitions empty; replays run back to back.
     for seq_lens in ([4000, 2500, 700], [33, 1, 2100], [1, 4000, 64], [700, 2, 1]):
-        metadata.seq_lens.copy_(torch.tensor(seq_lens, dtype=torch.int32))
-        metadata.context_lens.copy_(torch.tensor([n - 1 for n in seq_lens], dtype=torch.int32))
+        now = with_new_lengths(metadata, seq_lens)
         out.fill_(float("nan"))
         graph.replay()
-        now = dataclasses.replace(metadata, max_seq_len=max(seq_lens),
-                                  seq_lens_host=tuple(seq_lens))
         assert_close(out, torch_ops.attention(q, kv_cache, now, scale),
                      what=f"replay with seq_lens {seq_lens}")
         counters = workspace.counters if own_workspace else library.zeroed_int32(COUNTERS, 0)

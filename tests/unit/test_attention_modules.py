@@ -71,7 +71,8 @@ def test_module_names_are_every_other_module_and_the_head_dims_attention():
     assert kernels.module_names(()) == tuple(base)
     assert set(kernels.module_names((128,))) == {*base, "paged_attention_d128",
                                                   "paged_attention_fp8_d128",
-                                                  "paged_attention_hopper"}
+                                                  "paged_attention_hopper",
+                                                  "paged_decode_bulk"}
     assert set(kernels.module_names((64,))) == {*base, "paged_attention_d64",
                                                  "paged_attention_fp8_d64"}
     assert set(kernels.module_names()) == set(kernels.MODULES_BY_NAME)

@@ -146,10 +146,16 @@ HOPPER_ATTENTION_MODULE = KernelModule(
     _names("paged_attention_hopper_{dt}{kv}_d128", dt=DTYPES, kv=("", "_kvfp8"))
     + _names("wgmma_probe_{what}_{dt}", what=("scores", "values"), dt=DTYPES),
     arch_specific="sm_90a")
+# decode attention over 8 kv heads of head_dim 128, the cache's rows bulk-copied into a ring
+# of stages by a producer warp (a 16-bit or an e4m3 cache; ops/cuda_decode_bulk.py)
+DECODE_BULK_MODULE = KernelModule(
+    "paged_decode_bulk", True,
+    _names("paged_decode_bulk_{dt}{kv}_d128", dt=DTYPES, kv=("", "_kvfp8")),
+    arch_specific="sm_90a")
 ATTENTION_MODULES = tuple(module for head_dim in ATTENTION_HEAD_DIMS
                           for module in _attention_modules(head_dim))
 MODULES: tuple[KernelModule, ...] = (BASE_MODULES + ATTENTION_MODULES
-                                     + (HOPPER_ATTENTION_MODULE,))
+                                     + (HOPPER_ATTENTION_MODULE, DECODE_BULK_MODULE))
 MODULES_BY_NAME = {module.name: module for module in MODULES}
 
 
@@ -160,7 +166,8 @@ def module_names(head_dims: Iterable[int] = ATTENTION_HEAD_DIMS) -> tuple[str, .
     head_dims = tuple(head_dims)
     return (*(attention_module(head_dim, e4m3_cache=e4m3) for head_dim in head_dims
               for e4m3 in (False, True)),
-            *((HOPPER_ATTENTION_MODULE.name,) if 128 in head_dims else ()),
+            *((HOPPER_ATTENTION_MODULE.name, DECODE_BULK_MODULE.name)
+              if 128 in head_dims else ()),
             *(module.name for module in BASE_MODULES))
 
 

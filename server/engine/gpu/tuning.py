@@ -2,19 +2,26 @@
 CudaOps that applies them.
 
 What is tuned: the shortest flash-decoding partition (keys per split) for each context-length
-bucket. The attention plan (ops/cuda_attention.py) splits a sequence's keys into up to
-ceil(max_seq_len / 64) parts to fill the GPU; whether 64-key parts beat longer ones (fewer
-partial results to merge, longer runs per CTA) depends on the device and on how much shorter
-than planned the contexts are, so each candidate is timed on decode batches of 1, 4 and 16
-sequences holding the bucket's longest context and a quarter of it, the launch planned for
-the longest (as a decode graph is planned for max_model_len and serves shorter contexts),
-each call replayed from a CUDA graph as decode steps run (timing Python launches would time
-the host); the candidate with the lowest time relative to each point's best, summed over
-the points, wins. Decode graphs use the last bucket's choice.
+bucket; and, where the bulk-copy decode kernel fits the model (ops/cuda_decode_bulk.py),
+which decode steps it takes (gpu/tune_decode_bulk.py). The attention plan
+(ops/cuda_attention.py) splits a sequence's keys into up to ceil(max_seq_len / 64) parts to
+fill the GPU; whether 64-key parts beat longer ones (fewer partial results to merge, longer
+runs per CTA) depends on the device and on how much shorter than planned the contexts are,
+so each candidate is timed on decode batches of 1, 4 and 16 sequences holding the bucket's
+longest context and a quarter of it, the launch planned for the longest (as a decode graph
+is planned for max_model_len and serves shorter contexts), each call replayed from a CUDA
+graph as decode steps run (timing Python launches would time the host); the candidate with
+the lowest time relative to each point's best, summed over the points, wins. Decode graphs
+use the last bucket's choice.
 
     tuning.json: {"format": 1, "arches": {"sm_90": {"device_name": ..., "dtype": ...,
                   "decode_partition_len": [{"max_context": 512, "partition_len": 64,
-                                            "timings_us": {"64": 21.0, ...}}, ...]}}}
+                                            "timings_us": {"64": 21.0, ...}}, ...],
+                  "decode_bulk": [{"kv_dtype": "float8_e4m3fn", "max_context": 512,
+                                   "bulk_seqs": [64, 256],
+                                   "timings_us": {"64": [30.1, 24.0], ...}}, ...]}}}
+
+"decode_bulk" is optional (an engine built before it plans without the bulk kernel).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from server.engine.gpu.graph_capture import median_replay_ms
 from server.engine.gpu.kernels import KernelLibrary
 from server.engine.ops.cuda import CudaOps
 from server.engine.ops.cuda_attention import plan_for
+from server.engine.ops.torch_ref import to_cache_dtype
 
 TUNING_FORMAT = 1
 TUNING_FILE = "tuning.json"
@@ -51,11 +59,36 @@ class PartitionChoice:
 
 
 @dataclass(frozen=True)
+class BulkChoice:
+    """Which decode steps of one cache dtype and context bucket take the bulk kernel: those
+    of at least as many sequences as a timed batch size in bulk_seqs (the largest timed size
+    not above the step's decides)."""
+    kv_dtype: str  # "bfloat16", "float16" or "float8_e4m3fn"
+    max_context: int
+    bulk_seqs: tuple[int, ...]
+    timings_us: tuple[tuple[int, float, float], ...]  # (sequences, planned kernels, bulk)
+
+    def takes(self, num_seqs: int) -> bool:
+        timed = [n for n, _, _ in self.timings_us if n <= num_seqs]
+        return bool(timed) and max(timed) in self.bulk_seqs
+
+
+@dataclass(frozen=True)
 class KernelTuning:
     arch: str
     device_name: str
     dtype: str
     decode_partition_len: tuple[PartitionChoice, ...]  # ascending max_context
+    decode_bulk: tuple[BulkChoice, ...] = ()  # ascending max_context per kv_dtype
+
+    def bulk_for(self, *, num_seqs: int, max_seq_len: int, kv_dtype: str) -> bool | None:
+        """Whether a decode step takes the bulk kernel; None where nothing was tuned for
+        this cache dtype."""
+        choices = [c for c in self.decode_bulk if c.kv_dtype == kv_dtype]
+        if not choices:
+            return None
+        bucket = next((c for c in choices if max_seq_len <= c.max_context), choices[-1])
+        return bucket.takes(num_seqs)
 
     def partition_len_for(self, max_seq_len: int) -> int | None:
         if not self.decode_partition_len:
@@ -70,7 +103,13 @@ class KernelTuning:
                 "decode_partition_len": [
                     {"max_context": c.max_context, "partition_len": c.partition_len,
                      "timings_us": {str(k): round(v, 2) for k, v in c.timings_us}}
-                    for c in self.decode_partition_len]}
+                    for c in self.decode_partition_len],
+                "decode_bulk": [
+                    {"kv_dtype": c.kv_dtype, "max_context": c.max_context,
+                     "bulk_seqs": list(c.bulk_seqs),
+                     "timings_us": {str(n): [round(a, 2), round(b, 2)]
+                                    for n, a, b in c.timings_us}}
+                    for c in self.decode_bulk]}
 
     @classmethod
     def from_json(cls, arch: str, data: dict) -> "KernelTuning":
@@ -78,8 +117,15 @@ class KernelTuning:
             max_context=int(c["max_context"]), partition_len=int(c["partition_len"]),
             timings_us=tuple(sorted((int(k), float(v)) for k, v in c["timings_us"].items())))
             for c in data["decode_partition_len"])
+        bulk = tuple(BulkChoice(
+            kv_dtype=c["kv_dtype"], max_context=int(c["max_context"]),
+            bulk_seqs=tuple(int(n) for n in c["bulk_seqs"]),
+            timings_us=tuple(sorted((int(n), float(a), float(b))
+                                    for n, (a, b) in c["timings_us"].items())))
+            for c in data.get("decode_bulk", ()))
         return cls(arch=arch, device_name=data["device_name"], dtype=data["dtype"],
-                   decode_partition_len=tuple(sorted(choices, key=lambda c: c.max_context)))
+                   decode_partition_len=tuple(sorted(choices, key=lambda c: c.max_context)),
+                   decode_bulk=tuple(sorted(bulk, key=lambda c: (c.kv_dtype, c.max_context))))
 
 
 def save_tuning(engine_dir: Path, tuning: KernelTuning | None) -> Path:
@@ -116,11 +162,24 @@ def _read(path: Path) -> dict:
 
 
 class TunedCudaOps(CudaOps):
-    """CudaOps whose attention caps the flash-decoding split by the tuned partition length."""
+    """CudaOps whose attention caps the flash-decoding split by the tuned partition length,
+    and gives the bulk kernel the decode steps the build timed it faster on (unless
+    INFLIGHTD_DECODE_BULK says otherwise)."""
 
     def __init__(self, library: KernelLibrary, tuning: KernelTuning) -> None:
         super().__init__(library)
         self.tuning = tuning
+        self._bulk_choices: dict[tuple[int, int, torch.dtype], bool] = {}
+
+    def wants_decode_bulk(self, kv_cache: torch.Tensor, metadata: AttentionMetadata) -> bool:
+        if self.decode_bulk_forced is not None:
+            return self.decode_bulk_forced
+        key = (metadata.num_seqs, metadata.max_seq_len, kv_cache.dtype)
+        if key not in self._bulk_choices:  # every layer of a step asks the same
+            self._bulk_choices[key] = bool(self.tuning.bulk_for(
+                num_seqs=key[0], max_seq_len=key[1],
+                kv_dtype=str(kv_cache.dtype).removeprefix("torch.")))
+        return self._bulk_choices[key]
 
     def attention_plan(self, q: torch.Tensor, kv_cache: torch.Tensor,
                        metadata: AttentionMetadata, *, extras: bool = False):
@@ -184,16 +243,18 @@ def tune_decode_partitions(library: KernelLibrary, *, num_heads: int, num_kv_hea
 
 def random_decode_batch(library: KernelLibrary, *, num_seqs: int, context: int,
                         plan_context: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                        dtype: torch.dtype, block_size: int
+                        dtype: torch.dtype, block_size: int, kv_dtype: torch.dtype | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
     """(q, kv_cache, metadata) of one decode step of num_seqs sequences holding `context`
-    keys each on shuffled blocks, planned (host fields) for `plan_context`."""
+    keys each on shuffled blocks (a cache of kv_dtype, default dtype), planned (host fields)
+    for `plan_context`."""
     device = library.device
     context = max(1, min(context, MAX_TUNING_KV_TOKENS // num_seqs))
     blocks_per_seq = -(-context // block_size)
     generator = torch.Generator(device=device).manual_seed(0)
-    kv_cache = torch.randn((2, num_seqs * blocks_per_seq, block_size, num_kv_heads, head_dim),
-                           generator=generator, device=device).to(dtype)
+    kv_cache = to_cache_dtype(
+        torch.randn((2, num_seqs * blocks_per_seq, block_size, num_kv_heads, head_dim),
+                    generator=generator, device=device).to(dtype), kv_dtype or dtype)
     q = torch.randn((num_seqs, num_heads, head_dim), generator=generator,
                     device=device).to(dtype)
     order = torch.randperm(num_seqs * blocks_per_seq, device=device, generator=generator)

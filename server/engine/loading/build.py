@@ -214,13 +214,15 @@ def _tune(source: ModelSource, out_dir: Path, options: BuildOptions,
             and cuda_ops_unsupported_reason(source.arch, dtype) is None):
         from server.engine.gpu.kernel_store import load_cubins
         from server.engine.gpu.kernels import KernelLibrary
+        from server.engine.gpu.tune_decode_bulk import tune_decode_bulk
         from server.engine.gpu.tuning import tune_decode_partitions
 
         library = KernelLibrary(cubins=load_cubins(out_dir, gpu_arch[0]))
-        tuning = tune_decode_partitions(
-            library, num_heads=source.arch.num_heads, num_kv_heads=source.arch.num_kv_heads,
-            head_dim=source.arch.head_dim, dtype=dtype, block_size=options.block_size,
-            max_model_len=max_model_len)
+        shape = dict(num_heads=source.arch.num_heads, num_kv_heads=source.arch.num_kv_heads,
+                     head_dim=source.arch.head_dim, dtype=dtype, block_size=options.block_size,
+                     max_model_len=max_model_len)
+        tuning = tune_decode_partitions(library, **shape)
+        tuning = replace(tuning, decode_bulk=tune_decode_bulk(library, tuning, **shape))
         torch.cuda.empty_cache()
     save_tuning(out_dir, tuning)
 

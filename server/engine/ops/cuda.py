@@ -18,6 +18,8 @@ from server.engine.attention.metadata import AttentionMetadata
 from server.engine.gpu.kernels import KernelLibrary
 from server.engine.ops.cuda_attention import paged_attention_into
 from server.engine.ops.cuda_attention_scores import wants_extras
+from server.engine.ops.cuda_decode_bulk import (decode_bulk_fits, decode_bulk_forced,
+                                                decode_bulk_into)
 from server.engine.ops.cuda_fp8 import (FP8_MMA_GEMV_MAX_TOKENS, fp8_linear,
                                        fp8_linear_silu_and_mul, quantize_fp8_rows_into)
 from server.engine.ops.cuda_int import int_linear, int_linear_silu_and_mul
@@ -73,6 +75,7 @@ class CudaOps:
         self.gemv_max_weight_elements = gemv_max_weight_elements
         self.logits_gemv_min_k = logits_gemv_min_k
         self._mm_float32_out = _has_mm_float32_out(self.library.device)
+        self.decode_bulk_forced = decode_bulk_forced()  # INFLIGHTD_DECODE_BULK, read once
 
     def linear(self, x: torch.Tensor | Fp8Rows, weight: torch.Tensor | Fp8Weight | IntWeight,
                bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -224,10 +227,20 @@ class CudaOps:
             window = None  # no context reaches past it: the plain kernels will do
         # softcap, ALiBi and windows: the kernels' _extras builds (ops/cuda_attention_scores.py)
         extras = wants_extras(softcap, alibi_slopes, window)
+        if (self.wants_decode_bulk(kv_cache, metadata)
+                and decode_bulk_fits(self.library.arch, q=q, kv_cache=kv_cache,
+                                     metadata=metadata, extras=extras)):
+            decode_bulk_into(self.library, out, q, kv_cache, metadata, scale)
+            return out
         paged_attention_into(self.library, out, q, kv_cache, metadata, scale,
                              plan=self.attention_plan(q, kv_cache, metadata, extras=extras),
                              softcap=softcap, alibi_slopes=alibi_slopes, window=window)
         return out
+
+    def wants_decode_bulk(self, kv_cache: torch.Tensor, metadata: AttentionMetadata) -> bool:
+        """Whether a decode step that fits the bulk-copy kernel (ops/cuda_decode_bulk.py)
+        takes it: only when INFLIGHTD_DECODE_BULK=1 here; TunedCudaOps asks its tuning."""
+        return bool(self.decode_bulk_forced)
 
     def attention_plan(self, q: torch.Tensor, kv_cache: torch.Tensor,
                        metadata: AttentionMetadata, *, extras: bool = False):
