@@ -1,8 +1,8 @@
 """The batch-1 decode stack's kernel alone (csrc/decode_stack.cu): one launch through every
 layer of a dummy model, timed, against the copy bandwidth over the layers' weight bytes.
 What the figure means: the share of the roofline the layers reach when nothing but the
-stack runs (no embedding, final norm, logits or sampling, no host); batch-1 tok/s from
-bench/batch1_switch.py is the whole step's.
+stack runs (its final LayerNorm included since session 28; no embedding, logits or
+sampling, no host); batch-1 tok/s from bench/batch1_switch.py is the whole step's.
 
     python bench/decode_stack.py [--models dummy:gpt2-xl,dummy:starcoder-1b] [--contexts 256,2048]
                                  [--copies bulk,cp_async] [--pacing 0,2] [--splits 1,5]

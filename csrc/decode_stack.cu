@@ -57,11 +57,12 @@ __device__ __forceinline__ NormParams<T> load_norm_params(const T* weight, const
   return p;
 }
 
-// x = LayerNorm(h) * weight + bias, rounded to T (as csrc/layer_norm.cu: mean and biased
-// variance in float32, two passes).
-template <typename T>
-__device__ __forceinline__ void layer_norm_into_x(const StackSmem& sm, const T* h,
-                                                  const NormParams<T>& p, int hidden, float eps) {
+// LayerNorm(h) (as csrc/layer_norm.cu: mean and biased variance in float32, two passes);
+// store(it, chunk, normed) takes each 16-byte chunk's 8 values before the weight and bias,
+// chunk = threadIdx.x + it * kStackConsumers. Consumers only.
+template <typename T, typename Store>
+__device__ __forceinline__ void layer_norm_chunks(const StackSmem& sm, const T* h, int hidden,
+                                                  float eps, Store store) {
   constexpr int kItems = NormParams<T>::kItems;
   float v[kItems][8];
   float sum = 0.f;
@@ -89,17 +90,44 @@ __device__ __forceinline__ void layer_norm_into_x(const StackSmem& sm, const T* 
   for (int it = 0; it < kItems; ++it) {
     const int chunk = threadIdx.x + it * kStackConsumers;
     if (chunk * 8 < hidden) {
-      float w[8], b[8];
-      load_floats8<T>(w, p.weight[it]);
-      load_floats8<T>(b, p.bias[it]);
-      Vec8<T> out;
+      float normed[8];
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        out.set(x_chunk_slot(i), w[i] * (rstd * (v[it][i] - mean)) + b[i]);
-      }
-      out.store(sm.x<T>() + chunk * 8);
+      for (int i = 0; i < 8; ++i) normed[i] = rstd * (v[it][i] - mean);
+      store(it, chunk, normed);
     }
   }
+}
+
+// x = LayerNorm(h) * weight + bias, rounded to T, in x's chunk order (the GEMVs' input).
+template <typename T>
+__device__ __forceinline__ void layer_norm_into_x(const StackSmem& sm, const T* h,
+                                                  const NormParams<T>& p, int hidden, float eps) {
+  layer_norm_chunks<T>(sm, h, hidden, eps, [&](int it, int chunk, const float (&normed)[8]) {
+    float w[8], b[8];
+    load_floats8<T>(w, p.weight[it]);
+    load_floats8<T>(b, p.bias[it]);
+    Vec8<T> x;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) x.set(x_chunk_slot(i), w[i] * normed[i] + b[i]);
+    x.store(sm.x<T>() + chunk * 8);
+  });
+}
+
+// normed = the model's final LayerNorm of h, in h's order: the last CTA out's, once every
+// CTA's rows of the last projection are in h (no kernel of its own between the stack and the
+// logits). Its weight and bias are read as it stores, not held through the step.
+template <typename T>
+__device__ __forceinline__ void final_layer_norm(const StackSmem& sm, const StackShape& s,
+                                                 const StackIo<T>& io) {
+  layer_norm_chunks<T>(sm, io.h, s.hidden, s.eps, [&](int, int chunk, const float (&normed)[8]) {
+    float w[8], b[8];
+    load_floats8<T>(w, __ldg(reinterpret_cast<const uint4*>(io.final_weight) + chunk));
+    load_floats8<T>(b, __ldg(reinterpret_cast<const uint4*>(io.final_bias) + chunk));
+    Vec8<T> y;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) y.set(i, w[i] * normed[i] + b[i]);
+    y.store(io.normed + chunk * 8);
+  });
 }
 
 // The rows' biases into shared memory (before the wait: they depend on nothing).
@@ -265,15 +293,22 @@ __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const 
     wait_for_previous_kernel();  // h, the sequence's lengths, block table and slot
     run_layers<T, D, Gelu>(layers, s, io, sm);
   }
+  // The last CTA out norms h for the logits (every CTA's rows are in by then: each fenced
+  // them before counting out) and zeroes the counters for the next step.
+  __shared__ int last_out;
   __syncthreads();
-  if (threadIdx.x == 0) {  // the last CTA out zeroes the counters for the next step
-    unsigned* finished = io.step_done(s);
+  if (threadIdx.x == 0) {
     __threadfence();
-    if (atomicAdd(finished, 1u) == gridDim.x - 1) {
-      for (int i = 0; i < s.num_layers * kStackPhases; ++i) io.counters[i] = 0;
-      *finished = 0;
-      __threadfence();
-    }
+    last_out = atomicAdd(io.step_done(s), 1u) == gridDim.x - 1;
+    if (last_out) __threadfence();
+  }
+  __syncthreads();
+  if (!last_out) return;
+  if (io.normed != nullptr && threadIdx.x < kStackConsumers) final_layer_norm(sm, s, io);
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < s.num_layers * kStackPhases; ++i) io.counters[i] = 0;
+    *io.step_done(s) = 0;
+    __threadfence();
   }
 }
 
@@ -284,13 +319,13 @@ __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const 
           const int* seq_lens, const int* block_table, const long long* slot_mapping,          \
           int num_layers, int hidden, int inter, int num_heads, int num_kv_heads,               \
           int num_splits, int block_size, long long num_slots, float eps, float scale,          \
-          int copies, int pacing, unsigned* trace,                                              \
-          unsigned long long* times) {                                                          \
+          int copies, int pacing, unsigned* trace, unsigned long long* times, T* normed,         \
+          const T* final_weight, const T* final_bias) {                                         \
     const StackShape s{num_layers,  hidden,      inter,        num_heads,                       \
                        num_kv_heads, D,          num_splits,   block_size,                      \
                        num_slots,   eps,         scale,        copies,      pacing};            \
     const StackIo<T> io{h, qkv, act, partials, counters, seq_lens, block_table, slot_mapping,   \
-                        trace, times};                                                          \
+                        trace, times, normed, final_weight, final_bias};                        \
     decode_stack<T, D, GELU>(static_cast<const StackLayer<T>*>(layers), s, io);                 \
   }
 

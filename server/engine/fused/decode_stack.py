@@ -79,8 +79,8 @@ def unsupported_reason(model, *, num_sms: int, kv_cache_dtype: torch.dtype) -> s
 
 class DecodeStack:
     """One model's decode stack over one KV cache pool. `run` takes the embedded token of a
-    one-token, one-sequence step and returns the residual stream after the last layer (the
-    final norm is the caller's)."""
+    one-token, one-sequence step, leaves the residual stream after the last layer in it, and
+    returns that stream's final LayerNorm (the logits' input)."""
 
     def __init__(self, model, library: KernelLibrary, kv_cache: torch.Tensor) -> None:
         arch, device = model.arch, model.device
@@ -99,6 +99,9 @@ class DecodeStack:
         q_size, kv_size = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
         self.qkv = torch.empty(q_size + 2 * kv_size, dtype=model.dtype, device=device)
         self.act = torch.empty(arch.intermediate_size, dtype=model.dtype, device=device)
+        # the final LayerNorm of h, the kernel's last CTA out's (the logits' input)
+        self.final_weight, self.final_bias = model.norm, model.norm_bias
+        self.normed = torch.empty((1, arch.hidden_size), dtype=model.dtype, device=device)
         self.partials = torch.empty(arch.num_heads * self.num_splits * (arch.head_dim + 4),
                                     dtype=torch.float32, device=device)
         # zero before the first step: the phases', then the step's (the kernel's last CTA
@@ -135,8 +138,8 @@ class DecodeStack:
         return metadata.num_tokens == 1 and metadata.num_seqs == 1
 
     def run(self, hidden: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
-        """hidden [1, hidden_size], the embedded token; updated in place (the residual
-        stream) and returned."""
+        """hidden [1, hidden_size], the embedded token, updated in place (the residual
+        stream); returns the model's final LayerNorm of it (a buffer each step rewrites)."""
         h = hidden.contiguous()
         a = self.arch
         self.library.launch(
@@ -151,8 +154,9 @@ class DecodeStack:
                   np.int32(self.block_size), np.int64(self.num_slots),
                   np.float32(a.rms_norm_eps), np.float32(self.scale),
                   np.int32(COPIES.index(self.copies)), np.int32(self.pacing), self.trace_address,
-                  self.times_address))
-        return h
+                  self.times_address, self.normed.data_ptr(), self.final_weight.data_ptr(),
+                  self.final_bias.data_ptr()))
+        return self.normed
 
 
 def _layer_table(model, kv_cache: torch.Tensor) -> torch.Tensor:

@@ -179,8 +179,8 @@ class LlamaModel:
             hidden = hidden * torch.tensor(self.arch.embedding_multiplier, dtype=hidden.dtype)
         eps = self.arch.rms_norm_eps
         if self.decode_stack is not None and self.decode_stack.takes(attn_metadata):
-            hidden = self.decode_stack.run(hidden, attn_metadata)  # every layer, one kernel
-            return ops.layer_norm(hidden, self.norm, self.norm_bias, eps)
+            # every layer and the final norm, one kernel
+            return self.decode_stack.run(hidden, attn_metadata)
         residual = None
         for index, layer in enumerate(self.layers):
             hidden, residual = layer.forward(hidden, residual, positions=positions,
