@@ -139,6 +139,9 @@ template <typename T> struct StackIo {
   // the model's final LayerNorm of h, which the last CTA out writes into normed (the logits'
   // input): null normed, none
   T* normed; const T* final_weight; const T* final_bias;
+  // the step's token and position (int64 [1] each) and the embedding tables: layer 0 embeds
+  // the token itself (wte[token] + wpe[position]) and writes it into h
+  const long long* input_ids; const long long* positions; const T* wte; const T* wpe;
 };
 
 // A phase's points:   | entry | the others done | input ready | this CTA done |
