@@ -59,8 +59,9 @@ __device__ __forceinline__ NormParams<T> load_norm_params(const T* weight, const
 }
 
 // LayerNorm of a row whose 16-byte chunks load(chunk) gives (as csrc/layer_norm.cu: mean and
-// biased variance in float32, two passes); store(it, chunk, normed) takes each 16-byte chunk's 8 values before the weight and bias,
-// chunk = threadIdx.x + it * kStackConsumers. Consumers only.
+// biased variance in float32, two passes); store(it, chunk, normed) takes each 16-byte
+// chunk's 8 values before the weight and bias, chunk = threadIdx.x + it * kStackConsumers.
+// Consumers only.
 template <typename T, typename Load, typename Store>
 __device__ __forceinline__ void layer_norm_chunks(const StackSmem& sm, Load load, int hidden,
                                                   float eps, Store store) {
