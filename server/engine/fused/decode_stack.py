@@ -107,6 +107,8 @@ class DecodeStack:
         self.h = torch.empty((1, arch.hidden_size), dtype=model.dtype, device=device)
         self.token_embeddings, self.position_embeddings = (model.embed_tokens,
                                                            model.embed_positions)
+        for name in ("norm", "norm_bias", "embed_tokens", "embed_positions"):
+            _check_aligned(f"the model's {name}", getattr(model, name))
         self.partials = torch.empty(arch.num_heads * self.num_splits * (arch.head_dim + 4),
                                     dtype=torch.float32, device=device)
         # zero before the first step: the phases', then the step's (the kernel's last CTA
@@ -168,6 +170,12 @@ class DecodeStack:
         return self.normed
 
 
+def _check_aligned(name: str, tensor: torch.Tensor) -> None:
+    """The kernel reads weights as 16-byte vectors, at addresses it is handed."""
+    if not tensor.is_contiguous() or tensor.data_ptr() % 16:
+        raise ValueError(f"{name} is not contiguous and 16-byte aligned")
+
+
 def _layer_table(model, kv_cache: torch.Tensor) -> torch.Tensor:
     """int64 [num_layers, 14] on the device: each layer's tensor addresses in StackLayer's
     order, then its K and V caches."""
@@ -175,9 +183,7 @@ def _layer_table(model, kv_cache: torch.Tensor) -> torch.Tensor:
     for index, layer in enumerate(model.layers):
         tensors = [getattr(layer, name) for name in TABLE_COLUMNS]
         for name, tensor in zip(TABLE_COLUMNS, tensors):
-            if not tensor.is_contiguous() or tensor.data_ptr() % 16:
-                raise ValueError(f"layer {index}'s {name} is not contiguous and 16-byte "
-                                 "aligned")
+            _check_aligned(f"layer {index}'s {name}", tensor)
         rows.append([t.data_ptr() for t in tensors]
                     + [kv_cache[index, 0].data_ptr(), kv_cache[index, 1].data_ptr()])
     return torch.tensor(rows, dtype=torch.int64, device=model.device)
