@@ -332,15 +332,15 @@ __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const 
   }
   // The last CTA out norms h for the logits (every CTA's rows are in by then: each fenced
   // them before counting out) and zeroes the counters for the next step.
-  __shared__ int last_out;
+  // The flag travels in the barrier's own reduction, not through shared memory.
   __syncthreads();
+  int arrived_last = 0;
   if (threadIdx.x == 0) {
     __threadfence();
-    last_out = atomicAdd(io.step_done(s), 1u) == gridDim.x - 1;
-    if (last_out) __threadfence();
+    arrived_last = atomicAdd(io.step_done(s), 1u) == gridDim.x - 1;
+    if (arrived_last) __threadfence();
   }
-  __syncthreads();
-  if (!last_out) return;
+  if (!__syncthreads_or(arrived_last)) return;
   if (io.normed != nullptr && threadIdx.x < kStackConsumers) final_layer_norm(sm, s, io);
   if (threadIdx.x == 0) {
     for (int i = 0; i < s.num_layers * kStackPhases; ++i) io.counters[i] = 0;
