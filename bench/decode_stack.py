@@ -1,8 +1,8 @@
 """The batch-1 decode stack's kernel alone (csrc/decode_stack.cu): one launch through every
 layer of a dummy model, timed, against the copy bandwidth over the layers' weight bytes.
 What the figure means: the share of the roofline the layers reach when nothing but the
-stack runs (no embedding, final norm, logits or sampling, no host); batch-1 tok/s from
-bench/batch1_switch.py is the whole step's.
+stack runs (its final LayerNorm and the token's embedding included since session 29; no
+logits or sampling, no host); batch-1 tok/s from bench/batch1_switch.py is the whole step's.
 
     python bench/decode_stack.py [--models dummy:gpt2-xl,dummy:starcoder-1b] [--contexts 256,2048]
                                  [--copies bulk,cp_async] [--pacing 0,2] [--splits 1,5]
@@ -69,9 +69,8 @@ def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str],
         stack.pacing = pacing
         stack.num_splits = split
         metadata = one_sequence(context, block_size=stack.block_size, device=model.device)
-        hidden = torch.randn(1, model.arch.hidden_size, dtype=model.dtype,
-                             device=model.device) * 0.1
-        ms = median_event_ms(lambda: stack.run(hidden, metadata), repeats=50)  # in place
+        token = one_token(stack, context)
+        ms = median_event_ms(lambda: stack.run(*token, metadata), repeats=50)
         roofline_ms = weight_bytes / bandwidth * 1e3
         rows.append({"model": spec, "context": context, "copies": copy, "pacing": pacing,
                      "splits": split, "stack_us": ms * 1e3,
@@ -86,9 +85,7 @@ def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str],
         stack.pacing = default_pacing
         stack.num_splits = default_splits
         metadata = one_sequence(contexts[0], block_size=stack.block_size, device=model.device)
-        hidden = torch.randn(1, model.arch.hidden_size, dtype=model.dtype,
-                             device=model.device) * 0.1
-        timing_report(stack, hidden, metadata)
+        timing_report(stack, one_token(stack, contexts[0]), metadata)
     del llm
     free_gpu_memory()
     return rows
@@ -97,7 +94,17 @@ def measure(spec: str, contexts: list[int], bandwidth: float, copies: list[str],
 PHASE_NAMES = ("qkv", "attention", "o", "fc", "proj")
 
 
-def timing_report(stack, hidden: torch.Tensor, metadata: AttentionMetadata) -> None:
+def one_token(stack, context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids and positions of the step's one token: the context's last position, or the
+    model's last one where the context is longer than its position table."""
+    device = stack.h.device
+    position = min(context, stack.position_embeddings.shape[0]) - 1
+    return (torch.tensor([11], dtype=torch.int64, device=device),
+            torch.tensor([position], dtype=torch.int64, device=device))
+
+
+def timing_report(stack, token: tuple[torch.Tensor, torch.Tensor],
+                  metadata: AttentionMetadata) -> None:
     """One step with stamps; per phase, means over CTAs and layers 1.. (us):
     wait: the CTA at the phase's counter until every CTA is done with the phase before;
     release: the last CTA's count to the median CTA seeing it (the barrier's own latency);
@@ -105,10 +112,10 @@ def timing_report(stack, hidden: torch.Tensor, metadata: AttentionMetadata) -> N
     input: the norm, merge or act load after the release; work: the rows and the count;
     stage waits: the consumers' cycles in those rows waiting for the producer's stages."""
     words = stack.times_words()
-    times = torch.zeros(words, dtype=torch.int64, device=hidden.device)
+    times = torch.zeros(words, dtype=torch.int64, device=token[0].device)
     stack.times_address = times.data_ptr()
     for _ in range(3):
-        stack.run(hidden, metadata)
+        stack.run(*token, metadata)
     torch.cuda.synchronize()
     stack.times_address = 0
     ctas, layers = stack.num_ctas, stack.arch.num_layers

@@ -10,7 +10,8 @@
 //
 //   # a layer, five phases; each CTA counts itself done with a phase, and the next phase
 //   # waits for all of them (a GEMV needs all of its input):
-//   #   0  qkv = W_qkv LN1(h) + b            (each CTA norms the whole h for itself)
+//   #   0  qkv = W_qkv LN1(h) + b            (each CTA norms the whole h for itself;
+//   #                                          layer 0 embeds the token into h first)
 //   #   1  attention: (head, split) tasks    (decode_stack_attention.cuh)
 //   #   2  h  += W_o attention + b         (each CTA merges the heads' splits)
 //   #   3  act = gelu(W_fc LN2(h) + b)
@@ -57,11 +58,13 @@ __device__ __forceinline__ NormParams<T> load_norm_params(const T* weight, const
   return p;
 }
 
-// x = LayerNorm(h) * weight + bias, rounded to T (as csrc/layer_norm.cu: mean and biased
-// variance in float32, two passes).
-template <typename T>
-__device__ __forceinline__ void layer_norm_into_x(const StackSmem& sm, const T* h,
-                                                  const NormParams<T>& p, int hidden, float eps) {
+// LayerNorm of a row whose 16-byte chunks load(chunk) gives (as csrc/layer_norm.cu: mean and
+// biased variance in float32, two passes); store(it, chunk, normed) takes each 16-byte
+// chunk's 8 values before the weight and bias, chunk = threadIdx.x + it * kStackConsumers.
+// Consumers only.
+template <typename T, typename Load, typename Store>
+__device__ __forceinline__ void layer_norm_chunks(const StackSmem& sm, Load load, int hidden,
+                                                  float eps, Store store) {
   constexpr int kItems = NormParams<T>::kItems;
   float v[kItems][8];
   float sum = 0.f;
@@ -69,7 +72,7 @@ __device__ __forceinline__ void layer_norm_into_x(const StackSmem& sm, const T* 
   for (int it = 0; it < kItems; ++it) {
     const int chunk = threadIdx.x + it * kStackConsumers;
     if (chunk * 8 < hidden) {
-      load_floats8<T>(v[it], __ldcg(reinterpret_cast<const uint4*>(h) + chunk));
+      load_floats8<T>(v[it], load(chunk));
 #pragma unroll
       for (int i = 0; i < 8; ++i) sum += v[it][i];
     }
@@ -89,17 +92,75 @@ __device__ __forceinline__ void layer_norm_into_x(const StackSmem& sm, const T* 
   for (int it = 0; it < kItems; ++it) {
     const int chunk = threadIdx.x + it * kStackConsumers;
     if (chunk * 8 < hidden) {
-      float w[8], b[8];
-      load_floats8<T>(w, p.weight[it]);
-      load_floats8<T>(b, p.bias[it]);
-      Vec8<T> out;
+      float normed[8];
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        out.set(x_chunk_slot(i), w[i] * (rstd * (v[it][i] - mean)) + b[i]);
-      }
-      out.store(sm.x<T>() + chunk * 8);
+      for (int i = 0; i < 8; ++i) normed[i] = rstd * (v[it][i] - mean);
+      store(it, chunk, normed);
     }
   }
+}
+
+// A chunk of h as every CTA reads it: from L2, where the other CTAs' stores are.
+template <typename T> struct HChunks {
+  const T* h;
+  __device__ __forceinline__ uint4 operator()(int chunk) const {
+    return __ldcg(reinterpret_cast<const uint4*>(h) + chunk);
+  }
+};
+
+// A chunk of the embedded token, wte[token] + wpe[position] rounded to T (as the per-op
+// path's add), for layer 0's LayerNorm: no embedding kernel runs before the stack. CTA 0
+// also stores it into h, the residual stream, which phase 2 reads after two barriers.
+template <typename T> struct EmbeddedChunks {
+  const T* token_row; const T* position_row; T* h;
+  __device__ __forceinline__ uint4 operator()(int chunk) const {
+    float a[8], b[8];
+    load_floats8<T>(a, __ldg(reinterpret_cast<const uint4*>(token_row) + chunk));
+    load_floats8<T>(b, __ldg(reinterpret_cast<const uint4*>(position_row) + chunk));
+    Vec8<T> sum;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) sum.set(i, a[i] + b[i]);
+    if (blockIdx.x == 0) sum.store(h + chunk * 8);
+    return sum.raw;
+  }
+};
+
+template <typename T>
+__device__ __forceinline__ EmbeddedChunks<T> embedded_chunks(const StackIo<T>& io, int hidden) {
+  return {io.wte + io.input_ids[0] * hidden, io.wpe + io.positions[0] * hidden, io.h};
+}
+
+// x = LayerNorm(row) * weight + bias, rounded to T, in x's chunk order (the GEMVs' input).
+template <typename T, typename Load>
+__device__ __forceinline__ void layer_norm_into_x(const StackSmem& sm, Load load,
+                                                  const NormParams<T>& p, int hidden, float eps) {
+  layer_norm_chunks<T>(sm, load, hidden, eps, [&](int it, int chunk, const float (&normed)[8]) {
+    float w[8], b[8];
+    load_floats8<T>(w, p.weight[it]);
+    load_floats8<T>(b, p.bias[it]);
+    Vec8<T> x;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) x.set(x_chunk_slot(i), w[i] * normed[i] + b[i]);
+    x.store(sm.x<T>() + chunk * 8);
+  });
+}
+
+// normed = the model's final LayerNorm of h, in h's order: the last CTA out's, once every
+// CTA's rows of the last projection are in h (no kernel of its own between the stack and the
+// logits). Its weight and bias are read as it stores, not held through the step.
+template <typename T>
+__device__ __forceinline__ void final_layer_norm(const StackSmem& sm, const StackShape& s,
+                                                 const StackIo<T>& io) {
+  layer_norm_chunks<T>(sm, HChunks<T>{io.h}, s.hidden, s.eps,
+                       [&](int, int chunk, const float (&normed)[8]) {
+    float w[8], b[8];
+    load_floats8<T>(w, __ldg(reinterpret_cast<const uint4*>(io.final_weight) + chunk));
+    load_floats8<T>(b, __ldg(reinterpret_cast<const uint4*>(io.final_bias) + chunk));
+    Vec8<T> y;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) y.set(i, w[i] * normed[i] + b[i]);
+    y.store(io.normed + chunk * 8);
+  });
 }
 
 // The rows' biases into shared memory (before the wait: they depend on nothing).
@@ -153,7 +214,11 @@ __device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
     stamp(io.times, s.num_layers, index, 0, 0);
     if (index > 0) wait_count(done - 1, all, io.trace); else stack_consumers_sync();
     stamp(io.times, s.num_layers, index, 0, 1);
-    layer_norm_into_x(sm, io.h, norm, s.hidden, s.eps);
+    if (index > 0) {
+      layer_norm_into_x(sm, HChunks<T>{io.h}, norm, s.hidden, s.eps);
+    } else {
+      layer_norm_into_x(sm, embedded_chunks(io, s.hidden), norm, s.hidden, s.eps);
+    }
     stack_consumers_sync();
     stamp(io.times, s.num_layers, index, 0, 2);
     consume_gemv<T>(sm, ring, s.hidden, rows, io.trace, [&](int row, int i, float total) {
@@ -210,7 +275,7 @@ __device__ void run_layers(const StackLayer<T>* layers, const StackShape& s,
     stamp(io.times, s.num_layers, index, 3, 0);
     wait_count(done + 2, all, io.trace);
     stamp(io.times, s.num_layers, index, 3, 1);
-    layer_norm_into_x(sm, io.h, norm, s.hidden, s.eps);
+    layer_norm_into_x(sm, HChunks<T>{io.h}, norm, s.hidden, s.eps);
     stack_consumers_sync();
     stamp(io.times, s.num_layers, index, 3, 2);
     consume_gemv<T>(sm, ring, s.hidden, rows, io.trace, [&](int row, int i, float total) {
@@ -262,18 +327,25 @@ __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const 
     // the weights depend on no kernel before: from the start
     produce_weights(layers, s, sm, io.trace, io.times);
   } else {
-    wait_for_previous_kernel();  // h, the sequence's lengths, block table and slot
+    wait_for_previous_kernel();  // the token, its position, lengths, block table and slot
     run_layers<T, D, Gelu>(layers, s, io, sm);
   }
+  // The last CTA out norms h for the logits (every CTA's rows are in by then: each fenced
+  // them before counting out) and zeroes the counters for the next step.
+  // The flag travels in the barrier's own reduction, not through shared memory.
   __syncthreads();
-  if (threadIdx.x == 0) {  // the last CTA out zeroes the counters for the next step
-    unsigned* finished = io.step_done(s);
+  int arrived_last = 0;
+  if (threadIdx.x == 0) {
     __threadfence();
-    if (atomicAdd(finished, 1u) == gridDim.x - 1) {
-      for (int i = 0; i < s.num_layers * kStackPhases; ++i) io.counters[i] = 0;
-      *finished = 0;
-      __threadfence();
-    }
+    arrived_last = atomicAdd(io.step_done(s), 1u) == gridDim.x - 1;
+    if (arrived_last) __threadfence();
+  }
+  if (!__syncthreads_or(arrived_last)) return;
+  if (io.normed != nullptr && threadIdx.x < kStackConsumers) final_layer_norm(sm, s, io);
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < s.num_layers * kStackPhases; ++i) io.counters[i] = 0;
+    *io.step_done(s) = 0;
+    __threadfence();
   }
 }
 
@@ -284,13 +356,15 @@ __device__ __forceinline__ void decode_stack(const StackLayer<T>* layers, const 
           const int* seq_lens, const int* block_table, const long long* slot_mapping,          \
           int num_layers, int hidden, int inter, int num_heads, int num_kv_heads,               \
           int num_splits, int block_size, long long num_slots, float eps, float scale,          \
-          int copies, int pacing, unsigned* trace,                                              \
-          unsigned long long* times) {                                                          \
+          int copies, int pacing, unsigned* trace, unsigned long long* times, T* normed,         \
+          const T* final_weight, const T* final_bias, const long long* input_ids,               \
+          const long long* positions, const T* wte, const T* wpe) {                             \
     const StackShape s{num_layers,  hidden,      inter,        num_heads,                       \
                        num_kv_heads, D,          num_splits,   block_size,                      \
                        num_slots,   eps,         scale,        copies,      pacing};            \
     const StackIo<T> io{h, qkv, act, partials, counters, seq_lens, block_table, slot_mapping,   \
-                        trace, times};                                                          \
+                        trace, times, normed, final_weight, final_bias, input_ids, positions,   \
+                        wte, wpe};                                                              \
     decode_stack<T, D, GELU>(static_cast<const StackLayer<T>*>(layers), s, io);                 \
   }
 

@@ -136,6 +136,12 @@ template <typename T> struct StackIo {
   // then each CTA's cycles waiting on a stage over the step, [CTAs][6]: 0 the consumers
   // (on full), 1 the producer (on empty); for bench/decode_stack.py --timing
   unsigned long long* times;
+  // the model's final LayerNorm of h, which the last CTA out writes into normed (the logits'
+  // input): null normed, none
+  T* normed; const T* final_weight; const T* final_bias;
+  // the step's token and position (int64 [1] each) and the embedding tables: layer 0 embeds
+  // the token itself (wte[token] + wpe[position]) and writes it into h
+  const long long* input_ids; const long long* positions; const T* wte; const T* wpe;
 };
 
 // A phase's points:   | entry | the others done | input ready | this CTA done |

@@ -61,6 +61,8 @@ def unsupported_reason(model, *, num_sms: int, kv_cache_dtype: torch.dtype) -> s
         (model.dtype in (torch.bfloat16, torch.float16) and kv_cache_dtype == model.dtype,
          "not 16-bit weights and KV cache of one dtype"),
         (not model.tp.enabled, "tensor parallelism"),
+        (model.embed_positions is not None and arch.embedding_multiplier is None,
+         "not learned absolute positions added to unscaled embeddings"),
         (arch.hidden_size <= MAX_HIDDEN, f"hidden size over {MAX_HIDDEN}"),
         (max(arch.intermediate_size, arch.num_heads * arch.head_dim) <= MAX_WIDTH,
          f"a GEMV input wider than {MAX_WIDTH}"),
@@ -78,9 +80,9 @@ def unsupported_reason(model, *, num_sms: int, kv_cache_dtype: torch.dtype) -> s
 
 
 class DecodeStack:
-    """One model's decode stack over one KV cache pool. `run` takes the embedded token of a
-    one-token, one-sequence step and returns the residual stream after the last layer (the
-    final norm is the caller's)."""
+    """One model's decode stack over one KV cache pool. `run` takes the token and position
+    of a one-token, one-sequence step, embeds it, runs every layer on the residual stream
+    (`h`, a buffer of its own) and returns that stream's final LayerNorm (the logits' input)."""
 
     def __init__(self, model, library: KernelLibrary, kv_cache: torch.Tensor) -> None:
         arch, device = model.arch, model.device
@@ -99,6 +101,14 @@ class DecodeStack:
         q_size, kv_size = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
         self.qkv = torch.empty(q_size + 2 * kv_size, dtype=model.dtype, device=device)
         self.act = torch.empty(arch.intermediate_size, dtype=model.dtype, device=device)
+        # the final LayerNorm of h, the kernel's last CTA out's (the logits' input)
+        self.final_weight, self.final_bias = model.norm, model.norm_bias
+        self.normed = torch.empty((1, arch.hidden_size), dtype=model.dtype, device=device)
+        self.h = torch.empty((1, arch.hidden_size), dtype=model.dtype, device=device)
+        self.token_embeddings, self.position_embeddings = (model.embed_tokens,
+                                                           model.embed_positions)
+        for name in ("norm", "norm_bias", "embed_tokens", "embed_positions"):
+            _check_aligned(f"the model's {name}", getattr(model, name))
         self.partials = torch.empty(arch.num_heads * self.num_splits * (arch.head_dim + 4),
                                     dtype=torch.float32, device=device)
         # zero before the first step: the phases', then the step's (the kernel's last CTA
@@ -134,15 +144,18 @@ class DecodeStack:
     def takes(metadata: AttentionMetadata) -> bool:
         return metadata.num_tokens == 1 and metadata.num_seqs == 1
 
-    def run(self, hidden: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
-        """hidden [1, hidden_size], the embedded token; updated in place (the residual
-        stream) and returned."""
-        h = hidden.contiguous()
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor,
+            metadata: AttentionMetadata) -> torch.Tensor:
+        """input_ids and positions int64 [1] on the device; returns the model's final
+        LayerNorm of the residual stream after the last layer (a buffer each step
+        rewrites)."""
+        if input_ids.dtype != torch.int64 or positions.dtype != torch.int64:
+            raise TypeError("decode stack: input_ids and positions must be int64")
         a = self.arch
         self.library.launch(
             "decode_stack", self.function, grid=(self.num_ctas,), block=(THREADS,),
             shared_bytes=SHARED_BYTES, cooperative=self.cooperative,
-            args=(self.table.data_ptr(), h.data_ptr(), self.qkv.data_ptr(),
+            args=(self.table.data_ptr(), self.h.data_ptr(), self.qkv.data_ptr(),
                   self.act.data_ptr(), self.partials.data_ptr(), self.counters.data_ptr(),
                   metadata.seq_lens.data_ptr(), metadata.block_tables.data_ptr(),
                   metadata.slot_mapping.data_ptr(), np.int32(a.num_layers),
@@ -151,8 +164,16 @@ class DecodeStack:
                   np.int32(self.block_size), np.int64(self.num_slots),
                   np.float32(a.rms_norm_eps), np.float32(self.scale),
                   np.int32(COPIES.index(self.copies)), np.int32(self.pacing), self.trace_address,
-                  self.times_address))
-        return h
+                  self.times_address, self.normed.data_ptr(), self.final_weight.data_ptr(),
+                  self.final_bias.data_ptr(), input_ids.data_ptr(), positions.data_ptr(),
+                  self.token_embeddings.data_ptr(), self.position_embeddings.data_ptr()))
+        return self.normed
+
+
+def _check_aligned(name: str, tensor: torch.Tensor) -> None:
+    """The kernel reads weights as 16-byte vectors, at addresses it is handed."""
+    if not tensor.is_contiguous() or tensor.data_ptr() % 16:
+        raise ValueError(f"{name} is not contiguous and 16-byte aligned")
 
 
 def _layer_table(model, kv_cache: torch.Tensor) -> torch.Tensor:
@@ -162,9 +183,7 @@ def _layer_table(model, kv_cache: torch.Tensor) -> torch.Tensor:
     for index, layer in enumerate(model.layers):
         tensors = [getattr(layer, name) for name in TABLE_COLUMNS]
         for name, tensor in zip(TABLE_COLUMNS, tensors):
-            if not tensor.is_contiguous() or tensor.data_ptr() % 16:
-                raise ValueError(f"layer {index}'s {name} is not contiguous and 16-byte "
-                                 "aligned")
+            _check_aligned(f"layer {index}'s {name}", tensor)
         rows.append([t.data_ptr() for t in tensors]
                     + [kv_cache[index, 0].data_ptr(), kv_cache[index, 1].data_ptr()])
     return torch.tensor(rows, dtype=torch.int64, device=model.device)

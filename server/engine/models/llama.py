@@ -169,6 +169,9 @@ class LlamaModel:
                 attn_metadata: AttentionMetadata, ops: Ops) -> torch.Tensor:
         """kv_cache is the whole pool [num_layers, 2, num_blocks, block_size, Hkv, D].
         Returns the final-normed hidden states [T, hidden]."""
+        if self.decode_stack is not None and self.decode_stack.takes(attn_metadata):
+            # the embedding, every layer and the final norm, one kernel
+            return self.decode_stack.run(input_ids, positions, attn_metadata)
         hidden = self._embed(input_ids)
         if self.embed_positions is not None:  # GPT-2
             hidden = hidden + F.embedding(positions, self.embed_positions)
@@ -178,9 +181,6 @@ class LlamaModel:
         if self.arch.embedding_multiplier is not None:  # Gemma: in the model's dtype, as HF
             hidden = hidden * torch.tensor(self.arch.embedding_multiplier, dtype=hidden.dtype)
         eps = self.arch.rms_norm_eps
-        if self.decode_stack is not None and self.decode_stack.takes(attn_metadata):
-            hidden = self.decode_stack.run(hidden, attn_metadata)  # every layer, one kernel
-            return ops.layer_norm(hidden, self.norm, self.norm_bias, eps)
         residual = None
         for index, layer in enumerate(self.layers):
             hidden, residual = layer.forward(hidden, residual, positions=positions,
@@ -222,11 +222,14 @@ class LlamaModel:
         tensor parallelism each rank's vocabulary rows, gathered, the padding cut off."""
         return self.finish_logits(self.local_logits(hidden, ops))
 
-    def local_logits(self, hidden: torch.Tensor, ops: Ops | None = None) -> torch.Tensor:
+    def local_logits(self, hidden: torch.Tensor, ops: Ops | None = None,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
         """float32 logits of this rank's vocabulary rows (all of them without tensor
-        parallelism), before finish_logits."""
-        return (F.linear(hidden, self.lm_head).float() if ops is None
-                else ops.logits(hidden, self.lm_head))
+        parallelism), before finish_logits; written into out where given."""
+        if ops is None:
+            logits = F.linear(hidden, self.lm_head).float()
+            return logits if out is None else out.copy_(logits)
+        return ops.logits(hidden, self.lm_head, out=out)
 
     def finish_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """local_logits gathered over the ranks, the padding cut off, soft-capped."""

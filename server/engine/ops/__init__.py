@@ -30,8 +30,10 @@ class Ops(Protocol):
         when x is Fp8Rows already; an IntWeight computes as int_linear_reference
         (server.engine.ops.cuda_int) does."""
 
-    def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:
-        """hidden [N, H] @ lm_head [V, H]^T -> float32 logits [N, V]."""
+    def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [N, H] @ lm_head [V, H]^T -> float32 logits [N, V], written into out
+        where given (and out returned)."""
 
     def argmax(self, logits: torch.Tensor) -> torch.Tensor:
         """float32 logits [N, V] -> int64 [N]: each row's token as torch.argmax(dim=-1) picks

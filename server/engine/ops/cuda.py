@@ -107,19 +107,24 @@ class CudaOps:
                 and weight.numel() <= self.gemv_max_weight_elements
                 and gemv_supports(x, weight))
 
-    def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:
+    def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor,
+               out: torch.Tensor | None = None) -> torch.Tensor:
         """Accumulated and returned in float32 (as TensorRT-LLM's default logits dtype):
         rounding logits of ~30 to 16 bits (steps of 1/64 in float16) makes exact ties of
-        candidates that float32 tells apart, and argmax then picks the lower token id."""
+        candidates that float32 tells apart, and argmax then picks the lower token id.
+        Our GEMV writes straight into out (a CUDA graph's logits buffer: no copy after)."""
         if (hidden.shape[0] <= self.gemv_max_tokens
                 and lm_head.shape[1] >= self.logits_gemv_min_k and gemv_supports(hidden, lm_head)):
-            logits = torch.empty((hidden.shape[0], lm_head.shape[0]), dtype=torch.float32,
-                                 device=hidden.device)
-            gemv_into(self.library, logits, hidden, lm_head)
-            return logits
+            if out is None:
+                out = torch.empty((hidden.shape[0], lm_head.shape[0]), dtype=torch.float32,
+                                  device=hidden.device)
+            gemv_into(self.library, out, hidden, lm_head)
+            return out
         if self._mm_float32_out and hidden.dtype in (torch.bfloat16, torch.float16):
-            return torch.mm(hidden, lm_head.t(), out_dtype=torch.float32)
-        return F.linear(hidden, lm_head).float()
+            logits = torch.mm(hidden, lm_head.t(), out_dtype=torch.float32)
+        else:
+            logits = F.linear(hidden, lm_head).float()
+        return logits if out is None else out.copy_(logits)
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)

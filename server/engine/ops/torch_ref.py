@@ -36,8 +36,10 @@ class TorchOps:
             return int_linear_reference(x, weight, bias)
         return F.linear(x, weight, bias)
 
-    def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, lm_head).float()
+    def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+        logits = F.linear(hidden, lm_head).float()
+        return logits if out is None else out.copy_(logits)
 
     def argmax(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.argmax(dim=-1)

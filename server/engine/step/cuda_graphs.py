@@ -292,10 +292,12 @@ class DecodeGraphRunner:
                  metadata: AttentionMetadata) -> None:
         """The padded step, its logits written into self.logits[:batch size]."""
         hidden = self.model.forward(input_ids, positions, self.kv_cache, metadata, self.ops)
-        logits = self.model.local_logits(hidden, self.ops)
+        out = self.logits[:input_ids.shape[0]]
+        logits = self.model.local_logits(hidden, self.ops, out=out)
         if not self.tp.enabled:
             logits = self.model.finish_logits(logits)  # Gemma 2's soft-capping
-        self.logits[:input_ids.shape[0]].copy_(logits)
+        if logits is not out:
+            out.copy_(logits)
 
     def _static_inputs(self, batch_size: int
                        ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
