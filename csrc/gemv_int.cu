@@ -55,11 +55,13 @@ namespace {
 constexpr int kIntGemvWarps = 8;
 constexpr int kIntGemvUnroll = 4;  // blocks each warp has in flight
 constexpr int kIntGemvColumns = 16;
-// CTAs per SM asked of ptxas: 3 caps registers at 80 (24 warps to hide the loads' latency),
-// which one tile of tokens fits when the weights are scaled one by one; the block-scaled
-// kernels (their sums beside the accumulators) and two tiles spill there, so get 2 (128).
-template <int TILES, bool BLOCK_SCALE> struct IntGemvCtas {
-  static constexpr int value = TILES == 1 && !BLOCK_SCALE ? 3 : 2;
+// CTAs per SM asked of ptxas, with one tile of tokens and the weights scaled one by one: for
+// int4, 4 (registers capped at 64, 32 warps to hide the loads' latency, no spills; Llama-3-8B
+// int4 batch 1 on an H100: 379 tok/s against 370 at 3, session 31); for int8, 3 (80
+// registers: at 4 its large layers ran 5-10 % slower). The block-scaled kernels (their sums
+// beside the accumulators) and two tiles spill at 3, so get 2 (128 registers).
+template <int BITS, int TILES, bool BLOCK_SCALE> struct IntGemvCtas {
+  static constexpr int value = TILES == 1 && !BLOCK_SCALE ? (BITS == 4 ? 4 : 3) : 2;
 };
 
 template <int BITS> struct ChunkShape {
@@ -257,7 +259,7 @@ __device__ __forceinline__ void gemv_int_impl(T* __restrict__ y,
 // _silu: the gated MLP's gate|up with SiLU-and-mul (n = 2d weight rows, y [m, d], no bias)
 #define INFLIGHTD_GEMV_INT(T, SUFFIX, BITS, TILES, BLOCK_SCALE, GATED, NAME_END)               \
   extern "C" __global__ void __launch_bounds__(                                                 \
-      32 * kIntGemvWarps, IntGemvCtas<TILES, BLOCK_SCALE>::value)                               \
+      32 * kIntGemvWarps, IntGemvCtas<BITS, TILES, BLOCK_SCALE>::value)                         \
       gemv_w##BITS##_##SUFFIX##_t##TILES##NAME_END(                                             \
           T* y, const unsigned char* w, const unsigned short* scales,                          \
           const unsigned short* zeros, const T* x, const T* bias, int m, int n, int k,         \
