@@ -169,17 +169,19 @@ class TunedCudaOps(CudaOps):
     def __init__(self, library: KernelLibrary, tuning: KernelTuning) -> None:
         super().__init__(library)
         self.tuning = tuning
-        self._bulk_choices: dict[tuple[int, int, torch.dtype], bool] = {}
+        # the last step's answer: every layer of a step asks the same (only the last is
+        # kept, as max_seq_len changes from step to step)
+        self._bulk_choice: tuple[tuple[int, int, torch.dtype], bool] | None = None
 
     def wants_decode_bulk(self, kv_cache: torch.Tensor, metadata: AttentionMetadata) -> bool:
         if self.decode_bulk_forced is not None:
             return self.decode_bulk_forced
         key = (metadata.num_seqs, metadata.max_seq_len, kv_cache.dtype)
-        if key not in self._bulk_choices:  # every layer of a step asks the same
-            self._bulk_choices[key] = bool(self.tuning.bulk_for(
+        if self._bulk_choice is None or self._bulk_choice[0] != key:
+            self._bulk_choice = (key, bool(self.tuning.bulk_for(
                 num_seqs=key[0], max_seq_len=key[1],
-                kv_dtype=str(kv_cache.dtype).removeprefix("torch.")))
-        return self._bulk_choices[key]
+                kv_dtype=str(kv_cache.dtype).removeprefix("torch."))))
+        return self._bulk_choice[1]
 
     def attention_plan(self, q: torch.Tensor, kv_cache: torch.Tensor,
                        metadata: AttentionMetadata, *, extras: bool = False):
